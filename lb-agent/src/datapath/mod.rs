@@ -1,0 +1,2 @@
+//! Everything that touches aya: loading, attaching, the maps, events.
+pub mod loader;

@@ -1,0 +1,19 @@
+//! # lb-agent
+//!
+//! The node agent of lb. Data flows one way:
+//!
+//! - `k8s/` watches Services and EndpointSlices (kube or a directory of YAML) into a snapshot;
+//! - `model/` turns a snapshot into the frontends and backends to program (kube-proxy's rules);
+//! - `sync/` diffs that against the maps and applies the difference in a safe order;
+//! - `datapath/` loads, attaches and owns the eBPF programs and maps.
+//!
+//! `config/` defines every option once; `api/` serves `lbctl` over a unix socket; `cli/` is
+//! `lbctl` itself; `monitor/` renders drop events.
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod k8s;
+pub mod model;
+pub mod monitor;
+pub mod sync;

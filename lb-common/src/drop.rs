@@ -1,0 +1,153 @@
+//! Drop reasons and drop sites: one definition serves the kernel, the agent's metrics and
+//! `lbctl`. Numbers and messages are Cilium's (`bpf/lib/drop_reasons.h`), the ones operators
+//! already know; a number is never reused.
+
+/// Why the datapath dropped a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Malformed or truncated headers.
+    Invalid = 134,
+    /// A helper failed to rewrite the packet.
+    WriteError = 141,
+    /// Conntrack insertion failed (map full and eviction impossible).
+    CtCreateFailed = 155,
+    /// A non-first fragment, which lb cannot map to a flow.
+    FragNoSupport = 157,
+    /// The frontend has no backend to send the packet to.
+    NoService = 158,
+    /// No free source port for SNAT.
+    NatNoMapping = 167,
+    /// The FIB has no route or neighbour for a forwarded packet.
+    NoFib = 169,
+    /// A packet from outside the cluster to a ClusterIP that is not routable.
+    IsClusterIp = 174,
+}
+
+impl DropReason {
+    /// Every reason, in numeric order.
+    pub const ALL: [DropReason; 8] = [
+        Self::Invalid,
+        Self::WriteError,
+        Self::CtCreateFailed,
+        Self::FragNoSupport,
+        Self::NoService,
+        Self::NatNoMapping,
+        Self::NoFib,
+        Self::IsClusterIp,
+    ];
+
+    /// The message operators see, Cilium's wording.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Invalid => "Invalid packet",
+            Self::WriteError => "Error writing to packet",
+            Self::CtCreateFailed => "CT: Map insertion failed",
+            Self::FragNoSupport => "IP fragmentation not supported",
+            Self::NoService => "Service backend not found",
+            Self::NatNoMapping => "No mapping for NAT masquerade",
+            Self::NoFib => "FIB lookup failed",
+            Self::IsClusterIp => "Is a ClusterIP",
+        }
+    }
+
+    /// The reason with this number, if lb knows it.
+    pub const fn from_u8(code: u8) -> Option<Self> {
+        match code {
+            134 => Some(Self::Invalid),
+            141 => Some(Self::WriteError),
+            155 => Some(Self::CtCreateFailed),
+            157 => Some(Self::FragNoSupport),
+            158 => Some(Self::NoService),
+            167 => Some(Self::NatNoMapping),
+            169 => Some(Self::NoFib),
+            174 => Some(Self::IsClusterIp),
+            _ => None,
+        }
+    }
+}
+
+/// The eBPF source file of a drop site, carried in events as one byte.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceFile {
+    /// Unknown (an event from a newer datapath).
+    Unknown = 0,
+    /// `lb-ebpf/src/main.rs`
+    Main = 1,
+    /// `lb-ebpf/src/parse.rs`
+    Parse = 2,
+    /// `lb-ebpf/src/lb.rs`
+    Lb = 3,
+    /// `lb-ebpf/src/policy.rs`
+    Policy = 4,
+    /// `lb-ebpf/src/conntrack.rs`
+    Conntrack = 5,
+    /// `lb-ebpf/src/nat.rs`
+    Nat = 6,
+    /// `lb-ebpf/src/csum.rs`
+    Csum = 7,
+    /// `lb-ebpf/src/fib.rs`
+    Fib = 8,
+}
+
+impl SourceFile {
+    /// The file name printed by `lbctl monitor`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Main => "main.rs",
+            Self::Parse => "parse.rs",
+            Self::Lb => "lb.rs",
+            Self::Policy => "policy.rs",
+            Self::Conntrack => "conntrack.rs",
+            Self::Nat => "nat.rs",
+            Self::Csum => "csum.rs",
+            Self::Fib => "fib.rs",
+        }
+    }
+
+    /// The file with this id; `Unknown` for ids lb does not know.
+    pub const fn from_u8(id: u8) -> Self {
+        match id {
+            1 => Self::Main,
+            2 => Self::Parse,
+            3 => Self::Lb,
+            4 => Self::Policy,
+            5 => Self::Conntrack,
+            6 => Self::Nat,
+            7 => Self::Csum,
+            8 => Self::Fib,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Which program saw the packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// Ingress of the node's external interfaces.
+    FromNetdev = 1,
+    /// Ingress of the host side of pod interfaces.
+    FromPod = 2,
+}
+
+impl Hook {
+    /// The hook with this id.
+    pub const fn from_u8(id: u8) -> Option<Self> {
+        match id {
+            1 => Some(Self::FromNetdev),
+            2 => Some(Self::FromPod),
+            _ => None,
+        }
+    }
+
+    /// The program's name, as the CLI and metrics print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FromNetdev => "from-netdev",
+            Self::FromPod => "from-pod",
+        }
+    }
+}

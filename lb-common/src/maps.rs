@@ -1,0 +1,38 @@
+//! Map names, default sizes and the pin-directory version: one constant each.
+//!
+//! Names are at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` less the NUL).
+
+/// Frontends and their slots: `ServiceKey4` -> `ServiceEntry`.
+pub const LB4_SERVICES: &str = "LB4_SERVICES";
+/// Backends by id: `u32` -> `Backend4`.
+pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
+/// Reverse NAT by service id: `u16` -> `RevNat4`.
+pub const LB4_REVNAT: &str = "LB4_REVNAT";
+/// Conntrack (LRU): `CtKey4` -> `CtEntry`.
+pub const LB4_CT: &str = "LB4_CT";
+/// The datapath's configuration: array of one `DatapathConfig`.
+pub const LB_CONFIG: &str = "LB_CONFIG";
+/// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
+pub const LB_METRICS: &str = "LB_METRICS";
+/// Ring buffer of `DropEvent`s.
+pub const LB_EVENTS: &str = "LB_EVENTS";
+/// Per-CPU token bucket that rate-limits `LB_EVENTS`.
+pub const LB_EVENT_LIMIT: &str = "LB_EVENT_LIMIT";
+
+/// Default capacity of `LB4_SERVICES` (frontends × (slots + 1)).
+pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
+/// Default capacity of `LB4_BACKENDS`.
+pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
+/// Default capacity of `LB4_REVNAT` (service ids are u16).
+pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
+/// Default capacity of `LB4_CT`. Each flow takes two entries (forward and reply).
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// Default capacity of `LB_METRICS`.
+pub const METRICS_MAX_ENTRIES: u32 = 1_024;
+/// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
+
+/// Version of the map layouts, the last component of the pin directory
+/// (`<bpf-root>/<PIN_VERSION>/`). Bump it whenever a key or value layout changes: reusing a
+/// pinned map does not check its key or value size.
+pub const PIN_VERSION: &str = "v1";

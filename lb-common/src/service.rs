@@ -1,0 +1,100 @@
+//! Frontends, backends and reverse NAT: the load balancer's maps, modelled on Cilium's
+//! `lb4_key` / `lb4_service` / `lb4_backend` / `lb4_reverse_nat`.
+//!
+//! A frontend with n backends occupies slots 0..=n+q of `LB4_SERVICES`: slot 0 is the master
+//! entry (counts, service id, flags), slots `1..=count` name the backends that can be selected,
+//! slots `count+1..=count+qcount` the terminating ones that only existing flows may still use.
+
+/// Key of `LB4_SERVICES`; `vip` and `port` in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey4 {
+    /// The frontend address (network byte order).
+    pub vip: u32,
+    /// The frontend port (network byte order).
+    pub port: u16,
+    /// 0 for the master entry, 1.. for the backend slots.
+    pub slot: u16,
+    /// IP protocol (`proto::TCP`, `proto::UDP`).
+    pub proto: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey4>() == 12);
+
+impl ServiceKey4 {
+    /// The key of `slot` for a frontend; `vip` and `port` in network byte order.
+    pub const fn new(vip: u32, port: u16, proto: u8, slot: u16) -> Self {
+        Self { vip, port, slot, proto, _pad: [0; 3] }
+    }
+}
+
+/// Value of `LB4_SERVICES`. In the master entry (slot 0) `backend_id` is 0 and the other fields
+/// describe the frontend; in a backend slot only `backend_id` is meaningful.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    /// The backend this slot names (slots ≥ 1); 0 in the master entry.
+    pub backend_id: u32,
+    /// Master: number of selectable (active) backends, in slots `1..=count`.
+    pub count: u16,
+    /// Master: number of terminating backends, in slots `count+1..=count+qcount`.
+    pub qcount: u16,
+    /// Master: the service id, also the key of `LB4_REVNAT`.
+    pub rev_nat: u16,
+    /// Master: `SERVICE_F_*` bits.
+    pub flags: u8,
+    /// Zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 12);
+
+/// Service flag: the frontend is reachable from outside the cluster (set for every type but
+/// ClusterIP, whose frontends become reachable through `CONFIG_F_EXTERNAL_CLUSTER_IP`).
+pub const SERVICE_F_ROUTABLE: u8 = 1 << 6;
+/// Service flag: the frontend is a ClusterIP.
+pub const SERVICE_F_CLUSTER_IP: u8 = 1 << 0;
+
+/// Value of `LB4_BACKENDS`; `addr` and `port` in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend4 {
+    /// The backend address (network byte order).
+    pub addr: u32,
+    /// The backend port (network byte order).
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `BACKEND_STATE_*`.
+    pub state: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Backend4>() == 12);
+
+/// Backend state: may be selected for new flows.
+pub const BACKEND_STATE_ACTIVE: u8 = 0;
+/// Backend state: serves existing flows only (draining).
+pub const BACKEND_STATE_TERMINATING: u8 = 1;
+
+/// Backend flag: the backend lives on another node, so traffic that arrived from outside the
+/// cluster is SNATed to this node before it is forwarded (replies must come back through us).
+pub const BACKEND_F_REMOTE: u8 = 1 << 0;
+
+/// Value of `LB4_REVNAT`, keyed by service id: the frontend to restore as the source of
+/// replies; both fields in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat4 {
+    /// The frontend address (network byte order).
+    pub vip: u32,
+    /// The frontend port (network byte order).
+    pub port: u16,
+    /// Zero.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat4>() == 8);
+
+crate::pod!(ServiceKey4, ServiceEntry, Backend4, RevNat4);
