@@ -25,7 +25,13 @@ const _: () = assert!(core::mem::size_of::<ServiceKey4>() == 12);
 impl ServiceKey4 {
     /// The key of `slot` for a frontend; `vip` and `port` in network byte order.
     pub const fn new(vip: u32, port: u16, proto: u8, slot: u16) -> Self {
-        Self { vip, port, slot, proto, _pad: [0; 3] }
+        Self {
+            vip,
+            port,
+            slot,
+            proto,
+            _pad: [0; 3],
+        }
     }
 }
 

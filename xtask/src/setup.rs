@@ -67,7 +67,10 @@ fn install_rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
         .context("run rustup (is rustup on PATH?)")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("setup: adding rust-src to the nightly toolchain");
@@ -102,13 +105,28 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     if installed {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes)"
+    );
     let llvm_prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
-    let path = format!("{llvm_prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{llvm_prefix}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
-            .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ])
             .env("PATH", path)
             .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), &llvm_prefix),
     )

@@ -1,4 +1,127 @@
-//! Loads the embedded eBPF object.
+//! Loads the embedded eBPF object with its maps pinned under `<bpf-root>/<PIN_VERSION>/`, so a
+//! restarted agent finds the same maps (and the flows they carry) where the last one left them.
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use lb_common::{config::DatapathConfig, maps as names};
+
+use super::{Error, maps::AyaMaps};
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// bpffs's magic number (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The two programs, by their names in the object.
+pub const PROGRAMS: [&str; 2] = ["from_netdev", "from_pod"];
+
+/// How to load the datapath.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The directory on bpffs that holds everything lb pins.
+    pub bpf_root: PathBuf,
+    /// Capacity of the conntrack map.
+    pub ct_max_entries: u32,
+    /// Capacity of the services and backends maps.
+    pub lb_map_max: u32,
+    /// The initial datapath configuration.
+    pub config: DatapathConfig,
+}
+
+/// The loaded datapath: the object with its programs loaded (not yet attached) and its maps.
+pub struct Datapath {
+    /// The loaded object (programs; maps not taken by `maps`).
+    pub ebpf: Ebpf,
+    /// Typed handles on the maps.
+    pub maps: AyaMaps,
+    /// `<bpf-root>/<PIN_VERSION>`.
+    pub pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the object, reusing maps pinned by a previous run, and loads both programs.
+    pub fn load(options: &LoadOptions) -> Result<Self, Error> {
+        let pin_dir = prepare_pin_dir(&options.bpf_root)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries(names::LB4_CT, options.ct_max_entries)
+            .map_max_entries(names::LB4_SERVICES, options.lb_map_max)
+            .map_max_entries(names::LB4_BACKENDS, options.lb_map_max)
+            .load(EBPF_OBJECT)
+            .map_err(|err| Error::Load(Box::new(err)))?;
+        for name in PROGRAMS {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::Program {
+                    action: "find",
+                    program: name,
+                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+                })?
+                .try_into()
+                .map_err(|err| Error::Program {
+                    action: "find",
+                    program: name,
+                    source: Box::new(err),
+                })?;
+            program.load().map_err(|err| Error::Program {
+                action: "load",
+                program: name,
+                source: Box::new(err),
+            })?;
+        }
+        let mut maps = AyaMaps::take(&mut ebpf)?;
+        use super::LbMaps as _;
+        maps.set_config(&options.config)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            pin_dir,
+        })
+    }
+}
+
+/// Creates `<bpf-root>/<PIN_VERSION>` after checking that `bpf-root` is on bpffs.
+fn prepare_pin_dir(bpf_root: &Path) -> Result<PathBuf, Error> {
+    let display = bpf_root.display().to_string();
+    std::fs::create_dir_all(bpf_root).map_err(|source| Error::PinDir {
+        path: display.clone(),
+        source,
+    })?;
+    if !is_bpffs(bpf_root) {
+        return Err(Error::NotBpffs { path: display });
+    }
+    let pin_dir = bpf_root.join(names::PIN_VERSION);
+    for dir in [pin_dir.clone(), pin_dir.join("links")] {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(pin_dir)
+}
+
+/// Whether `path` lives on a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stat points to writable memory of the
+    // right size; statfs fills it completely on success.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: statfs returned 0, so the struct is initialised.
+    let stat = unsafe { stat.assume_init() };
+    #[expect(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libc targets"
+    )]
+    let magic = stat.f_type as i64;
+    magic == BPF_FS_MAGIC
+}

@@ -1,2 +1,99 @@
-//! Everything that touches aya: loading, attaching, the maps, events.
+//! Everything that touches aya: loading and pinning (`loader`), attaching to interfaces
+//! (`devices`), the typed maps behind the `LbMaps` trait (`maps`, with an in-memory `fake` for
+//! tests), drop events and counters (`events`), and the maps rendered as text (`dump`).
+//!
+//! Nothing outside this module imports aya.
+pub mod devices;
+pub mod dump;
+pub mod events;
+pub mod fake;
 pub mod loader;
+pub mod maps;
+
+pub use loader::{Datapath, LoadOptions};
+pub use maps::{LbMaps, MapsContent};
+
+/// Errors of the datapath module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bpf root is not on a bpffs mount.
+    #[error(
+        "--bpf-root `{path}` is not on a bpffs mount; mount one with `mount -t bpf bpf {path}` \
+         (inside `ip netns exec`, /sys/fs/bpf is not bpffs: use `nsenter --net` instead)"
+    )]
+    NotBpffs {
+        /// The offending path.
+        path: String,
+    },
+    /// A filesystem operation on the pin directory failed.
+    #[error("cannot prepare pin directory `{path}`")]
+    PinDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading the object failed.
+    #[error("cannot load the lb eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program failed to load (the verifier said no) or attach.
+    #[error("cannot {action} program `{program}`")]
+    Program {
+        /// load, attach, pin ...
+        action: &'static str,
+        /// The program's name.
+        program: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// An interface named on the command line does not exist.
+    #[error("interface `{iface}` does not exist (check --devices)")]
+    NoSuchInterface {
+        /// The interface name.
+        iface: String,
+    },
+    /// Attaching to an interface failed.
+    #[error("cannot attach {hook} to `{iface}`")]
+    Attach {
+        /// from-netdev or from-pod.
+        hook: &'static str,
+        /// The interface.
+        iface: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A map is missing from the object or has the wrong type.
+    #[error("map `{map}` is missing from the object or has an unexpected type")]
+    MapType {
+        /// The map's name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A map is full.
+    #[error("map `{map}` is full; raise --{flag}")]
+    MapFull {
+        /// The map's name.
+        map: &'static str,
+        /// The option that sizes it.
+        flag: &'static str,
+    },
+    /// Any other map operation failed.
+    #[error("cannot {action} map `{map}`")]
+    Map {
+        /// update, delete, read.
+        action: &'static str,
+        /// The map's name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// A fault injected by `fake::FakeMaps`.
+    #[error("injected failure on write {0}")]
+    Injected(usize),
+}

@@ -1,0 +1,273 @@
+//! Attaching the programs: `from_netdev` to the external interfaces, `from_pod` to the host
+//! side of pod interfaces (matched by glob, including ones created later: `LinkWatcher` wakes
+//! on every netlink link event and the caller rescans).
+//!
+//! Links are TCX links pinned under `<pin-dir>/links/<hook>-<iface>`: they outlive the agent,
+//! so traffic keeps flowing while it restarts, and a new agent swaps its program into the
+//! existing link atomically (`attach_to_link`) instead of detaching and re-attaching.
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use lb_common::drop::Hook;
+use tokio::io::unix::AsyncFd;
+
+use super::Error;
+
+/// The program of a hook, by its name in the object.
+pub fn program_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::FromNetdev => "from_netdev",
+        Hook::FromPod => "from_pod",
+    }
+}
+
+/// The interfaces of the current network namespace, as (ifindex, name).
+///
+/// `if_nameindex` asks the kernel of our network namespace; /sys/class/net would show the
+/// namespace that mounted /sys, which differs under `nsenter --net`.
+pub fn interfaces() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, or NULL.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return out;
+    }
+    let mut cursor = list;
+    // SAFETY: we walk the array up to its terminating entry and free it once afterwards.
+    unsafe {
+        while (*cursor).if_index != 0 && !(*cursor).if_name.is_null() {
+            let name = CStr::from_ptr((*cursor).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push(((*cursor).if_index, name));
+            cursor = cursor.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+/// The ifindex of `iface`, if it exists.
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let name = CString::new(iface).ok()?;
+    // SAFETY: name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Shell-style glob with `*` and `?`, as `--pod-devices` takes.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+fn link_pin_path(pin_dir: &Path, hook: Hook, iface: &str) -> std::path::PathBuf {
+    pin_dir
+        .join("links")
+        .join(format!("{}-{iface}", hook.name()))
+}
+
+fn attach_err(
+    hook: Hook,
+    iface: &str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Attach {
+        hook: hook.name(),
+        iface: iface.to_owned(),
+        source: Box::new(err),
+    }
+}
+
+/// Attaches `hook`'s program to the ingress of `iface`, taking over a link pinned by a previous
+/// agent when there is one, and pins the link.
+pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Result<(), Error> {
+    if ifindex(iface).is_none() {
+        return Err(Error::NoSuchInterface {
+            iface: iface.to_owned(),
+        });
+    }
+    let name = program_name(hook);
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(Error::Program {
+            action: "find",
+            program: name,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?
+        .try_into()
+        .map_err(|err| Error::Program {
+            action: "find",
+            program: name,
+            source: Box::new(err),
+        })?;
+    let pin_path = link_pin_path(pin_dir, hook, iface);
+
+    if let Ok(pinned) = PinnedLink::from_pin(&pin_path) {
+        let replaced = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|err| attach_err(hook, iface, err))
+            .and_then(|link| {
+                program
+                    .attach_to_link(link)
+                    .map_err(|err| attach_err(hook, iface, err))
+            });
+        match replaced {
+            Ok(link_id) => {
+                // The pin keeps the link; dropping our handle only closes our descriptor.
+                let _link = program
+                    .take_link(link_id)
+                    .map_err(|err| attach_err(hook, iface, err))?;
+                return Ok(());
+            }
+            Err(err) => {
+                // The pinned link belonged to an interface that is gone (a pod's veth re-created
+                // under the same name): forget it and attach afresh.
+                tracing::debug!(iface, error = %err, "pinned link is stale; attaching anew");
+                let _ = std::fs::remove_file(&pin_path);
+            }
+        }
+    }
+
+    let link_id = program
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|err| attach_err(hook, iface, err))?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|err| attach_err(hook, iface, err))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|err| attach_err(hook, iface, err))?;
+    fd_link
+        .pin(&pin_path)
+        .map_err(|err| attach_err(hook, iface, err))?;
+    Ok(())
+}
+
+/// Removes pins of links whose interface no longer exists.
+pub fn prune_stale_links(pin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let iface = [Hook::FromNetdev, Hook::FromPod]
+            .iter()
+            .find_map(|hook| file_name.strip_prefix(&format!("{}-", hook.name())))
+            .unwrap_or(&file_name);
+        if ifindex(iface).is_none() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A netlink socket subscribed to link events; readable whenever an interface appears,
+/// changes or goes away.
+pub struct LinkWatcher {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl LinkWatcher {
+    /// Opens the socket (in the current network namespace).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data; zero is a valid starting value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: addr is a valid sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the AsyncFd owns the socket, so its descriptor stays open while registered.
+        Ok(Self {
+            fd: unsafe { AsyncFd::register(fd)? },
+        })
+    }
+
+    /// Waits for the next batch of link events and drains it.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        let mut guard = self.fd.readable().await?;
+        loop {
+            // SAFETY: buf is writable for its full length.
+            let n = unsafe {
+                libc::recv(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    guard.clear_ready();
+                    return Ok(());
+                }
+                // ENOBUFS: events were lost; the caller rescans everything anyway.
+                if err.raw_os_error() == Some(libc::ENOBUFS) {
+                    continue;
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_matches_pod_device_names() {
+        assert!(glob_match("lxc*", "lxc1234"));
+        assert!(glob_match("lxc*", "lxc"));
+        assert!(!glob_match("lxc*", "eth0"));
+        assert!(glob_match("veth?", "veth1"));
+        assert!(!glob_match("veth?", "veth12"));
+        assert!(glob_match("*", "anything"));
+    }
+}

@@ -1,0 +1,135 @@
+//! The maps as text and as service views: what `lbctl service list` prints and what the
+//! control-plane tests compare. Reads only; never writes.
+use std::fmt::Write as _;
+
+use lb_common::{proto, service::ServiceKey4};
+
+use super::{
+    MapsContent,
+    maps::{backend_addr_of, frontend_of},
+};
+
+/// A frontend and its backends as the maps say, slot by slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    /// The service id (rev-NAT index).
+    pub id: u16,
+    /// `VIP:port/PROTO`.
+    pub frontend: String,
+    /// The backends in slot order.
+    pub backends: Vec<BackendView>,
+}
+
+/// One backend slot of a `ServiceView`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendView {
+    /// The backend id.
+    pub id: u32,
+    /// `addr:port/PROTO`.
+    pub address: String,
+    /// `active` (slots 1..=count) or `terminating` (the qcount slots).
+    pub state: &'static str,
+}
+
+/// The protocol's name as the CLI prints it.
+pub fn proto_name(protocol: u8) -> &'static str {
+    match protocol {
+        proto::TCP => "TCP",
+        proto::UDP => "UDP",
+        _ => "ANY",
+    }
+}
+
+fn frontend_text(key: &ServiceKey4) -> String {
+    let (vip, port, protocol) = frontend_of(key);
+    format!("{vip}:{port}/{}", proto_name(protocol))
+}
+
+/// Every frontend (wildcard entries left out), sorted by service id.
+pub fn services(content: &MapsContent) -> Vec<ServiceView> {
+    let mut views: Vec<ServiceView> = content
+        .services
+        .iter()
+        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .map(|(key, master)| {
+            let total = master.count.saturating_add(master.qcount);
+            let backends = (1..=total)
+                .filter_map(|slot| {
+                    let slot_key = ServiceKey4 { slot, ..*key };
+                    let id = content.services.get(&slot_key)?.backend_id;
+                    let backend = content.backends.get(&id)?;
+                    let (addr, port) = backend_addr_of(backend);
+                    Some(BackendView {
+                        id,
+                        address: format!("{addr}:{port}/{}", proto_name(backend.proto)),
+                        state: if slot <= master.count {
+                            "active"
+                        } else {
+                            "terminating"
+                        },
+                    })
+                })
+                .collect();
+            ServiceView {
+                id: master.rev_nat,
+                frontend: frontend_text(key),
+                backends,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.id.cmp(&b.id).then_with(|| a.frontend.cmp(&b.frontend)));
+    views
+}
+
+/// The maps as sorted lines, one per entry:
+/// `SVC 10.96.0.10:80/TCP slot=0 id=1 count=2 qcount=0 flags=0x1`,
+/// `SVC 10.96.0.10:80/TCP slot=1 backend=2`, `VIP 10.96.0.10`,
+/// `BE 2 10.244.1.5:8080/TCP state=active flags=0x0`, `REV 1 10.96.0.10:80`.
+pub fn render(content: &MapsContent) -> String {
+    let mut lines = Vec::new();
+    for (key, entry) in &content.services {
+        if key.proto == 0 && key.port == 0 {
+            let (vip, _, _) = frontend_of(key);
+            lines.push(format!("VIP {vip}"));
+        } else if key.slot == 0 {
+            lines.push(format!(
+                "SVC {} slot=0 id={} count={} qcount={} flags={:#x}",
+                frontend_text(key),
+                entry.rev_nat,
+                entry.count,
+                entry.qcount,
+                entry.flags
+            ));
+        } else {
+            lines.push(format!(
+                "SVC {} slot={} backend={}",
+                frontend_text(key),
+                key.slot,
+                entry.backend_id
+            ));
+        }
+    }
+    for (id, backend) in &content.backends {
+        let (addr, port) = backend_addr_of(backend);
+        let state = if backend.state == lb_common::service::BACKEND_STATE_ACTIVE {
+            "active"
+        } else {
+            "terminating"
+        };
+        lines.push(format!(
+            "BE {id} {addr}:{port}/{} state={state} flags={:#x}",
+            proto_name(backend.proto),
+            backend.flags
+        ));
+    }
+    for (id, revnat) in &content.revnat {
+        let addr = std::net::Ipv4Addr::from(u32::from_be(revnat.vip));
+        lines.push(format!("REV {id} {addr}:{}", u16::from_be(revnat.port)));
+    }
+    lines.sort();
+    let mut out = String::new();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
