@@ -280,7 +280,10 @@ fn config_set_rejects_a_bad_value_with_exit_2() {
         "lbctl: invalid value `maybe` for `bpf-lb-external-clusterip`: expected `true` or `false`\n"
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
-    assert!(view.contains("\nbpf-lb-external-clusterip   false\n"), "{view}");
+    assert!(
+        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        "{view}"
+    );
 }
 
 #[test]
@@ -339,7 +342,8 @@ fn status_exits_0_when_ready_and_1_with_a_reason_when_not() {
     let output = agent.lbctl(&["status"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stdout(&output).contains("\nSync:          failed: map `LB4_SERVICES` is full (65536 entries)\n"),
+        stdout(&output)
+            .contains("\nSync:          failed: map `LB4_SERVICES` is full (65536 entries)\n"),
         "{}",
         stdout(&output)
     );

@@ -132,7 +132,10 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
 /// Status, content type and body for a request head.
 fn route(head: &str, backend: &dyn ApiBackend) -> (u16, &'static str, String) {
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or("/"));
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or("/"),
+    );
     let path = target.split('?').next().unwrap_or(target);
     match (method, path) {
         ("GET", "/metrics") => (
@@ -148,7 +151,11 @@ fn route(head: &str, backend: &dyn ApiBackend) -> (u16, &'static str, String) {
             }
         }
         (_, "/metrics" | "/healthz") => (405, "text/plain", "only GET is served\n".to_owned()),
-        _ => (404, "text/plain", "not found; try /metrics or /healthz\n".to_owned()),
+        _ => (
+            404,
+            "text/plain",
+            "not found; try /metrics or /healthz\n".to_owned(),
+        ),
     }
 }
 

@@ -174,8 +174,16 @@ mod tests {
     #[test]
     fn arguments_parse() {
         Args::command_for_test().debug_assert();
-        let args = Args::try_parse_from(["lbctl", "--socket", "/tmp/x.sock", "service", "list", "-o", "json"])
-            .expect("parse");
+        let args = Args::try_parse_from([
+            "lbctl",
+            "--socket",
+            "/tmp/x.sock",
+            "service",
+            "list",
+            "-o",
+            "json",
+        ])
+        .expect("parse");
         assert_eq!(args.socket, PathBuf::from("/tmp/x.sock"));
         assert!(matches!(
             args.command,
@@ -184,7 +192,10 @@ mod tests {
             })
         ));
         let args = Args::try_parse_from(["lbctl", "monitor", "--type", "drop"]).expect("parse");
-        assert!(matches!(args.command, Command::Monitor { output: None, .. }));
+        assert!(matches!(
+            args.command,
+            Command::Monitor { output: None, .. }
+        ));
         assert!(Args::try_parse_from(["lbctl", "monitor", "--type", "trace"]).is_err());
     }
 

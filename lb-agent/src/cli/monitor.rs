@@ -26,10 +26,7 @@ pub fn drops(client: Client, format: Option<Format>, out: &mut dyn Write) -> Res
                 eprintln!("lbctl: lost {count} drop events (lbctl read too slowly)");
             }
             Some(_) => {
-                return Err(ClientError::Unexpected {
-                    request: "monitor",
-                }
-                .into());
+                return Err(ClientError::Unexpected { request: "monitor" }.into());
             }
             None => return Err(Error::StreamEnded),
         }

@@ -99,7 +99,10 @@ impl Layout {
             self.write_lines(out, lines, widths, line0, this);
             line0 = this;
             let mut width = self.minwidth;
-            while let Some(line) = lines.get(this).filter(|line| this < line1 && has_column(line)) {
+            while let Some(line) = lines
+                .get(this)
+                .filter(|line| this < line1 && has_column(line))
+            {
                 if let Some(cell) = line.get(column) {
                     width = width.max(cell.width + self.padding);
                 }

@@ -117,10 +117,7 @@ mod tests {
 
     #[test]
     fn no_services_prints_the_header() {
-        assert_eq!(
-            table(&[]),
-            "ID   Frontend   Service Type   Backend   \n"
-        );
+        assert_eq!(table(&[]), "ID   Frontend   Service Type   Backend   \n");
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// One key's file cannot be written.
-    #[error("cannot write config file `{path}`; is the directory writable (a mounted ConfigMap is not)?")]
+    #[error(
+        "cannot write config file `{path}`; is the directory writable (a mounted ConfigMap is not)?"
+    )]
     Write {
         /// The file.
         path: PathBuf,

@@ -388,7 +388,12 @@ pub fn view(config: &AgentConfig) -> BTreeMap<String, String> {
         (options::SOCKET, config.socket.display().to_string()),
         (
             options::CONFIG_DIR,
-            optional(config.config_dir.as_ref().map(|dir| dir.display().to_string())),
+            optional(
+                config
+                    .config_dir
+                    .as_ref()
+                    .map(|dir| dir.display().to_string()),
+            ),
         ),
         (
             options::METRICS_ADDRESS,
@@ -547,7 +552,9 @@ mod tests {
             "invalid value `maybe` for `bpf-lb-external-clusterip`: expected `true` or `false`"
         );
         assert_eq!(
-            parse_live("log-level", "debug").expect_err("not live").to_string(),
+            parse_live("log-level", "debug")
+                .expect_err("not live")
+                .to_string(),
             "option `log-level` cannot change at runtime; restart lb-agent with --log-level"
         );
         assert!(

@@ -78,9 +78,9 @@ impl Kind {
             Self::OptionalPath => value.is_empty() || value.starts_with('/'),
             Self::OptionalListen => value.is_empty() || value.parse::<SocketAddr>().is_ok(),
             Self::Bool => parse_bool(value).is_some(),
-            Self::Count { min, max } => value
-                .parse::<u32>()
-                .is_ok_and(|n| (min..=max).contains(&n)),
+            Self::Count { min, max } => {
+                value.parse::<u32>().is_ok_and(|n| (min..=max).contains(&n))
+            }
             Self::LogLevel => matches!(value, "error" | "warn" | "info" | "debug" | "trace"),
         }
     }
