@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -88,7 +88,11 @@ pub async fn serve_listener(
     }
 }
 
-async fn handle(mut stream: TcpStream, backend: &dyn ApiBackend) -> io::Result<()> {
+/// Answers one request on `stream` and closes it.
+pub async fn handle<S>(mut stream: S, backend: &dyn ApiBackend) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
         Err(_) => return Ok(()),
@@ -113,7 +117,7 @@ async fn handle(mut stream: TcpStream, backend: &dyn ApiBackend) -> io::Result<(
 }
 
 /// Reads up to the blank line ending the request head; `None` if it exceeds [`MAX_HEAD`].
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<String>> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") {
@@ -315,5 +319,95 @@ lb_last_sync_duration_seconds 0.25
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// A backend with fixed numbers and a settable readiness.
+    struct Fixed {
+        ready: bool,
+    }
+
+    impl ApiBackend for Fixed {
+        fn status(&self) -> crate::api::proto::StatusReply {
+            crate::api::proto::StatusReply {
+                datapath_loaded: true,
+                synced: self.ready,
+                ..Default::default()
+            }
+        }
+        fn services(&self) -> Vec<crate::api::proto::ServiceRow> {
+            Vec::new()
+        }
+        fn config_view(&self) -> std::collections::BTreeMap<String, String> {
+            Default::default()
+        }
+        fn config_set(
+            &self,
+            _: crate::config::LiveChange,
+        ) -> futures::future::BoxFuture<'static, Result<(), super::super::server::BoxError>>
+        {
+            Box::pin(async { Ok(()) })
+        }
+        fn subscribe_drops(
+            &self,
+        ) -> tokio::sync::broadcast::Receiver<crate::api::proto::DropEventRecord> {
+            crate::monitor::DropFanout::default().subscribe()
+        }
+        fn metrics(&self) -> MetricsSnapshot {
+            MetricsSnapshot {
+                services: 2,
+                ..Default::default()
+            }
+        }
+    }
+
+    /// Sends `request` through [`handle`] over an in-memory pipe and returns the response.
+    async fn exchange(ready: bool, request: &str) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let backend = Fixed { ready };
+        let serve = handle(server, &backend);
+        let talk = async {
+            client.write_all(request.as_bytes()).await.expect("write");
+            let mut response = String::new();
+            client.read_to_string(&mut response).await.expect("read");
+            response
+        };
+        let (served, response) = tokio::join!(serve, talk);
+        served.expect("serve");
+        response
+    }
+
+    #[tokio::test]
+    async fn healthz_is_200_when_ready_and_503_with_the_reason_otherwise() {
+        let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            exchange(true, request).await,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+        );
+        assert_eq!(
+            exchange(false, request).await,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nnot ready: first sync not done\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_and_other_paths_are_404() {
+        let response = exchange(true, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            response.starts_with(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            ),
+            "{response}"
+        );
+        assert!(response.contains("\nlb_services 2\n"), "{response}");
+        let response = exchange(true, "GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(
+            response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
+        let response = exchange(true, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{response}"
+        );
     }
 }
