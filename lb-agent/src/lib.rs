@@ -17,3 +17,4 @@ pub mod k8s;
 pub mod model;
 pub mod monitor;
 pub mod sync;
+pub mod telemetry;

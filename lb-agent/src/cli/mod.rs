@@ -1,1 +1,215 @@
-//! TODO: filled in by its owner.
+//! `lbctl`, the operator's CLI: argument parsing and one function per command. Every
+//! command goes through `api::client`; data goes to stdout (a table or `-o json`), errors
+//! to stderr as `lbctl: …` (printed by `bin/lbctl.rs`).
+//!
+//! Exit codes: 0 success; 1 `status` found the agent not ready; 2 any error (cannot connect,
+//! agent refused the request, bad arguments). A closed stdout (`lbctl … | head`) is success.
+
+pub mod config;
+pub mod monitor;
+pub mod output;
+pub mod service;
+pub mod status;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::api::client::{self, Client};
+use output::Format;
+
+/// lbctl's arguments.
+#[derive(Debug, Parser)]
+#[command(name = "lbctl", version, about = "Inspect and steer lb-agent")]
+pub struct Args {
+    /// The agent's API socket.
+    #[arg(
+        long,
+        global = true,
+        env = "LB_SOCKET",
+        default_value = "/var/run/lb/lb.sock"
+    )]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// lbctl's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the agent's state; exit 0 once the datapath is loaded and the first sync is done.
+    Status,
+    /// Services and their backends.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Stream datapath events.
+    Monitor {
+        /// Which events.
+        #[arg(long = "type", value_enum, default_value = "drop")]
+        kind: MonitorType,
+        /// Output format (default: Cilium's text line).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
+    /// The agent's options.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `lbctl service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List services with their backends.
+    #[command(alias = "ls")]
+    List {
+        /// Output format (default: a table).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
+}
+
+/// `lbctl config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every option and its current value.
+    View {
+        /// Output format (default: `key   value` lines).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
+    /// Change a live option now and persist it.
+    Set {
+        /// The option, e.g. `bpf-lb-external-clusterip`.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+}
+
+/// `monitor --type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MonitorType {
+    /// Dropped packets.
+    Drop,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the agent failed, or the agent refused.
+    #[error(transparent)]
+    Api(#[from] client::Error),
+    /// Writing the output failed (a closed pipe is handled by [`is_broken_pipe`]).
+    #[error("cannot write to stdout")]
+    Stdout(#[source] io::Error),
+    /// The agent ended a monitor stream (it is shutting down).
+    #[error("lb-agent ended the event stream")]
+    StreamEnded,
+}
+
+/// Whether `err` is stdout closing under us, which is how `| head` ends a command: success.
+pub fn is_broken_pipe(err: &Error) -> bool {
+    matches!(err, Error::Stdout(io) if io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Runs one command, writing data to stdout.
+pub fn run(args: Args) -> Result<ExitCode, Error> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    run_with(args, &mut out)
+}
+
+fn write_all(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(Error::Stdout)
+}
+
+/// Runs one command, writing data to `out`.
+pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
+    let mut client = Client::connect(&args.socket)?;
+    match args.command {
+        Command::Status => {
+            let status = client.status()?;
+            write_all(out, &status::summary(&status))?;
+            if let Some(reason) = status.not_ready_reason() {
+                eprintln!("lbctl: lb-agent is not ready: {reason}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Service(ServiceCommand::List { output }) => {
+            let services = client.services()?;
+            let text = match output {
+                Some(Format::Json) => service::json(&services),
+                None => service::table(&services),
+            };
+            write_all(out, &text)?;
+        }
+        Command::Monitor {
+            kind: MonitorType::Drop,
+            output,
+        } => monitor::drops(client, output, out)?,
+        Command::Config(ConfigCommand::View { output }) => {
+            let options = client.config_view()?;
+            let text = match output {
+                Some(Format::Json) => config::json(&options),
+                None => config::view(&options),
+            };
+            write_all(out, &text)?;
+        }
+        Command::Config(ConfigCommand::Set { key, value }) => {
+            client.config_set(&key, &value)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse() {
+        Args::command_for_test().debug_assert();
+        let args = Args::try_parse_from([
+            "lbctl",
+            "--socket",
+            "/tmp/x.sock",
+            "service",
+            "list",
+            "-o",
+            "json",
+        ])
+        .expect("parse");
+        assert_eq!(args.socket, PathBuf::from("/tmp/x.sock"));
+        assert!(matches!(
+            args.command,
+            Command::Service(ServiceCommand::List {
+                output: Some(Format::Json)
+            })
+        ));
+        let args = Args::try_parse_from(["lbctl", "monitor", "--type", "drop"]).expect("parse");
+        assert!(matches!(
+            args.command,
+            Command::Monitor { output: None, .. }
+        ));
+        assert!(Args::try_parse_from(["lbctl", "monitor", "--type", "trace"]).is_err());
+    }
+
+    impl Args {
+        fn command_for_test() -> clap::Command {
+            <Self as clap::CommandFactory>::command()
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_is_success_other_write_errors_are_not() {
+        let pipe = Error::Stdout(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&pipe));
+        let full = Error::Stdout(io::Error::from(io::ErrorKind::StorageFull));
+        assert!(!is_broken_pipe(&full));
+    }
+}

@@ -1,1 +1,614 @@
-//! TODO: filled in by its owner.
+//! lb-agent's configuration: every option resolved from its sources into one typed
+//! [`AgentConfig`], and the runtime changes `lbctl config set` may make.
+//!
+//! # Precedence
+//!
+//! For each option the first of these that sets it wins:
+//!
+//! 1. the flag, `--KEY VALUE`;
+//! 2. the environment variable, `LB_KEY` (and, for `node-name`, `NODE_NAME`);
+//! 3. the file `KEY` in `--config-dir DIR` (which itself comes only from 1 or 2);
+//! 4. the default in `options.rs`.
+//!
+//! Whichever source a value comes from, it is validated the same way, and a bad value is an
+//! error naming the key, the source and the accepted values. An unknown file in the config
+//! directory is an error too: a typo must not silently fall back to a default.
+
+pub mod dir;
+pub mod options;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, Command};
+
+use options::{Kind, OPTIONS, OptionSpec};
+
+/// Errors resolving or changing the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line does not parse (or asks for `--help`).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// No option has this key.
+    #[error("unknown option `{key}`{origin}; known options: {known}")]
+    UnknownKey {
+        /// The key as given.
+        key: String,
+        /// Where it was given, as ` (in …)`, or empty.
+        origin: String,
+        /// Every key.
+        known: String,
+    },
+    /// A value the option does not accept.
+    #[error("invalid value `{value}` for `{key}`{origin}: expected {accepted}")]
+    InvalidValue {
+        /// The option.
+        key: &'static str,
+        /// The value as given.
+        value: String,
+        /// Where it was given, as ` (from …)`, or empty.
+        origin: String,
+        /// What the option accepts.
+        accepted: String,
+    },
+    /// The option cannot change while the agent runs.
+    #[error("option `{key}` cannot change at runtime; restart lb-agent with --{key}")]
+    NotLive {
+        /// The option.
+        key: &'static str,
+    },
+    /// No node name was given and the host name cannot be read.
+    #[error("cannot determine the node name; set --node-name or NODE_NAME")]
+    NodeName {
+        /// Why the host name is unavailable.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config directory cannot be read.
+    #[error(transparent)]
+    Dir(#[from] dir::Error),
+}
+
+/// Where Services and EndpointSlices come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kube,
+    /// A directory of YAML or JSON files.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Kube => f.write_str("kube"),
+            Self::File(dir) => write!(f, "file:{}", dir.display()),
+        }
+    }
+}
+
+/// Every option of lb-agent, resolved and typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `source`: where Services and EndpointSlices come from.
+    pub source: Source,
+    /// `devices`: external interfaces, attached as from-netdev.
+    pub devices: Vec<String>,
+    /// `pod-devices`: globs of host-side pod interfaces, attached as from-pod.
+    pub pod_devices: Vec<String>,
+    /// `node-name`: this node's name (defaults to the host name).
+    pub node_name: String,
+    /// `node-ip`: the SNAT source; `None` means the first IPv4 address of the first device.
+    pub node_ip: Option<Ipv4Addr>,
+    /// `bpf-root`: the bpffs directory for pinned maps.
+    pub bpf_root: PathBuf,
+    /// `socket`: the API's unix socket.
+    pub socket: PathBuf,
+    /// `config-dir`: the directory read at start and written by `lbctl config set`.
+    pub config_dir: Option<PathBuf>,
+    /// `metrics-address`: where `/metrics` and `/healthz` are served; `None` disables them.
+    pub metrics_address: Option<SocketAddr>,
+    /// `bpf-lb-external-clusterip` (live): ClusterIPs answer traffic from outside the cluster.
+    pub external_cluster_ip: bool,
+    /// `bpf-ct-max-entries`: capacity of the conntrack map.
+    pub ct_max_entries: u32,
+    /// `bpf-lb-map-max`: capacity of the service, backend and rev-NAT maps.
+    pub lb_map_max: u32,
+    /// `log-level`.
+    pub log_level: tracing::Level,
+}
+
+/// A validated runtime change, from `lbctl config set`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveChange {
+    /// `bpf-lb-external-clusterip`.
+    ExternalClusterIp(bool),
+}
+
+impl LiveChange {
+    /// The option's key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::ExternalClusterIp(_) => options::EXTERNAL_CLUSTER_IP,
+        }
+    }
+
+    /// The value as `config view` prints it and the config directory stores it.
+    pub fn value(self) -> String {
+        match self {
+            Self::ExternalClusterIp(on) => on.to_string(),
+        }
+    }
+
+    /// Applies the change to a configuration.
+    pub fn apply(self, config: &mut AgentConfig) {
+        match self {
+            Self::ExternalClusterIp(on) => config.external_cluster_ip = on,
+        }
+    }
+}
+
+/// lb-agent's command line, built from the option table. Flags only: environment variables
+/// and the config directory are read by [`AgentConfig::from_args`], so that precedence is
+/// decided in one place.
+pub fn command() -> Command {
+    let mut cmd = Command::new("lb-agent")
+        .about("lb's node agent: programs the eBPF load balancer from Services and EndpointSlices")
+        .after_help(
+            "Each option is also read from its environment variable and from the file KEY in \
+             --config-dir; precedence: flag > environment > config-dir file > default.",
+        );
+    for spec in OPTIONS {
+        let mut help = format!("{} [env: {}", spec.help, spec.env);
+        if let Some(alias) = spec.env_alias {
+            help.push_str(&format!(", {alias}"));
+        }
+        help.push(']');
+        if !spec.default.is_empty() {
+            help.push_str(&format!(" [default: {}]", spec.default));
+        }
+        if spec.live {
+            help.push_str(" [live]");
+        }
+        cmd = cmd.arg(
+            Arg::new(spec.key)
+                .long(spec.key)
+                .value_name(spec.value_name)
+                .action(ArgAction::Set)
+                .help(help),
+        );
+    }
+    cmd
+}
+
+/// Where a raw value came from, for error messages.
+enum Origin {
+    Flag,
+    Env(&'static str),
+    ConfigDir(PathBuf),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flag => f.write_str("flag"),
+            Self::Env(var) => write!(f, "environment variable {var}"),
+            Self::ConfigDir(path) => write!(f, "config file {}", path.display()),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses the process's arguments and environment; `--help`, `--version` and usage
+    /// errors print and exit as clap does.
+    pub fn parse() -> Result<Self, Error> {
+        match Self::from_args(std::env::args_os(), |var| std::env::var(var).ok()) {
+            Err(Error::Args(err)) => err.exit(),
+            other => other,
+        }
+    }
+
+    /// Resolves every option from `args` (including the program name), `env` and the config
+    /// directory, in the precedence documented on this module.
+    pub fn from_args<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = command().try_get_matches_from(args)?;
+        let from_flag_or_env = |spec: &OptionSpec| -> Option<(String, Origin)> {
+            if let Some(value) = matches.get_one::<String>(spec.key) {
+                return Some((value.trim().to_owned(), Origin::Flag));
+            }
+            [Some(spec.env), spec.env_alias]
+                .into_iter()
+                .flatten()
+                .find_map(|var| env(var).map(|value| (value.trim().to_owned(), Origin::Env(var))))
+        };
+
+        let config_dir_spec = spec(options::CONFIG_DIR);
+        let dir_values = match from_flag_or_env(config_dir_spec) {
+            Some((dir, origin)) if !dir.is_empty() => {
+                check(config_dir_spec, &dir, &origin)?;
+                let dir = PathBuf::from(dir);
+                let values = dir::read(&dir)?;
+                for key in values.keys() {
+                    if options::lookup(key).is_none() {
+                        return Err(Error::UnknownKey {
+                            key: key.clone(),
+                            origin: format!(" (in config directory {})", dir.display()),
+                            known: options::known_keys(),
+                        });
+                    }
+                }
+                Some((dir, values))
+            }
+            _ => None,
+        };
+
+        let mut raw = BTreeMap::new();
+        for spec in OPTIONS {
+            let (value, origin) = from_flag_or_env(spec)
+                .or_else(|| {
+                    let (dir, values) = dir_values.as_ref()?;
+                    // The directory cannot point at another directory.
+                    if spec.key == options::CONFIG_DIR {
+                        return None;
+                    }
+                    let value = values.get(spec.key)?;
+                    Some((value.clone(), Origin::ConfigDir(dir.join(spec.key))))
+                })
+                .unwrap_or_else(|| (spec.default.to_owned(), Origin::Default));
+            // An empty value means "derive it" for options whose default is empty.
+            if !(value.is_empty() && spec.default.is_empty()) {
+                check(spec, &value, &origin)?;
+            }
+            raw.insert(spec.key, value);
+        }
+        Self::from_raw(&raw)
+    }
+
+    /// Types already validated raw values.
+    fn from_raw(raw: &BTreeMap<&'static str, String>) -> Result<Self, Error> {
+        let get = |key: &str| raw.get(key).map(String::as_str).unwrap_or_default();
+        let list = |key: &str| {
+            options::split_list(get(key))
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let invalid = |key: &'static str| Error::InvalidValue {
+            key,
+            value: get(key).to_owned(),
+            origin: String::new(),
+            accepted: spec(key).kind.accepted(),
+        };
+        let number = |key: &'static str| get(key).parse::<u32>().map_err(|_| invalid(key));
+        let optional = |key: &str| Some(get(key)).filter(|value| !value.is_empty());
+
+        let source = match get(options::SOURCE).strip_prefix("file:") {
+            Some(dir) => Source::File(PathBuf::from(dir)),
+            None => Source::Kube,
+        };
+        let node_name = match optional(options::NODE_NAME) {
+            Some(name) => name.to_owned(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .map_err(|source| Error::NodeName { source })?,
+        };
+        Ok(Self {
+            source,
+            devices: list(options::DEVICES),
+            pod_devices: list(options::POD_DEVICES),
+            node_name,
+            node_ip: optional(options::NODE_IP)
+                .map(|ip| ip.parse().map_err(|_| invalid(options::NODE_IP)))
+                .transpose()?,
+            bpf_root: PathBuf::from(get(options::BPF_ROOT)),
+            socket: PathBuf::from(get(options::SOCKET)),
+            config_dir: optional(options::CONFIG_DIR).map(PathBuf::from),
+            metrics_address: optional(options::METRICS_ADDRESS)
+                .map(|addr| addr.parse().map_err(|_| invalid(options::METRICS_ADDRESS)))
+                .transpose()?,
+            external_cluster_ip: options::parse_bool(get(options::EXTERNAL_CLUSTER_IP))
+                .ok_or_else(|| invalid(options::EXTERNAL_CLUSTER_IP))?,
+            ct_max_entries: number(options::CT_MAX_ENTRIES)?,
+            lb_map_max: number(options::LB_MAP_MAX)?,
+            log_level: get(options::LOG_LEVEL)
+                .parse()
+                .map_err(|_| invalid(options::LOG_LEVEL))?,
+        })
+    }
+}
+
+/// The table entry of a key this module names; every such key is in the table (unit-tested).
+fn spec(key: &str) -> &'static OptionSpec {
+    options::lookup(key).unwrap_or(&OPTIONS[0])
+}
+
+fn check(spec: &'static OptionSpec, value: &str, origin: &Origin) -> Result<(), Error> {
+    if spec.kind.is_valid(value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidValue {
+            key: spec.key,
+            value: value.to_owned(),
+            origin: format!(" (from {origin})"),
+            accepted: spec.kind.accepted(),
+        })
+    }
+}
+
+/// Validates `lbctl config set KEY VALUE`: the key must exist and be live, the value valid.
+pub fn parse_live(key: &str, value: &str) -> Result<LiveChange, Error> {
+    let Some(spec) = options::lookup(key) else {
+        return Err(Error::UnknownKey {
+            key: key.to_owned(),
+            origin: String::new(),
+            known: options::known_keys(),
+        });
+    };
+    if !spec.live {
+        return Err(Error::NotLive { key: spec.key });
+    }
+    let value = value.trim();
+    let invalid = || Error::InvalidValue {
+        key: spec.key,
+        value: value.to_owned(),
+        origin: String::new(),
+        accepted: spec.kind.accepted(),
+    };
+    match spec.kind {
+        Kind::Bool if spec.key == options::EXTERNAL_CLUSTER_IP => options::parse_bool(value)
+            .map(LiveChange::ExternalClusterIp)
+            .ok_or_else(invalid),
+        _ => Err(Error::NotLive { key: spec.key }),
+    }
+}
+
+/// Every option as `key -> value`, rendered as the config directory would store it.
+pub fn view(config: &AgentConfig) -> BTreeMap<String, String> {
+    let optional = |value: Option<String>| value.unwrap_or_default();
+    let entries = [
+        (options::SOURCE, config.source.to_string()),
+        (options::DEVICES, config.devices.join(",")),
+        (options::POD_DEVICES, config.pod_devices.join(",")),
+        (options::NODE_NAME, config.node_name.clone()),
+        (
+            options::NODE_IP,
+            optional(config.node_ip.map(|ip| ip.to_string())),
+        ),
+        (options::BPF_ROOT, config.bpf_root.display().to_string()),
+        (options::SOCKET, config.socket.display().to_string()),
+        (
+            options::CONFIG_DIR,
+            optional(
+                config
+                    .config_dir
+                    .as_ref()
+                    .map(|dir| dir.display().to_string()),
+            ),
+        ),
+        (
+            options::METRICS_ADDRESS,
+            optional(config.metrics_address.map(|addr| addr.to_string())),
+        ),
+        (
+            options::EXTERNAL_CLUSTER_IP,
+            config.external_cluster_ip.to_string(),
+        ),
+        (options::CT_MAX_ENTRIES, config.ct_max_entries.to_string()),
+        (options::LB_MAP_MAX, config.lb_map_max.to_string()),
+        (
+            options::LOG_LEVEL,
+            config.log_level.to_string().to_lowercase(),
+        ),
+    ];
+    entries
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<AgentConfig, Error> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let argv = std::iter::once("lb-agent").chain(args.iter().copied());
+        AgentConfig::from_args(argv, |var| env.get(var).cloned())
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("lb-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        path
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = resolve(&["--node-name", "n1"], &[]).expect("resolve");
+        assert_eq!(
+            config,
+            AgentConfig {
+                source: Source::Kube,
+                devices: vec![],
+                pod_devices: vec![],
+                node_name: "n1".into(),
+                node_ip: None,
+                bpf_root: "/sys/fs/bpf/lb".into(),
+                socket: "/var/run/lb/lb.sock".into(),
+                config_dir: None,
+                metrics_address: Some("127.0.0.1:9963".parse().expect("addr")),
+                external_cluster_ip: false,
+                ct_max_entries: 262_144,
+                lb_map_max: 65_536,
+                log_level: tracing::Level::INFO,
+            }
+        );
+    }
+
+    #[test]
+    fn flag_beats_env_beats_config_dir_beats_default() {
+        let dir = temp_dir("precedence");
+        std::fs::write(dir.join("bpf-lb-external-clusterip"), "true\n").expect("write");
+        std::fs::write(dir.join("log-level"), "debug").expect("write");
+        std::fs::write(dir.join("devices"), "eth9").expect("write");
+        let dir_str = dir.display().to_string();
+        let env = [
+            ("LB_CONFIG_DIR", dir_str.as_str()),
+            ("LB_LOG_LEVEL", "trace"),
+            ("LB_DEVICES", "eth1,eth2"),
+            ("NODE_NAME", "from-downward-api"),
+        ];
+
+        let config = resolve(&["--devices", "eth0"], &env).expect("resolve");
+        assert_eq!(config.devices, ["eth0"], "flag beats env and dir");
+        assert_eq!(config.log_level, tracing::Level::TRACE, "env beats dir");
+        assert!(config.external_cluster_ip, "dir beats default");
+        assert_eq!(config.bpf_root, PathBuf::from("/sys/fs/bpf/lb"), "default");
+        assert_eq!(config.node_name, "from-downward-api", "NODE_NAME alias");
+        assert_eq!(config.config_dir, Some(dir.clone()));
+
+        let config = resolve(&[], &[("LB_NODE_NAME", "a"), ("NODE_NAME", "b")]).expect("resolve");
+        assert_eq!(config.node_name, "a", "LB_NODE_NAME beats NODE_NAME");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_the_source_and_the_accepted_values() {
+        let err = resolve(&["--bpf-lb-external-clusterip", "maybe"], &[]).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "invalid value `maybe` for `bpf-lb-external-clusterip` (from flag): expected `true` or `false`"
+        );
+        let err = resolve(&[], &[("LB_BPF_CT_MAX_ENTRIES", "12")]).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "invalid value `12` for `bpf-ct-max-entries` (from environment variable LB_BPF_CT_MAX_ENTRIES): expected an integer from 1024 to 16777216"
+        );
+    }
+
+    #[test]
+    fn an_unknown_file_in_the_config_dir_is_an_error() {
+        let dir = temp_dir("unknown");
+        std::fs::write(dir.join("bpf-lb-external-clusterIP"), "true").expect("write");
+        let err = resolve(&["--config-dir", &dir.display().to_string()], &[]).expect_err("bad");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "unknown option `bpf-lb-external-clusterIP` (in config directory {}); known options: source, devices,",
+                dir.display()
+            )),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_value_in_the_config_dir_names_the_file() {
+        let dir = temp_dir("bad-value");
+        std::fs::write(dir.join("bpf-lb-external-clusterip"), "yes\n").expect("write");
+        let err = resolve(&["--config-dir", &dir.display().to_string()], &[]).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid value `yes` for `bpf-lb-external-clusterip` (from config file {}/bpf-lb-external-clusterip): expected `true` or `false`",
+                dir.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unknown_flag_is_a_usage_error() {
+        assert!(matches!(
+            resolve(&["--bpf-lb-external-cluster-ip", "true"], &[]),
+            Err(Error::Args(_))
+        ));
+    }
+
+    #[test]
+    fn parse_live_accepts_only_live_keys_and_valid_values() {
+        assert_eq!(
+            parse_live("bpf-lb-external-clusterip", "true").expect("valid"),
+            LiveChange::ExternalClusterIp(true)
+        );
+        assert_eq!(
+            parse_live("bpf-lb-external-clusterip", "maybe")
+                .expect_err("bad")
+                .to_string(),
+            "invalid value `maybe` for `bpf-lb-external-clusterip`: expected `true` or `false`"
+        );
+        assert_eq!(
+            parse_live("log-level", "debug")
+                .expect_err("not live")
+                .to_string(),
+            "option `log-level` cannot change at runtime; restart lb-agent with --log-level"
+        );
+        assert!(
+            parse_live("no-such-key", "1")
+                .expect_err("unknown")
+                .to_string()
+                .starts_with("unknown option `no-such-key`; known options: source, devices, ")
+        );
+    }
+
+    #[test]
+    fn view_renders_every_option_and_round_trips_through_the_flags() {
+        let config = resolve(
+            &[
+                "--source=file:/srv/lb",
+                "--devices=eth0,eth1",
+                "--pod-devices=lxc*",
+                "--node-name=n1",
+                "--node-ip=192.168.56.2",
+                "--metrics-address=",
+                "--bpf-lb-external-clusterip=true",
+            ],
+            &[],
+        )
+        .expect("resolve");
+        let view = view(&config);
+        assert_eq!(view.len(), OPTIONS.len());
+        assert_eq!(view["source"], "file:/srv/lb");
+        assert_eq!(view["metrics-address"], "");
+        assert_eq!(config.metrics_address, None);
+        let args: Vec<String> = view.iter().map(|(k, v)| format!("--{k}={v}")).collect();
+        let again = resolve(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+            .expect("resolve view");
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn every_key_this_module_names_is_in_the_table() {
+        for key in [
+            options::SOURCE,
+            options::DEVICES,
+            options::POD_DEVICES,
+            options::NODE_NAME,
+            options::NODE_IP,
+            options::BPF_ROOT,
+            options::SOCKET,
+            options::CONFIG_DIR,
+            options::METRICS_ADDRESS,
+            options::EXTERNAL_CLUSTER_IP,
+            options::CT_MAX_ENTRIES,
+            options::LB_MAP_MAX,
+            options::LOG_LEVEL,
+        ] {
+            assert!(options::lookup(key).is_some(), "{key}");
+        }
+    }
+}

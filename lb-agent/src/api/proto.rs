@@ -1,0 +1,264 @@
+//! The wire protocol between `lbctl` and lb-agent: newline-delimited JSON over the unix
+//! socket. A client writes one [`Request`] per line; the agent answers each with one
+//! [`Response`] line, except [`Request::MonitorDrops`], which it answers with a stream of
+//! [`Response::Drop`] (and [`Response::Lost`]) lines until the client disconnects.
+//!
+//! These types carry values ready to print: addresses as `Ipv4Addr`, ports in host order.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// One request from a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the agent ready, and a summary.
+    Status,
+    /// Every service with its backends.
+    ServiceList,
+    /// Every option and its current value.
+    ConfigView,
+    /// Change a live option.
+    ConfigSet {
+        /// The option's key.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// Stream drop events until the client disconnects.
+    MonitorDrops,
+}
+
+/// One response line from the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReply),
+    /// Answer to [`Request::ServiceList`].
+    ServiceList {
+        /// Services, sorted by id.
+        services: Vec<ServiceRow>,
+    },
+    /// Answer to [`Request::ConfigView`].
+    ConfigView {
+        /// `(key, value)` sorted by key.
+        options: Vec<(String, String)>,
+    },
+    /// Answer to [`Request::ConfigSet`]: the change took effect and persisted.
+    ConfigSet {
+        /// The option's key.
+        key: String,
+        /// Its value now.
+        value: String,
+    },
+    /// One drop event of a [`Request::MonitorDrops`] stream.
+    Drop(DropEventRecord),
+    /// Events the stream skipped because the client read too slowly.
+    Lost {
+        /// How many.
+        count: u64,
+    },
+    /// The request failed; `message` is for the operator.
+    Error {
+        /// Lowercase, names the object, suggests the fix.
+        message: String,
+    },
+}
+
+/// The agent's state, for `lbctl status` and `/healthz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The agent's version.
+    pub version: String,
+    /// `source` as configured (`kube` or `file:DIR`).
+    pub source: String,
+    /// This node's name.
+    pub node_name: String,
+    /// The eBPF programs are loaded and attached.
+    pub datapath_loaded: bool,
+    /// The first full sync of the maps has completed.
+    pub synced: bool,
+    /// Services programmed.
+    pub services: u64,
+    /// Backends programmed.
+    pub backends: u64,
+    /// Interfaces with from-netdev attached.
+    pub devices: Vec<String>,
+    /// Interfaces with from-pod attached.
+    pub pod_devices: Vec<String>,
+    /// The last sync error, if the last sync failed.
+    pub last_sync_error: Option<String>,
+}
+
+impl StatusReply {
+    /// Ready: datapath loaded and first sync done.
+    pub fn is_ready(&self) -> bool {
+        self.datapath_loaded && self.synced
+    }
+
+    /// Why the agent is not ready, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let mut reason = if !self.datapath_loaded {
+            "datapath not loaded".to_owned()
+        } else if !self.synced {
+            "first sync not done".to_owned()
+        } else {
+            return None;
+        };
+        if let Some(err) = &self.last_sync_error {
+            reason.push_str(&format!(" (last sync error: {err})"));
+        }
+        Some(reason)
+    }
+}
+
+/// One service, as `lbctl service list` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// The `ServiceId`.
+    pub id: u16,
+    /// `VIP:port/PROTO`, e.g. `10.96.0.10:53/UDP`.
+    pub frontend: String,
+    /// `ClusterIP`.
+    #[serde(rename = "type")]
+    pub service_type: String,
+    /// Backends in slot order.
+    pub backends: Vec<BackendRow>,
+}
+
+/// One backend of a [`ServiceRow`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRow {
+    /// The `BackendId`.
+    pub id: u32,
+    /// `addr:port/PROTO`.
+    pub address: String,
+    /// `active` or `terminating`.
+    pub state: BackendState,
+}
+
+/// Whether new flows may select a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Selected for new flows.
+    Active,
+    /// Kept for established flows only.
+    Terminating,
+}
+
+impl BackendState {
+    /// The word `service list` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Terminating => "terminating",
+        }
+    }
+}
+
+/// A drop event decoded from `lb_common::event::DropEvent` (see `monitor::line` for the
+/// conversion): addresses as `Ipv4Addr`, ports in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropEventRecord {
+    /// The `DropReason` number.
+    pub reason: u8,
+    /// The `Hook` number.
+    pub hook: u8,
+    /// The `SourceFile` number.
+    pub file: u8,
+    /// Line of the drop site.
+    pub line: u16,
+    /// The skb hash.
+    pub flow_hash: u32,
+    /// The interface the packet arrived on.
+    pub ifindex: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// TCP flags (`lb_common::event::tcp_flags`).
+    pub tcp_flags: u8,
+    /// Source address.
+    pub saddr: Ipv4Addr,
+    /// Destination address.
+    pub daddr: Ipv4Addr,
+    /// Source port (0 without ports).
+    pub sport: u16,
+    /// Destination port (0 without ports).
+    pub dport: u16,
+    /// Packet length in bytes.
+    pub len: u32,
+}
+
+/// Counters and gauges for `/metrics`, read from the agent when scraped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Drops by reason and hook (summed over CPUs).
+    pub drops: Vec<DropCount>,
+    /// Services programmed.
+    pub services: u64,
+    /// Backends programmed.
+    pub backends: u64,
+    /// Completed sync passes.
+    pub syncs: u64,
+    /// Sync passes that failed.
+    pub sync_errors: u64,
+    /// Duration of the last sync pass, in seconds.
+    pub last_sync_duration_seconds: f64,
+    /// Sum of all sync durations, in seconds.
+    pub sync_duration_seconds_sum: f64,
+}
+
+/// One `LB_METRICS` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCount {
+    /// The `DropReason` number.
+    pub reason: u8,
+    /// The `Hook` number.
+    pub hook: u8,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Bytes dropped.
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json_lines() {
+        let line = serde_json::to_string(&Request::ConfigSet {
+            key: "bpf-lb-external-clusterip".into(),
+            value: "true".into(),
+        })
+        .expect("serialize");
+        assert_eq!(
+            line,
+            r#"{"request":"config_set","key":"bpf-lb-external-clusterip","value":"true"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"request":"status"}"#).expect("parse"),
+            Request::Status
+        );
+    }
+
+    #[test]
+    fn not_ready_reason_names_what_is_missing() {
+        let mut status = StatusReply::default();
+        assert_eq!(
+            status.not_ready_reason().as_deref(),
+            Some("datapath not loaded")
+        );
+        status.datapath_loaded = true;
+        status.last_sync_error = Some("map `LB4_SERVICES` is full".into());
+        assert_eq!(
+            status.not_ready_reason().as_deref(),
+            Some("first sync not done (last sync error: map `LB4_SERVICES` is full)")
+        );
+        status.synced = true;
+        assert!(status.is_ready());
+        assert_eq!(status.not_ready_reason(), None);
+    }
+}

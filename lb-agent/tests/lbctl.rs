@@ -1,0 +1,504 @@
+//! The real `lbctl` binary against `api::server` serving in-process on a temporary socket,
+//! backed by a small in-test `ApiBackend` with real values. Output is compared with exact
+//! expected text.
+//!
+//! This lives in lb-agent (not lb-tests) because only lb-agent's own tests get
+//! `CARGO_BIN_EXE_lbctl`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use lb_agent::api::proto::{
+    BackendRow, BackendState, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+};
+use lb_agent::api::server::{self, ApiBackend, BoxError};
+use lb_agent::config::{self, AgentConfig, LiveChange};
+use lb_agent::monitor::DropFanout;
+use lb_common::drop::{DropReason, Hook, SourceFile};
+use lb_common::event::{DropEvent, EVENT_DROP, tcp_flags};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// The agent's state as the test sets it.
+struct TestBackend {
+    status: Mutex<StatusReply>,
+    config: Mutex<AgentConfig>,
+    drops: DropFanout,
+}
+
+impl ApiBackend for TestBackend {
+    fn status(&self) -> StatusReply {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn services(&self) -> Vec<ServiceRow> {
+        let backend = |id, address: &str, state| BackendRow {
+            id,
+            address: address.into(),
+            state,
+        };
+        // Out of order on purpose: the server sorts by id.
+        vec![
+            ServiceRow {
+                id: 3,
+                frontend: "10.96.0.10:53/UDP".into(),
+                service_type: "ClusterIP".into(),
+                backends: vec![
+                    backend(4, "10.244.1.42:53/UDP", BackendState::Active),
+                    backend(7, "10.244.2.17:53/UDP", BackendState::Terminating),
+                ],
+            },
+            ServiceRow {
+                id: 1,
+                frontend: "10.96.229.67:80/TCP".into(),
+                service_type: "ClusterIP".into(),
+                backends: vec![backend(1, "10.112.1.194:80/TCP", BackendState::Active)],
+            },
+        ]
+    }
+
+    fn config_view(&self) -> BTreeMap<String, String> {
+        config::view(&self.config.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>> {
+        change.apply(&mut self.config.lock().unwrap_or_else(PoisonError::into_inner));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord> {
+        self.drops.subscribe()
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot::default()
+    }
+}
+
+/// An API server on a fresh socket; stops it and removes the directory on drop.
+struct Agent {
+    dir: PathBuf,
+    socket: PathBuf,
+    backend: Arc<TestBackend>,
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Agent {
+    fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lbctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The server creates the socket's directory itself.
+        let socket = dir.join("run/lb.sock");
+        let config = AgentConfig::from_args(
+            [
+                "lb-agent",
+                "--node-name=node-1",
+                "--devices=eth0",
+                "--pod-devices=lxc*",
+                "--socket",
+                &socket.display().to_string(),
+            ],
+            |_| None,
+        )
+        .expect("agent config");
+        let backend = Arc::new(TestBackend {
+            status: Mutex::new(StatusReply {
+                version: "0.1.0".into(),
+                source: "kube".into(),
+                node_name: "node-1".into(),
+                datapath_loaded: true,
+                synced: true,
+                services: 2,
+                backends: 3,
+                devices: vec!["eth0".into()],
+                pod_devices: vec!["lxc1".into(), "lxc2".into()],
+                last_sync_error: None,
+            }),
+            config: Mutex::new(config),
+            drops: DropFanout::default(),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let shutdown = CancellationToken::new();
+        let listener = {
+            let _guard = runtime.enter();
+            server::bind(&socket).expect("bind api socket")
+        };
+        let api: Arc<dyn ApiBackend> = backend.clone();
+        runtime.spawn(server::serve_listener(listener, api, shutdown.clone()));
+        Self {
+            dir,
+            socket,
+            backend,
+            shutdown,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn lbctl(&self, args: &[&str]) -> Output {
+        lbctl(&self.socket, args)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn lbctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("LB_SOCKET")
+        .output()
+        .expect("run lbctl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("utf-8 stdout")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).expect("utf-8 stderr")
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn socket_is_a_socket_with_mode_0600() {
+    let agent = Agent::start("mode");
+    let meta = std::fs::metadata(&agent.socket).expect("stat socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn service_list_prints_ciliums_table_sorted_by_id() {
+    let agent = Agent::start("service-list");
+    let output = agent.lbctl(&["service", "list"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    // Column widths (tabwriter minwidth 5, padding 3): ID 5; Frontend 19+3 = 22;
+    // Service Type 12+3 = 15; Backend 37+3 = 40, padded on every line as Cilium's is.
+    assert_eq!(
+        stdout(&output),
+        concat!(
+            "ID   Frontend              Service Type   Backend                                 \n",
+            "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)       \n",
+            "3    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.1.42:53/UDP (active)        \n",
+            "                                          2 => 10.244.2.17:53/UDP (terminating)   \n",
+        )
+    );
+    assert_eq!(stderr(&output), "");
+}
+
+#[test]
+fn service_list_json_carries_ids_and_states() {
+    let agent = Agent::start("service-json");
+    let output = agent.lbctl(&["service", "list", "-o", "json"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let services: Vec<ServiceRow> = serde_json::from_str(&stdout(&output)).expect("json");
+    let ids: Vec<u16> = services.iter().map(|service| service.id).collect();
+    assert_eq!(ids, [1, 3]);
+    assert_eq!(services[1].backends[1].id, 7);
+    assert_eq!(services[1].backends[1].state, BackendState::Terminating);
+}
+
+#[test]
+fn config_view_lists_every_option_sorted() {
+    let agent = Agent::start("config-view");
+    let output = agent.lbctl(&["config", "view"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let socket = agent.socket.display().to_string();
+    let expected = [
+        ("bpf-ct-max-entries", "262144"),
+        ("bpf-lb-external-clusterip", "false"),
+        ("bpf-lb-map-max", "65536"),
+        ("bpf-root", "/sys/fs/bpf/lb"),
+        ("config-dir", ""),
+        ("devices", "eth0"),
+        ("log-level", "info"),
+        ("metrics-address", "127.0.0.1:9963"),
+        ("node-ip", ""),
+        ("node-name", "node-1"),
+        ("pod-devices", "lxc*"),
+        ("socket", socket.as_str()),
+        ("source", "kube"),
+    ]
+    .iter()
+    // The longest key, `bpf-lb-external-clusterip`, is 25 characters; padding 3.
+    .map(|(key, value)| format!("{key:<28}{value}\n"))
+    .collect::<String>();
+    assert_eq!(stdout(&output), expected);
+}
+
+#[test]
+fn config_set_changes_a_live_option() {
+    let agent = Agent::start("config-set");
+    let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    let view = stdout(&agent.lbctl(&["config", "view"]));
+    assert!(
+        view.contains("\nbpf-lb-external-clusterip   true\n"),
+        "{view}"
+    );
+}
+
+#[test]
+fn config_set_rejects_a_bad_value_with_exit_2() {
+    let agent = Agent::start("config-set-bad");
+    let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "maybe"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stderr(&output),
+        "lbctl: invalid value `maybe` for `bpf-lb-external-clusterip`: expected `true` or `false`\n"
+    );
+    let view = stdout(&agent.lbctl(&["config", "view"]));
+    assert!(
+        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        "{view}"
+    );
+}
+
+#[test]
+fn config_set_rejects_an_unknown_key_with_exit_2() {
+    let agent = Agent::start("config-set-unknown");
+    let output = agent.lbctl(&["config", "set", "bpf-lb-external-cluster-ip", "true"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
+         pod-devices, node-name, node-ip, bpf-root, socket, config-dir, metrics-address, \
+         bpf-lb-external-clusterip, bpf-ct-max-entries, bpf-lb-map-max, log-level\n"
+    );
+}
+
+#[test]
+fn config_set_rejects_an_option_that_is_not_live() {
+    let agent = Agent::start("config-set-not-live");
+    let output = agent.lbctl(&["config", "set", "devices", "eth1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "lbctl: option `devices` cannot change at runtime; restart lb-agent with --devices\n"
+    );
+}
+
+#[test]
+fn status_exits_0_when_ready_and_1_with_a_reason_when_not() {
+    let agent = Agent::start("status");
+    let output = agent.lbctl(&["status"]);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        concat!(
+            "Version:       0.1.0\n",
+            "Node:          node-1\n",
+            "Source:        kube\n",
+            "Datapath:      loaded\n",
+            "Sync:          ok\n",
+            "Services:      2\n",
+            "Backends:      3\n",
+            "Devices:       eth0\n",
+            "Pod devices:   lxc1, lxc2\n",
+        )
+    );
+
+    {
+        let mut status = agent
+            .backend
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        status.synced = false;
+        status.last_sync_error = Some("map `LB4_SERVICES` is full (65536 entries)".into());
+    }
+    let output = agent.lbctl(&["status"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output)
+            .contains("\nSync:          failed: map `LB4_SERVICES` is full (65536 entries)\n"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(
+        stderr(&output),
+        "lbctl: lb-agent is not ready: first sync not done (last sync error: map `LB4_SERVICES` is full (65536 entries))\n"
+    );
+}
+
+#[test]
+fn no_agent_is_exit_2_naming_the_socket() {
+    let socket = std::env::temp_dir().join(format!("lbctl-none-{}/lb.sock", std::process::id()));
+    let output = lbctl(&socket, &["status"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "lbctl: cannot connect to lb-agent at {}: No such file or directory (os error 2)\n",
+            socket.display()
+        )
+    );
+}
+
+/// A datapath drop event (network byte order).
+fn drop_event(reason: DropReason, hook: Hook, line: u16, flags: u8, flow_hash: u32) -> DropEvent {
+    DropEvent {
+        kind: EVENT_DROP,
+        reason: reason as u8,
+        file: SourceFile::Policy as u8,
+        hook: hook as u8,
+        line,
+        tcp_flags: flags,
+        proto: lb_common::proto::TCP,
+        ifindex: 2,
+        flow_hash,
+        saddr: u32::from_ne_bytes([192, 168, 56, 10]),
+        daddr: u32::from_ne_bytes([10, 96, 229, 67]),
+        sport: 33802u16.to_be(),
+        dport: 80u16.to_be(),
+        len: 60,
+    }
+}
+
+/// Runs `lbctl monitor` with `extra` arguments, publishes two events once it has
+/// subscribed, and returns the first two lines it prints.
+fn monitor_two_lines(agent: &Agent, extra: &[&str]) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["monitor", "--type", "drop"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lbctl monitor");
+    wait_until("lbctl monitor to subscribe", || {
+        agent.backend.drops.subscribers() == 1
+    });
+    agent.backend.drops.publish(&drop_event(
+        DropReason::IsClusterIp,
+        Hook::FromNetdev,
+        42,
+        tcp_flags::SYN,
+        0,
+    ));
+    agent.backend.drops.publish(&drop_event(
+        DropReason::NoService,
+        Hook::FromPod,
+        57,
+        tcp_flags::SYN | tcp_flags::ACK,
+        0x7558_de48,
+    ));
+
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().take(2) {
+            if tx.send(line.expect("read line")).is_err() {
+                return;
+            }
+        }
+    });
+    let lines: Vec<String> = (0..2)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("lbctl monitor prints a line per event")
+        })
+        .collect();
+    child.kill().expect("stop lbctl monitor");
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn monitor_prints_ciliums_drop_lines() {
+    let agent = Agent::start("monitor");
+    assert_eq!(
+        monitor_two_lines(&agent, &[]),
+        [
+            "xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file policy.rs line 42, , identity world->unknown: 192.168.56.10:33802 -> 10.96.229.67:80 tcp SYN",
+            "xx drop (Service backend not found) flow 0x7558de48 to endpoint 0, file policy.rs line 57, , identity unknown->unknown: 192.168.56.10:33802 -> 10.96.229.67:80 tcp SYN, ACK",
+        ]
+    );
+    // The server notices the client is gone.
+    wait_until("the monitor stream to end", || {
+        agent.backend.drops.subscribers() == 0
+    });
+}
+
+#[test]
+fn monitor_json_prints_one_object_per_event() {
+    let agent = Agent::start("monitor-json");
+    assert_eq!(
+        monitor_two_lines(&agent, &["-o", "json"]),
+        [
+            r#"{"type":"drop","reason":174,"message":"Is a ClusterIP","hook":"from-netdev","file":"policy.rs","line":42,"flow":0,"ifindex":2,"src":"192.168.56.10:33802","dst":"10.96.229.67:80","proto":"tcp","tcp_flags":"SYN","len":60}"#,
+            r#"{"type":"drop","reason":158,"message":"Service backend not found","hook":"from-pod","file":"policy.rs","line":57,"flow":1968758344,"ifindex":2,"src":"192.168.56.10:33802","dst":"10.96.229.67:80","proto":"tcp","tcp_flags":"SYN, ACK","len":60}"#,
+        ]
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_success() {
+    let agent = Agent::start("broken-pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["service", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lbctl");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait lbctl");
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(stderr(&output), "");
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    let agent = Agent::start("stale");
+    let err = {
+        let _guard = agent.runtime.as_ref().expect("runtime").enter();
+        server::bind(&agent.socket).expect_err("socket in use")
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "another lb-agent is serving `{}`; stop it or choose another --socket",
+            agent.socket.display()
+        )
+    );
+    let stale = agent.dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind stale socket"));
+    let _guard = agent.runtime.as_ref().expect("runtime").enter();
+    server::bind(&stale).expect("replace a stale socket");
+}
