@@ -9,6 +9,7 @@
 //!
 //! `config/` defines every option once; `api/` serves `lbctl` over a unix socket; `cli/` is
 //! `lbctl` itself; `monitor/` renders drop events.
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -18,3 +19,5 @@ pub mod model;
 pub mod monitor;
 pub mod sync;
 pub mod telemetry;
+
+pub use agent::run;

@@ -1,1 +1,50 @@
-fn main() {}
+//! `lb-agent`: parse the configuration, start telemetry, run the agent until SIGTERM/SIGINT.
+use std::process::ExitCode;
+
+use lb_agent::{config::AgentConfig, telemetry};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match AgentConfig::parse() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("lb-agent: {:#}", anyhow::Error::from(err));
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lb-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        lb_agent::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "lb-agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -67,6 +67,35 @@ pub fn ifindex(iface: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The first IPv4 address of `iface`, the node address SNAT uses by default.
+pub fn first_ipv4(iface: &str) -> Option<std::net::Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = list;
+    // SAFETY: we walk the list getifaddrs returned until its end, reading only entries whose
+    // address family says they hold a sockaddr_in, then free it once.
+    unsafe {
+        while !cursor.is_null() {
+            let entry = &*cursor;
+            if !entry.ifa_addr.is_null()
+                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET
+                && CStr::from_ptr(entry.ifa_name).to_bytes() == iface.as_bytes()
+            {
+                let addr = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                found = Some(std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)));
+                break;
+            }
+            cursor = entry.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
 /// Shell-style glob with `*` and `?`, as `--pod-devices` takes.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     fn go(p: &[u8], n: &[u8]) -> bool {

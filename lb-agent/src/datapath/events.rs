@@ -1,11 +1,11 @@
 //! Drop events: reads `LB_EVENTS` (a ring buffer) and fans the events out to subscribers
-//! (`lbctl monitor`), never blocking the reader on a slow subscriber.
+//! (`lbctl monitor`) through the caller's `publish`.
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
 use lb_common::{event::DropEvent, maps as names};
-use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
@@ -24,10 +24,10 @@ pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, Error> {
     })
 }
 
-/// Reads events until `shutdown`, sending each to `tx` (lagging subscribers lose the oldest).
+/// Reads events until `shutdown`, handing each to `publish` (which must not block).
 pub async fn forward(
     ring: RingBuf<MapData>,
-    tx: broadcast::Sender<DropEvent>,
+    publish: impl Fn(&DropEvent),
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open while registered.
@@ -40,8 +40,7 @@ pub async fn forward(
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if let Some(event) = parse(&item) {
-                // No subscriber is fine: events are also counted in LB_METRICS.
-                let _ = tx.send(event);
+                publish(&event);
             }
         }
         guard.clear_ready();

@@ -1,0 +1,228 @@
+//! The agent's lifecycle: load and attach the datapath, start the source, the API and the
+//! event reader, then run the reconcile loop until shutdown.
+//!
+//! The reconcile loop is here, in `reconcile`: every new snapshot from the source (or a retry
+//! after a failed pass) becomes one `sync::Syncer::sync` pass. Nothing is programmed before
+//! the source has synced, so a restart never scales services down.
+//!
+//! On shutdown the programs, links and maps stay pinned: traffic keeps flowing, and the next
+//! agent adopts them (`datapath::devices::attach` swaps its program into the pinned links).
+mod pods;
+mod state;
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lb_common::{config as dp, drop::Hook};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use state::AgentState;
+
+use crate::{
+    api,
+    config::{AgentConfig, Source},
+    datapath::{self, Datapath, LoadOptions, devices, events},
+    k8s::{self, SourceSpec},
+    model,
+    monitor::DropFanout,
+    sync::Syncer,
+};
+
+/// Errors that stop the agent at start. Once running, it retries instead of failing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The datapath could not be loaded or attached.
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+    /// The maps could not be read to restore ids.
+    #[error("cannot restore state from the pinned maps")]
+    Restore(#[source] crate::sync::Error),
+    /// The API socket could not be set up.
+    #[error(transparent)]
+    Api(#[from] api::server::Error),
+    /// The metrics endpoint could not be set up.
+    #[error(transparent)]
+    Http(#[from] api::http::Error),
+    /// The source failed to start.
+    #[error(transparent)]
+    Source(#[from] k8s::Error),
+    /// The pod-device watcher could not be set up.
+    #[error("cannot watch network interfaces")]
+    LinkWatch(#[source] std::io::Error),
+    /// No node address for SNAT.
+    #[error("interface `{iface}` has no IPv4 address to SNAT to; set --node-ip")]
+    NoNodeIp {
+        /// The first of --devices.
+        iface: String,
+    },
+}
+
+/// Longest wait between retries of a failed sync pass.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// The datapath configuration for an agent configuration.
+pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::DatapathConfig {
+    dp::DatapathConfig {
+        flags: if config.external_cluster_ip { dp::CONFIG_F_EXTERNAL_CLUSTER_IP } else { 0 },
+        node_addr: datapath::maps::node_addr_value(node_ip),
+        snat_port_min: dp::SNAT_PORT_MIN,
+        snat_port_max: dp::SNAT_PORT_MAX,
+        events_per_sec: dp::EVENTS_PER_SEC,
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let node_ip = match (config.node_ip, config.devices.first()) {
+        (Some(ip), _) => Some(ip),
+        (None, Some(iface)) => {
+            Some(devices::first_ipv4(iface).ok_or_else(|| Error::NoNodeIp { iface: iface.clone() })?)
+        }
+        (None, None) => None,
+    };
+    let options = LoadOptions {
+        bpf_root: config.bpf_root.clone(),
+        ct_max_entries: config.ct_max_entries,
+        lb_map_max: config.lb_map_max,
+        config: datapath_config(&config, node_ip),
+    };
+    let Datapath { mut ebpf, maps, pin_dir } = Datapath::load(&options)?;
+    let ring = events::take_ring(&mut ebpf)?;
+    for iface in &config.devices {
+        devices::attach(&mut ebpf, &pin_dir, Hook::FromNetdev, iface)?;
+    }
+    devices::prune_stale_links(&pin_dir);
+    tracing::info!(devices = ?config.devices, bpf_root = %config.bpf_root.display(), "datapath loaded");
+
+    let maps = Arc::new(Mutex::new(maps));
+    let mut syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
+    let fanout = DropFanout::default();
+    let state = Arc::new(AgentState::new(config.clone(), node_ip, maps, fanout.clone()));
+    state.set_devices(config.devices.clone());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let ebpf = Arc::new(Mutex::new(ebpf));
+    let link_watcher = devices::LinkWatcher::new().map_err(Error::LinkWatch)?;
+    pods::attach_matching(&ebpf, &pin_dir, &config.pod_devices, &state);
+    tasks.spawn(pods::watch(
+        link_watcher,
+        ebpf.clone(),
+        pin_dir.clone(),
+        config.pod_devices.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            if let Err(err) = events::forward(ring, move |event| fanout.publish(event), shutdown).await {
+                tracing::error!(error = %err, "drop event reader stopped");
+            }
+        }
+    });
+    state.set_datapath_loaded();
+
+    let backend: Arc<dyn api::server::ApiBackend> = state.clone();
+    let listener = api::server::bind(&config.socket)?;
+    tasks.spawn(api::server::serve_listener(listener, backend.clone(), shutdown.clone()));
+    if let Some(addr) = config.metrics_address {
+        let listener = api::http::bind(addr).await?;
+        tasks.spawn(api::http::serve_listener(listener, backend, shutdown.clone()));
+    }
+
+    let spec = match &config.source {
+        Source::Kube => SourceSpec::Kube,
+        Source::File(dir) => SourceSpec::File(dir.clone()),
+    };
+    let (tx, rx) = watch::channel(None);
+    let source_shutdown = shutdown.child_token();
+    let mut source = tokio::spawn(k8s::run_source(spec, tx, source_shutdown.clone()));
+
+    let result = tokio::select! {
+        () = reconcile(rx, &mut syncer, &state, &config.node_name, shutdown.clone()) => Ok(()),
+        ended = &mut source => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(Error::Source(err)),
+            Err(join) => {
+                tracing::error!(error = %join, "source task failed");
+                Ok(())
+            }
+        },
+    };
+    source_shutdown.cancel();
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("lb-agent stopped; programs, links and maps stay pinned");
+    result
+}
+
+/// The reconcile loop: one sync pass per new snapshot, retries with backoff after a failure.
+async fn reconcile(
+    mut snapshots: watch::Receiver<Option<Arc<k8s::Snapshot>>>,
+    syncer: &mut Syncer<datapath::maps::AyaMaps>,
+    state: &AgentState,
+    node_name: &str,
+    shutdown: CancellationToken,
+) {
+    let mut retry: Option<Duration> = None;
+    loop {
+        let wait_retry = async {
+            match retry {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    // The source ended; `run` reports why.
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = wait_retry => {}
+        }
+        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+        let desired = model::desired_services(&snapshot, node_name);
+        let span = tracing::info_span!("sync", services = desired.len());
+        let _enter = span.enter();
+        match syncer.sync(&desired) {
+            Ok(stats) => {
+                retry = None;
+                if stats.writes > 0 {
+                    tracing::info!(
+                        services = stats.services,
+                        backends = stats.backends,
+                        writes = stats.writes,
+                        micros = stats.duration.as_micros() as u64,
+                        "maps synced"
+                    );
+                }
+                state.record_sync(Ok(stats));
+            }
+            Err(err) => {
+                let delay = retry.map_or(Duration::from_millis(200), |d| (d * 2).min(MAX_RETRY));
+                let message = error_chain(&err);
+                tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "sync failed; retrying");
+                state.record_sync(Err(message));
+                retry = Some(delay);
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line, `a: b: c`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

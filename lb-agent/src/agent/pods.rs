@@ -1,0 +1,64 @@
+//! from-pod on pod interfaces: attach to every interface matching `--pod-devices` now, and to
+//! each new one as netlink announces it.
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use aya::Ebpf;
+use lb_common::drop::Hook;
+use tokio_util::sync::CancellationToken;
+
+use super::AgentState;
+use crate::{datapath::devices, sync::lock};
+
+/// Attaches from-pod to every matching interface not yet attached.
+pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], state: &AgentState) {
+    let attached = state.pod_devices();
+    let present: Vec<String> = devices::interfaces().into_iter().map(|(_, name)| name).collect();
+    // Interfaces that went away lose their link with them; forget them so that a new interface
+    // of the same name gets attached.
+    let still_there: Vec<String> = attached.iter().filter(|name| present.contains(name)).cloned().collect();
+    let mut now = still_there.clone();
+    for name in present {
+        if still_there.contains(&name) || !globs.iter().any(|glob| devices::glob_match(glob, &name)) {
+            continue;
+        }
+        match devices::attach(&mut lock(ebpf), pin_dir, Hook::FromPod, &name) {
+            Ok(()) => {
+                tracing::info!(iface = %name, "from-pod attached");
+                now.push(name);
+            }
+            // The interface may have vanished between the listing and the attach.
+            Err(err) => tracing::warn!(iface = %name, error = %super::error_chain(&err), "cannot attach from-pod"),
+        }
+    }
+    now.sort();
+    state.set_pod_devices(now);
+}
+
+/// Rescans on every link event until shutdown.
+pub async fn watch(
+    mut watcher: devices::LinkWatcher,
+    ebpf: Arc<Mutex<Ebpf>>,
+    pin_dir: PathBuf,
+    globs: Vec<String>,
+    state: Arc<AgentState>,
+    shutdown: CancellationToken,
+) {
+    if globs.is_empty() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = watcher.changed() => {
+                if let Err(err) = changed {
+                    tracing::error!(error = %err, "netlink link watch failed; new pod interfaces are not attached");
+                    return;
+                }
+            }
+        }
+        attach_matching(&ebpf, &pin_dir, &globs, &state);
+    }
+}

@@ -1,0 +1,238 @@
+//! What the API sees of the running agent: readiness, the maps as service rows, the live
+//! configuration (and changing it), drop events and metrics.
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use futures::{FutureExt as _, future::BoxFuture};
+use tokio::sync::broadcast;
+
+use crate::{
+    api::{
+        proto::{BackendRow, BackendState, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
+        server::{ApiBackend, BoxError},
+    },
+    config::{self, AgentConfig, LiveChange, Source},
+    datapath::{LbMaps as _, dump, maps::AyaMaps},
+    monitor::DropFanout,
+    sync::{SyncStats, lock},
+};
+
+#[derive(Default)]
+struct Progress {
+    datapath_loaded: bool,
+    synced: bool,
+    services: u64,
+    backends: u64,
+    devices: Vec<String>,
+    pod_devices: Vec<String>,
+    last_sync_error: Option<String>,
+    syncs: u64,
+    sync_errors: u64,
+    last_sync_seconds: f64,
+    sync_seconds_sum: f64,
+}
+
+/// The running agent's shared state.
+pub struct AgentState {
+    config: Mutex<AgentConfig>,
+    node_ip: Option<Ipv4Addr>,
+    maps: Arc<Mutex<AyaMaps>>,
+    fanout: DropFanout,
+    progress: Mutex<Progress>,
+}
+
+impl AgentState {
+    /// State for a freshly loaded datapath.
+    pub fn new(config: AgentConfig, node_ip: Option<Ipv4Addr>, maps: Arc<Mutex<AyaMaps>>, fanout: DropFanout) -> Self {
+        Self {
+            config: Mutex::new(config),
+            node_ip,
+            maps,
+            fanout,
+            progress: Mutex::new(Progress::default()),
+        }
+    }
+
+    /// The programs are loaded and attached.
+    pub fn set_datapath_loaded(&self) {
+        lock(&self.progress).datapath_loaded = true;
+    }
+
+    /// Interfaces with from-netdev.
+    pub fn set_devices(&self, devices: Vec<String>) {
+        lock(&self.progress).devices = devices;
+    }
+
+    /// Interfaces with from-pod.
+    pub fn set_pod_devices(&self, devices: Vec<String>) {
+        lock(&self.progress).pod_devices = devices;
+    }
+
+    /// Interfaces with from-pod.
+    pub fn pod_devices(&self) -> Vec<String> {
+        lock(&self.progress).pod_devices.clone()
+    }
+
+    /// Records the outcome of a sync pass.
+    pub fn record_sync(&self, outcome: Result<SyncStats, String>) {
+        let mut progress = lock(&self.progress);
+        match outcome {
+            Ok(stats) => {
+                progress.synced = true;
+                progress.services = stats.services as u64;
+                progress.backends = stats.backends as u64;
+                progress.last_sync_error = None;
+                progress.syncs += 1;
+                progress.last_sync_seconds = stats.duration.as_secs_f64();
+                progress.sync_seconds_sum += stats.duration.as_secs_f64();
+            }
+            Err(message) => {
+                progress.last_sync_error = Some(message);
+                progress.sync_errors += 1;
+            }
+        }
+    }
+}
+
+impl ApiBackend for AgentState {
+    fn status(&self) -> StatusReply {
+        let config = lock(&self.config);
+        let progress = lock(&self.progress);
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            source: config.source.to_string(),
+            node_name: config.node_name.clone(),
+            datapath_loaded: progress.datapath_loaded,
+            synced: progress.synced,
+            services: progress.services,
+            backends: progress.backends,
+            devices: progress.devices.clone(),
+            pod_devices: progress.pod_devices.clone(),
+            last_sync_error: progress.last_sync_error.clone(),
+        }
+    }
+
+    fn services(&self) -> Vec<ServiceRow> {
+        let content = match lock(&self.maps).read() {
+            Ok(content) => content,
+            Err(err) => {
+                tracing::warn!(error = %super::error_chain(&err), "cannot read the maps for service list");
+                return Vec::new();
+            }
+        };
+        dump::services(&content)
+            .into_iter()
+            .map(|view| ServiceRow {
+                id: view.id,
+                frontend: view.frontend,
+                service_type: "ClusterIP".to_owned(),
+                backends: view
+                    .backends
+                    .into_iter()
+                    .map(|backend| BackendRow {
+                        id: backend.id,
+                        address: backend.address,
+                        state: if backend.state == "active" { BackendState::Active } else { BackendState::Terminating },
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn config_view(&self) -> BTreeMap<String, String> {
+        config::view(&lock(&self.config))
+    }
+
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>> {
+        // The datapath and the config dir change now, under the config lock; only the
+        // ConfigMap patch (kube mode) is left to the future.
+        match self.apply_change(change) {
+            Ok(Persist::Done) => async { Ok(()) }.boxed(),
+            Ok(Persist::ConfigMap) => persist_to_config_map(change).boxed(),
+            Err(err) => async move { Err(err) }.boxed(),
+        }
+    }
+
+    fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord> {
+        self.fanout.subscribe()
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        let drops = match lock(&self.maps).drop_counters() {
+            Ok(counters) => counters
+                .into_iter()
+                .map(|((reason, hook), value)| DropCount { reason, hook, packets: value.packets, bytes: value.bytes })
+                .collect(),
+            Err(err) => {
+                tracing::warn!(error = %super::error_chain(&err), "cannot read drop counters");
+                Vec::new()
+            }
+        };
+        let progress = lock(&self.progress);
+        MetricsSnapshot {
+            drops,
+            services: progress.services,
+            backends: progress.backends,
+            syncs: progress.syncs,
+            sync_errors: progress.sync_errors,
+            last_sync_duration_seconds: progress.last_sync_seconds,
+            sync_duration_seconds_sum: progress.sync_seconds_sum,
+        }
+    }
+}
+
+impl AgentState {
+    /// Applies a live change to the datapath at once, then persists it. The datapath reads
+    /// `LB_CONFIG` on every packet, so the next packet sees it; established flows keep their
+    /// conntrack entries and are not disturbed.
+    fn apply_change(&self, change: LiveChange) -> Result<Persist, BoxError> {
+        let mut config = lock(&self.config);
+        let mut updated = config.clone();
+        change.apply(&mut updated);
+        let datapath_config = super::datapath_config(&updated, self.node_ip);
+        lock(&self.maps).set_config(&datapath_config).map_err(|err| Box::new(err) as BoxError)?;
+        *config = updated;
+        tracing::info!(key = change.key(), value = %change.value(), "configuration changed");
+        match (&config.source, &config.config_dir) {
+            // In a cluster the config dir is the mounted ConfigMap (read-only): patch the
+            // ConfigMap instead, and the kubelet refreshes the mount.
+            (Source::Kube, _) => Ok(Persist::ConfigMap),
+            (Source::File(_), Some(dir)) => {
+                config::dir::write(dir, change.key(), &change.value()).map_err(|err| Box::new(err) as BoxError)?;
+                Ok(Persist::Done)
+            }
+            (Source::File(_), None) => {
+                tracing::warn!(key = change.key(), "no --config-dir: the change is live but not persisted");
+                Ok(Persist::Done)
+            }
+        }
+    }
+}
+
+/// What is left to persist a change.
+enum Persist {
+    /// Nothing.
+    Done,
+    /// Patch the `lb-config` ConfigMap.
+    ConfigMap,
+}
+
+/// The ConfigMap `lbctl config set` patches, in the agent's namespace (`POD_NAMESPACE`, else `lb`).
+pub const CONFIG_MAP: &str = "lb-config";
+
+async fn persist_to_config_map(change: LiveChange) -> Result<(), BoxError> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "lb".to_owned());
+    let client = kube::Client::try_default().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let patch = serde_json::json!({ "data": { change.key(): change.value() } });
+    api.patch(CONFIG_MAP, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|err| format!("the change is live, but patching ConfigMap {namespace}/{CONFIG_MAP} failed: {err}"))?;
+    Ok(())
+}
