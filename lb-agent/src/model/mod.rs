@@ -1,1 +1,22 @@
-//! TODO: filled in by its owner.
+//! The model: a pure function from a [`Snapshot`](crate::k8s::Snapshot) and this node's name to
+//! the frontends and backends to program, following kube-proxy's rules (k8s-semantics.md §0–§2).
+//!
+//! - `frontend.rs`: which Services are served and on which VIP:port/protocol;
+//! - `endpoints.rs`: a Service port's endpoints out of all its EndpointSlices;
+//! - `desired.rs`: which endpoints become active or terminating backends.
+//!
+//! Nothing here does I/O or imports aya, a kube client or tokio, so the tests take milliseconds.
+//! Watching is left to `k8s/`, programming to `sync/`.
+
+mod desired;
+mod endpoints;
+mod frontend;
+
+pub use desired::{BackendState, DesiredBackend, DesiredService, desired_services};
+pub use endpoints::SERVICE_NAME_LABEL;
+pub use frontend::{
+    DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, HEADLESS_LABEL, Protocol, SERVICE_PROXY_NAME_LABEL,
+};
+
+#[cfg(test)]
+mod tests;
