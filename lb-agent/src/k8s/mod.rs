@@ -1,1 +1,215 @@
-//! TODO: filled in by its owner.
+//! Sources of truth: Services and EndpointSlices from the Kubernetes API or a directory.
+//!
+//! - `kube.rs`: kube-rs watchers and reflector stores (`--source kube`);
+//! - `file.rs`: a directory of YAML/JSON as `kubectl get -o yaml` prints it (`--source file:DIR`);
+//! - `filter.rs`: the label selector kube-proxy uses to leave opted-out objects alone.
+//!
+//! A source publishes a whole [`Snapshot`] on a `watch` channel, only once it has fully synced
+//! and then after every change; it never interprets the objects (that is `model/`) and never
+//! sees the maps (that is `sync/`).
+
+mod file;
+mod filter;
+mod kube;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use filter::LABEL_SELECTOR;
+
+/// Every Service and EndpointSlice a source currently knows, sorted by namespace/name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// core/v1 Services.
+    pub services: Vec<Service>,
+    /// discovery.k8s.io/v1 EndpointSlices.
+    pub slices: Vec<EndpointSlice>,
+}
+
+/// Where a source publishes its snapshots; `None` until it has synced.
+pub type SnapshotSender = watch::Sender<Option<Arc<Snapshot>>>;
+
+/// Which source to run, as `--source` spells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kube,
+    /// A directory of YAML/JSON files.
+    File(PathBuf),
+}
+
+impl FromStr for SourceSpec {
+    type Err = Error;
+
+    /// Parses `kube` or `file:DIR`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kube" => Ok(Self::Kube),
+            _ => match s.strip_prefix("file:") {
+                Some(dir) if !dir.is_empty() => Ok(Self::File(PathBuf::from(dir))),
+                _ => Err(Error::InvalidSpec { spec: s.to_owned() }),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Kube => f.write_str("kube"),
+            Self::File(dir) => write!(f, "file:{}", dir.display()),
+        }
+    }
+}
+
+/// Errors a source can end with. Anything after a successful start is logged and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--source` is neither `kube` nor `file:DIR`.
+    #[error("invalid source `{spec}`; expected `kube` or `file:DIR`")]
+    InvalidSpec {
+        /// What was given.
+        spec: String,
+    },
+    /// The file source's directory does not exist at start.
+    #[error("source directory `{}` does not exist; create it or fix --source", dir.display())]
+    DirMissing {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The file source's directory cannot be read at start.
+    #[error("cannot read source directory `{}`", dir.display())]
+    DirRead {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory scan task died (a bug).
+    #[error("directory scan of `{}` stopped unexpectedly", dir.display())]
+    ScanTask {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// No client configuration (in-cluster or KUBECONFIG) could be loaded.
+    #[error("cannot create a Kubernetes client; run in a pod or set KUBECONFIG")]
+    Client {
+        /// Why.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// A watch stream ended, which kube-rs watchers never do.
+    #[error("the {kind} watch ended unexpectedly")]
+    WatchEnded {
+        /// `Service` or `EndpointSlice`.
+        kind: &'static str,
+    },
+}
+
+/// How long a source waits after a change before publishing, so a burst becomes one snapshot.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+static MALFORMED_OBJECTS: AtomicU64 = AtomicU64::new(0);
+
+/// Malformed files and objects skipped by the file source since start (for metrics).
+pub fn malformed_objects_total() -> u64 {
+    MALFORMED_OBJECTS.load(Ordering::Relaxed)
+}
+
+fn count_malformed() {
+    MALFORMED_OBJECTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs a source until `shutdown` is cancelled.
+///
+/// Sends `Some(snapshot)` only once the source has fully synced (Services and EndpointSlices
+/// both listed), then after every change, debounced by [`DEBOUNCE`]. Bad input is logged and
+/// skipped, never a panic; errors after start are retried, so this returns only on shutdown
+/// or on a start-up error.
+pub async fn run_source(
+    spec: SourceSpec,
+    tx: SnapshotSender,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    match spec {
+        SourceSpec::Kube => {
+            let client = ::kube::Client::try_default()
+                .await
+                .map_err(|source| Error::Client { source })?;
+            kube::run(client, &tx, shutdown).await
+        }
+        SourceSpec::File(dir) => file::run(dir, &tx, shutdown).await,
+    }
+}
+
+/// [`run_source`] for `--source kube` with a client the caller built (tests point it at a fake
+/// API server).
+pub async fn run_kube(
+    client: ::kube::Client,
+    tx: SnapshotSender,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    kube::run(client, &tx, shutdown).await
+}
+
+/// Sorts by namespace/name so equal views compare equal whatever order they arrived in.
+fn sort_snapshot(snapshot: &mut Snapshot) {
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (m.namespace.clone(), m.name.clone())
+    };
+    snapshot.services.sort_by_key(|s| key(&s.metadata));
+    snapshot.slices.sort_by_key(|s| key(&s.metadata));
+}
+
+/// Publishes `snapshot` unless it equals what was last published.
+fn publish(tx: &SnapshotSender, snapshot: Snapshot) -> bool {
+    tx.send_if_modified(|current| {
+        if current.as_deref() == Some(&snapshot) {
+            return false;
+        }
+        *current = Some(Arc::new(snapshot));
+        true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_spec_parses_kube_and_file_dir() {
+        assert_eq!(
+            "kube".parse::<SourceSpec>().expect("kube"),
+            SourceSpec::Kube
+        );
+        assert_eq!(
+            "file:/etc/lb/objects".parse::<SourceSpec>().expect("file"),
+            SourceSpec::File(PathBuf::from("/etc/lb/objects"))
+        );
+        assert_eq!(SourceSpec::File(PathBuf::from("d")).to_string(), "file:d");
+    }
+
+    #[test]
+    fn source_spec_rejects_anything_else_with_the_expected_forms() {
+        for bad in ["", "file:", "kubernetes", "dir:/x", "File:/x"] {
+            let err = bad.parse::<SourceSpec>().expect_err(bad);
+            assert_eq!(
+                err.to_string(),
+                format!("invalid source `{bad}`; expected `kube` or `file:DIR`")
+            );
+        }
+    }
+}

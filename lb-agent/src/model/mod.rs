@@ -1,59 +1,22 @@
-//! TEMPORARY interface stub; replaced by the real model (kube-proxy's rules).
-use std::net::Ipv4Addr;
+//! The model: a pure function from a [`Snapshot`](crate::k8s::Snapshot) and this node's name to
+//! the frontends and backends to program, following kube-proxy's rules (k8s-semantics.md §0–§2).
+//!
+//! - `frontend.rs`: which Services are served and on which VIP:port/protocol;
+//! - `endpoints.rs`: a Service port's endpoints out of all its EndpointSlices;
+//! - `desired.rs`: which endpoints become active or terminating backends.
+//!
+//! Nothing here does I/O or imports aya, a kube client or tokio, so the tests take milliseconds.
+//! Watching is left to `k8s/`, programming to `sync/`.
 
-/// Protocol of a frontend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
+mod desired;
+mod endpoints;
+mod frontend;
 
-/// A frontend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frontend {
-    /// VIP.
-    pub vip: Ipv4Addr,
-    /// Port.
-    pub port: u16,
-    /// Protocol.
-    pub protocol: Protocol,
-}
+pub use desired::{BackendState, DesiredBackend, DesiredService, desired_services};
+pub use endpoints::SERVICE_NAME_LABEL;
+pub use frontend::{
+    DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, HEADLESS_LABEL, Protocol, SERVICE_PROXY_NAME_LABEL,
+};
 
-/// Backend state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BackendState {
-    /// Active.
-    Active,
-    /// Terminating.
-    Terminating,
-}
-
-/// A backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredBackend {
-    /// Address.
-    pub addr: Ipv4Addr,
-    /// Port.
-    pub port: u16,
-    /// State.
-    pub state: BackendState,
-    /// On another node.
-    pub remote: bool,
-}
-
-/// A service port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredService {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Port name.
-    pub port_name: String,
-    /// Frontend.
-    pub frontend: Frontend,
-    /// Backends.
-    pub backends: Vec<DesiredBackend>,
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The desired state: one [`DesiredService`] per served Service port, with its backends.
+//!
+//! Owns endpoint selection for ClusterIP traffic (k8s-semantics.md §2): ready endpoints
+//! (narrowed by node hints when every ready endpoint has them), else the serving+terminating
+//! fallback (KEP-1669), internalTrafficPolicy Local, and the terminating backends kept only
+//! to drain established flows. Frontends come from `frontend.rs`, endpoints from `endpoints.rs`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use tracing::warn;
+
+use super::endpoints::{Endpoint, SliceIndex};
+use super::frontend::{Frontend, service_spec};
+use crate::k8s::Snapshot;
+
+/// Whether new flows may pick a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendState {
+    /// Selected for new flows.
+    Active,
+    /// Kept only so established flows drain; never selected for new ones.
+    Terminating,
+}
+
+impl BackendState {
+    /// `active` or `terminating`, as `lbctl service list` prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Terminating => "terminating",
+        }
+    }
+}
+
+/// One backend of a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DesiredBackend {
+    /// The endpoint's IPv4 address (`addresses[0]`).
+    pub addr: Ipv4Addr,
+    /// The port from the slice (the resolved targetPort).
+    pub port: u16,
+    /// Active or terminating.
+    pub state: BackendState,
+    /// True when the endpoint's `nodeName` is set and is not this node.
+    pub remote: bool,
+}
+
+/// What to program for one Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service port's name (`""` when unnamed).
+    pub port_name: String,
+    /// VIP:port/protocol.
+    pub frontend: Frontend,
+    /// Active backends first, then terminating ones, each group by addr:port.
+    pub backends: Vec<DesiredBackend>,
+    /// True when some ready or serving+terminating endpoint exists anywhere. With no active
+    /// backend this tells the datapath to drop (`true`, iTP Local with only remote endpoints)
+    /// rather than reject (`false`, §2.6).
+    pub has_any_endpoints: bool,
+    /// ClientIP affinity timeout in seconds; `None` when affinity is off.
+    pub affinity_timeout_secs: Option<u32>,
+}
+
+/// Turns a snapshot into what this node must program, sorted by frontend.
+///
+/// Services and slices lb does not serve are skipped; malformed ones are logged with a warning
+/// naming them. Two Services claiming one frontend: the first by namespace/name wins.
+pub fn desired_services(snapshot: &Snapshot, node_name: &str) -> Vec<DesiredService> {
+    let slices = SliceIndex::new(&snapshot.slices);
+    let mut specs: Vec<_> = snapshot.services.iter().filter_map(service_spec).collect();
+    specs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    let mut out: BTreeMap<Frontend, DesiredService> = BTreeMap::new();
+    for spec in specs {
+        for port in &spec.ports {
+            let endpoints = slices.endpoints(
+                &spec.namespace,
+                &spec.name,
+                &port.name,
+                port.frontend.protocol,
+            );
+            let (backends, has_any_endpoints) =
+                select_backends(&endpoints, node_name, spec.local_only);
+            if let Some(first) = out.get(&port.frontend) {
+                warn!(
+                    namespace = %spec.namespace, name = %spec.name, frontend = %port.frontend,
+                    owner = %format_args!("{}/{}", first.namespace, first.name),
+                    "skipping Service port whose frontend another Service already serves"
+                );
+                continue;
+            }
+            out.insert(
+                port.frontend,
+                DesiredService {
+                    namespace: spec.namespace.clone(),
+                    name: spec.name.clone(),
+                    port_name: port.name.clone(),
+                    frontend: port.frontend,
+                    backends,
+                    has_any_endpoints,
+                    affinity_timeout_secs: spec.affinity_timeout_secs,
+                },
+            );
+        }
+    }
+    out.into_values().collect()
+}
+
+/// §2 for ClusterIP traffic: the active set, the terminating (drain-only) set, and hasAny.
+fn select_backends(
+    endpoints: &[Endpoint],
+    node_name: &str,
+    local_only: bool,
+) -> (Vec<DesiredBackend>, bool) {
+    let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(node_name);
+    let serving_terminating = |ep: &Endpoint| ep.serving && ep.terminating;
+    let has_any = endpoints
+        .iter()
+        .any(|ep| ep.ready || serving_terminating(ep));
+
+    // iTP Local: only this node's endpoints, and no topology (§2.3).
+    let candidates: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|ep| !local_only || is_local(ep))
+        .collect();
+    let ready: Vec<&Endpoint> = candidates.iter().copied().filter(|ep| ep.ready).collect();
+    let mut active: Vec<&Endpoint> = if local_only {
+        ready
+    } else {
+        filter_by_node_hints(ready, node_name)
+    };
+    if active.is_empty() {
+        // KEP-1669: with nothing ready, serving+terminating endpoints take new flows.
+        active = candidates
+            .iter()
+            .copied()
+            .filter(|ep| serving_terminating(ep))
+            .collect();
+    }
+    let draining = candidates
+        .iter()
+        .copied()
+        .filter(|ep| serving_terminating(ep) && !active.iter().any(|a| std::ptr::eq(*a, *ep)));
+
+    let backend = |ep: &Endpoint, state| DesiredBackend {
+        addr: ep.addr,
+        port: ep.port,
+        state,
+        remote: ep.node_name.as_deref().is_some_and(|n| n != node_name),
+    };
+    let mut backends: Vec<DesiredBackend> = active
+        .iter()
+        .map(|ep| backend(ep, BackendState::Active))
+        .collect();
+    backends.extend(draining.map(|ep| backend(ep, BackendState::Terminating)));
+    backends.sort_by_key(|b| (b.state, b.addr, b.port));
+    (backends, has_any)
+}
+
+/// PreferSameNode (§2.1): used only when every ready endpoint has node hints and at least one
+/// names this node; otherwise hints are ignored entirely.
+fn filter_by_node_hints<'e>(ready: Vec<&'e Endpoint>, node_name: &str) -> Vec<&'e Endpoint> {
+    let names_us = |ep: &&Endpoint| {
+        ep.node_hints
+            .as_ref()
+            .is_some_and(|h| h.iter().any(|n| n == node_name))
+    };
+    let all_hinted = ready.iter().all(|ep| ep.node_hints.is_some());
+    if all_hinted && ready.iter().any(names_us) {
+        ready.into_iter().filter(names_us).collect()
+    } else {
+        ready
+    }
+}

@@ -1,0 +1,234 @@
+//! Frontends: which Services lb serves and on which VIP:port/protocol.
+//!
+//! Owns kube-proxy's Service-side rules (k8s-semantics.md §1 "Service"): opt-out labels,
+//! headless and ExternalName Services, the IPv4 VIP out of `clusterIPs`, port protocols,
+//! internalTrafficPolicy and ClientIP affinity. Endpoints are left to `endpoints.rs`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use tracing::{debug, warn};
+
+/// Label that hands a Service (and its slices) to another proxy; any value opts out.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Label the EndpointSlice controller puts on headless Services' slices.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Affinity timeout the apiserver defaults to for `sessionAffinity: ClientIP`.
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
+
+/// L4 protocol of a frontend. SCTP is not served: the datapath has no SCTP parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP (the Kubernetes default when `protocol` is unset).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The name Kubernetes and `lbctl` use: `TCP` or `UDP`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a `protocol` field names, before deciding whether lb serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ProtocolField {
+    Served(Protocol),
+    Sctp,
+    Unknown(String),
+}
+
+/// Reads a Service or EndpointSlice port `protocol`; unset means TCP.
+pub(crate) fn protocol_field(protocol: Option<&str>) -> ProtocolField {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => ProtocolField::Served(Protocol::Tcp),
+        "UDP" => ProtocolField::Served(Protocol::Udp),
+        "SCTP" => ProtocolField::Sctp,
+        other => ProtocolField::Unknown(other.to_owned()),
+    }
+}
+
+/// A VIP, port and protocol: what a client addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    /// The Service's IPv4 ClusterIP.
+    pub vip: Ipv4Addr,
+    /// The Service port (`spec.ports[].port`).
+    pub port: u16,
+    /// The port's protocol.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    /// `10.96.0.10:53/UDP`, as `lbctl service list` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.vip, self.port, self.protocol)
+    }
+}
+
+/// One served port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServicePortSpec {
+    pub name: String,
+    pub frontend: Frontend,
+}
+
+/// The parts of a Service the datapath needs; `None` from [`service_spec`] means "not served".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub ports: Vec<ServicePortSpec>,
+    /// internalTrafficPolicy Local: ClusterIP traffic only to this node's endpoints.
+    pub local_only: bool,
+    /// ClientIP affinity timeout in seconds, when affinity is on.
+    pub affinity_timeout_secs: Option<u32>,
+}
+
+/// Namespace of an object; objects written without one live in `default`, as with kubectl.
+pub(crate) fn namespace_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> &str {
+    meta.namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default")
+}
+
+/// True when the object carries a label that tells kube-proxy (and lb) to leave it alone.
+pub(crate) fn is_opted_out(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
+}
+
+/// Reads a Service into the frontends lb programs, or `None` when lb does not serve it.
+///
+/// Intentional skips (opt-out label, headless, ExternalName, IPv6-only) log at debug;
+/// malformed fields log a warning naming the Service.
+pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
+    let namespace = namespace_of(&svc.metadata);
+    let Some(name) = svc.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
+        warn!(namespace = %namespace, "skipping Service without metadata.name");
+        return None;
+    };
+    if is_opted_out(&svc.metadata) {
+        debug!(namespace = %namespace, name = %name, "skipping Service: opt-out label");
+        return None;
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        warn!(namespace = %namespace, name = %name, "skipping Service without spec");
+        return None;
+    };
+    // §1: ExternalName is skipped even when a clusterIP is set (case 2).
+    if spec.type_.as_deref() == Some("ExternalName") {
+        debug!(namespace = %namespace, name = %name, "skipping ExternalName Service");
+        return None;
+    }
+    let vip = vip4(spec.cluster_ips.as_deref(), spec.cluster_ip.as_deref());
+    let vip = match vip {
+        Vip::Headless => {
+            debug!(namespace = %namespace, name = %name, "skipping headless Service");
+            return None;
+        }
+        Vip::OtherFamily => {
+            debug!(namespace = %namespace, name = %name, "skipping Service without an IPv4 ClusterIP");
+            return None;
+        }
+        Vip::Invalid(ip) => {
+            warn!(namespace = %namespace, name = %name, cluster_ip = %ip, "skipping Service with an unparseable ClusterIP");
+            return None;
+        }
+        Vip::V4(vip) => vip,
+    };
+
+    let mut ports = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let port_name = port.name.clone().unwrap_or_default();
+        let protocol = match protocol_field(port.protocol.as_deref()) {
+            ProtocolField::Served(p) => p,
+            ProtocolField::Sctp => {
+                debug!(namespace = %namespace, name = %name, port = %port_name, "skipping SCTP port");
+                continue;
+            }
+            ProtocolField::Unknown(p) => {
+                warn!(namespace = %namespace, name = %name, port = %port_name, protocol = %p, "skipping Service port with an unknown protocol");
+                continue;
+            }
+        };
+        let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
+            warn!(namespace = %namespace, name = %name, port = %port_name, value = port.port, "skipping Service port out of range 1-65535");
+            continue;
+        };
+        ports.push(ServicePortSpec {
+            name: port_name,
+            frontend: Frontend {
+                vip,
+                port: number,
+                protocol,
+            },
+        });
+    }
+
+    let affinity_timeout_secs = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+    });
+
+    Some(ServiceSpec {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        ports,
+        local_only: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        affinity_timeout_secs,
+    })
+}
+
+/// The outcome of looking for this datapath's VIP.
+enum Vip {
+    Headless,
+    OtherFamily,
+    Invalid(String),
+    V4(Ipv4Addr),
+}
+
+/// Picks the IPv4 VIP; `clusterIPs[0]` equals `clusterIP`, so `clusterIP` is only a fallback
+/// for objects written without `clusterIPs`.
+fn vip4(cluster_ips: Option<&[String]>, cluster_ip: Option<&str>) -> Vip {
+    let ips: Vec<&str> = match cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => cluster_ip.into_iter().collect(),
+    };
+    match ips.first() {
+        None | Some(&"") | Some(&"None") => return Vip::Headless,
+        Some(_) => {}
+    }
+    let mut invalid = None;
+    for ip in ips {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => return Vip::V4(v4),
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => invalid = invalid.or(Some(ip.to_owned())),
+        }
+    }
+    invalid.map_or(Vip::OtherFamily, Vip::Invalid)
+}

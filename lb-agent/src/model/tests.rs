@@ -1,0 +1,1087 @@
+//! The model's cases, through [`desired_services`]: each test cites its k8s-semantics.md §3
+//! case (or §5 fixture). They span `frontend.rs`, `endpoints.rs` and `desired.rs`, so they
+//! live beside the three rather than at the bottom of one.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::k8s::Snapshot;
+
+const NODE: &str = "host1";
+
+fn service(ns: &str, name: &str, spec: Value) -> Service {
+    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+        .expect("service")
+}
+
+/// A ClusterIP Service with ports given as (name, port, protocol).
+fn cluster_ip(ns: &str, name: &str, vip: &str, ports: &[(&str, u16, &str)]) -> Service {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto}))
+        .collect();
+    service(
+        ns,
+        name,
+        json!({"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip], "ports": ports}),
+    )
+}
+
+fn slice(ns: &str, name: &str, svc: &str, ports: Value, endpoints: Vec<Value>) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "addressType": "IPv4",
+        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": svc}},
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+    .expect("slice")
+}
+
+/// A ready endpoint on `node`.
+fn ready(ip: &str, node: &str) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": node})
+}
+
+/// An endpoint with explicit (ready, serving, terminating).
+fn cond(ip: &str, node: &str, (r, s, t): (bool, bool, bool)) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": r, "serving": s, "terminating": t}, "nodeName": node})
+}
+
+fn tcp(name: &str, port: u16) -> Value {
+    json!({"name": name, "port": port, "protocol": "TCP"})
+}
+
+fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Vec<DesiredService> {
+    desired_services(&Snapshot { services, slices }, NODE)
+}
+
+/// Frontends and backends as text: `10.96.0.1:80/TCP ns/svc:port` then one line per backend.
+fn render(desired: &[DesiredService]) -> String {
+    let mut out = String::new();
+    for d in desired {
+        out += &format!(
+            "{} {}/{}:{}\n",
+            d.frontend, d.namespace, d.name, d.port_name
+        );
+        for b in &d.backends {
+            let place = if b.remote { "remote" } else { "local" };
+            out += &format!("  {}:{} {} {}\n", b.addr, b.port, b.state.as_str(), place);
+        }
+    }
+    out
+}
+
+/// Backends of one frontend as `addr:port state`.
+fn backends(desired: &[DesiredService], frontend: &str) -> Vec<String> {
+    let d = desired
+        .iter()
+        .find(|d| d.frontend.to_string() == frontend)
+        .unwrap_or_else(|| panic!("no frontend {frontend}"));
+    d.backends
+        .iter()
+        .map(|b| format!("{}:{} {}", b.addr, b.port, b.state.as_str()))
+        .collect()
+}
+
+fn frontends(desired: &[DesiredService]) -> Vec<String> {
+    desired.iter().map(|d| d.frontend.to_string()).collect()
+}
+
+fn yaml_docs<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| T::deserialize(d).expect("fixture parses"))
+        .collect()
+}
+
+fn fixture(case: &str) -> Snapshot {
+    let read = |file: &str| {
+        let path = format!(
+            "{}/../tests/testdata/{case}/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    };
+    Snapshot {
+        services: yaml_docs(&read("service.yaml")),
+        slices: yaml_docs(&read("endpointslice.yaml")),
+    }
+}
+
+fn expected(case: &str) -> String {
+    let path = format!(
+        "{}/../tests/testdata/{case}/expected.desired",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// Sets the conditions of the endpoint with address `ip` in every slice.
+fn set_conditions(snapshot: &mut Snapshot, ip: &str, (r, s, t): (bool, bool, bool)) {
+    for ep in snapshot
+        .slices
+        .iter_mut()
+        .flat_map(|s| s.endpoints.iter_mut())
+    {
+        if ep.addresses.first().map(String::as_str) == Some(ip) {
+            ep.conditions =
+                serde_json::from_value(json!({"ready": r, "serving": s, "terminating": t}))
+                    .expect("conditions");
+        }
+    }
+}
+
+// ---- §5 fixtures ----
+
+#[test]
+fn fixture_a_named_target_port_mid_rollout_unions_both_slices() {
+    let snapshot = fixture("a-checkout-two-slices");
+    let desired = desired_services(&snapshot, "worker-a1");
+    assert_eq!(render(&desired), expected("a-checkout-two-slices"));
+    // :80/UDP is not a frontend, so the datapath rejects it (nftables' unknown-port rule).
+    assert!(!frontends(&desired).contains(&"10.96.41.17:80/UDP".to_owned()));
+}
+
+#[test]
+fn fixture_a_deleting_one_slice_leaves_the_other_slices_endpoints() {
+    let mut snapshot = fixture("a-checkout-two-slices");
+    snapshot
+        .slices
+        .retain(|s| s.metadata.name.as_deref() != Some("checkout-7x2kq"));
+    let desired = desired_services(&snapshot, "worker-a1");
+    assert_eq!(
+        backends(&desired, "10.96.41.17:80/TCP"),
+        ["10.244.3.9:8081 active"]
+    );
+    assert_eq!(
+        backends(&desired, "10.96.41.17:9102/TCP"),
+        ["10.244.3.9:9102 active"]
+    );
+}
+
+#[test]
+fn fixture_b_only_ready_endpoints_take_new_flows_with_client_ip_affinity() {
+    let desired = desired_services(&fixture("b-ledger-terminating"), "worker-a1");
+    assert_eq!(render(&desired), expected("b-ledger-terminating"));
+    assert_eq!(desired[0].affinity_timeout_secs, Some(10_800));
+}
+
+#[test]
+fn fixture_b2_with_nothing_ready_the_serving_terminating_ones_are_the_fallback() {
+    let mut snapshot = fixture("b-ledger-terminating");
+    set_conditions(&mut snapshot, "10.244.1.50", (false, true, true));
+    let desired = desired_services(&snapshot, "worker-a1");
+    assert_eq!(
+        backends(&desired, "10.96.7.200:5432/TCP"),
+        ["10.244.1.50:5432 active", "10.244.2.60:5432 active"]
+    );
+}
+
+#[test]
+fn fixture_b3_nothing_serving_rejects() {
+    let mut snapshot = fixture("b-ledger-terminating");
+    set_conditions(&mut snapshot, "10.244.1.50", (false, false, true));
+    set_conditions(&mut snapshot, "10.244.2.60", (false, false, true));
+    let desired = desired_services(&snapshot, "worker-a1");
+    assert!(desired[0].backends.is_empty());
+    assert!(!desired[0].has_any_endpoints, "no endpoint at all: reject");
+}
+
+#[test]
+fn fixture_b4_local_policy_on_a_node_without_usable_endpoints_drops() {
+    let mut snapshot = fixture("b-ledger-terminating");
+    set_conditions(&mut snapshot, "10.244.1.50", (false, true, true));
+    if let Some(spec) = snapshot.services[0].spec.as_mut() {
+        spec.internal_traffic_policy = Some("Local".to_owned());
+    }
+    let desired = desired_services(&snapshot, "worker-c1");
+    assert!(desired[0].backends.is_empty());
+    assert!(
+        desired[0].has_any_endpoints,
+        "endpoints exist elsewhere: drop, not reject"
+    );
+}
+
+#[test]
+fn fixture_c_dual_stack_serves_the_ipv4_vip_and_slice_with_an_unnamed_port() {
+    let desired = desired_services(&fixture("c-api-dual-stack"), "worker-a1");
+    assert_eq!(render(&desired), expected("c-api-dual-stack"));
+}
+
+// ---- §3 cases ----
+
+#[test]
+fn case_1_headless_services_are_ignored_with_or_without_ports() {
+    let none = service(
+        "ns",
+        "h1",
+        json!({"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]}),
+    );
+    let no_ports = service("ns", "h2", json!({"clusterIP": "None"}));
+    let empty = service(
+        "ns",
+        "h3",
+        json!({"clusterIP": "", "ports": [{"port": 80}]}),
+    );
+    let slice = slice(
+        "ns",
+        "h1-x",
+        "h1",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.1", NODE)],
+    );
+    assert!(run(vec![none, no_ports, empty], vec![slice]).is_empty());
+}
+
+#[test]
+fn case_2_external_name_is_ignored_even_with_a_cluster_ip() {
+    let svc = service(
+        "ns",
+        "ext",
+        json!({"type": "ExternalName", "externalName": "db.example.org", "clusterIP": "10.96.0.9", "ports": [{"port": 80}]}),
+    );
+    assert!(run(vec![svc], vec![]).is_empty());
+}
+
+#[test]
+fn case_3_an_ipv6_only_service_is_skipped_and_a_v6_first_dual_stack_one_uses_its_v4_vip() {
+    let v6 = service(
+        "ns",
+        "v6",
+        json!({"clusterIP": "fd00::1", "clusterIPs": ["fd00::1"], "ports": [{"port": 80}]}),
+    );
+    let v6_first = service(
+        "ns",
+        "both",
+        json!({"clusterIP": "fd00::2", "clusterIPs": ["fd00::2", "10.96.0.2"], "ports": [{"port": 80}]}),
+    );
+    assert_eq!(
+        frontends(&run(vec![v6, v6_first], vec![])),
+        ["10.96.0.2:80/TCP"]
+    );
+}
+
+#[test]
+fn case_5_two_udp_ports_are_two_frontends_and_a_type_change_keeps_them() {
+    let svc = cluster_ip(
+        "ns",
+        "s",
+        "172.16.55.4",
+        &[("p1", 1234, "UDP"), ("p2", 1235, "UDP")],
+    );
+    let desired = run(vec![svc.clone()], vec![]);
+    assert_eq!(
+        frontends(&desired),
+        ["172.16.55.4:1234/UDP", "172.16.55.4:1235/UDP"]
+    );
+    let mut lb = svc;
+    if let Some(spec) = lb.spec.as_mut() {
+        spec.type_ = Some("LoadBalancer".to_owned());
+    }
+    assert_eq!(run(vec![lb], vec![]), desired);
+}
+
+#[test]
+fn case_5_removed_ports_and_deleted_services_leave_one_frontend() {
+    let all: Vec<Service> = (1..=4)
+        .map(|i| {
+            cluster_ip(
+                "ns",
+                &format!("s{i}"),
+                &format!("10.96.0.{i}"),
+                &[("a", 80, "TCP"), ("b", 81, "UDP")],
+            )
+        })
+        .collect();
+    assert_eq!(run(all, vec![]).len(), 8);
+    let left = vec![cluster_ip("ns", "s1", "10.96.0.1", &[("a", 80, "TCP")])];
+    assert_eq!(frontends(&run(left, vec![])), ["10.96.0.1:80/TCP"]);
+}
+
+#[test]
+fn case_6_one_slice_gives_every_port_all_endpoints_and_marks_the_local_one() {
+    let svc = cluster_ip(
+        "ns1",
+        "svc1",
+        "10.96.1.1",
+        &[("port-0", 80, "TCP"), ("port-1", 443, "TCP")],
+    );
+    let eps = vec![
+        ready("10.0.1.1", "host2"),
+        ready("10.0.1.2", NODE),
+        ready("10.0.1.3", "host2"),
+    ];
+    let s = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("port-0", 80), tcp("port-1", 443)]),
+        eps,
+    );
+    let desired = run(vec![svc], vec![s]);
+    assert_eq!(
+        render(&desired),
+        "10.96.1.1:80/TCP ns1/svc1:port-0\n  10.0.1.1:80 active remote\n  10.0.1.2:80 active local\n  10.0.1.3:80 active remote\n\
+         10.96.1.1:443/TCP ns1/svc1:port-1\n  10.0.1.1:443 active remote\n  10.0.1.2:443 active local\n  10.0.1.3:443 active remote\n"
+    );
+}
+
+#[test]
+fn case_7_slices_of_a_service_are_unioned_and_a_resent_slice_replaces_its_endpoints() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("port-0", 80, "TCP")]);
+    let three = |prefix: &str| {
+        (1..=3)
+            .map(|i| ready(&format!("{prefix}.{i}"), "host2"))
+            .collect::<Vec<_>>()
+    };
+    let s1 = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        three("10.0.1"),
+    );
+    let s2 = slice(
+        "ns1",
+        "svc1-2",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        three("10.0.2"),
+    );
+    assert_eq!(
+        run(vec![svc.clone()], vec![s1, s2.clone()])[0]
+            .backends
+            .len(),
+        6
+    );
+    let four = (1..=4)
+        .map(|i| ready(&format!("10.0.9.{i}"), "host2"))
+        .collect();
+    let s1_again = slice("ns1", "svc1-1", "svc1", json!([tcp("port-0", 80)]), four);
+    assert_eq!(
+        run(vec![svc.clone()], vec![s1_again.clone()])[0]
+            .backends
+            .len(),
+        4
+    );
+    assert_eq!(run(vec![svc], vec![s1_again, s2])[0].backends.len(), 7);
+}
+
+#[test]
+fn case_8_slices_never_leak_between_services_or_namespaces_and_a_nil_port_is_skipped() {
+    let services = vec![
+        cluster_ip("ns1", "svc1", "10.96.1.1", &[("port-0", 80, "TCP")]),
+        cluster_ip("ns1", "svc2", "10.96.1.2", &[("port-0", 80, "TCP")]),
+        cluster_ip("ns2", "svc1", "10.96.2.1", &[("port-0", 80, "TCP")]),
+    ];
+    let slices = vec![
+        slice(
+            "ns1",
+            "svc1-1",
+            "svc1",
+            json!([tcp("port-0", 80)]),
+            vec![ready("10.0.1.1", NODE)],
+        ),
+        slice(
+            "ns1",
+            "svc2-1",
+            "svc2",
+            json!([tcp("port-0", 80)]),
+            vec![ready("10.0.2.1", NODE)],
+        ),
+        slice(
+            "ns2",
+            "svc1-1",
+            "svc1",
+            json!([{"name": "port-0", "protocol": "TCP"}]),
+            vec![ready("10.0.3.1", NODE)],
+        ),
+    ];
+    let desired = run(services, slices);
+    assert_eq!(
+        backends(&desired, "10.96.1.1:80/TCP"),
+        ["10.0.1.1:80 active"]
+    );
+    assert_eq!(
+        backends(&desired, "10.96.1.2:80/TCP"),
+        ["10.0.2.1:80 active"]
+    );
+    assert!(
+        backends(&desired, "10.96.2.1:80/TCP").is_empty(),
+        "nil slice port is skipped"
+    );
+}
+
+#[test]
+fn case_9_the_same_ips_on_different_resolved_ports_are_separate_backends() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("port-0", 80, "TCP")]);
+    let eps = || vec![ready("10.0.1.1", NODE), ready("10.0.1.2", NODE)];
+    let s1 = slice("ns1", "svc1-1", "svc1", json!([tcp("port-0", 80)]), eps());
+    let s2 = slice("ns1", "svc1-2", "svc1", json!([tcp("port-0", 8080)]), eps());
+    assert_eq!(
+        backends(&run(vec![svc], vec![s1, s2]), "10.96.1.1:80/TCP"),
+        [
+            "10.0.1.1:80 active",
+            "10.0.1.1:8080 active",
+            "10.0.1.2:80 active",
+            "10.0.1.2:8080 active"
+        ]
+    );
+}
+
+#[test]
+fn case_10_fqdn_and_ipv6_slices_change_nothing() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("port-0", 80, "TCP")]);
+    let v4 = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        vec![ready("10.0.1.1", NODE)],
+    );
+    let before = run(vec![svc.clone()], vec![v4.clone()]);
+    let mut fqdn = slice(
+        "ns1",
+        "svc1-f",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        vec![ready("example.com", NODE)],
+    );
+    fqdn.address_type = "FQDN".to_owned();
+    let mut v6 = slice(
+        "ns1",
+        "svc1-6",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        vec![ready("fd00::5", NODE)],
+    );
+    v6.address_type = "IPv6".to_owned();
+    assert_eq!(run(vec![svc], vec![v4, fqdn, v6]), before);
+}
+
+#[test]
+fn case_11_the_same_objects_in_any_order_give_the_same_result() {
+    let snapshot = fixture("a-checkout-two-slices");
+    let mut reversed = snapshot.clone();
+    reversed.slices.reverse();
+    assert_eq!(
+        desired_services(&snapshot, NODE),
+        desired_services(&reversed, NODE)
+    );
+}
+
+#[test]
+fn case_12_deleting_one_of_two_slices_keeps_only_the_others_endpoints() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("port-0", 80, "TCP")]);
+    let s1 = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        vec![ready("10.0.1.1", NODE)],
+    );
+    let s2 = slice(
+        "ns1",
+        "svc1-2",
+        "svc1",
+        json!([tcp("port-0", 80)]),
+        vec![ready("10.0.2.1", NODE)],
+    );
+    assert_eq!(
+        run(vec![svc.clone()], vec![s1, s2.clone()])[0]
+            .backends
+            .len(),
+        2
+    );
+    assert_eq!(
+        backends(&run(vec![svc], vec![s2]), "10.96.1.1:80/TCP"),
+        ["10.0.2.1:80 active"]
+    );
+}
+
+#[test]
+fn case_13_an_endpoint_moving_between_slices_appears_once_and_other_ports_are_unchanged() {
+    let svc = cluster_ip(
+        "ns1",
+        "svc1",
+        "10.96.1.1",
+        &[("p11", 11, "TCP"), ("p12", 12, "TCP")],
+    );
+    let old = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("p11", 11), tcp("p12", 12)]),
+        vec![ready("10.0.1.1", NODE)],
+    );
+    let new = slice(
+        "ns1",
+        "svc1-2",
+        "svc1",
+        json!([tcp("p11", 11)]),
+        vec![ready("10.0.1.1", NODE), ready("10.0.1.2", NODE)],
+    );
+    let desired = run(vec![svc], vec![old, new]);
+    assert_eq!(
+        backends(&desired, "10.96.1.1:11/TCP"),
+        ["10.0.1.1:11 active", "10.0.1.2:11 active"]
+    );
+    assert_eq!(
+        backends(&desired, "10.96.1.1:12/TCP"),
+        ["10.0.1.1:12 active"]
+    );
+}
+
+#[test]
+fn case_14_a_renamed_slice_port_empties_the_old_name_and_a_renumbered_one_moves_the_backend() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("p11", 11, "TCP")]);
+    let renamed = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("p11-2", 11)]),
+        vec![ready("10.0.1.1", NODE)],
+    );
+    let desired = run(vec![svc.clone()], vec![renamed]);
+    assert!(desired[0].backends.is_empty());
+    assert!(
+        !desired[0].has_any_endpoints,
+        "no endpoints for the port: reject"
+    );
+    let renumbered = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("p11", 22)]),
+        vec![ready("10.0.1.1", NODE)],
+    );
+    assert_eq!(
+        backends(&run(vec![svc], vec![renumbered]), "10.96.1.1:11/TCP"),
+        ["10.0.1.1:22 active"]
+    );
+}
+
+#[test]
+fn case_15_endpoint_lifecycle_on_an_unnamed_port() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let with = |eps| vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)];
+    assert!(run(vec![svc.clone()], with(vec![]))[0].backends.is_empty());
+    assert_eq!(
+        backends(
+            &run(vec![svc.clone()], with(vec![ready("10.1.1.1", NODE)])),
+            "10.96.1.1:80/TCP"
+        ),
+        ["10.1.1.1:80 active"]
+    );
+    // Ready → terminating: still used (the only serving endpoint, KEP-1669 fallback).
+    let terminating = with(vec![cond("10.1.1.1", NODE, (false, true, true))]);
+    assert_eq!(
+        backends(&run(vec![svc.clone()], terminating), "10.96.1.1:80/TCP"),
+        ["10.1.1.1:80 active"]
+    );
+    let gone = run(vec![svc], with(vec![]));
+    assert!(gone[0].backends.is_empty() && !gone[0].has_any_endpoints);
+}
+
+#[test]
+fn case_17_18_node_hints_narrow_ready_endpoints_only_when_every_ready_one_has_them() {
+    // §2.1 PreferSameNode; zone hints need the Node's zone label, which lb does not watch yet.
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let hinted = |ip: &str, node: &str| json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": node, "hints": {"forNodes": [{"name": node}]}});
+    let eps = vec![
+        hinted("10.1.1.1", NODE),
+        hinted("10.1.1.2", "host2"),
+        cond("10.1.1.3", NODE, (false, false, false)),
+    ];
+    let s = slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps.clone());
+    assert_eq!(
+        backends(&run(vec![svc.clone()], vec![s]), "10.96.1.1:80/TCP"),
+        ["10.1.1.1:80 active"]
+    );
+
+    // One ready endpoint without hints → hints ignored entirely.
+    let mut missing = eps.clone();
+    missing.push(ready("10.1.1.4", "host2"));
+    let s = slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), missing);
+    assert_eq!(run(vec![svc.clone()], vec![s])[0].backends.len(), 3);
+
+    // Nothing hinted for this node → hints ignored.
+    let s = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("", 80)]),
+        vec![hinted("10.1.1.2", "host2"), hinted("10.1.1.5", "host3")],
+    );
+    assert_eq!(run(vec![svc], vec![s])[0].backends.len(), 2);
+}
+
+#[test]
+fn case_19_local_policy_with_only_remote_endpoints_drops_and_with_one_local_uses_only_it() {
+    let mut svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.internal_traffic_policy = Some("Local".to_owned());
+    }
+    let remote = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.1", "host2"), ready("10.0.0.2", "host3")],
+    );
+    let desired = run(vec![svc.clone()], vec![remote]);
+    assert!(desired[0].backends.is_empty());
+    assert!(desired[0].has_any_endpoints, "drop, not reject");
+    let one_local = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.1", "host2"), ready("10.0.0.3", NODE)],
+    );
+    assert_eq!(
+        backends(&run(vec![svc], vec![one_local]), "10.96.1.1:80/TCP"),
+        ["10.0.0.3:80 active"]
+    );
+}
+
+#[test]
+fn case_20_all_serving_terminating_with_cluster_policy_are_all_used() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let eps = vec![
+        cond("10.0.0.1", NODE, (false, true, true)),
+        cond("10.0.0.2", "host2", (false, true, true)),
+    ];
+    let s = slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps);
+    assert_eq!(
+        backends(&run(vec![svc], vec![s]), "10.96.1.1:80/TCP"),
+        ["10.0.0.1:80 active", "10.0.0.2:80 active"]
+    );
+}
+
+#[test]
+fn case_21_22_cluster_policy_uses_ready_ones_and_keeps_serving_terminating_ones_to_drain() {
+    // eTP Local on a ClusterIP-only Service is ignored (21); the cluster set is {.0} (22).
+    let mut svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.external_traffic_policy = Some("Local".to_owned());
+    }
+    let eps = vec![
+        ready("10.0.0.0", "host2"),
+        cond("10.0.0.1", NODE, (false, false, true)),
+        cond("10.0.0.2", NODE, (false, true, true)),
+        cond("10.0.0.3", "host2", (false, true, true)),
+    ];
+    let s = slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps);
+    assert_eq!(
+        render(&run(vec![svc], vec![s])),
+        "10.96.1.1:80/TCP ns1/svc1:\n  10.0.0.0:80 active remote\n  10.0.0.2:80 terminating local\n  10.0.0.3:80 terminating remote\n"
+    );
+}
+
+#[test]
+fn case_23_tcp_udp_and_sctp_on_one_port_number_resolve_separately_and_sctp_is_skipped() {
+    let svc = cluster_ip(
+        "ns1",
+        "svc1",
+        "172.30.0.41",
+        &[
+            ("dns-tcp", 53, "TCP"),
+            ("dns-udp", 53, "UDP"),
+            ("dns-sctp", 53, "SCTP"),
+        ],
+    );
+    let ports = json!([tcp("dns-tcp", 5353), {"name": "dns-udp", "port": 53, "protocol": "UDP"}, {"name": "dns-sctp", "port": 53, "protocol": "SCTP"}]);
+    let s = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        ports,
+        vec![ready("10.180.0.1", NODE)],
+    );
+    let desired = run(vec![svc], vec![s]);
+    assert_eq!(
+        frontends(&desired),
+        ["172.30.0.41:53/TCP", "172.30.0.41:53/UDP"]
+    );
+    assert_eq!(
+        backends(&desired, "172.30.0.41:53/TCP"),
+        ["10.180.0.1:5353 active"]
+    );
+    assert_eq!(
+        backends(&desired, "172.30.0.41:53/UDP"),
+        ["10.180.0.1:53 active"]
+    );
+}
+
+#[test]
+fn case_24_29_no_endpoints_is_a_frontend_without_backends_that_rejects() {
+    let desired = run(
+        vec![cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")])],
+        vec![],
+    );
+    assert_eq!(frontends(&desired), ["10.96.1.1:80/TCP"]);
+    assert!(desired[0].backends.is_empty() && !desired[0].has_any_endpoints);
+}
+
+#[test]
+fn case_25_terminating_endpoints_are_drain_only_while_ready_ones_exist_and_never_non_serving() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let mixed = vec![
+        ready("10.0.0.1", NODE),
+        cond("10.0.0.2", NODE, (false, true, true)),
+        cond("10.0.0.3", NODE, (false, false, true)),
+    ];
+    let s = slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), mixed);
+    assert_eq!(
+        backends(&run(vec![svc.clone()], vec![s]), "10.96.1.1:80/TCP"),
+        ["10.0.0.1:80 active", "10.0.0.2:80 terminating"]
+    );
+    let only_terminating = vec![
+        cond("10.0.0.2", NODE, (false, true, true)),
+        cond("10.0.0.3", NODE, (false, false, true)),
+    ];
+    let s = slice(
+        "ns1",
+        "svc1-1",
+        "svc1",
+        json!([tcp("", 80)]),
+        only_terminating,
+    );
+    assert_eq!(
+        backends(&run(vec![svc.clone()], vec![s]), "10.96.1.1:80/TCP"),
+        ["10.0.0.2:80 active"]
+    );
+    let unusable = vec![
+        cond("10.0.0.3", NODE, (false, false, true)),
+        cond("10.0.0.4", NODE, (false, false, false)),
+    ];
+    let s = slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), unusable);
+    let desired = run(vec![svc], vec![s]);
+    assert!(desired[0].backends.is_empty() && !desired[0].has_any_endpoints);
+}
+
+#[test]
+fn case_26_32_client_ip_affinity_defaults_to_10800_seconds_and_keeps_an_explicit_timeout() {
+    let affinity = |config: Value| {
+        let svc = service(
+            "ns",
+            "s",
+            json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}], "sessionAffinity": "ClientIP", "sessionAffinityConfig": config}),
+        );
+        run(vec![svc], vec![])[0].affinity_timeout_secs
+    };
+    assert_eq!(affinity(Value::Null), Some(10_800));
+    assert_eq!(
+        affinity(json!({"clientIP": {"timeoutSeconds": 125}})),
+        Some(125)
+    );
+    let none = service(
+        "ns",
+        "s",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}], "sessionAffinity": "None"}),
+    );
+    assert_eq!(run(vec![none], vec![])[0].affinity_timeout_secs, None);
+}
+
+#[test]
+fn case_27_each_named_target_port_reaches_only_its_pod() {
+    let svc = cluster_ip(
+        "ns",
+        "multi",
+        "10.96.3.3",
+        &[("portname1", 80, "TCP"), ("portname2", 81, "TCP")],
+    );
+    let s1 = slice(
+        "ns",
+        "multi-a",
+        "multi",
+        json!([tcp("portname1", 100)]),
+        vec![ready("10.244.0.11", NODE)],
+    );
+    let s2 = slice(
+        "ns",
+        "multi-b",
+        "multi",
+        json!([tcp("portname2", 101)]),
+        vec![ready("10.244.0.12", NODE)],
+    );
+    let desired = run(vec![svc], vec![s1, s2]);
+    assert_eq!(
+        backends(&desired, "10.96.3.3:80/TCP"),
+        ["10.244.0.11:100 active"]
+    );
+    assert_eq!(
+        backends(&desired, "10.96.3.3:81/TCP"),
+        ["10.244.0.12:101 active"]
+    );
+}
+
+#[test]
+fn case_28_removing_one_protocol_of_a_port_removes_only_that_frontend() {
+    let both = cluster_ip(
+        "ns",
+        "s",
+        "10.96.4.4",
+        &[("tcp", 80, "TCP"), ("udp", 80, "UDP")],
+    );
+    assert_eq!(
+        frontends(&run(vec![both], vec![])),
+        ["10.96.4.4:80/TCP", "10.96.4.4:80/UDP"]
+    );
+    let tcp_only = cluster_ip("ns", "s", "10.96.4.4", &[("tcp", 80, "TCP")]);
+    assert_eq!(
+        frontends(&run(vec![tcp_only], vec![])),
+        ["10.96.4.4:80/TCP"]
+    );
+}
+
+#[test]
+fn case_30_publish_not_ready_addresses_makes_the_controller_mark_unready_pods_ready() {
+    // The controller writes ready = publishNotReadyAddresses || ...; lb only reads `ready`.
+    let svc = cluster_ip("ns", "s", "10.96.5.5", &[("", 80, "TCP")]);
+    let s = slice(
+        "ns",
+        "s-1",
+        "s",
+        json!([tcp("", 80)]),
+        vec![cond("10.0.0.7", NODE, (true, false, true))],
+    );
+    assert_eq!(
+        backends(&run(vec![svc], vec![s]), "10.96.5.5:80/TCP"),
+        ["10.0.0.7:80 active"]
+    );
+}
+
+#[test]
+fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local_policy() {
+    let mut svc = cluster_ip("ns", "s", "10.96.6.6", &[("", 80, "TCP")]);
+    let s = slice(
+        "ns",
+        "s-1",
+        "s",
+        json!([tcp("", 80)]),
+        vec![cond("10.0.0.8", "host2", (false, true, true))],
+    );
+    let snapshot = Snapshot {
+        services: vec![svc.clone()],
+        slices: vec![s.clone()],
+    };
+    for node in [NODE, "host2"] {
+        assert_eq!(
+            backends(&desired_services(&snapshot, node), "10.96.6.6:80/TCP"),
+            ["10.0.0.8:80 active"]
+        );
+    }
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.internal_traffic_policy = Some("Local".to_owned());
+    }
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![s],
+    };
+    assert_eq!(
+        backends(&desired_services(&snapshot, "host2"), "10.96.6.6:80/TCP"),
+        ["10.0.0.8:80 active"]
+    );
+    let elsewhere = desired_services(&snapshot, NODE);
+    assert!(elsewhere[0].backends.is_empty() && elsewhere[0].has_any_endpoints);
+}
+
+#[test]
+fn case_33_opt_out_labels_remove_the_service_and_its_slices() {
+    for label in [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL] {
+        let mut svc = cluster_ip("ns", "s", "10.96.7.7", &[("", 80, "TCP")]);
+        svc.metadata.labels = Some([(label.to_owned(), "other-proxy".to_owned())].into());
+        assert!(run(vec![svc], vec![]).is_empty(), "{label}");
+        let svc = cluster_ip("ns", "s", "10.96.7.7", &[("", 80, "TCP")]);
+        let mut s = slice(
+            "ns",
+            "s-1",
+            "s",
+            json!([tcp("", 80)]),
+            vec![ready("10.0.0.9", NODE)],
+        );
+        s.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(label.to_owned(), String::new());
+        assert!(
+            run(vec![svc], vec![s])[0].backends.is_empty(),
+            "{label} on a slice"
+        );
+    }
+}
+
+#[test]
+fn case_34_deleting_recreating_and_external_name_round_trips() {
+    let a = cluster_ip("ns", "a", "10.96.8.1", &[("", 80, "TCP")]);
+    let b = cluster_ip("ns", "b", "10.96.8.2", &[("", 80, "TCP")]);
+    assert_eq!(
+        frontends(&run(vec![a.clone(), b], vec![])),
+        ["10.96.8.1:80/TCP", "10.96.8.2:80/TCP"]
+    );
+    assert_eq!(
+        frontends(&run(vec![a.clone()], vec![])),
+        ["10.96.8.1:80/TCP"]
+    );
+    let recreated = cluster_ip("ns", "b", "10.96.8.3", &[("", 80, "TCP")]);
+    assert_eq!(
+        frontends(&run(vec![a, recreated], vec![])),
+        ["10.96.8.1:80/TCP", "10.96.8.3:80/TCP"]
+    );
+    let external = service(
+        "ns",
+        "a",
+        json!({"type": "ExternalName", "externalName": "x.example", "ports": [{"port": 80}]}),
+    );
+    assert!(run(vec![external], vec![]).is_empty());
+}
+
+#[test]
+fn case_36_dual_stack_keeps_only_the_ipv4_vip_and_slice() {
+    let svc = service(
+        "ns",
+        "d",
+        json!({"clusterIP": "10.96.9.9", "clusterIPs": ["10.96.9.9", "fd00::9"], "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}),
+    );
+    let v4 = slice(
+        "ns",
+        "d-4",
+        "d",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.10", NODE)],
+    );
+    let mut v6 = slice(
+        "ns",
+        "d-6",
+        "d",
+        json!([tcp("", 80)]),
+        vec![ready("fd00::10", NODE)],
+    );
+    v6.address_type = "IPv6".to_owned();
+    assert_eq!(
+        render(&run(vec![svc], vec![v4, v6])),
+        "10.96.9.9:80/TCP ns/d:\n  10.0.0.10:80 active local\n"
+    );
+}
+
+// ---- §1 details ----
+
+#[test]
+fn duplicates_across_slices_keep_the_non_terminating_copy() {
+    let svc = cluster_ip("ns", "s", "10.96.10.1", &[("", 80, "TCP")]);
+    let old = slice(
+        "ns",
+        "s-a",
+        "s",
+        json!([tcp("", 80)]),
+        vec![cond("10.0.0.1", NODE, (false, true, true))],
+    );
+    let new = slice(
+        "ns",
+        "s-b",
+        "s",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.1", NODE)],
+    );
+    assert_eq!(
+        backends(&run(vec![svc], vec![old, new]), "10.96.10.1:80/TCP"),
+        ["10.0.0.1:80 active"]
+    );
+}
+
+#[test]
+fn nil_conditions_default_to_ready_serving_not_terminating_and_only_the_first_address_counts() {
+    let svc = cluster_ip("ns", "s", "10.96.10.2", &[("", 80, "TCP")]);
+    let ep = json!({"addresses": ["10.0.0.2", "10.0.0.3"]});
+    let s = slice("ns", "s-a", "s", json!([tcp("", 80)]), vec![ep]);
+    assert_eq!(
+        render(&run(vec![svc], vec![s])),
+        "10.96.10.2:80/TCP ns/s:\n  10.0.0.2:80 active local\n"
+    );
+}
+
+#[test]
+fn a_slice_arriving_before_its_service_is_used_once_the_service_exists() {
+    let s = slice(
+        "ns",
+        "s-a",
+        "s",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.4", NODE)],
+    );
+    assert!(run(vec![], vec![s.clone()]).is_empty());
+    let svc = cluster_ip("ns", "s", "10.96.10.3", &[("", 80, "TCP")]);
+    assert_eq!(
+        backends(&run(vec![svc], vec![s]), "10.96.10.3:80/TCP"),
+        ["10.0.0.4:80 active"]
+    );
+}
+
+#[test]
+fn malformed_fields_are_skipped_without_panicking() {
+    let bad_vip = service(
+        "ns",
+        "bad-vip",
+        json!({"clusterIP": "10.96.300.1", "ports": [{"port": 80}]}),
+    );
+    let bad_port = service(
+        "ns",
+        "bad-port",
+        json!({"clusterIP": "10.96.11.1", "ports": [{"port": 70000}, {"port": 0}, {"port": 81, "protocol": "ICMP"}]}),
+    );
+    let unnamed = service(
+        "ns",
+        "",
+        json!({"clusterIP": "10.96.11.2", "ports": [{"port": 80}]}),
+    );
+    let good = cluster_ip("ns", "good", "10.96.11.3", &[("", 80, "TCP")]);
+    let eps = vec![
+        json!({"addresses": []}),
+        json!({"addresses": ["not-an-ip"]}),
+        json!({"addresses": ["010.0.0.1"]}),
+        ready("10.0.0.5", NODE),
+    ];
+    let s = slice(
+        "ns",
+        "good-a",
+        "good",
+        json!([{"name": "", "port": 99999, "protocol": "TCP"}]),
+        eps.clone(),
+    );
+    let s2 = slice("ns", "good-b", "good", json!([tcp("", 80)]), eps);
+    let mut orphan = slice(
+        "ns",
+        "orphan",
+        "x",
+        json!([tcp("", 80)]),
+        vec![ready("10.0.0.6", NODE)],
+    );
+    orphan.metadata.labels = None;
+    let desired = run(vec![bad_vip, bad_port, unnamed, good], vec![s, s2, orphan]);
+    assert_eq!(
+        render(&desired),
+        "10.96.11.3:80/TCP ns/good:\n  10.0.0.5:80 active local\n"
+    );
+}
+
+#[test]
+fn two_services_claiming_one_frontend_keep_the_first_by_name() {
+    let a = cluster_ip("ns", "a", "10.96.12.1", &[("", 80, "TCP")]);
+    let b = cluster_ip("ns", "b", "10.96.12.1", &[("", 80, "TCP")]);
+    let desired = run(vec![b, a], vec![]);
+    assert_eq!(desired.len(), 1);
+    assert_eq!(desired[0].name, "a");
+}
+
+#[test]
+fn frontend_displays_as_vip_port_protocol() {
+    let f = Frontend {
+        vip: std::net::Ipv4Addr::new(10, 96, 0, 10),
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    assert_eq!(f.to_string(), "10.96.0.10:53/UDP");
+}
