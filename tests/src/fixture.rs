@@ -240,7 +240,7 @@ impl Datapath {
                 repeat,
                 ..TestRunOptions::default()
             })
-            .expect("BPF_PROG_TEST_RUN");
+            .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {err:?}", frame.len()));
         out.truncate(result.data_size_out as usize);
         Run { verdict: result.return_value as i32, frame: out, duration: result.duration }
     }
@@ -404,5 +404,75 @@ impl Drop for Datapath {
     fn drop(&mut self) {
         // Pins outlive the maps' file descriptors: remove them, or they leak in bpffs.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// What a case expects of the datapath.
+#[derive(Debug)]
+pub enum Expect {
+    /// Handed on (`TC_ACT_UNSPEC`) byte for byte.
+    Unchanged,
+    /// Handed on, rewritten into exactly this frame (whose checksums etherparse computed).
+    Rewritten(Vec<u8>),
+    /// Dropped (`TC_ACT_SHOT`) with this reason, counted once and reported in one event.
+    Dropped(DropReason),
+}
+
+/// One row of a packet table: fresh maps, one frame, one expectation.
+#[derive(Debug)]
+pub struct Case {
+    /// What the row shows.
+    pub name: &'static str,
+    /// Services programmed before the frame is sent.
+    pub services: Vec<Service>,
+    /// `DatapathConfig::flags`.
+    pub config_flags: u32,
+    /// The program the frame enters.
+    pub hook: Hook,
+    /// The frame.
+    pub input: Vec<u8>,
+    /// The expected result.
+    pub expect: Expect,
+}
+
+/// Runs `case` on a freshly loaded datapath and asserts verdict, bytes, metrics and events.
+pub fn check(case: &Case) {
+    let mut datapath = Datapath::load();
+    datapath.set_config(DatapathConfig {
+        flags: case.config_flags,
+        events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
+    });
+    for (id, service) in (1u16..).zip(&case.services) {
+        datapath.add_service(&service.clone().with_id(id));
+    }
+    let run = datapath.run(case.hook, &case.input);
+    let name = case.name;
+    match &case.expect {
+        Expect::Unchanged => {
+            assert_eq!(run.verdict, TC_ACT_UNSPEC, "{name}: verdict");
+            assert_eq!(run.frame, case.input, "{name}: frame must pass byte for byte");
+            assert_eq!(datapath.all_drops(), vec![], "{name}: no drop counted");
+        }
+        Expect::Rewritten(want) => {
+            assert_eq!(run.verdict, TC_ACT_UNSPEC, "{name}: verdict");
+            crate::packet::read_checked(&run.frame);
+            assert_eq!(run.frame, *want, "{name}: rewritten frame");
+            assert_eq!(datapath.all_drops(), vec![], "{name}: no drop counted");
+        }
+        Expect::Dropped(reason) => {
+            assert_eq!(run.verdict, TC_ACT_SHOT, "{name}: verdict");
+            assert_eq!(
+                datapath.all_drops(),
+                vec![(*reason as u8, case.hook as u8, 1)],
+                "{name}: one drop counted for {reason:?} at {}",
+                case.hook.name()
+            );
+            let events = datapath.drain_events();
+            assert_eq!(events.len(), 1, "{name}: one event");
+            assert_eq!(events[0].reason, *reason as u8, "{name}: event reason");
+            assert_eq!(events[0].hook, case.hook as u8, "{name}: event hook");
+            assert_eq!(events[0].len as usize, case.input.len(), "{name}: event length");
+        }
     }
 }

@@ -213,6 +213,14 @@ pub fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
     frame
 }
 
+/// `frame` with byte `offset` set to `value` (checksums left as they were).
+pub fn with_byte(mut frame: Vec<u8>, offset: usize, value: u8) -> Vec<u8> {
+    if let Some(byte) = frame.get_mut(offset) {
+        *byte = value;
+    }
+    frame
+}
+
 /// An ICMP echo request from `src` to `dst`.
 pub fn icmp_echo(src: &str, dst: &str) -> Vec<u8> {
     let payload = b"ping";
