@@ -231,12 +231,30 @@ impl Datapath {
 
     /// Runs `frame` through `hook` `repeat` times (on the same, possibly rewritten, buffer).
     pub fn run_repeat(&self, hook: Hook, frame: &[u8], repeat: u32) -> Run {
+        self.run_with(hook, frame, repeat, None)
+    }
+
+    /// Runs `frame` through `hook` as if it had arrived on interface `ifindex` of the calling
+    /// thread's network namespace (see `FibNetns::enter`).
+    pub fn run_on(&self, hook: Hook, frame: &[u8], ifindex: u32) -> Run {
+        self.run_with(hook, frame, 1, Some(ifindex))
+    }
+
+    fn run_with(&self, hook: Hook, frame: &[u8], repeat: u32, ifindex: Option<u32>) -> Run {
         let mut out = vec![0u8; frame.len() + 256];
+        // A prefix of `struct __sk_buff`: the kernel accepts a shorter context and only lets
+        // a few fields be set; `ingress_ifindex` (offset 36) and `ifindex` (40) pick the device.
+        let mut skb = [0u8; 44];
+        if let Some(ifindex) = ifindex {
+            skb[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+            skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        }
         let result = self
             .program(hook)
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ifindex.map(|_| &skb[..]),
                 repeat,
                 ..TestRunOptions::default()
             })
@@ -474,5 +492,84 @@ pub fn check(case: &Case) {
             assert_eq!(events[0].hook, case.hook as u8, "{name}: event hook");
             assert_eq!(events[0].len as usize, case.input.len(), "{name}: event length");
         }
+    }
+}
+
+/// MAC of the node's interface in a `FibNetns`.
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+/// MAC of the other node (next hop to 10.244.2.0/24) in a `FibNetns`.
+pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+/// MAC of the external client 192.168.56.10 in a `FibNetns`.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+
+/// A network namespace in which the kernel's FIB answers like a node's: `lbt0`
+/// (192.168.56.4/24, `NODE_MAC`), a route to the remote pod CIDR 10.244.2.0/24 via the other
+/// node 192.168.56.5, and permanent neighbours for that node and the client 192.168.56.10.
+/// `BPF_PROG_TEST_RUN` does its FIB lookups in the calling thread's namespace, so tests
+/// `enter` it around their runs. No packet ever leaves a test run; the namespace is deleted on
+/// drop.
+pub struct FibNetns {
+    name: String,
+    /// Index of `lbt0` inside the namespace.
+    pub ifindex: u32,
+}
+
+impl FibNetns {
+    /// Creates the namespace for test `test`; `forwarding` sets `net.ipv4.ip_forward`.
+    pub fn new(test: &str, forwarding: bool) -> Self {
+        let name = format!("lbt-{}-{}", &test[..test.len().min(20)], std::process::id());
+        ip(&["netns", "add", &name]);
+        let mut guard = Self { name, ifindex: 0 };
+        let n = guard.name.as_str();
+        ip(&["-n", n, "link", "add", "lbt0", "address", "02:00:00:00:00:04", "type", "veth", "peer", "name", "lbt1"]);
+        ip(&["-n", n, "link", "set", "lbt0", "up"]);
+        ip(&["-n", n, "link", "set", "lbt1", "up"]);
+        ip(&["-n", n, "addr", "add", "192.168.56.4/24", "dev", "lbt0"]);
+        ip(&["-n", n, "route", "add", "10.244.2.0/24", "via", "192.168.56.5", "dev", "lbt0"]);
+        for (addr, mac) in [("192.168.56.5", "02:00:00:00:00:05"), ("192.168.56.10", "02:00:00:00:00:10")] {
+            ip(&["-n", n, "neigh", "replace", addr, "lladdr", mac, "dev", "lbt0", "nud", "permanent"]);
+        }
+        let value = if forwarding { "1" } else { "0" };
+        ip(&["netns", "exec", n, "sysctl", "-qw", &format!("net.ipv4.ip_forward={value}")]);
+        let index = std::process::Command::new("ip")
+            .args(["-n", n, "-o", "link", "show", "lbt0"])
+            .output()
+            .expect("run ip link show");
+        let text = String::from_utf8_lossy(&index.stdout);
+        let ifindex = text
+            .split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .unwrap_or_else(|| panic!("ifindex of lbt0 in {text:?}"));
+        guard.ifindex = ifindex;
+        guard
+    }
+
+    /// Runs `f` with the calling thread inside the namespace, then moves it back.
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        let own = std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
+        let target = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        setns(&target);
+        let result = f();
+        setns(&own);
+        result
+    }
+}
+
+fn setns(file: &std::fs::File) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid namespace fd; only this thread's network namespace changes.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {}: {status}", args.join(" "));
+}
+
+impl Drop for FibNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
