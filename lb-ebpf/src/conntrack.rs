@@ -43,7 +43,15 @@ pub fn key(tuple: &Tuple4, kind: u8) -> CtKey4 {
 /// A reply key: the tuple of packets from `saddr:sport` to `daddr:dport`.
 #[inline(always)]
 pub fn reply_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey4 {
-    CtKey4 { saddr, daddr, sport, dport, proto, kind: CT_REPLY, _pad: [0; 2] }
+    CtKey4 {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        kind: CT_REPLY,
+        _pad: [0; 2],
+    }
 }
 
 /// The monotonic clock conntrack entries are stamped with.
@@ -88,8 +96,17 @@ pub fn reserve_reply(key: &CtKey4, entry: &CtEntry) -> bool {
 
 /// The service entry of a new flow from `hook` to `chosen`, SNATed to `snat` if given.
 #[inline(always)]
-pub fn service_entry(frontend: &Frontend, chosen: &Chosen, hook: Hook, snat: Option<&Snat>) -> CtEntry {
-    let mut flags = if hook == Hook::FromNetdev { CT_F_FROM_NETDEV } else { 0 };
+pub fn service_entry(
+    frontend: &Frontend,
+    chosen: &Chosen,
+    hook: Hook,
+    snat: Option<&Snat>,
+) -> CtEntry {
+    let mut flags = if hook == Hook::FromNetdev {
+        CT_F_FROM_NETDEV
+    } else {
+        0
+    };
     let (nat_addr, nat_port) = match snat {
         Some(snat) => {
             flags |= CT_F_SNAT;
@@ -119,7 +136,10 @@ pub fn service_entry(frontend: &Frontend, chosen: &Chosen, hook: Hook, snat: Opt
 #[inline(always)]
 pub fn create(tuple: &Tuple4, flow: &CtEntry, reserved: Option<&CtKey4>) -> Result<(), Dropped> {
     let service_key = key(tuple, CT_SERVICE);
-    if LB4_CT.insert(&service_key, flow, u64::from(BPF_ANY)).is_err() {
+    if LB4_CT
+        .insert(&service_key, flow, u64::from(BPF_ANY))
+        .is_err()
+    {
         if let Some(reply_key) = reserved {
             let _ = LB4_CT.remove(reply_key);
         }
@@ -128,8 +148,13 @@ pub fn create(tuple: &Tuple4, flow: &CtEntry, reserved: Option<&CtKey4>) -> Resu
     if reserved.is_some() {
         return Ok(());
     }
-    let reply_key =
-        reply_key(flow.backend_addr, tuple.saddr, flow.backend_port, tuple.sport, tuple.proto);
+    let reply_key = reply_key(
+        flow.backend_addr,
+        tuple.saddr,
+        flow.backend_port,
+        tuple.sport,
+        tuple.proto,
+    );
     let reply = CtEntry {
         last_seen_ns: flow.last_seen_ns,
         backend_id: flow.backend_id,
@@ -137,7 +162,10 @@ pub fn create(tuple: &Tuple4, flow: &CtEntry, reserved: Option<&CtKey4>) -> Resu
         flags: flow.flags & CT_F_FROM_NETDEV,
         ..CtEntry::default()
     };
-    if LB4_CT.insert(&reply_key, &reply, u64::from(BPF_ANY)).is_err() {
+    if LB4_CT
+        .insert(&reply_key, &reply, u64::from(BPF_ANY))
+        .is_err()
+    {
         let _ = LB4_CT.remove(&service_key);
         return Err(drop!(DropReason::CtCreateFailed));
     }

@@ -26,7 +26,11 @@ const FILE: SourceFile = SourceFile::Csum;
 /// computed 0 must be written as 0xffff (`BPF_F_MARK_MANGLED_0` does both).
 #[inline(always)]
 fn l4_flags(tuple: &Tuple4) -> u64 {
-    if tuple.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 }
+    if tuple.proto == proto::UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    }
 }
 
 /// Accounts for an IPv4 address change `from` → `to` (network byte order) in the IP header

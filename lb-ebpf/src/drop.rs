@@ -48,7 +48,11 @@ pub struct Dropped {
 /// `Dropped` for `$reason`, at the calling module's `FILE` and line.
 macro_rules! drop {
     ($reason:expr) => {
-        $crate::drop::Dropped { reason: $reason, file: FILE, line: line!() as u16 }
+        $crate::drop::Dropped {
+            reason: $reason,
+            file: FILE,
+            line: line!() as u16,
+        }
     };
 }
 pub(crate) use drop;
@@ -88,7 +92,11 @@ pub fn settle(
 
 #[inline(always)]
 fn count(ctx: &TcContext, hook: Hook, reason: DropReason) {
-    let key = MetricKey { reason: reason as u8, hook: hook as u8, _pad: [0; 2] };
+    let key = MetricKey {
+        reason: reason as u8,
+        hook: hook as u8,
+        _pad: [0; 2],
+    };
     let bytes = u64::from(ctx.len());
     if let Some(value) = LB_METRICS.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value, written only by this CPU, and BPF programs do not
@@ -110,7 +118,9 @@ fn take_token() -> bool {
     if rate == 0 {
         return false;
     }
-    let Some(bucket) = LB_EVENT_LIMIT.get_ptr_mut(0) else { return false };
+    let Some(bucket) = LB_EVENT_LIMIT.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU value, see `count`.
     let bucket = unsafe { &mut *bucket };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -131,7 +141,9 @@ fn take_token() -> bool {
 
 #[inline(always)]
 fn send_event(ctx: &TcContext, hook: Hook, arrived: Option<&Tuple4>, dropped: &Dropped) {
-    let Some(mut slot) = LB_EVENTS.reserve::<DropEvent>(0) else { return };
+    let Some(mut slot) = LB_EVENTS.reserve::<DropEvent>(0) else {
+        return;
+    };
     // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
     let (ifindex, flow_hash) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).hash) };
     let mut event = DropEvent {

@@ -61,7 +61,12 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
         };
         // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed.
         let code = unsafe {
-            bpf_redirect_neigh(params.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+            bpf_redirect_neigh(
+                params.ifindex,
+                &mut nh,
+                size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
         };
         return Ok(Verdict::Redirect(code as i32));
     }

@@ -47,14 +47,21 @@ pub fn lookup_frontend(tuple: &Tuple4) -> Option<Frontend> {
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a torn
     // entry, which selection bounds-checks (slot ≤ count, missing slot → 158).
     let entry = unsafe { LB4_SERVICES.get(&key) }.copied()?;
-    Some(Frontend { vip: tuple.daddr, port: tuple.dport, proto: tuple.proto, entry })
+    Some(Frontend {
+        vip: tuple.daddr,
+        port: tuple.dport,
+        proto: tuple.proto,
+        entry,
+    })
 }
 
 /// Whether `addr` is a VIP: the agent writes a wildcard entry (port 0, protocol 0, slot 0)
 /// for each.
 #[inline(always)]
 pub fn is_known_vip(addr: u32) -> bool {
-    LB4_SERVICES.get_ptr(&ServiceKey4::new(addr, 0, 0, 0)).is_some()
+    LB4_SERVICES
+        .get_ptr(&ServiceKey4::new(addr, 0, 0, 0))
+        .is_some()
 }
 
 /// Fails with 158 when `daddr` is a VIP: a packet to a VIP on a port that is no frontend.
@@ -88,7 +95,12 @@ pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     let Some(index) = unsafe { bpf_get_prandom_u32() }.checked_rem(count) else {
         return Err(drop!(DropReason::NoService));
     };
-    let slot = ServiceKey4::new(frontend.vip, frontend.port, frontend.proto, (index + 1) as u16);
+    let slot = ServiceKey4::new(
+        frontend.vip,
+        frontend.port,
+        frontend.proto,
+        (index + 1) as u16,
+    );
     // SAFETY: copied out at once.
     let Some(id) = unsafe { LB4_SERVICES.get(&slot) }.map(|s| s.backend_id) else {
         return Err(drop!(DropReason::NoService));

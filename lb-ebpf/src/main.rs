@@ -43,27 +43,40 @@ mod datapath {
     use crate::{
         conntrack,
         drop::{self, Dropped, Verdict},
-        fib, lb, maps, nat, policy,
+        fib, lb, maps, nat,
         parse::{self, Shape, Tuple4},
+        policy,
     };
 
     /// Ingress of the node's external interfaces.
     #[classifier]
     pub fn from_netdev(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
-        drop::settle(&ctx, Hook::FromNetdev, tuple.as_ref(), handle(&ctx, Hook::FromNetdev, tuple.as_ref()))
+        drop::settle(
+            &ctx,
+            Hook::FromNetdev,
+            tuple.as_ref(),
+            handle(&ctx, Hook::FromNetdev, tuple.as_ref()),
+        )
     }
 
     /// Ingress of the host side of pod interfaces.
     #[classifier]
     pub fn from_pod(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
-        drop::settle(&ctx, Hook::FromPod, tuple.as_ref(), handle(&ctx, Hook::FromPod, tuple.as_ref()))
+        drop::settle(
+            &ctx,
+            Hook::FromPod,
+            tuple.as_ref(),
+            handle(&ctx, Hook::FromPod, tuple.as_ref()),
+        )
     }
 
     #[inline(always)]
     fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict, Dropped> {
-        let Some(tuple) = tuple else { return Ok(Verdict::Pass) };
+        let Some(tuple) = tuple else {
+            return Ok(Verdict::Pass);
+        };
         if tuple.shape != Shape::Complete {
             lb::check_malformed(tuple)?;
             return Ok(Verdict::Pass);
@@ -127,7 +140,9 @@ mod datapath {
     /// on from-netdev addressed to this node; it goes straight back out by redirect.
     #[inline(always)]
     fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtEntry) -> Result<Verdict, Dropped> {
-        let Some(to) = nat::rev_nat(ctx, tuple, reply)? else { return Ok(Verdict::Pass) };
+        let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
+            return Ok(Verdict::Pass);
+        };
         if reply.flags & CT_F_SNAT != 0 {
             return fib::redirect(ctx, &to);
         }

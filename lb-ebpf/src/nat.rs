@@ -53,7 +53,10 @@ pub fn select_snat_port(
     config: &DatapathConfig,
 ) -> Result<Snat, Dropped> {
     let min = u32::from(config.snat_port_min);
-    let Some(span) = u32::from(config.snat_port_max).checked_sub(min).map(|s| s + 1) else {
+    let Some(span) = u32::from(config.snat_port_max)
+        .checked_sub(min)
+        .map(|s| s + 1)
+    else {
         return Err(drop!(DropReason::NatNoMapping));
     };
     let reply = CtEntry {
@@ -67,7 +70,9 @@ pub fn select_snat_port(
     };
     for _ in 0..SNAT_TRIES {
         // SAFETY: a helper without arguments.
-        let offset = unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0);
+        let offset = unsafe { bpf_get_prandom_u32() }
+            .checked_rem(span)
+            .unwrap_or(0);
         let port = ((min + offset) as u16).to_be();
         let key = conntrack::reply_key(
             chosen.backend.addr,
@@ -77,7 +82,11 @@ pub fn select_snat_port(
             tuple.proto,
         );
         if conntrack::reserve_reply(&key, &reply) {
-            return Ok(Snat { addr: config.node_addr, port, reply_key: key });
+            return Ok(Snat {
+                addr: config.node_addr,
+                port,
+                reply_key: key,
+            });
         }
     }
     Err(drop!(DropReason::NatNoMapping))
@@ -102,7 +111,11 @@ pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtEntry) -> Result<Tuple4, D
 /// → the original client when the flow was SNATed. `None` (packet untouched) when the service
 /// is gone from `LB4_REVNAT`.
 #[inline(always)]
-pub fn rev_nat(ctx: &TcContext, tuple: &Tuple4, reply: &CtEntry) -> Result<Option<Tuple4>, Dropped> {
+pub fn rev_nat(
+    ctx: &TcContext,
+    tuple: &Tuple4,
+    reply: &CtEntry,
+) -> Result<Option<Tuple4>, Dropped> {
     // SAFETY: copied out at once.
     let Some(frontend) = unsafe { LB4_REVNAT.get(&reply.rev_nat) }.copied() else {
         return Ok(None);

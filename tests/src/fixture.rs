@@ -164,9 +164,20 @@ fn ensure_bpffs() {
         let fstype = CString::new("bpf").expect("fstype");
         // SAFETY: NUL-terminated strings; no data argument.
         let rc = unsafe {
-            libc::mount(fstype.as_ptr(), root.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                fstype.as_ptr(),
+                root.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
-        assert_eq!(rc, 0, "mount bpffs on {BPF_ROOT}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "mount bpffs on {BPF_ROOT}: {}",
+            std::io::Error::last_os_error()
+        );
     });
 }
 
@@ -184,23 +195,32 @@ impl Datapath {
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         ));
         ensure_bpffs();
-        std::fs::create_dir_all(&pin_dir)
-            .unwrap_or_else(|err| panic!("create {}: {err} (is bpffs mounted?)", pin_dir.display()));
+        std::fs::create_dir_all(&pin_dir).unwrap_or_else(|err| {
+            panic!("create {}: {err} (is bpffs mounted?)", pin_dir.display())
+        });
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_dir);
         if let Some(entries) = options.ct_max_entries {
             loader.map_max_entries(maps::LB4_CT, entries);
         }
-        let mut ebpf = loader.load(lb_agent::datapath::loader::EBPF_OBJECT).expect("load lb-ebpf");
+        let mut ebpf = loader
+            .load(lb_agent::datapath::loader::EBPF_OBJECT)
+            .expect("load lb-ebpf");
         for name in ["from_netdev", "from_pod"] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("program {name} is missing"))
                 .try_into()
                 .expect("a classifier");
-            program.load().unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
+            program
+                .load()
+                .unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
         }
-        let mut datapath = Self { ebpf, pin_dir, next_backend_id: 1 };
+        let mut datapath = Self {
+            ebpf,
+            pin_dir,
+            next_backend_id: 1,
+        };
         datapath.set_config(DatapathConfig {
             events_per_sec: EVENTS_PER_SEC,
             ..DatapathConfig::default()
@@ -258,9 +278,15 @@ impl Datapath {
                 repeat,
                 ..TestRunOptions::default()
             })
-            .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {err:?}", frame.len()));
+            .unwrap_or_else(|err| {
+                panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {err:?}", frame.len())
+            });
         out.truncate(result.data_size_out as usize);
-        Run { verdict: result.return_value as i32, frame: out, duration: result.duration }
+        Run {
+            verdict: result.return_value as i32,
+            frame: out,
+            duration: result.duration,
+        }
     }
 
     /// Writes `LB_CONFIG[0]`.
@@ -297,18 +323,35 @@ impl Datapath {
         let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
             HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
                 .expect("LB4_SERVICES type");
-        let count = service.backends.iter().filter(|b| b.state == BACKEND_STATE_ACTIVE).count();
+        let count = service
+            .backends
+            .iter()
+            .filter(|b| b.state == BACKEND_STATE_ACTIVE)
+            .count();
         let qcount = service.backends.len() - count;
         for (slot, id) in (1u16..).zip(&ids) {
-            let entry = ServiceEntry { backend_id: *id, ..ServiceEntry::default() };
-            services.insert(service.key(slot), entry, 0).expect("write slot");
+            let entry = ServiceEntry {
+                backend_id: *id,
+                ..ServiceEntry::default()
+            };
+            services
+                .insert(service.key(slot), entry, 0)
+                .expect("write slot");
         }
         let master = service.key(0);
         let mut revnat: HashMap<&mut MapData, u16, RevNat4> =
             HashMap::try_from(self.ebpf.map_mut(maps::LB4_REVNAT).expect("LB4_REVNAT"))
                 .expect("LB4_REVNAT type");
         revnat
-            .insert(service.id, RevNat4 { vip: master.vip, port: master.port, _pad: 0 }, 0)
+            .insert(
+                service.id,
+                RevNat4 {
+                    vip: master.vip,
+                    port: master.port,
+                    _pad: 0,
+                },
+                0,
+            )
             .expect("write rev-NAT");
         let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
             HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
@@ -321,9 +364,15 @@ impl Datapath {
             flags: service.flags,
             _pad: 0,
         };
-        services.insert(master, entry, 0).expect("write master entry");
         services
-            .insert(ServiceKey4::new(master.vip, 0, 0, 0), ServiceEntry::default(), 0)
+            .insert(master, entry, 0)
+            .expect("write master entry");
+        services
+            .insert(
+                ServiceKey4::new(master.vip, 0, 0, 0),
+                ServiceEntry::default(),
+                0,
+            )
             .expect("write wildcard entry");
         ids
     }
@@ -376,8 +425,15 @@ impl Datapath {
         let metrics: PerCpuHashMap<&MapData, MetricKey, MetricValue> =
             PerCpuHashMap::try_from(self.ebpf.map(maps::LB_METRICS).expect("LB_METRICS"))
                 .expect("LB_METRICS type");
-        let key = MetricKey { reason: reason as u8, hook: hook as u8, _pad: [0; 2] };
-        metrics.get(&key, 0).map(|values| values.iter().map(|v| v.packets).sum()).unwrap_or(0)
+        let key = MetricKey {
+            reason: reason as u8,
+            hook: hook as u8,
+            _pad: [0; 2],
+        };
+        metrics
+            .get(&key, 0)
+            .map(|values| values.iter().map(|v| v.packets).sum())
+            .unwrap_or(0)
     }
 
     /// Every (reason, hook, packets) counted, summed over CPUs.
@@ -469,7 +525,10 @@ pub fn check(case: &Case) {
     match &case.expect {
         Expect::Unchanged => {
             assert_eq!(run.verdict, TC_ACT_UNSPEC, "{name}: verdict");
-            assert_eq!(run.frame, case.input, "{name}: frame must pass byte for byte");
+            assert_eq!(
+                run.frame, case.input,
+                "{name}: frame must pass byte for byte"
+            );
             assert_eq!(datapath.all_drops(), vec![], "{name}: no drop counted");
         }
         Expect::Rewritten(want) => {
@@ -490,7 +549,11 @@ pub fn check(case: &Case) {
             assert_eq!(events.len(), 1, "{name}: one event");
             assert_eq!(events[0].reason, *reason as u8, "{name}: event reason");
             assert_eq!(events[0].hook, case.hook as u8, "{name}: event hook");
-            assert_eq!(events[0].len as usize, case.input.len(), "{name}: event length");
+            assert_eq!(
+                events[0].len as usize,
+                case.input.len(),
+                "{name}: event length"
+            );
         }
     }
 }
@@ -521,16 +584,61 @@ impl FibNetns {
         ip(&["netns", "add", &name]);
         let mut guard = Self { name, ifindex: 0 };
         let n = guard.name.as_str();
-        ip(&["-n", n, "link", "add", "lbt0", "address", "02:00:00:00:00:04", "type", "veth", "peer", "name", "lbt1"]);
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "add",
+            "lbt0",
+            "address",
+            "02:00:00:00:00:04",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lbt1",
+        ]);
         ip(&["-n", n, "link", "set", "lbt0", "up"]);
         ip(&["-n", n, "link", "set", "lbt1", "up"]);
         ip(&["-n", n, "addr", "add", "192.168.56.4/24", "dev", "lbt0"]);
-        ip(&["-n", n, "route", "add", "10.244.2.0/24", "via", "192.168.56.5", "dev", "lbt0"]);
-        for (addr, mac) in [("192.168.56.5", "02:00:00:00:00:05"), ("192.168.56.10", "02:00:00:00:00:10")] {
-            ip(&["-n", n, "neigh", "replace", addr, "lladdr", mac, "dev", "lbt0", "nud", "permanent"]);
+        ip(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "10.244.2.0/24",
+            "via",
+            "192.168.56.5",
+            "dev",
+            "lbt0",
+        ]);
+        for (addr, mac) in [
+            ("192.168.56.5", "02:00:00:00:00:05"),
+            ("192.168.56.10", "02:00:00:00:00:10"),
+        ] {
+            ip(&[
+                "-n",
+                n,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                "lbt0",
+                "nud",
+                "permanent",
+            ]);
         }
         let value = if forwarding { "1" } else { "0" };
-        ip(&["netns", "exec", n, "sysctl", "-qw", &format!("net.ipv4.ip_forward={value}")]);
+        ip(&[
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_forward={value}"),
+        ]);
         let index = std::process::Command::new("ip")
             .args(["-n", n, "-o", "link", "show", "lbt0"])
             .output()
@@ -564,12 +672,17 @@ fn setns(file: &std::fs::File) {
 }
 
 fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip").args(args).status().expect("run ip");
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
     assert!(status.success(), "ip {}: {status}", args.join(" "));
 }
 
 impl Drop for FibNetns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

@@ -23,12 +23,14 @@ const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
 
 /// Parses `"a.b.c.d:port"`.
 pub fn addr(text: &str) -> SocketAddrV4 {
-    text.parse().unwrap_or_else(|err| panic!("bad socket address {text:?}: {err}"))
+    text.parse()
+        .unwrap_or_else(|err| panic!("bad socket address {text:?}: {err}"))
 }
 
 /// Parses `"a.b.c.d"`.
 pub fn ip(text: &str) -> Ipv4Addr {
-    text.parse().unwrap_or_else(|err| panic!("bad address {text:?}: {err}"))
+    text.parse()
+        .unwrap_or_else(|err| panic!("bad address {text:?}: {err}"))
 }
 
 /// An IPv4 address as the datapath's maps hold it (network byte order in a native u32).
@@ -91,17 +93,28 @@ impl Frame {
 
     /// A UDP frame (with checksum) from `src` to `dst`.
     pub fn udp(src: &str, dst: &str) -> Self {
-        Self { l4: L4::Udp { checksum: true }, ..Self::tcp(src, dst, 0) }
+        Self {
+            l4: L4::Udp { checksum: true },
+            ..Self::tcp(src, dst, 0)
+        }
     }
 
     /// The same frame between other endpoints.
     pub fn between(&self, src: &str, dst: &str) -> Self {
-        Self { src: addr(src), dst: addr(dst), ..self.clone() }
+        Self {
+            src: addr(src),
+            dst: addr(dst),
+            ..self.clone()
+        }
     }
 
     /// The same frame with other MAC addresses.
     pub fn with_macs(&self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
-        Self { src_mac, dst_mac, ..self.clone() }
+        Self {
+            src_mac,
+            dst_mac,
+            ..self.clone()
+        }
     }
 
     /// The frame's bytes, every checksum computed by etherparse.
@@ -116,7 +129,8 @@ impl Frame {
         ip.options = Ipv4Options::try_from(self.ip_options.as_slice()).expect("ipv4 options");
         ip.more_fragments = self.more_fragments;
         ip.fragment_offset = IpFragOffset::try_new(self.fragment_offset).expect("fragment offset");
-        ip.set_payload_len(l4_len + PAYLOAD.len()).expect("payload length");
+        ip.set_payload_len(l4_len + PAYLOAD.len())
+            .expect("payload length");
         ip.header_checksum = ip.calc_header_checksum();
         let mut out = Vec::new();
         Ethernet2Header {
@@ -182,12 +196,20 @@ pub fn udp(src: &str, dst: &str) -> Vec<u8> {
 
 /// A UDP datagram with checksum 0 (none).
 pub fn udp_without_checksum(src: &str, dst: &str) -> Vec<u8> {
-    Frame { l4: L4::Udp { checksum: false }, ..Frame::udp(src, dst) }.bytes()
+    Frame {
+        l4: L4::Udp { checksum: false },
+        ..Frame::udp(src, dst)
+    }
+    .bytes()
 }
 
 /// A TCP SYN with 8 bytes of IPv4 options (NOP padding and a timestamp-free record route).
 pub fn tcp_syn_with_ip_options(src: &str, dst: &str) -> Vec<u8> {
-    Frame { ip_options: ip_options(), ..Frame::tcp(src, dst, tcp_flags::SYN) }.bytes()
+    Frame {
+        ip_options: ip_options(),
+        ..Frame::tcp(src, dst, tcp_flags::SYN)
+    }
+    .bytes()
 }
 
 /// The IPv4 options `tcp_syn_with_ip_options` carries.
@@ -199,12 +221,20 @@ pub fn ip_options() -> Vec<u8> {
 
 /// A UDP first fragment (MF set, offset 0).
 pub fn udp_first_fragment(src: &str, dst: &str) -> Vec<u8> {
-    Frame { more_fragments: true, ..Frame::udp(src, dst) }.bytes()
+    Frame {
+        more_fragments: true,
+        ..Frame::udp(src, dst)
+    }
+    .bytes()
 }
 
 /// A non-first fragment (offset 185 × 8 bytes) of a UDP datagram.
 pub fn udp_later_fragment(src: &str, dst: &str) -> Vec<u8> {
-    Frame { fragment_offset: 185, ..Frame::udp(src, dst) }.bytes()
+    Frame {
+        fragment_offset: 185,
+        ..Frame::udp(src, dst)
+    }
+    .bytes()
 }
 
 /// `frame` cut to `len` bytes.
@@ -230,12 +260,17 @@ pub fn icmp_echo(src: &str, dst: &str) -> Vec<u8> {
     );
     let mut ip = Ipv4Header::new(0, 64, IpNumber::ICMP, ip(src).octets(), ip(dst).octets())
         .expect("ipv4 header");
-    ip.set_payload_len(icmp.header_len() + payload.len()).expect("payload length");
+    ip.set_payload_len(icmp.header_len() + payload.len())
+        .expect("payload length");
     ip.header_checksum = ip.calc_header_checksum();
     let mut out = Vec::new();
-    Ethernet2Header { destination: DST_MAC, source: SRC_MAC, ether_type: EtherType::IPV4 }
-        .write(&mut out)
-        .expect("write ethernet");
+    Ethernet2Header {
+        destination: DST_MAC,
+        source: SRC_MAC,
+        ether_type: EtherType::IPV4,
+    }
+    .write(&mut out)
+    .expect("write ethernet");
     ip.write(&mut out).expect("write ipv4");
     icmp.write(&mut out).expect("write icmp");
     out.extend_from_slice(payload);
@@ -245,9 +280,13 @@ pub fn icmp_echo(src: &str, dst: &str) -> Vec<u8> {
 /// An ARP request (a non-IPv4 frame).
 pub fn arp_request() -> Vec<u8> {
     let mut out = Vec::new();
-    Ethernet2Header { destination: [0xff; 6], source: SRC_MAC, ether_type: EtherType::ARP }
-        .write(&mut out)
-        .expect("write ethernet");
+    Ethernet2Header {
+        destination: [0xff; 6],
+        source: SRC_MAC,
+        ether_type: EtherType::ARP,
+    }
+    .write(&mut out)
+    .expect("write ethernet");
     // htype 1, ptype IPv4, hlen 6, plen 4, op request, sender, target.
     out.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     out.extend_from_slice(&SRC_MAC);
@@ -276,13 +315,19 @@ pub fn read_checked(frame: &[u8]) -> Seen {
         panic!("not an IPv4 frame: {frame:02x?}");
     };
     let ip = ipv4.header().to_header();
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let src_ip = Ipv4Addr::from(ip.source);
     let dst_ip = Ipv4Addr::from(ip.destination);
     match &packet.transport {
         Some(TransportSlice::Tcp(tcp)) => {
             let header = tcp.to_header();
-            let want = header.calc_checksum_ipv4(&ip, tcp.payload()).expect("tcp checksum");
+            let want = header
+                .calc_checksum_ipv4(&ip, tcp.payload())
+                .expect("tcp checksum");
             assert_eq!(header.checksum, want, "TCP checksum");
             Seen {
                 src: SocketAddrV4::new(src_ip, header.source_port),
@@ -293,7 +338,9 @@ pub fn read_checked(frame: &[u8]) -> Seen {
         Some(TransportSlice::Udp(udp)) => {
             let header = udp.to_header();
             if header.checksum != 0 {
-                let want = header.calc_checksum_ipv4(&ip, udp.payload()).expect("udp checksum");
+                let want = header
+                    .calc_checksum_ipv4(&ip, udp.payload())
+                    .expect("udp checksum");
                 assert_eq!(header.checksum, want, "UDP checksum");
             }
             Seen {

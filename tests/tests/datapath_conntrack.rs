@@ -45,15 +45,30 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
     assert_eq!(entries.len(), 2);
     let (service_key, service_entry) = entries[0];
     assert_eq!(service_key.kind, CT_SERVICE);
-    assert_eq!((service_key.saddr, service_key.sport), (ip_be(ip("10.244.0.7")), port_be(40000)));
-    assert_eq!((service_key.daddr, service_key.dport), (ip_be(ip("10.96.0.10")), port_be(80)));
+    assert_eq!(
+        (service_key.saddr, service_key.sport),
+        (ip_be(ip("10.244.0.7")), port_be(40000))
+    );
+    assert_eq!(
+        (service_key.daddr, service_key.dport),
+        (ip_be(ip("10.96.0.10")), port_be(80))
+    );
     assert_eq!(service_entry.backend_id, ids[0]);
     assert_eq!(service_entry.rev_nat, 1);
-    assert_eq!((service_entry.backend_addr, service_entry.backend_port), (ip_be(ip("10.244.1.5")), port_be(8080)));
+    assert_eq!(
+        (service_entry.backend_addr, service_entry.backend_port),
+        (ip_be(ip("10.244.1.5")), port_be(8080))
+    );
     let (reply_key, reply_entry) = entries[1];
     assert_eq!(reply_key.kind, CT_REPLY);
-    assert_eq!((reply_key.saddr, reply_key.sport), (ip_be(ip("10.244.1.5")), port_be(8080)));
-    assert_eq!((reply_key.daddr, reply_key.dport), (ip_be(ip("10.244.0.7")), port_be(40000)));
+    assert_eq!(
+        (reply_key.saddr, reply_key.sport),
+        (ip_be(ip("10.244.1.5")), port_be(8080))
+    );
+    assert_eq!(
+        (reply_key.daddr, reply_key.dport),
+        (ip_be(ip("10.244.0.7")), port_be(40000))
+    );
     assert_eq!(reply_entry.rev_nat, 1);
 }
 
@@ -66,7 +81,11 @@ fn a_syn_to_a_deleted_backend_selects_again() {
     datapath.add_service(&service(FRONTEND, &[B]));
     datapath.remove_backend(old[0]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), B);
-    assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), B, "the new choice sticks");
+    assert_eq!(
+        destination(&datapath, &tcp_ack(POD, VIP)),
+        B,
+        "the new choice sticks"
+    );
 }
 
 #[test]
@@ -102,7 +121,10 @@ fn non_syn_packets_keep_draining_to_a_deleted_backend() {
 #[test]
 fn an_established_udp_flow_keeps_its_backend() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service("10.96.0.10:53/UDP", &["10.244.1.5:53", "10.244.2.6:53"]));
+    datapath.add_service(&service(
+        "10.96.0.10:53/UDP",
+        &["10.244.1.5:53", "10.244.2.6:53"],
+    ));
     let first = destination(&datapath, &udp(POD, "10.96.0.10:53"));
     for _ in 0..16 {
         assert_eq!(destination(&datapath, &udp(POD, "10.96.0.10:53")), first);

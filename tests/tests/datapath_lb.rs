@@ -181,17 +181,25 @@ fn every_case_of_the_frontend_table_holds() {
 #[test]
 fn new_flows_spread_over_every_active_backend_and_never_over_terminating_ones() {
     let mut datapath = Datapath::load();
-    let mut svc = service(VIP_TCP, &["10.244.1.5:8080", "10.244.2.6:8080", "10.244.3.7:8080"]);
+    let mut svc = service(
+        VIP_TCP,
+        &["10.244.1.5:8080", "10.244.2.6:8080", "10.244.3.7:8080"],
+    );
     svc.backends[2].state = lb_common::service::BACKEND_STATE_TERMINATING;
     datapath.add_service(&svc);
     let mut seen = BTreeSet::new();
     for port in 40_000..40_200u16 {
-        let run = datapath.run(Hook::FromPod, &tcp_syn(&format!("10.244.0.7:{port}"), "10.96.0.10:80"));
+        let run = datapath.run(
+            Hook::FromPod,
+            &tcp_syn(&format!("10.244.0.7:{port}"), "10.96.0.10:80"),
+        );
         assert_eq!(run.verdict, TC_ACT_UNSPEC);
         seen.insert(read_checked(&run.frame).dst.to_string());
     }
-    let want: BTreeSet<String> =
-        ["10.244.1.5:8080", "10.244.2.6:8080"].iter().map(|s| (*s).to_owned()).collect();
+    let want: BTreeSet<String> = ["10.244.1.5:8080", "10.244.2.6:8080"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     // 200 flows over 2 backends: the chance that one is never picked is 2^-199.
     assert_eq!(seen, want);
 }

@@ -7,9 +7,20 @@ use lb_tests::fixture::Datapath;
 fn every_program_passes_the_verifier_and_pins_its_maps() {
     let datapath = Datapath::load();
     use lb_common::maps::*;
-    let names =
-        [LB4_SERVICES, LB4_BACKENDS, LB4_REVNAT, LB4_CT, LB_CONFIG, LB_METRICS, LB_EVENTS, LB_EVENT_LIMIT];
+    let names = [
+        LB4_SERVICES,
+        LB4_BACKENDS,
+        LB4_REVNAT,
+        LB4_CT,
+        LB_CONFIG,
+        LB_METRICS,
+        LB_EVENTS,
+        LB_EVENT_LIMIT,
+    ];
     for name in names {
-        assert!(datapath.pin_dir().join(name).exists(), "map {name} is not pinned");
+        assert!(
+            datapath.pin_dir().join(name).exists(),
+            "map {name} is not pinned"
+        );
     }
 }

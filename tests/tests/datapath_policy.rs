@@ -24,8 +24,15 @@ fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off() {
     let run = datapath.run(Hook::FromNetdev, &input);
 
     assert_eq!(run.verdict, TC_ACT_SHOT);
-    assert_eq!(datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev), 1);
-    assert_eq!(datapath.conntrack(), vec![], "no conntrack entry may exist for a refused flow");
+    assert_eq!(
+        datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev),
+        1
+    );
+    assert_eq!(
+        datapath.conntrack(),
+        vec![],
+        "no conntrack entry may exist for a refused flow"
+    );
     let events = datapath.drain_events();
     assert_eq!(events.len(), 1);
     let event = events[0];
@@ -99,15 +106,24 @@ fn turning_the_flag_on_takes_effect_on_the_next_packet() {
 #[test]
 fn drop_events_are_rate_limited_but_every_drop_is_counted() {
     let mut datapath = Datapath::load();
-    datapath.set_config(DatapathConfig { events_per_sec: 5, ..DatapathConfig::default() });
+    datapath.set_config(DatapathConfig {
+        events_per_sec: 5,
+        ..DatapathConfig::default()
+    });
     datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
     let input = tcp_syn(CLIENT, "10.96.0.10:80");
     for _ in 0..50 {
         assert_eq!(datapath.run(Hook::FromNetdev, &input).verdict, TC_ACT_SHOT);
     }
-    assert_eq!(datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev), 50);
+    assert_eq!(
+        datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev),
+        50
+    );
     let events = datapath.drain_events().len();
     // A burst of at most one second's worth (5) per CPU; the runs may land on either CPU.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert!((1..=5 * cpus + 1).contains(&events), "{events} events for 50 drops");
+    assert!(
+        (1..=5 * cpus + 1).contains(&events),
+        "{events} events for 50 drops"
+    );
 }
