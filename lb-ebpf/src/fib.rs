@@ -1,0 +1,88 @@
+//! Forwarding from the program itself: a FIB lookup, the new MAC addresses, a redirect.
+//!
+//! Used for packets the node's own stack must not see: an SNATed request carries the node's
+//! own address as its source, which the stack would drop as a martian, and a reverse-SNATed
+//! reply carries the VIP as its source, which reverse-path filtering may drop. Touches no map;
+//! returns a redirect verdict or drops with 169 when the FIB has no usable route.
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use lb_common::drop::{DropReason, SourceFile};
+
+use crate::{
+    drop::{Dropped, Verdict, drop},
+    parse::{ETH_LEN, Tuple4, ptr_at},
+};
+
+const FILE: SourceFile = SourceFile::Fib;
+const AF_INET: u8 = 2;
+
+/// Sends the (already rewritten) packet `to` out of the interface the FIB picks, towards its
+/// next hop.
+#[inline(always)]
+pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
+    // SAFETY: bpf_fib_lookup is plain old data; all zeros is a valid (empty) request.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = to.proto;
+    params.sport = to.sport;
+    params.dport = to.dport;
+    params.__bindgen_anon_1.tot_len = (ctx.len() as usize).saturating_sub(ETH_LEN) as u16;
+    // SAFETY: the context pointer is valid for the whole run.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = to.saddr;
+    params.__bindgen_anon_4.ipv4_dst = to.daddr;
+    // SAFETY: `params` is a valid, initialised bpf_fib_lookup of the size passed.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast::<c_void>(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // The route is known but the neighbour is not resolved yet: let the kernel resolve it
+        // (since 5.10). After the lookup `ipv4_dst` holds the next hop (gateway or
+        // destination).
+        let mut nh = bpf_redir_neigh {
+            nh_family: u32::from(AF_INET),
+            // SAFETY: ipv4_dst is the member the lookup wrote.
+            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+                ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
+            },
+        };
+        // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed.
+        let code = unsafe {
+            bpf_redirect_neigh(
+                params.ifindex,
+                &mut nh,
+                size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        };
+        return Ok(Verdict::Redirect(code as i32));
+    }
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return Err(drop!(DropReason::NoFib));
+    }
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return Err(drop!(DropReason::NoFib));
+    };
+    // SAFETY: `ptr_at` checked that the 12 MAC bytes are in the packet.
+    unsafe {
+        let eth = eth.cast::<[u8; 6]>();
+        core::ptr::write_unaligned(eth, params.dmac);
+        core::ptr::write_unaligned(eth.add(1), params.smac);
+    }
+    // SAFETY: a helper taking plain integers.
+    let code = unsafe { bpf_redirect(params.ifindex, 0) };
+    Ok(Verdict::Redirect(code as i32))
+}

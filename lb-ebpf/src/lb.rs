@@ -1,0 +1,126 @@
+//! Frontend lookup and backend selection.
+//!
+//! Maps: `LB4_SERVICES` (master entries, wildcard "known VIP" entries and backend slots) and
+//! `LB4_BACKENDS`. Returns frontends and backends; drops with 158 when a frontend has no
+//! backend to offer, and for a VIP addressed on a port (or protocol) that is no frontend.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{
+    drop::{DropReason, SourceFile},
+    service::{BACKEND_STATE_ACTIVE, Backend4, ServiceEntry, ServiceKey4},
+};
+
+use crate::{
+    drop::{Dropped, drop},
+    maps::{LB4_BACKENDS, LB4_SERVICES},
+    parse::{Shape, Tuple4},
+};
+
+const FILE: SourceFile = SourceFile::Lb;
+
+/// A frontend's master entry.
+#[derive(Clone, Copy)]
+pub struct Frontend {
+    /// VIP (network byte order).
+    pub vip: u32,
+    /// Port (network byte order).
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Slot 0 of `LB4_SERVICES`.
+    pub entry: ServiceEntry,
+}
+
+/// A backend chosen for a flow.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    /// Its id (key of `LB4_BACKENDS`).
+    pub id: u32,
+    /// Its entry.
+    pub backend: Backend4,
+}
+
+/// The frontend the packet is addressed to, if any.
+#[inline(always)]
+pub fn lookup_frontend(tuple: &Tuple4) -> Option<Frontend> {
+    let key = ServiceKey4::new(tuple.daddr, tuple.dport, tuple.proto, 0);
+    // SAFETY: the value is copied out at once; a concurrent update can at worst give a torn
+    // entry, which selection bounds-checks (slot ≤ count, missing slot → 158).
+    let entry = unsafe { LB4_SERVICES.get(&key) }.copied()?;
+    Some(Frontend {
+        vip: tuple.daddr,
+        port: tuple.dport,
+        proto: tuple.proto,
+        entry,
+    })
+}
+
+/// Whether `addr` is a VIP: the agent writes a wildcard entry (port 0, protocol 0, slot 0)
+/// for each.
+#[inline(always)]
+pub fn is_known_vip(addr: u32) -> bool {
+    LB4_SERVICES
+        .get_ptr(&ServiceKey4::new(addr, 0, 0, 0))
+        .is_some()
+}
+
+/// Fails with 158 when `daddr` is a VIP: a packet to a VIP on a port that is no frontend.
+#[inline(always)]
+pub fn check_unknown_port(tuple: &Tuple4) -> Result<(), Dropped> {
+    if is_known_vip(tuple.daddr) {
+        return Err(drop!(DropReason::NoService));
+    }
+    Ok(())
+}
+
+/// The backend with this id, if it still exists.
+#[inline(always)]
+pub fn lookup_backend(id: u32) -> Option<Backend4> {
+    // SAFETY: copied out at once.
+    unsafe { LB4_BACKENDS.get(&id) }.copied()
+}
+
+/// Whether backend `id` may still receive new flows.
+#[inline(always)]
+pub fn is_active(id: u32) -> bool {
+    lookup_backend(id).is_some_and(|b| b.state == BACKEND_STATE_ACTIVE)
+}
+
+/// Picks a backend uniformly at random among the active slots `1..=count`; terminating
+/// backends (slots above `count`) are never chosen. 158 when there is none.
+#[inline(always)]
+pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
+    let count = u32::from(frontend.entry.count);
+    // checked_rem: a frontend with count 0 has no backend (and `%` by zero must not panic).
+    let Some(index) = unsafe { bpf_get_prandom_u32() }.checked_rem(count) else {
+        return Err(drop!(DropReason::NoService));
+    };
+    let slot = ServiceKey4::new(
+        frontend.vip,
+        frontend.port,
+        frontend.proto,
+        (index + 1) as u16,
+    );
+    // SAFETY: copied out at once.
+    let Some(id) = unsafe { LB4_SERVICES.get(&slot) }.map(|s| s.backend_id) else {
+        return Err(drop!(DropReason::NoService));
+    };
+    let Some(backend) = lookup_backend(id) else {
+        return Err(drop!(DropReason::NoService));
+    };
+    Ok(Chosen { id, backend })
+}
+
+/// For a fragment or a truncated TCP/UDP header: 157 or 134 if it is addressed to a VIP (lb
+/// cannot tell which flow it belongs to), `Ok` (hand it on untouched) otherwise.
+#[inline(always)]
+pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
+    if !is_known_vip(tuple.daddr) {
+        return Ok(());
+    }
+    match tuple.shape {
+        Shape::Fragment => Err(drop!(DropReason::FragNoSupport)),
+        Shape::Truncated => Err(drop!(DropReason::Invalid)),
+        Shape::Complete => Ok(()),
+    }
+}

@@ -1,0 +1,96 @@
+//! Every map of the datapath, in one place. Each map is owned by one module, which is the only
+//! one that reads or writes it:
+//!
+//! | map | owner |
+//! |---|---|
+//! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
+//! | `LB4_REVNAT` | `nat.rs` |
+//! | `LB4_CT` | `conntrack.rs` |
+//! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
+//! | `LB_METRICS`, `LB_EVENTS`, `LB_EVENT_LIMIT` | `drop.rs` |
+//!
+//! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
+//! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find
+//! the same maps. Sizes are the `lb_common::maps` defaults; the agent overrides them with
+//! `EbpfLoader::map_max_entries`. The statics are named exactly like the `lb_common::maps`
+//! constants (a map's name is its symbol), which the assertions below keep true.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use lb_common::{
+    config::DatapathConfig,
+    conntrack::{CtEntry, CtKey4},
+    maps,
+    metrics::{MetricKey, MetricValue},
+    service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
+};
+
+use crate::drop::EventLimit;
+
+/// Frontends (slot 0) and their backend slots.
+#[map]
+pub static LB4_SERVICES: HashMap<ServiceKey4, ServiceEntry> =
+    HashMap::pinned(maps::SERVICES_MAX_ENTRIES, 0);
+
+/// Backends by id.
+#[map]
+pub static LB4_BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(maps::BACKENDS_MAX_ENTRIES, 0);
+
+/// The frontend (VIP:port) of each service id, restored as the source of replies.
+#[map]
+pub static LB4_REVNAT: HashMap<u16, RevNat4> = HashMap::pinned(maps::REVNAT_MAX_ENTRIES, 0);
+
+/// Conntrack: service and reply entries (see `lb_common::conntrack`).
+#[map]
+pub static LB4_CT: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT_MAX_ENTRIES, 0);
+
+/// The live configuration, written by the agent.
+#[map]
+pub static LB_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Drop counters by reason and hook.
+#[map]
+pub static LB_METRICS: PerCpuHashMap<MetricKey, MetricValue> =
+    PerCpuHashMap::pinned(maps::METRICS_MAX_ENTRIES, 0);
+
+/// Drop events for `lbctl monitor`.
+#[map]
+pub static LB_EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTE_SIZE, 0);
+
+/// Per-CPU token bucket limiting `LB_EVENTS`.
+#[map]
+pub static LB_EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::pinned(1, 0);
+
+/// The configuration; all zeros (no SNAT, no events, ClusterIPs internal) until the agent
+/// writes it.
+#[inline(always)]
+pub fn config() -> DatapathConfig {
+    LB_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// A map's name is its static's symbol: keep the symbols equal to the names the agent uses.
+const _: () = assert!(same(maps::LB4_SERVICES, "LB4_SERVICES"));
+const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
+const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
+const _: () = assert!(same(maps::LB4_CT, "LB4_CT"));
+const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
+const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
+const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));
+const _: () = assert!(same(maps::LB_EVENT_LIMIT, "LB_EVENT_LIMIT"));

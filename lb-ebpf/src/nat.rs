@@ -1,0 +1,168 @@
+//! Address translation: DNAT (client → VIP becomes client → backend), SNAT of flows from
+//! outside to remote backends (source → node address and an allocated port), and their
+//! reversal on replies.
+//!
+//! Map: `LB4_REVNAT` (the VIP:port restored as the source of replies); SNAT ports are claimed
+//! through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
+//! access, all of them before the checksum helpers run (which invalidate packet pointers).
+//! Returns the packet's new tuple; drops with 167 when no SNAT port is free and 141 when the
+//! packet cannot be written.
+
+use core::ptr;
+
+use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use lb_common::{
+    config::DatapathConfig,
+    conntrack::{CT_F_FROM_NETDEV, CT_F_SNAT, CtEntry, CtKey4},
+    drop::{DropReason, SourceFile},
+    service::RevNat4,
+};
+
+use crate::{
+    conntrack, csum,
+    drop::{Dropped, drop},
+    lb::{Chosen, Frontend},
+    maps::LB4_REVNAT,
+    parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, ptr_at},
+};
+
+const FILE: SourceFile = SourceFile::Nat;
+
+/// How many random ports to try before giving up with 167. Each try is one hash insert; with
+/// the table a quarter full, 8 tries all fail with probability (1/4)^8 ≈ 2e-5.
+const SNAT_TRIES: u32 = 8;
+
+/// The source an SNATed flow is rewritten to.
+#[derive(Clone, Copy)]
+pub struct Snat {
+    /// The node address (network byte order).
+    pub addr: u32,
+    /// The allocated port (network byte order).
+    pub port: u16,
+    /// The reply entry claimed for it.
+    pub reply_key: CtKey4,
+}
+
+/// Claims a source port in `[snat_port_min, snat_port_max]` for a flow from outside to a
+/// remote backend, by inserting its reply entry (backend → node:port) if that key is free.
+#[inline(always)]
+pub fn select_snat_port(
+    tuple: &Tuple4,
+    frontend: &Frontend,
+    chosen: &Chosen,
+    config: &DatapathConfig,
+) -> Result<Snat, Dropped> {
+    let min = u32::from(config.snat_port_min);
+    let Some(span) = u32::from(config.snat_port_max)
+        .checked_sub(min)
+        .map(|s| s + 1)
+    else {
+        return Err(drop!(DropReason::NatNoMapping));
+    };
+    let reply = CtEntry {
+        last_seen_ns: conntrack::now(),
+        backend_id: chosen.id,
+        rev_nat: frontend.entry.rev_nat,
+        flags: CT_F_SNAT | CT_F_FROM_NETDEV,
+        nat_addr: tuple.saddr,
+        nat_port: tuple.sport,
+        ..CtEntry::default()
+    };
+    for _ in 0..SNAT_TRIES {
+        // SAFETY: a helper without arguments.
+        let offset = unsafe { bpf_get_prandom_u32() }
+            .checked_rem(span)
+            .unwrap_or(0);
+        let port = ((min + offset) as u16).to_be();
+        let key = conntrack::reply_key(
+            chosen.backend.addr,
+            config.node_addr,
+            chosen.backend.port,
+            port,
+            tuple.proto,
+        );
+        if conntrack::reserve_reply(&key, &reply) {
+            return Ok(Snat {
+                addr: config.node_addr,
+                port,
+                reply_key: key,
+            });
+        }
+    }
+    Err(drop!(DropReason::NatNoMapping))
+}
+
+/// Rewrites the packet of the client flow `tuple` for its conntrack entry `flow`: destination
+/// → backend, and source → node:port when the flow is SNATed. Returns the new tuple.
+#[inline(always)]
+pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtEntry) -> Result<Tuple4, Dropped> {
+    let mut to = *tuple;
+    to.daddr = flow.backend_addr;
+    to.dport = flow.backend_port;
+    if flow.flags & CT_F_SNAT != 0 {
+        to.saddr = flow.nat_addr;
+        to.sport = flow.nat_port;
+    }
+    rewrite(ctx, tuple, &to)?;
+    Ok(to)
+}
+
+/// Rewrites a backend's reply `tuple` for its reply entry: source → VIP:port, and destination
+/// → the original client when the flow was SNATed. `None` (packet untouched) when the service
+/// is gone from `LB4_REVNAT`.
+#[inline(always)]
+pub fn rev_nat(
+    ctx: &TcContext,
+    tuple: &Tuple4,
+    reply: &CtEntry,
+) -> Result<Option<Tuple4>, Dropped> {
+    // SAFETY: copied out at once.
+    let Some(frontend) = unsafe { LB4_REVNAT.get(&reply.rev_nat) }.copied() else {
+        return Ok(None);
+    };
+    let RevNat4 { vip, port, .. } = frontend;
+    let mut to = *tuple;
+    to.saddr = vip;
+    to.sport = port;
+    if reply.flags & CT_F_SNAT != 0 {
+        to.daddr = reply.nat_addr;
+        to.dport = reply.nat_port;
+    }
+    rewrite(ctx, tuple, &to)?;
+    Ok(Some(to))
+}
+
+/// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
+    let l4 = usize::from(from.l4_off);
+    // Direct writes first: every pointer is derived (and bounds-checked) here, before any
+    // helper call invalidates them.
+    write(ctx, IP_SADDR_OFF, to.saddr)?;
+    write(ctx, IP_DADDR_OFF, to.daddr)?;
+    write(ctx, l4, to.sport)?;
+    write(ctx, l4 + 2, to.dport)?;
+    if from.saddr != to.saddr {
+        csum::update_addr(ctx, from, from.saddr, to.saddr)?;
+    }
+    if from.daddr != to.daddr {
+        csum::update_addr(ctx, from, from.daddr, to.daddr)?;
+    }
+    if from.sport != to.sport {
+        csum::update_port(ctx, from, from.sport, to.sport)?;
+    }
+    if from.dport != to.dport {
+        csum::update_port(ctx, from, from.dport, to.dport)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn write<T>(ctx: &TcContext, offset: usize, value: T) -> Result<(), Dropped> {
+    let Some(p) = ptr_at::<T>(ctx, offset) else {
+        return Err(drop!(DropReason::WriteError));
+    };
+    // SAFETY: `ptr_at` checked the bounds; headers are unaligned in the packet.
+    unsafe { ptr::write_unaligned(p, value) };
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Conntrack (`conntrack.rs`): established flows keep their backend, a SYN re-selects when its
+//! backend can no longer take flows, other packets drain to a terminating or deleted backend,
+//! and replies are reverse-NATed back to VIP:port.
+
+use lb_common::{
+    conntrack::{CT_F_CLOSING, CT_REPLY, CT_SERVICE},
+    drop::Hook,
+    event::tcp_flags,
+};
+use lb_tests::{
+    fixture::{Datapath, TC_ACT_UNSPEC, service},
+    packet::*,
+};
+
+const VIP: &str = "10.96.0.10:80";
+const FRONTEND: &str = "10.96.0.10:80/TCP";
+const POD: &str = "10.244.0.7:40000";
+const A: &str = "10.244.1.5:8080";
+const B: &str = "10.244.2.6:8080";
+
+/// Sends `frame` through from-pod and returns the destination it left with.
+fn destination(datapath: &Datapath, frame: &[u8]) -> String {
+    let run = datapath.run(Hook::FromPod, frame);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    read_checked(&run.frame).dst.to_string()
+}
+
+#[test]
+fn an_established_flow_keeps_its_backend() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service(FRONTEND, &[A, B]));
+    let first = destination(&datapath, &tcp_syn(POD, VIP));
+    for _ in 0..32 {
+        assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), first);
+    }
+}
+
+#[test]
+fn a_flow_records_a_service_entry_and_a_reply_entry() {
+    let mut datapath = Datapath::load();
+    let ids = datapath.add_service(&service(FRONTEND, &[A]));
+    destination(&datapath, &tcp_syn(POD, VIP));
+    let mut entries = datapath.conntrack();
+    entries.sort_by_key(|(key, _)| key.kind);
+    assert_eq!(entries.len(), 2);
+    let (service_key, service_entry) = entries[0];
+    assert_eq!(service_key.kind, CT_SERVICE);
+    assert_eq!(
+        (service_key.saddr, service_key.sport),
+        (ip_be(ip("10.244.0.7")), port_be(40000))
+    );
+    assert_eq!(
+        (service_key.daddr, service_key.dport),
+        (ip_be(ip("10.96.0.10")), port_be(80))
+    );
+    assert_eq!(service_entry.backend_id, ids[0]);
+    assert_eq!(service_entry.rev_nat, 1);
+    assert_eq!(
+        (service_entry.backend_addr, service_entry.backend_port),
+        (ip_be(ip("10.244.1.5")), port_be(8080))
+    );
+    let (reply_key, reply_entry) = entries[1];
+    assert_eq!(reply_key.kind, CT_REPLY);
+    assert_eq!(
+        (reply_key.saddr, reply_key.sport),
+        (ip_be(ip("10.244.1.5")), port_be(8080))
+    );
+    assert_eq!(
+        (reply_key.daddr, reply_key.dport),
+        (ip_be(ip("10.244.0.7")), port_be(40000))
+    );
+    assert_eq!(reply_entry.rev_nat, 1);
+}
+
+#[test]
+fn a_syn_to_a_deleted_backend_selects_again() {
+    let mut datapath = Datapath::load();
+    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
+    // The agent replaces A by B: new backend and slot, master rewritten, then A deleted.
+    datapath.add_service(&service(FRONTEND, &[B]));
+    datapath.remove_backend(old[0]);
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), B);
+    assert_eq!(
+        destination(&datapath, &tcp_ack(POD, VIP)),
+        B,
+        "the new choice sticks"
+    );
+}
+
+#[test]
+fn a_syn_to_a_terminating_backend_selects_an_active_one() {
+    let mut datapath = Datapath::load();
+    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
+    datapath.set_terminating(old[0]);
+    datapath.add_service(&service(FRONTEND, &[B]));
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), B);
+}
+
+#[test]
+fn non_syn_packets_keep_draining_to_a_terminating_backend() {
+    let mut datapath = Datapath::load();
+    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
+    datapath.set_terminating(old[0]);
+    datapath.add_service(&service(FRONTEND, &[B]));
+    assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), A);
+}
+
+#[test]
+fn non_syn_packets_keep_draining_to_a_deleted_backend() {
+    let mut datapath = Datapath::load();
+    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
+    datapath.add_service(&service(FRONTEND, &[B]));
+    datapath.remove_backend(old[0]);
+    assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), A);
+}
+
+#[test]
+fn an_established_udp_flow_keeps_its_backend() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service(
+        "10.96.0.10:53/UDP",
+        &["10.244.1.5:53", "10.244.2.6:53"],
+    ));
+    let first = destination(&datapath, &udp(POD, "10.96.0.10:53"));
+    for _ in 0..16 {
+        assert_eq!(destination(&datapath, &udp(POD, "10.96.0.10:53")), first);
+    }
+}
+
+#[test]
+fn a_reply_from_a_local_backend_is_reverse_nated_to_the_vip_on_from_pod() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service(FRONTEND, &[A]));
+    destination(&datapath, &tcp_syn(POD, VIP));
+    let run = datapath.run(Hook::FromPod, &tcp_syn_ack(A, POD));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    read_checked(&run.frame);
+    assert_eq!(run.frame, tcp_syn_ack(VIP, POD));
+}
+
+#[test]
+fn a_reply_from_a_remote_backend_is_reverse_nated_on_from_netdev() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service(FRONTEND, &[A]).remote());
+    destination(&datapath, &tcp_syn(POD, VIP));
+    let run = datapath.run(Hook::FromNetdev, &tcp_syn_ack(A, POD));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert_eq!(run.frame, tcp_syn_ack(VIP, POD));
+}
+
+#[test]
+fn a_udp_reply_is_reverse_nated_to_the_vip() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service("10.96.0.10:53/UDP", &["10.244.1.5:53"]));
+    destination(&datapath, &udp(POD, "10.96.0.10:53"));
+    let run = datapath.run(Hook::FromPod, &udp("10.244.1.5:53", POD));
+    assert_eq!(run.frame, udp("10.96.0.10:53", POD));
+}
+
+#[test]
+fn a_fin_marks_the_flow_closing() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service(FRONTEND, &[A]));
+    destination(&datapath, &tcp_syn(POD, VIP));
+    let fin = lb_tests::packet::Frame::tcp(POD, VIP, tcp_flags::FIN | tcp_flags::ACK).bytes();
+    assert_eq!(destination(&datapath, &fin), A);
+    let closing = datapath
+        .conntrack()
+        .into_iter()
+        .find(|(key, _)| key.kind == CT_SERVICE)
+        .map(|(_, entry)| entry.flags & CT_F_CLOSING != 0);
+    assert_eq!(closing, Some(true));
+}

@@ -1,0 +1,26 @@
+//! The verifier accepts every program: the compiler accepts code (a reachable panic, an
+//! unbounded access) that the kernel then refuses to load.
+
+use lb_tests::fixture::Datapath;
+
+#[test]
+fn every_program_passes_the_verifier_and_pins_its_maps() {
+    let datapath = Datapath::load();
+    use lb_common::maps::*;
+    let names = [
+        LB4_SERVICES,
+        LB4_BACKENDS,
+        LB4_REVNAT,
+        LB4_CT,
+        LB_CONFIG,
+        LB_METRICS,
+        LB_EVENTS,
+        LB_EVENT_LIMIT,
+    ];
+    for name in names {
+        assert!(
+            datapath.pin_dir().join(name).exists(),
+            "map {name} is not pinned"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The external-ClusterIP policy (`policy.rs`): from-netdev refuses a ClusterIP that is not
+//! routable with 174 before any conntrack entry exists, unless `bpf-lb-external-clusterip` is
+//! on; from-pod never applies it.
+
+use lb_common::{
+    config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
+    drop::{DropReason, Hook, SourceFile},
+    event::{EVENT_DROP, tcp_flags},
+    proto,
+};
+use lb_tests::{
+    fixture::{Case, Datapath, Expect, TC_ACT_SHOT, check, service},
+    packet::*,
+};
+
+const CLIENT: &str = "192.168.56.10:33802";
+const BACKEND: &str = "10.244.1.5:8080";
+
+#[test]
+fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
+    let input = tcp_syn(CLIENT, "10.96.0.10:80");
+    let run = datapath.run(Hook::FromNetdev, &input);
+
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(
+        datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev),
+        1
+    );
+    assert_eq!(
+        datapath.conntrack(),
+        vec![],
+        "no conntrack entry may exist for a refused flow"
+    );
+    let events = datapath.drain_events();
+    assert_eq!(events.len(), 1);
+    let event = events[0];
+    assert_eq!(event.kind, EVENT_DROP);
+    assert_eq!(event.reason, 174);
+    assert_eq!(event.file, SourceFile::Policy as u8);
+    assert!(event.line > 0, "the drop site's line is recorded");
+    assert_eq!(event.hook, Hook::FromNetdev as u8);
+    assert_eq!(event.proto, proto::TCP);
+    assert_eq!(event.tcp_flags, tcp_flags::SYN);
+    assert_eq!(event.saddr, ip_be(ip("192.168.56.10")));
+    assert_eq!(event.daddr, ip_be(ip("10.96.0.10")));
+    assert_eq!(event.sport, port_be(33802));
+    assert_eq!(event.dport, port_be(80));
+    assert_eq!(event.len as usize, input.len());
+    // BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1).
+    assert_eq!(event.ifindex, 1);
+}
+
+#[test]
+fn external_client_to_cluster_ip_is_dnated_when_flag_is_on() {
+    check(&Case {
+        name: "external client to ClusterIP, flag on",
+        services: vec![service("10.96.0.10:80/TCP", &[BACKEND])],
+        config_flags: CONFIG_F_EXTERNAL_CLUSTER_IP,
+        hook: Hook::FromNetdev,
+        input: tcp_syn(CLIENT, "10.96.0.10:80"),
+        expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+    });
+}
+
+#[test]
+fn external_client_to_a_routable_frontend_is_dnated_with_the_flag_off() {
+    check(&Case {
+        name: "external client to a routable frontend",
+        services: vec![service("10.96.0.10:80/TCP", &[BACKEND]).routable()],
+        config_flags: 0,
+        hook: Hook::FromNetdev,
+        input: tcp_syn(CLIENT, "10.96.0.10:80"),
+        expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+    });
+}
+
+#[test]
+fn from_pod_ignores_the_policy() {
+    check(&Case {
+        name: "pod to ClusterIP, flag off",
+        services: vec![service("10.96.0.10:80/TCP", &[BACKEND])],
+        config_flags: 0,
+        hook: Hook::FromPod,
+        input: tcp_syn("10.244.0.7:40000", "10.96.0.10:80"),
+        expect: Expect::Rewritten(tcp_syn("10.244.0.7:40000", BACKEND)),
+    });
+}
+
+#[test]
+fn turning_the_flag_on_takes_effect_on_the_next_packet() {
+    let mut datapath = Datapath::load();
+    datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
+    let input = tcp_syn(CLIENT, "10.96.0.10:80");
+    assert_eq!(datapath.run(Hook::FromNetdev, &input).verdict, TC_ACT_SHOT);
+    datapath.set_config(DatapathConfig {
+        flags: CONFIG_F_EXTERNAL_CLUSTER_IP,
+        events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
+    });
+    let run = datapath.run(Hook::FromNetdev, &input);
+    assert_eq!(run.frame, tcp_syn(CLIENT, BACKEND));
+}
+
+#[test]
+fn drop_events_are_rate_limited_but_every_drop_is_counted() {
+    let mut datapath = Datapath::load();
+    datapath.set_config(DatapathConfig {
+        events_per_sec: 5,
+        ..DatapathConfig::default()
+    });
+    datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
+    let input = tcp_syn(CLIENT, "10.96.0.10:80");
+    for _ in 0..50 {
+        assert_eq!(datapath.run(Hook::FromNetdev, &input).verdict, TC_ACT_SHOT);
+    }
+    assert_eq!(
+        datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev),
+        50
+    );
+    let events = datapath.drain_events().len();
+    // A burst of at most one second's worth (5) per CPU; the runs may land on either CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        (1..=5 * cpus + 1).contains(&events),
+        "{events} events for 50 drops"
+    );
+}
