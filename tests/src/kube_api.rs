@@ -75,6 +75,8 @@ pub struct Stats {
     pub delivered: Vec<String>,
     /// Query strings of every request, in order.
     pub queries: Vec<String>,
+    /// The decoded `labelSelector` of every request (`""` when absent), in order.
+    pub label_selectors: Vec<String>,
 }
 
 #[derive(Default)]
@@ -132,16 +134,25 @@ impl FakeApiServer {
         let (st, ch) = (state.clone(), changed.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (st, ch) = (st.clone(), ch.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(req, st.clone(), ch.clone()));
                     // Errors here are the client hanging up mid-watch: nothing to do.
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Ok(Self { addr, state, changed, task })
+        Ok(Self {
+            addr,
+            state,
+            changed,
+            task,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -177,7 +188,11 @@ impl FakeApiServer {
             let rv = state.rv;
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
             let collection = state.collection(kind);
-            let kind_of_event = if collection.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+            let kind_of_event = if collection.objects.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             collection.objects.insert(key, object.clone());
             collection.events.push((rv, kind_of_event, object));
             rv
@@ -242,13 +257,23 @@ impl FakeApiServer {
     }
 
     /// Waits until `cond` holds for `kind`'s stats, or panics after `deadline` naming `what`.
-    pub async fn until(&self, kind: Kind, what: &str, deadline: Duration, cond: impl Fn(&Stats) -> bool) {
+    pub async fn until(
+        &self,
+        kind: Kind,
+        what: &str,
+        deadline: Duration,
+        cond: impl Fn(&Stats) -> bool,
+    ) {
         let end = tokio::time::Instant::now() + deadline;
         loop {
             if cond(&self.stats(kind)) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}: {:?}", self.stats(kind));
+            assert!(
+                tokio::time::Instant::now() < end,
+                "timed out waiting for {what}: {:?}",
+                self.stats(kind)
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -258,7 +283,10 @@ fn key_of(object: &Value) -> (String, String) {
     let meta = &object["metadata"];
     (
         meta["namespace"].as_str().unwrap_or("default").to_owned(),
-        meta["name"].as_str().expect("object has metadata.name").to_owned(),
+        meta["name"]
+            .as_str()
+            .expect("object has metadata.name")
+            .to_owned(),
     )
 }
 
@@ -267,7 +295,9 @@ type Body = BoxBody<Bytes, Infallible>;
 fn full(status: StatusCode, body: Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() = status;
-    response.headers_mut().insert("content-type", "application/json".parse().expect("header"));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
     response
 }
 
@@ -295,7 +325,9 @@ fn decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -317,17 +349,22 @@ fn decode(s: &str) -> String {
 fn selects(selector: Option<&String>, object: &Value) -> bool {
     let labels = object["metadata"]["labels"].as_object();
     let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    selector.into_iter().flat_map(|s| s.split(',')).map(str::trim).filter(|t| !t.is_empty()).all(|term| {
-        if let Some(key) = term.strip_prefix('!') {
-            label(key).is_none()
-        } else if let Some((k, v)) = term.split_once("!=") {
-            label(k) != Some(v)
-        } else if let Some((k, v)) = term.split_once('=') {
-            label(k.trim_end_matches('=')) == Some(v)
-        } else {
-            label(term).is_some()
-        }
-    })
+    selector
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            if let Some(key) = term.strip_prefix('!') {
+                label(key).is_none()
+            } else if let Some((k, v)) = term.split_once("!=") {
+                label(k) != Some(v)
+            } else if let Some((k, v)) = term.split_once('=') {
+                label(k.trim_end_matches('=')) == Some(v)
+            } else {
+                label(term).is_some()
+            }
+        })
 }
 
 async fn handle(
@@ -339,17 +376,31 @@ async fn handle(
     let Some(kind) = Kind::from_path(&path).filter(|_| req.method() == hyper::Method::GET) else {
         let line = format!("{} {}", req.method(), req.uri());
         eprintln!("fake API server: unknown request {line}");
-        state.lock().unwrap_or_else(|p| p.into_inner()).unknown.push(line);
-        return Ok(full(StatusCode::NOT_FOUND, status(404, "NotFound", "the server could not find the requested resource")));
+        state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unknown
+            .push(line);
+        return Ok(full(
+            StatusCode::NOT_FOUND,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ));
     };
     let query = query(&req);
-    state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .collection(kind)
-        .stats
-        .queries
-        .push(req.uri().query().unwrap_or("").to_owned());
+    {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = &mut state.collection(kind).stats;
+        stats
+            .queries
+            .push(req.uri().query().unwrap_or("").to_owned());
+        stats
+            .label_selectors
+            .push(query.get("labelSelector").cloned().unwrap_or_default());
+    }
     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         Ok(watch_response(kind, &query, state, changed))
     } else {
@@ -357,14 +408,21 @@ async fn handle(
     }
 }
 
-fn list_response(kind: Kind, query: &BTreeMap<String, String>, state: &Mutex<State>) -> Response<Body> {
+fn list_response(
+    kind: Kind,
+    query: &BTreeMap<String, String>,
+    state: &Mutex<State>,
+) -> Response<Body> {
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     let rv = state.rv;
     let collection = state.collection(kind);
     if collection.fail_lists > 0 {
         collection.fail_lists -= 1;
         collection.stats.failed_lists += 1;
-        return full(StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError", "etcdserver: leader changed"));
+        return full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            status(500, "InternalError", "etcdserver: leader changed"),
+        );
     }
     collection.stats.lists += 1;
     let selector = query.get("labelSelector");
@@ -382,8 +440,15 @@ fn list_response(kind: Kind, query: &BTreeMap<String, String>, state: &Mutex<Sta
             item
         })
         .collect();
-    let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
-    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let offset: usize = query
+        .get("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let end = offset.saturating_add(limit).min(matching.len());
     let page = matching.get(offset..end).unwrap_or_default().to_vec();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -403,8 +468,13 @@ fn watch_response(
     state: Arc<Mutex<State>>,
     changed: watch::Sender<u64>,
 ) -> Response<Body> {
-    let from: u64 = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).unwrap_or(0);
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
     let selector = query.get("labelSelector").cloned();
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let mut wake = changed.subscribe();
@@ -431,7 +501,8 @@ fn watch_response(
                 let mut done = false;
                 if sent_rv < c.compacted || c.expiry_epoch != epoch {
                     let message = format!("too old resource version: {sent_rv} ({})", c.compacted);
-                    lines.push(json!({"type": "ERROR", "object": status(410, "Expired", &message)}));
+                    lines
+                        .push(json!({"type": "ERROR", "object": status(410, "Expired", &message)}));
                     c.stats.expired += 1;
                     done = true;
                 } else if !c.partitioned {
@@ -449,7 +520,11 @@ fn watch_response(
                 (lines, done)
             };
             for line in lines {
-                if tx.send(Ok(Frame::data(Bytes::from(format!("{line}\n"))))).await.is_err() {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("{line}\n")))))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -475,8 +550,12 @@ fn watch_response(
         }
         lock().collection(kind).stats.open_watches -= 1;
     });
-    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) }));
+    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (f, rx))
+    }));
     let mut response = Response::new(BodyExt::boxed(body));
-    response.headers_mut().insert("content-type", "application/json".parse().expect("header"));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
     response
 }

@@ -32,7 +32,10 @@ struct LogWriter(&'static Mutex<Vec<u8>>);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -42,22 +45,35 @@ impl Write for LogWriter {
 
 fn log_lines_mentioning(needle: &str) -> Vec<String> {
     let logs = logs().lock().unwrap_or_else(|p| p.into_inner());
-    String::from_utf8_lossy(&logs).lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn until_logged(needle: &str, also: &str) -> String {
     let end = Instant::now() + DEADLINE;
     loop {
-        if let Some(line) = log_lines_mentioning(needle).into_iter().find(|l| l.contains(also)) {
+        if let Some(line) = log_lines_mentioning(needle)
+            .into_iter()
+            .find(|l| l.contains(also))
+        {
             return line;
         }
-        assert!(Instant::now() < end, "no log line with {needle:?} and {also:?}");
+        assert!(
+            Instant::now() < end,
+            "no log line with {needle:?} and {also:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 fn testdata(case: &str, file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(case).join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(case)
+        .join(file)
 }
 
 struct Running {
@@ -70,24 +86,40 @@ fn start(dir: &Path) -> Running {
     logs();
     let (tx, rx) = watch::channel(None);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_source(SourceSpec::File(dir.to_owned()), tx, shutdown.clone()));
+    let task = tokio::spawn(run_source(
+        SourceSpec::File(dir.to_owned()),
+        tx,
+        shutdown.clone(),
+    ));
     Running { rx, shutdown, task }
 }
 
 impl Running {
     /// Waits for a snapshot satisfying `pred`; returns it and how long the wait took.
-    async fn snapshot_where(&mut self, what: &str, pred: impl Fn(&Snapshot) -> bool) -> (Arc<Snapshot>, Duration) {
+    async fn snapshot_where(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Snapshot) -> bool,
+    ) -> (Arc<Snapshot>, Duration) {
         let started = Instant::now();
-        let found = tokio::time::timeout(DEADLINE, self.rx.wait_for(|s| s.as_deref().is_some_and(&pred)))
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-        let snapshot = found.expect("source still running").clone().expect("checked above");
+        let found = tokio::time::timeout(
+            DEADLINE,
+            self.rx.wait_for(|s| s.as_deref().is_some_and(&pred)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        let snapshot = found
+            .expect("source still running")
+            .clone()
+            .expect("checked above");
         (snapshot, started.elapsed())
     }
 
     async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task).await.expect("source stops on shutdown");
+        let result = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("source stops on shutdown");
         result.expect("source task").expect("source ends cleanly");
     }
 }
@@ -96,7 +128,12 @@ fn backends(snapshot: &Snapshot, frontend: &str) -> Vec<String> {
     desired_services(snapshot, "worker-a1")
         .into_iter()
         .find(|d| d.frontend.to_string() == frontend)
-        .map(|d| d.backends.iter().map(|b| format!("{}:{}", b.addr, b.port)).collect())
+        .map(|d| {
+            d.backends
+                .iter()
+                .map(|b| format!("{}:{}", b.addr, b.port))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -113,25 +150,61 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
     let service = dir.path().join("service.yaml");
     let slices = dir.path().join("endpointslice.yaml");
     std::fs::copy(testdata("a-checkout-two-slices", "service.yaml"), &service).expect("copy");
-    std::fs::copy(testdata("a-checkout-two-slices", "endpointslice.yaml"), &slices).expect("copy");
+    std::fs::copy(
+        testdata("a-checkout-two-slices", "endpointslice.yaml"),
+        &slices,
+    )
+    .expect("copy");
     let mut source = start(dir.path());
+    // Every snapshot published, to show below that a malformed file never loses the Service.
+    let published_services = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let (mut rx, seen) = (source.rx.clone(), published_services.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let services = rx.borrow_and_update().as_ref().map(|s| s.services.len());
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(services);
+            }
+        })
+    };
 
     // Written → the fixture's backends.
-    let (snapshot, _) = source.snapshot_where("fixture A", |s| s.services.len() == 1 && s.slices.len() == 2).await;
-    assert_eq!(backends(&snapshot, "10.96.41.17:80/TCP"), ["10.244.1.23:8080", "10.244.2.41:8080", "10.244.3.9:8081"]);
+    let (snapshot, _) = source
+        .snapshot_where("fixture A", |s| {
+            s.services.len() == 1 && s.slices.len() == 2
+        })
+        .await;
+    assert_eq!(
+        backends(&snapshot, "10.96.41.17:80/TCP"),
+        ["10.244.1.23:8080", "10.244.2.41:8080", "10.244.3.9:8081"]
+    );
 
     // Edited (checkout-7x2kq dropped from the file) → live within a second.
     let text = std::fs::read_to_string(&slices).expect("read");
-    let second = text.split("---\n").nth(1).expect("fixture A has two slices").to_owned();
+    let second = text
+        .split("---\n")
+        .nth(1)
+        .expect("fixture A has two slices")
+        .to_owned();
     write_atomically(&slices, &second);
-    let (snapshot, took) = source.snapshot_where("the edit", |s| s.slices.len() == 1).await;
+    let (snapshot, took) = source
+        .snapshot_where("the edit", |s| s.slices.len() == 1)
+        .await;
     assert!(took < Duration::from_secs(1), "edit took {took:?}");
-    assert_eq!(backends(&snapshot, "10.96.41.17:80/TCP"), ["10.244.3.9:8081"]);
+    assert_eq!(
+        backends(&snapshot, "10.96.41.17:80/TCP"),
+        ["10.244.3.9:8081"]
+    );
 
     // Malformed → a warning naming the file; the last good objects stay.
     let before = malformed_objects_total();
     let published = source.rx.borrow().clone();
-    write_atomically(&service, "apiVersion: v1\nkind: Service\nmetadata: {name: checkout\n");
+    write_atomically(
+        &service,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: checkout\n",
+    );
     let line = until_logged(&service.display().to_string(), "malformed").await;
     assert!(line.contains("WARN"), "{line}");
     assert!(malformed_objects_total() > before);
@@ -143,18 +216,40 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
         .replace("port: 9102\n    protocol", "port: nine\n    protocol");
     write_atomically(&service, &bad_object);
     let line = until_logged(&service.display().to_string(), "Service shop/checkout").await;
-    assert!(line.contains("WARN") && line.contains("malformed object"), "{line}");
-    assert_eq!(*source.rx.borrow(), published, "the last good Service is kept");
+    assert!(
+        line.contains("WARN") && line.contains("malformed object"),
+        "{line}"
+    );
+    assert_eq!(
+        *source.rx.borrow(),
+        published,
+        "the last good Service is kept"
+    );
 
     // Fixed → the service's new content is published.
     let fixed = bad_object.replace("port: nine", "port: 9103");
     write_atomically(&service, &fixed);
-    let (snapshot, _) = source.snapshot_where("the fix", |s| !backends(s, "10.96.41.17:9103/TCP").is_empty()).await;
+    let (snapshot, _) = source
+        .snapshot_where("the fix", |s| {
+            !backends(s, "10.96.41.17:9103/TCP").is_empty()
+        })
+        .await;
     assert!(backends(&snapshot, "10.96.41.17:9102/TCP").is_empty());
+    let seen = published_services
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert!(
+        seen.len() >= 3 && seen.iter().all(|n| *n == 1),
+        "every published snapshot kept the Service: {seen:?}"
+    );
+    recorder.abort();
 
     // Deleted → its objects are gone.
     std::fs::remove_file(&slices).expect("rm");
-    let (snapshot, took) = source.snapshot_where("the deletion", |s| s.slices.is_empty()).await;
+    let (snapshot, took) = source
+        .snapshot_where("the deletion", |s| s.slices.is_empty())
+        .await;
     assert!(took < Duration::from_secs(1), "deletion took {took:?}");
     assert_eq!(snapshot.services.len(), 1);
     assert!(backends(&snapshot, "10.96.41.17:80/TCP").is_empty());
@@ -165,7 +260,8 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
 async fn kind_list_json_and_other_kinds_in_one_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     // `kubectl get svc,endpointslices -o yaml` prints one `kind: List`.
-    let mut list = String::from("apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n");
+    let mut list =
+        String::from("apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n");
     for file in ["service.yaml", "endpointslice.yaml"] {
         let text = std::fs::read_to_string(testdata("b-ledger-terminating", file)).expect("read");
         for doc in text.split("---\n") {
@@ -180,12 +276,21 @@ async fn kind_list_json_and_other_kinds_in_one_directory() {
             "spec":{"clusterIP":"10.96.88.5","clusterIPs":["10.96.88.5"],"ports":[{"port":443,"protocol":"TCP"}]}}"#,
     )
     .expect("write");
-    std::fs::write(dir.path().join("cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata: {}\n").expect("write");
+    std::fs::write(
+        dir.path().join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata: {}\n",
+    )
+    .expect("write");
     std::fs::write(dir.path().join("notes.txt"), "not an object").expect("write");
     let mut source = start(dir.path());
-    let (snapshot, _) = source.snapshot_where("the directory", |s| s.services.len() == 2).await;
+    let (snapshot, _) = source
+        .snapshot_where("the directory", |s| s.services.len() == 2)
+        .await;
     assert_eq!(snapshot.slices.len(), 1);
-    assert_eq!(backends(&snapshot, "10.96.7.200:5432/TCP"), ["10.244.1.50:5432", "10.244.2.60:5432"]);
+    assert_eq!(
+        backends(&snapshot, "10.96.7.200:5432/TCP"),
+        ["10.244.1.50:5432", "10.244.2.60:5432"]
+    );
     assert!(backends(&snapshot, "10.96.88.5:443/TCP").is_empty());
     source.stop().await;
 }
@@ -200,8 +305,18 @@ async fn an_empty_directory_is_an_empty_snapshot_and_a_missing_one_is_an_error()
 
     let missing = dir.path().join("nope");
     let (tx, _rx) = watch::channel(None);
-    let err = run_source(SourceSpec::File(missing.clone()), tx, CancellationToken::new())
-        .await
-        .expect_err("missing directory");
-    assert_eq!(err.to_string(), format!("source directory `{}` does not exist; create it or fix --source", missing.display()));
+    let err = run_source(
+        SourceSpec::File(missing.clone()),
+        tx,
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("missing directory");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "source directory `{}` does not exist; create it or fix --source",
+            missing.display()
+        )
+    );
 }

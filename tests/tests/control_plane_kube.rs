@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, run_kube};
 use lb_agent::model::desired_services;
-use lb_tests::kube_api::{FakeApiServer, Kind};
+use lb_tests::kube_api::{FakeApiServer, Kind, Stats};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,21 +24,34 @@ fn testdata(case: &str, file: &str) -> Vec<Value> {
 /// YAML documents as JSON values (the fake server stores JSON).
 fn serde_yaml_docs(text: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text).map(|d| Value::deserialize(d).expect("fixture parses")).collect()
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("fixture parses"))
+        .collect()
 }
 
 fn load(server: &FakeApiServer, case: &str) {
-    for object in testdata(case, "service.yaml").into_iter().chain(testdata(case, "endpointslice.yaml")) {
+    for object in testdata(case, "service.yaml")
+        .into_iter()
+        .chain(testdata(case, "endpointslice.yaml"))
+    {
         server.apply(object);
     }
 }
 
 fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
     let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        format!("{}/{}", m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+        format!(
+            "{}/{}",
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default()
+        )
     };
     (
-        snapshot.services.iter().map(|s| name(&s.metadata)).collect(),
+        snapshot
+            .services
+            .iter()
+            .map(|s| name(&s.metadata))
+            .collect(),
         snapshot.slices.iter().map(|s| name(&s.metadata)).collect(),
     )
 }
@@ -55,7 +68,10 @@ async fn snapshot_where(
     match found {
         Ok(Ok(Some(snapshot))) => snapshot,
         Ok(_) => panic!("source stopped while waiting for {what}"),
-        Err(_) => panic!("timed out waiting for {what}; last: {:?}", rx.borrow().as_deref().map(names)),
+        Err(_) => panic!(
+            "timed out waiting for {what}; last: {:?}",
+            rx.borrow().as_deref().map(names)
+        ),
     }
 }
 
@@ -66,7 +82,9 @@ struct Running {
 }
 
 fn start(server: &FakeApiServer) -> Running {
-    let client = server.client().expect("kube client for the fake API server");
+    let client = server
+        .client()
+        .expect("kube client for the fake API server");
     let (tx, rx) = watch::channel(None);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run_kube(client, tx, shutdown.clone()));
@@ -76,7 +94,9 @@ fn start(server: &FakeApiServer) -> Running {
 impl Running {
     async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task).await.expect("source stops on shutdown");
+        let result = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("source stops on shutdown");
         result.expect("source task").expect("source ends cleanly");
     }
 }
@@ -98,29 +118,73 @@ async fn nothing_is_published_until_both_caches_synced_and_list_errors_back_off(
 
     // Services have listed and are being watched (bookmarks flowing), while EndpointSlice
     // LISTs have failed twice: the source must still publish nothing.
-    server.until(Kind::Service, "Services watched with a bookmark", DEADLINE, |s| s.lists == 1 && s.bookmarks >= 1).await;
-    server.until(Kind::EndpointSlice, "two failed slice LISTs", DEADLINE, |s| s.failed_lists == 2).await;
-    assert!(source.rx.borrow().is_none(), "published before EndpointSlices synced");
+    server
+        .until(
+            Kind::Service,
+            "Services watched with a bookmark",
+            DEADLINE,
+            |s| s.lists == 1 && s.bookmarks >= 1,
+        )
+        .await;
+    server
+        .until(
+            Kind::EndpointSlice,
+            "two failed slice LISTs",
+            DEADLINE,
+            |s| s.failed_lists == 2,
+        )
+        .await;
+    assert!(
+        source.rx.borrow().is_none(),
+        "published before EndpointSlices synced"
+    );
 
     let snapshot = snapshot_where(&mut source.rx, "the first snapshot", |_| true).await;
     assert_eq!(
         names(&snapshot),
-        (vec!["shop/checkout".to_owned()], vec!["shop/checkout-7x2kq".to_owned(), "shop/checkout-p9f4d".to_owned()]),
+        (
+            vec!["shop/checkout".to_owned()],
+            vec![
+                "shop/checkout-7x2kq".to_owned(),
+                "shop/checkout-p9f4d".to_owned()
+            ]
+        ),
         "the opted-out Service is filtered by the server-side selector"
     );
     let slices = server.stats(Kind::EndpointSlice);
-    assert_eq!((slices.failed_lists, slices.lists), (2, 1), "the source retried after errors");
+    assert_eq!(
+        (slices.failed_lists, slices.lists),
+        (2, 1),
+        "the source retried after errors"
+    );
 
     // What kube-rs asked for: the selector on every request, bookmarks on every watch.
     for kind in [Kind::Service, Kind::EndpointSlice] {
-        let queries = server.stats(kind).queries;
-        let encoded = LABEL_SELECTOR.replace('!', "%21").replace(',', "%2C").replace('/', "%2F");
-        assert!(queries.iter().all(|q| q.contains(&encoded) || q.contains(LABEL_SELECTOR)), "{kind:?}: {queries:?}");
-        let watches: Vec<_> = queries.iter().filter(|q| q.contains("watch=true")).collect();
+        let Stats {
+            queries,
+            label_selectors,
+            ..
+        } = server.stats(kind);
+        assert!(
+            label_selectors.iter().all(|s| s == LABEL_SELECTOR),
+            "{kind:?}: {label_selectors:?}"
+        );
+        let watches: Vec<_> = queries
+            .iter()
+            .filter(|q| q.contains("watch=true"))
+            .collect();
         assert!(!watches.is_empty(), "{kind:?} watched");
-        assert!(watches.iter().all(|q| q.contains("allowWatchBookmarks=true") && q.contains("resourceVersion=")));
+        assert!(
+            watches
+                .iter()
+                .all(|q| q.contains("allowWatchBookmarks=true") && q.contains("resourceVersion="))
+        );
     }
-    assert!(server.unknown_requests().is_empty(), "unexpected requests: {:?}", server.unknown_requests());
+    assert!(
+        server.unknown_requests().is_empty(),
+        "unexpected requests: {:?}",
+        server.unknown_requests()
+    );
 
     let desired = desired_services(&snapshot, "worker-a1");
     let vips: Vec<String> = desired.iter().map(|d| d.frontend.to_string()).collect();
@@ -134,17 +198,42 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     load(&server, "a-checkout-two-slices");
     load(&server, "b-ledger-terminating");
     let mut source = start(&server);
-    snapshot_where(&mut source.rx, "both services", |s| s.services.len() == 2 && s.slices.len() == 3).await;
+    snapshot_where(&mut source.rx, "both services", |s| {
+        s.services.len() == 2 && s.slices.len() == 3
+    })
+    .await;
 
     // A live change arrives as a watch event, without a relist.
     server.delete(Kind::EndpointSlice, "shop", "checkout-7x2kq");
-    let snapshot = snapshot_where(&mut source.rx, "the slice deletion", |s| s.slices.len() == 2).await;
+    let snapshot = snapshot_where(&mut source.rx, "the slice deletion", |s| {
+        s.slices.len() == 2
+    })
+    .await;
     let desired = desired_services(&snapshot, "worker-a1");
-    let http = desired.iter().find(|d| d.frontend.to_string() == "10.96.41.17:80/TCP").expect("checkout:http");
-    let checkout: Vec<String> = http.backends.iter().map(|b| format!("{}:{}", b.addr, b.port)).collect();
-    assert_eq!(checkout, ["10.244.3.9:8081"], "deleting checkout-7x2kq leaves only 10.244.3.9");
-    assert_eq!(server.stats(Kind::EndpointSlice).lists, 1, "a watch event, not a relist");
-    server.until(Kind::Service, "a Service bookmark", DEADLINE, |s| s.bookmarks >= 1).await;
+    let http = desired
+        .iter()
+        .find(|d| d.frontend.to_string() == "10.96.41.17:80/TCP")
+        .expect("checkout:http");
+    let checkout: Vec<String> = http
+        .backends
+        .iter()
+        .map(|b| format!("{}:{}", b.addr, b.port))
+        .collect();
+    assert_eq!(
+        checkout,
+        ["10.244.3.9:8081"],
+        "deleting checkout-7x2kq leaves only 10.244.3.9"
+    );
+    assert_eq!(
+        server.stats(Kind::EndpointSlice).lists,
+        1,
+        "a watch event, not a relist"
+    );
+    server
+        .until(Kind::Service, "a Service bookmark", DEADLINE, |s| {
+            s.bookmarks >= 1
+        })
+        .await;
 
     // Cut the Services watch off, delete `ledger` and add `late` meanwhile, then compact the
     // history: the open watch gets ERROR 410 Expired and the client must relist.
@@ -155,7 +244,11 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     late["spec"]["clusterIP"] = json!("10.96.50.50");
     late["spec"]["clusterIPs"] = json!(["10.96.50.50"]);
     server.apply(late);
-    assert_eq!(source.rx.borrow().as_ref().map(|s| s.services.len()), Some(2), "nothing delivered while cut off");
+    assert_eq!(
+        source.rx.borrow().as_ref().map(|s| s.services.len()),
+        Some(2),
+        "nothing delivered while cut off"
+    );
     server.expire(Kind::Service);
 
     let snapshot = snapshot_where(&mut source.rx, "the relisted view", |s| {
@@ -166,16 +259,30 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     assert!(services.expired >= 1, "a 410 was sent: {services:?}");
     assert_eq!(services.lists, 2, "the 410 forced exactly one relist");
     assert!(
-        !services.delivered.iter().any(|e| e.contains("payments/ledger") && e.starts_with("DELETED")),
+        !services
+            .delivered
+            .iter()
+            .any(|e| e.contains("payments/ledger") && e.starts_with("DELETED")),
         "the deletion was never delivered as an event: {:?}",
         services.delivered
     );
-    assert_eq!(snapshot.slices.len(), 2, "EndpointSlices were untouched by the Services relist");
+    assert_eq!(
+        snapshot.slices.len(),
+        2,
+        "EndpointSlices were untouched by the Services relist"
+    );
     assert_eq!(server.stats(Kind::EndpointSlice).lists, 1);
 
     // After the relist the watch resumes: a later change streams in again.
     server.delete(Kind::Service, "shop", "late");
-    snapshot_where(&mut source.rx, "a change after the relist", |s| s.services.len() == 1).await;
-    assert!(server.unknown_requests().is_empty(), "unexpected requests: {:?}", server.unknown_requests());
+    snapshot_where(&mut source.rx, "a change after the relist", |s| {
+        s.services.len() == 1
+    })
+    .await;
+    assert!(
+        server.unknown_requests().is_empty(),
+        "unexpected requests: {:?}",
+        server.unknown_requests()
+    );
     source.stop().await;
 }

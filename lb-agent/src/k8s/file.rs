@@ -101,8 +101,8 @@ impl std::fmt::Display for ObjectId {
 /// One object lb cares about.
 #[derive(Clone, Debug, PartialEq)]
 enum Object {
-    Service(Service),
-    Slice(EndpointSlice),
+    Service(Box<Service>),
+    Slice(Box<EndpointSlice>),
 }
 
 /// What a file looked like when last read.
@@ -200,8 +200,8 @@ impl DirSource {
                 }
                 seen.insert(id, path);
                 match object {
-                    Object::Service(s) => snapshot.services.push(s.clone()),
-                    Object::Slice(s) => snapshot.slices.push(s.clone()),
+                    Object::Service(s) => snapshot.services.push(Service::clone(s)),
+                    Object::Slice(s) => snapshot.slices.push(EndpointSlice::clone(s)),
                 }
             }
         }
@@ -352,8 +352,8 @@ impl Parsed {
             name: name.to_owned(),
         };
         let object = match kind {
-            "Service" => serde_json::from_value(value).map(Object::Service),
-            _ => serde_json::from_value(value).map(Object::Slice),
+            "Service" => serde_json::from_value(value).map(|s| Object::Service(Box::new(s))),
+            _ => serde_json::from_value(value).map(|s| Object::Slice(Box::new(s))),
         };
         match object {
             Ok(object) if self.objects.iter().any(|(seen, _)| *seen == id) => {
