@@ -67,7 +67,11 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// The datapath configuration for an agent configuration.
 pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::DatapathConfig {
     dp::DatapathConfig {
-        flags: if config.external_cluster_ip { dp::CONFIG_F_EXTERNAL_CLUSTER_IP } else { 0 },
+        flags: if config.external_cluster_ip {
+            dp::CONFIG_F_EXTERNAL_CLUSTER_IP
+        } else {
+            0
+        },
         node_addr: datapath::maps::node_addr_value(node_ip),
         snat_port_min: dp::SNAT_PORT_MIN,
         snat_port_max: dp::SNAT_PORT_MAX,
@@ -79,9 +83,9 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let node_ip = match (config.node_ip, config.devices.first()) {
         (Some(ip), _) => Some(ip),
-        (None, Some(iface)) => {
-            Some(devices::first_ipv4(iface).ok_or_else(|| Error::NoNodeIp { iface: iface.clone() })?)
-        }
+        (None, Some(iface)) => Some(devices::first_ipv4(iface).ok_or_else(|| Error::NoNodeIp {
+            iface: iface.clone(),
+        })?),
         (None, None) => None,
     };
     let options = LoadOptions {
@@ -90,7 +94,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         lb_map_max: config.lb_map_max,
         config: datapath_config(&config, node_ip),
     };
-    let Datapath { mut ebpf, maps, pin_dir } = Datapath::load(&options)?;
+    let Datapath {
+        mut ebpf,
+        maps,
+        pin_dir,
+    } = Datapath::load(&options)?;
     let ring = events::take_ring(&mut ebpf)?;
     for iface in &config.devices {
         devices::attach(&mut ebpf, &pin_dir, Hook::FromNetdev, iface)?;
@@ -101,7 +109,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let maps = Arc::new(Mutex::new(maps));
     let mut syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
     let fanout = DropFanout::default();
-    let state = Arc::new(AgentState::new(config.clone(), node_ip, maps, fanout.clone()));
+    let state = Arc::new(AgentState::new(
+        config.clone(),
+        node_ip,
+        maps,
+        fanout.clone(),
+    ));
     state.set_devices(config.devices.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -119,7 +132,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tasks.spawn({
         let shutdown = shutdown.clone();
         async move {
-            if let Err(err) = events::forward(ring, move |event| fanout.publish(event), shutdown).await {
+            if let Err(err) =
+                events::forward(ring, move |event| fanout.publish(event), shutdown).await
+            {
                 tracing::error!(error = %err, "drop event reader stopped");
             }
         }
@@ -128,10 +143,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();
     let listener = api::server::bind(&config.socket)?;
-    tasks.spawn(api::server::serve_listener(listener, backend.clone(), shutdown.clone()));
+    tasks.spawn(api::server::serve_listener(
+        listener,
+        backend.clone(),
+        shutdown.clone(),
+    ));
     if let Some(addr) = config.metrics_address {
         let listener = api::http::bind(addr).await?;
-        tasks.spawn(api::http::serve_listener(listener, backend, shutdown.clone()));
+        tasks.spawn(api::http::serve_listener(
+            listener,
+            backend,
+            shutdown.clone(),
+        ));
     }
 
     let spec = match &config.source {
@@ -186,7 +209,9 @@ async fn reconcile(
             }
             () = wait_retry => {}
         }
-        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+        let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+            continue;
+        };
         let desired = model::desired_services(&snapshot, node_name);
         let span = tracing::info_span!("sync", services = desired.len());
         let _enter = span.enter();

@@ -15,13 +15,21 @@ use crate::{datapath::devices, sync::lock};
 /// Attaches from-pod to every matching interface not yet attached.
 pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], state: &AgentState) {
     let attached = state.pod_devices();
-    let present: Vec<String> = devices::interfaces().into_iter().map(|(_, name)| name).collect();
+    let present: Vec<String> = devices::interfaces()
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     // Interfaces that went away lose their link with them; forget them so that a new interface
     // of the same name gets attached.
-    let still_there: Vec<String> = attached.iter().filter(|name| present.contains(name)).cloned().collect();
+    let still_there: Vec<String> = attached
+        .iter()
+        .filter(|name| present.contains(name))
+        .cloned()
+        .collect();
     let mut now = still_there.clone();
     for name in present {
-        if still_there.contains(&name) || !globs.iter().any(|glob| devices::glob_match(glob, &name)) {
+        if still_there.contains(&name) || !globs.iter().any(|glob| devices::glob_match(glob, &name))
+        {
             continue;
         }
         match devices::attach(&mut lock(ebpf), pin_dir, Hook::FromPod, &name) {
@@ -30,7 +38,9 @@ pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], sta
                 now.push(name);
             }
             // The interface may have vanished between the listing and the attach.
-            Err(err) => tracing::warn!(iface = %name, error = %super::error_chain(&err), "cannot attach from-pod"),
+            Err(err) => {
+                tracing::warn!(iface = %name, error = %super::error_chain(&err), "cannot attach from-pod")
+            }
         }
     }
     now.sort();

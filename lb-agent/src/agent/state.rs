@@ -11,7 +11,10 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::{
-        proto::{BackendRow, BackendState, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
+        proto::{
+            BackendRow, BackendState, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow,
+            StatusReply,
+        },
         server::{ApiBackend, BoxError},
     },
     config::{self, AgentConfig, LiveChange, Source},
@@ -46,7 +49,12 @@ pub struct AgentState {
 
 impl AgentState {
     /// State for a freshly loaded datapath.
-    pub fn new(config: AgentConfig, node_ip: Option<Ipv4Addr>, maps: Arc<Mutex<AyaMaps>>, fanout: DropFanout) -> Self {
+    pub fn new(
+        config: AgentConfig,
+        node_ip: Option<Ipv4Addr>,
+        maps: Arc<Mutex<AyaMaps>>,
+        fanout: DropFanout,
+    ) -> Self {
         Self {
             config: Mutex::new(config),
             node_ip,
@@ -135,7 +143,11 @@ impl ApiBackend for AgentState {
                     .map(|backend| BackendRow {
                         id: backend.id,
                         address: backend.address,
-                        state: if backend.state == "active" { BackendState::Active } else { BackendState::Terminating },
+                        state: if backend.state == "active" {
+                            BackendState::Active
+                        } else {
+                            BackendState::Terminating
+                        },
                     })
                     .collect(),
             })
@@ -164,7 +176,12 @@ impl ApiBackend for AgentState {
         let drops = match lock(&self.maps).drop_counters() {
             Ok(counters) => counters
                 .into_iter()
-                .map(|((reason, hook), value)| DropCount { reason, hook, packets: value.packets, bytes: value.bytes })
+                .map(|((reason, hook), value)| DropCount {
+                    reason,
+                    hook,
+                    packets: value.packets,
+                    bytes: value.bytes,
+                })
                 .collect(),
             Err(err) => {
                 tracing::warn!(error = %super::error_chain(&err), "cannot read drop counters");
@@ -193,7 +210,9 @@ impl AgentState {
         let mut updated = config.clone();
         change.apply(&mut updated);
         let datapath_config = super::datapath_config(&updated, self.node_ip);
-        lock(&self.maps).set_config(&datapath_config).map_err(|err| Box::new(err) as BoxError)?;
+        lock(&self.maps)
+            .set_config(&datapath_config)
+            .map_err(|err| Box::new(err) as BoxError)?;
         *config = updated;
         tracing::info!(key = change.key(), value = %change.value(), "configuration changed");
         match (&config.source, &config.config_dir) {
@@ -201,11 +220,15 @@ impl AgentState {
             // ConfigMap instead, and the kubelet refreshes the mount.
             (Source::Kube, _) => Ok(Persist::ConfigMap),
             (Source::File(_), Some(dir)) => {
-                config::dir::write(dir, change.key(), &change.value()).map_err(|err| Box::new(err) as BoxError)?;
+                config::dir::write(dir, change.key(), &change.value())
+                    .map_err(|err| Box::new(err) as BoxError)?;
                 Ok(Persist::Done)
             }
             (Source::File(_), None) => {
-                tracing::warn!(key = change.key(), "no --config-dir: the change is live but not persisted");
+                tracing::warn!(
+                    key = change.key(),
+                    "no --config-dir: the change is live but not persisted"
+                );
                 Ok(Persist::Done)
             }
         }
@@ -233,6 +256,10 @@ async fn persist_to_config_map(change: LiveChange) -> Result<(), BoxError> {
     let patch = serde_json::json!({ "data": { change.key(): change.value() } });
     api.patch(CONFIG_MAP, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|err| format!("the change is live, but patching ConfigMap {namespace}/{CONFIG_MAP} failed: {err}"))?;
+        .map_err(|err| {
+            format!(
+                "the change is live, but patching ConfigMap {namespace}/{CONFIG_MAP} failed: {err}"
+            )
+        })?;
     Ok(())
 }
