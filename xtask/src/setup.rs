@@ -19,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "python3",
+    "iputils-ping",
 ];
 
 /// The bpf-linker release known to work with LLVM 22.
