@@ -28,7 +28,7 @@ const SESSION_TIMERS: &str = "\
     hold time 9;
     keepalive time 3;
     connect retry time 2;
-    start delay time 1;
+    connect delay time 1;
     error wait time 1, 10;";
 
 /// The router's configuration: one eBGP session per node.
@@ -117,6 +117,9 @@ protocol bgp {peer_name} {{
     neighbor {peer_ip} as {CLUSTER_ASN};
     import where net ~ [ {CLUSTER_POD_CIDR}+ ];
     export where source = RTS_STATIC;
+    # iBGP is multihop with recursive next hops by default, through an IGP the lab does not
+    # run; the nodes share a segment.
+    direct;
 {SESSION_TIMERS}
 }}
 ",

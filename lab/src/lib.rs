@@ -9,6 +9,7 @@
 //!   [`Lab`], which builds them;
 //! - [`bird`]: BIRD 1.6 on the router (AS 65000) and on each node (AS 65001) in kube-router's place;
 //! - [`agent`]: one `lb-agent` per node and `lbctl` against it;
+//! - [`probe`]: curl and ping inside a namespace, and what their output says;
 //! - [`manifests`]: the story's Services and EndpointSlices, `lab/manifests/*.yaml`.
 //!
 //! Every name this crate creates starts with [`netns::PREFIX`] (namespaces) or lives in a lab
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod bird;
 pub mod manifests;
 pub mod netns;
+pub mod probe;
 pub mod topology;
 mod wait;
 

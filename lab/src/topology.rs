@@ -208,6 +208,8 @@ pub struct Lab {
     nodes: Vec<Node>,
     router: Netns,
     run_dir: PathBuf,
+    // Last: held until everything above is gone, so that no other lab starts meanwhile.
+    _lock: std::fs::File,
 }
 
 impl Lab {
@@ -215,6 +217,7 @@ impl Lab {
     /// left. BGP and the agents come later ([`Lab::start_bgp`], [`Lab::start_agents`]), so the
     /// story can show the cluster before and after each of them.
     pub fn up() -> Result<Self> {
+        let lock = lock()?;
         netns::down()?;
         let run_dir = PathBuf::from(RUN_DIR);
         create_dir(&run_dir)?;
@@ -272,6 +275,7 @@ impl Lab {
             nodes,
             router,
             run_dir,
+            _lock: lock,
         };
         lab.start_servers()?;
         Ok(lab)
@@ -450,6 +454,34 @@ impl Lab {
         // Nothing is stopped or deleted: the guards are forgotten with their drops.
         std::mem::forget(self);
     }
+}
+
+/// Where the lab's lock lives: outside [`RUN_DIR`], which [`netns::down`] removes.
+const LOCK_PATH: &str = "/run/lb-lab.lock";
+
+/// Takes the lab's lock, waiting for another lab of this machine (another test, a demo) to end:
+/// labs share names and addresses, so only one runs at a time.
+fn lock() -> Result<std::fs::File> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .map_err(|source| Error::Io {
+            action: "open",
+            path: LOCK_PATH.into(),
+            source,
+        })?;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(Error::Io {
+            action: "lock",
+            path: LOCK_PATH.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(file)
 }
 
 fn find_node<'a>(nodes: &'a [Node], name: &str) -> Result<&'a Node> {
