@@ -17,7 +17,7 @@ use crate::topology::{NODE_DEV, NodeSpec, create_dir, write_file};
 use crate::{Error, Result, wait_until};
 
 /// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// The lb binaries the lab runs.
 #[derive(Debug, Clone)]
@@ -187,8 +187,14 @@ impl Agent {
             })?;
         let (tx, rx) = mpsc::channel();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -297,15 +303,14 @@ pub fn ensure_bpffs() -> Result<()> {
         .map(drop)
 }
 
-fn fs_type(path: &Path) -> Option<i64> {
+fn fs_type(path: &Path) -> Option<u64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: an all-zero statfs is a valid value for statfs(2) to overwrite.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is a valid NUL-terminated string; stat is a valid, writable statfs.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type's integer type differs between libc targets"
-    )]
-    (rc == 0).then_some(stat.f_type as i64)
+    if rc != 0 {
+        return None;
+    }
+    u64::try_from(stat.f_type).ok()
 }

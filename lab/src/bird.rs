@@ -235,7 +235,9 @@ mod tests {
     fn router_config_is_valid_bird_and_prefers_the_master() {
         let conf = router_config(&NODES);
         parses(&conf);
-        let master = conf.find("protocol bgp k8smaster0").expect("master session");
+        let master = conf
+            .find("protocol bgp k8smaster0")
+            .expect("master session");
         let slave = conf.find("protocol bgp k8sslave0").expect("slave session");
         let pref = conf.find("default bgp_local_pref 110").expect("local pref");
         assert!(master < pref && pref < slave, "{conf}");
@@ -245,8 +247,16 @@ mod tests {
     fn node_config_is_valid_bird_and_announces_cidr_and_cluster_ips() {
         let conf = node_config(&MASTER, &SLAVE, &CLUSTER_IPS);
         parses(&conf);
-        for route in ["10.112.0.0/24", "10.96.0.1/32", "10.96.0.10/32", "10.96.229.67/32"] {
-            assert!(conf.contains(&format!("route {route} blackhole;")), "{conf}");
+        for route in [
+            "10.112.0.0/24",
+            "10.96.0.1/32",
+            "10.96.0.10/32",
+            "10.96.229.67/32",
+        ] {
+            assert!(
+                conf.contains(&format!("route {route} blackhole;")),
+                "{conf}"
+            );
         }
         assert!(conf.contains("neighbor 192.168.56.5 as 65001;"), "{conf}");
         assert!(conf.contains("neighbor 192.168.56.10 as 65000;"), "{conf}");

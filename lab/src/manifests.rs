@@ -98,10 +98,18 @@ mod tests {
             .find(|s| s.metadata.name.as_deref() == Some("nginx"))
             .expect("nginx service");
         let spec = nginx.spec.as_ref().expect("spec");
-        assert_eq!(spec.cluster_ip.as_deref(), Some(NGINX_VIP.to_string().as_str()));
+        assert_eq!(
+            spec.cluster_ip.as_deref(),
+            Some(NGINX_VIP.to_string().as_str())
+        );
         let slice = slices
             .iter()
-            .find(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("nginx-")))
+            .find(|s| {
+                s.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("nginx-"))
+            })
             .expect("nginx slice");
         let mut addresses = Vec::new();
         for endpoint in &slice.endpoints {

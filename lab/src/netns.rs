@@ -242,7 +242,16 @@ impl Drop for Netns {
 /// Creates a veth pair with one end in each namespace, both ends up.
 pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
     a.ip(&[
-        "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b.name(),
+        "link",
+        "add",
+        a_dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_dev,
+        "netns",
+        b.name(),
     ])?;
     a.ip(&["link", "set", a_dev, "up"])?;
     b.ip(&["link", "set", b_dev, "up"]).map(drop)
@@ -297,11 +306,9 @@ impl Process {
             return;
         }
         signal(self.child.id(), libc::SIGTERM);
-        let exited = wait_until("process exit", STOP_GRACE, || {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => Ok(Some(())),
-                Ok(None) => Ok(None),
-            }
+        let exited = wait_until("process exit", STOP_GRACE, || match self.child.try_wait() {
+            Ok(Some(_)) | Err(_) => Ok(Some(())),
+            Ok(None) => Ok(None),
         });
         if exited.is_err() {
             // Both fail only when the child is already gone, which is what we want.
@@ -318,7 +325,9 @@ impl Drop for Process {
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     // SAFETY: kill(2) has no memory effects; a stale pid only yields ESRCH.
     unsafe {
         libc::kill(pid, sig);

@@ -2,8 +2,8 @@
 //! their output says (status, which pod answered, which client address the pod saw).
 use std::net::Ipv4Addr;
 
-use crate::netns::{Netns, Outcome};
 use crate::Result;
+use crate::netns::{Netns, Outcome};
 
 /// Seconds curl waits before giving up (`--max-time`): a dropped SYN fails in this time.
 pub const CURL_MAX_TIME: &str = "3";

@@ -146,7 +146,9 @@ ip, port = sys.argv[1], int(sys.argv[2])
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "lb-lab-nginx"
-    sys_version = ""
+
+    def version_string(self):
+        return self.server_version
 
     def answer(self, with_body):
         client, client_port = self.client_address[0], self.client_address[1]
@@ -285,14 +287,16 @@ impl Lab {
         let script = self.run_dir.join("http-server.py");
         write_file(&script, HTTP_SERVER)?;
         let script = script.to_string_lossy().into_owned();
-        for pod in self.pods.iter().filter(|p| p.spec.role == PodRole::HttpServer) {
+        for pod in self
+            .pods
+            .iter()
+            .filter(|p| p.spec.role == PodRole::HttpServer)
+        {
             let ip = pod.spec.ip.to_string();
             let log = self.run_dir.join(format!("pod-{}.log", pod.spec.name));
-            let process = pod.ns.spawn(
-                "python3",
-                &[&script, &ip, &HTTP_PORT.to_string()],
-                &log,
-            )?;
+            let process = pod
+                .ns
+                .spawn("python3", &[&script, &ip, &HTTP_PORT.to_string()], &log)?;
             self.servers.push((pod.spec, process));
         }
         for (spec, process) in &mut self.servers {
@@ -324,8 +328,12 @@ impl Lab {
     /// routes the other's pod CIDR.
     pub fn start_bgp(&mut self) -> Result<()> {
         let router_conf = bird::router_config(&NODES);
-        self.birds
-            .push(Bird::start(&self.router, "router", &router_conf, &self.run_dir)?);
+        self.birds.push(Bird::start(
+            &self.router,
+            "router",
+            &router_conf,
+            &self.run_dir,
+        )?);
         for (i, node) in self.nodes.iter().enumerate() {
             let peer = NODES[1 - i];
             let conf = bird::node_config(&node.spec, &peer, &CLUSTER_IPS);
@@ -340,7 +348,11 @@ impl Lab {
             format!("{} via {}", MASTER.pod_cidr, MASTER.ip),
             format!("{} via {}", SLAVE.pod_cidr, SLAVE.ip),
         ];
-        expected.extend(CLUSTER_IPS.iter().map(|vip| format!("{vip} via {}", MASTER.ip)));
+        expected.extend(
+            CLUSTER_IPS
+                .iter()
+                .map(|vip| format!("{vip} via {}", MASTER.ip)),
+        );
         let router = &self.router;
         wait_until(
             "the router's kernel routes from BGP",
@@ -379,7 +391,11 @@ impl Lab {
                         .ns
                         .ip(&["route", "show", "proto", "bird"])
                         .map_err(|err| err.to_string())?;
-                    if routes.contains(&line) { Ok(Some(())) } else { Err(routes) }
+                    if routes.contains(&line) {
+                        Ok(Some(()))
+                    } else {
+                        Err(routes)
+                    }
                 },
             )?;
         }
@@ -424,7 +440,9 @@ impl Lab {
         self.birds
             .iter()
             .find(|bird| bird.name() == name)
-            .ok_or_else(|| Error::Unexpected(format!("BIRD `{name}` is not running; start_bgp first")))
+            .ok_or_else(|| {
+                Error::Unexpected(format!("BIRD `{name}` is not running; start_bgp first"))
+            })
     }
 
     /// The agent of a node, by node name.

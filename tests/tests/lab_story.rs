@@ -36,7 +36,10 @@ fn binaries() -> Binaries {
                 .current_dir(&workspace)
                 .status()
                 .expect("run cargo build -p lb-agent --bins");
-            assert!(status.success(), "cargo build -p lb-agent --bins failed: {status}");
+            assert!(
+                status.success(),
+                "cargo build -p lb-agent --bins failed: {status}"
+            );
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| workspace.join("target"), PathBuf::from);
             target.join("debug")
@@ -56,7 +59,10 @@ fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
 
     // The router's table, as the story prints it: each ClusterIP via both nodes, k8smaster0
     // preferred; each pod CIDR via its own node.
-    let table = ok(ok(lab.bird("router"), "router BIRD").show_route(), "birdc show route");
+    let table = ok(
+        ok(lab.bird("router"), "router BIRD").show_route(),
+        "birdc show route",
+    );
     for vip in CLUSTER_IPS {
         let block = route_block(&table, &format!("{vip}/32"));
         assert!(block.len() == 2, "{vip}/32 via both nodes:\n{table}");
@@ -77,9 +83,16 @@ fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
     }
     // The nodes never install their own announcements: no ClusterIP route in a node's kernel.
     for node in [MASTER, SLAVE] {
-        let routes = ok(ok(lab.node(node.name), "node").ip(&["route", "show"]), "routes");
+        let routes = ok(
+            ok(lab.node(node.name), "node").ip(&["route", "show"]),
+            "routes",
+        );
         for vip in CLUSTER_IPS {
-            assert!(!routes.contains(&vip.to_string()), "{} routes {vip}:\n{routes}", node.name);
+            assert!(
+                !routes.contains(&vip.to_string()),
+                "{} routes {vip}:\n{routes}",
+                node.name
+            );
         }
     }
 
@@ -92,7 +105,10 @@ fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
     }
 
     // Pod to pod across nodes, over the iBGP-learned routes, without any SNAT.
-    let (outcome, reply) = ok(curl_get(ok(lab.pod(CLIENT.name), "pod"), NGINX_2.ip), "curl");
+    let (outcome, reply) = ok(
+        curl_get(ok(lab.pod(CLIENT.name), "pod"), NGINX_2.ip),
+        "curl",
+    );
     assert_eq!(reply.status, Some(200), "{outcome:?}");
     assert_eq!(reply.client_ip, Some(CLIENT.ip), "{outcome:?}");
 
@@ -118,7 +134,10 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
     // with the story's drop line naming the packet as it arrived.
     let mut monitor = ok(master.monitor_drops(), "lbctl monitor");
     let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
-    assert!(!outcome.success && reply.status.is_none(), "the SYN must be dropped: {outcome:?}");
+    assert!(
+        !outcome.success && reply.status.is_none(),
+        "the SYN must be dropped: {outcome:?}"
+    );
     let line = ok(
         monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(10), |line| {
             line.contains("drop (Is a ClusterIP)")
@@ -127,7 +146,10 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
         }),
         "drop event",
     );
-    assert!(line.starts_with("xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file "), "{line}");
+    assert!(
+        line.starts_with("xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file "),
+        "{line}"
+    );
     assert!(line.contains(", , identity world->unknown: "), "{line}");
     drop(monitor);
     for agent in [master, slave] {
@@ -135,7 +157,10 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
         let list = ok(list.into_stdout(), "lbctl service list");
         assert!(list.contains(&format!("{NGINX_VIP}:80/TCP")), "{list}");
         for pod in [NGINX_1, NGINX_2] {
-            assert!(list.contains(&format!("=> {}:80/TCP (active)", pod.ip)), "{list}");
+            assert!(
+                list.contains(&format!("=> {}:80/TCP (active)", pod.ip)),
+                "{list}"
+            );
         }
     }
 
@@ -159,11 +184,22 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
         pods_seen.extend(reply.pod_ip);
         clients_seen.extend(reply.client_ip);
     }
-    assert_eq!(pods_seen, BTreeSet::from([NGINX_2.ip, NGINX_1.ip]), "both backends answer");
-    assert_eq!(clients_seen, BTreeSet::from([MASTER.ip]), "remote backends see the node's SNAT");
+    assert_eq!(
+        pods_seen,
+        BTreeSet::from([NGINX_2.ip, NGINX_1.ip]),
+        "both backends answer"
+    );
+    assert_eq!(
+        clients_seen,
+        BTreeSet::from([MASTER.ip]),
+        "remote backends see the node's SNAT"
+    );
     assert_eq!(pids, [master.process().pid(), slave.process().pid()]);
     for agent in [master, slave] {
-        ok(agent.lbctl(&["status"]).and_then(|o| o.into_stdout()), "agent still up");
+        ok(
+            agent.lbctl(&["status"]).and_then(|o| o.into_stdout()),
+            "agent still up",
+        );
     }
 
     // Step 5: pods reach the outside.
@@ -180,17 +216,28 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
         assert_eq!(reply.client_ip, Some(CLIENT.ip), "{outcome:?}");
         backends.extend(reply.pod_ip);
     }
-    assert!(backends.iter().all(|ip| [NGINX_1.ip, NGINX_2.ip].contains(ip)), "{backends:?}");
+    assert!(
+        backends
+            .iter()
+            .all(|ip| [NGINX_1.ip, NGINX_2.ip].contains(ip)),
+        "{backends:?}"
+    );
     let logged = ok(lab.server_log(NGINX_1.name), "log") + &ok(lab.server_log(NGINX_2.name), "log");
-    assert!(logged.contains(&format!("client={}:", CLIENT.ip)), "{logged}");
+    assert!(
+        logged.contains(&format!("client={}:", CLIENT.ip)),
+        "{logged}"
+    );
 }
 
 /// The lines of `birdc show route` for one network: its first line and its continuation lines.
 fn route_block<'a>(table: &'a str, net: &str) -> Vec<&'a str> {
-    let mut lines = table.lines().skip_while(|line| !line.starts_with(&format!("{net} ")));
-    let Some(first) = lines.next() else { return Vec::new() };
+    let mut lines = table
+        .lines()
+        .skip_while(|line| !line.starts_with(&format!("{net} ")));
+    let Some(first) = lines.next() else {
+        return Vec::new();
+    };
     std::iter::once(first)
         .chain(lines.take_while(|line| line.starts_with(' ')))
         .collect()
 }
-

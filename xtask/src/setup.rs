@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "python3",
     "iputils-ping",
+    "iputils-ping",
 ];
 
 /// The bpf-linker release known to work with LLVM 22.
