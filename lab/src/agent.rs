@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{BPF_PIN_PREFIX, Netns, Outcome, Process, cmdline, exec_host};
 use crate::topology::{NODE_DEV, NodeSpec, create_dir, write_file};
-use crate::{Error, Result, wait_until};
+use crate::{Error, Result};
 
 /// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -127,8 +127,7 @@ impl Agent {
         } = self;
         let socket = socket.to_string_lossy().into_owned();
         let lbctl = lbctl.to_string_lossy().into_owned();
-        wait_until(&format!("lb-agent on {node} to be ready"), timeout, || {
-            process.check_running().map_err(|err| err.to_string())?;
+        process.wait_until(&format!("lb-agent on {node} to be ready"), timeout, || {
             let out = exec_host(&lbctl, &["--socket", &socket, "status"])
                 .map_err(|err| err.to_string())?;
             if out.success {

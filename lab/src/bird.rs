@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::Result;
 use crate::netns::{Netns, Process, run_host};
 use crate::topology::{CLUSTER_ASN, CLUSTER_POD_CIDR, NodeSpec, ROUTER_ASN, ROUTER_IP};
-use crate::{Result, wait_until};
 
 /// Local preference the router gives routes from k8smaster0 (the default is 100).
 pub const MASTER_LOCAL_PREF: u32 = 110;
@@ -171,15 +171,12 @@ impl Bird {
             process, socket, ..
         } = &mut bird;
         let socket = socket.to_string_lossy().into_owned();
-        wait_until(
+        process.wait_until(
             &format!("BIRD in {} to answer on {socket}", ns.name()),
             Duration::from_secs(10),
-            || {
-                process.check_running().map_err(|err| err.to_string())?;
-                match run_host("birdc", &["-s", &socket, "show", "status"]) {
-                    Ok(out) => Ok(Some(out)),
-                    Err(err) => Err(err.to_string()),
-                }
+            || match run_host("birdc", &["-s", &socket, "show", "status"]) {
+                Ok(out) => Ok(Some(out)),
+                Err(err) => Err(err.to_string()),
             },
         )?;
         Ok(bird)

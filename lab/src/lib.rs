@@ -52,6 +52,18 @@ pub enum Error {
         /// What it wrote to stderr (stdout when stderr was empty), trimmed.
         stderr: String,
     },
+    /// A long-running process exited while the lab needed it.
+    #[error("`{cmd}` exited ({status}); the end of its log {log}:\n{tail}")]
+    Exited {
+        /// The command line and the namespace it ran in.
+        cmd: String,
+        /// Its exit status.
+        status: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of its log.
+        tail: String,
+    },
     /// A command could not be started at all.
     #[error("cannot run `{cmd}` (is it installed? `cargo xtask setup` installs the lab's tools)")]
     Spawn {

@@ -288,15 +288,39 @@ impl Process {
     pub fn check_running(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(Error::Command {
+            Ok(Some(status)) => Err(Error::Exited {
                 cmd: format!("{} (in {})", self.cmdline, self.netns),
                 status: status.to_string(),
-                stderr: self.log_tail(20),
+                log: self.log.clone(),
+                tail: self.log_tail(20),
             }),
             Err(source) => Err(Error::Spawn {
                 cmd: self.cmdline.clone(),
                 source,
             }),
+        }
+    }
+
+    /// Like [`wait_until`], but fails at once, with the end of the log, if the process exits
+    /// meanwhile: a daemon that died will not become ready.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> std::result::Result<Option<T>, String>,
+    ) -> Result<T> {
+        let mut exited = None;
+        let value = wait_until(what, timeout, || {
+            if let Err(err) = self.check_running() {
+                exited = Some(err);
+                return Ok(Some(None));
+            }
+            check().map(|value| value.map(Some))
+        })?;
+        match (value, exited) {
+            (Some(value), _) => Ok(value),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(Error::Unexpected(format!("lost track of {}", self.cmdline))),
         }
     }
 

@@ -306,11 +306,10 @@ impl Lab {
                 .find(|p| p.spec == *spec)
                 .ok_or_else(|| Error::Unexpected(format!("no pod {}", spec.name)))?;
             let listen = format!("{}:{HTTP_PORT}", spec.ip);
-            wait_until(
+            process.wait_until(
                 &format!("the HTTP server of pod {} on {listen}", spec.name),
                 Duration::from_secs(20),
                 || {
-                    process.check_running().map_err(|err| err.to_string())?;
                     let out = pod
                         .ns
                         .run("ss", &["-Hltn"])

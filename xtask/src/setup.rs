@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "iputils-ping",
     "iputils-ping",
+    "iputils-ping",
 ];
 
 /// The bpf-linker release known to work with LLVM 22.
