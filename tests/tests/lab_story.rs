@@ -133,19 +133,30 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
     // Step 2: the ClusterIP from outside is dropped on k8smaster0 (the router's best path),
     // with the story's drop line naming the packet as it arrived.
     let mut monitor = ok(master.monitor_drops(), "lbctl monitor");
-    let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
-    assert!(
-        !outcome.success && reply.status.is_none(),
-        "the SYN must be dropped: {outcome:?}"
-    );
-    let line = ok(
-        monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(10), |line| {
-            line.contains("drop (Is a ClusterIP)")
-                && line.contains(&format!("{ROUTER_IP}:"))
-                && line.contains(&format!("-> {NGINX_VIP}:80 tcp SYN"))
-        }),
-        "drop event",
-    );
+    // The monitor may subscribe after the first SYN is dropped: each try sends a few SYNs.
+    let mut line = None;
+    for _ in 0..3 {
+        let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
+        assert!(
+            !outcome.success && reply.status.is_none(),
+            "the SYN must be dropped: {outcome:?}"
+        );
+        let found = monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(3), |l| {
+            l.contains("drop (Is a ClusterIP)")
+                && l.contains(&format!("{ROUTER_IP}:"))
+                && l.contains(&format!("-> {NGINX_VIP}:80 tcp SYN"))
+        });
+        if let Ok(found) = found {
+            line = Some(found);
+            break;
+        }
+    }
+    let line = line.unwrap_or_else(|| {
+        panic!(
+            "no Is a ClusterIP drop for {NGINX_VIP} on k8smaster0; monitor printed {:?}",
+            monitor.seen()
+        )
+    });
     assert!(
         line.starts_with("xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file "),
         "{line}"
@@ -172,6 +183,21 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
             "lbctl config set",
         );
         ok(set.into_stdout(), "lbctl config set");
+        let view = ok(agent.lbctl(&["config", "view"]), "lbctl config view");
+        let view = ok(view.into_stdout(), "lbctl config view");
+        assert!(
+            view.lines()
+                .any(|l| l.contains("bpf-lb-external-clusterip") && l.contains("true")),
+            "{view}"
+        );
+        let file = agent.config_dir().join("bpf-lb-external-clusterip");
+        let persisted = std::fs::read_to_string(&file).expect("read the config-dir file");
+        assert_eq!(
+            persisted.trim(),
+            "true",
+            "{} persists the change",
+            file.display()
+        );
     }
 
     // Step 4: the ClusterIP answers from outside, from both backends, although both live on

@@ -37,7 +37,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     let result = replay(&mut lab, &bins);
     if keep {
         lab.keep();
-        print_kept();
+        print_kept(&bins);
     } else {
         drop(lab);
         println!("\nThe lab is removed. `cargo xtask demo --keep` leaves it running.");
@@ -95,16 +95,30 @@ fn replay(lab: &mut Lab, bins: &Binaries) -> anyhow::Result<()> {
 
     title("Step 2: from the router, the ClusterIP does not");
     let mut monitor = master.monitor_drops()?;
-    let (outcome, reply) = curl_head(router, NGINX_VIP)?;
-    show("router", &outcome);
-    ensure!(
-        reply.status.is_none(),
-        "the ClusterIP answered from outside with the flag off"
-    );
+    let mut line = None;
+    // The monitor may subscribe after the first SYN is dropped: each try sends a few SYNs.
+    for _ in 0..3 {
+        let (outcome, reply) = curl_head(router, NGINX_VIP)?;
+        show("router", &outcome);
+        ensure!(
+            reply.status.is_none(),
+            "the ClusterIP answered from outside with the flag off"
+        );
+        let found = monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(3), |l| {
+            l.contains("drop (Is a ClusterIP)") && l.contains(&format!("-> {NGINX_VIP}:80"))
+        });
+        if let Ok(found) = found {
+            line = Some(found);
+            break;
+        }
+    }
     println!("{}# {}", MASTER.name, monitor.cmdline());
-    let line = monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(10), |l| {
-        l.contains("drop (Is a ClusterIP)") && l.contains(&format!("-> {NGINX_VIP}:80"))
-    })?;
+    let Some(line) = line else {
+        bail!(
+            "k8smaster0 reported no Is a ClusterIP drop; it printed {:?}",
+            monitor.seen()
+        );
+    };
     println!("{line}");
     drop(monitor);
     lbctl(MASTER.name, master, &["service", "list"])?;
@@ -218,7 +232,7 @@ fn opt(ip: Option<std::net::Ipv4Addr>) -> String {
     ip.map_or_else(|| "?".to_owned(), |ip| ip.to_string())
 }
 
-fn print_kept() {
+fn print_kept(bins: &Binaries) {
     let ns = |name: &str| format!("/run/netns/{}{name}", lb_lab::netns::PREFIX);
     println!("\nThe lab is still running (--keep). Try:");
     println!(
@@ -227,7 +241,8 @@ fn print_kept() {
     );
     println!("  birdc -s {}/bird-router.ctl show route", lb_lab::RUN_DIR);
     println!(
-        "  target/release/lbctl --socket {}/{}.sock service list",
+        "  {} --socket {}/{}.sock service list",
+        bins.lbctl.display(),
         lb_lab::RUN_DIR,
         MASTER.name
     );

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "iputils-ping",
     "iputils-ping",
+    "iputils-ping",
 ];
 
 /// The bpf-linker release known to work with LLVM 22.
