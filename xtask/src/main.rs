@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod setup;
 mod test;
 
@@ -21,14 +22,33 @@ struct Args {
 enum Command {
     /// Install the toolchain pieces and packages lb needs (idempotent).
     Setup,
+    /// Replay the story in the lab: build, set up namespaces, BGP and agents, run each step.
+    Demo {
+        /// Leave the lab running afterwards (`cargo xtask demo down` removes it).
+        #[arg(long)]
+        keep: bool,
+        #[command(subcommand)]
+        action: Option<DemoAction>,
+    },
     /// Run every check: fmt, clippy (host and eBPF), and all tests (needs root).
     Test,
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Remove a lab left running by `--keep` or by a crashed run.
+    Down,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Setup => setup::run(),
+        Command::Demo {
+            action: Some(DemoAction::Down),
+            ..
+        } => demo::down(),
+        Command::Demo { keep, action: None } => demo::run(keep),
         Command::Test => setup::run().and_then(|()| test::run()),
     };
     match result {

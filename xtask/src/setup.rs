@@ -19,6 +19,10 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "python3",
+    "iputils-ping",
+    "iputils-ping",
+    "iputils-ping",
+    "iputils-ping",
 ];
 
 /// The bpf-linker release known to work with LLVM 22.

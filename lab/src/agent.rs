@@ -1,0 +1,315 @@
+//! One lb-agent per node, and `lbctl` against it.
+//!
+//! The agent runs in the node's namespace through `nsenter --net` (so /sys/fs/bpf stays the
+//! host's bpffs, where it pins under `/sys/fs/bpf/lb-lab-<node>`), with the file source on the
+//! lab's copy of `lab/manifests`, its config directory (one file per key, as a mounted ConfigMap
+//! presents it) and its socket under the run directory. `lbctl` runs on the host: a unix socket
+//! is reached by path, whatever the network namespace. Binaries are found by path
+//! ([`Binaries`]): this crate must not depend on lb-agent.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::netns::{BPF_PIN_PREFIX, Netns, Outcome, Process, cmdline, exec_host};
+use crate::topology::{NODE_DEV, NodeSpec, create_dir, write_file};
+use crate::{Error, Result};
+
+/// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// The lb binaries the lab runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `lb-agent`.
+    pub agent: PathBuf,
+    /// `lbctl`.
+    pub lbctl: PathBuf,
+}
+
+impl Binaries {
+    /// `lb-agent` and `lbctl` in `dir` (a cargo target profile directory), or a clear error
+    /// saying how to build them.
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let bins = Self {
+            agent: dir.join("lb-agent"),
+            lbctl: dir.join("lbctl"),
+        };
+        for (what, path) in [("lb-agent", &bins.agent), ("lbctl", &bins.lbctl)] {
+            if !path.is_file() {
+                return Err(Error::MissingBinary {
+                    what,
+                    path: path.clone(),
+                    hint: "build it with `cargo build -p lb-agent --bins` (add --release for \
+                           target/release), or point LB_BIN_DIR at the directory holding it"
+                        .into(),
+                });
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A running lb-agent on one node.
+#[derive(Debug)]
+pub struct Agent {
+    node: String,
+    socket: PathBuf,
+    config_dir: PathBuf,
+    bpf_root: PathBuf,
+    lbctl: PathBuf,
+    process: Process,
+}
+
+impl Agent {
+    /// Starts lb-agent in `ns` for `node`, with the file source on `manifests`. Returns once
+    /// the process is started; [`Agent::wait_ready`] waits for its first sync.
+    pub fn start(
+        ns: &Netns,
+        node: &NodeSpec,
+        bins: &Binaries,
+        manifests: &Path,
+        run_dir: &Path,
+    ) -> Result<Self> {
+        ensure_bpffs()?;
+        let dir = run_dir.join(node.name);
+        let config_dir = dir.join("config");
+        create_dir(&config_dir)?;
+        write_file(&config_dir.join("bpf-lb-external-clusterip"), "false\n")?;
+        let socket = run_dir.join(format!("{}.sock", node.name));
+        // A socket left by a killed agent would make the new one fail to bind.
+        let _ = std::fs::remove_file(&socket);
+        let bpf_root = PathBuf::from(format!("{BPF_PIN_PREFIX}{}", node.name));
+        let source = format!("file:{}", manifests.display());
+        let node_ip = node.ip.to_string();
+        let process = ns.spawn(
+            &bins.agent.to_string_lossy(),
+            &[
+                "--source",
+                &source,
+                "--devices",
+                NODE_DEV,
+                "--pod-devices",
+                "lxc*",
+                "--node-name",
+                node.name,
+                "--node-ip",
+                &node_ip,
+                "--bpf-root",
+                &bpf_root.to_string_lossy(),
+                "--socket",
+                &socket.to_string_lossy(),
+                "--config-dir",
+                &config_dir.to_string_lossy(),
+            ],
+            &dir.join("agent.log"),
+        )?;
+        Ok(Self {
+            node: node.name.to_owned(),
+            socket,
+            config_dir,
+            bpf_root,
+            lbctl: bins.lbctl.clone(),
+            process,
+        })
+    }
+
+    /// Polls `lbctl status` until it exits 0, failing early (with the agent's log) if the
+    /// agent exits. Returns the status output.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
+        let Self {
+            node,
+            socket,
+            lbctl,
+            process,
+            ..
+        } = self;
+        let socket = socket.to_string_lossy().into_owned();
+        let lbctl = lbctl.to_string_lossy().into_owned();
+        process.wait_until(&format!("lb-agent on {node} to be ready"), timeout, || {
+            let out = exec_host(&lbctl, &["--socket", &socket, "status"])
+                .map_err(|err| err.to_string())?;
+            if out.success {
+                Ok(Some(out.stdout))
+            } else {
+                Err(format!("{}{}", out.stdout, out.stderr))
+            }
+        })
+    }
+
+    /// The node it runs on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Its control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its config directory.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// The agent process (its log explains a failure).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Runs `lbctl --socket SOCKET args`, allowing it to fail; the outcome's command line
+    /// reads `lbctl args` as an operator types it.
+    pub fn lbctl(&self, args: &[&str]) -> Result<Outcome> {
+        let socket = self.socket.to_string_lossy();
+        let mut full = vec!["--socket", socket.as_ref()];
+        full.extend_from_slice(args);
+        let mut outcome = exec_host(&self.lbctl.to_string_lossy(), &full)?;
+        outcome.cmdline = cmdline("lbctl", args);
+        Ok(outcome)
+    }
+
+    /// Starts `lbctl monitor --type drop` and returns the stream of its lines.
+    pub fn monitor_drops(&self) -> Result<Monitor> {
+        let socket = self.socket.to_string_lossy().into_owned();
+        let args = ["--socket", socket.as_str(), "monitor", "--type", "drop"];
+        let line = cmdline("lbctl", &args[2..]);
+        let mut child = Command::new(&self.lbctl)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                cmd: line.clone(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Monitor {
+            cmdline: line,
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.process.stop();
+        // The pins (maps, links) outlive the agent on purpose; the lab's do not outlive the lab.
+        if let Err(err) = std::fs::remove_dir_all(&self.bpf_root)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("lb-lab: cannot remove {}: {err}", self.bpf_root.display());
+        }
+    }
+}
+
+/// A running `lbctl monitor`, stopped on drop.
+#[derive(Debug)]
+pub struct Monitor {
+    cmdline: String,
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Monitor {
+    /// The command line, as an operator types it.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Reads lines until one satisfies `matches`, and returns it; fails after `timeout` with
+    /// every line seen so far.
+    pub fn wait_for_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let exited = match self.child.try_wait() {
+                        Ok(Some(status)) => format!(" (lbctl exited: {status})"),
+                        _ => String::new(),
+                    };
+                    return Err(Error::Timeout {
+                        what: format!("`{}` to print {what}{exited}", self.cmdline),
+                        timeout,
+                        last: self.seen.join("\n"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every line read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        // Both fail only when lbctl has already exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mounts bpffs on /sys/fs/bpf unless it is there already (as systemd does at boot); the
+/// agents pin below it.
+pub fn ensure_bpffs() -> Result<()> {
+    let path = Path::new("/sys/fs/bpf");
+    if fs_type(path) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    exec_host("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?
+        .into_stdout()
+        .map(drop)
+}
+
+fn fs_type(path: &Path) -> Option<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value for statfs(2) to overwrite.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string; stat is a valid, writable statfs.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return None;
+    }
+    u64::try_from(stat.f_type).ok()
+}

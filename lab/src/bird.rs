@@ -1,0 +1,261 @@
+//! BIRD 1.6 in kube-router's place on the nodes and as the story's external router.
+//!
+//! The router (AS 65000) peers with both nodes, imports everything, exports nothing back, and
+//! writes what it learned into its kernel table. Each node (AS 65001) announces its pod CIDR and
+//! every ClusterIP as /32s from a static protocol, to the router and over iBGP to the other node;
+//! its kernel protocol installs only routes learned over BGP, and the iBGP session imports only
+//! pod CIDRs: a node's own announcements (blackholes in BIRD) never reach its kernel, and the
+//! other node's ClusterIP announcements never reach BIRD's table.
+//!
+//! The router prefers k8smaster0 for the ClusterIPs, as in the story: both nodes announce them
+//! with equal attributes, and the session to k8smaster0 raises their local preference so the
+//! choice does not rest on a tie-break. Each BIRD runs in the foreground (`-f`) as a
+//! [`Process`] with its config, control socket and pidfile under the lab's run directory;
+//! `birdc` reaches it through the socket from the host.
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Result;
+use crate::netns::{Netns, Process, run_host};
+use crate::topology::{CLUSTER_ASN, CLUSTER_POD_CIDR, NodeSpec, ROUTER_ASN, ROUTER_IP};
+
+/// Local preference the router gives routes from k8smaster0 (the default is 100).
+pub const MASTER_LOCAL_PREF: u32 = 110;
+
+/// Timers shared by every session: short, so the lab converges in seconds.
+const SESSION_TIMERS: &str = "\
+    hold time 9;
+    keepalive time 3;
+    connect retry time 2;
+    connect delay time 1;
+    error wait time 1, 10;";
+
+/// The router's configuration: one eBGP session per node.
+pub fn router_config(nodes: &[NodeSpec]) -> String {
+    let mut conf = format!(
+        "# The story's external router: import all, export learned routes to the kernel.
+log stderr all;
+router id {ROUTER_IP};
+
+protocol device {{
+    scan time 2;
+}}
+
+protocol kernel {{
+    scan time 2;
+    import none;
+    export all;
+}}
+"
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        // The first node is k8smaster0, the story's preferred next hop.
+        let pref = if i == 0 {
+            format!("    default bgp_local_pref {MASTER_LOCAL_PREF};\n")
+        } else {
+            String::new()
+        };
+        conf.push_str(&format!(
+            "
+protocol bgp {name} {{
+    local {ROUTER_IP} as {ROUTER_ASN};
+    neighbor {ip} as {CLUSTER_ASN};
+    import all;
+    export none;
+{pref}{SESSION_TIMERS}
+}}
+",
+            name = node.name,
+            ip = node.ip,
+        ));
+    }
+    conf
+}
+
+/// A node's configuration: announce `node`'s pod CIDR and `cluster_ips` to the router and to
+/// `peer`, and learn `peer`'s pod CIDR.
+pub fn node_config(node: &NodeSpec, peer: &NodeSpec, cluster_ips: &[Ipv4Addr]) -> String {
+    let statics: String = std::iter::once(format!("    route {} blackhole;\n", node.pod_cidr))
+        .chain(
+            cluster_ips
+                .iter()
+                .map(|vip| format!("    route {vip}/32 blackhole;\n")),
+        )
+        .collect();
+    format!(
+        "# kube-router's part on {name}: announce the pod CIDR and the ClusterIPs.
+log stderr all;
+router id {ip};
+
+protocol device {{
+    scan time 2;
+}}
+
+# Only routes learned over BGP reach the kernel: the announced blackholes stay in BIRD.
+protocol kernel {{
+    scan time 2;
+    import none;
+    export where source = RTS_BGP;
+}}
+
+protocol static announced {{
+{statics}}}
+
+# `router` is a BIRD keyword, hence the name.
+protocol bgp uplink {{
+    local {ip} as {CLUSTER_ASN};
+    neighbor {ROUTER_IP} as {ROUTER_ASN};
+    import none;
+    export where source = RTS_STATIC;
+{SESSION_TIMERS}
+}}
+
+# iBGP: learn the other node's pod CIDR (the router cannot hand it back into our AS).
+protocol bgp {peer_name} {{
+    local {ip} as {CLUSTER_ASN};
+    neighbor {peer_ip} as {CLUSTER_ASN};
+    import where net ~ [ {CLUSTER_POD_CIDR}+ ];
+    export where source = RTS_STATIC;
+    # iBGP is multihop with recursive next hops by default, through an IGP the lab does not
+    # run; the nodes share a segment.
+    direct;
+{SESSION_TIMERS}
+}}
+",
+        name = node.name,
+        ip = node.ip,
+        peer_name = peer.name,
+        peer_ip = peer.ip,
+    )
+}
+
+/// A running BIRD and its control socket.
+#[derive(Debug)]
+pub struct Bird {
+    name: String,
+    socket: PathBuf,
+    process: Process,
+}
+
+impl Bird {
+    /// Starts BIRD inside `ns` with `config`, files under `run_dir/bird-<name>.*`, and waits
+    /// until its control socket answers.
+    pub fn start(ns: &Netns, name: &str, config: &str, run_dir: &Path) -> Result<Self> {
+        let conf = run_dir.join(format!("bird-{name}.conf"));
+        let socket = run_dir.join(format!("bird-{name}.ctl"));
+        let pidfile = run_dir.join(format!("bird-{name}.pid"));
+        let log = run_dir.join(format!("bird-{name}.log"));
+        crate::topology::write_file(&conf, config)?;
+        // Parse first: a config error then reads as one, not as a daemon that exited.
+        run_host("bird", &["-p", "-c", &conf.to_string_lossy()])?;
+        let process = ns.spawn(
+            "bird",
+            &[
+                "-f",
+                "-c",
+                &conf.to_string_lossy(),
+                "-s",
+                &socket.to_string_lossy(),
+                "-P",
+                &pidfile.to_string_lossy(),
+            ],
+            &log,
+        )?;
+        let mut bird = Self {
+            name: name.to_owned(),
+            socket,
+            process,
+        };
+        let Self {
+            process, socket, ..
+        } = &mut bird;
+        let socket = socket.to_string_lossy().into_owned();
+        process.wait_until(
+            &format!("BIRD in {} to answer on {socket}", ns.name()),
+            Duration::from_secs(10),
+            || match run_host("birdc", &["-s", &socket, "show", "status"]) {
+                Ok(out) => Ok(Some(out)),
+                Err(err) => Err(err.to_string()),
+            },
+        )?;
+        Ok(bird)
+    }
+
+    /// `router`, or the node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `birdc -s SOCKET args` and returns its answer without the `BIRD … ready.` banner.
+    pub fn birdc(&self, args: &[&str]) -> Result<String> {
+        let socket = self.socket.to_string_lossy();
+        let mut full = vec!["-s", socket.as_ref()];
+        full.extend_from_slice(args);
+        let out = run_host("birdc", &full)?;
+        Ok(out
+            .lines()
+            .filter(|line| !(line.starts_with("BIRD ") && line.ends_with(" ready.")))
+            .map(|line| format!("{line}\n"))
+            .collect())
+    }
+
+    /// `birdc show route`: the table the story prints.
+    pub fn show_route(&self) -> Result<String> {
+        self.birdc(&["show", "route"])
+    }
+
+    /// The BIRD process (its log explains a session that does not come up).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{CLUSTER_IPS, MASTER, NODES, SLAVE};
+
+    fn parses(config: &str) {
+        let path = std::env::temp_dir().join(format!(
+            "lb-lab-bird-{}-{}.conf",
+            std::process::id(),
+            config.len()
+        ));
+        std::fs::write(&path, config).expect("write config");
+        let parsed = run_host("bird", &["-p", "-c", &path.to_string_lossy()]);
+        std::fs::remove_file(&path).expect("remove config");
+        parsed.unwrap_or_else(|err| panic!("bird rejects the config: {err}\n{config}"));
+    }
+
+    #[test]
+    fn router_config_is_valid_bird_and_prefers_the_master() {
+        let conf = router_config(&NODES);
+        parses(&conf);
+        let master = conf
+            .find("protocol bgp k8smaster0")
+            .expect("master session");
+        let slave = conf.find("protocol bgp k8sslave0").expect("slave session");
+        let pref = conf.find("default bgp_local_pref 110").expect("local pref");
+        assert!(master < pref && pref < slave, "{conf}");
+    }
+
+    #[test]
+    fn node_config_is_valid_bird_and_announces_cidr_and_cluster_ips() {
+        let conf = node_config(&MASTER, &SLAVE, &CLUSTER_IPS);
+        parses(&conf);
+        for route in [
+            "10.112.0.0/24",
+            "10.96.0.1/32",
+            "10.96.0.10/32",
+            "10.96.229.67/32",
+        ] {
+            assert!(
+                conf.contains(&format!("route {route} blackhole;")),
+                "{conf}"
+            );
+        }
+        assert!(conf.contains("neighbor 192.168.56.5 as 65001;"), "{conf}");
+        assert!(conf.contains("neighbor 192.168.56.10 as 65000;"), "{conf}");
+    }
+}

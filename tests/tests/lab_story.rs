@@ -1,0 +1,269 @@
+//! The story of `docs/seed-story.md`, end to end in the lab (`lb_lab::Lab`): two nodes behind a
+//! BIRD router, pods behind veths, one lb-agent per node. The same library builds the lab for
+//! `cargo xtask demo`; these tests assert what the demo prints.
+//!
+//! `lab_routes_pod_cidrs_over_bgp_…` needs no agent: routing, BGP and the pods. The story test
+//! runs `lb-agent` and `lbctl` from `LB_BIN_DIR`; when that is unset it builds them with cargo
+//! into this workspace's target directory first. Both need root, `bird`, `curl`, `ping` and
+//! `python3` (`cargo xtask setup` installs them); neither skips anything when they are missing.
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use lb_lab::probe::{curl_get, curl_head, ping};
+use lb_lab::topology::{
+    BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE,
+};
+use lb_lab::{Binaries, Lab};
+
+/// Tries of step 4: with a uniform choice between two backends, the chance that 20 tries all
+/// land on one is 2 * 2^-20.
+const STEP4_TRIES: usize = 20;
+
+/// The agent binaries: `LB_BIN_DIR`, or a fresh `cargo build` of lb-agent's binaries.
+fn binaries() -> Binaries {
+    let dir = match std::env::var_os("LB_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("tests/ has a parent")
+                .to_owned();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "lb-agent", "--bins"])
+                .current_dir(&workspace)
+                .status()
+                .expect("run cargo build -p lb-agent --bins");
+            assert!(
+                status.success(),
+                "cargo build -p lb-agent --bins failed: {status}"
+            );
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace.join("target"), PathBuf::from);
+            target.join("debug")
+        }
+    };
+    Binaries::in_dir(&dir).unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn ok<T>(result: lb_lab::Result<T>, what: &str) -> T {
+    result.unwrap_or_else(|err| panic!("{what}: {err}"))
+}
+
+#[test]
+fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
+    let mut lab = ok(Lab::up(), "build the lab");
+    ok(lab.start_bgp(), "start BGP");
+
+    // The router's table, as the story prints it: each ClusterIP via both nodes, k8smaster0
+    // preferred; each pod CIDR via its own node.
+    let table = ok(
+        ok(lab.bird("router"), "router BIRD").show_route(),
+        "birdc show route",
+    );
+    for vip in CLUSTER_IPS {
+        let block = route_block(&table, &format!("{vip}/32"));
+        assert!(block.len() == 2, "{vip}/32 via both nodes:\n{table}");
+        assert!(
+            block[0].contains(&format!("via {} ", MASTER.ip)) && block[0].contains(" * "),
+            "{vip}/32 preferred via k8smaster0:\n{table}"
+        );
+        assert!(block[1].contains(&format!("via {} ", SLAVE.ip)), "{table}");
+    }
+    for node in [MASTER, SLAVE] {
+        let block = route_block(&table, node.pod_cidr);
+        assert!(
+            block.len() == 1 && block[0].contains(&format!("via {} ", node.ip)),
+            "{} via {}:\n{table}",
+            node.pod_cidr,
+            node.name
+        );
+    }
+    // The nodes never install their own announcements: no ClusterIP route in a node's kernel.
+    for node in [MASTER, SLAVE] {
+        let routes = ok(
+            ok(lab.node(node.name), "node").ip(&["route", "show"]),
+            "routes",
+        );
+        for vip in CLUSTER_IPS {
+            assert!(
+                !routes.contains(&vip.to_string()),
+                "{} routes {vip}:\n{routes}",
+                node.name
+            );
+        }
+    }
+
+    // Step 1: pod IPs are routable from the router.
+    for pod in [NGINX_1, NGINX_2] {
+        let (outcome, reply) = ok(curl_head(lab.router(), pod.ip), "curl");
+        assert_eq!(reply.status, Some(200), "{outcome:?}");
+        assert_eq!(reply.pod_ip, Some(pod.ip), "{outcome:?}");
+        assert_eq!(reply.client_ip, Some(ROUTER_IP), "{outcome:?}");
+    }
+
+    // Pod to pod across nodes, over the iBGP-learned routes, without any SNAT.
+    let (outcome, reply) = ok(
+        curl_get(ok(lab.pod(CLIENT.name), "pod"), NGINX_2.ip),
+        "curl",
+    );
+    assert_eq!(reply.status, Some(200), "{outcome:?}");
+    assert_eq!(reply.client_ip, Some(CLIENT.ip), "{outcome:?}");
+
+    // Step 5: pods reach the outside.
+    let (outcome, received) = ok(ping(ok(lab.pod(BUSYBOX.name), "pod"), ROUTER_IP, 3), "ping");
+    assert_eq!(received, 3, "{outcome:?}");
+}
+
+#[test]
+fn lab_replays_the_story_with_lb_in_ciliums_place() {
+    let bins = binaries();
+    let mut lab = ok(Lab::up(), "build the lab");
+    ok(lab.start_bgp(), "start BGP");
+    ok(lab.start_agents(&bins), "start the agents");
+    let master = ok(lab.agent(MASTER.name), "master agent");
+    let slave = ok(lab.agent(SLAVE.name), "slave agent");
+
+    // Step 1: the router reaches a pod IP.
+    let (outcome, reply) = ok(curl_head(lab.router(), NGINX_1.ip), "curl");
+    assert_eq!(reply.status, Some(200), "{outcome:?}");
+
+    // Step 2: the ClusterIP from outside is dropped on k8smaster0 (the router's best path),
+    // with the story's drop line naming the packet as it arrived.
+    let mut monitor = ok(master.monitor_drops(), "lbctl monitor");
+    // The monitor may subscribe after the first SYN is dropped: each try sends a few SYNs.
+    let mut line = None;
+    for _ in 0..3 {
+        let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
+        assert!(
+            !outcome.success && reply.status.is_none(),
+            "the SYN must be dropped: {outcome:?}"
+        );
+        let found = monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(3), |l| {
+            l.contains("drop (Is a ClusterIP)")
+                && l.contains(&format!("{ROUTER_IP}:"))
+                && l.contains(&format!("-> {NGINX_VIP}:80 tcp SYN"))
+        });
+        if let Ok(found) = found {
+            line = Some(found);
+            break;
+        }
+    }
+    let line = line.unwrap_or_else(|| {
+        panic!(
+            "no Is a ClusterIP drop for {NGINX_VIP} on k8smaster0; monitor printed {:?}",
+            monitor.seen()
+        )
+    });
+    assert!(
+        line.starts_with("xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file "),
+        "{line}"
+    );
+    assert!(line.contains(", , identity world->unknown: "), "{line}");
+    drop(monitor);
+    for agent in [master, slave] {
+        let list = ok(agent.lbctl(&["service", "list"]), "lbctl service list");
+        let list = ok(list.into_stdout(), "lbctl service list");
+        assert!(list.contains(&format!("{NGINX_VIP}:80/TCP")), "{list}");
+        for pod in [NGINX_1, NGINX_2] {
+            assert!(
+                list.contains(&format!("=> {}:80/TCP (active)", pod.ip)),
+                "{list}"
+            );
+        }
+    }
+
+    // Step 3: flip the flag on both nodes; the agents keep running.
+    let pids = [master.process().pid(), slave.process().pid()];
+    for agent in [master, slave] {
+        let set = ok(
+            agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]),
+            "lbctl config set",
+        );
+        ok(set.into_stdout(), "lbctl config set");
+        let view = ok(agent.lbctl(&["config", "view"]), "lbctl config view");
+        let view = ok(view.into_stdout(), "lbctl config view");
+        assert!(
+            view.lines()
+                .any(|l| l.contains("bpf-lb-external-clusterip") && l.contains("true")),
+            "{view}"
+        );
+        let file = agent.config_dir().join("bpf-lb-external-clusterip");
+        let persisted = std::fs::read_to_string(&file).expect("read the config-dir file");
+        assert_eq!(
+            persisted.trim(),
+            "true",
+            "{} persists the change",
+            file.display()
+        );
+    }
+
+    // Step 4: the ClusterIP answers from outside, from both backends, although both live on
+    // k8smaster0's peer: k8smaster0 SNATs to itself so the replies come back through it.
+    let mut pods_seen = BTreeSet::new();
+    let mut clients_seen = BTreeSet::new();
+    for _ in 0..STEP4_TRIES {
+        let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
+        assert_eq!(reply.status, Some(200), "{outcome:?}");
+        pods_seen.extend(reply.pod_ip);
+        clients_seen.extend(reply.client_ip);
+    }
+    assert_eq!(
+        pods_seen,
+        BTreeSet::from([NGINX_2.ip, NGINX_1.ip]),
+        "both backends answer"
+    );
+    assert_eq!(
+        clients_seen,
+        BTreeSet::from([MASTER.ip]),
+        "remote backends see the node's SNAT"
+    );
+    assert_eq!(pids, [master.process().pid(), slave.process().pid()]);
+    for agent in [master, slave] {
+        ok(
+            agent.lbctl(&["status"]).and_then(|o| o.into_stdout()),
+            "agent still up",
+        );
+    }
+
+    // Step 5: pods reach the outside.
+    let (outcome, received) = ok(ping(ok(lab.pod(BUSYBOX.name), "pod"), ROUTER_IP, 3), "ping");
+    assert_eq!(received, 3, "{outcome:?}");
+
+    // Step 6: a pod on k8smaster0 → ClusterIP → a backend on k8sslave0, which sees the pod's
+    // own address: pod traffic is never SNATed.
+    let client = ok(lab.pod(CLIENT.name), "pod");
+    let mut backends = BTreeSet::new();
+    for _ in 0..4 {
+        let (outcome, reply) = ok(curl_get(client, NGINX_VIP), "curl");
+        assert_eq!(reply.status, Some(200), "{outcome:?}");
+        assert_eq!(reply.client_ip, Some(CLIENT.ip), "{outcome:?}");
+        backends.extend(reply.pod_ip);
+    }
+    assert!(
+        backends
+            .iter()
+            .all(|ip| [NGINX_1.ip, NGINX_2.ip].contains(ip)),
+        "{backends:?}"
+    );
+    let logged = ok(lab.server_log(NGINX_1.name), "log") + &ok(lab.server_log(NGINX_2.name), "log");
+    assert!(
+        logged.contains(&format!("client={}:", CLIENT.ip)),
+        "{logged}"
+    );
+}
+
+/// The lines of `birdc show route` for one network: its first line and its continuation lines.
+fn route_block<'a>(table: &'a str, net: &str) -> Vec<&'a str> {
+    let mut lines = table
+        .lines()
+        .skip_while(|line| !line.starts_with(&format!("{net} ")));
+    let Some(first) = lines.next() else {
+        return Vec::new();
+    };
+    std::iter::once(first)
+        .chain(lines.take_while(|line| line.starts_with(' ')))
+        .collect()
+}
