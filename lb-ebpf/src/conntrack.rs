@@ -162,10 +162,7 @@ pub fn create(tuple: &Tuple4, flow: &CtEntry, reserved: Option<&CtKey4>) -> Resu
         flags: flow.flags & CT_F_FROM_NETDEV,
         ..CtEntry::default()
     };
-    if LB4_CT
-        .insert(reply_key, reply, u64::from(BPF_ANY))
-        .is_err()
-    {
+    if LB4_CT.insert(reply_key, reply, u64::from(BPF_ANY)).is_err() {
         let _ = LB4_CT.remove(service_key);
         return Err(drop!(DropReason::CtCreateFailed));
     }
