@@ -64,7 +64,7 @@ pub fn now() -> u64 {
 /// Looks up `key`, refreshing the entry on a hit.
 #[inline(always)]
 fn lookup(tuple: &Tuple4, kind: u8) -> Option<CtEntry> {
-    let entry = LB4_CT.get_ptr_mut(&key(tuple, kind))?;
+    let entry = LB4_CT.get_ptr_mut(key(tuple, kind))?;
     // SAFETY: a valid map value pointer. Two CPUs refreshing one flow race benignly: both
     // write a recent timestamp and the closing bit only ever gets set.
     unsafe {
@@ -137,7 +137,7 @@ pub fn service_entry(
 pub fn create(tuple: &Tuple4, flow: &CtEntry, reserved: Option<&CtKey4>) -> Result<(), Dropped> {
     let service_key = key(tuple, CT_SERVICE);
     if LB4_CT
-        .insert(&service_key, flow, u64::from(BPF_ANY))
+        .insert(service_key, flow, u64::from(BPF_ANY))
         .is_err()
     {
         if let Some(reply_key) = reserved {
@@ -162,11 +162,8 @@ pub fn create(tuple: &Tuple4, flow: &CtEntry, reserved: Option<&CtKey4>) -> Resu
         flags: flow.flags & CT_F_FROM_NETDEV,
         ..CtEntry::default()
     };
-    if LB4_CT
-        .insert(&reply_key, &reply, u64::from(BPF_ANY))
-        .is_err()
-    {
-        let _ = LB4_CT.remove(&service_key);
+    if LB4_CT.insert(reply_key, reply, u64::from(BPF_ANY)).is_err() {
+        let _ = LB4_CT.remove(service_key);
         return Err(drop!(DropReason::CtCreateFailed));
     }
     Ok(())

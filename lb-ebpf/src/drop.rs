@@ -85,7 +85,7 @@ pub fn settle(
             if take_token() {
                 send_event(ctx, hook, arrived, &dropped);
             }
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -98,7 +98,7 @@ fn count(ctx: &TcContext, hook: Hook, reason: DropReason) {
         _pad: [0; 2],
     };
     let bytes = u64::from(ctx.len());
-    if let Some(value) = LB_METRICS.get_ptr_mut(&key) {
+    if let Some(value) = LB_METRICS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value, written only by this CPU, and BPF programs do not
         // preempt each other on one CPU.
         unsafe {
@@ -109,7 +109,7 @@ fn count(ctx: &TcContext, hook: Hook, reason: DropReason) {
     }
     let first = MetricValue { packets: 1, bytes };
     // A failure means the map is full: the drop is still enforced, only not counted.
-    let _ = LB_METRICS.insert(&key, &first, u64::from(BPF_NOEXIST));
+    let _ = LB_METRICS.insert(key, first, u64::from(BPF_NOEXIST));
 }
 
 #[inline(always)]
@@ -123,6 +123,7 @@ fn take_token() -> bool {
     };
     // SAFETY: per-CPU value, see `count`.
     let bucket = unsafe { &mut *bucket };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // Cap the elapsed time at a second, so the product cannot overflow and the burst is at
     // most one second's worth of events.

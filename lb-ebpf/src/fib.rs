@@ -52,11 +52,12 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
         // The route is known but the neighbour is not resolved yet: let the kernel resolve it
         // (since 5.10). After the lookup `ipv4_dst` holds the next hop (gateway or
         // destination).
+        // SAFETY: ipv4_dst is the member this lookup (AF_INET) wrote.
+        let next_hop = unsafe { params.__bindgen_anon_4.ipv4_dst };
         let mut nh = bpf_redir_neigh {
             nh_family: u32::from(AF_INET),
-            // SAFETY: ipv4_dst is the member the lookup wrote.
             __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-                ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
+                ipv4_nh: next_hop,
             },
         };
         // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed.

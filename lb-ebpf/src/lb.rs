@@ -46,7 +46,7 @@ pub fn lookup_frontend(tuple: &Tuple4) -> Option<Frontend> {
     let key = ServiceKey4::new(tuple.daddr, tuple.dport, tuple.proto, 0);
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a torn
     // entry, which selection bounds-checks (slot ≤ count, missing slot → 158).
-    let entry = unsafe { LB4_SERVICES.get(&key) }.copied()?;
+    let entry = unsafe { LB4_SERVICES.get(key) }.copied()?;
     Some(Frontend {
         vip: tuple.daddr,
         port: tuple.dport,
@@ -60,7 +60,7 @@ pub fn lookup_frontend(tuple: &Tuple4) -> Option<Frontend> {
 #[inline(always)]
 pub fn is_known_vip(addr: u32) -> bool {
     LB4_SERVICES
-        .get_ptr(&ServiceKey4::new(addr, 0, 0, 0))
+        .get_ptr(ServiceKey4::new(addr, 0, 0, 0))
         .is_some()
 }
 
@@ -77,7 +77,7 @@ pub fn check_unknown_port(tuple: &Tuple4) -> Result<(), Dropped> {
 #[inline(always)]
 pub fn lookup_backend(id: u32) -> Option<Backend4> {
     // SAFETY: copied out at once.
-    unsafe { LB4_BACKENDS.get(&id) }.copied()
+    unsafe { LB4_BACKENDS.get(id) }.copied()
 }
 
 /// Whether backend `id` may still receive new flows.
@@ -91,8 +91,10 @@ pub fn is_active(id: u32) -> bool {
 #[inline(always)]
 pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     let count = u32::from(frontend.entry.count);
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
     // checked_rem: a frontend with count 0 has no backend (and `%` by zero must not panic).
-    let Some(index) = unsafe { bpf_get_prandom_u32() }.checked_rem(count) else {
+    let Some(index) = random.checked_rem(count) else {
         return Err(drop!(DropReason::NoService));
     };
     let slot = ServiceKey4::new(
@@ -102,7 +104,7 @@ pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
         (index + 1) as u16,
     );
     // SAFETY: copied out at once.
-    let Some(id) = unsafe { LB4_SERVICES.get(&slot) }.map(|s| s.backend_id) else {
+    let Some(id) = unsafe { LB4_SERVICES.get(slot) }.map(|s| s.backend_id) else {
         return Err(drop!(DropReason::NoService));
     };
     let Some(backend) = lookup_backend(id) else {

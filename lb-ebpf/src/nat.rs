@@ -117,7 +117,7 @@ pub fn rev_nat(
     reply: &CtEntry,
 ) -> Result<Option<Tuple4>, Dropped> {
     // SAFETY: copied out at once.
-    let Some(frontend) = unsafe { LB4_REVNAT.get(&reply.rev_nat) }.copied() else {
+    let Some(frontend) = unsafe { LB4_REVNAT.get(reply.rev_nat) }.copied() else {
         return Ok(None);
     };
     let RevNat4 { vip, port, .. } = frontend;
