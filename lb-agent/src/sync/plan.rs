@@ -306,6 +306,8 @@ mod tests {
                     remote: false,
                 })
                 .collect(),
+            has_any_endpoints: !backends.is_empty(),
+            affinity_timeout_secs: None,
         }
     }
 
