@@ -1,5 +1,10 @@
 //! `cargo xtask test`: formatting, lints (host and eBPF) and every test, as CI runs them.
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
 
 use crate::setup::run_cmd;
 
@@ -36,5 +41,96 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     // Namespace tests create and remove their own topologies; one at a time keeps them from
     // competing for the two cores and for interface names.
-    run_cmd(Command::new("cargo").args(["test", "--workspace", "--", "--test-threads=1"]))
+    let totals =
+        run_tests(Command::new("cargo").args(["test", "--workspace", "--", "--test-threads=1"]))?;
+    // One closing line for the whole run: cargo's own last line is a doc-test binary's.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 {
+        bail!("{} tests failed", totals.failed);
+    }
+    Ok(())
+}
+
+/// Test counts summed over every test binary of a run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<Totals> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {cmd:?}"))?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("read cargo test's output")?;
+        println!("{line}");
+        add_result_line(&mut totals, &line);
+    }
+    let status = child.wait().context("wait for cargo test")?;
+    if !status.success() {
+        bail!(
+            "{cmd:?} failed with {status} ({} passed, {} failed)",
+            totals.passed,
+            totals.failed
+        );
+    }
+    Ok(totals)
+}
+
+/// Adds `test result: ok. 3 passed; 0 failed; 1 ignored; ...` to the totals.
+fn add_result_line(totals: &mut Totals, line: &str) {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return;
+    };
+    for part in rest.split(['.', ';']) {
+        let mut words = part.split_whitespace();
+        let (Some(count), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        match what {
+            "passed" => totals.passed += count,
+            "failed" => totals.failed += count,
+            "ignored" => totals.ignored += count,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_are_summed() {
+        let mut totals = Totals::default();
+        add_result_line(
+            &mut totals,
+            "test result: ok. 11 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 2.87s",
+        );
+        add_result_line(
+            &mut totals,
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        add_result_line(&mut totals, "running 3 tests");
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 12,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
 }
