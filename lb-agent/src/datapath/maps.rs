@@ -4,7 +4,11 @@
 //! This is the only place that converts between host and network byte order: the `*_key` and
 //! `*_value` functions build `lb-common` structs from plain addresses and ports, and
 //! `frontend_of` / `backend_addr_of` read them back.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, OwnedFd},
+};
 
 use aya::{
     Ebpf,
@@ -17,7 +21,7 @@ use lb_common::{
     service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
 };
 
-use super::Error;
+use super::{Error, batch};
 
 /// Everything `sync/` programs: the services, backends and reverse-NAT maps as plain data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,6 +48,36 @@ pub trait LbMaps {
     fn upsert_revnat(&mut self, id: u16, revnat: &RevNat4) -> Result<(), Error>;
     /// Removes a reverse-NAT entry; absent is fine.
     fn delete_revnat(&mut self, id: u16) -> Result<(), Error>;
+    /// Inserts or replaces backends in order; after a failure a prefix is applied.
+    fn upsert_backends(&mut self, entries: &[(u32, Backend4)]) -> Result<(), Error> {
+        entries
+            .iter()
+            .try_for_each(|(id, backend)| self.upsert_backend(*id, backend))
+    }
+    /// Inserts or replaces service slots in order; after a failure a prefix is applied.
+    fn upsert_services(&mut self, entries: &[(ServiceKey4, ServiceEntry)]) -> Result<(), Error> {
+        entries
+            .iter()
+            .try_for_each(|(key, entry)| self.upsert_service(key, entry))
+    }
+    /// Inserts or replaces reverse-NAT entries in order; after a failure a prefix is applied.
+    fn upsert_revnats(&mut self, entries: &[(u16, RevNat4)]) -> Result<(), Error> {
+        entries
+            .iter()
+            .try_for_each(|(id, revnat)| self.upsert_revnat(*id, revnat))
+    }
+    /// Removes service slots in order; absent ones are fine.
+    fn delete_services(&mut self, keys: &[ServiceKey4]) -> Result<(), Error> {
+        keys.iter().try_for_each(|key| self.delete_service(key))
+    }
+    /// Removes backends in order; absent ones are fine.
+    fn delete_backends(&mut self, ids: &[u32]) -> Result<(), Error> {
+        ids.iter().try_for_each(|id| self.delete_backend(*id))
+    }
+    /// Removes reverse-NAT entries in order; absent ones are fine.
+    fn delete_revnats(&mut self, ids: &[u16]) -> Result<(), Error> {
+        ids.iter().try_for_each(|id| self.delete_revnat(*id))
+    }
     /// Replaces the datapath configuration.
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error>;
     /// Reads the services, backends and reverse-NAT maps.
@@ -57,9 +91,21 @@ pub struct AyaMaps {
     revnat: HashMap<MapData, u16, RevNat4>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricKey, MetricValue>,
+    /// Duplicates of the three maps' descriptors, for batch writes.
+    services_fd: OwnedFd,
+    backends_fd: OwnedFd,
+    revnat_fd: OwnedFd,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    Ok(take_with_fd(ebpf, name)?.0)
+}
+
+/// Takes a map and a duplicate of its descriptor (aya's typed maps do not lend theirs).
+fn take_with_fd<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<(T, OwnedFd), Error>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -67,21 +113,40 @@ where
         map: name,
         source: "not in the object".into(),
     })?;
-    T::try_from(map).map_err(|err| Error::MapType {
+    let fd = match &map {
+        aya::maps::Map::HashMap(data)
+        | aya::maps::Map::LruHashMap(data)
+        | aya::maps::Map::Array(data)
+        | aya::maps::Map::PerCpuHashMap(data)
+        | aya::maps::Map::RingBuf(data) => data.fd().as_fd().try_clone_to_owned(),
+        _ => Err(std::io::Error::other("unexpected map type")),
+    }
+    .map_err(|err| Error::MapType {
         map: name,
         source: Box::new(err),
-    })
+    })?;
+    let typed = T::try_from(map).map_err(|err| Error::MapType {
+        map: name,
+        source: Box::new(err),
+    })?;
+    Ok((typed, fd))
 }
 
 impl AyaMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let (services, services_fd) = take_with_fd(ebpf, names::LB4_SERVICES)?;
+        let (backends, backends_fd) = take_with_fd(ebpf, names::LB4_BACKENDS)?;
+        let (revnat, revnat_fd) = take_with_fd(ebpf, names::LB4_REVNAT)?;
         Ok(Self {
-            services: take(ebpf, names::LB4_SERVICES)?,
-            backends: take(ebpf, names::LB4_BACKENDS)?,
-            revnat: take(ebpf, names::LB4_REVNAT)?,
+            services,
+            backends,
+            revnat,
             config: take(ebpf, names::LB_CONFIG)?,
             metrics: take(ebpf, names::LB_METRICS)?,
+            services_fd,
+            backends_fd,
+            revnat_fd,
         })
     }
 
@@ -127,6 +192,21 @@ fn map_err(action: &'static str, map: &'static str, err: MapError) -> Error {
     }
 }
 
+/// A failed batch write, recognising a full map.
+fn batch_err(map: &'static str, partial: batch::Partial) -> Error {
+    if partial.error.raw_os_error() == Some(libc::E2BIG) {
+        return Error::MapFull {
+            map,
+            flag: "bpf-lb-map-max",
+        };
+    }
+    Error::Batch {
+        map,
+        applied: partial.applied,
+        source: partial.error,
+    }
+}
+
 /// Deletion of an absent key is success: every write is idempotent.
 fn ignore_missing(result: Result<(), MapError>, map: &'static str) -> Result<(), Error> {
     match result {
@@ -169,6 +249,58 @@ impl LbMaps for AyaMaps {
 
     fn delete_revnat(&mut self, id: u16) -> Result<(), Error> {
         ignore_missing(self.revnat.remove(&id), names::LB4_REVNAT)
+    }
+
+    fn upsert_backends(&mut self, entries: &[(u32, Backend4)]) -> Result<(), Error> {
+        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+        batch::update(&self.backends_fd, &keys, &values)
+            .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))
+    }
+
+    fn upsert_services(&mut self, entries: &[(ServiceKey4, ServiceEntry)]) -> Result<(), Error> {
+        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+        batch::update(&self.services_fd, &keys, &values)
+            .map_err(|partial| batch_err(names::LB4_SERVICES, partial))
+    }
+
+    fn upsert_revnats(&mut self, entries: &[(u16, RevNat4)]) -> Result<(), Error> {
+        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+        batch::update(&self.revnat_fd, &keys, &values)
+            .map_err(|partial| batch_err(names::LB4_REVNAT, partial))
+    }
+
+    fn delete_services(&mut self, keys: &[ServiceKey4]) -> Result<(), Error> {
+        match batch::delete(&self.services_fd, keys) {
+            Ok(()) => Ok(()),
+            // Someone removed a key already: finish one by one, where absent is fine.
+            Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => keys
+                [partial.applied..]
+                .iter()
+                .try_for_each(|key| self.delete_service(key)),
+            Err(partial) => Err(batch_err(names::LB4_SERVICES, partial)),
+        }
+    }
+
+    fn delete_backends(&mut self, ids: &[u32]) -> Result<(), Error> {
+        match batch::delete(&self.backends_fd, ids) {
+            Ok(()) => Ok(()),
+            Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => ids
+                [partial.applied..]
+                .iter()
+                .try_for_each(|id| self.delete_backend(*id)),
+            Err(partial) => Err(batch_err(names::LB4_BACKENDS, partial)),
+        }
+    }
+
+    fn delete_revnats(&mut self, ids: &[u16]) -> Result<(), Error> {
+        match batch::delete(&self.revnat_fd, ids) {
+            Ok(()) => Ok(()),
+            Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => ids
+                [partial.applied..]
+                .iter()
+                .try_for_each(|id| self.delete_revnat(*id)),
+            Err(partial) => Err(batch_err(names::LB4_REVNAT, partial)),
+        }
     }
 
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error> {

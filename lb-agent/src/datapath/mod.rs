@@ -3,6 +3,7 @@
 //! tests), drop events and counters (`events`), and the maps rendered as text (`dump`).
 //!
 //! Nothing outside this module imports aya.
+pub mod batch;
 pub mod devices;
 pub mod dump;
 pub mod events;
@@ -92,6 +93,17 @@ pub enum Error {
         /// The cause.
         #[source]
         source: Box<aya::maps::MapError>,
+    },
+    /// A batch write failed after applying a prefix.
+    #[error("batch write to map `{map}` failed after {applied} entries")]
+    Batch {
+        /// The map's name.
+        map: &'static str,
+        /// Entries applied before the failure.
+        applied: usize,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A fault injected by `fake::FakeMaps`.
     #[error("injected failure on write {0}")]

@@ -231,20 +231,86 @@ fn changed<T: PartialEq>(current: Option<&T>, wanted: &T) -> bool {
 }
 
 /// Applies `ops` in order, stopping at the first failure (the prefix applied is safe).
+/// Consecutive writes of one kind go to the kernel as one batch, which the kernel applies in
+/// order, so a batch preserves the plan's order and its prefix property.
 /// Returns how many were applied, or the index and error of the one that failed.
 pub fn apply(maps: &mut dyn LbMaps, ops: &[Op]) -> Result<usize, (usize, DatapathError)> {
-    for (index, op) in ops.iter().enumerate() {
-        let result = match op {
-            Op::UpsertBackend(id, backend) => maps.upsert_backend(*id, backend),
-            Op::UpsertRevNat(id, revnat) => maps.upsert_revnat(*id, revnat),
-            Op::UpsertService(key, entry) => maps.upsert_service(key, entry),
-            Op::DeleteService(key) => maps.delete_service(key),
-            Op::DeleteRevNat(id) => maps.delete_revnat(*id),
-            Op::DeleteBackend(id) => maps.delete_backend(*id),
-        };
-        result.map_err(|err| (index, err))?;
+    let mut start = 0;
+    while start < ops.len() {
+        let kind = std::mem::discriminant(&ops[start]);
+        let len = ops[start..]
+            .iter()
+            .take_while(|op| std::mem::discriminant(*op) == kind)
+            .count();
+        let run = &ops[start..start + len];
+        apply_run(maps, run).map_err(|(applied, err)| (start + applied, err))?;
+        start += len;
     }
     Ok(ops.len())
+}
+
+/// Applies a run of writes of one kind as one batch; on failure, says how many were applied.
+fn apply_run(maps: &mut dyn LbMaps, run: &[Op]) -> Result<(), (usize, DatapathError)> {
+    let result = match run.first() {
+        None => Ok(()),
+        Some(Op::UpsertBackend(..)) => maps.upsert_backends(
+            &run.iter()
+                .filter_map(|op| match op {
+                    Op::UpsertBackend(id, b) => Some((*id, *b)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Some(Op::UpsertRevNat(..)) => maps.upsert_revnats(
+            &run.iter()
+                .filter_map(|op| match op {
+                    Op::UpsertRevNat(id, r) => Some((*id, *r)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Some(Op::UpsertService(..)) => maps.upsert_services(
+            &run.iter()
+                .filter_map(|op| match op {
+                    Op::UpsertService(k, e) => Some((*k, *e)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Some(Op::DeleteService(..)) => maps.delete_services(
+            &run.iter()
+                .filter_map(|op| match op {
+                    Op::DeleteService(k) => Some(*k),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Some(Op::DeleteRevNat(..)) => maps.delete_revnats(
+            &run.iter()
+                .filter_map(|op| match op {
+                    Op::DeleteRevNat(id) => Some(*id),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Some(Op::DeleteBackend(..)) => maps.delete_backends(
+            &run.iter()
+                .filter_map(|op| match op {
+                    Op::DeleteBackend(id) => Some(*id),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+    };
+    result.map_err(|err| {
+        let applied = match &err {
+            DatapathError::Batch { applied, .. } => *applied,
+            // Single writes (the default trait methods) stop at the failing one; the fake
+            // reports its failing write's number, which is not an index into this run.
+            _ => 0,
+        };
+        (applied, err)
+    })
 }
 
 /// Checks the invariant the datapath relies on: every selectable or draining slot of every
