@@ -174,7 +174,9 @@ impl EchoSession {
             source,
         };
         let stream = self.reader.get_mut();
-        stream.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(io)?;
         let mut answer = String::new();
         let n = self.reader.read_line(&mut answer).map_err(io)?;
         if n == 0 {

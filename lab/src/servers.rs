@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::Result;
 use crate::netns::{Netns, Process};
 use crate::topology::{HTTP_SERVER, write_file};
-use crate::Result;
 
 /// How long a server gets to start listening (python3 starts in well under a second; the
 /// margin is for a machine busy compiling).
@@ -54,7 +54,11 @@ pub fn http(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> 
     let script = dir.join("http-server.py");
     write_file(&script, HTTP_SERVER)?;
     let log = dir.join(format!("{}-http-{ip}-{port}.log", ns.name()));
-    let args = [&*script.to_string_lossy(), &ip.to_string(), &port.to_string()];
+    let args = [
+        &*script.to_string_lossy(),
+        &ip.to_string(),
+        &port.to_string(),
+    ];
     let mut process = ns.spawn("python3", &args, &log)?;
     await_listening(ns, &mut process, &[("-Hltn", ip, port)])?;
     Ok(process)
@@ -67,14 +71,26 @@ pub fn echo(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> 
     let script = dir.join("echo-server.py");
     write_file(&script, ECHO_SERVER)?;
     let log = dir.join(format!("{}-echo-{ip}-{port}.log", ns.name()));
-    let args = [&*script.to_string_lossy(), &ip.to_string(), &port.to_string()];
+    let args = [
+        &*script.to_string_lossy(),
+        &ip.to_string(),
+        &port.to_string(),
+    ];
     let mut process = ns.spawn("python3", &args, &log)?;
-    await_listening(ns, &mut process, &[("-Hltn", ip, port), ("-Hlun", ip, port)])?;
+    await_listening(
+        ns,
+        &mut process,
+        &[("-Hltn", ip, port), ("-Hlun", ip, port)],
+    )?;
     Ok(process)
 }
 
 /// Waits until `ss FLAGS` in `ns` lists `ip:port` for every (flags, ip, port).
-fn await_listening(ns: &Netns, process: &mut Process, sockets: &[(&str, Ipv4Addr, u16)]) -> Result<()> {
+fn await_listening(
+    ns: &Netns,
+    process: &mut Process,
+    sockets: &[(&str, Ipv4Addr, u16)],
+) -> Result<()> {
     let what = format!("{} in {} to listen", process.log().display(), ns.name());
     process.wait_until(&what, START_TIMEOUT, || {
         for (flags, ip, port) in sockets {

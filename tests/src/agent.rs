@@ -54,10 +54,7 @@ pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Ag
         devices: NODE_DEV.to_owned(),
         pod_devices: POD_DEVICES.to_owned(),
         manifests: manifests.to_owned(),
-        bpf_root: PathBuf::from(format!(
-            "{BPF_ROOT}/{PREFIX}{short}-{}",
-            std::process::id()
-        )),
+        bpf_root: PathBuf::from(format!("{BPF_ROOT}/{PREFIX}{short}-{}", std::process::id())),
         run_dir: topology.dir().join("agent"),
     };
     let mut agent = Agent::start_with(&topology.node, &binaries(), &options)

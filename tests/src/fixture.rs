@@ -18,10 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        tc::TcAttachOptions,
-    },
+    programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use lb_common::{
     config::{DatapathConfig, EVENTS_PER_SEC},

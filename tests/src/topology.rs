@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Pods are wired as in `lb_lab::topology` (a /32 on `eth0`, a default route via 169.254.1.1,
-//! proxy ARP on the host side); the node forwards and routes each pod's /32 to its veth; the
+//! proxy ARP on the host side, which needs the node to route 169.254.1.1 elsewhere: to `gw0`); the node forwards and routes each pod's /32 to its veth; the
 //! external client routes the service CIDR to the node. Nothing routes anywhere else, so every
 //! packet stays inside the test's namespaces. Which programs run on the node is the test's
 //! business (the fixture attaches them, or an agent does).
@@ -35,7 +35,8 @@ pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 56, 10);
 /// The client pod's address.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 /// The backend pods' addresses.
-pub const BACKEND_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 1, 20), Ipv4Addr::new(10, 244, 1, 21)];
+pub const BACKEND_IPS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(10, 244, 1, 20), Ipv4Addr::new(10, 244, 1, 21)];
 /// Port of every backend's HTTP server.
 pub const HTTP_PORT: u16 = 8080;
 /// Port of every backend's echo server (TCP and UDP).
@@ -98,14 +99,41 @@ impl Topology {
         // Forwarded pod traffic arrives on interfaces the strict reverse-path check would reject;
         // `default` is set before any veth exists so that it covers them too.
         for key in ["all", "default"] {
-            ok(node.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0"), "rp_filter");
+            ok(
+                node.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0"),
+                "rp_filter",
+            );
         }
         ok(node.sysctl("net.ipv4.ip_forward", "1"), "ip_forward");
+        // Proxy ARP answers for an address only when the node routes it out of another
+        // interface: the pods' gateway is routed to `gw0`, one end of a veth whose other end
+        // stays in the node (this kernel has no dummy driver), which nothing ever sends to.
+        ok(
+            node.ip(&["link", "add", "gw0", "type", "veth", "peer", "name", "gw1"])
+                .map(drop),
+            "gateway veth",
+        );
+        for dev in ["gw0", "gw1"] {
+            ok(
+                node.ip(&["link", "set", dev, "up"]).map(drop),
+                "gateway veth up",
+            );
+        }
+        ok(
+            node.route(&[POD_GATEWAY, "dev", "gw0"]),
+            "route to the pods' gateway",
+        );
 
         let external = create("ext");
         ok(veth(&node, NODE_DEV, &external, "eth0"), "external veth");
-        ok(node.addr(NODE_DEV, &format!("{NODE_IP}/24")), "node address");
-        ok(external.addr("eth0", &format!("{EXTERNAL_IP}/24")), "external address");
+        ok(
+            node.addr(NODE_DEV, &format!("{NODE_IP}/24")),
+            "node address",
+        );
+        ok(
+            external.addr("eth0", &format!("{EXTERNAL_IP}/24")),
+            "external address",
+        );
         ok(
             external.route(&[SERVICE_CIDR, "via", &NODE_IP.to_string()]),
             "external route to the service CIDR",
@@ -119,8 +147,14 @@ impl Topology {
                 "proxy_arp",
             );
             ok(ns.addr("eth0", &format!("{ip}/32")), "pod address");
-            ok(ns.route(&[POD_GATEWAY, "dev", "eth0", "scope", "link"]), "pod gateway");
-            ok(ns.route(&["default", "via", POD_GATEWAY, "dev", "eth0"]), "pod default route");
+            ok(
+                ns.route(&[POD_GATEWAY, "dev", "eth0", "scope", "link"]),
+                "pod gateway",
+            );
+            ok(
+                ns.route(&["default", "via", POD_GATEWAY, "dev", "eth0"]),
+                "pod default route",
+            );
             ok(
                 node.route(&[&format!("{ip}/32"), "dev", host_dev, "scope", "link"]),
                 "node route to the pod",
