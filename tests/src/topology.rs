@@ -146,6 +146,12 @@ impl Topology {
                 node.sysctl(&format!("net.ipv4.conf.{host_dev}.proxy_arp"), "1"),
                 "proxy_arp",
             );
+            // Proxy ARP answers after a random delay of up to `proxy_delay` (0.8 s by
+            // default), which would hold a pod's first packet that long.
+            ok(
+                node.sysctl(&format!("net.ipv4.neigh.{host_dev}.proxy_delay"), "0"),
+                "proxy_delay",
+            );
             ok(ns.addr("eth0", &format!("{ip}/32")), "pod address");
             ok(
                 ns.route(&[POD_GATEWAY, "dev", "eth0", "scope", "link"]),

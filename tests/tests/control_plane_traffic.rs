@@ -30,8 +30,8 @@ const LIVE_WITHIN: Duration = Duration::from_secs(1);
 const DEADLINE: Duration = Duration::from_secs(10);
 /// How long one UDP probe of a measurement waits: answers inside the node take well under a
 /// millisecond, but a busy machine may be slow to run the echo server. A late answer counts
-/// as none, which never makes a change look faster than it was (see `last_answers_from`).
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// as none, which never makes a change look faster than it was (see `Probe`).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
 /// How long a probe that must be answered waits.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries to see both backends: all 40 on one backend has probability 2 * 2^-40.
@@ -148,14 +148,14 @@ impl Cluster {
         Ok(reply)
     }
 
-    /// Probes `VIP:port` until `done` says the answers (in order, `None` for no answer) show the
-    /// new state, and returns how long after `since` the first probe showing it was sent.
+    /// Probes `VIP:port` until `done` says the probes so far show the new state, and returns
+    /// how long after `since` the instant `done` names was.
     fn live_after(
         &mut self,
         what: &str,
         since: Instant,
         port: u16,
-        done: impl Fn(&[(Instant, Option<Ipv4Addr>)]) -> Option<Instant>,
+        done: impl Fn(&[Probe]) -> Option<Instant>,
     ) -> Duration {
         let mut seen = Vec::new();
         while since.elapsed() < DEADLINE {
@@ -164,7 +164,11 @@ impl Cluster {
                 .probe(port, PROBE_TIMEOUT)
                 .ok()
                 .map(|reply| reply.pod_ip);
-            seen.push((sent, answer));
+            seen.push(Probe {
+                sent,
+                done: Instant::now(),
+                answer,
+            });
             if let Some(first) = done(&seen) {
                 let took = first.duration_since(since);
                 eprintln!("{what}: live after {took:?} ({} probes)", seen.len());
@@ -174,7 +178,7 @@ impl Cluster {
         self.agent
             .check_running()
             .unwrap_or_else(|err| panic!("{err}"));
-        let tail: Vec<_> = seen.iter().rev().take(20).map(|(_, a)| *a).collect();
+        let tail: Vec<_> = seen.iter().rev().take(20).map(|p| p.answer).collect();
         panic!(
             "{what}: not live after {DEADLINE:?}; last answers (newest first): {tail:?}\n{}",
             self.agent.process().log_tail(20)
@@ -230,22 +234,42 @@ impl Cluster {
     }
 }
 
-/// The first of the last `n` answered probes when they all came from `ip`. Unanswered probes
-/// say nothing about which backends are selectable, so they neither count nor break the run.
-fn last_answers_from(
-    seen: &[(Instant, Option<Ipv4Addr>)],
-    n: usize,
-    ip: Ipv4Addr,
-) -> Option<Instant> {
-    let answered: Vec<_> = seen
-        .iter()
-        .filter_map(|(sent, answer)| answer.map(|from| (*sent, from)))
-        .collect();
+/// One probe of a measurement.
+struct Probe {
+    /// When it was sent.
+    sent: Instant,
+    /// When its answer came, or it gave up.
+    done: Instant,
+    /// The backend that answered.
+    answer: Option<Ipv4Addr>,
+}
+
+/// When the first answer came. Its arrival bounds the delay from above, where its sending
+/// might not: a probe may wait somewhere (for a neighbour, say) while the change lands.
+fn first_answer(seen: &[Probe]) -> Option<Instant> {
+    seen.iter().find(|p| p.answer.is_some()).map(|p| p.done)
+}
+
+/// When the first of the last `n` answered probes was sent, if they all came from `ip`.
+/// Unanswered probes say nothing about which backends are selectable, so they neither count
+/// nor break the run.
+fn last_answers_from(seen: &[Probe], n: usize, ip: Ipv4Addr) -> Option<Instant> {
+    let answered: Vec<&Probe> = seen.iter().filter(|p| p.answer.is_some()).collect();
     let tail = answered
         .len()
         .checked_sub(n)
         .map(|start| &answered[start..])?;
-    tail.iter().all(|(_, from)| *from == ip).then(|| tail[0].0)
+    tail.iter()
+        .all(|p| p.answer == Some(ip))
+        .then(|| tail[0].sent)
+}
+
+/// When the first of the last `n` probes was sent, if none of them was answered.
+fn last_unanswered(seen: &[Probe], n: usize) -> Option<Instant> {
+    let tail = seen.len().checked_sub(n).map(|start| &seen[start..])?;
+    tail.iter()
+        .all(|p| p.answer.is_none())
+        .then(|| tail[0].sent)
 }
 
 #[test]
@@ -255,11 +279,7 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
 
     // Written: both named backends answer, over UDP and TCP.
     let written = cluster.write("echo.yaml", &manifest(53, &BACKEND_IPS));
-    let took = cluster.live_after("the new service", written, 53, |seen| {
-        seen.iter()
-            .find(|(_, answer)| answer.is_some())
-            .map(|(t, _)| *t)
-    });
+    let took = cluster.live_after("the new service", written, 53, first_answer);
     assert!(
         took <= LIVE_WITHIN,
         "the new service answered after {took:?}"
@@ -301,11 +321,7 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
 
     // Edited, the UDP port changed: within a second the new port answers and the old one not.
     let edited = cluster.write("echo.yaml", &manifest(54, &[kept]));
-    let took = cluster.live_after("the new port", edited, 54, |seen| {
-        seen.iter()
-            .find(|(_, answer)| answer.is_some())
-            .map(|(t, _)| *t)
-    });
+    let took = cluster.live_after("the new port", edited, 54, first_answer);
     assert!(
         took <= LIVE_WITHIN,
         "{VIP}:54 answered {took:?} after the edit"
@@ -317,9 +333,7 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
     // Deleted: within a second the VIP stops answering, over UDP and TCP.
     std::fs::remove_file(cluster.path("echo.yaml")).expect("delete the manifest");
     let deleted = Instant::now();
-    let took = cluster.live_after("the deletion", deleted, 54, |seen| {
-        last_n_from_none(seen, 3)
-    });
+    let took = cluster.live_after("the deletion", deleted, 54, |seen| last_unanswered(seen, 3));
     assert!(
         took <= LIVE_WITHIN,
         "{VIP}:54 still answered {took:?} after the deletion"
@@ -332,14 +346,6 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
     let list = cluster.service_list();
     assert!(!list.contains(&VIP.to_string()), "no service left:\n{list}");
     cluster.assert_agent_running();
-}
-
-/// The first probe of the last `n` when none of them was answered.
-fn last_n_from_none(seen: &[(Instant, Option<Ipv4Addr>)], n: usize) -> Option<Instant> {
-    let tail = seen.len().checked_sub(n).map(|start| &seen[start..])?;
-    tail.iter()
-        .all(|(_, answer)| answer.is_none())
-        .then(|| tail[0].0)
 }
 
 #[test]
@@ -391,11 +397,7 @@ fn malformed_file_is_logged_by_name_and_the_last_good_state_keeps_serving() {
 
     // Fixed: the agent reads it again.
     let fixed = cluster.write("echo.yaml", &manifest(54, &BACKEND_IPS));
-    let took = cluster.live_after("the fixed file", fixed, 54, |seen| {
-        seen.iter()
-            .find(|(_, answer)| answer.is_some())
-            .map(|(t, _)| *t)
-    });
+    let took = cluster.live_after("the fixed file", fixed, 54, first_answer);
     assert!(
         took <= LIVE_WITHIN,
         "the fixed file was live after {took:?}"
