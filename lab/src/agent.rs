@@ -7,6 +7,7 @@
 //! is reached by path, whatever the network namespace. Binaries are found by path
 //! ([`Binaries`]): this crate must not depend on lb-agent.
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -62,6 +63,27 @@ pub struct Agent {
     process: Process,
 }
 
+/// Where and how an agent runs: what [`Agent::start`] fills in for a lab node, and what a test
+/// with a topology of its own passes to [`Agent::start_with`].
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `--node-name`; also names its socket (`RUN_DIR/NODE.sock`) and its directory
+    /// (`RUN_DIR/NODE/`, holding `config/` and `agent.log`).
+    pub node: String,
+    /// `--node-ip`.
+    pub node_ip: Ipv4Addr,
+    /// `--devices`.
+    pub devices: String,
+    /// `--pod-devices`.
+    pub pod_devices: String,
+    /// The directory of `--source file:DIR`.
+    pub manifests: PathBuf,
+    /// `--bpf-root`; removed when the agent is dropped.
+    pub bpf_root: PathBuf,
+    /// Where its socket, config directory and log go.
+    pub run_dir: PathBuf,
+}
+
 impl Agent {
     /// Starts lb-agent in `ns` for `node`, with the file source on `manifests`. Returns once
     /// the process is started; [`Agent::wait_ready`] waits for its first sync.
@@ -72,28 +94,45 @@ impl Agent {
         manifests: &Path,
         run_dir: &Path,
     ) -> Result<Self> {
+        let options = AgentOptions {
+            node: node.name.to_owned(),
+            node_ip: node.ip,
+            devices: NODE_DEV.to_owned(),
+            pod_devices: "lxc*".to_owned(),
+            manifests: manifests.to_owned(),
+            bpf_root: PathBuf::from(format!("{BPF_PIN_PREFIX}{}", node.name)),
+            run_dir: run_dir.to_owned(),
+        };
+        Self::start_with(ns, bins, &options)
+    }
+
+    /// Starts lb-agent in `ns` as `options` say, with `bpf-lb-external-clusterip` false in its
+    /// config directory. Returns once the process is started; [`Agent::wait_ready`] waits for
+    /// its first sync.
+    pub fn start_with(ns: &Netns, bins: &Binaries, options: &AgentOptions) -> Result<Self> {
         ensure_bpffs()?;
-        let dir = run_dir.join(node.name);
+        let node = options.node.as_str();
+        let dir = options.run_dir.join(node);
         let config_dir = dir.join("config");
         create_dir(&config_dir)?;
         write_file(&config_dir.join("bpf-lb-external-clusterip"), "false\n")?;
-        let socket = run_dir.join(format!("{}.sock", node.name));
+        let socket = options.run_dir.join(format!("{node}.sock"));
         // A socket left by a killed agent would make the new one fail to bind.
         let _ = std::fs::remove_file(&socket);
-        let bpf_root = PathBuf::from(format!("{BPF_PIN_PREFIX}{}", node.name));
-        let source = format!("file:{}", manifests.display());
-        let node_ip = node.ip.to_string();
+        let bpf_root = options.bpf_root.clone();
+        let source = format!("file:{}", options.manifests.display());
+        let node_ip = options.node_ip.to_string();
         let process = ns.spawn(
             &bins.agent.to_string_lossy(),
             &[
                 "--source",
                 &source,
                 "--devices",
-                NODE_DEV,
+                &options.devices,
                 "--pod-devices",
-                "lxc*",
+                &options.pod_devices,
                 "--node-name",
-                node.name,
+                node,
                 "--node-ip",
                 &node_ip,
                 "--bpf-root",
@@ -106,7 +145,7 @@ impl Agent {
             &dir.join("agent.log"),
         )?;
         Ok(Self {
-            node: node.name.to_owned(),
+            node: node.to_owned(),
             socket,
             config_dir,
             bpf_root,
@@ -156,6 +195,11 @@ impl Agent {
     /// The agent process (its log explains a failure).
     pub fn process(&self) -> &Process {
         &self.process
+    }
+
+    /// Fails when the agent has exited, with the end of its log.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.process.check_running()
     }
 
     /// Runs `lbctl --socket SOCKET args`, allowing it to fail; the outcome's command line

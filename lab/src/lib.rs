@@ -9,7 +9,9 @@
 //!   [`Lab`], which builds them;
 //! - [`bird`]: BIRD 1.6 on the router (AS 65000) and on each node (AS 65001) in kube-router's place;
 //! - [`agent`]: one `lb-agent` per node and `lbctl` against it;
-//! - [`probe`]: curl and ping inside a namespace, and what their output says;
+//! - [`probe`]: curl and ping inside a namespace, and what their output says; the echo
+//!   server's clients;
+//! - [`servers`]: what a backend pod runs: the HTTP server and a TCP and UDP echo server;
 //! - [`manifests`]: the story's Services and EndpointSlices, `lab/manifests/*.yaml`.
 //!
 //! Every name this crate creates starts with [`netns::PREFIX`] (namespaces) or lives in a lab
@@ -25,13 +27,14 @@ pub mod bird;
 pub mod manifests;
 pub mod netns;
 pub mod probe;
+pub mod servers;
 pub mod topology;
 mod wait;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use agent::{Agent, Binaries, Monitor};
+pub use agent::{Agent, AgentOptions, Binaries, Monitor};
 pub use netns::{Netns, Outcome, Process, down};
 pub use topology::Lab;
 pub use wait::wait_until;

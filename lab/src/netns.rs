@@ -126,6 +126,59 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Creates the namespace `name` exactly, without [`PREFIX`] (removing a stale one of the
+    /// same name first), with `lo` up. For test suites that build their own topologies: their
+    /// names must not start with [`PREFIX`], or [`down`] would remove them under a running test.
+    pub fn create_exact(name: &str) -> Result<Self> {
+        if name.starts_with(PREFIX) {
+            return Err(Error::Unexpected(format!(
+                "namespace `{name}` would be the lab's (prefix `{PREFIX}`); choose another prefix"
+            )));
+        }
+        if Path::new("/run/netns").join(name).exists() {
+            remove_netns(name)?;
+        }
+        run_host("ip", &["netns", "add", name])?;
+        let ns = Self {
+            name: name.to_owned(),
+            short: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `f` on a thread of this process that has entered the namespace, and returns its
+    /// result. Sockets `f` creates stay in the namespace after the thread has gone, so a test can
+    /// hold a connection or a listener there; links `f` attaches are to the namespace's devices.
+    /// A panic in `f` is resumed on the calling thread.
+    pub fn within<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        let path = self.path();
+        let file = File::open(&path).map_err(|source| Error::Io {
+            action: "open",
+            path: path.clone(),
+            source,
+        })?;
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: setns(2) on a namespace file we hold open; it switches only this
+                // thread's network namespace, and the thread ends with `f`.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(Error::Io {
+                        action: "enter network namespace",
+                        path,
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                Ok(f())
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// The namespace's full name (`lblab-router`).
     pub fn name(&self) -> &str {
         &self.name

@@ -139,7 +139,7 @@ pub const CLUSTER_IPS: [Ipv4Addr; 3] = [KUBERNETES_VIP, KUBE_DNS_VIP, NGINX_VIP]
 
 /// The HTTP server every nginx-like pod runs: HEAD and GET answer 200 with headers naming the
 /// pod (`X-Pod-IP`) and the client address it saw (`X-Client-IP`), and log one line per request.
-const HTTP_SERVER: &str = r#"
+pub(crate) const HTTP_SERVER: &str = r#"
 import http.server, sys
 ip, port = sys.argv[1], int(sys.argv[2])
 

@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
-    programs::SchedClassifier,
+    programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use lb_common::{
     config::{DatapathConfig, EVENTS_PER_SEC},
@@ -418,6 +418,51 @@ impl Datapath {
         let mut entry = services.get(&key, 0).expect("master entry");
         entry.count = count;
         services.insert(key, entry, 0).expect("write master entry");
+    }
+
+    /// Points `slot` (1..) of `service` at backend `id`.
+    pub fn set_slot(&mut self, service: &Service, slot: u16, id: u32) {
+        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
+                .expect("LB4_SERVICES type");
+        let entry = ServiceEntry {
+            backend_id: id,
+            ..ServiceEntry::default()
+        };
+        services
+            .insert(service.key(slot), entry, 0)
+            .expect("write slot");
+    }
+
+    /// Deletes `slot` of `service`.
+    pub fn remove_slot(&mut self, service: &Service, slot: u16) {
+        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
+                .expect("LB4_SERVICES type");
+        services.remove(&service.key(slot)).expect("remove slot");
+    }
+
+    /// Attaches `hook`'s program to the ingress of `iface` with TCX, as the agent does. The
+    /// interface is looked up in the calling thread's network namespace (run it inside
+    /// `lb_lab::Netns::within`); the link lasts as long as this datapath or the interface.
+    pub fn attach(&mut self, hook: Hook, iface: &str) {
+        let name = match hook {
+            Hook::FromNetdev => "from_netdev",
+            Hook::FromPod => "from_pod",
+        };
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("program {name}"))
+            .try_into()
+            .expect("a classifier");
+        program
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .unwrap_or_else(|err| panic!("attach {name} to {iface} with TCX: {err:?}"));
     }
 
     /// Drops counted for `reason` at `hook`, summed over CPUs.

@@ -1,0 +1,66 @@
+//! lb-agent as a process for namespace tests: the binaries ([`binaries`]) and an agent on a
+//! [`Topology`]'s node with the file source on a directory the test writes ([`start`]).
+//!
+//! The agent is `lb_lab::Agent` (stopped, and its bpffs pins removed, on drop); this module only
+//! chooses names that cannot clash with the lab's or another test's.
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use lb_lab::{Agent, AgentOptions, Binaries};
+
+use crate::fixture::BPF_ROOT;
+use crate::topology::{NODE_DEV, NODE_IP, POD_DEVICES, PREFIX, Topology};
+
+/// How long an agent gets to load the datapath and finish its first sync.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The agent binaries: `LB_BIN_DIR`, or a fresh `cargo build -p lb-agent --bins` of this
+/// workspace (quick when nothing changed).
+pub fn binaries() -> Binaries {
+    let dir = match std::env::var_os("LB_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("tests/ has a parent")
+                .to_owned();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "lb-agent", "--bins"])
+                .current_dir(&workspace)
+                .status()
+                .expect("run cargo build -p lb-agent --bins");
+            assert!(
+                status.success(),
+                "cargo build -p lb-agent --bins failed: {status}"
+            );
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace.join("target"), PathBuf::from);
+            target.join("debug")
+        }
+    };
+    Binaries::in_dir(&dir).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Starts lb-agent on `topology`'s node for test `test`: `--devices eth0`, `--pod-devices
+/// lxc-*`, `--source file:MANIFESTS`, pins under `/sys/fs/bpf/lbtr-<test>-<pid>`; waits until
+/// `lbctl status` says it is ready.
+pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Agent {
+    let short: String = test.chars().take(40).collect();
+    let options = AgentOptions {
+        node: "node".to_owned(),
+        node_ip: NODE_IP,
+        devices: NODE_DEV.to_owned(),
+        pod_devices: POD_DEVICES.to_owned(),
+        manifests: manifests.to_owned(),
+        bpf_root: PathBuf::from(format!("{BPF_ROOT}/{PREFIX}{short}-{}", std::process::id())),
+        run_dir: topology.dir().join("agent"),
+    };
+    let mut agent = Agent::start_with(&topology.node, &binaries(), &options)
+        .unwrap_or_else(|err| panic!("start lb-agent: {err}"));
+    agent
+        .wait_ready(READY_TIMEOUT)
+        .unwrap_or_else(|err| panic!("lb-agent ready: {err}"));
+    agent
+}

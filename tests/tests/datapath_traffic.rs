@@ -1,0 +1,383 @@
+//! The datapath alone with real traffic: `Topology` builds a node with a client pod, two backend
+//! pods (HTTP, TCP and UDP echo servers) and an external client in namespaces; the fixture
+//! loads lb-ebpf with fresh pinned maps, attaches from-netdev to the node's `eth0` and from-pod
+//! to the host side of every pod's veth with TCX, and programs the maps directly, as the agent
+//! would. Packets are real: curl, UDP datagrams and a held TCP connection, through the kernel.
+//!
+//! Needs root, `python3`, `curl` and `ss`.
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use lb_common::config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC};
+use lb_common::drop::{DropReason, Hook};
+use lb_common::event::{DropEvent, tcp_flags};
+use lb_common::proto;
+use lb_lab::netns::Netns;
+use lb_lab::probe::{EchoReply, EchoSession, HttpReply, http_get, udp_echo};
+use lb_lab::wait_until;
+use lb_tests::fixture::{Datapath, Service, service};
+use lb_tests::packet::{ip_be, port_be};
+use lb_tests::topology::{
+    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology,
+};
+
+/// The ClusterIP of every service here.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// HTTP frontend → the backends' HTTP servers.
+const HTTP_FRONTEND: &str = "10.96.0.10:80/TCP";
+/// UDP frontend → the backends' echo servers.
+const UDP_FRONTEND: &str = "10.96.0.10:53/UDP";
+/// TCP frontend → the backends' echo servers.
+const ECHO_FRONTEND: &str = "10.96.0.10:7/TCP";
+/// Tries to see both backends: with a uniform choice, all 40 landing on one backend has
+/// probability 2 * 2^-40.
+const TRIES: usize = 40;
+/// How long one UDP probe waits for its answer.
+const UDP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a counter or an event may take to appear after its packet was sent.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// A node with the datapath attached. Field order is drop order: the programs are detached (and
+/// their pins removed) before the namespaces go.
+struct Node {
+    datapath: Datapath,
+    topology: Topology,
+}
+
+impl Node {
+    /// Builds the topology for `test` and attaches a freshly loaded datapath to it.
+    fn up(test: &str) -> Self {
+        let topology = Topology::new(test);
+        let mut datapath = Datapath::load();
+        topology
+            .node
+            .within(|| {
+                datapath.attach(Hook::FromNetdev, NODE_DEV);
+                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                    datapath.attach(Hook::FromPod, dev);
+                }
+            })
+            .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+        Self { datapath, topology }
+    }
+
+    fn set_flags(&mut self, flags: u32) {
+        self.datapath.set_config(DatapathConfig {
+            flags,
+            events_per_sec: EVENTS_PER_SEC,
+            ..DatapathConfig::default()
+        });
+    }
+}
+
+/// A service on `frontend` with both backends on `port`.
+fn to_backends(id: u16, frontend: &str, port: u16) -> Service {
+    let backends = BACKEND_IPS.map(|ip| format!("{ip}:{port}"));
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    service(frontend, &backends).with_id(id)
+}
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, port)
+}
+
+fn any_port(ip: Ipv4Addr) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, 0)
+}
+
+/// `curl http://TARGET/` from `ns` until every backend has answered or `TRIES` ran out; every
+/// answer must be 200 and name `client_ip` as the client the backend saw. Returns the backends
+/// that answered.
+fn http_backends_seen(ns: &Netns, target: SocketAddrV4, client_ip: Ipv4Addr) -> BTreeSet<Ipv4Addr> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..TRIES {
+        let (outcome, reply) = http_get(ns, target).expect("run curl");
+        let HttpReply {
+            status,
+            pod_ip,
+            client_ip: seen_client,
+        } = reply;
+        assert_eq!(status, Some(200), "{}: {outcome:?}", outcome.cmdline);
+        assert_eq!(seen_client, Some(client_ip), "no SNAT: {outcome:?}");
+        seen.insert(pod_ip.expect("X-Pod-IP"));
+        if seen.len() == BACKEND_IPS.len() {
+            break;
+        }
+    }
+    seen
+}
+
+/// Waits until `count` says at least `at_least`, and returns what it says.
+fn await_count(what: &str, at_least: u64, count: impl Fn() -> u64) -> u64 {
+    wait_until(what, DEADLINE, || {
+        let now = count();
+        if now >= at_least {
+            Ok(Some(now))
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Asserts that `event` describes the packet `from → to` as it arrived on `ifindex`.
+fn assert_event(
+    event: &DropEvent,
+    reason: DropReason,
+    hook: Hook,
+    ifindex: u32,
+    protocol: u8,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+) {
+    assert_eq!(event.reason, reason as u8, "reason of {event:?}");
+    assert_eq!(event.hook, hook as u8, "hook of {event:?}");
+    assert_eq!(event.ifindex, ifindex, "interface of {event:?}");
+    assert_eq!(event.proto, protocol, "protocol of {event:?}");
+    assert_eq!(
+        event.saddr,
+        ip_be(*from.ip()),
+        "source address of {event:?}"
+    );
+    assert_eq!(
+        event.sport,
+        port_be(from.port()),
+        "source port of {event:?}"
+    );
+    assert_eq!(
+        event.daddr,
+        ip_be(*to.ip()),
+        "destination address of {event:?}"
+    );
+    assert_eq!(
+        event.dport,
+        port_be(to.port()),
+        "destination port of {event:?}"
+    );
+}
+
+#[test]
+fn pod_to_cluster_ip_over_tcp_and_udp_reaches_both_backends() {
+    let mut node = Node::up("pod_to_cluster_ip_over_tcp_and_udp");
+    node.datapath
+        .add_service(&to_backends(1, HTTP_FRONTEND, 8080));
+    node.datapath
+        .add_service(&to_backends(2, UDP_FRONTEND, 7007));
+    let client = &node.topology.client.ns;
+    let all: BTreeSet<Ipv4Addr> = BACKEND_IPS.into();
+
+    assert_eq!(
+        http_backends_seen(client, vip(80), CLIENT_IP),
+        all,
+        "TCP: both backends answer within {TRIES} requests"
+    );
+
+    let mut seen = BTreeSet::new();
+    for i in 0..TRIES {
+        let payload = format!("datagram {i}");
+        let reply = udp_echo(client, any_port(CLIENT_IP), vip(53), &payload, UDP_TIMEOUT)
+            .expect("UDP probe")
+            .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)));
+        // The socket is connected to the VIP: this answer came back reverse-NATed to VIP:53.
+        assert_eq!(reply.payload, payload, "{reply:?}");
+        assert_eq!(*reply.client.ip(), CLIENT_IP, "no SNAT: {reply:?}");
+        seen.insert(reply.pod_ip);
+        if seen.len() == BACKEND_IPS.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, all,
+        "UDP: both backends answer within {TRIES} datagrams"
+    );
+    assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
+}
+
+#[test]
+fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off_and_served_when_on() {
+    let mut node = Node::up("external_client_to_cluster_ip");
+    node.datapath
+        .add_service(&to_backends(1, HTTP_FRONTEND, 8080));
+    let eth0 = node.topology.node_ifindex(NODE_DEV);
+    let from = SocketAddrV4::new(EXTERNAL_IP, 40174);
+    let url = format!("http://{}/", vip(80));
+
+    let outcome = node
+        .topology
+        .external
+        .exec(
+            "curl",
+            &[
+                "-sS",
+                "--connect-timeout",
+                "1",
+                "--local-port",
+                "40174",
+                &url,
+            ],
+        )
+        .expect("run curl");
+    assert!(
+        !outcome.success,
+        "flag off: the ClusterIP must not answer: {outcome:?}"
+    );
+    let drops = await_count("a drop counted with 174", 1, || {
+        node.datapath
+            .drop_count(DropReason::IsClusterIp, Hook::FromNetdev)
+    });
+    let events = node.datapath.drain_events();
+    // One per SYN curl sent (it retransmits within its timeout); nothing else was dropped.
+    assert_eq!(events.len() as u64, drops, "one event per drop: {events:?}");
+    for event in &events {
+        assert_event(
+            event,
+            DropReason::IsClusterIp,
+            Hook::FromNetdev,
+            eth0,
+            proto::TCP,
+            from,
+            vip(80),
+        );
+        assert_eq!(event.tcp_flags, tcp_flags::SYN, "a SYN: {event:?}");
+    }
+    assert_eq!(
+        node.datapath.all_drops(),
+        vec![(DropReason::IsClusterIp as u8, Hook::FromNetdev as u8, drops)],
+        "only 174 at from-netdev"
+    );
+
+    node.set_flags(CONFIG_F_EXTERNAL_CLUSTER_IP);
+    assert_eq!(
+        http_backends_seen(&node.topology.external, vip(80), EXTERNAL_IP),
+        BACKEND_IPS.into(),
+        "flag on: both backends answer the external client, which they see unchanged"
+    );
+    assert_eq!(
+        node.datapath
+            .drop_count(DropReason::IsClusterIp, Hook::FromNetdev),
+        drops,
+        "flag on: nothing more dropped"
+    );
+}
+
+#[test]
+fn removing_a_backend_keeps_an_established_connection_to_the_other_intact() {
+    let mut node = Node::up("removing_a_backend_keeps_connection");
+    let echo = to_backends(1, ECHO_FRONTEND, 7007);
+    let ids = node.datapath.add_service(&echo);
+    let client = &node.topology.client.ns;
+
+    // One held connection to each backend (the choice is random: open until both are held).
+    let mut sessions: Vec<(EchoSession, Ipv4Addr)> = Vec::new();
+    for i in 0..TRIES {
+        let mut session = EchoSession::connect(client, vip(7), Duration::from_secs(2))
+            .unwrap_or_else(|err| panic!("connect to {}: {err}", vip(7)));
+        let EchoReply {
+            pod_ip, payload, ..
+        } = session.ask(&format!("hello {i}")).expect("echo");
+        assert_eq!(payload, format!("hello {i}"));
+        if sessions.iter().all(|(_, ip)| *ip != pod_ip) {
+            sessions.push((session, pod_ip));
+        }
+        if sessions.len() == BACKEND_IPS.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        sessions.len(),
+        2,
+        "connections to both backends within {TRIES} tries"
+    );
+
+    // Remove backend 0 as the agent does: the survivor into slot 1, the master entry's count
+    // down, the freed slot, then the backend.
+    let (gone, kept) = (BACKEND_IPS[0], BACKEND_IPS[1]);
+    node.datapath.set_slot(&echo, 1, ids[1]);
+    node.datapath.set_count(&echo, 1);
+    node.datapath.remove_slot(&echo, 2);
+    node.datapath.remove_backend(ids[0]);
+    assert!(
+        node.datapath.backend(ids[0]).is_none(),
+        "backend {gone} removed"
+    );
+
+    let (to_kept, _) = sessions
+        .iter_mut()
+        .find(|(_, ip)| *ip == kept)
+        .expect("a session to the kept backend");
+    let local = to_kept.local();
+    for i in 0..5 {
+        let reply = to_kept
+            .ask(&format!("after {i}"))
+            .unwrap_or_else(|err| panic!("the connection {local} -> {kept} broke: {err}"));
+        assert_eq!(reply.pod_ip, kept, "same backend: {reply:?}");
+        assert_eq!(reply.client, local, "same connection: {reply:?}");
+    }
+    for i in 0..10 {
+        let mut fresh = EchoSession::connect(client, vip(7), Duration::from_secs(2))
+            .unwrap_or_else(|err| panic!("connect to {}: {err}", vip(7)));
+        let reply = fresh.ask(&format!("new {i}")).expect("echo");
+        assert_eq!(
+            reply.pod_ip, kept,
+            "new connections go to the remaining backend"
+        );
+    }
+    assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
+}
+
+#[test]
+fn frontend_without_backends_drops_with_158() {
+    let mut node = Node::up("frontend_without_backends");
+    node.datapath
+        .add_service(&service(UDP_FRONTEND, &[]).with_id(1));
+    node.datapath
+        .add_service(&service(HTTP_FRONTEND, &[]).with_id(2));
+    let lxc = node.topology.node_ifindex(CLIENT_DEV);
+    let client = &node.topology.client.ns;
+    let from = SocketAddrV4::new(CLIENT_IP, 40158);
+
+    let answer = udp_echo(client, from, vip(53), "anyone?", UDP_TIMEOUT).expect("UDP probe");
+    assert!(answer.is_err(), "no backend, no answer: {answer:?}");
+    await_count("a drop counted with 158", 1, || {
+        node.datapath
+            .drop_count(DropReason::NoService, Hook::FromPod)
+    });
+    assert_eq!(
+        node.datapath.all_drops(),
+        vec![(DropReason::NoService as u8, Hook::FromPod as u8, 1)],
+        "exactly the one datagram dropped, with 158 at from-pod"
+    );
+    let events = node.datapath.drain_events();
+    assert_eq!(events.len(), 1, "one event: {events:?}");
+    assert_event(
+        &events[0],
+        DropReason::NoService,
+        Hook::FromPod,
+        lxc,
+        proto::UDP,
+        from,
+        vip(53),
+    );
+
+    let (outcome, reply) = http_get(client, vip(80)).expect("run curl");
+    assert_eq!(
+        reply.status, None,
+        "no backend, no HTTP answer: {outcome:?}"
+    );
+    let drops = await_count("the SYN counted with 158", 2, || {
+        node.datapath
+            .drop_count(DropReason::NoService, Hook::FromPod)
+    });
+    let events = node.datapath.drain_events();
+    assert_eq!(
+        events.len() as u64,
+        drops - 1,
+        "one event per SYN: {events:?}"
+    );
+    for event in &events {
+        assert_eq!(event.reason, DropReason::NoService as u8, "{event:?}");
+        assert_eq!(event.proto, proto::TCP, "{event:?}");
+        assert_eq!(event.tcp_flags, tcp_flags::SYN, "{event:?}");
+    }
+}
