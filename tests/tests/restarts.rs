@@ -703,3 +703,142 @@ fn ten_agent_restarts_break_no_connection_and_keep_ids() {
         seen.new_ok, seen.kept_ok, seen.by_pod
     );
 }
+
+/// The interfaces of the node: its external one and the pods' host sides.
+const NODE_INTERFACES: [&str; 5] = ["eth0", "lxcclient", "lxcbe1", "lxcbe2", "lxcbe3"];
+
+/// Every TCX program on the node's interfaces, as `iface ingress|egress name#id`, sorted.
+fn tcx_programs(node: &OneNode) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    in_netns(&node.node.path(), || {
+        let mut out = Vec::new();
+        for iface in NODE_INTERFACES {
+            for (direction, kind) in [
+                ("ingress", TcAttachType::Ingress),
+                ("egress", TcAttachType::Egress),
+            ] {
+                let (_, programs) = SchedClassifier::query_tcx(iface, kind)
+                    .unwrap_or_else(|err| panic!("query TCX on {iface}: {err}"));
+                for program in programs {
+                    let name = program.name_as_str().unwrap_or("?").to_owned();
+                    out.push(format!("{iface} {direction} {name}#{}", program.id()));
+                }
+            }
+        }
+        out.sort();
+        out
+    })
+}
+
+/// `tc qdisc show` on the node.
+fn qdiscs(node: &OneNode) -> String {
+    ok(node.node.run("tc", &["qdisc", "show"]), "tc qdisc show")
+}
+
+#[test]
+fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() {
+    let mut node = OneNode::up("lbu-", &["be1", "be2"]);
+    // What was there before lb: a qdisc someone else created, which lb must leave alone, and
+    // the pin directory of an older lb whose map layout differed.
+    ok(
+        node.node
+            .run("tc", &["qdisc", "add", "dev", "eth0", "clsact"]),
+        "foreign clsact qdisc",
+    );
+    let old_version = node.bpf_root.join("v0");
+    std::fs::create_dir_all(old_version.join("links")).expect("old version dir");
+    let programs_before = tcx_programs(&node);
+    let qdiscs_before = qdiscs(&node);
+
+    node.start_agent();
+    assert!(
+        std::fs::read_to_string(node.run_dir.join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.contains("WARN") && line.contains(&*old_version.to_string_lossy())),
+        "the agent warns about {}:\n{}",
+        old_version.display(),
+        node.log_tail()
+    );
+    let client = node.pods["client"].path();
+    let answered = in_netns(&client, || get_once(VIP)).expect("ClusterIP answers with lb");
+    assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
+    let attached = tcx_programs(&node);
+    let ours: Vec<&String> = attached
+        .iter()
+        .filter(|line| !programs_before.contains(line))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        NODE_INTERFACES.len(),
+        "one lb program per interface: {attached:?}"
+    );
+    assert!(
+        ours.iter()
+            .any(|l| l.starts_with("eth0 ingress from_netdev#")),
+        "{ours:?}"
+    );
+
+    // Refused while the agent runs: it would re-create what is removed.
+    let uninstall = |node: &OneNode| {
+        let args = node.agent_args();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.push("--uninstall");
+        ok(
+            node.node.exec(&node.bins.agent.to_string_lossy(), &args),
+            "run lb-agent --uninstall",
+        )
+    };
+    let refused = uninstall(&node);
+    assert!(
+        !refused.success && refused.stderr.contains("still running"),
+        "uninstall refused while the agent runs: {refused:?}"
+    );
+
+    node.stop_agent();
+    assert_eq!(
+        tcx_programs(&node),
+        attached,
+        "programs stay attached after SIGTERM"
+    );
+    let done = uninstall(&node);
+    assert!(done.success, "lb-agent --uninstall: {done:?}");
+
+    assert_eq!(
+        tcx_programs(&node),
+        programs_before,
+        "TCX programs as before lb"
+    );
+    assert_eq!(qdiscs(&node), qdiscs_before, "qdiscs as before lb");
+    assert!(
+        !node.bpf_root.exists(),
+        "{} is gone (old versions included)",
+        node.bpf_root.display()
+    );
+    // The programs themselves are freed, not merely detached.
+    let loaded: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|program| program.id())
+        .collect();
+    for line in ours {
+        let id: u32 = line
+            .rsplit('#')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .expect("program id");
+        assert!(!loaded.contains(&id), "program {line} is unloaded");
+    }
+    // Pod addresses still work; the ClusterIP is no longer translated.
+    for (_, ip) in &BACKENDS[..2] {
+        let ip = *ip;
+        assert_eq!(
+            in_netns(&client, move || get_once(ip)).expect("pod address answers"),
+            ip
+        );
+    }
+    let untranslated = in_netns(&client, || get_once(VIP));
+    assert!(
+        untranslated.is_err(),
+        "the ClusterIP no longer answers once lb is uninstalled: {untranslated:?}"
+    );
+}
