@@ -113,7 +113,13 @@ pub struct Netns {
 impl Netns {
     /// Creates the namespace (removing a stale one of the same name first), with `lo` up.
     pub fn create(short: &str) -> Result<Self> {
-        let name = format!("{PREFIX}{short}");
+        Self::create_named(&format!("{PREFIX}{short}"), short)
+    }
+
+    /// Creates a namespace named exactly `name` (not under [`PREFIX`]), for tests that build
+    /// their own topology beside the lab's and must survive [`down`]; `short` is its label.
+    pub fn create_named(name: &str, short: &str) -> Result<Self> {
+        let name = name.to_owned();
         if Path::new("/run/netns").join(&name).exists() {
             remove_netns(&name)?;
         }
@@ -375,6 +381,27 @@ impl Process {
             (None, Some(err)) => Err(err),
             (None, None) => Err(Error::Unexpected(format!("lost track of {}", self.cmdline))),
         }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit on its own; returns its
+    /// exit status. A process that outlives the deadline is killed and reported as a timeout.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Ok(status);
+        }
+        signal(self.child.id(), libc::SIGTERM);
+        let what = format!("`{}` to exit after SIGTERM", self.cmdline);
+        let waited = wait_until(&what, timeout, || match self.child.try_wait() {
+            Ok(Some(status)) => Ok(Some(status)),
+            Ok(None) => Ok(None),
+            Err(err) => Err(err.to_string()),
+        });
+        if waited.is_err() {
+            // Both fail only when the child is already gone.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        waited
     }
 
     /// Stops the process: SIGTERM, then SIGKILL if it has not exited within a grace period.

@@ -8,7 +8,8 @@
 //! - `datapath/` loads, attaches and owns the eBPF programs and maps.
 //!
 //! `config/` defines every option once; `api/` serves `lbctl` over a unix socket; `cli/` is
-//! `lbctl` itself; `monitor/` renders drop events.
+//! `lbctl` itself; `monitor/` renders drop events;
+//! `uninstall` removes what lb installed on a node (`lb-agent --uninstall`).
 pub mod agent;
 pub mod api;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod model;
 pub mod monitor;
 pub mod sync;
 pub mod telemetry;
+pub mod uninstall;
 
 pub use agent::run;

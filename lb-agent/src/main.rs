@@ -1,18 +1,40 @@
-//! `lb-agent`: parse the configuration, start telemetry, run the agent until SIGTERM/SIGINT.
+//! `lb-agent`: parse the configuration, start telemetry, run the agent until SIGTERM/SIGINT
+//! (or, with `--uninstall`, remove what lb installed and exit).
 use std::process::ExitCode;
 
-use lb_agent::{config::AgentConfig, telemetry};
+use lb_agent::{
+    config::{Action, AgentConfig},
+    telemetry, uninstall,
+};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let config = match AgentConfig::parse() {
-        Ok(config) => config,
+    let (config, action) = match AgentConfig::parse() {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("lb-agent: {:#}", anyhow::Error::from(err));
             return ExitCode::from(2);
         }
     };
     telemetry::init(config.log_level);
+    if action == Action::Uninstall {
+        return match uninstall::uninstall(&config.bpf_root, &config.socket) {
+            Ok(report) => {
+                tracing::info!(
+                    links = report.links.len(),
+                    pins = report.pins.len(),
+                    version_dirs = report.version_dirs.len(),
+                    bpf_root_removed = report.root_removed,
+                    "lb uninstalled"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "uninstall failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -99,6 +99,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         maps,
         pin_dir,
     } = Datapath::load(&options)?;
+    // Pins of an lb with another map layout: this agent cannot use them (their maps, and the
+    // flows in their conntrack, are not read), so say so; `--uninstall` removes them.
+    let stale = crate::uninstall::other_versions(&config.bpf_root, lb_common::maps::PIN_VERSION);
+    if !stale.is_empty() {
+        tracing::warn!(
+            dirs = ?stale,
+            "found pins of another lb version, unused by this agent; remove them once no agent \
+             of that version runs on this node (`lb-agent --uninstall` removes all of lb's pins)"
+        );
+    }
     let ring = events::take_ring(&mut ebpf)?;
     for iface in &config.devices {
         devices::attach(&mut ebpf, &pin_dir, Hook::FromNetdev, iface)?;

@@ -182,7 +182,29 @@ pub fn command() -> Command {
                 .help(help),
         );
     }
-    cmd
+    // An action, not an option: it has no environment variable or config-dir file, so it is
+    // not in the option table (`lbctl config` must never see it).
+    cmd.arg(
+        Arg::new(UNINSTALL)
+            .long(UNINSTALL)
+            .action(ArgAction::SetTrue)
+            .help(
+                "remove every link, program and pin lb created under --bpf-root, then exit \
+                 (stop the agent first)",
+            ),
+    )
+}
+
+/// The `--uninstall` flag.
+pub const UNINSTALL: &str = "uninstall";
+
+/// What lb-agent was asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the agent until SIGTERM.
+    Run,
+    /// `--uninstall`: remove what lb installed, then exit.
+    Uninstall,
 }
 
 /// Where a raw value came from, for error messages.
@@ -207,11 +229,29 @@ impl fmt::Display for Origin {
 impl AgentConfig {
     /// Parses the process's arguments and environment; `--help`, `--version` and usage
     /// errors print and exit as clap does.
-    pub fn parse() -> Result<Self, Error> {
-        match Self::from_args(std::env::args_os(), |var| std::env::var(var).ok()) {
+    pub fn parse() -> Result<(Self, Action), Error> {
+        match Self::from_args_with_action(std::env::args_os(), |var| std::env::var(var).ok()) {
             Err(Error::Args(err)) => err.exit(),
             other => other,
         }
+    }
+
+    /// Like [`AgentConfig::from_args`], also returning the action the command line asks for.
+    pub fn from_args_with_action<I, T>(
+        args: I,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Action), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = command().try_get_matches_from(args)?;
+        let action = if matches.get_flag(UNINSTALL) {
+            Action::Uninstall
+        } else {
+            Action::Run
+        };
+        Ok((Self::from_matches(&matches, env)?, action))
     }
 
     /// Resolves every option from `args` (including the program name), `env` and the config
@@ -222,6 +262,13 @@ impl AgentConfig {
         T: Into<OsString> + Clone,
     {
         let matches = command().try_get_matches_from(args)?;
+        Self::from_matches(&matches, env)
+    }
+
+    fn from_matches(
+        matches: &clap::ArgMatches,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
         let from_flag_or_env = |spec: &OptionSpec| -> Option<(String, Origin)> {
             if let Some(value) = matches.get_one::<String>(spec.key) {
                 return Some((value.trim().to_owned(), Origin::Flag));

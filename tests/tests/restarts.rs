@@ -1,0 +1,844 @@
+//! The agent's lifecycle on one node, in namespaces: restarts that drop no connection, and
+//! `lb-agent --uninstall` leaving the node as it was.
+//!
+//! Each test builds its own small node (a guard named after the test, removed on drop) with its
+//! own namespace prefix, bpffs root and run directory, so the tests run beside each other and
+//! beside the lab (whose `down` removes only `lblab-*`):
+//!
+//! ```text
+//!   <p>outside: eth0 192.168.99.2/24, forwards nothing
+//!      │
+//!   <p>node: eth0 192.168.99.1/24 (lb-agent's --devices), default route via <p>outside
+//!     ├ lxcclient → <p>client 10.200.0.10   (the test's client threads enter this namespace)
+//!     ├ lxcbe1    → <p>be1    10.200.0.21:80 (keep-alive HTTP server)
+//!     ├ lxcbe2    → <p>be2    10.200.0.22:80
+//!     └ lxcbe3    → <p>be3    10.200.0.23:80 (a backend only once the EndpointSlice lists it)
+//! ```
+//!
+//! Pods are wired as in the lab (a /32, proxy ARP for 169.254.1.1). The agent runs as a process
+//! (`nsenter --net`, file source), because restarts are SIGTERM and a new process. Its binaries
+//! come from `LB_BIN_DIR`, or a `cargo build -p lb-agent --bins` of this workspace.
+//! Traffic never leaves these namespaces: the node's only way out leads to `<p>outside`.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lb_lab::netns::{Netns, Process, veth};
+use lb_lab::{Binaries, wait_until};
+
+/// The ClusterIP of the test's Service.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
+/// Port of the Service and of the backends.
+const PORT: u16 = 80;
+/// The client pod.
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
+/// The backend pods, by name.
+const BACKENDS: [(&str, Ipv4Addr); 3] = [
+    ("be1", Ipv4Addr::new(10, 200, 0, 21)),
+    ("be2", Ipv4Addr::new(10, 200, 0, 22)),
+    ("be3", Ipv4Addr::new(10, 200, 0, 23)),
+];
+/// Restarts in a row.
+const RESTARTS: usize = 10;
+/// The restart during which the EndpointSlice gains be3.
+const CHANGE_AT: usize = 5;
+/// Long-lived connections the client keeps open across every restart.
+const KEPT_CONNECTIONS: usize = 4;
+/// Pause between two new connections: 20 a second.
+const NEW_CONNECTION_EVERY: Duration = Duration::from_millis(50);
+/// Pause between two exchanges on each kept connection.
+const KEPT_EXCHANGE_EVERY: Duration = Duration::from_millis(200);
+/// A new connection fails if its handshake takes longer: shorter than the SYN retransmission
+/// timeout (1 s), so a SYN the datapath lost is a failure rather than a slow success.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(900);
+/// A request on any connection fails if its answer takes longer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for the agent to be ready, for a process to exit, for traffic to progress.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Keep-alive HTTP server: each answer names the pod (`X-Pod-IP`), connections stay open.
+const HTTP_SERVER: &str = r#"
+import http.server, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"{ip}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Pod-IP", ip)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+print(f"listening on {ip}:{port}", flush=True)
+Server((ip, port), Handler).serve_forever()
+"#;
+
+fn ok<T>(result: lb_lab::Result<T>, what: &str) -> T {
+    result.unwrap_or_else(|err| panic!("{what}: {err}"))
+}
+
+/// The agent binaries: `LB_BIN_DIR`, or a fresh `cargo build` of lb-agent's binaries.
+fn binaries() -> Binaries {
+    let dir = match std::env::var_os("LB_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("tests/ has a parent")
+                .to_owned();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "lb-agent", "--bins"])
+                .current_dir(&workspace)
+                .status()
+                .expect("run cargo build -p lb-agent --bins");
+            assert!(status.success(), "cargo build -p lb-agent --bins failed");
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace.join("target"), PathBuf::from)
+                .join("debug")
+        }
+    };
+    Binaries::in_dir(&dir).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// One node with a client pod and three backend pods, named with a prefix; everything it made
+/// (agent, servers, namespaces, pins, run directory) is removed on drop.
+struct OneNode {
+    prefix: &'static str,
+    bins: Binaries,
+    run_dir: PathBuf,
+    bpf_root: PathBuf,
+    agent: Option<Process>,
+    servers: Vec<Process>,
+    pods: BTreeMap<&'static str, Netns>,
+    node: Netns,
+    _outside: Netns,
+}
+
+impl OneNode {
+    /// Builds the node and its pods, starts the backends' servers and writes the Service with
+    /// `listed` backends (by name) into the manifests directory.
+    fn up(prefix: &'static str, listed: &[&str]) -> Self {
+        let run_dir = PathBuf::from(format!("/run/{prefix}lab"));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(run_dir.join("manifests")).expect("create run dir");
+        ok(lb_lab::agent::ensure_bpffs(), "mount bpffs");
+        let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{prefix}lab"));
+        let _ = std::fs::remove_dir_all(&bpf_root);
+
+        let node = ok(
+            Netns::create_named(&format!("{prefix}node"), "node"),
+            "node ns",
+        );
+        // The node's external interface leads to a namespace that forwards nothing: whatever
+        // the node routes out of it ends there.
+        let outside = ok(
+            Netns::create_named(&format!("{prefix}outside"), "outside"),
+            "outside ns",
+        );
+        ok(veth(&node, "eth0", &outside, "eth0"), "node eth0");
+        ok(node.addr("eth0", "192.168.99.1/24"), "eth0 address");
+        ok(outside.addr("eth0", "192.168.99.2/24"), "outside address");
+        // The pods' gateway (169.254.1.1) is answered by proxy ARP, which needs a route to it
+        // through another interface: the default route out of eth0.
+        ok(
+            node.route(&["default", "via", "192.168.99.2", "dev", "eth0"]),
+            "default route",
+        );
+        ok(node.sysctl("net.ipv4.ip_forward", "1"), "ip_forward");
+        let mut topo = Self {
+            prefix,
+            bins: binaries(),
+            run_dir,
+            bpf_root,
+            agent: None,
+            servers: Vec::new(),
+            pods: BTreeMap::new(),
+            node,
+            _outside: outside,
+        };
+        let pods = std::iter::once(("client", CLIENT_IP)).chain(BACKENDS);
+        for (name, ip) in pods {
+            let ns = ok(
+                Netns::create_named(&format!("{prefix}{name}"), name),
+                "pod ns",
+            );
+            let host_dev = format!("lxc{name}");
+            ok(veth(&topo.node, &host_dev, &ns, "eth0"), "pod veth");
+            ok(
+                topo.node
+                    .sysctl(&format!("net.ipv4.conf.{host_dev}.proxy_arp"), "1"),
+                "proxy_arp",
+            );
+            ok(ns.addr("eth0", &format!("{ip}/32")), "pod address");
+            ok(
+                ns.route(&["169.254.1.1", "dev", "eth0", "scope", "link"]),
+                "gateway route",
+            );
+            ok(
+                ns.route(&["default", "via", "169.254.1.1", "dev", "eth0"]),
+                "pod default route",
+            );
+            ok(
+                topo.node.route(&[&format!("{ip}/32"), "dev", &host_dev]),
+                "pod route",
+            );
+            topo.pods.insert(name, ns);
+        }
+        topo.start_servers();
+        topo.write_manifests(listed);
+        topo
+    }
+
+    fn start_servers(&mut self) {
+        let script = self.run_dir.join("http-server.py");
+        std::fs::write(&script, HTTP_SERVER).expect("write server script");
+        for (name, ip) in BACKENDS {
+            let log = self.run_dir.join(format!("{name}.log"));
+            let server = ok(
+                self.pods[name].spawn(
+                    "python3",
+                    &[
+                        &script.to_string_lossy(),
+                        &ip.to_string(),
+                        &PORT.to_string(),
+                    ],
+                    &log,
+                ),
+                "start HTTP server",
+            );
+            self.servers.push(server);
+        }
+        // Ready when the client reaches each server at its pod address (routing included).
+        for (name, ip) in BACKENDS {
+            let client = self.pods["client"].path();
+            ok(
+                wait_until(&format!("the HTTP server of {name}"), DEADLINE, || {
+                    in_netns(&client, move || get_once(ip))
+                        .map(|pod| (pod == ip).then_some(()))
+                        .map_err(|err| err.to_string())
+                }),
+                "backends ready",
+            );
+        }
+    }
+
+    /// Writes the Service and its EndpointSlice listing the backends `listed`. Files are
+    /// replaced by rename, so the agent never reads half a file.
+    fn write_manifests(&self, listed: &[&str]) {
+        let endpoints: String = BACKENDS
+            .iter()
+            .filter(|(name, _)| listed.contains(name))
+            .map(|(_, ip)| {
+                format!(
+                    "- addresses: [\"{ip}\"]\n  conditions: {{ready: true, serving: true, \
+                     terminating: false}}\n  nodeName: {}node\n",
+                    self.prefix
+                )
+            })
+            .collect();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
+             spec:\n  type: ClusterIP\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\"]\n  \
+             ports:\n  - port: {PORT}\n    protocol: TCP\n    targetPort: {PORT}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
+             namespace: default\n  labels:\n    kubernetes.io/service-name: web\n\
+             addressType: IPv4\nports:\n- name: \"\"\n  port: {PORT}\n  protocol: TCP\n\
+             endpoints:\n{endpoints}"
+        );
+        let dir = self.run_dir.join("manifests");
+        let tmp = self.run_dir.join("web.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write manifests");
+        std::fs::rename(&tmp, dir.join("web.yaml")).expect("replace manifests");
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.run_dir.join("agent.sock")
+    }
+
+    fn agent_args(&self) -> Vec<String> {
+        [
+            "--source".into(),
+            format!("file:{}", self.run_dir.join("manifests").display()),
+            "--devices".into(),
+            "eth0".into(),
+            "--pod-devices".into(),
+            "lxc*".into(),
+            "--node-name".into(),
+            format!("{}node", self.prefix),
+            "--bpf-root".into(),
+            self.bpf_root.display().to_string(),
+            "--socket".into(),
+            self.socket().display().to_string(),
+        ]
+        .into()
+    }
+
+    /// Starts lb-agent (its log appended to `agent.log`) and waits for `lbctl status` to pass.
+    fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "an agent already runs");
+        let args = self.agent_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = ok(
+            self.node.spawn(
+                &self.bins.agent.to_string_lossy(),
+                &args,
+                &self.run_dir.join("agent.log"),
+            ),
+            "start lb-agent",
+        );
+        let (lbctl, socket) = (self.bins.lbctl.clone(), self.socket());
+        ok(
+            agent.wait_until("lbctl status to pass", DEADLINE, || {
+                let out = Command::new(&lbctl)
+                    .arg("--socket")
+                    .arg(&socket)
+                    .arg("status")
+                    .output()
+                    .map_err(|err| err.to_string())?;
+                if out.status.success() {
+                    Ok(Some(()))
+                } else {
+                    Err(String::from_utf8_lossy(&out.stderr).into_owned())
+                }
+            }),
+            "lb-agent ready",
+        );
+        self.agent = Some(agent);
+    }
+
+    /// SIGTERM, and the agent exits cleanly within the deadline.
+    fn stop_agent(&mut self) {
+        let mut agent = self.agent.take().expect("an agent runs");
+        let status = ok(agent.terminate(DEADLINE), "lb-agent exits on SIGTERM");
+        assert!(
+            status.success(),
+            "lb-agent exited with {status} on SIGTERM:\n{}",
+            agent.log_tail(20)
+        );
+    }
+
+    /// `lbctl service list -o json` as frontend → (service id, backend address → backend id).
+    fn ids(&self) -> BTreeMap<String, (u64, BTreeMap<String, u64>)> {
+        let out = Command::new(&self.bins.lbctl)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["service", "list", "-o", "json"])
+            .output()
+            .expect("run lbctl service list");
+        assert!(out.status.success(), "lbctl service list: {out:?}");
+        let rows: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("service list is JSON");
+        let rows = rows.as_array().expect("service list is an array");
+        rows.iter()
+            .map(|row| {
+                let backends = row["backends"]
+                    .as_array()
+                    .expect("backends array")
+                    .iter()
+                    .map(|b| {
+                        let address = b["address"].as_str().expect("backend address");
+                        (address.to_owned(), b["id"].as_u64().expect("backend id"))
+                    })
+                    .collect();
+                let frontend = row["frontend"].as_str().expect("frontend").to_owned();
+                (frontend, (row["id"].as_u64().expect("id"), backends))
+            })
+            .collect()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.run_dir.join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for OneNode {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.stop();
+        }
+        self.servers.clear();
+        // Unpinning the links detaches the programs; the maps go with their last reference.
+        if let Err(err) = std::fs::remove_dir_all(&self.bpf_root)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("cannot remove {}: {err}", self.bpf_root.display());
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        // The namespaces (pods, then the node) are removed as the fields drop.
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace at `ns_path`; sockets it creates belong
+/// to that namespace wherever they are used later.
+fn in_netns<T: Send + 'static>(ns_path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns_path, f)
+        .join()
+        .expect("namespace thread panicked")
+}
+
+fn spawn_in_netns<T: Send + 'static>(
+    ns_path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let ns = File::open(ns_path).expect("open netns");
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on a valid namespace fd; it changes only this thread's namespace.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// One HTTP/1.1 exchange on `conn`: the pod that answered.
+fn exchange(conn: &mut BufReader<TcpStream>, close: bool) -> std::io::Result<Ipv4Addr> {
+    let connection = if close { "close" } else { "keep-alive" };
+    conn.get_mut().write_all(
+        format!("GET / HTTP/1.1\r\nHost: {VIP}\r\nConnection: {connection}\r\n\r\n").as_bytes(),
+    )?;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut status = String::new();
+    conn.read_line(&mut status)?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(bad(format!("status line {status:?}")));
+    }
+    let (mut length, mut pod) = (None, None);
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed in the headers".into()));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "x-pod-ip" => pod = value.trim().parse::<Ipv4Addr>().ok(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length.ok_or_else(|| bad("no Content-Length".into()))?];
+    conn.read_exact(&mut body)?;
+    pod.ok_or_else(|| bad("no X-Pod-IP".into()))
+}
+
+fn connect(to: Ipv4Addr) -> std::io::Result<BufReader<TcpStream>> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(to, PORT));
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(BufReader::new(stream))
+}
+
+/// A new connection to `to`, one request, closed: the pod that answered.
+fn get_once(to: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
+    exchange(&mut connect(to)?, true)
+}
+
+/// What the client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// New connections that completed their exchange.
+    new_ok: u64,
+    /// New connections that failed, with when and why.
+    new_failed: Vec<String>,
+    /// New connections per answering pod.
+    by_pod: BTreeMap<Ipv4Addr, u64>,
+    /// Exchanges completed on kept connections.
+    kept_ok: u64,
+    /// Kept connections that broke or changed backend, with when and why.
+    kept_broken: Vec<String>,
+}
+
+/// The client pod's traffic: `KEPT_CONNECTIONS` long-lived connections exchanging data
+/// periodically, and new connections at a steady rate, both through the ClusterIP.
+struct Client {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Client {
+    fn start(client_ns: &Path) -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        let (s, st) = (seen.clone(), stop.clone());
+        threads.push(spawn_in_netns(client_ns, move || {
+            while !st.load(Ordering::Relaxed) {
+                let at = started.elapsed();
+                let result = get_once(VIP);
+                let mut seen = s.lock().expect("seen");
+                match result {
+                    Ok(pod) => {
+                        seen.new_ok += 1;
+                        *seen.by_pod.entry(pod).or_default() += 1;
+                    }
+                    Err(err) => seen.new_failed.push(format!("at {at:?}: {err}")),
+                }
+                drop(seen);
+                // Pacing of a steady rate, not a wait for a condition.
+                std::thread::sleep(NEW_CONNECTION_EVERY);
+            }
+        }));
+        let (s, st) = (seen.clone(), stop.clone());
+        threads.push(spawn_in_netns(client_ns, move || {
+            let mut kept: Vec<(BufReader<TcpStream>, Ipv4Addr)> = (0..KEPT_CONNECTIONS)
+                .map(|_| {
+                    let mut conn = connect(VIP).expect("open a kept connection");
+                    let pod = exchange(&mut conn, false).expect("first exchange");
+                    (conn, pod)
+                })
+                .collect();
+            while !st.load(Ordering::Relaxed) && !kept.is_empty() {
+                let at = started.elapsed();
+                kept.retain_mut(|(conn, pod)| {
+                    let result = exchange(conn, false);
+                    let mut seen = s.lock().expect("seen");
+                    match result {
+                        Ok(answered) if answered == *pod => {
+                            seen.kept_ok += 1;
+                            true
+                        }
+                        Ok(answered) => {
+                            seen.kept_broken.push(format!(
+                                "at {at:?}: connection to {pod} answered by {answered}"
+                            ));
+                            false
+                        }
+                        Err(err) => {
+                            seen.kept_broken
+                                .push(format!("at {at:?}: connection to {pod}: {err}"));
+                            false
+                        }
+                    }
+                });
+                std::thread::sleep(KEPT_EXCHANGE_EVERY);
+            }
+        }));
+        Self {
+            seen,
+            stop,
+            threads,
+            started,
+        }
+    }
+
+    /// (new connections that succeeded, exchanges on kept connections).
+    fn progress(&self) -> (u64, u64) {
+        let seen = self.seen.lock().expect("seen");
+        (seen.new_ok, seen.kept_ok)
+    }
+
+    /// Waits until at least `new` more new connections and `kept` more kept exchanges succeeded.
+    fn wait_progress(&self, what: &str, new: u64, kept: u64) {
+        let (new0, kept0) = self.progress();
+        ok(
+            wait_until(what, DEADLINE, || {
+                let (n, k) = self.progress();
+                if n >= new0 + new && k >= kept0 + kept {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{} new, {} kept since", n - new0, k - kept0))
+                }
+            }),
+            what,
+        );
+    }
+
+    /// Fails at once, with what broke, if any connection failed so far.
+    fn assert_no_failures(&self, context: &str) {
+        let seen = self.seen.lock().expect("seen");
+        assert!(
+            seen.new_failed.is_empty() && seen.kept_broken.is_empty(),
+            "{context}: {} new connections failed {:?}; kept connections broken {:?} \
+             (client started {:?} ago)",
+            seen.new_failed.len(),
+            seen.new_failed,
+            seen.kept_broken,
+            self.started.elapsed()
+        );
+    }
+
+    fn stop(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().expect("client thread");
+        }
+        std::mem::take(&mut *self.seen.lock().expect("seen"))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn ten_agent_restarts_break_no_connection_and_keep_ids() {
+    let mut node = OneNode::up("lbr-", &["be1", "be2"]);
+    node.start_agent();
+    let ids = node.ids();
+    let frontend = format!("{VIP}:{PORT}/TCP");
+    let (service_id, backends) = ids
+        .get(&frontend)
+        .cloned()
+        .unwrap_or_else(|| panic!("{frontend} programmed: {ids:?}\n{}", node.log_tail()));
+    assert_eq!(backends.len(), 2, "two backends: {ids:?}");
+
+    let client = Client::start(&node.pods["client"].path());
+    client.wait_progress(
+        "traffic through the ClusterIP",
+        20,
+        2 * KEPT_CONNECTIONS as u64,
+    );
+    client.assert_no_failures("before any restart");
+
+    let mut expected = ids;
+    for restart in 1..=RESTARTS {
+        node.stop_agent();
+        // The datapath forwards on its own while no agent runs.
+        client.wait_progress(
+            &format!("traffic while the agent is down ({restart})"),
+            5,
+            KEPT_CONNECTIONS as u64,
+        );
+        if restart == CHANGE_AT {
+            node.write_manifests(&["be1", "be2", "be3"]);
+        }
+        node.start_agent();
+        let now = node.ids();
+        if restart == CHANGE_AT {
+            let (id, backends) = now.get(&frontend).cloned().expect("frontend still there");
+            assert_eq!(id, service_id, "service id after the change");
+            let old = &expected[&frontend].1;
+            for (address, backend_id) in old {
+                assert_eq!(
+                    backends.get(address),
+                    Some(backend_id),
+                    "backend {address} keeps its id: {now:?}"
+                );
+            }
+            assert_eq!(
+                backends.len(),
+                3,
+                "be3 added while the agent was down: {now:?}"
+            );
+            expected = now;
+        } else {
+            assert_eq!(now, expected, "ids after restart {restart}");
+        }
+        client.wait_progress(
+            &format!("traffic after restart {restart}"),
+            5,
+            KEPT_CONNECTIONS as u64,
+        );
+        client.assert_no_failures(&format!("restart {restart}"));
+    }
+
+    // be3, added while the agent was down, takes new connections.
+    let be3 = BACKENDS[2].1;
+    let be3_count = || {
+        client
+            .seen
+            .lock()
+            .expect("seen")
+            .by_pod
+            .get(&be3)
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = be3_count();
+    ok(
+        wait_until("new connections to be3", DEADLINE, || {
+            let now = be3_count();
+            if now >= before + 3 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{now} so far"))
+            }
+        }),
+        "be3 gets traffic",
+    );
+    let seen = client.stop();
+    assert!(
+        seen.new_failed.is_empty() && seen.kept_broken.is_empty(),
+        "failures: {seen:?}"
+    );
+    for (name, ip) in BACKENDS {
+        assert!(
+            seen.by_pod.get(&ip).is_some_and(|n| *n > 0),
+            "{name} answered: {seen:?}"
+        );
+    }
+    eprintln!(
+        "{RESTARTS} restarts: {} new connections and {} exchanges on {KEPT_CONNECTIONS} kept \
+         connections, none failed; by pod: {:?}",
+        seen.new_ok, seen.kept_ok, seen.by_pod
+    );
+}
+
+/// The interfaces of the node: its external one and the pods' host sides.
+const NODE_INTERFACES: [&str; 5] = ["eth0", "lxcclient", "lxcbe1", "lxcbe2", "lxcbe3"];
+
+/// Every TCX program on the node's interfaces, as `iface ingress|egress name#id`, sorted.
+fn tcx_programs(node: &OneNode) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    in_netns(&node.node.path(), || {
+        let mut out = Vec::new();
+        for iface in NODE_INTERFACES {
+            for (direction, kind) in [
+                ("ingress", TcAttachType::Ingress),
+                ("egress", TcAttachType::Egress),
+            ] {
+                let (_, programs) = SchedClassifier::query_tcx(iface, kind)
+                    .unwrap_or_else(|err| panic!("query TCX on {iface}: {err}"));
+                for program in programs {
+                    let name = program.name_as_str().unwrap_or("?").to_owned();
+                    out.push(format!("{iface} {direction} {name}#{}", program.id()));
+                }
+            }
+        }
+        out.sort();
+        out
+    })
+}
+
+/// `tc qdisc show` on the node.
+fn qdiscs(node: &OneNode) -> String {
+    ok(node.node.run("tc", &["qdisc", "show"]), "tc qdisc show")
+}
+
+#[test]
+fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() {
+    let mut node = OneNode::up("lbu-", &["be1", "be2"]);
+    // What was there before lb: a qdisc someone else created, which lb must leave alone, and
+    // the pin directory of an older lb whose map layout differed.
+    ok(
+        node.node
+            .run("tc", &["qdisc", "add", "dev", "eth0", "clsact"]),
+        "foreign clsact qdisc",
+    );
+    let old_version = node.bpf_root.join("v0");
+    std::fs::create_dir_all(old_version.join("links")).expect("old version dir");
+    let programs_before = tcx_programs(&node);
+    let qdiscs_before = qdiscs(&node);
+
+    node.start_agent();
+    assert!(
+        std::fs::read_to_string(node.run_dir.join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.contains("WARN") && line.contains(&*old_version.to_string_lossy())),
+        "the agent warns about {}:\n{}",
+        old_version.display(),
+        node.log_tail()
+    );
+    let client = node.pods["client"].path();
+    let answered = in_netns(&client, || get_once(VIP)).expect("ClusterIP answers with lb");
+    assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
+    let attached = tcx_programs(&node);
+    let ours: Vec<&String> = attached
+        .iter()
+        .filter(|line| !programs_before.contains(line))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        NODE_INTERFACES.len(),
+        "one lb program per interface: {attached:?}"
+    );
+    assert!(
+        ours.iter()
+            .any(|l| l.starts_with("eth0 ingress from_netdev#")),
+        "{ours:?}"
+    );
+
+    // Refused while the agent runs: it would re-create what is removed.
+    let uninstall = |node: &OneNode| {
+        let args = node.agent_args();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.push("--uninstall");
+        ok(
+            node.node.exec(&node.bins.agent.to_string_lossy(), &args),
+            "run lb-agent --uninstall",
+        )
+    };
+    let refused = uninstall(&node);
+    assert!(
+        !refused.success && refused.stderr.contains("still running"),
+        "uninstall refused while the agent runs: {refused:?}"
+    );
+
+    node.stop_agent();
+    assert_eq!(
+        tcx_programs(&node),
+        attached,
+        "programs stay attached after SIGTERM"
+    );
+    let done = uninstall(&node);
+    assert!(done.success, "lb-agent --uninstall: {done:?}");
+
+    assert_eq!(
+        tcx_programs(&node),
+        programs_before,
+        "TCX programs as before lb"
+    );
+    assert_eq!(qdiscs(&node), qdiscs_before, "qdiscs as before lb");
+    assert!(
+        !node.bpf_root.exists(),
+        "{} is gone (old versions included)",
+        node.bpf_root.display()
+    );
+    // The programs themselves are freed, not merely detached.
+    let loaded: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|program| program.id())
+        .collect();
+    for line in ours {
+        let id: u32 = line
+            .rsplit('#')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .expect("program id");
+        assert!(!loaded.contains(&id), "program {line} is unloaded");
+    }
+    // Pod addresses still work; the ClusterIP is no longer translated.
+    for (_, ip) in &BACKENDS[..2] {
+        let ip = *ip;
+        assert_eq!(
+            in_netns(&client, move || get_once(ip)).expect("pod address answers"),
+            ip
+        );
+    }
+    let untranslated = in_netns(&client, || get_once(VIP));
+    assert!(
+        untranslated.is_err(),
+        "the ClusterIP no longer answers once lb is uninstalled: {untranslated:?}"
+    );
+}
