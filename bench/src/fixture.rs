@@ -194,11 +194,23 @@ impl Fixture {
     /// `ip kube-proxy`, the `service-ips` verdict map, one chain per service (numgen random) and
     /// one per endpoint (DNAT).
     pub fn nftables(self) -> String {
+        self.nftables_as(false)
+    }
+
+    /// Like [`Fixture::nftables`], except that a service with one endpoint jumps to it with
+    /// `goto` instead of through a one-element anonymous `numgen` vmap. The packet path is the
+    /// same lookups, but it loads in seconds instead of minutes at 30k services: every
+    /// anonymous set makes the kernel scan all the table's sets to name it (quadratic).
+    pub fn nftables_fast(self) -> String {
+        self.nftables_as(true)
+    }
+
+    fn nftables_as(self, fast: bool) -> String {
         let mut out =
             String::with_capacity(self.services as usize * (500 + 400 * self.backends as usize));
         out.push_str(NFT_BASE);
         for i in 0..self.services {
-            self.nft_service(i, None, &mut out);
+            self.nft_service(i, None, fast, &mut out);
         }
         for i in 0..self.services {
             let _ = writeln!(
@@ -211,7 +223,7 @@ impl Fixture {
         out
     }
 
-    fn nft_service(self, i: u32, change: Option<EndpointChange>, out: &mut String) {
+    fn nft_service(self, i: u32, change: Option<EndpointChange>, fast: bool, out: &mut String) {
         let chain = nft_service_chain(i);
         let vip = Self::vip(i);
         let endpoints: Vec<Ipv4Addr> = (0..self.backends)
@@ -245,6 +257,14 @@ impl Fixture {
             out,
             "add rule ip kube-proxy {chain} ip daddr {vip} tcp dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade"
         );
+        if fast && endpoints.len() == 1 {
+            let _ = writeln!(
+                out,
+                "add rule ip kube-proxy {chain} goto {}",
+                nft_endpoint_chain(i, endpoints[0])
+            );
+            return;
+        }
         let vmap: Vec<String> = endpoints
             .iter()
             .enumerate()
@@ -263,7 +283,7 @@ impl Fixture {
     pub fn nftables_change(self, change: EndpointChange) -> String {
         let t = self.target();
         let mut out = String::new();
-        self.nft_service(t, Some(change), &mut out);
+        self.nft_service(t, Some(change), false, &mut out);
         let _ = writeln!(
             out,
             "delete chain ip kube-proxy {}",

@@ -3,7 +3,7 @@
 //! within rounds, and writes `benchmarks.md` and `benchmarks.svg` to `--out` (default `docs/`).
 //!
 //! ```text
-//! lb-bench [--quick] [--out DIR]
+//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic]
 //! ```
 //!
 //! `--quick` runs tiny sizes as a smoke test (CI): it checks that every path works and asserts
@@ -60,9 +60,9 @@ pub struct Config {
 const FULL: Config = Config {
     quick: false,
     sizes: &[1, 1_000, 10_000, 30_000],
-    rounds: 5,
-    connects: 2_000,
-    rate_for: Duration::from_secs(1),
+    rounds: 7,
+    connects: 1_500,
+    rate_for: Duration::from_millis(700),
     sync_fixtures: &[
         Fixture {
             services: 1,
@@ -91,8 +91,8 @@ const FULL: Config = Config {
     rule_changes: 20,
     packet: packet_cost::Plan {
         sizes: &[1, 1_000, 10_000, 30_000],
-        rounds: 5,
-        samples: 4_000,
+        rounds: 7,
+        samples: 3_000,
         repeat: 100_000,
     },
 };
@@ -142,6 +142,8 @@ pub struct TrafficResult {
     pub rate: stats::Summary,
     /// Connections attempted that failed.
     pub failed: usize,
+    /// Connections whose SYN was retransmitted (took ≥ 0.9 s).
+    pub retransmitted: usize,
 }
 
 fn traffic(config: &Config) -> anyhow::Result<Vec<TrafficResult>> {
@@ -159,14 +161,19 @@ fn traffic(config: &Config) -> anyhow::Result<Vec<TrafficResult>> {
         let mut lat: Vec<Vec<Vec<f64>>> = vec![Vec::new(); chains.len()];
         let mut rate: Vec<Vec<Vec<f64>>> = vec![Vec::new(); chains.len()];
         let mut failed = vec![0usize; chains.len()];
+        let mut slow = vec![0usize; chains.len()];
         for round in 0..config.rounds {
             // Rotate the order each round so no variant always runs first.
             for step in 0..chains.len() {
                 let k = (step + round) % chains.len();
                 let samples = chains[k].latencies(config.connects)?;
                 failed[k] += config.connects - samples.len();
+                let limit = traffic::RETRANSMITTED.as_secs_f64() * 1e6;
+                slow[k] += samples.iter().filter(|us| **us >= limit).count();
                 lat[k].push(samples);
-                rate[k].push(vec![chains[k].rate(config.rate_for)?]);
+                let (per_sec, retransmitted) = chains[k].rate(config.rate_for)?;
+                slow[k] += retransmitted;
+                rate[k].push(vec![per_sec]);
             }
         }
         for (k, chain) in chains.iter().enumerate() {
@@ -176,6 +183,7 @@ fn traffic(config: &Config) -> anyhow::Result<Vec<TrafficResult>> {
                 latency: summarize(&lat[k]),
                 rate: summarize(&rate[k]),
                 failed: failed[k],
+                retransmitted: slow[k],
             });
         }
         let line: Vec<String> = out
@@ -183,10 +191,11 @@ fn traffic(config: &Config) -> anyhow::Result<Vec<TrafficResult>> {
             .filter(|r| r.services == n)
             .map(|r| {
                 format!(
-                    "{} p50 {:.1} µs, {:.0} conn/s",
+                    "{} p50 {:.1} µs, {:.0} conn/s, {} retransmitted",
                     r.variant.name(),
                     r.latency.p50,
-                    r.rate.p50
+                    r.rate.p50,
+                    r.retransmitted
                 )
             })
             .collect();
@@ -208,7 +217,7 @@ pub struct Results {
     /// B5.
     pub sync: Vec<control::SyncResult>,
     /// B6.
-    pub change: control::ChangeResult,
+    pub change: Option<control::ChangeResult>,
     /// B7.
     pub maps: control::MapMemory,
     /// Peak RSS of the bench process (kB).
@@ -217,23 +226,44 @@ pub struct Results {
     pub elapsed: Duration,
 }
 
-fn run(config: Config, out: &std::path::Path) -> anyhow::Result<()> {
+/// The parts of the suite, for `--only` (development: the report then has gaps).
+const PARTS: [&str; 4] = ["packet", "sync", "change", "traffic"];
+
+fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
+    let want = |part: &str| only.is_empty() || only.iter().any(|p| p == part);
     netns::clean_stale();
+    traffic::raise_priority();
     let machine = report::Machine::probe(config.quick);
     eprintln!("lb-bench: {machine:?}");
-    let packet = packet_cost::run(config.packet)?;
+    let packet = if want("packet") {
+        packet_cost::run(config.packet)?
+    } else {
+        Vec::new()
+    };
     let maps = control::map_memory()?;
-    let sync = control::programming(config.sync_fixtures, config.sync_rounds)?;
-    let change = control::endpoint_change(
-        Fixture {
-            services: config.change_services,
-            backends: 1,
-        },
-        config.lb_changes,
-        config.rule_changes,
-    )?;
-    let traffic = traffic(&config)?;
+    let sync = if want("sync") {
+        control::programming(config.sync_fixtures, config.sync_rounds)?
+    } else {
+        Vec::new()
+    };
+    let change = if want("change") {
+        Some(control::endpoint_change(
+            Fixture {
+                services: config.change_services,
+                backends: 1,
+            },
+            config.lb_changes,
+            config.rule_changes,
+        )?)
+    } else {
+        None
+    };
+    let traffic = if want("traffic") {
+        traffic(&config)?
+    } else {
+        Vec::new()
+    };
     let mut machine = machine;
     machine.load_after = report::loadavg();
     let results = Results {
@@ -264,13 +294,29 @@ fn run(config: Config, out: &std::path::Path) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let mut quick = false;
     let mut out = None;
+    let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--out" => out = args.next().map(PathBuf::from),
+            "--only" => {
+                only = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    eprintln!(
+                        "lb-bench: unknown part {bad:?}: one of {}",
+                        PARTS.join(", ")
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
             "-h" | "--help" => {
-                println!("lb-bench [--quick] [--out DIR]");
+                println!("lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic]");
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -281,7 +327,7 @@ fn main() -> ExitCode {
     }
     let out = out.unwrap_or_else(|| PathBuf::from("docs"));
     let config = if quick { QUICK } else { FULL };
-    match run(config, &out) {
+    match run(config, &only, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("lb-bench: {err:#}");
