@@ -240,9 +240,9 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         o,
-        "| services | variant | connect p50 µs (rounds) | p99 µs | added p50 µs | added p99 µs | conn/s (rounds) | failed |"
+        "| services | variant | connect p50 µs (rounds) | p99 µs | added p50 µs | added p99 µs | conn/s (rounds) | failed | SYN retransmitted |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
     for &n in c.sizes {
         let direct = traffic_of(r, n, Variant::Direct);
         for v in Variant::ALL {
@@ -301,7 +301,7 @@ pub fn markdown(r: &Results) -> String {
     for s in &r.sync {
         let _ = writeln!(
             o,
-            "| {} × {} | {} | {} | {} | {:.1}× | {} | {} | {} KiB | {} KiB |",
+            "| {} × {} | {} | {} | {} | {:.1}× | {} | {} | {} KiB | {} |",
             human(s.fixture.services),
             s.fixture.backends,
             fmt_summary(&s.lb, 2),
@@ -311,7 +311,11 @@ pub fn markdown(r: &Results) -> String {
             ratio(s.nftables.p50 / s.lb.p50),
             s.lb_writes,
             s.iptables_bytes / 1024,
-            s.nft_bytes / 1024
+            if s.nft_bytes == 0 {
+                "–".to_owned()
+            } else {
+                format!("{} KiB", s.nft_bytes / 1024)
+            }
         );
     }
 
