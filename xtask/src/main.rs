@@ -1,5 +1,5 @@
 //! `cargo xtask`: the project's tasks. `setup` installs what a fresh machine lacks; `demo` runs
-//! the lab; `ci` is what `.ci/run` calls.
+//! the lab; `bench` measures lb against kube-proxy's rule sets; `ci` is what `.ci/run` calls.
 //!
 //! xtask deliberately depends on nothing that builds the eBPF object, so `cargo xtask setup`
 //! works on a machine that has no bpf-linker yet.
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -32,6 +33,14 @@ enum Command {
     },
     /// Run every check: fmt, clippy (host and eBPF), and all tests (needs root).
     Test,
+    /// Benchmark lb against kube-proxy's iptables and nftables rule sets; writes
+    /// docs/benchmarks.md and docs/benchmarks.svg (needs root; about ten minutes).
+    Bench {
+        /// Tiny sizes, a smoke test for CI: asserts nothing about speed, writes to
+        /// target/bench-quick/.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -50,6 +59,7 @@ fn main() -> ExitCode {
         } => demo::down(),
         Command::Demo { keep, action: None } => demo::run(keep),
         Command::Test => setup::run().and_then(|()| test::run()),
+        Command::Bench { quick } => bench::run(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

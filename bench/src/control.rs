@@ -1,0 +1,295 @@
+//! The control plane: B5 full programming time, B6 one endpoint change to datapath, B7
+//! memory.
+//!
+//! - lb: one `Syncer::sync` pass (the agent's plan + map writes) from empty maps freshly
+//!   loaded; the model step (Kubernetes objects → desired services) is not included.
+//! - iptables: `iptables-legacy-restore` of the whole nat table, in a fresh namespace.
+//! - nftables: `nft -f` of the whole `ip kube-proxy` table, in a fresh namespace.
+//!
+//! Both baselines are timed from spawn to exit, as kube-proxy pays them.
+use std::time::Instant;
+
+use anyhow::{Context as _, ensure};
+use lb_tests::packet::tcp_syn;
+
+use crate::alloc;
+use crate::datapath::LbDatapath;
+use crate::fixture::{EndpointChange, Fixture, SERVICE_PORT};
+use crate::netns::Netns;
+use crate::stats::{Summary, median, summarize};
+use crate::traffic::IPTABLES_RESTORE;
+use lb_agent::datapath::MapsContent;
+use lb_agent::sync::{ids::Ids, plan};
+
+/// Full programming time of one fixture, in ms.
+#[derive(Clone, Debug)]
+pub struct SyncResult {
+    /// The fixture.
+    pub fixture: Fixture,
+    /// lb: one sync pass.
+    pub lb: Summary,
+    /// iptables-restore.
+    pub iptables: Summary,
+    /// nft -f.
+    pub nftables: Summary,
+    /// Map writes of lb's pass.
+    pub lb_writes: usize,
+    /// Bytes of the iptables-restore input.
+    pub iptables_bytes: usize,
+    /// Bytes of the nft input.
+    pub nft_bytes: usize,
+    /// Heap bytes the syncer keeps after the pass (its view of the maps and its ids).
+    pub lb_heap: i64,
+    /// Heap bytes of the desired services themselves (the model's output).
+    pub desired_heap: i64,
+}
+
+/// Above this many services, B5 runs one round only, and no nft (kube-proxy's format loads
+/// in quadratic time: minutes at 30k services).
+pub const BIG: u32 = 10_000;
+
+/// Runs B5: for each fixture, `rounds` rounds of lb, iptables, nftables (one round from
+/// `BIG` services; nft not above it).
+pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<SyncResult>> {
+    let mut out = Vec::new();
+    for &fixture in fixtures {
+        eprintln!(
+            "lb-bench: programming {} services × {} backends",
+            fixture.services, fixture.backends
+        );
+        let rules = std::env::temp_dir().join(format!("lb-bench-{}.rules", std::process::id()));
+        let nft = std::env::temp_dir().join(format!("lb-bench-{}.nft", std::process::id()));
+        let rules_text = fixture.iptables();
+        let nft_text = if fixture.services <= BIG {
+            fixture.nftables()
+        } else {
+            String::new()
+        };
+        std::fs::write(&rules, &rules_text)?;
+        std::fs::write(&nft, &nft_text)?;
+        let (mut lb, mut ipt, mut nf) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lb_writes = 0;
+        let mut lb_heap = 0;
+        let mut desired_heap = 0;
+        let rounds = if fixture.services >= BIG { 1 } else { rounds };
+        for round in 0..rounds {
+            let before = alloc::live_bytes();
+            let desired = fixture.desired();
+            desired_heap = alloc::live_bytes() - before;
+            let mut datapath = LbDatapath::load(&format!("sync{round}"))?;
+            let before = alloc::live_bytes();
+            let started = Instant::now();
+            let stats = datapath.sync(&desired)?;
+            lb.push(vec![started.elapsed().as_secs_f64() * 1e3]);
+            lb_heap = alloc::live_bytes() - before;
+            lb_writes = stats.writes;
+            drop(datapath);
+
+            let ns = Netns::create(&format!("sync-ipt{round}"))?;
+            let took = ns.run_timed(IPTABLES_RESTORE, &[], Some(&rules))?;
+            ipt.push(vec![took.as_secs_f64() * 1e3]);
+            drop(ns);
+
+            if fixture.services <= BIG {
+                let ns = Netns::create(&format!("sync-nft{round}"))?;
+                let took = ns.run_timed("nft", &["-f", &nft.display().to_string()], None)?;
+                nf.push(vec![took.as_secs_f64() * 1e3]);
+                drop(ns);
+            }
+        }
+        let _ = std::fs::remove_file(&rules);
+        let _ = std::fs::remove_file(&nft);
+        eprintln!(
+            "lb-bench: programming {}×{}: lb {:.1} ms, iptables {:.1} ms, nft {:.1} ms",
+            fixture.services,
+            fixture.backends,
+            summarize(&lb).p50,
+            summarize(&ipt).p50,
+            summarize(&nf).p50
+        );
+        out.push(SyncResult {
+            fixture,
+            lb: summarize(&lb),
+            iptables: summarize(&ipt),
+            nftables: summarize(&nf),
+            lb_writes,
+            iptables_bytes: rules_text.len(),
+            nft_bytes: nft_text.len(),
+            lb_heap,
+            desired_heap,
+        });
+    }
+    Ok(out)
+}
+
+/// One endpoint change to datapath, in µs.
+#[derive(Clone, Debug)]
+pub struct ChangeResult {
+    /// Services loaded.
+    pub services: u32,
+    /// lb: `Syncer::sync` of the whole desired list with one backend changed.
+    pub lb_sync: Summary,
+    /// lb: from the sync call until a SYN run through the program is DNATed to the new backend.
+    pub lb_visible: Summary,
+    /// iptables-restore --noflush of KUBE-SERVICES plus the changed chains.
+    pub iptables: Summary,
+    /// nft -f of the changed chains.
+    pub nftables: Summary,
+    /// Map writes of one lb change.
+    pub lb_writes: usize,
+    /// Profile of one lb change, µs (medians): `plan::desired_content` over every service.
+    pub profile_desired_us: f64,
+    /// ... `plan::plan`, the diff of the whole content.
+    pub profile_plan_us: f64,
+}
+
+fn ip_dst(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
+    Some(std::net::Ipv4Addr::new(
+        *frame.get(30)?,
+        *frame.get(31)?,
+        *frame.get(32)?,
+        *frame.get(33)?,
+    ))
+}
+
+/// Runs B6 with `fixture` loaded: `lb_changes` lb changes, and `rule_changes` of each
+/// baseline, interleaved.
+pub fn endpoint_change(
+    fixture: Fixture,
+    lb_changes: usize,
+    rule_changes: usize,
+) -> anyhow::Result<ChangeResult> {
+    eprintln!(
+        "lb-bench: endpoint change with {} services loaded",
+        fixture.services
+    );
+    let mut datapath = LbDatapath::load("change")?;
+    let mut desired = fixture.desired();
+    datapath.sync(&desired)?;
+    let ipt_ns = Netns::create("change-ipt")?;
+    let nft_ns = Netns::create("change-nft")?;
+    let base_rules = std::env::temp_dir().join(format!("lb-bench-{}-c.rules", std::process::id()));
+    std::fs::write(&base_rules, fixture.iptables())?;
+    ipt_ns.run_timed(IPTABLES_RESTORE, &[], Some(&base_rules))?;
+    let nft_path = std::env::temp_dir().join(format!("lb-bench-{}-c.nft", std::process::id()));
+    std::fs::write(&nft_path, fixture.nftables())?;
+    nft_ns.run_timed("nft", &["-f", &nft_path.display().to_string()], None)?;
+
+    let t = fixture.target() as usize;
+    let vip = Fixture::vip(fixture.target());
+    let original = fixture.backend(fixture.target(), 0);
+    let spare = fixture.spare_backend(0);
+    let (mut lb_sync, mut lb_visible, mut ipt, mut nf) = (vec![], vec![], vec![], vec![]);
+    let mut current = original;
+    let mut flow = 0u32;
+    let mut lb_writes = 0;
+    let per_round = lb_changes.div_ceil(rule_changes.max(1));
+    let mut lb_done = 0;
+    for round in 0..rule_changes.max(1) {
+        let mut sync_round = Vec::new();
+        let mut visible_round = Vec::new();
+        for _ in 0..per_round {
+            if lb_done == lb_changes {
+                break;
+            }
+            lb_done += 1;
+            let next = if current == original { spare } else { original };
+            desired[t].backends[0].addr = next;
+            let started = Instant::now();
+            let stats = datapath.sync(&desired)?;
+            let synced = started.elapsed();
+            lb_writes = stats.writes;
+            // Poll with fresh tuples until a new flow lands on the new backend.
+            loop {
+                flow += 1;
+                let src = format!(
+                    "10.2.{}.{}:{}",
+                    flow / 60_000 % 250,
+                    1,
+                    1024 + flow % 60_000
+                );
+                let run = datapath.run(&tcp_syn(&src, &format!("{vip}:{SERVICE_PORT}")), 1)?;
+                if ip_dst(&run.frame) == Some(next) {
+                    break;
+                }
+                ensure!(
+                    started.elapsed().as_secs() < 5,
+                    "the change to {next} never reached the datapath"
+                );
+            }
+            visible_round.push(started.elapsed().as_secs_f64() * 1e6);
+            sync_round.push(synced.as_secs_f64() * 1e6);
+            current = next;
+        }
+        lb_sync.push(sync_round);
+        lb_visible.push(visible_round);
+        if rule_changes == 0 {
+            continue;
+        }
+        // The baselines flip the same way, in their own namespaces.
+        let (from, to) = if round % 2 == 0 {
+            (original, spare)
+        } else {
+            (spare, original)
+        };
+        let change = EndpointChange { from, to };
+        let path = std::env::temp_dir().join(format!("lb-bench-{}-d.rules", std::process::id()));
+        std::fs::write(&path, fixture.iptables_change(change))?;
+        let took = ipt_ns
+            .run_timed(IPTABLES_RESTORE, &["--noflush"], Some(&path))
+            .context("iptables endpoint change")?;
+        ipt.push(vec![took.as_secs_f64() * 1e6]);
+        std::fs::write(&path, fixture.nftables_change(change))?;
+        let took = nft_ns
+            .run_timed("nft", &["-f", &path.display().to_string()], None)
+            .context("nft endpoint change")?;
+        nf.push(vec![took.as_secs_f64() * 1e6]);
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::remove_file(&base_rules);
+    let _ = std::fs::remove_file(&nft_path);
+    // Where an lb change spends its time: the two pure steps of a sync pass, timed alone.
+    let mut ids = Ids::restore(&MapsContent::default());
+    let (mut desired_us, mut plan_us) = (Vec::new(), Vec::new());
+    let mut before =
+        plan::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
+    for _ in 0..lb_changes.clamp(5, 50) {
+        let next = if current == original { spare } else { original };
+        desired[t].backends[0].addr = next;
+        current = next;
+        let started = Instant::now();
+        let after =
+            plan::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
+        desired_us.push(started.elapsed().as_secs_f64() * 1e6);
+        let started = Instant::now();
+        let ops = plan::plan(&before, &after);
+        plan_us.push(started.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(ops);
+        before = after;
+    }
+    Ok(ChangeResult {
+        profile_desired_us: median(&desired_us),
+        profile_plan_us: median(&plan_us),
+        services: fixture.services,
+        lb_sync: summarize(&lb_sync),
+        lb_visible: summarize(&lb_visible),
+        iptables: summarize(&ipt),
+        nftables: summarize(&nf),
+        lb_writes,
+    })
+}
+
+/// B7: the maps' memory as the kernel accounts it, for the bench's map sizes.
+#[derive(Clone, Debug)]
+pub struct MapMemory {
+    /// (map name, bytes_memlock, max_entries).
+    pub maps: Vec<(String, u64, u64)>,
+}
+
+/// Loads a datapath and reads `bytes_memlock` of every map.
+pub fn map_memory() -> anyhow::Result<MapMemory> {
+    let datapath = LbDatapath::load("memlock")?;
+    Ok(MapMemory {
+        maps: datapath.memlock()?,
+    })
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask bench`: lb side by side with kube-proxy's iptables and nftables rule sets and
+//! the kernel's floor. Runs the `lb-bench` binary (crate `bench/`), which measures every
+//! variant interleaved with repetitions and writes `docs/benchmarks.md` and
+//! `docs/benchmarks.svg` (about ten minutes on two cores).
+//!
+//! `--quick` is the CI smoke test: tiny sizes, well under two minutes once built, nothing
+//! asserted about speed; it builds with the dev profile (shared with the tests) and writes
+//! to `target/bench-quick/` so the committed report is left alone.
+//!
+//! xtask cannot depend on lb-bench itself: lb-agent's build needs bpf-linker, which `setup`
+//! installs first.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::setup::{self, run_cmd};
+
+/// Installs what is missing, then runs the suite.
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    setup::run()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let out = if quick {
+        target.join("bench-quick")
+    } else {
+        root.join("docs")
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("run");
+    if !quick {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", "lb-bench", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--out").arg(&out).current_dir(&root);
+    run_cmd(&mut cmd)
+}
