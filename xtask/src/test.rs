@@ -1,4 +1,5 @@
-//! `cargo xtask test`: formatting, lints (host and eBPF) and every test, as CI runs them.
+//! `cargo xtask test`: formatting, lints (host and eBPF), the benchmarks' smoke run and every
+//! test, as CI runs them.
 use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
@@ -39,6 +40,9 @@ pub fn run() -> anyhow::Result<()> {
                 "-Zpanic_abort_tests",
             ]),
     )?;
+    // The benchmark suite's smoke test: tiny sizes, nothing asserted about speed. Before the
+    // tests, so that the run closes on their summary.
+    crate::bench::run(true)?;
     // Namespace tests create and remove their own topologies; one at a time keeps them from
     // competing for the two cores and for interface names.
     let totals =
