@@ -150,7 +150,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Mounts bpffs on `BPF_ROOT` unless it already is (a fresh VM may not have it), as the agent
 /// does: pinning anywhere else fails.
-fn ensure_bpffs() {
+pub fn ensure_bpffs() {
     static MOUNT: Once = Once::new();
     MOUNT.call_once(|| {
         let root = CString::new(BPF_ROOT).expect("path");
