@@ -217,6 +217,23 @@ impl Cluster {
         seen
     }
 
+    /// Polls `lbctl service list` (the maps as they are) until `done` holds, and returns how
+    /// long after `since` that was.
+    fn maps_show_after(&self, what: &str, since: Instant, done: impl Fn(&str) -> bool) -> Duration {
+        loop {
+            let list = self.service_list();
+            if done(&list) {
+                let took = since.elapsed();
+                eprintln!("{what}: in the maps after {took:?}");
+                return took;
+            }
+            assert!(
+                since.elapsed() < DEADLINE,
+                "{what}: not in the maps after {DEADLINE:?}:\n{list}"
+            );
+        }
+    }
+
     /// `lbctl service list`, which must succeed.
     fn service_list(&self) -> String {
         self.agent
@@ -298,6 +315,15 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
     // Edited, one backend removed: within a second only the other one answers.
     let [gone, kept] = BACKEND_IPS;
     let edited = cluster.write("echo.yaml", &manifest(53, &[kept]));
+    // The maps are the ground truth: a run of answers from `kept` alone can begin by chance
+    // before the change lands, so first see the change in the maps, within the second.
+    let in_maps = cluster.maps_show_after("the removal of a backend", edited, |list| {
+        !list.contains(&gone.to_string())
+    });
+    assert!(
+        in_maps <= LIVE_WITHIN,
+        "{gone} was still programmed {in_maps:?} after the edit"
+    );
     let took = cluster.live_after("the removal of a backend", edited, 53, |seen| {
         last_answers_from(seen, RUN, kept)
     });
