@@ -7,46 +7,17 @@
 //! into this workspace's target directory first. Both need root, `bird`, `curl`, `ping` and
 //! `python3` (`cargo xtask setup` installs them); neither skips anything when they are missing.
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use lb_lab::Lab;
 use lb_lab::probe::{curl_get, curl_head, ping};
 use lb_lab::topology::{
     BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE,
 };
-use lb_lab::{Binaries, Lab};
 
 /// Tries of step 4: with a uniform choice between two backends, the chance that 20 tries all
 /// land on one is 2 * 2^-20.
 const STEP4_TRIES: usize = 20;
-
-/// The agent binaries: `LB_BIN_DIR`, or a fresh `cargo build` of lb-agent's binaries.
-fn binaries() -> Binaries {
-    let dir = match std::env::var_os("LB_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("tests/ has a parent")
-                .to_owned();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "lb-agent", "--bins"])
-                .current_dir(&workspace)
-                .status()
-                .expect("run cargo build -p lb-agent --bins");
-            assert!(
-                status.success(),
-                "cargo build -p lb-agent --bins failed: {status}"
-            );
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace.join("target"), PathBuf::from);
-            target.join("debug")
-        }
-    };
-    Binaries::in_dir(&dir).unwrap_or_else(|err| panic!("{err}"))
-}
 
 fn ok<T>(result: lb_lab::Result<T>, what: &str) -> T {
     result.unwrap_or_else(|err| panic!("{what}: {err}"))
@@ -119,7 +90,7 @@ fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
 
 #[test]
 fn lab_replays_the_story_with_lb_in_ciliums_place() {
-    let bins = binaries();
+    let bins = lb_tests::agent::binaries();
     let mut lab = ok(Lab::up(), "build the lab");
     ok(lab.start_bgp(), "start BGP");
     ok(lab.start_agents(&bins), "start the agents");

@@ -95,30 +95,6 @@ fn ok<T>(result: lb_lab::Result<T>, what: &str) -> T {
     result.unwrap_or_else(|err| panic!("{what}: {err}"))
 }
 
-/// The agent binaries: `LB_BIN_DIR`, or a fresh `cargo build` of lb-agent's binaries.
-fn binaries() -> Binaries {
-    let dir = match std::env::var_os("LB_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("tests/ has a parent")
-                .to_owned();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "lb-agent", "--bins"])
-                .current_dir(&workspace)
-                .status()
-                .expect("run cargo build -p lb-agent --bins");
-            assert!(status.success(), "cargo build -p lb-agent --bins failed");
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace.join("target"), PathBuf::from)
-                .join("debug")
-        }
-    };
-    Binaries::in_dir(&dir).unwrap_or_else(|err| panic!("{err}"))
-}
-
 /// One node with a client pod and three backend pods, named with a prefix; everything it made
 /// (agent, servers, namespaces, pins, run directory) is removed on drop.
 struct OneNode {
@@ -166,7 +142,7 @@ impl OneNode {
         ok(node.sysctl("net.ipv4.ip_forward", "1"), "ip_forward");
         let mut topo = Self {
             prefix,
-            bins: binaries(),
+            bins: lb_tests::agent::binaries(),
             run_dir,
             bpf_root,
             agent: None,
