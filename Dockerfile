@@ -9,7 +9,7 @@ ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY . .
 # Installs LLVM 22 and bpf-linker (toolchain.md), then builds both binaries.
-RUN cargo xtask setup && cargo build --release -p lb-agent --bins
+RUN cargo xtask setup && cargo build --release -p lb-agent -p lbctl --bins
 
 FROM debian:12-slim
 RUN apt-get update && apt-get install -y --no-install-recommends iproute2 ca-certificates \

@@ -5,13 +5,17 @@
 //! lab's copy of `lab/manifests`, its config directory (one file per key, as a mounted ConfigMap
 //! presents it) and its socket under the run directory. `lbctl` runs on the host: a unix socket
 //! is reached by path, whatever the network namespace. Binaries are found by path
-//! ([`Binaries`]): this crate must not depend on lb-agent.
+//! ([`Binaries`]): this crate must not depend on lb-agent. Readiness is asked of the agent
+//! directly through `lb_api`'s client; the story's own `lbctl` commands run the binary.
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use lb_api::Client;
+use lb_api::proto::StatusReply;
 
 use crate::netns::{BPF_PIN_PREFIX, Netns, Outcome, Process, cmdline, exec_host};
 use crate::topology::{NODE_DEV, NodeSpec, create_dir, write_file};
@@ -42,7 +46,7 @@ impl Binaries {
                 return Err(Error::MissingBinary {
                     what,
                     path: path.clone(),
-                    hint: "build it with `cargo build -p lb-agent --bins` (add --release for \
+                    hint: "build it with `cargo build -p lb-agent -p lbctl` (add --release for \
                            target/release), or point LB_BIN_DIR at the directory holding it"
                         .into(),
                 });
@@ -154,25 +158,22 @@ impl Agent {
         })
     }
 
-    /// Polls `lbctl status` until it exits 0, failing early (with the agent's log) if the
-    /// agent exits. Returns the status output.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
+    /// Polls the agent's status (what `lbctl status` shows) until it is ready, failing early
+    /// (with the agent's log) if the agent exits. Returns the status.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<StatusReply> {
         let Self {
             node,
             socket,
-            lbctl,
             process,
             ..
         } = self;
-        let socket = socket.to_string_lossy().into_owned();
-        let lbctl = lbctl.to_string_lossy().into_owned();
         process.wait_until(&format!("lb-agent on {node} to be ready"), timeout, || {
-            let out = exec_host(&lbctl, &["--socket", &socket, "status"])
+            let status = Client::connect(socket)
+                .and_then(|mut client| client.status())
                 .map_err(|err| err.to_string())?;
-            if out.success {
-                Ok(Some(out.stdout))
-            } else {
-                Err(format!("{}{}", out.stdout, out.stderr))
+            match status.not_ready_reason() {
+                None => Ok(Some(status)),
+                Some(reason) => Err(reason),
             }
         })
     }

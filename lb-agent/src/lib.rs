@@ -7,12 +7,11 @@
 //! - `sync/` diffs that against the maps and applies the difference in a safe order;
 //! - `datapath/` loads, attaches and owns the eBPF programs and maps.
 //!
-//! `config/` defines every option once; `api/` serves `lbctl` over a unix socket; `cli/` is
-//! `lbctl` itself; `monitor/` renders drop events;
+//! `config/` defines every option once; `api/` serves `lbctl` (its own crate, on `lb-api`)
+//! over a unix socket; `monitor/` fans drop events out to its clients;
 //! `uninstall` removes what lb installed on a node (`lb-agent --uninstall`).
 pub mod agent;
 pub mod api;
-pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod k8s;

@@ -22,6 +22,18 @@ pub mod proto {
     pub const UDP: u8 = 17;
     /// ICMP (never translated; recorded in events).
     pub const ICMP: u8 = 1;
+
+    /// The protocol's name as Kubernetes and `lbctl service list` write it (`TCP`, `UDP`,
+    /// `ICMP`), or `None` for a number lb has no name for. The one table of names: `lbctl
+    /// monitor` lowercases it, as Cilium's line does.
+    pub const fn name(proto: u8) -> Option<&'static str> {
+        match proto {
+            TCP => Some("TCP"),
+            UDP => Some("UDP"),
+            ICMP => Some("ICMP"),
+            _ => None,
+        }
+    }
 }
 
 /// Implements `aya::Pod` for plain-old-data types on the agent side.

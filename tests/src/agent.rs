@@ -15,8 +15,8 @@ use crate::topology::{NODE_DEV, NODE_IP, POD_DEVICES, PREFIX, Topology};
 /// How long an agent gets to load the datapath and finish its first sync.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The agent binaries: `LB_BIN_DIR`, or a fresh `cargo build -p lb-agent --bins` of this
-/// workspace (quick when nothing changed).
+/// The binaries `lb-agent` and `lbctl`: `LB_BIN_DIR`, or a fresh `cargo build -p lb-agent -p
+/// lbctl` of this workspace (quick when nothing changed).
 pub fn binaries() -> Binaries {
     let dir = match std::env::var_os("LB_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -27,13 +27,13 @@ pub fn binaries() -> Binaries {
                 .to_owned();
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "lb-agent", "--bins"])
+                .args(["build", "-p", "lb-agent", "-p", "lbctl", "--bins"])
                 .current_dir(&workspace)
                 .status()
-                .expect("run cargo build -p lb-agent --bins");
+                .expect("run cargo build -p lb-agent -p lbctl --bins");
             assert!(
                 status.success(),
-                "cargo build -p lb-agent --bins failed: {status}"
+                "cargo build -p lb-agent -p lbctl --bins failed: {status}"
             );
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| workspace.join("target"), PathBuf::from);

@@ -17,7 +17,7 @@
 //!
 //! Pods are wired as in the lab (a /32, proxy ARP for 169.254.1.1). The agent runs as a process
 //! (`nsenter --net`, file source), because restarts are SIGTERM and a new process. Its binaries
-//! come from `LB_BIN_DIR`, or a `cargo build -p lb-agent --bins` of this workspace.
+//! come from `LB_BIN_DIR`, or a `cargo build -p lb-agent -p lbctl` of this workspace.
 //! Traffic never leaves these namespaces: the node's only way out leads to `<p>outside`.
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -51,7 +51,15 @@ fn build_release() -> anyhow::Result<Binaries> {
     eprintln!("demo: building lb-agent and lbctl (release)");
     run_cmd(
         Command::new(env_or("CARGO", "cargo"))
-            .args(["build", "--release", "-p", "lb-agent", "--bins"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "lb-agent",
+                "-p",
+                "lbctl",
+                "--bins",
+            ])
             .current_dir(&workspace),
     )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -30,6 +30,7 @@ use crate::{
     model,
     monitor::DropFanout,
     sync::Syncer,
+    telemetry::error_chain,
 };
 
 /// Errors that stop the agent at start. Once running, it retries instead of failing.
@@ -248,16 +249,4 @@ async fn reconcile(
             }
         }
     }
-}
-
-/// An error and its sources on one line, `a: b: c`.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -39,7 +39,7 @@ pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], sta
             }
             // The interface may have vanished between the listing and the attach.
             Err(err) => {
-                tracing::warn!(iface = %name, error = %super::error_chain(&err), "cannot attach from-pod")
+                tracing::warn!(iface = %name, error = %crate::telemetry::error_chain(&err), "cannot attach from-pod")
             }
         }
     }

@@ -11,16 +11,14 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::{
-        proto::{
-            BackendRow, BackendState, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow,
-            StatusReply,
-        },
+        proto::{BackendRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
         server::{ApiBackend, BoxError},
     },
     config::{self, AgentConfig, LiveChange, Source},
     datapath::{LbMaps as _, dump, maps::AyaMaps},
     monitor::DropFanout,
     sync::{SyncStats, lock},
+    telemetry::error_chain,
 };
 
 #[derive(Default)]
@@ -127,7 +125,7 @@ impl ApiBackend for AgentState {
         let content = match lock(&self.maps).read() {
             Ok(content) => content,
             Err(err) => {
-                tracing::warn!(error = %super::error_chain(&err), "cannot read the maps for service list");
+                tracing::warn!(error = %error_chain(&err), "cannot read the maps for service list");
                 return Vec::new();
             }
         };
@@ -143,11 +141,7 @@ impl ApiBackend for AgentState {
                     .map(|backend| BackendRow {
                         id: backend.id,
                         address: backend.address,
-                        state: if backend.state == "active" {
-                            BackendState::Active
-                        } else {
-                            BackendState::Terminating
-                        },
+                        state: backend.state.into(),
                     })
                     .collect(),
             })
@@ -184,7 +178,7 @@ impl ApiBackend for AgentState {
                 })
                 .collect(),
             Err(err) => {
-                tracing::warn!(error = %super::error_chain(&err), "cannot read drop counters");
+                tracing::warn!(error = %error_chain(&err), "cannot read drop counters");
                 Vec::new()
             }
         };

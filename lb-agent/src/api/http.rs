@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lb_api::drop::{hook_text, reason_text};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,6 @@ use tracing::{debug, warn};
 
 use super::proto::MetricsSnapshot;
 use super::server::ApiBackend;
-use crate::monitor::line::{hook_text, reason_text};
 
 /// Errors setting up the HTTP endpoint.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,10 @@
-//! lb-agent's interfaces to the outside: the unix-socket API `lbctl` uses ([`server`],
-//! [`client`], [`proto`]) and the HTTP endpoint for Prometheus and probes ([`http`]).
+//! lb-agent's interfaces to the outside: the unix-socket API `lbctl` uses ([`server`], on
+//! the protocol of the `lb-api` crate, re-exported as [`proto`]) and the HTTP endpoint for
+//! Prometheus and probes ([`http`]).
 //!
 //! The agent's state reaches both through one trait, [`server::ApiBackend`].
 
-pub mod client;
 pub mod http;
-pub mod proto;
 pub mod server;
+
+pub use lb_api::proto;

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use super::proto::{DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply};
 use crate::config::{self, LiveChange};
+use crate::telemetry::error_chain;
 
 /// An error a backend reports; shown to the operator with its sources.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -241,7 +242,11 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
                     value: change.value(),
                 },
                 Err(err) => Response::Error {
-                    message: format!("cannot set `{}`: {}", change.key(), chain(err.as_ref())),
+                    message: format!(
+                        "cannot set `{}`: {}",
+                        change.key(),
+                        error_chain(err.as_ref())
+                    ),
                 },
             },
         },
@@ -249,18 +254,6 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
             message: "monitor requests are streamed, not answered".to_owned(),
         },
     }
-}
-
-/// An error and its sources, `outer: inner: innermost`.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn stream_drops(

@@ -8,6 +8,7 @@ use super::{
     MapsContent,
     maps::{backend_addr_of, frontend_of},
 };
+use crate::model::BackendState;
 
 /// A frontend and its backends as the maps say, slot by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,22 +28,18 @@ pub struct BackendView {
     pub id: u32,
     /// `addr:port/PROTO`.
     pub address: String,
-    /// `active` (slots 1..=count) or `terminating` (the qcount slots).
-    pub state: &'static str,
+    /// Active (slots 1..=count) or terminating (the qcount slots).
+    pub state: BackendState,
 }
 
-/// The protocol's name as the CLI prints it.
-pub fn proto_name(protocol: u8) -> &'static str {
-    match protocol {
-        proto::TCP => "TCP",
-        proto::UDP => "UDP",
-        _ => "ANY",
-    }
+/// The protocol's name as `lbctl` prints it; `ANY` for a protocol lb has no name for.
+fn proto_text(protocol: u8) -> &'static str {
+    proto::name(protocol).unwrap_or("ANY")
 }
 
 fn frontend_text(key: &ServiceKey4) -> String {
     let (vip, port, protocol) = frontend_of(key);
-    format!("{vip}:{port}/{}", proto_name(protocol))
+    format!("{vip}:{port}/{}", proto_text(protocol))
 }
 
 /// Every frontend (wildcard entries left out), sorted by service id.
@@ -61,11 +58,11 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
                     let (addr, port) = backend_addr_of(backend);
                     Some(BackendView {
                         id,
-                        address: format!("{addr}:{port}/{}", proto_name(backend.proto)),
+                        address: format!("{addr}:{port}/{}", proto_text(backend.proto)),
                         state: if slot <= master.count {
-                            "active"
+                            BackendState::Active
                         } else {
-                            "terminating"
+                            BackendState::Terminating
                         },
                     })
                 })
@@ -118,7 +115,7 @@ pub fn render(content: &MapsContent) -> String {
         };
         lines.push(format!(
             "BE {id} {addr}:{port}/{} state={state} flags={:#x}",
-            proto_name(backend.proto),
+            proto_text(backend.proto),
             backend.flags
         ));
     }

@@ -24,11 +24,19 @@ pub enum BackendState {
 }
 
 impl BackendState {
-    /// `active` or `terminating`, as `lbctl service list` prints it.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Terminating => "terminating",
+    /// `active` or `terminating`, as `lbctl service list` prints it (`lb-api`'s words).
+    pub fn as_str(self) -> &'static str {
+        lb_api::proto::BackendState::from(self).as_str()
+    }
+}
+
+/// The API's copy of the state (it carries serde and lives in `lb-api`, which lbctl builds
+/// without the agent).
+impl From<BackendState> for lb_api::proto::BackendState {
+    fn from(state: BackendState) -> Self {
+        match state {
+            BackendState::Active => Self::Active,
+            BackendState::Terminating => Self::Terminating,
         }
     }
 }

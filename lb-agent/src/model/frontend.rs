@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
+use lb_common::proto;
 use tracing::{debug, warn};
 
 /// Label that hands a Service (and its slices) to another proxy; any value opts out.
@@ -27,14 +28,25 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// The name Kubernetes and `lbctl` use: `TCP` or `UDP`.
-    pub const fn as_str(self) -> &'static str {
+    /// The IANA protocol number, as the maps carry it.
+    pub const fn number(self) -> u8 {
         match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
+            Self::Tcp => proto::TCP,
+            Self::Udp => proto::UDP,
+        }
+    }
+
+    /// The name Kubernetes and `lbctl` use: `TCP` or `UDP` (`lb_common::proto::name`).
+    pub const fn as_str(self) -> &'static str {
+        match proto::name(self.number()) {
+            Some(name) => name,
+            // Unreachable: the assertion below proves both protocols have a name.
+            None => "",
         }
     }
 }
+
+const _: () = assert!(proto::name(proto::TCP).is_some() && proto::name(proto::UDP).is_some());
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

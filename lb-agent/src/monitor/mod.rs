@@ -1,9 +1,8 @@
 //! Drop events from the datapath to every `lbctl monitor`: the agent's event reader
 //! publishes each `DropEvent` here once, and each API client subscribes.
 //!
-//! Reading the ring buffer is `datapath/events.rs`'s job; rendering is [`line`]'s.
-
-pub mod line;
+//! Reading the ring buffer is `datapath/events.rs`'s job; decoding is `lb_api::proto`'s
+//! (`DropEventRecord: From<&DropEvent>`), rendering `lbctl monitor`'s.
 
 use lb_common::event::DropEvent;
 use tokio::sync::broadcast;

@@ -7,6 +7,7 @@
 
 use std::net::Ipv4Addr;
 
+use lb_common::event::DropEvent;
 use serde::{Deserialize, Serialize};
 
 /// One request from a client.
@@ -159,8 +160,8 @@ impl BackendState {
     }
 }
 
-/// A drop event decoded from `lb_common::event::DropEvent` (see `monitor::line` for the
-/// conversion): addresses as `Ipv4Addr`, ports in host order.
+/// A drop event decoded from `lb_common::event::DropEvent` (the `From` impl below):
+/// addresses as `Ipv4Addr`, ports in host order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropEventRecord {
     /// The `DropReason` number.
@@ -189,6 +190,28 @@ pub struct DropEventRecord {
     pub dport: u16,
     /// Packet length in bytes.
     pub len: u32,
+}
+
+impl From<&DropEvent> for DropEventRecord {
+    fn from(event: &DropEvent) -> Self {
+        // Addresses and ports sit in the event in network byte order; the in-memory bytes of
+        // an address are its octets in order on any host.
+        Self {
+            reason: event.reason,
+            hook: event.hook,
+            file: event.file,
+            line: event.line,
+            flow_hash: event.flow_hash,
+            ifindex: event.ifindex,
+            proto: event.proto,
+            tcp_flags: event.tcp_flags,
+            saddr: Ipv4Addr::from(event.saddr.to_ne_bytes()),
+            daddr: Ipv4Addr::from(event.daddr.to_ne_bytes()),
+            sport: u16::from_be(event.sport),
+            dport: u16::from_be(event.dport),
+            len: event.len,
+        }
+    }
 }
 
 /// Counters and gauges for `/metrics`, read from the agent when scraped.
@@ -241,6 +264,38 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"request":"status"}"#).expect("parse"),
             Request::Status
+        );
+    }
+
+    #[test]
+    fn a_drop_event_decodes_to_host_order() {
+        let event = DropEvent {
+            kind: lb_common::event::EVENT_DROP,
+            reason: 174,
+            file: 3,
+            hook: 1,
+            line: 42,
+            tcp_flags: lb_common::event::tcp_flags::SYN,
+            proto: lb_common::proto::TCP,
+            ifindex: 2,
+            flow_hash: 0x7558_de48,
+            saddr: u32::from_ne_bytes([192, 168, 56, 10]),
+            daddr: u32::from_ne_bytes([10, 96, 229, 67]),
+            sport: 33802u16.to_be(),
+            dport: 80u16.to_be(),
+            len: 60,
+        };
+        let record = DropEventRecord::from(&event);
+        assert_eq!(record.saddr, Ipv4Addr::new(192, 168, 56, 10));
+        assert_eq!(record.daddr, Ipv4Addr::new(10, 96, 229, 67));
+        assert_eq!((record.sport, record.dport), (33802, 80));
+        assert_eq!(
+            (record.reason, record.hook, record.file, record.line),
+            (174, 1, 3, 42)
+        );
+        assert_eq!(
+            (record.flow_hash, record.ifindex, record.len),
+            (0x7558_de48, 2, 60)
         );
     }
 

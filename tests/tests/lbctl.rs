@@ -1,25 +1,27 @@
-//! The real `lbctl` binary against `api::server` serving in-process on a temporary socket,
-//! backed by a small in-test `ApiBackend` with real values. Output is compared with exact
-//! expected text.
+//! The real `lbctl` binary against lb-agent's `api::server` serving in-process on a temporary
+//! socket, backed by a small in-test `ApiBackend` with real values. Output is compared with
+//! exact expected text.
 //!
-//! This lives in lb-agent (not lb-tests) because only lb-agent's own tests get
-//! `CARGO_BIN_EXE_lbctl`.
+//! This lives in lb-tests because it needs both crates: the `lbctl` crate must not depend on
+//! lb-agent (it builds on stable alone), so the binary is found as the other namespace tests
+//! find it, through `lb_tests::agent::binaries` (`LB_BIN_DIR`, or a cargo build). No namespace,
+//! no root: only a unix socket under the temporary directory.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use lb_agent::api::proto::{
-    BackendRow, BackendState, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
-};
 use lb_agent::api::server::{self, ApiBackend, BoxError};
 use lb_agent::config::{self, AgentConfig, LiveChange};
 use lb_agent::monitor::DropFanout;
+use lb_api::proto::{
+    BackendRow, BackendState, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+};
 use lb_common::drop::{DropReason, Hook, SourceFile};
 use lb_common::event::{DropEvent, EVENT_DROP, tcp_flags};
 use tokio::sync::broadcast;
@@ -163,8 +165,14 @@ impl Drop for Agent {
     }
 }
 
+/// The `lbctl` binary, built once per test run.
+fn lbctl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| lb_tests::agent::binaries().lbctl)
+}
+
 fn lbctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lbctl"))
+    Command::new(lbctl_bin())
         .arg("--socket")
         .arg(socket)
         .args(args)
@@ -391,7 +399,7 @@ fn drop_event(reason: DropReason, hook: Hook, line: u16, flags: u8, flow_hash: u
 /// Runs `lbctl monitor` with `extra` arguments, publishes two events once it has
 /// subscribed, and returns the first two lines it prints.
 fn monitor_two_lines(agent: &Agent, extra: &[&str]) -> Vec<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+    let mut child = Command::new(lbctl_bin())
         .arg("--socket")
         .arg(&agent.socket)
         .args(["monitor", "--type", "drop"])
@@ -469,7 +477,7 @@ fn monitor_json_prints_one_object_per_event() {
 #[test]
 fn a_closed_stdout_is_success() {
     let agent = Agent::start("broken-pipe");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+    let mut child = Command::new(lbctl_bin())
         .arg("--socket")
         .arg(&agent.socket)
         .args(["service", "list"])

@@ -1,7 +1,7 @@
 //! `lbctl config view` (sorted `key   value` lines, like `cilium config view`) and
 //! `lbctl config set KEY VALUE` (validated by the agent, which applies and persists it).
 
-use super::output::key_value_table;
+use crate::output::key_value_table;
 
 /// The `config view` listing.
 pub fn view(options: &[(String, String)]) -> String {

@@ -1,13 +1,12 @@
-//! `lbctl`, the operator's CLI: argument parsing and one function per command. Every
-//! command goes through `api::client`; data goes to stdout (a table or `-o json`), errors
-//! to stderr as `lbctl: …` (printed by `bin/lbctl.rs`).
+//! `lbctl`'s commands: argument parsing, and one module per verb. Every command goes
+//! through `lb_api::client`; data goes to stdout (a table or `-o json`, laid out by
+//! `output.rs`), errors to stderr as `lbctl: …` (printed by `main.rs`).
 //!
 //! Exit codes: 0 success; 1 `status` found the agent not ready; 2 any error (cannot connect,
 //! agent refused the request, bad arguments). A closed stdout (`lbctl … | head`) is success.
 
 pub mod config;
 pub mod monitor;
-pub mod output;
 pub mod service;
 pub mod status;
 
@@ -17,8 +16,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::api::client::{self, Client};
-use output::Format;
+use lb_api::client::{self, Client};
+
+use crate::output::Format;
 
 /// lbctl's arguments.
 #[derive(Debug, Parser)]

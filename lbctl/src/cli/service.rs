@@ -6,8 +6,9 @@
 //! counts the service's backends from 1, as Cilium's does. Like Cilium's, every line ends in a
 //! tab-terminated Backend cell, so the Backend column is padded too.
 
-use super::output::tabwrite;
-use crate::api::proto::ServiceRow;
+use lb_api::proto::ServiceRow;
+
+use crate::output::tabwrite;
 
 /// The table, ready to print.
 pub fn table(services: &[ServiceRow]) -> String {
@@ -48,7 +49,7 @@ pub fn json(services: &[ServiceRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::{BackendRow, BackendState};
+    use lb_api::proto::{BackendRow, BackendState};
 
     fn service(id: u16, frontend: &str, backends: &[(u32, &str, BackendState)]) -> ServiceRow {
         ServiceRow {

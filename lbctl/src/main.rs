@@ -1,9 +1,19 @@
-//! `lbctl`: parse, run, exit code. Everything else is in `lb_agent::cli`.
+//! # lbctl
+//!
+//! The operator's CLI for lb-agent, in the spirit of `cilium service list` and `cilium
+//! monitor`: `status`, `service list`, `monitor --type drop`, `config view|set`. This file
+//! parses, runs and picks the exit code; `cli/` holds one module per verb, `output.rs` the
+//! table and JSON layouts, and `lb_api` the protocol and client.
+//!
+//! It depends on lb-api and never on lb-agent, so `cargo install --path lbctl` needs stable
+//! cargo alone.
+
+mod cli;
+mod output;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use lb_agent::cli;
 
 fn main() -> ExitCode {
     match cli::run(cli::Args::parse()) {

@@ -1,8 +1,9 @@
 //! `lbctl status`: a summary of the agent, and an exit code scripts can wait on (0 once the
 //! datapath is loaded and the first sync is done).
 
-use super::output::key_value_table;
-use crate::api::proto::StatusReply;
+use lb_api::proto::StatusReply;
+
+use crate::output::key_value_table;
 
 /// The summary printed on stdout, ready or not.
 pub fn summary(status: &StatusReply) -> String {

@@ -1,60 +1,49 @@
-//! Renders drop events as `lbctl monitor` prints them: Cilium 1.12–1.15's text line, byte for
-//! byte, or one JSON object per line.
+//! `lbctl monitor --type drop [-o json]`: prints drop events as they arrive, one line each,
+//! flushed per line so `| grep` sees them at once, until interrupted.
 //!
-//! The text line is
+//! The text line is Cilium 1.12–1.15's, byte for byte:
 //! `xx drop (REASON) flow HASH to endpoint 0, file FILE line N, , identity SRC->unknown: SUMMARY`
 //! where the doubled comma is Cilium's (its format ends in `", "` and the identity part starts
 //! with `", identity"`), SRC is `world` for from-netdev and `unknown` for from-pod (lb has no
 //! security identities), and SUMMARY is `sIP:sPort -> dIP:dPort tcp FLAGS`, `… udp`,
-//! `sIP -> dIP icmp` or `sIP -> dIP` for other protocols.
-//!
-//! This module also decodes `lb_common::event::DropEvent` (network byte order) into the
-//! printable [`DropEventRecord`].
+//! `sIP -> dIP icmp` or `sIP -> dIP` for other protocols. `-o json` prints one object per line.
+//! The words for reasons, hooks and files come from `lb_api::drop`.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 
-use lb_common::drop::{DropReason, Hook, SourceFile};
-use lb_common::event::{DropEvent, tcp_flags};
+use lb_api::client::{Client, Error as ClientError};
+use lb_api::drop::{file_text, hook_text, reason_text};
+use lb_api::proto::{DropEventRecord, Response};
+use lb_common::drop::Hook;
+use lb_common::event::tcp_flags;
 use lb_common::proto;
 use serde::Serialize;
 
-use crate::api::proto::DropEventRecord;
+use super::Error;
+use crate::output::Format;
 
-impl From<&DropEvent> for DropEventRecord {
-    fn from(event: &DropEvent) -> Self {
-        // Addresses and ports sit in the event in network byte order; the in-memory bytes of
-        // an address are its octets in order on any host.
-        Self {
-            reason: event.reason,
-            hook: event.hook,
-            file: event.file,
-            line: event.line,
-            flow_hash: event.flow_hash,
-            ifindex: event.ifindex,
-            proto: event.proto,
-            tcp_flags: event.tcp_flags,
-            saddr: Ipv4Addr::from(event.saddr.to_ne_bytes()),
-            daddr: Ipv4Addr::from(event.daddr.to_ne_bytes()),
-            sport: u16::from_be(event.sport),
-            dport: u16::from_be(event.dport),
-            len: event.len,
+/// Streams drop events from `client` to `out` until the agent or the reader goes away.
+pub fn drops(client: Client, format: Option<Format>, out: &mut dyn Write) -> Result<(), Error> {
+    let mut stream = client.monitor_drops()?;
+    loop {
+        match stream.recv()? {
+            Some(Response::Drop(event)) => {
+                let text = match format {
+                    Some(Format::Json) => json(&event),
+                    None => text(&event),
+                };
+                writeln!(out, "{text}").map_err(Error::Stdout)?;
+                out.flush().map_err(Error::Stdout)?;
+            }
+            Some(Response::Lost { count }) => {
+                eprintln!("lbctl: lost {count} drop events (lbctl read too slowly)");
+            }
+            Some(_) => {
+                return Err(ClientError::Unexpected { request: "monitor" }.into());
+            }
+            None => return Err(Error::StreamEnded),
         }
-    }
-}
-
-/// The reason as Cilium prints it: its message, or its number when lb does not know it.
-pub fn reason_text(reason: u8) -> String {
-    match DropReason::from_u8(reason) {
-        Some(known) => known.message().to_owned(),
-        None => reason.to_string(),
-    }
-}
-
-/// The hook's name, or its number when unknown.
-pub fn hook_text(hook: u8) -> String {
-    match Hook::from_u8(hook) {
-        Some(known) => known.name().to_owned(),
-        None => hook.to_string(),
     }
 }
 
@@ -66,19 +55,14 @@ fn source_identity(hook: u8) -> &'static str {
     }
 }
 
-/// The protocol's name, if the summary names it.
-fn proto_name(proto: u8) -> Option<&'static str> {
-    match proto {
-        proto::TCP => Some("tcp"),
-        proto::UDP => Some("udp"),
-        proto::ICMP => Some("icmp"),
-        _ => None,
-    }
+/// The protocol as Cilium's line names it (`tcp`, `udp`, `icmp`), if it has a name.
+fn proto_text(number: u8) -> Option<String> {
+    proto::name(number).map(str::to_ascii_lowercase)
 }
 
 /// TCP flags in Cilium's order (SYN, ACK, RST, FIN), comma-separated; other flags are not
 /// printed.
-pub fn tcp_flags_text(flags: u8) -> String {
+fn tcp_flags_text(flags: u8) -> String {
     [
         (tcp_flags::SYN, "SYN"),
         (tcp_flags::ACK, "ACK"),
@@ -92,12 +76,12 @@ pub fn tcp_flags_text(flags: u8) -> String {
     .join(", ")
 }
 
-fn has_ports(proto: u8) -> bool {
-    matches!(proto, proto::TCP | proto::UDP)
+fn has_ports(number: u8) -> bool {
+    matches!(number, proto::TCP | proto::UDP)
 }
 
-fn endpoint(addr: Ipv4Addr, port: u16, proto: u8) -> String {
-    if has_ports(proto) {
+fn endpoint(addr: Ipv4Addr, port: u16, number: u8) -> String {
+    if has_ports(number) {
         format!("{addr}:{port}")
     } else {
         addr.to_string()
@@ -108,21 +92,23 @@ fn endpoint(addr: Ipv4Addr, port: u16, proto: u8) -> String {
 fn summary(event: &DropEventRecord) -> String {
     let src = endpoint(event.saddr, event.sport, event.proto);
     let dst = endpoint(event.daddr, event.dport, event.proto);
-    match proto_name(event.proto) {
-        // Cilium appends " " and the flags even when no flag is set.
-        Some("tcp") => format!("{src} -> {dst} tcp {}", tcp_flags_text(event.tcp_flags)),
+    // Cilium appends " " and the flags even when no flag is set.
+    if event.proto == proto::TCP {
+        return format!("{src} -> {dst} tcp {}", tcp_flags_text(event.tcp_flags));
+    }
+    match proto_text(event.proto) {
         Some(name) => format!("{src} -> {dst} {name}"),
         None => format!("{src} -> {dst}"),
     }
 }
 
 /// The Cilium 1.12–1.15 text line, without a trailing newline.
-pub fn text(event: &DropEventRecord) -> String {
+fn text(event: &DropEventRecord) -> String {
     format!(
         "xx drop ({reason}) flow {flow:#x} to endpoint 0, file {file} line {line}, , identity {src}->unknown: {summary}",
         reason = reason_text(event.reason),
         flow = event.flow_hash,
-        file = SourceFile::from_u8(event.file).name(),
+        file = file_text(event.file),
         line = event.line,
         src = source_identity(event.hook),
         summary = summary(event),
@@ -150,21 +136,19 @@ struct JsonLine<'a> {
 }
 
 /// The `-o json` form: one JSON object, without a trailing newline.
-pub fn json(event: &DropEventRecord) -> String {
+fn json(event: &DropEventRecord) -> String {
     let line = JsonLine {
         kind: "drop",
         reason: event.reason,
         message: reason_text(event.reason),
         hook: hook_text(event.hook),
-        file: SourceFile::from_u8(event.file).name(),
+        file: file_text(event.file),
         line: event.line,
         flow: event.flow_hash,
         ifindex: event.ifindex,
         src: endpoint(event.saddr, event.sport, event.proto),
         dst: endpoint(event.daddr, event.dport, event.proto),
-        proto: proto_name(event.proto)
-            .map(str::to_owned)
-            .unwrap_or_else(|| event.proto.to_string()),
+        proto: proto_text(event.proto).unwrap_or_else(|| event.proto.to_string()),
         tcp_flags: (event.proto == proto::TCP).then(|| tcp_flags_text(event.tcp_flags)),
         len: event.len,
     };
@@ -172,9 +156,11 @@ pub fn json(event: &DropEventRecord) -> String {
     // rather than panic.
     serde_json::to_string(&line).unwrap_or_else(|_| text(event))
 }
-
 #[cfg(test)]
 mod tests {
+    use lb_common::drop::{DropReason, SourceFile};
+    use lb_common::event::DropEvent;
+
     use super::*;
 
     /// A drop event as the datapath writes it (network byte order).
