@@ -5,15 +5,15 @@ use std::fmt::Write as _;
 use lb_common::{proto, service::ServiceKey4};
 
 use super::{
-    MapsContent,
-    maps::{backend_addr_of, frontend_of},
+    BackendId, MapsContent, ServiceId,
+    maps::{backend_addr_of, backend_id_of, frontend_of, service_id_of},
 };
 
 /// A frontend and its backends as the maps say, slot by slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceView {
     /// The service id (rev-NAT index).
-    pub id: u16,
+    pub id: ServiceId,
     /// `VIP:port/PROTO`.
     pub frontend: String,
     /// The backends in slot order.
@@ -24,7 +24,7 @@ pub struct ServiceView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendView {
     /// The backend id.
-    pub id: u32,
+    pub id: BackendId,
     /// `addr:port/PROTO`.
     pub address: String,
     /// `active` (slots 1..=count) or `terminating` (the qcount slots).
@@ -56,7 +56,7 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
             let backends = (1..=total)
                 .filter_map(|slot| {
                     let slot_key = ServiceKey4 { slot, ..*key };
-                    let id = content.services.get(&slot_key)?.backend_id;
+                    let id = backend_id_of(content.services.get(&slot_key)?);
                     let backend = content.backends.get(&id)?;
                     let (addr, port) = backend_addr_of(backend);
                     Some(BackendView {
@@ -71,7 +71,7 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
                 })
                 .collect();
             ServiceView {
-                id: master.rev_nat,
+                id: service_id_of(master),
                 frontend: frontend_text(key),
                 backends,
             }
@@ -95,7 +95,7 @@ pub fn render(content: &MapsContent) -> String {
             lines.push(format!(
                 "SVC {} slot=0 id={} count={} qcount={} flags={:#x}",
                 frontend_text(key),
-                entry.rev_nat,
+                service_id_of(entry),
                 entry.count,
                 entry.qcount,
                 entry.flags
@@ -105,7 +105,7 @@ pub fn render(content: &MapsContent) -> String {
                 "SVC {} slot={} backend={}",
                 frontend_text(key),
                 key.slot,
-                entry.backend_id
+                backend_id_of(entry)
             ));
         }
     }
