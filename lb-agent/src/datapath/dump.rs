@@ -6,7 +6,7 @@ use lb_common::{proto, service::ServiceKey4};
 
 use super::{
     BackendId, MapsContent, ServiceId,
-    maps::{backend_addr_of, backend_id_of, frontend_of, service_id_of},
+    maps::{backend_addr_of, backend_id_of, frontend_of, revnat_addr_of, service_id_of},
 };
 
 /// A frontend and its backends as the maps say, slot by slot.
@@ -123,8 +123,8 @@ pub fn render(content: &MapsContent) -> String {
         ));
     }
     for (id, revnat) in &content.revnat {
-        let addr = std::net::Ipv4Addr::from(u32::from_be(revnat.vip));
-        lines.push(format!("REV {id} {addr}:{}", u16::from_be(revnat.port)));
+        let (vip, port) = revnat_addr_of(revnat);
+        lines.push(format!("REV {id} {vip}:{port}"));
     }
     lines.sort();
     let mut out = String::new();

@@ -120,6 +120,7 @@ pub trait LbMaps {
 /// The kernel's maps, taken out of the loaded object.
 pub struct AyaMaps {
     services: HashMap<MapData, ServiceKey4, ServiceEntry>,
+    // Keyed by the raw ids, which aya can copy in and out; the `LbMaps` methods convert.
     backends: HashMap<MapData, u32, Backend4>,
     revnat: HashMap<MapData, u16, RevNat4>,
     config: Array<MapData, DatapathConfig>,
@@ -414,6 +415,14 @@ pub fn backend_addr_of(backend: &Backend4) -> (Ipv4Addr, u16) {
     (
         Ipv4Addr::from(u32::from_be(backend.addr)),
         u16::from_be(backend.port),
+    )
+}
+
+/// The frontend a reverse-NAT entry restores, in host byte order.
+pub fn revnat_addr_of(revnat: &RevNat4) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from(u32::from_be(revnat.vip)),
+        u16::from_be(revnat.port),
     )
 }
 
