@@ -19,7 +19,7 @@ use crate::netns::Netns;
 use crate::stats::{Summary, median, summarize};
 use crate::traffic::IPTABLES_RESTORE;
 use lb_agent::datapath::MapsContent;
-use lb_agent::sync::{ids::Ids, plan};
+use lb_agent::sync::{desired, ids::Ids, plan};
 
 /// Full programming time of one fixture, in ms.
 #[derive(Clone, Debug)]
@@ -137,7 +137,7 @@ pub struct ChangeResult {
     pub nftables: Summary,
     /// Map writes of one lb change.
     pub lb_writes: usize,
-    /// Profile of one lb change, µs (medians): `plan::desired_content` over every service.
+    /// Profile of one lb change, µs (medians): `desired::desired_content` over every service.
     pub profile_desired_us: f64,
     /// ... `plan::plan`, the diff of the whole content.
     pub profile_plan_us: f64,
@@ -252,14 +252,14 @@ pub fn endpoint_change(
     let mut ids = Ids::restore(&MapsContent::default());
     let (mut desired_us, mut plan_us) = (Vec::new(), Vec::new());
     let mut before =
-        plan::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
+        desired::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
     for _ in 0..lb_changes.clamp(5, 50) {
         let next = if current == original { spare } else { original };
         desired[t].backends[0].addr = next;
         current = next;
         let started = Instant::now();
         let after =
-            plan::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
+            desired::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
         desired_us.push(started.elapsed().as_secs_f64() * 1e6);
         let started = Instant::now();
         let ops = plan::plan(&before, &after);

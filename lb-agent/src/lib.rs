@@ -4,7 +4,8 @@
 //!
 //! - `k8s/` watches Services and EndpointSlices (kube or a directory of YAML) into a snapshot;
 //! - `model/` turns a snapshot into the frontends and backends to program (kube-proxy's rules);
-//! - `sync/` diffs that against the maps and applies the difference in a safe order;
+//! - `sync/` turns them into map content (`desired`), diffs it against the maps (`plan`) and
+//!   applies the difference in a safe order (`apply`), retrying failed passes with backoff;
 //! - `datapath/` loads, attaches and owns the eBPF programs and maps.
 //!
 //! `config/` defines every option once; `api/` serves `lbctl` (its own crate, on `lb-api`)

@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_agent::{
-    datapath::{self, Datapath, LbMaps as _, LoadOptions, dump},
+    datapath::{self, BackendId, Datapath, LbMaps as _, LoadOptions, dump},
     model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol},
     sync::{Syncer, plan},
 };
@@ -131,7 +131,7 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
     {
         let mut guard = maps.lock().expect("maps lock");
         guard
-            .delete_backend(1)
+            .delete_backend(BackendId(1))
             .expect("delete behind the syncer's back");
     }
     syncer.sync(&[]).expect("empty sync");

@@ -1,9 +1,10 @@
 //! The agent's lifecycle: load and attach the datapath, start the source, the API and the
 //! event reader, then run the reconcile loop until shutdown.
 //!
-//! The reconcile loop is here, in `reconcile`: every new snapshot from the source (or a retry
-//! after a failed pass) becomes one `sync::Syncer::sync` pass. Nothing is programmed before
-//! the source has synced, so a restart never scales services down.
+//! The reconcile loop is `sync::reconcile`: every new snapshot from the source (or a retry
+//! after a failed pass) becomes one `sync::Syncer::sync` pass, and its outcome lands in
+//! `AgentState`. Nothing is programmed before the source has synced, so a restart never scales
+//! services down.
 //!
 //! On shutdown the programs, links and maps stay pinned: traffic keeps flowing, and the next
 //! agent adopts them (`datapath::devices::attach` swaps its program into the pinned links).
@@ -13,7 +14,6 @@ mod state;
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use lb_common::{config as dp, drop::Hook};
@@ -29,7 +29,7 @@ use crate::{
     k8s::{self, SourceSpec},
     model,
     monitor::DropFanout,
-    sync::Syncer,
+    sync::{self, Syncer},
     telemetry::error_chain,
 };
 
@@ -61,9 +61,6 @@ pub enum Error {
         iface: String,
     },
 }
-
-/// Longest wait between retries of a failed sync pass.
-const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// The datapath configuration for an agent configuration.
 pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::DatapathConfig {
@@ -176,8 +173,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let source_shutdown = shutdown.child_token();
     let mut source = tokio::spawn(k8s::run_source(spec, tx, source_shutdown.clone()));
 
+    let reconcile = sync::reconcile(
+        &mut syncer,
+        rx,
+        |snapshot| model::desired_services(snapshot, &config.node_name),
+        |outcome| state.record_sync(outcome.map_err(|err| error_chain(err))),
+        shutdown.clone(),
+    );
     let result = tokio::select! {
-        () = reconcile(rx, &mut syncer, &state, &config.node_name, shutdown.clone()) => Ok(()),
+        () = reconcile => Ok(()),
         ended = &mut source => match ended {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(Error::Source(err)),
@@ -192,61 +196,4 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     while tasks.join_next().await.is_some() {}
     tracing::info!("lb-agent stopped; programs, links and maps stay pinned");
     result
-}
-
-/// The reconcile loop: one sync pass per new snapshot, retries with backoff after a failure.
-async fn reconcile(
-    mut snapshots: watch::Receiver<Option<Arc<k8s::Snapshot>>>,
-    syncer: &mut Syncer<datapath::maps::AyaMaps>,
-    state: &AgentState,
-    node_name: &str,
-    shutdown: CancellationToken,
-) {
-    let mut retry: Option<Duration> = None;
-    loop {
-        let wait_retry = async {
-            match retry {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    // The source ended; `run` reports why.
-                    std::future::pending::<()>().await;
-                }
-            }
-            () = wait_retry => {}
-        }
-        let Some(snapshot) = snapshots.borrow_and_update().clone() else {
-            continue;
-        };
-        let desired = model::desired_services(&snapshot, node_name);
-        let span = tracing::info_span!("sync", services = desired.len());
-        let _enter = span.enter();
-        match syncer.sync(&desired) {
-            Ok(stats) => {
-                retry = None;
-                if stats.writes > 0 {
-                    tracing::info!(
-                        services = stats.services,
-                        backends = stats.backends,
-                        writes = stats.writes,
-                        micros = stats.duration.as_micros() as u64,
-                        "maps synced"
-                    );
-                }
-                state.record_sync(Ok(stats));
-            }
-            Err(err) => {
-                let delay = retry.map_or(Duration::from_millis(200), |d| (d * 2).min(MAX_RETRY));
-                let message = error_chain(&err);
-                tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "sync failed; retrying");
-                state.record_sync(Err(message));
-                retry = Some(delay);
-            }
-        }
-    }
 }

@@ -132,14 +132,14 @@ impl ApiBackend for AgentState {
         dump::services(&content)
             .into_iter()
             .map(|view| ServiceRow {
-                id: view.id,
+                id: view.id.0,
                 frontend: view.frontend,
                 service_type: "ClusterIP".to_owned(),
                 backends: view
                     .backends
                     .into_iter()
                     .map(|backend| BackendRow {
-                        id: backend.id,
+                        id: backend.id.0,
                         address: backend.address,
                         state: backend.state.into(),
                     })

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use lb_common::{proto, service::ServiceKey4};
 
 use super::{
-    MapsContent,
-    maps::{backend_addr_of, frontend_of},
+    BackendId, MapsContent, ServiceId,
+    maps::{backend_addr_of, backend_id_of, frontend_of, revnat_addr_of, service_id_of},
 };
 use crate::model::BackendState;
 
@@ -14,7 +14,7 @@ use crate::model::BackendState;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceView {
     /// The service id (rev-NAT index).
-    pub id: u16,
+    pub id: ServiceId,
     /// `VIP:port/PROTO`.
     pub frontend: String,
     /// The backends in slot order.
@@ -25,7 +25,7 @@ pub struct ServiceView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendView {
     /// The backend id.
-    pub id: u32,
+    pub id: BackendId,
     /// `addr:port/PROTO`.
     pub address: String,
     /// Active (slots 1..=count) or terminating (the qcount slots).
@@ -53,7 +53,7 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
             let backends = (1..=total)
                 .filter_map(|slot| {
                     let slot_key = ServiceKey4 { slot, ..*key };
-                    let id = content.services.get(&slot_key)?.backend_id;
+                    let id = backend_id_of(content.services.get(&slot_key)?);
                     let backend = content.backends.get(&id)?;
                     let (addr, port) = backend_addr_of(backend);
                     Some(BackendView {
@@ -68,7 +68,7 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
                 })
                 .collect();
             ServiceView {
-                id: master.rev_nat,
+                id: service_id_of(master),
                 frontend: frontend_text(key),
                 backends,
             }
@@ -92,7 +92,7 @@ pub fn render(content: &MapsContent) -> String {
             lines.push(format!(
                 "SVC {} slot=0 id={} count={} qcount={} flags={:#x}",
                 frontend_text(key),
-                entry.rev_nat,
+                service_id_of(entry),
                 entry.count,
                 entry.qcount,
                 entry.flags
@@ -102,7 +102,7 @@ pub fn render(content: &MapsContent) -> String {
                 "SVC {} slot={} backend={}",
                 frontend_text(key),
                 key.slot,
-                entry.backend_id
+                backend_id_of(entry)
             ));
         }
     }
@@ -120,8 +120,8 @@ pub fn render(content: &MapsContent) -> String {
         ));
     }
     for (id, revnat) in &content.revnat {
-        let addr = std::net::Ipv4Addr::from(u32::from_be(revnat.vip));
-        lines.push(format!("REV {id} {addr}:{}", u16::from_be(revnat.port)));
+        let (vip, port) = revnat_addr_of(revnat);
+        lines.push(format!("REV {id} {vip}:{port}"));
     }
     lines.sort();
     let mut out = String::new();

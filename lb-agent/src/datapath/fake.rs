@@ -1,11 +1,13 @@
-//! An in-memory `LbMaps` for tests of `sync/`: it can fail the Nth write, to prove that a
-//! retry converges and that no prefix of a plan leaves a slot pointing nowhere.
+//! In-memory `LbMaps` for tests of `sync/` (built only for tests): it can fail chosen writes, to
+//! prove that retries converge and that no prefix of a plan leaves a slot pointing nowhere.
+use std::collections::BTreeSet;
+
 use lb_common::{
     config::DatapathConfig,
     service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
 };
 
-use super::{Error, LbMaps, MapsContent};
+use super::{BackendId, Error, LbMaps, MapsContent, ServiceId};
 
 /// Maps held in memory.
 #[derive(Debug, Default)]
@@ -14,18 +16,26 @@ pub struct FakeMaps {
     pub content: MapsContent,
     /// The configuration last written.
     pub config: DatapathConfig,
-    /// Writes performed so far.
+    /// Write attempts so far, failed ones included.
     pub writes: usize,
-    /// Fail the write with this (0-based) number, once.
-    pub fail_write: Option<usize>,
+    /// Fail the write attempts with these (0-based) numbers. A retried write is a new attempt
+    /// with the next number, so `{0, 1, 2}` fails the first write three times in a row.
+    pub fail_writes: BTreeSet<usize>,
 }
 
 impl FakeMaps {
+    /// In-memory maps whose write attempts `failing` fail.
+    pub fn failing(failing: impl IntoIterator<Item = usize>) -> Self {
+        Self {
+            fail_writes: failing.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
     fn write(&mut self) -> Result<(), Error> {
         let n = self.writes;
         self.writes += 1;
-        if self.fail_write == Some(n) {
-            self.fail_write = None;
+        if self.fail_writes.remove(&n) {
             return Err(Error::Injected(n));
         }
         Ok(())
@@ -33,13 +43,13 @@ impl FakeMaps {
 }
 
 impl LbMaps for FakeMaps {
-    fn upsert_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), Error> {
+    fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error> {
         self.write()?;
         self.content.backends.insert(id, *backend);
         Ok(())
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<(), Error> {
+    fn delete_backend(&mut self, id: BackendId) -> Result<(), Error> {
         self.write()?;
         self.content.backends.remove(&id);
         Ok(())
@@ -57,13 +67,13 @@ impl LbMaps for FakeMaps {
         Ok(())
     }
 
-    fn upsert_revnat(&mut self, id: u16, revnat: &RevNat4) -> Result<(), Error> {
+    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error> {
         self.write()?;
         self.content.revnat.insert(id, *revnat);
         Ok(())
     }
 
-    fn delete_revnat(&mut self, id: u16) -> Result<(), Error> {
+    fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error> {
         self.write()?;
         self.content.revnat.remove(&id);
         Ok(())

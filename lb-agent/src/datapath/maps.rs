@@ -1,9 +1,10 @@
 //! The load balancer's maps behind one trait, `LbMaps`, so that `sync/` can run against the
-//! kernel (`AyaMaps`) or an in-memory fake (`fake::FakeMaps`).
+//! kernel (`AyaMaps`) or, in tests, in-memory maps (`fake::FakeMaps`).
 //!
-//! This is the only place that converts between host and network byte order: the `*_key` and
-//! `*_value` functions build `lb-common` structs from plain addresses and ports, and
-//! `frontend_of` / `backend_addr_of` read them back.
+//! This is the only place that converts between host and network byte order, and between the
+//! agent's typed ids (`ServiceId`, `BackendId`) and the raw integers of `lb-common`: the `*_key`,
+//! `*_value` and `*_entry` functions build `lb-common` structs from plain addresses, ports and
+//! ids, and `frontend_of` / `backend_addr_of` / `*_id_of` read them back.
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
@@ -23,33 +24,65 @@ use lb_common::{
 
 use super::{Error, batch};
 
+/// A service id: the key of a frontend's `LB4_REVNAT` entry, named by its master entry's
+/// `rev_nat`. 0 is never allocated.
+///
+/// Defined here rather than in `sync::ids` (which allocates them) because `MapsContent` and the
+/// `LbMaps` trait are keyed by it, and `datapath/` imports nothing from `sync/`.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u16);
+
+/// A backend id: the key of `LB4_BACKENDS`, named by a slot's `backend_id`. 0 is never
+/// allocated (a master entry's `backend_id` is 0).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u32);
+
+// The ids are exactly as wide as the fields that carry them: this stops compiling if
+// `lb-common` changes either width.
+const _: fn(&ServiceEntry) -> (ServiceId, BackendId) =
+    |entry| (ServiceId(entry.rev_nat), BackendId(entry.backend_id));
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for BackendId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Everything `sync/` programs: the services, backends and reverse-NAT maps as plain data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapsContent {
     /// `LB4_SERVICES`.
     pub services: BTreeMap<ServiceKey4, ServiceEntry>,
     /// `LB4_BACKENDS`.
-    pub backends: BTreeMap<u32, Backend4>,
+    pub backends: BTreeMap<BackendId, Backend4>,
     /// `LB4_REVNAT`.
-    pub revnat: BTreeMap<u16, RevNat4>,
+    pub revnat: BTreeMap<ServiceId, RevNat4>,
 }
 
 /// Write access to the load balancer's maps. Every write is idempotent.
 pub trait LbMaps {
     /// Inserts or replaces a backend.
-    fn upsert_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), Error>;
+    fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error>;
     /// Removes a backend; absent is fine.
-    fn delete_backend(&mut self, id: u32) -> Result<(), Error>;
+    fn delete_backend(&mut self, id: BackendId) -> Result<(), Error>;
     /// Inserts or replaces a service slot (master or backend slot).
     fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error>;
     /// Removes a service slot; absent is fine.
     fn delete_service(&mut self, key: &ServiceKey4) -> Result<(), Error>;
     /// Inserts or replaces a reverse-NAT entry.
-    fn upsert_revnat(&mut self, id: u16, revnat: &RevNat4) -> Result<(), Error>;
+    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error>;
     /// Removes a reverse-NAT entry; absent is fine.
-    fn delete_revnat(&mut self, id: u16) -> Result<(), Error>;
+    fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error>;
     /// Inserts or replaces backends in order; after a failure a prefix is applied.
-    fn upsert_backends(&mut self, entries: &[(u32, Backend4)]) -> Result<(), Error> {
+    fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
         entries
             .iter()
             .try_for_each(|(id, backend)| self.upsert_backend(*id, backend))
@@ -61,7 +94,7 @@ pub trait LbMaps {
             .try_for_each(|(key, entry)| self.upsert_service(key, entry))
     }
     /// Inserts or replaces reverse-NAT entries in order; after a failure a prefix is applied.
-    fn upsert_revnats(&mut self, entries: &[(u16, RevNat4)]) -> Result<(), Error> {
+    fn upsert_revnats(&mut self, entries: &[(ServiceId, RevNat4)]) -> Result<(), Error> {
         entries
             .iter()
             .try_for_each(|(id, revnat)| self.upsert_revnat(*id, revnat))
@@ -71,11 +104,11 @@ pub trait LbMaps {
         keys.iter().try_for_each(|key| self.delete_service(key))
     }
     /// Removes backends in order; absent ones are fine.
-    fn delete_backends(&mut self, ids: &[u32]) -> Result<(), Error> {
+    fn delete_backends(&mut self, ids: &[BackendId]) -> Result<(), Error> {
         ids.iter().try_for_each(|id| self.delete_backend(*id))
     }
     /// Removes reverse-NAT entries in order; absent ones are fine.
-    fn delete_revnats(&mut self, ids: &[u16]) -> Result<(), Error> {
+    fn delete_revnats(&mut self, ids: &[ServiceId]) -> Result<(), Error> {
         ids.iter().try_for_each(|id| self.delete_revnat(*id))
     }
     /// Replaces the datapath configuration.
@@ -87,6 +120,7 @@ pub trait LbMaps {
 /// The kernel's maps, taken out of the loaded object.
 pub struct AyaMaps {
     services: HashMap<MapData, ServiceKey4, ServiceEntry>,
+    // Keyed by the raw ids, which aya can copy in and out; the `LbMaps` methods convert.
     backends: HashMap<MapData, u32, Backend4>,
     revnat: HashMap<MapData, u16, RevNat4>,
     config: Array<MapData, DatapathConfig>,
@@ -220,15 +254,35 @@ fn ignore_missing(result: Result<(), MapError>, map: &'static str) -> Result<(),
     }
 }
 
+/// Deletes `keys` from `map` in one batch. The kernel stops a batch at a missing key (ENOENT):
+/// someone removed it already, so the rest is finished one by one with `remove`, where absent
+/// is fine.
+fn delete_batch<K: Copy>(
+    fd: &OwnedFd,
+    map: &'static str,
+    keys: &[K],
+    mut remove: impl FnMut(K) -> Result<(), MapError>,
+) -> Result<(), Error> {
+    match batch::delete(fd, keys) {
+        Ok(()) => Ok(()),
+        Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => keys
+            .get(partial.applied..)
+            .unwrap_or_default()
+            .iter()
+            .try_for_each(|key| ignore_missing(remove(*key), map)),
+        Err(partial) => Err(batch_err(map, partial)),
+    }
+}
+
 impl LbMaps for AyaMaps {
-    fn upsert_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), Error> {
+    fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error> {
         self.backends
-            .insert(id, backend, 0)
+            .insert(id.0, backend, 0)
             .map_err(|err| update_err(names::LB4_BACKENDS, "bpf-lb-map-max", err))
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<(), Error> {
-        ignore_missing(self.backends.remove(&id), names::LB4_BACKENDS)
+    fn delete_backend(&mut self, id: BackendId) -> Result<(), Error> {
+        ignore_missing(self.backends.remove(&id.0), names::LB4_BACKENDS)
     }
 
     fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error> {
@@ -241,18 +295,18 @@ impl LbMaps for AyaMaps {
         ignore_missing(self.services.remove(key), names::LB4_SERVICES)
     }
 
-    fn upsert_revnat(&mut self, id: u16, revnat: &RevNat4) -> Result<(), Error> {
+    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error> {
         self.revnat
-            .insert(id, revnat, 0)
+            .insert(id.0, revnat, 0)
             .map_err(|err| update_err(names::LB4_REVNAT, "bpf-lb-map-max", err))
     }
 
-    fn delete_revnat(&mut self, id: u16) -> Result<(), Error> {
-        ignore_missing(self.revnat.remove(&id), names::LB4_REVNAT)
+    fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error> {
+        ignore_missing(self.revnat.remove(&id.0), names::LB4_REVNAT)
     }
 
-    fn upsert_backends(&mut self, entries: &[(u32, Backend4)]) -> Result<(), Error> {
-        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+    fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
+        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().map(|(id, b)| (id.0, *b)).unzip();
         batch::update(&self.backends_fd, &keys, &values)
             .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))
     }
@@ -263,44 +317,33 @@ impl LbMaps for AyaMaps {
             .map_err(|partial| batch_err(names::LB4_SERVICES, partial))
     }
 
-    fn upsert_revnats(&mut self, entries: &[(u16, RevNat4)]) -> Result<(), Error> {
-        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+    fn upsert_revnats(&mut self, entries: &[(ServiceId, RevNat4)]) -> Result<(), Error> {
+        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().map(|(id, r)| (id.0, *r)).unzip();
         batch::update(&self.revnat_fd, &keys, &values)
             .map_err(|partial| batch_err(names::LB4_REVNAT, partial))
     }
 
     fn delete_services(&mut self, keys: &[ServiceKey4]) -> Result<(), Error> {
-        match batch::delete(&self.services_fd, keys) {
-            Ok(()) => Ok(()),
-            // Someone removed a key already: finish one by one, where absent is fine.
-            Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => keys
-                [partial.applied..]
-                .iter()
-                .try_for_each(|key| self.delete_service(key)),
-            Err(partial) => Err(batch_err(names::LB4_SERVICES, partial)),
-        }
+        let services = &mut self.services;
+        delete_batch(&self.services_fd, names::LB4_SERVICES, keys, |key| {
+            services.remove(&key)
+        })
     }
 
-    fn delete_backends(&mut self, ids: &[u32]) -> Result<(), Error> {
-        match batch::delete(&self.backends_fd, ids) {
-            Ok(()) => Ok(()),
-            Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => ids
-                [partial.applied..]
-                .iter()
-                .try_for_each(|id| self.delete_backend(*id)),
-            Err(partial) => Err(batch_err(names::LB4_BACKENDS, partial)),
-        }
+    fn delete_backends(&mut self, ids: &[BackendId]) -> Result<(), Error> {
+        let keys: Vec<u32> = ids.iter().map(|id| id.0).collect();
+        let backends = &mut self.backends;
+        delete_batch(&self.backends_fd, names::LB4_BACKENDS, &keys, |key| {
+            backends.remove(&key)
+        })
     }
 
-    fn delete_revnats(&mut self, ids: &[u16]) -> Result<(), Error> {
-        match batch::delete(&self.revnat_fd, ids) {
-            Ok(()) => Ok(()),
-            Err(partial) if partial.error.raw_os_error() == Some(libc::ENOENT) => ids
-                [partial.applied..]
-                .iter()
-                .try_for_each(|id| self.delete_revnat(*id)),
-            Err(partial) => Err(batch_err(names::LB4_REVNAT, partial)),
-        }
+    fn delete_revnats(&mut self, ids: &[ServiceId]) -> Result<(), Error> {
+        let keys: Vec<u16> = ids.iter().map(|id| id.0).collect();
+        let revnat = &mut self.revnat;
+        delete_batch(&self.revnat_fd, names::LB4_REVNAT, &keys, |key| {
+            revnat.remove(&key)
+        })
     }
 
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error> {
@@ -317,11 +360,11 @@ impl LbMaps for AyaMaps {
         }
         for item in self.backends.iter() {
             let (key, value) = item.map_err(|err| map_err("read", names::LB4_BACKENDS, err))?;
-            content.backends.insert(key, value);
+            content.backends.insert(BackendId(key), value);
         }
         for item in self.revnat.iter() {
             let (key, value) = item.map_err(|err| map_err("read", names::LB4_REVNAT, err))?;
-            content.revnat.insert(key, value);
+            content.revnat.insert(ServiceId(key), value);
         }
         Ok(content)
     }
@@ -373,6 +416,44 @@ pub fn backend_addr_of(backend: &Backend4) -> (Ipv4Addr, u16) {
         Ipv4Addr::from(u32::from_be(backend.addr)),
         u16::from_be(backend.port),
     )
+}
+
+/// The frontend a reverse-NAT entry restores, in host byte order.
+pub fn revnat_addr_of(revnat: &RevNat4) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from(u32::from_be(revnat.vip)),
+        u16::from_be(revnat.port),
+    )
+}
+
+/// A master entry (slot 0): the frontend's service id and how many slots it has, `count`
+/// selectable ones then `qcount` draining ones.
+pub fn master_entry(id: ServiceId, count: u16, qcount: u16, flags: u8) -> ServiceEntry {
+    ServiceEntry {
+        count,
+        qcount,
+        rev_nat: id.0,
+        flags,
+        ..ServiceEntry::default()
+    }
+}
+
+/// A backend slot's entry: the backend it selects.
+pub fn slot_entry(backend: BackendId) -> ServiceEntry {
+    ServiceEntry {
+        backend_id: backend.0,
+        ..ServiceEntry::default()
+    }
+}
+
+/// The service id a master entry names.
+pub fn service_id_of(entry: &ServiceEntry) -> ServiceId {
+    ServiceId(entry.rev_nat)
+}
+
+/// The backend id a slot's entry names.
+pub fn backend_id_of(entry: &ServiceEntry) -> BackendId {
+    BackendId(entry.backend_id)
 }
 
 /// A node address for `DatapathConfig::node_addr` (network byte order).

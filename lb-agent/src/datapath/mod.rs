@@ -1,18 +1,20 @@
 //! Everything that touches aya: loading and pinning (`loader`), attaching to interfaces
-//! (`devices`), the typed maps behind the `LbMaps` trait (`maps`, with an in-memory `fake` for
-//! tests), drop events and counters (`events`), and the maps rendered as text (`dump`).
+//! (`devices`), the typed maps behind the `LbMaps` trait (`maps`, with in-memory maps in `fake`
+//! that only tests build), drop events and counters (`events`), and the maps rendered as text
+//! (`dump`).
 //!
 //! Nothing outside this module imports aya.
 pub mod batch;
 pub mod devices;
 pub mod dump;
 pub mod events;
+#[cfg(test)]
 pub mod fake;
 pub mod loader;
 pub mod maps;
 
 pub use loader::{Datapath, LoadOptions};
-pub use maps::{LbMaps, MapsContent};
+pub use maps::{BackendId, LbMaps, MapsContent, ServiceId};
 
 /// Errors of the datapath module.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +107,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A fault injected by `fake::FakeMaps`.
+    /// A fault injected by `fake::FakeMaps` (tests only).
+    #[cfg(test)]
     #[error("injected failure on write {0}")]
     Injected(usize),
 }

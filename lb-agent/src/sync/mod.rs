@@ -1,17 +1,26 @@
-//! The reconcile loop's core: model → desired map content → plan → apply. The only writer of
-//! the load balancer's maps.
+//! The reconcile loop and its passes: model → `desired` map content (with ids from `ids`) →
+//! `plan` → `apply`. The only writer of the load balancer's maps, and the one place that decides
+//! retries.
 //!
 //! `Syncer::sync` is one pass. It remembers what it wrote, so a pass with nothing to change
-//! costs no syscalls; after any failure it re-reads the maps, and the next pass (the caller
-//! retries with backoff) plans from the truth. The maps are never left half-programmed: each
-//! prefix of a plan is safe (see `plan`).
+//! costs no syscalls; after any failure it re-reads the maps, and the next pass plans from the
+//! truth. The maps are never left half-programmed: each prefix of a plan is safe (see `plan`).
+//! `reconcile` runs a pass per new snapshot and retries failed ones with backoff; it is generic
+//! over `LbMaps`, so its timing is tested against in-memory maps on a paused clock.
+pub mod apply;
+pub mod desired;
 pub mod ids;
 pub mod plan;
+#[cfg(test)]
+mod scenarios;
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     datapath::{self, LbMaps, MapsContent},
@@ -80,10 +89,10 @@ impl<M: LbMaps> Syncer<M> {
             Some(content) => content,
             None => maps.read().map_err(Error::Read)?,
         };
-        let desired = plan::desired_content(services, &mut self.ids)?;
+        let desired = desired::desired_content(services, &mut self.ids)?;
         let ops = plan::plan(&current, &desired);
         tracing::debug!(writes = ops.len(), "sync plan");
-        match plan::apply(&mut *maps, &ops) {
+        match apply::apply(&mut *maps, &ops) {
             Ok(writes) => {
                 let stats = SyncStats {
                     services: desired.revnat.len(),
@@ -112,4 +121,330 @@ impl<M: LbMaps> Syncer<M> {
 pub fn lock<M>(maps: &Mutex<M>) -> std::sync::MutexGuard<'_, M> {
     maps.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The wait after a failed pass; each further failure doubles it, up to `MAX_RETRY`.
+pub const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// The longest wait between retries of a failed pass.
+pub const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// When to retry: not at all after a success; `FIRST_RETRY` after a failure, doubling with every
+/// further failure in a row, up to `MAX_RETRY`.
+#[derive(Debug, Default)]
+struct Backoff(Option<Duration>);
+
+impl Backoff {
+    /// Records a failure; returns the wait before the retry.
+    fn failed(&mut self) -> Duration {
+        let delay = self
+            .0
+            .map_or(FIRST_RETRY, |delay| (delay * 2).min(MAX_RETRY));
+        self.0 = Some(delay);
+        delay
+    }
+
+    fn succeeded(&mut self) {
+        self.0 = None;
+    }
+
+    /// Completes when a retry is due; never, if none is.
+    async fn due(&self) {
+        match self.0 {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The reconcile loop: one pass per new snapshot (the latest one, if several arrived), and after
+/// a failed pass a retry with backoff, until `shutdown`. A new snapshot does not wait for a
+/// pending retry.
+///
+/// A snapshot is `None` until its source has synced, and nothing is programmed from it: a
+/// restarted agent never scales services down to a partial view. `desired` turns a snapshot
+/// into services; `record` hears every pass's outcome.
+pub async fn reconcile<M: LbMaps, S: Clone>(
+    syncer: &mut Syncer<M>,
+    mut snapshots: watch::Receiver<Option<S>>,
+    desired: impl Fn(&S) -> Vec<DesiredService>,
+    mut record: impl FnMut(Result<SyncStats, &Error>),
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    // The source ended: nothing new will come (its owner reports why).
+                    shutdown.cancelled().await;
+                    return;
+                }
+            }
+            () = backoff.due() => {}
+        }
+        // Cloned out so that the source is not blocked while the pass runs.
+        let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+            continue;
+        };
+        let services = desired(&snapshot);
+        let span = tracing::info_span!("sync", services = services.len());
+        let _enter = span.enter();
+        match syncer.sync(&services) {
+            Ok(stats) => {
+                backoff.succeeded();
+                if stats.writes > 0 {
+                    tracing::info!(
+                        services = stats.services,
+                        backends = stats.backends,
+                        writes = stats.writes,
+                        micros = stats.duration.as_micros() as u64,
+                        "maps synced"
+                    );
+                }
+                record(Ok(stats));
+            }
+            Err(err) => {
+                let delay = backoff.failed();
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&err),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "sync failed; retrying"
+                );
+                record(Err(&err));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+
+    use super::*;
+    use crate::{
+        datapath::{dump, fake::FakeMaps},
+        sync::{desired::desired_content, ids::Ids},
+    };
+
+    /// The content `services` programs into empty maps.
+    fn content_of(services: &[DesiredService]) -> MapsContent {
+        desired_content(services, &mut Ids::default()).expect("ids")
+    }
+
+    /// What the datapath serves: each frontend with its backends in slot order and their
+    /// states; ids left out, as they depend on what was allocated before.
+    fn served(content: &MapsContent) -> Vec<(String, Vec<(String, &'static str)>)> {
+        dump::services(content)
+            .into_iter()
+            .map(|view| {
+                let backends = view.backends.into_iter().map(|b| (b.address, b.state));
+                (view.frontend, backends.collect())
+            })
+            .collect()
+    }
+
+    /// How many writes programming `services` into empty maps takes.
+    fn writes_for(services: &[DesiredService]) -> usize {
+        plan::plan(&MapsContent::default(), &content_of(services)).len()
+    }
+
+    /// The reconcile loop over in-memory maps, fed snapshots of desired services.
+    struct Loop {
+        maps: Arc<Mutex<FakeMaps>>,
+        snapshots: watch::Sender<Option<Vec<DesiredService>>>,
+        /// Every pass: when, since the loop started, and whether it succeeded.
+        passes: mpsc::UnboundedReceiver<(Duration, bool)>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    impl Loop {
+        fn start(maps: FakeMaps) -> Self {
+            let maps = Arc::new(Mutex::new(maps));
+            let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+            let (snapshots, receiver) = watch::channel(None);
+            let (passed, passes) = mpsc::unbounded_channel();
+            let shutdown = CancellationToken::new();
+            let started = Instant::now();
+            let task = tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    reconcile(
+                        &mut syncer,
+                        receiver,
+                        Vec::clone,
+                        |outcome| {
+                            let _ = passed.send((started.elapsed(), outcome.is_ok()));
+                        },
+                        shutdown,
+                    )
+                    .await;
+                }
+            });
+            Self {
+                maps,
+                snapshots,
+                passes,
+                shutdown,
+                task,
+            }
+        }
+
+        fn publish(&self, snapshot: Option<Vec<DesiredService>>) {
+            self.snapshots.send_replace(snapshot);
+        }
+
+        /// The next pass, or `None` if there is none within an hour.
+        async fn next_pass(&mut self) -> Option<(Duration, bool)> {
+            tokio::time::timeout(Duration::from_secs(3600), self.passes.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+
+        async fn passes(&mut self, n: usize) -> Vec<(Duration, bool)> {
+            let mut passes = Vec::new();
+            for _ in 0..n {
+                passes.push(self.next_pass().await.expect("a pass"));
+            }
+            passes
+        }
+
+        /// What the maps serve now; their invariant is checked on the way.
+        fn served(&self) -> Vec<(String, Vec<(String, &'static str)>)> {
+            let maps = lock(&self.maps);
+            plan::check_consistent(&maps.content).expect("no slot points nowhere");
+            served(&maps.content)
+        }
+
+        fn writes(&self) -> usize {
+            lock(&self.maps).writes
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.expect("the loop ends on shutdown");
+        }
+    }
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_failing_three_times_converges_after_200_400_and_800_ms() {
+        let services = scenarios::all().remove(0);
+        let mut sync = Loop::start(FakeMaps::failing([0, 1, 2]));
+        sync.publish(Some(services.clone()));
+        assert_eq!(
+            sync.passes(4).await,
+            [
+                (ms(0), false),
+                (ms(200), false),
+                (ms(600), false),
+                (ms(1400), true)
+            ]
+        );
+        assert_eq!(sync.next_pass().await, None, "no pass after convergence");
+        assert_eq!(sync.served(), served(&content_of(&services)));
+        assert_eq!(
+            sync.writes(),
+            3 + writes_for(&services),
+            "three failed attempts, then every write once"
+        );
+        sync.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_30_s_and_a_success_resets_it() {
+        let services = scenarios::all().remove(0);
+        let mut sync = Loop::start(FakeMaps::failing(0..11));
+        sync.publish(Some(services));
+        let times: Vec<Duration> = sync.passes(12).await.iter().map(|pass| pass.0).collect();
+        let waits: Vec<u128> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000
+            ]
+        );
+        let converged = *times.last().expect("passes");
+
+        // The next failure starts over at 200 ms.
+        let next = sync.writes();
+        lock(&sync.maps).fail_writes.insert(next);
+        sync.publish(Some(scenarios::all().remove(1)));
+        let passes = sync.passes(2).await;
+        assert_eq!(passes[0], (converged, false));
+        assert_eq!(passes[1], (converged + ms(200), true));
+        sync.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_programmed_until_the_source_has_synced() {
+        let mut sync = Loop::start(FakeMaps::default());
+        sync.publish(None);
+        assert_eq!(sync.next_pass().await, None, "no pass without a snapshot");
+        assert_eq!(sync.writes(), 0);
+
+        let services = scenarios::all().remove(0);
+        sync.publish(Some(services.clone()));
+        assert_eq!(sync.next_pass().await, Some((ms(3600 * 1000), true)));
+        assert_eq!(sync.served(), served(&content_of(&services)));
+        sync.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_snapshot_during_backoff_is_programmed_at_once_and_the_old_retry_dropped() {
+        let mut sync = Loop::start(FakeMaps::failing([0]));
+        sync.publish(Some(scenarios::all().remove(0)));
+        assert_eq!(sync.next_pass().await, Some((ms(0), false)));
+        tokio::time::advance(ms(50)).await;
+        let latest = scenarios::all().remove(2);
+        sync.publish(Some(latest.clone()));
+        assert_eq!(sync.next_pass().await, Some((ms(50), true)));
+        assert_eq!(
+            sync.next_pass().await,
+            None,
+            "no retry of the older snapshot"
+        );
+        assert_eq!(sync.served(), served(&content_of(&latest)));
+        sync.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_latest_of_several_snapshots_is_programmed() {
+        let mut sync = Loop::start(FakeMaps::default());
+        for services in scenarios::all().into_iter().take(3) {
+            sync.publish(Some(services));
+        }
+        assert_eq!(sync.next_pass().await, Some((ms(0), true)));
+        assert_eq!(sync.next_pass().await, None);
+        let latest = scenarios::all().remove(2);
+        assert_eq!(sync.writes(), writes_for(&latest));
+        assert_eq!(sync.served(), served(&content_of(&latest)));
+        sync.stop().await;
+    }
+
+    #[test]
+    fn a_restarted_syncer_rewrites_nothing_that_is_right() {
+        let services = scenarios::all().remove(2);
+        let maps = Arc::new(Mutex::new(FakeMaps::default()));
+        let first = Syncer::new(maps.clone())
+            .expect("restore ids")
+            .sync(&services)
+            .expect("first pass");
+        assert_eq!(first.writes, writes_for(&services));
+        let restarted = Syncer::new(maps.clone())
+            .expect("restore ids")
+            .sync(&services)
+            .expect("pass after the restart");
+        assert_eq!(restarted.writes, 0);
+        assert_eq!(lock(&maps).writes, first.writes);
+    }
 }

@@ -1,0 +1,150 @@
+//! The model's desired services as the exact content the maps must hold, with a `ServiceId`
+//! per frontend and a `BackendId` per backend taken from `ids` (and the ids of what is gone
+//! released). Pure: no aya, kube or tokio.
+use std::collections::BTreeSet;
+
+use lb_common::{
+    proto,
+    service::{
+        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
+    },
+};
+
+use super::ids::{BackendKey, Exhausted, FrontendKey, Ids};
+use crate::{
+    datapath::{MapsContent, maps},
+    model::{BackendState, DesiredService, Protocol},
+};
+
+fn proto_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => proto::TCP,
+        Protocol::Udp => proto::UDP,
+    }
+}
+
+/// The content the maps must hold for `services`, allocating ids as needed and releasing the
+/// ids of frontends and backends that are gone.
+pub fn desired_content(
+    services: &[DesiredService],
+    ids: &mut Ids,
+) -> Result<MapsContent, Exhausted> {
+    let mut content = MapsContent::default();
+    let mut live_frontends = BTreeSet::new();
+    let mut live_backends = BTreeSet::new();
+    for service in services {
+        let frontend = service.frontend;
+        let proto = proto_number(frontend.protocol);
+        let key = FrontendKey {
+            vip: frontend.vip,
+            port: frontend.port,
+            proto,
+        };
+        if !live_frontends.insert(key) {
+            // The model never yields a frontend twice; if it did, the first one wins.
+            continue;
+        }
+        let service_id = ids.service(key)?;
+        // Selectable backends first (slots 1..=count), then the draining ones.
+        let ordered = service
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .chain(
+                service
+                    .backends
+                    .iter()
+                    .filter(|b| b.state == BackendState::Terminating),
+            );
+        let mut count: u16 = 0;
+        let mut qcount: u16 = 0;
+        let mut slot: u16 = 0;
+        for backend in ordered {
+            let Some(next) = slot.checked_add(1) else {
+                break;
+            };
+            slot = next;
+            let backend_key = BackendKey {
+                addr: backend.addr,
+                port: backend.port,
+                proto,
+            };
+            live_backends.insert(backend_key);
+            let backend_id = ids.backend(backend_key)?;
+            let (state, counter) = match backend.state {
+                BackendState::Active => (BACKEND_STATE_ACTIVE, &mut count),
+                BackendState::Terminating => (BACKEND_STATE_TERMINATING, &mut qcount),
+            };
+            *counter += 1;
+            let flags = if backend.remote { BACKEND_F_REMOTE } else { 0 };
+            let value = maps::backend_value(backend.addr, backend.port, proto, state, flags);
+            // A backend shared by several frontends is active if any of them selects it.
+            content
+                .backends
+                .entry(backend_id)
+                .and_modify(|existing| existing.state = existing.state.min(state))
+                .or_insert(value);
+            content.services.insert(
+                maps::service_key(frontend.vip, frontend.port, proto, slot),
+                maps::slot_entry(backend_id),
+            );
+        }
+        content.services.insert(
+            maps::service_key(frontend.vip, frontend.port, proto, 0),
+            maps::master_entry(service_id, count, qcount, SERVICE_F_CLUSTER_IP),
+        );
+        content.services.insert(
+            maps::wildcard_key(frontend.vip),
+            lb_common::service::ServiceEntry::default(),
+        );
+        content
+            .revnat
+            .insert(service_id, maps::revnat_value(frontend.vip, frontend.port));
+    }
+    ids.retain(&live_frontends, &live_backends);
+    Ok(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{datapath::dump, sync::scenarios};
+
+    #[test]
+    fn active_backends_take_the_first_slots_and_terminating_ones_follow() {
+        let mut ids = Ids::restore(&MapsContent::default());
+        let desired = desired_content(&scenarios::all().remove(1), &mut ids).expect("ids");
+        assert_eq!(
+            dump::render(&desired),
+            "BE 1 10.244.1.6:8080/TCP state=active flags=0x0\n\
+             BE 2 10.244.1.7:8080/TCP state=active flags=0x0\n\
+             BE 3 10.244.1.5:8080/TCP state=terminating flags=0x0\n\
+             REV 1 10.96.0.10:80\n\
+             SVC 10.96.0.10:80/TCP slot=0 id=1 count=2 qcount=1 flags=0x1\n\
+             SVC 10.96.0.10:80/TCP slot=1 backend=1\n\
+             SVC 10.96.0.10:80/TCP slot=2 backend=2\n\
+             SVC 10.96.0.10:80/TCP slot=3 backend=3\n\
+             VIP 10.96.0.10\n"
+        );
+    }
+
+    #[test]
+    fn ids_of_services_and_backends_that_are_gone_are_reused_by_the_next_pass() {
+        let mut ids = Ids::restore(&MapsContent::default());
+        let scenarios = scenarios::all();
+        desired_content(&scenarios[0], &mut ids).expect("ids");
+        // 10.96.0.10 and its backends are gone: their ids are free once this pass ends.
+        desired_content(&scenarios[3], &mut ids).expect("ids");
+        // Both frontends, each with a new backend.
+        let desired = desired_content(&scenarios[2], &mut ids).expect("ids");
+        let text = dump::render(&desired);
+        for line in [
+            "BE 1 10.244.1.7:8080/TCP",
+            "BE 2 10.244.2.1:53/TCP",
+            "REV 1 10.96.0.10:80",
+            "REV 2 10.96.0.11:53",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}
