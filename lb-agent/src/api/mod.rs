@@ -3,6 +3,7 @@
 //!
 //! The agent's state reaches both through one trait, [`server::ApiBackend`].
 
+mod accept;
 pub mod client;
 pub mod http;
 pub mod proto;
