@@ -56,7 +56,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves on a bound listener until `shutdown` is cancelled.
+/// Serves on a bound listener until `shutdown` is cancelled; a request still being answered
+/// ends with it.
 pub async fn serve_listener(
     listener: TcpListener,
     backend: Arc<dyn ApiBackend>,
