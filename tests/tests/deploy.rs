@@ -11,7 +11,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Container, Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
 };
-use lb_agent::config::{self, AgentConfig, options};
+use lb_agent::config::{self, AgentConfig, OptionKey, options};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -285,8 +285,7 @@ fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
     // Environment: literal values are options' variables; NODE_NAME from the downward API.
     let mut env = BTreeMap::new();
     for var in container.env.iter().flatten() {
-        let spec = options::OPTIONS
-            .iter()
+        let spec = options::specs()
             .find(|s| s.env == var.name || s.env_alias == Some(var.name.as_str()))
             .unwrap_or_else(|| panic!("env {} is no option's variable", var.name));
         match (&var.value, &var.value_from) {
@@ -319,10 +318,10 @@ fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
         assert!(spec.kind.is_valid(value), "ConfigMap {key}={value}");
         std::fs::write(dir.path().join(key), value).expect("write key");
     }
-    let config_dir = format!("--{}={}", options::CONFIG_DIR, dir.path().display());
+    let config_dir = format!("--{}={}", OptionKey::ConfigDir, dir.path().display());
     let resolved_args: Vec<String> = std::iter::once("lb-agent".to_owned())
         .chain(args.iter().map(|arg| {
-            if arg.starts_with(&format!("--{}=", options::CONFIG_DIR)) {
+            if arg.starts_with(&format!("--{}=", OptionKey::ConfigDir)) {
                 config_dir.clone()
             } else {
                 arg.clone()

@@ -24,10 +24,9 @@ pub use state::AgentState;
 
 use crate::{
     api,
-    config::{AgentConfig, Source},
+    config::AgentConfig,
     datapath::{self, Datapath, LoadOptions, devices, events},
-    k8s::{self, SourceSpec},
-    model,
+    k8s, model,
     monitor::DropFanout,
     sync::{self, Syncer},
     telemetry::error_chain,
@@ -165,13 +164,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ));
     }
 
-    let spec = match &config.source {
-        Source::Kube => SourceSpec::Kube,
-        Source::File(dir) => SourceSpec::File(dir.clone()),
-    };
     let (tx, rx) = watch::channel(None);
     let source_shutdown = shutdown.child_token();
-    let mut source = tokio::spawn(k8s::run_source(spec, tx, source_shutdown.clone()));
+    let mut source = tokio::spawn(k8s::run_source(
+        config.source.clone(),
+        tx,
+        source_shutdown.clone(),
+    ));
 
     let reconcile = sync::reconcile(
         &mut syncer,

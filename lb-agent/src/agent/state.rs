@@ -14,8 +14,9 @@ use crate::{
         proto::{BackendRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
         server::{ApiBackend, BoxError},
     },
-    config::{self, AgentConfig, LiveChange, Source},
+    config::{self, AgentConfig, LiveChange},
     datapath::{LbMaps as _, dump, maps::AyaMaps},
+    k8s::SourceSpec,
     monitor::DropFanout,
     sync::{SyncStats, lock},
     telemetry::error_chain,
@@ -212,13 +213,13 @@ impl AgentState {
         match (&config.source, &config.config_dir) {
             // In a cluster the config dir is the mounted ConfigMap (read-only): patch the
             // ConfigMap instead, and the kubelet refreshes the mount.
-            (Source::Kube, _) => Ok(Persist::ConfigMap),
-            (Source::File(_), Some(dir)) => {
+            (SourceSpec::Kube, _) => Ok(Persist::ConfigMap),
+            (SourceSpec::File(_), Some(dir)) => {
                 config::dir::write(dir, change.key(), &change.value())
                     .map_err(|err| Box::new(err) as BoxError)?;
                 Ok(Persist::Done)
             }
-            (Source::File(_), None) => {
+            (SourceSpec::File(_), None) => {
                 tracing::warn!(
                     key = change.key(),
                     "no --config-dir: the change is live but not persisted"

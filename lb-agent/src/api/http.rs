@@ -15,7 +15,6 @@ use lb_api::drop::{hook_text, reason_text};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use super::proto::MetricsSnapshot;
 use super::server::ApiBackend;
@@ -57,35 +56,18 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves on a bound listener until `shutdown` is cancelled.
+/// Serves on a bound listener until `shutdown` is cancelled; a request still being answered
+/// ends with it.
 pub async fn serve_listener(
     listener: TcpListener,
     backend: Arc<dyn ApiBackend>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let backend = Arc::clone(&backend);
-                tokio::spawn(async move {
-                    if let Err(err) = handle(stream, backend.as_ref()).await {
-                        debug!(error = %err, "http connection ended");
-                    }
-                });
-            }
-            Err(err) => {
-                warn!(error = %err, "cannot accept http connection");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
-    }
+    super::accept::serve(listener, "http", shutdown, move |stream| {
+        let backend = Arc::clone(&backend);
+        async move { handle(stream, backend.as_ref()).await }
+    })
+    .await;
 }
 
 /// Answers one request on `stream` and closes it.

@@ -4,6 +4,7 @@
 //!
 //! The agent's state reaches both through one trait, [`server::ApiBackend`].
 
+mod accept;
 pub mod http;
 pub mod server;
 

@@ -7,7 +7,6 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -15,7 +14,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::proto::{DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply};
 use crate::config::{self, LiveChange};
@@ -160,36 +159,10 @@ pub async fn serve_listener(
     backend: Arc<dyn ApiBackend>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let backend = Arc::clone(&backend);
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        result = handle(stream, backend) => {
-                            if let Err(err) = result {
-                                debug!(error = %err, "api connection ended");
-                            }
-                        }
-                    }
-                });
-            }
-            Err(err) => {
-                // E.g. EMFILE: back off instead of spinning; the next accept may succeed.
-                warn!(error = %err, "cannot accept api connection");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
-    }
+    super::accept::serve(listener, "api", shutdown, move |stream| {
+        handle(stream, Arc::clone(&backend))
+    })
+    .await;
 }
 
 /// Longest request line accepted; real requests are under 200 bytes.

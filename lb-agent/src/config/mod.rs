@@ -8,7 +8,7 @@
 //! 1. the flag, `--KEY VALUE`;
 //! 2. the environment variable, `LB_KEY` (and, for `node-name`, `NODE_NAME`);
 //! 3. the file `KEY` in `--config-dir DIR` (which itself comes only from 1 or 2);
-//! 4. the default in `options.rs`.
+//! 4. the default in the table of `options.rs`.
 //!
 //! Whichever source a value comes from, it is validated the same way, and a bad value is an
 //! error naming the key, the source and the accepted values. An unknown file in the config
@@ -20,12 +20,12 @@ pub mod options;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-use options::{Kind, OPTIONS, OptionSpec};
+pub use options::{AgentConfig, OptionKey};
+use options::{OptionSpec, RawValues};
 
 /// Errors resolving or changing the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -73,55 +73,6 @@ pub enum Error {
     Dir(#[from] dir::Error),
 }
 
-/// Where Services and EndpointSlices come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// The Kubernetes API (in-cluster config or KUBECONFIG).
-    Kube,
-    /// A directory of YAML or JSON files.
-    File(PathBuf),
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Kube => f.write_str("kube"),
-            Self::File(dir) => write!(f, "file:{}", dir.display()),
-        }
-    }
-}
-
-/// Every option of lb-agent, resolved and typed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AgentConfig {
-    /// `source`: where Services and EndpointSlices come from.
-    pub source: Source,
-    /// `devices`: external interfaces, attached as from-netdev.
-    pub devices: Vec<String>,
-    /// `pod-devices`: globs of host-side pod interfaces, attached as from-pod.
-    pub pod_devices: Vec<String>,
-    /// `node-name`: this node's name (defaults to the host name).
-    pub node_name: String,
-    /// `node-ip`: the SNAT source; `None` means the first IPv4 address of the first device.
-    pub node_ip: Option<Ipv4Addr>,
-    /// `bpf-root`: the bpffs directory for pinned maps.
-    pub bpf_root: PathBuf,
-    /// `socket`: the API's unix socket.
-    pub socket: PathBuf,
-    /// `config-dir`: the directory read at start and written by `lbctl config set`.
-    pub config_dir: Option<PathBuf>,
-    /// `metrics-address`: where `/metrics` and `/healthz` are served; `None` disables them.
-    pub metrics_address: Option<SocketAddr>,
-    /// `bpf-lb-external-clusterip` (live): ClusterIPs answer traffic from outside the cluster.
-    pub external_cluster_ip: bool,
-    /// `bpf-ct-max-entries`: capacity of the conntrack map.
-    pub ct_max_entries: u32,
-    /// `bpf-lb-map-max`: capacity of the service, backend and rev-NAT maps.
-    pub lb_map_max: u32,
-    /// `log-level`.
-    pub log_level: tracing::Level,
-}
-
 /// A validated runtime change, from `lbctl config set`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LiveChange {
@@ -133,7 +84,7 @@ impl LiveChange {
     /// The option's key.
     pub fn key(self) -> &'static str {
         match self {
-            Self::ExternalClusterIp(_) => options::EXTERNAL_CLUSTER_IP,
+            Self::ExternalClusterIp(_) => OptionKey::ExternalClusterIp.key(),
         }
     }
 
@@ -162,7 +113,7 @@ pub fn command() -> Command {
             "Each option is also read from its environment variable and from the file KEY in \
              --config-dir; precedence: flag > environment > config-dir file > default.",
         );
-    for spec in OPTIONS {
+    for spec in options::specs() {
         let mut help = format!("{} [env: {}", spec.help, spec.env);
         if let Some(alias) = spec.env_alias {
             help.push_str(&format!(", {alias}"));
@@ -236,7 +187,9 @@ impl AgentConfig {
         }
     }
 
-    /// Like [`AgentConfig::from_args`], also returning the action the command line asks for.
+    /// Resolves every option from `args` (including the program name), `env` and the config
+    /// directory, in the precedence documented on this module, and the action the command
+    /// line asks for.
     pub fn from_args_with_action<I, T>(
         args: I,
         env: impl Fn(&str) -> Option<String>,
@@ -254,15 +207,13 @@ impl AgentConfig {
         Ok((Self::from_matches(&matches, env)?, action))
     }
 
-    /// Resolves every option from `args` (including the program name), `env` and the config
-    /// directory, in the precedence documented on this module.
+    /// [`AgentConfig::from_args_with_action`] for callers that only run the agent.
     pub fn from_args<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let matches = command().try_get_matches_from(args)?;
-        Self::from_matches(&matches, env)
+        Self::from_args_with_action(args, env).map(|(config, _action)| config)
     }
 
     fn from_matches(
@@ -279,14 +230,14 @@ impl AgentConfig {
                 .find_map(|var| env(var).map(|value| (value.trim().to_owned(), Origin::Env(var))))
         };
 
-        let config_dir_spec = spec(options::CONFIG_DIR);
+        let config_dir_spec = OptionKey::ConfigDir.spec();
         let dir_values = match from_flag_or_env(config_dir_spec) {
             Some((dir, origin)) if !dir.is_empty() => {
                 check(config_dir_spec, &dir, &origin)?;
                 let dir = PathBuf::from(dir);
                 let values = dir::read(&dir)?;
                 for key in values.keys() {
-                    if options::lookup(key).is_none() {
+                    if OptionKey::lookup(key).is_none() {
                         return Err(Error::UnknownKey {
                             key: key.clone(),
                             origin: format!(" (in config directory {})", dir.display()),
@@ -299,13 +250,14 @@ impl AgentConfig {
             _ => None,
         };
 
-        let mut raw = BTreeMap::new();
-        for spec in OPTIONS {
+        let mut raw = RawValues::new();
+        for &id in OptionKey::ALL {
+            let spec = id.spec();
             let (value, origin) = from_flag_or_env(spec)
                 .or_else(|| {
                     let (dir, values) = dir_values.as_ref()?;
                     // The directory cannot point at another directory.
-                    if spec.key == options::CONFIG_DIR {
+                    if id == OptionKey::ConfigDir {
                         return None;
                     }
                     let value = values.get(spec.key)?;
@@ -316,67 +268,10 @@ impl AgentConfig {
             if !(value.is_empty() && spec.default.is_empty()) {
                 check(spec, &value, &origin)?;
             }
-            raw.insert(spec.key, value);
+            raw.insert(id, value);
         }
         Self::from_raw(&raw)
     }
-
-    /// Types already validated raw values.
-    fn from_raw(raw: &BTreeMap<&'static str, String>) -> Result<Self, Error> {
-        let get = |key: &str| raw.get(key).map(String::as_str).unwrap_or_default();
-        let list = |key: &str| {
-            options::split_list(get(key))
-                .into_iter()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        let invalid = |key: &'static str| Error::InvalidValue {
-            key,
-            value: get(key).to_owned(),
-            origin: String::new(),
-            accepted: spec(key).kind.accepted(),
-        };
-        let number = |key: &'static str| get(key).parse::<u32>().map_err(|_| invalid(key));
-        let optional = |key: &str| Some(get(key)).filter(|value| !value.is_empty());
-
-        let source = match get(options::SOURCE).strip_prefix("file:") {
-            Some(dir) => Source::File(PathBuf::from(dir)),
-            None => Source::Kube,
-        };
-        let node_name = match optional(options::NODE_NAME) {
-            Some(name) => name.to_owned(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|name| name.trim().to_owned())
-                .map_err(|source| Error::NodeName { source })?,
-        };
-        Ok(Self {
-            source,
-            devices: list(options::DEVICES),
-            pod_devices: list(options::POD_DEVICES),
-            node_name,
-            node_ip: optional(options::NODE_IP)
-                .map(|ip| ip.parse().map_err(|_| invalid(options::NODE_IP)))
-                .transpose()?,
-            bpf_root: PathBuf::from(get(options::BPF_ROOT)),
-            socket: PathBuf::from(get(options::SOCKET)),
-            config_dir: optional(options::CONFIG_DIR).map(PathBuf::from),
-            metrics_address: optional(options::METRICS_ADDRESS)
-                .map(|addr| addr.parse().map_err(|_| invalid(options::METRICS_ADDRESS)))
-                .transpose()?,
-            external_cluster_ip: options::parse_bool(get(options::EXTERNAL_CLUSTER_IP))
-                .ok_or_else(|| invalid(options::EXTERNAL_CLUSTER_IP))?,
-            ct_max_entries: number(options::CT_MAX_ENTRIES)?,
-            lb_map_max: number(options::LB_MAP_MAX)?,
-            log_level: get(options::LOG_LEVEL)
-                .parse()
-                .map_err(|_| invalid(options::LOG_LEVEL))?,
-        })
-    }
-}
-
-/// The table entry of a key this module names; every such key is in the table (unit-tested).
-fn spec(key: &str) -> &'static OptionSpec {
-    options::lookup(key).unwrap_or(&OPTIONS[0])
 }
 
 fn check(spec: &'static OptionSpec, value: &str, origin: &Origin) -> Result<(), Error> {
@@ -394,13 +289,14 @@ fn check(spec: &'static OptionSpec, value: &str, origin: &Origin) -> Result<(), 
 
 /// Validates `lbctl config set KEY VALUE`: the key must exist and be live, the value valid.
 pub fn parse_live(key: &str, value: &str) -> Result<LiveChange, Error> {
-    let Some(spec) = options::lookup(key) else {
+    let Some(id) = OptionKey::lookup(key) else {
         return Err(Error::UnknownKey {
             key: key.to_owned(),
             origin: String::new(),
             known: options::known_keys(),
         });
     };
+    let spec = id.spec();
     if !spec.live {
         return Err(Error::NotLive { key: spec.key });
     }
@@ -411,61 +307,31 @@ pub fn parse_live(key: &str, value: &str) -> Result<LiveChange, Error> {
         origin: String::new(),
         accepted: spec.kind.accepted(),
     };
-    match spec.kind {
-        Kind::Bool if spec.key == options::EXTERNAL_CLUSTER_IP => options::parse_bool(value)
+    if !spec.kind.is_valid(value) {
+        return Err(invalid());
+    }
+    match id {
+        OptionKey::ExternalClusterIp => options::parse_bool(value)
             .map(LiveChange::ExternalClusterIp)
             .ok_or_else(invalid),
+        // Every live option has a `LiveChange` (unit-tested); the others were refused above.
         _ => Err(Error::NotLive { key: spec.key }),
     }
 }
 
 /// Every option as `key -> value`, rendered as the config directory would store it.
 pub fn view(config: &AgentConfig) -> BTreeMap<String, String> {
-    let optional = |value: Option<String>| value.unwrap_or_default();
-    let entries = [
-        (options::SOURCE, config.source.to_string()),
-        (options::DEVICES, config.devices.join(",")),
-        (options::POD_DEVICES, config.pod_devices.join(",")),
-        (options::NODE_NAME, config.node_name.clone()),
-        (
-            options::NODE_IP,
-            optional(config.node_ip.map(|ip| ip.to_string())),
-        ),
-        (options::BPF_ROOT, config.bpf_root.display().to_string()),
-        (options::SOCKET, config.socket.display().to_string()),
-        (
-            options::CONFIG_DIR,
-            optional(
-                config
-                    .config_dir
-                    .as_ref()
-                    .map(|dir| dir.display().to_string()),
-            ),
-        ),
-        (
-            options::METRICS_ADDRESS,
-            optional(config.metrics_address.map(|addr| addr.to_string())),
-        ),
-        (
-            options::EXTERNAL_CLUSTER_IP,
-            config.external_cluster_ip.to_string(),
-        ),
-        (options::CT_MAX_ENTRIES, config.ct_max_entries.to_string()),
-        (options::LB_MAP_MAX, config.lb_map_max.to_string()),
-        (
-            options::LOG_LEVEL,
-            config.log_level.to_string().to_lowercase(),
-        ),
-    ];
-    entries
+    config
+        .to_raw()
         .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
+        .map(|(id, value)| (id.key().to_owned(), value))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::SourceSpec;
     use std::collections::HashMap;
 
     fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<AgentConfig, Error> {
@@ -490,7 +356,7 @@ mod tests {
         assert_eq!(
             config,
             AgentConfig {
-                source: Source::Kube,
+                source: SourceSpec::Kube,
                 devices: vec![],
                 pod_devices: vec![],
                 node_name: "n1".into(),
@@ -628,7 +494,7 @@ mod tests {
         )
         .expect("resolve");
         let view = view(&config);
-        assert_eq!(view.len(), OPTIONS.len());
+        assert_eq!(view.len(), OptionKey::ALL.len());
         assert_eq!(view["source"], "file:/srv/lb");
         assert_eq!(view["metrics-address"], "");
         assert_eq!(config.metrics_address, None);
@@ -639,23 +505,17 @@ mod tests {
     }
 
     #[test]
-    fn every_key_this_module_names_is_in_the_table() {
-        for key in [
-            options::SOURCE,
-            options::DEVICES,
-            options::POD_DEVICES,
-            options::NODE_NAME,
-            options::NODE_IP,
-            options::BPF_ROOT,
-            options::SOCKET,
-            options::CONFIG_DIR,
-            options::METRICS_ADDRESS,
-            options::EXTERNAL_CLUSTER_IP,
-            options::CT_MAX_ENTRIES,
-            options::LB_MAP_MAX,
-            options::LOG_LEVEL,
-        ] {
-            assert!(options::lookup(key).is_some(), "{key}");
+    fn every_live_option_has_a_live_change_and_no_other_does() {
+        for &id in OptionKey::ALL {
+            let spec = id.spec();
+            let change = parse_live(spec.key, spec.default);
+            if spec.live {
+                let change = change.expect("a live option's default is a valid change");
+                assert_eq!(change.key(), spec.key);
+                assert_eq!(change.value(), spec.default);
+            } else {
+                assert!(matches!(change, Err(Error::NotLive { .. })), "{id}");
+            }
         }
     }
 }

@@ -1,11 +1,20 @@
-//! Every option of lb-agent, defined once: its key (the `--config-dir` file name and the
-//! `lbctl config` key), its flag (`--KEY`), its environment variable (`LB_` + the key in
-//! SCREAMING_SNAKE), its default, whether it can change at runtime, and what values it accepts.
+//! Every option of lb-agent, defined once, in the [`options!`] table below: its key (the
+//! `--config-dir` file name, the ConfigMap key and the `lbctl config` key), its flag (`--KEY`),
+//! its environment variable (`LB_` + the key in SCREAMING_SNAKE), its default, whether it can
+//! change at runtime, what values it accepts, its `--help` line, its README row, and the
+//! [`AgentConfig`] field it becomes.
 //!
-//! Resolution and typing live in `config/mod.rs`; reading and writing the directory in
-//! `config/dir.rs`.
+//! The table generates [`OptionKey`] (one variant per option; [`OptionKey::spec`] is an
+//! exhaustive match, so naming an option cannot miss), [`AgentConfig`], the typing of resolved
+//! values and their rendering for `lbctl config view`. Resolution and precedence live in
+//! `config/mod.rs`; reading and writing the directory in `config/dir.rs`.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::k8s::SourceSpec;
 
 /// What values an option accepts; each kind validates a raw string and names what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,12 +69,7 @@ impl Kind {
     /// Whether `value` (already trimmed) is acceptable.
     pub fn is_valid(self, value: &str) -> bool {
         match self {
-            Self::Source => {
-                value == "kube"
-                    || value
-                        .strip_prefix("file:")
-                        .is_some_and(|dir| !dir.is_empty())
-            }
+            Self::Source => value.parse::<SourceSpec>().is_ok(),
             Self::Interfaces | Self::Globs => split_list(value).into_iter().all(|name| {
                 !name.is_empty()
                     && name.len() < 16 // IFNAMSIZ includes the NUL
@@ -105,208 +109,440 @@ pub fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
-/// One option of lb-agent.
+/// One option of lb-agent, as the table declares it.
 #[derive(Clone, Copy, Debug)]
 pub struct OptionSpec {
-    /// The key: flag `--KEY`, config-dir file `KEY`, `lbctl config set KEY`.
+    /// The key: flag `--KEY`, config-dir file and ConfigMap key `KEY`, `lbctl config set KEY`.
     pub key: &'static str,
     /// The environment variable, `LB_` + the key in SCREAMING_SNAKE.
     pub env: &'static str,
     /// A further environment variable read after `env` (Kubernetes' downward API convention).
     pub env_alias: Option<&'static str>,
-    /// The value used when no source sets one; `None` when the agent derives it.
+    /// The value used when no source sets one; empty when the agent derives it or has none.
     pub default: &'static str,
+    /// What an empty default stands for, in the README (`host name`); `None` when nothing.
+    pub derived: Option<&'static str>,
     /// Whether `lbctl config set` may change it while the agent runs.
     pub live: bool,
     /// Placeholder in `--help`.
     pub value_name: &'static str,
     /// One line of `--help`.
     pub help: &'static str,
+    /// The README's "meaning" cell (Markdown).
+    pub doc: &'static str,
     /// What it accepts.
     pub kind: Kind,
 }
 
-/// `source`.
-pub const SOURCE: &str = "source";
-/// `devices`.
-pub const DEVICES: &str = "devices";
-/// `pod-devices`.
-pub const POD_DEVICES: &str = "pod-devices";
-/// `node-name`.
-pub const NODE_NAME: &str = "node-name";
-/// `node-ip`.
-pub const NODE_IP: &str = "node-ip";
-/// `bpf-root`.
-pub const BPF_ROOT: &str = "bpf-root";
-/// `socket`.
-pub const SOCKET: &str = "socket";
-/// `config-dir`.
-pub const CONFIG_DIR: &str = "config-dir";
-/// `metrics-address`.
-pub const METRICS_ADDRESS: &str = "metrics-address";
-/// `bpf-lb-external-clusterip`.
-pub const EXTERNAL_CLUSTER_IP: &str = "bpf-lb-external-clusterip";
-/// `bpf-ct-max-entries`.
-pub const CT_MAX_ENTRIES: &str = "bpf-ct-max-entries";
-/// `bpf-lb-map-max`.
-pub const LB_MAP_MAX: &str = "bpf-lb-map-max";
-/// `log-level`.
-pub const LOG_LEVEL: &str = "log-level";
+/// A resolved, validated raw value turned into its [`AgentConfig`] field, and back into the text
+/// `lbctl config view` prints and the config directory stores.
+pub trait OptionValue: Sized {
+    /// The typed value; `None` if `raw` does not parse (validation has already run, so this
+    /// means the option's [`Kind`] and its field's type disagree).
+    fn from_raw(raw: &str) -> Option<Self>;
+    /// The value as text; `from_raw(&v.to_raw())` gives `v` back.
+    fn to_raw(&self) -> String;
+}
 
-/// Every option, in `--help` order.
-pub const OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        key: SOURCE,
+impl OptionValue for SourceSpec {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for Vec<String> {
+    fn from_raw(raw: &str) -> Option<Self> {
+        Some(split_list(raw).into_iter().map(str::to_owned).collect())
+    }
+    fn to_raw(&self) -> String {
+        self.join(",")
+    }
+}
+
+impl OptionValue for String {
+    fn from_raw(raw: &str) -> Option<Self> {
+        Some(raw.to_owned())
+    }
+    fn to_raw(&self) -> String {
+        self.clone()
+    }
+}
+
+impl OptionValue for PathBuf {
+    fn from_raw(raw: &str) -> Option<Self> {
+        Some(PathBuf::from(raw))
+    }
+    fn to_raw(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl OptionValue for Ipv4Addr {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for SocketAddr {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for bool {
+    fn from_raw(raw: &str) -> Option<Self> {
+        parse_bool(raw)
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for u32 {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for tracing::Level {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_string().to_lowercase()
+    }
+}
+
+/// Empty is `None`: the option is off, or the agent derives the value later.
+impl<T: OptionValue> OptionValue for Option<T> {
+    fn from_raw(raw: &str) -> Option<Self> {
+        if raw.is_empty() {
+            Some(None)
+        } else {
+            T::from_raw(raw).map(Some)
+        }
+    }
+    fn to_raw(&self) -> String {
+        self.as_ref().map(T::to_raw).unwrap_or_default()
+    }
+}
+
+/// Every option's resolved and validated text, by option.
+pub type RawValues = BTreeMap<OptionKey, String>;
+
+/// The table's language: one block per option; see the table below for the fields. An option
+/// whose empty value the agent fills in at resolution names the function with `derive_with`.
+macro_rules! options {
+    (@some) => { None };
+    (@some $value:literal) => { Some($value) };
+    (@typed $ty:ty, $id:expr, $raw:expr) => { typed::<$ty>($id, $raw)? };
+    (@typed $ty:ty, $id:expr, $raw:expr, $derive:path) => {
+        if $raw.is_empty() { $derive()? } else { typed::<$ty>($id, $raw)? }
+    };
+    ($(
+        $variant:ident => $field:ident: $ty:ty {
+            key: $key:literal,
+            env: $env:literal,
+            $(env_alias: $alias:literal,)?
+            default: $default:literal,
+            $(derived: $derived:literal,)?
+            $(derive_with: $derive:path,)?
+            live: $live:literal,
+            value_name: $value_name:literal,
+            kind: $kind:expr,
+            help: $help:literal,
+            doc: $doc:literal,
+        }
+    )*) => {
+        /// One option of lb-agent; [`OptionKey::spec`] is its table entry.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum OptionKey {
+            $(
+                #[doc = concat!("`", $key, "`.")]
+                $variant,
+            )*
+        }
+
+        impl OptionKey {
+            /// Every option, in `--help` order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),*];
+
+            /// The option's table entry.
+            pub const fn spec(self) -> &'static OptionSpec {
+                match self {
+                    $(Self::$variant => &OptionSpec {
+                        key: $key,
+                        env: $env,
+                        env_alias: options!(@some $($alias)?),
+                        default: $default,
+                        derived: options!(@some $($derived)?),
+                        live: $live,
+                        value_name: $value_name,
+                        help: $help,
+                        doc: $doc,
+                        kind: $kind,
+                    },)*
+                }
+            }
+        }
+
+        /// lb-agent's resolved configuration: one field per option of the table.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct AgentConfig {
+            $(
+                #[doc = concat!("`", $key, "`: ", $help, ".")]
+                pub $field: $ty,
+            )*
+        }
+
+        impl AgentConfig {
+            /// Types resolved and validated raw values (one per option).
+            pub(super) fn from_raw(raw: &RawValues) -> Result<Self, super::Error> {
+                let get = |id: OptionKey| raw.get(&id).map(String::as_str).unwrap_or_default();
+                Ok(Self {
+                    $($field: options!(
+                        @typed $ty, OptionKey::$variant, get(OptionKey::$variant) $(, $derive)?
+                    ),)*
+                })
+            }
+
+            /// Every option's value as text, as the config directory would store it.
+            pub fn to_raw(&self) -> RawValues {
+                [$((OptionKey::$variant, OptionValue::to_raw(&self.$field))),*]
+                    .into_iter()
+                    .collect()
+            }
+        }
+    };
+}
+
+options! {
+    Source => source: SourceSpec {
+        key: "source",
         env: "LB_SOURCE",
-        env_alias: None,
         default: "kube",
         live: false,
         value_name: "kube|file:DIR",
-        help: "where Services and EndpointSlices come from",
         kind: Kind::Source,
-    },
-    OptionSpec {
-        key: DEVICES,
+        help: "where Services and EndpointSlices come from",
+        doc: "`kube` (in-cluster config or KUBECONFIG) or `file:DIR` (YAML/JSON as `kubectl get -o yaml` prints it; re-read within a second of a change)",
+    }
+    Devices => devices: Vec<String> {
+        key: "devices",
         env: "LB_DEVICES",
-        env_alias: None,
         default: "",
         live: false,
         value_name: "IF[,IF]",
-        help: "external interfaces (from-netdev)",
         kind: Kind::Interfaces,
-    },
-    OptionSpec {
-        key: POD_DEVICES,
+        help: "external interfaces (from-netdev)",
+        doc: "external interfaces: `from_netdev`",
+    }
+    PodDevices => pod_devices: Vec<String> {
+        key: "pod-devices",
         env: "LB_POD_DEVICES",
-        env_alias: None,
         default: "",
         live: false,
         value_name: "GLOB[,GLOB]",
-        help: "host-side pod interfaces (from-pod), including ones created later",
         kind: Kind::Globs,
-    },
-    OptionSpec {
-        key: NODE_NAME,
+        help: "host-side pod interfaces (from-pod), including ones created later",
+        doc: "globs of host-side pod interfaces: `from_pod`, also on interfaces created later",
+    }
+    NodeName => node_name: String {
+        key: "node-name",
         env: "LB_NODE_NAME",
-        env_alias: Some("NODE_NAME"),
-        // Empty means the host name, read when the configuration is resolved.
+        env_alias: "NODE_NAME",
         default: "",
+        derived: "host name",
+        derive_with: host_name,
         live: false,
         value_name: "NAME",
-        help: "this node's name, for internalTrafficPolicy Local (default: the host name)",
         kind: Kind::Name,
-    },
-    OptionSpec {
-        key: NODE_IP,
+        help: "this node's name, for internalTrafficPolicy Local (default: the host name)",
+        doc: "this node, for `internalTrafficPolicy: Local` and remote backends",
+    }
+    NodeIp => node_ip: Option<Ipv4Addr> {
+        key: "node-ip",
         env: "LB_NODE_IP",
-        env_alias: None,
-        // Empty means the first IPv4 address of the first device, found by the datapath.
         default: "",
+        // `None`: the datapath takes the first IPv4 address of the first device.
+        derived: "first IPv4 of the first device",
         live: false,
         value_name: "IPV4",
-        help: "source address for SNAT (default: the first IPv4 address of the first device)",
         kind: Kind::OptionalIpv4,
-    },
-    OptionSpec {
-        key: BPF_ROOT,
+        help: "source address for SNAT (default: the first IPv4 address of the first device)",
+        doc: "source address of SNATed packets",
+    }
+    BpfRoot => bpf_root: PathBuf {
+        key: "bpf-root",
         env: "LB_BPF_ROOT",
-        env_alias: None,
         default: "/sys/fs/bpf/lb",
         live: false,
         value_name: "DIR",
-        help: "bpffs directory where maps are pinned",
         kind: Kind::Path,
-    },
-    OptionSpec {
-        key: SOCKET,
+        help: "bpffs directory where maps are pinned",
+        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v1/`",
+    }
+    Socket => socket: PathBuf {
+        key: "socket",
         env: "LB_SOCKET",
-        env_alias: None,
         default: "/var/run/lb/lb.sock",
         live: false,
         value_name: "PATH",
-        help: "unix socket lbctl talks to (mode 0600)",
         kind: Kind::Path,
-    },
-    OptionSpec {
-        key: CONFIG_DIR,
+        help: "unix socket lbctl talks to (mode 0600)",
+        doc: "lbctl's unix socket (mode 0600)",
+    }
+    ConfigDir => config_dir: Option<PathBuf> {
+        key: "config-dir",
         env: "LB_CONFIG_DIR",
-        env_alias: None,
         default: "",
         live: false,
         value_name: "DIR",
-        help: "directory with one file per option, as a mounted ConfigMap presents it",
         kind: Kind::OptionalPath,
-    },
-    OptionSpec {
-        key: METRICS_ADDRESS,
+        help: "directory with one file per option, as a mounted ConfigMap presents it",
+        doc: "one file per key, as a mounted ConfigMap presents it",
+    }
+    MetricsAddress => metrics_address: Option<SocketAddr> {
+        key: "metrics-address",
         env: "LB_METRICS_ADDRESS",
-        env_alias: None,
         default: "127.0.0.1:9963",
         live: false,
         value_name: "IP:PORT",
-        help: "where /metrics and /healthz are served; empty disables",
         kind: Kind::OptionalListen,
-    },
-    OptionSpec {
-        key: EXTERNAL_CLUSTER_IP,
+        help: "where /metrics and /healthz are served; empty disables",
+        doc: "Prometheus `/metrics` and `/healthz`; empty disables",
+    }
+    ExternalClusterIp => external_cluster_ip: bool {
+        key: "bpf-lb-external-clusterip",
         env: "LB_BPF_LB_EXTERNAL_CLUSTERIP",
-        env_alias: None,
         default: "false",
         live: true,
         value_name: "BOOL",
-        help: "make ClusterIPs reachable from outside the cluster",
         kind: Kind::Bool,
-    },
-    OptionSpec {
-        key: CT_MAX_ENTRIES,
+        help: "make ClusterIPs reachable from outside the cluster",
+        doc: "ClusterIPs reachable from outside the cluster",
+    }
+    CtMaxEntries => ct_max_entries: u32 {
+        key: "bpf-ct-max-entries",
         env: "LB_BPF_CT_MAX_ENTRIES",
-        env_alias: None,
         default: "262144",
         live: false,
         value_name: "N",
+        kind: Kind::Count { min: 1024, max: 16_777_216 },
         help: "capacity of the conntrack map",
-        kind: Kind::Count {
-            min: 1024,
-            max: 16_777_216,
-        },
-    },
-    OptionSpec {
-        key: LB_MAP_MAX,
+        doc: "conntrack capacity (two entries per flow)",
+    }
+    LbMapMax => lb_map_max: u32 {
+        key: "bpf-lb-map-max",
         env: "LB_BPF_LB_MAP_MAX",
-        env_alias: None,
         default: "65536",
         live: false,
         value_name: "N",
+        kind: Kind::Count { min: 1024, max: 16_777_216 },
         help: "capacity of the service, backend and rev-NAT maps",
-        kind: Kind::Count {
-            min: 1024,
-            max: 16_777_216,
-        },
-    },
-    OptionSpec {
-        key: LOG_LEVEL,
+        doc: "services/backends map capacity",
+    }
+    LogLevel => log_level: tracing::Level {
+        key: "log-level",
         env: "LB_LOG_LEVEL",
-        env_alias: None,
         default: "info",
         live: false,
         value_name: "LEVEL",
-        help: "error, warn, info, debug or trace",
         kind: Kind::LogLevel,
-    },
-];
+        help: "error, warn, info, debug or trace",
+        doc: "`error`, `warn`, `info`, `debug` or `trace`",
+    }
+}
 
-/// The option with this key.
+impl OptionKey {
+    /// The option with this key (`bpf-lb-external-clusterip`), if there is one.
+    pub fn lookup(key: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|id| id.key() == key)
+    }
+
+    /// The key: flag `--KEY`, config-dir file and ConfigMap key `KEY`.
+    pub const fn key(self) -> &'static str {
+        self.spec().key
+    }
+}
+
+impl fmt::Display for OptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// Every option's table entry, in `--help` order.
+pub fn specs() -> impl Iterator<Item = &'static OptionSpec> {
+    OptionKey::ALL.iter().map(|id| id.spec())
+}
+
+/// The table entry of the option with this key, if there is one.
 pub fn lookup(key: &str) -> Option<&'static OptionSpec> {
-    OPTIONS.iter().find(|spec| spec.key == key)
+    OptionKey::lookup(key).map(OptionKey::spec)
 }
 
 /// Every key, comma-separated, for error messages.
 pub fn known_keys() -> String {
-    OPTIONS
-        .iter()
-        .map(|spec| spec.key)
-        .collect::<Vec<_>>()
-        .join(", ")
+    specs().map(|spec| spec.key).collect::<Vec<_>>().join(", ")
+}
+
+/// Types one validated raw value; a failure means the option's kind accepted what its field's
+/// type cannot hold.
+fn typed<T: OptionValue>(id: OptionKey, raw: &str) -> Result<T, super::Error> {
+    T::from_raw(raw).ok_or_else(|| super::Error::InvalidValue {
+        key: id.key(),
+        value: raw.to_owned(),
+        origin: String::new(),
+        accepted: id.spec().kind.accepted(),
+    })
+}
+
+/// `node-name`'s default: the host name, read when the configuration is resolved.
+fn host_name() -> Result<String, super::Error> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .map_err(|source| super::Error::NodeName { source })
+}
+
+/// The README's option table (Markdown), one row per option.
+pub fn readme_table() -> String {
+    let mut table =
+        String::from("| option | env | default | live | meaning |\n|---|---|---|---|---|\n");
+    for spec in specs() {
+        let env = [Some(spec.env), spec.env_alias]
+            .into_iter()
+            .flatten()
+            .map(|var| format!("`{var}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let default = match (spec.default, spec.derived) {
+            ("", Some(derived)) => derived.to_owned(),
+            ("", None) => String::new(),
+            (default, _) => format!("`{default}`"),
+        };
+        let live = if spec.live { "**yes**" } else { "no" };
+        let row = format!(
+            "| `--{}` | {env} | {default} | {live} | {} |",
+            spec.key, spec.doc
+        );
+        // An empty cell renders as `| |`, as a hand-written table would.
+        table.push_str(&row.replace("|  |", "| |"));
+        table.push('\n');
+    }
+    table
 }
 
 #[cfg(test)]
@@ -315,7 +551,7 @@ mod tests {
 
     #[test]
     fn every_env_var_is_lb_and_the_key_in_screaming_snake() {
-        for spec in OPTIONS {
+        for spec in specs() {
             let expected = format!("LB_{}", spec.key.to_uppercase().replace('-', "_"));
             assert_eq!(spec.env, expected, "option {}", spec.key);
         }
@@ -323,7 +559,7 @@ mod tests {
 
     #[test]
     fn every_default_is_valid_or_empty_meaning_derived() {
-        for spec in OPTIONS {
+        for spec in specs() {
             assert!(
                 spec.kind.is_valid(spec.default) || spec.default.is_empty(),
                 "default of {}",
@@ -334,23 +570,22 @@ mod tests {
 
     #[test]
     fn map_size_defaults_are_lb_commons() {
-        let default = |key| lookup(key).map(|spec| spec.default);
         assert_eq!(
-            default(CT_MAX_ENTRIES),
-            Some(lb_common::maps::CT_MAX_ENTRIES.to_string().as_str())
+            OptionKey::CtMaxEntries.spec().default,
+            lb_common::maps::CT_MAX_ENTRIES.to_string()
         );
         assert_eq!(
-            default(LB_MAP_MAX),
-            Some(lb_common::maps::SERVICES_MAX_ENTRIES.to_string().as_str())
+            OptionKey::LbMapMax.spec().default,
+            lb_common::maps::SERVICES_MAX_ENTRIES.to_string()
         );
     }
 
     #[test]
-    fn keys_are_unique() {
-        let mut keys: Vec<_> = OPTIONS.iter().map(|spec| spec.key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), OPTIONS.len());
+    fn keys_are_unique_and_lookup_finds_each() {
+        for &id in OptionKey::ALL {
+            assert_eq!(OptionKey::lookup(id.key()), Some(id));
+        }
+        assert_eq!(OptionKey::lookup("bpf-lb-external-clusterIP"), None);
     }
 
     #[test]
@@ -371,5 +606,56 @@ mod tests {
         assert!(Kind::OptionalListen.is_valid(""));
         assert!(!Kind::OptionalListen.is_valid("localhost"));
         assert!(!Kind::Count { min: 1, max: 2 }.is_valid("3"));
+    }
+
+    #[test]
+    fn every_valid_default_types_into_its_field_and_renders_back() {
+        let mut raw: RawValues = OptionKey::ALL
+            .iter()
+            .map(|&id| (id, id.spec().default.to_owned()))
+            .collect();
+        raw.insert(OptionKey::NodeName, "n1".to_owned());
+        let config = AgentConfig::from_raw(&raw).expect("defaults type");
+        assert_eq!(config.to_raw(), raw);
+    }
+
+    const README_BEGIN: &str = "<!-- options: generated from lb-agent/src/config/options.rs -->\n";
+    const README_END: &str = "<!-- end of options -->";
+
+    /// The README's option table is this table. `LB_UPDATE_README=1 cargo test -p lb-agent
+    /// readme` rewrites the README's block instead of failing.
+    #[test]
+    fn readme_option_table_is_generated_from_the_table() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).expect("read README.md");
+        let (before, rest) = readme
+            .split_once(README_BEGIN)
+            .unwrap_or_else(|| panic!("README.md has no line {README_BEGIN:?}"));
+        let (current, after) = rest
+            .split_once(README_END)
+            .unwrap_or_else(|| panic!("README.md has no line {README_END:?}"));
+        let expected = readme_table();
+        if current == expected {
+            return;
+        }
+        if std::env::var_os("LB_UPDATE_README").is_some() {
+            let updated = format!("{before}{README_BEGIN}{expected}{README_END}{after}");
+            std::fs::write(&path, updated).expect("write README.md");
+            return;
+        }
+        let diff: Vec<String> = current
+            .lines()
+            .map(|line| format!("- {line}"))
+            .chain(expected.lines().map(|line| format!("+ {line}")))
+            .filter(|line| {
+                let text = line.get(2..).unwrap_or_default();
+                !(current.lines().any(|l| l == text) && expected.lines().any(|l| l == text))
+            })
+            .collect();
+        panic!(
+            "README.md's option table differs from lb-agent/src/config/options.rs \
+             (- README, + table):\n{}\nregenerate it with: LB_UPDATE_README=1 cargo test -p lb-agent readme",
+            diff.join("\n")
+        );
     }
 }

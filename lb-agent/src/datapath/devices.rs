@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -23,7 +23,7 @@ use aya::{
 use lb_common::drop::Hook;
 use tokio::io::unix::AsyncFd;
 
-use super::Error;
+use super::{Error, loader::classifier};
 
 /// The program of a hook, by its name in the object.
 pub fn program_name(hook: Hook) -> &'static str {
@@ -137,19 +137,7 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Resul
         });
     }
     let name = program_name(hook);
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(Error::Program {
-            action: "find",
-            program: name,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-        })?
-        .try_into()
-        .map_err(|err| Error::Program {
-            action: "find",
-            program: name,
-            source: Box::new(err),
-        })?;
+    let program = classifier(ebpf, name)?;
     let pin_path = link_pin_path(pin_dir, hook, iface);
 
     if let Ok(pinned) = PinnedLink::from_pin(&pin_path) {

@@ -54,24 +54,13 @@ impl Datapath {
             .load(EBPF_OBJECT)
             .map_err(|err| Error::Load(Box::new(err)))?;
         for name in PROGRAMS {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(Error::Program {
-                    action: "find",
-                    program: name,
-                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-                })?
-                .try_into()
+            classifier(&mut ebpf, name)?
+                .load()
                 .map_err(|err| Error::Program {
-                    action: "find",
+                    action: "load",
                     program: name,
                     source: Box::new(err),
                 })?;
-            program.load().map_err(|err| Error::Program {
-                action: "load",
-                program: name,
-                source: Box::new(err),
-            })?;
         }
         let mut maps = AyaMaps::take(&mut ebpf)?;
         use super::LbMaps as _;
@@ -82,6 +71,22 @@ impl Datapath {
             pin_dir,
         })
     }
+}
+
+/// The program `name` of the object, as the TC classifier both of lb's programs are.
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    let find_error = |source| Error::Program {
+        action: "find",
+        program: name,
+        source: Box::new(source),
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(|| find_error(aya::programs::ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(find_error)
 }
 
 /// Creates `<bpf-root>/<PIN_VERSION>` after checking that `bpf-root` is on bpffs.
