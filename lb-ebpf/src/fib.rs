@@ -17,7 +17,7 @@ use aya_ebpf::{
 use lb_common::drop::{DropReason, SourceFile};
 
 use crate::{
-    drop::{Dropped, Verdict, drop},
+    drop::{Dropped, Verdict, dropped},
     parse::{ETH_LEN, Tuple4, ptr_at},
 };
 
@@ -72,10 +72,10 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
         return Ok(Verdict::Redirect(code as i32));
     }
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return Err(drop!(DropReason::NoFib));
+        return Err(dropped!(DropReason::NoFib));
     }
     let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
-        return Err(drop!(DropReason::NoFib));
+        return Err(dropped!(DropReason::NoFib));
     };
     // SAFETY: `ptr_at` checked that the 12 MAC bytes are in the packet.
     unsafe {
