@@ -5,7 +5,8 @@
 //!   records the backend, so every later packet of the flow goes to the same backend.
 //! - A [`CtReply`] entry is keyed by the tuple of the backend's replies as they arrive at this
 //!   node (backend → client, or backend → node address when SNATed) and records what to
-//!   restore: the service id for reverse NAT and, after SNAT, the client's address and port.
+//!   restore: the service id for reverse NAT and the client's address and port (restored
+//!   after SNAT).
 //!
 //! The map's value is [`CtEntry`], a union of the two with the same 32 bytes either way. The
 //! reply entries of SNATed flows double as the NAT table: a source port is allocated by
@@ -29,8 +30,8 @@ pub struct CtKey4 {
     pub proto: u8,
     /// `CT_SERVICE` or `CT_REPLY`: which member of [`CtEntry`] the value holds.
     pub kind: u8,
-    /// Zero.
-    pub _pad: [u8; 2],
+    /// Zero (one word, so that a key is built without byte stores).
+    pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtKey4>() == 16);
 
@@ -80,15 +81,16 @@ pub struct CtReply {
     pub rev_nat: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
-    /// With `CT_F_SNAT`: the client's address, restored as the reply's destination (network
-    /// byte order); zero otherwise.
+    /// The client's address as it sent the flow (network byte order); with `CT_F_SNAT`
+    /// restored as the reply's destination.
     pub client_addr: u32,
-    /// With `CT_F_SNAT`: the client's port (network byte order); zero otherwise.
+    /// The client's port as it sent the flow (network byte order); with `CT_F_SNAT` restored
+    /// as the reply's destination port.
     pub client_port: u16,
     /// Zero.
     pub _pad: u16,
     /// Zero: a reply entry is as large as a service entry.
-    pub _pad2: [u32; 2],
+    pub _pad2: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtReply>() == 32);
 

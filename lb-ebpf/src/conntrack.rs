@@ -48,7 +48,7 @@ fn key(tuple: &Tuple4, kind: u8) -> CtKey4 {
         dport: tuple.dport,
         proto: tuple.proto,
         kind,
-        _pad: [0; 2],
+        _pad: 0,
     }
 }
 
@@ -62,7 +62,7 @@ pub fn reply_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> C
         dport,
         proto,
         kind: CT_REPLY,
-        _pad: [0; 2],
+        _pad: 0,
     }
 }
 
@@ -117,7 +117,7 @@ pub fn snat_reply(tuple: &Tuple4, frontend: &Frontend, chosen: &Chosen) -> CtRep
         client_addr: tuple.saddr,
         client_port: tuple.sport,
         _pad: 0,
-        _pad2: [0; 2],
+        _pad2: 0,
     }
 }
 
@@ -195,10 +195,12 @@ pub fn create(tuple: &Tuple4, flow: &CtService, reserved: Option<&CtKey4>) -> Re
         backend_id: flow.backend_id,
         rev_nat: flow.rev_nat,
         flags: flow.flags & CT_F_FROM_NETDEV,
-        client_addr: 0,
-        client_port: 0,
+        // Recorded for every flow, though only an SNATed one needs it: the same fields mean the
+        // same for both, and 16 zero bytes would become a `memset` call.
+        client_addr: tuple.saddr,
+        client_port: tuple.sport,
         _pad: 0,
-        _pad2: [0; 2],
+        _pad2: 0,
     };
     if LB4_CT
         .insert(reply_key, CtEntry::from(reply), u64::from(BPF_ANY))

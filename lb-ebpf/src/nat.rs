@@ -8,8 +8,6 @@
 //! Returns the packet's new tuple; drops with 167 when no SNAT port is free and 141 when the
 //! packet cannot be written.
 
-use core::ptr;
-
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use lb_common::{
     config::DatapathConfig,
@@ -24,7 +22,7 @@ use crate::{
     drop::{Dropped, dropped},
     lb::{Chosen, Frontend},
     maps::LB4_REVNAT,
-    parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, ptr_at},
+    parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, store_u16, store_u32},
 };
 
 const FILE: SourceFile = SourceFile::Nat;
@@ -131,10 +129,13 @@ fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
     let l4 = usize::from(from.l4_off);
     // Direct writes first: every pointer is derived (and bounds-checked) here, before any
     // helper call invalidates them.
-    write(ctx, IP_SADDR_OFF, to.saddr)?;
-    write(ctx, IP_DADDR_OFF, to.daddr)?;
-    write(ctx, l4, to.sport)?;
-    write(ctx, l4 + 2, to.dport)?;
+    let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)
+        .and_then(|()| store_u32(ctx, IP_DADDR_OFF, to.daddr))
+        .and_then(|()| store_u16(ctx, l4, to.sport))
+        .and_then(|()| store_u16(ctx, l4 + 2, to.dport));
+    if written.is_none() {
+        return Err(dropped!(DropReason::WriteError));
+    }
     if from.saddr != to.saddr {
         csum::update_addr(ctx, from, from.saddr, to.saddr)?;
     }
@@ -147,15 +148,5 @@ fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
     if from.dport != to.dport {
         csum::update_port(ctx, from, from.dport, to.dport)?;
     }
-    Ok(())
-}
-
-#[inline(always)]
-fn write<T>(ctx: &TcContext, offset: usize, value: T) -> Result<(), Dropped> {
-    let Some(p) = ptr_at::<T>(ctx, offset) else {
-        return Err(dropped!(DropReason::WriteError));
-    };
-    // SAFETY: `ptr_at` checked the bounds; headers are unaligned in the packet.
-    unsafe { ptr::write_unaligned(p, value) };
     Ok(())
 }
