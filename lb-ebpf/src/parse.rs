@@ -109,7 +109,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
 /// The 16-bit field at the even `offset`, as stored (network byte order), if the packet holds
 /// it.
 #[inline(always)]
-pub fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
+fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
     let p = ptr_at::<u16>(ctx, offset)?;
     // SAFETY: `ptr_at` checked the bounds; `offset` is even, so the word is aligned (see the
     // module's doc).
@@ -119,7 +119,7 @@ pub fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
 /// The 32-bit field at the even `offset`, as stored (network byte order), read as two aligned
 /// halves.
 #[inline(always)]
-pub fn load_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
+fn load_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
     let p = ptr_at::<[u16; 2]>(ctx, offset)?;
     // SAFETY: as in `load_u16`, for both halves.
     let [first, second] = unsafe { p.read() };
@@ -156,7 +156,7 @@ fn join(first: u16, second: u16) -> u32 {
 
 /// The two 16-bit halves of `value` in memory order (the inverse of `join`).
 #[inline(always)]
-pub fn split(value: u32) -> [u16; 2] {
+fn split(value: u32) -> [u16; 2] {
     let [a, b, c, d] = value.to_ne_bytes();
     [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
 }
