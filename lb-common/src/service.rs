@@ -17,8 +17,11 @@ pub struct ServiceKey4 {
     pub slot: u16,
     /// IP protocol (`proto::TCP`, `proto::UDP`).
     pub proto: u8,
+    /// Zero. Padding as a byte and a word rather than `[u8; 3]`, which the datapath would
+    /// zero with a `memset` call each time it builds a key.
+    pub _pad: u8,
     /// Zero.
-    pub _pad: [u8; 3],
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey4>() == 12);
 
@@ -30,7 +33,8 @@ impl ServiceKey4 {
             port,
             slot,
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }

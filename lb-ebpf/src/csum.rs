@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 use crate::{
-    drop::{Dropped, drop},
+    drop::{Dropped, dropped},
     parse::{IP_CSUM_OFF, Tuple4},
 };
 
@@ -38,10 +38,10 @@ fn l4_flags(tuple: &Tuple4) -> u64 {
 #[inline(always)]
 pub fn update_addr(ctx: &TcContext, tuple: &Tuple4, from: u32, to: u32) -> Result<(), Dropped> {
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(from), u64::from(to), 4)
-        .map_err(|_| drop!(DropReason::WriteError))?;
+        .map_err(|_| dropped!(DropReason::WriteError))?;
     let flags = l4_flags(tuple) | u64::from(BPF_F_PSEUDO_HDR) | 4;
     ctx.l4_csum_replace(tuple.l4_csum_off(), u64::from(from), u64::from(to), flags)
-        .map_err(|_| drop!(DropReason::WriteError))
+        .map_err(|_| dropped!(DropReason::WriteError))
 }
 
 /// Accounts for a port change `from` → `to` (network byte order) in the TCP/UDP checksum.
@@ -49,5 +49,5 @@ pub fn update_addr(ctx: &TcContext, tuple: &Tuple4, from: u32, to: u32) -> Resul
 pub fn update_port(ctx: &TcContext, tuple: &Tuple4, from: u16, to: u16) -> Result<(), Dropped> {
     let flags = l4_flags(tuple) | 2;
     ctx.l4_csum_replace(tuple.l4_csum_off(), u64::from(from), u64::from(to), flags)
-        .map_err(|_| drop!(DropReason::WriteError))
+        .map_err(|_| dropped!(DropReason::WriteError))
 }

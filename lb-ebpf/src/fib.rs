@@ -5,11 +5,15 @@
 //! reply carries the VIP as its source, which reverse-path filtering may drop. Touches no map;
 //! returns a redirect verdict or drops with 169 when the FIB has no usable route.
 
-use core::{ffi::c_void, mem::size_of};
+use core::{
+    ffi::c_void,
+    mem::{MaybeUninit, size_of},
+};
 
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -17,19 +21,30 @@ use aya_ebpf::{
 use lb_common::drop::{DropReason, SourceFile};
 
 use crate::{
-    drop::{Dropped, Verdict, drop},
+    drop::{Dropped, Verdict, dropped},
     parse::{ETH_LEN, Tuple4, ptr_at},
 };
 
 const FILE: SourceFile = SourceFile::Fib;
 const AF_INET: u8 = 2;
 
+/// `bpf_fib_lookup` on an 8-byte boundary, so that it can be zeroed a word at a time.
+#[repr(C, align(8))]
+struct FibParams(bpf_fib_lookup);
+
 /// Sends the (already rewritten) packet `to` out of the interface the FIB picks, towards its
 /// next hop.
 #[inline(always)]
 pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
-    // SAFETY: bpf_fib_lookup is plain old data; all zeros is a valid (empty) request.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut zeroed = MaybeUninit::<FibParams>::uninit();
+    let words = zeroed.as_mut_ptr().cast::<u64>();
+    for i in 0..size_of::<FibParams>() / size_of::<u64>() {
+        // SAFETY: word `i` lies within `zeroed`, which is 8-aligned. Volatile, because LLVM
+        // folds plain zero stores into a `memset` call, which the BPF backend does not expand.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: all zeros is a valid (empty) bpf_fib_lookup.
+    let params = unsafe { &mut (*zeroed.as_mut_ptr()).0 };
     params.family = AF_INET;
     params.l4_protocol = to.proto;
     params.sport = to.sport;
@@ -43,7 +58,7 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
     let ret = unsafe {
         fib_lookup(
             ctx.skb.skb.cast::<c_void>(),
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -56,9 +71,7 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
         let next_hop = unsafe { params.__bindgen_anon_4.ipv4_dst };
         let mut nh = bpf_redir_neigh {
             nh_family: u32::from(AF_INET),
-            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-                ipv4_nh: next_hop,
-            },
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },
         };
         // SAFETY: `nh` is a valid bpf_redir_neigh of the size passed.
         let code = unsafe {
@@ -72,17 +85,23 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
         return Ok(Verdict::Redirect(code as i32));
     }
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return Err(drop!(DropReason::NoFib));
+        return Err(dropped!(DropReason::NoFib));
     }
-    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
-        return Err(drop!(DropReason::NoFib));
+    let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else {
+        return Err(dropped!(DropReason::NoFib));
     };
-    // SAFETY: `ptr_at` checked that the 12 MAC bytes are in the packet.
-    unsafe {
-        let eth = eth.cast::<[u8; 6]>();
-        core::ptr::write_unaligned(eth, params.dmac);
-        core::ptr::write_unaligned(eth.add(1), params.smac);
-    }
+    let (dmac, smac) = (params.dmac, params.smac);
+    let macs = [
+        u16::from_ne_bytes([dmac[0], dmac[1]]),
+        u16::from_ne_bytes([dmac[2], dmac[3]]),
+        u16::from_ne_bytes([dmac[4], dmac[5]]),
+        u16::from_ne_bytes([smac[0], smac[1]]),
+        u16::from_ne_bytes([smac[2], smac[3]]),
+        u16::from_ne_bytes([smac[4], smac[5]]),
+    ];
+    // SAFETY: `ptr_at` checked that the 12 MAC bytes are in the packet; they start the packet,
+    // so the words are aligned (see `parse.rs` on alignment).
+    unsafe { eth.write(macs) };
     // SAFETY: a helper taking plain integers.
     let code = unsafe { bpf_redirect(params.ifindex, 0) };
     Ok(Verdict::Redirect(code as i32))

@@ -11,7 +11,7 @@ use lb_common::{
 };
 
 use crate::{
-    drop::{Dropped, drop},
+    drop::{Dropped, dropped},
     maps::{LB4_BACKENDS, LB4_SERVICES},
     parse::{Shape, Tuple4},
 };
@@ -68,7 +68,7 @@ pub fn is_known_vip(addr: u32) -> bool {
 #[inline(always)]
 pub fn check_unknown_port(tuple: &Tuple4) -> Result<(), Dropped> {
     if is_known_vip(tuple.daddr) {
-        return Err(drop!(DropReason::NoService));
+        return Err(dropped!(DropReason::NoService));
     }
     Ok(())
 }
@@ -95,7 +95,7 @@ pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     let random = unsafe { bpf_get_prandom_u32() };
     // checked_rem: a frontend with count 0 has no backend (and `%` by zero must not panic).
     let Some(index) = random.checked_rem(count) else {
-        return Err(drop!(DropReason::NoService));
+        return Err(dropped!(DropReason::NoService));
     };
     let slot = ServiceKey4::new(
         frontend.vip,
@@ -105,10 +105,10 @@ pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     );
     // SAFETY: copied out at once.
     let Some(id) = unsafe { LB4_SERVICES.get(slot) }.map(|s| s.backend_id) else {
-        return Err(drop!(DropReason::NoService));
+        return Err(dropped!(DropReason::NoService));
     };
     let Some(backend) = lookup_backend(id) else {
-        return Err(drop!(DropReason::NoService));
+        return Err(dropped!(DropReason::NoService));
     };
     Ok(Chosen { id, backend })
 }
@@ -121,8 +121,8 @@ pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
         return Ok(());
     }
     match tuple.shape {
-        Shape::Fragment => Err(drop!(DropReason::FragNoSupport)),
-        Shape::Truncated => Err(drop!(DropReason::Invalid)),
+        Shape::Fragment => Err(dropped!(DropReason::FragNoSupport)),
+        Shape::Truncated => Err(dropped!(DropReason::Invalid)),
         Shape::Complete => Ok(()),
     }
 }

@@ -10,43 +10,48 @@
 //! before the stack routes it, so the stack sees (and routes, filters, delivers) the packet with
 //! the VIP as its source, and lb needs no egress hook on every interface. See docs/datapath.md.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Built for the host (so that host clippy lints every module) only the hooks are missing, and
+// without them nothing is called.
+#![cfg_attr(
+    not(target_arch = "bpf"),
+    expect(
+        dead_code,
+        reason = "on the host the modules are only type-checked and linted; the hooks that call them are BPF-only"
+    )
+)]
 
-#[cfg(target_arch = "bpf")]
 mod conntrack;
-#[cfg(target_arch = "bpf")]
 mod csum;
-#[cfg(target_arch = "bpf")]
 mod drop;
-#[cfg(target_arch = "bpf")]
+mod events;
 mod fib;
-#[cfg(target_arch = "bpf")]
 mod lb;
-#[cfg(target_arch = "bpf")]
 mod maps;
-#[cfg(target_arch = "bpf")]
+mod metrics;
 mod nat;
-#[cfg(target_arch = "bpf")]
 mod parse;
-#[cfg(target_arch = "bpf")]
 mod policy;
 
-#[cfg(target_arch = "bpf")]
-mod datapath {
-    use aya_ebpf::{macros::classifier, programs::TcContext};
-    use lb_common::{
-        config::DatapathConfig,
-        conntrack::{CT_F_SNAT, CtEntry},
-        drop::Hook,
-        service::BACKEND_F_REMOTE,
-    };
+use aya_ebpf::programs::TcContext;
+use lb_common::{
+    config::DatapathConfig,
+    conntrack::{CT_F_SNAT, CtReply, CtService},
+    drop::Hook,
+    service::BACKEND_F_REMOTE,
+};
 
-    use crate::{
-        conntrack,
-        drop::{self, Dropped, Verdict},
-        fib, lb, maps, nat,
-        parse::{self, Shape, Tuple4},
-        policy,
-    };
+use crate::{
+    drop::{Dropped, Verdict},
+    parse::{Shape, Tuple4},
+};
+
+/// The entry points, the panic handler and the licence: what only exists for the BPF target.
+#[cfg(target_arch = "bpf")]
+mod hooks {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use lb_common::drop::Hook;
+
+    use crate::{drop, handle, parse};
 
     /// Ingress of the node's external interfaces.
     #[classifier]
@@ -72,91 +77,94 @@ mod datapath {
         )
     }
 
-    #[inline(always)]
-    fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict, Dropped> {
-        let Some(tuple) = tuple else {
-            return Ok(Verdict::Pass);
-        };
-        if tuple.shape != Shape::Complete {
-            lb::check_malformed(tuple)?;
-            return Ok(Verdict::Pass);
-        }
-        // Replies first: a backend's reply never matches a frontend, and must be translated
-        // back even after its service is gone from LB4_SERVICES.
-        if let Some(reply) = conntrack::lookup_reply(tuple) {
-            return reverse(ctx, tuple, &reply);
-        }
-        if let Some(flow) = conntrack::lookup_service(tuple) {
-            // Established flows keep their backend, even a terminating or deleted one (drain);
-            // only a new SYN to a backend that can no longer take flows chooses again below.
-            if !tuple.is_syn() || lb::is_active(flow.backend_id) {
-                return forward(ctx, tuple, &flow);
-            }
-        }
-        let Some(frontend) = lb::lookup_frontend(tuple) else {
-            lb::check_unknown_port(tuple)?;
-            return Ok(Verdict::Pass);
-        };
-        let config = maps::config();
-        if hook == Hook::FromNetdev {
-            policy::check_external_access(&frontend, &config)?; // before any conntrack entry
-        }
-        let chosen = lb::select_backend(&frontend)?;
-        let flow = if needs_snat(hook, &chosen, &config) {
-            let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config)?;
-            let flow = conntrack::service_entry(&frontend, &chosen, hook, Some(&snat));
-            conntrack::create(tuple, &flow, Some(&snat.reply_key))?;
-            flow
-        } else {
-            let flow = conntrack::service_entry(&frontend, &chosen, hook, None);
-            conntrack::create(tuple, &flow, None)?;
-            flow
-        };
-        forward(ctx, tuple, &flow)
-    }
-
-    /// A flow from outside the cluster to a backend on another node is SNATed to this node, so
-    /// that its replies come back here to be translated (pods' flows never are: backends see
-    /// the client pod's own address).
-    #[inline(always)]
-    fn needs_snat(hook: Hook, chosen: &lb::Chosen, config: &DatapathConfig) -> bool {
-        hook == Hook::FromNetdev
-            && chosen.backend.flags & BACKEND_F_REMOTE != 0
-            && config.node_addr != 0
-    }
-
-    /// DNAT (and SNAT) a client's packet for its conntrack entry. An SNATed packet has the
-    /// node's own address as its source, a martian to the node's stack: it leaves by redirect.
-    #[inline(always)]
-    fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtEntry) -> Result<Verdict, Dropped> {
-        let to = nat::dnat(ctx, tuple, flow)?;
-        if flow.flags & CT_F_SNAT != 0 {
-            return fib::redirect(ctx, &to);
-        }
-        Ok(Verdict::Pass)
-    }
-
-    /// Reverse-NAT a backend's reply. A reverse-SNATed reply (VIP → external client) arrived
-    /// on from-netdev addressed to this node; it goes straight back out by redirect.
-    #[inline(always)]
-    fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtEntry) -> Result<Verdict, Dropped> {
-        let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
-            return Ok(Verdict::Pass);
-        };
-        if reply.flags & CT_F_SNAT != 0 {
-            return fib::redirect(ctx, &to);
-        }
-        Ok(Verdict::Pass)
-    }
-
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         loop {}
     }
 
+    // GPL-compatible, as the kernel requires for GPL-only helpers (bpf_ktime_get_ns,
+    // bpf_fib_lookup, bpf_redirect_neigh, ...); the crate's licence is `MIT OR GPL-2.0` to
+    // match (see README, "Licence").
     #[unsafe(link_section = "license")]
     #[unsafe(no_mangle)]
     static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict, Dropped> {
+    let Some(tuple) = tuple else {
+        return Ok(Verdict::Pass);
+    };
+    if tuple.shape != Shape::Complete {
+        lb::check_malformed(tuple)?;
+        return Ok(Verdict::Pass);
+    }
+    // Replies first: a backend's reply never matches a frontend, and must be translated
+    // back even after its service is gone from LB4_SERVICES.
+    if let Some(reply) = conntrack::lookup_reply(tuple) {
+        return reverse(ctx, tuple, &reply);
+    }
+    if let Some(flow) = conntrack::lookup_service(tuple) {
+        // Established flows keep their backend, even a terminating or deleted one (drain);
+        // only a new SYN to a backend that can no longer take flows chooses again below.
+        if !tuple.is_syn() || lb::is_active(flow.backend_id) {
+            return forward(ctx, tuple, &flow);
+        }
+    }
+    let Some(frontend) = lb::lookup_frontend(tuple) else {
+        lb::check_unknown_port(tuple)?;
+        return Ok(Verdict::Pass);
+    };
+    let config = maps::config();
+    if hook == Hook::FromNetdev {
+        policy::check_external_access(&frontend, &config)?; // before any conntrack entry
+    }
+    let chosen = lb::select_backend(&frontend)?;
+    let flow = if needs_snat(hook, &chosen, &config) {
+        let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config)?;
+        let flow = conntrack::service_entry(&frontend, &chosen, hook, Some(snat.source));
+        conntrack::create(tuple, &flow, Some(&snat.reply_key))?;
+        flow
+    } else {
+        let flow = conntrack::service_entry(&frontend, &chosen, hook, None);
+        conntrack::create(tuple, &flow, None)?;
+        flow
+    };
+    forward(ctx, tuple, &flow)
+}
+
+/// A flow from outside the cluster to a backend on another node is SNATed to this node, so
+/// that its replies come back here to be translated (pods' flows never are: backends see
+/// the client pod's own address).
+#[inline(always)]
+fn needs_snat(hook: Hook, chosen: &lb::Chosen, config: &DatapathConfig) -> bool {
+    hook == Hook::FromNetdev
+        && chosen.backend.flags & BACKEND_F_REMOTE != 0
+        && config.node_addr != 0
+}
+
+/// DNAT (and SNAT) a client's packet for its service entry. An SNATed packet has the node's
+/// own address as its source, a martian to the node's stack: it leaves by redirect.
+#[inline(always)]
+fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
+    let to = nat::dnat(ctx, tuple, flow)?;
+    if flow.flags & CT_F_SNAT != 0 {
+        return fib::redirect(ctx, &to);
+    }
+    Ok(Verdict::Pass)
+}
+
+/// Reverse-NAT a backend's reply. A reverse-SNATed reply (VIP → external client) arrived
+/// on from-netdev addressed to this node; it goes straight back out by redirect.
+#[inline(always)]
+fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
+    let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
+        return Ok(Verdict::Pass);
+    };
+    if reply.flags & CT_F_SNAT != 0 {
+        return fib::redirect(ctx, &to);
+    }
+    Ok(Verdict::Pass)
 }
 
 /// The host build of this binary does nothing: the programs only exist for the BPF target.

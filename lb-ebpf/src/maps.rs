@@ -7,7 +7,8 @@
 //! | `LB4_REVNAT` | `nat.rs` |
 //! | `LB4_CT` | `conntrack.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
-//! | `LB_METRICS`, `LB_EVENTS`, `LB_EVENT_LIMIT` | `drop.rs` |
+//! | `LB_METRICS` | `metrics.rs` |
+//! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
 //! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find
@@ -27,7 +28,16 @@ use lb_common::{
     service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
 };
 
-use crate::drop::EventLimit;
+/// The token bucket of `LB_EVENT_LIMIT`, private to the datapath (the agent never reads it).
+/// Defined here, beside its map, so that this module imports nothing from the others.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventLimit {
+    /// Events that may still be sent.
+    pub tokens: u64,
+    /// When the bucket was last refilled.
+    pub last_ns: u64,
+}
 
 /// Frontends (slot 0) and their backend slots.
 #[map]

@@ -8,22 +8,21 @@
 //! Returns the packet's new tuple; drops with 167 when no SNAT port is free and 141 when the
 //! packet cannot be written.
 
-use core::ptr;
-
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use lb_common::{
     config::DatapathConfig,
-    conntrack::{CT_F_FROM_NETDEV, CT_F_SNAT, CtEntry, CtKey4},
+    conntrack::{CT_F_SNAT, CtKey4, CtReply, CtService},
     drop::{DropReason, SourceFile},
     service::RevNat4,
 };
 
 use crate::{
-    conntrack, csum,
-    drop::{Dropped, drop},
+    conntrack::{self, SnatSource},
+    csum,
+    drop::{Dropped, dropped},
     lb::{Chosen, Frontend},
     maps::LB4_REVNAT,
-    parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, ptr_at},
+    parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, store_u16, store_u32},
 };
 
 const FILE: SourceFile = SourceFile::Nat;
@@ -32,14 +31,12 @@ const FILE: SourceFile = SourceFile::Nat;
 /// the table a quarter full, 8 tries all fail with probability (1/4)^8 ≈ 2e-5.
 const SNAT_TRIES: u32 = 8;
 
-/// The source an SNATed flow is rewritten to.
+/// The source an SNATed flow is rewritten to, and the reply entry claimed for it.
 #[derive(Clone, Copy)]
 pub struct Snat {
-    /// The node address (network byte order).
-    pub addr: u32,
-    /// The allocated port (network byte order).
-    pub port: u16,
-    /// The reply entry claimed for it.
+    /// The node address and the allocated port.
+    pub source: SnatSource,
+    /// The key of the reply entry claimed for it.
     pub reply_key: CtKey4,
 }
 
@@ -57,17 +54,9 @@ pub fn select_snat_port(
         .checked_sub(min)
         .map(|s| s + 1)
     else {
-        return Err(drop!(DropReason::NatNoMapping));
+        return Err(dropped!(DropReason::NatNoMapping));
     };
-    let reply = CtEntry {
-        last_seen_ns: conntrack::now(),
-        backend_id: chosen.id,
-        rev_nat: frontend.entry.rev_nat,
-        flags: CT_F_SNAT | CT_F_FROM_NETDEV,
-        nat_addr: tuple.saddr,
-        nat_port: tuple.sport,
-        ..CtEntry::default()
-    };
+    let reply = conntrack::snat_reply(tuple, frontend, chosen);
     for _ in 0..SNAT_TRIES {
         // SAFETY: a helper without arguments.
         let offset = unsafe { bpf_get_prandom_u32() }
@@ -81,27 +70,29 @@ pub fn select_snat_port(
             port,
             tuple.proto,
         );
-        if conntrack::reserve_reply(&key, &reply) {
+        if conntrack::reserve_reply(&key, reply) {
             return Ok(Snat {
-                addr: config.node_addr,
-                port,
+                source: SnatSource {
+                    addr: config.node_addr,
+                    port,
+                },
                 reply_key: key,
             });
         }
     }
-    Err(drop!(DropReason::NatNoMapping))
+    Err(dropped!(DropReason::NatNoMapping))
 }
 
 /// Rewrites the packet of the client flow `tuple` for its conntrack entry `flow`: destination
 /// → backend, and source → node:port when the flow is SNATed. Returns the new tuple.
 #[inline(always)]
-pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtEntry) -> Result<Tuple4, Dropped> {
+pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Tuple4, Dropped> {
     let mut to = *tuple;
     to.daddr = flow.backend_addr;
     to.dport = flow.backend_port;
     if flow.flags & CT_F_SNAT != 0 {
-        to.saddr = flow.nat_addr;
-        to.sport = flow.nat_port;
+        to.saddr = flow.snat_addr;
+        to.sport = flow.snat_port;
     }
     rewrite(ctx, tuple, &to)?;
     Ok(to)
@@ -114,7 +105,7 @@ pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtEntry) -> Result<Tuple4, D
 pub fn rev_nat(
     ctx: &TcContext,
     tuple: &Tuple4,
-    reply: &CtEntry,
+    reply: &CtReply,
 ) -> Result<Option<Tuple4>, Dropped> {
     // SAFETY: copied out at once.
     let Some(frontend) = unsafe { LB4_REVNAT.get(reply.rev_nat) }.copied() else {
@@ -125,8 +116,8 @@ pub fn rev_nat(
     to.saddr = vip;
     to.sport = port;
     if reply.flags & CT_F_SNAT != 0 {
-        to.daddr = reply.nat_addr;
-        to.dport = reply.nat_port;
+        to.daddr = reply.client_addr;
+        to.dport = reply.client_port;
     }
     rewrite(ctx, tuple, &to)?;
     Ok(Some(to))
@@ -138,10 +129,13 @@ fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
     let l4 = usize::from(from.l4_off);
     // Direct writes first: every pointer is derived (and bounds-checked) here, before any
     // helper call invalidates them.
-    write(ctx, IP_SADDR_OFF, to.saddr)?;
-    write(ctx, IP_DADDR_OFF, to.daddr)?;
-    write(ctx, l4, to.sport)?;
-    write(ctx, l4 + 2, to.dport)?;
+    let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)
+        .and_then(|()| store_u32(ctx, IP_DADDR_OFF, to.daddr))
+        .and_then(|()| store_u16(ctx, l4, to.sport))
+        .and_then(|()| store_u16(ctx, l4 + 2, to.dport));
+    if written.is_none() {
+        return Err(dropped!(DropReason::WriteError));
+    }
     if from.saddr != to.saddr {
         csum::update_addr(ctx, from, from.saddr, to.saddr)?;
     }
@@ -154,15 +148,5 @@ fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
     if from.dport != to.dport {
         csum::update_port(ctx, from, from.dport, to.dport)?;
     }
-    Ok(())
-}
-
-#[inline(always)]
-fn write<T>(ctx: &TcContext, offset: usize, value: T) -> Result<(), Dropped> {
-    let Some(p) = ptr_at::<T>(ctx, offset) else {
-        return Err(drop!(DropReason::WriteError));
-    };
-    // SAFETY: `ptr_at` checked the bounds; headers are unaligned in the packet.
-    unsafe { ptr::write_unaligned(p, value) };
     Ok(())
 }

@@ -1,18 +1,29 @@
 //! Reads the headers lb needs, with direct, bounds-checked packet access (no helper calls):
-//! Ethernet, IPv4 (options skipped via IHL), and the TCP or UDP ports and flags.
+//! Ethernet, IPv4 (options skipped via IHL), and the TCP or UDP ports and flags; and the
+//! aligned loads and stores `nat.rs` and `fib.rs` write the packet with.
+//!
+//! Alignment: every access is a 16-bit word at an even offset from `skb->data` (the Ethernet
+//! header), and `skb->data` is even on every path into TC: drivers receive at `NET_SKB_PAD +
+//! NET_IP_ALIGN` (both even), locally built packets reserve aligned headroom, and the verifier
+//! itself models packet data as `NET_IP_ALIGN`-aligned. 32-bit fields (addresses) go as two
+//! halves: with `NET_IP_ALIGN` 0 (x86) the IP header is only 2-aligned. Byte-wide fields are
+//! taken from the word that holds them. Word accesses keep LLVM from splitting each unaligned
+//! read or write into single bytes.
 //!
 //! Touches no map and never drops: whether a malformed packet matters depends on its
 //! destination being a VIP, which `lb.rs` knows. Returns `None` for everything lb does not
 //! translate (non-IPv4 frames, bad IPv4 headers, protocols other than TCP and UDP), so the
 //! caller hands those on unchanged.
 
-use core::{mem::size_of, ptr};
+use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
 use lb_common::proto;
 
 /// Length of an Ethernet header without VLAN tags.
 pub const ETH_LEN: usize = 14;
+/// Offset of the EtherType.
+const ETH_PROTO_OFF: usize = 12;
 /// Offset of the IPv4 header.
 pub const IP_OFF: usize = ETH_LEN;
 /// Offset of the IPv4 header checksum.
@@ -25,8 +36,9 @@ pub const IP_DADDR_OFF: usize = IP_OFF + 16;
 const ETH_P_IP: u16 = 0x0800;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
-const TCP_LEN: usize = 20;
-const UDP_LEN: usize = 8;
+/// TCP and UDP headers in 16-bit words.
+const TCP_WORDS: usize = 10;
+const UDP_WORDS: usize = 4;
 
 /// Whether the L4 header can be trusted.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,33 +106,81 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Reads a `T` at `offset`, if the packet holds all of it.
+/// The 16-bit field at the even `offset`, as stored (network byte order), if the packet holds
+/// it.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked that the packet holds `size_of::<T>()` bytes at `offset`;
-    // headers are not aligned in the packet, hence the unaligned read.
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { ptr::read_unaligned(p) })
+fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
+    let p = ptr_at::<u16>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked the bounds; `offset` is even, so the word is aligned (see the
+    // module's doc).
+    Some(unsafe { p.read() })
+}
+
+/// The 32-bit field at the even `offset`, as stored (network byte order), read as two aligned
+/// halves.
+#[inline(always)]
+fn load_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
+    let p = ptr_at::<[u16; 2]>(ctx, offset)?;
+    // SAFETY: as in `load_u16`, for both halves.
+    let [first, second] = unsafe { p.read() };
+    Some(join(first, second))
+}
+
+/// Writes `value` (as stored: network byte order) over the 16-bit field at the even `offset`;
+/// `None` if the packet does not hold it.
+#[inline(always)]
+pub fn store_u16(ctx: &TcContext, offset: usize, value: u16) -> Option<()> {
+    let p = ptr_at::<u16>(ctx, offset)?;
+    // SAFETY: as in `load_u16`.
+    unsafe { p.write(value) };
+    Some(())
+}
+
+/// Writes `value` (as stored: network byte order) over the 32-bit field at the even `offset`,
+/// as two aligned halves; `None` if the packet does not hold it.
+#[inline(always)]
+pub fn store_u32(ctx: &TcContext, offset: usize, value: u32) -> Option<()> {
+    let p = ptr_at::<[u16; 2]>(ctx, offset)?;
+    // SAFETY: as in `load_u16`, for both halves.
+    unsafe { p.write(split(value)) };
+    Some(())
+}
+
+/// The 32-bit value whose bytes in memory are `first`'s then `second`'s.
+#[inline(always)]
+fn join(first: u16, second: u16) -> u32 {
+    let [a, b] = first.to_ne_bytes();
+    let [c, d] = second.to_ne_bytes();
+    u32::from_ne_bytes([a, b, c, d])
+}
+
+/// The two 16-bit halves of `value` in memory order (the inverse of `join`).
+#[inline(always)]
+fn split(value: u32) -> [u16; 2] {
+    let [a, b, c, d] = value.to_ne_bytes();
+    [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
 }
 
 /// The TCP or UDP flow of an IPv4 packet; `None` for what lb never translates.
 #[inline(always)]
 pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
-    if u16::from_be(read::<u16>(ctx, 12)?) != ETH_P_IP {
+    if u16::from_be(load_u16(ctx, ETH_PROTO_OFF)?) != ETH_P_IP {
         return None;
     }
-    let ver_ihl = read::<u8>(ctx, IP_OFF)?;
+    // Version/IHL shares its word with the TOS, the protocol with the TTL.
+    let [ver_ihl, _tos] = load_u16(ctx, IP_OFF)?.to_ne_bytes();
     let ihl = usize::from(ver_ihl & 0x0f);
     if ver_ihl >> 4 != 4 || ihl < 5 {
         return None;
     }
-    let proto = read::<u8>(ctx, IP_OFF + 9)?;
+    let [_ttl, proto] = load_u16(ctx, IP_OFF + 8)?.to_ne_bytes();
     if proto != proto::TCP && proto != proto::UDP {
         return None;
     }
-    let frag = u16::from_be(read::<u16>(ctx, IP_OFF + 6)?);
-    let saddr = read::<u32>(ctx, IP_SADDR_OFF)?;
-    let daddr = read::<u32>(ctx, IP_DADDR_OFF)?;
-    // IHL is 4 bits, so l4_off ≤ 14 + 60: a bounded offset the verifier accepts.
+    let frag = u16::from_be(load_u16(ctx, IP_OFF + 6)?);
+    let saddr = load_u32(ctx, IP_SADDR_OFF)?;
+    let daddr = load_u32(ctx, IP_DADDR_OFF)?;
+    // IHL is 4 bits, so l4_off ≤ 14 + 60: a bounded offset the verifier accepts, and even.
     let l4_off = IP_OFF + ihl * 4;
     let mut tuple = Tuple4 {
         saddr,
@@ -137,27 +197,29 @@ pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
     }
     // Each branch checks the length it reads, so the verifier sees every access bounded.
     if proto == proto::TCP {
-        let Some(tcp) = ptr_at::<[u8; TCP_LEN]>(ctx, l4_off) else {
+        let Some(tcp) = ptr_at::<[u16; TCP_WORDS]>(ctx, l4_off) else {
             tuple.shape = Shape::Truncated;
             return Some(tuple);
         };
-        let tcp = tcp.cast::<u8>();
-        // SAFETY: `ptr_at` checked that TCP_LEN bytes are in the packet at `tcp`.
+        let tcp = tcp.cast::<u16>();
+        // SAFETY: `ptr_at` checked that the whole header is in the packet; `l4_off` is even,
+        // so its words are aligned (see the module's doc).
         unsafe {
-            tuple.sport = ptr::read_unaligned(tcp.cast::<u16>());
-            tuple.dport = ptr::read_unaligned(tcp.add(2).cast::<u16>());
-            tuple.tcp_flags = ptr::read(tcp.add(13));
+            tuple.sport = tcp.read();
+            tuple.dport = tcp.add(1).read();
+            // Byte 12 is the data offset, byte 13 the flags.
+            tuple.tcp_flags = tcp.add(6).read().to_ne_bytes()[1];
         }
     } else {
-        let Some(udp) = ptr_at::<[u8; UDP_LEN]>(ctx, l4_off) else {
+        let Some(udp) = ptr_at::<[u16; UDP_WORDS]>(ctx, l4_off) else {
             tuple.shape = Shape::Truncated;
             return Some(tuple);
         };
-        let udp = udp.cast::<u8>();
-        // SAFETY: `ptr_at` checked that UDP_LEN bytes are in the packet at `udp`.
+        let udp = udp.cast::<u16>();
+        // SAFETY: as for TCP, with the UDP header's length.
         unsafe {
-            tuple.sport = ptr::read_unaligned(udp.cast::<u16>());
-            tuple.dport = ptr::read_unaligned(udp.add(2).cast::<u16>());
+            tuple.sport = udp.read();
+            tuple.dport = udp.add(1).read();
         }
     }
     tuple.shape = Shape::Complete;

@@ -11,7 +11,7 @@ use lb_common::{
 };
 
 use crate::{
-    drop::{Dropped, drop},
+    drop::{Dropped, dropped},
     lb::Frontend,
 };
 
@@ -24,7 +24,7 @@ pub fn check_external_access(frontend: &Frontend, config: &DatapathConfig) -> Re
     let routable = frontend.entry.flags & SERVICE_F_ROUTABLE != 0
         || config.flags & CONFIG_F_EXTERNAL_CLUSTER_IP != 0;
     if !routable {
-        return Err(drop!(DropReason::IsClusterIp));
+        return Err(dropped!(DropReason::IsClusterIp));
     }
     Ok(())
 }

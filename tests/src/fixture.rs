@@ -154,8 +154,9 @@ pub fn ensure_bpffs() {
     static MOUNT: Once = Once::new();
     MOUNT.call_once(|| {
         let root = CString::new(BPF_ROOT).expect("path");
-        // SAFETY: statfs on a NUL-terminated path into a zeroed, correctly sized buffer.
+        // SAFETY: statfs is plain old data; all zeros is a valid value.
         let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statfs on a NUL-terminated path into a zeroed, correctly sized buffer.
         if unsafe { libc::statfs(root.as_ptr(), &mut stat) } == 0
             && stat.f_type as i64 == BPF_FS_MAGIC
         {

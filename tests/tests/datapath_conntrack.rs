@@ -43,7 +43,7 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
     let mut entries = datapath.conntrack();
     entries.sort_by_key(|(key, _)| key.kind);
     assert_eq!(entries.len(), 2);
-    let (service_key, service_entry) = entries[0];
+    let (service_key, service_entry) = (entries[0].0, entries[0].1.service());
     assert_eq!(service_key.kind, CT_SERVICE);
     assert_eq!(
         (service_key.saddr, service_key.sport),
@@ -59,7 +59,7 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
         (service_entry.backend_addr, service_entry.backend_port),
         (ip_be(ip("10.244.1.5")), port_be(8080))
     );
-    let (reply_key, reply_entry) = entries[1];
+    let (reply_key, reply_entry) = (entries[1].0, entries[1].1.reply());
     assert_eq!(reply_key.kind, CT_REPLY);
     assert_eq!(
         (reply_key.saddr, reply_key.sport),
@@ -172,6 +172,6 @@ fn a_fin_marks_the_flow_closing() {
         .conntrack()
         .into_iter()
         .find(|(key, _)| key.kind == CT_SERVICE)
-        .map(|(_, entry)| entry.flags & CT_F_CLOSING != 0);
+        .map(|(_, entry)| entry.service().flags & CT_F_CLOSING != 0);
     assert_eq!(closing, Some(true));
 }

@@ -7,7 +7,7 @@ use lb_common::{
     config::{
         CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC, SNAT_PORT_MAX, SNAT_PORT_MIN,
     },
-    conntrack::{CT_F_SNAT, CT_REPLY, CtEntry, CtKey4},
+    conntrack::{CT_F_SNAT, CT_REPLY, CtKey4, CtReply},
     drop::{DropReason, Hook, SourceFile},
 };
 use lb_tests::{
@@ -38,11 +38,13 @@ fn snat_datapath(port_min: u16, port_max: u16) -> Datapath {
 }
 
 /// The reply entry the SNAT of the flow claimed (the NAT mapping).
-fn nat_mapping(datapath: &Datapath) -> (CtKey4, CtEntry) {
+fn nat_mapping(datapath: &Datapath) -> (CtKey4, CtReply) {
     let mappings: Vec<_> = datapath
         .conntrack()
         .into_iter()
-        .filter(|(key, entry)| key.kind == CT_REPLY && entry.flags & CT_F_SNAT != 0)
+        .filter(|(key, _)| key.kind == CT_REPLY)
+        .map(|(key, entry)| (key, entry.reply()))
+        .filter(|(_, reply)| reply.flags & CT_F_SNAT != 0)
         .collect();
     assert_eq!(mappings.len(), 1, "one NAT mapping: {mappings:?}");
     mappings[0]
@@ -68,7 +70,7 @@ fn an_external_flow_to_a_remote_backend_is_snated_to_the_node_and_redirected() {
     );
     assert_eq!(key.daddr, ip_be(ip(NODE)));
     assert_eq!(
-        (entry.nat_addr, entry.nat_port),
+        (entry.client_addr, entry.client_port),
         (ip_be(ip("192.168.56.10")), port_be(33802))
     );
     let want = Frame::tcp(

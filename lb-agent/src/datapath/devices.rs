@@ -238,8 +238,8 @@ impl LinkWatcher {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: the AsyncFd owns the socket, so its descriptor stays open while registered.
         Ok(Self {
+            // SAFETY: the AsyncFd owns the socket, so its descriptor stays open while registered.
             fd: unsafe { AsyncFd::register(fd)? },
         })
     }
