@@ -235,7 +235,7 @@ mod tests {
 
     /// What the datapath serves: each frontend with its backends in slot order and their
     /// states; ids left out, as they depend on what was allocated before.
-    fn served(content: &MapsContent) -> Vec<(String, Vec<(String, &'static str)>)> {
+    fn served(content: &MapsContent) -> Vec<(String, Vec<(String, crate::model::BackendState)>)> {
         dump::services(content)
             .into_iter()
             .map(|view| {
@@ -313,7 +313,7 @@ mod tests {
         }
 
         /// What the maps serve now; their invariant is checked on the way.
-        fn served(&self) -> Vec<(String, Vec<(String, &'static str)>)> {
+        fn served(&self) -> Vec<(String, Vec<(String, crate::model::BackendState)>)> {
             let maps = lock(&self.maps);
             plan::check_consistent(&maps.content).expect("no slot points nowhere");
             served(&maps.content)
