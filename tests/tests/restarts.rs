@@ -654,7 +654,8 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
         old_version.display(),
         node.log_tail()
     );
-    let answered = in_netns(&node.pods["client"], || get_once(VIP)).expect("ClusterIP answers with lb");
+    let answered =
+        in_netns(&node.pods["client"], || get_once(VIP)).expect("ClusterIP answers with lb");
     assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
     let attached = tcx_programs(&node);
     let ours: Vec<&String> = attached
