@@ -10,12 +10,12 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
-use lb_tests::packet::tcp_syn;
+use lb_testkit::packet::tcp_syn;
 
 use crate::alloc;
 use crate::datapath::LbDatapath;
 use crate::fixture::{EndpointChange, Fixture, SERVICE_PORT};
-use crate::netns::Netns;
+use crate::netns::{self, run_timed};
 use crate::stats::{Summary, median, summarize};
 use crate::traffic::IPTABLES_RESTORE;
 use lb_agent::datapath::MapsContent;
@@ -85,14 +85,14 @@ pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<Sy
             lb_writes = stats.writes;
             drop(datapath);
 
-            let ns = Netns::create(&format!("sync-ipt{round}"))?;
-            let took = ns.run_timed(IPTABLES_RESTORE, &[], Some(&rules))?;
+            let ns = netns::create(&format!("sync-ipt{round}"))?;
+            let took = run_timed(&ns, IPTABLES_RESTORE, &[], Some(&rules))?;
             ipt.push(vec![took.as_secs_f64() * 1e3]);
             drop(ns);
 
             if fixture.services <= BIG {
-                let ns = Netns::create(&format!("sync-nft{round}"))?;
-                let took = ns.run_timed("nft", &["-f", &nft.display().to_string()], None)?;
+                let ns = netns::create(&format!("sync-nft{round}"))?;
+                let took = run_timed(&ns, "nft", &["-f", &nft.display().to_string()], None)?;
                 nf.push(vec![took.as_secs_f64() * 1e3]);
                 drop(ns);
             }
@@ -166,14 +166,19 @@ pub fn endpoint_change(
     let mut datapath = LbDatapath::load("change")?;
     let mut desired = fixture.desired();
     datapath.sync(&desired)?;
-    let ipt_ns = Netns::create("change-ipt")?;
-    let nft_ns = Netns::create("change-nft")?;
+    let ipt_ns = netns::create("change-ipt")?;
+    let nft_ns = netns::create("change-nft")?;
     let base_rules = std::env::temp_dir().join(format!("lb-bench-{}-c.rules", std::process::id()));
     std::fs::write(&base_rules, fixture.iptables())?;
-    ipt_ns.run_timed(IPTABLES_RESTORE, &[], Some(&base_rules))?;
+    run_timed(&ipt_ns, IPTABLES_RESTORE, &[], Some(&base_rules))?;
     let nft_path = std::env::temp_dir().join(format!("lb-bench-{}-c.nft", std::process::id()));
     std::fs::write(&nft_path, fixture.nftables())?;
-    nft_ns.run_timed("nft", &["-f", &nft_path.display().to_string()], None)?;
+    run_timed(
+        &nft_ns,
+        "nft",
+        &["-f", &nft_path.display().to_string()],
+        None,
+    )?;
 
     let t = fixture.target() as usize;
     let vip = Fixture::vip(fixture.target());
@@ -235,13 +240,11 @@ pub fn endpoint_change(
         let change = EndpointChange { from, to };
         let path = std::env::temp_dir().join(format!("lb-bench-{}-d.rules", std::process::id()));
         std::fs::write(&path, fixture.iptables_change(change))?;
-        let took = ipt_ns
-            .run_timed(IPTABLES_RESTORE, &["--noflush"], Some(&path))
+        let took = run_timed(&ipt_ns, IPTABLES_RESTORE, &["--noflush"], Some(&path))
             .context("iptables endpoint change")?;
         ipt.push(vec![took.as_secs_f64() * 1e6]);
         std::fs::write(&path, fixture.nftables_change(change))?;
-        let took = nft_ns
-            .run_timed("nft", &["-f", &path.display().to_string()], None)
+        let took = run_timed(&nft_ns, "nft", &["-f", &path.display().to_string()], None)
             .context("nft endpoint change")?;
         nf.push(vec![took.as_secs_f64() * 1e6]);
         let _ = std::fs::remove_file(&path);

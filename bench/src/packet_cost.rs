@@ -15,7 +15,7 @@
 use std::net::Ipv4Addr;
 
 use lb_agent::model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol};
-use lb_tests::packet::{tcp_ack, tcp_syn};
+use lb_testkit::packet::{tcp_ack, tcp_syn};
 
 use crate::datapath::LbDatapath;
 use crate::fixture::{BACKEND_PORT, Fixture, SERVICE_PORT};

@@ -24,7 +24,8 @@ use anyhow::{Context as _, bail};
 
 use crate::datapath::LbDatapath;
 use crate::fixture::{BACKEND_NET, BACKEND_PORT, Fixture, SERVICE_PORT};
-use crate::netns::{Netns, veth};
+use crate::netns::{self, run_timed};
+use lb_testkit::{Netns, veth};
 
 /// What sits in the node namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,9 +87,9 @@ impl Chain {
     /// Builds the chain for `fixture` with `variant` in the node; connections go to the
     /// last-inserted service (or its backend, for `direct`). `tag` keeps names unique.
     pub fn build(variant: Variant, fixture: Fixture, tag: &str) -> anyhow::Result<Self> {
-        let client = Netns::create(&format!("{tag}-c"))?;
-        let node = Netns::create(&format!("{tag}-n"))?;
-        let backend = Netns::create(&format!("{tag}-b"))?;
+        let client = netns::create(&format!("{tag}-c"))?;
+        let node = netns::create(&format!("{tag}-n"))?;
+        let backend = netns::create(&format!("{tag}-b"))?;
         veth(&node, "c0", &client, "eth0")?;
         veth(&node, "b0", &backend, "eth0")?;
         client.ip(&["addr", "add", "10.0.1.2/24", "dev", "eth0"])?;
@@ -118,7 +119,7 @@ impl Chain {
             Variant::Lb => {
                 let mut datapath = LbDatapath::load(tag)?;
                 datapath.sync(&fixture.desired())?;
-                node.enter(|| {
+                node.within(|| {
                     datapath.attach_from_pod("c0")?;
                     datapath.attach_from_pod("b0")
                 })??;
@@ -127,13 +128,13 @@ impl Chain {
             }
             Variant::Iptables => {
                 let path = write_temp(tag, "rules", &fixture.iptables())?;
-                node.run_timed(IPTABLES_RESTORE, &[], Some(&path))?;
+                run_timed(&node, IPTABLES_RESTORE, &[], Some(&path))?;
                 let _ = std::fs::remove_file(path);
                 SocketAddrV4::new(vip, SERVICE_PORT)
             }
             Variant::Nftables => {
                 let path = write_temp(tag, "nft", &fixture.nftables_fast())?;
-                node.run_timed("nft", &["-f", &path.display().to_string()], None)?;
+                run_timed(&node, "nft", &["-f", &path.display().to_string()], None)?;
                 let _ = std::fs::remove_file(path);
                 SocketAddrV4::new(vip, SERVICE_PORT)
             }
@@ -244,22 +245,16 @@ fn in_client<R: Send + 'static>(
     client: &Netns,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> anyhow::Result<R> {
-    let path = format!("/run/netns/{}", client.name());
-    let handle = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path)?;
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: a valid namespace fd; only this (new, short-lived) thread moves.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        pin_to_cpu0();
-        raise_priority();
-        Ok(f())
-    });
+    let handle = client
+        .spawn_thread(move || {
+            pin_to_cpu0();
+            raise_priority();
+            f()
+        })
+        .context("enter the client namespace")?;
     handle
         .join()
-        .map_err(|_| anyhow::anyhow!("load generator panicked"))?
-        .context("enter the client namespace")
+        .map_err(|_| anyhow::anyhow!("load generator panicked"))
 }
 
 /// Nice −10 for the calling thread: the CPUs are shared with builds, and a generator
@@ -361,49 +356,41 @@ fn connect_once(src: SocketAddrV4, dst: SocketAddrV4) -> std::io::Result<Duratio
 
 /// A thread in `backend` that accepts on 0.0.0.0:8080 and closes, until `stop`.
 fn spawn_server(backend: &Netns, stop: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
-    let path = format!("/run/netns/{}", backend.name());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let listener = (|| {
-            let file = std::fs::File::open(&path)?;
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: a valid namespace fd; only this thread moves.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+    let handle = backend
+        .spawn_thread(move || {
             raise_priority();
-            let listener = std::net::TcpListener::bind(("0.0.0.0", BACKEND_PORT))?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })();
-        let listener = match listener {
-            Ok(listener) => {
-                let _ = ready_tx.send(Ok(()));
-                listener
-            }
-            Err(err) => {
-                let _ = ready_tx.send(Err(err));
-                return;
-            }
-        };
-        use std::os::fd::AsRawFd as _;
-        let fd = listener.as_raw_fd();
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((stream, _)) => drop(stream),
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd on the stack.
-                    unsafe { libc::poll(&mut pfd, 1, 50) };
+            let listener = std::net::TcpListener::bind(("0.0.0.0", BACKEND_PORT))
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener));
+            let listener = match listener {
+                Ok(listener) => {
+                    let _ = ready_tx.send(Ok(()));
+                    listener
                 }
-                Err(_) => {}
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+            };
+            use std::os::fd::AsRawFd as _;
+            let fd = listener.as_raw_fd();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => drop(stream),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        let mut pfd = libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd on the stack.
+                        unsafe { libc::poll(&mut pfd, 1, 50) };
+                    }
+                    Err(_) => {}
+                }
             }
-        }
-    });
+        })
+        .context("enter the backend namespace")?;
     match ready_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(err)) => Err(anyhow::Error::new(err).context("start the backend server")),

@@ -18,11 +18,9 @@ use lb_api::Client;
 use lb_api::proto::StatusReply;
 
 use crate::netns::{BPF_PIN_PREFIX, Netns, Outcome, Process, cmdline, exec_host};
-use crate::topology::{NODE_DEV, NodeSpec, create_dir, write_file};
+use crate::topology::{NODE_DEV, NodeSpec};
 use crate::{Error, Result};
-
-/// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+use lb_testkit::{create_dir, ensure_bpffs, write_file};
 
 /// The lb binaries the lab runs.
 #[derive(Debug, Clone)]
@@ -333,28 +331,4 @@ impl Drop for Monitor {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Mounts bpffs on /sys/fs/bpf unless it is there already (as systemd does at boot); the
-/// agents pin below it.
-pub fn ensure_bpffs() -> Result<()> {
-    let path = Path::new("/sys/fs/bpf");
-    if fs_type(path) == Some(BPF_FS_MAGIC) {
-        return Ok(());
-    }
-    exec_host("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?
-        .into_stdout()
-        .map(drop)
-}
-
-fn fs_type(path: &Path) -> Option<u64> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: an all-zero statfs is a valid value for statfs(2) to overwrite.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is a valid NUL-terminated string; stat is a valid, writable statfs.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    if rc != 0 {
-        return None;
-    }
-    u64::try_from(stat.f_type).ok()
 }

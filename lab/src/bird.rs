@@ -146,7 +146,7 @@ impl Bird {
         let socket = run_dir.join(format!("bird-{name}.ctl"));
         let pidfile = run_dir.join(format!("bird-{name}.pid"));
         let log = run_dir.join(format!("bird-{name}.log"));
-        crate::topology::write_file(&conf, config)?;
+        lb_testkit::write_file(&conf, config)?;
         // Parse first: a config error then reads as one, not as a daemon that exited.
         run_host("bird", &["-p", "-c", &conf.to_string_lossy()])?;
         let process = ns.spawn(

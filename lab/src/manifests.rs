@@ -2,8 +2,8 @@
 //! shape, which the agents read through their file source.
 use std::path::{Path, PathBuf};
 
-use crate::topology::create_dir;
 use crate::{Error, Result};
+use lb_testkit::create_dir;
 
 /// `lab/manifests` in the source tree.
 pub fn dir() -> PathBuf {

@@ -16,8 +16,10 @@
 //! traffic never leaves the lab's namespaces. Routing between pod CIDRs comes from BGP
 //! ([`crate::bird`]); services from the agents ([`crate::agent`]).
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use lb_testkit::{create_dir, pod, servers};
 
 use crate::agent::{Agent, Binaries};
 use crate::bird::{self, Bird};
@@ -33,7 +35,7 @@ pub const LAN_DEV: &str = "enp0s8";
 /// Each node's external interface (the agent's `--devices`).
 pub const NODE_DEV: &str = "eth0";
 /// The link-local gateway every pod routes through (answered by proxy ARP on the node).
-pub const POD_GATEWAY: &str = "169.254.1.1";
+pub const POD_GATEWAY: &str = pod::POD_GATEWAY;
 /// The cluster's pod CIDR; each node's /24 is carved from it.
 pub const CLUSTER_POD_CIDR: &str = "10.112.0.0/16";
 /// The router's AS.
@@ -137,49 +139,6 @@ pub const KUBERNETES_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// Every ClusterIP of `lab/manifests`, announced by both nodes.
 pub const CLUSTER_IPS: [Ipv4Addr; 3] = [KUBERNETES_VIP, KUBE_DNS_VIP, NGINX_VIP];
 
-/// The HTTP server every nginx-like pod runs: HEAD and GET answer 200 with headers naming the
-/// pod (`X-Pod-IP`) and the client address it saw (`X-Client-IP`), and log one line per request.
-pub(crate) const HTTP_SERVER: &str = r#"
-import http.server, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "lb-lab-nginx"
-
-    def version_string(self):
-        return self.server_version
-
-    def answer(self, with_body):
-        client, client_port = self.client_address[0], self.client_address[1]
-        body = f"pod {ip} answered client {client}:{client_port}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Pod-IP", ip)
-        self.send_header("X-Client-IP", client)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-        print(f"{self.command} {self.path} client={client}:{client_port}", flush=True)
-
-    def do_GET(self):
-        self.answer(True)
-
-    def do_HEAD(self):
-        self.answer(False)
-
-    def log_message(self, *args):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    allow_reuse_address = True
-
-print(f"listening on {ip}:{port}", flush=True)
-Server((ip, port), Handler).serve_forever()
-"#;
-
 /// A node: its spec and namespace.
 #[derive(Debug)]
 pub struct Node {
@@ -224,21 +183,15 @@ impl Lab {
         let run_dir = PathBuf::from(RUN_DIR);
         create_dir(&run_dir)?;
 
-        let router = Netns::create("router")?;
+        let router = netns::create("router")?;
         router.ip(&["link", "add", LAN_DEV, "type", "bridge"])?;
         router.addr(LAN_DEV, &format!("{ROUTER_IP}/{LAN_PREFIX_LEN}"))?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
 
         let mut nodes = Vec::new();
         for spec in NODES {
-            let ns = Netns::create(spec.name)?;
-            // Forwarded pod traffic and the agent's SNATed flows arrive on interfaces the
-            // strict reverse-path check would reject; set before any interface exists so that
-            // `default` covers the veths too.
-            for key in ["all", "default"] {
-                ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
-            }
-            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            let ns = netns::create(spec.name)?;
+            pod::prepare_node(&ns)?;
             // The bridge port on the router side is named after the node.
             veth(&router, spec.name, &ns, NODE_DEV)?;
             router.ip(&["link", "set", spec.name, "master", LAN_DEV])?;
@@ -250,22 +203,10 @@ impl Lab {
         let mut pods = Vec::new();
         for spec in PODS {
             let node = find_node(&nodes, spec.node)?;
-            let ns = Netns::create(&format!("pod-{}", spec.name))?;
-            veth(&node.ns, spec.host_dev, &ns, "eth0")?;
-            // Proxy ARP answers the pod's ARP for 169.254.1.1: the node routes that address
-            // (by its default route) out of another interface, so it replies with its own MAC.
-            node.ns
-                .sysctl(&format!("net.ipv4.conf.{}.proxy_arp", spec.host_dev), "1")?;
-            ns.addr("eth0", &format!("{}/32", spec.ip))?;
-            ns.route(&[POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
-            ns.route(&["default", "via", POD_GATEWAY, "dev", "eth0"])?;
-            node.ns.route(&[
-                &format!("{}/32", spec.ip),
-                "dev",
-                spec.host_dev,
-                "scope",
-                "link",
-            ])?;
+            let ns = netns::create(&format!("pod-{}", spec.name))?;
+            // The node answers the pod's ARP for the gateway by proxy ARP: it routes that
+            // address (by its default route) out of another interface.
+            pod::wire(&node.ns, spec.host_dev, &ns, spec.ip)?;
             pods.push(Pod { spec, ns });
         }
 
@@ -284,39 +225,13 @@ impl Lab {
     }
 
     fn start_servers(&mut self) -> Result<()> {
-        let script = self.run_dir.join("http-server.py");
-        write_file(&script, HTTP_SERVER)?;
-        let script = script.to_string_lossy().into_owned();
         for pod in self
             .pods
             .iter()
             .filter(|p| p.spec.role == PodRole::HttpServer)
         {
-            let ip = pod.spec.ip.to_string();
-            let log = self.run_dir.join(format!("pod-{}.log", pod.spec.name));
-            let process = pod
-                .ns
-                .spawn("python3", &[&script, &ip, &HTTP_PORT.to_string()], &log)?;
+            let process = servers::http(&pod.ns, pod.spec.ip, HTTP_PORT, &self.run_dir)?;
             self.servers.push((pod.spec, process));
-        }
-        for (spec, process) in &mut self.servers {
-            let pod = self
-                .pods
-                .iter()
-                .find(|p| p.spec == *spec)
-                .ok_or_else(|| Error::Unexpected(format!("no pod {}", spec.name)))?;
-            let listen = format!("{}:{HTTP_PORT}", spec.ip);
-            process.wait_until(
-                &format!("the HTTP server of pod {} on {listen}", spec.name),
-                Duration::from_secs(20),
-                || {
-                    let out = pod
-                        .ns
-                        .run("ss", &["-Hltn"])
-                        .map_err(|err| err.to_string())?;
-                    Ok(out.contains(&listen).then_some(()))
-                },
-            )?;
         }
         Ok(())
     }
@@ -506,22 +421,4 @@ fn find_node<'a>(nodes: &'a [Node], name: &str) -> Result<&'a Node> {
         .iter()
         .find(|node| node.spec.name == name)
         .ok_or_else(|| Error::Unexpected(format!("the lab has no node `{name}`")))
-}
-
-/// Creates a directory and its parents.
-pub(crate) fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|source| Error::Io {
-        action: "create",
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Writes a whole file.
-pub(crate) fn write_file(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents).map_err(|source| Error::Io {
-        action: "write",
-        path: path.to_owned(),
-        source,
-    })
 }

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use lb_lab::{Agent, AgentOptions, Binaries};
+use lb_testkit::BPF_ROOT;
 
-use crate::fixture::BPF_ROOT;
 use crate::topology::{NODE_DEV, NODE_IP, POD_DEVICES, PREFIX, Topology};
 
 /// How long an agent gets to load the datapath and finish its first sync.

@@ -1,40 +1,46 @@
-//! A freshly loaded datapath for packet tests: the embedded object, loaded with its maps pinned
-//! under a unique directory in /sys/fs/bpf (removed on drop), plus helpers that program
-//! services the way the agent does, run frames through `BPF_PROG_TEST_RUN` and read back
-//! metrics, events and conntrack.
+//! A freshly loaded datapath for packet tests, programmed the way production programs it: the
+//! embedded object loaded by the agent's own loader (`lb_agent::datapath::Datapath`) with its
+//! maps pinned under a unique directory in /sys/fs/bpf (removed on drop), and services written
+//! by the agent's `sync::Syncer` from [`DesiredService`] values, as Katran's tests provision
+//! through `addVip`/`addReal`. Frames go through `BPF_PROG_TEST_RUN`; metrics, events and
+//! conntrack are read back.
 //!
+//! A state that sync never writes (a routable frontend, which nothing in the agent sets yet)
+//! goes through the one low-level door, [`Datapath::behind_sync`], which says so in its name.
 //! Each test loads its own `Datapath`, so every case starts from empty maps.
 
 use std::{
-    ffi::CString,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
-        Once,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
 };
 
 use aya::{
-    Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
+    Ebpf, TestRun as _, TestRunOptions,
+    maps::{HashMap, MapData, RingBuf},
     programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
+};
+use lb_agent::{
+    datapath::{
+        Datapath as Loaded, LbMaps as _, LoadOptions as AgentLoadOptions,
+        maps::{AyaMaps, service_key},
+    },
+    model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol},
+    sync::Syncer,
 };
 use lb_common::{
     config::{DatapathConfig, EVENTS_PER_SEC},
     conntrack::{CtEntry, CtKey4},
     drop::{DropReason, Hook},
     event::DropEvent,
-    maps,
-    metrics::{MetricKey, MetricValue},
-    proto,
-    service::{
-        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend4, RevNat4,
-        SERVICE_F_CLUSTER_IP, SERVICE_F_ROUTABLE, ServiceEntry, ServiceKey4,
-    },
+    maps, proto,
+    service::SERVICE_F_ROUTABLE,
 };
-
-use crate::packet::{addr, ip_be, port_be};
+use lb_testkit::packet::addr;
+use lb_testkit::{BPF_ROOT, Netns, ok};
 
 /// Linux's `TC_ACT_UNSPEC`: hand the packet on.
 pub const TC_ACT_UNSPEC: i32 = -1;
@@ -43,77 +49,76 @@ pub const TC_ACT_SHOT: i32 = 2;
 /// Linux's `TC_ACT_REDIRECT`.
 pub const TC_ACT_REDIRECT: i32 = 7;
 
-/// A backend of a `Service` to program.
-#[derive(Clone, Debug)]
-pub struct BackendSpec {
-    /// `"a.b.c.d:port"`.
-    pub addr: String,
-    /// `BACKEND_STATE_*`.
-    pub state: u8,
-    /// On another node (`BACKEND_F_REMOTE`).
-    pub remote: bool,
+/// Parses a frontend, `"a.b.c.d:port/TCP"` or `/UDP`.
+pub fn frontend(text: &str) -> Frontend {
+    let (socket, protocol) = text
+        .split_once('/')
+        .unwrap_or_else(|| panic!("frontend {text:?} is not a.b.c.d:port/PROTO"));
+    let socket = addr(socket);
+    let protocol = match protocol {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => panic!("unknown protocol {other} in {text:?}"),
+    };
+    Frontend {
+        vip: *socket.ip(),
+        port: socket.port(),
+        protocol,
+    }
 }
 
-/// A service to program: one frontend and its backends.
-#[derive(Clone, Debug)]
-pub struct Service {
-    /// Service id (rev-NAT index).
-    pub id: u16,
-    /// `"a.b.c.d:port/TCP"` or `/UDP`.
-    pub frontend: String,
-    /// `SERVICE_F_*` flags of the master entry.
-    pub flags: u8,
-    /// Backends in slot order (active ones first, as the agent writes them).
-    pub backends: Vec<BackendSpec>,
+fn backend(text: &str, state: BackendState) -> DesiredBackend {
+    let socket = addr(text);
+    DesiredBackend {
+        addr: *socket.ip(),
+        port: socket.port(),
+        state,
+        remote: false,
+    }
 }
 
-/// A ClusterIP service (not routable) with active, local backends.
-pub fn service(frontend: &str, backends: &[&str]) -> Service {
-    Service {
-        id: 1,
-        frontend: frontend.to_owned(),
-        flags: SERVICE_F_CLUSTER_IP,
+/// A ClusterIP service on `frontend` (`"a.b.c.d:port/TCP"`) with active, local backends
+/// (`"a.b.c.d:port"`), as the model would yield it.
+pub fn service(frontend_text: &str, backends: &[&str]) -> DesiredService {
+    let frontend = frontend(frontend_text);
+    DesiredService {
+        namespace: "test".into(),
+        name: format!("svc-{}-{}", frontend.vip, frontend.port),
+        port_name: String::new(),
+        frontend,
         backends: backends
             .iter()
-            .map(|addr| BackendSpec {
-                addr: (*addr).to_owned(),
-                state: BACKEND_STATE_ACTIVE,
-                remote: false,
-            })
+            .map(|text| backend(text, BackendState::Active))
             .collect(),
+        has_any_endpoints: !backends.is_empty(),
+        affinity_timeout_secs: None,
     }
 }
 
-impl Service {
-    /// The same service with another id.
-    pub fn with_id(mut self, id: u16) -> Self {
-        self.id = id;
-        self
-    }
-
-    /// The same service, reachable from outside (`SERVICE_F_ROUTABLE`).
-    pub fn routable(mut self) -> Self {
-        self.flags |= SERVICE_F_ROUTABLE;
-        self
-    }
-
+/// Variations of a test's [`service`].
+pub trait ServiceExt {
     /// The same service with every backend on another node.
-    pub fn remote(mut self) -> Self {
+    fn remote(self) -> Self;
+    /// The same service with `backends` added as terminating: kept so that their established
+    /// flows drain, never chosen for new ones.
+    fn terminating(self, backends: &[&str]) -> Self;
+}
+
+impl ServiceExt for DesiredService {
+    fn remote(mut self) -> Self {
         for backend in &mut self.backends {
             backend.remote = true;
         }
         self
     }
 
-    fn key(&self, slot: u16) -> ServiceKey4 {
-        let (socket, proto_name) = self.frontend.split_once('/').expect("frontend a:p/PROTO");
-        let socket = addr(socket);
-        let proto = match proto_name {
-            "TCP" => proto::TCP,
-            "UDP" => proto::UDP,
-            other => panic!("unknown protocol {other}"),
-        };
-        ServiceKey4::new(ip_be(*socket.ip()), port_be(socket.port()), proto, slot)
+    fn terminating(mut self, backends: &[&str]) -> Self {
+        self.backends.extend(
+            backends
+                .iter()
+                .map(|text| backend(text, BackendState::Terminating)),
+        );
+        self
     }
 }
 
@@ -128,11 +133,15 @@ pub struct Run {
     pub duration: Duration,
 }
 
-/// A loaded datapath with its own pinned maps.
+/// A loaded datapath with its own pinned maps, programmed through the agent's syncer.
 pub struct Datapath {
+    /// The programs, and the maps sync does not own (conntrack, events).
     ebpf: Ebpf,
+    /// The maps sync owns, shared with `syncer` as in the agent.
+    maps: Arc<Mutex<AyaMaps>>,
+    syncer: Syncer<AyaMaps>,
+    bpf_root: PathBuf,
     pin_dir: PathBuf,
-    next_backend_id: u32,
 }
 
 /// Options for loading.
@@ -144,101 +153,101 @@ pub struct LoadOptions {
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
-/// The root under which pin directories are made.
-pub const BPF_ROOT: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Mounts bpffs on `BPF_ROOT` unless it already is (a fresh VM may not have it), as the agent
-/// does: pinning anywhere else fails.
-pub fn ensure_bpffs() {
-    static MOUNT: Once = Once::new();
-    MOUNT.call_once(|| {
-        let root = CString::new(BPF_ROOT).expect("path");
-        // SAFETY: statfs is plain old data; all zeros is a valid value.
-        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statfs on a NUL-terminated path into a zeroed, correctly sized buffer.
-        if unsafe { libc::statfs(root.as_ptr(), &mut stat) } == 0
-            && stat.f_type as i64 == BPF_FS_MAGIC
-        {
-            return;
-        }
-        let fstype = CString::new("bpf").expect("fstype");
-        // SAFETY: NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                root.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount bpffs on {BPF_ROOT}: {}",
-            std::io::Error::last_os_error()
-        );
-    });
-}
-
 impl Datapath {
     /// Loads both programs with default map sizes and a config that sends events.
     pub fn load() -> Self {
         Self::load_with(LoadOptions::default())
     }
 
-    /// Loads both programs with `options`.
+    /// Loads both programs with `options`, as the agent loads them.
     pub fn load_with(options: LoadOptions) -> Self {
-        let pin_dir = PathBuf::from(format!(
+        let bpf_root = PathBuf::from(format!(
             "{BPF_ROOT}/lb-test-{}-{}",
             std::process::id(),
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         ));
-        ensure_bpffs();
-        std::fs::create_dir_all(&pin_dir).unwrap_or_else(|err| {
-            panic!("create {}: {err} (is bpffs mounted?)", pin_dir.display())
-        });
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(&pin_dir);
-        if let Some(entries) = options.ct_max_entries {
-            loader.map_max_entries(maps::LB4_CT, entries);
-        }
-        let mut ebpf = loader
-            .load(lb_agent::datapath::loader::EBPF_OBJECT)
-            .expect("load lb-ebpf");
-        for name in ["from_netdev", "from_pod"] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .unwrap_or_else(|| panic!("program {name} is missing"))
-                .try_into()
-                .expect("a classifier");
-            program
-                .load()
-                .unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
-        }
-        let mut datapath = Self {
+        ok(lb_testkit::ensure_bpffs(), "mount bpffs");
+        let loaded = Loaded::load(&AgentLoadOptions {
+            bpf_root: bpf_root.clone(),
+            ct_max_entries: options.ct_max_entries.unwrap_or(maps::CT_MAX_ENTRIES),
+            lb_map_max: maps::SERVICES_MAX_ENTRIES,
+            config: DatapathConfig {
+                events_per_sec: EVENTS_PER_SEC,
+                ..DatapathConfig::default()
+            },
+        })
+        .unwrap_or_else(|err| panic!("load lb-ebpf: {:#}", anyhow::Error::new(err)));
+        let Loaded {
             ebpf,
+            maps,
             pin_dir,
-            next_backend_id: 1,
-        };
-        datapath.set_config(DatapathConfig {
-            events_per_sec: EVENTS_PER_SEC,
-            ..DatapathConfig::default()
-        });
-        datapath
+        } = loaded;
+        let maps = Arc::new(Mutex::new(maps));
+        let syncer = Syncer::new(maps.clone()).expect("read the fresh maps");
+        Self {
+            ebpf,
+            maps,
+            syncer,
+            bpf_root,
+            pin_dir,
+        }
     }
 
     /// The directory the maps are pinned in.
-    pub fn pin_dir(&self) -> &std::path::Path {
+    pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
 
-    fn program(&self, hook: Hook) -> &SchedClassifier {
-        let name = match hook {
-            Hook::FromNetdev => "from_netdev",
-            Hook::FromPod => "from_pod",
+    /// Programs exactly `services`, as one pass of the agent's reconcile loop would: frontends
+    /// and backends not listed are removed.
+    pub fn sync(&mut self, services: &[DesiredService]) {
+        self.syncer
+            .sync(services)
+            .unwrap_or_else(|err| panic!("sync: {:#}", anyhow::Error::new(err)));
+    }
+
+    /// Writes the maps sync owns directly, for a state sync itself would never produce. The
+    /// syncer is started afresh afterwards (as a restarted agent would), so that the next
+    /// [`Datapath::sync`] plans from what the maps now hold.
+    pub fn behind_sync<R>(&mut self, write: impl FnOnce(&mut AyaMaps) -> R) -> R {
+        let result = write(&mut lock(&self.maps));
+        self.syncer = Syncer::new(self.maps.clone()).expect("re-read the maps");
+        result
+    }
+
+    /// Makes `frontend` reachable from outside (`SERVICE_F_ROUTABLE` on its master entry),
+    /// which no part of the agent writes yet.
+    pub fn mark_routable(&mut self, frontend_text: &str) {
+        let frontend = frontend(frontend_text);
+        let proto = match frontend.protocol {
+            Protocol::Tcp => proto::TCP,
+            Protocol::Udp => proto::UDP,
         };
+        let key = service_key(frontend.vip, frontend.port, proto, 0);
+        self.behind_sync(|maps| {
+            let content = maps.read().expect("read the maps");
+            let mut master = *content
+                .services
+                .get(&key)
+                .unwrap_or_else(|| panic!("{frontend_text} is programmed"));
+            master.flags |= SERVICE_F_ROUTABLE;
+            maps.upsert_service(&key, &master)
+                .expect("write the master entry");
+        });
+    }
+
+    /// The id sync gave backend `"a.b.c.d:port"`, if it is programmed.
+    pub fn backend_id(&self, backend: &str) -> Option<u32> {
+        let socket = addr(backend);
+        let content = lock(&self.maps).read().expect("read the maps");
+        content.backends.iter().find_map(|(id, value)| {
+            let (ip, port) = lb_agent::datapath::maps::backend_addr_of(value);
+            (ip == *socket.ip() && port == socket.port()).then_some(*id)
+        })
+    }
+
+    fn program(&self, hook: Hook) -> &SchedClassifier {
+        let name = program_name(hook);
         self.ebpf
             .program(name)
             .and_then(|p| <&SchedClassifier>::try_from(p).ok())
@@ -290,167 +299,18 @@ impl Datapath {
         }
     }
 
-    /// Writes `LB_CONFIG[0]`.
+    /// Writes `LB_CONFIG[0]`, as the agent does when its configuration changes.
     pub fn set_config(&mut self, config: DatapathConfig) {
-        let mut array: Array<&mut MapData, DatapathConfig> =
-            Array::try_from(self.ebpf.map_mut(maps::LB_CONFIG).expect("LB_CONFIG"))
-                .expect("LB_CONFIG type");
-        array.set(0, config, 0).expect("write LB_CONFIG");
-    }
-
-    /// Programs `service` as the agent does: backends, then slots, then rev-NAT, then the
-    /// master entry (the commit point), plus the wildcard entry marking its VIP. Returns the
-    /// backend ids in slot order.
-    pub fn add_service(&mut self, service: &Service) -> Vec<u32> {
-        let mut ids = Vec::new();
-        for backend in &service.backends {
-            let id = self.next_backend_id;
-            self.next_backend_id += 1;
-            let socket = addr(&backend.addr);
-            let master = service.key(0);
-            self.set_backend(
-                id,
-                Backend4 {
-                    addr: ip_be(*socket.ip()),
-                    port: port_be(socket.port()),
-                    proto: master.proto,
-                    state: backend.state,
-                    flags: if backend.remote { BACKEND_F_REMOTE } else { 0 },
-                    _pad: [0; 3],
-                },
-            );
-            ids.push(id);
-        }
-        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
-                .expect("LB4_SERVICES type");
-        let count = service
-            .backends
-            .iter()
-            .filter(|b| b.state == BACKEND_STATE_ACTIVE)
-            .count();
-        let qcount = service.backends.len() - count;
-        for (slot, id) in (1u16..).zip(&ids) {
-            let entry = ServiceEntry {
-                backend_id: *id,
-                ..ServiceEntry::default()
-            };
-            services
-                .insert(service.key(slot), entry, 0)
-                .expect("write slot");
-        }
-        let master = service.key(0);
-        let mut revnat: HashMap<&mut MapData, u16, RevNat4> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_REVNAT).expect("LB4_REVNAT"))
-                .expect("LB4_REVNAT type");
-        revnat
-            .insert(
-                service.id,
-                RevNat4 {
-                    vip: master.vip,
-                    port: master.port,
-                    _pad: 0,
-                },
-                0,
-            )
-            .expect("write rev-NAT");
-        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
-                .expect("LB4_SERVICES type");
-        let entry = ServiceEntry {
-            backend_id: 0,
-            count: count as u16,
-            qcount: qcount as u16,
-            rev_nat: service.id,
-            flags: service.flags,
-            _pad: 0,
-        };
-        services
-            .insert(master, entry, 0)
-            .expect("write master entry");
-        services
-            .insert(
-                ServiceKey4::new(master.vip, 0, 0, 0),
-                ServiceEntry::default(),
-                0,
-            )
-            .expect("write wildcard entry");
-        ids
-    }
-
-    /// Writes backend `id`.
-    pub fn set_backend(&mut self, id: u32, backend: Backend4) {
-        let mut backends: HashMap<&mut MapData, u32, Backend4> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_BACKENDS).expect("LB4_BACKENDS"))
-                .expect("LB4_BACKENDS type");
-        backends.insert(id, backend, 0).expect("write backend");
-    }
-
-    /// Backend `id`, if present.
-    pub fn backend(&self, id: u32) -> Option<Backend4> {
-        let backends: HashMap<&MapData, u32, Backend4> =
-            HashMap::try_from(self.ebpf.map(maps::LB4_BACKENDS).expect("LB4_BACKENDS"))
-                .expect("LB4_BACKENDS type");
-        backends.get(&id, 0).ok()
-    }
-
-    /// Marks backend `id` terminating (it keeps its slot, as a flow-draining backend does
-    /// between the agent's writes).
-    pub fn set_terminating(&mut self, id: u32) {
-        let mut backend = self.backend(id).expect("backend exists");
-        backend.state = BACKEND_STATE_TERMINATING;
-        self.set_backend(id, backend);
-    }
-
-    /// Deletes backend `id` from `LB4_BACKENDS` (its slot stays).
-    pub fn remove_backend(&mut self, id: u32) {
-        let mut backends: HashMap<&mut MapData, u32, Backend4> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_BACKENDS).expect("LB4_BACKENDS"))
-                .expect("LB4_BACKENDS type");
-        backends.remove(&id).expect("remove backend");
-    }
-
-    /// Rewrites the master entry of `service` to have `count` active slots.
-    pub fn set_count(&mut self, service: &Service, count: u16) {
-        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
-                .expect("LB4_SERVICES type");
-        let key = service.key(0);
-        let mut entry = services.get(&key, 0).expect("master entry");
-        entry.count = count;
-        services.insert(key, entry, 0).expect("write master entry");
-    }
-
-    /// Points `slot` (1..) of `service` at backend `id`.
-    pub fn set_slot(&mut self, service: &Service, slot: u16, id: u32) {
-        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
-                .expect("LB4_SERVICES type");
-        let entry = ServiceEntry {
-            backend_id: id,
-            ..ServiceEntry::default()
-        };
-        services
-            .insert(service.key(slot), entry, 0)
-            .expect("write slot");
-    }
-
-    /// Deletes `slot` of `service`.
-    pub fn remove_slot(&mut self, service: &Service, slot: u16) {
-        let mut services: HashMap<&mut MapData, ServiceKey4, ServiceEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LB4_SERVICES).expect("LB4_SERVICES"))
-                .expect("LB4_SERVICES type");
-        services.remove(&service.key(slot)).expect("remove slot");
+        lock(&self.maps)
+            .set_config(&config)
+            .expect("write LB_CONFIG");
     }
 
     /// Attaches `hook`'s program to the ingress of `iface` with TCX, as the agent does. The
     /// interface is looked up in the calling thread's network namespace (run it inside
-    /// `lb_lab::Netns::within`); the link lasts as long as this datapath or the interface.
+    /// `lb_testkit::Netns::within`); the link lasts as long as this datapath or the interface.
     pub fn attach(&mut self, hook: Hook, iface: &str) {
-        let name = match hook {
-            Hook::FromNetdev => "from_netdev",
-            Hook::FromPod => "from_pod",
-        };
+        let name = program_name(hook);
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
@@ -468,40 +328,25 @@ impl Datapath {
 
     /// Drops counted for `reason` at `hook`, summed over CPUs.
     pub fn drop_count(&self, reason: DropReason, hook: Hook) -> u64 {
-        let metrics: PerCpuHashMap<&MapData, MetricKey, MetricValue> =
-            PerCpuHashMap::try_from(self.ebpf.map(maps::LB_METRICS).expect("LB_METRICS"))
-                .expect("LB_METRICS type");
-        let key = MetricKey {
-            reason: reason as u8,
-            hook: hook as u8,
-            _pad: [0; 2],
-        };
-        metrics
-            .get(&key, 0)
-            .map(|values| values.iter().map(|v| v.packets).sum())
-            .unwrap_or(0)
+        self.all_drops()
+            .into_iter()
+            .find(|(r, h, _)| (*r, *h) == (reason as u8, hook as u8))
+            .map_or(0, |(_, _, packets)| packets)
     }
 
-    /// Every (reason, hook, packets) counted, summed over CPUs.
+    /// Every (reason, hook, packets) counted, summed over CPUs, sorted.
     pub fn all_drops(&self) -> Vec<(u8, u8, u64)> {
-        let metrics: PerCpuHashMap<&MapData, MetricKey, MetricValue> =
-            PerCpuHashMap::try_from(self.ebpf.map(maps::LB_METRICS).expect("LB_METRICS"))
-                .expect("LB_METRICS type");
-        let mut all: Vec<_> = metrics
-            .iter()
-            .map(|item| {
-                let (key, values) = item.expect("read LB_METRICS");
-                (key.reason, key.hook, values.iter().map(|v| v.packets).sum())
-            })
-            .collect();
-        all.sort_unstable();
-        all
+        lock(&self.maps)
+            .drop_counters()
+            .expect("read LB_METRICS")
+            .into_iter()
+            .map(|((reason, hook), value)| (reason, hook, value.packets))
+            .collect()
     }
 
     /// Takes every event currently in `LB_EVENTS`.
     pub fn drain_events(&mut self) -> Vec<DropEvent> {
-        let mut ring = RingBuf::try_from(self.ebpf.map_mut(maps::LB_EVENTS).expect("LB_EVENTS"))
-            .expect("LB_EVENTS type");
+        let mut ring = RingBuf::try_from(self.map_mut(maps::LB_EVENTS)).expect("LB_EVENTS type");
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
             assert_eq!(item.len(), size_of::<DropEvent>(), "event size");
@@ -515,16 +360,42 @@ impl Datapath {
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Vec<(CtKey4, CtEntry)> {
         let ct: HashMap<&MapData, CtKey4, CtEntry> =
-            HashMap::try_from(self.ebpf.map(maps::LB4_CT).expect("LB4_CT")).expect("LB4_CT type");
+            HashMap::try_from(self.map(maps::LB4_CT)).expect("LB4_CT type");
         ct.iter().map(|item| item.expect("read LB4_CT")).collect()
+    }
+
+    /// A map sync does not own, by name.
+    fn map(&self, name: &str) -> &aya::maps::Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("map {name} is in the object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name} is in the object"))
     }
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
         // Pins outlive the maps' file descriptors: remove them, or they leak in bpffs.
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.bpf_root);
     }
+}
+
+fn program_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::FromNetdev => "from_netdev",
+        Hook::FromPod => "from_pod",
+    }
+}
+
+/// Locks the maps; a test that panicked while holding them leaves nothing half-done that
+/// another would trip over (every write is a whole entry).
+fn lock(maps: &Mutex<AyaMaps>) -> MutexGuard<'_, AyaMaps> {
+    maps.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a case expects of the datapath.
@@ -543,8 +414,8 @@ pub enum Expect {
 pub struct Case {
     /// What the row shows.
     pub name: &'static str,
-    /// Services programmed before the frame is sent.
-    pub services: Vec<Service>,
+    /// Services synced before the frame is sent.
+    pub services: Vec<DesiredService>,
     /// `DatapathConfig::flags`.
     pub config_flags: u32,
     /// The program the frame enters.
@@ -557,15 +428,20 @@ pub struct Case {
 
 /// Runs `case` on a freshly loaded datapath and asserts verdict, bytes, metrics and events.
 pub fn check(case: &Case) {
+    check_with(case, |_| {});
+}
+
+/// Like [`check`], with `prepare` run on the datapath after the services are synced and before
+/// the frame is sent (for a state sync does not write, through [`Datapath::behind_sync`]).
+pub fn check_with(case: &Case, prepare: impl FnOnce(&mut Datapath)) {
     let mut datapath = Datapath::load();
     datapath.set_config(DatapathConfig {
         flags: case.config_flags,
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
-    for (id, service) in (1u16..).zip(&case.services) {
-        datapath.add_service(&service.clone().with_id(id));
-    }
+    datapath.sync(&case.services);
+    prepare(&mut datapath);
     let run = datapath.run(case.hook, &case.input);
     let name = case.name;
     match &case.expect {
@@ -579,7 +455,7 @@ pub fn check(case: &Case) {
         }
         Expect::Rewritten(want) => {
             assert_eq!(run.verdict, TC_ACT_UNSPEC, "{name}: verdict");
-            crate::packet::read_checked(&run.frame);
+            lb_testkit::packet::read_checked(&run.frame);
             assert_eq!(run.frame, *want, "{name}: rewritten frame");
             assert_eq!(datapath.all_drops(), vec![], "{name}: no drop counted");
         }
@@ -611,14 +487,14 @@ pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 /// MAC of the external client 192.168.56.10 in a `FibNetns`.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 
-/// A network namespace in which the kernel's FIB answers like a node's: `lbt0`
+/// A network namespace in which the kernel's FIB answers like a node: `lbt0`
 /// (192.168.56.4/24, `NODE_MAC`), a route to the remote pod CIDR 10.244.2.0/24 via the other
 /// node 192.168.56.5, and permanent neighbours for that node and the client 192.168.56.10.
-/// `BPF_PROG_TEST_RUN` does its FIB lookups in the calling thread's namespace, so tests
-/// `enter` it around their runs. No packet ever leaves a test run; the namespace is deleted on
-/// drop.
+/// `BPF_PROG_TEST_RUN` does its FIB lookups in the calling thread's namespace, so tests run
+/// inside it ([`FibNetns::enter`]). No packet ever leaves a test run; the namespace is deleted
+/// on drop.
 pub struct FibNetns {
-    name: String,
+    ns: Netns,
     /// Index of `lbt0` inside the namespace.
     pub ifindex: u32,
 }
@@ -627,108 +503,55 @@ impl FibNetns {
     /// Creates the namespace for test `test`; `forwarding` sets `net.ipv4.ip_forward`.
     pub fn new(test: &str, forwarding: bool) -> Self {
         let name = format!("lbt-{}-{}", &test[..test.len().min(20)], std::process::id());
-        ip(&["netns", "add", &name]);
-        let mut guard = Self { name, ifindex: 0 };
-        let n = guard.name.as_str();
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "add",
-            "lbt0",
-            "address",
-            "02:00:00:00:00:04",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lbt1",
-        ]);
-        ip(&["-n", n, "link", "set", "lbt0", "up"]);
-        ip(&["-n", n, "link", "set", "lbt1", "up"]);
-        ip(&["-n", n, "addr", "add", "192.168.56.4/24", "dev", "lbt0"]);
-        ip(&[
-            "-n",
-            n,
-            "route",
-            "add",
-            "10.244.2.0/24",
-            "via",
-            "192.168.56.5",
-            "dev",
-            "lbt0",
-        ]);
+        let ns = ok(Netns::create(&name), "create the FIB namespace");
+        ok(
+            ns.ip(&[
+                "link",
+                "add",
+                "lbt0",
+                "address",
+                "02:00:00:00:00:04",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lbt1",
+            ]),
+            "veth lbt0",
+        );
+        ok(ns.ip(&["link", "set", "lbt1", "up"]), "lbt1 up");
+        ok(ns.addr("lbt0", "192.168.56.4/24"), "lbt0 address");
+        ok(
+            ns.route(&["10.244.2.0/24", "via", "192.168.56.5", "dev", "lbt0"]),
+            "route to the remote pod CIDR",
+        );
         for (addr, mac) in [
             ("192.168.56.5", "02:00:00:00:00:05"),
             ("192.168.56.10", "02:00:00:00:00:10"),
         ] {
-            ip(&[
-                "-n",
-                n,
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                mac,
-                "dev",
-                "lbt0",
-                "nud",
-                "permanent",
-            ]);
+            ok(
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "lbt0",
+                    "nud",
+                    "permanent",
+                ]),
+                "permanent neighbour",
+            );
         }
         let value = if forwarding { "1" } else { "0" };
-        ip(&[
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.ip_forward={value}"),
-        ]);
-        let index = std::process::Command::new("ip")
-            .args(["-n", n, "-o", "link", "show", "lbt0"])
-            .output()
-            .expect("run ip link show");
-        let text = String::from_utf8_lossy(&index.stdout);
-        let ifindex = text
-            .split(':')
-            .next()
-            .and_then(|i| i.trim().parse().ok())
-            .unwrap_or_else(|| panic!("ifindex of lbt0 in {text:?}"));
-        guard.ifindex = ifindex;
-        guard
+        ok(ns.sysctl("net.ipv4.ip_forward", value), "ip_forward");
+        let ifindex = ok(ns.ifindex("lbt0"), "ifindex of lbt0");
+        Self { ns, ifindex }
     }
 
-    /// Runs `f` with the calling thread inside the namespace, then moves it back.
-    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        let own = std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
-        let target = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        setns(&target);
-        let result = f();
-        setns(&own);
-        result
-    }
-}
-
-fn setns(file: &std::fs::File) {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: a valid namespace fd; only this thread's network namespace changes.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run ip");
-    assert!(status.success(), "ip {}: {status}", args.join(" "));
-}
-
-impl Drop for FibNetns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+    /// Runs `f` on a thread inside the namespace and returns its result.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        ok(self.ns.within(f), "enter the FIB namespace")
     }
 }

@@ -10,9 +10,10 @@
 //!                                          └ lxc-be1    → backend 1 10.244.1.21 (HTTP :8080, echo :7007)
 //! ```
 //!
-//! Pods are wired as in `lb_lab::topology` (a /32 on `eth0`, a default route via 169.254.1.1,
-//! proxy ARP on the host side, which needs the node to route 169.254.1.1 elsewhere: to `gw0`); the node forwards and routes each pod's /32 to its veth; the
-//! external client routes the service CIDR to the node. Nothing routes anywhere else, so every
+//! Pods are wired by `lb_testkit::pod` (a /32 on `eth0`, a default route via 169.254.1.1,
+//! proxy ARP on the host side, which needs the node to route 169.254.1.1 elsewhere: to `gw0`);
+//! the node forwards and routes each pod's /32 to its veth; the external client routes the
+//! service CIDR to the node. Nothing routes anywhere else, so every
 //! packet stays inside the test's namespaces. Which programs run on the node is the test's
 //! business (the fixture attaches them, or an agent does).
 //!
@@ -21,8 +22,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
-use lb_lab::netns::{Netns, Process, veth};
-use lb_lab::servers;
+use lb_testkit::pod::{self, POD_GATEWAY};
+use lb_testkit::{Netns, Process, ok, servers, veth};
 
 /// Prefix of every namespace a `Topology` creates.
 pub const PREFIX: &str = "lbtr-";
@@ -49,8 +50,6 @@ pub const CLIENT_DEV: &str = "lxc-client";
 pub const BACKEND_DEVS: [&str; 2] = ["lxc-be0", "lxc-be1"];
 /// A glob matching every pod's host side (the agent's `--pod-devices`).
 pub const POD_DEVICES: &str = "lxc-*";
-/// The link-local gateway of every pod, answered by proxy ARP on the node.
-const POD_GATEWAY: &str = "169.254.1.1";
 
 /// A pod: its address, the host side of its veth and its namespace.
 #[derive(Debug)]
@@ -87,37 +86,22 @@ impl Topology {
     pub fn new(test: &str) -> Self {
         let short: String = test.chars().take(40).collect();
         let name = |role: &str| format!("{PREFIX}{short}-{}-{role}", std::process::id());
-        let create = |role: &str| {
-            Netns::create_exact(&name(role))
-                .unwrap_or_else(|err| panic!("create namespace {}: {err}", name(role)))
-        };
-        let ok = |result: lb_lab::Result<()>, what: &str| {
-            result.unwrap_or_else(|err| panic!("{test}: {what}: {err}"));
-        };
+        let create = |role: &str| ok(Netns::create(&name(role)), &format!("{test}: namespace"));
 
         let node = create("node");
-        // Forwarded pod traffic arrives on interfaces the strict reverse-path check would reject;
-        // `default` is set before any veth exists so that it covers them too.
-        for key in ["all", "default"] {
-            ok(
-                node.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0"),
-                "rp_filter",
-            );
-        }
-        ok(node.sysctl("net.ipv4.ip_forward", "1"), "ip_forward");
+        ok(
+            pod::prepare_node(&node),
+            &format!("{test}: node forwarding"),
+        );
         // Proxy ARP answers for an address only when the node routes it out of another
         // interface: the pods' gateway is routed to `gw0`, one end of a veth whose other end
         // stays in the node (this kernel has no dummy driver), which nothing ever sends to.
         ok(
-            node.ip(&["link", "add", "gw0", "type", "veth", "peer", "name", "gw1"])
-                .map(drop),
+            node.ip(&["link", "add", "gw0", "type", "veth", "peer", "name", "gw1"]),
             "gateway veth",
         );
         for dev in ["gw0", "gw1"] {
-            ok(
-                node.ip(&["link", "set", dev, "up"]).map(drop),
-                "gateway veth up",
-            );
+            ok(node.ip(&["link", "set", dev, "up"]), "gateway veth up");
         }
         ok(
             node.route(&[POD_GATEWAY, "dev", "gw0"]),
@@ -141,29 +125,9 @@ impl Topology {
 
         let pod = |role: &str, ip: Ipv4Addr, host_dev: &'static str| {
             let ns = create(role);
-            ok(veth(&node, host_dev, &ns, "eth0"), "pod veth");
             ok(
-                node.sysctl(&format!("net.ipv4.conf.{host_dev}.proxy_arp"), "1"),
-                "proxy_arp",
-            );
-            // Proxy ARP answers after a random delay of up to `proxy_delay` (0.8 s by
-            // default), which would hold a pod's first packet that long.
-            ok(
-                node.sysctl(&format!("net.ipv4.neigh.{host_dev}.proxy_delay"), "0"),
-                "proxy_delay",
-            );
-            ok(ns.addr("eth0", &format!("{ip}/32")), "pod address");
-            ok(
-                ns.route(&[POD_GATEWAY, "dev", "eth0", "scope", "link"]),
-                "pod gateway",
-            );
-            ok(
-                ns.route(&["default", "via", POD_GATEWAY, "dev", "eth0"]),
-                "pod default route",
-            );
-            ok(
-                node.route(&[&format!("{ip}/32"), "dev", host_dev, "scope", "link"]),
-                "node route to the pod",
+                pod::wire(&node, host_dev, &ns, ip),
+                &format!("{test}: pod {role}"),
             );
             Pod { ip, host_dev, ns }
         };
@@ -180,9 +144,9 @@ impl Topology {
         let mut servers = Vec::new();
         for backend in &backends {
             let http = servers::http(&backend.ns, backend.ip, HTTP_PORT, dir.path());
-            servers.push(http.unwrap_or_else(|err| panic!("HTTP server on {}: {err}", backend.ip)));
+            servers.push(ok(http, &format!("HTTP server on {}", backend.ip)));
             let echo = servers::echo(&backend.ns, backend.ip, ECHO_PORT, dir.path());
-            servers.push(echo.unwrap_or_else(|err| panic!("echo server on {}: {err}", backend.ip)));
+            servers.push(ok(echo, &format!("echo server on {}", backend.ip)));
         }
         Self {
             _servers: servers,
@@ -211,13 +175,6 @@ impl Topology {
 
     /// The index of interface `dev` in the node's namespace.
     pub fn node_ifindex(&self, dev: &str) -> u32 {
-        let out = self
-            .node
-            .ip(&["-o", "link", "show", dev])
-            .unwrap_or_else(|err| panic!("ip link show {dev}: {err}"));
-        out.split(':')
-            .next()
-            .and_then(|index| index.trim().parse().ok())
-            .unwrap_or_else(|| panic!("ifindex of {dev} in {out:?}"))
+        ok(self.node.ifindex(dev), &format!("ifindex of {dev}"))
     }
 }

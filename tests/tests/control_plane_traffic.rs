@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_lab::Agent;
-use lb_lab::netns::Netns;
 use lb_lab::probe::{EchoReply, http_get, udp_echo};
-use lb_lab::wait_until;
+use lb_testkit::{Netns, wait_until};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, ECHO_PORT, HTTP_PORT, Topology};
 
 /// The service's ClusterIP.

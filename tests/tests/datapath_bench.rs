@@ -15,10 +15,8 @@
 //!   from a fresh client port, and the kernel-measured durations are averaged.
 
 use lb_common::drop::Hook;
-use lb_tests::{
-    fixture::{Datapath, TC_ACT_UNSPEC, service},
-    packet::*,
-};
+use lb_testkit::packet::*;
+use lb_tests::fixture::{Datapath, TC_ACT_UNSPEC, service};
 
 const REPEAT: u32 = 100_000;
 
@@ -26,8 +24,10 @@ const REPEAT: u32 = 100_000;
 #[ignore = "a measurement, not a check; run it explicitly"]
 fn cost_per_packet_of_pass_through_established_and_new_flows() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service("10.96.0.10:80/TCP", &["10.96.0.11:81"]).with_id(1));
-    datapath.add_service(&service("10.96.0.11:81/TCP", &["10.96.0.10:80"]).with_id(2));
+    datapath.sync(&[
+        service("10.96.0.10:80/TCP", &["10.96.0.11:81"]),
+        service("10.96.0.11:81/TCP", &["10.96.0.10:80"]),
+    ]);
 
     let pass = datapath.run_repeat(
         Hook::FromPod,

@@ -7,10 +7,8 @@ use lb_common::{
     drop::Hook,
     event::tcp_flags,
 };
-use lb_tests::{
-    fixture::{Datapath, TC_ACT_UNSPEC, service},
-    packet::*,
-};
+use lb_testkit::packet::*;
+use lb_tests::fixture::{Datapath, ServiceExt as _, TC_ACT_UNSPEC, service};
 
 const VIP: &str = "10.96.0.10:80";
 const FRONTEND: &str = "10.96.0.10:80/TCP";
@@ -28,7 +26,7 @@ fn destination(datapath: &Datapath, frame: &[u8]) -> String {
 #[test]
 fn an_established_flow_keeps_its_backend() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service(FRONTEND, &[A, B]));
+    datapath.sync(&[service(FRONTEND, &[A, B])]);
     let first = destination(&datapath, &tcp_syn(POD, VIP));
     for _ in 0..32 {
         assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), first);
@@ -38,7 +36,7 @@ fn an_established_flow_keeps_its_backend() {
 #[test]
 fn a_flow_records_a_service_entry_and_a_reply_entry() {
     let mut datapath = Datapath::load();
-    let ids = datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     destination(&datapath, &tcp_syn(POD, VIP));
     let mut entries = datapath.conntrack();
     entries.sort_by_key(|(key, _)| key.kind);
@@ -53,7 +51,7 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
         (service_key.daddr, service_key.dport),
         (ip_be(ip("10.96.0.10")), port_be(80))
     );
-    assert_eq!(service_entry.backend_id, ids[0]);
+    assert_eq!(Some(service_entry.backend_id), datapath.backend_id(A));
     assert_eq!(service_entry.rev_nat, 1);
     assert_eq!(
         (service_entry.backend_addr, service_entry.backend_port),
@@ -75,11 +73,11 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
 #[test]
 fn a_syn_to_a_deleted_backend_selects_again() {
     let mut datapath = Datapath::load();
-    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
     // The agent replaces A by B: new backend and slot, master rewritten, then A deleted.
-    datapath.add_service(&service(FRONTEND, &[B]));
-    datapath.remove_backend(old[0]);
+    datapath.sync(&[service(FRONTEND, &[B])]);
+    assert_eq!(datapath.backend_id(A), None, "A is deleted");
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), B);
     assert_eq!(
         destination(&datapath, &tcp_ack(POD, VIP)),
@@ -91,40 +89,38 @@ fn a_syn_to_a_deleted_backend_selects_again() {
 #[test]
 fn a_syn_to_a_terminating_backend_selects_an_active_one() {
     let mut datapath = Datapath::load();
-    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
-    datapath.set_terminating(old[0]);
-    datapath.add_service(&service(FRONTEND, &[B]));
+    datapath.sync(&[service(FRONTEND, &[B]).terminating(&[A])]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), B);
 }
 
 #[test]
 fn non_syn_packets_keep_draining_to_a_terminating_backend() {
     let mut datapath = Datapath::load();
-    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
-    datapath.set_terminating(old[0]);
-    datapath.add_service(&service(FRONTEND, &[B]));
+    datapath.sync(&[service(FRONTEND, &[B]).terminating(&[A])]);
     assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), A);
 }
 
 #[test]
 fn non_syn_packets_keep_draining_to_a_deleted_backend() {
     let mut datapath = Datapath::load();
-    let old = datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
-    datapath.add_service(&service(FRONTEND, &[B]));
-    datapath.remove_backend(old[0]);
+    datapath.sync(&[service(FRONTEND, &[B])]);
+    assert_eq!(datapath.backend_id(A), None, "A is deleted");
     assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), A);
 }
 
 #[test]
 fn an_established_udp_flow_keeps_its_backend() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service(
+    datapath.sync(&[service(
         "10.96.0.10:53/UDP",
         &["10.244.1.5:53", "10.244.2.6:53"],
-    ));
+    )]);
     let first = destination(&datapath, &udp(POD, "10.96.0.10:53"));
     for _ in 0..16 {
         assert_eq!(destination(&datapath, &udp(POD, "10.96.0.10:53")), first);
@@ -134,7 +130,7 @@ fn an_established_udp_flow_keeps_its_backend() {
 #[test]
 fn a_reply_from_a_local_backend_is_reverse_nated_to_the_vip_on_from_pod() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     destination(&datapath, &tcp_syn(POD, VIP));
     let run = datapath.run(Hook::FromPod, &tcp_syn_ack(A, POD));
     assert_eq!(run.verdict, TC_ACT_UNSPEC);
@@ -145,7 +141,7 @@ fn a_reply_from_a_local_backend_is_reverse_nated_to_the_vip_on_from_pod() {
 #[test]
 fn a_reply_from_a_remote_backend_is_reverse_nated_on_from_netdev() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service(FRONTEND, &[A]).remote());
+    datapath.sync(&[service(FRONTEND, &[A]).remote()]);
     destination(&datapath, &tcp_syn(POD, VIP));
     let run = datapath.run(Hook::FromNetdev, &tcp_syn_ack(A, POD));
     assert_eq!(run.verdict, TC_ACT_UNSPEC);
@@ -155,7 +151,7 @@ fn a_reply_from_a_remote_backend_is_reverse_nated_on_from_netdev() {
 #[test]
 fn a_udp_reply_is_reverse_nated_to_the_vip() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service("10.96.0.10:53/UDP", &["10.244.1.5:53"]));
+    datapath.sync(&[service("10.96.0.10:53/UDP", &["10.244.1.5:53"])]);
     destination(&datapath, &udp(POD, "10.96.0.10:53"));
     let run = datapath.run(Hook::FromPod, &udp("10.244.1.5:53", POD));
     assert_eq!(run.frame, udp("10.96.0.10:53", POD));
@@ -164,9 +160,9 @@ fn a_udp_reply_is_reverse_nated_to_the_vip() {
 #[test]
 fn a_fin_marks_the_flow_closing() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service(FRONTEND, &[A]));
+    datapath.sync(&[service(FRONTEND, &[A])]);
     destination(&datapath, &tcp_syn(POD, VIP));
-    let fin = lb_tests::packet::Frame::tcp(POD, VIP, tcp_flags::FIN | tcp_flags::ACK).bytes();
+    let fin = lb_testkit::packet::Frame::tcp(POD, VIP, tcp_flags::FIN | tcp_flags::ACK).bytes();
     assert_eq!(destination(&datapath, &fin), A);
     let closing = datapath
         .conntrack()

@@ -7,10 +7,8 @@ use lb_common::{
     config::CONFIG_F_EXTERNAL_CLUSTER_IP,
     drop::{DropReason, Hook},
 };
-use lb_tests::{
-    fixture::{Case, Datapath, Expect, TC_ACT_UNSPEC, check, service},
-    packet::*,
-};
+use lb_testkit::packet::*;
+use lb_tests::fixture::{Case, Datapath, Expect, ServiceExt as _, TC_ACT_UNSPEC, check, service};
 
 const VIP_TCP: &str = "10.96.0.10:80/TCP";
 const VIP_UDP: &str = "10.96.0.10:53/UDP";
@@ -181,12 +179,9 @@ fn every_case_of_the_frontend_table_holds() {
 #[test]
 fn new_flows_spread_over_every_active_backend_and_never_over_terminating_ones() {
     let mut datapath = Datapath::load();
-    let mut svc = service(
-        VIP_TCP,
-        &["10.244.1.5:8080", "10.244.2.6:8080", "10.244.3.7:8080"],
-    );
-    svc.backends[2].state = lb_common::service::BACKEND_STATE_TERMINATING;
-    datapath.add_service(&svc);
+    datapath
+        .sync(&[service(VIP_TCP, &["10.244.1.5:8080", "10.244.2.6:8080"])
+            .terminating(&["10.244.3.7:8080"])]);
     let mut seen = BTreeSet::new();
     for port in 40_000..40_200u16 {
         let run = datapath.run(

@@ -10,12 +10,10 @@ use lb_common::{
     conntrack::{CT_F_SNAT, CT_REPLY, CtKey4, CtReply},
     drop::{DropReason, Hook, SourceFile},
 };
-use lb_tests::{
-    fixture::{
-        CLIENT_MAC, Datapath, FibNetns, NODE_MAC, PEER_NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        TC_ACT_UNSPEC, service,
-    },
-    packet::*,
+use lb_testkit::packet::*;
+use lb_tests::fixture::{
+    CLIENT_MAC, Datapath, FibNetns, NODE_MAC, PEER_NODE_MAC, ServiceExt as _, TC_ACT_REDIRECT,
+    TC_ACT_SHOT, TC_ACT_UNSPEC, service,
 };
 
 const CLIENT: &str = "192.168.56.10:33802";
@@ -33,7 +31,7 @@ fn snat_datapath(port_min: u16, port_max: u16) -> Datapath {
         snat_port_max: port_max,
         events_per_sec: EVENTS_PER_SEC,
     });
-    datapath.add_service(&service(FRONTEND, &[REMOTE]).remote());
+    datapath.sync(&[service(FRONTEND, &[REMOTE]).remote()]);
     datapath
 }
 
@@ -188,7 +186,7 @@ fn a_remote_backend_is_not_snated_without_a_node_address() {
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
-    datapath.add_service(&service(FRONTEND, &[REMOTE]).remote());
+    datapath.sync(&[service(FRONTEND, &[REMOTE]).remote()]);
     let run = datapath.run(Hook::FromNetdev, &tcp_syn(CLIENT, VIP));
     assert_eq!(run.verdict, TC_ACT_UNSPEC);
     assert_eq!(run.frame, tcp_syn(CLIENT, REMOTE));

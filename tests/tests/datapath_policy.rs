@@ -8,10 +8,8 @@ use lb_common::{
     event::{EVENT_DROP, tcp_flags},
     proto,
 };
-use lb_tests::{
-    fixture::{Case, Datapath, Expect, TC_ACT_SHOT, check, service},
-    packet::*,
-};
+use lb_testkit::packet::*;
+use lb_tests::fixture::{Case, Datapath, Expect, TC_ACT_SHOT, check, check_with, service};
 
 const CLIENT: &str = "192.168.56.10:33802";
 const BACKEND: &str = "10.244.1.5:8080";
@@ -19,7 +17,7 @@ const BACKEND: &str = "10.244.1.5:8080";
 #[test]
 fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
+    datapath.sync(&[service("10.96.0.10:80/TCP", &[BACKEND])]);
     let input = tcp_syn(CLIENT, "10.96.0.10:80");
     let run = datapath.run(Hook::FromNetdev, &input);
 
@@ -66,13 +64,16 @@ fn external_client_to_cluster_ip_is_dnated_when_flag_is_on() {
 
 #[test]
 fn external_client_to_a_routable_frontend_is_dnated_with_the_flag_off() {
-    check(&Case {
+    let case = Case {
         name: "external client to a routable frontend",
-        services: vec![service("10.96.0.10:80/TCP", &[BACKEND]).routable()],
+        services: vec![service("10.96.0.10:80/TCP", &[BACKEND])],
         config_flags: 0,
         hook: Hook::FromNetdev,
         input: tcp_syn(CLIENT, "10.96.0.10:80"),
         expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+    };
+    check_with(&case, |datapath| {
+        datapath.mark_routable("10.96.0.10:80/TCP")
     });
 }
 
@@ -91,7 +92,7 @@ fn from_pod_ignores_the_policy() {
 #[test]
 fn turning_the_flag_on_takes_effect_on_the_next_packet() {
     let mut datapath = Datapath::load();
-    datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
+    datapath.sync(&[service("10.96.0.10:80/TCP", &[BACKEND])]);
     let input = tcp_syn(CLIENT, "10.96.0.10:80");
     assert_eq!(datapath.run(Hook::FromNetdev, &input).verdict, TC_ACT_SHOT);
     datapath.set_config(DatapathConfig {
@@ -110,7 +111,7 @@ fn drop_events_are_rate_limited_but_every_drop_is_counted() {
         events_per_sec: 5,
         ..DatapathConfig::default()
     });
-    datapath.add_service(&service("10.96.0.10:80/TCP", &[BACKEND]));
+    datapath.sync(&[service("10.96.0.10:80/TCP", &[BACKEND])]);
     let input = tcp_syn(CLIENT, "10.96.0.10:80");
     for _ in 0..50 {
         assert_eq!(datapath.run(Hook::FromNetdev, &input).verdict, TC_ACT_SHOT);

@@ -1,23 +1,24 @@
 //! The datapath alone with real traffic: `Topology` builds a node with a client pod, two backend
 //! pods (HTTP, TCP and UDP echo servers) and an external client in namespaces; the fixture
 //! loads lb-ebpf with fresh pinned maps, attaches from-netdev to the node's `eth0` and from-pod
-//! to the host side of every pod's veth with TCX, and programs the maps directly, as the agent
-//! would. Packets are real: curl, UDP datagrams and a held TCP connection, through the kernel.
+//! to the host side of every pod's veth with TCX, and programs the maps through the agent's
+//! sync, as the agent does. Packets are real: curl, UDP datagrams and a held TCP connection,
+//! through the kernel.
 //!
 //! Needs root, `python3`, `curl` and `ss`.
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
+use lb_agent::model::DesiredService;
 use lb_common::config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC};
 use lb_common::drop::{DropReason, Hook};
 use lb_common::event::{DropEvent, tcp_flags};
 use lb_common::proto;
-use lb_lab::netns::Netns;
 use lb_lab::probe::{EchoReply, EchoSession, HttpReply, http_get, udp_echo};
-use lb_lab::wait_until;
-use lb_tests::fixture::{Datapath, Service, service};
-use lb_tests::packet::{ip_be, port_be};
+use lb_testkit::packet::{ip_be, port_be};
+use lb_testkit::{Netns, wait_until};
+use lb_tests::fixture::{Datapath, service};
 use lb_tests::topology::{
     BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology,
 };
@@ -72,10 +73,10 @@ impl Node {
 }
 
 /// A service on `frontend` with both backends on `port`.
-fn to_backends(id: u16, frontend: &str, port: u16) -> Service {
+fn to_backends(frontend: &str, port: u16) -> DesiredService {
     let backends = BACKEND_IPS.map(|ip| format!("{ip}:{port}"));
     let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
-    service(frontend, &backends).with_id(id)
+    service(frontend, &backends)
 }
 
 fn vip(port: u16) -> SocketAddrV4 {
@@ -160,10 +161,10 @@ fn assert_event(
 #[test]
 fn pod_to_cluster_ip_over_tcp_and_udp_reaches_both_backends() {
     let mut node = Node::up("pod_to_cluster_ip_over_tcp_and_udp");
-    node.datapath
-        .add_service(&to_backends(1, HTTP_FRONTEND, 8080));
-    node.datapath
-        .add_service(&to_backends(2, UDP_FRONTEND, 7007));
+    node.datapath.sync(&[
+        to_backends(HTTP_FRONTEND, 8080),
+        to_backends(UDP_FRONTEND, 7007),
+    ]);
     let client = &node.topology.client.ns;
     let all: BTreeSet<Ipv4Addr> = BACKEND_IPS.into();
 
@@ -197,8 +198,7 @@ fn pod_to_cluster_ip_over_tcp_and_udp_reaches_both_backends() {
 #[test]
 fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off_and_served_when_on() {
     let mut node = Node::up("external_client_to_cluster_ip");
-    node.datapath
-        .add_service(&to_backends(1, HTTP_FRONTEND, 8080));
+    node.datapath.sync(&[to_backends(HTTP_FRONTEND, 8080)]);
     let eth0 = node.topology.node_ifindex(NODE_DEV);
     let from = SocketAddrV4::new(EXTERNAL_IP, 40174);
     let url = format!("http://{}/", vip(80));
@@ -264,8 +264,7 @@ fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off_and_served
 #[test]
 fn removing_a_backend_keeps_an_established_connection_to_the_other_intact() {
     let mut node = Node::up("removing_a_backend_keeps_connection");
-    let echo = to_backends(1, ECHO_FRONTEND, 7007);
-    let ids = node.datapath.add_service(&echo);
+    node.datapath.sync(&[to_backends(ECHO_FRONTEND, 7007)]);
     let client = &node.topology.client.ns;
 
     // One held connection to each backend (the choice is random: open until both are held).
@@ -290,15 +289,14 @@ fn removing_a_backend_keeps_an_established_connection_to_the_other_intact() {
         "connections to both backends within {TRIES} tries"
     );
 
-    // Remove backend 0 as the agent does: the survivor into slot 1, the master entry's count
-    // down, the freed slot, then the backend.
+    // Remove backend 0 as the agent does (the survivor into slot 1, the master entry's count
+    // down, the freed slot, then the backend): sync without it.
     let (gone, kept) = (BACKEND_IPS[0], BACKEND_IPS[1]);
-    node.datapath.set_slot(&echo, 1, ids[1]);
-    node.datapath.set_count(&echo, 1);
-    node.datapath.remove_slot(&echo, 2);
-    node.datapath.remove_backend(ids[0]);
-    assert!(
-        node.datapath.backend(ids[0]).is_none(),
+    node.datapath
+        .sync(&[service(ECHO_FRONTEND, &[&format!("{kept}:7007")])]);
+    assert_eq!(
+        node.datapath.backend_id(&format!("{gone}:7007")),
+        None,
         "backend {gone} removed"
     );
 
@@ -330,9 +328,7 @@ fn removing_a_backend_keeps_an_established_connection_to_the_other_intact() {
 fn frontend_without_backends_drops_with_158() {
     let mut node = Node::up("frontend_without_backends");
     node.datapath
-        .add_service(&service(UDP_FRONTEND, &[]).with_id(1));
-    node.datapath
-        .add_service(&service(HTTP_FRONTEND, &[]).with_id(2));
+        .sync(&[service(UDP_FRONTEND, &[]), service(HTTP_FRONTEND, &[])]);
     let lxc = node.topology.node_ifindex(CLIENT_DEV);
     let client = &node.topology.client.ns;
     let from = SocketAddrV4::new(CLIENT_IP, 40158);

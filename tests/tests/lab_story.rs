@@ -14,14 +14,11 @@ use lb_lab::probe::{curl_get, curl_head, ping};
 use lb_lab::topology::{
     BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE,
 };
+use lb_testkit::ok;
 
 /// Tries of step 4: with a uniform choice between two backends, the chance that 20 tries all
 /// land on one is 2 * 2^-20.
 const STEP4_TRIES: usize = 20;
-
-fn ok<T>(result: lb_lab::Result<T>, what: &str) -> T {
-    result.unwrap_or_else(|err| panic!("{what}: {err}"))
-}
 
 #[test]
 fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {

@@ -15,24 +15,23 @@
 //!     └ lxcbe3    → <p>be3    10.200.0.23:80 (a backend only once the EndpointSlice lists it)
 //! ```
 //!
-//! Pods are wired as in the lab (a /32, proxy ARP for 169.254.1.1). The agent runs as a process
+//! Pods are wired by `lb_testkit::pod`, as in the lab (a /32, proxy ARP for 169.254.1.1), and
+//! the backends run `lb_testkit::servers::http`. The agent runs as a process
 //! (`nsenter --net`, file source), because restarts are SIGTERM and a new process. Its binaries
 //! come from `LB_BIN_DIR`, or a `cargo build -p lb-agent -p lbctl` of this workspace.
 //! Traffic never leaves these namespaces: the node's only way out leads to `<p>outside`.
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lb_lab::netns::{Netns, Process, veth};
-use lb_lab::{Binaries, wait_until};
+use lb_lab::Binaries;
+use lb_testkit::{Netns, Process, ok, pod, servers, veth, wait_until};
 
 /// The ClusterIP of the test's Service.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
@@ -64,37 +63,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline for the agent to be ready, for a process to exit, for traffic to progress.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Keep-alive HTTP server: each answer names the pod (`X-Pod-IP`), connections stay open.
-const HTTP_SERVER: &str = r#"
-import http.server, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = f"{ip}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Pod-IP", ip)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-print(f"listening on {ip}:{port}", flush=True)
-Server((ip, port), Handler).serve_forever()
-"#;
-
-fn ok<T>(result: lb_lab::Result<T>, what: &str) -> T {
-    result.unwrap_or_else(|err| panic!("{what}: {err}"))
-}
-
 /// One node with a client pod and three backend pods, named with a prefix; everything it made
 /// (agent, servers, namespaces, pins, run directory) is removed on drop.
 struct OneNode {
@@ -116,20 +84,14 @@ impl OneNode {
         let run_dir = PathBuf::from(format!("/run/{prefix}lab"));
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(run_dir.join("manifests")).expect("create run dir");
-        ok(lb_lab::agent::ensure_bpffs(), "mount bpffs");
+        ok(lb_testkit::ensure_bpffs(), "mount bpffs");
         let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{prefix}lab"));
         let _ = std::fs::remove_dir_all(&bpf_root);
 
-        let node = ok(
-            Netns::create_named(&format!("{prefix}node"), "node"),
-            "node ns",
-        );
+        let node = ok(Netns::create(&format!("{prefix}node")), "node ns");
         // The node's external interface leads to a namespace that forwards nothing: whatever
         // the node routes out of it ends there.
-        let outside = ok(
-            Netns::create_named(&format!("{prefix}outside"), "outside"),
-            "outside ns",
-        );
+        let outside = ok(Netns::create(&format!("{prefix}outside")), "outside ns");
         ok(veth(&node, "eth0", &outside, "eth0"), "node eth0");
         ok(node.addr("eth0", "192.168.99.1/24"), "eth0 address");
         ok(outside.addr("eth0", "192.168.99.2/24"), "outside address");
@@ -139,7 +101,7 @@ impl OneNode {
             node.route(&["default", "via", "192.168.99.2", "dev", "eth0"]),
             "default route",
         );
-        ok(node.sysctl("net.ipv4.ip_forward", "1"), "ip_forward");
+        ok(pod::prepare_node(&node), "node forwarding");
         let mut topo = Self {
             prefix,
             bins: lb_tests::agent::binaries(),
@@ -153,30 +115,9 @@ impl OneNode {
         };
         let pods = std::iter::once(("client", CLIENT_IP)).chain(BACKENDS);
         for (name, ip) in pods {
-            let ns = ok(
-                Netns::create_named(&format!("{prefix}{name}"), name),
-                "pod ns",
-            );
+            let ns = ok(Netns::create(&format!("{prefix}{name}")), "pod ns");
             let host_dev = format!("lxc{name}");
-            ok(veth(&topo.node, &host_dev, &ns, "eth0"), "pod veth");
-            ok(
-                topo.node
-                    .sysctl(&format!("net.ipv4.conf.{host_dev}.proxy_arp"), "1"),
-                "proxy_arp",
-            );
-            ok(ns.addr("eth0", &format!("{ip}/32")), "pod address");
-            ok(
-                ns.route(&["169.254.1.1", "dev", "eth0", "scope", "link"]),
-                "gateway route",
-            );
-            ok(
-                ns.route(&["default", "via", "169.254.1.1", "dev", "eth0"]),
-                "pod default route",
-            );
-            ok(
-                topo.node.route(&[&format!("{ip}/32"), "dev", &host_dev]),
-                "pod route",
-            );
+            ok(pod::wire(&topo.node, &host_dev, &ns, ip), "pod wiring");
             topo.pods.insert(name, ns);
         }
         topo.start_servers();
@@ -185,30 +126,16 @@ impl OneNode {
     }
 
     fn start_servers(&mut self) {
-        let script = self.run_dir.join("http-server.py");
-        std::fs::write(&script, HTTP_SERVER).expect("write server script");
         for (name, ip) in BACKENDS {
-            let log = self.run_dir.join(format!("{name}.log"));
-            let server = ok(
-                self.pods[name].spawn(
-                    "python3",
-                    &[
-                        &script.to_string_lossy(),
-                        &ip.to_string(),
-                        &PORT.to_string(),
-                    ],
-                    &log,
-                ),
-                "start HTTP server",
-            );
-            self.servers.push(server);
+            let server = servers::http(&self.pods[name], ip, PORT, &self.run_dir);
+            self.servers.push(ok(server, "start HTTP server"));
         }
         // Ready when the client reaches each server at its pod address (routing included).
         for (name, ip) in BACKENDS {
-            let client = self.pods["client"].path();
+            let client = &self.pods["client"];
             ok(
                 wait_until(&format!("the HTTP server of {name}"), DEADLINE, || {
-                    in_netns(&client, move || get_once(ip))
+                    in_netns(client, move || get_once(ip))
                         .map(|pod| (pod == ip).then_some(()))
                         .map_err(|err| err.to_string())
                 }),
@@ -365,25 +292,10 @@ impl Drop for OneNode {
     }
 }
 
-/// Runs `f` on a thread inside the network namespace at `ns_path`; sockets it creates belong
-/// to that namespace wherever they are used later.
-fn in_netns<T: Send + 'static>(ns_path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in_netns(ns_path, f)
-        .join()
-        .expect("namespace thread panicked")
-}
-
-fn spawn_in_netns<T: Send + 'static>(
-    ns_path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let ns = File::open(ns_path).expect("open netns");
-    std::thread::spawn(move || {
-        // SAFETY: setns(2) on a valid namespace fd; it changes only this thread's namespace.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
+/// Runs `f` on a thread inside `ns`; sockets it creates belong to that namespace wherever they
+/// are used later.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    ok(ns.within(f), &format!("enter {}", ns.name()))
 }
 
 /// One HTTP/1.1 exchange on `conn`: the pod that answered.
@@ -459,64 +371,70 @@ struct Client {
 }
 
 impl Client {
-    fn start(client_ns: &Path) -> Self {
+    fn start(client_ns: &Netns) -> Self {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let mut threads = Vec::new();
         let (s, st) = (seen.clone(), stop.clone());
-        threads.push(spawn_in_netns(client_ns, move || {
-            while !st.load(Ordering::Relaxed) {
-                let at = started.elapsed();
-                let result = get_once(VIP);
-                let mut seen = s.lock().expect("seen");
-                match result {
-                    Ok(pod) => {
-                        seen.new_ok += 1;
-                        *seen.by_pod.entry(pod).or_default() += 1;
-                    }
-                    Err(err) => seen.new_failed.push(format!("at {at:?}: {err}")),
-                }
-                drop(seen);
-                // Pacing of a steady rate, not a wait for a condition.
-                std::thread::sleep(NEW_CONNECTION_EVERY);
-            }
-        }));
-        let (s, st) = (seen.clone(), stop.clone());
-        threads.push(spawn_in_netns(client_ns, move || {
-            let mut kept: Vec<(BufReader<TcpStream>, Ipv4Addr)> = (0..KEPT_CONNECTIONS)
-                .map(|_| {
-                    let mut conn = connect(VIP).expect("open a kept connection");
-                    let pod = exchange(&mut conn, false).expect("first exchange");
-                    (conn, pod)
-                })
-                .collect();
-            while !st.load(Ordering::Relaxed) && !kept.is_empty() {
-                let at = started.elapsed();
-                kept.retain_mut(|(conn, pod)| {
-                    let result = exchange(conn, false);
+        threads.push(ok(
+            client_ns.spawn_thread(move || {
+                while !st.load(Ordering::Relaxed) {
+                    let at = started.elapsed();
+                    let result = get_once(VIP);
                     let mut seen = s.lock().expect("seen");
                     match result {
-                        Ok(answered) if answered == *pod => {
-                            seen.kept_ok += 1;
-                            true
+                        Ok(pod) => {
+                            seen.new_ok += 1;
+                            *seen.by_pod.entry(pod).or_default() += 1;
                         }
-                        Ok(answered) => {
-                            seen.kept_broken.push(format!(
-                                "at {at:?}: connection to {pod} answered by {answered}"
-                            ));
-                            false
-                        }
-                        Err(err) => {
-                            seen.kept_broken
-                                .push(format!("at {at:?}: connection to {pod}: {err}"));
-                            false
-                        }
+                        Err(err) => seen.new_failed.push(format!("at {at:?}: {err}")),
                     }
-                });
-                std::thread::sleep(KEPT_EXCHANGE_EVERY);
-            }
-        }));
+                    drop(seen);
+                    // Pacing of a steady rate, not a wait for a condition.
+                    std::thread::sleep(NEW_CONNECTION_EVERY);
+                }
+            }),
+            "start the new-connection thread",
+        ));
+        let (s, st) = (seen.clone(), stop.clone());
+        threads.push(ok(
+            client_ns.spawn_thread(move || {
+                let mut kept: Vec<(BufReader<TcpStream>, Ipv4Addr)> = (0..KEPT_CONNECTIONS)
+                    .map(|_| {
+                        let mut conn = connect(VIP).expect("open a kept connection");
+                        let pod = exchange(&mut conn, false).expect("first exchange");
+                        (conn, pod)
+                    })
+                    .collect();
+                while !st.load(Ordering::Relaxed) && !kept.is_empty() {
+                    let at = started.elapsed();
+                    kept.retain_mut(|(conn, pod)| {
+                        let result = exchange(conn, false);
+                        let mut seen = s.lock().expect("seen");
+                        match result {
+                            Ok(answered) if answered == *pod => {
+                                seen.kept_ok += 1;
+                                true
+                            }
+                            Ok(answered) => {
+                                seen.kept_broken.push(format!(
+                                    "at {at:?}: connection to {pod} answered by {answered}"
+                                ));
+                                false
+                            }
+                            Err(err) => {
+                                seen.kept_broken
+                                    .push(format!("at {at:?}: connection to {pod}: {err}"));
+                                false
+                            }
+                        }
+                    });
+                    std::thread::sleep(KEPT_EXCHANGE_EVERY);
+                }
+            }),
+            "start the kept-connection thread",
+        ));
         Self {
             seen,
             stop,
@@ -588,7 +506,7 @@ fn ten_agent_restarts_break_no_connection_and_keep_ids() {
         .unwrap_or_else(|| panic!("{frontend} programmed: {ids:?}\n{}", node.log_tail()));
     assert_eq!(backends.len(), 2, "two backends: {ids:?}");
 
-    let client = Client::start(&node.pods["client"].path());
+    let client = Client::start(&node.pods["client"]);
     client.wait_progress(
         "traffic through the ClusterIP",
         20,
@@ -686,7 +604,7 @@ const NODE_INTERFACES: [&str; 5] = ["eth0", "lxcclient", "lxcbe1", "lxcbe2", "lx
 /// Every TCX program on the node's interfaces, as `iface ingress|egress name#id`, sorted.
 fn tcx_programs(node: &OneNode) -> Vec<String> {
     use aya::programs::{SchedClassifier, TcAttachType};
-    in_netns(&node.node.path(), || {
+    in_netns(&node.node, || {
         let mut out = Vec::new();
         for iface in NODE_INTERFACES {
             for (direction, kind) in [
@@ -736,8 +654,8 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
         old_version.display(),
         node.log_tail()
     );
-    let client = node.pods["client"].path();
-    let answered = in_netns(&client, || get_once(VIP)).expect("ClusterIP answers with lb");
+    let answered =
+        in_netns(&node.pods["client"], || get_once(VIP)).expect("ClusterIP answers with lb");
     assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
     let attached = tcx_programs(&node);
     let ours: Vec<&String> = attached
@@ -808,11 +726,11 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
     for (_, ip) in &BACKENDS[..2] {
         let ip = *ip;
         assert_eq!(
-            in_netns(&client, move || get_once(ip)).expect("pod address answers"),
+            in_netns(&node.pods["client"], move || get_once(ip)).expect("pod address answers"),
             ip
         );
     }
-    let untranslated = in_netns(&client, || get_once(VIP));
+    let untranslated = in_netns(&node.pods["client"], || get_once(VIP));
     assert!(
         untranslated.is_err(),
         "the ClusterIP no longer answers once lb is uninstalled: {untranslated:?}"

@@ -19,7 +19,7 @@ struct BpfRoot(PathBuf);
 
 impl BpfRoot {
     fn new(test: &str) -> Self {
-        lb_tests::fixture::ensure_bpffs();
+        lb_testkit::ensure_bpffs().expect("mount bpffs");
         Self(PathBuf::from(format!(
             "/sys/fs/bpf/lb-sync-{test}-{}",
             std::process::id()

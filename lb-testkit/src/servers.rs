@@ -1,6 +1,8 @@
-//! The servers a backend pod runs, as processes inside its namespace: the lab's HTTP server
+//! The servers a backend pod runs, as processes inside its namespace: the HTTP server
 //! (answers name the pod and the client it saw) and an echo server on TCP and UDP (every answer
 //! starts with the pod's address and the client's). Each start waits until the server listens.
+//! The lab's nginx pods, the namespace tests' backends and the restart tests' backends all run
+//! these two.
 //!
 //! Scripts are written into a directory the caller owns (a test's temporary directory, the
 //! lab's run directory), so that concurrent users never share one.
@@ -8,9 +10,52 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::Result;
 use crate::netns::{Netns, Process};
-use crate::topology::{HTTP_SERVER, write_file};
+use crate::{Result, write_file};
+
+const HTTP_SERVER: &str = r#"
+import http.server, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "lb-lab-nginx"
+
+    def version_string(self):
+        return self.server_version
+
+    def answer(self, with_body):
+        client, client_port = self.client_address[0], self.client_address[1]
+        keep = self.headers.get("Connection", "").lower() == "keep-alive"
+        body = f"pod {ip} answered client {client}:{client_port}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Pod-IP", ip)
+        self.send_header("X-Client-IP", client)
+        if not keep:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+        print(f"{self.command} {self.path} client={client}:{client_port}", flush=True)
+
+    def do_GET(self):
+        self.answer(True)
+
+    def do_HEAD(self):
+        self.answer(False)
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+print(f"listening on {ip}:{port}", flush=True)
+Server((ip, port), Handler).serve_forever()
+"#;
 
 /// How long a server gets to start listening (python3 starts in well under a second; the
 /// margin is for a machine busy compiling).
@@ -48,8 +93,9 @@ while True:
     threading.Thread(target=session, args=(conn, peer), daemon=True).start()
 "#;
 
-/// Starts the lab's HTTP server on `ip:port` in `ns` (script and log in `dir`) and waits until
-/// it listens. Its answers carry `X-Pod-IP` and `X-Client-IP` (see [`crate::probe::HttpReply`]).
+/// Starts the HTTP server on `ip:port` in `ns` (script and log in `dir`) and waits until it
+/// listens. Its answers carry `X-Pod-IP` and `X-Client-IP` (`lb_lab::probe::HttpReply` reads
+/// them).
 pub fn http(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> {
     let script = dir.join("http-server.py");
     write_file(&script, HTTP_SERVER)?;
@@ -65,8 +111,8 @@ pub fn http(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> 
 }
 
 /// Starts the echo server on `ip:port` (TCP and UDP) in `ns` (script and log in `dir`) and
-/// waits until both sockets are bound. [`crate::probe::udp_echo`] and
-/// [`crate::probe::EchoSession`] are its clients.
+/// waits until both sockets are bound. `lb_lab::probe::udp_echo` and `lb_lab::probe::EchoSession`
+/// are its clients.
 pub fn echo(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> {
     let script = dir.join("echo-server.py");
     write_file(&script, ECHO_SERVER)?;
