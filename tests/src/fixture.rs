@@ -236,13 +236,13 @@ impl Datapath {
         });
     }
 
-    /// The id sync gave backend `"a.b.c.d:port"`, if it is programmed.
+    /// The id sync gave backend `"a.b.c.d:port"`, as the raw number conntrack entries record.
     pub fn backend_id(&self, backend: &str) -> Option<u32> {
         let socket = addr(backend);
         let content = lock(&self.maps).read().expect("read the maps");
         content.backends.iter().find_map(|(id, value)| {
             let (ip, port) = lb_agent::datapath::maps::backend_addr_of(value);
-            (ip == *socket.ip() && port == socket.port()).then_some(*id)
+            (ip == *socket.ip() && port == socket.port()).then_some(id.0)
         })
     }
 
