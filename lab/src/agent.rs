@@ -18,7 +18,7 @@ use lb_api::Client;
 use lb_api::proto::StatusReply;
 
 use crate::netns::{BPF_PIN_PREFIX, Netns, Outcome, Process, cmdline, exec_host};
-use crate::topology::{NODE_DEV, NodeSpec};
+use crate::story::{NODE_DEV, NodeSpec};
 use crate::{Error, Result};
 use lb_testkit::{create_dir, ensure_bpffs, write_file};
 

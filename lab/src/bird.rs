@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::Result;
 use crate::netns::{Netns, Process, run_host};
-use crate::topology::{CLUSTER_ASN, CLUSTER_POD_CIDR, NodeSpec, ROUTER_ASN, ROUTER_IP};
+use crate::story::{CLUSTER_ASN, CLUSTER_POD_CIDR, NodeSpec, ROUTER_ASN, ROUTER_IP};
 
 /// Local preference the router gives routes from k8smaster0 (the default is 100).
 pub const MASTER_LOCAL_PREF: u32 = 110;
@@ -214,7 +214,7 @@ impl Bird {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{CLUSTER_IPS, MASTER, NODES, SLAVE};
+    use crate::story::{CLUSTER_IPS, MASTER, NODES, SLAVE};
 
     fn parses(config: &str) {
         let path = std::env::temp_dir().join(format!(

@@ -5,8 +5,8 @@
 //!
 //! - [`netns`]: the lab's namespace names and [`down`], which removes what a crashed run left
 //!   behind (namespaces, processes, veths, pods, bpffs and servers are `lb_testkit`'s);
-//! - [`topology`]: the story's names and addresses (router, k8smaster0, k8sslave0, pods) and
-//!   [`Lab`], which builds them;
+//! - [`story`]: the story's names and addresses (router, k8smaster0, k8sslave0, pods, ASes);
+//! - [`topology`]: [`Lab`], which builds them;
 //! - [`bird`]: BIRD 1.6 on the router (AS 65000) and on each node (AS 65001) in kube-router's place;
 //! - [`agent`]: one `lb-agent` per node and `lbctl` against it;
 //! - [`probe`]: curl and ping inside a namespace, and what their output says; the echo
@@ -26,6 +26,7 @@ pub mod bird;
 pub mod manifests;
 pub mod netns;
 pub mod probe;
+pub mod story;
 pub mod topology;
 
 pub use agent::{Agent, AgentOptions, Binaries, Monitor};

@@ -43,7 +43,7 @@ mod tests {
     use serde::Deserialize as _;
 
     use super::*;
-    use crate::topology::{CLUSTER_IPS, NGINX_1, NGINX_2, NGINX_VIP, SLAVE};
+    use crate::story::{CLUSTER_IPS, NGINX_1, NGINX_2, NGINX_VIP, SLAVE};
 
     /// Every document of every manifest, typed.
     fn load() -> (Vec<Service>, Vec<EndpointSlice>) {

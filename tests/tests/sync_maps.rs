@@ -2,17 +2,16 @@
 //! (batch writes), loaded exactly as lb-agent loads them. What the maps hold is compared whole,
 //! as `datapath::dump::render` prints it; a full map is a clear error that loses nothing.
 use std::{
-    net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
 use lb_agent::{
     datapath::{self, BackendId, Datapath, LbMaps as _, LoadOptions, dump},
-    model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol},
     sync::{Syncer, plan},
 };
 use lb_common::config::DatapathConfig;
+use lb_tests::fixture::{ServiceExt as _, service};
 
 /// A bpf root removed (maps unpinned) on drop.
 struct BpfRoot(PathBuf);
@@ -44,35 +43,9 @@ fn load(root: &BpfRoot, lb_map_max: u32) -> Arc<Mutex<datapath::maps::AyaMaps>> 
     Arc::new(Mutex::new(maps))
 }
 
-fn service(vip: [u8; 4], port: u16, backends: &[([u8; 4], u16, BackendState)]) -> DesiredService {
-    DesiredService {
-        namespace: "default".into(),
-        name: format!("svc-{}", vip[3]),
-        port_name: String::new(),
-        frontend: Frontend {
-            vip: Ipv4Addr::from(vip),
-            port,
-            protocol: Protocol::Tcp,
-        },
-        backends: backends
-            .iter()
-            .map(|(addr, port, state)| DesiredBackend {
-                addr: Ipv4Addr::from(*addr),
-                port: *port,
-                state: *state,
-                remote: false,
-            })
-            .collect(),
-        has_any_endpoints: !backends.is_empty(),
-        affinity_timeout_secs: None,
-    }
-}
-
 fn rendered(maps: &Mutex<datapath::maps::AyaMaps>) -> String {
     dump::render(&maps.lock().expect("maps lock").read().expect("read maps"))
 }
-
-use BackendState::{Active, Terminating};
 
 #[test]
 fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
@@ -82,12 +55,8 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
 
     syncer
         .sync(&[service(
-            [10, 96, 0, 10],
-            80,
-            &[
-                ([10, 244, 1, 5], 8080, Active),
-                ([10, 244, 1, 6], 8080, Active),
-            ],
+            "10.96.0.10:80/TCP",
+            &["10.244.1.5:8080", "10.244.1.6:8080"],
         )])
         .expect("first sync");
     assert_eq!(
@@ -103,15 +72,10 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
 
     // .5 terminates, .7 arrives: the active ones take the first slots, .5 drains in qcount.
     syncer
-        .sync(&[service(
-            [10, 96, 0, 10],
-            80,
-            &[
-                ([10, 244, 1, 6], 8080, Active),
-                ([10, 244, 1, 7], 8080, Active),
-                ([10, 244, 1, 5], 8080, Terminating),
-            ],
-        )])
+        .sync(&[
+            service("10.96.0.10:80/TCP", &["10.244.1.6:8080", "10.244.1.7:8080"])
+                .terminating(&["10.244.1.5:8080"]),
+        ])
         .expect("second sync");
     assert_eq!(
         rendered(&maps),
@@ -148,20 +112,13 @@ fn a_full_map_is_a_clear_error_and_the_last_good_state_stays_programmed() {
     // Room for one frontend with two backends (master, wildcard, 2 slots), not for a second.
     let maps = load(&root, 4);
     let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
-    let first = service(
-        [10, 96, 0, 10],
-        80,
-        &[
-            ([10, 244, 1, 5], 8080, Active),
-            ([10, 244, 1, 6], 8080, Active),
-        ],
-    );
+    let first = service("10.96.0.10:80/TCP", &["10.244.1.5:8080", "10.244.1.6:8080"]);
     syncer
         .sync(std::slice::from_ref(&first))
         .expect("first sync fits");
     let good = rendered(&maps);
 
-    let second = service([10, 96, 0, 11], 80, &[([10, 244, 2, 5], 8080, Active)]);
+    let second = service("10.96.0.11:80/TCP", &["10.244.2.5:8080"]);
     let err = syncer
         .sync(&[first.clone(), second])
         .expect_err("the services map is full");
