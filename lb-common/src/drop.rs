@@ -8,6 +8,8 @@
 pub enum DropReason {
     /// Malformed or truncated headers.
     Invalid = 134,
+    /// A packet too big for the egress device's MTU that cannot be segmented (no GSO packet).
+    FragNeeded = 136,
     /// A helper failed to rewrite the packet.
     WriteError = 141,
     /// Conntrack insertion failed (map full and eviction impossible).
@@ -26,8 +28,9 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         Self::Invalid,
+        Self::FragNeeded,
         Self::WriteError,
         Self::CtCreateFailed,
         Self::FragNoSupport,
@@ -41,6 +44,7 @@ impl DropReason {
     pub const fn message(self) -> &'static str {
         match self {
             Self::Invalid => "Invalid packet",
+            Self::FragNeeded => "Fragmentation needed",
             Self::WriteError => "Error writing to packet",
             Self::CtCreateFailed => "CT: Map insertion failed",
             Self::FragNoSupport => "IP fragmentation not supported",
@@ -55,6 +59,7 @@ impl DropReason {
     pub const fn from_u8(code: u8) -> Option<Self> {
         match code {
             134 => Some(Self::Invalid),
+            136 => Some(Self::FragNeeded),
             141 => Some(Self::WriteError),
             155 => Some(Self::CtCreateFailed),
             157 => Some(Self::FragNoSupport),

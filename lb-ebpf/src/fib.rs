@@ -3,7 +3,14 @@
 //! Used for packets the node's own stack must not see: an SNATed request carries the node's
 //! own address as its source, which the stack would drop as a martian, and a reverse-SNATed
 //! reply carries the VIP as its source, which reverse-path filtering may drop. Touches no map;
-//! returns a redirect verdict or drops with 169 when the FIB has no usable route.
+//! returns a redirect verdict, or drops with 169 when the FIB has no usable route and with 136
+//! when the packet is too big for the egress device and cannot be segmented.
+//!
+//! The lookup leaves `tot_len` 0, so that the kernel checks the packet itself against the
+//! egress device's MTU (`is_skb_forwardable`), which lets GSO packets through: a TSO or GRO
+//! super-packet of up to 64 KiB is segmented on its way out. A `tot_len` set from the skb's
+//! length would be compared with the route's MTU instead (5.12 and later), and refuse every
+//! super-packet: bulk transfers would stall.
 
 use core::{
     ffi::c_void,
@@ -12,8 +19,8 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
-        bpf_redir_neigh__bindgen_ty_1,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -22,7 +29,7 @@ use lb_common::drop::{DropReason, SourceFile};
 
 use crate::{
     drop::{Dropped, Verdict, dropped},
-    parse::{ETH_LEN, Tuple4, ptr_at},
+    parse::{Tuple4, ptr_at},
 };
 
 const FILE: SourceFile = SourceFile::Fib;
@@ -49,7 +56,6 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
     params.l4_protocol = to.proto;
     params.sport = to.sport;
     params.dport = to.dport;
-    params.__bindgen_anon_1.tot_len = (ctx.len() as usize).saturating_sub(ETH_LEN) as u16;
     // SAFETY: the context pointer is valid for the whole run.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_3.ipv4_src = to.saddr;
@@ -83,6 +89,13 @@ pub fn redirect(ctx: &TcContext, to: &Tuple4) -> Result<Verdict, Dropped> {
             )
         };
         return Ok(Verdict::Redirect(code as i32));
+    }
+    if ret == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        // Only a packet larger than the egress device's MTU that is no GSO packet: GSO packets
+        // pass the kernel's check and are segmented on the way out.
+        // TODO(#10): answer the sender with ICMP "fragmentation needed" carrying the MTU the
+        // lookup returned (`mtu_result`), so that path-MTU discovery works through this path.
+        return Err(dropped!(DropReason::FragNeeded));
     }
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(dropped!(DropReason::NoFib));

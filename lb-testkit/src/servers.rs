@@ -14,7 +14,7 @@ use crate::netns::{Netns, Process};
 use crate::{Result, write_file};
 
 const HTTP_SERVER: &str = r#"
-import http.server, sys
+import http.server, socketserver, sys
 ip, port = sys.argv[1], int(sys.argv[2])
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,6 +52,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+
+    # HTTPServer's own server_bind asks DNS for the address's name (socket.getfqdn), which in
+    # a namespace that reaches no resolver waits out the resolver's timeouts: seconds per
+    # server. The name is never used.
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = ip, port
 
 print(f"listening on {ip}:{port}", flush=True)
 Server((ip, port), Handler).serve_forever()

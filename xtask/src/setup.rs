@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "iperf3",
     "bpftool",
+    "ethtool",
     "python3",
     "iputils-ping",
     "iputils-ping",
