@@ -170,10 +170,7 @@ fn a_flow_whose_backend_id_now_names_another_address_moves() {
     let id = datapath.backend_id(DNS_A).expect("A is programmed");
     datapath.behind_sync(|maps| {
         let mut content = maps.read().expect("read the maps");
-        let backend = content
-            .backends
-            .get_mut(&BackendId(id))
-            .expect("A's entry");
+        let backend = content.backends.get_mut(&BackendId(id)).expect("A's entry");
         backend.addr = ip_be(ip("10.244.3.9"));
         maps.upsert_backend(BackendId(id), backend)
             .expect("write the backend");
