@@ -59,8 +59,9 @@ pub struct CtService {
     pub snat_port: u16,
     /// Zero.
     pub _pad: u16,
-    /// The backend's address (network byte order), so that a drained flow keeps its
-    /// destination even after its backend left `LB4_BACKENDS`.
+    /// The backend's address (network byte order): the destination the flow is rewritten to,
+    /// and the proof that `LB4_BACKENDS[backend_id]` is still this flow's backend (ids are
+    /// reused).
     pub backend_addr: u32,
     /// The backend's port (network byte order).
     pub backend_port: u16,

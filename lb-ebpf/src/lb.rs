@@ -80,10 +80,19 @@ pub fn lookup_backend(id: u32) -> Option<Backend4> {
     unsafe { LB4_BACKENDS.get(id) }.copied()
 }
 
-/// Whether backend `id` may still receive new flows.
+/// The backend an established flow recorded (`id`, and the address and port it was
+/// translated to), if it is still there: present in `LB4_BACKENDS` under that id with that
+/// address. A removed backend's id may be given to another address later, so the id alone
+/// does not prove the flow's backend is still there.
 #[inline(always)]
-pub fn is_active(id: u32) -> bool {
-    lookup_backend(id).is_some_and(|b| b.state == BACKEND_STATE_ACTIVE)
+pub fn lookup_flow_backend(id: u32, addr: u32, port: u16) -> Option<Backend4> {
+    lookup_backend(id).filter(|b| b.addr == addr && b.port == port)
+}
+
+/// Whether `backend` may still receive new flows.
+#[inline(always)]
+pub fn is_active(backend: &Backend4) -> bool {
+    backend.state == BACKEND_STATE_ACTIVE
 }
 
 /// Picks a backend uniformly at random among the active slots `1..=count`; terminating

@@ -104,17 +104,25 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     if let Some(reply) = conntrack::lookup_reply(tuple) {
         return reverse(ctx, tuple, &reply);
     }
-    if let Some(flow) = conntrack::lookup_service(tuple) {
-        // Established flows keep their backend, even a terminating or deleted one (drain);
-        // only a new SYN to a backend that can no longer take flows chooses again below.
-        if !tuple.is_syn() || lb::is_active(flow.backend_id) {
-            return forward(ctx, tuple, &flow);
-        }
-    }
+    // The frontend first: a flow whose service was deleted is no longer translated (its
+    // conntrack entry is ignored until the GC removes it), and traffic to no VIP needs no
+    // conntrack lookup.
     let Some(frontend) = lb::lookup_frontend(tuple) else {
         lb::check_unknown_port(tuple)?;
         return Ok(Verdict::Pass);
     };
+    if let Some(flow) = conntrack::lookup_service(tuple) {
+        // An established flow keeps its backend while that is still there, terminating
+        // included (drain); only a new SYN to a terminating backend chooses again. A flow
+        // whose backend is gone chooses again below among the active ones, and its new
+        // conntrack entries replace the stale service entry (TCP then gets a RST from the new
+        // backend, UDP just moves).
+        let backend =
+            lb::lookup_flow_backend(flow.backend_id, flow.backend_addr, flow.backend_port);
+        if backend.is_some_and(|b| !tuple.is_syn() || lb::is_active(&b)) {
+            return forward(ctx, tuple, &flow);
+        }
+    }
     let config = maps::config();
     if hook == Hook::FromNetdev {
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry

@@ -1,7 +1,9 @@
-//! Conntrack (`conntrack.rs`): established flows keep their backend, a SYN re-selects when its
-//! backend can no longer take flows, other packets drain to a terminating or deleted backend,
-//! and replies are reverse-NATed back to VIP:port.
+//! Conntrack (`conntrack.rs`): established flows keep their backend while it is there, a
+//! terminating one included (drain); a SYN re-selects when its backend can no longer take
+//! flows, any packet re-selects when its backend is gone, a flow whose service was deleted is
+//! no longer translated, and replies are reverse-NATed back to VIP:port.
 
+use lb_agent::datapath::{BackendId, LbMaps as _};
 use lb_common::{
     conntrack::{CT_F_CLOSING, CT_REPLY, CT_SERVICE},
     drop::Hook,
@@ -15,12 +17,25 @@ const FRONTEND: &str = "10.96.0.10:80/TCP";
 const POD: &str = "10.244.0.7:40000";
 const A: &str = "10.244.1.5:8080";
 const B: &str = "10.244.2.6:8080";
+const DNS: &str = "10.96.0.10:53/UDP";
+const DNS_VIP: &str = "10.96.0.10:53";
+const DNS_A: &str = "10.244.1.5:53";
+const DNS_B: &str = "10.244.2.6:53";
 
 /// Sends `frame` through from-pod and returns the destination it left with.
 fn destination(datapath: &Datapath, frame: &[u8]) -> String {
     let run = datapath.run(Hook::FromPod, frame);
     assert_eq!(run.verdict, TC_ACT_UNSPEC);
     read_checked(&run.frame).dst.to_string()
+}
+
+/// The backend id the flow's service entry records.
+fn service_entry_backend(datapath: &Datapath) -> Option<u32> {
+    datapath
+        .conntrack()
+        .into_iter()
+        .find(|(key, _)| key.kind == CT_SERVICE)
+        .map(|(_, entry)| entry.service().backend_id)
 }
 
 #[test]
@@ -105,13 +120,76 @@ fn non_syn_packets_keep_draining_to_a_terminating_backend() {
 }
 
 #[test]
-fn non_syn_packets_keep_draining_to_a_deleted_backend() {
+fn a_udp_flow_keeps_draining_to_a_terminating_backend() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[service(DNS, &[DNS_A])]);
+    assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), DNS_A);
+    datapath.sync(&[service(DNS, &[DNS_B]).terminating(&[DNS_A])]);
+    assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), DNS_A);
+}
+
+#[test]
+fn a_tcp_flow_whose_backend_was_removed_moves_to_a_remaining_one() {
     let mut datapath = Datapath::load();
     datapath.sync(&[service(FRONTEND, &[A])]);
     assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
     datapath.sync(&[service(FRONTEND, &[B])]);
     assert_eq!(datapath.backend_id(A), None, "A is deleted");
-    assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), A);
+    // B's stack answers this ACK of a connection it never saw with a RST: the client learns
+    // at once instead of retransmitting into a backend that is gone.
+    assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), B);
+    assert_eq!(service_entry_backend(&datapath), datapath.backend_id(B));
+    let rst = |src| Frame::tcp(src, POD, tcp_flags::RST).bytes();
+    let run = datapath.run(Hook::FromPod, &rst(B));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert_eq!(run.frame, rst(VIP), "B's reply is reverse-NATed");
+}
+
+#[test]
+fn a_udp_flow_whose_backend_was_removed_moves_to_a_remaining_one() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[service(DNS, &[DNS_A])]);
+    assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), DNS_A);
+    datapath.sync(&[service(DNS, &[DNS_B])]);
+    for _ in 0..4 {
+        assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), DNS_B);
+    }
+    assert_eq!(service_entry_backend(&datapath), datapath.backend_id(DNS_B));
+    let run = datapath.run(Hook::FromPod, &udp(DNS_B, POD));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert_eq!(run.frame, udp(DNS_VIP, POD), "B's reply is reverse-NATed");
+}
+
+#[test]
+fn a_flow_whose_backend_id_now_names_another_address_moves() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[service(DNS, &[DNS_A])]);
+    assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), DNS_A);
+    // A's id given to another address, as a reused id would be (sync itself always removes
+    // the old flow's backend first, so this is written behind its back).
+    let id = datapath.backend_id(DNS_A).expect("A is programmed");
+    datapath.behind_sync(|maps| {
+        let mut content = maps.read().expect("read the maps");
+        let backend = content.backends.get_mut(&BackendId(id)).expect("A's entry");
+        backend.addr = ip_be(ip("10.244.3.9"));
+        maps.upsert_backend(BackendId(id), backend)
+            .expect("write the backend");
+    });
+    assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), "10.244.3.9:53");
+}
+
+#[test]
+fn a_flow_whose_service_was_deleted_is_no_longer_translated() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[service(FRONTEND, &[A]), service(DNS, &[DNS_A])]);
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
+    assert_eq!(destination(&datapath, &udp(POD, DNS_VIP)), DNS_A);
+    datapath.sync(&[]);
+    for frame in [tcp_ack(POD, VIP), udp(POD, DNS_VIP)] {
+        let run = datapath.run(Hook::FromPod, &frame);
+        assert_eq!(run.verdict, TC_ACT_UNSPEC);
+        assert_eq!(run.frame, frame, "passed on untranslated");
+    }
 }
 
 #[test]
@@ -162,7 +240,7 @@ fn a_fin_marks_the_flow_closing() {
     let mut datapath = Datapath::load();
     datapath.sync(&[service(FRONTEND, &[A])]);
     destination(&datapath, &tcp_syn(POD, VIP));
-    let fin = lb_testkit::packet::Frame::tcp(POD, VIP, tcp_flags::FIN | tcp_flags::ACK).bytes();
+    let fin = Frame::tcp(POD, VIP, tcp_flags::FIN | tcp_flags::ACK).bytes();
     assert_eq!(destination(&datapath, &fin), A);
     let closing = datapath
         .conntrack()

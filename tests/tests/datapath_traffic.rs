@@ -7,7 +7,7 @@
 //!
 //! Needs root, `python3`, `curl` and `ss`.
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use lb_agent::model::DesiredService;
@@ -376,4 +376,96 @@ fn frontend_without_backends_drops_with_158() {
         assert_eq!(event.proto, proto::TCP, "{event:?}");
         assert_eq!(event.tcp_flags, tcp_flags::SYN, "{event:?}");
     }
+}
+
+/// A UDP client on one connected socket, as a resolver holds one: every datagram is the same
+/// flow, and only answers from VIP:53 reach it.
+struct UdpClient {
+    socket: UdpSocket,
+    sent: u32,
+}
+
+impl UdpClient {
+    fn open(ns: &Netns) -> Self {
+        let socket = ns
+            .within(|| -> std::io::Result<UdpSocket> {
+                let socket = UdpSocket::bind(any_port(CLIENT_IP))?;
+                socket.connect(vip(53))?;
+                socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+                Ok(socket)
+            })
+            .unwrap_or_else(|err| panic!("enter the client's namespace: {err}"))
+            .unwrap_or_else(|err| panic!("open a UDP socket to {}: {err}", vip(53)));
+        Self { socket, sent: 0 }
+    }
+
+    /// Sends one datagram and returns the backend that echoed it, or why none did.
+    fn ask(&mut self) -> Result<Ipv4Addr, String> {
+        self.sent += 1;
+        let payload = format!("query {}", self.sent);
+        self.socket
+            .send(payload.as_bytes())
+            .map_err(|err| format!("send: {err}"))?;
+        let mut buf = [0u8; 2048];
+        // An answer to an earlier datagram may still arrive: only this one's counts.
+        loop {
+            let n = self
+                .socket
+                .recv(&mut buf)
+                .map_err(|err| format!("no answer: {err}"))?;
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let reply = EchoReply::parse(&text).ok_or_else(|| format!("not an echo: {text:?}"))?;
+            if reply.payload == payload {
+                return Ok(reply.pod_ip);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_udp_flow_moves_when_its_backend_is_removed_and_stops_when_its_service_is_deleted() {
+    let mut node = Node::up("udp_flow_moves");
+    node.datapath.sync(&[to_backends(UDP_FRONTEND, 7007)]);
+    let mut client = UdpClient::open(&node.topology.client.ns);
+
+    let first = client.ask().unwrap_or_else(|why| panic!("{why}"));
+    for _ in 0..5 {
+        assert_eq!(client.ask(), Ok(first), "the flow keeps its backend");
+    }
+
+    // Remove the flow's backend, as the EndpointSlice losing it makes the agent do.
+    let other = *BACKEND_IPS
+        .iter()
+        .find(|ip| **ip != first)
+        .expect("two backends");
+    node.datapath
+        .sync(&[service(UDP_FRONTEND, &[&format!("{other}:7007")])]);
+    let moved = wait_until(
+        "answers from the remaining backend",
+        Duration::from_secs(1),
+        || match client.ask() {
+            Ok(ip) if ip == other => Ok(Some(ip)),
+            seen => Err(format!("{seen:?}")),
+        },
+    );
+    assert_eq!(
+        moved.ok(),
+        Some(other),
+        "the same socket is answered by {other}"
+    );
+    for _ in 0..5 {
+        assert_eq!(client.ask(), Ok(other), "the flow stays on its new backend");
+    }
+
+    // Delete the Service: 10.96.0.10 is no VIP any more, so the datagram is not translated,
+    // reaches no backend and nothing answers; lb passes it on (no drop).
+    node.datapath.sync(&[]);
+    for _ in 0..3 {
+        let answer = client.ask();
+        assert!(
+            answer.is_err(),
+            "no answer once the Service is gone: {answer:?}"
+        );
+    }
+    assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
 }
