@@ -10,12 +10,14 @@
 //!
 //! `config/` defines every option once; `api/` serves `lbctl` (its own crate, on `lb-api`)
 //! over a unix socket; `monitor/` fans drop events out to its clients;
-//! `uninstall` removes what lb installed on a node (`lb-agent --uninstall`).
+//! `lock` keeps one agent per bpf root; `uninstall` removes what lb installed on a node
+//! (`lb-agent --uninstall`).
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod datapath;
 pub mod k8s;
+pub mod lock;
 pub mod model;
 pub mod monitor;
 pub mod sync;

@@ -5,7 +5,9 @@
 //! the TCX links that hold the programs on the interfaces. lb creates no qdisc (TCX needs none),
 //! no route and no file outside that directory but its socket. So uninstalling is:
 //!
-//! 1. refuse while an agent still answers on `--socket` (it would re-create what we remove);
+//! 1. take the bpf root's lock (`crate::lock`), refusing while an agent holds it (it would
+//!    re-create what we remove), and refuse while an agent still answers on `--socket` (an
+//!    agent older than the lock);
 //! 2. in every version directory, detach each pinned link (`BPF_LINK_DETACH`, so that the
 //!    program leaves the interface even if some process still holds the link open) and unpin it;
 //!    the programs, referenced only by their links, are freed by the kernel with them;
@@ -28,6 +30,9 @@ use std::{
 /// Errors of `--uninstall`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An agent holds the bpf root's lock.
+    #[error(transparent)]
+    Locked(#[from] crate::lock::Error),
     /// An agent still runs and would re-create its pins.
     #[error("lb-agent is still running (it answers on `{socket}`); stop it first")]
     AgentRunning {
@@ -109,8 +114,10 @@ pub fn other_versions(bpf_root: &Path, current: &str) -> Vec<PathBuf> {
 }
 
 /// Removes every link, program and pin lb created under `bpf_root`, refusing while an agent
-/// answers on `socket`.
+/// holds its lock or answers on `socket`.
 pub fn uninstall(bpf_root: &Path, socket: &Path) -> Result<Report, Error> {
+    // Held until we return: no agent starts on this root while we remove it.
+    let _lock = crate::lock::BpfRootLock::acquire_existing(bpf_root)?;
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Err(Error::AgentRunning {
             socket: socket.display().to_string(),
@@ -128,16 +135,7 @@ pub fn uninstall(bpf_root: &Path, socket: &Path) -> Result<Report, Error> {
         Ok(_) => {}
     }
     for dir in version_dirs(bpf_root) {
-        // Links first: once they are gone no program runs, so no packet sees a half-removed map.
-        let links = dir.join("links");
-        for path in files_in(&links)? {
-            detach_link(&path)?;
-            remove_file(&path)?;
-            tracing::info!(link = %path.display(), "detached and unpinned link");
-            report.links.push(path);
-        }
-        remove_tree(&dir, &mut report.pins)?;
-        report.version_dirs.push(dir);
+        remove_version_dir(&dir, &mut report)?;
     }
     report.foreign = files_in(bpf_root)?;
     if report.foreign.is_empty() {
@@ -154,6 +152,23 @@ pub fn uninstall(bpf_root: &Path, socket: &Path) -> Result<Report, Error> {
         );
     }
     Ok(report)
+}
+
+/// Detaches and unpins the links of the version directory `dir`, then removes its pins and
+/// the directory itself, recording each in `report`. The agent also uses it to undo a failed
+/// first start.
+pub fn remove_version_dir(dir: &Path, report: &mut Report) -> Result<(), Error> {
+    // Links first: once they are gone no program runs, so no packet sees a half-removed map.
+    let links = dir.join("links");
+    for path in files_in(&links)? {
+        detach_link(&path)?;
+        remove_file(&path)?;
+        tracing::info!(link = %path.display(), "detached and unpinned link");
+        report.links.push(path);
+    }
+    remove_tree(dir, &mut report.pins)?;
+    report.version_dirs.push(dir.to_owned());
+    Ok(())
 }
 
 /// The entries of `dir`, sorted; none when it does not exist.

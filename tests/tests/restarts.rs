@@ -1,5 +1,7 @@
-//! The agent's lifecycle on one node, in namespaces: restarts that drop no connection, and
-//! `lb-agent --uninstall` leaving the node as it was.
+//! The agent's lifecycle on one node, in namespaces: restarts that drop no connection,
+//! `lb-agent --uninstall` leaving the node as it was, one agent per bpf root (a second agent
+//! and an uninstall are refused while one runs, and change nothing), and failed starts that
+//! leave nothing behind.
 //!
 //! Each test builds its own small node (a guard named after the test, removed on drop) with its
 //! own namespace prefix, bpffs root and run directory, so the tests run beside each other and
@@ -24,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -685,7 +687,7 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
     };
     let refused = uninstall(&node);
     assert!(
-        !refused.success && refused.stderr.contains("still running"),
+        !refused.success && refused.stderr.contains("holds --bpf-root"),
         "uninstall refused while the agent runs: {refused:?}"
     );
 
@@ -735,4 +737,248 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
         untranslated.is_err(),
         "the ClusterIP no longer answers once lb is uninstalled: {untranslated:?}"
     );
+}
+
+/// `lb-agent ARGS` run to its exit in the node namespace (killed, and the test failed, if it
+/// outlives the deadline): its exit status and its output.
+fn run_agent_to_exit(node: &OneNode, name: &str, args: &[String]) -> (ExitStatus, String) {
+    let log = node.run_dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).expect("create log");
+    let mut child = node
+        .node
+        .command(&node.bins.agent.to_string_lossy())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn lb-agent");
+    let exited = wait_until(&format!("{name} to exit"), DEADLINE, || {
+        child.try_wait().map_err(|err| err.to_string())
+    });
+    let status = exited.unwrap_or_else(|err| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{err}; it runs instead of failing:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// Every entry under the bpf root, as `path` (directories end with `/`), sorted; empty when it
+/// does not exist.
+fn bpf_tree(node: &OneNode) -> Vec<String> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).expect("under root").display();
+            if path.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(&path, root, out);
+            } else {
+                out.push(rel.to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if node.bpf_root.exists() {
+        out.push("./".to_owned());
+    }
+    walk(&node.bpf_root, &node.bpf_root, &mut out);
+    out.sort();
+    out
+}
+
+/// The content of the pinned `LB_CONFIG` map, as bpftool dumps it (the bytes the datapath
+/// reads, not what the agent believes it wrote).
+fn datapath_config(node: &OneNode) -> String {
+    let pin = node
+        .bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join(lb_common::maps::LB_CONFIG);
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {out:?}",
+        pin.display()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lbctl --socket SOCKET ARGS` against the running agent; fails the test unless it succeeds.
+fn lbctl(node: &OneNode, args: &[&str]) -> String {
+    let out = Command::new(&node.bins.lbctl)
+        .arg("--socket")
+        .arg(node.socket())
+        .args(args)
+        .output()
+        .expect("run lbctl");
+    assert!(out.status.success(), "lbctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `agent_args` with `--socket` pointed elsewhere and `extra` appended.
+fn args_with_socket(node: &OneNode, socket: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args = node.agent_args();
+    let at = args
+        .iter()
+        .position(|arg| arg == "--socket")
+        .expect("--socket");
+    args[at + 1] = socket.display().to_string();
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
+#[test]
+fn second_agent_and_uninstall_on_a_held_bpf_root_are_refused_and_change_nothing() {
+    let mut node = OneNode::up("lbl-", &["be1", "be2"]);
+    node.start_agent();
+    let first_pid = node.agent.as_ref().expect("agent").pid();
+    // A value the second agent's start would reset: its default is false.
+    let config_before = datapath_config(&node);
+    lbctl(
+        &node,
+        &["config", "set", "bpf-lb-external-clusterip", "true"],
+    );
+    let config_set = ok(
+        wait_until("config set to reach the datapath", DEADLINE, || {
+            let now = datapath_config(&node);
+            Ok((now != config_before).then_some(now))
+        }),
+        "config set reached the datapath config",
+    );
+    let programs = tcx_programs(&node);
+    let tree = bpf_tree(&node);
+    let answered = in_netns(&node.pods["client"], || get_once(VIP)).expect("ClusterIP answers");
+    assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
+
+    // Another socket, so only the bpf root is shared.
+    let other_socket = node.run_dir.join("second.sock");
+    let expected = format!(
+        "another lb-agent (pid {first_pid}) holds --bpf-root `{}`",
+        node.bpf_root.display()
+    );
+    let (status, output) = run_agent_to_exit(
+        &node,
+        "second-agent",
+        &args_with_socket(&node, &other_socket, &[]),
+    );
+    assert!(
+        !status.success() && output.contains(&expected),
+        "the second agent fails at once with {expected:?}: {status}\n{output}"
+    );
+    assert!(!other_socket.exists(), "the second agent bound no socket");
+
+    let (status, output) = run_agent_to_exit(
+        &node,
+        "uninstall",
+        &args_with_socket(&node, &other_socket, &["--uninstall"]),
+    );
+    assert!(
+        !status.success() && output.contains(&expected),
+        "uninstall (on another socket) refused with {expected:?}: {status}\n{output}"
+    );
+
+    assert_eq!(
+        tcx_programs(&node),
+        programs,
+        "the same programs, by id, on every interface"
+    );
+    assert_eq!(bpf_tree(&node), tree, "the same pins");
+    assert_eq!(
+        datapath_config(&node),
+        config_set,
+        "the datapath config as set"
+    );
+    let status = lbctl(&node, &["status"]);
+    let answered = in_netns(&node.pods["client"], || get_once(VIP))
+        .unwrap_or_else(|err| panic!("ClusterIP still answers: {err}\n{status}"));
+    assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
+    node.agent
+        .as_mut()
+        .expect("agent")
+        .check_running()
+        .expect("the first agent still runs");
+}
+
+#[test]
+fn failed_starts_name_the_missing_source_or_device_and_leave_nothing_behind() {
+    let mut node = OneNode::up("lbf-", &["be1"]);
+    let missing_dir = node.run_dir.join("no-such-dir");
+    // A port in use fails the start after the lock and the API socket: what they created
+    // (the bpf root, the socket) must go again.
+    let taken = in_netns(&node.node, || std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind a port in the node namespace");
+    let taken_addr = taken.local_addr().expect("local address").to_string();
+    let with = |source: &str, device: &str| {
+        let mut args = node.agent_args();
+        for (flag, value) in [("--source", source), ("--devices", device)] {
+            let at = args.iter().position(|arg| arg == flag).expect("flag");
+            args[at + 1] = value.to_owned();
+        }
+        args
+    };
+    let manifests = format!("file:{}", node.run_dir.join("manifests").display());
+    let mut port_in_use = with(&manifests, "eth0");
+    port_in_use.extend(["--metrics-address".to_owned(), taken_addr.clone()]);
+    let cases = [
+        (
+            "missing-source",
+            with(&format!("file:{}", missing_dir.display()), "eth0"),
+            format!(
+                "source directory `{}` does not exist",
+                missing_dir.display()
+            ),
+        ),
+        (
+            "missing-device",
+            with(&manifests, "eth9"),
+            "interface `eth9` does not exist".to_owned(),
+        ),
+        (
+            "port-in-use",
+            port_in_use,
+            format!("cannot listen on metrics address {taken_addr}"),
+        ),
+    ];
+    // On a fresh node, then on one where an agent ran and left its datapath pinned.
+    for installed in [false, true] {
+        if installed {
+            node.start_agent();
+            node.stop_agent();
+            // The stopped agent leaves its socket file (removing it at exit is a separate
+            // item of #13); a start replaces a stale one, so start from none.
+            std::fs::remove_file(node.socket()).expect("remove the stopped agent's socket");
+        }
+        let programs = tcx_programs(&node);
+        let tree = bpf_tree(&node);
+        assert_eq!(tree.is_empty(), !installed, "{tree:?}");
+        for (name, args, expected) in &cases {
+            let (status, output) = run_agent_to_exit(&node, name, args);
+            assert!(
+                !status.success() && output.contains(expected.as_str()),
+                "{name} (installed: {installed}) fails with {expected:?}: {status}\n{output}"
+            );
+            assert_eq!(
+                bpf_tree(&node),
+                tree,
+                "{name}: no pin or directory left or changed"
+            );
+            assert_eq!(
+                tcx_programs(&node),
+                programs,
+                "{name}: no program attached or swapped"
+            );
+            assert!(!node.socket().exists(), "{name}: no socket left");
+        }
+    }
 }

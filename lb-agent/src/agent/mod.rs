@@ -9,6 +9,7 @@
 //! On shutdown the programs, links and maps stay pinned: traffic keeps flowing, and the next
 //! agent adopts them (`datapath::devices::attach` swaps its program into the pinned links).
 mod pods;
+mod preflight;
 mod state;
 
 use std::{
@@ -26,7 +27,9 @@ use crate::{
     api,
     config::AgentConfig,
     datapath::{self, Datapath, LoadOptions, devices, events},
-    k8s, model,
+    k8s,
+    lock::BpfRootLock,
+    model,
     monitor::DropFanout,
     sync::{self, Syncer},
     telemetry::error_chain,
@@ -35,6 +38,9 @@ use crate::{
 /// Errors that stop the agent at start. Once running, it retries instead of failing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Another agent holds the bpf root, or it cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::Error),
     /// The datapath could not be loaded or attached.
     #[error(transparent)]
     Datapath(#[from] datapath::Error),
@@ -77,19 +83,78 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
 }
 
 /// Runs the agent until `shutdown` is cancelled.
+///
+/// Start-up is ordered so that a failed start leaves the node as it was: first every check
+/// that touches nothing (`preflight`), then the bpf root's lock (a second agent stops here,
+/// having changed nothing), then the listeners, then the datapath. A failure after the lock
+/// removes what this start created: the socket, and on a first install the pins, links and
+/// directories (an existing datapath is adopted, never removed).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    let node_ip = match (config.node_ip, config.devices.first()) {
-        (Some(ip), _) => Some(ip),
-        (None, Some(iface)) => Some(devices::first_ipv4(iface).ok_or_else(|| Error::NoNodeIp {
-            iface: iface.clone(),
-        })?),
-        (None, None) => None,
+    let node_ip = preflight::check(&config)?;
+    // Held until this function returns; the kernel releases it however the process ends.
+    let lock = BpfRootLock::acquire(&config.bpf_root)?;
+    let first_install = !config.bpf_root.join(lb_common::maps::PIN_VERSION).exists();
+    let listeners = match Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            lock.remove_created_dirs();
+            return Err(err);
+        }
     };
+    let loaded = match load(&config, node_ip) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            undo_start(&config, &lock, first_install);
+            return Err(err);
+        }
+    };
+    let result = serve(&config, node_ip, loaded, listeners, shutdown).await;
+    drop(lock);
+    result
+}
+
+/// The API socket and the metrics endpoint, bound before the datapath is touched (a socket
+/// or port in use is a common failure); connections wait in the backlog until served.
+struct Listeners {
+    api: tokio::net::UnixListener,
+    http: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &AgentConfig) -> Result<Self, Error> {
+        let api = api::server::bind(&config.socket)?;
+        let http = match config.metrics_address {
+            Some(addr) => match api::http::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(err) => {
+                    remove_socket(&config.socket);
+                    return Err(err.into());
+                }
+            },
+            None => None,
+        };
+        Ok(Self { api, http })
+    }
+}
+
+/// The datapath, loaded and attached to `--devices`, with what the agent reads from it.
+struct Loaded {
+    ebpf: aya::Ebpf,
+    pin_dir: std::path::PathBuf,
+    ring: events::Ring,
+    syncer: Syncer<datapath::maps::AyaMaps>,
+    maps: Arc<Mutex<datapath::maps::AyaMaps>>,
+    link_watcher: devices::LinkWatcher,
+}
+
+/// Loads the datapath (adopting pinned maps and links), attaches it to `--devices` and
+/// restores the sync ids from the maps.
+fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error> {
     let options = LoadOptions {
         bpf_root: config.bpf_root.clone(),
         ct_max_entries: config.ct_max_entries,
         lb_map_max: config.lb_map_max,
-        config: datapath_config(&config, node_ip),
+        config: datapath_config(config, node_ip),
     };
     let Datapath {
         mut ebpf,
@@ -107,14 +172,66 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         );
     }
     let ring = events::take_ring(&mut ebpf)?;
+    let link_watcher = devices::LinkWatcher::new().map_err(Error::LinkWatch)?;
     for iface in &config.devices {
         devices::attach(&mut ebpf, &pin_dir, Hook::FromNetdev, iface)?;
     }
+    let maps = Arc::new(Mutex::new(maps));
+    let syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
+    Ok(Loaded {
+        ebpf,
+        pin_dir,
+        ring,
+        syncer,
+        maps,
+        link_watcher,
+    })
+}
+
+/// Removes what a failed start created: the socket, on a first install the version directory
+/// (its links detached, its pins removed), and the directories the lock created.
+fn undo_start(config: &AgentConfig, lock: &BpfRootLock, first_install: bool) {
+    remove_socket(&config.socket);
+    if first_install {
+        let dir = config.bpf_root.join(lb_common::maps::PIN_VERSION);
+        let mut report = crate::uninstall::Report::default();
+        if let Err(err) = crate::uninstall::remove_version_dir(&dir, &mut report)
+            && dir.exists()
+        {
+            tracing::warn!(dir = %dir.display(), error = %error_chain(&err), "cannot remove the pins of a failed start");
+        }
+    }
+    lock.remove_created_dirs();
+}
+
+fn remove_socket(path: &std::path::Path) {
+    if let Err(err) = std::fs::remove_file(path)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %path.display(), error = %err, "cannot remove the socket");
+    }
+}
+
+/// Runs the started agent: the pod-device watcher, the event reader, the API, the source and
+/// the reconcile loop, until shutdown or a source failure.
+async fn serve(
+    config: &AgentConfig,
+    node_ip: Option<Ipv4Addr>,
+    loaded: Loaded,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let Loaded {
+        ebpf,
+        pin_dir,
+        ring,
+        mut syncer,
+        maps,
+        link_watcher,
+    } = loaded;
     devices::prune_stale_links(&pin_dir);
     tracing::info!(devices = ?config.devices, bpf_root = %config.bpf_root.display(), "datapath loaded");
 
-    let maps = Arc::new(Mutex::new(maps));
-    let mut syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
     let fanout = DropFanout::default();
     let state = Arc::new(AgentState::new(
         config.clone(),
@@ -126,7 +243,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let mut tasks = tokio::task::JoinSet::new();
     let ebpf = Arc::new(Mutex::new(ebpf));
-    let link_watcher = devices::LinkWatcher::new().map_err(Error::LinkWatch)?;
     pods::attach_matching(&ebpf, &pin_dir, &config.pod_devices, &state);
     tasks.spawn(pods::watch(
         link_watcher,
@@ -149,14 +265,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     state.set_datapath_loaded();
 
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();
-    let listener = api::server::bind(&config.socket)?;
     tasks.spawn(api::server::serve_listener(
-        listener,
+        listeners.api,
         backend.clone(),
         shutdown.clone(),
     ));
-    if let Some(addr) = config.metrics_address {
-        let listener = api::http::bind(addr).await?;
+    if let Some(listener) = listeners.http {
         tasks.spawn(api::http::serve_listener(
             listener,
             backend,

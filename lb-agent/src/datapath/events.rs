@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Error;
 
+/// The drop-event ring buffer, as `take_ring` hands it to `forward`.
+pub type Ring = RingBuf<MapData>;
+
 /// Takes the ring buffer out of the loaded object.
-pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, Error> {
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<Ring, Error> {
     let map = ebpf
         .take_map(names::LB_EVENTS)
         .ok_or_else(|| Error::MapType {

@@ -89,16 +89,26 @@ pub fn classifier<'a>(
         .map_err(find_error)
 }
 
+/// Checks that `bpf_root`, or the nearest of its ancestors that exists, is on bpffs, so that
+/// nothing is created on another filesystem.
+pub fn check_bpffs(bpf_root: &Path) -> Result<(), Error> {
+    let existing = bpf_root.ancestors().find(|dir| dir.exists());
+    if existing.is_some_and(is_bpffs) {
+        Ok(())
+    } else {
+        Err(Error::NotBpffs {
+            path: bpf_root.display().to_string(),
+        })
+    }
+}
+
 /// Creates `<bpf-root>/<PIN_VERSION>` after checking that `bpf-root` is on bpffs.
 fn prepare_pin_dir(bpf_root: &Path) -> Result<PathBuf, Error> {
-    let display = bpf_root.display().to_string();
+    check_bpffs(bpf_root)?;
     std::fs::create_dir_all(bpf_root).map_err(|source| Error::PinDir {
-        path: display.clone(),
+        path: bpf_root.display().to_string(),
         source,
     })?;
-    if !is_bpffs(bpf_root) {
-        return Err(Error::NotBpffs { path: display });
-    }
     let pin_dir = bpf_root.join(names::PIN_VERSION);
     for dir in [pin_dir.clone(), pin_dir.join("links")] {
         std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir {

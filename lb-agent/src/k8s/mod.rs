@@ -119,6 +119,24 @@ pub enum Error {
     },
 }
 
+/// Checks what can be checked of a source before the agent touches the datapath: a file
+/// source's directory exists and can be read. The kube source is checked when it connects.
+pub fn check_source(spec: &SourceSpec) -> Result<(), Error> {
+    match spec {
+        SourceSpec::Kube => Ok(()),
+        SourceSpec::File(dir) => match std::fs::read_dir(dir) {
+            Ok(_) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::DirMissing { dir: dir.clone() })
+            }
+            Err(source) => Err(Error::DirRead {
+                dir: dir.clone(),
+                source,
+            }),
+        },
+    }
+}
+
 /// How long a source waits after a change before publishing, so a burst becomes one snapshot.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
