@@ -122,9 +122,16 @@ pub struct ServiceRow {
     pub id: u16,
     /// `VIP:port/PROTO`, e.g. `10.96.0.10:53/UDP`.
     pub frontend: String,
-    /// `ClusterIP`.
+    /// `ClusterIP`, `NodePort`, `ExternalIPs` or `LoadBalancer`.
     #[serde(rename = "type")]
     pub service_type: String,
+    /// The Service as `namespace/name`; empty when the agent has not seen it this run (a
+    /// frontend restored from the pinned maps before the first sync).
+    #[serde(default)]
+    pub name: String,
+    /// Further properties in Cilium's words: `Local` (a traffic policy Local).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
     /// Backends in slot order.
     pub backends: Vec<BackendRow>,
 }

@@ -166,6 +166,10 @@ pub const CT_F_SNAT: u16 = 1 << 0;
 pub const CT_F_FROM_NETDEV: u16 = 1 << 1;
 /// A FIN or RST was seen: the flow is closing.
 pub const CT_F_CLOSING: u16 = 1 << 2;
+/// The flow's frontend is a node port on one of this node's own addresses, so its replies
+/// carry a local source address once reverse-NATed, which the stack drops as a martian: they
+/// leave by redirect.
+pub const CT_F_NODE_PORT: u16 = 1 << 3;
 
 crate::pod!(CtKey4, CtService, CtReply, CtEntry);
 

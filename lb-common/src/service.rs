@@ -64,6 +64,18 @@ const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 12);
 pub const SERVICE_F_ROUTABLE: u8 = 1 << 6;
 /// Service flag: the frontend is a ClusterIP.
 pub const SERVICE_F_CLUSTER_IP: u8 = 1 << 0;
+/// Service flag: the frontend is a node port on one of this node's addresses.
+pub const SERVICE_F_NODE_PORT: u8 = 1 << 1;
+/// Service flag: the frontend is one of the Service's `externalIPs`.
+pub const SERVICE_F_EXTERNAL_IP: u8 = 1 << 2;
+/// Service flag: the frontend is a load-balancer ingress IP.
+pub const SERVICE_F_LOAD_BALANCER: u8 = 1 << 3;
+/// Service flag: only this node's endpoints serve the frontend (a traffic policy `Local`), so
+/// none of its backends is remote and the client's address is kept.
+pub const SERVICE_F_LOCAL: u8 = 1 << 4;
+/// The flags that name a frontend's kind; exactly one is set in a master entry.
+pub const SERVICE_F_KIND_MASK: u8 =
+    SERVICE_F_CLUSTER_IP | SERVICE_F_NODE_PORT | SERVICE_F_EXTERNAL_IP | SERVICE_F_LOAD_BALANCER;
 
 /// Value of `LB4_BACKENDS`; `addr` and `port` in network byte order.
 #[repr(C)]

@@ -13,10 +13,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     conntrack::{
-        CT_F_CLOSING, CT_F_FROM_NETDEV, CT_F_SNAT, CT_REPLY, CT_SERVICE, CtEntry, CtKey4, CtReply,
-        CtService,
+        CT_F_CLOSING, CT_F_FROM_NETDEV, CT_F_NODE_PORT, CT_F_SNAT, CT_REPLY, CT_SERVICE, CtEntry,
+        CtKey4, CtReply, CtService,
     },
     drop::{DropReason, Hook, SourceFile},
+    service::SERVICE_F_NODE_PORT,
 };
 
 use crate::{
@@ -113,11 +114,21 @@ pub fn snat_reply(tuple: &Tuple4, frontend: &Frontend, chosen: &Chosen) -> CtRep
         last_seen_ns: now(),
         backend_id: chosen.id,
         rev_nat: frontend.entry.rev_nat,
-        flags: CT_F_SNAT | CT_F_FROM_NETDEV,
+        flags: CT_F_SNAT | CT_F_FROM_NETDEV | node_port_flag(frontend),
         client_addr: tuple.saddr,
         client_port: tuple.sport,
         _pad: 0,
         _pad2: 0,
+    }
+}
+
+/// `CT_F_NODE_PORT` when `frontend` is a node port, else 0.
+#[inline(always)]
+fn node_port_flag(frontend: &Frontend) -> u16 {
+    if frontend.entry.flags & SERVICE_F_NODE_PORT != 0 {
+        CT_F_NODE_PORT
+    } else {
+        0
     }
 }
 
@@ -142,6 +153,7 @@ pub fn service_entry(
     } else {
         0
     };
+    flags |= node_port_flag(frontend);
     let SnatSource { addr, port } = match snat {
         Some(snat) => {
             flags |= CT_F_SNAT;
@@ -194,7 +206,7 @@ pub fn create(tuple: &Tuple4, flow: &CtService, reserved: Option<&CtKey4>) -> Re
         last_seen_ns: flow.last_seen_ns,
         backend_id: flow.backend_id,
         rev_nat: flow.rev_nat,
-        flags: flow.flags & CT_F_FROM_NETDEV,
+        flags: flow.flags & (CT_F_FROM_NETDEV | CT_F_NODE_PORT),
         // Recorded for every flow, though only an SNATed one needs it: the same fields mean the
         // same for both, and 16 zero bytes would become a `memset` call.
         client_addr: tuple.saddr,

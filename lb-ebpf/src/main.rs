@@ -35,7 +35,7 @@ mod policy;
 use aya_ebpf::programs::TcContext;
 use lb_common::{
     config::DatapathConfig,
-    conntrack::{CT_F_SNAT, CtReply, CtService},
+    conntrack::{CT_F_NODE_PORT, CT_F_SNAT, CtReply, CtService},
     drop::Hook,
     service::BACKEND_F_REMOTE,
 };
@@ -163,13 +163,15 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
 }
 
 /// Reverse-NAT a backend's reply. A reverse-SNATed reply (VIP → external client) arrived
-/// on from-netdev addressed to this node; it goes straight back out by redirect.
+/// on from-netdev addressed to this node; it goes straight back out by redirect. So does the
+/// reply of a node-port flow, whose restored source is this node's own address: the stack
+/// would drop it as a martian.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
     let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
         return Ok(Verdict::Pass);
     };
-    if reply.flags & CT_F_SNAT != 0 {
+    if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) != 0 {
         return fib::redirect(ctx, &to);
     }
     Ok(Verdict::Pass)

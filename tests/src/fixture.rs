@@ -28,7 +28,7 @@ use lb_agent::{
         Datapath as Loaded, LbMaps as _, LoadOptions as AgentLoadOptions,
         maps::{AyaMaps, service_key},
     },
-    model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol},
+    model::{BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol},
     sync::Syncer,
 };
 use lb_common::{
@@ -86,6 +86,8 @@ pub fn service(frontend_text: &str, backends: &[&str]) -> DesiredService {
         name: format!("svc-{}-{}", frontend.vip, frontend.port),
         port_name: String::new(),
         frontend,
+        kind: FrontendKind::ClusterIp,
+        local_only: false,
         backends: backends
             .iter()
             .map(|text| backend(text, BackendState::Active))
@@ -102,6 +104,9 @@ pub trait ServiceExt {
     /// The same service with `backends` added as terminating: kept so that their established
     /// flows drain, never chosen for new ones.
     fn terminating(self, backends: &[&str]) -> Self;
+    /// The same service as a frontend of another kind (a node port, an external or a
+    /// load-balancer IP), as the model yields one.
+    fn kind(self, kind: FrontendKind) -> Self;
 }
 
 impl ServiceExt for DesiredService {
@@ -109,6 +114,11 @@ impl ServiceExt for DesiredService {
         for backend in &mut self.backends {
             backend.remote = true;
         }
+        self
+    }
+
+    fn kind(mut self, kind: FrontendKind) -> Self {
+        self.kind = kind;
         self
     }
 
@@ -213,27 +223,6 @@ impl Datapath {
         let result = write(&mut lock(&self.maps));
         self.syncer = Syncer::new(self.maps.clone()).expect("re-read the maps");
         result
-    }
-
-    /// Makes `frontend` reachable from outside (`SERVICE_F_ROUTABLE` on its master entry),
-    /// which no part of the agent writes yet.
-    pub fn mark_routable(&mut self, frontend_text: &str) {
-        let frontend = frontend(frontend_text);
-        let proto = match frontend.protocol {
-            Protocol::Tcp => proto::TCP,
-            Protocol::Udp => proto::UDP,
-        };
-        let key = service_key(frontend.vip, frontend.port, proto, 0);
-        self.behind_sync(|maps| {
-            let content = maps.read().expect("read the maps");
-            let mut master = *content
-                .services
-                .get(&key)
-                .unwrap_or_else(|| panic!("{frontend_text} is programmed"));
-            master.flags |= SERVICE_F_ROUTABLE;
-            maps.upsert_service(&key, &master)
-                .expect("write the master entry");
-        });
     }
 
     /// The id sync gave backend `"a.b.c.d:port"`, as the raw number conntrack entries record.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use lb_agent::k8s::{Error, Snapshot, SourceSpec, malformed_objects_total, run_source};
-use lb_agent::model::desired_services;
+use lb_agent::model::{ThisNode, desired_services};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -125,7 +125,7 @@ impl Running {
 }
 
 fn backends(snapshot: &Snapshot, frontend: &str) -> Vec<String> {
-    desired_services(snapshot, "worker-a1")
+    desired_services(snapshot, &ThisNode::named("worker-a1"))
         .into_iter()
         .find(|d| d.frontend.to_string() == frontend)
         .map(|d| {

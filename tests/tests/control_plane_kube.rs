@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, run_kube};
-use lb_agent::model::desired_services;
+use lb_agent::model::{ThisNode, desired_services};
 use lb_tests::kube_api::{FakeApiServer, Kind, Stats};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -186,7 +186,7 @@ async fn nothing_is_published_until_both_caches_synced_and_list_errors_back_off(
         server.unknown_requests()
     );
 
-    let desired = desired_services(&snapshot, "worker-a1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     let vips: Vec<String> = desired.iter().map(|d| d.frontend.to_string()).collect();
     assert_eq!(vips, ["10.96.41.17:80/TCP", "10.96.41.17:9102/TCP"]);
     source.stop().await;
@@ -209,7 +209,7 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
         s.slices.len() == 2
     })
     .await;
-    let desired = desired_services(&snapshot, "worker-a1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     let http = desired
         .iter()
         .find(|d| d.frontend.to_string() == "10.96.41.17:80/TCP")

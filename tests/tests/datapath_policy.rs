@@ -2,6 +2,7 @@
 //! routable with 174 before any conntrack entry exists, unless `bpf-lb-external-clusterip` is
 //! on; from-pod never applies it.
 
+use lb_agent::model::FrontendKind;
 use lb_common::{
     config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
     drop::{DropReason, Hook, SourceFile},
@@ -9,7 +10,7 @@ use lb_common::{
     proto,
 };
 use lb_testkit::packet::*;
-use lb_tests::fixture::{Case, Datapath, Expect, TC_ACT_SHOT, check, check_with, service};
+use lb_tests::fixture::{Case, Datapath, Expect, ServiceExt, TC_ACT_SHOT, check, service};
 
 const CLIENT: &str = "192.168.56.10:33802";
 const BACKEND: &str = "10.244.1.5:8080";
@@ -63,18 +64,21 @@ fn external_client_to_cluster_ip_is_dnated_when_flag_is_on() {
 }
 
 #[test]
-fn external_client_to_a_routable_frontend_is_dnated_with_the_flag_off() {
-    let case = Case {
-        name: "external client to a routable frontend",
-        services: vec![service("10.96.0.10:80/TCP", &[BACKEND])],
-        config_flags: 0,
-        hook: Hook::FromNetdev,
-        input: tcp_syn(CLIENT, "10.96.0.10:80"),
-        expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
-    };
-    check_with(&case, |datapath| {
-        datapath.mark_routable("10.96.0.10:80/TCP")
-    });
+fn external_clients_reach_node_ports_external_and_load_balancer_ips_with_the_flag_off() {
+    for kind in [
+        FrontendKind::NodePort,
+        FrontendKind::ExternalIp,
+        FrontendKind::LoadBalancer,
+    ] {
+        check(&Case {
+            name: kind.as_str(),
+            services: vec![service("192.0.2.10:80/TCP", &[BACKEND]).kind(kind)],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "192.0.2.10:80"),
+            expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+        });
+    }
 }
 
 #[test]

@@ -54,6 +54,10 @@ impl ApiBackend for TestBackend {
                 id: 3,
                 frontend: "10.96.0.10:53/UDP".into(),
                 service_type: "ClusterIP".into(),
+                name: "default/web".into(),
+                flags: Vec::new(),
+                name: String::new(),
+                flags: Vec::new(),
                 backends: vec![
                     backend(4, "10.244.1.42:53/UDP", BackendState::Active),
                     backend(7, "10.244.2.17:53/UDP", BackendState::Terminating),
@@ -63,6 +67,10 @@ impl ApiBackend for TestBackend {
                 id: 1,
                 frontend: "10.96.229.67:80/TCP".into(),
                 service_type: "ClusterIP".into(),
+                name: "default/web".into(),
+                flags: Vec::new(),
+                name: String::new(),
+                flags: Vec::new(),
                 backends: vec![backend(1, "10.112.1.194:80/TCP", BackendState::Active)],
             },
         ]

@@ -212,6 +212,23 @@ fn remove_socket(path: &std::path::Path) {
     }
 }
 
+/// This node as the model sees it: its name, and as node-port addresses the node IP and the
+/// first IPv4 address of each `--devices` interface (the addresses clients outside reach).
+fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode {
+    let mut addresses: Vec<Ipv4Addr> = node_ip.into_iter().collect();
+    for iface in &config.devices {
+        if let Some(addr) = devices::first_ipv4(iface)
+            && !addresses.contains(&addr)
+        {
+            addresses.push(addr);
+        }
+    }
+    model::ThisNode {
+        name: config.node_name.clone(),
+        addresses,
+    }
+}
+
 /// Runs the started agent: the pod-device watcher, the event reader, the API, the source and
 /// the reconcile loop, until shutdown or a source failure.
 async fn serve(
@@ -286,10 +303,16 @@ async fn serve(
         source_shutdown.clone(),
     ));
 
+    let this_node = this_node(config, node_ip);
+    tracing::info!(addresses = ?this_node.addresses, "node ports served on these addresses");
     let reconcile = sync::reconcile(
         &mut syncer,
         rx,
-        |snapshot| model::desired_services(snapshot, &config.node_name),
+        |snapshot| {
+            let desired = model::desired_services(snapshot, &this_node);
+            state.record_names(&desired);
+            desired
+        },
         |outcome| state.record_sync(outcome.map_err(|err| error_chain(err))),
         shutdown.clone(),
     );

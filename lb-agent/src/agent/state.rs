@@ -17,6 +17,7 @@ use crate::{
     config::{self, AgentConfig, LiveChange},
     datapath::{LbMaps as _, dump, maps::AyaMaps},
     k8s::SourceSpec,
+    model::DesiredService,
     monitor::DropFanout,
     sync::{SyncStats, lock},
     telemetry::error_chain,
@@ -44,6 +45,9 @@ pub struct AgentState {
     maps: Arc<Mutex<AyaMaps>>,
     fanout: DropFanout,
     progress: Mutex<Progress>,
+    /// `namespace/name` of each frontend (`VIP:port/PROTO`) of the latest desired state: the
+    /// maps hold only addresses.
+    names: Mutex<BTreeMap<String, String>>,
 }
 
 impl AgentState {
@@ -60,7 +64,21 @@ impl AgentState {
             maps,
             fanout,
             progress: Mutex::new(Progress::default()),
+            names: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Notes which Service each frontend of `desired` belongs to, for `service list`.
+    pub fn record_names(&self, desired: &[DesiredService]) {
+        *lock(&self.names) = desired
+            .iter()
+            .map(|service| {
+                (
+                    service.frontend.to_string(),
+                    format!("{}/{}", service.namespace, service.name),
+                )
+            })
+            .collect();
     }
 
     /// The programs are loaded and attached.
@@ -130,12 +148,15 @@ impl ApiBackend for AgentState {
                 return Vec::new();
             }
         };
+        let names = lock(&self.names);
         dump::services(&content)
             .into_iter()
             .map(|view| ServiceRow {
                 id: view.id.0,
+                name: names.get(&view.frontend).cloned().unwrap_or_default(),
                 frontend: view.frontend,
-                service_type: "ClusterIP".to_owned(),
+                service_type: view.kind.to_owned(),
+                flags: view.flags.iter().map(|f| (*f).to_owned()).collect(),
                 backends: view
                     .backends
                     .into_iter()

@@ -2,7 +2,13 @@
 //! control-plane tests compare. Reads only; never writes.
 use std::fmt::Write as _;
 
-use lb_common::{proto, service::ServiceKey4};
+use lb_common::{
+    proto,
+    service::{
+        SERVICE_F_EXTERNAL_IP, SERVICE_F_KIND_MASK, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL,
+        SERVICE_F_NODE_PORT, ServiceKey4,
+    },
+};
 
 use super::{
     BackendId, MapsContent, ServiceId,
@@ -17,6 +23,10 @@ pub struct ServiceView {
     pub id: ServiceId,
     /// `VIP:port/PROTO`.
     pub frontend: String,
+    /// `ClusterIP`, `NodePort`, `ExternalIPs` or `LoadBalancer`, from the master entry's flags.
+    pub kind: &'static str,
+    /// Cilium's words for the other flags: `Local` for a traffic policy Local.
+    pub flags: Vec<&'static str>,
     /// The backends in slot order.
     pub backends: Vec<BackendView>,
 }
@@ -35,6 +45,16 @@ pub struct BackendView {
 /// The protocol's name as `lbctl` prints it; `ANY` for a protocol lb has no name for.
 fn proto_text(protocol: u8) -> &'static str {
     proto::name(protocol).unwrap_or("ANY")
+}
+
+/// The frontend kind a master entry's flags name.
+fn kind_text(flags: u8) -> &'static str {
+    match flags & SERVICE_F_KIND_MASK {
+        SERVICE_F_NODE_PORT => "NodePort",
+        SERVICE_F_EXTERNAL_IP => "ExternalIPs",
+        SERVICE_F_LOAD_BALANCER => "LoadBalancer",
+        _ => "ClusterIP",
+    }
 }
 
 fn frontend_text(key: &ServiceKey4) -> String {
@@ -70,6 +90,12 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
             ServiceView {
                 id: service_id_of(master),
                 frontend: frontend_text(key),
+                kind: kind_text(master.flags),
+                flags: if master.flags & SERVICE_F_LOCAL != 0 {
+                    vec!["Local"]
+                } else {
+                    Vec::new()
+                },
                 backends,
             }
         })

@@ -1,9 +1,12 @@
-//! The desired state: one [`DesiredService`] per served Service port, with its backends.
+//! The desired state: one [`DesiredService`] per frontend of a served Service port (its
+//! ClusterIP, a node port on each of this node's addresses, each external and load-balancer
+//! IP), with its backends.
 //!
-//! Owns endpoint selection for ClusterIP traffic (k8s-semantics.md §2): ready endpoints
-//! (narrowed by node hints when every ready endpoint has them), else the serving+terminating
-//! fallback (KEP-1669), internalTrafficPolicy Local, and the terminating backends kept only
-//! to drain established flows. Frontends come from `frontend.rs`, endpoints from `endpoints.rs`.
+//! Owns endpoint selection (k8s-semantics.md §2): ready endpoints (narrowed by node hints when
+//! every ready endpoint has them), else the serving+terminating fallback (KEP-1669), the local
+//! set of internalTrafficPolicy Local (ClusterIP) and externalTrafficPolicy Local (the external
+//! destinations), and the terminating backends kept only to drain established flows.
+//! Frontends come from `frontend.rs`, endpoints from `endpoints.rs`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -11,7 +14,7 @@ use std::net::Ipv4Addr;
 use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
-use super::frontend::{Frontend, service_spec};
+use super::frontend::{Frontend, FrontendKind, ServicePortSpec, ServiceSpec, service_spec};
 use crate::k8s::Snapshot;
 
 /// Whether new flows may pick a backend.
@@ -54,7 +57,27 @@ pub struct DesiredBackend {
     pub remote: bool,
 }
 
-/// What to program for one Service port.
+/// The node the model computes for: its name decides which endpoints are local, its addresses
+/// where node ports are served.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThisNode {
+    /// The Node's name, as EndpointSlices' `nodeName` carries it.
+    pub name: String,
+    /// The addresses node ports are served on.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl ThisNode {
+    /// A node without addresses: ClusterIPs, external and load-balancer IPs only.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// What to program for one frontend of a Service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredService {
     /// The Service's namespace.
@@ -65,6 +88,11 @@ pub struct DesiredService {
     pub port_name: String,
     /// VIP:port/protocol.
     pub frontend: Frontend,
+    /// ClusterIP, NodePort, ExternalIPs or LoadBalancer.
+    pub kind: FrontendKind,
+    /// True when only this node's endpoints serve the frontend (internalTrafficPolicy Local
+    /// for a ClusterIP, externalTrafficPolicy Local for the others).
+    pub local_only: bool,
     /// Active backends first, then terminating ones, each group by addr:port.
     pub backends: Vec<DesiredBackend>,
     /// True when some ready or serving+terminating endpoint exists anywhere. With no active
@@ -79,7 +107,7 @@ pub struct DesiredService {
 ///
 /// Services and slices lb does not serve are skipped; malformed ones are logged with a warning
 /// naming them. Two Services claiming one frontend: the first by namespace/name wins.
-pub fn desired_services(snapshot: &Snapshot, node_name: &str) -> Vec<DesiredService> {
+pub fn desired_services(snapshot: &Snapshot, node: &ThisNode) -> Vec<DesiredService> {
     let slices = SliceIndex::new(&snapshot.slices);
     let mut specs: Vec<_> = snapshot.services.iter().filter_map(service_spec).collect();
     specs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -93,34 +121,78 @@ pub fn desired_services(snapshot: &Snapshot, node_name: &str) -> Vec<DesiredServ
                 &port.name,
                 port.frontend.protocol,
             );
-            let (backends, has_any_endpoints) =
-                select_backends(&endpoints, node_name, spec.local_only);
-            if let Some(first) = out.get(&port.frontend) {
-                warn!(
-                    namespace = %spec.namespace, name = %spec.name, frontend = %port.frontend,
-                    owner = %format_args!("{}/{}", first.namespace, first.name),
-                    "skipping Service port whose frontend another Service already serves"
+            for (kind, frontend) in frontends_of(&spec, port, node) {
+                // §2.5: ClusterIP traffic follows iTP, the external destinations eTP.
+                let local_only = if kind.is_external() {
+                    spec.external_local
+                } else {
+                    spec.local_only
+                };
+                if let Some(first) = out.get(&frontend) {
+                    warn!(
+                        namespace = %spec.namespace, name = %spec.name, frontend = %frontend,
+                        owner = %format_args!("{}/{}", first.namespace, first.name),
+                        "skipping Service port whose frontend another Service already serves"
+                    );
+                    continue;
+                }
+                let (backends, has_any_endpoints) =
+                    select_backends(&endpoints, &node.name, local_only);
+                out.insert(
+                    frontend,
+                    DesiredService {
+                        namespace: spec.namespace.clone(),
+                        name: spec.name.clone(),
+                        port_name: port.name.clone(),
+                        frontend,
+                        kind,
+                        local_only,
+                        backends,
+                        has_any_endpoints,
+                        affinity_timeout_secs: spec.affinity_timeout_secs,
+                    },
                 );
-                continue;
             }
-            out.insert(
-                port.frontend,
-                DesiredService {
-                    namespace: spec.namespace.clone(),
-                    name: spec.name.clone(),
-                    port_name: port.name.clone(),
-                    frontend: port.frontend,
-                    backends,
-                    has_any_endpoints,
-                    affinity_timeout_secs: spec.affinity_timeout_secs,
-                },
-            );
         }
     }
     out.into_values().collect()
 }
 
-/// §2 for ClusterIP traffic: the active set, the terminating (drain-only) set, and hasAny.
+/// Every frontend of one Service port on this node: the ClusterIP, the node port on each node
+/// address, each external IP and each load-balancer IP (the last two on the Service port).
+fn frontends_of(
+    spec: &ServiceSpec,
+    port: &ServicePortSpec,
+    node: &ThisNode,
+) -> Vec<(FrontendKind, Frontend)> {
+    let on = |vip: Ipv4Addr, port_number: u16| Frontend {
+        vip,
+        port: port_number,
+        protocol: port.frontend.protocol,
+    };
+    let mut frontends = vec![(FrontendKind::ClusterIp, port.frontend)];
+    if let Some(node_port) = port.node_port {
+        frontends.extend(
+            node.addresses
+                .iter()
+                .map(|addr| (FrontendKind::NodePort, on(*addr, node_port))),
+        );
+    }
+    frontends.extend(
+        spec.external_ips
+            .iter()
+            .map(|ip| (FrontendKind::ExternalIp, on(*ip, port.frontend.port))),
+    );
+    frontends.extend(
+        spec.load_balancer_ips
+            .iter()
+            .map(|ip| (FrontendKind::LoadBalancer, on(*ip, port.frontend.port))),
+    );
+    frontends
+}
+
+/// §2: the active set, the terminating (drain-only) set, and hasAny; `local_only` selects the
+/// local set (§2.3) instead of the cluster set.
 fn select_backends(
     endpoints: &[Endpoint],
     node_name: &str,
@@ -132,7 +204,7 @@ fn select_backends(
         .iter()
         .any(|ep| ep.ready || serving_terminating(ep));
 
-    // iTP Local: only this node's endpoints, and no topology (§2.3).
+    // The local set: only this node's endpoints, and no topology (§2.3).
     let candidates: Vec<&Endpoint> = endpoints
         .iter()
         .filter(|ep| !local_only || is_local(ep))

@@ -1,8 +1,9 @@
 //! Frontends: which Services lb serves and on which VIP:port/protocol.
 //!
 //! Owns kube-proxy's Service-side rules (k8s-semantics.md §1 "Service"): opt-out labels,
-//! headless and ExternalName Services, the IPv4 VIP out of `clusterIPs`, port protocols,
-//! internalTrafficPolicy and ClientIP affinity. Endpoints are left to `endpoints.rs`.
+//! headless and ExternalName Services, the IPv4 VIP out of `clusterIPs`, the external
+//! destinations (node ports, `externalIPs`, load-balancer ingress IPs), port protocols, the
+//! traffic policies and ClientIP affinity. Endpoints are left to `endpoints.rs`.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -90,11 +91,52 @@ impl fmt::Display for Frontend {
     }
 }
 
+/// What kind of destination a frontend is, in the words `cilium service list` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// The Service's ClusterIP: reachable from pods (and from outside only with
+    /// `bpf-lb-external-clusterip`).
+    ClusterIp,
+    /// `nodePort` on one of this node's addresses.
+    NodePort,
+    /// One of `spec.externalIPs`.
+    ExternalIp,
+    /// One of `status.loadBalancer.ingress[].ip`.
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// `ClusterIP`, `NodePort`, `ExternalIPs` or `LoadBalancer`, as `lbctl service list`
+    /// prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::ExternalIp => "ExternalIPs",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    /// True for the destinations clients outside the cluster use (k8s-semantics.md §2:
+    /// `external`), which follow externalTrafficPolicy.
+    pub const fn is_external(self) -> bool {
+        !matches!(self, Self::ClusterIp)
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One served port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServicePortSpec {
     pub name: String,
     pub frontend: Frontend,
+    /// `nodePort`, for NodePort and LoadBalancer Services that have one.
+    pub node_port: Option<u16>,
 }
 
 /// The parts of a Service the datapath needs; `None` from [`service_spec`] means "not served".
@@ -105,6 +147,13 @@ pub(crate) struct ServiceSpec {
     pub ports: Vec<ServicePortSpec>,
     /// internalTrafficPolicy Local: ClusterIP traffic only to this node's endpoints.
     pub local_only: bool,
+    /// externalTrafficPolicy Local: traffic to the external destinations only to this node's
+    /// endpoints, with the client's address kept.
+    pub external_local: bool,
+    /// `spec.externalIPs` of this family.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// Load-balancer ingress IPs of this family, those with `ipMode: Proxy` left out.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
     /// ClientIP affinity timeout in seconds, when affinity is on.
     pub affinity_timeout_secs: Option<u32>,
 }
@@ -186,6 +235,16 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
             warn!(namespace = %namespace, name = %name, port = %port_name, value = port.port, "skipping Service port out of range 1-65535");
             continue;
         };
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            Some(value) => match u16::try_from(value) {
+                Ok(node_port) => Some(node_port),
+                Err(_) => {
+                    warn!(namespace = %namespace, name = %name, port = %port_name, value, "ignoring nodePort out of range 1-65535");
+                    None
+                }
+            },
+        };
         ports.push(ServicePortSpec {
             name: port_name,
             frontend: Frontend {
@@ -193,6 +252,9 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
                 port: number,
                 protocol,
             },
+            // Only these two types have node ports; a leftover field on a ClusterIP Service
+            // (a type change the apiserver has not cleaned up) is not served.
+            node_port: node_port.filter(|_| has_node_ports(spec.type_.as_deref())),
         });
     }
 
@@ -206,13 +268,66 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
     });
 
+    let external_ips = addresses4(
+        spec.external_ips.iter().flatten().map(String::as_str),
+        namespace,
+        name,
+        "externalIPs",
+    );
+    let load_balancer_ips = if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        // §1: `ipMode: Proxy` means the load balancer proxies to node ports itself, so its IP
+        // must not be captured here; hostname-only entries have nothing to program.
+        let ips = ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref());
+        addresses4(ips, namespace, name, "status.loadBalancer.ingress")
+    } else {
+        Vec::new()
+    };
+
     Some(ServiceSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         ports,
         local_only: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        external_ips,
+        load_balancer_ips,
         affinity_timeout_secs,
     })
+}
+
+/// NodePort and LoadBalancer Services get node ports; the others never do.
+fn has_node_ports(service_type: Option<&str>) -> bool {
+    matches!(service_type, Some("NodePort" | "LoadBalancer"))
+}
+
+/// The IPv4 addresses of a list of IPs (§1: each family's proxier keeps its own); an entry
+/// that is no IP at all is logged and skipped.
+fn addresses4<'a>(
+    ips: impl Iterator<Item = &'a str>,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for ip in ips {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) if !out.contains(&v4) => out.push(v4),
+            Ok(_) => {}
+            Err(_) => {
+                warn!(namespace = %namespace, name = %name, field, value = %ip, "skipping an address that is not an IP");
+            }
+        }
+    }
+    out
 }
 
 /// The outcome of looking for this datapath's VIP.

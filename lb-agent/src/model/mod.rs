@@ -1,4 +1,4 @@
-//! The model: a pure function from a [`Snapshot`](crate::k8s::Snapshot) and this node's name to
+//! The model: a pure function from a [`Snapshot`](crate::k8s::Snapshot) and this node to
 //! the frontends and backends to program, following kube-proxy's rules (k8s-semantics.md §0–§2).
 //!
 //! - `frontend.rs`: which Services are served and on which VIP:port/protocol;
@@ -12,10 +12,11 @@ mod desired;
 mod endpoints;
 mod frontend;
 
-pub use desired::{BackendState, DesiredBackend, DesiredService, desired_services};
+pub use desired::{BackendState, DesiredBackend, DesiredService, ThisNode, desired_services};
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontend::{
-    DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, HEADLESS_LABEL, Protocol, SERVICE_PROXY_NAME_LABEL,
+    DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, FrontendKind, HEADLESS_LABEL, Protocol,
+    SERVICE_PROXY_NAME_LABEL,
 };
 
 #[cfg(test)]

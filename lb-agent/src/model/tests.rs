@@ -54,7 +54,7 @@ fn tcp(name: &str, port: u16) -> Value {
 }
 
 fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Vec<DesiredService> {
-    desired_services(&Snapshot { services, slices }, NODE)
+    desired_services(&Snapshot { services, slices }, &ThisNode::named(NODE))
 }
 
 /// Frontends and backends as text: `10.96.0.1:80/TCP ns/svc:port` then one line per backend.
@@ -137,7 +137,7 @@ fn set_conditions(snapshot: &mut Snapshot, ip: &str, (r, s, t): (bool, bool, boo
 #[test]
 fn fixture_a_named_target_port_mid_rollout_unions_both_slices() {
     let snapshot = fixture("a-checkout-two-slices");
-    let desired = desired_services(&snapshot, "worker-a1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     assert_eq!(render(&desired), expected("a-checkout-two-slices"));
     // :80/UDP is not a frontend, so the datapath rejects it (nftables' unknown-port rule).
     assert!(!frontends(&desired).contains(&"10.96.41.17:80/UDP".to_owned()));
@@ -149,7 +149,7 @@ fn fixture_a_deleting_one_slice_leaves_the_other_slices_endpoints() {
     snapshot
         .slices
         .retain(|s| s.metadata.name.as_deref() != Some("checkout-7x2kq"));
-    let desired = desired_services(&snapshot, "worker-a1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     assert_eq!(
         backends(&desired, "10.96.41.17:80/TCP"),
         ["10.244.3.9:8081 active"]
@@ -162,7 +162,10 @@ fn fixture_a_deleting_one_slice_leaves_the_other_slices_endpoints() {
 
 #[test]
 fn fixture_b_only_ready_endpoints_take_new_flows_with_client_ip_affinity() {
-    let desired = desired_services(&fixture("b-ledger-terminating"), "worker-a1");
+    let desired = desired_services(
+        &fixture("b-ledger-terminating"),
+        &ThisNode::named("worker-a1"),
+    );
     assert_eq!(render(&desired), expected("b-ledger-terminating"));
     assert_eq!(desired[0].affinity_timeout_secs, Some(10_800));
 }
@@ -171,7 +174,7 @@ fn fixture_b_only_ready_endpoints_take_new_flows_with_client_ip_affinity() {
 fn fixture_b2_with_nothing_ready_the_serving_terminating_ones_are_the_fallback() {
     let mut snapshot = fixture("b-ledger-terminating");
     set_conditions(&mut snapshot, "10.244.1.50", (false, true, true));
-    let desired = desired_services(&snapshot, "worker-a1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     assert_eq!(
         backends(&desired, "10.96.7.200:5432/TCP"),
         ["10.244.1.50:5432 active", "10.244.2.60:5432 active"]
@@ -183,7 +186,7 @@ fn fixture_b3_nothing_serving_rejects() {
     let mut snapshot = fixture("b-ledger-terminating");
     set_conditions(&mut snapshot, "10.244.1.50", (false, false, true));
     set_conditions(&mut snapshot, "10.244.2.60", (false, false, true));
-    let desired = desired_services(&snapshot, "worker-a1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     assert!(desired[0].backends.is_empty());
     assert!(!desired[0].has_any_endpoints, "no endpoint at all: reject");
 }
@@ -195,7 +198,7 @@ fn fixture_b4_local_policy_on_a_node_without_usable_endpoints_drops() {
     if let Some(spec) = snapshot.services[0].spec.as_mut() {
         spec.internal_traffic_policy = Some("Local".to_owned());
     }
-    let desired = desired_services(&snapshot, "worker-c1");
+    let desired = desired_services(&snapshot, &ThisNode::named("worker-c1"));
     assert!(desired[0].backends.is_empty());
     assert!(
         desired[0].has_any_endpoints,
@@ -205,7 +208,7 @@ fn fixture_b4_local_policy_on_a_node_without_usable_endpoints_drops() {
 
 #[test]
 fn fixture_c_dual_stack_serves_the_ipv4_vip_and_slice_with_an_unnamed_port() {
-    let desired = desired_services(&fixture("c-api-dual-stack"), "worker-a1");
+    let desired = desired_services(&fixture("c-api-dual-stack"), &ThisNode::named("worker-a1"));
     assert_eq!(render(&desired), expected("c-api-dual-stack"));
 }
 
@@ -466,8 +469,8 @@ fn case_11_the_same_objects_in_any_order_give_the_same_result() {
     let mut reversed = snapshot.clone();
     reversed.slices.reverse();
     assert_eq!(
-        desired_services(&snapshot, NODE),
-        desired_services(&reversed, NODE)
+        desired_services(&snapshot, &ThisNode::named(NODE)),
+        desired_services(&reversed, &ThisNode::named(NODE))
     );
 }
 
@@ -870,7 +873,10 @@ fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local
     };
     for node in [NODE, "host2"] {
         assert_eq!(
-            backends(&desired_services(&snapshot, node), "10.96.6.6:80/TCP"),
+            backends(
+                &desired_services(&snapshot, &ThisNode::named(node)),
+                "10.96.6.6:80/TCP"
+            ),
             ["10.0.0.8:80 active"]
         );
     }
@@ -882,10 +888,13 @@ fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local
         slices: vec![s],
     };
     assert_eq!(
-        backends(&desired_services(&snapshot, "host2"), "10.96.6.6:80/TCP"),
+        backends(
+            &desired_services(&snapshot, &ThisNode::named("host2")),
+            "10.96.6.6:80/TCP"
+        ),
         ["10.0.0.8:80 active"]
     );
-    let elsewhere = desired_services(&snapshot, NODE);
+    let elsewhere = desired_services(&snapshot, &ThisNode::named(NODE));
     assert!(elsewhere[0].backends.is_empty() && elsewhere[0].has_any_endpoints);
 }
 
@@ -1084,4 +1093,206 @@ fn frontend_displays_as_vip_port_protocol() {
         protocol: Protocol::Udp,
     };
     assert_eq!(f.to_string(), "10.96.0.10:53/UDP");
+}
+
+// ---- External destinations: node ports, externalIPs, load-balancer IPs ----
+
+/// This node with two addresses node ports are served on.
+fn node_with_addresses() -> ThisNode {
+    ThisNode {
+        name: NODE.to_owned(),
+        addresses: vec![
+            "192.168.56.11".parse().unwrap(),
+            "10.0.9.1".parse().unwrap(),
+        ],
+    }
+}
+
+/// Frontends as `VIP:port/PROTO kind [Local]`.
+fn kinds(desired: &[DesiredService]) -> Vec<String> {
+    desired
+        .iter()
+        .map(|d| {
+            let local = if d.local_only { " Local" } else { "" };
+            format!("{} {}{local}", d.frontend, d.kind)
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_port_service_is_served_on_every_node_address_and_its_cluster_ip() {
+    let svc = service(
+        "ns1",
+        "web",
+        json!({"type": "NodePort", "clusterIP": "10.96.1.1", "clusterIPs": ["10.96.1.1"],
+               "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                         {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}),
+    );
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![slice(
+            "ns1",
+            "web-1",
+            "web",
+            json!([tcp("http", 8080), {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            vec![ready("10.244.1.5", "host2")],
+        )],
+    };
+    let desired = desired_services(&snapshot, &node_with_addresses());
+    assert_eq!(
+        kinds(&desired),
+        [
+            "10.0.9.1:30053/UDP NodePort",
+            "10.0.9.1:30080/TCP NodePort",
+            "10.96.1.1:53/UDP ClusterIP",
+            "10.96.1.1:80/TCP ClusterIP",
+            "192.168.56.11:30053/UDP NodePort",
+            "192.168.56.11:30080/TCP NodePort",
+        ]
+    );
+    // Every frontend of a port reaches the same backends.
+    assert_eq!(
+        backends(&desired, "192.168.56.11:30080/TCP"),
+        ["10.244.1.5:8080 active"]
+    );
+    assert_eq!(
+        backends(&desired, "10.0.9.1:30053/UDP"),
+        ["10.244.1.5:5353 active"]
+    );
+    // A node without addresses (the tests' `ThisNode::named`) serves the ClusterIPs only.
+    assert_eq!(frontends(&run(snapshot.services, snapshot.slices)).len(), 2);
+}
+
+#[test]
+fn a_node_port_left_on_a_cluster_ip_service_is_not_served() {
+    let svc = service(
+        "ns1",
+        "web",
+        json!({"type": "ClusterIP", "clusterIP": "10.96.1.1",
+               "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
+    );
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![],
+    };
+    assert_eq!(
+        kinds(&desired_services(&snapshot, &node_with_addresses())),
+        ["10.96.1.1:80/TCP ClusterIP"]
+    );
+}
+
+#[test]
+fn case_3_4_external_and_load_balancer_ips_of_this_family_are_frontends_and_proxy_mode_is_not() {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns1", "name": "lb"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.1.2", "clusterIPs": ["10.96.1.2"],
+                 "allocateLoadBalancerNodePorts": false,
+                 "externalIPs": ["198.51.100.7", "2001:db8::7", "not-an-ip"],
+                 "ports": [{"port": 443, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.10"},
+            {"ip": "203.0.113.11", "ipMode": "Proxy"},
+            {"hostname": "lb.example.com"},
+            {"ip": "2001:db8::10"},
+        ]}},
+    }))
+    .expect("service");
+    let desired = desired_services(
+        &Snapshot {
+            services: vec![svc],
+            slices: vec![],
+        },
+        &node_with_addresses(),
+    );
+    // No node ports (allocateLoadBalancerNodePorts: false), no IPv6, no Proxy-mode IP.
+    assert_eq!(
+        kinds(&desired),
+        [
+            "10.96.1.2:443/TCP ClusterIP",
+            "198.51.100.7:443/TCP ExternalIPs",
+            "203.0.113.10:443/TCP LoadBalancer",
+        ]
+    );
+}
+
+#[test]
+fn load_balancer_ingress_of_a_service_that_is_no_longer_a_load_balancer_is_not_served() {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns1", "name": "lb"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.1.2", "ports": [{"port": 443}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}},
+    }))
+    .expect("service");
+    let desired = run(vec![svc], vec![]);
+    assert_eq!(kinds(&desired), ["10.96.1.2:443/TCP ClusterIP"]);
+}
+
+#[test]
+fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_set_only() {
+    // iTP Cluster + eTP Local: ClusterIP traffic uses the cluster set {.0}, the node port the
+    // local set {.2} (22); with only remote endpoints the node port has no backend but
+    // endpoints exist, so it drops while the ClusterIP still works (25).
+    let svc = |name: &str| {
+        service(
+            "ns1",
+            name,
+            json!({"type": "NodePort", "clusterIP": "10.96.1.1", "externalTrafficPolicy": "Local",
+                   "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
+        )
+    };
+    let eps = vec![
+        ready("10.0.0.0", "host2"),
+        cond("10.0.0.1", NODE, (false, false, true)),
+        cond("10.0.0.2", NODE, (false, true, true)),
+        cond("10.0.0.3", "host2", (false, true, true)),
+    ];
+    let snapshot = Snapshot {
+        services: vec![svc("svc1")],
+        slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+    };
+    let node = ThisNode {
+        name: NODE.to_owned(),
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+    };
+    let desired = desired_services(&snapshot, &node);
+    assert_eq!(
+        kinds(&desired),
+        [
+            "10.96.1.1:80/TCP ClusterIP",
+            "192.168.56.11:30080/TCP NodePort Local"
+        ]
+    );
+    assert_eq!(
+        backends(&desired, "10.96.1.1:80/TCP"),
+        [
+            "10.0.0.0:80 active",
+            "10.0.0.2:80 terminating",
+            "10.0.0.3:80 terminating"
+        ]
+    );
+    assert_eq!(
+        backends(&desired, "192.168.56.11:30080/TCP"),
+        ["10.0.0.2:80 active"]
+    );
+
+    let remote_only = Snapshot {
+        services: vec![svc("svc2")],
+        slices: vec![slice(
+            "ns1",
+            "svc2-1",
+            "svc2",
+            json!([tcp("", 80)]),
+            vec![ready("10.0.0.0", "host2")],
+        )],
+    };
+    let desired = desired_services(&remote_only, &node);
+    let node_port = desired
+        .iter()
+        .find(|d| d.kind == FrontendKind::NodePort)
+        .expect("node port");
+    assert!(node_port.backends.is_empty() && node_port.has_any_endpoints);
+    assert_eq!(
+        backends(&desired, "10.96.1.1:80/TCP"),
+        ["10.0.0.0:80 active"]
+    );
 }

@@ -7,14 +7,32 @@ use lb_common::{
     proto,
     service::{
         BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
+        SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NODE_PORT,
+        SERVICE_F_ROUTABLE,
     },
 };
 
 use super::ids::{BackendKey, Exhausted, FrontendKey, Ids};
 use crate::{
     datapath::{MapsContent, maps},
-    model::{BackendState, DesiredService, Protocol},
+    model::{BackendState, DesiredService, FrontendKind, Protocol},
 };
+
+/// The master entry's flags: the frontend's kind, whether clients outside the cluster may use
+/// it (every kind but ClusterIP), and whether only local endpoints serve it.
+fn service_flags(service: &DesiredService) -> u8 {
+    let kind = match service.kind {
+        FrontendKind::ClusterIp => SERVICE_F_CLUSTER_IP,
+        FrontendKind::NodePort => SERVICE_F_NODE_PORT | SERVICE_F_ROUTABLE,
+        FrontendKind::ExternalIp => SERVICE_F_EXTERNAL_IP | SERVICE_F_ROUTABLE,
+        FrontendKind::LoadBalancer => SERVICE_F_LOAD_BALANCER | SERVICE_F_ROUTABLE,
+    };
+    if service.local_only {
+        kind | SERVICE_F_LOCAL
+    } else {
+        kind
+    }
+}
 
 fn proto_number(protocol: Protocol) -> u8 {
     match protocol {
@@ -91,12 +109,16 @@ pub fn desired_content(
         }
         content.services.insert(
             maps::service_key(frontend.vip, frontend.port, proto, 0),
-            maps::master_entry(service_id, count, qcount, SERVICE_F_CLUSTER_IP),
+            maps::master_entry(service_id, count, qcount, service_flags(service)),
         );
-        content.services.insert(
-            maps::wildcard_key(frontend.vip),
-            lb_common::service::ServiceEntry::default(),
-        );
+        // Only a ClusterIP is the cluster's own address, with every other port refused; a node
+        // address or an external IP also carries traffic that is none of lb's business.
+        if service.kind == FrontendKind::ClusterIp {
+            content.services.insert(
+                maps::wildcard_key(frontend.vip),
+                lb_common::service::ServiceEntry::default(),
+            );
+        }
         content
             .revnat
             .insert(service_id, maps::revnat_value(frontend.vip, frontend.port));

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use crate::model::{
     BackendState::{self, Active, Terminating},
-    DesiredBackend, DesiredService, Frontend, Protocol,
+    DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol,
 };
 
 /// A TCP service on `vip:port` with `backends` as (address, port, state).
@@ -22,6 +22,8 @@ pub fn service(
             port,
             protocol: Protocol::Tcp,
         },
+        kind: FrontendKind::ClusterIp,
+        local_only: false,
         backends: backends
             .iter()
             .map(|(addr, port, state)| DesiredBackend {

@@ -3,7 +3,8 @@
 //! Columns `ID  Frontend  Service Type  Backend` through tabwriter (minwidth 5, padding 3),
 //! rows sorted by id, the first backend on the service's row and each further one on its own
 //! line with the first three columns blank, each as `N => addr:port/PROTO (state)` where N
-//! counts the service's backends from 1, as Cilium's does. Like Cilium's, every line ends in a
+//! counts the service's backends from 1, as Cilium's does. The Service Type cell adds the
+//! flags (`NodePort, Local`); the Service's namespace/name is in `-o json`. Like Cilium's, every line ends in a
 //! tab-terminated Backend cell, so the Backend column is padded too.
 
 use lb_api::proto::ServiceRow;
@@ -26,9 +27,14 @@ pub fn table(services: &[ServiceRow]) -> String {
             )
         });
         let first = backends.next().unwrap_or_default();
+        // `NodePort` or, with flags, `NodePort, Local` (as `cilium bpf lb list` prints them).
+        let service_type = std::iter::once(service.service_type.as_str())
+            .chain(service.flags.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ");
         text.push_str(&format!(
-            "{}\t{}\t{}\t{first}\t\n",
-            service.id, service.frontend, service.service_type
+            "{}\t{}\t{service_type}\t{first}\t\n",
+            service.id, service.frontend
         ));
         for backend in backends {
             text.push_str(&format!("\t\t\t{backend}\t\n"));
@@ -56,6 +62,8 @@ mod tests {
             id,
             frontend: frontend.into(),
             service_type: "ClusterIP".into(),
+            name: String::new(),
+            flags: Vec::new(),
             backends: backends
                 .iter()
                 .map(|(id, address, state)| BackendRow {

@@ -1,0 +1,259 @@
+//! The Service kinds besides ClusterIP, through lb-agent with the file source on a node in
+//! namespaces (`Topology`), judged by real traffic: a node port from outside and from a pod,
+//! an external IP and a load-balancer IP from outside with `bpf-lb-external-clusterip` off,
+//! externalTrafficPolicy Local keeping the client's address and answering only from this
+//! node's endpoints, and `lbctl service list` naming each frontend's kind and Service.
+//!
+//! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
+//! them first (see `lb_tests::agent::binaries`).
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use lb_lab::probe::{HttpReply, http_get};
+use lb_testkit::{Netns, ok};
+use lb_tests::topology::{BACKEND_IPS, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
+
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 1);
+const NODE_PORT: u16 = 30080;
+const EXTERNAL_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// A load-balancer IP the load balancer proxies itself (`ipMode: Proxy`): not lb's.
+const PROXIED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+
+const LOCAL_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 2);
+const LOCAL_NODE_PORT: u16 = 30081;
+/// An endpoint of the Local Service on another node (unreachable here: never chosen for
+/// external traffic, which is the point).
+const REMOTE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
+
+/// Requests per check: enough that a wrong backend among two shows up.
+const TRIES: usize = 12;
+
+/// `web`: a LoadBalancer Service with a node port, an external IP and two ingress IPs (one in
+/// Proxy mode), on both local backends; `web-local`: a NodePort Service with
+/// externalTrafficPolicy Local on backend 1 (here) and an endpoint on another node.
+fn manifests() -> String {
+    let endpoint = |ip: Ipv4Addr, node: &str| {
+        format!(
+            "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n    serving: true\n    \
+             terminating: false\n  nodeName: {node}\n"
+        )
+    };
+    let web_endpoints: String = BACKEND_IPS.iter().map(|ip| endpoint(*ip, "node")).collect();
+    let local_endpoints = endpoint(BACKEND_IPS[1], "node") + &endpoint(REMOTE_ENDPOINT, "other");
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  clusterIP: {CLUSTER_IP}
+  clusterIPs:
+  - {CLUSTER_IP}
+  externalIPs:
+  - {EXTERNAL_SERVICE_IP}
+  externalTrafficPolicy: Cluster
+  ports:
+  - name: http
+    nodePort: {NODE_PORT}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: LoadBalancer
+status:
+  loadBalancer:
+    ingress:
+    - ip: {LOAD_BALANCER_IP}
+    - ip: {PROXIED_LOAD_BALANCER_IP}
+      ipMode: Proxy
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: web
+  name: web-abcde
+  namespace: default
+endpoints:
+{web_endpoints}ports:
+- name: http
+  port: {HTTP_PORT}
+  protocol: TCP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-local
+  namespace: default
+spec:
+  clusterIP: {LOCAL_CLUSTER_IP}
+  clusterIPs:
+  - {LOCAL_CLUSTER_IP}
+  externalTrafficPolicy: Local
+  ports:
+  - name: http
+    nodePort: {LOCAL_NODE_PORT}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: NodePort
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: web-local
+  name: web-local-abcde
+  namespace: default
+endpoints:
+{local_endpoints}ports:
+- name: http
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+    )
+}
+
+/// `TRIES` requests from `ns` to `target`, each of which must get HTTP 200; returns the pods
+/// that answered and the client addresses they saw.
+fn answers(ns: &Netns, target: SocketAddrV4) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>) {
+    let mut pods = BTreeSet::new();
+    let mut clients = BTreeSet::new();
+    for _ in 0..TRIES {
+        let (outcome, reply) = ok(http_get(ns, target), "run curl");
+        let HttpReply {
+            status,
+            pod_ip,
+            client_ip,
+        } = reply;
+        assert_eq!(status, Some(200), "{target}: {outcome:?}");
+        pods.insert(pod_ip.expect("X-Pod-IP"));
+        clients.insert(client_ip.expect("X-Client-IP"));
+    }
+    (pods, clients)
+}
+
+#[test]
+fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
+    let topology = Topology::new("service_kinds");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    // The outside world routes the external and load-balancer IPs to this node, as a router
+    // (or the cloud's load balancer) would.
+    for ip in [
+        EXTERNAL_SERVICE_IP,
+        LOAD_BALANCER_IP,
+        PROXIED_LOAD_BALANCER_IP,
+    ] {
+        ok(
+            topology
+                .external
+                .route(&[&format!("{ip}/32"), "via", &NODE_IP.to_string()]),
+            "external route",
+        );
+    }
+    let agent = lb_tests::agent::start(&topology, "service_kinds", &dir);
+    let both: BTreeSet<Ipv4Addr> = BACKEND_IPS.into_iter().collect();
+    let external_only: BTreeSet<Ipv4Addr> = [EXTERNAL_IP].into_iter().collect();
+
+    // From outside, with bpf-lb-external-clusterip off (the default): the node port, the
+    // external IP and the load-balancer IP all reach both backends, and local backends see
+    // the client's own address (no SNAT is needed to reach them).
+    for target in [
+        SocketAddrV4::new(NODE_IP, NODE_PORT),
+        SocketAddrV4::new(EXTERNAL_SERVICE_IP, 80),
+        SocketAddrV4::new(LOAD_BALANCER_IP, 80),
+    ] {
+        let (pods, clients) = answers(&topology.external, target);
+        assert_eq!(pods, both, "{target}: answered by");
+        assert_eq!(clients, external_only, "{target}: client address kept");
+    }
+    // A pod reaches the node port on its node's address too.
+    let (pods, _) = answers(&topology.client.ns, SocketAddrV4::new(NODE_IP, NODE_PORT));
+    assert_eq!(pods, both, "node port from a pod");
+
+    // externalTrafficPolicy Local: only this node's endpoint, with the client's address.
+    let (pods, clients) = answers(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, LOCAL_NODE_PORT),
+    );
+    assert_eq!(
+        pods,
+        [BACKEND_IPS[1]].into_iter().collect(),
+        "eTP Local answered by"
+    );
+    assert_eq!(clients, external_only, "eTP Local keeps the client address");
+
+    // The Proxy-mode ingress IP is not captured: nothing on the node answers it.
+    let (outcome, reply) = ok(
+        http_get(
+            &topology.external,
+            SocketAddrV4::new(PROXIED_LOAD_BALANCER_IP, 80),
+        ),
+        "run curl",
+    );
+    assert_eq!(
+        reply.status, None,
+        "ipMode Proxy is left alone: {outcome:?}"
+    );
+
+    // `service list -o json` names each frontend's kind and Service.
+    let list = ok(
+        agent.lbctl(&["service", "list", "-o", "json"]),
+        "lbctl service list",
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&list.stdout).expect("service list -o json is JSON");
+    let mut seen: Vec<(String, String, String)> = rows
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|row| {
+            let text = |key: &str| row[key].as_str().unwrap_or_default().to_owned();
+            (text("frontend"), text("type"), text("name"))
+        })
+        .collect();
+    seen.sort();
+    let row = |frontend: String, kind: &str, name: &str| (frontend, kind.into(), name.into());
+    assert_eq!(
+        seen,
+        [
+            row(format!("{CLUSTER_IP}:80/TCP"), "ClusterIP", "default/web"),
+            row(
+                format!("{LOCAL_CLUSTER_IP}:80/TCP"),
+                "ClusterIP",
+                "default/web-local"
+            ),
+            row(
+                format!("{NODE_IP}:{NODE_PORT}/TCP"),
+                "NodePort",
+                "default/web"
+            ),
+            row(
+                format!("{NODE_IP}:{LOCAL_NODE_PORT}/TCP"),
+                "NodePort",
+                "default/web-local"
+            ),
+            row(
+                format!("{EXTERNAL_SERVICE_IP}:80/TCP"),
+                "ExternalIPs",
+                "default/web"
+            ),
+            row(
+                format!("{LOAD_BALANCER_IP}:80/TCP"),
+                "LoadBalancer",
+                "default/web"
+            ),
+        ]
+    );
+    let text = ok(agent.lbctl(&["service", "list"]), "lbctl service list").stdout;
+    assert!(
+        text.contains("NodePort, Local"),
+        "the Local flag in the table:\n{text}"
+    );
+}
