@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use lb_agent::model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol};
+use lb_agent::model::{
+    BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol,
+};
 
 /// Port of every frontend.
 pub const SERVICE_PORT: u16 = 80;
@@ -71,6 +73,8 @@ impl Fixture {
                     port: SERVICE_PORT,
                     protocol: Protocol::Tcp,
                 },
+                kind: FrontendKind::ClusterIp,
+                local_only: false,
                 backends: (0..self.backends)
                     .map(|j| DesiredBackend {
                         addr: self.backend(i, j),

@@ -14,7 +14,9 @@
 //!   (and its reply again a reply-entry hit) that does the full lookup and checksum work.
 use std::net::Ipv4Addr;
 
-use lb_agent::model::{BackendState, DesiredBackend, DesiredService, Frontend, Protocol};
+use lb_agent::model::{
+    BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol,
+};
 use lb_testkit::packet::{tcp_ack, tcp_syn};
 
 use crate::datapath::LbDatapath;
@@ -95,6 +97,8 @@ fn self_service() -> DesiredService {
             port: SERVICE_PORT,
             protocol: Protocol::Tcp,
         },
+        kind: FrontendKind::ClusterIp,
+        local_only: false,
         backends: vec![DesiredBackend {
             addr: vip,
             port: SERVICE_PORT,

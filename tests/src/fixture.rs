@@ -24,10 +24,7 @@ use aya::{
     programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use lb_agent::{
-    datapath::{
-        Datapath as Loaded, LbMaps as _, LoadOptions as AgentLoadOptions,
-        maps::{AyaMaps, service_key},
-    },
+    datapath::{Datapath as Loaded, LbMaps as _, LoadOptions as AgentLoadOptions, maps::AyaMaps},
     model::{BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol},
     sync::Syncer,
 };
@@ -36,8 +33,7 @@ use lb_common::{
     conntrack::{CtEntry, CtKey4},
     drop::{DropReason, Hook},
     event::DropEvent,
-    maps, proto,
-    service::SERVICE_F_ROUTABLE,
+    maps,
 };
 use lb_testkit::packet::addr;
 use lb_testkit::{BPF_ROOT, Netns, ok};

@@ -56,8 +56,6 @@ impl ApiBackend for TestBackend {
                 service_type: "ClusterIP".into(),
                 name: "default/web".into(),
                 flags: Vec::new(),
-                name: String::new(),
-                flags: Vec::new(),
                 backends: vec![
                     backend(4, "10.244.1.42:53/UDP", BackendState::Active),
                     backend(7, "10.244.2.17:53/UDP", BackendState::Terminating),
@@ -68,8 +66,6 @@ impl ApiBackend for TestBackend {
                 frontend: "10.96.229.67:80/TCP".into(),
                 service_type: "ClusterIP".into(),
                 name: "default/web".into(),
-                flags: Vec::new(),
-                name: String::new(),
                 flags: Vec::new(),
                 backends: vec![backend(1, "10.112.1.194:80/TCP", BackendState::Active)],
             },
