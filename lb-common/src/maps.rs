@@ -10,6 +10,8 @@ pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
 /// Conntrack (LRU): `CtKey4` -> `CtEntry`.
 pub const LB4_CT: &str = "LB4_CT";
+/// ClientIP session affinity: (client, service) → backend.
+pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
@@ -27,6 +29,8 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
 pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB4_CT`. Each flow takes two entries (forward and reply).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// Default size of `LB4_AFFINITY` (an LRU map: the least recently used client goes first).
+pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;
 /// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).

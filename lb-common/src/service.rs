@@ -39,12 +39,14 @@ impl ServiceKey4 {
     }
 }
 
-/// Value of `LB4_SERVICES`. In the master entry (slot 0) `backend_id` is 0 and the other fields
-/// describe the frontend; in a backend slot only `backend_id` is meaningful.
+/// Value of `LB4_SERVICES`. In the master entry (slot 0) `backend_id` holds the ClientIP
+/// affinity timeout (with `SERVICE_F_AFFINITY`; 0 otherwise) and the other fields describe the
+/// frontend; in a backend slot only `backend_id` is meaningful.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceEntry {
-    /// The backend this slot names (slots ≥ 1); 0 in the master entry.
+    /// The backend this slot names (slots ≥ 1). In the master entry: the ClientIP affinity
+    /// timeout in seconds when `SERVICE_F_AFFINITY` is set, else 0.
     pub backend_id: u32,
     /// Master: number of selectable (active) backends, in slots `1..=count`.
     pub count: u16,
@@ -73,6 +75,9 @@ pub const SERVICE_F_LOAD_BALANCER: u8 = 1 << 3;
 /// Service flag: only this node's endpoints serve the frontend (a traffic policy `Local`), so
 /// none of its backends is remote and the client's address is kept.
 pub const SERVICE_F_LOCAL: u8 = 1 << 4;
+/// Service flag: sessionAffinity ClientIP; the master entry's `backend_id` is the timeout in
+/// seconds.
+pub const SERVICE_F_AFFINITY: u8 = 1 << 5;
 /// The flags that name a frontend's kind; exactly one is set in a master entry.
 pub const SERVICE_F_KIND_MASK: u8 =
     SERVICE_F_CLUSTER_IP | SERVICE_F_NODE_PORT | SERVICE_F_EXTERNAL_IP | SERVICE_F_LOAD_BALANCER;
@@ -119,4 +124,38 @@ pub struct RevNat4 {
 }
 const _: () = assert!(core::mem::size_of::<RevNat4>() == 8);
 
-crate::pod!(ServiceKey4, ServiceEntry, Backend4, RevNat4);
+/// Key of `LB4_AFFINITY`: a client of a service (ClientIP session affinity is per service
+/// port, and a service id names one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey4 {
+    /// The client's address (network byte order).
+    pub client: u32,
+    /// The service id.
+    pub rev_nat: u16,
+    /// Zero.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey4>() == 8);
+
+/// Value of `LB4_AFFINITY`: the backend the client's last new connection went to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` of the client's last new connection to the service.
+    pub last_used_ns: u64,
+    /// The backend chosen then.
+    pub backend_id: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+crate::pod!(
+    ServiceKey4,
+    ServiceEntry,
+    Backend4,
+    RevNat4,
+    AffinityKey4,
+    AffinityValue
+);

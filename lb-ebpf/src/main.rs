@@ -20,6 +20,7 @@
     )
 )]
 
+mod affinity;
 mod conntrack;
 mod csum;
 mod drop;
@@ -127,7 +128,7 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     if hook == Hook::FromNetdev {
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry
     }
-    let chosen = lb::select_backend(&frontend)?;
+    let chosen = affinity::select_backend(&frontend, tuple.saddr)?;
     let flow = if needs_snat(hook, &chosen, &config) {
         let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config)?;
         let flow = conntrack::service_entry(&frontend, &chosen, hook, Some(snat.source));

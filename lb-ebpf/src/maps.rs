@@ -6,6 +6,7 @@
 //! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
 //! | `LB4_REVNAT` | `nat.rs` |
 //! | `LB4_CT` | `conntrack.rs` |
+//! | `LB4_AFFINITY` | `affinity.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
@@ -25,7 +26,7 @@ use lb_common::{
     conntrack::{CtEntry, CtKey4},
     maps,
     metrics::{MetricKey, MetricValue},
-    service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
+    service::{AffinityKey4, AffinityValue, Backend4, RevNat4, ServiceEntry, ServiceKey4},
 };
 
 /// The token bucket of `LB_EVENT_LIMIT`, private to the datapath (the agent never reads it).
@@ -55,6 +56,11 @@ pub static LB4_REVNAT: HashMap<u16, RevNat4> = HashMap::pinned(maps::REVNAT_MAX_
 /// Conntrack: service and reply entries (see `lb_common::conntrack`).
 #[map]
 pub static LB4_CT: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT_MAX_ENTRIES, 0);
+
+/// ClientIP session affinity: the backend of each client's last new connection per service.
+#[map]
+pub static LB4_AFFINITY: LruHashMap<AffinityKey4, AffinityValue> =
+    LruHashMap::pinned(maps::AFFINITY_MAX_ENTRIES, 0);
 
 /// The live configuration, written by the agent.
 #[map]
@@ -100,6 +106,7 @@ const _: () = assert!(same(maps::LB4_SERVICES, "LB4_SERVICES"));
 const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
 const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
 const _: () = assert!(same(maps::LB4_CT, "LB4_CT"));
+const _: () = assert!(same(maps::LB4_AFFINITY, "LB4_AFFINITY"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));

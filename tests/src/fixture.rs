@@ -34,6 +34,7 @@ use lb_common::{
     drop::{DropReason, Hook},
     event::DropEvent,
     maps,
+    service::{AffinityKey4, AffinityValue},
 };
 use lb_testkit::packet::addr;
 use lb_testkit::{BPF_ROOT, Netns, ok};
@@ -73,6 +74,18 @@ fn backend(text: &str, state: BackendState) -> DesiredBackend {
     }
 }
 
+/// Now on the clock the datapath stamps entries with (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// A ClusterIP service on `frontend` (`"a.b.c.d:port/TCP"`) with active, local backends
 /// (`"a.b.c.d:port"`), as the model would yield it.
 pub fn service(frontend_text: &str, backends: &[&str]) -> DesiredService {
@@ -100,6 +113,8 @@ pub trait ServiceExt {
     /// The same service with `backends` added as terminating: kept so that their established
     /// flows drain, never chosen for new ones.
     fn terminating(self, backends: &[&str]) -> Self;
+    /// The same service with ClientIP session affinity for `timeout_secs`.
+    fn affinity(self, timeout_secs: u32) -> Self;
     /// The same service as a frontend of another kind (a node port, an external or a
     /// load-balancer IP), as the model yields one.
     fn kind(self, kind: FrontendKind) -> Self;
@@ -110,6 +125,11 @@ impl ServiceExt for DesiredService {
         for backend in &mut self.backends {
             backend.remote = true;
         }
+        self
+    }
+
+    fn affinity(mut self, timeout_secs: u32) -> Self {
+        self.affinity_timeout_secs = Some(timeout_secs);
         self
     }
 
@@ -347,6 +367,22 @@ impl Datapath {
         let ct: HashMap<&MapData, CtKey4, CtEntry> =
             HashMap::try_from(self.map(maps::LB4_CT)).expect("LB4_CT type");
         ct.iter().map(|item| item.expect("read LB4_CT")).collect()
+    }
+
+    /// Every ClientIP affinity entry.
+    pub fn affinity(&self) -> Vec<(AffinityKey4, AffinityValue)> {
+        let map: HashMap<&MapData, AffinityKey4, AffinityValue> =
+            HashMap::try_from(self.map(maps::LB4_AFFINITY)).expect("LB4_AFFINITY type");
+        map.iter()
+            .map(|item| item.expect("read LB4_AFFINITY"))
+            .collect()
+    }
+
+    /// Writes an affinity entry, as the datapath would have for an earlier connection.
+    pub fn remember_affinity(&mut self, key: AffinityKey4, value: AffinityValue) {
+        let mut map: HashMap<&mut MapData, AffinityKey4, AffinityValue> =
+            HashMap::try_from(self.map_mut(maps::LB4_AFFINITY)).expect("LB4_AFFINITY type");
+        map.insert(key, value, 0).expect("write LB4_AFFINITY");
     }
 
     /// A map sync does not own, by name.

@@ -2,7 +2,8 @@
 //! namespaces (`Topology`), judged by real traffic: a node port from outside and from a pod,
 //! an external IP and a load-balancer IP from outside with `bpf-lb-external-clusterip` off,
 //! externalTrafficPolicy Local keeping the client's address and answering only from this
-//! node's endpoints, and `lbctl service list` naming each frontend's kind and Service.
+//! node's endpoints, ClientIP session affinity and its timeout, and `lbctl service list`
+//! naming each frontend's kind, Service and flags.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
@@ -27,8 +28,56 @@ const LOCAL_NODE_PORT: u16 = 30081;
 /// external traffic, which is the point).
 const REMOTE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
 
+const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
+/// The sticky Service's affinity timeout, short so that the test sees it expire.
+const STICKY_TIMEOUT_SECS: u64 = 1;
+
 /// Requests per check: enough that a wrong backend among two shows up.
 const TRIES: usize = 12;
+
+/// `sticky`: a ClusterIP Service with ClientIP affinity for `STICKY_TIMEOUT_SECS`, on both
+/// backends.
+fn sticky_manifest() -> String {
+    let endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| {
+            format!("- addresses:\n  - {ip}\n  conditions:\n    ready: true\n  nodeName: node\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: sticky
+  namespace: default
+spec:
+  clusterIP: {STICKY_CLUSTER_IP}
+  ports:
+  - port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig:
+    clientIP:
+      timeoutSeconds: {STICKY_TIMEOUT_SECS}
+  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: sticky
+  name: sticky-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: \"\"
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+    )
+}
 
 /// `web`: a LoadBalancer Service with a node port, an external IP and two ingress IPs (one in
 /// Proxy mode), on both local backends; `web-local`: a NodePort Service with
@@ -256,4 +305,58 @@ fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
         text.contains("NodePort, Local"),
         "the Local flag in the table:\n{text}"
     );
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
+    let topology = Topology::new("service_affinity");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("sticky.yaml"), sticky_manifest()).expect("write the manifests");
+    let agent = lb_tests::agent::start(&topology, "service_affinity", &dir);
+    let target = SocketAddrV4::new(STICKY_CLUSTER_IP, 80);
+
+    // 20 requests, each a new connection, all answered by one backend.
+    let mut pods = BTreeSet::new();
+    for _ in 0..20 {
+        let (pod, _) = answers_once(&topology.client.ns, target);
+        pods.insert(pod);
+    }
+    assert_eq!(pods.len(), 1, "one client, one backend: {pods:?}");
+
+    // Once the client has been quiet for longer than the timeout, its next connection is
+    // balanced afresh: across idle periods both backends answer. The wait is the timeout
+    // itself elapsing, the condition under test. (Twenty periods on one backend: 2^-19.)
+    let mut after_idle = BTreeSet::new();
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(
+            STICKY_TIMEOUT_SECS * 1000 + 200,
+        ));
+        after_idle.insert(answers_once(&topology.client.ns, target).0);
+        if after_idle.len() == BACKEND_IPS.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        after_idle.len(),
+        BACKEND_IPS.len(),
+        "spread after the timeout: {after_idle:?}"
+    );
+
+    let list = ok(agent.lbctl(&["service", "list"]), "lbctl service list").stdout;
+    assert!(
+        list.contains("ClusterIP, sessionAffinity"),
+        "the flag in the table:\n{list}"
+    );
+}
+
+/// One request from `ns` to `target`, which must get HTTP 200: the pod that answered and the
+/// client address it saw.
+fn answers_once(ns: &Netns, target: SocketAddrV4) -> (Ipv4Addr, Ipv4Addr) {
+    let (outcome, reply) = ok(http_get(ns, target), "run curl");
+    assert_eq!(reply.status, Some(200), "{target}: {outcome:?}");
+    (
+        reply.pod_ip.expect("X-Pod-IP"),
+        reply.client_ip.expect("X-Client-IP"),
+    )
 }

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use lb_common::{
     proto,
     service::{
-        SERVICE_F_EXTERNAL_IP, SERVICE_F_KIND_MASK, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL,
-        SERVICE_F_NODE_PORT, ServiceKey4,
+        SERVICE_F_AFFINITY, SERVICE_F_EXTERNAL_IP, SERVICE_F_KIND_MASK, SERVICE_F_LOAD_BALANCER,
+        SERVICE_F_LOCAL, SERVICE_F_NODE_PORT, ServiceKey4,
     },
 };
 
@@ -45,6 +45,18 @@ pub struct BackendView {
 /// The protocol's name as `lbctl` prints it; `ANY` for a protocol lb has no name for.
 fn proto_text(protocol: u8) -> &'static str {
     proto::name(protocol).unwrap_or("ANY")
+}
+
+/// The master entry's other flags in Cilium's words.
+fn flags_text(flags: u8) -> Vec<&'static str> {
+    [
+        (SERVICE_F_LOCAL, "Local"),
+        (SERVICE_F_AFFINITY, "sessionAffinity"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, text)| text)
+    .collect()
 }
 
 /// The frontend kind a master entry's flags name.
@@ -91,11 +103,7 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
                 id: service_id_of(master),
                 frontend: frontend_text(key),
                 kind: kind_text(master.flags),
-                flags: if master.flags & SERVICE_F_LOCAL != 0 {
-                    vec!["Local"]
-                } else {
-                    Vec::new()
-                },
+                flags: flags_text(master.flags),
                 backends,
             }
         })
@@ -116,12 +124,17 @@ pub fn render(content: &MapsContent) -> String {
             lines.push(format!("VIP {vip}"));
         } else if key.slot == 0 {
             lines.push(format!(
-                "SVC {} slot=0 id={} count={} qcount={} flags={:#x}",
+                "SVC {} slot=0 id={} count={} qcount={} flags={:#x}{}",
                 frontend_text(key),
                 service_id_of(entry),
                 entry.count,
                 entry.qcount,
-                entry.flags
+                entry.flags,
+                if entry.flags & SERVICE_F_AFFINITY != 0 {
+                    format!(" affinity={}s", entry.backend_id)
+                } else {
+                    String::new()
+                }
             ));
         } else {
             lines.push(format!(

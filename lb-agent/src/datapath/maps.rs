@@ -19,7 +19,7 @@ use lb_common::{
     config::DatapathConfig,
     maps as names,
     metrics::{MetricKey, MetricValue},
-    service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
+    service::{Backend4, RevNat4, SERVICE_F_AFFINITY, ServiceEntry, ServiceKey4},
 };
 
 use super::{Error, batch};
@@ -34,7 +34,8 @@ use super::{Error, batch};
 pub struct ServiceId(pub u16);
 
 /// A backend id: the key of `LB4_BACKENDS`, named by a slot's `backend_id`. 0 is never
-/// allocated (a master entry's `backend_id` is 0).
+/// allocated (a master entry's `backend_id` is 0, or the affinity timeout, and never read as
+/// a backend).
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(pub u32);
@@ -427,14 +428,31 @@ pub fn revnat_addr_of(revnat: &RevNat4) -> (Ipv4Addr, u16) {
 }
 
 /// A master entry (slot 0): the frontend's service id and how many slots it has, `count`
-/// selectable ones then `qcount` draining ones.
-pub fn master_entry(id: ServiceId, count: u16, qcount: u16, flags: u8) -> ServiceEntry {
-    ServiceEntry {
-        count,
-        qcount,
-        rev_nat: id.0,
-        flags,
-        ..ServiceEntry::default()
+/// selectable ones then `qcount` draining ones; with an affinity timeout, ClientIP affinity
+/// (`SERVICE_F_AFFINITY`, the timeout where a slot keeps its backend id).
+pub fn master_entry(
+    id: ServiceId,
+    count: u16,
+    qcount: u16,
+    flags: u8,
+    affinity_timeout_secs: Option<u32>,
+) -> ServiceEntry {
+    match affinity_timeout_secs {
+        Some(timeout) => ServiceEntry {
+            backend_id: timeout,
+            count,
+            qcount,
+            rev_nat: id.0,
+            flags: flags | SERVICE_F_AFFINITY,
+            _pad: 0,
+        },
+        None => ServiceEntry {
+            count,
+            qcount,
+            rev_nat: id.0,
+            flags,
+            ..ServiceEntry::default()
+        },
     }
 }
 

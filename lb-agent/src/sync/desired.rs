@@ -109,7 +109,13 @@ pub fn desired_content(
         }
         content.services.insert(
             maps::service_key(frontend.vip, frontend.port, proto, 0),
-            maps::master_entry(service_id, count, qcount, service_flags(service)),
+            maps::master_entry(
+                service_id,
+                count,
+                qcount,
+                service_flags(service),
+                service.affinity_timeout_secs,
+            ),
         );
         // Only a ClusterIP is the cluster's own address, with every other port refused; a node
         // address or an external IP also carries traffic that is none of lb's business.
