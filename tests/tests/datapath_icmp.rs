@@ -5,6 +5,9 @@
 //! compared byte for byte with one etherparse built, and its checksums (outer IP, ICMP over the
 //! whole message, quoted IP header) are checked with a plain RFC 1071 sum.
 
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
 use lb_common::{
     config::{
         CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC, SNAT_PORT_MAX, SNAT_PORT_MIN,
@@ -13,10 +16,15 @@ use lb_common::{
     drop::{DropReason, Hook, SourceFile},
     event::tcp_flags::{ACK, PSH},
 };
+use lb_testkit::ok;
 use lb_testkit::packet::*;
 use lb_tests::fixture::{
     CLIENT_MAC, Case, Datapath, Expect, FibNetns, NODE_MAC, PEER_NODE_MAC, ServiceExt as _,
     TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, check, service,
+};
+use lb_tests::topology::{
+    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP as TOPO_CLIENT_IP, HTTP_PORT, NODE_DEV,
+    Topology,
 };
 
 const POD: &str = "10.244.0.7:40000";
@@ -484,5 +492,106 @@ fn a_too_big_packet_without_df_is_dropped_with_136_unanswered() {
     assert_eq!(
         datapath.drop_count(DropReason::FragNeeded, Hook::FromNetdev),
         1
+    );
+}
+
+// Real traffic: the datapath attached to `Topology`'s node (see datapath_traffic.rs), packets
+// from real sockets and `ping`.
+
+/// A node with the datapath attached. Field order is drop order: the programs are detached (and
+/// their pins removed) before the namespaces go.
+struct Node {
+    datapath: Datapath,
+    topology: Topology,
+}
+
+impl Node {
+    fn up(test: &str) -> Self {
+        let topology = Topology::new(test);
+        let mut datapath = Datapath::load();
+        ok(
+            topology.node.within(|| {
+                datapath.attach(Hook::FromNetdev, NODE_DEV);
+                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                    datapath.attach(Hook::FromPod, dev);
+                }
+            }),
+            "enter the node's namespace",
+        );
+        Self { datapath, topology }
+    }
+}
+
+/// The ClusterIP of `Topology` tests.
+const TOPOLOGY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+#[test]
+fn a_udp_client_of_a_clusterip_whose_backend_has_no_listener_gets_connection_refused() {
+    let mut node = Node::up("icmp-refused");
+    // Nothing listens on the backend's port 9999: its stack answers "port unreachable".
+    let backend = format!("{}:9999", BACKEND_IPS[0]);
+    node.datapath
+        .sync(&[service("10.96.0.10:53/UDP", &[&backend])]);
+    let started = Instant::now();
+    let outcome = ok(
+        node.topology
+            .client
+            .ns
+            .within(|| -> std::io::Result<usize> {
+                let socket = UdpSocket::bind(SocketAddrV4::new(TOPO_CLIENT_IP, 0))?;
+                socket.connect(SocketAddrV4::new(TOPOLOGY_VIP, 53))?;
+                socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+                socket.send(b"anyone there?")?;
+                socket.recv(&mut [0u8; 64])
+            }),
+        "enter the client pod",
+    );
+    let err = outcome.expect_err("no answer can come");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the backend's port unreachable, translated to come from the VIP: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after a timeout"
+    );
+    assert_eq!(node.datapath.all_drops(), vec![]);
+}
+
+#[test]
+fn a_ping_to_a_clusterip_is_answered_by_the_clusterip_and_refused_from_outside() {
+    let mut node = Node::up("icmp-ping");
+    let backend = format!("{}:{HTTP_PORT}", BACKEND_IPS[0]);
+    node.datapath
+        .sync(&[service("10.96.0.10:80/TCP", &[&backend])]);
+    let vip = TOPOLOGY_VIP.to_string();
+    let from_pod = ok(
+        node.topology
+            .client
+            .ns
+            .exec("ping", &["-n", "-c", "1", "-W", "2", &vip]),
+        "run ping",
+    );
+    assert!(from_pod.success, "ping from a pod: {from_pod:?}");
+    assert!(
+        from_pod.stdout.contains(&format!("from {vip}")),
+        "the answer comes from the ClusterIP: {from_pod:?}"
+    );
+
+    // ClusterIPs are not reachable from outside (bpf-lb-external-clusterip off): not even a
+    // ping, and the drop says why.
+    let from_outside = ok(
+        node.topology
+            .external
+            .exec("ping", &["-n", "-c", "1", "-W", "1", &vip]),
+        "run ping",
+    );
+    assert!(!from_outside.success, "ping from outside: {from_outside:?}");
+    assert_eq!(
+        node.datapath
+            .drop_count(DropReason::IsClusterIp, Hook::FromNetdev),
+        1,
+        "counted as 174 Is a ClusterIP"
     );
 }
