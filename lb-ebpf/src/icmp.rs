@@ -397,9 +397,10 @@ pub fn answer_frag_needed(ctx: &TcContext, mtu: u16, from: u32) -> Result<Verdic
     if u16::from_be(frag) & IP_DF == 0 {
         return Err(dropped);
     }
+    let len = ctx.len();
     // Rest of the header: 16 unused bits, then the next-hop MTU (RFC 1191).
     let code = send_error(ctx, from, DEST_UNREACH, FRAG_NEEDED, [0, mtu.to_be()])?;
-    Ok(Verdict::Answered { code, dropped })
+    Ok(Verdict::Answered { code, dropped, len })
 }
 
 /// Room for the answer: Ethernet (14) + IP (20) + ICMP (8) + the quote (IP header of at most

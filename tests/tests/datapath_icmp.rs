@@ -452,8 +452,9 @@ fn assert_frag_needed_answer(
     let events = datapath.drain_events();
     assert_eq!(events.len(), 1);
     assert_eq!(
-        (events[0].reason, events[0].file),
-        (136, SourceFile::Icmp as u8)
+        (events[0].reason, events[0].file, events[0].len as usize),
+        (136, SourceFile::Icmp as u8, about.len()),
+        "reported as the packet that was dropped"
     );
 }
 
