@@ -596,3 +596,38 @@ fn a_ping_to_a_clusterip_is_answered_by_the_clusterip_and_refused_from_outside()
         "counted as 174 Is a ClusterIP"
     );
 }
+
+#[test]
+fn sctp_from_a_pod_to_a_clusterip_is_dropped_with_142_and_counted() {
+    let mut node = Node::up("icmp-sctp");
+    let backend = format!("{}:{HTTP_PORT}", BACKEND_IPS[0]);
+    node.datapath
+        .sync(&[service("10.96.0.10:80/TCP", &[&backend])]);
+    // A raw SCTP datagram, as any SCTP stack would send first (the content does not matter).
+    let send = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132); \
+         s.sendto(bytes(16), ('{TOPOLOGY_VIP}', 0))"
+    );
+    ok(
+        node.topology.client.ns.run("python3", &["-c", &send]),
+        "send SCTP",
+    );
+    let counted = lb_testkit::wait_until("the drop to be counted", Duration::from_secs(5), || {
+        let count = node
+            .datapath
+            .drop_count(DropReason::UnknownL4, Hook::FromPod);
+        if count >= 1 {
+            Ok(Some(count))
+        } else {
+            Err(format!("{:?}", node.datapath.all_drops()))
+        }
+    });
+    assert_eq!(ok(counted, "drop counted"), 1, "one datagram, one drop");
+    let events = node.datapath.drain_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].reason, events[0].proto, events[0].file),
+        (142, 132, SourceFile::Icmp as u8),
+        "the event names the reason and the protocol"
+    );
+}
