@@ -12,6 +12,10 @@ pub enum DropReason {
     FragNeeded = 136,
     /// A helper failed to rewrite the packet.
     WriteError = 141,
+    /// A protocol lb does not serve (neither TCP, UDP nor ICMP) addressed to a VIP.
+    UnknownL4 = 142,
+    /// An ICMP message to a VIP that is neither an echo request nor an error lb translates.
+    UnknownIcmp4Type = 144,
     /// Conntrack insertion failed (map full and eviction impossible).
     CtCreateFailed = 155,
     /// A non-first fragment, which lb cannot map to a flow.
@@ -28,10 +32,12 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         Self::Invalid,
         Self::FragNeeded,
         Self::WriteError,
+        Self::UnknownL4,
+        Self::UnknownIcmp4Type,
         Self::CtCreateFailed,
         Self::FragNoSupport,
         Self::NoService,
@@ -46,6 +52,8 @@ impl DropReason {
             Self::Invalid => "Invalid packet",
             Self::FragNeeded => "Fragmentation needed",
             Self::WriteError => "Error writing to packet",
+            Self::UnknownL4 => "Unknown L4 protocol",
+            Self::UnknownIcmp4Type => "Unknown ICMPv4 type",
             Self::CtCreateFailed => "CT: Map insertion failed",
             Self::FragNoSupport => "IP fragmentation not supported",
             Self::NoService => "Service backend not found",
@@ -61,6 +69,8 @@ impl DropReason {
             134 => Some(Self::Invalid),
             136 => Some(Self::FragNeeded),
             141 => Some(Self::WriteError),
+            142 => Some(Self::UnknownL4),
+            144 => Some(Self::UnknownIcmp4Type),
             155 => Some(Self::CtCreateFailed),
             157 => Some(Self::FragNoSupport),
             158 => Some(Self::NoService),
@@ -94,6 +104,8 @@ pub enum SourceFile {
     Csum = 7,
     /// `lb-ebpf/src/fib.rs`
     Fib = 8,
+    /// `lb-ebpf/src/icmp.rs`
+    Icmp = 9,
 }
 
 impl SourceFile {
@@ -109,6 +121,7 @@ impl SourceFile {
             Self::Nat => "nat.rs",
             Self::Csum => "csum.rs",
             Self::Fib => "fib.rs",
+            Self::Icmp => "icmp.rs",
         }
     }
 
@@ -123,6 +136,7 @@ impl SourceFile {
             6 => Self::Nat,
             7 => Self::Csum,
             8 => Self::Fib,
+            9 => Self::Icmp,
             _ => Self::Unknown,
         }
     }

@@ -22,6 +22,17 @@ pub enum Verdict {
     Pass,
     /// The packet was redirected; the value is `bpf_redirect*`'s return code.
     Redirect(i32),
+    /// The packet was dropped, and turned into an answer to its sender (ICMP "fragmentation
+    /// needed") that was redirected with `code`: the drop is counted and reported all the same,
+    /// with the length the packet had before it became the answer.
+    Answered {
+        /// `bpf_redirect`'s return code.
+        code: i32,
+        /// The drop the answer stands for.
+        dropped: Dropped,
+        /// The dropped packet's length.
+        len: u32,
+    },
 }
 
 /// A drop: its reason and the source line that decided it.
@@ -61,14 +72,24 @@ pub fn settle(
     match result {
         Ok(Verdict::Pass) => TC_ACT_UNSPEC,
         Ok(Verdict::Redirect(code)) => code,
+        Ok(Verdict::Answered { code, dropped, len }) => {
+            count(ctx, hook, arrived, len, dropped);
+            code
+        }
         Err(dropped) => {
-            metrics::count_drop(ctx, hook, dropped.reason);
-            let site = events::Site {
-                file: dropped.file,
-                line: dropped.line,
-            };
-            events::report_drop(ctx, hook, arrived, dropped.reason, site);
+            count(ctx, hook, arrived, ctx.len(), dropped);
             TC_ACT_SHOT
         }
     }
+}
+
+/// Counts and reports `dropped`, a packet of `len` bytes.
+#[inline(always)]
+fn count(ctx: &TcContext, hook: Hook, arrived: Option<&Tuple4>, len: u32, dropped: Dropped) {
+    metrics::count_drop(len, hook, dropped.reason);
+    let site = events::Site {
+        file: dropped.file,
+        line: dropped.line,
+    };
+    events::report_drop(ctx, hook, arrived, len, dropped.reason, site);
 }

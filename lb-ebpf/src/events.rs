@@ -27,17 +27,18 @@ pub struct Site {
 }
 
 /// Sends an event for a drop for `reason` at `site` if the bucket has a token left. `arrived`
-/// is the packet as it arrived (see `drop::settle`).
+/// is the packet as it arrived (see `drop::settle`), `len` its length.
 #[inline(always)]
 pub fn report_drop(
     ctx: &TcContext,
     hook: Hook,
     arrived: Option<&Tuple4>,
+    len: u32,
     reason: DropReason,
     site: Site,
 ) {
     if take_token() {
-        send(ctx, hook, arrived, reason, site);
+        send(ctx, hook, arrived, len, reason, site);
     }
 }
 
@@ -71,7 +72,14 @@ fn take_token() -> bool {
 }
 
 #[inline(always)]
-fn send(ctx: &TcContext, hook: Hook, arrived: Option<&Tuple4>, reason: DropReason, site: Site) {
+fn send(
+    ctx: &TcContext,
+    hook: Hook,
+    arrived: Option<&Tuple4>,
+    len: u32,
+    reason: DropReason,
+    site: Site,
+) {
     let Some(mut slot) = LB_EVENTS.reserve::<DropEvent>(0) else {
         return;
     };
@@ -85,7 +93,7 @@ fn send(ctx: &TcContext, hook: Hook, arrived: Option<&Tuple4>, reason: DropReaso
         line: site.line,
         ifindex,
         flow_hash,
-        len: ctx.len(),
+        len,
         ..DropEvent::default()
     };
     if let Some(tuple) = arrived {

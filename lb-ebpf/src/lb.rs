@@ -64,6 +64,20 @@ pub fn is_known_vip(addr: u32) -> bool {
         .is_some()
 }
 
+/// The wildcard entry of `addr` as a frontend (port 0, protocol 0), if `addr` is a VIP: what
+/// a packet to the VIP itself, not to one of its ports, is checked against.
+#[inline(always)]
+pub fn lookup_vip(addr: u32) -> Option<Frontend> {
+    // SAFETY: copied out at once.
+    let entry = unsafe { LB4_SERVICES.get(ServiceKey4::new(addr, 0, 0, 0)) }.copied()?;
+    Some(Frontend {
+        vip: addr,
+        port: 0,
+        proto: 0,
+        entry,
+    })
+}
+
 /// Fails with 158 when `daddr` is a VIP: a packet to a VIP on a port that is no frontend.
 #[inline(always)]
 pub fn check_unknown_port(tuple: &Tuple4) -> Result<(), Dropped> {
@@ -132,6 +146,6 @@ pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
     match tuple.shape {
         Shape::Fragment => Err(dropped!(DropReason::FragNoSupport)),
         Shape::Truncated => Err(dropped!(DropReason::Invalid)),
-        Shape::Complete => Ok(()),
+        Shape::Complete | Shape::Other => Ok(()),
     }
 }

@@ -26,6 +26,7 @@ mod csum;
 mod drop;
 mod events;
 mod fib;
+mod icmp;
 mod lb;
 mod maps;
 mod metrics;
@@ -96,6 +97,9 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     let Some(tuple) = tuple else {
         return Ok(Verdict::Pass);
     };
+    if tuple.shape == Shape::Other {
+        return icmp::handle(ctx, hook, tuple);
+    }
     if tuple.shape != Shape::Complete {
         lb::check_malformed(tuple)?;
         return Ok(Verdict::Pass);
@@ -153,29 +157,48 @@ fn needs_snat(hook: Hook, chosen: &lb::Chosen, config: &DatapathConfig) -> bool 
 }
 
 /// DNAT (and SNAT) a client's packet for its service entry. An SNATed packet has the node's
-/// own address as its source, a martian to the node's stack: it leaves by redirect.
+/// own address as its source, a martian to the node's stack: it leaves by redirect, its route
+/// looked up before the rewrite, so that a packet too big for it is answered as it arrived.
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
-    let to = nat::dnat(ctx, tuple, flow)?;
-    if flow.flags & CT_F_SNAT != 0 {
-        return fib::redirect(ctx, &to);
+    if flow.flags & CT_F_SNAT == 0 {
+        nat::dnat(ctx, tuple, flow)?;
+        return Ok(Verdict::Pass);
     }
-    Ok(Verdict::Pass)
+    let route = fib::lookup(ctx, &nat::dnat_target(tuple, flow))?;
+    if let fib::Route::TooBig { mtu } = route {
+        return icmp::answer_frag_needed(ctx, mtu, flow.snat_addr);
+    }
+    nat::dnat(ctx, tuple, flow)?;
+    fib::send(ctx, &route)
 }
 
 /// Reverse-NAT a backend's reply. A reverse-SNATed reply (VIP → external client) arrived
-/// on from-netdev addressed to this node; it goes straight back out by redirect. So does the
+/// on from-netdev addressed to this node; it goes straight back out by redirect (a reply too
+/// big for that route is answered to the backend, from the node it was sent to). So does the
 /// reply of a node-port flow, whose restored source is this node's own address: the stack
 /// would drop it as a martian.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
-    let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
+    if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
+        nat::rev_nat(ctx, tuple, reply)?;
+        return Ok(Verdict::Pass);
+    }
+    let Some(to) = nat::rev_nat_target(tuple, reply) else {
         return Ok(Verdict::Pass);
     };
-    if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) != 0 {
-        return fib::redirect(ctx, &to);
+    let route = fib::lookup(ctx, &to)?;
+    if let fib::Route::TooBig { mtu } = route {
+        // From the node address the reply reached: the SNAT address, or the node port's.
+        let node = if reply.flags & CT_F_SNAT != 0 {
+            tuple.daddr
+        } else {
+            to.saddr
+        };
+        return icmp::answer_frag_needed(ctx, mtu, node);
     }
-    Ok(Verdict::Pass)
+    nat::rewrite(ctx, tuple, &to)?;
+    fib::send(ctx, &route)
 }
 
 /// The host build of this binary does nothing: the programs only exist for the BPF target.

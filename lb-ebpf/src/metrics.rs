@@ -2,7 +2,7 @@
 //!
 //! Map: `LB_METRICS` (the only module that touches it). Called by `drop::settle` only.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     drop::{DropReason, Hook},
     metrics::{MetricKey, MetricValue},
@@ -10,15 +10,15 @@ use lb_common::{
 
 use crate::maps::LB_METRICS;
 
-/// Counts one dropped packet of `ctx`'s length under `reason` and `hook`.
+/// Counts one dropped packet of `len` bytes under `reason` and `hook`.
 #[inline(always)]
-pub fn count_drop(ctx: &TcContext, hook: Hook, reason: DropReason) {
+pub fn count_drop(len: u32, hook: Hook, reason: DropReason) {
     let key = MetricKey {
         reason: reason as u8,
         hook: hook as u8,
         _pad: [0; 2],
     };
-    let bytes = u64::from(ctx.len());
+    let bytes = u64::from(len);
     if let Some(value) = LB_METRICS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value, written only by this CPU, and BPF programs do not
         // preempt each other on one CPU.

@@ -83,10 +83,10 @@ pub fn select_snat_port(
     Err(dropped!(DropReason::NatNoMapping))
 }
 
-/// Rewrites the packet of the client flow `tuple` for its conntrack entry `flow`: destination
-/// → backend, and source → node:port when the flow is SNATed. Returns the new tuple.
+/// The tuple the client flow `tuple` is rewritten to for its conntrack entry `flow`:
+/// destination → backend, and source → node:port when the flow is SNATed.
 #[inline(always)]
-pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Tuple4, Dropped> {
+pub fn dnat_target(tuple: &Tuple4, flow: &CtService) -> Tuple4 {
     let mut to = *tuple;
     to.daddr = flow.backend_addr;
     to.dport = flow.backend_port;
@@ -94,24 +94,31 @@ pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Tuple4,
         to.saddr = flow.snat_addr;
         to.sport = flow.snat_port;
     }
+    to
+}
+
+/// Rewrites the packet of the client flow `tuple` for its conntrack entry `flow` (see
+/// [`dnat_target`]). Returns the new tuple.
+#[inline(always)]
+pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Tuple4, Dropped> {
+    let to = dnat_target(tuple, flow);
     rewrite(ctx, tuple, &to)?;
     Ok(to)
 }
 
-/// Rewrites a backend's reply `tuple` for its reply entry: source → VIP:port, and destination
-/// → the original client when the flow was SNATed. `None` (packet untouched) when the service
-/// is gone from `LB4_REVNAT`.
+/// The frontend (VIP and port, network byte order) of service `rev_nat`, if it still exists.
 #[inline(always)]
-pub fn rev_nat(
-    ctx: &TcContext,
-    tuple: &Tuple4,
-    reply: &CtReply,
-) -> Result<Option<Tuple4>, Dropped> {
+pub fn lookup_rev_nat(rev_nat: u16) -> Option<RevNat4> {
     // SAFETY: copied out at once.
-    let Some(frontend) = unsafe { LB4_REVNAT.get(reply.rev_nat) }.copied() else {
-        return Ok(None);
-    };
-    let RevNat4 { vip, port, .. } = frontend;
+    unsafe { LB4_REVNAT.get(rev_nat) }.copied()
+}
+
+/// The tuple a backend's reply `tuple` is rewritten to for its reply entry: source → VIP:port,
+/// and destination → the original client when the flow was SNATed. `None` when the service is
+/// gone from `LB4_REVNAT` (the reply passes untranslated).
+#[inline(always)]
+pub fn rev_nat_target(tuple: &Tuple4, reply: &CtReply) -> Option<Tuple4> {
+    let RevNat4 { vip, port, .. } = lookup_rev_nat(reply.rev_nat)?;
     let mut to = *tuple;
     to.saddr = vip;
     to.sport = port;
@@ -119,13 +126,27 @@ pub fn rev_nat(
         to.daddr = reply.client_addr;
         to.dport = reply.client_port;
     }
+    Some(to)
+}
+
+/// Rewrites a backend's reply `tuple` for its reply entry (see [`rev_nat_target`]). `None`
+/// (packet untouched) when the service is gone from `LB4_REVNAT`.
+#[inline(always)]
+pub fn rev_nat(
+    ctx: &TcContext,
+    tuple: &Tuple4,
+    reply: &CtReply,
+) -> Result<Option<Tuple4>, Dropped> {
+    let Some(to) = rev_nat_target(tuple, reply) else {
+        return Ok(None);
+    };
     rewrite(ctx, tuple, &to)?;
     Ok(Some(to))
 }
 
 /// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
+pub fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
     let l4 = usize::from(from.l4_off);
     // Direct writes first: every pointer is derived (and bounds-checked) here, before any
     // helper call invalidates them.

@@ -11,9 +11,9 @@
 //! read or write into single bytes.
 //!
 //! Touches no map and never drops: whether a malformed packet matters depends on its
-//! destination being a VIP, which `lb.rs` knows. Returns `None` for everything lb does not
-//! translate (non-IPv4 frames, bad IPv4 headers, protocols other than TCP and UDP), so the
-//! caller hands those on unchanged.
+//! destination being a VIP, which `lb.rs` knows. Returns `None` for non-IPv4 frames and bad
+//! IPv4 headers, which the caller hands on unchanged; other protocols than TCP and UDP come back
+//! as `Shape::Other` (addresses only) for `icmp.rs`.
 
 use core::mem::size_of;
 
@@ -49,6 +49,8 @@ pub enum Shape {
     Fragment,
     /// The TCP or UDP header is cut short.
     Truncated,
+    /// Another protocol (ICMP, SCTP, ...), not a fragment: no ports; `icmp.rs` decides.
+    Other,
 }
 
 /// The packet's flow as it arrived; addresses and ports in network byte order.
@@ -62,7 +64,8 @@ pub struct Tuple4 {
     pub sport: u16,
     /// Destination port (0 unless `shape` is `Complete`).
     pub dport: u16,
-    /// `proto::TCP` or `proto::UDP`.
+    /// The IP protocol: `proto::TCP` or `proto::UDP` unless `shape` is `Other` (or a fragment
+    /// of another protocol).
     pub proto: u8,
     /// TCP flags (byte 13 of the header), 0 for UDP.
     pub tcp_flags: u8,
@@ -109,7 +112,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
 /// The 16-bit field at the even `offset`, as stored (network byte order), if the packet holds
 /// it.
 #[inline(always)]
-fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
+pub fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
     let p = ptr_at::<u16>(ctx, offset)?;
     // SAFETY: `ptr_at` checked the bounds; `offset` is even, so the word is aligned (see the
     // module's doc).
@@ -119,7 +122,7 @@ fn load_u16(ctx: &TcContext, offset: usize) -> Option<u16> {
 /// The 32-bit field at the even `offset`, as stored (network byte order), read as two aligned
 /// halves.
 #[inline(always)]
-fn load_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
+pub fn load_u32(ctx: &TcContext, offset: usize) -> Option<u32> {
     let p = ptr_at::<[u16; 2]>(ctx, offset)?;
     // SAFETY: as in `load_u16`, for both halves.
     let [first, second] = unsafe { p.read() };
@@ -156,7 +159,7 @@ fn join(first: u16, second: u16) -> u32 {
 
 /// The two 16-bit halves of `value` in memory order (the inverse of `join`).
 #[inline(always)]
-fn split(value: u32) -> [u16; 2] {
+pub fn split(value: u32) -> [u16; 2] {
     let [a, b, c, d] = value.to_ne_bytes();
     [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
 }
@@ -174,9 +177,6 @@ pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
         return None;
     }
     let [_ttl, proto] = load_u16(ctx, IP_OFF + 8)?.to_ne_bytes();
-    if proto != proto::TCP && proto != proto::UDP {
-        return None;
-    }
     let frag = u16::from_be(load_u16(ctx, IP_OFF + 6)?);
     let saddr = load_u32(ctx, IP_SADDR_OFF)?;
     let daddr = load_u32(ctx, IP_DADDR_OFF)?;
@@ -193,6 +193,10 @@ pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
         shape: Shape::Fragment,
     };
     if frag & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return Some(tuple);
+    }
+    if proto != proto::TCP && proto != proto::UDP {
+        tuple.shape = Shape::Other;
         return Some(tuple);
     }
     // Each branch checks the length it reads, so the verifier sees every access bounded.

@@ -74,6 +74,10 @@ pub struct Frame {
     pub src_mac: [u8; 6],
     /// Destination MAC.
     pub dst_mac: [u8; 6],
+    /// The DF bit.
+    pub dont_fragment: bool,
+    /// The L4 payload.
+    pub payload: Vec<u8>,
 }
 
 impl Frame {
@@ -88,6 +92,8 @@ impl Frame {
             fragment_offset: 0,
             src_mac: SRC_MAC,
             dst_mac: DST_MAC,
+            dont_fragment: false,
+            payload: PAYLOAD.to_vec(),
         }
     }
 
@@ -117,6 +123,15 @@ impl Frame {
         }
     }
 
+    /// The same frame with DF set and `len` bytes of payload.
+    pub fn sized(&self, len: usize) -> Self {
+        Self {
+            dont_fragment: true,
+            payload: (0..len).map(|i| (i % 251) as u8).collect(),
+            ..self.clone()
+        }
+    }
+
     /// The frame's bytes, every checksum computed by etherparse.
     pub fn bytes(&self) -> Vec<u8> {
         let (proto, l4_len) = match self.l4 {
@@ -128,8 +143,9 @@ impl Frame {
         ip.identification = 0x1234;
         ip.options = Ipv4Options::try_from(self.ip_options.as_slice()).expect("ipv4 options");
         ip.more_fragments = self.more_fragments;
+        ip.dont_fragment = self.dont_fragment;
         ip.fragment_offset = IpFragOffset::try_new(self.fragment_offset).expect("fragment offset");
-        ip.set_payload_len(l4_len + PAYLOAD.len())
+        ip.set_payload_len(l4_len + self.payload.len())
             .expect("payload length");
         ip.header_checksum = ip.calc_header_checksum();
         let mut out = Vec::new();
@@ -142,25 +158,31 @@ impl Frame {
         .expect("write ethernet");
         ip.write(&mut out).expect("write ipv4");
         match self.l4 {
-            L4::Tcp(flags) => tcp_header(self.src.port(), self.dst.port(), flags, &ip)
-                .write(&mut out)
-                .expect("write tcp"),
+            L4::Tcp(flags) => {
+                tcp_header(self.src.port(), self.dst.port(), flags, &ip, &self.payload)
+                    .write(&mut out)
+                    .expect("write tcp")
+            }
             L4::Udp { checksum } => {
-                let mut udp =
-                    UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, PAYLOAD)
-                        .expect("udp header");
+                let mut udp = UdpHeader::with_ipv4_checksum(
+                    self.src.port(),
+                    self.dst.port(),
+                    &ip,
+                    &self.payload,
+                )
+                .expect("udp header");
                 if !checksum {
                     udp.checksum = 0;
                 }
                 udp.write(&mut out).expect("write udp");
             }
         }
-        out.extend_from_slice(PAYLOAD);
+        out.extend_from_slice(&self.payload);
         out
     }
 }
 
-fn tcp_header(sport: u16, dport: u16, flags: u8, ip: &Ipv4Header) -> TcpHeader {
+fn tcp_header(sport: u16, dport: u16, flags: u8, ip: &Ipv4Header, payload: &[u8]) -> TcpHeader {
     let mut tcp = TcpHeader::new(sport, dport, 1_000, 64_240);
     tcp.fin = flags & tcp_flags::FIN != 0;
     tcp.syn = flags & tcp_flags::SYN != 0;
@@ -170,7 +192,7 @@ fn tcp_header(sport: u16, dport: u16, flags: u8, ip: &Ipv4Header) -> TcpHeader {
     if tcp.ack {
         tcp.acknowledgment_number = 2_000;
     }
-    tcp.checksum = tcp.calc_checksum_ipv4(ip, PAYLOAD).expect("tcp checksum");
+    tcp.checksum = tcp.calc_checksum_ipv4(ip, payload).expect("tcp checksum");
     tcp
 }
 
@@ -253,15 +275,91 @@ pub fn with_byte(mut frame: Vec<u8>, offset: usize, value: u8) -> Vec<u8> {
 
 /// An ICMP echo request from `src` to `dst`.
 pub fn icmp_echo(src: &str, dst: &str) -> Vec<u8> {
-    let payload = b"ping";
-    let icmp = Icmpv4Header::with_checksum(
-        Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 }),
-        payload,
-    );
+    let request = Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 });
+    icmp_frame(src, dst, (SRC_MAC, DST_MAC), request, b"ping")
+}
+
+/// The echo reply `dst` sends back for [`icmp_echo`]`(src, dst)`, MACs swapped.
+pub fn icmp_echo_reply(src: &str, dst: &str) -> Vec<u8> {
+    let reply = Icmpv4Type::EchoReply(IcmpEchoHeader { id: 7, seq: 1 });
+    icmp_frame(dst, src, (DST_MAC, SRC_MAC), reply, b"ping")
+}
+
+/// An ICMP message of another type (`kind`) with an empty body, e.g. a timestamp request.
+pub fn icmp_other(src: &str, dst: &str, kind: u8) -> Vec<u8> {
+    let other = Icmpv4Type::Unknown {
+        type_u8: kind,
+        code_u8: 0,
+        bytes5to8: [0; 4],
+    };
+    icmp_frame(src, dst, (SRC_MAC, DST_MAC), other, &[0; 12])
+}
+
+/// An ICMP error from `src` to `dst` (addresses) of `kind`/`code`, with `rest` as the
+/// header's last four bytes (the next-hop MTU of "fragmentation needed" in its last two),
+/// quoting the IP header of `about` (a frame) and `quoted_l4` bytes of what follows (8 as
+/// RFC 792 asks; Linux quotes up to 576 bytes in all).
+pub fn icmp_error(
+    src: &str,
+    dst: &str,
+    (kind, code): (u8, u8),
+    rest: [u8; 4],
+    about: &[u8],
+    quoted_l4: usize,
+) -> Vec<u8> {
+    let packet = about.get(ETH_LEN..).expect("a frame to quote");
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let quote = &packet[..(ihl + quoted_l4).min(packet.len())];
+    let error = Icmpv4Type::Unknown {
+        type_u8: kind,
+        code_u8: code,
+        bytes5to8: rest,
+    };
+    icmp_frame(src, dst, (SRC_MAC, DST_MAC), error, quote)
+}
+
+/// `frame` with other MAC addresses.
+pub fn with_macs(mut frame: Vec<u8>, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    frame
+}
+
+const ETH_LEN: usize = 14;
+
+fn icmp_frame(
+    src: &str,
+    dst: &str,
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    kind: Icmpv4Type,
+    payload: &[u8],
+) -> Vec<u8> {
+    let icmp = Icmpv4Header::with_checksum(kind, payload);
     let mut ip = Ipv4Header::new(0, 64, IpNumber::ICMP, ip(src).octets(), ip(dst).octets())
         .expect("ipv4 header");
     ip.set_payload_len(icmp.header_len() + payload.len())
         .expect("payload length");
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = Vec::new();
+    Ethernet2Header {
+        destination: dst_mac,
+        source: src_mac,
+        ether_type: EtherType::IPV4,
+    }
+    .write(&mut out)
+    .expect("write ethernet");
+    ip.write(&mut out).expect("write ipv4");
+    icmp.write(&mut out).expect("write icmp");
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A frame of another IP protocol (`proto`, e.g. 132 for SCTP) with 16 bytes of payload.
+pub fn ip_proto(src: &str, dst: &str, proto: u8) -> Vec<u8> {
+    let payload = [0u8; 16];
+    let mut ip = Ipv4Header::new(0, 64, IpNumber(proto), ip(src).octets(), ip(dst).octets())
+        .expect("ipv4 header");
+    ip.set_payload_len(payload.len()).expect("payload length");
     ip.header_checksum = ip.calc_header_checksum();
     let mut out = Vec::new();
     Ethernet2Header {
@@ -272,9 +370,69 @@ pub fn icmp_echo(src: &str, dst: &str) -> Vec<u8> {
     .write(&mut out)
     .expect("write ethernet");
     ip.write(&mut out).expect("write ipv4");
-    icmp.write(&mut out).expect("write icmp");
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&payload);
     out
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`: 0 over a block that holds its own correct
+/// checksum. Written out here, apart from etherparse, to check what the datapath computed.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What an ICMP error says, once its checksums have been verified with [`internet_checksum`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenIcmp {
+    /// Outer source.
+    pub src: Ipv4Addr,
+    /// Outer destination.
+    pub dst: Ipv4Addr,
+    /// ICMP type and code.
+    pub kind: (u8, u8),
+    /// The header's last four bytes.
+    pub rest: [u8; 4],
+    /// The quoted packet's source address and port.
+    pub quoted_src: SocketAddrV4,
+    /// The quoted packet's destination address and port.
+    pub quoted_dst: SocketAddrV4,
+}
+
+/// Reads the ICMP error `frame`, panicking unless its IP header checksum, its ICMP checksum
+/// (over the whole message) and the quoted IP header's checksum are right.
+pub fn read_icmp_error_checked(frame: &[u8]) -> SeenIcmp {
+    let packet = &frame[ETH_LEN..];
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    assert_eq!(total, packet.len(), "IPv4 total length");
+    assert_eq!(packet[9], 1, "an ICMP packet");
+    assert_eq!(internet_checksum(&packet[..ihl]), 0, "IPv4 header checksum");
+    let icmp = &packet[ihl..];
+    assert_eq!(internet_checksum(icmp), 0, "ICMP checksum");
+    let quoted = &icmp[8..];
+    let quoted_ihl = usize::from(quoted[0] & 0x0f) * 4;
+    assert_eq!(
+        internet_checksum(&quoted[..quoted_ihl]),
+        0,
+        "quoted IPv4 header checksum"
+    );
+    let l4 = &quoted[quoted_ihl..];
+    let v4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    SeenIcmp {
+        src: v4(&packet[12..16]),
+        dst: v4(&packet[16..20]),
+        kind: (icmp[0], icmp[1]),
+        rest: [icmp[4], icmp[5], icmp[6], icmp[7]],
+        quoted_src: SocketAddrV4::new(v4(&quoted[12..16]), u16::from_be_bytes([l4[0], l4[1]])),
+        quoted_dst: SocketAddrV4::new(v4(&quoted[16..20]), u16::from_be_bytes([l4[2], l4[3]])),
+    }
 }
 
 /// An ARP request (a non-IPv4 frame).

@@ -2,7 +2,9 @@
 //! reverse-SNATed replies take.
 //!
 //! A packet too big for the egress device that is no GSO packet is dropped with 136
-//! "Fragmentation needed", never as a failed lookup (`BPF_PROG_TEST_RUN` in a `FibNetns`).
+//! "Fragmentation needed", never as a failed lookup (`BPF_PROG_TEST_RUN` in a `FibNetns`); with
+//! DF set it is answered with ICMP "fragmentation needed" (datapath_icmp.rs), and path-MTU
+//! discovery works across a link with a smaller MTU on the SNAT path (real traffic, below).
 //!
 //! Bulk TCP runs at a rate near the direct path's, with no drop: the story's lab (`lb_lab::Lab`:
 //! a router, two nodes, BGP) with the datapath attached by the fixture to k8smaster0's `eth0`,
@@ -24,9 +26,9 @@ use lb_common::config::{
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
 use lb_lab::Lab;
-use lb_lab::topology::{MASTER, NGINX_1, NGINX_VIP, NODE_DEV, NODES};
+use lb_lab::topology::{MASTER, NGINX_1, NGINX_VIP, NODE_DEV, NODES, SLAVE};
 use lb_testkit::packet::{ip, ip_be, tcp_ack, tcp_syn};
-use lb_testkit::{Netns, ok};
+use lb_testkit::{Netns, ok, veth};
 use lb_tests::fixture::{
     Datapath, FibNetns, ServiceExt as _, TC_ACT_REDIRECT, TC_ACT_SHOT, service,
 };
@@ -203,9 +205,11 @@ fn a_packet_too_big_for_the_egress_device_is_dropped_with_136_not_169() {
     );
     let events = datapath.drain_events();
     assert_eq!(events.len(), 1, "{events:?}");
+    // Without DF it is not answered (the stack would fragment it; lb cannot): only dropped,
+    // where the answer would have been decided.
     assert_eq!(
         (events[0].reason, events[0].file, events[0].len as usize),
-        (136, SourceFile::Fib as u8, big.len())
+        (136, SourceFile::Icmp as u8, big.len())
     );
 }
 
@@ -257,4 +261,89 @@ fn bulk_tcp_from_outside_to_a_remote_backend_runs_near_the_direct_rate_without_d
             );
         }
     }
+}
+
+/// MTU of the link the SNATed leg takes in the path-MTU test: smaller than the client's 1500.
+const SMALL_MTU: &str = "1280";
+
+impl Cluster {
+    /// Routes k8smaster0's traffic to nginx-1 over a link of its own to k8sslave0 whose MTU is
+    /// [`SMALL_MTU`]; the client's leg and the replies keep the LAN's 1500.
+    fn narrow_the_snat_leg(&self) {
+        let master = ok(self.lab.node(MASTER.name), "k8smaster0");
+        let slave = ok(self.lab.node(SLAVE.name), "k8sslave0");
+        ok(veth(master, "mtu0", slave, "mtu1"), "the narrow link");
+        for (ns, dev, addr) in [
+            (master, "mtu0", "10.255.0.1/30"),
+            (slave, "mtu1", "10.255.0.2/30"),
+        ] {
+            ok(
+                ns.ip(&["link", "set", dev, "mtu", SMALL_MTU]),
+                "set the MTU",
+            );
+            ok(ns.addr(dev, addr), "address the narrow link");
+        }
+        // The SNATed packets arrive on the narrow link from k8smaster0's LAN address, which
+        // k8sslave0 routes over the LAN: no reverse-path filter on that link.
+        ok(
+            slave.sysctl("net.ipv4.conf.all.rp_filter", "0"),
+            "rp_filter",
+        );
+        ok(
+            slave.sysctl("net.ipv4.conf.mtu1.rp_filter", "0"),
+            "rp_filter",
+        );
+        let nginx = format!("{}/32", NGINX_1.ip);
+        ok(
+            master.route(&[&nginx, "via", "10.255.0.2", "dev", "mtu0"]),
+            "route nginx-1 over the narrow link",
+        );
+    }
+}
+
+#[test]
+fn path_mtu_discovery_works_across_a_smaller_mtu_link_on_the_snat_path() {
+    let cluster = Cluster::up();
+    cluster.narrow_the_snat_leg();
+    let logs = tempfile::Builder::new()
+        .prefix("lb-datapath-fib-pmtu-")
+        .tempdir()
+        .expect("create a temporary directory");
+    let vip = NGINX_VIP.to_string();
+    let before = ok(
+        cluster.lab.router().run("ip", &["route", "get", &vip]),
+        "ip route get",
+    );
+    assert!(!before.contains("mtu"), "no path MTU known yet: {before}");
+
+    // The router sends: its full-sized segments (and TSO super-packets cut at its MSS) do not
+    // fit the narrow link, and only the ICMP answer tells it to send smaller ones.
+    let (rate, said) = cluster.iperf3(NGINX_VIP, false, logs.path());
+    eprintln!(
+        "{SMALL_MTU}-byte link on the SNAT leg: {:.2} Gbit/s through the ClusterIP",
+        gbit(rate)
+    );
+    assert!(rate > 0.0, "the transfer completes: {said}");
+
+    let after = ok(
+        cluster.lab.router().run("ip", &["route", "get", &vip]),
+        "ip route get",
+    );
+    assert!(
+        after.contains(&format!("mtu {SMALL_MTU}")),
+        "the client learned the narrow link's MTU from lb's answer: {after}"
+    );
+    let answered = cluster
+        .datapath
+        .drop_count(DropReason::FragNeeded, Hook::FromNetdev);
+    assert!(answered >= 1, "each answer is counted as a 136 drop");
+    assert_eq!(
+        cluster.datapath.all_drops(),
+        vec![(
+            DropReason::FragNeeded as u8,
+            Hook::FromNetdev as u8,
+            answered
+        )],
+        "no drop of any other reason"
+    );
 }
