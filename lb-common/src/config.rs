@@ -23,6 +23,9 @@ const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);
 
 /// `bpf-lb-external-clusterip`: ClusterIP frontends are reachable from outside the cluster.
 pub const CONFIG_F_EXTERNAL_CLUSTER_IP: u32 = 1 << 0;
+/// `service-no-backend-response=drop`: a new flow to a Service without endpoints is dropped
+/// silently instead of refused with ICMP port unreachable.
+pub const CONFIG_F_NO_BACKEND_DROP: u32 = 1 << 1;
 
 /// Default first SNAT port, as Cilium's.
 pub const SNAT_PORT_MIN: u16 = 32_768;

@@ -78,6 +78,10 @@ pub const SERVICE_F_LOCAL: u8 = 1 << 4;
 /// Service flag: sessionAffinity ClientIP; the master entry's `backend_id` is the timeout in
 /// seconds.
 pub const SERVICE_F_AFFINITY: u8 = 1 << 5;
+/// Service flag: the Service has no endpoints at all (neither ready nor serving), so a new flow
+/// is refused (ICMP port unreachable) unless the configuration says drop. A frontend whose
+/// traffic policy leaves it without backends while endpoints exist elsewhere is dropped.
+pub const SERVICE_F_NO_ENDPOINTS: u8 = 1 << 7;
 /// The flags that name a frontend's kind; exactly one is set in a master entry.
 pub const SERVICE_F_KIND_MASK: u8 =
     SERVICE_F_CLUSTER_IP | SERVICE_F_NODE_PORT | SERVICE_F_EXTERNAL_IP | SERVICE_F_LOAD_BALANCER;

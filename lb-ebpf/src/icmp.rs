@@ -60,6 +60,8 @@ const TIME_EXCEEDED: u8 = 11;
 const PARAM_PROBLEM: u8 = 12;
 /// Code of "fragmentation needed and DF set" under [`DEST_UNREACH`].
 pub const FRAG_NEEDED: u8 = 4;
+/// Destination unreachable: port unreachable (RFC 792), how a refused flow is answered.
+const PORT_UNREACH: u8 = 3;
 
 /// The ICMP header: type, code, checksum and four bytes that depend on the type.
 const ICMP_LEN: usize = 8;
@@ -384,6 +386,17 @@ fn answer_echo(ctx: &TcContext, hook: Hook, tuple: &Tuple4) -> Result<Verdict, D
     // SAFETY: a helper taking plain integers.
     let code = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) };
     Ok(Verdict::Redirect(code as i32))
+}
+
+/// Refuses a new flow to a Service without endpoints as kube-proxy does: ICMP port unreachable
+/// from the VIP, so that `connect()` fails at once with ECONNREFUSED and a UDP sender learns it
+/// too (k8s-semantics.md §2.6); counted as 158, like the silent drop it replaces.
+#[inline(always)]
+pub fn refuse(ctx: &TcContext, vip: u32) -> Result<Verdict, Dropped> {
+    let dropped = dropped!(DropReason::NoService);
+    let len = ctx.len();
+    let code = send_error(ctx, vip, DEST_UNREACH, PORT_UNREACH, [0, 0])?;
+    Ok(Verdict::Answered { code, dropped, len })
 }
 
 /// Answers a packet too big for the route of its (SNATed) flow, whose egress MTU is `mtu`

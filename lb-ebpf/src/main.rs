@@ -36,10 +36,10 @@ mod policy;
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    config::DatapathConfig,
+    config::{CONFIG_F_NO_BACKEND_DROP, DatapathConfig},
     conntrack::{CT_F_NODE_PORT, CT_F_SNAT, CtReply, CtService},
     drop::Hook,
-    service::BACKEND_F_REMOTE,
+    service::{BACKEND_F_REMOTE, SERVICE_F_NO_ENDPOINTS},
 };
 
 use crate::{
@@ -131,6 +131,12 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     let config = maps::config();
     if hook == Hook::FromNetdev {
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry
+    }
+    if frontend.entry.count == 0
+        && frontend.entry.flags & SERVICE_F_NO_ENDPOINTS != 0
+        && config.flags & CONFIG_F_NO_BACKEND_DROP == 0
+    {
+        return icmp::refuse(ctx, tuple.daddr);
     }
     let chosen = affinity::select_backend(&frontend, tuple.saddr)?;
     let flow = if needs_snat(hook, &chosen, &config) {

@@ -77,8 +77,14 @@ fn cases() -> Vec<Case> {
             expect: Expect::Unchanged,
         },
         Case {
+            // Endpoints elsewhere, none for this frontend (a traffic policy Local); a Service
+            // without any endpoint is refused instead (datapath_reject.rs).
             name: "a frontend with no backends drops with 158",
-            services: vec![service(VIP_TCP, &[])],
+            services: vec![{
+                let mut web = service(VIP_TCP, &[]);
+                web.has_any_endpoints = true;
+                web
+            }],
             config_flags: 0,
             hook: Hook::FromPod,
             input: tcp_syn(POD, "10.96.0.10:80"),

@@ -2,18 +2,20 @@
 //! namespaces (`Topology`), judged by real traffic: a node port from outside and from a pod,
 //! an external IP and a load-balancer IP from outside with `bpf-lb-external-clusterip` off,
 //! externalTrafficPolicy Local keeping the client's address and answering only from this
-//! node's endpoints, ClientIP session affinity and its timeout, and `lbctl service list`
-//! naming each frontend's kind, Service and flags.
+//! node's endpoints, ClientIP session affinity and its timeout, a Service without endpoints
+//! refusing connections (and dropping them with `service-no-backend-response=drop`), and
+//! `lbctl service list` naming each frontend's kind, Service and flags.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 use lb_lab::probe::{HttpReply, http_get};
 use lb_testkit::{Netns, ok};
-use lb_tests::topology::{BACKEND_IPS, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 1);
 const NODE_PORT: u16 = 30080;
@@ -31,6 +33,47 @@ const REMOTE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
 const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
 /// The sticky Service's affinity timeout, short so that the test sees it expire.
 const STICKY_TIMEOUT_SECS: u64 = 1;
+
+const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 4);
+
+/// `empty`: a ClusterIP Service on TCP and UDP whose slice has no endpoint (every pod evicted).
+fn empty_manifest() -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+  namespace: default
+spec:
+  clusterIP: {EMPTY_CLUSTER_IP}
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+  - name: dns
+    port: 53
+    protocol: UDP
+  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: empty
+  name: empty-abcde
+  namespace: default
+endpoints: []
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+- name: dns
+  port: 53
+  protocol: UDP
+"
+    )
+}
 
 /// Requests per check: enough that a wrong backend among two shows up.
 const TRIES: usize = 12;
@@ -359,4 +402,63 @@ fn answers_once(ns: &Netns, target: SocketAddrV4) -> (Ipv4Addr, Ipv4Addr) {
         reply.pod_ip.expect("X-Pod-IP"),
         reply.client_ip.expect("X-Client-IP"),
     )
+}
+
+/// A TCP connect and a UDP exchange from the client pod to the empty Service: each error, and
+/// how long it took to come.
+fn connect_and_ask(topology: &Topology) -> [(std::io::ErrorKind, Duration); 2] {
+    let wait = Duration::from_secs(2);
+    ok(
+        topology.client.ns.within(|| {
+            let started = Instant::now();
+            let tcp =
+                TcpStream::connect_timeout(&SocketAddrV4::new(EMPTY_CLUSTER_IP, 80).into(), wait)
+                    .expect_err("nothing can accept");
+            let tcp = (tcp.kind(), started.elapsed());
+            let started = Instant::now();
+            let socket = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).expect("bind");
+            socket
+                .connect(SocketAddrV4::new(EMPTY_CLUSTER_IP, 53))
+                .expect("connect");
+            socket.set_read_timeout(Some(wait)).expect("timeout");
+            socket.send(b"anyone there?").expect("send");
+            let udp = socket.recv(&mut [0u8; 64]).expect_err("nothing can answer");
+            [tcp, (udp.kind(), started.elapsed())]
+        }),
+        "enter the client pod",
+    )
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
+    let topology = Topology::new("service_reject");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("empty.yaml"), empty_manifest()).expect("write the manifests");
+    let agent = lb_tests::agent::start(&topology, "service_reject", &dir);
+
+    // The default, `reject`: TCP connect() and a connected UDP socket both fail with
+    // ECONNREFUSED, well under a second, as with kube-proxy.
+    for (protocol, (kind, took)) in ["TCP", "UDP"].into_iter().zip(connect_and_ask(&topology)) {
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{protocol}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{protocol}: refused in {took:?}"
+        );
+    }
+
+    // `drop`, live: the same attempts now wait out their timeouts.
+    ok(
+        agent.lbctl(&["config", "set", "service-no-backend-response", "drop"]),
+        "lbctl config set",
+    );
+    for (protocol, (kind, _)) in ["TCP", "UDP"].into_iter().zip(connect_and_ask(&topology)) {
+        assert!(
+            matches!(
+                kind,
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            "{protocol}: dropped, not refused: {kind:?}"
+        );
+    }
 }

@@ -25,7 +25,7 @@ pub use state::AgentState;
 
 use crate::{
     api,
-    config::AgentConfig,
+    config::{AgentConfig, NoBackendResponse},
     datapath::{self, Datapath, LoadOptions, devices, events},
     k8s,
     lock::BpfRootLock,
@@ -74,6 +74,9 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
             dp::CONFIG_F_EXTERNAL_CLUSTER_IP
         } else {
             0
+        } | match config.no_backend_response {
+            NoBackendResponse::Reject => 0,
+            NoBackendResponse::Drop => dp::CONFIG_F_NO_BACKEND_DROP,
         },
         node_addr: datapath::maps::node_addr_value(node_ip),
         snat_port_min: dp::SNAT_PORT_MIN,

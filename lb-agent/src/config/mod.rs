@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-pub use options::{AgentConfig, OptionKey};
+pub use options::{AgentConfig, NoBackendResponse, OptionKey, OptionValue};
 use options::{OptionSpec, RawValues};
 
 /// Errors resolving or changing the configuration.
@@ -78,6 +78,8 @@ pub enum Error {
 pub enum LiveChange {
     /// `bpf-lb-external-clusterip`.
     ExternalClusterIp(bool),
+    /// `service-no-backend-response`.
+    NoBackendResponse(NoBackendResponse),
 }
 
 impl LiveChange {
@@ -85,6 +87,7 @@ impl LiveChange {
     pub fn key(self) -> &'static str {
         match self {
             Self::ExternalClusterIp(_) => OptionKey::ExternalClusterIp.key(),
+            Self::NoBackendResponse(_) => OptionKey::NoBackendResponse.key(),
         }
     }
 
@@ -92,6 +95,7 @@ impl LiveChange {
     pub fn value(self) -> String {
         match self {
             Self::ExternalClusterIp(on) => on.to_string(),
+            Self::NoBackendResponse(response) => response.to_raw(),
         }
     }
 
@@ -99,6 +103,7 @@ impl LiveChange {
     pub fn apply(self, config: &mut AgentConfig) {
         match self {
             Self::ExternalClusterIp(on) => config.external_cluster_ip = on,
+            Self::NoBackendResponse(response) => config.no_backend_response = response,
         }
     }
 }
@@ -314,6 +319,9 @@ pub fn parse_live(key: &str, value: &str) -> Result<LiveChange, Error> {
         OptionKey::ExternalClusterIp => options::parse_bool(value)
             .map(LiveChange::ExternalClusterIp)
             .ok_or_else(invalid),
+        OptionKey::NoBackendResponse => NoBackendResponse::from_raw(value)
+            .map(LiveChange::NoBackendResponse)
+            .ok_or_else(invalid),
         // Every live option has a `LiveChange` (unit-tested); the others were refused above.
         _ => Err(Error::NotLive { key: spec.key }),
     }
@@ -366,6 +374,7 @@ mod tests {
                 config_dir: None,
                 metrics_address: Some("127.0.0.1:9963".parse().expect("addr")),
                 external_cluster_ip: false,
+                no_backend_response: NoBackendResponse::Reject,
                 ct_max_entries: 262_144,
                 lb_map_max: 65_536,
                 log_level: tracing::Level::INFO,

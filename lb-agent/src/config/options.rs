@@ -46,6 +46,8 @@ pub enum Kind {
     },
     /// A `tracing` level.
     LogLevel,
+    /// `reject` or `drop`.
+    NoBackendResponse,
 }
 
 impl Kind {
@@ -63,6 +65,7 @@ impl Kind {
             Self::Bool => "`true` or `false`".into(),
             Self::Count { min, max } => format!("an integer from {min} to {max}"),
             Self::LogLevel => "one of `error`, `warn`, `info`, `debug`, `trace`".into(),
+            Self::NoBackendResponse => "`reject` or `drop`".into(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Kind {
                 value.parse::<u32>().is_ok_and(|n| (min..=max).contains(&n))
             }
             Self::LogLevel => matches!(value, "error" | "warn" | "info" | "debug" | "trace"),
+            Self::NoBackendResponse => NoBackendResponse::from_raw(value).is_some(),
         }
     }
 }
@@ -213,6 +217,33 @@ impl OptionValue for u32 {
     }
     fn to_raw(&self) -> String {
         self.to_string()
+    }
+}
+
+/// What a new flow to a Service without endpoints gets (Cilium's `service-no-backend-response`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoBackendResponse {
+    /// ICMP port unreachable from the VIP: `connect()` fails at once with ECONNREFUSED, as
+    /// with kube-proxy.
+    Reject,
+    /// Dropped (counted as 158): the client waits for its timeout.
+    Drop,
+}
+
+impl OptionValue for NoBackendResponse {
+    fn from_raw(raw: &str) -> Option<Self> {
+        match raw {
+            "reject" => Some(Self::Reject),
+            "drop" => Some(Self::Drop),
+            _ => None,
+        }
+    }
+    fn to_raw(&self) -> String {
+        match self {
+            Self::Reject => "reject",
+            Self::Drop => "drop",
+        }
+        .to_owned()
     }
 }
 
@@ -433,6 +464,16 @@ options! {
         kind: Kind::Bool,
         help: "make ClusterIPs reachable from outside the cluster",
         doc: "ClusterIPs reachable from outside the cluster",
+    }
+    NoBackendResponse => no_backend_response: NoBackendResponse {
+        key: "service-no-backend-response",
+        env: "LB_SERVICE_NO_BACKEND_RESPONSE",
+        default: "reject",
+        live: true,
+        value_name: "reject|drop",
+        kind: Kind::NoBackendResponse,
+        help: "what a new flow to a Service without endpoints gets: ICMP port unreachable, or a silent drop",
+        doc: "a Service without endpoints: `reject` (ICMP port unreachable: connections are refused at once, as with kube-proxy) or `drop`",
     }
     CtMaxEntries => ct_max_entries: u32 {
         key: "bpf-ct-max-entries",

@@ -7,8 +7,8 @@ use lb_common::{
     proto,
     service::{
         BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
-        SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NODE_PORT,
-        SERVICE_F_ROUTABLE,
+        SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NO_ENDPOINTS,
+        SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE,
     },
 };
 
@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// The master entry's flags: the frontend's kind, whether clients outside the cluster may use
-/// it (every kind but ClusterIP), and whether only local endpoints serve it.
+/// it (every kind but ClusterIP), whether only local endpoints serve it, and whether the
+/// Service has no endpoints at all (refused rather than dropped).
 fn service_flags(service: &DesiredService) -> u8 {
     let kind = match service.kind {
         FrontendKind::ClusterIp => SERVICE_F_CLUSTER_IP,
@@ -27,11 +28,17 @@ fn service_flags(service: &DesiredService) -> u8 {
         FrontendKind::ExternalIp => SERVICE_F_EXTERNAL_IP | SERVICE_F_ROUTABLE,
         FrontendKind::LoadBalancer => SERVICE_F_LOAD_BALANCER | SERVICE_F_ROUTABLE,
     };
-    if service.local_only {
-        kind | SERVICE_F_LOCAL
+    let local = if service.local_only {
+        SERVICE_F_LOCAL
     } else {
-        kind
-    }
+        0
+    };
+    let empty = if service.has_any_endpoints {
+        0
+    } else {
+        SERVICE_F_NO_ENDPOINTS
+    };
+    kind | local | empty
 }
 
 fn proto_number(protocol: Protocol) -> u8 {
