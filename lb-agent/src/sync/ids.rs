@@ -169,9 +169,12 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
         self.live_ids.insert(id, key);
     }
 
-    /// Records an id found in the maps; allocation goes on above the highest one.
-    fn restore_live(&mut self, key: K, id: I) {
-        if id <= self.last && !self.holds(id) && !self.live.contains_key(&key) {
+    /// Records an id found in the maps; allocation goes on above the highest one. A second
+    /// id for the same key (left by an interrupted pass) is retired: entries may name it.
+    fn restore_live(&mut self, key: K, id: I, now: Instant) {
+        if self.live.contains_key(&key) {
+            self.restore_retired(id, now);
+        } else if id <= self.last && !self.holds(id) {
             self.insert_live(key, id);
             self.move_cursor_past(id);
         }
@@ -371,7 +374,7 @@ impl Ids {
             if key.slot == 0 && key.proto != 0 && id != ServiceId(0) {
                 let (vip, port, proto) = maps::frontend_of(key);
                 ids.services
-                    .restore_live(FrontendKey { vip, port, proto }, id);
+                    .restore_live(FrontendKey { vip, port, proto }, id, now);
             }
         }
         for id in content.revnat.keys() {
@@ -387,7 +390,7 @@ impl Ids {
                 proto: backend.proto,
             };
             if *id != BackendId(0) {
-                ids.backends.restore_live(key, *id);
+                ids.backends.restore_live(key, *id, now);
             }
         }
         ids
@@ -617,6 +620,23 @@ mod tests {
             &HashSet::new(),
         );
         assert_eq!(released.services, 1);
+    }
+
+    #[test]
+    fn a_second_id_for_one_backend_found_in_the_maps_is_retired_not_forgotten() {
+        let mut content = MapsContent::default();
+        let addr = Ipv4Addr::new(10, 244, 1, 5);
+        let value = maps::backend_value(addr, 8080, lb_common::proto::TCP, 0, 0);
+        content.backends.insert(BackendId(1), value);
+        content.backends.insert(BackendId(2), value);
+        let mut ids = Ids::restore(&content);
+        let key = BackendKey {
+            addr,
+            port: 8080,
+            proto: lb_common::proto::TCP,
+        };
+        assert_eq!(ids.backend(key).ok(), Some(BackendId(1)));
+        assert_eq!(ids.retired_backends().collect::<Vec<_>>(), [BackendId(2)]);
     }
 
     #[test]
