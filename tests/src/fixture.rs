@@ -232,6 +232,12 @@ impl Datapath {
             .unwrap_or_else(|err| panic!("sync: {:#}", anyhow::Error::new(err)));
     }
 
+    /// The syncer that programs the maps, for what the agent's other tasks ask of it (the
+    /// conntrack GC's `release_unreferenced`).
+    pub fn syncer(&mut self) -> &mut Syncer<AyaMaps> {
+        &mut self.syncer
+    }
+
     /// Writes the maps sync owns directly, for a state sync itself would never produce. The
     /// syncer is started afresh afterwards (as a restarted agent would), so that the next
     /// [`Datapath::sync`] plans from what the maps now hold.

@@ -2,16 +2,19 @@
 //! (batch writes), loaded exactly as lb-agent loads them. What the maps hold is compared whole,
 //! as `datapath::dump::render` prints it; a full map is a clear error that loses nothing.
 use std::{
+    collections::HashSet,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use lb_agent::{
-    datapath::{self, BackendId, Datapath, LbMaps as _, LoadOptions, dump},
+    datapath::{self, BackendId, Datapath, LbMaps as _, LoadOptions, ServiceId, dump},
     sync::{Syncer, plan},
 };
-use lb_common::config::DatapathConfig;
-use lb_tests::fixture::{ServiceExt as _, service};
+use lb_common::{config::DatapathConfig, conntrack::CT_REPLY, drop::Hook};
+use lb_testkit::packet::{read_checked, tcp_ack, tcp_syn, tcp_syn_ack};
+use lb_tests::fixture::{self, ServiceExt as _, TC_ACT_UNSPEC, service};
 
 /// A bpf root removed (maps unpinned) on drop.
 struct BpfRoot(PathBuf);
@@ -101,9 +104,14 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
     syncer.sync(&[]).expect("empty sync");
     assert_eq!(
         rendered(&maps),
-        "",
-        "every entry is gone once every service is"
+        "REV 1 10.96.0.10:80\n",
+        "every entry is gone once every service is, but the rev-NAT entry of its flows"
     );
+    // The conntrack GC finds no entry naming the service: its rev-NAT entry goes too.
+    syncer
+        .release_unreferenced(Instant::now(), &HashSet::new(), &HashSet::new())
+        .expect("release");
+    assert_eq!(rendered(&maps), "", "nothing is left");
 }
 
 #[test]
@@ -140,5 +148,92 @@ fn a_full_map_is_a_clear_error_and_the_last_good_state_stays_programmed() {
     syncer
         .sync(std::slice::from_ref(&first))
         .expect("sync after the failure");
+    // The second frontend's rev-NAT entry was written before the failure: its id is retired
+    // and the entry kept until the conntrack GC finds no flow naming it.
+    assert_eq!(
+        rendered(&maps),
+        good.replace(
+            "REV 1 10.96.0.10:80\n",
+            "REV 1 10.96.0.10:80\nREV 2 10.96.0.11:80\n"
+        ),
+        "the good state, and the retired rev-NAT entry"
+    );
+    syncer
+        .release_unreferenced(Instant::now(), &HashSet::new(), &HashSet::new())
+        .expect("release");
     assert_eq!(rendered(&maps), good);
+}
+
+/// The datapath's side of a retired service id: after a port change (80 → 8080) a reply of
+/// an established :80 flow is still reverse-NATed to :80 while the flow's conntrack entries
+/// live, the :80 frontend no longer translates, and the new frontend has a new id; once the
+/// GC finds no flow naming the old id, its rev-NAT entry is gone.
+#[test]
+fn after_a_port_change_replies_of_the_old_ports_flows_are_still_reverse_nated() {
+    const POD: &str = "10.244.0.7:40000";
+    const BACKEND: &str = "10.244.1.5:8080";
+    let mut datapath = fixture::Datapath::load();
+    datapath.sync(&[service("10.96.0.10:80/TCP", &[BACKEND])]);
+    let run = datapath.run(Hook::FromPod, &tcp_syn(POD, "10.96.0.10:80"));
+    assert_eq!(read_checked(&run.frame).dst.to_string(), BACKEND);
+    let old_id = referenced_services(&datapath);
+    assert_eq!(old_id.len(), 1);
+
+    datapath.sync(&[service("10.96.0.10:8080/TCP", &[BACKEND])]);
+    let run = datapath.run(
+        Hook::FromPod,
+        &tcp_syn("10.244.0.7:40001", "10.96.0.10:8080"),
+    );
+    assert_eq!(read_checked(&run.frame).dst.to_string(), BACKEND);
+    assert_eq!(
+        referenced_services(&datapath).len(),
+        2,
+        "the new frontend does not reuse the retired id"
+    );
+    let run = datapath.run(Hook::FromPod, &tcp_syn_ack(BACKEND, POD));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    read_checked(&run.frame);
+    assert_eq!(
+        run.frame,
+        tcp_syn_ack("10.96.0.10:80", POD),
+        "the reply still comes from VIP:80"
+    );
+    let ack = datapath.run(Hook::FromPod, &tcp_ack(POD, "10.96.0.10:80"));
+    assert_eq!(
+        read_checked(&ack.frame).dst.to_string(),
+        "10.96.0.10:80",
+        ":80 itself is no longer translated"
+    );
+
+    datapath
+        .syncer()
+        .release_unreferenced(Instant::now(), &old_id, &HashSet::new())
+        .expect("release");
+    assert_eq!(
+        datapath
+            .run(Hook::FromPod, &tcp_syn_ack(BACKEND, POD))
+            .frame,
+        tcp_syn_ack("10.96.0.10:80", POD),
+        "kept while a conntrack entry names it"
+    );
+    datapath
+        .syncer()
+        .release_unreferenced(Instant::now(), &HashSet::new(), &HashSet::new())
+        .expect("release");
+    let reply = tcp_syn_ack(BACKEND, POD);
+    assert_eq!(
+        datapath.run(Hook::FromPod, &reply).frame,
+        reply,
+        "no rev-NAT entry once no flow names the id"
+    );
+}
+
+/// The service ids the conntrack entries name.
+fn referenced_services(datapath: &fixture::Datapath) -> HashSet<ServiceId> {
+    datapath
+        .conntrack()
+        .iter()
+        .filter(|(key, _)| key.kind == CT_REPLY)
+        .map(|(_, entry)| ServiceId(entry.reply().rev_nat))
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! The model's desired services as the exact content the maps must hold, with a `ServiceId`
 //! per frontend and a `BackendId` per backend taken from `ids` (and the ids of what is gone
-//! released). Pure: no aya, kube or tokio.
+//! retired), plus the rev-NAT entries of retired service ids, which outlive their frontends
+//! for the replies of flows still in conntrack. Pure: no aya, kube or tokio.
 use std::collections::BTreeSet;
 
 use lb_common::{
@@ -48,8 +49,9 @@ fn proto_number(protocol: Protocol) -> u8 {
     }
 }
 
-/// The content the maps must hold for `services`, allocating ids as needed and releasing the
-/// ids of frontends and backends that are gone.
+/// The content the maps must hold for `services`, allocating ids as needed and retiring the
+/// ids of frontends and backends that are gone (see `keep_retired_revnat` for what a retired
+/// service id keeps).
 pub fn desired_content(
     services: &[DesiredService],
     ids: &mut Ids,
@@ -136,8 +138,21 @@ pub fn desired_content(
             .revnat
             .insert(service_id, maps::revnat_value(frontend.vip, frontend.port));
     }
-    ids.retain(&live_frontends, &live_backends);
+    ids.retire_absent(&live_frontends, &live_backends);
     Ok(content)
+}
+
+/// Keeps in `desired` the rev-NAT entries `current` holds for retired service ids: replies of
+/// flows created before their frontend went (a port change, a deleted Service) are still
+/// reverse-NATed while their conntrack entries live. A retired backend keeps nothing: its
+/// `LB4_BACKENDS` entry goes at once, so that its flows choose again (only its id is
+/// reserved).
+pub fn keep_retired_revnat(desired: &mut MapsContent, current: &MapsContent, ids: &Ids) {
+    for id in ids.retired_services() {
+        if let Some(revnat) = current.revnat.get(&id) {
+            desired.revnat.entry(id).or_insert(*revnat);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,18 +179,24 @@ mod tests {
     }
 
     #[test]
-    fn ids_of_services_and_backends_that_are_gone_are_reused_by_the_next_pass() {
+    fn ids_of_services_and_backends_that_are_gone_are_not_reused_by_the_next_pass() {
         let mut ids = Ids::restore(&MapsContent::default());
         let scenarios = scenarios::all();
-        desired_content(&scenarios[0], &mut ids).expect("ids");
-        // 10.96.0.10 and its backends are gone: their ids are free once this pass ends.
-        desired_content(&scenarios[3], &mut ids).expect("ids");
-        // Both frontends, each with a new backend.
+        let first = desired_content(&scenarios[0], &mut ids).expect("ids");
+        // 10.96.0.10 and its backends are gone: their ids are retired once this pass ends.
+        let mut second = desired_content(&scenarios[3], &mut ids).expect("ids");
+        keep_retired_revnat(&mut second, &first, &ids);
+        assert!(
+            dump::render(&second).contains("REV 1 10.96.0.10:80"),
+            "the retired service keeps its rev-NAT entry"
+        );
+        // Both frontends, each with a new backend: 10.96.0.10 takes its retired id back,
+        // the new backends take new ids above the retired ones.
         let desired = desired_content(&scenarios[2], &mut ids).expect("ids");
         let text = dump::render(&desired);
         for line in [
-            "BE 1 10.244.1.7:8080/TCP",
-            "BE 2 10.244.2.1:53/TCP",
+            "BE 3 10.244.1.7:8080/TCP",
+            "BE 4 10.244.2.1:53/TCP",
             "REV 1 10.96.0.10:80",
             "REV 2 10.96.0.11:53",
         ] {

@@ -7,23 +7,31 @@
 //! truth. The maps are never left half-programmed: each prefix of a plan is safe (see `plan`).
 //! `reconcile` runs a pass per new snapshot and retries failed ones with backoff; it is generic
 //! over `LbMaps`, so its timing is tested against in-memory maps on a paused clock.
+//!
+//! Ids of frontends and backends that are gone are retired, not reused (see `ids`): the
+//! conntrack GC tells the syncer which ids its live entries still name, through
+//! `Syncer::release_unreferenced` (or a `ReferencedSender` while `reconcile` runs), and the
+//! others are freed and their rev-NAT entries deleted.
 pub mod apply;
 pub mod desired;
+#[cfg(test)]
+mod id_lifetime;
 pub mod ids;
 pub mod plan;
 #[cfg(test)]
 mod scenarios;
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    datapath::{self, LbMaps, MapsContent},
+    datapath::{self, BackendId, LbMaps, MapsContent, ServiceId},
     model::DesiredService,
 };
 
@@ -62,40 +70,89 @@ pub struct SyncStats {
     pub duration: Duration,
 }
 
+/// What a conntrack GC scan found: the ids its live entries name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referenced {
+    /// When the scan started: an id retired after that is kept whatever the scan says, as
+    /// the scan may have passed an entry naming it before the entry was written.
+    pub scan_started: Instant,
+    /// Service ids (`rev_nat`) of live conntrack entries.
+    pub services: HashSet<ServiceId>,
+    /// Backend ids of live conntrack entries.
+    pub backends: HashSet<BackendId>,
+}
+
+/// Hands GC reports to the syncer while `reconcile` runs it; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReferencedSender(mpsc::UnboundedSender<Referenced>);
+
+impl ReferencedSender {
+    /// Queues a report; the reconcile loop applies the latest one between passes. Reports
+    /// after the loop has ended are dropped.
+    pub fn report(&self, referenced: Referenced) {
+        let _ = self.0.send(referenced);
+    }
+}
+
+/// The syncer's clock: tokio's, so that tests on a paused clock drive quarantines (outside a
+/// runtime, or not paused, it is the system's monotonic clock).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Keeps the maps in step with the desired services.
 pub struct Syncer<M: LbMaps> {
     maps: Arc<Mutex<M>>,
     ids: ids::Ids,
     /// What the maps hold, when known without reading them.
     written: Option<MapsContent>,
+    /// GC reports for `reconcile`, once `referenced_sender` made the channel.
+    reports: Option<mpsc::UnboundedReceiver<Referenced>>,
 }
 
 impl<M: LbMaps> Syncer<M> {
     /// Restores ids from the maps, so that a restarted agent rewrites nothing that is right.
     pub fn new(maps: Arc<Mutex<M>>) -> Result<Self, Error> {
+        Self::with_limits(maps, ids::Limits::default())
+    }
+
+    /// `new` over the id space and quarantine `limits` give.
+    pub fn with_limits(maps: Arc<Mutex<M>>, limits: ids::Limits) -> Result<Self, Error> {
         let content = lock(&maps).read().map_err(Error::Read)?;
         Ok(Self {
-            ids: ids::Ids::restore(&content),
+            ids: ids::Ids::restore_with(&content, limits, now()),
             written: Some(content),
             maps,
+            reports: None,
         })
     }
 
-    /// One pass: program exactly `services`.
+    /// One pass: program exactly `services`. Retired service ids keep their rev-NAT entries;
+    /// retired ids past their quarantine are freed first.
     pub fn sync(&mut self, services: &[DesiredService]) -> Result<SyncStats, Error> {
         let started = Instant::now();
+        let expired = self.ids.expire(now());
+        log_released("quarantine over", expired);
         let mut maps = lock(&self.maps);
         let current = match self.written.take() {
             Some(content) => content,
             None => maps.read().map_err(Error::Read)?,
         };
-        let desired = desired::desired_content(services, &mut self.ids)?;
+        let mut desired = desired::desired_content(services, &mut self.ids)?;
+        desired::keep_retired_revnat(&mut desired, &current, &self.ids);
         let ops = plan::plan(&current, &desired);
         tracing::debug!(writes = ops.len(), "sync plan");
-        match apply::apply(&mut *maps, &ops) {
+        let applied = apply::apply(&mut *maps, &ops);
+        // From here on no packet can read a master entry naming an id this pass retired.
+        self.ids.settle(now());
+        match applied {
             Ok(writes) => {
                 let stats = SyncStats {
-                    services: desired.revnat.len(),
+                    services: desired
+                        .services
+                        .keys()
+                        .filter(|k| k.slot == 0 && k.proto != 0)
+                        .count(),
                     backends: desired.backends.len(),
                     writes,
                     duration: started.elapsed(),
@@ -114,6 +171,89 @@ impl<M: LbMaps> Syncer<M> {
             }
         }
     }
+
+    /// The GC's side: frees every retired id that was retired before `scan_started` and is
+    /// in neither set (the ids the scan's live conntrack entries name), and deletes the
+    /// rev-NAT entries of the service ids freed. Ids in the sets that the syncer does not hold
+    /// (lost by a restart) are reserved until a later scan no longer names them. Retired ids
+    /// past their quarantine are freed too. On a failed write the ids stay freed; the next
+    /// pass deletes what is left.
+    pub fn release_unreferenced(
+        &mut self,
+        scan_started: Instant,
+        services: &HashSet<ServiceId>,
+        backends: &HashSet<BackendId>,
+    ) -> Result<ids::Released, Error> {
+        let mut released = self.ids.release(scan_started, services, backends);
+        let expired = self.ids.expire(now());
+        log_released("unreferenced", released);
+        log_released("quarantine over", expired);
+        released.services += expired.services;
+        released.backends += expired.backends;
+        let mut maps = lock(&self.maps);
+        let current = match self.written.take() {
+            Some(content) => content,
+            None => maps.read().map_err(Error::Read)?,
+        };
+        let mut desired = current.clone();
+        desired.revnat.retain(|id, _| self.ids.holds_service(*id));
+        let ops = plan::plan(&current, &desired);
+        match apply::apply(&mut *maps, &ops) {
+            Ok(_) => {
+                self.written = Some(desired);
+                Ok(released)
+            }
+            Err((index, source)) => {
+                self.written = None;
+                Err(Error::Write {
+                    index,
+                    total: ops.len(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// A sender for GC reports that `reconcile` applies between passes (each one as
+    /// `release_unreferenced`). A second call replaces the first channel.
+    pub fn referenced_sender(&mut self) -> ReferencedSender {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.reports = Some(receiver);
+        ReferencedSender(sender)
+    }
+
+    /// The id tables (tests).
+    #[cfg(test)]
+    fn ids(&self) -> &ids::Ids {
+        &self.ids
+    }
+}
+
+fn log_released(why: &'static str, released: ids::Released) {
+    if released != ids::Released::default() {
+        tracing::debug!(
+            why,
+            services = released.services,
+            backends = released.backends,
+            "retired ids freed"
+        );
+    }
+}
+
+/// The next GC report, the latest of those queued; never, without a channel or once every
+/// sender is gone.
+async fn next_report(reports: &mut Option<mpsc::UnboundedReceiver<Referenced>>) -> Referenced {
+    let Some(receiver) = reports else {
+        return std::future::pending().await;
+    };
+    let Some(mut latest) = receiver.recv().await else {
+        *reports = None;
+        return std::future::pending().await;
+    };
+    while let Ok(newer) = receiver.try_recv() {
+        latest = newer;
+    }
+    latest
 }
 
 /// Locks the maps; a panic elsewhere while holding the lock does not poison our view of them,
@@ -183,6 +323,23 @@ pub async fn reconcile<M: LbMaps, S: Clone>(
                 }
             }
             () = backoff.due() => {}
+            report = next_report(&mut syncer.reports) => {
+                let outcome = syncer.release_unreferenced(
+                    report.scan_started,
+                    &report.services,
+                    &report.backends,
+                );
+                if let Err(err) = outcome {
+                    // A pass re-plans from the maps and deletes what is left.
+                    let delay = backoff.failed();
+                    tracing::warn!(
+                        error = %crate::telemetry::error_chain(&err),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "deleting rev-NAT entries of freed ids failed; retrying"
+                    );
+                }
+                continue;
+            }
         }
         // Cloned out so that the source is not blocked while the pass runs.
         let Some(snapshot) = snapshots.borrow_and_update().clone() else {
@@ -256,6 +413,8 @@ mod tests {
         snapshots: watch::Sender<Option<Vec<DesiredService>>>,
         /// Every pass: when, since the loop started, and whether it succeeded.
         passes: mpsc::UnboundedReceiver<(Duration, bool)>,
+        /// GC reports into the loop.
+        referenced: ReferencedSender,
         shutdown: CancellationToken,
         task: JoinHandle<()>,
     }
@@ -264,6 +423,7 @@ mod tests {
         fn start(maps: FakeMaps) -> Self {
             let maps = Arc::new(Mutex::new(maps));
             let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+            let referenced = syncer.referenced_sender();
             let (snapshots, receiver) = watch::channel(None);
             let (passed, passes) = mpsc::unbounded_channel();
             let shutdown = CancellationToken::new();
@@ -287,6 +447,7 @@ mod tests {
                 maps,
                 snapshots,
                 passes,
+                referenced,
                 shutdown,
                 task,
             }
@@ -428,6 +589,33 @@ mod tests {
         let latest = scenarios::all().remove(2);
         assert_eq!(sync.writes(), writes_for(&latest));
         assert_eq!(sync.served(), served(&content_of(&latest)));
+        sync.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gc_report_to_the_running_loop_deletes_rev_nat_entries_no_flow_names() {
+        let mut sync = Loop::start(FakeMaps::default());
+        let scenarios = scenarios::all();
+        sync.publish(Some(scenarios[2].clone()));
+        assert_eq!(sync.next_pass().await, Some((ms(0), true)));
+        sync.publish(Some(scenarios[3].clone()));
+        assert_eq!(sync.next_pass().await, Some((ms(0), true)));
+        let revnat = || lock(&sync.maps).content.revnat.len();
+        assert_eq!(revnat(), 2, "10.96.0.10's entry outlives its frontend");
+
+        tokio::time::advance(ms(1)).await;
+        sync.referenced.report(Referenced {
+            scan_started: tokio::time::Instant::now().into_std(),
+            services: HashSet::new(),
+            backends: HashSet::new(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while revnat() != 1 {
+            assert!(Instant::now() < deadline, "the report was applied");
+            tokio::time::sleep(ms(1)).await;
+        }
+        assert_eq!(sync.served(), served(&content_of(&scenarios[3])));
+        assert_eq!(sync.next_pass().await, None, "a report is no sync pass");
         sync.stop().await;
     }
 
