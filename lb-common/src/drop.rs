@@ -14,30 +14,38 @@ pub enum DropReason {
     WriteError = 141,
     /// Conntrack insertion failed (map full and eviction impossible).
     CtCreateFailed = 155,
-    /// A non-first fragment, which lb cannot map to a flow.
+    /// A fragment lb cannot map to a flow (no longer produced: fragments are tracked, see
+    /// `FragNotFound`; kept so that the number is never reused).
     FragNoSupport = 157,
     /// The frontend has no backend to send the packet to.
     NoService = 158,
-    /// No free source port for SNAT.
+    /// A setting the packet needs is missing: no node address to SNAT a flow to a remote
+    /// backend to.
+    NoConfig = 165,
+    /// No free source port for SNAT (the SNAT port range is exhausted for this backend).
     NatNoMapping = 167,
     /// The FIB has no route or neighbour for a forwarded packet.
     NoFib = 169,
     /// A packet from outside the cluster to a ClusterIP that is not routable.
     IsClusterIp = 174,
+    /// A later fragment to a VIP whose first fragment (the one with the ports) was not seen.
+    FragNotFound = 175,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         Self::Invalid,
         Self::FragNeeded,
         Self::WriteError,
         Self::CtCreateFailed,
         Self::FragNoSupport,
         Self::NoService,
+        Self::NoConfig,
         Self::NatNoMapping,
         Self::NoFib,
         Self::IsClusterIp,
+        Self::FragNotFound,
     ];
 
     /// The message operators see, Cilium's wording.
@@ -49,9 +57,11 @@ impl DropReason {
             Self::CtCreateFailed => "CT: Map insertion failed",
             Self::FragNoSupport => "IP fragmentation not supported",
             Self::NoService => "Service backend not found",
+            Self::NoConfig => "No configuration available",
             Self::NatNoMapping => "No mapping for NAT masquerade",
             Self::NoFib => "FIB lookup failed",
             Self::IsClusterIp => "Is a ClusterIP",
+            Self::FragNotFound => "First logical datagram fragment not found",
         }
     }
 
@@ -64,9 +74,11 @@ impl DropReason {
             155 => Some(Self::CtCreateFailed),
             157 => Some(Self::FragNoSupport),
             158 => Some(Self::NoService),
+            165 => Some(Self::NoConfig),
             167 => Some(Self::NatNoMapping),
             169 => Some(Self::NoFib),
             174 => Some(Self::IsClusterIp),
+            175 => Some(Self::FragNotFound),
             _ => None,
         }
     }
@@ -94,6 +106,10 @@ pub enum SourceFile {
     Csum = 7,
     /// `lb-ebpf/src/fib.rs`
     Fib = 8,
+    /// `lb-ebpf/src/hairpin.rs`
+    Hairpin = 9,
+    /// `lb-ebpf/src/frag.rs`
+    Frag = 10,
 }
 
 impl SourceFile {
@@ -109,6 +125,8 @@ impl SourceFile {
             Self::Nat => "nat.rs",
             Self::Csum => "csum.rs",
             Self::Fib => "fib.rs",
+            Self::Hairpin => "hairpin.rs",
+            Self::Frag => "frag.rs",
         }
     }
 
@@ -123,6 +141,8 @@ impl SourceFile {
             6 => Self::Nat,
             7 => Self::Csum,
             8 => Self::Fib,
+            9 => Self::Hairpin,
+            10 => Self::Frag,
             _ => Self::Unknown,
         }
     }

@@ -25,6 +25,7 @@ mod csum;
 mod drop;
 mod events;
 mod fib;
+mod hairpin;
 mod lb;
 mod maps;
 mod metrics;
@@ -34,7 +35,6 @@ mod policy;
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    config::DatapathConfig,
     conntrack::{CT_F_SNAT, CtReply, CtService},
     drop::Hook,
     service::BACKEND_F_REMOTE,
@@ -128,34 +128,35 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry
     }
     let chosen = lb::select_backend(&frontend)?;
-    let flow = if needs_snat(hook, &chosen, &config) {
-        let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config)?;
-        let flow = conntrack::service_entry(&frontend, &chosen, hook, Some(snat.source));
-        conntrack::create(tuple, &flow, Some(&snat.reply_key))?;
-        flow
+    let snat = if hairpin::is_hairpin(hook, tuple, &chosen) {
+        Some(nat::select_hairpin_port(tuple, &frontend, &chosen, &config)?)
+    } else if needs_snat(hook, &chosen) {
+        Some(nat::select_snat_port(tuple, &frontend, &chosen, &config)?)
     } else {
-        let flow = conntrack::service_entry(&frontend, &chosen, hook, None);
-        conntrack::create(tuple, &flow, None)?;
-        flow
+        None
     };
+    let flow = conntrack::service_entry(&frontend, &chosen, hook, snat.map(|s| s.source));
+    conntrack::create(tuple, &flow, snat.as_ref().map(|s| &s.reply_key))?;
     forward(ctx, tuple, &flow)
 }
 
 /// A flow from outside the cluster to a backend on another node is SNATed to this node, so
-/// that its replies come back here to be translated (pods' flows never are: backends see
-/// the client pod's own address).
+/// that its replies come back here to be translated (pods' flows are not: backends see the
+/// client pod's own address, unless the pod reaches itself, see `hairpin.rs`).
 #[inline(always)]
-fn needs_snat(hook: Hook, chosen: &lb::Chosen, config: &DatapathConfig) -> bool {
-    hook == Hook::FromNetdev
-        && chosen.backend.flags & BACKEND_F_REMOTE != 0
-        && config.node_addr != 0
+fn needs_snat(hook: Hook, chosen: &lb::Chosen) -> bool {
+    hook == Hook::FromNetdev && chosen.backend.flags & BACKEND_F_REMOTE != 0
 }
 
 /// DNAT (and SNAT) a client's packet for its service entry. An SNATed packet has the node's
-/// own address as its source, a martian to the node's stack: it leaves by redirect.
+/// own address as its source, a martian to the node's stack: it leaves by redirect; a
+/// hairpinned one goes straight back to the pod it came from.
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
     let to = nat::dnat(ctx, tuple, flow)?;
+    if hairpin::is_hairpin_flow(flow) {
+        return hairpin::redirect(ctx);
+    }
     if flow.flags & CT_F_SNAT != 0 {
         return fib::redirect(ctx, &to);
     }
@@ -163,12 +164,16 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
 }
 
 /// Reverse-NAT a backend's reply. A reverse-SNATed reply (VIP → external client) arrived
-/// on from-netdev addressed to this node; it goes straight back out by redirect.
+/// on from-netdev addressed to this node; it goes straight back out by redirect. A hairpinned
+/// flow's reply goes back to the pod it came from.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
     let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
         return Ok(Verdict::Pass);
     };
+    if reply.flags & CT_F_SNAT != 0 && hairpin::is_hairpin_reply(tuple) {
+        return hairpin::redirect(ctx);
+    }
     if reply.flags & CT_F_SNAT != 0 {
         return fib::redirect(ctx, &to);
     }

@@ -1,17 +1,18 @@
 //! Address translation: DNAT (client → VIP becomes client → backend), SNAT of flows from
-//! outside to remote backends (source → node address and an allocated port), and their
-//! reversal on replies.
+//! outside to remote backends (source → node address and an allocated port) and of
+//! hairpinned flows (source → the loopback address, see `hairpin.rs`), and their reversal on
+//! replies.
 //!
 //! Map: `LB4_REVNAT` (the VIP:port restored as the source of replies); SNAT ports are claimed
 //! through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
 //! access, all of them before the checksum helpers run (which invalidate packet pointers).
-//! Returns the packet's new tuple; drops with 167 when no SNAT port is free and 141 when the
-//! packet cannot be written.
+//! Returns the packet's new tuple; drops with 165 when SNAT is needed but the node has no
+//! address, 167 when no SNAT port is free and 141 when the packet cannot be written.
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use lb_common::{
-    config::DatapathConfig,
-    conntrack::{CT_F_SNAT, CtKey4, CtReply, CtService},
+    config::{DatapathConfig, HAIRPIN_ADDR},
+    conntrack::{CT_F_FROM_NETDEV, CT_F_SNAT, CtKey4, CtReply, CtService},
     drop::{DropReason, SourceFile},
     service::RevNat4,
 };
@@ -41,7 +42,8 @@ pub struct Snat {
 }
 
 /// Claims a source port in `[snat_port_min, snat_port_max]` for a flow from outside to a
-/// remote backend, by inserting its reply entry (backend → node:port) if that key is free.
+/// remote backend, by inserting its reply entry (backend → node:port) if that key is free. 165
+/// when the node has no address to SNAT to, 167 when no port is free.
 #[inline(always)]
 pub fn select_snat_port(
     tuple: &Tuple4,
@@ -49,6 +51,59 @@ pub fn select_snat_port(
     chosen: &Chosen,
     config: &DatapathConfig,
 ) -> Result<Snat, Dropped> {
+    if config.node_addr == 0 {
+        // The agent refuses to start without an address; a datapath configured by hand
+        // must not forward the flow with the client's address, whose replies would bypass
+        // this node and never be translated back.
+        return Err(dropped!(DropReason::NoConfig));
+    }
+    let reply = conntrack::snat_reply(tuple, frontend, chosen);
+    claim_port(tuple, chosen, config, config.node_addr, None, reply)
+}
+
+/// Claims the source of a hairpinned flow (a pod reaching itself): `HAIRPIN_ADDR` with the
+/// client's own port if free, else a port of the SNAT range. 167 when none is free.
+#[inline(always)]
+pub fn select_hairpin_port(
+    tuple: &Tuple4,
+    frontend: &Frontend,
+    chosen: &Chosen,
+    config: &DatapathConfig,
+) -> Result<Snat, Dropped> {
+    let mut reply = conntrack::snat_reply(tuple, frontend, chosen);
+    reply.flags &= !CT_F_FROM_NETDEV;
+    claim_port(tuple, chosen, config, HAIRPIN_ADDR, Some(tuple.sport), reply)
+}
+
+/// Claims `addr` and a port for the flow `tuple` to `chosen` by inserting `reply` under the
+/// key backend → addr:port, if that key is free: `preferred` first (network byte order), then
+/// up to `SNAT_TRIES` ports of the SNAT range. A range no longer than `SNAT_TRIES` is tried
+/// port by port, so that its last free port is always found; a longer one at random.
+#[inline(always)]
+fn claim_port(
+    tuple: &Tuple4,
+    chosen: &Chosen,
+    config: &DatapathConfig,
+    addr: u32,
+    preferred: Option<u16>,
+    reply: CtReply,
+) -> Result<Snat, Dropped> {
+    let claim = |port: u16| {
+        let key = conntrack::reply_key(
+            chosen.backend.addr,
+            addr,
+            chosen.backend.port,
+            port,
+            tuple.proto,
+        );
+        conntrack::reserve_reply(&key, reply).then_some(Snat {
+            source: SnatSource { addr, port },
+            reply_key: key,
+        })
+    };
+    if let Some(snat) = preferred.and_then(&claim) {
+        return Ok(snat);
+    }
     let min = u32::from(config.snat_port_min);
     let Some(span) = u32::from(config.snat_port_max)
         .checked_sub(min)
@@ -56,28 +111,20 @@ pub fn select_snat_port(
     else {
         return Err(dropped!(DropReason::NatNoMapping));
     };
-    let reply = conntrack::snat_reply(tuple, frontend, chosen);
-    for _ in 0..SNAT_TRIES {
-        // SAFETY: a helper without arguments.
-        let offset = unsafe { bpf_get_prandom_u32() }
-            .checked_rem(span)
-            .unwrap_or(0);
-        let port = ((min + offset) as u16).to_be();
-        let key = conntrack::reply_key(
-            chosen.backend.addr,
-            config.node_addr,
-            chosen.backend.port,
-            port,
-            tuple.proto,
-        );
-        if conntrack::reserve_reply(&key, reply) {
-            return Ok(Snat {
-                source: SnatSource {
-                    addr: config.node_addr,
-                    port,
-                },
-                reply_key: key,
-            });
+    for i in 0..SNAT_TRIES {
+        let offset = if span <= SNAT_TRIES {
+            i
+        } else {
+            // SAFETY: a helper without arguments.
+            unsafe { bpf_get_prandom_u32() }
+                .checked_rem(span)
+                .unwrap_or(0)
+        };
+        if offset >= span {
+            break;
+        }
+        if let Some(snat) = claim(((min + offset) as u16).to_be()) {
+            return Ok(snat);
         }
     }
     Err(dropped!(DropReason::NatNoMapping))

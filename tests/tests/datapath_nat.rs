@@ -179,17 +179,28 @@ fn no_route_for_an_snated_flow_drops_with_169_reporting_the_packet_as_it_arrived
 }
 
 #[test]
-fn a_remote_backend_is_not_snated_without_a_node_address() {
+fn a_remote_backend_without_a_node_address_to_snat_to_drops_with_165() {
+    // Forwarded with the client's address, the flow's replies would go from the backend's
+    // node straight to the client, untranslated.
     let mut datapath = Datapath::load();
     datapath.set_config(DatapathConfig {
         flags: CONFIG_F_EXTERNAL_CLUSTER_IP,
+        snat_port_min: SNAT_PORT_MIN,
+        snat_port_max: SNAT_PORT_MAX,
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
     datapath.sync(&[service(FRONTEND, &[REMOTE]).remote()]);
     let run = datapath.run(Hook::FromNetdev, &tcp_syn(CLIENT, VIP));
-    assert_eq!(run.verdict, TC_ACT_UNSPEC);
-    assert_eq!(run.frame, tcp_syn(CLIENT, REMOTE));
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::NoConfig as u8, Hook::FromNetdev as u8, 1)]
+    );
+    let events = datapath.drain_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].reason, events[0].file), (165, SourceFile::Nat as u8));
+    assert_eq!(datapath.conntrack().len(), 0, "no conntrack entry");
 }
 
 #[test]
