@@ -129,7 +129,9 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     }
     let chosen = lb::select_backend(&frontend)?;
     let snat = if hairpin::is_hairpin(hook, tuple, &chosen) {
-        Some(nat::select_hairpin_port(tuple, &frontend, &chosen, &config)?)
+        Some(nat::select_hairpin_port(
+            tuple, &frontend, &chosen, &config,
+        )?)
     } else if needs_snat(hook, &chosen) {
         Some(nat::select_snat_port(tuple, &frontend, &chosen, &config)?)
     } else {

@@ -72,7 +72,14 @@ pub fn select_hairpin_port(
 ) -> Result<Snat, Dropped> {
     let mut reply = conntrack::snat_reply(tuple, frontend, chosen);
     reply.flags &= !CT_F_FROM_NETDEV;
-    claim_port(tuple, chosen, config, HAIRPIN_ADDR, Some(tuple.sport), reply)
+    claim_port(
+        tuple,
+        chosen,
+        config,
+        HAIRPIN_ADDR,
+        Some(tuple.sport),
+        reply,
+    )
 }
 
 /// Claims `addr` and a port for the flow `tuple` to `chosen` by inserting `reply` under the

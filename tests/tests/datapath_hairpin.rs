@@ -34,7 +34,11 @@ fn loopback(port: u16) -> String {
     format!("{}:{port}", Ipv4Addr::from(HAIRPIN_OCTETS))
 }
 
-fn datapath(port_min: u16, port_max: u16, services: &[lb_agent::model::DesiredService]) -> Datapath {
+fn datapath(
+    port_min: u16,
+    port_max: u16,
+    services: &[lb_agent::model::DesiredService],
+) -> Datapath {
     let mut datapath = Datapath::load();
     datapath.set_config(DatapathConfig {
         snat_port_min: port_min,
@@ -75,7 +79,10 @@ fn a_pod_reaching_itself_is_snated_to_the_loopback_address_and_sent_back_to_it()
     let datapath = own_service();
     let run = datapath.run(Hook::FromPod, &tcp_syn(POD, VIP));
 
-    assert_eq!(run.verdict, TC_ACT_REDIRECT, "back out of the pod's interface");
+    assert_eq!(
+        run.verdict, TC_ACT_REDIRECT,
+        "back out of the pod's interface"
+    );
     read_checked(&run.frame);
     assert_eq!(
         run.frame,
@@ -305,7 +312,10 @@ fn a_pod_reaches_itself_through_its_service_every_time() {
     let loopback = Ipv4Addr::from(HAIRPIN_OCTETS);
     for (pod, client) in &seen {
         assert_eq!(*pod, BACKEND_IPS[0]);
-        assert_eq!(*client, loopback, "the pod saw its own flow come from 169.254.42.1");
+        assert_eq!(
+            *client, loopback,
+            "the pod saw its own flow come from 169.254.42.1"
+        );
     }
     assert_eq!(seen.len(), 2 * CONNECTIONS);
     assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");

@@ -199,7 +199,10 @@ fn a_remote_backend_without_a_node_address_to_snat_to_drops_with_165() {
     );
     let events = datapath.drain_events();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].reason, events[0].file), (165, SourceFile::Nat as u8));
+    assert_eq!(
+        (events[0].reason, events[0].file),
+        (165, SourceFile::Nat as u8)
+    );
     assert_eq!(datapath.conntrack().len(), 0, "no conntrack entry");
 }
 
