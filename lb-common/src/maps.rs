@@ -10,6 +10,8 @@ pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
 /// Conntrack (LRU): `CtKey4` -> `CtEntry`.
 pub const LB4_CT: &str = "LB4_CT";
+/// Fragmented datagrams being translated (LRU): `FragKey4` -> `FragPorts`.
+pub const LB4_FRAGS: &str = "LB4_FRAGS";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
@@ -27,6 +29,10 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
 pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB4_CT`. Each flow takes two entries (forward and reply).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of `LB4_FRAGS`: datagrams whose fragments are in flight at once (Cilium's
+/// default for its fragment map). An entry is needed only until the datagram's last fragment
+/// has passed, a few milliseconds.
+pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;
 /// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).

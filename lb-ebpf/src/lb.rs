@@ -122,8 +122,8 @@ pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     Ok(Chosen { id, backend })
 }
 
-/// For a fragment or a truncated TCP/UDP header: 157 or 134 if it is addressed to a VIP (lb
-/// cannot tell which flow it belongs to), `Ok` (hand it on untouched) otherwise.
+/// For a truncated TCP/UDP header: 134 if it is addressed to a VIP (lb cannot tell which flow
+/// it belongs to), `Ok` (hand it on untouched) otherwise. (Fragments are `frag.rs`'s.)
 #[inline(always)]
 pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
     if !is_known_vip(tuple.daddr) {
@@ -132,6 +132,6 @@ pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
     match tuple.shape {
         Shape::Fragment => Err(dropped!(DropReason::FragNoSupport)),
         Shape::Truncated => Err(dropped!(DropReason::Invalid)),
-        Shape::Complete => Ok(()),
+        Shape::Complete | Shape::FirstFragment => Ok(()),
     }
 }

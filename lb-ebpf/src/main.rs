@@ -25,6 +25,7 @@ mod csum;
 mod drop;
 mod events;
 mod fib;
+mod frag;
 mod hairpin;
 mod lb;
 mod maps;
@@ -95,10 +96,18 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     let Some(tuple) = tuple else {
         return Ok(Verdict::Pass);
     };
-    if tuple.shape != Shape::Complete {
-        lb::check_malformed(tuple)?;
-        return Ok(Verdict::Pass);
-    }
+    // A later fragment has no ports of its own: its datagram's first fragment recorded them.
+    let tuple = &match tuple.shape {
+        Shape::Complete | Shape::FirstFragment => *tuple,
+        Shape::Fragment => match frag::lookup_ports(ctx, tuple)? {
+            Some(with_ports) => with_ports,
+            None => return Ok(Verdict::Pass),
+        },
+        Shape::Truncated => {
+            lb::check_malformed(tuple)?;
+            return Ok(Verdict::Pass);
+        }
+    };
     // Replies first: a backend's reply never matches a frontend, and must be translated
     // back even after its service is gone from LB4_SERVICES.
     if let Some(reply) = conntrack::lookup_reply(tuple) {
@@ -155,6 +164,7 @@ fn needs_snat(hook: Hook, chosen: &lb::Chosen) -> bool {
 /// hairpinned one goes straight back to the pod it came from.
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
+    frag::record(ctx, tuple);
     let to = nat::dnat(ctx, tuple, flow)?;
     if hairpin::is_hairpin_flow(flow) {
         return hairpin::redirect(ctx);
@@ -170,6 +180,7 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
 /// flow's reply goes back to the pod it came from.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
+    frag::record(ctx, tuple);
     let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
         return Ok(Verdict::Pass);
     };

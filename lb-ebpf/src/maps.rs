@@ -6,6 +6,7 @@
 //! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
 //! | `LB4_REVNAT` | `nat.rs` |
 //! | `LB4_CT` | `conntrack.rs` |
+//! | `LB4_FRAGS` | `frag.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
@@ -23,6 +24,7 @@ use aya_ebpf::{
 use lb_common::{
     config::DatapathConfig,
     conntrack::{CtEntry, CtKey4},
+    frag::{FragKey4, FragPorts},
     maps,
     metrics::{MetricKey, MetricValue},
     service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
@@ -55,6 +57,11 @@ pub static LB4_REVNAT: HashMap<u16, RevNat4> = HashMap::pinned(maps::REVNAT_MAX_
 /// Conntrack: service and reply entries (see `lb_common::conntrack`).
 #[map]
 pub static LB4_CT: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT_MAX_ENTRIES, 0);
+
+/// The ports of fragmented datagrams, from their first fragment (see `lb_common::frag`).
+#[map]
+pub static LB4_FRAGS: LruHashMap<FragKey4, FragPorts> =
+    LruHashMap::pinned(maps::FRAGS_MAX_ENTRIES, 0);
 
 /// The live configuration, written by the agent.
 #[map]
@@ -100,6 +107,7 @@ const _: () = assert!(same(maps::LB4_SERVICES, "LB4_SERVICES"));
 const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
 const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
 const _: () = assert!(same(maps::LB4_CT, "LB4_CT"));
+const _: () = assert!(same(maps::LB4_FRAGS, "LB4_FRAGS"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));

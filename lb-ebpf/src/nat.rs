@@ -177,9 +177,25 @@ pub fn rev_nat(
     Ok(Some(to))
 }
 
-/// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums.
+/// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums. A later fragment
+/// has no L4 header: only its addresses and IP checksum change (its first fragment's L4
+/// checksum accounted for the whole datagram's pseudo-header and ports).
 #[inline(always)]
 fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
+    if !from.has_l4_header() {
+        let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)
+            .and_then(|()| store_u32(ctx, IP_DADDR_OFF, to.daddr));
+        if written.is_none() {
+            return Err(dropped!(DropReason::WriteError));
+        }
+        if from.saddr != to.saddr {
+            csum::update_ip_addr(ctx, from.saddr, to.saddr)?;
+        }
+        if from.daddr != to.daddr {
+            csum::update_ip_addr(ctx, from.daddr, to.daddr)?;
+        }
+        return Ok(());
+    }
     let l4 = usize::from(from.l4_off);
     // Direct writes first: every pointer is derived (and bounds-checked) here, before any
     // helper call invalidates them.

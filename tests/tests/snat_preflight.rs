@@ -13,7 +13,9 @@ fn an_external_device_without_an_ipv4_address_and_no_node_ip_stops_the_start() {
         "create the namespace",
     );
     ok(
-        ns.ip(&["link", "add", "ext0", "type", "veth", "peer", "name", "ext1"]),
+        ns.ip(&[
+            "link", "add", "ext0", "type", "veth", "peer", "name", "ext1",
+        ]),
         "veth without an address",
     );
     let dir = tempfile::tempdir().expect("temporary directory");
