@@ -28,8 +28,10 @@ use crate::{
 
 const FILE: SourceFile = SourceFile::Nat;
 
-/// How many random ports to try before giving up with 167. Each try is one hash insert; with
-/// the table a quarter full, 8 tries all fail with probability (1/4)^8 ≈ 2e-5.
+/// How many ports of the SNAT range to try before giving up with 167. Each try is one hash
+/// insert; tried at random, with the range a quarter taken, 8 tries all fail with probability
+/// (1/4)^8 ≈ 2e-5. A range of at most this many ports is tried port by port instead, so that a
+/// tiny range is used to its last port.
 const SNAT_TRIES: u32 = 8;
 
 /// The source an SNATed flow is rewritten to, and the reply entry claimed for it.
