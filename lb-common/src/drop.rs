@@ -18,21 +18,27 @@ pub enum DropReason {
     UnknownIcmp4Type = 144,
     /// Conntrack insertion failed (map full and eviction impossible).
     CtCreateFailed = 155,
-    /// A non-first fragment, which lb cannot map to a flow.
+    /// A fragment lb cannot map to a flow: one of a protocol it does not track (neither TCP
+    /// nor UDP, whose fragments are tracked: see `FragNotFound`) addressed to a VIP.
     FragNoSupport = 157,
     /// The frontend has no backend to send the packet to.
     NoService = 158,
-    /// No free source port for SNAT.
+    /// A setting the packet needs is missing: no node address to SNAT a flow to a remote
+    /// backend to.
+    NoConfig = 165,
+    /// No free source port for SNAT (the SNAT port range is exhausted for this backend).
     NatNoMapping = 167,
     /// The FIB has no route or neighbour for a forwarded packet.
     NoFib = 169,
     /// A packet from outside the cluster to a ClusterIP that is not routable.
     IsClusterIp = 174,
+    /// A later fragment to a VIP whose first fragment (the one with the ports) was not seen.
+    FragNotFound = 175,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         Self::Invalid,
         Self::FragNeeded,
         Self::WriteError,
@@ -41,9 +47,11 @@ impl DropReason {
         Self::CtCreateFailed,
         Self::FragNoSupport,
         Self::NoService,
+        Self::NoConfig,
         Self::NatNoMapping,
         Self::NoFib,
         Self::IsClusterIp,
+        Self::FragNotFound,
     ];
 
     /// The message operators see, Cilium's wording.
@@ -57,9 +65,11 @@ impl DropReason {
             Self::CtCreateFailed => "CT: Map insertion failed",
             Self::FragNoSupport => "IP fragmentation not supported",
             Self::NoService => "Service backend not found",
+            Self::NoConfig => "No configuration available",
             Self::NatNoMapping => "No mapping for NAT masquerade",
             Self::NoFib => "FIB lookup failed",
             Self::IsClusterIp => "Is a ClusterIP",
+            Self::FragNotFound => "First logical datagram fragment not found",
         }
     }
 
@@ -74,9 +84,11 @@ impl DropReason {
             155 => Some(Self::CtCreateFailed),
             157 => Some(Self::FragNoSupport),
             158 => Some(Self::NoService),
+            165 => Some(Self::NoConfig),
             167 => Some(Self::NatNoMapping),
             169 => Some(Self::NoFib),
             174 => Some(Self::IsClusterIp),
+            175 => Some(Self::FragNotFound),
             _ => None,
         }
     }
@@ -106,6 +118,10 @@ pub enum SourceFile {
     Fib = 8,
     /// `lb-ebpf/src/icmp.rs`
     Icmp = 9,
+    /// `lb-ebpf/src/hairpin.rs`
+    Hairpin = 10,
+    /// `lb-ebpf/src/frag.rs`
+    Frag = 11,
 }
 
 impl SourceFile {
@@ -122,6 +138,8 @@ impl SourceFile {
             Self::Csum => "csum.rs",
             Self::Fib => "fib.rs",
             Self::Icmp => "icmp.rs",
+            Self::Hairpin => "hairpin.rs",
+            Self::Frag => "frag.rs",
         }
     }
 
@@ -137,6 +155,8 @@ impl SourceFile {
             7 => Self::Csum,
             8 => Self::Fib,
             9 => Self::Icmp,
+            10 => Self::Hairpin,
+            11 => Self::Frag,
             _ => Self::Unknown,
         }
     }

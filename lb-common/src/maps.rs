@@ -12,6 +12,8 @@ pub const LB4_REVNAT: &str = "LB4_REVNAT";
 pub const LB4_CT: &str = "LB4_CT";
 /// ClientIP session affinity: (client, service) → backend.
 pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
+/// Fragmented datagrams being translated (LRU): `FragKey4` -> `FragPorts`.
+pub const LB4_FRAGS: &str = "LB4_FRAGS";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
@@ -31,6 +33,10 @@ pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 /// Default size of `LB4_AFFINITY` (an LRU map: the least recently used client goes first).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of `LB4_FRAGS`: datagrams whose fragments are in flight at once (Cilium's
+/// default for its fragment map). An entry is needed only until the datagram's last fragment
+/// has passed, a few milliseconds.
+pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;
 /// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).

@@ -44,6 +44,14 @@ pub fn update_addr(ctx: &TcContext, tuple: &Tuple4, from: u32, to: u32) -> Resul
         .map_err(|_| dropped!(DropReason::WriteError))
 }
 
+/// Accounts for an IPv4 address change in the IP header checksum only: for a later fragment,
+/// which carries no L4 header (the first fragment's L4 checksum covers the whole datagram).
+#[inline(always)]
+pub fn update_ip_addr(ctx: &TcContext, from: u32, to: u32) -> Result<(), Dropped> {
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(from), u64::from(to), 4)
+        .map_err(|_| dropped!(DropReason::WriteError))
+}
+
 /// Accounts for a port change `from` → `to` (network byte order) in the TCP/UDP checksum.
 #[inline(always)]
 pub fn update_port(ctx: &TcContext, tuple: &Tuple4, from: u16, to: u16) -> Result<(), Dropped> {

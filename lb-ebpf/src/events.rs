@@ -100,7 +100,7 @@ fn send(
         event.proto = tuple.proto;
         event.saddr = tuple.saddr;
         event.daddr = tuple.daddr;
-        if tuple.shape == Shape::Complete {
+        if matches!(tuple.shape, Shape::Complete | Shape::FirstFragment) {
             event.sport = tuple.sport;
             event.dport = tuple.dport;
             event.tcp_flags = tuple.tcp_flags;

@@ -136,8 +136,9 @@ pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     Ok(Chosen { id, backend })
 }
 
-/// For a fragment or a truncated TCP/UDP header: 157 or 134 if it is addressed to a VIP (lb
-/// cannot tell which flow it belongs to), `Ok` (hand it on untouched) otherwise.
+/// For a truncated TCP/UDP header (134) or a fragment of another protocol (157) addressed to
+/// a VIP: lb cannot tell which flow it belongs to. `Ok` (hand it on untouched) otherwise.
+/// (TCP and UDP fragments are `frag.rs`'s.)
 #[inline(always)]
 pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
     if !is_known_vip(tuple.daddr) {
@@ -146,6 +147,6 @@ pub fn check_malformed(tuple: &Tuple4) -> Result<(), Dropped> {
     match tuple.shape {
         Shape::Fragment => Err(dropped!(DropReason::FragNoSupport)),
         Shape::Truncated => Err(dropped!(DropReason::Invalid)),
-        Shape::Complete | Shape::Other => Ok(()),
+        Shape::Complete | Shape::FirstFragment | Shape::Other => Ok(()),
     }
 }

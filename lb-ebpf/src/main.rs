@@ -26,6 +26,8 @@ mod csum;
 mod drop;
 mod events;
 mod fib;
+mod frag;
+mod hairpin;
 mod icmp;
 mod lb;
 mod maps;
@@ -36,9 +38,10 @@ mod policy;
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    config::{CONFIG_F_NO_BACKEND_DROP, DatapathConfig},
+    config::CONFIG_F_NO_BACKEND_DROP,
     conntrack::{CT_F_NODE_PORT, CT_F_SNAT, CtReply, CtService},
     drop::Hook,
+    proto,
     service::{BACKEND_F_REMOTE, SERVICE_F_NO_ENDPOINTS},
 };
 
@@ -97,13 +100,25 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     let Some(tuple) = tuple else {
         return Ok(Verdict::Pass);
     };
-    if tuple.shape == Shape::Other {
-        return icmp::handle(ctx, hook, tuple);
-    }
-    if tuple.shape != Shape::Complete {
-        lb::check_malformed(tuple)?;
-        return Ok(Verdict::Pass);
-    }
+    // A later fragment has no ports of its own: its datagram's first fragment recorded them.
+    // Another protocol is `icmp.rs`'s.
+    let tuple = &match tuple.shape {
+        Shape::Complete | Shape::FirstFragment => *tuple,
+        // Fragments lb tracks are TCP's and UDP's; others to a VIP are dropped with 157.
+        Shape::Fragment if tuple.proto != proto::TCP && tuple.proto != proto::UDP => {
+            lb::check_malformed(tuple)?;
+            return Ok(Verdict::Pass);
+        }
+        Shape::Fragment => match frag::lookup_ports(ctx, tuple)? {
+            Some(with_ports) => with_ports,
+            None => return Ok(Verdict::Pass),
+        },
+        Shape::Truncated => {
+            lb::check_malformed(tuple)?;
+            return Ok(Verdict::Pass);
+        }
+        Shape::Other => return icmp::handle(ctx, hook, tuple),
+    };
     // Replies first: a backend's reply never matches a frontend, and must be translated
     // back even after its service is gone from LB4_SERVICES.
     if let Some(reply) = conntrack::lookup_reply(tuple) {
@@ -139,34 +154,39 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         return icmp::refuse(ctx, tuple.daddr);
     }
     let chosen = affinity::select_backend(&frontend, tuple.saddr)?;
-    let flow = if needs_snat(hook, &chosen, &config) {
-        let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config)?;
-        let flow = conntrack::service_entry(&frontend, &chosen, hook, Some(snat.source));
-        conntrack::create(tuple, &flow, Some(&snat.reply_key))?;
-        flow
+    let snat = if hairpin::is_hairpin(hook, tuple, &chosen) {
+        Some(nat::select_hairpin_port(
+            tuple, &frontend, &chosen, &config,
+        )?)
+    } else if needs_snat(hook, &chosen) {
+        Some(nat::select_snat_port(tuple, &frontend, &chosen, &config)?)
     } else {
-        let flow = conntrack::service_entry(&frontend, &chosen, hook, None);
-        conntrack::create(tuple, &flow, None)?;
-        flow
+        None
     };
+    let flow = conntrack::service_entry(&frontend, &chosen, hook, snat.map(|s| s.source));
+    conntrack::create(tuple, &flow, snat.as_ref().map(|s| &s.reply_key))?;
     forward(ctx, tuple, &flow)
 }
 
 /// A flow from outside the cluster to a backend on another node is SNATed to this node, so
-/// that its replies come back here to be translated (pods' flows never are: backends see
-/// the client pod's own address).
+/// that its replies come back here to be translated (pods' flows are not: backends see the
+/// client pod's own address, unless the pod reaches itself, see `hairpin.rs`).
 #[inline(always)]
-fn needs_snat(hook: Hook, chosen: &lb::Chosen, config: &DatapathConfig) -> bool {
-    hook == Hook::FromNetdev
-        && chosen.backend.flags & BACKEND_F_REMOTE != 0
-        && config.node_addr != 0
+fn needs_snat(hook: Hook, chosen: &lb::Chosen) -> bool {
+    hook == Hook::FromNetdev && chosen.backend.flags & BACKEND_F_REMOTE != 0
 }
 
-/// DNAT (and SNAT) a client's packet for its service entry. An SNATed packet has the node's
-/// own address as its source, a martian to the node's stack: it leaves by redirect, its route
-/// looked up before the rewrite, so that a packet too big for it is answered as it arrived.
+/// DNAT (and SNAT) a client's packet for its service entry. A hairpinned packet goes straight
+/// back to the pod it came from. An SNATed packet has the node's own address as its source, a
+/// martian to the node's stack: it leaves by redirect, its route looked up before the rewrite,
+/// so that a packet too big for it is answered as it arrived.
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
+    frag::record(ctx, tuple);
+    if hairpin::is_hairpin_flow(flow) {
+        nat::dnat(ctx, tuple, flow)?;
+        return hairpin::redirect(ctx);
+    }
     if flow.flags & CT_F_SNAT == 0 {
         nat::dnat(ctx, tuple, flow)?;
         return Ok(Verdict::Pass);
@@ -179,13 +199,20 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
     fib::send(ctx, &route)
 }
 
-/// Reverse-NAT a backend's reply. A reverse-SNATed reply (VIP → external client) arrived
-/// on from-netdev addressed to this node; it goes straight back out by redirect (a reply too
-/// big for that route is answered to the backend, from the node it was sent to). So does the
-/// reply of a node-port flow, whose restored source is this node's own address: the stack
-/// would drop it as a martian.
+/// Reverse-NAT a backend's reply. A hairpinned flow's reply goes back to the pod it came from.
+/// A reverse-SNATed reply (VIP → external client) arrived on from-netdev addressed to this
+/// node; it goes straight back out by redirect (a reply too big for that route is answered to
+/// the backend, from the node it was sent to). So does the reply of a node-port flow, whose
+/// restored source is this node's own address: the stack would drop it as a martian.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
+    frag::record(ctx, tuple);
+    if reply.flags & CT_F_SNAT != 0 && hairpin::is_hairpin_reply(tuple) {
+        if nat::rev_nat(ctx, tuple, reply)?.is_none() {
+            return Ok(Verdict::Pass);
+        }
+        return hairpin::redirect(ctx);
+    }
     if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
         nat::rev_nat(ctx, tuple, reply)?;
         return Ok(Verdict::Pass);

@@ -7,6 +7,7 @@
 //! | `LB4_REVNAT` | `nat.rs` |
 //! | `LB4_CT` | `conntrack.rs` |
 //! | `LB4_AFFINITY` | `affinity.rs` |
+//! | `LB4_FRAGS` | `frag.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
@@ -24,6 +25,7 @@ use aya_ebpf::{
 use lb_common::{
     config::DatapathConfig,
     conntrack::{CtEntry, CtKey4},
+    frag::{FragKey4, FragPorts},
     maps,
     metrics::{MetricKey, MetricValue},
     service::{AffinityKey4, AffinityValue, Backend4, RevNat4, ServiceEntry, ServiceKey4},
@@ -61,6 +63,10 @@ pub static LB4_CT: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT_MAX
 #[map]
 pub static LB4_AFFINITY: LruHashMap<AffinityKey4, AffinityValue> =
     LruHashMap::pinned(maps::AFFINITY_MAX_ENTRIES, 0);
+/// The ports of fragmented datagrams, from their first fragment (see `lb_common::frag`).
+#[map]
+pub static LB4_FRAGS: LruHashMap<FragKey4, FragPorts> =
+    LruHashMap::pinned(maps::FRAGS_MAX_ENTRIES, 0);
 
 /// The live configuration, written by the agent.
 #[map]
@@ -107,6 +113,7 @@ const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
 const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
 const _: () = assert!(same(maps::LB4_CT, "LB4_CT"));
 const _: () = assert!(same(maps::LB4_AFFINITY, "LB4_AFFINITY"));
+const _: () = assert!(same(maps::LB4_FRAGS, "LB4_FRAGS"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));

@@ -1,17 +1,18 @@
 //! Address translation: DNAT (client → VIP becomes client → backend), SNAT of flows from
-//! outside to remote backends (source → node address and an allocated port), and their
-//! reversal on replies.
+//! outside to remote backends (source → node address and an allocated port) and of
+//! hairpinned flows (source → the loopback address, see `hairpin.rs`), and their reversal on
+//! replies.
 //!
 //! Map: `LB4_REVNAT` (the VIP:port restored as the source of replies); SNAT ports are claimed
 //! through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
 //! access, all of them before the checksum helpers run (which invalidate packet pointers).
-//! Returns the packet's new tuple; drops with 167 when no SNAT port is free and 141 when the
-//! packet cannot be written.
+//! Returns the packet's new tuple; drops with 165 when SNAT is needed but the node has no
+//! address, 167 when no SNAT port is free and 141 when the packet cannot be written.
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use lb_common::{
-    config::DatapathConfig,
-    conntrack::{CT_F_SNAT, CtKey4, CtReply, CtService},
+    config::{DatapathConfig, HAIRPIN_ADDR},
+    conntrack::{CT_F_FROM_NETDEV, CT_F_SNAT, CtKey4, CtReply, CtService},
     drop::{DropReason, SourceFile},
     service::RevNat4,
 };
@@ -27,8 +28,10 @@ use crate::{
 
 const FILE: SourceFile = SourceFile::Nat;
 
-/// How many random ports to try before giving up with 167. Each try is one hash insert; with
-/// the table a quarter full, 8 tries all fail with probability (1/4)^8 ≈ 2e-5.
+/// How many ports of the SNAT range to try before giving up with 167. Each try is one hash
+/// insert; tried at random, with the range a quarter taken, 8 tries all fail with probability
+/// (1/4)^8 ≈ 2e-5. A range of at most this many ports is tried port by port instead, so that a
+/// tiny range is used to its last port.
 const SNAT_TRIES: u32 = 8;
 
 /// The source an SNATed flow is rewritten to, and the reply entry claimed for it.
@@ -41,7 +44,8 @@ pub struct Snat {
 }
 
 /// Claims a source port in `[snat_port_min, snat_port_max]` for a flow from outside to a
-/// remote backend, by inserting its reply entry (backend → node:port) if that key is free.
+/// remote backend, by inserting its reply entry (backend → node:port) if that key is free. 165
+/// when the node has no address to SNAT to, 167 when no port is free.
 #[inline(always)]
 pub fn select_snat_port(
     tuple: &Tuple4,
@@ -49,6 +53,66 @@ pub fn select_snat_port(
     chosen: &Chosen,
     config: &DatapathConfig,
 ) -> Result<Snat, Dropped> {
+    if config.node_addr == 0 {
+        // The agent refuses to start without an address; a datapath configured by hand
+        // must not forward the flow with the client's address, whose replies would bypass
+        // this node and never be translated back.
+        return Err(dropped!(DropReason::NoConfig));
+    }
+    let reply = conntrack::snat_reply(tuple, frontend, chosen);
+    claim_port(tuple, chosen, config, config.node_addr, None, reply)
+}
+
+/// Claims the source of a hairpinned flow (a pod reaching itself): `HAIRPIN_ADDR` with the
+/// client's own port if free, else a port of the SNAT range. 167 when none is free.
+#[inline(always)]
+pub fn select_hairpin_port(
+    tuple: &Tuple4,
+    frontend: &Frontend,
+    chosen: &Chosen,
+    config: &DatapathConfig,
+) -> Result<Snat, Dropped> {
+    let mut reply = conntrack::snat_reply(tuple, frontend, chosen);
+    reply.flags &= !CT_F_FROM_NETDEV;
+    claim_port(
+        tuple,
+        chosen,
+        config,
+        HAIRPIN_ADDR,
+        Some(tuple.sport),
+        reply,
+    )
+}
+
+/// Claims `addr` and a port for the flow `tuple` to `chosen` by inserting `reply` under the
+/// key backend → addr:port, if that key is free: `preferred` first (network byte order), then
+/// up to `SNAT_TRIES` ports of the SNAT range. A range no longer than `SNAT_TRIES` is tried
+/// port by port, so that its last free port is always found; a longer one at random.
+#[inline(always)]
+fn claim_port(
+    tuple: &Tuple4,
+    chosen: &Chosen,
+    config: &DatapathConfig,
+    addr: u32,
+    preferred: Option<u16>,
+    reply: CtReply,
+) -> Result<Snat, Dropped> {
+    let claim = |port: u16| {
+        let key = conntrack::reply_key(
+            chosen.backend.addr,
+            addr,
+            chosen.backend.port,
+            port,
+            tuple.proto,
+        );
+        conntrack::reserve_reply(&key, reply).then_some(Snat {
+            source: SnatSource { addr, port },
+            reply_key: key,
+        })
+    };
+    if let Some(snat) = preferred.and_then(&claim) {
+        return Ok(snat);
+    }
     let min = u32::from(config.snat_port_min);
     let Some(span) = u32::from(config.snat_port_max)
         .checked_sub(min)
@@ -56,28 +120,20 @@ pub fn select_snat_port(
     else {
         return Err(dropped!(DropReason::NatNoMapping));
     };
-    let reply = conntrack::snat_reply(tuple, frontend, chosen);
-    for _ in 0..SNAT_TRIES {
-        // SAFETY: a helper without arguments.
-        let offset = unsafe { bpf_get_prandom_u32() }
-            .checked_rem(span)
-            .unwrap_or(0);
-        let port = ((min + offset) as u16).to_be();
-        let key = conntrack::reply_key(
-            chosen.backend.addr,
-            config.node_addr,
-            chosen.backend.port,
-            port,
-            tuple.proto,
-        );
-        if conntrack::reserve_reply(&key, reply) {
-            return Ok(Snat {
-                source: SnatSource {
-                    addr: config.node_addr,
-                    port,
-                },
-                reply_key: key,
-            });
+    for i in 0..SNAT_TRIES {
+        let offset = if span <= SNAT_TRIES {
+            i
+        } else {
+            // SAFETY: a helper without arguments.
+            unsafe { bpf_get_prandom_u32() }
+                .checked_rem(span)
+                .unwrap_or(0)
+        };
+        if offset >= span {
+            break;
+        }
+        if let Some(snat) = claim(((min + offset) as u16).to_be()) {
+            return Ok(snat);
         }
     }
     Err(dropped!(DropReason::NatNoMapping))
@@ -144,9 +200,25 @@ pub fn rev_nat(
     Ok(Some(to))
 }
 
-/// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums.
+/// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums. A later fragment
+/// has no L4 header: only its addresses and IP checksum change (its first fragment's L4
+/// checksum accounted for the whole datagram's pseudo-header and ports).
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
+    if !from.has_l4_header() {
+        let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)
+            .and_then(|()| store_u32(ctx, IP_DADDR_OFF, to.daddr));
+        if written.is_none() {
+            return Err(dropped!(DropReason::WriteError));
+        }
+        if from.saddr != to.saddr {
+            csum::update_ip_addr(ctx, from.saddr, to.saddr)?;
+        }
+        if from.daddr != to.daddr {
+            csum::update_ip_addr(ctx, from.daddr, to.daddr)?;
+        }
+        return Ok(());
+    }
     let l4 = usize::from(from.l4_off);
     // Direct writes first: every pointer is derived (and bounds-checked) here, before any
     // helper call invalidates them.

@@ -26,6 +26,8 @@ pub const ETH_LEN: usize = 14;
 const ETH_PROTO_OFF: usize = 12;
 /// Offset of the IPv4 header.
 pub const IP_OFF: usize = ETH_LEN;
+/// Offset of the IPv4 identification.
+const IP_ID_OFF: usize = IP_OFF + 4;
 /// Offset of the IPv4 header checksum.
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 /// Offset of the IPv4 source address.
@@ -45,7 +47,11 @@ const UDP_WORDS: usize = 4;
 pub enum Shape {
     /// The whole TCP or UDP header is present and the packet is not a fragment.
     Complete,
-    /// An IP fragment (MF set or a non-zero offset): no usable ports.
+    /// The first fragment of a datagram (MF set, offset 0) with its whole TCP or UDP header:
+    /// the ports are valid, and they hold for the datagram's later fragments too.
+    FirstFragment,
+    /// A later fragment (non-zero offset): no L4 header here, so no ports (`frag.rs` looks
+    /// them up from the first fragment).
     Fragment,
     /// The TCP or UDP header is cut short.
     Truncated,
@@ -60,9 +66,9 @@ pub struct Tuple4 {
     pub saddr: u32,
     /// Destination address.
     pub daddr: u32,
-    /// Source port (0 unless `shape` is `Complete`).
+    /// Source port (0 for a later fragment until `frag.rs` fills it in).
     pub sport: u16,
-    /// Destination port (0 unless `shape` is `Complete`).
+    /// Destination port (as `sport`).
     pub dport: u16,
     /// The IP protocol: `proto::TCP` or `proto::UDP` unless `shape` is `Other` (or a fragment
     /// of another protocol).
@@ -88,6 +94,12 @@ impl Tuple4 {
     pub fn is_syn(&self) -> bool {
         use lb_common::event::tcp_flags::{ACK, SYN};
         self.proto == proto::TCP && self.tcp_flags & (SYN | ACK) == SYN
+    }
+
+    /// Whether the packet holds the L4 header (ports, checksum): not a later fragment.
+    #[inline(always)]
+    pub fn has_l4_header(&self) -> bool {
+        self.shape != Shape::Fragment
     }
 
     /// A TCP FIN or RST: the connection is closing.
@@ -192,11 +204,14 @@ pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
         l4_off: l4_off as u16,
         shape: Shape::Fragment,
     };
-    if frag & (IP_MF | IP_OFFSET_MASK) != 0 {
+    if frag & IP_OFFSET_MASK != 0 {
         return Some(tuple);
     }
     if proto != proto::TCP && proto != proto::UDP {
-        tuple.shape = Shape::Other;
+        // A first fragment of another protocol stays a fragment: lb translates no part of it.
+        if frag & IP_MF == 0 {
+            tuple.shape = Shape::Other;
+        }
         return Some(tuple);
     }
     // Each branch checks the length it reads, so the verifier sees every access bounded.
@@ -226,6 +241,17 @@ pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
             tuple.dport = udp.add(1).read();
         }
     }
-    tuple.shape = Shape::Complete;
+    tuple.shape = if frag & IP_MF != 0 {
+        Shape::FirstFragment
+    } else {
+        Shape::Complete
+    };
     Some(tuple)
+}
+
+/// The IP identification of the packet (as stored: network byte order), which with the
+/// addresses and protocol names the datagram a fragment belongs to.
+#[inline(always)]
+pub fn ip_id(ctx: &TcContext) -> Option<u16> {
+    load_u16(ctx, IP_ID_OFF)
 }

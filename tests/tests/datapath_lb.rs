@@ -106,21 +106,14 @@ fn cases() -> Vec<Case> {
             input: udp(POD, "10.96.0.10:80"),
             expect: Expect::Dropped(DropReason::NoService),
         },
+        // First fragments are translated: tests/tests/datapath_frag.rs.
         Case {
-            name: "a first fragment to a VIP drops with 157",
-            services: dns(),
-            config_flags: 0,
-            hook: Hook::FromPod,
-            input: udp_first_fragment(POD, "10.96.0.10:53"),
-            expect: Expect::Dropped(DropReason::FragNoSupport),
-        },
-        Case {
-            name: "a later fragment to a VIP drops with 157",
+            name: "a later fragment to a VIP whose first was not seen drops with 175",
             services: dns(),
             config_flags: 0,
             hook: Hook::FromNetdev,
             input: udp_later_fragment("192.168.56.10:5000", "10.96.0.10:53"),
-            expect: Expect::Dropped(DropReason::FragNoSupport),
+            expect: Expect::Dropped(DropReason::FragNotFound),
         },
         Case {
             name: "a fragment to an address that is no VIP passes",

@@ -155,6 +155,49 @@ fn no_free_snat_port_drops_with_167() {
 }
 
 #[test]
+fn a_tiny_snat_range_serves_one_flow_per_port_then_drops_with_167() {
+    let netns = FibNetns::new("snatfull", true);
+    let mut datapath = snat_datapath(40_000, 40_003);
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let client = format!("192.168.56.{}:5555", 20 + i);
+        let run = netns
+            .enter(|| datapath.run_on(Hook::FromNetdev, &tcp_syn(&client, VIP), netns.ifindex));
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "flow {i} gets a port");
+        ports.insert(read_checked(&run.frame).src.port());
+    }
+    assert_eq!(
+        ports,
+        (40_000..=40_003).collect(),
+        "every port of the range is used once"
+    );
+
+    let fifth = tcp_syn("192.168.56.30:5555", VIP);
+    let run = netns.enter(|| datapath.run_on(Hook::FromNetdev, &fifth, netns.ifindex));
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::NatNoMapping as u8, Hook::FromNetdev as u8, 1)]
+    );
+    assert_eq!(datapath.drain_events().len(), 1);
+    assert_eq!(
+        datapath.conntrack().len(),
+        8,
+        "the refused flow left no entry"
+    );
+
+    // An established flow still passes with its port.
+    let again = netns.enter(|| {
+        datapath.run_on(
+            Hook::FromNetdev,
+            &tcp_ack("192.168.56.20:5555", VIP),
+            netns.ifindex,
+        )
+    });
+    assert_eq!(again.verdict, TC_ACT_REDIRECT);
+}
+
+#[test]
 fn no_route_for_an_snated_flow_drops_with_169_reporting_the_packet_as_it_arrived() {
     // Forwarding off: the FIB refuses to forward (BPF_FIB_LKUP_RET_FWD_DISABLED).
     let netns = FibNetns::new("snat169", false);
@@ -179,17 +222,31 @@ fn no_route_for_an_snated_flow_drops_with_169_reporting_the_packet_as_it_arrived
 }
 
 #[test]
-fn a_remote_backend_is_not_snated_without_a_node_address() {
+fn a_remote_backend_without_a_node_address_to_snat_to_drops_with_165() {
+    // Forwarded with the client's address, the flow's replies would go from the backend's
+    // node straight to the client, untranslated.
     let mut datapath = Datapath::load();
     datapath.set_config(DatapathConfig {
         flags: CONFIG_F_EXTERNAL_CLUSTER_IP,
+        snat_port_min: SNAT_PORT_MIN,
+        snat_port_max: SNAT_PORT_MAX,
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
     datapath.sync(&[service(FRONTEND, &[REMOTE]).remote()]);
     let run = datapath.run(Hook::FromNetdev, &tcp_syn(CLIENT, VIP));
-    assert_eq!(run.verdict, TC_ACT_UNSPEC);
-    assert_eq!(run.frame, tcp_syn(CLIENT, REMOTE));
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::NoConfig as u8, Hook::FromNetdev as u8, 1)]
+    );
+    let events = datapath.drain_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].reason, events[0].file),
+        (165, SourceFile::Nat as u8)
+    );
+    assert_eq!(datapath.conntrack().len(), 0, "no conntrack entry");
 }
 
 #[test]

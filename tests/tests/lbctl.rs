@@ -258,6 +258,7 @@ fn config_view_lists_every_option_sorted() {
         ("node-ip", ""),
         ("node-name", "node-1"),
         ("pod-devices", "lxc*"),
+        ("snat-port-range", "61000-65535"),
         ("socket", socket.as_str()),
         ("source", "kube"),
     ]
@@ -307,7 +308,8 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
         stderr(&output),
         "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
          pod-devices, node-name, node-ip, bpf-root, socket, config-dir, metrics-address, \
-         bpf-lb-external-clusterip, bpf-ct-max-entries, bpf-lb-map-max, log-level\n"
+         bpf-lb-external-clusterip, bpf-ct-max-entries, bpf-lb-map-max, snat-port-range, \
+         log-level\n"
     );
 }
 

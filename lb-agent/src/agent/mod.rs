@@ -79,8 +79,8 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
             NoBackendResponse::Drop => dp::CONFIG_F_NO_BACKEND_DROP,
         },
         node_addr: datapath::maps::node_addr_value(node_ip),
-        snat_port_min: dp::SNAT_PORT_MIN,
-        snat_port_max: dp::SNAT_PORT_MAX,
+        snat_port_min: config.snat_port_range.min,
+        snat_port_max: config.snat_port_range.max,
         events_per_sec: dp::EVENTS_PER_SEC,
     }
 }

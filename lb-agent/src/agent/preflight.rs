@@ -1,12 +1,13 @@
 //! What the agent checks before it takes the lock or touches the datapath, so that a mistyped
 //! option fails with its own name and leaves the node as it was: the source is reachable,
 //! every `--devices` interface exists, the bpf root is on bpffs, and there is a node address
-//! to SNAT to.
+//! to SNAT to. It also warns when the SNAT port range shares ports with the host's
+//! unreserved ephemeral ports.
 use std::net::Ipv4Addr;
 
 use super::Error;
 use crate::{
-    config::AgentConfig,
+    config::{AgentConfig, PortRange},
     datapath::{self, devices, loader},
     k8s,
 };
@@ -23,6 +24,9 @@ pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
         }
     }
     loader::check_bpffs(&config.bpf_root)?;
+    if !config.devices.is_empty() {
+        warn_on_shared_snat_ports(config.snat_port_range);
+    }
     // Checked last: an interface that does not exist has no address either, and says so above.
     match (config.node_ip, config.devices.first()) {
         (Some(ip), _) => Ok(Some(ip)),
@@ -34,5 +38,101 @@ pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
                 })
         }
         (None, None) => Ok(None),
+    }
+}
+
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+const LOCAL_RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Warns when host sockets may take source ports of the SNAT range: a host process's
+/// connection to a backend from such a port would have its replies taken for an SNATed flow's
+/// (or an SNATed flow's for its own). Not an error: a host that never talks to backends is not
+/// affected, and the operator may have reasons.
+fn warn_on_shared_snat_ports(snat: PortRange) {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let Some(ephemeral) = read(LOCAL_PORT_RANGE).and_then(|text| parse_local_port_range(&text))
+    else {
+        return;
+    };
+    let reserved = read(LOCAL_RESERVED_PORTS)
+        .map(|text| parse_reserved_ports(&text))
+        .unwrap_or_default();
+    let shared = shared_ports(snat, ephemeral, &reserved);
+    if shared > 0 {
+        tracing::warn!(
+            snat_port_range = %snat,
+            ip_local_port_range = %ephemeral,
+            shared,
+            "SNAT ports may collide with the host's ephemeral ports; reserve them: \
+             sysctl -w net.ipv4.ip_local_reserved_ports={snat}"
+        );
+    }
+}
+
+/// `net.ipv4.ip_local_port_range`: two numbers separated by whitespace.
+fn parse_local_port_range(text: &str) -> Option<PortRange> {
+    let mut words = text.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(min)), Some(Ok(max))) = (words.next(), words.next()) else {
+        return None;
+    };
+    (min <= max).then_some(PortRange { min, max })
+}
+
+/// `net.ipv4.ip_local_reserved_ports`: comma-separated ports and `MIN-MAX` ranges; what does
+/// not parse is skipped.
+fn parse_reserved_ports(text: &str) -> Vec<PortRange> {
+    text.trim()
+        .split(',')
+        .filter_map(|item| {
+            let item = item.trim();
+            let (min, max) = item.split_once('-').unwrap_or((item, item));
+            let (min, max) = (min.parse().ok()?, max.parse().ok()?);
+            (min <= max).then_some(PortRange { min, max })
+        })
+        .collect()
+}
+
+/// How many ports of `snat` the host may hand out as ephemeral ports: those in `ephemeral`
+/// that no `reserved` range covers.
+fn shared_ports(snat: PortRange, ephemeral: PortRange, reserved: &[PortRange]) -> u32 {
+    if !snat.overlaps(ephemeral) {
+        return 0;
+    }
+    let (min, max) = (snat.min.max(ephemeral.min), snat.max.min(ephemeral.max));
+    (min..=max)
+        .filter(|port| !reserved.iter().any(|r| (r.min..=r.max).contains(port)))
+        .count() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn range(min: u16, max: u16) -> PortRange {
+        PortRange { min, max }
+    }
+
+    #[test]
+    fn the_default_snat_range_shares_no_port_with_the_kernels_default_ephemeral_range() {
+        let ephemeral = parse_local_port_range("32768\t60999\n").expect("parse");
+        assert_eq!(ephemeral, range(32_768, 60_999));
+        let snat = range(
+            lb_common::config::SNAT_PORT_MIN,
+            lb_common::config::SNAT_PORT_MAX,
+        );
+        assert_eq!(shared_ports(snat, ephemeral, &[]), 0);
+    }
+
+    #[test]
+    fn a_widened_ephemeral_range_shares_the_ports_not_reserved() {
+        let ephemeral = range(1024, 65_535);
+        let snat = range(61_000, 65_535);
+        assert_eq!(shared_ports(snat, ephemeral, &[]), 4536);
+        let reserved = parse_reserved_ports("8080,61000-65000\n");
+        assert_eq!(reserved, [range(8080, 8080), range(61_000, 65_000)]);
+        assert_eq!(shared_ports(snat, ephemeral, &reserved), 535);
+        let reserved = parse_reserved_ports("61000-65535");
+        assert_eq!(shared_ports(snat, ephemeral, &reserved), 0);
+        assert_eq!(parse_reserved_ports("\n"), []);
     }
 }

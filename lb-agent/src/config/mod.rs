@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-pub use options::{AgentConfig, NoBackendResponse, OptionKey, OptionValue};
+pub use options::{AgentConfig, NoBackendResponse, OptionKey, OptionValue, PortRange};
 use options::{OptionSpec, RawValues};
 
 /// Errors resolving or changing the configuration.
@@ -377,6 +377,10 @@ mod tests {
                 no_backend_response: NoBackendResponse::Reject,
                 ct_max_entries: 262_144,
                 lb_map_max: 65_536,
+                snat_port_range: PortRange {
+                    min: 61_000,
+                    max: 65_535,
+                },
                 log_level: tracing::Level::INFO,
             }
         );

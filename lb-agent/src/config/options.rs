@@ -48,6 +48,8 @@ pub enum Kind {
     LogLevel,
     /// `reject` or `drop`.
     NoBackendResponse,
+    /// `MIN-MAX`, two ports with MIN ≤ MAX, MIN at least 1024.
+    PortRange,
 }
 
 impl Kind {
@@ -66,6 +68,7 @@ impl Kind {
             Self::Count { min, max } => format!("an integer from {min} to {max}"),
             Self::LogLevel => "one of `error`, `warn`, `info`, `debug`, `trace`".into(),
             Self::NoBackendResponse => "`reject` or `drop`".into(),
+            Self::PortRange => "MIN-MAX, ports from 1024 to 65535 with MIN <= MAX".into(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Kind {
             }
             Self::LogLevel => matches!(value, "error" | "warn" | "info" | "debug" | "trace"),
             Self::NoBackendResponse => NoBackendResponse::from_raw(value).is_some(),
+            Self::PortRange => PortRange::from_raw(value).is_some(),
         }
     }
 }
@@ -110,6 +114,41 @@ pub fn parse_bool(value: &str) -> Option<bool> {
         "true" => Some(true),
         "false" => Some(false),
         _ => None,
+    }
+}
+
+/// An inclusive range of ports, `MIN-MAX` (host byte order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub min: u16,
+    /// Last port.
+    pub max: u16,
+}
+
+impl PortRange {
+    /// Whether the two ranges share a port.
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// Ports below 1024 are privileged services' (and 0 is no port).
+impl OptionValue for PortRange {
+    fn from_raw(raw: &str) -> Option<Self> {
+        let (min, max) = raw.split_once('-')?;
+        let min: u16 = min.trim().parse().ok()?;
+        let max: u16 = max.trim().parse().ok()?;
+        (1024 <= min && min <= max).then_some(Self { min, max })
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -495,6 +534,16 @@ options! {
         help: "capacity of the service, backend and rev-NAT maps",
         doc: "services/backends map capacity",
     }
+    SnatPortRange => snat_port_range: PortRange {
+        key: "snat-port-range",
+        env: "LB_SNAT_PORT_RANGE",
+        default: "61000-65535",
+        live: false,
+        value_name: "MIN-MAX",
+        kind: Kind::PortRange,
+        help: "source ports of SNATed flows; keep them out of the host's ephemeral ports (net.ipv4.ip_local_reserved_ports)",
+        doc: "source ports of SNATed flows (per remote backend); must not overlap `net.ipv4.ip_local_port_range` unless reserved in `net.ipv4.ip_local_reserved_ports`, see docs/datapath.md",
+    }
     LogLevel => log_level: tracing::Level {
         key: "log-level",
         env: "LB_LOG_LEVEL",
@@ -618,6 +667,55 @@ mod tests {
         assert_eq!(
             OptionKey::LbMapMax.spec().default,
             lb_common::maps::SERVICES_MAX_ENTRIES.to_string()
+        );
+        let snat = lb_common::config::SNAT_PORT_MIN..=lb_common::config::SNAT_PORT_MAX;
+        assert_eq!(
+            OptionKey::SnatPortRange.spec().default,
+            format!("{}-{}", snat.start(), snat.end())
+        );
+    }
+
+    #[test]
+    fn port_ranges_are_min_dash_max_above_1023() {
+        assert_eq!(
+            PortRange::from_raw("61000-65535"),
+            Some(PortRange {
+                min: 61_000,
+                max: 65_535
+            })
+        );
+        assert_eq!(
+            PortRange::from_raw("40000-40000").map(|r| r.to_raw()),
+            Some("40000-40000".into())
+        );
+        for bad in [
+            "",
+            "61000",
+            "65535-61000",
+            "0-100",
+            "1000-2000",
+            "61000-70000",
+            "a-b",
+        ] {
+            assert!(!Kind::PortRange.is_valid(bad), "{bad:?} is refused");
+        }
+        let ephemeral = PortRange {
+            min: 32_768,
+            max: 60_999,
+        };
+        assert!(
+            !PortRange {
+                min: 61_000,
+                max: 65_535
+            }
+            .overlaps(ephemeral)
+        );
+        assert!(
+            PortRange {
+                min: 60_999,
+                max: 65_535
+            }
+            .overlaps(ephemeral)
         );
     }
 
