@@ -13,6 +13,7 @@ fn every_program_passes_the_verifier_and_pins_its_maps() {
         LB4_REVNAT,
         LB4_CT,
         LB4_FRAGS,
+        LB4_AFFINITY,
         LB_CONFIG,
         LB_METRICS,
         LB_EVENTS,
