@@ -231,6 +231,15 @@ pub struct MetricsSnapshot {
     pub last_sync_duration_seconds: f64,
     /// Sum of all sync durations, in seconds.
     pub sync_duration_seconds_sum: f64,
+    /// Expired conntrack entries the GC deleted.
+    #[serde(default)]
+    pub ct_gc_deleted: u64,
+    /// Live entries in `LB4_CT_TCP` at the last GC pass.
+    #[serde(default)]
+    pub ct_entries_tcp: u64,
+    /// Live entries in `LB4_CT_ANY` at the last GC pass.
+    #[serde(default)]
+    pub ct_entries_any: u64,
 }
 
 /// One `LB_METRICS` entry.

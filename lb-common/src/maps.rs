@@ -8,8 +8,11 @@ pub const LB4_SERVICES: &str = "LB4_SERVICES";
 pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
 /// Reverse NAT by service id: `u16` -> `RevNat4`.
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
-/// Conntrack (LRU): `CtKey4` -> `CtEntry`.
-pub const LB4_CT: &str = "LB4_CT";
+/// Conntrack of TCP flows (LRU): `CtKey4` -> `CtEntry`.
+pub const LB4_CT_TCP: &str = "LB4_CT_TCP";
+/// Conntrack of every other protocol (UDP; LRU): `CtKey4` -> `CtEntry`. Kept apart from TCP so
+/// that connectionless churn cannot evict long-lived TCP flows.
+pub const LB4_CT_ANY: &str = "LB4_CT_ANY";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
@@ -25,8 +28,11 @@ pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
 pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB4_REVNAT` (service ids are u16).
 pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
-/// Default capacity of `LB4_CT`. Each flow takes two entries (forward and reply).
+/// Default capacity of `LB4_CT_TCP` (`bpf-ct-max-entries`). Each flow takes two entries
+/// (service and reply).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// Default capacity of `LB4_CT_ANY` (`bpf-ct-global-any-max`), Cilium's default.
+pub const CT_ANY_MAX_ENTRIES: u32 = 262_144;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;
 /// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).
@@ -35,4 +41,4 @@ pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
 /// Version of the map layouts, the last component of the pin directory
 /// (`<bpf-root>/<PIN_VERSION>/`). Bump it whenever a key or value layout changes: reusing a
 /// pinned map does not check its key or value size.
-pub const PIN_VERSION: &str = "v1";
+pub const PIN_VERSION: &str = "v2";

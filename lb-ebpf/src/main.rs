@@ -41,6 +41,7 @@ use lb_common::{
 };
 
 use crate::{
+    conntrack::Hit,
     drop::{Dropped, Verdict},
     parse::{Shape, Tuple4},
 };
@@ -77,6 +78,13 @@ mod hooks {
         )
     }
 
+    /// The conntrack clock, for the agent: never attached, run with `BPF_PROG_TEST_RUN`, it
+    /// returns the datapath's now (seconds, `conntrack::now`), which entries' expiries count in.
+    #[classifier]
+    pub fn ct_clock(_ctx: TcContext) -> i32 {
+        crate::conntrack::now(&crate::maps::config()) as i32
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         loop {}
@@ -99,46 +107,54 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         lb::check_malformed(tuple)?;
         return Ok(Verdict::Pass);
     }
-    // Replies first: a backend's reply never matches a frontend, and must be translated
-    // back even after its service is gone from LB4_SERVICES.
-    if let Some(reply) = conntrack::lookup_reply(tuple) {
-        return reverse(ctx, tuple, &reply);
-    }
-    // The frontend first: a flow whose service was deleted is no longer translated (its
-    // conntrack entry is ignored until the GC removes it), and traffic to no VIP needs no
-    // conntrack lookup.
+    let config = maps::config();
+    let now = conntrack::now(&config);
+    // One conntrack lookup finds either direction. A backend's reply is translated back even
+    // after its service is gone (its entry records the VIP:port it was sent to).
+    let tracked = match conntrack::lookup(tuple, &config, now) {
+        Some(Hit::Reply(reply)) => return reverse(ctx, tuple, &reply),
+        Some(Hit::Service(tracked)) => Some(tracked),
+        None => None,
+    };
+    // The frontend next: a flow whose service was deleted is no longer translated (its
+    // conntrack entries are ignored until they expire), and traffic to no VIP passes.
     let Some(frontend) = lb::lookup_frontend(tuple) else {
         lb::check_unknown_port(tuple)?;
         return Ok(Verdict::Pass);
     };
-    if let Some(flow) = conntrack::lookup_service(tuple) {
-        // An established flow keeps its backend while that is still there, terminating
-        // included (drain); only a new SYN to a terminating backend chooses again. A flow
-        // whose backend is gone chooses again below among the active ones, and its new
-        // conntrack entries replace the stale service entry (TCP then gets a RST from the new
-        // backend, UDP just moves).
-        let backend =
-            lb::lookup_flow_backend(flow.backend_id, flow.backend_addr, flow.backend_port);
-        if backend.is_some_and(|b| !tuple.is_syn() || lb::is_active(&b)) {
-            return forward(ctx, tuple, &flow);
-        }
+    if let Some(tracked) = tracked
+        && keeps_backend(tuple, &tracked.flow)
+    {
+        conntrack::refresh(&tracked, tuple, &config, now);
+        return forward(ctx, tuple, &tracked.flow);
     }
-    let config = maps::config();
+    // A new flow, or one whose backend is gone: its new entries replace the stale ones (TCP
+    // then gets a RST from the new backend, UDP just moves).
     if hook == Hook::FromNetdev {
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry
     }
     let chosen = lb::select_backend(&frontend)?;
-    let flow = if needs_snat(hook, &chosen, &config) {
-        let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config)?;
-        let flow = conntrack::service_entry(&frontend, &chosen, hook, Some(snat.source));
-        conntrack::create(tuple, &flow, Some(&snat.reply_key))?;
-        flow
+    let (snat, reserved) = if needs_snat(hook, &chosen, &config) {
+        let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config, now)?;
+        (Some(snat.source), Some(snat.reply_key))
     } else {
-        let flow = conntrack::service_entry(&frontend, &chosen, hook, None);
-        conntrack::create(tuple, &flow, None)?;
-        flow
+        (None, None)
     };
+    let flow = conntrack::service_entry(tuple, &frontend, &chosen, hook, snat, &config, now);
+    // Another CPU may have created this flow first: then its choice is followed.
+    let flow = conntrack::create(tuple, &flow, reserved.as_ref(), &config, now, |winner| {
+        keeps_backend(tuple, winner)
+    })?;
     forward(ctx, tuple, &flow)
+}
+
+/// Whether a tracked flow goes on to its recorded backend: while that is still there,
+/// terminating included (drain), except that a new SYN to a terminating backend chooses an
+/// active one.
+#[inline(always)]
+fn keeps_backend(tuple: &Tuple4, flow: &CtService) -> bool {
+    lb::lookup_flow_backend(flow.backend_id, flow.backend_addr, flow.backend_port)
+        .is_some_and(|backend| !tuple.is_syn() || lb::is_active(&backend))
 }
 
 /// A flow from outside the cluster to a backend on another node is SNATed to this node, so
@@ -166,9 +182,7 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
 /// on from-netdev addressed to this node; it goes straight back out by redirect.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
-    let Some(to) = nat::rev_nat(ctx, tuple, reply)? else {
-        return Ok(Verdict::Pass);
-    };
+    let to = nat::rev_nat(ctx, tuple, reply)?;
     if reply.flags & CT_F_SNAT != 0 {
         return fib::redirect(ctx, &to);
     }

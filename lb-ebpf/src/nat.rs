@@ -2,8 +2,9 @@
 //! outside to remote backends (source → node address and an allocated port), and their
 //! reversal on replies.
 //!
-//! Map: `LB4_REVNAT` (the VIP:port restored as the source of replies); SNAT ports are claimed
-//! through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
+//! Maps: none of its own. Replies are restored from their conntrack entry, which records the
+//! VIP and port (`LB4_REVNAT`, still written by the agent, is not read on the packet path);
+//! SNAT ports are claimed through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
 //! access, all of them before the checksum helpers run (which invalidate packet pointers).
 //! Returns the packet's new tuple; drops with 167 when no SNAT port is free and 141 when the
 //! packet cannot be written.
@@ -13,7 +14,6 @@ use lb_common::{
     config::DatapathConfig,
     conntrack::{CT_F_SNAT, CtKey4, CtReply, CtService},
     drop::{DropReason, SourceFile},
-    service::RevNat4,
 };
 
 use crate::{
@@ -21,7 +21,6 @@ use crate::{
     csum,
     drop::{Dropped, dropped},
     lb::{Chosen, Frontend},
-    maps::LB4_REVNAT,
     parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, store_u16, store_u32},
 };
 
@@ -48,6 +47,7 @@ pub fn select_snat_port(
     frontend: &Frontend,
     chosen: &Chosen,
     config: &DatapathConfig,
+    now: u32,
 ) -> Result<Snat, Dropped> {
     let min = u32::from(config.snat_port_min);
     let Some(span) = u32::from(config.snat_port_max)
@@ -56,7 +56,7 @@ pub fn select_snat_port(
     else {
         return Err(dropped!(DropReason::NatNoMapping));
     };
-    let reply = conntrack::snat_reply(tuple, frontend, chosen);
+    let reply = conntrack::snat_reply(tuple, frontend, chosen, config, now);
     for _ in 0..SNAT_TRIES {
         // SAFETY: a helper without arguments.
         let offset = unsafe { bpf_get_prandom_u32() }
@@ -99,28 +99,18 @@ pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Tuple4,
 }
 
 /// Rewrites a backend's reply `tuple` for its reply entry: source → VIP:port, and destination
-/// → the original client when the flow was SNATed. `None` (packet untouched) when the service
-/// is gone from `LB4_REVNAT`.
+/// → the original client when the flow was SNATed. Returns the new tuple.
 #[inline(always)]
-pub fn rev_nat(
-    ctx: &TcContext,
-    tuple: &Tuple4,
-    reply: &CtReply,
-) -> Result<Option<Tuple4>, Dropped> {
-    // SAFETY: copied out at once.
-    let Some(frontend) = unsafe { LB4_REVNAT.get(reply.rev_nat) }.copied() else {
-        return Ok(None);
-    };
-    let RevNat4 { vip, port, .. } = frontend;
+pub fn rev_nat(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Tuple4, Dropped> {
     let mut to = *tuple;
-    to.saddr = vip;
-    to.sport = port;
+    to.saddr = reply.vip;
+    to.sport = reply.vip_port;
     if reply.flags & CT_F_SNAT != 0 {
         to.daddr = reply.client_addr;
         to.dport = reply.client_port;
     }
     rewrite(ctx, tuple, &to)?;
-    Ok(Some(to))
+    Ok(to)
 }
 
 /// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums.

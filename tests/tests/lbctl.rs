@@ -243,11 +243,20 @@ fn config_view_lists_every_option_sorted() {
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let socket = agent.socket.display().to_string();
     let expected = [
+        ("bpf-ct-global-any-max", "262144"),
         ("bpf-ct-max-entries", "262144"),
+        ("bpf-ct-timeout-regular-any", "60"),
+        ("bpf-ct-timeout-regular-tcp", "21600"),
+        ("bpf-ct-timeout-regular-tcp-fin", "10"),
+        ("bpf-ct-timeout-regular-tcp-syn", "60"),
+        ("bpf-ct-timeout-service-any", "60"),
+        ("bpf-ct-timeout-service-tcp", "21600"),
+        ("bpf-ct-timeout-service-tcp-grace", "60"),
         ("bpf-lb-external-clusterip", "false"),
         ("bpf-lb-map-max", "65536"),
         ("bpf-root", "/sys/fs/bpf/lb"),
         ("config-dir", ""),
+        ("conntrack-gc-interval", "300"),
         ("devices", "eth0"),
         ("log-level", "info"),
         ("metrics-address", "127.0.0.1:9963"),
@@ -258,8 +267,8 @@ fn config_view_lists_every_option_sorted() {
         ("source", "kube"),
     ]
     .iter()
-    // The longest key, `bpf-lb-external-clusterip`, is 25 characters; padding 3.
-    .map(|(key, value)| format!("{key:<28}{value}\n"))
+    // The longest key, `bpf-ct-timeout-service-tcp-grace`, is 32 characters; padding 3.
+    .map(|(key, value)| format!("{key:<35}{value}\n"))
     .collect::<String>();
     assert_eq!(stdout(&output), expected);
 }
@@ -272,7 +281,7 @@ fn config_set_changes_a_live_option() {
     assert_eq!(stdout(&output), "");
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   true\n"),
+        view.contains("\nbpf-lb-external-clusterip          true\n"),
         "{view}"
     );
 }
@@ -289,7 +298,7 @@ fn config_set_rejects_a_bad_value_with_exit_2() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        view.contains("\nbpf-lb-external-clusterip          false\n"),
         "{view}"
     );
 }
@@ -303,7 +312,10 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
         stderr(&output),
         "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
          pod-devices, node-name, node-ip, bpf-root, socket, config-dir, metrics-address, \
-         bpf-lb-external-clusterip, bpf-ct-max-entries, bpf-lb-map-max, log-level\n"
+         bpf-lb-external-clusterip, bpf-ct-max-entries, bpf-ct-global-any-max, \
+         bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, bpf-ct-timeout-regular-tcp-fin, \
+         bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, bpf-ct-timeout-service-tcp-grace, \
+         bpf-ct-timeout-service-any, conntrack-gc-interval, bpf-lb-map-max, log-level\n"
     );
 }
 

@@ -36,6 +36,7 @@ fn load(root: &BpfRoot, lb_map_max: u32) -> Arc<Mutex<datapath::maps::AyaMaps>> 
     let options = LoadOptions {
         bpf_root: root.0.clone(),
         ct_max_entries: 1024,
+        ct_any_max_entries: 1024,
         lb_map_max,
         config: DatapathConfig::default(),
     };

@@ -79,6 +79,22 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
         snat_port_min: dp::SNAT_PORT_MIN,
         snat_port_max: dp::SNAT_PORT_MAX,
         events_per_sec: dp::EVENTS_PER_SEC,
+        // Unknown HZ (no coarse clock): the clock stands still and flows never expire, as
+        // before lifetimes existed, rather than expiring at random.
+        clock_mult: datapath::conntrack::kernel_hz()
+            .map(datapath::conntrack::clock_mult)
+            .unwrap_or(0),
+        clock_offset: 0,
+        lifetimes: lb_common::conntrack::CtLifetimes {
+            tcp: config.ct_timeout_regular_tcp,
+            tcp_syn: config.ct_timeout_regular_tcp_syn,
+            tcp_fin: config.ct_timeout_regular_tcp_fin,
+            any: config.ct_timeout_regular_any,
+            service_tcp: config.ct_timeout_service_tcp,
+            service_tcp_grace: config.ct_timeout_service_tcp_grace,
+            service_any: config.ct_timeout_service_any,
+        },
+        _pad: 0,
     }
 }
 
@@ -145,6 +161,7 @@ struct Loaded {
     syncer: Syncer<datapath::maps::AyaMaps>,
     maps: Arc<Mutex<datapath::maps::AyaMaps>>,
     link_watcher: devices::LinkWatcher,
+    clock: datapath::conntrack::Clock,
 }
 
 /// Loads the datapath (adopting pinned maps and links), attaches it to `--devices` and
@@ -153,6 +170,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
     let options = LoadOptions {
         bpf_root: config.bpf_root.clone(),
         ct_max_entries: config.ct_max_entries,
+        ct_any_max_entries: config.ct_any_max_entries,
         lb_map_max: config.lb_map_max,
         config: datapath_config(config, node_ip),
     };
@@ -160,6 +178,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         mut ebpf,
         maps,
         pin_dir,
+        clock,
     } = Datapath::load(&options)?;
     // Pins of an lb with another map layout: this agent cannot use them (their maps, and the
     // flows in their conntrack, are not read), so say so; `--uninstall` removes them.
@@ -185,6 +204,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         syncer,
         maps,
         link_watcher,
+        clock,
     })
 }
 
@@ -228,6 +248,7 @@ async fn serve(
         mut syncer,
         maps,
         link_watcher,
+        clock,
     } = loaded;
     devices::prune_stale_links(&pin_dir);
     tracing::info!(devices = ?config.devices, bpf_root = %config.bpf_root.display(), "datapath loaded");
@@ -262,6 +283,16 @@ async fn serve(
             }
         }
     });
+    tasks.spawn(datapath::conntrack::run_gc(
+        clock,
+        pin_dir.clone(),
+        std::time::Duration::from_secs(u64::from(config.conntrack_gc_interval)),
+        shutdown.clone(),
+        {
+            let state = state.clone();
+            move |report| state.record_gc(report)
+        },
+    ));
     state.set_datapath_loaded();
 
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();

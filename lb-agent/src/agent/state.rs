@@ -35,6 +35,9 @@ struct Progress {
     sync_errors: u64,
     last_sync_seconds: f64,
     sync_seconds_sum: f64,
+    ct_gc_deleted: u64,
+    ct_entries_tcp: u64,
+    ct_entries_any: u64,
 }
 
 /// The running agent's shared state.
@@ -101,6 +104,16 @@ impl AgentState {
                 progress.sync_errors += 1;
             }
         }
+    }
+}
+
+impl AgentState {
+    /// Records a conntrack GC pass.
+    pub fn record_gc(&self, report: &crate::datapath::conntrack::GcReport) {
+        let mut progress = lock(&self.progress);
+        progress.ct_gc_deleted += report.deleted;
+        progress.ct_entries_tcp = report.entries_tcp;
+        progress.ct_entries_any = report.entries_any;
     }
 }
 
@@ -192,6 +205,9 @@ impl ApiBackend for AgentState {
             sync_errors: progress.sync_errors,
             last_sync_duration_seconds: progress.last_sync_seconds,
             sync_duration_seconds_sum: progress.sync_seconds_sum,
+            ct_gc_deleted: progress.ct_gc_deleted,
+            ct_entries_tcp: progress.ct_entries_tcp,
+            ct_entries_any: progress.ct_entries_any,
         }
     }
 }
