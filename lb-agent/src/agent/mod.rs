@@ -162,6 +162,8 @@ struct Loaded {
     maps: Arc<Mutex<datapath::maps::AyaMaps>>,
     link_watcher: devices::LinkWatcher,
     clock: datapath::conntrack::Clock,
+    /// A second handle on the clock, for `lbctl bpf ct list`.
+    list_clock: datapath::conntrack::Clock,
 }
 
 /// Loads the datapath (adopting pinned maps and links), attaches it to `--devices` and
@@ -197,6 +199,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
     }
     let maps = Arc::new(Mutex::new(maps));
     let syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
+    let list_clock = datapath::conntrack::Clock::new(&mut ebpf)?;
     Ok(Loaded {
         ebpf,
         pin_dir,
@@ -205,6 +208,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         maps,
         link_watcher,
         clock,
+        list_clock,
     })
 }
 
@@ -249,6 +253,7 @@ async fn serve(
         maps,
         link_watcher,
         clock,
+        list_clock,
     } = loaded;
     devices::prune_stale_links(&pin_dir);
     tracing::info!(devices = ?config.devices, bpf_root = %config.bpf_root.display(), "datapath loaded");
@@ -283,6 +288,7 @@ async fn serve(
             }
         }
     });
+    state.set_conntrack(list_clock, pin_dir.clone());
     tasks.spawn(datapath::conntrack::run_gc(
         clock,
         pin_dir.clone(),

@@ -11,11 +11,18 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::{
-        proto::{BackendRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
+        proto::{
+            BackendRow, CtRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+        },
         server::{ApiBackend, BoxError},
     },
     config::{self, AgentConfig, LiveChange},
-    datapath::{LbMaps as _, dump, maps::AyaMaps},
+    datapath::{
+        LbMaps as _,
+        conntrack::{Clock, Conntrack},
+        dump,
+        maps::AyaMaps,
+    },
     k8s::SourceSpec,
     monitor::DropFanout,
     sync::{SyncStats, lock},
@@ -42,6 +49,7 @@ struct Progress {
 
 /// The running agent's shared state.
 pub struct AgentState {
+    conntrack: Mutex<Option<(Clock, std::path::PathBuf)>>,
     config: Mutex<AgentConfig>,
     node_ip: Option<Ipv4Addr>,
     maps: Arc<Mutex<AyaMaps>>,
@@ -58,6 +66,7 @@ impl AgentState {
         fanout: DropFanout,
     ) -> Self {
         Self {
+            conntrack: Mutex::new(None),
             config: Mutex::new(config),
             node_ip,
             maps,
@@ -108,6 +117,11 @@ impl AgentState {
 }
 
 impl AgentState {
+    /// Where `lbctl bpf ct list` reads conntrack: the datapath's clock and its pin directory.
+    pub fn set_conntrack(&self, clock: Clock, pin_dir: std::path::PathBuf) {
+        *lock(&self.conntrack) = Some((clock, pin_dir));
+    }
+
     /// Records a conntrack GC pass.
     pub fn record_gc(&self, report: &crate::datapath::conntrack::GcReport) {
         let mut progress = lock(&self.progress);
@@ -178,6 +192,22 @@ impl ApiBackend for AgentState {
 
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord> {
         self.fanout.subscribe()
+    }
+
+    fn conntrack(&self) -> Result<Vec<CtRow>, String> {
+        let guard = lock(&self.conntrack);
+        let Some((clock, pin_dir)) = guard.as_ref() else {
+            return Err("the datapath is not loaded yet".to_owned());
+        };
+        let read = || -> Result<_, crate::datapath::Error> {
+            let now = clock.now()?;
+            Ok((now, Conntrack::open(pin_dir)?.entries()?))
+        };
+        let (now, items) = read().map_err(|err| error_chain(&err))?;
+        Ok(items
+            .iter()
+            .map(|item| CtRow::new(item.map.label(), &item.key, &item.entry, now))
+            .collect())
     }
 
     fn metrics(&self) -> MetricsSnapshot {
