@@ -69,6 +69,8 @@ pub struct Tracked {
     entry: *mut CtEntry,
     /// Its content when it was looked up.
     pub flow: CtService,
+    /// The clock when it was looked up.
+    now: u32,
 }
 
 /// The map that tracks flows of protocol `proto`.
@@ -119,10 +121,12 @@ pub fn reply_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> C
 }
 
 /// Looks the packet's tuple up once: a live reply entry (refreshed now) or a live service
-/// entry; `None` when the flow is not tracked or its entry has expired (a new flow then).
+/// entry; `None` when the flow is not tracked or its entry has expired (a new flow then). The
+/// clock is read only on a hit: traffic that is no flow of lb's does not pay for it.
 #[inline(always)]
-pub fn lookup(tuple: &Tuple4, config: &DatapathConfig, now: u32) -> Option<Hit> {
+pub fn lookup(tuple: &Tuple4, config: &DatapathConfig) -> Option<Hit> {
     let entry = map(tuple.proto).get_ptr_mut(key(tuple))?;
+    let now = now(config);
     // SAFETY: a valid map value pointer; every bit pattern is a valid `CtEntry`.
     let value = unsafe { *entry };
     if value.expires() <= now {
@@ -157,6 +161,7 @@ pub fn lookup(tuple: &Tuple4, config: &DatapathConfig, now: u32) -> Option<Hit> 
         CT_SERVICE => Some(Hit::Service(Tracked {
             entry,
             flow: value.service(),
+            now,
         })),
         _ => None,
     }
@@ -192,8 +197,9 @@ fn service_flags(flags: u16, tuple: &Tuple4) -> u16 {
 /// Moves a service entry's expiry forward for the client's packet `tuple` (and its state, for
 /// TCP), now that the flow goes on with it.
 #[inline(always)]
-pub fn refresh(tracked: &Tracked, tuple: &Tuple4, config: &DatapathConfig, now: u32) {
+pub fn refresh(tracked: &Tracked, tuple: &Tuple4, config: &DatapathConfig) {
     let flow = &tracked.flow;
+    let now = tracked.now;
     let flags = service_flags(flow.flags, tuple);
     update(
         tracked.entry,

@@ -108,10 +108,9 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         return Ok(Verdict::Pass);
     }
     let config = maps::config();
-    let now = conntrack::now(&config);
     // One conntrack lookup finds either direction. A backend's reply is translated back even
     // after its service is gone (its entry records the VIP:port it was sent to).
-    let tracked = match conntrack::lookup(tuple, &config, now) {
+    let tracked = match conntrack::lookup(tuple, &config) {
         Some(Hit::Reply(reply)) => return reverse(ctx, tuple, &reply),
         Some(Hit::Service(tracked)) => Some(tracked),
         None => None,
@@ -125,7 +124,7 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     if let Some(tracked) = tracked
         && keeps_backend(tuple, &tracked.flow)
     {
-        conntrack::refresh(&tracked, tuple, &config, now);
+        conntrack::refresh(&tracked, tuple, &config);
         return forward(ctx, tuple, &tracked.flow);
     }
     // A new flow, or one whose backend is gone: its new entries replace the stale ones (TCP
@@ -134,6 +133,7 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry
     }
     let chosen = lb::select_backend(&frontend)?;
+    let now = conntrack::now(&config);
     let (snat, reserved) = if needs_snat(hook, &chosen, &config) {
         let snat = nat::select_snat_port(tuple, &frontend, &chosen, &config, now)?;
         (Some(snat.source), Some(snat.reply_key))
