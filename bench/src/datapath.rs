@@ -49,6 +49,7 @@ impl LbDatapath {
         let datapath = Datapath::load(&LoadOptions {
             bpf_root: root.clone(),
             ct_max_entries: CT_MAX,
+            ct_any_max_entries: CT_MAX,
             lb_map_max: LB_MAP_MAX,
             config: DatapathConfig::default(),
         })
@@ -58,6 +59,7 @@ impl LbDatapath {
             ebpf,
             maps,
             pin_dir,
+            ..
         } = datapath;
         let syncer = Syncer::new(Arc::new(Mutex::new(maps)))
             .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))?;

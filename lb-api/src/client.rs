@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::proto::{Request, Response, ServiceRow, StatusReply};
+use super::proto::{CtRow, Request, Response, ServiceRow, StatusReply};
 
 /// How long a request may wait for its answer (monitor streams wait forever).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -172,6 +172,16 @@ impl Client {
             Response::ConfigSet { key, value } => Ok((key, value)),
             _ => Err(Error::Unexpected {
                 request: "config set",
+            }),
+        }
+    }
+
+    /// Every conntrack entry.
+    pub fn ct_list(&mut self) -> Result<Vec<CtRow>, Error> {
+        match self.call(&Request::CtList)? {
+            Response::CtList { entries } => Ok(entries),
+            _ => Err(Error::Unexpected {
+                request: "bpf ct list",
             }),
         }
     }

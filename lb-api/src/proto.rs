@@ -7,7 +7,13 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::event::DropEvent;
+use lb_common::{
+    conntrack::{
+        CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_FROM_NETDEV, CT_F_SEEN_REPLY, CT_F_SNAT, CT_REPLY,
+        CT_SERVICE, CtEntry, CtKey4,
+    },
+    event::DropEvent,
+};
 use serde::{Deserialize, Serialize};
 
 /// One request from a client.
@@ -29,6 +35,8 @@ pub enum Request {
     },
     /// Stream drop events until the client disconnects.
     MonitorDrops,
+    /// Every conntrack entry of both maps.
+    CtList,
 }
 
 /// One response line from the agent.
@@ -53,6 +61,11 @@ pub enum Response {
         key: String,
         /// Its value now.
         value: String,
+    },
+    /// Answer to [`Request::CtList`].
+    CtList {
+        /// Entries, sorted by map, protocol and tuple.
+        entries: Vec<CtRow>,
     },
     /// One drop event of a [`Request::MonitorDrops`] stream.
     Drop(DropEventRecord),
@@ -167,6 +180,101 @@ impl BackendState {
     }
 }
 
+/// One conntrack entry, as `lbctl bpf ct list` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtRow {
+    /// `tcp` (`LB4_CT_TCP`) or `any` (`LB4_CT_ANY`).
+    pub map: String,
+    /// `TCP`, `UDP`, or the protocol number.
+    pub proto: String,
+    /// `service` (client → VIP) or `reply` (backend → client or node).
+    pub direction: String,
+    /// The key's source, `addr:port`.
+    pub source: String,
+    /// The key's destination, `addr:port`.
+    pub destination: String,
+    /// Seconds until the entry expires; 0 or less: expired (ignored, deleted by the next GC).
+    pub expires_in: i64,
+    /// Flag names (`snat`, `from-netdev`, `closing`, `seen-reply`, `established`).
+    pub flags: Vec<String>,
+    /// The service id the flow was translated for.
+    pub rev_nat: u16,
+    /// The flow's backend id.
+    pub backend_id: u32,
+    /// Service entries: the backend, `addr:port`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backend: Option<String>,
+    /// Service entries of SNATed flows: the node's source, `addr:port`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub snat: Option<String>,
+    /// Reply entries: the VIP restored as the source, `addr:port`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vip: Option<String>,
+    /// Reply entries: the client as it sent the flow, `addr:port`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client: Option<String>,
+}
+
+impl CtRow {
+    /// The row of the entry `entry` under `key` in map `map` (`tcp` or `any`), at `now` in the
+    /// datapath's clock.
+    pub fn new(map: &str, key: &CtKey4, entry: &CtEntry, now: u32) -> Self {
+        let socket = |addr: u32, port: u16| {
+            format!(
+                "{}:{}",
+                Ipv4Addr::from(addr.to_ne_bytes()),
+                u16::from_be(port)
+            )
+        };
+        let names = [
+            (CT_F_SNAT, "snat"),
+            (CT_F_FROM_NETDEV, "from-netdev"),
+            (CT_F_CLOSING, "closing"),
+            (CT_F_SEEN_REPLY, "seen-reply"),
+            (CT_F_ESTABLISHED, "established"),
+        ];
+        let flags = names
+            .iter()
+            .filter(|(bit, _)| entry.flags() & bit != 0)
+            .map(|(_, name)| (*name).to_owned())
+            .collect();
+        let mut row = Self {
+            map: map.to_owned(),
+            proto: lb_common::proto::name(key.proto)
+                .map_or_else(|| key.proto.to_string(), str::to_owned),
+            direction: String::new(),
+            source: socket(key.saddr, key.sport),
+            destination: socket(key.daddr, key.dport),
+            expires_in: i64::from(entry.expires()) - i64::from(now),
+            flags,
+            rev_nat: entry.service().rev_nat,
+            backend_id: entry.service().backend_id,
+            backend: None,
+            snat: None,
+            vip: None,
+            client: None,
+        };
+        match entry.kind() {
+            CT_SERVICE => {
+                let service = entry.service();
+                row.direction = "service".to_owned();
+                row.backend = Some(socket(service.backend_addr, service.backend_port));
+                if service.flags & CT_F_SNAT != 0 {
+                    row.snat = Some(socket(service.snat_addr, service.snat_port));
+                }
+            }
+            CT_REPLY => {
+                let reply = entry.reply();
+                row.direction = "reply".to_owned();
+                row.vip = Some(socket(reply.vip, reply.vip_port));
+                row.client = Some(socket(reply.client_addr, reply.client_port));
+            }
+            other => row.direction = format!("unknown({other})"),
+        }
+        row
+    }
+}
+
 /// A drop event decoded from `lb_common::event::DropEvent` (the `From` impl below):
 /// addresses as `Ipv4Addr`, ports in host order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +346,15 @@ pub struct MetricsSnapshot {
     pub last_sync_duration_seconds: f64,
     /// Sum of all sync durations, in seconds.
     pub sync_duration_seconds_sum: f64,
+    /// Expired conntrack entries the GC deleted.
+    #[serde(default)]
+    pub ct_gc_deleted: u64,
+    /// Live entries in `LB4_CT_TCP` at the last GC pass.
+    #[serde(default)]
+    pub ct_entries_tcp: u64,
+    /// Live entries in `LB4_CT_ANY` at the last GC pass.
+    #[serde(default)]
+    pub ct_entries_any: u64,
 }
 
 /// One `LB_METRICS` entry.
@@ -304,6 +421,47 @@ mod tests {
             (record.flow_hash, record.ifindex, record.len),
             (0x7558_de48, 2, 60)
         );
+    }
+
+    #[test]
+    fn a_conntrack_entry_becomes_a_row_in_host_order() {
+        let key = CtKey4 {
+            saddr: u32::from_ne_bytes([10, 244, 1, 5]),
+            daddr: u32::from_ne_bytes([10, 244, 0, 7]),
+            sport: 8080u16.to_be(),
+            dport: 40000u16.to_be(),
+            proto: lb_common::proto::TCP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let reply = lb_common::conntrack::CtReply {
+            expires: 160,
+            kind: CT_REPLY,
+            flags: CT_F_SEEN_REPLY,
+            backend_id: 2,
+            rev_nat: 1,
+            vip: u32::from_ne_bytes([10, 96, 0, 10]),
+            vip_port: 80u16.to_be(),
+            client_addr: u32::from_ne_bytes([10, 244, 0, 7]),
+            client_port: 40000u16.to_be(),
+            ..Default::default()
+        };
+        let row = CtRow::new("tcp", &key, &CtEntry::from(reply), 100);
+        assert_eq!(
+            (
+                row.direction.as_str(),
+                row.source.as_str(),
+                row.destination.as_str()
+            ),
+            ("reply", "10.244.1.5:8080", "10.244.0.7:40000")
+        );
+        assert_eq!(
+            (row.expires_in, row.flags.clone()),
+            (60, vec!["seen-reply".to_owned()])
+        );
+        assert_eq!(row.vip.as_deref(), Some("10.96.0.10:80"));
+        assert_eq!(row.client.as_deref(), Some("10.244.0.7:40000"));
+        assert_eq!(row.backend, None);
     }
 
     #[test]

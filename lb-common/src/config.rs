@@ -2,9 +2,11 @@
 //! agent rewrites whenever an option changes. The programs read it on every packet, so a change
 //! takes effect on the next packet, without reloading anything.
 
+use crate::conntrack::CtLifetimes;
+
 /// Value of `LB_CONFIG[0]`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatapathConfig {
     /// `CONFIG_F_*` bits.
     pub flags: u32,
@@ -18,8 +20,40 @@ pub struct DatapathConfig {
     pub snat_port_max: u16,
     /// Events per second and CPU that `LB_EVENTS` may carry; 0 means no events.
     pub events_per_sec: u32,
+    /// The conntrack clock's rate: seconds = `bpf_jiffies64() * clock_mult >> 32`, so
+    /// `2^32 / CONFIG_HZ` (the agent measures HZ). 0 stops the clock at `clock_offset`, which
+    /// lets tests set the time.
+    pub clock_mult: u32,
+    /// Added to the conntrack clock (seconds): tests move time forward with it.
+    pub clock_offset: u32,
+    /// Conntrack lifetimes, in seconds.
+    pub lifetimes: CtLifetimes,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 56);
+
+impl DatapathConfig {
+    /// Nothing enabled (no SNAT, no events, ClusterIPs internal), the clock stopped at 0 and
+    /// Cilium's lifetimes: what the datapath assumes until the agent writes `LB_CONFIG`.
+    pub const DEFAULT: Self = Self {
+        flags: 0,
+        node_addr: 0,
+        snat_port_min: 0,
+        snat_port_max: 0,
+        events_per_sec: 0,
+        clock_mult: 0,
+        clock_offset: 0,
+        lifetimes: CtLifetimes::DEFAULT,
+        _pad: 0,
+    };
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// `bpf-lb-external-clusterip`: ClusterIP frontends are reachable from outside the cluster.
 pub const CONFIG_F_EXTERNAL_CLUSTER_IP: u32 = 1 << 0;

@@ -1,20 +1,28 @@
-//! Conntrack: one LRU map, `LB4_CT`, holding two entries per translated flow, each of its own
-//! type; the key's `kind` says which.
+//! Conntrack: two LRU maps, `LB4_CT_TCP` for TCP and `LB4_CT_ANY` for everything else (UDP),
+//! so that connectionless churn (DNS) cannot evict long-lived TCP flows. Each translated flow
+//! has two entries in its map, each of its own type; the value's `kind` says which.
 //!
 //! - A [`CtService`] entry is keyed by the tuple as the client sent it (client → VIP) and
 //!   records the backend, so every later packet of the flow goes to the same backend.
 //! - A [`CtReply`] entry is keyed by the tuple of the backend's replies as they arrive at this
 //!   node (backend → client, or backend → node address when SNATed) and records what to
-//!   restore: the service id for reverse NAT and the client's address and port (restored
-//!   after SNAT).
+//!   restore: the VIP and port (the reply's new source) and the client's address and port
+//!   (restored after SNAT).
 //!
-//! The map's value is [`CtEntry`], a union of the two with the same 32 bytes either way. The
-//! reply entries of SNATed flows double as the NAT table: a source port is allocated by
-//! inserting a reply entry with `BPF_NOEXIST`, so two flows can never share a mapping.
+//! The key has no direction byte: a request has a VIP as its destination, a reply a backend
+//! (or the node's SNAT address) as its source, so the two kinds never share a key, and one
+//! lookup finds either. The map's value is [`CtEntry`], a union of the two with the same
+//! 32 bytes either way and the same header (expiry, kind, flags). The reply entries of SNATed
+//! flows double as the NAT table: a source port is allocated by inserting a reply entry with
+//! `BPF_NOEXIST`, so two flows can never share a mapping.
+//!
+//! Expiry: `expires` is in the datapath's clock (seconds, see `config::DatapathConfig`); an
+//! entry whose `expires` is not after now is treated as absent by the datapath and deleted by
+//! the agent's GC.
 
 use core::{fmt, mem::offset_of};
 
-/// Key of `LB4_CT`; addresses and ports in network byte order.
+/// Key of `LB4_CT_TCP` and `LB4_CT_ANY`; addresses and ports in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey4 {
@@ -28,37 +36,39 @@ pub struct CtKey4 {
     pub dport: u16,
     /// IP protocol.
     pub proto: u8,
-    /// `CT_SERVICE` or `CT_REPLY`: which member of [`CtEntry`] the value holds.
-    pub kind: u8,
+    /// Zero.
+    pub _pad: u8,
     /// Zero (one word, so that a key is built without byte stores).
-    pub _pad: u16,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtKey4>() == 16);
 
-/// `CtKey4::kind` of a service entry (client → VIP), whose value is a [`CtService`].
-pub const CT_SERVICE: u8 = 0;
-/// `CtKey4::kind` of a reply entry (backend → client or node), whose value is a [`CtReply`].
-pub const CT_REPLY: u8 = 1;
+/// `kind` of a service entry (client → VIP), whose value is a [`CtService`].
+pub const CT_SERVICE: u8 = 1;
+/// `kind` of a reply entry (backend → client or node), whose value is a [`CtReply`].
+pub const CT_REPLY: u8 = 2;
 
 /// The service entry of a flow: which backend the client's packets go to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtService {
-    /// `bpf_ktime_get_ns()` of the last packet seen from the client.
-    pub last_seen_ns: u64,
+    /// When the entry expires, in the datapath's clock (seconds).
+    pub expires: u32,
+    /// [`CT_SERVICE`].
+    pub kind: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// `CT_F_*` bits.
+    pub flags: u16,
     /// The backend the flow is pinned to.
     pub backend_id: u32,
     /// The service id (key of `LB4_REVNAT`).
     pub rev_nat: u16,
-    /// `CT_F_*` bits.
-    pub flags: u16,
+    /// With `CT_F_SNAT`: the allocated source port (network byte order); zero otherwise.
+    pub snat_port: u16,
     /// With `CT_F_SNAT`: the node address the source is rewritten to (network byte order);
     /// zero otherwise.
     pub snat_addr: u32,
-    /// With `CT_F_SNAT`: the allocated source port (network byte order); zero otherwise.
-    pub snat_port: u16,
-    /// Zero.
-    pub _pad: u16,
     /// The backend's address (network byte order): the destination the flow is rewritten to,
     /// and the proof that `LB4_BACKENDS[backend_id]` is still this flow's backend (ids are
     /// reused).
@@ -67,6 +77,8 @@ pub struct CtService {
     pub backend_port: u16,
     /// Zero.
     pub _pad2: u16,
+    /// Zero.
+    pub _pad3: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtService>() == 32);
 
@@ -74,14 +86,24 @@ const _: () = assert!(core::mem::size_of::<CtService>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtReply {
-    /// `bpf_ktime_get_ns()` of the last reply seen.
-    pub last_seen_ns: u64,
-    /// The backend the flow is pinned to.
-    pub backend_id: u32,
-    /// The service id (key of `LB4_REVNAT`): its VIP:port becomes the reply's source.
-    pub rev_nat: u16,
+    /// When the entry expires, in the datapath's clock (seconds).
+    pub expires: u32,
+    /// [`CT_REPLY`].
+    pub kind: u8,
+    /// Zero.
+    pub _pad: u8,
     /// `CT_F_*` bits.
     pub flags: u16,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service id the flow was translated for.
+    pub rev_nat: u16,
+    /// The frontend's port (network byte order): the reply's new source port.
+    pub vip_port: u16,
+    /// The frontend's address (network byte order): the reply's new source. Recorded here so
+    /// that replies need no `LB4_REVNAT` lookup, and a service id reused by another frontend
+    /// cannot redirect them.
+    pub vip: u32,
     /// The client's address as it sent the flow (network byte order); with `CT_F_SNAT`
     /// restored as the reply's destination.
     pub client_addr: u32,
@@ -89,40 +111,58 @@ pub struct CtReply {
     /// as the reply's destination port.
     pub client_port: u16,
     /// Zero.
-    pub _pad: u16,
-    /// Zero: a reply entry is as large as a service entry.
-    pub _pad2: u64,
+    pub _pad2: u16,
+    /// Zero.
+    pub _pad3: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtReply>() == 32);
 
-// The two kinds share the first 16 bytes, so an entry read without its key still shows its age
-// and flags in the same place (what `bpftool map dump` prints).
-const _: () = assert!(offset_of!(CtService, last_seen_ns) == offset_of!(CtReply, last_seen_ns));
+// The two kinds share their first 8 bytes, so an entry read without knowing its kind shows
+// its expiry, kind and flags in the same place (what the GC and `bpftool map dump` read).
+const _: () = assert!(offset_of!(CtService, expires) == offset_of!(CtReply, expires));
+const _: () = assert!(offset_of!(CtService, kind) == offset_of!(CtReply, kind));
 const _: () = assert!(offset_of!(CtService, flags) == offset_of!(CtReply, flags));
+const _: () = assert!(offset_of!(CtService, backend_id) == offset_of!(CtReply, backend_id));
+const _: () = assert!(offset_of!(CtService, rev_nat) == offset_of!(CtReply, rev_nat));
 
-/// Value of `LB4_CT`: a [`CtService`] or a [`CtReply`], as the key's `kind` says.
+/// Value of the conntrack maps: a [`CtService`] or a [`CtReply`], as its `kind` says.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub union CtEntry {
-    /// The value of a `CT_SERVICE` key.
+    /// A [`CT_SERVICE`] entry.
     pub service: CtService,
-    /// The value of a `CT_REPLY` key.
+    /// A [`CT_REPLY`] entry.
     pub reply: CtReply,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
 impl CtEntry {
-    /// The entry read as a service entry (meaningful under a `CT_SERVICE` key).
+    /// The entry read as a service entry (meaningful when `kind()` is [`CT_SERVICE`]).
     pub const fn service(self) -> CtService {
         // SAFETY: both members are 32 bytes of plain integers without implicit padding: every
         // bit pattern is a valid `CtService`.
         unsafe { self.service }
     }
 
-    /// The entry read as a reply entry (meaningful under a `CT_REPLY` key).
+    /// The entry read as a reply entry (meaningful when `kind()` is [`CT_REPLY`]).
     pub const fn reply(self) -> CtReply {
         // SAFETY: as in `service`: every bit pattern is a valid `CtReply`.
         unsafe { self.reply }
+    }
+
+    /// [`CT_SERVICE`] or [`CT_REPLY`] (anything else is no entry lb wrote).
+    pub const fn kind(self) -> u8 {
+        self.service().kind
+    }
+
+    /// When the entry expires, in the datapath's clock.
+    pub const fn expires(self) -> u32 {
+        self.service().expires
+    }
+
+    /// `CT_F_*` bits.
+    pub const fn flags(self) -> u16 {
+        self.service().flags
     }
 }
 
@@ -147,16 +187,12 @@ impl PartialEq for CtEntry {
 
 impl Eq for CtEntry {}
 
-// Without its key an entry's kind is unknown: Debug shows the fields both kinds share.
 impl fmt::Debug for CtEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let common = self.reply();
-        f.debug_struct("CtEntry")
-            .field("last_seen_ns", &common.last_seen_ns)
-            .field("backend_id", &common.backend_id)
-            .field("rev_nat", &common.rev_nat)
-            .field("flags", &common.flags)
-            .finish_non_exhaustive()
+        match self.kind() {
+            CT_SERVICE => self.service().fmt(f),
+            _ => self.reply().fmt(f),
+        }
     }
 }
 
@@ -164,23 +200,93 @@ impl fmt::Debug for CtEntry {
 pub const CT_F_SNAT: u16 = 1 << 0;
 /// The flow arrived on an external interface (from-netdev).
 pub const CT_F_FROM_NETDEV: u16 = 1 << 1;
-/// A FIN or RST was seen: the flow is closing.
+/// A FIN or RST was seen: the flow is closing (TCP).
 pub const CT_F_CLOSING: u16 = 1 << 2;
+/// The backend has answered.
+pub const CT_F_SEEN_REPLY: u16 = 1 << 3;
+/// The client sent a packet other than a SYN after the backend answered: the TCP handshake is
+/// done, and the entries take the long lifetimes.
+pub const CT_F_ESTABLISHED: u16 = 1 << 4;
 /// The flow's frontend is a node port on one of this node's own addresses, so its replies
 /// carry a local source address once reverse-NATed, which the stack drops as a martian: they
 /// leave by redirect.
-pub const CT_F_NODE_PORT: u16 = 1 << 3;
+pub const CT_F_NODE_PORT: u16 = 1 << 5;
 
-crate::pod!(CtKey4, CtService, CtReply, CtEntry);
+/// How long an idle entry lives, per state, in seconds: Cilium's `bpf-ct-timeout-*` options.
+/// Reply entries take the `regular` lifetimes, service entries the `service` ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLifetimes {
+    /// `bpf-ct-timeout-regular-tcp`: an established TCP flow's reply entry.
+    pub tcp: u32,
+    /// `bpf-ct-timeout-regular-tcp-syn`: both entries of a TCP flow until its handshake is done.
+    pub tcp_syn: u32,
+    /// `bpf-ct-timeout-regular-tcp-fin`: a closing TCP flow's reply entry.
+    pub tcp_fin: u32,
+    /// `bpf-ct-timeout-regular-any`: a non-TCP flow's reply entry.
+    pub any: u32,
+    /// `bpf-ct-timeout-service-tcp`: an established TCP flow's service entry.
+    pub service_tcp: u32,
+    /// `bpf-ct-timeout-service-tcp-grace`: a closing TCP flow's service entry (a new
+    /// connection from the same source port after it chooses its backend afresh).
+    pub service_tcp_grace: u32,
+    /// `bpf-ct-timeout-service-any`: a non-TCP flow's service entry.
+    pub service_any: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtLifetimes>() == 28);
+
+impl CtLifetimes {
+    /// Cilium's defaults (its BPF fallbacks and documented option defaults).
+    pub const DEFAULT: Self = Self {
+        tcp: 21_600,
+        tcp_syn: 60,
+        tcp_fin: 10,
+        any: 60,
+        service_tcp: 21_600,
+        service_tcp_grace: 60,
+        service_any: 60,
+    };
+
+    /// The lifetime of an entry of `kind` (and protocol `proto`) with `flags`.
+    pub const fn of(&self, kind: u8, proto: u8, flags: u16) -> u32 {
+        let service = kind == CT_SERVICE;
+        if proto != crate::proto::TCP {
+            return if service { self.service_any } else { self.any };
+        }
+        if flags & CT_F_CLOSING != 0 {
+            if service {
+                self.service_tcp_grace
+            } else {
+                self.tcp_fin
+            }
+        } else if flags & CT_F_ESTABLISHED == 0 {
+            self.tcp_syn
+        } else if service {
+            self.service_tcp
+        } else {
+            self.tcp
+        }
+    }
+}
+
+impl Default for CtLifetimes {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+crate::pod!(CtKey4, CtService, CtReply, CtEntry, CtLifetimes);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{TCP, UDP};
 
     #[test]
     fn a_service_entry_keeps_its_bytes_through_the_map_value() {
         let service = CtService {
-            last_seen_ns: 7,
+            expires: 7,
+            kind: CT_SERVICE,
             backend_id: 3,
             rev_nat: 2,
             flags: CT_F_SNAT,
@@ -190,21 +296,42 @@ mod tests {
             backend_port: 8080,
             ..CtService::default()
         };
-        assert_eq!(CtEntry::from(service).service(), service);
+        let entry = CtEntry::from(service);
+        assert_eq!(entry.service(), service);
+        assert_eq!(entry.kind(), CT_SERVICE);
     }
 
     #[test]
-    fn a_reply_entry_shares_age_and_flags_with_the_service_layout() {
+    fn a_reply_entry_shares_expiry_kind_and_flags_with_the_service_layout() {
         let reply = CtReply {
-            last_seen_ns: 9,
+            expires: 9,
+            kind: CT_REPLY,
             flags: CT_F_CLOSING,
+            vip: 5,
+            vip_port: 6,
             client_addr: 1,
             client_port: 2,
             ..CtReply::default()
         };
         let entry = CtEntry::from(reply);
         assert_eq!(entry.reply(), reply);
-        assert_eq!(entry.service().last_seen_ns, 9);
-        assert_eq!(entry.service().flags, CT_F_CLOSING);
+        assert_eq!(
+            (entry.expires(), entry.kind(), entry.flags()),
+            (9, CT_REPLY, CT_F_CLOSING)
+        );
+    }
+
+    #[test]
+    fn lifetimes_follow_the_tcp_state_and_the_entry_kind() {
+        let l = CtLifetimes::DEFAULT;
+        let est = CT_F_SEEN_REPLY | CT_F_ESTABLISHED;
+        assert_eq!(l.of(CT_SERVICE, TCP, 0), 60, "SYN only");
+        assert_eq!(l.of(CT_REPLY, TCP, CT_F_SEEN_REPLY), 60, "SYN-ACK only");
+        assert_eq!(l.of(CT_SERVICE, TCP, est), 21_600);
+        assert_eq!(l.of(CT_REPLY, TCP, est), 21_600);
+        assert_eq!(l.of(CT_SERVICE, TCP, est | CT_F_CLOSING), 60, "grace");
+        assert_eq!(l.of(CT_REPLY, TCP, est | CT_F_CLOSING), 10, "fin");
+        assert_eq!(l.of(CT_SERVICE, UDP, 0), 60);
+        assert_eq!(l.of(CT_REPLY, UDP, CT_F_SEEN_REPLY), 60);
     }
 }

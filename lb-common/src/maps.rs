@@ -8,12 +8,15 @@ pub const LB4_SERVICES: &str = "LB4_SERVICES";
 pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
 /// Reverse NAT by service id: `u16` -> `RevNat4`.
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
-/// Conntrack (LRU): `CtKey4` -> `CtEntry`.
-pub const LB4_CT: &str = "LB4_CT";
 /// ClientIP session affinity: (client, service) → backend.
 pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
 /// Fragmented datagrams being translated (LRU): `FragKey4` -> `FragPorts`.
 pub const LB4_FRAGS: &str = "LB4_FRAGS";
+/// Conntrack of TCP flows (LRU): `CtKey4` -> `CtEntry`.
+pub const LB4_CT_TCP: &str = "LB4_CT_TCP";
+/// Conntrack of every other protocol (UDP; LRU): `CtKey4` -> `CtEntry`. Kept apart from TCP so
+/// that connectionless churn cannot evict long-lived TCP flows.
+pub const LB4_CT_ANY: &str = "LB4_CT_ANY";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
@@ -29,7 +32,8 @@ pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
 pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB4_REVNAT` (service ids are u16).
 pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
-/// Default capacity of `LB4_CT`. Each flow takes two entries (forward and reply).
+/// Default capacity of `LB4_CT_TCP` (`bpf-ct-max-entries`). Each flow takes two entries
+/// (service and reply).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 /// Default size of `LB4_AFFINITY` (an LRU map: the least recently used client goes first).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
@@ -37,6 +41,8 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 /// default for its fragment map). An entry is needed only until the datagram's last fragment
 /// has passed, a few milliseconds.
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
+/// Default capacity of `LB4_CT_ANY` (`bpf-ct-global-any-max`), Cilium's default.
+pub const CT_ANY_MAX_ENTRIES: u32 = 262_144;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;
 /// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).
@@ -45,4 +51,4 @@ pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
 /// Version of the map layouts, the last component of the pin directory
 /// (`<bpf-root>/<PIN_VERSION>/`). Bump it whenever a key or value layout changes: reusing a
 /// pinned map does not check its key or value size.
-pub const PIN_VERSION: &str = "v1";
+pub const PIN_VERSION: &str = "v2";

@@ -39,9 +39,9 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, Hit},
     drop::{Dropped, Verdict, dropped},
-    fib, lb, maps, nat,
+    fib, lb, maps,
     parse::{
         ETH_LEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, Shape, Tuple4, load_u16,
         load_u32, split, store_u16, store_u32,
@@ -78,7 +78,9 @@ const ETH_P_IP: u16 = 0x0800;
 
 /// ICMP, or another protocol than TCP and UDP (`tuple.shape` is `Other`): translate an error,
 /// answer a ping to a VIP, or drop what is addressed to a VIP; hand on the rest.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its frame would add to the TCP/UDP path's, and the
+// two together exceed the 512-byte stack.
+#[inline(never)]
 pub fn handle(ctx: &TcContext, hook: Hook, tuple: &Tuple4) -> Result<Verdict, Dropped> {
     if tuple.proto != proto::ICMP {
         return check_vip(tuple.daddr, dropped!(DropReason::UnknownL4));
@@ -175,7 +177,8 @@ fn translate_error(ctx: &TcContext, outer: &Tuple4) -> Result<Verdict, Dropped> 
         return check_vip(outer.daddr, dropped!(DropReason::NoService));
     };
     // About a client's packet (client → backend, or node:port → backend after SNAT), on its
-    // way back to the client: the quote reversed is the tuple of the backend's replies.
+    // way back to the client: the quote reversed is the tuple of the backend's replies, the
+    // key of the reply entry.
     let reversed = flow(
         quoted.daddr,
         quoted.saddr,
@@ -183,55 +186,56 @@ fn translate_error(ctx: &TcContext, outer: &Tuple4) -> Result<Verdict, Dropped> 
         quoted.sport,
         quoted.proto,
     );
-    if let Some(reply) = conntrack::lookup_reply(&reversed) {
-        let Some(frontend) = nat::lookup_rev_nat(reply.rev_nat) else {
-            return Ok(Verdict::Pass);
-        };
-        let snat = reply.flags & CT_F_SNAT != 0;
-        let mut to = quoted;
-        to.daddr = frontend.vip;
-        to.dport = frontend.port;
-        let mut out = *outer;
-        if outer.saddr == quoted.daddr {
-            // Sent by the backend itself (a router on the way keeps its own address).
-            out.saddr = frontend.vip;
-        }
-        if snat {
-            to.saddr = reply.client_addr;
-            to.sport = reply.client_port;
-            out.daddr = reply.client_addr;
-        }
-        rewrite_error(ctx, outer, &out, &quoted, &to)?;
-        return if snat {
-            fib::redirect(ctx, &out)
-        } else {
-            Ok(Verdict::Pass)
-        };
-    }
     // About a backend's reply (VIP → client as the client received it), on its way to the
-    // backend: the quote reversed is the client's tuple, the key of the service entry.
-    if let Some(service) = conntrack::lookup_service(&reversed) {
-        let snat = service.flags & CT_F_SNAT != 0;
-        let mut to = quoted;
-        to.saddr = service.backend_addr;
-        to.sport = service.backend_port;
-        let mut out = *outer;
-        out.daddr = service.backend_addr;
-        if snat {
-            to.daddr = service.snat_addr;
-            to.dport = service.snat_port;
+    // backend: the quote reversed is the client's tuple, the key of the service entry. One
+    // lookup finds either.
+    match conntrack::lookup(&reversed, &maps::config()) {
+        Some(Hit::Reply(reply)) => {
+            let snat = reply.flags & CT_F_SNAT != 0;
+            let mut to = quoted;
+            to.daddr = reply.vip;
+            to.dport = reply.vip_port;
+            let mut out = *outer;
             if outer.saddr == quoted.daddr {
-                out.saddr = service.snat_addr;
+                // Sent by the backend itself (a router on the way keeps its own address).
+                out.saddr = reply.vip;
+            }
+            if snat {
+                to.saddr = reply.client_addr;
+                to.sport = reply.client_port;
+                out.daddr = reply.client_addr;
+            }
+            rewrite_error(ctx, outer, &out, &quoted, &to)?;
+            if snat {
+                fib::redirect(ctx, &out)
+            } else {
+                Ok(Verdict::Pass)
             }
         }
-        rewrite_error(ctx, outer, &out, &quoted, &to)?;
-        return if snat {
-            fib::redirect(ctx, &out)
-        } else {
-            Ok(Verdict::Pass)
-        };
+        Some(Hit::Service(tracked)) => {
+            let service = tracked.flow;
+            let snat = service.flags & CT_F_SNAT != 0;
+            let mut to = quoted;
+            to.saddr = service.backend_addr;
+            to.sport = service.backend_port;
+            let mut out = *outer;
+            out.daddr = service.backend_addr;
+            if snat {
+                to.daddr = service.snat_addr;
+                to.dport = service.snat_port;
+                if outer.saddr == quoted.daddr {
+                    out.saddr = service.snat_addr;
+                }
+            }
+            rewrite_error(ctx, outer, &out, &quoted, &to)?;
+            if snat {
+                fib::redirect(ctx, &out)
+            } else {
+                Ok(Verdict::Pass)
+            }
+        }
+        None => check_vip(outer.daddr, dropped!(DropReason::NoService)),
     }
-    check_vip(outer.daddr, dropped!(DropReason::NoService))
 }
 
 /// RFC 1624 incremental update of an Internet checksum: `HC' = ~(~HC + ~m + m')` for each
@@ -440,7 +444,8 @@ struct Answer([u16; ANSWER_WORDS]);
 /// Callers answer only TCP and UDP packets that are no fragments (an error is never sent about
 /// an ICMP error, RFC 1122). A CHECKSUM_PARTIAL packet (from a local socket, through a veth)
 /// keeps that state: the answer only crosses a veth again, which computes nothing.
-#[inline(always)]
+// A BPF subprogram of its own: its 112-byte answer buffer stays off the callers' frames.
+#[inline(never)]
 pub fn send_error(
     ctx: &TcContext,
     from: u32,

@@ -46,6 +46,7 @@ use lb_common::{
 };
 
 use crate::{
+    conntrack::Hit,
     drop::{Dropped, Verdict},
     parse::{Shape, Tuple4},
 };
@@ -80,6 +81,13 @@ mod hooks {
             tuple.as_ref(),
             handle(&ctx, Hook::FromPod, tuple.as_ref()),
         )
+    }
+
+    /// The conntrack clock, for the agent: never attached, run with `BPF_PROG_TEST_RUN`, it
+    /// returns the datapath's now (seconds, `conntrack::now`), which entries' expiries count in.
+    #[classifier]
+    pub fn ct_clock(_ctx: TcContext) -> i32 {
+        crate::conntrack::now(&crate::maps::config()) as i32
     }
 
     #[panic_handler]
@@ -119,30 +127,43 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         }
         Shape::Other => return icmp::handle(ctx, hook, tuple),
     };
-    // Replies first: a backend's reply never matches a frontend, and must be translated
-    // back even after its service is gone from LB4_SERVICES.
-    if let Some(reply) = conntrack::lookup_reply(tuple) {
-        return reverse(ctx, tuple, &reply);
-    }
-    // The frontend first: a flow whose service was deleted is no longer translated (its
-    // conntrack entry is ignored until the GC removes it), and traffic to no VIP needs no
-    // conntrack lookup.
+    let config = maps::config();
+    // One conntrack lookup finds either direction. A backend's reply is translated back even
+    // after its service is gone (its entry records the VIP:port it was sent to).
+    let tracked = match conntrack::lookup(tuple, &config) {
+        Some(Hit::Reply(reply)) => return reverse(ctx, tuple, &reply),
+        Some(Hit::Service(tracked)) => Some(tracked),
+        None => None,
+    };
+    // The frontend next: a flow whose service was deleted is no longer translated (its
+    // conntrack entries are ignored until they expire), and traffic to no VIP passes.
     let Some(frontend) = lb::lookup_frontend(tuple) else {
         lb::check_unknown_port(tuple)?;
         return Ok(Verdict::Pass);
     };
-    if let Some(flow) = conntrack::lookup_service(tuple) {
-        // An established flow keeps its backend while that is still there, terminating
-        // included (drain); only a new SYN to a terminating backend chooses again. A flow
-        // whose backend is gone chooses again below among the active ones, and its new
-        // conntrack entries replace the stale service entry (TCP then gets a RST from the new
-        // backend, UDP just moves).
-        let backend =
-            lb::lookup_flow_backend(flow.backend_id, flow.backend_addr, flow.backend_port);
-        if backend.is_some_and(|b| !tuple.is_syn() || lb::is_active(&b)) {
-            return forward(ctx, tuple, &flow);
-        }
+    if let Some(tracked) = tracked
+        && keeps_backend(tuple, &tracked.flow)
+    {
+        conntrack::refresh(&tracked, tuple, &config);
+        return forward(ctx, tuple, &tracked.flow);
     }
+    // A new flow, or one whose backend is gone: its new entries replace the stale ones (TCP
+    // then gets a RST from the new backend, UDP just moves).
+    new_flow(ctx, hook, tuple, &frontend)
+}
+
+/// A new flow to `frontend`: the external-access policy, then a backend (or a refusal), SNAT
+/// where needed, the conntrack entries, and the first packet forwarded. A BPF subprogram of its
+/// own, so that its frame (the entries being built) does not add to the lookup path's: the
+/// two together would exceed the 512-byte stack.
+#[inline(never)]
+fn new_flow(
+    ctx: &TcContext,
+    hook: Hook,
+    tuple: &Tuple4,
+    frontend: &lb::Frontend,
+) -> Result<Verdict, Dropped> {
+    let frontend = *frontend;
     let config = maps::config();
     if hook == Hook::FromNetdev {
         policy::check_external_access(&frontend, &config)?; // before any conntrack entry
@@ -154,18 +175,35 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         return icmp::refuse(ctx, tuple.daddr);
     }
     let chosen = affinity::select_backend(&frontend, tuple.saddr)?;
+    let now = conntrack::now(&config);
     let snat = if hairpin::is_hairpin(hook, tuple, &chosen) {
         Some(nat::select_hairpin_port(
-            tuple, &frontend, &chosen, &config,
+            tuple, &frontend, &chosen, &config, now,
         )?)
     } else if needs_snat(hook, &chosen) {
-        Some(nat::select_snat_port(tuple, &frontend, &chosen, &config)?)
+        Some(nat::select_snat_port(
+            tuple, &frontend, &chosen, &config, now,
+        )?)
     } else {
         None
     };
-    let flow = conntrack::service_entry(&frontend, &chosen, hook, snat.map(|s| s.source));
-    conntrack::create(tuple, &flow, snat.as_ref().map(|s| &s.reply_key))?;
+    let source = snat.map(|s| s.source);
+    let flow = conntrack::service_entry(tuple, &frontend, &chosen, hook, source, &config, now);
+    // Another CPU may have created this flow first: then its choice is followed.
+    let reserved = snat.as_ref().map(|s| &s.reply_key);
+    let flow = conntrack::create(tuple, &flow, reserved, &config, now, |winner| {
+        keeps_backend(tuple, winner)
+    })?;
     forward(ctx, tuple, &flow)
+}
+
+/// Whether a tracked flow goes on to its recorded backend: while that is still there,
+/// terminating included (drain), except that a new SYN to a terminating backend chooses an
+/// active one.
+#[inline(always)]
+fn keeps_backend(tuple: &Tuple4, flow: &CtService) -> bool {
+    lb::lookup_flow_backend(flow.backend_id, flow.backend_addr, flow.backend_port)
+        .is_some_and(|backend| !tuple.is_syn() || lb::is_active(&backend))
 }
 
 /// A flow from outside the cluster to a backend on another node is SNATed to this node, so
@@ -180,7 +218,9 @@ fn needs_snat(hook: Hook, chosen: &lb::Chosen) -> bool {
 /// back to the pod it came from. An SNATed packet has the node's own address as its source, a
 /// martian to the node's stack: it leaves by redirect, its route looked up before the rewrite,
 /// so that a packet too big for it is answered as it arrived.
-#[inline(always)]
+// BPF subprograms of their own (`forward`, `reverse`): their frames stay off `handle`'s, which
+// together would exceed the 512-byte stack.
+#[inline(never)]
 fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
     frag::record(ctx, tuple);
     if hairpin::is_hairpin_flow(flow) {
@@ -204,22 +244,18 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
 /// node; it goes straight back out by redirect (a reply too big for that route is answered to
 /// the backend, from the node it was sent to). So does the reply of a node-port flow, whose
 /// restored source is this node's own address: the stack would drop it as a martian.
-#[inline(always)]
+#[inline(never)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
     frag::record(ctx, tuple);
     if reply.flags & CT_F_SNAT != 0 && hairpin::is_hairpin_reply(tuple) {
-        if nat::rev_nat(ctx, tuple, reply)?.is_none() {
-            return Ok(Verdict::Pass);
-        }
+        nat::rev_nat(ctx, tuple, reply)?;
         return hairpin::redirect(ctx);
     }
     if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
         nat::rev_nat(ctx, tuple, reply)?;
         return Ok(Verdict::Pass);
     }
-    let Some(to) = nat::rev_nat_target(tuple, reply) else {
-        return Ok(Verdict::Pass);
-    };
+    let to = nat::rev_nat_target(tuple, reply);
     let route = fib::lookup(ctx, &to)?;
     if let fib::Route::TooBig { mtu } = route {
         // From the node address the reply reached: the SNAT address, or the node port's.

@@ -4,10 +4,10 @@
 //! | map | owner |
 //! |---|---|
 //! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
-//! | `LB4_REVNAT` | `nat.rs` |
-//! | `LB4_CT` | `conntrack.rs` |
 //! | `LB4_AFFINITY` | `affinity.rs` |
 //! | `LB4_FRAGS` | `frag.rs` |
+//! | `LB4_REVNAT` | none: written by the agent, not read on the packet path (reply entries carry VIP:port) |
+//! | `LB4_CT_TCP`, `LB4_CT_ANY` | `conntrack.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
@@ -51,13 +51,20 @@ pub static LB4_SERVICES: HashMap<ServiceKey4, ServiceEntry> =
 #[map]
 pub static LB4_BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(maps::BACKENDS_MAX_ENTRIES, 0);
 
-/// The frontend (VIP:port) of each service id, restored as the source of replies.
+/// The frontend (VIP:port) of each service id. The agent still writes it; the datapath no
+/// longer reads it (a reply entry records its VIP:port), but it stays in the object, pinned,
+/// so that the agent's maps and tools find it.
 #[map]
 pub static LB4_REVNAT: HashMap<u16, RevNat4> = HashMap::pinned(maps::REVNAT_MAX_ENTRIES, 0);
 
-/// Conntrack: service and reply entries (see `lb_common::conntrack`).
+/// Conntrack of TCP flows: service and reply entries (see `lb_common::conntrack`).
 #[map]
-pub static LB4_CT: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT_MAX_ENTRIES, 0);
+pub static LB4_CT_TCP: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT_MAX_ENTRIES, 0);
+
+/// Conntrack of every other protocol (UDP), apart so that its churn cannot evict TCP flows.
+#[map]
+pub static LB4_CT_ANY: LruHashMap<CtKey4, CtEntry> =
+    LruHashMap::pinned(maps::CT_ANY_MAX_ENTRIES, 0);
 
 /// ClientIP session affinity: the backend of each client's last new connection per service.
 #[map]
@@ -85,11 +92,11 @@ pub static LB_EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTE_SIZE, 0);
 #[map]
 pub static LB_EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::pinned(1, 0);
 
-/// The configuration; all zeros (no SNAT, no events, ClusterIPs internal) until the agent
-/// writes it.
+/// The configuration; `DatapathConfig::DEFAULT` (no SNAT, no events, ClusterIPs internal,
+/// the conntrack clock stopped) until the agent writes it.
 #[inline(always)]
 pub fn config() -> DatapathConfig {
-    LB_CONFIG.get(0).copied().unwrap_or_default()
+    LB_CONFIG.get(0).copied().unwrap_or(DatapathConfig::DEFAULT)
 }
 
 const fn same(a: &str, b: &str) -> bool {
@@ -111,9 +118,10 @@ const fn same(a: &str, b: &str) -> bool {
 const _: () = assert!(same(maps::LB4_SERVICES, "LB4_SERVICES"));
 const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
 const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
-const _: () = assert!(same(maps::LB4_CT, "LB4_CT"));
 const _: () = assert!(same(maps::LB4_AFFINITY, "LB4_AFFINITY"));
 const _: () = assert!(same(maps::LB4_FRAGS, "LB4_FRAGS"));
+const _: () = assert!(same(maps::LB4_CT_TCP, "LB4_CT_TCP"));
+const _: () = assert!(same(maps::LB4_CT_ANY, "LB4_CT_ANY"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));

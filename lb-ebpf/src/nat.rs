@@ -3,8 +3,9 @@
 //! hairpinned flows (source → the loopback address, see `hairpin.rs`), and their reversal on
 //! replies.
 //!
-//! Map: `LB4_REVNAT` (the VIP:port restored as the source of replies); SNAT ports are claimed
-//! through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
+//! Maps: none of its own. Replies are restored from their conntrack entry, which records the
+//! VIP and port (`LB4_REVNAT`, still written by the agent, is not read on the packet path);
+//! SNAT ports are claimed through `conntrack::reserve_reply`. Addresses and ports are written with direct packet
 //! access, all of them before the checksum helpers run (which invalidate packet pointers).
 //! Returns the packet's new tuple; drops with 165 when SNAT is needed but the node has no
 //! address, 167 when no SNAT port is free and 141 when the packet cannot be written.
@@ -14,7 +15,6 @@ use lb_common::{
     config::{DatapathConfig, HAIRPIN_ADDR},
     conntrack::{CT_F_FROM_NETDEV, CT_F_SNAT, CtKey4, CtReply, CtService},
     drop::{DropReason, SourceFile},
-    service::RevNat4,
 };
 
 use crate::{
@@ -22,7 +22,6 @@ use crate::{
     csum,
     drop::{Dropped, dropped},
     lb::{Chosen, Frontend},
-    maps::LB4_REVNAT,
     parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, store_u16, store_u32},
 };
 
@@ -52,6 +51,7 @@ pub fn select_snat_port(
     frontend: &Frontend,
     chosen: &Chosen,
     config: &DatapathConfig,
+    now: u32,
 ) -> Result<Snat, Dropped> {
     if config.node_addr == 0 {
         // The agent refuses to start without an address; a datapath configured by hand
@@ -59,7 +59,7 @@ pub fn select_snat_port(
         // this node and never be translated back.
         return Err(dropped!(DropReason::NoConfig));
     }
-    let reply = conntrack::snat_reply(tuple, frontend, chosen);
+    let reply = conntrack::snat_reply(tuple, frontend, chosen, config, now);
     claim_port(tuple, chosen, config, config.node_addr, None, reply)
 }
 
@@ -71,8 +71,9 @@ pub fn select_hairpin_port(
     frontend: &Frontend,
     chosen: &Chosen,
     config: &DatapathConfig,
+    now: u32,
 ) -> Result<Snat, Dropped> {
-    let mut reply = conntrack::snat_reply(tuple, frontend, chosen);
+    let mut reply = conntrack::snat_reply(tuple, frontend, chosen, config, now);
     reply.flags &= !CT_F_FROM_NETDEV;
     claim_port(
         tuple,
@@ -162,42 +163,28 @@ pub fn dnat(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Tuple4,
     Ok(to)
 }
 
-/// The frontend (VIP and port, network byte order) of service `rev_nat`, if it still exists.
+/// The tuple a backend's reply `tuple` is rewritten to for its reply entry: source → the
+/// VIP:port the client addressed, and destination → the original client when the flow was
+/// SNATed.
 #[inline(always)]
-pub fn lookup_rev_nat(rev_nat: u16) -> Option<RevNat4> {
-    // SAFETY: copied out at once.
-    unsafe { LB4_REVNAT.get(rev_nat) }.copied()
-}
-
-/// The tuple a backend's reply `tuple` is rewritten to for its reply entry: source → VIP:port,
-/// and destination → the original client when the flow was SNATed. `None` when the service is
-/// gone from `LB4_REVNAT` (the reply passes untranslated).
-#[inline(always)]
-pub fn rev_nat_target(tuple: &Tuple4, reply: &CtReply) -> Option<Tuple4> {
-    let RevNat4 { vip, port, .. } = lookup_rev_nat(reply.rev_nat)?;
+pub fn rev_nat_target(tuple: &Tuple4, reply: &CtReply) -> Tuple4 {
     let mut to = *tuple;
-    to.saddr = vip;
-    to.sport = port;
+    to.saddr = reply.vip;
+    to.sport = reply.vip_port;
     if reply.flags & CT_F_SNAT != 0 {
         to.daddr = reply.client_addr;
         to.dport = reply.client_port;
     }
-    Some(to)
+    to
 }
 
-/// Rewrites a backend's reply `tuple` for its reply entry (see [`rev_nat_target`]). `None`
-/// (packet untouched) when the service is gone from `LB4_REVNAT`.
+/// Rewrites a backend's reply `tuple` for its reply entry (see [`rev_nat_target`]). Returns the
+/// new tuple.
 #[inline(always)]
-pub fn rev_nat(
-    ctx: &TcContext,
-    tuple: &Tuple4,
-    reply: &CtReply,
-) -> Result<Option<Tuple4>, Dropped> {
-    let Some(to) = rev_nat_target(tuple, reply) else {
-        return Ok(None);
-    };
+pub fn rev_nat(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Tuple4, Dropped> {
+    let to = rev_nat_target(tuple, reply);
     rewrite(ctx, tuple, &to)?;
-    Ok(Some(to))
+    Ok(to)
 }
 
 /// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums. A later fragment

@@ -24,7 +24,11 @@ use aya::{
     programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use lb_agent::{
-    datapath::{Datapath as Loaded, LbMaps as _, LoadOptions as AgentLoadOptions, maps::AyaMaps},
+    datapath::{
+        Datapath as Loaded, LbMaps as _, LoadOptions as AgentLoadOptions,
+        conntrack::{Clock, Conntrack, GcReport},
+        maps::AyaMaps,
+    },
     model::{BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol},
     sync::Syncer,
 };
@@ -166,6 +170,7 @@ pub struct Datapath {
     /// The maps sync owns, shared with `syncer` as in the agent.
     maps: Arc<Mutex<AyaMaps>>,
     syncer: Syncer<AyaMaps>,
+    clock: Clock,
     bpf_root: PathBuf,
     pin_dir: PathBuf,
 }
@@ -173,8 +178,10 @@ pub struct Datapath {
 /// Options for loading.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// Overrides `LB4_CT`'s capacity.
+    /// Overrides `LB4_CT_TCP`'s capacity.
     pub ct_max_entries: Option<u32>,
+    /// Overrides `LB4_CT_ANY`'s capacity.
+    pub ct_any_max_entries: Option<u32>,
 }
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
@@ -196,6 +203,9 @@ impl Datapath {
         let loaded = Loaded::load(&AgentLoadOptions {
             bpf_root: bpf_root.clone(),
             ct_max_entries: options.ct_max_entries.unwrap_or(maps::CT_MAX_ENTRIES),
+            ct_any_max_entries: options
+                .ct_any_max_entries
+                .unwrap_or(maps::CT_ANY_MAX_ENTRIES),
             lb_map_max: maps::SERVICES_MAX_ENTRIES,
             config: DatapathConfig {
                 events_per_sec: EVENTS_PER_SEC,
@@ -207,6 +217,7 @@ impl Datapath {
             ebpf,
             maps,
             pin_dir,
+            clock,
         } = loaded;
         let maps = Arc::new(Mutex::new(maps));
         let syncer = Syncer::new(maps.clone()).expect("read the fresh maps");
@@ -214,6 +225,7 @@ impl Datapath {
             ebpf,
             maps,
             syncer,
+            clock,
             bpf_root,
             pin_dir,
         }
@@ -368,11 +380,39 @@ impl Datapath {
         events
     }
 
-    /// Every conntrack entry.
+    /// Every conntrack entry of both maps (TCP first), expired ones included.
     pub fn conntrack(&self) -> Vec<(CtKey4, CtEntry)> {
+        [maps::LB4_CT_TCP, maps::LB4_CT_ANY]
+            .into_iter()
+            .flat_map(|name| self.conntrack_of(name))
+            .collect()
+    }
+
+    /// Every entry of the conntrack map `name`.
+    pub fn conntrack_of(&self, name: &str) -> Vec<(CtKey4, CtEntry)> {
         let ct: HashMap<&MapData, CtKey4, CtEntry> =
-            HashMap::try_from(self.map(maps::LB4_CT)).expect("LB4_CT type");
-        ct.iter().map(|item| item.expect("read LB4_CT")).collect()
+            HashMap::try_from(self.map(name)).expect("a conntrack map");
+        ct.iter()
+            .map(|item| item.expect("read a conntrack map"))
+            .collect()
+    }
+
+    /// Writes a conntrack entry directly (a state a test sets up, e.g. another CPU's entry).
+    pub fn insert_conntrack(&mut self, name: &str, key: CtKey4, entry: CtEntry) {
+        let mut ct: HashMap<&mut MapData, CtKey4, CtEntry> =
+            HashMap::try_from(self.map_mut(name)).expect("a conntrack map");
+        ct.insert(key, entry, 0).expect("write a conntrack entry");
+    }
+
+    /// The datapath's conntrack clock (seconds), as the agent reads it.
+    pub fn now(&self) -> u32 {
+        self.clock.now().expect("run ct_clock")
+    }
+
+    /// One pass of the agent's conntrack GC at the datapath's now.
+    pub fn gc(&self) -> GcReport {
+        let mut conntrack = Conntrack::open(&self.pin_dir).expect("open the conntrack maps");
+        conntrack.gc(self.now()).expect("GC pass")
     }
 
     /// Every ClientIP affinity entry.

@@ -446,3 +446,66 @@ fn await_log_line(cluster: &mut Cluster, log: &Path, file: &Path) -> String {
     })
     .unwrap_or_else(|err| panic!("{err}"))
 }
+
+#[test]
+fn lbctl_bpf_ct_list_shows_a_probe_flow_through_the_real_agent() {
+    let mut cluster = Cluster::up("lbctl_bpf_ct_list");
+    cluster.write("echo.yaml", &manifest(53, &BACKEND_IPS));
+    wait_until("the service programmed", DEADLINE, || {
+        let list = cluster.service_list();
+        if list.contains(&format!("{VIP}:53/UDP")) {
+            Ok(Some(()))
+        } else {
+            Err(list)
+        }
+    })
+    .unwrap_or_else(|err| panic!("{err}"));
+    let reply = cluster
+        .probe(53, ANSWER_TIMEOUT)
+        .unwrap_or_else(|why| panic!("{why}"));
+    let client = reply.client.to_string();
+
+    let json = cluster
+        .agent
+        .lbctl(&["bpf", "ct", "list", "-o", "json"])
+        .expect("run lbctl")
+        .into_stdout()
+        .unwrap_or_else(|err| panic!("{err}"));
+    let rows: Vec<lb_api::proto::CtRow> = serde_json::from_str(&json).expect("json rows");
+    let service = rows
+        .iter()
+        .find(|row| row.direction == "service" && row.source == client)
+        .unwrap_or_else(|| panic!("a service entry from {client}: {json}"));
+    assert_eq!(
+        (service.map.as_str(), service.proto.as_str()),
+        ("any", "UDP")
+    );
+    assert_eq!(service.destination, format!("{VIP}:53"));
+    assert!(
+        (1..=60).contains(&service.expires_in),
+        "expires within the UDP service lifetime: {service:?}"
+    );
+    let backend = service.backend.clone().expect("the backend");
+    assert_eq!(backend, format!("{}:{ECHO_PORT}", reply.pod_ip));
+    let answer = rows
+        .iter()
+        .find(|row| row.direction == "reply" && row.source == backend)
+        .unwrap_or_else(|| panic!("the reply entry from {backend}: {json}"));
+    assert_eq!(answer.vip, Some(format!("{VIP}:53")));
+    assert!(
+        answer.flags.contains(&"seen-reply".to_owned()),
+        "{answer:?}"
+    );
+
+    let text = cluster
+        .agent
+        .lbctl(&["bpf", "ct", "list"])
+        .expect("run lbctl")
+        .into_stdout()
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        text.contains(&format!("UDP SERVICE {client} -> {VIP}:53 expires=")),
+        "{text}"
+    );
+    cluster.assert_agent_running();
+}

@@ -34,7 +34,7 @@ fn service_entry_backend(datapath: &Datapath) -> Option<u32> {
     datapath
         .conntrack()
         .into_iter()
-        .find(|(key, _)| key.kind == CT_SERVICE)
+        .find(|(_, entry)| entry.kind() == CT_SERVICE)
         .map(|(_, entry)| entry.service().backend_id)
 }
 
@@ -54,10 +54,10 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
     datapath.sync(&[service(FRONTEND, &[A])]);
     destination(&datapath, &tcp_syn(POD, VIP));
     let mut entries = datapath.conntrack();
-    entries.sort_by_key(|(key, _)| key.kind);
+    entries.sort_by_key(|(_, entry)| entry.kind());
     assert_eq!(entries.len(), 2);
     let (service_key, service_entry) = (entries[0].0, entries[0].1.service());
-    assert_eq!(service_key.kind, CT_SERVICE);
+    assert_eq!(service_entry.kind, CT_SERVICE);
     assert_eq!(
         (service_key.saddr, service_key.sport),
         (ip_be(ip("10.244.0.7")), port_be(40000))
@@ -73,7 +73,7 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
         (ip_be(ip("10.244.1.5")), port_be(8080))
     );
     let (reply_key, reply_entry) = (entries[1].0, entries[1].1.reply());
-    assert_eq!(reply_key.kind, CT_REPLY);
+    assert_eq!(reply_entry.kind, CT_REPLY);
     assert_eq!(
         (reply_key.saddr, reply_key.sport),
         (ip_be(ip("10.244.1.5")), port_be(8080))
@@ -83,6 +83,11 @@ fn a_flow_records_a_service_entry_and_a_reply_entry() {
         (ip_be(ip("10.244.0.7")), port_be(40000))
     );
     assert_eq!(reply_entry.rev_nat, 1);
+    assert_eq!(
+        (reply_entry.vip, reply_entry.vip_port),
+        (ip_be(ip("10.96.0.10")), port_be(80)),
+        "the reply entry carries the VIP:port its replies are restored to"
+    );
 }
 
 #[test]
@@ -245,7 +250,7 @@ fn a_fin_marks_the_flow_closing() {
     let closing = datapath
         .conntrack()
         .into_iter()
-        .find(|(key, _)| key.kind == CT_SERVICE)
+        .find(|(_, entry)| entry.kind() == CT_SERVICE)
         .map(|(_, entry)| entry.service().flags & CT_F_CLOSING != 0);
     assert_eq!(closing, Some(true));
 }

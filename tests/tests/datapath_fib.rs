@@ -70,6 +70,7 @@ impl Cluster {
             snat_port_min: SNAT_PORT_MIN,
             snat_port_max: SNAT_PORT_MAX,
             events_per_sec: EVENTS_PER_SEC,
+            ..DatapathConfig::default()
         });
         let frontend = format!("{NGINX_VIP}:{IPERF_PORT}/TCP");
         let backend = format!("{}:{IPERF_PORT}", NGINX_1.ip);
@@ -186,6 +187,7 @@ fn a_packet_too_big_for_the_egress_device_is_dropped_with_136_not_169() {
         snat_port_min: SNAT_PORT_MIN,
         snat_port_max: SNAT_PORT_MAX,
         events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
     });
     datapath.sync(&[service("10.96.229.67:80/TCP", &["10.244.2.7:8080"]).remote()]);
     let syn =

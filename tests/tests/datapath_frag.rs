@@ -219,6 +219,7 @@ fn a_fragmented_datagram_from_outside_to_a_remote_backend_is_snated_and_redirect
         snat_port_min: SNAT_PORT_MIN,
         snat_port_max: SNAT_PORT_MAX,
         events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
     });
     datapath.sync(&[service(FRONTEND, &["10.244.2.7:5353"]).remote()]);
     let fragments = udp_fragments("192.168.56.10:33802", VIP, LEN, 1500);

@@ -64,7 +64,7 @@ fn hairpin_mappings(datapath: &Datapath) -> Vec<(CtKey4, CtReply)> {
     datapath
         .conntrack()
         .into_iter()
-        .filter(|(key, _)| key.kind == CT_REPLY && key.daddr == HAIRPIN_ADDR)
+        .filter(|(key, entry)| entry.kind() == CT_REPLY && key.daddr == HAIRPIN_ADDR)
         .map(|(key, entry)| (key, entry.reply()))
         .collect()
 }

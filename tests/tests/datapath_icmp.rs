@@ -352,6 +352,7 @@ fn snat_flow(netns: &FibNetns) -> (Datapath, u16) {
         snat_port_min: SNAT_PORT_MIN,
         snat_port_max: SNAT_PORT_MAX,
         events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
     });
     datapath.sync(&[service(FRONTEND, &[REMOTE]).remote()]);
     let run =
@@ -360,7 +361,7 @@ fn snat_flow(netns: &FibNetns) -> (Datapath, u16) {
     let port = datapath
         .conntrack()
         .into_iter()
-        .find(|(key, entry)| key.kind == CT_REPLY && entry.reply().flags & CT_F_SNAT != 0)
+        .find(|(_, entry)| entry.kind() == CT_REPLY && entry.reply().flags & CT_F_SNAT != 0)
         .map(|(key, _)| u16::from_be(key.dport))
         .expect("the flow's NAT mapping");
     (datapath, port)

@@ -30,6 +30,7 @@ fn snat_datapath(port_min: u16, port_max: u16) -> Datapath {
         snat_port_min: port_min,
         snat_port_max: port_max,
         events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
     });
     datapath.sync(&[service(FRONTEND, &[REMOTE]).remote()]);
     datapath
@@ -40,7 +41,7 @@ fn nat_mapping(datapath: &Datapath) -> (CtKey4, CtReply) {
     let mappings: Vec<_> = datapath
         .conntrack()
         .into_iter()
-        .filter(|(key, _)| key.kind == CT_REPLY)
+        .filter(|(_, entry)| entry.kind() == CT_REPLY)
         .map(|(key, entry)| (key, entry.reply()))
         .filter(|(_, reply)| reply.flags & CT_F_SNAT != 0)
         .collect();

@@ -18,7 +18,7 @@ use lb_common::proto;
 use lb_lab::probe::{EchoReply, EchoSession, HttpReply, http_get, udp_echo};
 use lb_testkit::packet::{ip_be, port_be};
 use lb_testkit::{Netns, wait_until};
-use lb_tests::fixture::{Datapath, service};
+use lb_tests::fixture::{Datapath, LoadOptions, service};
 use lb_tests::topology::{
     BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology,
 };
@@ -49,8 +49,13 @@ struct Node {
 impl Node {
     /// Builds the topology for `test` and attaches a freshly loaded datapath to it.
     fn up(test: &str) -> Self {
+        Self::up_with(test, LoadOptions::default())
+    }
+
+    /// [`Node::up`] with the datapath loaded with `options` (map sizes).
+    fn up_with(test: &str, options: LoadOptions) -> Self {
         let topology = Topology::new(test);
-        let mut datapath = Datapath::load();
+        let mut datapath = Datapath::load_with(options);
         topology
             .node
             .within(|| {
@@ -467,5 +472,62 @@ fn a_udp_flow_moves_when_its_backend_is_removed_and_stops_when_its_service_is_de
             "no answer once the Service is gone: {answer:?}"
         );
     }
+    assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
+}
+
+#[test]
+fn a_kept_tcp_connection_survives_udp_churn_that_overflows_the_any_map() {
+    const ANY_MAX: u32 = 64;
+    let mut node = Node::up_with(
+        "ct_udp_churn",
+        LoadOptions {
+            ct_any_max_entries: Some(ANY_MAX),
+            ..LoadOptions::default()
+        },
+    );
+    node.datapath.sync(&[
+        to_backends(ECHO_FRONTEND, 7007),
+        to_backends(UDP_FRONTEND, 7007),
+    ]);
+    let client = &node.topology.client.ns;
+    let mut session = EchoSession::connect(client, vip(7), Duration::from_secs(2))
+        .unwrap_or_else(|err| panic!("connect to {}: {err}", vip(7)));
+    let first = session.ask("before").expect("echo before the churn").pod_ip;
+
+    // 500 UDP flows (1000 conntrack entries, each datagram answered) through a map of 64.
+    let sent = client
+        .within(|| {
+            (0..500u16)
+                .filter(|i| {
+                    UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 30_000 + i))
+                        .and_then(|socket| socket.send_to(b"churn", vip(53)))
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or_else(|err| panic!("enter the client's namespace: {err}"));
+    assert_eq!(sent, 500, "every datagram sent");
+    let udp_entries = node
+        .datapath
+        .conntrack_of(lb_common::maps::LB4_CT_ANY)
+        .len();
+    assert!(
+        udp_entries <= ANY_MAX as usize,
+        "the any map is full, not more: {udp_entries}"
+    );
+
+    for i in 0..5 {
+        let reply = session
+            .ask(&format!("after {i}"))
+            .unwrap_or_else(|err| panic!("echo {i} after the churn: {err}"));
+        assert_eq!(reply.pod_ip, first, "the same backend, the same connection");
+    }
+    assert_eq!(
+        node.datapath
+            .conntrack_of(lb_common::maps::LB4_CT_TCP)
+            .len(),
+        2,
+        "the TCP flow's two entries"
+    );
     assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
 }

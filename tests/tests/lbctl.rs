@@ -20,7 +20,10 @@ use lb_agent::api::server::{self, ApiBackend, BoxError};
 use lb_agent::config::{self, AgentConfig, LiveChange};
 use lb_agent::monitor::DropFanout;
 use lb_api::proto::{
-    BackendRow, BackendState, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+    BackendRow, BackendState, CtRow, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+};
+use lb_common::conntrack::{
+    CT_F_SEEN_REPLY, CT_REPLY, CT_SERVICE, CtEntry, CtKey4, CtReply, CtService,
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
 use lb_common::event::{DropEvent, EVENT_DROP, tcp_flags};
@@ -87,6 +90,55 @@ impl ApiBackend for TestBackend {
 
     fn metrics(&self) -> MetricsSnapshot {
         MetricsSnapshot::default()
+    }
+
+    fn conntrack(&self) -> Result<Vec<CtRow>, String> {
+        // From the real datapath's entry types, out of order on purpose: the server sorts.
+        let key = |saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16| CtKey4 {
+            saddr: u32::from_ne_bytes(saddr),
+            daddr: u32::from_ne_bytes(daddr),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: lb_common::proto::UDP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let service = CtService {
+            expires: 1_040,
+            kind: CT_SERVICE,
+            backend_id: 4,
+            rev_nat: 3,
+            backend_addr: u32::from_ne_bytes([10, 244, 1, 42]),
+            backend_port: 53u16.to_be(),
+            flags: CT_F_SEEN_REPLY,
+            ..CtService::default()
+        };
+        let reply = CtReply {
+            expires: 1_040,
+            kind: CT_REPLY,
+            backend_id: 4,
+            rev_nat: 3,
+            vip: u32::from_ne_bytes([10, 96, 0, 10]),
+            vip_port: 53u16.to_be(),
+            client_addr: u32::from_ne_bytes([10, 244, 0, 7]),
+            client_port: 40_000u16.to_be(),
+            flags: CT_F_SEEN_REPLY,
+            ..CtReply::default()
+        };
+        Ok(vec![
+            CtRow::new(
+                "any",
+                &key([10, 244, 1, 42], 53, [10, 244, 0, 7], 40_000),
+                &CtEntry::from(reply),
+                1_000,
+            ),
+            CtRow::new(
+                "any",
+                &key([10, 244, 0, 7], 40_000, [10, 96, 0, 10], 53),
+                &CtEntry::from(service),
+                1_000,
+            ),
+        ])
     }
 }
 
@@ -241,17 +293,46 @@ fn service_list_json_carries_ids_and_states() {
 }
 
 #[test]
+fn bpf_ct_list_prints_one_line_per_entry_and_json() {
+    let agent = Agent::start("ct-list");
+    let output = agent.lbctl(&["bpf", "ct", "list"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "UDP SERVICE 10.244.0.7:40000 -> 10.96.0.10:53 expires=40 flags=[seen-reply] rev_nat=3 \
+         backend_id=4 backend=10.244.1.42:53\n\
+         UDP REPLY 10.244.1.42:53 -> 10.244.0.7:40000 expires=40 flags=[seen-reply] rev_nat=3 \
+         backend_id=4 vip=10.96.0.10:53 client=10.244.0.7:40000\n"
+    );
+    let output = agent.lbctl(&["bpf", "ct", "list", "-o", "json"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let rows: Vec<CtRow> = serde_json::from_str(&stdout(&output)).expect("json");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].direction, "service");
+    assert_eq!(rows[0].backend.as_deref(), Some("10.244.1.42:53"));
+}
+
+#[test]
 fn config_view_lists_every_option_sorted() {
     let agent = Agent::start("config-view");
     let output = agent.lbctl(&["config", "view"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let socket = agent.socket.display().to_string();
     let expected = [
+        ("bpf-ct-global-any-max", "262144"),
         ("bpf-ct-max-entries", "262144"),
+        ("bpf-ct-timeout-regular-any", "60"),
+        ("bpf-ct-timeout-regular-tcp", "21600"),
+        ("bpf-ct-timeout-regular-tcp-fin", "10"),
+        ("bpf-ct-timeout-regular-tcp-syn", "60"),
+        ("bpf-ct-timeout-service-any", "60"),
+        ("bpf-ct-timeout-service-tcp", "21600"),
+        ("bpf-ct-timeout-service-tcp-grace", "60"),
         ("bpf-lb-external-clusterip", "false"),
         ("bpf-lb-map-max", "65536"),
         ("bpf-root", "/sys/fs/bpf/lb"),
         ("config-dir", ""),
+        ("conntrack-gc-interval", "300"),
         ("devices", "eth0"),
         ("log-level", "info"),
         ("metrics-address", "127.0.0.1:9963"),
@@ -263,8 +344,8 @@ fn config_view_lists_every_option_sorted() {
         ("source", "kube"),
     ]
     .iter()
-    // The longest key, `bpf-lb-external-clusterip`, is 25 characters; padding 3.
-    .map(|(key, value)| format!("{key:<28}{value}\n"))
+    // The longest key, `bpf-ct-timeout-service-tcp-grace`, is 32 characters; padding 3.
+    .map(|(key, value)| format!("{key:<35}{value}\n"))
     .collect::<String>();
     assert_eq!(stdout(&output), expected);
 }
@@ -277,7 +358,7 @@ fn config_set_changes_a_live_option() {
     assert_eq!(stdout(&output), "");
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   true\n"),
+        view.contains("\nbpf-lb-external-clusterip          true\n"),
         "{view}"
     );
 }
@@ -294,7 +375,7 @@ fn config_set_rejects_a_bad_value_with_exit_2() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        view.contains("\nbpf-lb-external-clusterip          false\n"),
         "{view}"
     );
 }
@@ -308,8 +389,11 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
         stderr(&output),
         "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
          pod-devices, node-name, node-ip, bpf-root, socket, config-dir, metrics-address, \
-         bpf-lb-external-clusterip, bpf-ct-max-entries, bpf-lb-map-max, snat-port-range, \
-         log-level\n"
+         bpf-lb-external-clusterip, service-no-backend-response, bpf-ct-max-entries, \
+         bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, \
+         bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, \
+         bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, conntrack-gc-interval, \
+         bpf-lb-map-max, snat-port-range, log-level\n"
     );
 }
 

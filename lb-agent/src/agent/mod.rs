@@ -26,7 +26,7 @@ pub use state::AgentState;
 use crate::{
     api,
     config::{AgentConfig, NoBackendResponse},
-    datapath::{self, Datapath, LoadOptions, devices, events},
+    datapath::{self, BackendId, Datapath, LoadOptions, ServiceId, devices, events},
     k8s,
     lock::BpfRootLock,
     model,
@@ -82,6 +82,22 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
         snat_port_min: config.snat_port_range.min,
         snat_port_max: config.snat_port_range.max,
         events_per_sec: dp::EVENTS_PER_SEC,
+        // Unknown HZ (no coarse clock): the clock stands still and flows never expire, as
+        // before lifetimes existed, rather than expiring at random.
+        clock_mult: datapath::conntrack::kernel_hz()
+            .map(datapath::conntrack::clock_mult)
+            .unwrap_or(0),
+        clock_offset: 0,
+        lifetimes: lb_common::conntrack::CtLifetimes {
+            tcp: config.ct_timeout_regular_tcp,
+            tcp_syn: config.ct_timeout_regular_tcp_syn,
+            tcp_fin: config.ct_timeout_regular_tcp_fin,
+            any: config.ct_timeout_regular_any,
+            service_tcp: config.ct_timeout_service_tcp,
+            service_tcp_grace: config.ct_timeout_service_tcp_grace,
+            service_any: config.ct_timeout_service_any,
+        },
+        _pad: 0,
     }
 }
 
@@ -148,6 +164,9 @@ struct Loaded {
     syncer: Syncer<datapath::maps::AyaMaps>,
     maps: Arc<Mutex<datapath::maps::AyaMaps>>,
     link_watcher: devices::LinkWatcher,
+    clock: datapath::conntrack::Clock,
+    /// A second handle on the clock, for `lbctl bpf ct list`.
+    list_clock: datapath::conntrack::Clock,
 }
 
 /// Loads the datapath (adopting pinned maps and links), attaches it to `--devices` and
@@ -156,6 +175,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
     let options = LoadOptions {
         bpf_root: config.bpf_root.clone(),
         ct_max_entries: config.ct_max_entries,
+        ct_any_max_entries: config.ct_any_max_entries,
         lb_map_max: config.lb_map_max,
         config: datapath_config(config, node_ip),
     };
@@ -163,6 +183,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         mut ebpf,
         maps,
         pin_dir,
+        clock,
     } = Datapath::load(&options)?;
     // Pins of an lb with another map layout: this agent cannot use them (their maps, and the
     // flows in their conntrack, are not read), so say so; `--uninstall` removes them.
@@ -181,6 +202,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
     }
     let maps = Arc::new(Mutex::new(maps));
     let syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
+    let list_clock = datapath::conntrack::Clock::new(&mut ebpf)?;
     Ok(Loaded {
         ebpf,
         pin_dir,
@@ -188,6 +210,8 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         syncer,
         maps,
         link_watcher,
+        clock,
+        list_clock,
     })
 }
 
@@ -248,6 +272,8 @@ async fn serve(
         mut syncer,
         maps,
         link_watcher,
+        clock,
+        list_clock,
     } = loaded;
     devices::prune_stale_links(&pin_dir);
     tracing::info!(devices = ?config.devices, bpf_root = %config.bpf_root.display(), "datapath loaded");
@@ -282,6 +308,35 @@ async fn serve(
             }
         }
     });
+    state.set_conntrack(list_clock, pin_dir.clone());
+    tasks.spawn(datapath::conntrack::run_gc(
+        clock,
+        pin_dir.clone(),
+        std::time::Duration::from_secs(u64::from(config.conntrack_gc_interval)),
+        shutdown.clone(),
+        {
+            let state = state.clone();
+            // The ids live conntrack entries still name: the syncer keeps their rev-NAT entries
+            // and does not hand them out again until no entry names them.
+            let referenced = syncer.referenced_sender();
+            move |report, scan_started| {
+                state.record_gc(report);
+                referenced.report(sync::Referenced {
+                    scan_started,
+                    services: report
+                        .referenced_services
+                        .iter()
+                        .map(|id| ServiceId(*id))
+                        .collect(),
+                    backends: report
+                        .referenced_backends
+                        .iter()
+                        .map(|id| BackendId(*id))
+                        .collect(),
+                });
+            }
+        },
+    ));
     state.set_datapath_loaded();
 
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();

@@ -11,11 +11,18 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::{
-        proto::{BackendRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
+        proto::{
+            BackendRow, CtRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+        },
         server::{ApiBackend, BoxError},
     },
     config::{self, AgentConfig, LiveChange},
-    datapath::{LbMaps as _, dump, maps::AyaMaps},
+    datapath::{
+        LbMaps as _,
+        conntrack::{Clock, Conntrack},
+        dump,
+        maps::AyaMaps,
+    },
     k8s::SourceSpec,
     model::DesiredService,
     monitor::DropFanout,
@@ -36,10 +43,14 @@ struct Progress {
     sync_errors: u64,
     last_sync_seconds: f64,
     sync_seconds_sum: f64,
+    ct_gc_deleted: u64,
+    ct_entries_tcp: u64,
+    ct_entries_any: u64,
 }
 
 /// The running agent's shared state.
 pub struct AgentState {
+    conntrack: Mutex<Option<(Clock, std::path::PathBuf)>>,
     config: Mutex<AgentConfig>,
     node_ip: Option<Ipv4Addr>,
     maps: Arc<Mutex<AyaMaps>>,
@@ -59,6 +70,7 @@ impl AgentState {
         fanout: DropFanout,
     ) -> Self {
         Self {
+            conntrack: Mutex::new(None),
             config: Mutex::new(config),
             node_ip,
             maps,
@@ -119,6 +131,21 @@ impl AgentState {
                 progress.sync_errors += 1;
             }
         }
+    }
+}
+
+impl AgentState {
+    /// Where `lbctl bpf ct list` reads conntrack: the datapath's clock and its pin directory.
+    pub fn set_conntrack(&self, clock: Clock, pin_dir: std::path::PathBuf) {
+        *lock(&self.conntrack) = Some((clock, pin_dir));
+    }
+
+    /// Records a conntrack GC pass.
+    pub fn record_gc(&self, report: &crate::datapath::conntrack::GcReport) {
+        let mut progress = lock(&self.progress);
+        progress.ct_gc_deleted += report.deleted;
+        progress.ct_entries_tcp = report.entries_tcp;
+        progress.ct_entries_any = report.entries_any;
     }
 }
 
@@ -188,6 +215,22 @@ impl ApiBackend for AgentState {
         self.fanout.subscribe()
     }
 
+    fn conntrack(&self) -> Result<Vec<CtRow>, String> {
+        let guard = lock(&self.conntrack);
+        let Some((clock, pin_dir)) = guard.as_ref() else {
+            return Err("the datapath is not loaded yet".to_owned());
+        };
+        let read = || -> Result<_, crate::datapath::Error> {
+            let now = clock.now()?;
+            Ok((now, Conntrack::open(pin_dir)?.entries()?))
+        };
+        let (now, items) = read().map_err(|err| error_chain(&err))?;
+        Ok(items
+            .iter()
+            .map(|item| CtRow::new(item.map.label(), &item.key, &item.entry, now))
+            .collect())
+    }
+
     fn metrics(&self) -> MetricsSnapshot {
         let drops = match lock(&self.maps).drop_counters() {
             Ok(counters) => counters
@@ -213,6 +256,9 @@ impl ApiBackend for AgentState {
             sync_errors: progress.sync_errors,
             last_sync_duration_seconds: progress.last_sync_seconds,
             sync_duration_seconds_sum: progress.sync_seconds_sum,
+            ct_gc_deleted: progress.ct_gc_deleted,
+            ct_entries_tcp: progress.ct_entries_tcp,
+            ct_entries_any: progress.ct_entries_any,
         }
     }
 }

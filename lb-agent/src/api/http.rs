@@ -234,6 +234,27 @@ pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
         "Duration of the last sync pass.",
         single(snapshot.last_sync_duration_seconds.to_string()),
     );
+    family(
+        "lb_ct_gc_deleted_total",
+        "counter",
+        "Expired conntrack entries deleted by the GC.",
+        single(snapshot.ct_gc_deleted.to_string()),
+    );
+    family(
+        "lb_ct_entries",
+        "gauge",
+        "Live conntrack entries at the last GC pass, by map.",
+        vec![
+            (
+                "{map=\"tcp\"}".to_owned(),
+                snapshot.ct_entries_tcp.to_string(),
+            ),
+            (
+                "{map=\"any\"}".to_owned(),
+                snapshot.ct_entries_any.to_string(),
+            ),
+        ],
+    );
     out
 }
 
@@ -265,6 +286,9 @@ mod tests {
             sync_errors: 1,
             last_sync_duration_seconds: 0.25,
             sync_duration_seconds_sum: 1.5,
+            ct_gc_deleted: 5,
+            ct_entries_tcp: 6,
+            ct_entries_any: 2,
         };
         let expected = "\
 # HELP lb_drop_count_total Packets dropped by the datapath, by reason and hook.
@@ -294,6 +318,13 @@ lb_sync_duration_seconds_count 4
 # HELP lb_last_sync_duration_seconds Duration of the last sync pass.
 # TYPE lb_last_sync_duration_seconds gauge
 lb_last_sync_duration_seconds 0.25
+# HELP lb_ct_gc_deleted_total Expired conntrack entries deleted by the GC.
+# TYPE lb_ct_gc_deleted_total counter
+lb_ct_gc_deleted_total 5
+# HELP lb_ct_entries Live conntrack entries at the last GC pass, by map.
+# TYPE lb_ct_entries gauge
+lb_ct_entries{map=\"tcp\"} 6
+lb_ct_entries{map=\"any\"} 2
 ";
         assert_eq!(render_metrics(&snapshot), expected);
     }

@@ -16,7 +16,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::proto::{DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply};
+use super::proto::{
+    CtRow, DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply,
+};
 use crate::config::{self, LiveChange};
 use crate::telemetry::error_chain;
 
@@ -39,6 +41,10 @@ pub trait ApiBackend: Send + Sync + 'static {
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord>;
     /// Counters and gauges for `/metrics`.
     fn metrics(&self) -> MetricsSnapshot;
+    /// Every conntrack entry (any order; the server sorts), or why they cannot be read.
+    fn conntrack(&self) -> Result<Vec<CtRow>, String> {
+        Err("this agent has no conntrack maps".to_owned())
+    }
 }
 
 /// Errors setting up the API socket.
@@ -221,6 +227,22 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
                         error_chain(err.as_ref())
                     ),
                 },
+            },
+        },
+        Request::CtList => match backend.conntrack() {
+            Ok(mut entries) => {
+                entries.sort_by(|a, b| {
+                    (&a.map, &a.proto, &a.source, &a.destination).cmp(&(
+                        &b.map,
+                        &b.proto,
+                        &b.source,
+                        &b.destination,
+                    ))
+                });
+                Response::CtList { entries }
+            }
+            Err(message) => Response::Error {
+                message: format!("cannot list conntrack entries: {message}"),
             },
         },
         Request::MonitorDrops => Response::Error {

@@ -462,7 +462,7 @@ options! {
         value_name: "DIR",
         kind: Kind::Path,
         help: "bpffs directory where maps are pinned",
-        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v1/`",
+        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v2/`",
     }
     Socket => socket: PathBuf {
         key: "socket",
@@ -521,8 +521,98 @@ options! {
         live: false,
         value_name: "N",
         kind: Kind::Count { min: 1024, max: 16_777_216 },
-        help: "capacity of the conntrack map",
-        doc: "conntrack capacity (two entries per flow)",
+        help: "capacity of the TCP conntrack map",
+        doc: "conntrack capacity for TCP flows (two entries per flow)",
+    }
+    CtAnyMaxEntries => ct_any_max_entries: u32 {
+        key: "bpf-ct-global-any-max",
+        env: "LB_BPF_CT_GLOBAL_ANY_MAX",
+        default: "262144",
+        live: false,
+        value_name: "N",
+        kind: Kind::Count { min: 1024, max: 16_777_216 },
+        help: "capacity of the conntrack map of non-TCP flows (UDP)",
+        doc: "conntrack capacity for non-TCP flows (two entries per flow); `--bpf-ct-max-entries` sizes the TCP map",
+    }
+    CtTimeoutRegularTcp => ct_timeout_regular_tcp: u32 {
+        key: "bpf-ct-timeout-regular-tcp",
+        env: "LB_BPF_CT_TIMEOUT_REGULAR_TCP",
+        default: "21600",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of an established TCP flow's reply entry",
+        doc: "idle lifetime in seconds of an established TCP flow's reply entry",
+    }
+    CtTimeoutRegularTcpSyn => ct_timeout_regular_tcp_syn: u32 {
+        key: "bpf-ct-timeout-regular-tcp-syn",
+        env: "LB_BPF_CT_TIMEOUT_REGULAR_TCP_SYN",
+        default: "60",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of a TCP flow's entries until its handshake is done",
+        doc: "idle lifetime in seconds of a TCP flow until its handshake is done",
+    }
+    CtTimeoutRegularTcpFin => ct_timeout_regular_tcp_fin: u32 {
+        key: "bpf-ct-timeout-regular-tcp-fin",
+        env: "LB_BPF_CT_TIMEOUT_REGULAR_TCP_FIN",
+        default: "10",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of a closing TCP flow's reply entry",
+        doc: "idle lifetime in seconds of a closing TCP flow's reply entry (after FIN or RST)",
+    }
+    CtTimeoutRegularAny => ct_timeout_regular_any: u32 {
+        key: "bpf-ct-timeout-regular-any",
+        env: "LB_BPF_CT_TIMEOUT_REGULAR_ANY",
+        default: "60",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of a non-TCP flow's reply entry",
+        doc: "idle lifetime in seconds of a non-TCP flow's reply entry",
+    }
+    CtTimeoutServiceTcp => ct_timeout_service_tcp: u32 {
+        key: "bpf-ct-timeout-service-tcp",
+        env: "LB_BPF_CT_TIMEOUT_SERVICE_TCP",
+        default: "21600",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of an established TCP flow's service entry",
+        doc: "idle lifetime in seconds of an established TCP flow's service entry",
+    }
+    CtTimeoutServiceTcpGrace => ct_timeout_service_tcp_grace: u32 {
+        key: "bpf-ct-timeout-service-tcp-grace",
+        env: "LB_BPF_CT_TIMEOUT_SERVICE_TCP_GRACE",
+        default: "60",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of a closing TCP flow's service entry",
+        doc: "idle lifetime in seconds of a closing TCP flow's service entry: a new connection from the same port after it chooses a backend afresh",
+    }
+    CtTimeoutServiceAny => ct_timeout_service_any: u32 {
+        key: "bpf-ct-timeout-service-any",
+        env: "LB_BPF_CT_TIMEOUT_SERVICE_ANY",
+        default: "60",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 604_800 },
+        help: "idle lifetime (s) of a non-TCP flow's service entry",
+        doc: "idle lifetime in seconds of a non-TCP flow's service entry",
+    }
+    ConntrackGcInterval => conntrack_gc_interval: u32 {
+        key: "conntrack-gc-interval",
+        env: "LB_CONNTRACK_GC_INTERVAL",
+        default: "300",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 86_400 },
+        help: "seconds between passes of the conntrack GC",
+        doc: "seconds between conntrack GC passes (expired entries deleted)",
     }
     LbMapMax => lb_map_max: u32 {
         key: "bpf-lb-map-max",
@@ -717,6 +807,29 @@ mod tests {
             }
             .overlaps(ephemeral)
         );
+    }
+
+    #[test]
+    fn conntrack_defaults_are_lb_commons() {
+        let lifetimes = lb_common::conntrack::CtLifetimes::DEFAULT;
+        for (id, value) in [
+            (
+                OptionKey::CtAnyMaxEntries,
+                lb_common::maps::CT_ANY_MAX_ENTRIES,
+            ),
+            (OptionKey::CtTimeoutRegularTcp, lifetimes.tcp),
+            (OptionKey::CtTimeoutRegularTcpSyn, lifetimes.tcp_syn),
+            (OptionKey::CtTimeoutRegularTcpFin, lifetimes.tcp_fin),
+            (OptionKey::CtTimeoutRegularAny, lifetimes.any),
+            (OptionKey::CtTimeoutServiceTcp, lifetimes.service_tcp),
+            (
+                OptionKey::CtTimeoutServiceTcpGrace,
+                lifetimes.service_tcp_grace,
+            ),
+            (OptionKey::CtTimeoutServiceAny, lifetimes.service_any),
+        ] {
+            assert_eq!(id.spec().default, value.to_string(), "{id}");
+        }
     }
 
     #[test]

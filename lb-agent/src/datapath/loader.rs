@@ -8,7 +8,11 @@ use std::{
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use lb_common::{config::DatapathConfig, maps as names};
 
-use super::{Error, maps::AyaMaps};
+use super::{
+    Error,
+    conntrack::{CLOCK_PROGRAM, Clock},
+    maps::AyaMaps,
+};
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -16,7 +20,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// bpffs's magic number (`statfs.f_type`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The two programs, by their names in the object.
+/// The two programs attached to interfaces, by their names in the object (the object also
+/// holds `ct_clock`, which is only ever run by the agent).
 pub const PROGRAMS: [&str; 2] = ["from_netdev", "from_pod"];
 
 /// How to load the datapath.
@@ -24,8 +29,10 @@ pub const PROGRAMS: [&str; 2] = ["from_netdev", "from_pod"];
 pub struct LoadOptions {
     /// The directory on bpffs that holds everything lb pins.
     pub bpf_root: PathBuf,
-    /// Capacity of the conntrack map.
+    /// Capacity of the TCP conntrack map (`LB4_CT_TCP`).
     pub ct_max_entries: u32,
+    /// Capacity of the conntrack map of other protocols (`LB4_CT_ANY`).
+    pub ct_any_max_entries: u32,
     /// Capacity of the services and backends maps.
     pub lb_map_max: u32,
     /// The initial datapath configuration.
@@ -40,6 +47,8 @@ pub struct Datapath {
     pub maps: AyaMaps,
     /// `<bpf-root>/<PIN_VERSION>`.
     pub pin_dir: PathBuf,
+    /// The datapath's conntrack clock.
+    pub clock: Clock,
 }
 
 impl Datapath {
@@ -48,12 +57,13 @@ impl Datapath {
         let pin_dir = prepare_pin_dir(&options.bpf_root)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
-            .map_max_entries(names::LB4_CT, options.ct_max_entries)
+            .map_max_entries(names::LB4_CT_TCP, options.ct_max_entries)
+            .map_max_entries(names::LB4_CT_ANY, options.ct_any_max_entries)
             .map_max_entries(names::LB4_SERVICES, options.lb_map_max)
             .map_max_entries(names::LB4_BACKENDS, options.lb_map_max)
             .load(EBPF_OBJECT)
             .map_err(|err| Error::Load(Box::new(err)))?;
-        for name in PROGRAMS {
+        for name in PROGRAMS.into_iter().chain([CLOCK_PROGRAM]) {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|err| Error::Program {
@@ -62,6 +72,7 @@ impl Datapath {
                     source: Box::new(err),
                 })?;
         }
+        let clock = Clock::new(&mut ebpf)?;
         let mut maps = AyaMaps::take(&mut ebpf)?;
         use super::LbMaps as _;
         maps.set_config(&options.config)?;
@@ -69,6 +80,7 @@ impl Datapath {
             ebpf,
             maps,
             pin_dir,
+            clock,
         })
     }
 }

@@ -1,10 +1,11 @@
 //! Everything that touches aya: loading and pinning (`loader`), attaching to interfaces
-//! (`devices`), the typed maps behind the `LbMaps` trait (`maps`, with in-memory maps in `fake`
+//! (`devices`), conntrack's clock, GC and listing (`conntrack`), the typed maps behind the `LbMaps` trait (`maps`, with in-memory maps in `fake`
 //! that only tests build), drop events and counters (`events`), and the maps rendered as text
 //! (`dump`).
 //!
 //! Nothing outside this module imports aya.
 pub mod batch;
+pub mod conntrack;
 pub mod devices;
 pub mod dump;
 pub mod events;

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success; 1 `status` found the agent not ready; 2 any error (cannot connect,
 //! agent refused the request, bad arguments). A closed stdout (`lbctl … | head`) is success.
 
+pub mod bpf;
 pub mod config;
 pub mod monitor;
 pub mod service;
@@ -57,6 +58,29 @@ pub enum Command {
     /// The agent's options.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The datapath's maps.
+    #[command(subcommand)]
+    Bpf(BpfCommand),
+}
+
+/// `lbctl bpf …`.
+#[derive(Debug, Subcommand)]
+pub enum BpfCommand {
+    /// Conntrack.
+    #[command(subcommand)]
+    Ct(CtCommand),
+}
+
+/// `lbctl bpf ct …`.
+#[derive(Debug, Subcommand)]
+pub enum CtCommand {
+    /// List every conntrack entry, one per line.
+    #[command(alias = "ls")]
+    List {
+        /// Output format (default: one line per entry).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
 }
 
 /// `lbctl service …`.
@@ -162,6 +186,14 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
         }
         Command::Config(ConfigCommand::Set { key, value }) => {
             client.config_set(&key, &value)?;
+        }
+        Command::Bpf(BpfCommand::Ct(CtCommand::List { output })) => {
+            let entries = client.ct_list()?;
+            let text = match output {
+                Some(Format::Json) => bpf::json(&entries),
+                None => bpf::lines(&entries),
+            };
+            write_all(out, &text)?;
         }
     }
     Ok(ExitCode::SUCCESS)

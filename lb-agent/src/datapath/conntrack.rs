@@ -1,0 +1,307 @@
+//! The conntrack maps from the agent's side: the datapath's clock, the GC that deletes
+//! expired entries, and the entries as rows for `lbctl bpf ct list`.
+//!
+//! The datapath writes `LB4_CT_TCP` and `LB4_CT_ANY`; the agent only reads them and deletes
+//! what has expired (an expired entry is already ignored by the datapath, so deleting it
+//! changes no packet's fate, and an entry refreshed between the read and the delete is
+//! re-created by its flow's next packet). Expiries count in the datapath's clock, which only
+//! the datapath can read (`bpf_jiffies64`): the agent asks it through the `ct_clock` program.
+use std::{collections::HashSet, path::Path};
+
+use aya::{
+    Ebpf, TestRun as _, TestRunOptions,
+    maps::{HashMap, Map, MapData},
+    programs::SchedClassifier,
+};
+use lb_common::{
+    conntrack::{CT_REPLY, CT_SERVICE, CtEntry, CtKey4},
+    maps as names,
+};
+
+use super::{Error, loader::classifier};
+
+/// The name of the clock program in the object.
+pub const CLOCK_PROGRAM: &str = "ct_clock";
+
+/// Which conntrack map an entry is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CtMap {
+    /// `LB4_CT_TCP`.
+    Tcp,
+    /// `LB4_CT_ANY`.
+    Any,
+}
+
+impl CtMap {
+    /// Both maps.
+    pub const ALL: [Self; 2] = [Self::Tcp, Self::Any];
+
+    /// The map's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => names::LB4_CT_TCP,
+            Self::Any => names::LB4_CT_ANY,
+        }
+    }
+
+    /// The map's label in metrics and `lbctl`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Any => "any",
+        }
+    }
+}
+
+/// `CONFIG_HZ` of the running kernel: the coarse clocks tick once a jiffy, so their resolution
+/// is `1 s / HZ`.
+pub fn kernel_hz() -> Option<u32> {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    if rc != 0 || res.tv_sec != 0 || res.tv_nsec <= 0 {
+        return None;
+    }
+    let nanos = u64::try_from(res.tv_nsec).ok()?;
+    u32::try_from((1_000_000_000 + nanos / 2) / nanos).ok()
+}
+
+/// `DatapathConfig::clock_mult` for a kernel ticking `hz` times a second: `2^32 / hz`
+/// rounded up (so that a whole number of seconds in jiffies never reads one less), and
+/// `jiffies * mult >> 32` counts seconds.
+pub const fn clock_mult(hz: u32) -> u32 {
+    if hz == 0 {
+        return 0;
+    }
+    (1u64 << 32).div_ceil(hz as u64) as u32
+}
+
+/// The datapath's conntrack clock, read through the `ct_clock` program.
+pub struct Clock {
+    program: SchedClassifier,
+}
+
+impl Clock {
+    /// An independent handle on the loaded `ct_clock` program of `ebpf`.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let program = classifier(ebpf, CLOCK_PROGRAM)?;
+        let info = program.info().map_err(|err| Error::Program {
+            action: "inspect",
+            program: CLOCK_PROGRAM,
+            source: Box::new(err),
+        })?;
+        let program =
+            SchedClassifier::from_program_info(info, CLOCK_PROGRAM.into()).map_err(|err| {
+                Error::Program {
+                    action: "open",
+                    program: CLOCK_PROGRAM,
+                    source: Box::new(err),
+                }
+            })?;
+        Ok(Self { program })
+    }
+
+    /// The datapath's now, in seconds of its clock (what entries' `expires` count in).
+    pub fn now(&self) -> Result<u32, Error> {
+        // The smallest packet a TC program accepts: an Ethernet header.
+        let frame = [0u8; 14];
+        let mut out = [0u8; 14];
+        let result = self
+            .program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .map_err(|err| Error::Program {
+                action: "run",
+                program: CLOCK_PROGRAM,
+                source: Box::new(err),
+            })?;
+        Ok(result.return_value)
+    }
+}
+
+/// One conntrack entry, as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtItem {
+    /// The map it is in.
+    pub map: CtMap,
+    /// Its key.
+    pub key: CtKey4,
+    /// Its value.
+    pub entry: CtEntry,
+}
+
+/// What one GC pass did and saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Expired entries deleted.
+    pub deleted: u64,
+    /// Live entries left in `LB4_CT_TCP`.
+    pub entries_tcp: u64,
+    /// Live entries left in `LB4_CT_ANY`.
+    pub entries_any: u64,
+    /// Service ids (`rev_nat`) that live entries still name: their rev-NAT entries and ids
+    /// must outlive them.
+    pub referenced_services: HashSet<u16>,
+    /// Backend ids that live entries still name.
+    pub referenced_backends: HashSet<u32>,
+}
+
+/// Both conntrack maps, opened by their pins (independent of the loaded object's handles).
+pub struct Conntrack {
+    tcp: HashMap<MapData, CtKey4, CtEntry>,
+    any: HashMap<MapData, CtKey4, CtEntry>,
+}
+
+impl Conntrack {
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, Error> {
+        let open = |name: &'static str| -> Result<HashMap<MapData, CtKey4, CtEntry>, Error> {
+            let data = MapData::from_pin(pin_dir.join(name)).map_err(|err| Error::Map {
+                action: "open",
+                map: name,
+                source: Box::new(err),
+            })?;
+            HashMap::try_from(Map::LruHashMap(data)).map_err(|err| Error::MapType {
+                map: name,
+                source: Box::new(err),
+            })
+        };
+        Ok(Self {
+            tcp: open(names::LB4_CT_TCP)?,
+            any: open(names::LB4_CT_ANY)?,
+        })
+    }
+
+    fn map(&self, map: CtMap) -> &HashMap<MapData, CtKey4, CtEntry> {
+        match map {
+            CtMap::Tcp => &self.tcp,
+            CtMap::Any => &self.any,
+        }
+    }
+
+    /// Every entry of both maps, expired ones included.
+    pub fn entries(&self) -> Result<Vec<CtItem>, Error> {
+        let mut items = Vec::new();
+        for map in CtMap::ALL {
+            for item in self.map(map).iter() {
+                let (key, entry) = item.map_err(|err| Error::Map {
+                    action: "read",
+                    map: map.name(),
+                    source: Box::new(err),
+                })?;
+                items.push(CtItem { map, key, entry });
+            }
+        }
+        Ok(items)
+    }
+
+    /// One GC pass at `now` (the datapath's clock): deletes every entry that has expired (or
+    /// that lb did not write), counts the rest and collects the ids they name.
+    pub fn gc(&mut self, now: u32) -> Result<GcReport, Error> {
+        let mut report = GcReport::default();
+        for item in self.entries()? {
+            let kind = item.entry.kind();
+            if item.entry.expires() <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
+                let map = match item.map {
+                    CtMap::Tcp => &mut self.tcp,
+                    CtMap::Any => &mut self.any,
+                };
+                match map.remove(&item.key) {
+                    Ok(()) => report.deleted += 1,
+                    // Evicted or deleted by the datapath meanwhile: gone either way.
+                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(err) => {
+                        return Err(Error::Map {
+                            action: "delete",
+                            map: item.map.name(),
+                            source: Box::new(err),
+                        });
+                    }
+                }
+                continue;
+            }
+            match item.map {
+                CtMap::Tcp => report.entries_tcp += 1,
+                CtMap::Any => report.entries_any += 1,
+            }
+            let service = item.entry.service();
+            report.referenced_services.insert(service.rev_nat);
+            report.referenced_backends.insert(service.backend_id);
+        }
+        Ok(report)
+    }
+}
+
+/// Runs a GC pass every `interval` until `shutdown`, handing each pass's report to `report`.
+/// A failed pass is logged and retried at the next tick: the datapath ignores expired
+/// entries anyway, so a late GC only costs map space.
+pub async fn run_gc(
+    clock: Clock,
+    pin_dir: std::path::PathBuf,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    report: impl Fn(&GcReport, std::time::Instant) + Send + 'static,
+) {
+    let mut conntrack: Option<Conntrack> = None;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        // Taken before the scan: an id retired after it may be named by an entry the scan
+        // passed before it was written (see `sync::Referenced::scan_started`).
+        let scan_started = tokio::time::Instant::now().into_std();
+        let pass = (|| {
+            let maps = match conntrack.as_mut() {
+                Some(maps) => maps,
+                None => conntrack.insert(Conntrack::open(&pin_dir)?),
+            };
+            let now = clock.now()?;
+            maps.gc(now)
+        })();
+        match pass {
+            Ok(done) => {
+                tracing::debug!(
+                    deleted = done.deleted,
+                    tcp = done.entries_tcp,
+                    any = done.entries_any,
+                    "conntrack GC pass"
+                );
+                report(&done, scan_started);
+            }
+            Err(err) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&err), "conntrack GC pass failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_counts_seconds_at_common_tick_rates() {
+        for hz in [100u32, 250, 300, 1000] {
+            let mult = u64::from(clock_mult(hz));
+            let jiffies = u64::from(hz) * 86_400;
+            assert_eq!((jiffies * mult) >> 32, 86_400, "HZ={hz}");
+        }
+        assert_eq!(clock_mult(0), 0);
+    }
+
+    #[test]
+    fn this_kernel_has_a_tick_rate() {
+        let hz = kernel_hz().expect("CLOCK_MONOTONIC_COARSE has a resolution");
+        assert!((24..=10_000).contains(&hz), "HZ={hz}");
+    }
+}
