@@ -146,7 +146,7 @@ fn gso_segment_len(ctx: &TcContext, to: &Tuple4) -> Option<u32> {
     if gso_size == 0 || to.proto != proto::TCP {
         return None;
     }
-    let l4 = usize::from(to.l4_off);
+    let l4 = to.l4();
     // Byte 12 of the TCP header holds the data offset in its upper four bits.
     let offset = ptr_at::<[u8; 2]>(ctx, l4 + 12)?;
     // SAFETY: `ptr_at` checked the bounds; a byte read needs no alignment.

@@ -23,7 +23,7 @@
 //! packet, and with it a CHECKSUM_COMPLETE `skb->csum`, is unchanged. Maps: none of its own
 //! (conntrack through `conntrack.rs`, rev-NAT through `nat.rs`, VIPs through `lb.rs`).
 
-use core::mem::{MaybeUninit, size_of};
+use core::mem::size_of;
 
 use aya_ebpf::{
     helpers::{
@@ -41,7 +41,8 @@ use lb_common::{
 use crate::{
     conntrack::{self, Hit},
     drop::{Dropped, Verdict, dropped},
-    fib, lb, maps,
+    fib, lb,
+    maps::{self, IcmpAnswer, LB_SCRATCH},
     parse::{
         ETH_LEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, Shape, Tuple4, load_u16,
         load_u32, split, store_u16, store_u32,
@@ -78,14 +79,12 @@ const ETH_P_IP: u16 = 0x0800;
 
 /// ICMP, or another protocol than TCP and UDP (`tuple.shape` is `Other`): translate an error,
 /// answer a ping to a VIP, or drop what is addressed to a VIP; hand on the rest.
-// A BPF subprogram of its own: inlined, its frame would add to the TCP/UDP path's, and the
-// two together exceed the 512-byte stack.
-#[inline(never)]
+#[inline(always)]
 pub fn handle(ctx: &TcContext, hook: Hook, tuple: &Tuple4) -> Result<Verdict, Dropped> {
     if tuple.proto != proto::ICMP {
         return check_vip(tuple.daddr, dropped!(DropReason::UnknownL4));
     }
-    let l4 = usize::from(tuple.l4_off);
+    let l4 = tuple.l4();
     let Some(first) = load_u16(ctx, l4) else {
         return check_vip(tuple.daddr, dropped!(DropReason::Invalid));
     };
@@ -124,7 +123,7 @@ impl Quoted {
     /// The quote of the ICMP error `outer`, if it holds a TCP or UDP header's ports.
     #[inline(always)]
     fn read(ctx: &TcContext, outer: &Tuple4) -> Option<Self> {
-        let ip_off = usize::from(outer.l4_off) + ICMP_LEN;
+        let ip_off = outer.l4() + ICMP_LEN;
         let [ver_ihl, _tos] = load_u16(ctx, ip_off)?.to_ne_bytes();
         let ihl = usize::from(ver_ihl & 0x0f);
         if ver_ihl >> 4 != 4 || ihl < 5 {
@@ -189,7 +188,7 @@ fn translate_error(ctx: &TcContext, outer: &Tuple4) -> Result<Verdict, Dropped> 
     // About a backend's reply (VIP → client as the client received it), on its way to the
     // backend: the quote reversed is the client's tuple, the key of the service entry. One
     // lookup finds either.
-    match conntrack::lookup(&reversed, &maps::config()) {
+    match conntrack::lookup(&reversed, maps::config()) {
         Some(Hit::Reply(reply)) => {
             let snat = reply.flags & CT_F_SNAT != 0;
             let mut to = quoted;
@@ -281,7 +280,7 @@ fn rewrite_error(
     to: &Quoted,
 ) -> Result<(), Dropped> {
     let write_error = dropped!(DropReason::WriteError);
-    let icmp_csum_off = usize::from(outer.l4_off) + 2;
+    let icmp_csum_off = outer.l4() + 2;
     let quoted_ip_csum_off = from.ip_off + 10;
     let old_ip = load_u16(ctx, IP_CSUM_OFF).ok_or(write_error)?;
     let old_icmp = load_u16(ctx, icmp_csum_off).ok_or(write_error)?;
@@ -361,11 +360,11 @@ fn answer_echo(ctx: &TcContext, hook: Hook, tuple: &Tuple4) -> Result<Verdict, D
     if hook == Hook::FromNetdev {
         // From outside only what TCP and UDP to this VIP may reach (174 otherwise).
         if let Some(vip) = lb::lookup_vip(tuple.daddr) {
-            policy::check_external_access(&vip, &maps::config())?;
+            policy::check_external_access(&vip, maps::config())?;
         }
     }
     let write_error = dropped!(DropReason::WriteError);
-    let l4 = usize::from(tuple.l4_off);
+    let l4 = tuple.l4();
     let ttl_proto = load_u16(ctx, IP_OFF + 8).ok_or(write_error)?;
     let old_ip = load_u16(ctx, IP_CSUM_OFF).ok_or(write_error)?;
     let type_code = load_u16(ctx, l4).ok_or(write_error)?;
@@ -430,9 +429,7 @@ const W_QUOTE: usize = W_ICMP + ICMP_LEN / 2;
 /// The largest ICMP message (header + quote) in words.
 const ICMP_MAX_WORDS: usize = ANSWER_WORDS - W_ICMP;
 
-/// The answer being built, 8-aligned so that it is zeroed a word at a time.
-#[repr(C, align(8))]
-struct Answer([u16; ANSWER_WORDS]);
+const _: () = assert!(size_of::<IcmpAnswer>() == ANSWER_WORDS * 2);
 
 /// Turns the packet in hand into the ICMP error `kind`/`code` about it, with `info` (as
 /// stored) as the header's last four bytes, from `from` to the packet's sender, and sends it
@@ -444,8 +441,7 @@ struct Answer([u16; ANSWER_WORDS]);
 /// Callers answer only TCP and UDP packets that are no fragments (an error is never sent about
 /// an ICMP error, RFC 1122). A CHECKSUM_PARTIAL packet (from a local socket, through a veth)
 /// keeps that state: the answer only crosses a veth again, which computes nothing.
-// A BPF subprogram of its own: its 112-byte answer buffer stays off the callers' frames.
-#[inline(never)]
+#[inline(always)]
 pub fn send_error(
     ctx: &TcContext,
     from: u32,
@@ -469,15 +465,21 @@ pub fn send_error(
     // 28..=68 bytes, a multiple of 4: the verifier sees the bound through the mask above.
     let quote_len = ihl * 4 + QUOTED_L4 as u32;
 
-    let mut zeroed = MaybeUninit::<Answer>::uninit();
-    let words = zeroed.as_mut_ptr().cast::<u64>();
-    for i in 0..size_of::<Answer>() / size_of::<u64>() {
-        // SAFETY: word `i` lies within `zeroed`, which is 8-aligned. Volatile, because LLVM
-        // folds plain zero stores into a `memset` call, which the BPF backend does not expand.
+    // Built in the per-CPU scratch map, not on the stack: the packet path's frame has no room
+    // for 112 more bytes.
+    let Some(answer) = LB_SCRATCH.get_ptr_mut(0) else {
+        return Err(write_error);
+    };
+    let words = answer.cast::<u64>();
+    for i in 0..size_of::<IcmpAnswer>() / size_of::<u64>() {
+        // SAFETY: word `i` lies within the map value, which is 8-aligned. Volatile, because
+        // LLVM folds plain zero stores into a `memset` call, which the BPF backend does not
+        // expand.
         unsafe { words.add(i).write_volatile(0) };
     }
-    // SAFETY: all zeros is a valid array of u16.
-    let buf = unsafe { &mut (*zeroed.as_mut_ptr()).0 };
+    // SAFETY: a valid map value pointer, this CPU's own (the program is not preempted on it
+    // while it runs); all zeros is a valid array of u16.
+    let buf = unsafe { &mut (*answer).0 };
     // SAFETY: the quote (at most 68 bytes) fits in the buffer from `W_QUOTE` (112 - 42 bytes);
     // the helper fails if the packet is shorter than `quote_len`.
     let loaded = unsafe {

@@ -87,7 +87,7 @@ mod hooks {
     /// returns the datapath's now (seconds, `conntrack::now`), which entries' expiries count in.
     #[classifier]
     pub fn ct_clock(_ctx: TcContext) -> i32 {
-        crate::conntrack::now(&crate::maps::config()) as i32
+        crate::conntrack::now(crate::maps::config()) as i32
     }
 
     #[panic_handler]
@@ -130,7 +130,7 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     let config = maps::config();
     // One conntrack lookup finds either direction. A backend's reply is translated back even
     // after its service is gone (its entry records the VIP:port it was sent to).
-    let tracked = match conntrack::lookup(tuple, &config) {
+    let tracked = match conntrack::lookup(tuple, config) {
         Some(Hit::Reply(reply)) => return reverse(ctx, tuple, &reply),
         Some(Hit::Service(tracked)) => Some(tracked),
         None => None,
@@ -144,7 +144,7 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     if let Some(tracked) = tracked
         && keeps_backend(tuple, &tracked.flow)
     {
-        conntrack::refresh(&tracked, tuple, &config);
+        conntrack::refresh(&tracked, tuple, config);
         return forward(ctx, tuple, &tracked.flow);
     }
     // A new flow, or one whose backend is gone: its new entries replace the stale ones (TCP
@@ -153,20 +153,17 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
 }
 
 /// A new flow to `frontend`: the external-access policy, then a backend (or a refusal), SNAT
-/// where needed, the conntrack entries, and the first packet forwarded. A BPF subprogram of its
-/// own, so that its frame (the entries being built) does not add to the lookup path's: the
-/// two together would exceed the 512-byte stack.
-#[inline(never)]
+/// where needed, the conntrack entries, and the first packet forwarded.
+#[inline(always)]
 fn new_flow(
     ctx: &TcContext,
     hook: Hook,
     tuple: &Tuple4,
     frontend: &lb::Frontend,
 ) -> Result<Verdict, Dropped> {
-    let frontend = *frontend;
     let config = maps::config();
     if hook == Hook::FromNetdev {
-        policy::check_external_access(&frontend, &config)?; // before any conntrack entry
+        policy::check_external_access(frontend, config)?; // before any conntrack entry
     }
     if frontend.entry.count == 0
         && frontend.entry.flags & SERVICE_F_NO_ENDPOINTS != 0
@@ -174,24 +171,24 @@ fn new_flow(
     {
         return icmp::refuse(ctx, tuple.daddr);
     }
-    let chosen = affinity::select_backend(&frontend, tuple.saddr)?;
-    let now = conntrack::now(&config);
+    let chosen = affinity::select_backend(frontend, tuple.saddr)?;
+    let now = conntrack::now(config);
     let snat = if hairpin::is_hairpin(hook, tuple, &chosen) {
         Some(nat::select_hairpin_port(
-            tuple, &frontend, &chosen, &config, now,
+            tuple, frontend, &chosen, config, now,
         )?)
     } else if needs_snat(hook, &chosen) {
         Some(nat::select_snat_port(
-            tuple, &frontend, &chosen, &config, now,
+            tuple, frontend, &chosen, config, now,
         )?)
     } else {
         None
     };
     let source = snat.map(|s| s.source);
-    let flow = conntrack::service_entry(tuple, &frontend, &chosen, hook, source, &config, now);
+    let flow = conntrack::service_entry(tuple, frontend, &chosen, hook, source, config, now);
     // Another CPU may have created this flow first: then its choice is followed.
     let reserved = snat.as_ref().map(|s| &s.reply_key);
-    let flow = conntrack::create(tuple, &flow, reserved, &config, now, |winner| {
+    let flow = conntrack::create(tuple, &flow, reserved, config, now, |winner| {
         keeps_backend(tuple, winner)
     })?;
     forward(ctx, tuple, &flow)
@@ -218,9 +215,7 @@ fn needs_snat(hook: Hook, chosen: &lb::Chosen) -> bool {
 /// back to the pod it came from. An SNATed packet has the node's own address as its source, a
 /// martian to the node's stack: it leaves by redirect, its route looked up before the rewrite,
 /// so that a packet too big for it is answered as it arrived.
-// BPF subprograms of their own (`forward`, `reverse`): their frames stay off `handle`'s, which
-// together would exceed the 512-byte stack.
-#[inline(never)]
+#[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict, Dropped> {
     frag::record(ctx, tuple);
     if hairpin::is_hairpin_flow(flow) {
@@ -244,7 +239,7 @@ fn forward(ctx: &TcContext, tuple: &Tuple4, flow: &CtService) -> Result<Verdict,
 /// node; it goes straight back out by redirect (a reply too big for that route is answered to
 /// the backend, from the node it was sent to). So does the reply of a node-port flow, whose
 /// restored source is this node's own address: the stack would drop it as a martian.
-#[inline(never)]
+#[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Verdict, Dropped> {
     frag::record(ctx, tuple);
     if reply.flags & CT_F_SNAT != 0 && hairpin::is_hairpin_reply(tuple) {

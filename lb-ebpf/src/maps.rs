@@ -11,6 +11,7 @@
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
+//! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
 //! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find
@@ -41,6 +42,16 @@ pub struct EventLimit {
     /// When the bucket was last refilled.
     pub last_ns: u64,
 }
+
+/// An ICMP answer being built (`icmp.rs`): Ethernet, IP and ICMP headers and the quote, in
+/// 16-bit words, 8-aligned so that it is zeroed a word at a time. Private to the datapath.
+#[repr(C, align(8))]
+pub struct IcmpAnswer(pub [u16; 56]);
+
+/// Per-CPU scratch space for what does not fit on the 512-byte stack beside the packet path:
+/// the ICMP answer. Not pinned: it holds nothing between packets.
+#[map]
+pub static LB_SCRATCH: PerCpuArray<IcmpAnswer> = PerCpuArray::with_max_entries(1, 0);
 
 /// Frontends (slot 0) and their backend slots.
 #[map]
@@ -92,11 +103,15 @@ pub static LB_EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTE_SIZE, 0);
 #[map]
 pub static LB_EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::pinned(1, 0);
 
-/// The configuration; `DatapathConfig::DEFAULT` (no SNAT, no events, ClusterIPs internal,
-/// the conntrack clock stopped) until the agent writes it.
+/// Read when `LB_CONFIG` has no element 0, which an array map of one element always has.
+static DEFAULT_CONFIG: DatapathConfig = DatapathConfig::DEFAULT;
+
+/// The configuration, in place in the map (not copied: 56 bytes of stack on every path that
+/// reads it); `DatapathConfig::DEFAULT` (no SNAT, no events, ClusterIPs internal, the conntrack
+/// clock stopped) until the agent writes it.
 #[inline(always)]
-pub fn config() -> DatapathConfig {
-    LB_CONFIG.get(0).copied().unwrap_or(DatapathConfig::DEFAULT)
+pub fn config() -> &'static DatapathConfig {
+    LB_CONFIG.get(0).unwrap_or(&DEFAULT_CONFIG)
 }
 
 const fn same(a: &str, b: &str) -> bool {

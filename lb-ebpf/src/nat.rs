@@ -206,7 +206,7 @@ pub fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Droppe
         }
         return Ok(());
     }
-    let l4 = usize::from(from.l4_off);
+    let l4 = from.l4();
     // Direct writes first: every pointer is derived (and bounds-checked) here, before any
     // helper call invalidates them.
     let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)

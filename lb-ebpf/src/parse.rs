@@ -59,6 +59,10 @@ pub enum Shape {
     Other,
 }
 
+/// Covers every L4 offset `tuple4` stores (14 + at most 60, even).
+const L4_OFF_MASK: usize = 0x7e;
+const _: () = assert!(IP_OFF + 60 <= L4_OFF_MASK && (IP_OFF + 60) & L4_OFF_MASK == IP_OFF + 60);
+
 /// The packet's flow as it arrived; addresses and ports in network byte order.
 #[derive(Clone, Copy)]
 pub struct Tuple4 {
@@ -82,11 +86,19 @@ pub struct Tuple4 {
 }
 
 impl Tuple4 {
+    /// Offset of the L4 header, at most 14 + 60 and even. The mask changes nothing (`tuple4`
+    /// never stores more) but tells the verifier so: a tuple read back through a pointer in a
+    /// BPF subprogram carries only the bounds of a u16, too wide for packet access.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        usize::from(self.l4_off) & L4_OFF_MASK
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         let field = if self.proto == proto::TCP { 16 } else { 6 };
-        usize::from(self.l4_off) + field
+        self.l4() + field
     }
 
     /// A TCP SYN without ACK: the first packet of a new connection.
