@@ -33,6 +33,24 @@ use tracing::{debug, info, warn};
 
 use crate::model::HealthCheck;
 use crate::sync::lock;
+use crate::telemetry::error_chain;
+
+/// Why a health-check port cannot be served (logged, never returned to the loop).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No node-port address was found at start, so there is nothing to listen on.
+    #[error("this node has no node-port address; set --node-ip or give --devices an IPv4 address")]
+    NoAddress,
+    /// Binding failed, typically because another process holds the port.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address and port.
+        addr: SocketAddrV4,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,10 +134,11 @@ impl HealthCheckServer {
                     slot
                 }
                 Err(err) => {
+                    let error = error_chain(&err);
                     if warned {
-                        debug!(namespace = %check.namespace, name = %check.name, port = check.port, error = %err, "health check port still unavailable");
+                        debug!(namespace = %check.namespace, name = %check.name, port = check.port, error = %error, "health check port still unavailable");
                     } else {
-                        warn!(namespace = %check.namespace, name = %check.name, port = check.port, error = %err, "cannot serve healthCheckNodePort; retrying on the next change");
+                        warn!(namespace = %check.namespace, name = %check.name, port = check.port, error = %error, "cannot serve healthCheckNodePort; retrying on the next change");
                     }
                     Slot::Failed { owner }
                 }
@@ -364,6 +383,21 @@ mod tests {
             both
         });
         assert_eq!(get(busy).await.expect("served").1["service"]["name"], "a");
+    }
+
+    #[tokio::test]
+    async fn a_service_moved_to_another_port_is_served_there_only() {
+        let server = HealthCheckServer::new(vec![LOOPBACK], CancellationToken::new());
+        let old = free_port();
+        let new = std::iter::repeat_with(free_port)
+            .find(|port| *port != old)
+            .expect("another free port");
+        server.update(&[check("web", old, 1)]);
+        assert_eq!(get(old).await.expect("served").0, 200);
+        server.update(&[check("web", new, 1)]);
+        assert_eq!(server.serving(), [new]);
+        assert_eq!(get(new).await.expect("served").0, 200);
+        assert!(closes(old).await, "old port {old} still open");
     }
 
     #[tokio::test]
