@@ -8,14 +8,16 @@
 //!   applies the difference in a safe order (`apply`), retrying failed passes with backoff;
 //! - `datapath/` loads, attaches and owns the eBPF programs and maps.
 //!
-//! `config/` defines every option once; `api/` serves `lbctl` (its own crate, on `lb-api`)
-//! over a unix socket; `monitor/` fans drop events out to its clients;
-//! `lock` keeps one agent per bpf root; `uninstall` removes what lb installed on a node
-//! (`lb-agent --uninstall`).
+//! `health_check` serves the `healthCheckNodePort` of externalTrafficPolicy Local load
+//! balancers from the model's output. `config/` defines every option once; `api/` serves
+//! `lbctl` (its own crate, on `lb-api`) over a unix socket; `monitor/` fans drop events out to
+//! its clients; `lock` keeps one agent per bpf root; `uninstall` removes what lb installed on a
+//! node (`lb-agent --uninstall`).
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod datapath;
+pub mod health_check;
 pub mod k8s;
 pub mod lock;
 pub mod model;

@@ -3,8 +3,9 @@
 //! an external IP and a load-balancer IP from outside with `bpf-lb-external-clusterip` off,
 //! externalTrafficPolicy Local keeping the client's address and answering only from this
 //! node's endpoints, ClientIP session affinity and its timeout, a Service without endpoints
-//! refusing connections (and dropping them with `service-no-backend-response=drop`), and
-//! `lbctl service list` naming each frontend's kind, Service and flags.
+//! refusing connections (and dropping them with `service-no-backend-response=drop`),
+//! `lbctl service list` naming each frontend's kind, Service and flags, and the
+//! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
@@ -14,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use lb_lab::probe::{HttpReply, http_get};
-use lb_testkit::{Netns, ok};
+use lb_testkit::{Netns, ok, wait_until};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 1);
@@ -26,6 +27,8 @@ const PROXIED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 
 const LOCAL_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 2);
 const LOCAL_NODE_PORT: u16 = 30081;
+/// `web-local`'s healthCheckNodePort.
+const LOCAL_HEALTH_PORT: u16 = 30281;
 /// An endpoint of the Local Service on another node (unreachable here: never chosen for
 /// external traffic, which is the point).
 const REMOTE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
@@ -35,6 +38,11 @@ const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
 const STICKY_TIMEOUT_SECS: u64 = 1;
 
 const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 4);
+
+const DRAIN_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 5);
+const DRAIN_NODE_PORT: u16 = 30082;
+/// `web-drain`'s healthCheckNodePort.
+const DRAIN_HEALTH_PORT: u16 = 30282;
 
 /// `empty`: a ClusterIP Service on TCP and UDP whose slice has no endpoint (every pod evicted).
 fn empty_manifest() -> String {
@@ -122,18 +130,30 @@ endpoints:
     )
 }
 
+/// A ready endpoint on `node`, as a slice's `endpoints` entry.
+fn ready_endpoint(ip: Ipv4Addr, node: &str) -> String {
+    format!(
+        "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n    serving: true\n    \
+         terminating: false\n  nodeName: {node}\n"
+    )
+}
+
 /// `web`: a LoadBalancer Service with a node port, an external IP and two ingress IPs (one in
-/// Proxy mode), on both local backends; `web-local`: a NodePort Service with
-/// externalTrafficPolicy Local on backend 1 (here) and an endpoint on another node.
+/// Proxy mode), on both local backends; `web-local`: a LoadBalancer Service (no ingress yet)
+/// with externalTrafficPolicy Local and a healthCheckNodePort, on backend 1 (here) and an
+/// endpoint on another node.
 fn manifests() -> String {
-    let endpoint = |ip: Ipv4Addr, node: &str| {
-        format!(
-            "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n    serving: true\n    \
-             terminating: false\n  nodeName: {node}\n"
-        )
-    };
+    manifests_with(true)
+}
+
+/// [`manifests`], with `web-local`'s endpoint on this node left out unless `local_endpoint`.
+fn manifests_with(local_endpoint: bool) -> String {
+    let endpoint = ready_endpoint;
     let web_endpoints: String = BACKEND_IPS.iter().map(|ip| endpoint(*ip, "node")).collect();
-    let local_endpoints = endpoint(BACKEND_IPS[1], "node") + &endpoint(REMOTE_ENDPOINT, "other");
+    let mut local_endpoints = endpoint(REMOTE_ENDPOINT, "other");
+    if local_endpoint {
+        local_endpoints = endpoint(BACKEND_IPS[1], "node") + &local_endpoints;
+    }
     format!(
         "apiVersion: v1
 kind: Service
@@ -185,13 +205,14 @@ spec:
   clusterIPs:
   - {LOCAL_CLUSTER_IP}
   externalTrafficPolicy: Local
+  healthCheckNodePort: {LOCAL_HEALTH_PORT}
   ports:
   - name: http
     nodePort: {LOCAL_NODE_PORT}
     port: 80
     protocol: TCP
     targetPort: {HTTP_PORT}
-  type: NodePort
+  type: LoadBalancer
 ---
 addressType: IPv4
 apiVersion: discovery.k8s.io/v1
@@ -207,6 +228,55 @@ endpoints:
   port: {HTTP_PORT}
   protocol: TCP
 "
+    )
+}
+
+/// `web-drain`: a LoadBalancer Service with externalTrafficPolicy Local whose endpoint on this
+/// node (backend 0) is terminating but still serving, and whose ready endpoint is elsewhere.
+fn drain_manifest() -> String {
+    let remote = ready_endpoint(REMOTE_ENDPOINT, "other");
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web-drain
+  namespace: default
+spec:
+  clusterIP: {DRAIN_CLUSTER_IP}
+  clusterIPs:
+  - {DRAIN_CLUSTER_IP}
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {DRAIN_HEALTH_PORT}
+  ports:
+  - name: http
+    nodePort: {DRAIN_NODE_PORT}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: LoadBalancer
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: web-drain
+  name: web-drain-abcde
+  namespace: default
+endpoints:
+- addresses:
+  - {terminating}
+  conditions:
+    ready: false
+    serving: true
+    terminating: true
+  nodeName: node
+{remote}ports:
+- name: http
+  port: {HTTP_PORT}
+  protocol: TCP
+",
+        terminating = BACKEND_IPS[0],
     )
 }
 
@@ -461,4 +531,110 @@ fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
             "{protocol}: dropped, not refused: {kind:?}"
         );
     }
+}
+
+/// What a load balancer's probe of `NODE_IP:port` from outside gets: the HTTP status and the
+/// JSON body, or what curl said when nothing answered.
+fn health_check(ns: &Netns, port: u16) -> Result<(u16, serde_json::Value), String> {
+    let url = format!("http://{NODE_IP}:{port}/healthz");
+    let outcome = ok(
+        ns.exec(
+            "curl",
+            &["-sS", "--max-time", "3", "-w", "\n%{http_code}", &url],
+        ),
+        "run curl",
+    );
+    if !outcome.success {
+        return Err(format!("{}: {}", outcome.status, outcome.stderr.trim()));
+    }
+    let (body, code) = outcome
+        .stdout
+        .rsplit_once('\n')
+        .ok_or_else(|| format!("no status code: {outcome:?}"))?;
+    let code = code.parse().map_err(|_| format!("status {code:?}"))?;
+    let body = serde_json::from_str(body).map_err(|err| format!("body {body:?}: {err}"))?;
+    Ok((code, body))
+}
+
+/// kube-proxy's body for `default/name` with `count` ready local endpoints.
+fn health_body(name: &str, count: u64) -> serde_json::Value {
+    serde_json::json!({
+        "service": {"namespace": "default", "name": name},
+        "localEndpoints": count,
+        "serviceProxyHealthy": true,
+    })
+}
+
+/// How long a manifest change may take to reach the health check (the file source polls).
+const HEALTH_WITHIN: Duration = Duration::from_secs(15);
+
+/// Writes `contents` to `dir/name` in one step (aside, then renamed), so that the file source
+/// never reads half a file.
+fn replace_manifest(topology: &Topology, dir: &std::path::Path, name: &str, contents: &str) {
+    let aside = topology.dir().join(format!("{name}.new"));
+    std::fs::write(&aside, contents).expect("write the manifest aside");
+    std::fs::rename(&aside, dir.join(name)).expect("rename the manifest into place");
+}
+
+#[test]
+fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_without() {
+    let topology = Topology::new("service_health");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    std::fs::write(dir.join("drain.yaml"), drain_manifest()).expect("write the manifests");
+    let _agent = lb_tests::agent::start(&topology, "service_health", &dir);
+
+    // One ready endpoint here: 200, with kube-proxy's body.
+    assert_eq!(
+        health_check(&topology.external, LOCAL_HEALTH_PORT),
+        Ok((200, health_body("web-local", 1))),
+        "web-local"
+    );
+    // Only a terminating endpoint here: 503, while the node port still serves it (the
+    // serving+terminating fallback), so that the load balancer drains this node.
+    assert_eq!(
+        health_check(&topology.external, DRAIN_HEALTH_PORT),
+        Ok((503, health_body("web-drain", 0))),
+        "web-drain"
+    );
+    let (pods, _) = answers(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, DRAIN_NODE_PORT),
+    );
+    assert_eq!(
+        pods,
+        [BACKEND_IPS[0]].into_iter().collect(),
+        "the terminating endpoint still serves"
+    );
+
+    // web-local's pod on this node goes away: 503.
+    replace_manifest(&topology, &dir, "web.yaml", &manifests_with(false));
+    let answer = wait_until(
+        "web-local's health check at 503",
+        HEALTH_WITHIN,
+        || match health_check(&topology.external, LOCAL_HEALTH_PORT) {
+            Ok((503, body)) => Ok(Some(body)),
+            seen => Err(format!("{seen:?}")),
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(answer, health_body("web-local", 0));
+
+    // web-drain deleted: its port closes (curl: connection refused, exit 7).
+    std::fs::remove_file(dir.join("drain.yaml")).expect("delete drain.yaml");
+    wait_until(
+        "web-drain's health check closed",
+        HEALTH_WITHIN,
+        || match health_check(&topology.external, DRAIN_HEALTH_PORT) {
+            Err(seen) if seen.contains("exit status: 7") => Ok(Some(())),
+            seen => Err(format!("{seen:?}")),
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        health_check(&topology.external, LOCAL_HEALTH_PORT).map(|(code, _)| code),
+        Ok(503),
+        "web-local still served"
+    );
 }

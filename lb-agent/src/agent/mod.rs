@@ -27,6 +27,7 @@ use crate::{
     api,
     config::{AgentConfig, NoBackendResponse},
     datapath::{self, BackendId, Datapath, LoadOptions, ServiceId, devices, events},
+    health_check::HealthCheckServer,
     k8s,
     lock::BpfRootLock,
     model,
@@ -363,13 +364,16 @@ async fn serve(
 
     let this_node = this_node(config, node_ip);
     tracing::info!(addresses = ?this_node.addresses, "node ports served on these addresses");
+    let health_checks = HealthCheckServer::new(this_node.addresses.clone(), shutdown.clone());
     let reconcile = sync::reconcile(
         &mut syncer,
         rx,
         |snapshot| {
-            let desired = model::desired_services(snapshot, &this_node);
-            state.record_names(&desired);
-            desired
+            let desired = model::desired(snapshot, &this_node);
+            state.record_names(&desired.services);
+            // Binds and spawns only: the pass goes on at once.
+            health_checks.update(&desired.health_checks);
+            desired.services
         },
         |outcome| state.record_sync(outcome.map_err(|err| error_chain(err))),
         shutdown.clone(),

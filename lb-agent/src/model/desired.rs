@@ -7,8 +7,11 @@
 //! set of internalTrafficPolicy Local (ClusterIP) and externalTrafficPolicy Local (the external
 //! destinations), and the terminating backends kept only to drain established flows.
 //! Frontends come from `frontend.rs`, endpoints from `endpoints.rs`.
+//!
+//! Also owns the health checks of externalTrafficPolicy Local load balancers ([`HealthCheck`]):
+//! which port each is served on, and its count of ready local endpoints (§2.11).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use tracing::warn;
@@ -103,17 +106,52 @@ pub struct DesiredService {
     pub affinity_timeout_secs: Option<u32>,
 }
 
+/// The health check of one externalTrafficPolicy Local LoadBalancer Service: what its
+/// `healthCheckNodePort` answers on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// `spec.healthCheckNodePort` (TCP, on the node-port addresses).
+    pub port: u16,
+    /// This node's ready endpoints, counted by address over all the Service's ports; terminating
+    /// ones do not count, even while they still serve (§2.11).
+    pub local_ready: usize,
+}
+
+/// Everything the model derives from one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// What to program, sorted by frontend ([`desired_services`]).
+    pub services: Vec<DesiredService>,
+    /// The health checks to serve, sorted by port.
+    pub health_checks: Vec<HealthCheck>,
+}
+
 /// Turns a snapshot into what this node must program, sorted by frontend.
 ///
 /// Services and slices lb does not serve are skipped; malformed ones are logged with a warning
 /// naming them. Two Services claiming one frontend: the first by namespace/name wins.
 pub fn desired_services(snapshot: &Snapshot, node: &ThisNode) -> Vec<DesiredService> {
+    desired(snapshot, node).services
+}
+
+/// [`desired_services`] and the health checks, from one reading of the snapshot (so that each
+/// malformed object is logged once). Two Services with one `healthCheckNodePort`: the first by
+/// namespace/name wins, as with frontends.
+pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
     let slices = SliceIndex::new(&snapshot.slices);
     let mut specs: Vec<_> = snapshot.services.iter().filter_map(service_spec).collect();
     specs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     let mut out: BTreeMap<Frontend, DesiredService> = BTreeMap::new();
+    let mut health_checks: BTreeMap<u16, HealthCheck> = BTreeMap::new();
     for spec in specs {
+        if let Some(port) = spec.health_check_node_port {
+            health_check(&mut health_checks, &spec, port, &slices, &node.name);
+        }
         for port in &spec.ports {
             let endpoints = slices.endpoints(
                 &spec.namespace,
@@ -155,7 +193,45 @@ pub fn desired_services(snapshot: &Snapshot, node: &ThisNode) -> Vec<DesiredServ
             }
         }
     }
-    out.into_values().collect()
+    Desired {
+        services: out.into_values().collect(),
+        health_checks: health_checks.into_values().collect(),
+    }
+}
+
+/// Adds `spec`'s health check on `port`, unless an earlier Service has that port.
+fn health_check(
+    checks: &mut BTreeMap<u16, HealthCheck>,
+    spec: &ServiceSpec,
+    port: u16,
+    slices: &SliceIndex<'_>,
+    node_name: &str,
+) {
+    if let Some(first) = checks.get(&port) {
+        warn!(
+            namespace = %spec.namespace, name = %spec.name, port,
+            owner = %format_args!("{}/{}", first.namespace, first.name),
+            "skipping healthCheckNodePort another Service already uses"
+        );
+        return;
+    }
+    // By address, as kube-proxy counts: one pod behind two ports is one endpoint.
+    let local_ready: BTreeSet<Ipv4Addr> = spec
+        .ports
+        .iter()
+        .flat_map(|p| slices.endpoints(&spec.namespace, &spec.name, &p.name, p.frontend.protocol))
+        .filter(|ep| ep.ready && ep.node_name.as_deref() == Some(node_name))
+        .map(|ep| ep.addr)
+        .collect();
+    checks.insert(
+        port,
+        HealthCheck {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            port,
+            local_ready: local_ready.len(),
+        },
+    );
 }
 
 /// Every frontend of one Service port on this node: the ClusterIP, the node port on each node

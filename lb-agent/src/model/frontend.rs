@@ -3,7 +3,7 @@
 //! Owns kube-proxy's Service-side rules (k8s-semantics.md §1 "Service"): opt-out labels,
 //! headless and ExternalName Services, the IPv4 VIP out of `clusterIPs`, the external
 //! destinations (node ports, `externalIPs`, load-balancer ingress IPs), port protocols, the
-//! traffic policies and ClientIP affinity. Endpoints are left to `endpoints.rs`.
+//! traffic policies, ClientIP affinity and `healthCheckNodePort`. Endpoints are left to `endpoints.rs`.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -156,6 +156,9 @@ pub(crate) struct ServiceSpec {
     pub load_balancer_ips: Vec<Ipv4Addr>,
     /// ClientIP affinity timeout in seconds, when affinity is on.
     pub affinity_timeout_secs: Option<u32>,
+    /// `healthCheckNodePort`, for LoadBalancer Services with externalTrafficPolicy Local (the
+    /// only ones kube-proxy serves it for).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// Namespace of an object; objects written without one live in `default`, as with kubectl.
@@ -292,15 +295,39 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
         Vec::new()
     };
 
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    // A cloud load balancer probes this port on every node to skip those without a local
+    // endpoint; other types have no load balancer to ask, and the apiserver refuses the field
+    // on them, so a leftover value is not served.
+    let health_check_node_port = if external_local && spec.type_.as_deref() == Some("LoadBalancer")
+    {
+        match spec.health_check_node_port {
+            None | Some(0) => {
+                warn!(namespace = %namespace, name = %name, "LoadBalancer Service with externalTrafficPolicy Local has no healthCheckNodePort; no health check is served");
+                None
+            }
+            Some(value) => match u16::try_from(value) {
+                Ok(port) => Some(port),
+                Err(_) => {
+                    warn!(namespace = %namespace, name = %name, value, "ignoring healthCheckNodePort out of range 1-65535");
+                    None
+                }
+            },
+        }
+    } else {
+        None
+    };
+
     Some(ServiceSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         ports,
         local_only: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        external_local,
         external_ips,
         load_balancer_ips,
         affinity_timeout_secs,
+        health_check_node_port,
     })
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - `frontend.rs`: which Services are served and on which VIP:port/protocol;
 //! - `endpoints.rs`: a Service port's endpoints out of all its EndpointSlices;
-//! - `desired.rs`: which endpoints become active or terminating backends.
+//! - `desired.rs`: which endpoints become active or terminating backends, and the health checks
+//!   of externalTrafficPolicy Local load balancers.
 //!
 //! Nothing here does I/O or imports aya, a kube client or tokio, so the tests take milliseconds.
 //! Watching is left to `k8s/`, programming to `sync/`.
@@ -12,7 +13,10 @@ mod desired;
 mod endpoints;
 mod frontend;
 
-pub use desired::{BackendState, DesiredBackend, DesiredService, ThisNode, desired_services};
+pub use desired::{
+    BackendState, Desired, DesiredBackend, DesiredService, HealthCheck, ThisNode, desired,
+    desired_services,
+};
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontend::{
     DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, FrontendKind, HEADLESS_LABEL, Protocol,

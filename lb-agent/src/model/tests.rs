@@ -1296,3 +1296,129 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
         ["10.0.0.0:80 active"]
     );
 }
+
+// ---- healthCheckNodePort ----
+
+/// A Service of `type_` with `externalTrafficPolicy: policy`, `healthCheckNodePort: 32000` and
+/// two ports (http 80, https 443).
+fn with_health_check(name: &str, type_: &str, policy: &str) -> Service {
+    service(
+        "ns1",
+        name,
+        json!({"type": type_, "clusterIP": "10.96.1.1", "externalTrafficPolicy": policy,
+               "healthCheckNodePort": 32000,
+               "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                         {"name": "https", "port": 443, "protocol": "TCP", "nodePort": 30443}]}),
+    )
+}
+
+/// Health checks as `ns/name:port count`.
+fn health_checks(snapshot: &Snapshot) -> Vec<String> {
+    desired(snapshot, &node_with_addresses())
+        .health_checks
+        .iter()
+        .map(|h| format!("{}/{}:{} {}", h.namespace, h.name, h.port, h.local_ready))
+        .collect()
+}
+
+#[test]
+fn health_check_node_port_is_served_only_for_local_load_balancers() {
+    // kube-proxy serves it for type LoadBalancer with eTP Local only; the apiserver refuses
+    // the field elsewhere, so a value left on a NodePort or Cluster-policy Service is ignored.
+    for (type_, policy, served) in [
+        ("LoadBalancer", "Local", true),
+        ("LoadBalancer", "Cluster", false),
+        ("NodePort", "Local", false),
+        ("ClusterIP", "Local", false),
+    ] {
+        let snapshot = Snapshot {
+            services: vec![with_health_check("lb", type_, policy)],
+            slices: vec![],
+        };
+        let expected: Vec<String> = if served {
+            vec!["ns1/lb:32000 0".to_owned()]
+        } else {
+            vec![]
+        };
+        assert_eq!(health_checks(&snapshot), expected, "{type_} eTP {policy}");
+    }
+}
+
+#[test]
+fn case_16_the_health_check_counts_ready_local_endpoints_by_address_only() {
+    let ports = json!([tcp("http", 8080), tcp("https", 8443)]);
+    let eps = vec![
+        // Local and ready, behind both ports: one endpoint.
+        ready("10.0.0.1", NODE),
+        // Local but terminating (still serving): not counted.
+        cond("10.0.0.2", NODE, (false, true, true)),
+        // Local, not ready: not counted.
+        cond("10.0.0.3", NODE, (false, false, false)),
+        // Ready elsewhere: not counted.
+        ready("10.0.0.4", "host2"),
+    ];
+    let snapshot = Snapshot {
+        services: vec![with_health_check("lb", "LoadBalancer", "Local")],
+        slices: vec![slice("ns1", "lb-1", "lb", ports.clone(), eps)],
+    };
+    assert_eq!(health_checks(&snapshot), ["ns1/lb:32000 1"]);
+
+    // All local endpoints terminating: 0 (503), although the node port still serves them.
+    let terminating = Snapshot {
+        services: vec![with_health_check("lb", "LoadBalancer", "Local")],
+        slices: vec![slice(
+            "ns1",
+            "lb-1",
+            "lb",
+            ports,
+            vec![
+                cond("10.0.0.2", NODE, (false, true, true)),
+                ready("10.0.0.4", "host2"),
+            ],
+        )],
+    };
+    assert_eq!(health_checks(&terminating), ["ns1/lb:32000 0"]);
+    let served = desired_services(&terminating, &node_with_addresses());
+    assert_eq!(
+        backends(&served, "192.168.56.11:30080/TCP"),
+        ["10.0.0.2:8080 active"]
+    );
+}
+
+#[test]
+fn two_services_with_one_health_check_port_keep_the_first_by_name() {
+    let snapshot = Snapshot {
+        services: vec![
+            with_health_check("b", "LoadBalancer", "Local"),
+            with_health_check("a", "LoadBalancer", "Local"),
+        ],
+        slices: vec![slice(
+            "ns1",
+            "b-1",
+            "b",
+            json!([tcp("http", 8080)]),
+            vec![ready("10.0.0.1", NODE)],
+        )],
+    };
+    assert_eq!(health_checks(&snapshot), ["ns1/a:32000 0"]);
+}
+
+#[test]
+fn a_health_check_node_port_out_of_range_or_missing_is_not_served() {
+    for port in [json!(70000), json!(0), json!(null)] {
+        let svc = service(
+            "ns1",
+            "lb",
+            json!({"type": "LoadBalancer", "clusterIP": "10.96.1.1",
+                   "externalTrafficPolicy": "Local", "healthCheckNodePort": port,
+                   "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
+        );
+        let snapshot = Snapshot {
+            services: vec![svc],
+            slices: vec![],
+        };
+        assert_eq!(health_checks(&snapshot), Vec::<String>::new(), "{port}");
+        // The Service itself is still served.
+        assert_eq!(desired_services(&snapshot, &node_with_addresses()).len(), 3);
+    }
+}
