@@ -91,18 +91,33 @@ pub struct StatusReply {
     pub pod_devices: Vec<String>,
     /// The last sync error, if the last sync failed.
     pub last_sync_error: Option<String>,
+    /// Why the running datapath is not healthy (a pin or link gone, the event reader dead);
+    /// `None` when it is. Liveness fails while this is set.
+    #[serde(default)]
+    pub datapath_error: Option<String>,
 }
 
 impl StatusReply {
-    /// Ready: datapath loaded and first sync done.
+    /// Alive: the datapath is loaded and nothing of it has gone (`/healthz`, the liveness
+    /// probe). Independent of the source: a pinned datapath serves traffic while the API
+    /// server is unreachable.
+    pub fn not_live_reason(&self) -> Option<String> {
+        if !self.datapath_loaded {
+            Some("datapath not loaded".to_owned())
+        } else {
+            self.datapath_error.clone()
+        }
+    }
+
+    /// Ready (`/readyz`, `lbctl status`): alive and the first sync done.
     pub fn is_ready(&self) -> bool {
-        self.datapath_loaded && self.synced
+        self.not_ready_reason().is_none()
     }
 
     /// Why the agent is not ready, or `None` when it is.
     pub fn not_ready_reason(&self) -> Option<String> {
-        let mut reason = if !self.datapath_loaded {
-            "datapath not loaded".to_owned()
+        let mut reason = if let Some(reason) = self.not_live_reason() {
+            reason
         } else if !self.synced {
             "first sync not done".to_owned()
         } else {

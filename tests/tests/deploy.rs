@@ -334,7 +334,7 @@ fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
 }
 
 #[test]
-fn the_daemon_set_probes_healthz_on_the_metrics_port_and_mounts_bpffs_for_pins() {
+fn the_daemon_set_probes_liveness_and_readiness_on_the_metrics_port_and_mounts_bpffs_for_pins() {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let m = manifests();
     let ds = daemon_set(&m);
@@ -375,15 +375,18 @@ fn the_daemon_set_probes_healthz_on_the_metrics_port_and_mounts_bpffs_for_pins()
                 .container_port
         }
     };
-    for (what, probe) in [
-        ("readiness", &container.readiness_probe),
-        ("liveness", &container.liveness_probe),
+    // Liveness never depends on the source (an unreachable API server must not restart a
+    // serving datapath); readiness is the first sync.
+    for (what, probe, path) in [
+        ("readiness", &container.readiness_probe, "/readyz"),
+        ("liveness", &container.liveness_probe, "/healthz"),
+        ("startup", &container.startup_probe, "/healthz"),
     ] {
         let get = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("{what} probe is an HTTP GET"));
-        assert_eq!(get.path.as_deref(), Some("/healthz"), "{what} probe path");
+        assert_eq!(get.path.as_deref(), Some(path), "{what} probe path");
         assert_eq!(
             port_number(&get.port),
             i32::from(metrics.port()),

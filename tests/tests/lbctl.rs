@@ -125,6 +125,7 @@ impl Agent {
                 devices: vec!["eth0".into()],
                 pod_devices: vec!["lxc1".into(), "lxc2".into()],
                 last_sync_error: None,
+                datapath_error: None,
             }),
             config: Mutex::new(config),
             drops: DropFanout::default(),

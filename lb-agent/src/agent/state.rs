@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -35,6 +36,8 @@ struct Progress {
     sync_errors: u64,
     last_sync_seconds: f64,
     sync_seconds_sum: f64,
+    /// Why the drop event reader stopped, once it has.
+    event_reader_error: Option<String>,
 }
 
 /// The running agent's shared state.
@@ -44,6 +47,8 @@ pub struct AgentState {
     maps: Arc<Mutex<AyaMaps>>,
     fanout: DropFanout,
     progress: Mutex<Progress>,
+    /// Pins the running datapath cannot lose: the maps and the from-netdev links.
+    pins: Mutex<Vec<PathBuf>>,
 }
 
 impl AgentState {
@@ -60,7 +65,31 @@ impl AgentState {
             maps,
             fanout,
             progress: Mutex::new(Progress::default()),
+            pins: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Pins whose removal (`rm`, another tool, an uninstall that bypassed the lock) means the
+    /// datapath is broken: liveness fails and status says which is gone.
+    pub fn set_watched_pins(&self, pins: Vec<PathBuf>) {
+        *lock(&self.pins) = pins;
+    }
+
+    /// The drop event reader stopped: `monitor` and the drop metrics' events are dead until
+    /// a restart, so liveness fails (the kubelet restarts the agent; the datapath stays).
+    pub fn set_event_reader_failed(&self, error: String) {
+        lock(&self.progress).event_reader_error = Some(error);
+    }
+
+    /// Why the running datapath is unhealthy, or `None`.
+    fn datapath_error(&self, progress: &Progress) -> Option<String> {
+        if let Some(err) = &progress.event_reader_error {
+            return Some(format!("drop event reader stopped: {err}"));
+        }
+        lock(&self.pins)
+            .iter()
+            .find(|pin| !pin.exists())
+            .map(|pin| format!("pin `{}` is gone; restart lb-agent to repair", pin.display()))
     }
 
     /// The programs are loaded and attached.
@@ -119,6 +148,11 @@ impl ApiBackend for AgentState {
             devices: progress.devices.clone(),
             pod_devices: progress.pod_devices.clone(),
             last_sync_error: progress.last_sync_error.clone(),
+            datapath_error: if progress.datapath_loaded {
+                self.datapath_error(&progress)
+            } else {
+                None
+            },
         }
     }
 

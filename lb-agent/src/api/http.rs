@@ -1,5 +1,7 @@
-//! The agent's HTTP endpoint: `GET /metrics` in Prometheus' text format (version 0.0.4) and
-//! `GET /healthz` (200 when ready, 503 otherwise). A deliberately tiny HTTP/1.1 server: one
+//! The agent's HTTP endpoint: `GET /metrics` in Prometheus' text format (version 0.0.4), the
+//! liveness probe `GET /healthz` (alias `/livez`: 200 while the datapath is loaded and none of
+//! its pins, links or readers has gone, whether or not the source is reachable) and the
+//! readiness probe `GET /readyz` (200 once alive and the first sync is done); 503 otherwise. A deliberately tiny HTTP/1.1 server: one
 //! request per connection, no bodies, `Connection: close`, which is all scrapers and kubelet
 //! probes need.
 //!
@@ -129,18 +131,21 @@ fn route(head: &str, backend: &dyn ApiBackend) -> (u16, &'static str, String) {
             "text/plain; version=0.0.4; charset=utf-8",
             render_metrics(&backend.metrics()),
         ),
-        ("GET", "/healthz") => {
-            let status = backend.status();
-            match status.not_ready_reason() {
-                None => (200, "text/plain", "ok\n".to_owned()),
-                Some(reason) => (503, "text/plain", format!("not ready: {reason}\n")),
-            }
+        ("GET", "/healthz" | "/livez") => match backend.status().not_live_reason() {
+            None => (200, "text/plain", "ok\n".to_owned()),
+            Some(reason) => (503, "text/plain", format!("not alive: {reason}\n")),
+        },
+        ("GET", "/readyz") => match backend.status().not_ready_reason() {
+            None => (200, "text/plain", "ok\n".to_owned()),
+            Some(reason) => (503, "text/plain", format!("not ready: {reason}\n")),
+        },
+        (_, "/metrics" | "/healthz" | "/livez" | "/readyz") => {
+            (405, "text/plain", "only GET is served\n".to_owned())
         }
-        (_, "/metrics" | "/healthz") => (405, "text/plain", "only GET is served\n".to_owned()),
         _ => (
             404,
             "text/plain",
-            "not found; try /metrics or /healthz\n".to_owned(),
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
         ),
     }
 }
@@ -359,12 +364,15 @@ lb_last_sync_duration_seconds 0.25
     }
 
     #[tokio::test]
-    async fn healthz_is_200_when_ready_and_503_with_the_reason_otherwise() {
-        let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(
-            exchange(true, request).await,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-        );
+    async fn healthz_is_200_before_the_first_sync_and_readyz_only_after() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+        for path in ["/healthz", "/livez"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(exchange(true, &request).await, ok, "{path}");
+            assert_eq!(exchange(false, &request).await, ok, "{path}");
+        }
+        let request = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(exchange(true, request).await, ok);
         assert_eq!(
             exchange(false, request).await,
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nnot ready: first sync not done\n"
