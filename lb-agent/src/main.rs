@@ -25,6 +25,7 @@ fn main() -> ExitCode {
                     pins = report.pins.len(),
                     version_dirs = report.version_dirs.len(),
                     bpf_root_removed = report.root_removed,
+                    socket_removed = report.socket_removed,
                     "lb uninstalled"
                 );
                 ExitCode::SUCCESS

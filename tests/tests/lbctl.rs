@@ -199,11 +199,63 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 #[test]
-fn socket_is_a_socket_with_mode_0600() {
+fn socket_is_a_socket_with_mode_0660() {
     let agent = Agent::start("mode");
     let meta = std::fs::metadata(&agent.socket).expect("stat socket");
     assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+}
+
+/// `lbctl ARGS` run as uid `nobody` in group 0 (the socket's group, so it may connect): the
+/// kernel reports that uid to the agent through `SO_PEERCRED`.
+fn lbctl_as_nobody(socket: &Path, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt as _;
+    Command::new(lbctl_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("LB_SOCKET")
+        .uid(NOBODY)
+        .gid(0)
+        .output()
+        .expect("run lbctl as nobody")
+}
+
+/// The uid of `nobody`.
+const NOBODY: u32 = 65_534;
+
+#[test]
+fn a_peer_that_is_not_root_may_read_but_not_config_set() {
+    let agent = Agent::start("peer-cred");
+    for read in [&["status"][..], &["config", "view"], &["service", "list"]] {
+        let output = lbctl_as_nobody(&agent.socket, read);
+        assert!(
+            output.status.success(),
+            "nobody may run lbctl {read:?}: {}",
+            stderr(&output)
+        );
+    }
+    let output = lbctl_as_nobody(
+        &agent.socket,
+        &["config", "set", "bpf-lb-external-clusterip", "true"],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "lbctl: permission denied: `config set bpf-lb-external-clusterip` changes lb-agent's \
+             state and needs root or the agent's user (uid 0); you are uid {NOBODY}. Reading \
+             (status, service list, config view, monitor) needs no privilege\n"
+        )
+    );
+    let view = stdout(&agent.lbctl(&["config", "view"]));
+    assert!(
+        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        "unchanged: {view}"
+    );
+    // Root may.
+    let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
 }
 
 #[test]

@@ -401,8 +401,8 @@ options! {
         live: false,
         value_name: "PATH",
         kind: Kind::Path,
-        help: "unix socket lbctl talks to (mode 0600)",
-        doc: "lbctl's unix socket (mode 0600)",
+        help: "unix socket lbctl talks to (mode 0660; config set needs root or the agent's uid)",
+        doc: "lbctl's unix socket (mode 0660: owner and group connect; `config set` needs uid 0 or the agent's uid)",
     }
     ConfigDir => config_dir: Option<PathBuf> {
         key: "config-dir",
