@@ -258,11 +258,38 @@ fn rbac_is_least_privilege() {
     );
 }
 
+/// The downward-API variable the DaemonSet's args expand (`$(HOST_IP)`), and the value the
+/// tests give it.
+const HOST_IP: (&str, &str) = ("HOST_IP", "192.0.2.4");
+
+/// The agent container's args as the kubelet expands them: `$(HOST_IP)` (which must come from
+/// `status.hostIP`) replaced by [`HOST_IP`]'s value.
+fn expanded_args(container: &Container) -> Vec<String> {
+    let args = container.args.clone().unwrap_or_default();
+    if args.iter().any(|arg| arg.contains("$(")) {
+        let var = container
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == HOST_IP.0)
+            .expect("the args expand HOST_IP, which the env defines");
+        let field = var.value_from.as_ref().and_then(|from| from.field_ref.as_ref());
+        assert_eq!(
+            field.map(|f| f.field_path.as_str()),
+            Some("status.hostIP"),
+            "HOST_IP comes from status.hostIP"
+        );
+    }
+    args.into_iter()
+        .map(|arg| arg.replace(&format!("$({})", HOST_IP.0), HOST_IP.1))
+        .collect()
+}
+
 #[test]
 fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
     let m = manifests();
     let container = agent_container(daemon_set(&m));
-    let args = container.args.clone().unwrap_or_default();
+    let args = expanded_args(container);
 
     // Every flag is one of lb-agent's, with a value its option accepts.
     let matches = config::command()
@@ -285,6 +312,9 @@ fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
     // Environment: literal values are options' variables; NODE_NAME from the downward API.
     let mut env = BTreeMap::new();
     for var in container.env.iter().flatten() {
+        if var.name == HOST_IP.0 {
+            continue; // only expanded in args (`expanded_args` checks its source)
+        }
         let spec = options::specs()
             .find(|s| s.env == var.name || s.env_alias == Some(var.name.as_str()))
             .unwrap_or_else(|| panic!("env {} is no option's variable", var.name));
@@ -344,7 +374,7 @@ fn the_daemon_set_probes_liveness_and_readiness_on_the_metrics_port_and_mounts_b
         .and_then(|s| s.template.spec.as_ref())
         .expect("pod spec");
     let container = agent_container(ds);
-    let args = container.args.clone().unwrap_or_default();
+    let args = expanded_args(container);
     let (config, _) = AgentConfig::from_args_with_action(
         std::iter::once("lb-agent".to_owned()).chain(
             args.iter()
@@ -357,10 +387,12 @@ fn the_daemon_set_probes_liveness_and_readiness_on_the_metrics_port_and_mounts_b
     let metrics = config
         .metrics_address
         .expect("metrics enabled: the probes need /healthz");
-    // Kubelet probes a hostNetwork pod at the node's address, not on loopback.
-    assert!(
-        metrics.ip().is_unspecified(),
-        "metrics on all addresses: {metrics}"
+    // Kubelet probes (and Prometheus scrapes) a hostNetwork pod at the node's InternalIP, the
+    // pod's status.hostIP: bound there, not on loopback, and not on every node address.
+    assert_eq!(
+        metrics.ip().to_string(),
+        HOST_IP.1,
+        "metrics on the node's InternalIP: {metrics}"
     );
 
     let port_number = |port: &IntOrString| match port {

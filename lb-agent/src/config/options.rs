@@ -421,8 +421,8 @@ options! {
         live: false,
         value_name: "IP:PORT",
         kind: Kind::OptionalListen,
-        help: "where /metrics and /healthz are served; empty disables",
-        doc: "Prometheus `/metrics` and `/healthz`; empty disables",
+        help: "where /metrics and the probes (/healthz, /readyz) are served, at most 32 connections at once; empty disables",
+        doc: "Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`; at most 32 connections at once; empty disables. Loopback by default; the DaemonSet binds the node's InternalIP (`$(HOST_IP):9963`), where Prometheus scrapes and the kubelet probes",
     }
     ExternalClusterIp => external_cluster_ip: bool {
         key: "bpf-lb-external-clusterip",
