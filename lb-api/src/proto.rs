@@ -44,15 +44,21 @@ pub enum Response {
     },
     /// Answer to [`Request::ConfigView`].
     ConfigView {
-        /// `(key, value)` sorted by key.
+        /// `(key, value)` sorted by key (kept for clients that predate `entries`).
         options: Vec<(String, String)>,
+        /// Every option with where its value comes from, sorted by key.
+        #[serde(default)]
+        entries: Vec<ConfigEntry>,
     },
-    /// Answer to [`Request::ConfigSet`]: the change took effect and persisted.
+    /// Answer to [`Request::ConfigSet`]: the change took effect on this node.
     ConfigSet {
         /// The option's key.
         key: String,
         /// Its value now.
         value: String,
+        /// What was done, for the operator: applied live, persisted where (or not).
+        #[serde(default)]
+        outcome: String,
     },
     /// One drop event of a [`Request::MonitorDrops`] stream.
     Drop(DropEventRecord),
@@ -66,6 +72,22 @@ pub enum Response {
         /// Lowercase, names the object, suggests the fix.
         message: String,
     },
+}
+
+/// One option as `lbctl config view` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// The key.
+    pub key: String,
+    /// The value in effect.
+    pub value: String,
+    /// Where it comes from: `flag`, `env LB_…`, `config-dir`, `default`, or `config set (not
+    /// persisted)`.
+    pub source: String,
+    /// What the config directory (the ConfigMap) says, when a flag or environment variable
+    /// overrides a different value there.
+    #[serde(default)]
+    pub overridden_config_dir_value: Option<String>,
 }
 
 /// The agent's state, for `lbctl status` and `/healthz`.

@@ -266,3 +266,162 @@ fn a_source_that_fails_after_the_datapath_is_loaded_exits_non_zero() {
     );
     assert!(!node.socket().exists(), "the socket is removed at exit");
 }
+
+/// `lbctl --socket SOCKET ARGS`; fails the test unless it succeeds; its stdout.
+fn lbctl(node: &Node, args: &[&str]) -> String {
+    let out = std::process::Command::new(&node.bins.lbctl)
+        .arg("--socket")
+        .arg(node.socket())
+        .args(args)
+        .env_remove("LB_SOCKET")
+        .output()
+        .expect("run lbctl");
+    assert!(out.status.success(), "lbctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `config view` line of `key` as its words: key, value, source.
+fn view_of(node: &Node, key: &str) -> Vec<String> {
+    lbctl(node, &["config", "view"])
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("config view lists {key}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The pinned `LB_CONFIG` map as bpftool dumps it: the bytes the datapath reads.
+fn datapath_config(node: &Node) -> String {
+    let pin = node
+        .bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join(lb_common::maps::LB_CONFIG);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("run bpftool");
+    assert!(out.status.success(), "bpftool map dump {}: {out:?}", pin.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Replaces `dir/key` atomically, as the kubelet swaps a ConfigMap's files.
+fn write_key(dir: &std::path::Path, key: &str, value: &str) {
+    let tmp = dir.join(format!(".{key}.tmp"));
+    std::fs::write(&tmp, format!("{value}\n")).expect("write config file");
+    std::fs::rename(&tmp, dir.join(key)).expect("replace config file");
+}
+
+#[test]
+fn two_agents_sharing_a_config_dir_both_apply_an_edit_of_it_live() {
+    const KEY: &str = "bpf-lb-external-clusterip";
+    let nodes = [Node::up("confdir1"), Node::up("confdir2")];
+    let shared = nodes[0].run_dir.join("config");
+    let manifests = nodes[0].run_dir.join("manifests");
+    std::fs::create_dir_all(&shared).expect("config dir");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    write_key(&shared, KEY, "false");
+    // A key of a newer lb: a warning, not a failed start.
+    write_key(&shared, "bpf-lb-some-future-option", "true");
+
+    let mut agents: Vec<Process> = nodes
+        .iter()
+        .map(|node| {
+            node.spawn(
+                &node.args(&[
+                    format!("--source=file:{}", manifests.display()),
+                    format!("--config-dir={}", shared.display()),
+                ]),
+                &[],
+            )
+        })
+        .collect();
+    for (node, agent) in nodes.iter().zip(&mut agents) {
+        ok(
+            agent.wait_until("lb-agent ready", DEADLINE, || {
+                Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
+            }),
+            "lb-agent ready",
+        );
+        assert!(
+            node.log().contains("ignoring unknown option `bpf-lb-some-future-option`"),
+            "the unknown key is a warning:\n{}",
+            node.log()
+        );
+        assert_eq!(view_of(node, KEY), [KEY, "false", "config-dir"]);
+    }
+    let before: Vec<String> = nodes.iter().map(datapath_config).collect();
+
+    // An edit of the directory (a ConfigMap update, as the kubelet applies it) reaches both.
+    let edited = std::time::Instant::now();
+    write_key(&shared, KEY, "true");
+    for ((node, agent), before) in nodes.iter().zip(&mut agents).zip(&before) {
+        ok(
+            agent.wait_until("the edit to reach the datapath", DEADLINE, || {
+                Ok((datapath_config(node) != *before).then_some(()))
+            }),
+            "the agent applies the edit",
+        );
+        assert_eq!(view_of(node, KEY), [KEY, "true", "config-dir"]);
+    }
+    eprintln!(
+        "both agents applied the edit {} ms after it",
+        edited.elapsed().as_millis()
+    );
+
+    // `config set` on one agent persists to the directory, and the other follows.
+    let outcome = lbctl(&nodes[0], &["config", "set", KEY, "false"]);
+    assert_eq!(
+        outcome,
+        format!(
+            "{KEY} = false: applied live on this node; persisted to {} (agents sharing that \
+             directory follow)\n",
+            shared.join(KEY).display()
+        )
+    );
+    ok(
+        agents[1].wait_until("the other agent to follow config set", DEADLINE, || {
+            Ok((datapath_config(&nodes[1]) == before[1]).then_some(()))
+        }),
+        "the other agent follows",
+    );
+    assert_eq!(view_of(&nodes[1], KEY), [KEY, "false", "config-dir"]);
+    for agent in &mut agents {
+        agent.check_running().expect("the agent still runs");
+    }
+}
+
+#[test]
+fn config_set_without_a_config_dir_says_it_is_not_persisted() {
+    const KEY: &str = "bpf-lb-external-clusterip";
+    let node = Node::up("confset");
+    let manifests = node.run_dir.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    let mut agent = node.spawn(
+        &node.args(&[
+            format!("--source=file:{}", manifests.display()),
+            format!("--{KEY}=false"),
+        ]),
+        &[],
+    );
+    ok(
+        agent.wait_until("lb-agent ready", DEADLINE, || {
+            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
+        }),
+        "lb-agent ready",
+    );
+    assert_eq!(view_of(&node, KEY), [KEY, "false", "flag"]);
+    let outcome = lbctl(&node, &["config", "set", KEY, "true"]);
+    assert_eq!(
+        outcome,
+        format!(
+            "{KEY} = true: applied live on this node; NOT persisted: lb-agent runs without \
+             --config-dir, so a restart loses it\n"
+        )
+    );
+    assert_eq!(
+        view_of(&node, KEY),
+        [KEY, "true", "config", "set", "(not", "persisted)"]
+    );
+}

@@ -7,7 +7,6 @@
 //! find it, through `lb_tests::agent::binaries` (`LB_BIN_DIR`, or a cargo build). No namespace,
 //! no root: only a unix socket under the temporary directory.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,7 +19,7 @@ use lb_agent::api::server::{self, ApiBackend, BoxError};
 use lb_agent::config::{self, AgentConfig, LiveChange};
 use lb_agent::monitor::DropFanout;
 use lb_api::proto::{
-    BackendRow, BackendState, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+    BackendRow, BackendState, ConfigEntry, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
 use lb_common::event::{DropEvent, EVENT_DROP, tcp_flags};
@@ -68,13 +67,15 @@ impl ApiBackend for TestBackend {
         ]
     }
 
-    fn config_view(&self) -> BTreeMap<String, String> {
-        config::view(&self.config.lock().unwrap_or_else(PoisonError::into_inner))
+    fn config_view(&self) -> Vec<ConfigEntry> {
+        let config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        config::entries(&config, &config::Sources::default())
     }
 
-    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<String, BoxError>> {
         change.apply(&mut self.config.lock().unwrap_or_else(PoisonError::into_inner));
-        Box::pin(async { Ok(()) })
+        let outcome = format!("{} = {}: applied", change.key(), change.value());
+        Box::pin(async move { Ok(outcome) })
     }
 
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord> {
@@ -250,7 +251,7 @@ fn a_peer_that_is_not_root_may_read_but_not_config_set() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        view.lines().any(|line| line.starts_with("bpf-lb-external-clusterip") && line.split_whitespace().nth(1) == Some("false")),
         "unchanged: {view}"
     );
     // Root may.
@@ -309,11 +310,14 @@ fn config_view_lists_every_option_sorted() {
         ("pod-devices", "lxc*"),
         ("socket", socket.as_str()),
         ("source", "kube"),
-    ]
-    .iter()
-    // The longest key, `bpf-lb-external-clusterip`, is 25 characters; padding 3.
-    .map(|(key, value)| format!("{key:<28}{value}\n"))
-    .collect::<String>();
+    ];
+    // The longest key, `bpf-lb-external-clusterip`, is 25 characters; padding 3. Values are
+    // as wide as the longest (the socket's path) plus 3. The test's backend has no sources.
+    let width = expected.iter().map(|(_, value)| value.len()).max().unwrap_or(0) + 3;
+    let expected = expected
+        .iter()
+        .map(|(key, value)| format!("{key:<28}{value:<width$}default\n"))
+        .collect::<String>();
     assert_eq!(stdout(&output), expected);
 }
 
@@ -322,10 +326,10 @@ fn config_set_changes_a_live_option() {
     let agent = Agent::start("config-set");
     let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
-    assert_eq!(stdout(&output), "");
+    assert_eq!(stdout(&output), "bpf-lb-external-clusterip = true: applied\n");
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   true\n"),
+        view.lines().any(|line| line.split_whitespace().eq(["bpf-lb-external-clusterip", "true", "default"])),
         "{view}"
     );
 }
@@ -342,7 +346,7 @@ fn config_set_rejects_a_bad_value_with_exit_2() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip   false\n"),
+        view.lines().any(|line| line.starts_with("bpf-lb-external-clusterip") && line.split_whitespace().nth(1) == Some("false")),
         "{view}"
     );
 }

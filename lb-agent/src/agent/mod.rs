@@ -8,6 +8,7 @@
 //!
 //! On shutdown the programs, links and maps stay pinned: traffic keeps flowing, and the next
 //! agent adopts them (`datapath::devices::attach` swaps its program into the pinned links).
+mod config_watch;
 mod pods;
 mod preflight;
 mod state;
@@ -25,7 +26,7 @@ pub use state::AgentState;
 
 use crate::{
     api,
-    config::AgentConfig,
+    config::{AgentConfig, Sources},
     datapath::{self, Datapath, LoadOptions, devices, events},
     k8s,
     lock::BpfRootLock,
@@ -108,6 +109,16 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
 /// removes what this start created: the socket, and on a first install the pins, links and
 /// directories (an existing datapath is adopted, never removed).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    run_with_sources(config, Sources::default(), shutdown).await
+}
+
+/// [`run`] with where each option came from (`config::Resolved`), for `lbctl config view` and
+/// for the config-dir watch, which leaves options that a flag or variable pins alone.
+pub async fn run_with_sources(
+    config: AgentConfig,
+    sources: Sources,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let node_ip = preflight::check(&config)?;
     // Held until this function returns; the kernel releases it however the process ends.
     let lock = BpfRootLock::acquire(&config.bpf_root)?;
@@ -126,7 +137,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             return Err(err);
         }
     };
-    let result = serve(&config, node_ip, loaded, listeners, shutdown).await;
+    let result = serve(&config, sources, node_ip, loaded, listeners, shutdown).await;
     drop(lock);
     result
 }
@@ -234,6 +245,7 @@ fn remove_socket(path: &std::path::Path) {
 /// the reconcile loop, until shutdown or a source failure.
 async fn serve(
     config: &AgentConfig,
+    sources: Sources,
     node_ip: Option<Ipv4Addr>,
     loaded: Loaded,
     listeners: Listeners,
@@ -253,6 +265,7 @@ async fn serve(
     let fanout = DropFanout::default();
     let state = Arc::new(AgentState::new(
         config.clone(),
+        sources,
         node_ip,
         maps,
         fanout.clone(),
@@ -283,6 +296,13 @@ async fn serve(
         }
     });
     state.set_datapath_loaded();
+
+    if let Some(dir) = &config.config_dir {
+        tasks.spawn(
+            "config-dir watch",
+            config_watch::watch(dir.clone(), state.clone(), shutdown.clone()),
+        );
+    }
 
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();
     tasks.spawn("api", api::server::serve_listener(

@@ -1,7 +1,6 @@
 //! What the API sees of the running agent: readiness, the maps as service rows, the live
 //! configuration (and changing it), drop events and metrics.
 use std::{
-    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -15,7 +14,8 @@ use crate::{
         proto::{BackendRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
         server::{ApiBackend, BoxError},
     },
-    config::{self, AgentConfig, LiveChange},
+    api::proto::ConfigEntry,
+    config::{self, AgentConfig, LiveChange, OptionKey, Source, Sources},
     datapath::{LbMaps as _, dump, maps::AyaMaps},
     k8s::SourceSpec,
     monitor::DropFanout,
@@ -43,6 +43,8 @@ struct Progress {
 /// The running agent's shared state.
 pub struct AgentState {
     config: Mutex<AgentConfig>,
+    /// Where each value of `config` comes from; locked after `config` when both are.
+    sources: Mutex<Sources>,
     node_ip: Option<Ipv4Addr>,
     maps: Arc<Mutex<AyaMaps>>,
     fanout: DropFanout,
@@ -55,12 +57,14 @@ impl AgentState {
     /// State for a freshly loaded datapath.
     pub fn new(
         config: AgentConfig,
+        sources: Sources,
         node_ip: Option<Ipv4Addr>,
         maps: Arc<Mutex<AyaMaps>>,
         fanout: DropFanout,
     ) -> Self {
         Self {
             config: Mutex::new(config),
+            sources: Mutex::new(sources),
             node_ip,
             maps,
             fanout,
@@ -183,16 +187,17 @@ impl ApiBackend for AgentState {
             .collect()
     }
 
-    fn config_view(&self) -> BTreeMap<String, String> {
-        config::view(&lock(&self.config))
+    fn config_view(&self) -> Vec<ConfigEntry> {
+        let config = lock(&self.config);
+        config::entries(&config, &lock(&self.sources))
     }
 
-    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<String, BoxError>> {
         // The datapath and the config dir change now, under the config lock; only the
         // ConfigMap patch (kube mode) is left to the future.
         match self.apply_change(change) {
-            Ok(Persist::Done) => async { Ok(()) }.boxed(),
-            Ok(Persist::ConfigMap) => persist_to_config_map(change).boxed(),
+            Ok((Persist::Done, outcome)) => async move { Ok(outcome) }.boxed(),
+            Ok((Persist::ConfigMap, outcome)) => persist_to_config_map(change, outcome).boxed(),
             Err(err) => async move { Err(err) }.boxed(),
         }
     }
@@ -231,11 +236,10 @@ impl ApiBackend for AgentState {
 }
 
 impl AgentState {
-    /// Applies a live change to the datapath at once, then persists it. The datapath reads
-    /// `LB_CONFIG` on every packet, so the next packet sees it; established flows keep their
-    /// conntrack entries and are not disturbed.
-    fn apply_change(&self, change: LiveChange) -> Result<Persist, BoxError> {
-        let mut config = lock(&self.config);
+    /// Writes `change` into the datapath and the configuration, under the config lock the
+    /// caller holds. The datapath reads `LB_CONFIG` on every packet, so the next packet sees
+    /// it; established flows keep their conntrack entries and are not disturbed.
+    fn write_change(&self, config: &mut AgentConfig, change: LiveChange) -> Result<(), BoxError> {
         let mut updated = config.clone();
         change.apply(&mut updated);
         let datapath_config = super::datapath_config(&updated, self.node_ip);
@@ -243,24 +247,103 @@ impl AgentState {
             .set_config(&datapath_config)
             .map_err(|err| Box::new(err) as BoxError)?;
         *config = updated;
+        Ok(())
+    }
+
+    /// The current value of a live option's key.
+    pub fn live_value(&self, key: OptionKey) -> String {
+        lock(&self.config)
+            .to_raw()
+            .remove(&key)
+            .unwrap_or_default()
+    }
+
+    /// Where `key`'s value comes from.
+    pub fn source(&self, key: OptionKey) -> Source {
+        lock(&self.sources).source(key)
+    }
+
+    /// Records what the config directory says of `key` while a flag or variable pins it
+    /// (`None` once it agrees or says nothing), for `config view`.
+    pub fn set_overridden(&self, key: OptionKey, in_dir: Option<String>) {
+        let mut sources = lock(&self.sources);
+        match in_dir {
+            Some(value) => sources.overridden.insert(key, value),
+            None => sources.overridden.remove(&key),
+        };
+    }
+
+    /// Applies a change read from the config directory (the watch); nothing to persist.
+    pub fn apply_from_config_dir(&self, change: LiveChange) -> Result<(), BoxError> {
+        let mut config = lock(&self.config);
+        self.write_change(&mut config, change)?;
+        if let Some(key) = OptionKey::lookup(change.key()) {
+            lock(&self.sources).by_key.insert(key, Source::ConfigDir);
+        }
+        tracing::info!(key = change.key(), value = %change.value(), "configuration changed in the config directory");
+        Ok(())
+    }
+
+    /// Applies a live change (`lbctl config set`) at once, then persists it; returns what is
+    /// left to persist and what was done, in words.
+    fn apply_change(&self, change: LiveChange) -> Result<(Persist, String), BoxError> {
+        let mut config = lock(&self.config);
+        self.write_change(&mut config, change)?;
         tracing::info!(key = change.key(), value = %change.value(), "configuration changed");
-        match (&config.source, &config.config_dir) {
+        let key = OptionKey::lookup(change.key());
+        let pinned_by = key
+            .map(|key| lock(&self.sources).source(key))
+            .filter(Source::pins);
+        let applied = format!(
+            "{} = {}: applied live on this node",
+            change.key(),
+            change.value()
+        );
+        let (persist, source, mut outcome) = match (&config.source, &config.config_dir) {
             // In a cluster the config dir is the mounted ConfigMap (read-only): patch the
-            // ConfigMap instead, and the kubelet refreshes the mount.
-            (SourceSpec::Kube, _) => Ok(Persist::ConfigMap),
+            // ConfigMap instead; the kubelet refreshes the mount on every node, whose agents
+            // apply it from there.
+            (SourceSpec::Kube, _) => (Persist::ConfigMap, Source::ConfigDir, applied),
             (SourceSpec::File(_), Some(dir)) => {
                 config::dir::write(dir, change.key(), &change.value())
                     .map_err(|err| Box::new(err) as BoxError)?;
-                Ok(Persist::Done)
+                let outcome = format!(
+                    "{applied}; persisted to {} (agents sharing that directory follow)",
+                    dir.join(change.key()).display()
+                );
+                (Persist::Done, Source::ConfigDir, outcome)
             }
             (SourceSpec::File(_), None) => {
                 tracing::warn!(
                     key = change.key(),
                     "no --config-dir: the change is live but not persisted"
                 );
-                Ok(Persist::Done)
+                let outcome = format!(
+                    "{applied}; NOT persisted: lb-agent runs without --config-dir, so a restart \
+                     loses it"
+                );
+                (Persist::Done, Source::SetNotPersisted, outcome)
+            }
+        };
+        // Persisted under a flag or variable that pins the option: the pin still wins at the
+        // next start, so say so, and keep showing the pin with the persisted value beside it.
+        let pinned_by = pinned_by.filter(|_| source == Source::ConfigDir);
+        if let Some(key) = key {
+            let mut sources = lock(&self.sources);
+            if pinned_by.is_some() {
+                sources.overridden.insert(key, change.value());
+            } else {
+                sources.by_key.insert(key, source);
             }
         }
+        if let Some(pin) = pinned_by {
+            outcome.push_str(&format!(
+                "\nwarning: the {pin} sets `{}` on this agent: at its next start the {pin} wins \
+                 over the persisted value",
+                change.key()
+            ));
+        }
+        Ok((persist, outcome))
     }
 }
 
@@ -275,7 +358,7 @@ enum Persist {
 /// The ConfigMap `lbctl config set` patches, in the agent's namespace (`POD_NAMESPACE`, else `lb`).
 pub const CONFIG_MAP: &str = "lb-config";
 
-async fn persist_to_config_map(change: LiveChange) -> Result<(), BoxError> {
+async fn persist_to_config_map(change: LiveChange, applied: String) -> Result<String, BoxError> {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::{Api, Patch, PatchParams};
 
@@ -290,5 +373,8 @@ async fn persist_to_config_map(change: LiveChange) -> Result<(), BoxError> {
                 "the change is live, but patching ConfigMap {namespace}/{CONFIG_MAP} failed: {err}"
             )
         })?;
-    Ok(())
+    Ok(format!(
+        "{applied}; persisted to ConfigMap {namespace}/{CONFIG_MAP} (every node applies it once \
+         the kubelet refreshes its mount)"
+    ))
 }

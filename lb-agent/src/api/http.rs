@@ -363,15 +363,15 @@ lb_last_sync_duration_seconds 0.25
         fn services(&self) -> Vec<crate::api::proto::ServiceRow> {
             Vec::new()
         }
-        fn config_view(&self) -> std::collections::BTreeMap<String, String> {
-            Default::default()
+        fn config_view(&self) -> Vec<crate::api::proto::ConfigEntry> {
+            Vec::new()
         }
         fn config_set(
             &self,
             _: crate::config::LiveChange,
-        ) -> futures::future::BoxFuture<'static, Result<(), super::super::server::BoxError>>
+        ) -> futures::future::BoxFuture<'static, Result<String, super::super::server::BoxError>>
         {
-            Box::pin(async { Ok(()) })
+            Box::pin(async { Ok(String::new()) })
         }
         fn subscribe_drops(
             &self,

@@ -10,7 +10,6 @@
 //! that changes state (`config set`) is refused unless the peer's credentials, as the kernel
 //! reports them (`SO_PEERCRED`), are uid 0 or the agent's own uid.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +23,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::proto::{DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply};
+use super::proto::{
+    ConfigEntry, DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply,
+};
 use crate::config::{self, LiveChange};
 use crate::telemetry::error_chain;
 
@@ -38,11 +39,12 @@ pub trait ApiBackend: Send + Sync + 'static {
     fn status(&self) -> StatusReply;
     /// Every programmed service with its backends (any order; the server sorts by id).
     fn services(&self) -> Vec<ServiceRow>;
-    /// Every option and its current value (`config::view` of the live configuration).
-    fn config_view(&self) -> BTreeMap<String, String>;
+    /// Every option, its current value and its source (`config::entries`), sorted by key.
+    fn config_view(&self) -> Vec<ConfigEntry>;
     /// Applies an already validated change at once (e.g. rewrites `LB_CONFIG`) and persists
-    /// it (the config-dir file or the ConfigMap); resolves once both are done.
-    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// it (the config-dir file or the ConfigMap); resolves once both are done, with what was
+    /// done in words for the operator.
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<String, BoxError>>;
     /// A subscription to drop events (`monitor::DropFanout::subscribe`).
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord>;
     /// Counters and gauges for `/metrics`.
@@ -236,17 +238,25 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
             services.sort_by_key(|service| service.id);
             Response::ServiceList { services }
         }
-        Request::ConfigView => Response::ConfigView {
-            options: backend.config_view().into_iter().collect(),
-        },
+        Request::ConfigView => {
+            let entries = backend.config_view();
+            Response::ConfigView {
+                options: entries
+                    .iter()
+                    .map(|entry| (entry.key.clone(), entry.value.clone()))
+                    .collect(),
+                entries,
+            }
+        }
         Request::ConfigSet { key, value } => match config::parse_live(&key, &value) {
             Err(err) => Response::Error {
                 message: err.to_string(),
             },
             Ok(change) => match backend.config_set(change).await {
-                Ok(()) => Response::ConfigSet {
+                Ok(outcome) => Response::ConfigSet {
                     key: change.key().to_owned(),
                     value: change.value(),
+                    outcome,
                 },
                 Err(err) => Response::Error {
                     message: format!(

@@ -74,13 +74,15 @@ pub enum ServiceCommand {
 /// `lbctl config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print every option and its current value.
+    /// Print every option, its value in effect and where it comes from (flag, env,
+    /// config-dir, default); warn where a flag or variable overrides the config directory.
     View {
-        /// Output format (default: `key   value` lines).
+        /// Output format (default: `key   value   source` lines).
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
-    /// Change a live option now and persist it.
+    /// Change a live option now and persist it (to --config-dir, or the ConfigMap in a
+    /// cluster); prints what was done.
     Set {
         /// The option, e.g. `bpf-lb-external-clusterip`.
         key: String,
@@ -153,15 +155,21 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
             output,
         } => monitor::drops(client, output, out)?,
         Command::Config(ConfigCommand::View { output }) => {
-            let options = client.config_view()?;
+            let entries = client.config_view()?;
             let text = match output {
-                Some(Format::Json) => config::json(&options),
-                None => config::view(&options),
+                Some(Format::Json) => config::json(&entries),
+                None => config::view(&entries),
             };
             write_all(out, &text)?;
+            for warning in config::warnings(&entries) {
+                eprintln!("lbctl: warning: {warning}");
+            }
         }
         Command::Config(ConfigCommand::Set { key, value }) => {
-            client.config_set(&key, &value)?;
+            let outcome = client.config_set(&key, &value)?;
+            if !outcome.is_empty() {
+                write_all(out, &format!("{outcome}\n"))?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
