@@ -82,7 +82,9 @@ impl Node {
     fn env_cmdline(&self, args: &[String], env: &[(&str, &str)]) -> Vec<String> {
         env.iter()
             .map(|(key, value)| format!("{key}={value}"))
-            .chain(std::iter::once(self.bins.agent.to_string_lossy().into_owned()))
+            .chain(std::iter::once(
+                self.bins.agent.to_string_lossy().into_owned(),
+            ))
             .chain(args.iter().cloned())
             .collect()
     }
@@ -131,8 +133,11 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|err| err.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-        .map_err(|err| err.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|err| err.to_string())?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -224,7 +229,11 @@ fn liveness_passes_while_the_api_server_fails_and_readiness_waits_for_the_first_
 }
 
 /// `lb-agent ARGS` with `env`, run to its exit: its status and its output.
-fn run_to_exit(node: &Node, args: &[String], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+fn run_to_exit(
+    node: &Node,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
     let log = node.run_dir.join("exit.log");
     let out = std::fs::File::create(&log).expect("create log");
     let mut child = node
@@ -242,7 +251,10 @@ fn run_to_exit(node: &Node, args: &[String], env: &[(&str, &str)]) -> (std::proc
     .unwrap_or_else(|err| {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("{err}:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        panic!(
+            "{err}:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
     });
     (status, std::fs::read_to_string(&log).unwrap_or_default())
 }
@@ -302,7 +314,11 @@ fn datapath_config(node: &Node) -> String {
         .arg(&pin)
         .output()
         .expect("run bpftool");
-    assert!(out.status.success(), "bpftool map dump {}: {out:?}", pin.display());
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {out:?}",
+        pin.display()
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -345,7 +361,8 @@ fn two_agents_sharing_a_config_dir_both_apply_an_edit_of_it_live() {
             "lb-agent ready",
         );
         assert!(
-            node.log().contains("ignoring unknown option `bpf-lb-some-future-option`"),
+            node.log()
+                .contains("ignoring unknown option `bpf-lb-some-future-option`"),
             "the unknown key is a warning:\n{}",
             node.log()
         );

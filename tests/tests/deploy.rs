@@ -273,7 +273,10 @@ fn expanded_args(container: &Container) -> Vec<String> {
             .flatten()
             .find(|var| var.name == HOST_IP.0)
             .expect("the args expand HOST_IP, which the env defines");
-        let field = var.value_from.as_ref().and_then(|from| from.field_ref.as_ref());
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|from| from.field_ref.as_ref());
         assert_eq!(
             field.map(|f| f.field_path.as_str()),
             Some("status.hostIP"),

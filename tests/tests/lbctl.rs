@@ -19,7 +19,8 @@ use lb_agent::api::server::{self, ApiBackend, BoxError};
 use lb_agent::config::{self, AgentConfig, LiveChange};
 use lb_agent::monitor::DropFanout;
 use lb_api::proto::{
-    BackendRow, BackendState, ConfigEntry, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+    BackendRow, BackendState, ConfigEntry, DropEventRecord, MetricsSnapshot, ServiceRow,
+    StatusReply,
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
 use lb_common::event::{DropEvent, EVENT_DROP, tcp_flags};
@@ -251,7 +252,9 @@ fn a_peer_that_is_not_root_may_read_but_not_config_set() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.lines().any(|line| line.starts_with("bpf-lb-external-clusterip") && line.split_whitespace().nth(1) == Some("false")),
+        view.lines()
+            .any(|line| line.starts_with("bpf-lb-external-clusterip")
+                && line.split_whitespace().nth(1) == Some("false")),
         "unchanged: {view}"
     );
     // Root may.
@@ -265,14 +268,14 @@ fn service_list_prints_ciliums_table_sorted_by_id() {
     let output = agent.lbctl(&["service", "list"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     // Column widths (tabwriter minwidth 5, padding 3): ID 5; Frontend 19+3 = 22;
-    // Service Type 12+3 = 15; Backend 37+3 = 40, padded on every line as Cilium's is.
+    // Service Type 12+3 = 15; Backend last, with no trailing spaces.
     assert_eq!(
         stdout(&output),
         concat!(
-            "ID   Frontend              Service Type   Backend                                 \n",
-            "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)       \n",
-            "3    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.1.42:53/UDP (active)        \n",
-            "                                          2 => 10.244.2.17:53/UDP (terminating)   \n",
+            "ID   Frontend              Service Type   Backend\n",
+            "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)\n",
+            "3    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
+            "                                          2 => 10.244.2.17:53/UDP (terminating)\n",
         )
     );
     assert_eq!(stderr(&output), "");
@@ -313,7 +316,12 @@ fn config_view_lists_every_option_sorted() {
     ];
     // The longest key, `bpf-lb-external-clusterip`, is 25 characters; padding 3. Values are
     // as wide as the longest (the socket's path) plus 3. The test's backend has no sources.
-    let width = expected.iter().map(|(_, value)| value.len()).max().unwrap_or(0) + 3;
+    let width = expected
+        .iter()
+        .map(|(_, value)| value.len())
+        .max()
+        .unwrap_or(0)
+        + 3;
     let expected = expected
         .iter()
         .map(|(key, value)| format!("{key:<28}{value:<width$}default\n"))
@@ -326,10 +334,17 @@ fn config_set_changes_a_live_option() {
     let agent = Agent::start("config-set");
     let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
-    assert_eq!(stdout(&output), "bpf-lb-external-clusterip = true: applied\n");
+    assert_eq!(
+        stdout(&output),
+        "bpf-lb-external-clusterip = true: applied\n"
+    );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.lines().any(|line| line.split_whitespace().eq(["bpf-lb-external-clusterip", "true", "default"])),
+        view.lines().any(|line| line.split_whitespace().eq([
+            "bpf-lb-external-clusterip",
+            "true",
+            "default"
+        ])),
         "{view}"
     );
 }
@@ -346,7 +361,9 @@ fn config_set_rejects_a_bad_value_with_exit_2() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.lines().any(|line| line.starts_with("bpf-lb-external-clusterip") && line.split_whitespace().nth(1) == Some("false")),
+        view.lines()
+            .any(|line| line.starts_with("bpf-lb-external-clusterip")
+                && line.split_whitespace().nth(1) == Some("false")),
         "{view}"
     );
 }

@@ -955,7 +955,10 @@ fn failed_starts_name_the_missing_source_or_device_and_leave_nothing_behind() {
         if installed {
             node.start_agent();
             node.stop_agent();
-            assert!(!node.socket().exists(), "the stopped agent removed its socket");
+            assert!(
+                !node.socket().exists(),
+                "the stopped agent removed its socket"
+            );
         }
         let programs = tcx_programs(&node);
         let tree = bpf_tree(&node);

@@ -276,14 +276,17 @@ async fn serve(
     let mut tasks = Tasks::default();
     let ebpf = Arc::new(Mutex::new(ebpf));
     pods::attach_matching(&ebpf, &pin_dir, &config.pod_devices, &state);
-    tasks.spawn("pod-device watcher", pods::watch(
-        link_watcher,
-        ebpf.clone(),
-        pin_dir.clone(),
-        config.pod_devices.clone(),
-        state.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "pod-device watcher",
+        pods::watch(
+            link_watcher,
+            ebpf.clone(),
+            pin_dir.clone(),
+            config.pod_devices.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ),
+    );
     tasks.spawn("drop event reader", {
         let (shutdown, state) = (shutdown.clone(), state.clone());
         async move {
@@ -305,17 +308,15 @@ async fn serve(
     }
 
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();
-    tasks.spawn("api", api::server::serve_listener(
-        listeners.api,
-        backend.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "api",
+        api::server::serve_listener(listeners.api, backend.clone(), shutdown.clone()),
+    );
     if let Some(listener) = listeners.http {
-        tasks.spawn("metrics", api::http::serve_listener(
-            listener,
-            backend,
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            "metrics",
+            api::http::serve_listener(listener, backend, shutdown.clone()),
+        );
     }
 
     let (tx, rx) = watch::channel(None);

@@ -10,11 +10,11 @@ use futures::{FutureExt as _, future::BoxFuture};
 use tokio::sync::broadcast;
 
 use crate::{
+    api::proto::ConfigEntry,
     api::{
         proto::{BackendRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply},
         server::{ApiBackend, BoxError},
     },
-    api::proto::ConfigEntry,
     config::{self, AgentConfig, LiveChange, OptionKey, Source, Sources},
     datapath::{LbMaps as _, dump, maps::AyaMaps},
     k8s::SourceSpec,
@@ -93,7 +93,12 @@ impl AgentState {
         lock(&self.pins)
             .iter()
             .find(|pin| !pin.exists())
-            .map(|pin| format!("pin `{}` is gone; restart lb-agent to repair", pin.display()))
+            .map(|pin| {
+                format!(
+                    "pin `{}` is gone; restart lb-agent to repair",
+                    pin.display()
+                )
+            })
     }
 
     /// The programs are loaded and attached.
@@ -252,10 +257,7 @@ impl AgentState {
 
     /// The current value of a live option's key.
     pub fn live_value(&self, key: OptionKey) -> String {
-        lock(&self.config)
-            .to_raw()
-            .remove(&key)
-            .unwrap_or_default()
+        lock(&self.config).to_raw().remove(&key).unwrap_or_default()
     }
 
     /// Where `key`'s value comes from.

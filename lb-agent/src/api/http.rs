@@ -410,7 +410,11 @@ lb_last_sync_duration_seconds 0.25
             let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
             for ready in [true, false] {
                 let response = exchange(ready, &request).await;
-                assert_eq!(status_and_body(&response), ("HTTP/1.1 200 OK", "ok\n"), "{path}");
+                assert_eq!(
+                    status_and_body(&response),
+                    ("HTTP/1.1 200 OK", "ok\n"),
+                    "{path}"
+                );
             }
         }
         let request = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -437,7 +441,10 @@ lb_last_sync_duration_seconds 0.25
         );
         assert!(response.contains("\nlb_services 2\n"), "{response}");
         let response = exchange(true, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"), "{response}");
+        assert!(
+            response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
         let response = exchange(true, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
             response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),

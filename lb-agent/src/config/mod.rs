@@ -113,6 +113,7 @@ impl LiveChange {
 /// decided in one place.
 pub fn command() -> Command {
     let mut cmd = Command::new("lb-agent")
+        .version(env!("CARGO_PKG_VERSION"))
         .about("lb's node agent: programs the eBPF load balancer from Services and EndpointSlices")
         .after_help(
             "Each option is also read from its environment variable and from the file KEY in \
@@ -551,10 +552,18 @@ mod tests {
         let dir = temp_dir("unknown");
         std::fs::write(dir.join("bpf-lb-external-clusterIP"), "true").expect("write");
         std::fs::write(dir.join("log-level"), "debug").expect("write");
-        let argv = ["lb-agent", "--node-name=n1", "--config-dir", &dir.display().to_string()];
+        let argv = [
+            "lb-agent",
+            "--node-name=n1",
+            "--config-dir",
+            &dir.display().to_string(),
+        ];
         let resolved = AgentConfig::resolve(argv, |_| None).expect("resolves");
         assert_eq!(resolved.config.log_level, tracing::Level::DEBUG);
-        assert_eq!(resolved.sources.source(OptionKey::LogLevel), Source::ConfigDir);
+        assert_eq!(
+            resolved.sources.source(OptionKey::LogLevel),
+            Source::ConfigDir
+        );
         assert_eq!(resolved.warnings.len(), 1, "{:?}", resolved.warnings);
         assert!(
             resolved.warnings[0].starts_with(&format!(
@@ -584,11 +593,17 @@ mod tests {
                 .expect("resolves");
         let sources = &resolved.sources;
         assert_eq!(sources.source(OptionKey::ExternalClusterIp), Source::Flag);
-        assert_eq!(sources.source(OptionKey::Devices), Source::Env("LB_DEVICES"));
+        assert_eq!(
+            sources.source(OptionKey::Devices),
+            Source::Env("LB_DEVICES")
+        );
         assert_eq!(sources.source(OptionKey::LogLevel), Source::ConfigDir);
         assert_eq!(sources.source(OptionKey::BpfRoot), Source::Default);
         assert_eq!(
-            sources.overridden.get(&OptionKey::ExternalClusterIp).map(String::as_str),
+            sources
+                .overridden
+                .get(&OptionKey::ExternalClusterIp)
+                .map(String::as_str),
             Some("true")
         );
         assert_eq!(
@@ -615,6 +630,41 @@ mod tests {
             )
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn version_prints_the_crate_version() {
+        let err = command()
+            .try_get_matches_from(["lb-agent", "--version"])
+            .expect_err("--version exits");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(
+            err.to_string(),
+            format!("lb-agent {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    /// The README's `lb-agent` synopsis names every flag (the table below it is generated).
+    #[test]
+    fn readme_synopsis_names_every_flag() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).expect("read README.md");
+        let synopsis = readme
+            .split("```\nlb-agent ")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md has a ```lb-agent … ``` synopsis");
+        let flags = options::specs()
+            .map(|spec| format!("--{}", spec.key))
+            .chain(["--uninstall", "--version", "--help"].map(str::to_owned));
+        for flag in flags {
+            assert!(
+                synopsis
+                    .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == '|')
+                    .any(|word| word == flag),
+                "README.md's lb-agent synopsis lacks {flag}:\n{synopsis}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use lb_api::proto::ConfigEntry;
 
-use crate::output::tabwrite;
+use crate::output::table;
 
 /// The `config view` listing: key, value in effect, source.
 pub fn view(entries: &[ConfigEntry]) -> String {
@@ -19,7 +19,7 @@ pub fn view(entries: &[ConfigEntry]) -> String {
         };
         text.push_str(&format!("{}\t{}\t{source}\n", entry.key, entry.value));
     }
-    tabwrite(&text, 0, 3, ' ')
+    table(&text, 0, 3)
 }
 
 /// One warning per option that a flag or variable pins against the config directory.
@@ -91,9 +91,11 @@ mod tests {
         pinned.overridden_config_dir_value = Some("true".to_owned());
         assert_eq!(
             warnings(&[pinned, entry("devices", "eth0", "flag")]),
-            ["`bpf-lb-external-clusterip` is `false` from the flag, but the config directory \
+            [
+                "`bpf-lb-external-clusterip` is `false` from the flag, but the config directory \
               (ConfigMap) says `true`; the flag wins until it is removed from lb-agent's command \
-              line or environment"]
+              line or environment"
+            ]
         );
     }
 }

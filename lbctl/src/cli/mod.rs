@@ -1,4 +1,4 @@
-//! `lbctl`'s commands: argument parsing, and one module per verb. Every command goes
+//! `lbctl`'s commands: argument parsing, and one module per verb (`completion` is here). Every command goes
 //! through `lb_api::client`; data goes to stdout (a table or `-o json`, laid out by
 //! `output.rs`), errors to stderr as `lbctl: …` (printed by `main.rs`).
 //!
@@ -57,6 +57,12 @@ pub enum Command {
     /// The agent's options.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `lbctl completion bash > /etc/bash_completion.d/lbctl`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `lbctl service …`.
@@ -132,6 +138,11 @@ fn write_all(out: &mut dyn Write, text: &str) -> Result<(), Error> {
 
 /// Runs one command, writing data to `out`.
 pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
+    if let Command::Completion { shell } = args.command {
+        // Needs no agent.
+        write_all(out, &completion(shell))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut client = Client::connect(&args.socket)?;
     match args.command {
         Command::Status => {
@@ -171,8 +182,17 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
                 write_all(out, &format!("{outcome}\n"))?;
             }
         }
+        Command::Completion { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The completion script of `shell` for lbctl.
+pub fn completion(shell: clap_complete::Shell) -> String {
+    let mut command = <Args as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "lbctl", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }
 
 #[cfg(test)]
@@ -211,6 +231,23 @@ mod tests {
         fn command_for_test() -> clap::Command {
             <Self as clap::CommandFactory>::command()
         }
+    }
+
+    #[test]
+    fn completion_scripts_name_the_verbs_and_need_no_agent() {
+        for shell in ["bash", "zsh", "fish"] {
+            let args =
+                Args::try_parse_from(["lbctl", "--socket", "/nonexistent", "completion", shell])
+                    .expect("parse");
+            let mut out = Vec::new();
+            let code = run_with(args, &mut out).expect("no agent needed");
+            assert_eq!(code, ExitCode::SUCCESS);
+            let script = String::from_utf8(out).expect("utf-8");
+            for verb in ["status", "service", "monitor", "config", "completion"] {
+                assert!(script.contains(verb), "{shell} completes {verb}");
+            }
+        }
+        assert!(Args::try_parse_from(["lbctl", "completion", "tcsh"]).is_err());
     }
 
     #[test]

@@ -58,7 +58,7 @@ mod tests {
             devices: vec!["eth0".into()],
             pod_devices: vec![],
             last_sync_error: None,
-                datapath_error: None,
+            datapath_error: None,
         };
         assert_eq!(
             summary(&status),
