@@ -442,3 +442,49 @@ fn config_set_without_a_config_dir_says_it_is_not_persisted() {
         [KEY, "true", "config", "set", "(not", "persisted)"]
     );
 }
+
+#[test]
+fn a_pin_removed_under_a_running_agent_fails_liveness_and_shows_in_status() {
+    let node = Node::up("pinloss");
+    let manifests = node.run_dir.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    let mut agent = node.spawn(
+        &node.args(&[format!("--source=file:{}", manifests.display())]),
+        &[],
+    );
+    ok(
+        agent.wait_until("lb-agent ready", DEADLINE, || {
+            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
+        }),
+        "lb-agent ready",
+    );
+    assert_eq!(node.get("/healthz").expect("GET /healthz").0, 200);
+    // What an uninstall that bypassed the lock, or a stray `rm`, does.
+    let pin = node
+        .bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join(lb_common::maps::LB4_SERVICES);
+    std::fs::remove_file(&pin).expect("remove a map pin");
+    let expected = format!(
+        "pin `{}` is gone; restart lb-agent to repair",
+        pin.display()
+    );
+    assert_eq!(
+        node.get("/healthz").expect("GET /healthz"),
+        (503, format!("not alive: {expected}\n"))
+    );
+    assert_eq!(node.get("/readyz").expect("GET /readyz").0, 503);
+    let status = std::process::Command::new(&node.bins.lbctl)
+        .arg("--socket")
+        .arg(node.socket())
+        .arg("status")
+        .output()
+        .expect("run lbctl status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(1), "status fails: {status:?}");
+    assert!(
+        text.lines()
+            .any(|line| line == format!("Datapath:      failed: {expected}")),
+        "{text}"
+    );
+}
