@@ -59,13 +59,15 @@ pub async fn watch(dir: PathBuf, state: Arc<AgentState>, shutdown: CancellationT
                 state.set_overridden(id, in_dir.filter(|value| *value != current));
                 continue;
             }
-            let wanted = in_dir.unwrap_or_else(|| spec.default.to_owned());
+            let wanted = in_dir.clone().unwrap_or_else(|| spec.default.to_owned());
             if wanted == current {
                 continue;
             }
             match config::parse_live(spec.key, &wanted) {
                 Ok(change) => {
-                    if let Err(err) = state.apply_from_config_dir(change) {
+                    if let Err(err) =
+                        state.apply_from_config_dir(change, &current, in_dir.as_deref())
+                    {
                         let err = error_chain(err.as_ref());
                         // Retried on the next tick; said once.
                         if warned.insert(format!("apply {}={wanted}: {err}", spec.key)) {

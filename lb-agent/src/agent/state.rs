@@ -1,6 +1,7 @@
 //! What the API sees of the running agent: readiness, the maps as service rows, the live
 //! configuration (and changing it), drop events and metrics.
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -51,6 +52,9 @@ pub struct AgentState {
     progress: Mutex<Progress>,
     /// Pins the running datapath cannot lose: the maps and the from-netdev links.
     pins: Mutex<Vec<PathBuf>>,
+    /// The config directory's value of an option at the time `config set` patched the
+    /// ConfigMap, until the mounted directory shows something else.
+    stale_in_dir: Mutex<BTreeMap<OptionKey, Option<String>>>,
 }
 
 impl AgentState {
@@ -70,6 +74,7 @@ impl AgentState {
             fanout,
             progress: Mutex::new(Progress::default()),
             pins: Mutex::new(Vec::new()),
+            stale_in_dir: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -275,15 +280,38 @@ impl AgentState {
         };
     }
 
-    /// Applies a change read from the config directory (the watch); nothing to persist.
-    pub fn apply_from_config_dir(&self, change: LiveChange) -> Result<(), BoxError> {
+    /// Applies `change`, read from the config directory by the watch, if the option still has
+    /// the value `seen` the watch compared against (a `config set` in between wins: the watch
+    /// reads the directory again next time). Returns whether it applied.
+    pub fn apply_from_config_dir(
+        &self,
+        change: LiveChange,
+        seen: &str,
+        in_dir: Option<&str>,
+    ) -> Result<bool, BoxError> {
         let mut config = lock(&self.config);
-        self.write_change(&mut config, change)?;
-        if let Some(key) = OptionKey::lookup(change.key()) {
-            lock(&self.sources).by_key.insert(key, Source::ConfigDir);
+        let Some(key) = OptionKey::lookup(change.key()) else {
+            return Ok(false);
+        };
+        if config.to_raw().get(&key).map(String::as_str) != Some(seen) {
+            return Ok(false);
         }
+        // After a `config set` in kube mode the mounted ConfigMap still shows the old value
+        // until the kubelet refreshes it: that stale value must not undo the change.
+        {
+            let mut stale = lock(&self.stale_in_dir);
+            match stale.get(&key) {
+                Some(old) if old.as_deref() == in_dir => return Ok(false),
+                Some(_) => {
+                    stale.remove(&key);
+                }
+                None => {}
+            }
+        }
+        self.write_change(&mut config, change)?;
+        lock(&self.sources).by_key.insert(key, Source::ConfigDir);
         tracing::info!(key = change.key(), value = %change.value(), "configuration changed in the config directory");
-        Ok(())
+        Ok(true)
     }
 
     /// Applies a live change (`lbctl config set`) at once, then persists it; returns what is
@@ -305,7 +333,15 @@ impl AgentState {
             // In a cluster the config dir is the mounted ConfigMap (read-only): patch the
             // ConfigMap instead; the kubelet refreshes the mount on every node, whose agents
             // apply it from there.
-            (SourceSpec::Kube, _) => (Persist::ConfigMap, Source::ConfigDir, applied),
+            (SourceSpec::Kube, dir) => {
+                if let (Some(dir), Some(key)) = (dir, key) {
+                    let before = config::dir::read(dir)
+                        .ok()
+                        .and_then(|mut values| values.remove(change.key()));
+                    lock(&self.stale_in_dir).insert(key, before);
+                }
+                (Persist::ConfigMap, Source::ConfigDir, applied)
+            }
             (SourceSpec::File(_), Some(dir)) => {
                 config::dir::write(dir, change.key(), &change.value())
                     .map_err(|err| Box::new(err) as BoxError)?;
