@@ -268,6 +268,9 @@ pub struct MetricsSnapshot {
     pub last_sync_duration_seconds: f64,
     /// Sum of all sync durations, in seconds.
     pub sync_duration_seconds_sum: f64,
+    /// The datapath is loaded and none of its pins, links or readers has gone (`/healthz`).
+    #[serde(default)]
+    pub datapath_healthy: bool,
 }
 
 /// One `LB_METRICS` entry.

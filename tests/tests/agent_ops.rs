@@ -459,6 +459,14 @@ fn a_pin_removed_under_a_running_agent_fails_liveness_and_shows_in_status() {
         "lb-agent ready",
     );
     assert_eq!(node.get("/healthz").expect("GET /healthz").0, 200);
+    let healthy = |node: &Node| {
+        let (_, metrics) = node.get("/metrics").expect("GET /metrics");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("lb_datapath_healthy "))
+            .map(str::to_owned)
+    };
+    assert_eq!(healthy(&node).as_deref(), Some("1"));
     // What an uninstall that bypassed the lock, or a stray `rm`, does.
     let pin = node
         .bpf_root
@@ -474,6 +482,7 @@ fn a_pin_removed_under_a_running_agent_fails_liveness_and_shows_in_status() {
         (503, format!("not alive: {expected}\n"))
     );
     assert_eq!(node.get("/readyz").expect("GET /readyz").0, 503);
+    assert_eq!(healthy(&node).as_deref(), Some("0"));
     let status = std::process::Command::new(&node.bins.lbctl)
         .arg("--socket")
         .arg(node.socket())

@@ -241,6 +241,7 @@ impl ApiBackend for AgentState {
             sync_errors: progress.sync_errors,
             last_sync_duration_seconds: progress.last_sync_seconds,
             sync_duration_seconds_sum: progress.sync_seconds_sum,
+            datapath_healthy: progress.datapath_loaded && self.datapath_error(&progress).is_none(),
         }
     }
 }

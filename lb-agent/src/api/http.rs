@@ -277,6 +277,12 @@ pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
         "Duration of the last sync pass.",
         single(snapshot.last_sync_duration_seconds.to_string()),
     );
+    family(
+        "lb_datapath_healthy",
+        "gauge",
+        "1 while the datapath is loaded and none of its pins, links or readers has gone (as /healthz), else 0.",
+        single(u8::from(snapshot.datapath_healthy).to_string()),
+    );
     out
 }
 
@@ -309,6 +315,7 @@ mod tests {
             sync_errors: 1,
             last_sync_duration_seconds: 0.25,
             sync_duration_seconds_sum: 1.5,
+            datapath_healthy: true,
         };
         let expected = "\
 # HELP lb_drop_count_total Packets dropped by the datapath, by reason and hook.
@@ -338,6 +345,9 @@ lb_sync_duration_seconds_count 4
 # HELP lb_last_sync_duration_seconds Duration of the last sync pass.
 # TYPE lb_last_sync_duration_seconds gauge
 lb_last_sync_duration_seconds 0.25
+# HELP lb_datapath_healthy 1 while the datapath is loaded and none of its pins, links or readers has gone (as /healthz), else 0.
+# TYPE lb_datapath_healthy gauge
+lb_datapath_healthy 1
 ";
         assert_eq!(render_metrics(&snapshot), expected);
     }
