@@ -9,14 +9,18 @@ use lb_agent::{
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let (config, action) = match AgentConfig::parse() {
-        Ok(parsed) => parsed,
+    let resolved = match AgentConfig::parse() {
+        Ok(resolved) => resolved,
         Err(err) => {
             eprintln!("lb-agent: {:#}", anyhow::Error::from(err));
             return ExitCode::from(2);
         }
     };
+    let (config, action) = (resolved.config, resolved.action);
     telemetry::init(config.log_level);
+    for warning in &resolved.warnings {
+        tracing::warn!("{warning}");
+    }
     if action == Action::Uninstall {
         return match uninstall::uninstall(&config.bpf_root, &config.socket) {
             Ok(report) => {
@@ -25,6 +29,7 @@ fn main() -> ExitCode {
                     pins = report.pins.len(),
                     version_dirs = report.version_dirs.len(),
                     bpf_root_removed = report.root_removed,
+                    socket_removed = report.socket_removed,
                     "lb uninstalled"
                 );
                 ExitCode::SUCCESS
@@ -45,7 +50,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        lb_agent::run(config, shutdown).await
+        lb_agent::agent::run_with_sources(config, resolved.sources, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //! Everything lb creates on a node lives under `--bpf-root`, in one directory per pin-layout
 //! version (`<bpf-root>/v1/`, see `lb_common::maps::PIN_VERSION`): the maps, and under `links/`
 //! the TCX links that hold the programs on the interfaces. lb creates no qdisc (TCX needs none),
-//! no route and no file outside that directory but its socket. So uninstalling is:
+//! no route and no file outside that directory but its socket (removed too). So uninstalling is:
 //!
 //! 1. take the bpf root's lock (`crate::lock`), refusing while an agent holds it (it would
 //!    re-create what we remove), and refuse while an agent still answers on `--socket` (an
@@ -81,6 +81,8 @@ pub struct Report {
     pub root_removed: bool,
     /// Entries of `--bpf-root` that are not lb's and were left alone.
     pub foreign: Vec<PathBuf>,
+    /// Whether a stale `--socket` (a socket nobody answers on) was removed.
+    pub socket_removed: bool,
 }
 
 /// Whether `name` is a pin-layout version directory's name: `v` and digits.
@@ -124,6 +126,13 @@ pub fn uninstall(bpf_root: &Path, socket: &Path) -> Result<Report, Error> {
         });
     }
     let mut report = Report::default();
+    // A socket file nobody answers on is what a killed agent leaves; only a socket is removed.
+    if std::fs::symlink_metadata(socket)
+        .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
+    {
+        remove_file(socket)?;
+        report.socket_removed = true;
+    }
     match std::fs::metadata(bpf_root) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(report),
         Err(source) => {

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::proto::{CtRow, Request, Response, ServiceRow, StatusReply};
+use super::proto::{ConfigEntry, CtRow, Request, Response, ServiceRow, StatusReply};
 
 /// How long a request may wait for its answer (monitor streams wait forever).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,24 +152,33 @@ impl Client {
         }
     }
 
-    /// Every option and its value, sorted by key.
-    pub fn config_view(&mut self) -> Result<Vec<(String, String)>, Error> {
+    /// Every option, its value and where the value comes from, sorted by key (an older agent
+    /// sends no sources: they are empty then).
+    pub fn config_view(&mut self) -> Result<Vec<ConfigEntry>, Error> {
         match self.call(&Request::ConfigView)? {
-            Response::ConfigView { options } => Ok(options),
+            Response::ConfigView { entries, .. } if !entries.is_empty() => Ok(entries),
+            Response::ConfigView { options, .. } => Ok(options
+                .into_iter()
+                .map(|(key, value)| ConfigEntry {
+                    key,
+                    value,
+                    ..ConfigEntry::default()
+                })
+                .collect()),
             _ => Err(Error::Unexpected {
                 request: "config view",
             }),
         }
     }
 
-    /// Changes a live option; returns the key and value as the agent now has them.
-    pub fn config_set(&mut self, key: &str, value: &str) -> Result<(String, String), Error> {
+    /// Changes a live option; returns what the agent did (applied, persisted where).
+    pub fn config_set(&mut self, key: &str, value: &str) -> Result<String, Error> {
         let request = Request::ConfigSet {
             key: key.to_owned(),
             value: value.to_owned(),
         };
         match self.call(&request)? {
-            Response::ConfigSet { key, value } => Ok((key, value)),
+            Response::ConfigSet { outcome, .. } => Ok(outcome),
             _ => Err(Error::Unexpected {
                 request: "config set",
             }),

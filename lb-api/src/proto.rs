@@ -52,15 +52,21 @@ pub enum Response {
     },
     /// Answer to [`Request::ConfigView`].
     ConfigView {
-        /// `(key, value)` sorted by key.
+        /// `(key, value)` sorted by key (kept for clients that predate `entries`).
         options: Vec<(String, String)>,
+        /// Every option with where its value comes from, sorted by key.
+        #[serde(default)]
+        entries: Vec<ConfigEntry>,
     },
-    /// Answer to [`Request::ConfigSet`]: the change took effect and persisted.
+    /// Answer to [`Request::ConfigSet`]: the change took effect on this node.
     ConfigSet {
         /// The option's key.
         key: String,
         /// Its value now.
         value: String,
+        /// What was done, for the operator: applied live, persisted where (or not).
+        #[serde(default)]
+        outcome: String,
     },
     /// Answer to [`Request::CtList`].
     CtList {
@@ -79,6 +85,22 @@ pub enum Response {
         /// Lowercase, names the object, suggests the fix.
         message: String,
     },
+}
+
+/// One option as `lbctl config view` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// The key.
+    pub key: String,
+    /// The value in effect.
+    pub value: String,
+    /// Where it comes from: `flag`, `env LB_…`, `config-dir`, `default`, or `config set (not
+    /// persisted)`.
+    pub source: String,
+    /// What the config directory (the ConfigMap) says, when a flag or environment variable
+    /// overrides a different value there.
+    #[serde(default)]
+    pub overridden_config_dir_value: Option<String>,
 }
 
 /// The agent's state, for `lbctl status` and `/healthz`.
@@ -104,18 +126,33 @@ pub struct StatusReply {
     pub pod_devices: Vec<String>,
     /// The last sync error, if the last sync failed.
     pub last_sync_error: Option<String>,
+    /// Why the running datapath is not healthy (a pin or link gone, the event reader dead);
+    /// `None` when it is. Liveness fails while this is set.
+    #[serde(default)]
+    pub datapath_error: Option<String>,
 }
 
 impl StatusReply {
-    /// Ready: datapath loaded and first sync done.
+    /// Alive: the datapath is loaded and nothing of it has gone (`/healthz`, the liveness
+    /// probe). Independent of the source: a pinned datapath serves traffic while the API
+    /// server is unreachable.
+    pub fn not_live_reason(&self) -> Option<String> {
+        if !self.datapath_loaded {
+            Some("datapath not loaded".to_owned())
+        } else {
+            self.datapath_error.clone()
+        }
+    }
+
+    /// Ready (`/readyz`, `lbctl status`): alive and the first sync done.
     pub fn is_ready(&self) -> bool {
-        self.datapath_loaded && self.synced
+        self.not_ready_reason().is_none()
     }
 
     /// Why the agent is not ready, or `None` when it is.
     pub fn not_ready_reason(&self) -> Option<String> {
-        let mut reason = if !self.datapath_loaded {
-            "datapath not loaded".to_owned()
+        let mut reason = if let Some(reason) = self.not_live_reason() {
+            reason
         } else if !self.synced {
             "first sync not done".to_owned()
         } else {
@@ -355,6 +392,9 @@ pub struct MetricsSnapshot {
     /// Live entries in `LB4_CT_ANY` at the last GC pass.
     #[serde(default)]
     pub ct_entries_any: u64,
+    /// The datapath is loaded and none of its pins, links or readers has gone (`/healthz`).
+    #[serde(default)]
+    pub datapath_healthy: bool,
 }
 
 /// One `LB_METRICS` entry.

@@ -151,7 +151,24 @@ pub fn key_value_table<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str)>) -
         text.push_str(value);
         text.push('\n');
     }
-    tabwrite(&text, 0, 3, ' ')
+    table(&text, 0, 3)
+}
+
+/// A table for a terminal: [`tabwrite`] with spaces, without the padding Go's tabwriter leaves
+/// at the end of a line (trailing spaces are noise in diffs, copies and `grep 'x$'`).
+pub fn table(text: &str, minwidth: usize, padding: usize) -> String {
+    let aligned = tabwrite(text, minwidth, padding, ' ');
+    let mut out = String::with_capacity(aligned.len());
+    for line in aligned.split_inclusive('\n') {
+        match line.strip_suffix('\n') {
+            Some(line) => {
+                out.push_str(line.trim_end_matches(' '));
+                out.push('\n');
+            }
+            None => out.push_str(line.trim_end_matches(' ')),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -213,6 +230,18 @@ mod tests {
                 "case {name}"
             );
         }
+    }
+
+    #[test]
+    fn tables_have_no_trailing_spaces() {
+        assert_eq!(
+            table(
+                "ID\tFrontend\tBackend\n1\t10.96.0.10:53/UDP\t1 => a\n\t\t2 => bb\n",
+                5,
+                3
+            ),
+            "ID   Frontend            Backend\n1    10.96.0.10:53/UDP   1 => a\n                         2 => bb\n"
+        );
     }
 
     #[test]

@@ -127,7 +127,11 @@ impl Drop for FakeApiServer {
 impl FakeApiServer {
     /// Binds 127.0.0.1 on a free port and starts serving.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Starts serving on a listener the caller bound (e.g. inside a test's network namespace).
+    pub fn start_on(listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let (changed, _) = watch::channel(0u64);

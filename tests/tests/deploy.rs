@@ -258,11 +258,41 @@ fn rbac_is_least_privilege() {
     );
 }
 
+/// The downward-API variable the DaemonSet's args expand (`$(HOST_IP)`), and the value the
+/// tests give it.
+const HOST_IP: (&str, &str) = ("HOST_IP", "192.0.2.4");
+
+/// The agent container's args as the kubelet expands them: `$(HOST_IP)` (which must come from
+/// `status.hostIP`) replaced by [`HOST_IP`]'s value.
+fn expanded_args(container: &Container) -> Vec<String> {
+    let args = container.args.clone().unwrap_or_default();
+    if args.iter().any(|arg| arg.contains("$(")) {
+        let var = container
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == HOST_IP.0)
+            .expect("the args expand HOST_IP, which the env defines");
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|from| from.field_ref.as_ref());
+        assert_eq!(
+            field.map(|f| f.field_path.as_str()),
+            Some("status.hostIP"),
+            "HOST_IP comes from status.hostIP"
+        );
+    }
+    args.into_iter()
+        .map(|arg| arg.replace(&format!("$({})", HOST_IP.0), HOST_IP.1))
+        .collect()
+}
+
 #[test]
 fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
     let m = manifests();
     let container = agent_container(daemon_set(&m));
-    let args = container.args.clone().unwrap_or_default();
+    let args = expanded_args(container);
 
     // Every flag is one of lb-agent's, with a value its option accepts.
     let matches = config::command()
@@ -285,6 +315,9 @@ fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
     // Environment: literal values are options' variables; NODE_NAME from the downward API.
     let mut env = BTreeMap::new();
     for var in container.env.iter().flatten() {
+        if var.name == HOST_IP.0 {
+            continue; // only expanded in args (`expanded_args` checks its source)
+        }
         let spec = options::specs()
             .find(|s| s.env == var.name || s.env_alias == Some(var.name.as_str()))
             .unwrap_or_else(|| panic!("env {} is no option's variable", var.name));
@@ -334,7 +367,7 @@ fn the_daemon_set_passes_only_flags_env_and_config_keys_lb_agent_accepts() {
 }
 
 #[test]
-fn the_daemon_set_probes_healthz_on_the_metrics_port_and_mounts_bpffs_for_pins() {
+fn the_daemon_set_probes_liveness_and_readiness_on_the_metrics_port_and_mounts_bpffs_for_pins() {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let m = manifests();
     let ds = daemon_set(&m);
@@ -344,7 +377,7 @@ fn the_daemon_set_probes_healthz_on_the_metrics_port_and_mounts_bpffs_for_pins()
         .and_then(|s| s.template.spec.as_ref())
         .expect("pod spec");
     let container = agent_container(ds);
-    let args = container.args.clone().unwrap_or_default();
+    let args = expanded_args(container);
     let (config, _) = AgentConfig::from_args_with_action(
         std::iter::once("lb-agent".to_owned()).chain(
             args.iter()
@@ -357,10 +390,12 @@ fn the_daemon_set_probes_healthz_on_the_metrics_port_and_mounts_bpffs_for_pins()
     let metrics = config
         .metrics_address
         .expect("metrics enabled: the probes need /healthz");
-    // Kubelet probes a hostNetwork pod at the node's address, not on loopback.
-    assert!(
-        metrics.ip().is_unspecified(),
-        "metrics on all addresses: {metrics}"
+    // Kubelet probes (and Prometheus scrapes) a hostNetwork pod at the node's InternalIP, the
+    // pod's status.hostIP: bound there, not on loopback, and not on every node address.
+    assert_eq!(
+        metrics.ip().to_string(),
+        HOST_IP.1,
+        "metrics on the node's InternalIP: {metrics}"
     );
 
     let port_number = |port: &IntOrString| match port {
@@ -375,15 +410,18 @@ fn the_daemon_set_probes_healthz_on_the_metrics_port_and_mounts_bpffs_for_pins()
                 .container_port
         }
     };
-    for (what, probe) in [
-        ("readiness", &container.readiness_probe),
-        ("liveness", &container.liveness_probe),
+    // Liveness never depends on the source (an unreachable API server must not restart a
+    // serving datapath); readiness is the first sync.
+    for (what, probe, path) in [
+        ("readiness", &container.readiness_probe, "/readyz"),
+        ("liveness", &container.liveness_probe, "/healthz"),
+        ("startup", &container.startup_probe, "/healthz"),
     ] {
         let get = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("{what} probe is an HTTP GET"));
-        assert_eq!(get.path.as_deref(), Some("/healthz"), "{what} probe path");
+        assert_eq!(get.path.as_deref(), Some(path), "{what} probe path");
         assert_eq!(
             port_number(&get.port),
             i32::from(metrics.port()),

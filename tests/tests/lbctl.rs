@@ -7,7 +7,6 @@
 //! find it, through `lb_tests::agent::binaries` (`LB_BIN_DIR`, or a cargo build). No namespace,
 //! no root: only a unix socket under the temporary directory.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,7 +19,8 @@ use lb_agent::api::server::{self, ApiBackend, BoxError};
 use lb_agent::config::{self, AgentConfig, LiveChange};
 use lb_agent::monitor::DropFanout;
 use lb_api::proto::{
-    BackendRow, BackendState, CtRow, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+    BackendRow, BackendState, ConfigEntry, CtRow, DropEventRecord, MetricsSnapshot, ServiceRow,
+    StatusReply,
 };
 use lb_common::conntrack::{
     CT_F_SEEN_REPLY, CT_REPLY, CT_SERVICE, CtEntry, CtKey4, CtReply, CtService,
@@ -75,13 +75,15 @@ impl ApiBackend for TestBackend {
         ]
     }
 
-    fn config_view(&self) -> BTreeMap<String, String> {
-        config::view(&self.config.lock().unwrap_or_else(PoisonError::into_inner))
+    fn config_view(&self) -> Vec<ConfigEntry> {
+        let config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        config::entries(&config, &config::Sources::default())
     }
 
-    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<String, BoxError>> {
         change.apply(&mut self.config.lock().unwrap_or_else(PoisonError::into_inner));
-        Box::pin(async { Ok(()) })
+        let outcome = format!("{} = {}: applied", change.key(), change.value());
+        Box::pin(async move { Ok(outcome) })
     }
 
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord> {
@@ -181,6 +183,7 @@ impl Agent {
                 devices: vec!["eth0".into()],
                 pod_devices: vec!["lxc1".into(), "lxc2".into()],
                 last_sync_error: None,
+                datapath_error: None,
             }),
             config: Mutex::new(config),
             drops: DropFanout::default(),
@@ -254,11 +257,65 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 #[test]
-fn socket_is_a_socket_with_mode_0600() {
+fn socket_is_a_socket_with_mode_0660() {
     let agent = Agent::start("mode");
     let meta = std::fs::metadata(&agent.socket).expect("stat socket");
     assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+}
+
+/// `lbctl ARGS` run as uid `nobody` in group 0 (the socket's group, so it may connect): the
+/// kernel reports that uid to the agent through `SO_PEERCRED`.
+fn lbctl_as_nobody(socket: &Path, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt as _;
+    Command::new(lbctl_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("LB_SOCKET")
+        .uid(NOBODY)
+        .gid(0)
+        .output()
+        .expect("run lbctl as nobody")
+}
+
+/// The uid of `nobody`.
+const NOBODY: u32 = 65_534;
+
+#[test]
+fn a_peer_that_is_not_root_may_read_but_not_config_set() {
+    let agent = Agent::start("peer-cred");
+    for read in [&["status"][..], &["config", "view"], &["service", "list"]] {
+        let output = lbctl_as_nobody(&agent.socket, read);
+        assert!(
+            output.status.success(),
+            "nobody may run lbctl {read:?}: {}",
+            stderr(&output)
+        );
+    }
+    let output = lbctl_as_nobody(
+        &agent.socket,
+        &["config", "set", "bpf-lb-external-clusterip", "true"],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "lbctl: permission denied: `config set bpf-lb-external-clusterip` changes lb-agent's \
+             state and needs root or the agent's user (uid 0); you are uid {NOBODY}. Reading \
+             (status, service list, config view, monitor) needs no privilege\n"
+        )
+    );
+    let view = stdout(&agent.lbctl(&["config", "view"]));
+    assert!(
+        view.lines()
+            .any(|line| line.starts_with("bpf-lb-external-clusterip")
+                && line.split_whitespace().nth(1) == Some("false")),
+        "unchanged: {view}"
+    );
+    // Root may.
+    let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
 }
 
 #[test]
@@ -267,14 +324,14 @@ fn service_list_prints_ciliums_table_sorted_by_id() {
     let output = agent.lbctl(&["service", "list"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     // Column widths (tabwriter minwidth 5, padding 3): ID 5; Frontend 19+3 = 22;
-    // Service Type 12+3 = 15; Backend 37+3 = 40, padded on every line as Cilium's is.
+    // Service Type 12+3 = 15; Backend last, with no trailing spaces.
     assert_eq!(
         stdout(&output),
         concat!(
-            "ID   Frontend              Service Type   Backend                                 \n",
-            "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)       \n",
-            "3    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.1.42:53/UDP (active)        \n",
-            "                                          2 => 10.244.2.17:53/UDP (terminating)   \n",
+            "ID   Frontend              Service Type   Backend\n",
+            "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)\n",
+            "3    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
+            "                                          2 => 10.244.2.17:53/UDP (terminating)\n",
         )
     );
     assert_eq!(stderr(&output), "");
@@ -342,11 +399,19 @@ fn config_view_lists_every_option_sorted() {
         ("snat-port-range", "61000-65535"),
         ("socket", socket.as_str()),
         ("source", "kube"),
-    ]
-    .iter()
-    // The longest key, `bpf-ct-timeout-service-tcp-grace`, is 32 characters; padding 3.
-    .map(|(key, value)| format!("{key:<35}{value}\n"))
-    .collect::<String>();
+    ];
+    // The longest key, `bpf-ct-timeout-service-tcp-grace`, is 32 characters; padding 3. Values are
+    // as wide as the longest (the socket's path) plus 3. The test's backend has no sources.
+    let width = expected
+        .iter()
+        .map(|(_, value)| value.len())
+        .max()
+        .unwrap_or(0)
+        + 3;
+    let expected = expected
+        .iter()
+        .map(|(key, value)| format!("{key:<35}{value:<width$}default\n"))
+        .collect::<String>();
     assert_eq!(stdout(&output), expected);
 }
 
@@ -355,10 +420,17 @@ fn config_set_changes_a_live_option() {
     let agent = Agent::start("config-set");
     let output = agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
-    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stdout(&output),
+        "bpf-lb-external-clusterip = true: applied\n"
+    );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip          true\n"),
+        view.lines().any(|line| line.split_whitespace().eq([
+            "bpf-lb-external-clusterip",
+            "true",
+            "default"
+        ])),
         "{view}"
     );
 }
@@ -375,7 +447,9 @@ fn config_set_rejects_a_bad_value_with_exit_2() {
     );
     let view = stdout(&agent.lbctl(&["config", "view"]));
     assert!(
-        view.contains("\nbpf-lb-external-clusterip          false\n"),
+        view.lines()
+            .any(|line| line.starts_with("bpf-lb-external-clusterip")
+                && line.split_whitespace().nth(1) == Some("false")),
         "{view}"
     );
 }

@@ -955,9 +955,10 @@ fn failed_starts_name_the_missing_source_or_device_and_leave_nothing_behind() {
         if installed {
             node.start_agent();
             node.stop_agent();
-            // The stopped agent leaves its socket file (removing it at exit is a separate
-            // item of #13); a start replaces a stale one, so start from none.
-            std::fs::remove_file(node.socket()).expect("remove the stopped agent's socket");
+            assert!(
+                !node.socket().exists(),
+                "the stopped agent removed its socket"
+            );
         }
         let programs = tcx_programs(&node);
         let tree = bpf_tree(&node);

@@ -8,6 +8,7 @@
 //!
 //! On shutdown the programs, links and maps stay pinned: traffic keeps flowing, and the next
 //! agent adopts them (`datapath::devices::attach` swaps its program into the pinned links).
+mod config_watch;
 mod pods;
 mod preflight;
 mod state;
@@ -25,7 +26,7 @@ pub use state::AgentState;
 
 use crate::{
     api,
-    config::{AgentConfig, NoBackendResponse},
+    config::{AgentConfig, NoBackendResponse, Sources},
     datapath::{self, BackendId, Datapath, LoadOptions, ServiceId, devices, events},
     health_check::HealthCheckServer,
     k8s,
@@ -57,6 +58,24 @@ pub enum Error {
     /// The source failed to start.
     #[error(transparent)]
     Source(#[from] k8s::Error),
+    /// The source stopped although nobody asked it to (a panic, or a stream that ended).
+    #[error("the {kind} source stopped unexpectedly; lb-agent exits so that it is restarted")]
+    SourceStopped {
+        /// `kube` or `file:DIR`.
+        kind: String,
+        /// The panic, when it was one.
+        #[source]
+        source: Option<tokio::task::JoinError>,
+    },
+    /// A task the agent cannot run without panicked.
+    #[error("the {task} task panicked; lb-agent exits so that it is restarted")]
+    TaskPanicked {
+        /// Which task.
+        task: &'static str,
+        /// The panic.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The pod-device watcher could not be set up.
     #[error("cannot watch network interfaces")]
     LinkWatch(#[source] std::io::Error),
@@ -110,6 +129,16 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
 /// removes what this start created: the socket, and on a first install the pins, links and
 /// directories (an existing datapath is adopted, never removed).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    run_with_sources(config, Sources::default(), shutdown).await
+}
+
+/// [`run`] with where each option came from (`config::Resolved`), for `lbctl config view` and
+/// for the config-dir watch, which leaves options that a flag or variable pins alone.
+pub async fn run_with_sources(
+    config: AgentConfig,
+    sources: Sources,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let node_ip = preflight::check(&config)?;
     // Held until this function returns; the kernel releases it however the process ends.
     let lock = BpfRootLock::acquire(&config.bpf_root)?;
@@ -128,7 +157,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             return Err(err);
         }
     };
-    let result = serve(&config, node_ip, loaded, listeners, shutdown).await;
+    let result = serve(&config, sources, node_ip, loaded, listeners, shutdown).await;
     drop(lock);
     result
 }
@@ -261,6 +290,7 @@ fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode
 /// the reconcile loop, until shutdown or a source failure.
 async fn serve(
     config: &AgentConfig,
+    sources: Sources,
     node_ip: Option<Ipv4Addr>,
     loaded: Loaded,
     listeners: Listeners,
@@ -282,76 +312,90 @@ async fn serve(
     let fanout = DropFanout::default();
     let state = Arc::new(AgentState::new(
         config.clone(),
+        sources,
         node_ip,
         maps,
         fanout.clone(),
     ));
     state.set_devices(config.devices.clone());
+    state.set_watched_pins(watched_pins(&pin_dir, &config.devices));
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = Tasks::default();
     let ebpf = Arc::new(Mutex::new(ebpf));
     pods::attach_matching(&ebpf, &pin_dir, &config.pod_devices, &state);
-    tasks.spawn(pods::watch(
-        link_watcher,
-        ebpf.clone(),
-        pin_dir.clone(),
-        config.pod_devices.clone(),
-        state.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn({
-        let shutdown = shutdown.clone();
+    tasks.spawn(
+        "pod-device watcher",
+        pods::watch(
+            link_watcher,
+            ebpf.clone(),
+            pin_dir.clone(),
+            config.pod_devices.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn("drop event reader", {
+        let (shutdown, state) = (shutdown.clone(), state.clone());
         async move {
             if let Err(err) =
                 events::forward(ring, move |event| fanout.publish(event), shutdown).await
             {
-                tracing::error!(error = %err, "drop event reader stopped");
+                tracing::error!(error = %err, "drop event reader stopped; liveness now fails");
+                state.set_event_reader_failed(err.to_string());
             }
         }
     });
     state.set_conntrack(list_clock, pin_dir.clone());
-    tasks.spawn(datapath::conntrack::run_gc(
-        clock,
-        pin_dir.clone(),
-        std::time::Duration::from_secs(u64::from(config.conntrack_gc_interval)),
-        shutdown.clone(),
-        {
-            let state = state.clone();
-            // The ids live conntrack entries still name: the syncer keeps their rev-NAT entries
-            // and does not hand them out again until no entry names them.
-            let referenced = syncer.referenced_sender();
-            move |report, scan_started| {
-                state.record_gc(report);
-                referenced.report(sync::Referenced {
-                    scan_started,
-                    services: report
-                        .referenced_services
-                        .iter()
-                        .map(|id| ServiceId(*id))
-                        .collect(),
-                    backends: report
-                        .referenced_backends
-                        .iter()
-                        .map(|id| BackendId(*id))
-                        .collect(),
-                });
-            }
-        },
-    ));
+    tasks.spawn(
+        "conntrack GC",
+        datapath::conntrack::run_gc(
+            clock,
+            pin_dir.clone(),
+            std::time::Duration::from_secs(u64::from(config.conntrack_gc_interval)),
+            shutdown.clone(),
+            {
+                let state = state.clone();
+                // The ids live conntrack entries still name: the syncer keeps their rev-NAT entries
+                // and does not hand them out again until no entry names them.
+                let referenced = syncer.referenced_sender();
+                move |report, scan_started| {
+                    state.record_gc(report);
+                    referenced.report(sync::Referenced {
+                        scan_started,
+                        services: report
+                            .referenced_services
+                            .iter()
+                            .map(|id| ServiceId(*id))
+                            .collect(),
+                        backends: report
+                            .referenced_backends
+                            .iter()
+                            .map(|id| BackendId(*id))
+                            .collect(),
+                    });
+                }
+            },
+        ),
+    );
     state.set_datapath_loaded();
 
+    if let Some(dir) = &config.config_dir {
+        tasks.spawn(
+            "config-dir watch",
+            config_watch::watch(dir.clone(), state.clone(), shutdown.clone()),
+        );
+    }
+
     let backend: Arc<dyn api::server::ApiBackend> = state.clone();
-    tasks.spawn(api::server::serve_listener(
-        listeners.api,
-        backend.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "api",
+        api::server::serve_listener(listeners.api, backend.clone(), shutdown.clone()),
+    );
     if let Some(listener) = listeners.http {
-        tasks.spawn(api::http::serve_listener(
-            listener,
-            backend,
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            "metrics",
+            api::http::serve_listener(listener, backend, shutdown.clone()),
+        );
     }
 
     let (tx, rx) = watch::channel(None);
@@ -378,20 +422,74 @@ async fn serve(
         |outcome| state.record_sync(outcome.map_err(|err| error_chain(err))),
         shutdown.clone(),
     );
+    // Whatever ends first ends the agent. Only a cancelled `shutdown` is a clean exit: a
+    // source or task that stops on its own exits non-zero, so that a supervisor restarts it.
     let result = tokio::select! {
         () = reconcile => Ok(()),
         ended = &mut source => match ended {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
+            Ok(Ok(())) => Err(Error::SourceStopped { kind: config.source.to_string(), source: None }),
             Ok(Err(err)) => Err(Error::Source(err)),
-            Err(join) => {
-                tracing::error!(error = %join, "source task failed");
-                Ok(())
-            }
+            Err(join) => Err(Error::SourceStopped { kind: config.source.to_string(), source: Some(join) }),
         },
+        err = tasks.first_panic() => Err(err),
     };
     source_shutdown.cancel();
     shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
+    tasks.join_all().await;
+    remove_socket(&config.socket);
     tracing::info!("lb-agent stopped; programs, links and maps stay pinned");
     result
+}
+
+/// The agent's background tasks, by name, so that a panic says which one died.
+#[derive(Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Resolves with the first task that panics; a task that returns is not a failure (it ends
+    /// with shutdown, or has nothing left to do).
+    async fn first_panic(&mut self) -> Error {
+        loop {
+            match self.set.join_next().await {
+                Some(Err(source)) if source.is_panic() => {
+                    let task = self.names.get(&source.id()).copied().unwrap_or("agent");
+                    return Error::TaskPanicked { task, source };
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    async fn join_all(&mut self) {
+        while self.set.join_next().await.is_some() {}
+    }
+}
+
+/// The pins liveness watches: every map pinned in `pin_dir` and the from-netdev link of each
+/// of `devices`. Pod links are left out: they go with their pods.
+fn watched_pins(pin_dir: &std::path::Path, devices: &[String]) -> Vec<std::path::PathBuf> {
+    let mut pins: Vec<_> = std::fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file())
+        .collect();
+    pins.sort();
+    pins.extend(
+        devices
+            .iter()
+            .map(|iface| devices::link_pin_path(pin_dir, Hook::FromNetdev, iface)),
+    );
+    pins
 }

@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -10,13 +11,14 @@ use futures::{FutureExt as _, future::BoxFuture};
 use tokio::sync::broadcast;
 
 use crate::{
+    api::proto::ConfigEntry,
     api::{
         proto::{
             BackendRow, CtRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
         },
         server::{ApiBackend, BoxError},
     },
-    config::{self, AgentConfig, LiveChange},
+    config::{self, AgentConfig, LiveChange, OptionKey, Source, Sources},
     datapath::{
         LbMaps as _,
         conntrack::{Clock, Conntrack},
@@ -46,12 +48,16 @@ struct Progress {
     ct_gc_deleted: u64,
     ct_entries_tcp: u64,
     ct_entries_any: u64,
+    /// Why the drop event reader stopped, once it has.
+    event_reader_error: Option<String>,
 }
 
 /// The running agent's shared state.
 pub struct AgentState {
     conntrack: Mutex<Option<(Clock, std::path::PathBuf)>>,
     config: Mutex<AgentConfig>,
+    /// Where each value of `config` comes from; locked after `config` when both are.
+    sources: Mutex<Sources>,
     node_ip: Option<Ipv4Addr>,
     maps: Arc<Mutex<AyaMaps>>,
     fanout: DropFanout,
@@ -59,12 +65,18 @@ pub struct AgentState {
     /// `namespace/name` of each frontend (`VIP:port/PROTO`) of the latest desired state: the
     /// maps hold only addresses.
     names: Mutex<BTreeMap<String, String>>,
+    /// Pins the running datapath cannot lose: the maps and the from-netdev links.
+    pins: Mutex<Vec<PathBuf>>,
+    /// The config directory's value of an option at the time `config set` patched the
+    /// ConfigMap, until the mounted directory shows something else.
+    stale_in_dir: Mutex<BTreeMap<OptionKey, Option<String>>>,
 }
 
 impl AgentState {
     /// State for a freshly loaded datapath.
     pub fn new(
         config: AgentConfig,
+        sources: Sources,
         node_ip: Option<Ipv4Addr>,
         maps: Arc<Mutex<AyaMaps>>,
         fanout: DropFanout,
@@ -72,11 +84,14 @@ impl AgentState {
         Self {
             conntrack: Mutex::new(None),
             config: Mutex::new(config),
+            sources: Mutex::new(sources),
             node_ip,
             maps,
             fanout,
             progress: Mutex::new(Progress::default()),
             names: Mutex::new(BTreeMap::new()),
+            pins: Mutex::new(Vec::new()),
+            stale_in_dir: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -91,6 +106,34 @@ impl AgentState {
                 )
             })
             .collect();
+    }
+
+    /// Pins whose removal (`rm`, another tool, an uninstall that bypassed the lock) means the
+    /// datapath is broken: liveness fails and status says which is gone.
+    pub fn set_watched_pins(&self, pins: Vec<PathBuf>) {
+        *lock(&self.pins) = pins;
+    }
+
+    /// The drop event reader stopped: `monitor` and the drop metrics' events are dead until
+    /// a restart, so liveness fails (the kubelet restarts the agent; the datapath stays).
+    pub fn set_event_reader_failed(&self, error: String) {
+        lock(&self.progress).event_reader_error = Some(error);
+    }
+
+    /// Why the running datapath is unhealthy, or `None`.
+    fn datapath_error(&self, progress: &Progress) -> Option<String> {
+        if let Some(err) = &progress.event_reader_error {
+            return Some(format!("drop event reader stopped: {err}"));
+        }
+        lock(&self.pins)
+            .iter()
+            .find(|pin| !pin.exists())
+            .map(|pin| {
+                format!(
+                    "pin `{}` is gone; restart lb-agent to repair",
+                    pin.display()
+                )
+            })
     }
 
     /// The programs are loaded and attached.
@@ -164,6 +207,11 @@ impl ApiBackend for AgentState {
             devices: progress.devices.clone(),
             pod_devices: progress.pod_devices.clone(),
             last_sync_error: progress.last_sync_error.clone(),
+            datapath_error: if progress.datapath_loaded {
+                self.datapath_error(&progress)
+            } else {
+                None
+            },
         }
     }
 
@@ -197,16 +245,17 @@ impl ApiBackend for AgentState {
             .collect()
     }
 
-    fn config_view(&self) -> BTreeMap<String, String> {
-        config::view(&lock(&self.config))
+    fn config_view(&self) -> Vec<ConfigEntry> {
+        let config = lock(&self.config);
+        config::entries(&config, &lock(&self.sources))
     }
 
-    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<String, BoxError>> {
         // The datapath and the config dir change now, under the config lock; only the
         // ConfigMap patch (kube mode) is left to the future.
         match self.apply_change(change) {
-            Ok(Persist::Done) => async { Ok(()) }.boxed(),
-            Ok(Persist::ConfigMap) => persist_to_config_map(change).boxed(),
+            Ok((Persist::Done, outcome)) => async move { Ok(outcome) }.boxed(),
+            Ok((Persist::ConfigMap, outcome)) => persist_to_config_map(change, outcome).boxed(),
             Err(err) => async move { Err(err) }.boxed(),
         }
     }
@@ -259,16 +308,16 @@ impl ApiBackend for AgentState {
             ct_gc_deleted: progress.ct_gc_deleted,
             ct_entries_tcp: progress.ct_entries_tcp,
             ct_entries_any: progress.ct_entries_any,
+            datapath_healthy: progress.datapath_loaded && self.datapath_error(&progress).is_none(),
         }
     }
 }
 
 impl AgentState {
-    /// Applies a live change to the datapath at once, then persists it. The datapath reads
-    /// `LB_CONFIG` on every packet, so the next packet sees it; established flows keep their
-    /// conntrack entries and are not disturbed.
-    fn apply_change(&self, change: LiveChange) -> Result<Persist, BoxError> {
-        let mut config = lock(&self.config);
+    /// Writes `change` into the datapath and the configuration, under the config lock the
+    /// caller holds. The datapath reads `LB_CONFIG` on every packet, so the next packet sees
+    /// it; established flows keep their conntrack entries and are not disturbed.
+    fn write_change(&self, config: &mut AgentConfig, change: LiveChange) -> Result<(), BoxError> {
         let mut updated = config.clone();
         change.apply(&mut updated);
         let datapath_config = super::datapath_config(&updated, self.node_ip);
@@ -276,24 +325,131 @@ impl AgentState {
             .set_config(&datapath_config)
             .map_err(|err| Box::new(err) as BoxError)?;
         *config = updated;
+        Ok(())
+    }
+
+    /// The current value of a live option's key.
+    pub fn live_value(&self, key: OptionKey) -> String {
+        lock(&self.config).to_raw().remove(&key).unwrap_or_default()
+    }
+
+    /// Where `key`'s value comes from.
+    pub fn source(&self, key: OptionKey) -> Source {
+        lock(&self.sources).source(key)
+    }
+
+    /// Records what the config directory says of `key` while a flag or variable pins it
+    /// (`None` once it agrees or says nothing), for `config view`.
+    pub fn set_overridden(&self, key: OptionKey, in_dir: Option<String>) {
+        let mut sources = lock(&self.sources);
+        match in_dir {
+            Some(value) => sources.overridden.insert(key, value),
+            None => sources.overridden.remove(&key),
+        };
+    }
+
+    /// Applies `change`, read from the config directory by the watch, if the option still has
+    /// the value `seen` the watch compared against (a `config set` in between wins: the watch
+    /// reads the directory again next time). Returns whether it applied.
+    pub fn apply_from_config_dir(
+        &self,
+        change: LiveChange,
+        seen: &str,
+        in_dir: Option<&str>,
+    ) -> Result<bool, BoxError> {
+        let mut config = lock(&self.config);
+        let Some(key) = OptionKey::lookup(change.key()) else {
+            return Ok(false);
+        };
+        if config.to_raw().get(&key).map(String::as_str) != Some(seen) {
+            return Ok(false);
+        }
+        // After a `config set` in kube mode the mounted ConfigMap still shows the old value
+        // until the kubelet refreshes it: that stale value must not undo the change.
+        {
+            let mut stale = lock(&self.stale_in_dir);
+            match stale.get(&key) {
+                Some(old) if old.as_deref() == in_dir => return Ok(false),
+                Some(_) => {
+                    stale.remove(&key);
+                }
+                None => {}
+            }
+        }
+        self.write_change(&mut config, change)?;
+        lock(&self.sources).by_key.insert(key, Source::ConfigDir);
+        tracing::info!(key = change.key(), value = %change.value(), "configuration changed in the config directory");
+        Ok(true)
+    }
+
+    /// Applies a live change (`lbctl config set`) at once, then persists it; returns what is
+    /// left to persist and what was done, in words.
+    fn apply_change(&self, change: LiveChange) -> Result<(Persist, String), BoxError> {
+        let mut config = lock(&self.config);
+        self.write_change(&mut config, change)?;
         tracing::info!(key = change.key(), value = %change.value(), "configuration changed");
-        match (&config.source, &config.config_dir) {
+        let key = OptionKey::lookup(change.key());
+        let pinned_by = key
+            .map(|key| lock(&self.sources).source(key))
+            .filter(Source::pins);
+        let applied = format!(
+            "{} = {}: applied live on this node",
+            change.key(),
+            change.value()
+        );
+        let (persist, source, mut outcome) = match (&config.source, &config.config_dir) {
             // In a cluster the config dir is the mounted ConfigMap (read-only): patch the
-            // ConfigMap instead, and the kubelet refreshes the mount.
-            (SourceSpec::Kube, _) => Ok(Persist::ConfigMap),
+            // ConfigMap instead; the kubelet refreshes the mount on every node, whose agents
+            // apply it from there.
+            (SourceSpec::Kube, dir) => {
+                if let (Some(dir), Some(key)) = (dir, key) {
+                    let before = config::dir::read(dir)
+                        .ok()
+                        .and_then(|mut values| values.remove(change.key()));
+                    lock(&self.stale_in_dir).insert(key, before);
+                }
+                (Persist::ConfigMap, Source::ConfigDir, applied)
+            }
             (SourceSpec::File(_), Some(dir)) => {
                 config::dir::write(dir, change.key(), &change.value())
                     .map_err(|err| Box::new(err) as BoxError)?;
-                Ok(Persist::Done)
+                let outcome = format!(
+                    "{applied}; persisted to {} (agents sharing that directory follow)",
+                    dir.join(change.key()).display()
+                );
+                (Persist::Done, Source::ConfigDir, outcome)
             }
             (SourceSpec::File(_), None) => {
                 tracing::warn!(
                     key = change.key(),
                     "no --config-dir: the change is live but not persisted"
                 );
-                Ok(Persist::Done)
+                let outcome = format!(
+                    "{applied}; NOT persisted: lb-agent runs without --config-dir, so a restart \
+                     loses it"
+                );
+                (Persist::Done, Source::SetNotPersisted, outcome)
+            }
+        };
+        // Persisted under a flag or variable that pins the option: the pin still wins at the
+        // next start, so say so, and keep showing the pin with the persisted value beside it.
+        let pinned_by = pinned_by.filter(|_| source == Source::ConfigDir);
+        if let Some(key) = key {
+            let mut sources = lock(&self.sources);
+            if pinned_by.is_some() {
+                sources.overridden.insert(key, change.value());
+            } else {
+                sources.by_key.insert(key, source);
             }
         }
+        if let Some(pin) = pinned_by {
+            outcome.push_str(&format!(
+                "\nwarning: the {pin} sets `{}` on this agent: at its next start the {pin} wins \
+                 over the persisted value",
+                change.key()
+            ));
+        }
+        Ok((persist, outcome))
     }
 }
 
@@ -308,7 +464,7 @@ enum Persist {
 /// The ConfigMap `lbctl config set` patches, in the agent's namespace (`POD_NAMESPACE`, else `lb`).
 pub const CONFIG_MAP: &str = "lb-config";
 
-async fn persist_to_config_map(change: LiveChange) -> Result<(), BoxError> {
+async fn persist_to_config_map(change: LiveChange, applied: String) -> Result<String, BoxError> {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::{Api, Patch, PatchParams};
 
@@ -323,5 +479,8 @@ async fn persist_to_config_map(change: LiveChange) -> Result<(), BoxError> {
                 "the change is live, but patching ConfigMap {namespace}/{CONFIG_MAP} failed: {err}"
             )
         })?;
-    Ok(())
+    Ok(format!(
+        "{applied}; persisted to ConfigMap {namespace}/{CONFIG_MAP} (every node applies it once \
+         the kubelet refreshes its mount)"
+    ))
 }

@@ -1,16 +1,16 @@
-//! The one accept loop both endpoints run (the unix-socket API in `server.rs`, the HTTP endpoint
-//! in `http.rs`): accept until shutdown, one task per connection, back off on accept errors.
-//! What a connection says is the caller's business.
+//! The accept loop of the unix-socket API (`server.rs`): accept until shutdown, one task per
+//! connection, back off on accept errors. What a connection says is the caller's business.
+//! (The HTTP endpoint in `http.rs` has its own, capped loop.)
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// A listener the loop can accept from: tokio's TCP and unix listeners share no trait.
+/// A listener the loop can accept from (tokio's listeners share no trait).
 pub trait Listener: Send {
     /// One accepted connection.
     type Stream: Send + 'static;
@@ -21,13 +21,6 @@ pub trait Listener: Send {
 impl Listener for UnixListener {
     type Stream = UnixStream;
     async fn accept_stream(&self) -> io::Result<UnixStream> {
-        self.accept().await.map(|(stream, _)| stream)
-    }
-}
-
-impl Listener for TcpListener {
-    type Stream = TcpStream;
-    async fn accept_stream(&self) -> io::Result<TcpStream> {
         self.accept().await.map(|(stream, _)| stream)
     }
 }

@@ -1,19 +1,27 @@
-//! The agent's HTTP endpoint: `GET /metrics` in Prometheus' text format (version 0.0.4) and
-//! `GET /healthz` (200 when ready, 503 otherwise). A deliberately tiny HTTP/1.1 server: one
-//! request per connection, no bodies, `Connection: close`, which is all scrapers and kubelet
-//! probes need.
+//! The agent's HTTP endpoint: `GET /metrics` in Prometheus' text format (version 0.0.4), the
+//! liveness probe `GET /healthz` (alias `/livez`: 200 while the datapath is loaded and none of
+//! its pins, links or readers has gone, whether or not the source is reachable) and the
+//! readiness probe `GET /readyz` (200 once alive and the first sync is done); 503 otherwise.
 //!
-//! The numbers come from [`ApiBackend::metrics`] and [`ApiBackend::status`].
+//! HTTP/1.1 is hyper's, one request per connection; connections are capped at
+//! [`MAX_CONNECTIONS`] and bounded in time. The numbers come from [`ApiBackend::metrics`] and
+//! [`ApiBackend::status`].
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use lb_api::drop::{hook_text, reason_text};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::MetricsSnapshot;
@@ -33,10 +41,13 @@ pub enum Error {
     },
 }
 
-/// Longest request head read; anything longer is answered 431.
-const MAX_HEAD: usize = 8 * 1024;
+/// Connections served at once; more wait in the listen backlog. A scraper and the kubelet's
+/// probes need a handful; the cap keeps a flood from costing more than that many tasks.
+pub const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last in all (a request is answered in microseconds).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the HTTP endpoint.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -45,7 +56,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` is cancelled.
+/// Serves `/metrics` and the probes on `addr` until `shutdown` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
     backend: Arc<dyn ApiBackend>,
@@ -56,93 +67,125 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves on a bound listener until `shutdown` is cancelled; a request still being answered
-/// ends with it.
+/// Serves on a bound listener until `shutdown` is cancelled, at most [`MAX_CONNECTIONS`] at
+/// once; a request still being answered ends with it.
 pub async fn serve_listener(
     listener: TcpListener,
     backend: Arc<dyn ApiBackend>,
     shutdown: CancellationToken,
 ) {
-    super::accept::serve(listener, "http", shutdown, move |stream| {
-        let backend = Arc::clone(&backend);
-        async move { handle(stream, backend.as_ref()).await }
-    })
-    .await;
+    serve_limited(listener, backend, shutdown, MAX_CONNECTIONS).await;
 }
 
-/// Answers one request on `stream` and closes it.
-pub async fn handle<S>(mut stream: S, backend: &dyn ApiBackend) -> io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => return Ok(()),
-    };
-    let (status, content_type, body) = match head {
-        None => (431, "text/plain", "request header too large\n".to_owned()),
-        Some(head) => route(&head, backend),
-    };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Reads up to the blank line ending the request head; `None` if it exceeds [`MAX_HEAD`].
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<String>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        if head.len() > MAX_HEAD {
-            return Ok(None);
+/// [`serve_listener`] with another cap on concurrent connections.
+pub async fn serve_limited(
+    listener: TcpListener,
+    backend: Arc<dyn ApiBackend>,
+    shutdown: CancellationToken,
+    max_connections: usize,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        // A permit before accepting: over the cap, connections wait in the kernel's backlog
+        // instead of each costing a task and a buffer here.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let backend = Arc::clone(&backend);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        result = tokio::time::timeout(CONNECTION_TIMEOUT, handle(stream, backend)) => {
+                            if let Ok(Err(err)) = result {
+                                tracing::debug!(error = %err, "http connection ended");
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            Err(err) => {
+                // E.g. EMFILE: back off instead of spinning; the next accept may succeed.
+                tracing::warn!(error = %err, "cannot accept http connection");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
         }
-        let read = stream.read(&mut buf).await?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(buf.get(..read).unwrap_or_default());
     }
-    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
 }
 
-/// Status, content type and body for a request head.
-fn route(head: &str, backend: &dyn ApiBackend) -> (u16, &'static str, String) {
-    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or("/"),
-    );
-    let path = target.split('?').next().unwrap_or(target);
-    match (method, path) {
-        ("GET", "/metrics") => (
-            200,
+/// Answers one request on `stream` (HTTP/1.1 without keep-alive) and closes it.
+pub async fn handle<S>(stream: S, backend: Arc<dyn ApiBackend>) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let response = route(request.method(), request.uri().path(), backend.as_ref());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
+
+/// The response to `method path`.
+fn route(method: &Method, path: &str, backend: &dyn ApiBackend) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             render_metrics(&backend.metrics()),
         ),
-        ("GET", "/healthz") => {
-            let status = backend.status();
-            match status.not_ready_reason() {
-                None => (200, "text/plain", "ok\n".to_owned()),
-                Some(reason) => (503, "text/plain", format!("not ready: {reason}\n")),
-            }
-        }
-        (_, "/metrics" | "/healthz") => (405, "text/plain", "only GET is served\n".to_owned()),
-        _ => (
-            404,
+        (&Method::GET, "/healthz" | "/livez") => match backend.status().not_live_reason() {
+            None => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not alive: {reason}\n"),
+            ),
+        },
+        (&Method::GET, "/readyz") => match backend.status().not_ready_reason() {
+            None => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        (_, "/metrics" | "/healthz" | "/livez" | "/readyz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "not found; try /metrics or /healthz\n".to_owned(),
+            "only GET is served\n".to_owned(),
         ),
-    }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// Escapes a label value per the text format (backslash, quote, newline).
@@ -255,6 +298,12 @@ pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
             ),
         ],
     );
+    family(
+        "lb_datapath_healthy",
+        "gauge",
+        "1 while the datapath is loaded and none of its pins, links or readers has gone (as /healthz), else 0.",
+        single(u8::from(snapshot.datapath_healthy).to_string()),
+    );
     out
 }
 
@@ -262,6 +311,7 @@ pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
 mod tests {
     use super::*;
     use crate::api::proto::DropCount;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[test]
     fn metrics_render_as_prometheus_text() {
@@ -289,6 +339,7 @@ mod tests {
             ct_gc_deleted: 5,
             ct_entries_tcp: 6,
             ct_entries_any: 2,
+            datapath_healthy: true,
         };
         let expected = "\
 # HELP lb_drop_count_total Packets dropped by the datapath, by reason and hook.
@@ -325,6 +376,9 @@ lb_ct_gc_deleted_total 5
 # TYPE lb_ct_entries gauge
 lb_ct_entries{map=\"tcp\"} 6
 lb_ct_entries{map=\"any\"} 2
+# HELP lb_datapath_healthy 1 while the datapath is loaded and none of its pins, links or readers has gone (as /healthz), else 0.
+# TYPE lb_datapath_healthy gauge
+lb_datapath_healthy 1
 ";
         assert_eq!(render_metrics(&snapshot), expected);
     }
@@ -350,15 +404,15 @@ lb_ct_entries{map=\"any\"} 2
         fn services(&self) -> Vec<crate::api::proto::ServiceRow> {
             Vec::new()
         }
-        fn config_view(&self) -> std::collections::BTreeMap<String, String> {
-            Default::default()
+        fn config_view(&self) -> Vec<crate::api::proto::ConfigEntry> {
+            Vec::new()
         }
         fn config_set(
             &self,
             _: crate::config::LiveChange,
-        ) -> futures::future::BoxFuture<'static, Result<(), super::super::server::BoxError>>
+        ) -> futures::future::BoxFuture<'static, Result<String, super::super::server::BoxError>>
         {
-            Box::pin(async { Ok(()) })
+            Box::pin(async { Ok(String::new()) })
         }
         fn subscribe_drops(
             &self,
@@ -376,51 +430,100 @@ lb_ct_entries{map=\"any\"} 2
     /// Sends `request` through [`handle`] over an in-memory pipe and returns the response.
     async fn exchange(ready: bool, request: &str) -> String {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let backend = Fixed { ready };
-        let serve = handle(server, &backend);
-        let talk = async {
-            client.write_all(request.as_bytes()).await.expect("write");
-            let mut response = String::new();
-            client.read_to_string(&mut response).await.expect("read");
-            response
-        };
-        let (served, response) = tokio::join!(serve, talk);
-        served.expect("serve");
+        let backend: Arc<dyn ApiBackend> = Arc::new(Fixed { ready });
+        let serve = tokio::spawn(handle(server, backend));
+        client.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.expect("read");
+        serve.await.expect("join").expect("serve");
         response
     }
 
+    /// The status line and the body of a response.
+    fn status_and_body(response: &str) -> (&str, &str) {
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        (head.lines().next().unwrap_or_default(), body)
+    }
+
     #[tokio::test]
-    async fn healthz_is_200_when_ready_and_503_with_the_reason_otherwise() {
-        let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    async fn healthz_is_200_before_the_first_sync_and_readyz_only_after() {
+        for path in ["/healthz", "/livez"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            for ready in [true, false] {
+                let response = exchange(ready, &request).await;
+                assert_eq!(
+                    status_and_body(&response),
+                    ("HTTP/1.1 200 OK", "ok\n"),
+                    "{path}"
+                );
+            }
+        }
+        let request = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
+        let response = exchange(true, request).await;
+        assert_eq!(status_and_body(&response), ("HTTP/1.1 200 OK", "ok\n"));
+        let response = exchange(false, request).await;
         assert_eq!(
-            exchange(true, request).await,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+            status_and_body(&response),
+            (
+                "HTTP/1.1 503 Service Unavailable",
+                "not ready: first sync not done\n"
+            )
         );
-        assert_eq!(
-            exchange(false, request).await,
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nnot ready: first sync not done\n"
-        );
+        assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
     }
 
     #[tokio::test]
     async fn metrics_are_served_and_other_paths_are_404() {
-        let response = exchange(true, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        let response = exchange(true, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(
-            response.starts_with(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-            ),
+            response.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
             "{response}"
         );
         assert!(response.contains("\nlb_services 2\n"), "{response}");
-        let response = exchange(true, "GET /nope HTTP/1.1\r\n\r\n").await;
+        let response = exchange(true, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
             response.starts_with("HTTP/1.1 404 Not Found\r\n"),
             "{response}"
         );
-        let response = exchange(true, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        let response = exchange(true, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
             response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
             "{response}"
         );
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_until_one_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let backend: Arc<dyn ApiBackend> = Arc::new(Fixed { ready: true });
+        let server = tokio::spawn(serve_limited(listener, backend, shutdown.clone(), 2));
+        let connect = || tokio::net::TcpStream::connect(addr);
+        // Two clients that connect and say nothing hold both permits.
+        let idle_1 = connect().await.expect("connect");
+        let _idle_2 = connect().await.expect("connect");
+        let mut third = connect().await.expect("connect (the backlog accepts it)");
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = String::new();
+        let early = tokio::time::timeout(
+            Duration::from_millis(300),
+            third.read_to_string(&mut response),
+        )
+        .await;
+        assert!(early.is_err(), "answered over the cap: {response:?}");
+        // One idle client leaves: the third is served.
+        drop(idle_1);
+        tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut response))
+            .await
+            .expect("answered once a permit is free")
+            .expect("read");
+        assert_eq!(status_and_body(&response), ("HTTP/1.1 200 OK", "ok\n"));
+        shutdown.cancel();
+        server.await.expect("server stops");
     }
 }

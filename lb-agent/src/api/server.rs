@@ -1,10 +1,17 @@
-//! The agent side of the `lbctl` API: a unix socket (mode 0600) speaking newline-delimited
-//! JSON (`proto.rs`). The agent's state comes from an [`ApiBackend`]; this module owns only
-//! the socket, the framing, and validating `config set` before the backend sees it.
+//! The agent side of the `lbctl` API: a unix socket speaking newline-delimited JSON
+//! (`proto.rs`). The agent's state comes from an [`ApiBackend`]; this module owns only the
+//! socket, the framing, who may do what, and validating `config set` before the backend sees it.
+//!
+//! # Who may do what
+//!
+//! The socket is created with mode 0660 (by the umask in force at `bind`, so it is never
+//! reachable by others, not even for an instant): its owner and group may connect. Reading
+//! (`status`, `service list`, `config view`, `monitor`) is open to whoever connects; a request
+//! that changes state (`config set`) is refused unless the peer's credentials, as the kernel
+//! reports them (`SO_PEERCRED`), are uid 0 or the agent's own uid.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::proto::{
-    CtRow, DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow, StatusReply,
+    ConfigEntry, CtRow, DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow,
+    StatusReply,
 };
 use crate::config::{self, LiveChange};
 use crate::telemetry::error_chain;
@@ -32,11 +40,12 @@ pub trait ApiBackend: Send + Sync + 'static {
     fn status(&self) -> StatusReply;
     /// Every programmed service with its backends (any order; the server sorts by id).
     fn services(&self) -> Vec<ServiceRow>;
-    /// Every option and its current value (`config::view` of the live configuration).
-    fn config_view(&self) -> BTreeMap<String, String>;
+    /// Every option, its current value and its source (`config::entries`), sorted by key.
+    fn config_view(&self) -> Vec<ConfigEntry>;
     /// Applies an already validated change at once (e.g. rewrites `LB_CONFIG`) and persists
-    /// it (the config-dir file or the ConfigMap); resolves once both are done.
-    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// it (the config-dir file or the ConfigMap); resolves once both are done, with what was
+    /// done in words for the operator.
+    fn config_set(&self, change: LiveChange) -> BoxFuture<'static, Result<String, BoxError>>;
     /// A subscription to drop events (`monitor::DropFanout::subscribe`).
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord>;
     /// Counters and gauges for `/metrics`.
@@ -89,20 +98,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The socket's mode cannot be set.
-    #[error("cannot set mode 0600 on api socket `{path}`")]
-    Chmod {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
 }
 
+/// The umask in force while the socket is bound: mode 0660, owner and group only.
+const SOCKET_UMASK: libc::mode_t = 0o117;
+
 /// Binds the API socket: creates its directory, removes a stale socket left by a previous
-/// agent (refusing if one still answers), and restricts it to its owner (mode 0600).
-/// Must be called inside a tokio runtime.
+/// agent (refusing if one still answers), and creates it with mode 0660 (see the module's
+/// doc). Must be called inside a tokio runtime.
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
@@ -129,19 +132,25 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| Error::Bind {
+    // The socket file takes its mode from the umask at bind(2); a chmod afterwards would leave
+    // a window in which anyone may connect. The umask is process-wide: the agent binds before
+    // it starts any thread that creates files.
+    // SAFETY: umask(2) only swaps the process's file-mode mask; it cannot fail.
+    let previous = unsafe { libc::umask(SOCKET_UMASK) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(previous) };
+    bound.map_err(|source| Error::Bind {
         path: path.to_owned(),
         source,
-    })?;
-    // Between bind and chmod the socket has the umask's mode; connecting needs write
-    // permission on it, and the default umask (022) grants that to nobody but root.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        Error::Chmod {
-            path: path.to_owned(),
-            source,
-        }
-    })?;
-    Ok(listener)
+    })
+}
+
+/// Whether a peer with `uid` may change the agent's state: root, or the agent's own user.
+pub fn may_change_state(uid: u32) -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let own = unsafe { libc::geteuid() };
+    uid == 0 || uid == own
 }
 
 /// Serves the API on `path` until `shutdown` is cancelled, then removes the socket.
@@ -175,6 +184,8 @@ pub async fn serve_listener(
 const MAX_REQUEST: usize = 64 * 1024;
 
 async fn handle(stream: UnixStream, backend: Arc<dyn ApiBackend>) -> io::Result<()> {
+    // The credentials of the process that connected, fixed by the kernel at connect(2).
+    let peer_uid = stream.peer_cred().ok().map(|cred| cred.uid());
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
@@ -193,10 +204,34 @@ async fn handle(stream: UnixStream, backend: Arc<dyn ApiBackend>) -> io::Result<
         if request == Request::MonitorDrops {
             return stream_drops(lines, write, backend.subscribe_drops()).await;
         }
-        let response = respond(backend.as_ref(), request).await;
+        let response = match refusal(&request, peer_uid) {
+            Some(message) => Response::Error { message },
+            None => respond(backend.as_ref(), request).await,
+        };
         write_line(&mut write, &response).await?;
     }
     Ok(())
+}
+
+/// Why `request` from a peer with `uid` (`None`: unknown) is refused, or `None` if it may run.
+pub fn refusal(request: &Request, uid: Option<u32>) -> Option<String> {
+    let Request::ConfigSet { key, .. } = request else {
+        return None;
+    };
+    match uid {
+        Some(uid) if may_change_state(uid) => None,
+        Some(uid) => Some(format!(
+            "permission denied: `config set {key}` changes lb-agent's state and needs root or \
+             the agent's user (uid {}); you are uid {uid}. Reading (status, service list, \
+             config view, monitor) needs no privilege",
+            // SAFETY: geteuid(2) cannot fail and touches no memory.
+            unsafe { libc::geteuid() }
+        )),
+        None => Some(format!(
+            "permission denied: `config set {key}` needs root or the agent's user, and the \
+             peer's credentials cannot be read"
+        )),
+    }
 }
 
 /// The answer to one request other than `MonitorDrops`.
@@ -208,17 +243,25 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
             services.sort_by_key(|service| service.id);
             Response::ServiceList { services }
         }
-        Request::ConfigView => Response::ConfigView {
-            options: backend.config_view().into_iter().collect(),
-        },
+        Request::ConfigView => {
+            let entries = backend.config_view();
+            Response::ConfigView {
+                options: entries
+                    .iter()
+                    .map(|entry| (entry.key.clone(), entry.value.clone()))
+                    .collect(),
+                entries,
+            }
+        }
         Request::ConfigSet { key, value } => match config::parse_live(&key, &value) {
             Err(err) => Response::Error {
                 message: err.to_string(),
             },
             Ok(change) => match backend.config_set(change).await {
-                Ok(()) => Response::ConfigSet {
+                Ok(outcome) => Response::ConfigSet {
                     key: change.key().to_owned(),
                     value: change.value(),
+                    outcome,
                 },
                 Err(err) => Response::Error {
                     message: format!(

@@ -12,7 +12,12 @@
 //!
 //! Whichever source a value comes from, it is validated the same way, and a bad value is an
 //! error naming the key, the source and the accepted values. An unknown file in the config
-//! directory is an error too: a typo must not silently fall back to a default.
+//! directory is a warning (an agent rolled back to an older version must survive a key the
+//! newer one added), and so is a flag or variable that overrides a different value there.
+//!
+//! [`Sources`] records where each value came from, for `lbctl config view` and for the agent's
+//! watch of the config directory (`agent/config_watch.rs`), which applies live options from it
+//! unless a flag or variable pins them.
 
 pub mod dir;
 pub mod options;
@@ -113,6 +118,7 @@ impl LiveChange {
 /// decided in one place.
 pub fn command() -> Command {
     let mut cmd = Command::new("lb-agent")
+        .version(env!("CARGO_PKG_VERSION"))
         .about("lb's node agent: programs the eBPF load balancer from Services and EndpointSlices")
         .after_help(
             "Each option is also read from its environment variable and from the file KEY in \
@@ -163,6 +169,72 @@ pub enum Action {
     Uninstall,
 }
 
+/// Where an option's value in effect comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `--KEY`.
+    Flag,
+    /// An environment variable.
+    Env(&'static str),
+    /// The config directory (in a cluster: the ConfigMap).
+    ConfigDir,
+    /// The table's default (or derived at start).
+    Default,
+    /// `lbctl config set` without a config directory to persist to.
+    SetNotPersisted,
+}
+
+impl Source {
+    /// Whether the value was fixed at start by a flag or variable, which beat the config dir.
+    pub fn pins(&self) -> bool {
+        matches!(self, Self::Flag | Self::Env(_))
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flag => f.write_str("flag"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::ConfigDir => f.write_str("config-dir"),
+            Self::Default => f.write_str("default"),
+            Self::SetNotPersisted => f.write_str("config set (not persisted)"),
+        }
+    }
+}
+
+/// Where each option's value comes from, and what the config directory says of options a
+/// flag or variable overrides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// By option; an option missing here is shown as `default`.
+    pub by_key: BTreeMap<OptionKey, Source>,
+    /// The config directory's value of an option that a flag or variable overrides with
+    /// another value.
+    pub overridden: BTreeMap<OptionKey, String>,
+}
+
+impl Sources {
+    /// Where `key`'s value comes from.
+    pub fn source(&self, key: OptionKey) -> Source {
+        self.by_key.get(&key).cloned().unwrap_or(Source::Default)
+    }
+}
+
+/// A resolved configuration, with where each value came from and what to warn about once
+/// logging is set up.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The configuration.
+    pub config: AgentConfig,
+    /// What the command line asks for.
+    pub action: Action,
+    /// Where each value came from.
+    pub sources: Sources,
+    /// Warnings (unknown keys in the config dir, flags overriding it) to log at start.
+    pub warnings: Vec<String>,
+}
+
 /// Where a raw value came from, for error messages.
 enum Origin {
     Flag,
@@ -185,11 +257,33 @@ impl fmt::Display for Origin {
 impl AgentConfig {
     /// Parses the process's arguments and environment; `--help`, `--version` and usage
     /// errors print and exit as clap does.
-    pub fn parse() -> Result<(Self, Action), Error> {
-        match Self::from_args_with_action(std::env::args_os(), |var| std::env::var(var).ok()) {
+    pub fn parse() -> Result<Resolved, Error> {
+        match Self::resolve(std::env::args_os(), |var| std::env::var(var).ok()) {
             Err(Error::Args(err)) => err.exit(),
             other => other,
         }
+    }
+
+    /// Resolves every option as [`AgentConfig::from_args_with_action`] does, keeping where
+    /// each value came from and the warnings to log.
+    pub fn resolve<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Resolved, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = command().try_get_matches_from(args)?;
+        let action = if matches.get_flag(UNINSTALL) {
+            Action::Uninstall
+        } else {
+            Action::Run
+        };
+        let (config, sources, warnings) = Self::from_matches(&matches, env)?;
+        Ok(Resolved {
+            config,
+            action,
+            sources,
+            warnings,
+        })
     }
 
     /// Resolves every option from `args` (including the program name), `env` and the config
@@ -203,13 +297,7 @@ impl AgentConfig {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let matches = command().try_get_matches_from(args)?;
-        let action = if matches.get_flag(UNINSTALL) {
-            Action::Uninstall
-        } else {
-            Action::Run
-        };
-        Ok((Self::from_matches(&matches, env)?, action))
+        Self::resolve(args, env).map(|resolved| (resolved.config, resolved.action))
     }
 
     /// [`AgentConfig::from_args_with_action`] for callers that only run the agent.
@@ -224,7 +312,9 @@ impl AgentConfig {
     fn from_matches(
         matches: &clap::ArgMatches,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, Error> {
+    ) -> Result<(Self, Sources, Vec<String>), Error> {
+        let mut sources = Sources::default();
+        let mut warnings = Vec::new();
         let from_flag_or_env = |spec: &OptionSpec| -> Option<(String, Origin)> {
             if let Some(value) = matches.get_one::<String>(spec.key) {
                 return Some((value.trim().to_owned(), Origin::Flag));
@@ -243,11 +333,7 @@ impl AgentConfig {
                 let values = dir::read(&dir)?;
                 for key in values.keys() {
                     if OptionKey::lookup(key).is_none() {
-                        return Err(Error::UnknownKey {
-                            key: key.clone(),
-                            origin: format!(" (in config directory {})", dir.display()),
-                            known: options::known_keys(),
-                        });
+                        warnings.push(unknown_key_warning(key, &dir));
                     }
                 }
                 Some((dir, values))
@@ -273,10 +359,41 @@ impl AgentConfig {
             if !(value.is_empty() && spec.default.is_empty()) {
                 check(spec, &value, &origin)?;
             }
+            let source = match origin {
+                Origin::Flag => Source::Flag,
+                Origin::Env(var) => Source::Env(var),
+                Origin::ConfigDir(_) => Source::ConfigDir,
+                Origin::Default => Source::Default,
+            };
+            if source.pins()
+                && let Some((dir, values)) = &dir_values
+                && let Some(in_dir) = values.get(spec.key)
+                && *in_dir != value
+                && id != OptionKey::ConfigDir
+            {
+                warnings.push(format!(
+                    "`{}` is `{value}` from the {source}, which overrides `{in_dir}` in config \
+                     directory {}; drop the {source} to follow the config directory",
+                    spec.key,
+                    dir.display()
+                ));
+                sources.overridden.insert(id, in_dir.clone());
+            }
+            sources.by_key.insert(id, source);
             raw.insert(id, value);
         }
-        Self::from_raw(&raw)
+        Ok((Self::from_raw(&raw)?, sources, warnings))
     }
+}
+
+/// The warning for a file in the config directory that names no option.
+pub fn unknown_key_warning(key: &str, dir: &std::path::Path) -> String {
+    format!(
+        "ignoring unknown option `{key}` in config directory {} (from a newer lb, or a typo); \
+         known options: {}",
+        dir.display(),
+        options::known_keys()
+    )
 }
 
 fn check(spec: &'static OptionSpec, value: &str, origin: &Origin) -> Result<(), Error> {
@@ -334,6 +451,22 @@ pub fn view(config: &AgentConfig) -> BTreeMap<String, String> {
         .into_iter()
         .map(|(id, value)| (id.key().to_owned(), value))
         .collect()
+}
+
+/// Every option with its value and source, sorted by key, as `lbctl config view` shows them.
+pub fn entries(config: &AgentConfig, sources: &Sources) -> Vec<lb_api::proto::ConfigEntry> {
+    let mut entries: Vec<_> = config
+        .to_raw()
+        .into_iter()
+        .map(|(id, value)| lb_api::proto::ConfigEntry {
+            key: id.key().to_owned(),
+            value,
+            source: sources.source(id).to_string(),
+            overridden_config_dir_value: sources.overridden.get(&id).cloned(),
+        })
+        .collect();
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries
 }
 
 #[cfg(test)]
@@ -437,16 +570,71 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_file_in_the_config_dir_is_an_error() {
+    fn an_unknown_file_in_the_config_dir_is_a_warning_and_the_rest_applies() {
         let dir = temp_dir("unknown");
         std::fs::write(dir.join("bpf-lb-external-clusterIP"), "true").expect("write");
-        let err = resolve(&["--config-dir", &dir.display().to_string()], &[]).expect_err("bad");
+        std::fs::write(dir.join("log-level"), "debug").expect("write");
+        let argv = [
+            "lb-agent",
+            "--node-name=n1",
+            "--config-dir",
+            &dir.display().to_string(),
+        ];
+        let resolved = AgentConfig::resolve(argv, |_| None).expect("resolves");
+        assert_eq!(resolved.config.log_level, tracing::Level::DEBUG);
+        assert_eq!(
+            resolved.sources.source(OptionKey::LogLevel),
+            Source::ConfigDir
+        );
+        assert_eq!(resolved.warnings.len(), 1, "{:?}", resolved.warnings);
         assert!(
-            err.to_string().starts_with(&format!(
-                "unknown option `bpf-lb-external-clusterIP` (in config directory {}); known options: source, devices,",
+            resolved.warnings[0].starts_with(&format!(
+                "ignoring unknown option `bpf-lb-external-clusterIP` in config directory {} (from a newer lb, or a typo); known options: source, devices,",
                 dir.display()
             )),
-            "{err}"
+            "{:?}",
+            resolved.warnings
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sources_name_flag_env_dir_default_and_a_flag_overriding_the_dir_is_a_warning() {
+        let dir = temp_dir("sources");
+        std::fs::write(dir.join("bpf-lb-external-clusterip"), "true").expect("write");
+        std::fs::write(dir.join("log-level"), "debug").expect("write");
+        let argv = [
+            "lb-agent",
+            "--node-name=n1",
+            "--bpf-lb-external-clusterip=false",
+            "--config-dir",
+            &dir.display().to_string(),
+        ];
+        let resolved =
+            AgentConfig::resolve(argv, |var| (var == "LB_DEVICES").then(|| "eth0".to_owned()))
+                .expect("resolves");
+        let sources = &resolved.sources;
+        assert_eq!(sources.source(OptionKey::ExternalClusterIp), Source::Flag);
+        assert_eq!(
+            sources.source(OptionKey::Devices),
+            Source::Env("LB_DEVICES")
+        );
+        assert_eq!(sources.source(OptionKey::LogLevel), Source::ConfigDir);
+        assert_eq!(sources.source(OptionKey::BpfRoot), Source::Default);
+        assert_eq!(
+            sources
+                .overridden
+                .get(&OptionKey::ExternalClusterIp)
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            resolved.warnings,
+            [format!(
+                "`bpf-lb-external-clusterip` is `false` from the flag, which overrides `true` in \
+                 config directory {}; drop the flag to follow the config directory",
+                dir.display()
+            )]
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -464,6 +652,41 @@ mod tests {
             )
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn version_prints_the_crate_version() {
+        let err = command()
+            .try_get_matches_from(["lb-agent", "--version"])
+            .expect_err("--version exits");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(
+            err.to_string(),
+            format!("lb-agent {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    /// The README's `lb-agent` synopsis names every flag (the table below it is generated).
+    #[test]
+    fn readme_synopsis_names_every_flag() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).expect("read README.md");
+        let synopsis = readme
+            .split("```\nlb-agent ")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md has a ```lb-agent … ``` synopsis");
+        let flags = options::specs()
+            .map(|spec| format!("--{}", spec.key))
+            .chain(["--uninstall", "--version", "--help"].map(str::to_owned));
+        for flag in flags {
+            assert!(
+                synopsis
+                    .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == '|')
+                    .any(|word| word == flag),
+                "README.md's lb-agent synopsis lacks {flag}:\n{synopsis}"
+            );
+        }
     }
 
     #[test]

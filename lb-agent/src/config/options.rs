@@ -471,8 +471,8 @@ options! {
         live: false,
         value_name: "PATH",
         kind: Kind::Path,
-        help: "unix socket lbctl talks to (mode 0600)",
-        doc: "lbctl's unix socket (mode 0600)",
+        help: "unix socket lbctl talks to (mode 0660; config set needs root or the agent's uid)",
+        doc: "lbctl's unix socket (mode 0660: owner and group connect; `config set` needs uid 0 or the agent's uid)",
     }
     ConfigDir => config_dir: Option<PathBuf> {
         key: "config-dir",
@@ -491,8 +491,8 @@ options! {
         live: false,
         value_name: "IP:PORT",
         kind: Kind::OptionalListen,
-        help: "where /metrics and /healthz are served; empty disables",
-        doc: "Prometheus `/metrics` and `/healthz`; empty disables",
+        help: "where /metrics and the probes (/healthz, /readyz) are served, at most 32 connections at once; empty disables",
+        doc: "Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`; at most 32 connections at once; empty disables. Loopback by default; the DaemonSet binds the node's InternalIP (`$(HOST_IP):9963`), where Prometheus scrapes and the kubelet probes",
     }
     ExternalClusterIp => external_cluster_ip: bool {
         key: "bpf-lb-external-clusterip",

@@ -110,7 +110,8 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
-fn link_pin_path(pin_dir: &Path, hook: Hook, iface: &str) -> std::path::PathBuf {
+/// Where the link of `hook` on `iface` is pinned.
+pub fn link_pin_path(pin_dir: &Path, hook: Hook, iface: &str) -> std::path::PathBuf {
     pin_dir
         .join("links")
         .join(format!("{}-{iface}", hook.name()))

@@ -1,4 +1,4 @@
-//! `lbctl`'s commands: argument parsing, and one module per verb. Every command goes
+//! `lbctl`'s commands: argument parsing, and one module per verb (`completion` is here). Every command goes
 //! through `lb_api::client`; data goes to stdout (a table or `-o json`, laid out by
 //! `output.rs`), errors to stderr as `lbctl: …` (printed by `main.rs`).
 //!
@@ -58,6 +58,12 @@ pub enum Command {
     /// The agent's options.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `lbctl completion bash > /etc/bash_completion.d/lbctl`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The datapath's maps.
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -98,13 +104,15 @@ pub enum ServiceCommand {
 /// `lbctl config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print every option and its current value.
+    /// Print every option, its value in effect and where it comes from (flag, env,
+    /// config-dir, default); warn where a flag or variable overrides the config directory.
     View {
-        /// Output format (default: `key   value` lines).
+        /// Output format (default: `key   value   source` lines).
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
-    /// Change a live option now and persist it.
+    /// Change a live option now and persist it (to --config-dir, or the ConfigMap in a
+    /// cluster); prints what was done.
     Set {
         /// The option, e.g. `bpf-lb-external-clusterip`.
         key: String,
@@ -154,6 +162,11 @@ fn write_all(out: &mut dyn Write, text: &str) -> Result<(), Error> {
 
 /// Runs one command, writing data to `out`.
 pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
+    if let Command::Completion { shell } = args.command {
+        // Needs no agent.
+        write_all(out, &completion(shell))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut client = Client::connect(&args.socket)?;
     match args.command {
         Command::Status => {
@@ -177,15 +190,21 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
             output,
         } => monitor::drops(client, output, out)?,
         Command::Config(ConfigCommand::View { output }) => {
-            let options = client.config_view()?;
+            let entries = client.config_view()?;
             let text = match output {
-                Some(Format::Json) => config::json(&options),
-                None => config::view(&options),
+                Some(Format::Json) => config::json(&entries),
+                None => config::view(&entries),
             };
             write_all(out, &text)?;
+            for warning in config::warnings(&entries) {
+                eprintln!("lbctl: warning: {warning}");
+            }
         }
         Command::Config(ConfigCommand::Set { key, value }) => {
-            client.config_set(&key, &value)?;
+            let outcome = client.config_set(&key, &value)?;
+            if !outcome.is_empty() {
+                write_all(out, &format!("{outcome}\n"))?;
+            }
         }
         Command::Bpf(BpfCommand::Ct(CtCommand::List { output })) => {
             let entries = client.ct_list()?;
@@ -195,8 +214,17 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
             };
             write_all(out, &text)?;
         }
+        Command::Completion { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The completion script of `shell` for lbctl.
+pub fn completion(shell: clap_complete::Shell) -> String {
+    let mut command = <Args as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "lbctl", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }
 
 #[cfg(test)]
@@ -235,6 +263,23 @@ mod tests {
         fn command_for_test() -> clap::Command {
             <Self as clap::CommandFactory>::command()
         }
+    }
+
+    #[test]
+    fn completion_scripts_name_the_verbs_and_need_no_agent() {
+        for shell in ["bash", "zsh", "fish"] {
+            let args =
+                Args::try_parse_from(["lbctl", "--socket", "/nonexistent", "completion", shell])
+                    .expect("parse");
+            let mut out = Vec::new();
+            let code = run_with(args, &mut out).expect("no agent needed");
+            assert_eq!(code, ExitCode::SUCCESS);
+            let script = String::from_utf8(out).expect("utf-8");
+            for verb in ["status", "service", "monitor", "config", "completion"] {
+                assert!(script.contains(verb), "{shell} completes {verb}");
+            }
+        }
+        assert!(Args::try_parse_from(["lbctl", "completion", "tcsh"]).is_err());
     }
 
     #[test]

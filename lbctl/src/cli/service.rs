@@ -4,12 +4,12 @@
 //! rows sorted by id, the first backend on the service's row and each further one on its own
 //! line with the first three columns blank, each as `N => addr:port/PROTO (state)` where N
 //! counts the service's backends from 1, as Cilium's does. The Service Type cell adds the
-//! flags (`NodePort, Local`); the Service's namespace/name is in `-o json`. Like Cilium's, every line ends in a
-//! tab-terminated Backend cell, so the Backend column is padded too.
+//! flags (`NodePort, Local`); the Service's namespace/name is in `-o json`. Unlike Cilium's,
+//! lines carry no trailing padding.
 
 use lb_api::proto::ServiceRow;
 
-use crate::output::tabwrite;
+use crate::output::table as aligned;
 
 /// The table, ready to print.
 pub fn table(services: &[ServiceRow]) -> String {
@@ -40,7 +40,7 @@ pub fn table(services: &[ServiceRow]) -> String {
             text.push_str(&format!("\t\t\t{backend}\t\n"));
         }
     }
-    tabwrite(&text, 5, 3, ' ')
+    aligned(&text, 5, 3)
 }
 
 /// `-o json`: the services as an indented JSON array, sorted by id.
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn one_service_one_backend() {
         // Widths by hand: ID max(5, 2+3) = 5; Frontend 19+3 = 22; Service Type 12+3 = 15;
-        // Backend 33+3 = 36 (the trailing cell is padded too).
+        // Backend last, unpadded (no trailing spaces).
         let services = [service(
             1,
             "10.96.229.67:80/TCP",
@@ -87,8 +87,8 @@ mod tests {
         assert_eq!(
             table(&services),
             concat!(
-                "ID   Frontend              Service Type   Backend                             \n",
-                "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)   \n",
+                "ID   Frontend              Service Type   Backend\n",
+                "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)\n",
             )
         );
     }
@@ -115,18 +115,18 @@ mod tests {
         assert_eq!(
             table(&services),
             concat!(
-                "ID   Frontend               Service Type   Backend                                    \n",
-                "2    10.96.0.10:53/UDP      ClusterIP      1 => 10.244.1.42:53/UDP (active)           \n",
-                "                                           2 => 10.244.2.17:53/UDP (active)           \n",
-                "7    10.96.0.1:443/TCP      ClusterIP      1 => 192.168.56.2:6443/TCP (terminating)   \n",
-                "12   10.96.100.1:8080/TCP   ClusterIP                                                 \n",
+                "ID   Frontend               Service Type   Backend\n",
+                "2    10.96.0.10:53/UDP      ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
+                "                                           2 => 10.244.2.17:53/UDP (active)\n",
+                "7    10.96.0.1:443/TCP      ClusterIP      1 => 192.168.56.2:6443/TCP (terminating)\n",
+                "12   10.96.100.1:8080/TCP   ClusterIP\n",
             )
         );
     }
 
     #[test]
     fn no_services_prints_the_header() {
-        assert_eq!(table(&[]), "ID   Frontend   Service Type   Backend   \n");
+        assert_eq!(table(&[]), "ID   Frontend   Service Type   Backend\n");
     }
 
     #[test]

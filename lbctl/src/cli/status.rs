@@ -14,10 +14,10 @@ pub fn summary(status: &StatusReply) -> String {
             items.join(", ")
         }
     };
-    let datapath = if status.datapath_loaded {
-        "loaded"
-    } else {
-        "not loaded"
+    let datapath = match (status.datapath_loaded, &status.datapath_error) {
+        (false, _) => "not loaded".to_owned(),
+        (true, None) => "loaded".to_owned(),
+        (true, Some(err)) => format!("failed: {err}"),
     };
     let sync = match (status.synced, &status.last_sync_error) {
         (_, Some(err)) => format!("failed: {err}"),
@@ -32,7 +32,7 @@ pub fn summary(status: &StatusReply) -> String {
         ("Version:", status.version.as_str()),
         ("Node:", status.node_name.as_str()),
         ("Source:", status.source.as_str()),
-        ("Datapath:", datapath),
+        ("Datapath:", datapath.as_str()),
         ("Sync:", sync.as_str()),
         ("Services:", services.as_str()),
         ("Backends:", backends.as_str()),
@@ -58,6 +58,7 @@ mod tests {
             devices: vec!["eth0".into()],
             pod_devices: vec![],
             last_sync_error: None,
+            datapath_error: None,
         };
         assert_eq!(
             summary(&status),
