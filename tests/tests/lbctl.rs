@@ -396,6 +396,7 @@ fn config_view_lists_every_option_sorted() {
         ("node-ip", ""),
         ("node-name", "node-1"),
         ("pod-devices", "lxc*"),
+        ("service-no-backend-response", "reject"),
         ("snat-port-range", "61000-65535"),
         ("socket", socket.as_str()),
         ("source", "kube"),

@@ -143,6 +143,7 @@ mod tests {
     "id": 1,
     "frontend": "10.96.229.67:80/TCP",
     "type": "ClusterIP",
+    "name": "",
     "backends": [
       {
         "id": 3,
