@@ -350,6 +350,34 @@ fn service_list_json_carries_ids_and_states() {
 }
 
 #[test]
+fn service_get_prints_one_service_and_fails_for_an_unknown_id() {
+    let agent = Agent::start("service-get");
+    let output = agent.lbctl(&["service", "get", "3"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        concat!(
+            "ID   Frontend            Service Type   Backend\n",
+            "3    10.96.0.10:53/UDP   ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
+            "                                        2 => 10.244.2.17:53/UDP (terminating)\n",
+        )
+    );
+    let output = agent.lbctl(&["service", "get", "1", "-o", "json"]);
+    let services: Vec<ServiceRow> = serde_json::from_str(&stdout(&output)).expect("json");
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].frontend, "10.96.229.67:80/TCP");
+
+    let output = agent.lbctl(&["service", "get", "2"]);
+    assert_eq!(output.status.code(), Some(1), "an id no service has");
+    assert_eq!(stdout(&output), "");
+    assert!(
+        stderr(&output).contains("no service with id 2"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn bpf_ct_list_prints_one_line_per_entry_and_json() {
     let agent = Agent::start("ct-list");
     let output = agent.lbctl(&["bpf", "ct", "list"]);

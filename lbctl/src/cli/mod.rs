@@ -99,6 +99,14 @@ pub enum ServiceCommand {
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
+    /// One service, by the id `service list` shows (as `cilium service get`).
+    Get {
+        /// The service id.
+        id: u16,
+        /// Output format (default: a table).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
 }
 
 /// `lbctl config …`.
@@ -179,6 +187,22 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
         }
         Command::Service(ServiceCommand::List { output }) => {
             let services = client.services()?;
+            let text = match output {
+                Some(Format::Json) => service::json(&services),
+                None => service::table(&services),
+            };
+            write_all(out, &text)?;
+        }
+        Command::Service(ServiceCommand::Get { id, output }) => {
+            let services: Vec<_> = client
+                .services()?
+                .into_iter()
+                .filter(|service| service.id == id)
+                .collect();
+            if services.is_empty() {
+                eprintln!("lbctl: no service with id {id} (see `lbctl service list`)");
+                return Ok(ExitCode::FAILURE);
+            }
             let text = match output {
                 Some(Format::Json) => service::json(&services),
                 None => service::table(&services),
