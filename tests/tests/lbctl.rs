@@ -265,12 +265,20 @@ fn socket_is_a_socket_with_mode_0660() {
 }
 
 /// `lbctl ARGS` run as uid `nobody` in group 0 (the socket's group, so it may connect): the
-/// kernel reports that uid to the agent through `SO_PEERCRED`.
-fn lbctl_as_nobody(socket: &Path, args: &[&str]) -> Output {
+/// kernel reports that uid to the agent through `SO_PEERCRED`. The binary is run from a copy
+/// in the agent's directory, which anyone may traverse: the build's own path may not be (a
+/// checkout under a 0700 directory).
+fn lbctl_as_nobody(agent: &Agent, args: &[&str]) -> Output {
     use std::os::unix::process::CommandExt as _;
-    Command::new(lbctl_bin())
+    let bin = agent.dir.join("lbctl");
+    if !bin.exists() {
+        std::fs::copy(lbctl_bin(), &bin).expect("copy lbctl where nobody may run it");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the copy");
+    }
+    Command::new(&bin)
         .arg("--socket")
-        .arg(socket)
+        .arg(&agent.socket)
         .args(args)
         .env_remove("LB_SOCKET")
         .uid(NOBODY)
@@ -286,7 +294,7 @@ const NOBODY: u32 = 65_534;
 fn a_peer_that_is_not_root_may_read_but_not_config_set() {
     let agent = Agent::start("peer-cred");
     for read in [&["status"][..], &["config", "view"], &["service", "list"]] {
-        let output = lbctl_as_nobody(&agent.socket, read);
+        let output = lbctl_as_nobody(&agent, read);
         assert!(
             output.status.success(),
             "nobody may run lbctl {read:?}: {}",
@@ -294,7 +302,7 @@ fn a_peer_that_is_not_root_may_read_but_not_config_set() {
         );
     }
     let output = lbctl_as_nobody(
-        &agent.socket,
+        &agent,
         &["config", "set", "bpf-lb-external-clusterip", "true"],
     );
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
