@@ -38,7 +38,7 @@ mod policy;
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    config::CONFIG_F_NO_BACKEND_DROP,
+    config::{CONFIG_F_NO_BACKEND_DROP, DatapathConfig},
     conntrack::{CT_F_NODE_PORT, CT_F_SNAT, CtReply, CtService},
     drop::Hook,
     proto,
@@ -149,7 +149,7 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
     }
     // A new flow, or one whose backend is gone: its new entries replace the stale ones (TCP
     // then gets a RST from the new backend, UDP just moves).
-    new_flow(ctx, hook, tuple, &frontend)
+    new_flow(ctx, hook, tuple, &frontend, config)
 }
 
 /// A new flow to `frontend`: the external-access policy, then a backend (or a refusal), SNAT
@@ -160,8 +160,8 @@ fn new_flow(
     hook: Hook,
     tuple: &Tuple4,
     frontend: &lb::Frontend,
+    config: &DatapathConfig,
 ) -> Result<Verdict, Dropped> {
-    let config = maps::config();
     if hook == Hook::FromNetdev {
         policy::check_external_access(frontend, config)?; // before any conntrack entry
     }
