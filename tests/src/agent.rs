@@ -64,3 +64,22 @@ pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Ag
         .unwrap_or_else(|err| panic!("lb-agent ready: {err}"));
     agent
 }
+
+/// The `LB_CONFIG` map pinned under `bpf_root` as `bpftool -j map dump` prints it: the bytes
+/// the datapath reads, not what the agent believes it wrote.
+pub fn pinned_datapath_config(bpf_root: &std::path::Path) -> String {
+    let pin = bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join(lb_common::maps::LB_CONFIG);
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {out:?}",
+        pin.display()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use lb_lab::Binaries;
 use lb_testkit::{Netns, Process, ok, wait_until};
+use lb_tests::agent::pinned_datapath_config;
 use lb_tests::kube_api::{FakeApiServer, Kind};
 
 /// Deadline for an agent to load, answer, exit, or apply a change.
@@ -303,25 +304,6 @@ fn view_of(node: &Node, key: &str) -> Vec<String> {
         .collect()
 }
 
-/// The pinned `LB_CONFIG` map as bpftool dumps it: the bytes the datapath reads.
-fn datapath_config(node: &Node) -> String {
-    let pin = node
-        .bpf_root
-        .join(lb_common::maps::PIN_VERSION)
-        .join(lb_common::maps::LB_CONFIG);
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {out:?}",
-        pin.display()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Replaces `dir/key` atomically, as the kubelet swaps a ConfigMap's files.
 fn write_key(dir: &std::path::Path, key: &str, value: &str) {
     let tmp = dir.join(format!(".{key}.tmp"));
@@ -368,7 +350,10 @@ fn two_agents_sharing_a_config_dir_both_apply_an_edit_of_it_live() {
         );
         assert_eq!(view_of(node, KEY), [KEY, "false", "config-dir"]);
     }
-    let before: Vec<String> = nodes.iter().map(datapath_config).collect();
+    let before: Vec<String> = nodes
+        .iter()
+        .map(|node| pinned_datapath_config(&node.bpf_root))
+        .collect();
 
     // An edit of the directory (a ConfigMap update, as the kubelet applies it) reaches both.
     let edited = std::time::Instant::now();
@@ -376,7 +361,7 @@ fn two_agents_sharing_a_config_dir_both_apply_an_edit_of_it_live() {
     for ((node, agent), before) in nodes.iter().zip(&mut agents).zip(&before) {
         ok(
             agent.wait_until("the edit to reach the datapath", DEADLINE, || {
-                Ok((datapath_config(node) != *before).then_some(()))
+                Ok((pinned_datapath_config(&node.bpf_root) != *before).then_some(()))
             }),
             "the agent applies the edit",
         );
@@ -399,7 +384,7 @@ fn two_agents_sharing_a_config_dir_both_apply_an_edit_of_it_live() {
     );
     ok(
         agents[1].wait_until("the other agent to follow config set", DEADLINE, || {
-            Ok((datapath_config(&nodes[1]) == before[1]).then_some(()))
+            Ok((pinned_datapath_config(&nodes[1].bpf_root) == before[1]).then_some(()))
         }),
         "the other agent follows",
     );

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use lb_lab::Binaries;
 use lb_testkit::{Netns, Process, ok, pod, servers, veth, wait_until};
+use lb_tests::agent::pinned_datapath_config;
 
 /// The ClusterIP of the test's Service.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
@@ -794,26 +795,6 @@ fn bpf_tree(node: &OneNode) -> Vec<String> {
     out
 }
 
-/// The content of the pinned `LB_CONFIG` map, as bpftool dumps it (the bytes the datapath
-/// reads, not what the agent believes it wrote).
-fn datapath_config(node: &OneNode) -> String {
-    let pin = node
-        .bpf_root
-        .join(lb_common::maps::PIN_VERSION)
-        .join(lb_common::maps::LB_CONFIG);
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {out:?}",
-        pin.display()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `lbctl --socket SOCKET ARGS` against the running agent; fails the test unless it succeeds.
 fn lbctl(node: &OneNode, args: &[&str]) -> String {
     let out = Command::new(&node.bins.lbctl)
@@ -844,14 +825,14 @@ fn second_agent_and_uninstall_on_a_held_bpf_root_are_refused_and_change_nothing(
     node.start_agent();
     let first_pid = node.agent.as_ref().expect("agent").pid();
     // A value the second agent's start would reset: its default is false.
-    let config_before = datapath_config(&node);
+    let config_before = pinned_datapath_config(&node.bpf_root);
     lbctl(
         &node,
         &["config", "set", "bpf-lb-external-clusterip", "true"],
     );
     let config_set = ok(
         wait_until("config set to reach the datapath", DEADLINE, || {
-            let now = datapath_config(&node);
+            let now = pinned_datapath_config(&node.bpf_root);
             Ok((now != config_before).then_some(now))
         }),
         "config set reached the datapath config",
@@ -895,7 +876,7 @@ fn second_agent_and_uninstall_on_a_held_bpf_root_are_refused_and_change_nothing(
     );
     assert_eq!(bpf_tree(&node), tree, "the same pins");
     assert_eq!(
-        datapath_config(&node),
+        pinned_datapath_config(&node.bpf_root),
         config_set,
         "the datapath config as set"
     );
