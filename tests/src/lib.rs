@@ -6,4 +6,5 @@
 pub mod agent;
 pub mod fixture;
 pub mod kube_api;
+pub mod manifests;
 pub mod topology;

@@ -50,13 +50,7 @@ fn marker(n: usize) -> Ipv4Addr {
 /// The Service and its EndpointSlice for update `n`: `stays` ready, `other` ready when
 /// given, and update `n`'s marker serving but terminating.
 fn manifest(n: usize, stays: Ipv4Addr, other: Option<Ipv4Addr>) -> String {
-    let endpoint = |ip: Ipv4Addr, ready: bool| {
-        format!(
-            "- addresses:\n  - {ip}\n  conditions:\n    ready: {ready}\n    serving: true\n    \
-             terminating: {}\n  nodeName: node\n",
-            !ready
-        )
-    };
+    let endpoint = |ip, ready| lb_tests::manifests::endpoint(ip, "node", ready);
     let mut endpoints = endpoint(stays, true);
     if let Some(other) = other {
         endpoints.push_str(&endpoint(other, true));

@@ -44,12 +44,7 @@ const RUN: usize = 12;
 fn manifest(udp_port: u16, backends: &[Ipv4Addr]) -> String {
     let endpoints: String = backends
         .iter()
-        .map(|ip| {
-            format!(
-                "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n    serving: true\n    \
-                 terminating: false\n  nodeName: node\n"
-            )
-        })
+        .map(|ip| lb_tests::manifests::endpoint(*ip, "node", true))
         .collect();
     format!(
         "apiVersion: v1

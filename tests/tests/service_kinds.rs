@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use lb_lab::probe::{HttpReply, http_get};
 use lb_testkit::{Netns, ok, wait_until};
+use lb_tests::manifests::endpoint;
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 1);
@@ -91,9 +92,7 @@ const TRIES: usize = 12;
 fn sticky_manifest() -> String {
     let endpoints: String = BACKEND_IPS
         .iter()
-        .map(|ip| {
-            format!("- addresses:\n  - {ip}\n  conditions:\n    ready: true\n  nodeName: node\n")
-        })
+        .map(|ip| endpoint(*ip, "node", true))
         .collect();
     format!(
         "apiVersion: v1
@@ -130,14 +129,6 @@ endpoints:
     )
 }
 
-/// A ready endpoint on `node`, as a slice's `endpoints` entry.
-fn ready_endpoint(ip: Ipv4Addr, node: &str) -> String {
-    format!(
-        "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n    serving: true\n    \
-         terminating: false\n  nodeName: {node}\n"
-    )
-}
-
 /// `web`: a LoadBalancer Service with a node port, an external IP and two ingress IPs (one in
 /// Proxy mode), on both local backends; `web-local`: a LoadBalancer Service (no ingress yet)
 /// with externalTrafficPolicy Local and a healthCheckNodePort, on backend 1 (here) and an
@@ -148,11 +139,13 @@ fn manifests() -> String {
 
 /// [`manifests`], with `web-local`'s endpoint on this node left out unless `local_endpoint`.
 fn manifests_with(local_endpoint: bool) -> String {
-    let endpoint = ready_endpoint;
-    let web_endpoints: String = BACKEND_IPS.iter().map(|ip| endpoint(*ip, "node")).collect();
-    let mut local_endpoints = endpoint(REMOTE_ENDPOINT, "other");
+    let web_endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect();
+    let mut local_endpoints = endpoint(REMOTE_ENDPOINT, "other", true);
     if local_endpoint {
-        local_endpoints = endpoint(BACKEND_IPS[1], "node") + &local_endpoints;
+        local_endpoints = endpoint(BACKEND_IPS[1], "node", true) + &local_endpoints;
     }
     format!(
         "apiVersion: v1
@@ -234,7 +227,7 @@ endpoints:
 /// `web-drain`: a LoadBalancer Service with externalTrafficPolicy Local whose endpoint on this
 /// node (backend 0) is terminating but still serving, and whose ready endpoint is elsewhere.
 fn drain_manifest() -> String {
-    let remote = ready_endpoint(REMOTE_ENDPOINT, "other");
+    let remote = endpoint(REMOTE_ENDPOINT, "other", true);
     format!(
         "apiVersion: v1
 kind: Service
