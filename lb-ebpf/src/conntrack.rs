@@ -213,25 +213,26 @@ pub fn refresh(tracked: &Tracked, tuple: &Tuple4, config: &DatapathConfig) {
         now,
     );
     if flags != flow.flags {
-        let reply = if flow.flags & CT_F_SNAT != 0 {
-            reply_key(
-                flow.backend_addr,
-                flow.snat_addr,
-                flow.backend_port,
-                flow.snat_port,
-                tuple.proto,
-            )
-        } else {
-            reply_key(
-                flow.backend_addr,
-                tuple.saddr,
-                flow.backend_port,
-                tuple.sport,
-                tuple.proto,
-            )
-        };
-        mark_other(&reply, flags, tuple.proto, config, now);
+        mark_other(&reply_key_of(flow, tuple), flags, tuple.proto, config, now);
     }
+}
+
+/// The key of the reply entry of the flow `tuple` belongs to: backend → client, or backend →
+/// the address and port the flow was SNATed to.
+#[inline(always)]
+fn reply_key_of(flow: &CtService, tuple: &Tuple4) -> CtKey4 {
+    let (addr, port) = if flow.flags & CT_F_SNAT != 0 {
+        (flow.snat_addr, flow.snat_port)
+    } else {
+        (tuple.saddr, tuple.sport)
+    };
+    reply_key(
+        flow.backend_addr,
+        addr,
+        flow.backend_port,
+        port,
+        tuple.proto,
+    )
 }
 
 /// Writes an entry's new flags and expiry, if either changed.
@@ -422,13 +423,8 @@ pub fn create(
     if reserved.is_some() {
         return Ok(*flow);
     }
-    let reply_key = reply_key(
-        flow.backend_addr,
-        tuple.saddr,
-        flow.backend_port,
-        tuple.sport,
-        tuple.proto,
-    );
+    // Not SNATed (an SNATed flow's reply entry is `reserved`): backend → client.
+    let reply_key = reply_key_of(flow, tuple);
     let flags = flow.flags & (CT_F_FROM_NETDEV | CT_F_NODE_PORT);
     let reply = CtReply {
         expires: now.wrapping_add(config.lifetimes.of(CT_REPLY, tuple.proto, flags)),
