@@ -21,9 +21,6 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "python3",
     "iputils-ping",
-    "iputils-ping",
-    "iputils-ping",
-    "iputils-ping",
 ];
 
 /// The bpf-linker release known to work with LLVM 22.
@@ -37,7 +34,37 @@ pub fn run() -> anyhow::Result<()> {
     install_rust_src()?;
     check_llvm_match()?;
     install_bpf_linker()?;
+    mount_bpffs()?;
     Ok(())
+}
+
+/// Where the agent, the tests and the lab pin their maps and links.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at /sys/fs/bpf when the machine booted without it (systemd mounts it; a bare
+/// container or VM image may not).
+fn mount_bpffs() -> anyhow::Result<()> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    if is_mounted_as(&mountinfo, BPFFS, "bpf") {
+        return Ok(());
+    }
+    eprintln!("setup: mounting bpffs at {BPFFS}");
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("create {BPFFS}"))?;
+    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+/// Whether `/proc/self/mountinfo` lists a mount of `fstype` at `mount_point`.
+fn is_mounted_as(mountinfo: &str, mount_point: &str, fstype: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        // Fields: id, parent, major:minor, root, mount point, options, optional fields..., "-",
+        // fstype, source, super options.
+        let Some(separator) = fields.iter().position(|field| *field == "-") else {
+            return false;
+        };
+        fields.get(4) == Some(&mount_point) && fields.get(separator + 1) == Some(&fstype)
+    })
 }
 
 fn install_apt_packages() -> anyhow::Result<()> {
@@ -144,4 +171,21 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpffs_mount_is_found_by_mount_point_and_type() {
+        let mountinfo = "\
+25 1 0:23 / /sys rw,nosuid - sysfs sysfs rw
+40 25 0:35 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:15 - bpf bpf rw,mode=700
+41 25 0:36 / /sys/fs/cgroup rw - tmpfs tmpfs rw";
+        assert!(is_mounted_as(mountinfo, "/sys/fs/bpf", "bpf"));
+        assert!(!is_mounted_as(mountinfo, "/sys/fs/cgroup", "bpf"));
+        let without = "25 1 0:23 / /sys rw,nosuid - sysfs sysfs rw";
+        assert!(!is_mounted_as(without, "/sys/fs/bpf", "bpf"));
+    }
 }
