@@ -170,6 +170,9 @@ pub enum Hook {
     FromNetdev = 1,
     /// Ingress of the host side of pod interfaces.
     FromPod = 2,
+    /// Egress of both kinds of interface: what the host's own stack sends (replies of
+    /// host-network backends).
+    FromHost = 3,
 }
 
 impl Hook {
@@ -178,6 +181,7 @@ impl Hook {
         match id {
             1 => Some(Self::FromNetdev),
             2 => Some(Self::FromPod),
+            3 => Some(Self::FromHost),
             _ => None,
         }
     }
@@ -187,6 +191,7 @@ impl Hook {
         match self {
             Self::FromNetdev => "from-netdev",
             Self::FromPod => "from-pod",
+            Self::FromHost => "from-host",
         }
     }
 }

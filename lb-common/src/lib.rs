@@ -14,6 +14,7 @@ pub mod frag;
 pub mod maps;
 pub mod metrics;
 pub mod service;
+pub mod sock;
 
 /// IANA protocol numbers lb translates.
 pub mod proto {

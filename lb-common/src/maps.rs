@@ -25,6 +25,12 @@ pub const LB_METRICS: &str = "LB_METRICS";
 pub const LB_EVENTS: &str = "LB_EVENTS";
 /// Per-CPU token bucket that rate-limits `LB_EVENTS`.
 pub const LB_EVENT_LIMIT: &str = "LB_EVENT_LIMIT";
+/// Socket-level load balancing: (socket cookie, backend) -> the VIP:port it stands for
+/// (LRU): `SockRevKey4` -> `SockRevValue4`.
+pub const LB4_REVERSE_SK: &str = "LB4_REVERSE_SK";
+/// The network namespace whose sockets socket-level load balancing translates (the host's):
+/// array of one `u64` netns cookie; 0 (not written) translates none.
+pub const LB_HOST_NETNS: &str = "LB_HOST_NETNS";
 
 /// Default capacity of `LB4_SERVICES` (frontends × (slots + 1)).
 pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
@@ -43,6 +49,9 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
 /// Default capacity of `LB4_CT_ANY` (`bpf-ct-global-any-max`), Cilium's default.
 pub const CT_ANY_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of `LB4_REVERSE_SK` (an LRU map: entries of closed sockets age out). Cilium's
+/// default for its `lb4_reverse_sk`.
+pub const REVERSE_SK_MAX_ENTRIES: u32 = 262_144;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;
 /// Size of `LB_EVENTS` in bytes (a power of two, a multiple of the page size).

@@ -43,14 +43,21 @@ pub struct Chosen {
 /// The frontend the packet is addressed to, if any.
 #[inline(always)]
 pub fn lookup_frontend(tuple: &Tuple4) -> Option<Frontend> {
-    let key = ServiceKey4::new(tuple.daddr, tuple.dport, tuple.proto, 0);
+    lookup_frontend_at(tuple.daddr, tuple.dport, tuple.proto)
+}
+
+/// The frontend `vip:port/proto` (network byte order), if any: for callers without a packet
+/// (socket-level load balancing, `sock.rs`).
+#[inline(always)]
+pub fn lookup_frontend_at(vip: u32, port: u16, proto: u8) -> Option<Frontend> {
+    let key = ServiceKey4::new(vip, port, proto, 0);
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a torn
     // entry, which selection bounds-checks (slot ≤ count, missing slot → 158).
     let entry = unsafe { LB4_SERVICES.get(key) }.copied()?;
     Some(Frontend {
-        vip: tuple.daddr,
-        port: tuple.dport,
-        proto: tuple.proto,
+        vip,
+        port,
+        proto,
         entry,
     })
 }

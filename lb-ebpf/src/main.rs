@@ -3,6 +3,10 @@
 //! - `from_netdev`: ingress of the node's external interfaces.
 //! - `from_pod`: ingress of the host side of pod interfaces.
 //!
+//! Two modules declare programs of their own beside these: `host_reply.rs` (`from_host`, egress:
+//! replies of host-network backends) and `sock.rs` (cgroup socket programs: socket-level load
+//! balancing for the host's network namespace).
+//!
 //! Both run `handle`, which reads top to bottom like the packet path; the modules do the work
 //! (one concern, and at most one map, each) and `drop::settle` turns the result into a TC
 //! verdict. Replies are reverse-NATed at the ingress hook where they enter the node: from-pod
@@ -28,6 +32,8 @@ mod events;
 mod fib;
 mod frag;
 mod hairpin;
+// Replies of host-network backends: an egress program of its own, declared in the module.
+mod host_reply;
 mod icmp;
 mod lb;
 mod maps;
@@ -35,6 +41,8 @@ mod metrics;
 mod nat;
 mod parse;
 mod policy;
+// Socket-level load balancing: four cgroup programs of their own, declared in the module.
+mod sock;
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{

@@ -12,6 +12,7 @@
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
+//! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
 //! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find
@@ -30,6 +31,7 @@ use lb_common::{
     maps,
     metrics::{MetricKey, MetricValue},
     service::{AffinityKey4, AffinityValue, Backend4, RevNat4, ServiceEntry, ServiceKey4},
+    sock::{SockRevKey4, SockRevValue4},
 };
 
 /// The token bucket of `LB_EVENT_LIMIT`, private to the datapath (the agent never reads it).
@@ -103,6 +105,17 @@ pub static LB_EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTE_SIZE, 0);
 #[map]
 pub static LB_EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::pinned(1, 0);
 
+/// Socket-level load balancing: the VIP:port each translated socket asked for, by socket
+/// cookie and backend, so that its peer reads as the VIP (`sock.rs`).
+#[map]
+pub static LB4_REVERSE_SK: LruHashMap<SockRevKey4, SockRevValue4> =
+    LruHashMap::pinned(maps::REVERSE_SK_MAX_ENTRIES, 0);
+
+/// The netns cookie of the host's network namespace, written by the agent: the only
+/// namespace whose sockets `sock.rs` translates (0: none).
+#[map]
+pub static LB_HOST_NETNS: Array<u64> = Array::pinned(1, 0);
+
 /// Read when `LB_CONFIG` has no element 0, which an array map of one element always has.
 static DEFAULT_CONFIG: DatapathConfig = DatapathConfig::DEFAULT;
 
@@ -141,3 +154,5 @@ const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));
 const _: () = assert!(same(maps::LB_EVENT_LIMIT, "LB_EVENT_LIMIT"));
+const _: () = assert!(same(maps::LB4_REVERSE_SK, "LB4_REVERSE_SK"));
+const _: () = assert!(same(maps::LB_HOST_NETNS, "LB_HOST_NETNS"));

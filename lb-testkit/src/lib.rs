@@ -5,6 +5,7 @@
 //!   can never leave a thread in the wrong namespace); [`veth`] pairs between two of them;
 //! - [`pod`]: a pod wired to its node the one way lb's tests and lab do it (Calico style);
 //! - [`bpffs`]: mounting bpffs on /sys/fs/bpf where a fresh machine has none;
+//! - [`cgroup`]: a test's own cgroup v2 (socket programs are attached there, never to the root);
 //! - [`servers`]: what a backend pod runs (the HTTP server, a TCP and UDP echo server);
 //! - [`packet`]: frames for `BPF_PROG_TEST_RUN` built by etherparse, and a checked reader;
 //! - [`wait_until`]: waiting on a condition with a deadline, never a bare sleep.
@@ -13,6 +14,7 @@
 //! depend on lb-agent: the lab and xtask build on a fresh machine that has no bpf-linker yet.
 
 pub mod bpffs;
+pub mod cgroup;
 pub mod netns;
 pub mod packet;
 pub mod pod;

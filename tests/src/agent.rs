@@ -47,14 +47,29 @@ pub fn binaries() -> Binaries {
 /// lxc-*`, `--source file:MANIFESTS`, pins under `/sys/fs/bpf/lbtr-<test>-<pid>`; waits until
 /// `lbctl status` says it is ready.
 pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Agent {
-    let short: String = test.chars().take(40).collect();
+    start_with_config(topology, test, manifests, &[])
+}
+
+/// [`start`], with further options (`key`, `value`) written to the agent's `--config-dir`
+/// before it starts, as a ConfigMap would hold them.
+pub fn start_with_config(
+    topology: &Topology,
+    test: &str,
+    manifests: &std::path::Path,
+    config: &[(&str, &str)],
+) -> Agent {
+    let config_dir = topology.dir().join("agent").join("node").join("config");
+    std::fs::create_dir_all(&config_dir).expect("create the agent's config directory");
+    for (key, value) in config {
+        std::fs::write(config_dir.join(key), format!("{value}\n")).expect("write an option");
+    }
     let options = AgentOptions {
         node: "node".to_owned(),
         node_ip: NODE_IP,
         devices: NODE_DEV.to_owned(),
         pod_devices: POD_DEVICES.to_owned(),
         manifests: manifests.to_owned(),
-        bpf_root: PathBuf::from(format!("{BPF_ROOT}/{PREFIX}{short}-{}", std::process::id())),
+        bpf_root: bpf_root(test),
         run_dir: topology.dir().join("agent"),
     };
     let mut agent = Agent::start_with(&topology.node, &binaries(), &options)
@@ -63,6 +78,12 @@ pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Ag
         .wait_ready(READY_TIMEOUT)
         .unwrap_or_else(|err| panic!("lb-agent ready: {err}"));
     agent
+}
+
+/// The `--bpf-root` of the agent [`start`] runs for test `test`.
+pub fn bpf_root(test: &str) -> PathBuf {
+    let short: String = test.chars().take(40).collect();
+    PathBuf::from(format!("{BPF_ROOT}/{PREFIX}{short}-{}", std::process::id()))
 }
 
 /// The `LB_CONFIG` map pinned under `bpf_root` as `bpftool -j map dump` prints it: the bytes

@@ -431,6 +431,22 @@ impl Datapath {
         map.insert(key, value, 0).expect("write LB4_AFFINITY");
     }
 
+    /// Loads the socket programs (`lb-ebpf/src/sock.rs`), which the agent loads only with
+    /// `bpf-lb-sock`, so that the verifier judges them; nothing is attached.
+    pub fn load_socket_programs(&mut self) {
+        for name in lb_agent::datapath::sock::PROGRAMS {
+            let program: &mut aya::programs::CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("program {name} is in the object"))
+                .try_into()
+                .unwrap_or_else(|err| panic!("{name} is a cgroup/sock_addr program: {err}"));
+            program
+                .load()
+                .unwrap_or_else(|err| panic!("load {name}: {:#}", anyhow::Error::new(err)));
+        }
+    }
+
     /// A map sync does not own, by name.
     fn map(&self, name: &str) -> &aya::maps::Map {
         self.ebpf
@@ -456,6 +472,7 @@ fn program_name(hook: Hook) -> &'static str {
     match hook {
         Hook::FromNetdev => "from_netdev",
         Hook::FromPod => "from_pod",
+        Hook::FromHost => "from_host",
     }
 }
 

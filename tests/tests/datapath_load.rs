@@ -5,7 +5,8 @@ use lb_tests::fixture::Datapath;
 
 #[test]
 fn every_program_passes_the_verifier_and_pins_its_maps() {
-    let datapath = Datapath::load();
+    let mut datapath = Datapath::load();
+    datapath.load_socket_programs();
     use lb_common::maps::*;
     let names = [
         LB4_SERVICES,
@@ -19,6 +20,8 @@ fn every_program_passes_the_verifier_and_pins_its_maps() {
         LB_METRICS,
         LB_EVENTS,
         LB_EVENT_LIMIT,
+        LB4_REVERSE_SK,
+        LB_HOST_NETNS,
     ];
     for name in names {
         assert!(

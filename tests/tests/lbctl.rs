@@ -423,7 +423,9 @@ fn config_view_lists_every_option_sorted() {
         ("bpf-ct-timeout-service-tcp-grace", "60"),
         ("bpf-lb-external-clusterip", "false"),
         ("bpf-lb-map-max", "65536"),
+        ("bpf-lb-sock", "false"),
         ("bpf-root", "/sys/fs/bpf/lb"),
+        ("cgroup-root", "/sys/fs/cgroup"),
         ("config-dir", ""),
         ("conntrack-gc-interval", "300"),
         ("devices", "eth0"),
@@ -500,11 +502,11 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
         stderr(&output),
         "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
          pod-devices, node-name, node-ip, bpf-root, socket, config-dir, metrics-address, \
-         bpf-lb-external-clusterip, service-no-backend-response, bpf-ct-max-entries, \
-         bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, \
-         bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, \
-         bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, conntrack-gc-interval, \
-         bpf-lb-map-max, snat-port-range, log-level\n"
+         bpf-lb-external-clusterip, service-no-backend-response, bpf-lb-sock, cgroup-root, \
+         bpf-ct-max-entries, bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, \
+         bpf-ct-timeout-regular-tcp-syn, bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, \
+         bpf-ct-timeout-service-tcp, bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, \
+         conntrack-gc-interval, bpf-lb-map-max, snat-port-range, log-level\n"
     );
 }
 

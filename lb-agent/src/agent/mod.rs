@@ -229,6 +229,14 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
     let link_watcher = devices::LinkWatcher::new().map_err(Error::LinkWatch)?;
     for iface in &config.devices {
         devices::attach(&mut ebpf, &pin_dir, Hook::FromNetdev, iface)?;
+        devices::attach(&mut ebpf, &pin_dir, Hook::FromHost, iface)?;
+    }
+    if config.bpf_lb_sock {
+        let cgroup = datapath::sock::resolve_cgroup_root(&config.cgroup_root)
+            .map_err(datapath::Error::from)?;
+        datapath::sock::attach(&mut ebpf, &pin_dir, &cgroup).map_err(datapath::Error::from)?;
+    } else {
+        datapath::sock::detach(&pin_dir);
     }
     let maps = Arc::new(Mutex::new(maps));
     let syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;

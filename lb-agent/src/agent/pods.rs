@@ -1,4 +1,4 @@
-//! from-pod on pod interfaces: attach to every interface matching `--pod-devices` now, and to
+//! from-pod (ingress) and from-host (egress) on pod interfaces: attach to every interface matching `--pod-devices` now, and to
 //! each new one as netlink announces it.
 use std::{
     path::{Path, PathBuf},
@@ -32,7 +32,12 @@ pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], sta
         {
             continue;
         }
-        match devices::attach(&mut lock(ebpf), pin_dir, Hook::FromPod, &name) {
+        let attached = {
+            let mut ebpf = lock(ebpf);
+            devices::attach(&mut ebpf, pin_dir, Hook::FromPod, &name)
+                .and_then(|()| devices::attach(&mut ebpf, pin_dir, Hook::FromHost, &name))
+        };
+        match attached {
             Ok(()) => {
                 tracing::info!(iface = %name, "from-pod attached");
                 now.push(name);

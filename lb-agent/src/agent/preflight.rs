@@ -1,6 +1,7 @@
 //! What the agent checks before it takes the lock or touches the datapath, so that a mistyped
 //! option fails with its own name and leaves the node as it was: the source is reachable,
-//! every `--devices` interface exists, the bpf root is on bpffs, and there is a node address
+//! every `--devices` interface exists, the bpf root is on bpffs (and `--cgroup-root` on cgroup
+//! v2 with `--bpf-lb-sock`), and there is a node address
 //! to SNAT to. It also warns when the SNAT port range shares ports with the host's
 //! unreserved ephemeral ports.
 use std::net::Ipv4Addr;
@@ -24,6 +25,9 @@ pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
         }
     }
     loader::check_bpffs(&config.bpf_root)?;
+    if config.bpf_lb_sock {
+        datapath::sock::resolve_cgroup_root(&config.cgroup_root).map_err(datapath::Error::from)?;
+    }
     if !config.devices.is_empty() {
         warn_on_shared_snat_ports(config.snat_port_range);
     }

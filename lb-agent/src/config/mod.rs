@@ -508,6 +508,8 @@ mod tests {
                 metrics_address: Some("127.0.0.1:9963".parse().expect("addr")),
                 external_cluster_ip: false,
                 no_backend_response: NoBackendResponse::Reject,
+                bpf_lb_sock: false,
+                cgroup_root: "/sys/fs/cgroup".into(),
                 ct_max_entries: 262_144,
                 ct_any_max_entries: 262_144,
                 ct_timeout_regular_tcp: 21_600,

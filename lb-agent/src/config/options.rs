@@ -514,6 +514,26 @@ options! {
         help: "what a new flow to a Service without endpoints gets: ICMP port unreachable, or a silent drop",
         doc: "a Service without endpoints: `reject` (ICMP port unreachable: connections are refused at once, as with kube-proxy) or `drop`",
     }
+    BpfLbSock => bpf_lb_sock: bool {
+        key: "bpf-lb-sock",
+        env: "LB_BPF_LB_SOCK",
+        default: "false",
+        live: false,
+        value_name: "BOOL",
+        kind: Kind::Bool,
+        help: "socket-level load balancing for the host's network namespace (cgroup connect4, sendmsg4, recvmsg4, getpeername4 on --cgroup-root)",
+        doc: "socket-level load balancing: host processes and hostNetwork pods reach every frontend (their sockets are rewritten at `connect`/`sendmsg`; UDP answers read as from the VIP)",
+    }
+    CgroupRoot => cgroup_root: PathBuf {
+        key: "cgroup-root",
+        env: "LB_CGROUP_ROOT",
+        default: "/sys/fs/cgroup",
+        live: false,
+        value_name: "DIR",
+        kind: Kind::Path,
+        help: "cgroup v2 directory the socket programs attach to (its `unified` directory on a v1/v2 hybrid host)",
+        doc: "cgroup v2 directory for `bpf-lb-sock`; when it is not cgroup v2 itself, its `unified` directory (v1/v2 hybrid hosts)",
+    }
     CtMaxEntries => ct_max_entries: u32 {
         key: "bpf-ct-max-entries",
         env: "LB_BPF_CT_MAX_ENTRIES",

@@ -1,6 +1,7 @@
 //! Attaching the programs: `from_netdev` to the external interfaces, `from_pod` to the host
 //! side of pod interfaces (matched by glob, including ones created later: `LinkWatcher` wakes
-//! on every netlink link event and the caller rescans).
+//! on every netlink link event and the caller rescans), and `from_host` to the egress of both
+//! (replies of host-network backends).
 //!
 //! Links are TCX links pinned under `<pin-dir>/links/<hook>-<iface>`: they outlive the agent,
 //! so traffic keeps flowing while it restarts, and a new agent swaps its program into the
@@ -30,6 +31,16 @@ pub fn program_name(hook: Hook) -> &'static str {
     match hook {
         Hook::FromNetdev => "from_netdev",
         Hook::FromPod => "from_pod",
+        Hook::FromHost => "from_host",
+    }
+}
+
+/// Where a hook's program runs: the ingress hooks on ingress, from-host (what the host's
+/// own stack sends: replies of host-network backends) on egress.
+pub fn attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::FromNetdev | Hook::FromPod => TcAttachType::Ingress,
+        Hook::FromHost => TcAttachType::Egress,
     }
 }
 
@@ -129,7 +140,7 @@ fn attach_err(
     }
 }
 
-/// Attaches `hook`'s program to the ingress of `iface`, taking over a link pinned by a previous
+/// Attaches `hook`'s program to `iface` (ingress, or egress for from-host), taking over a link pinned by a previous
 /// agent when there is one, and pins the link.
 pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Result<(), Error> {
     if ifindex(iface).is_none() {
@@ -169,7 +180,7 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Resul
     let link_id = program
         .attach_with_options(
             iface,
-            TcAttachType::Ingress,
+            attach_type(hook),
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(|err| attach_err(hook, iface, err))?;
@@ -192,7 +203,11 @@ pub fn prune_stale_links(pin_dir: &Path) {
     };
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let iface = [Hook::FromNetdev, Hook::FromPod]
+        // A cgroup's link, not an interface's: `sock.rs` keeps or releases it.
+        if super::sock::is_sock_link(&file_name) {
+            continue;
+        }
+        let iface = [Hook::FromNetdev, Hook::FromPod, Hook::FromHost]
             .iter()
             .find_map(|hook| file_name.strip_prefix(&format!("{}-", hook.name())))
             .unwrap_or(&file_name);

@@ -20,9 +20,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// bpffs's magic number (`statfs.f_type`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The two programs attached to interfaces, by their names in the object (the object also
-/// holds `ct_clock`, which is only ever run by the agent).
-pub const PROGRAMS: [&str; 2] = ["from_netdev", "from_pod"];
+/// The programs attached to interfaces, by their names in the object (the object also holds
+/// `ct_clock`, which is only ever run by the agent, and the socket programs, which `sock.rs`
+/// loads when they are wanted).
+pub const PROGRAMS: [&str; 3] = ["from_netdev", "from_pod", "from_host"];
 
 /// How to load the datapath.
 #[derive(Clone, Debug)]
@@ -133,15 +134,18 @@ fn prepare_pin_dir(bpf_root: &Path) -> Result<PathBuf, Error> {
 
 /// Whether `path` lives on a bpffs mount.
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+    fs_magic(path) == Some(BPF_FS_MAGIC)
+}
+
+/// The magic number of the filesystem `path` lives on (`statfs.f_type`), if it can be read.
+pub fn fs_magic(path: &Path) -> Option<i64> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: c_path is a valid NUL-terminated string and stat points to writable memory of the
     // right size; statfs fills it completely on success.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
     if rc != 0 {
-        return false;
+        return None;
     }
     // SAFETY: statfs returned 0, so the struct is initialised.
     let stat = unsafe { stat.assume_init() };
@@ -150,5 +154,5 @@ pub fn is_bpffs(path: &Path) -> bool {
         reason = "f_type's width differs between libc targets"
     )]
     let magic = stat.f_type as i64;
-    magic == BPF_FS_MAGIC
+    Some(magic)
 }

@@ -1,5 +1,5 @@
 //! Everything that touches aya: loading and pinning (`loader`), attaching to interfaces
-//! (`devices`), conntrack's clock, GC and listing (`conntrack`), the typed maps behind the `LbMaps` trait (`maps`, with in-memory maps in `fake`
+//! (`devices`) and to a cgroup (`sock`), conntrack's clock, GC and listing (`conntrack`), the typed maps behind the `LbMaps` trait (`maps`, with in-memory maps in `fake`
 //! that only tests build), drop events and counters (`events`), and the maps rendered as text
 //! (`dump`).
 //!
@@ -13,6 +13,7 @@ pub mod events;
 pub mod fake;
 pub mod loader;
 pub mod maps;
+pub mod sock;
 
 pub use loader::{Datapath, LoadOptions};
 pub use maps::{BackendId, LbMaps, MapsContent, ServiceId};
@@ -108,6 +109,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Socket-level load balancing could not be set up.
+    #[error(transparent)]
+    Sock(#[from] sock::Error),
     /// A fault injected by `fake::FakeMaps` (tests only).
     #[cfg(test)]
     #[error("injected failure on write {0}")]

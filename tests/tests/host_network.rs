@@ -1,0 +1,415 @@
+//! The host's network namespace as a client and as a backend, through lb-agent with the file
+//! source on a node in namespaces (`Topology`), judged by real traffic.
+//!
+//! - **Host clients** (`bpf-lb-sock`): processes of the node's namespace reach a ClusterIP and a
+//!   node port through socket-level load balancing, and a UDP client sees its answers come
+//!   from the VIP:port it sent to (`recvfrom`, `getpeername`). The programs are attached to a
+//!   cgroup of the test's own (`TestCgroup`), never the host's root, and clients run inside it.
+//!   A pod's process in that same cgroup is left to from-pod: no reverse entry, a conntrack
+//!   flow.
+//! - **Host backends**: a server listening in the node's own namespace, the endpoint of a
+//!   Service (its EndpointSlice address is the node's), serves a pod through the ClusterIP and
+//!   the node port, and an outside client through the node port and (with
+//!   `bpf-lb-external-clusterip`) the ClusterIP: its replies, which leave by an interface's
+//!   egress, are reverse-NATed there (`from_host`).
+//!
+//! Needs root, `python3`, `curl` and `bpftool`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`,
+//! or builds them first (see `lb_tests::agent::binaries`).
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+use lb_lab::probe::{EchoReply, HttpReply};
+use lb_testkit::{Netns, cgroup::TestCgroup, ok, servers};
+use lb_tests::manifests::endpoint;
+use lb_tests::topology::{
+    BACKEND_IPS, CLIENT_IP, ECHO_PORT, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology,
+};
+
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 1);
+const NODE_PORT: u16 = 30090;
+const DNS_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 2);
+const DNS_PORT: u16 = 53;
+
+/// Requests per check: enough that a backend left out shows up.
+const TRIES: usize = 12;
+
+/// `web`: a NodePort Service on both backends' HTTP servers; `dns`: a ClusterIP Service on
+/// UDP 53, to both backends' echo servers.
+fn manifests() -> String {
+    let endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  clusterIP: {CLUSTER_IP}
+  ports:
+  - name: http
+    nodePort: {NODE_PORT}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: NodePort
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: web
+  name: web-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: http
+  port: {HTTP_PORT}
+  protocol: TCP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: dns
+  namespace: default
+spec:
+  clusterIP: {DNS_CLUSTER_IP}
+  ports:
+  - name: dns
+    port: {DNS_PORT}
+    protocol: UDP
+    targetPort: {ECHO_PORT}
+  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: dns
+  name: dns-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: dns
+  port: {ECHO_PORT}
+  protocol: UDP
+"
+    )
+}
+
+/// `curl` to `target` from `ns`, run inside `cgroup`: the HTTP answer (`None` status when
+/// nothing answered) and what curl said.
+fn curl_in(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> (HttpReply, String) {
+    let url = format!("http://{target}/");
+    let outcome = ok(
+        cgroup.exec(ns, "curl", &["-sSi", "--max-time", "3", &url]),
+        "run curl in the test cgroup",
+    );
+    (HttpReply::parse(&outcome.stdout), format!("{outcome:?}"))
+}
+
+/// `TRIES` requests to `target` from `ns` in `cgroup`, each of which must get 200: the pods
+/// that answered.
+fn answered_by(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> BTreeSet<Ipv4Addr> {
+    (0..TRIES)
+        .map(|_| {
+            let (reply, outcome) = curl_in(cgroup, ns, target);
+            assert_eq!(reply.status, Some(200), "{target}: {outcome}");
+            reply.pod_ip.expect("X-Pod-IP")
+        })
+        .collect()
+}
+
+/// A UDP client that tells where its answers came from: one datagram with `sendto` on an
+/// unconnected socket, answered through `recvfrom`; one on a socket connected to the VIP,
+/// whose `getpeername` it prints. Each line: `how SOURCE-IP SOURCE-PORT ECHO-ANSWER`.
+const UDP_CLIENT: &str = r#"
+import socket, sys
+vip, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"unconnected", (vip, port))
+data, source = s.recvfrom(2048)
+print("recvfrom", source[0], source[1], data.decode().strip())
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(3)
+c.connect((vip, port))
+c.send(b"connected")
+data = c.recv(2048)
+peer = c.getpeername()
+print("getpeername", peer[0], peer[1], data.decode().strip())
+"#;
+
+/// Entries in the pinned map `name` of the agent of test `test`, as bpftool dumps them.
+fn pinned_entries(test: &str, name: &str) -> usize {
+    let pin = lb_tests::agent::bpf_root(test)
+        .join(lb_common::maps::PIN_VERSION)
+        .join(name);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {out:?}",
+        pin.display()
+    );
+    let entries: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+    entries.as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
+    const TEST: &str = "host_sock_lb";
+    let topology = Topology::new(TEST);
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    let cgroup = ok(TestCgroup::create(TEST), "create the test cgroup");
+    let cgroup_root = cgroup.path().display().to_string();
+    let agent = lb_tests::agent::start_with_config(
+        &topology,
+        TEST,
+        &dir,
+        &[("bpf-lb-sock", "true"), ("cgroup-root", &cgroup_root)],
+    );
+    let both: BTreeSet<Ipv4Addr> = BACKEND_IPS.into_iter().collect();
+
+    // The node itself, which has no route to the service CIDR and nothing on the node port:
+    // only its sockets being rewritten lets it through, to both backends.
+    for target in [
+        SocketAddrV4::new(CLUSTER_IP, 80),
+        SocketAddrV4::new(NODE_IP, NODE_PORT),
+    ] {
+        assert_eq!(
+            answered_by(&cgroup, &topology.node, target),
+            both,
+            "{target} from the node"
+        );
+    }
+
+    // UDP: the answer reads as coming from the VIP:port, connected or not.
+    let outcome = ok(
+        cgroup.exec(
+            &topology.node,
+            "python3",
+            &[
+                "-c",
+                UDP_CLIENT,
+                &DNS_CLUSTER_IP.to_string(),
+                &DNS_PORT.to_string(),
+            ],
+        ),
+        "run the UDP client in the test cgroup",
+    );
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{outcome:?}");
+    for (line, how) in lines.iter().zip(["recvfrom", "getpeername"]) {
+        let mut words = line.splitn(4, ' ');
+        assert_eq!(words.next(), Some(how), "{line}");
+        let source = format!(
+            "{}:{}",
+            words.next().unwrap_or(""),
+            words.next().unwrap_or("")
+        );
+        assert_eq!(
+            source,
+            format!("{DNS_CLUSTER_IP}:{DNS_PORT}"),
+            "{how}: {line}"
+        );
+        let echo = EchoReply::parse(words.next().unwrap_or("")).expect("an echo answer");
+        assert!(
+            BACKEND_IPS.contains(&echo.pod_ip),
+            "{how}: answered by {}",
+            echo.pod_ip
+        );
+        assert_eq!(
+            *echo.client.ip(),
+            NODE_IP,
+            "{how}: the backend sees the node"
+        );
+    }
+
+    // Translated sockets leave reverse entries and no conntrack: no packet was NATed.
+    let reverse = pinned_entries(TEST, lb_common::maps::LB4_REVERSE_SK);
+    assert!(reverse >= 2 * TRIES + 2, "reverse entries: {reverse}");
+    let ct = ok(agent.lbctl(&["bpf", "ct", "list"]), "lbctl bpf ct list").stdout;
+    assert!(
+        !ct.contains(&NODE_IP.to_string()),
+        "no conntrack for the node's flows:\n{ct}"
+    );
+
+    // A pod's process in the same cgroup is not the host's: its socket is left alone and
+    // from-pod translates its packets (a conntrack flow from the pod, no reverse entry).
+    let (reply, outcome) = curl_in(
+        &cgroup,
+        &topology.client.ns,
+        SocketAddrV4::new(CLUSTER_IP, 80),
+    );
+    assert_eq!(reply.status, Some(200), "from the pod: {outcome}");
+    assert_eq!(
+        pinned_entries(TEST, lb_common::maps::LB4_REVERSE_SK),
+        reverse,
+        "no reverse entry for the pod's socket"
+    );
+    let ct = ok(agent.lbctl(&["bpf", "ct", "list"]), "lbctl bpf ct list").stdout;
+    assert!(
+        ct.contains(&CLIENT_IP.to_string()),
+        "the pod's flow in conntrack:\n{ct}"
+    );
+    // Attached as pinned links, which go when the pins do (the agent's drop removes them, as
+    // `--uninstall` does).
+    assert_eq!(
+        cgroup_programs(cgroup.path()),
+        [
+            "cgroup_inet4_connect",
+            "cgroup_inet4_getpeername",
+            "cgroup_udp4_recvmsg",
+            "cgroup_udp4_sendmsg"
+        ],
+        "attached to the test cgroup"
+    );
+    drop(agent);
+    lb_testkit::wait_until(
+        "the socket programs released",
+        std::time::Duration::from_secs(10),
+        || {
+            let attached = cgroup_programs(cgroup.path());
+            if attached.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(format!("{attached:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+}
+
+/// The attach types of the programs attached to `cgroup`, sorted (`bpftool cgroup show`).
+fn cgroup_programs(cgroup: &Path) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("run bpftool");
+    assert!(out.status.success(), "bpftool cgroup show: {out:?}");
+    let programs: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let mut types: Vec<String> = programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|program| program["attach_type"].as_str().map(str::to_owned))
+        .collect();
+    types.sort();
+    types
+}
+
+const HOST_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 3);
+const HOST_NODE_PORT: u16 = 30091;
+/// Where the host-network server listens, in the node's namespace.
+const HOST_PORT: u16 = 8443;
+
+/// `host`: a NodePort Service whose one endpoint is the node itself (as the `kubernetes`
+/// Service's is on a control-plane node, or a hostNetwork pod's).
+fn host_backend_manifest() -> String {
+    let endpoint = endpoint(NODE_IP, "node", true);
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: host
+  namespace: default
+spec:
+  clusterIP: {HOST_CLUSTER_IP}
+  ports:
+  - name: https
+    nodePort: {HOST_NODE_PORT}
+    port: 443
+    protocol: TCP
+    targetPort: {HOST_PORT}
+  type: NodePort
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: host
+  name: host-abcde
+  namespace: default
+endpoints:
+{endpoint}ports:
+- name: https
+  port: {HOST_PORT}
+  protocol: TCP
+"
+    )
+}
+
+/// `TRIES` requests from `ns` to `target`, each answered 200 by the node's own server; the
+/// client addresses it saw.
+fn served_by_the_node(ns: &Netns, target: SocketAddrV4) -> BTreeSet<Ipv4Addr> {
+    (0..TRIES)
+        .map(|_| {
+            let (outcome, reply) = ok(lb_lab::probe::http_get(ns, target), "run curl");
+            assert_eq!(reply.status, Some(200), "{target}: {outcome:?}");
+            assert_eq!(reply.pod_ip, Some(NODE_IP), "{target}: answered by");
+            reply.client_ip.expect("X-Client-IP")
+        })
+        .collect()
+}
+
+#[test]
+fn a_backend_in_the_host_network_serves_pods_and_outside_clients() {
+    const TEST: &str = "host_backend";
+    let topology = Topology::new(TEST);
+    let _server = ok(
+        servers::http(&topology.node, NODE_IP, HOST_PORT, topology.dir()),
+        "HTTP server in the node's namespace",
+    );
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("host.yaml"), host_backend_manifest()).expect("write the manifest");
+    let agent = lb_tests::agent::start(&topology, TEST, &dir);
+
+    // From a pod: the ClusterIP and the node port; the server sees the pod's own address.
+    let pod = [CLIENT_IP].into_iter().collect::<BTreeSet<_>>();
+    for target in [
+        SocketAddrV4::new(HOST_CLUSTER_IP, 443),
+        SocketAddrV4::new(NODE_IP, HOST_NODE_PORT),
+    ] {
+        assert_eq!(
+            served_by_the_node(&topology.client.ns, target),
+            pod,
+            "{target}"
+        );
+    }
+
+    // From outside: the node port, and the ClusterIP once it is reachable from there.
+    let outside = [EXTERNAL_IP].into_iter().collect::<BTreeSet<_>>();
+    let node_port = SocketAddrV4::new(NODE_IP, HOST_NODE_PORT);
+    assert_eq!(
+        served_by_the_node(&topology.external, node_port),
+        outside,
+        "{node_port}"
+    );
+    ok(
+        agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]),
+        "lbctl config set",
+    );
+    let cluster_ip = SocketAddrV4::new(HOST_CLUSTER_IP, 443);
+    assert_eq!(
+        served_by_the_node(&topology.external, cluster_ip),
+        outside,
+        "{cluster_ip}"
+    );
+}
