@@ -112,6 +112,45 @@ impl Agent {
     /// config directory. Returns once the process is started; [`Agent::wait_ready`] waits for
     /// its first sync.
     pub fn start_with(ns: &Netns, bins: &Binaries, options: &AgentOptions) -> Result<Self> {
+        let (socket, config_dir, process) = Self::spawn(ns, bins, options)?;
+        Ok(Self {
+            node: options.node.clone(),
+            socket,
+            config_dir,
+            bpf_root: options.bpf_root.clone(),
+            lbctl: bins.lbctl.clone(),
+            process,
+        })
+    }
+
+    /// Stops the agent's process and leaves its pins (maps, links) in place, as a node's agent
+    /// being restarted or upgraded does; [`Agent::start_again`] starts the next one.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts a new agent process with `options` (those it was started with) after
+    /// [`Agent::stop`]; it adopts the pins the last one left. Returns once the process is
+    /// started; [`Agent::wait_ready`] waits for its first sync.
+    pub fn start_again(
+        &mut self,
+        ns: &Netns,
+        bins: &Binaries,
+        options: &AgentOptions,
+    ) -> Result<()> {
+        self.process.stop();
+        let (_, _, process) = Self::spawn(ns, bins, options)?;
+        self.process = process;
+        Ok(())
+    }
+
+    /// Prepares the config directory and starts the process: its socket, config directory and
+    /// process.
+    fn spawn(
+        ns: &Netns,
+        bins: &Binaries,
+        options: &AgentOptions,
+    ) -> Result<(PathBuf, PathBuf, Process)> {
         ensure_bpffs()?;
         let node = options.node.as_str();
         let dir = options.run_dir.join(node);
@@ -146,14 +185,7 @@ impl Agent {
             ],
             &dir.join("agent.log"),
         )?;
-        Ok(Self {
-            node: node.to_owned(),
-            socket,
-            config_dir,
-            bpf_root,
-            lbctl: bins.lbctl.clone(),
-            process,
-        })
+        Ok((socket, config_dir, process))
     }
 
     /// Polls the agent's status (what `lbctl status` shows) until it is ready, failing early

@@ -63,7 +63,41 @@ pub fn start_with_config(
     for (key, value) in config {
         std::fs::write(config_dir.join(key), format!("{value}\n")).expect("write an option");
     }
-    let options = AgentOptions {
+    let mut agent = Agent::start_with(
+        &topology.node,
+        &binaries(),
+        &options(topology, test, manifests),
+    )
+    .unwrap_or_else(|err| panic!("start lb-agent: {err}"));
+    agent
+        .wait_ready(READY_TIMEOUT)
+        .unwrap_or_else(|err| panic!("lb-agent ready: {err}"));
+    agent
+}
+
+/// Starts the next agent process after `agent.stop()`, with the options [`start`] gave the
+/// first (and the same config directory); waits until it is ready.
+pub fn start_again(
+    agent: &mut Agent,
+    topology: &Topology,
+    test: &str,
+    manifests: &std::path::Path,
+) {
+    agent
+        .start_again(
+            &topology.node,
+            &binaries(),
+            &options(topology, test, manifests),
+        )
+        .unwrap_or_else(|err| panic!("restart lb-agent: {err}"));
+    agent
+        .wait_ready(READY_TIMEOUT)
+        .unwrap_or_else(|err| panic!("restarted lb-agent ready: {err}"));
+}
+
+/// How [`start`] runs the agent of test `test`.
+fn options(topology: &Topology, test: &str, manifests: &std::path::Path) -> AgentOptions {
+    AgentOptions {
         node: "node".to_owned(),
         node_ip: NODE_IP,
         devices: NODE_DEV.to_owned(),
@@ -71,13 +105,7 @@ pub fn start_with_config(
         manifests: manifests.to_owned(),
         bpf_root: bpf_root(test),
         run_dir: topology.dir().join("agent"),
-    };
-    let mut agent = Agent::start_with(&topology.node, &binaries(), &options)
-        .unwrap_or_else(|err| panic!("start lb-agent: {err}"));
-    agent
-        .wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|err| panic!("lb-agent ready: {err}"));
-    agent
+    }
 }
 
 /// The `--bpf-root` of the agent [`start`] runs for test `test`.

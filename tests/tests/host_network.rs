@@ -6,7 +6,7 @@
 //!   from the VIP:port it sent to (`recvfrom`, `getpeername`). The programs are attached to a
 //!   cgroup of the test's own (`TestCgroup`), never the host's root, and clients run inside it.
 //!   A pod's process in that same cgroup is left to from-pod: no reverse entry, a conntrack
-//!   flow.
+//!   flow. The programs keep serving while the agent restarts, and the next agent replaces them.
 //! - **Host backends**: a server listening in the node's own namespace, the endpoint of a
 //!   Service (its EndpointSlice address is the node's), serves a pod through the ClusterIP and
 //!   the node port, and an outside client through the node port and (with
@@ -175,7 +175,7 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
     std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
     let cgroup = ok(TestCgroup::create(TEST), "create the test cgroup");
     let cgroup_root = cgroup.path().display().to_string();
-    let agent = lb_tests::agent::start_with_config(
+    let mut agent = lb_tests::agent::start_with_config(
         &topology,
         TEST,
         &dir,
@@ -265,6 +265,25 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         ct.contains(&CLIENT_IP.to_string()),
         "the pod's flow in conntrack:\n{ct}"
     );
+    // A restart: while no agent runs the programs stay attached and serve; the next agent
+    // replaces them (no more than one of each is left).
+    agent.stop();
+    assert_eq!(
+        answered_by(&cgroup, &topology.node, SocketAddrV4::new(CLUSTER_IP, 80)),
+        both,
+        "from the node while no agent runs"
+    );
+    lb_tests::agent::start_again(&mut agent, &topology, TEST, &dir);
+    assert_eq!(
+        answered_by(
+            &cgroup,
+            &topology.node,
+            SocketAddrV4::new(NODE_IP, NODE_PORT)
+        ),
+        both,
+        "from the node after the restart"
+    );
+
     // Attached as pinned links, which go when the pins do (the agent's drop removes them, as
     // `--uninstall` does).
     assert_eq!(

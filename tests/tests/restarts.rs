@@ -665,16 +665,18 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
         .iter()
         .filter(|line| !programs_before.contains(line))
         .collect();
+    // An ingress program on each interface, and from_host on its egress.
     assert_eq!(
         ours.len(),
-        NODE_INTERFACES.len(),
-        "one lb program per interface: {attached:?}"
+        2 * NODE_INTERFACES.len(),
+        "two lb programs per interface: {attached:?}"
     );
-    assert!(
-        ours.iter()
-            .any(|l| l.starts_with("eth0 ingress from_netdev#")),
-        "{ours:?}"
-    );
+    for expected in ["eth0 ingress from_netdev#", "eth0 egress from_host#"] {
+        assert!(
+            ours.iter().any(|l| l.starts_with(expected)),
+            "{expected}: {ours:?}"
+        );
+    }
 
     // Refused while the agent runs: it would re-create what is removed.
     let uninstall = |node: &OneNode| {
