@@ -3,7 +3,9 @@
 //!
 //! - **Host clients** (`bpf-lb-sock`): processes of the node's namespace reach a ClusterIP and a
 //!   node port through socket-level load balancing, and a UDP client sees its answers come
-//!   from the VIP:port it sent to (`recvfrom`, `getpeername`). The programs are attached to a
+//!   from the VIP:port it sent to (`recvfrom`, `getpeername`); ClientIP affinity holds the node
+//!   to one backend, and a Service without endpoints refuses its connections (ECONNREFUSED).
+//!   The programs are attached to a
 //!   cgroup of the test's own (`TestCgroup`), never the host's root, and clients run inside it.
 //!   A pod's process in that same cgroup is left to from-pod: no reverse entry, a conntrack
 //!   flow. The programs keep serving while the agent restarts, and the next agent replaces them.
@@ -31,12 +33,17 @@ const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 1);
 const NODE_PORT: u16 = 30090;
 const DNS_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 2);
 const DNS_PORT: u16 = 53;
+/// A Service with ClientIP affinity: the node is one client.
+const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 4);
+/// A Service without endpoints: its connections are refused.
+const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 50, 5);
 
 /// Requests per check: enough that a backend left out shows up.
 const TRIES: usize = 12;
 
 /// `web`: a NodePort Service on both backends' HTTP servers; `dns`: a ClusterIP Service on
-/// UDP 53, to both backends' echo servers.
+/// UDP 53, to both backends' echo servers; `sticky`: ClientIP affinity on both; `empty`: no
+/// endpoints.
 fn manifests() -> String {
     let endpoints: String = BACKEND_IPS
         .iter()
@@ -99,6 +106,60 @@ endpoints:
 - name: dns
   port: {ECHO_PORT}
   protocol: UDP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: sticky
+  namespace: default
+spec:
+  clusterIP: {STICKY_CLUSTER_IP}
+  ports:
+  - port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  sessionAffinity: ClientIP
+  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: sticky
+  name: sticky-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: \"\"
+  port: {HTTP_PORT}
+  protocol: TCP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+  namespace: default
+spec:
+  clusterIP: {EMPTY_CLUSTER_IP}
+  ports:
+  - port: 80
+    protocol: TCP
+  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: empty
+  name: empty-abcde
+  namespace: default
+endpoints: []
+ports:
+- name: \"\"
+  port: 8080
+  protocol: TCP
 "
     )
 }
@@ -144,6 +205,19 @@ c.send(b"connected")
 data = c.recv(2048)
 peer = c.getpeername()
 print("getpeername", peer[0], peer[1], data.decode().strip())
+"#;
+
+/// Prints the errno name `connect()` to `argv[1]:argv[2]` fails with (`connected` if it does
+/// not).
+const CONNECT_ERRNO: &str = r#"
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as err:
+    print(errno.errorcode.get(err.errno, str(err)))
 "#;
 
 /// Entries in the pinned map `name` of the agent of test `test`, as bpftool dumps them.
@@ -196,6 +270,25 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         );
     }
 
+    // ClientIP affinity: the node is one client, kept on one backend.
+    let sticky = answered_by(
+        &cgroup,
+        &topology.node,
+        SocketAddrV4::new(STICKY_CLUSTER_IP, 80),
+    );
+    assert_eq!(sticky.len(), 1, "one client, one backend: {sticky:?}");
+
+    // No endpoints: connect() is refused at once, as kube-proxy's REJECT.
+    let outcome = ok(
+        cgroup.exec(
+            &topology.node,
+            "python3",
+            &["-c", CONNECT_ERRNO, &EMPTY_CLUSTER_IP.to_string(), "80"],
+        ),
+        "run the connect probe in the test cgroup",
+    );
+    assert_eq!(outcome.stdout.trim(), "ECONNREFUSED", "{outcome:?}");
+
     // UDP: the answer reads as coming from the VIP:port, connected or not.
     let outcome = ok(
         cgroup.exec(
@@ -240,7 +333,7 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
 
     // Translated sockets leave reverse entries and no conntrack: no packet was NATed.
     let reverse = pinned_entries(TEST, lb_common::maps::LB4_REVERSE_SK);
-    assert!(reverse >= 2 * TRIES + 2, "reverse entries: {reverse}");
+    assert!(reverse >= 3 * TRIES + 2, "reverse entries: {reverse}");
     let ct = ok(agent.lbctl(&["bpf", "ct", "list"]), "lbctl bpf ct list").stdout;
     assert!(
         !ct.contains(&NODE_IP.to_string()),
