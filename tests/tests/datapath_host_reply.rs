@@ -75,3 +75,26 @@ fn a_host_packet_of_no_flow_passes_untouched() {
         assert_eq!(run.frame, frame);
     }
 }
+
+/// Cost per packet of `from_host` under `BPF_PROG_TEST_RUN` (kernel-measured, single runs
+/// averaged, so each includes the same per-run overhead): a forwarded packet (the early return
+/// every packet to a pod pays), a host packet of no flow (one conntrack lookup) and a host
+/// backend's reply (lookup and rewrite). Run with
+/// `cargo test -p lb-tests --test datapath_host_reply -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check; run it explicitly"]
+fn cost_per_packet_of_from_host() {
+    let datapath = with_flows();
+    let average = |run: &dyn Fn() -> std::time::Duration| {
+        (0..20_000u32).map(|_| run()).sum::<std::time::Duration>() / 20_000
+    };
+    let reply = tcp_ack(HOST_BACKEND, POD);
+    let unrelated = tcp_ack("192.168.56.4:22", POD);
+    let forwarded = average(&|| datapath.run_on(Hook::FromHost, &reply, 1).duration);
+    let no_flow = average(&|| datapath.run(Hook::FromHost, &unrelated).duration);
+    let translated = average(&|| datapath.run(Hook::FromHost, &reply).duration);
+    println!(
+        "from_host: forwarded {forwarded:?}, host packet of no flow {no_flow:?}, \
+         host backend's reply {translated:?}"
+    );
+}
