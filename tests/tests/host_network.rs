@@ -8,7 +8,8 @@
 //!   The programs are attached to a
 //!   cgroup of the test's own (`TestCgroup`), never the host's root, and clients run inside it.
 //!   A pod's process in that same cgroup is left to from-pod: no reverse entry, a conntrack
-//!   flow. The programs keep serving while the agent restarts, and the next agent replaces them.
+//!   flow. The programs keep serving while the agent restarts, the next agent replaces them,
+//!   and `--uninstall` detaches them.
 //! - **Host backends**: a server listening in the node's own namespace, the endpoint of a
 //!   Service (its EndpointSlice address is the node's), serves a pod through the ClusterIP and
 //!   the node port, and an outside client through the node port and (with
@@ -377,8 +378,8 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         "from the node after the restart"
     );
 
-    // Attached as pinned links, which go when the pins do (the agent's drop removes them, as
-    // `--uninstall` does).
+    // One program per hook (the restart left no second set), until `--uninstall` detaches
+    // them with the other links.
     assert_eq!(
         cgroup_programs(cgroup.path()),
         [
@@ -389,20 +390,40 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         ],
         "attached to the test cgroup"
     );
-    drop(agent);
-    lb_testkit::wait_until(
-        "the socket programs released",
-        std::time::Duration::from_secs(10),
-        || {
-            let attached = cgroup_programs(cgroup.path());
-            if attached.is_empty() {
-                Ok(Some(()))
-            } else {
-                Err(format!("{attached:?}"))
-            }
-        },
-    )
-    .unwrap_or_else(|err| panic!("{err}"));
+    agent.stop();
+    let bpf_root = lb_tests::agent::bpf_root(TEST);
+    let uninstall = ok(
+        topology.node.exec(
+            &lb_tests::agent::binaries().agent.to_string_lossy(),
+            &[
+                "--uninstall",
+                "--bpf-root",
+                &bpf_root.to_string_lossy(),
+                "--socket",
+                &agent.socket().to_string_lossy(),
+            ],
+        ),
+        "run lb-agent --uninstall",
+    );
+    assert!(uninstall.success, "lb-agent --uninstall: {uninstall:?}");
+    assert_eq!(
+        cgroup_programs(cgroup.path()),
+        Vec::<String>::new(),
+        "nothing left on the cgroup"
+    );
+    let outcome = ok(
+        cgroup.exec(
+            &topology.node,
+            "python3",
+            &["-c", CONNECT_ERRNO, &CLUSTER_IP.to_string(), "80"],
+        ),
+        "run the connect probe in the test cgroup",
+    );
+    assert_eq!(
+        outcome.stdout.trim(),
+        "ENETUNREACH",
+        "the node no longer reaches the ClusterIP: {outcome:?}"
+    );
 }
 
 /// The attach types of the programs attached to `cgroup`, sorted (`bpftool cgroup show`).
