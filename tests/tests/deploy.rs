@@ -492,3 +492,39 @@ fn the_daemon_set_probes_liveness_and_readiness_on_the_metrics_port_and_mounts_b
         "the agent runs on capabilities, not privileged"
     );
 }
+
+#[test]
+fn socket_load_balancing_is_on_and_its_cgroup_root_is_the_hosts_cgroup_hierarchy() {
+    let m = manifests();
+    assert_eq!(m.config_maps.len(), 1, "one ConfigMap");
+    let data = m.config_maps[0].data.clone().unwrap_or_default();
+    assert_eq!(
+        data.get("bpf-lb-sock").map(String::as_str),
+        Some("true"),
+        "host clients reach Services on a kube-proxy-free cluster"
+    );
+    let cgroup_root = data.get("cgroup-root").expect("cgroup-root set");
+    let ds = daemon_set(&m);
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.host_path
+                .as_ref()
+                .is_some_and(|h| h.path == "/sys/fs/cgroup")
+        })
+        .expect("a hostPath volume for /sys/fs/cgroup");
+    let mount = agent_container(ds)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|vm| vm.name == volume.name)
+        .expect("the agent mounts the host's cgroup hierarchy");
+    assert_eq!(&mount.mount_path, cgroup_root, "cgroup-root is that mount");
+}
