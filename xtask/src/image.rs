@@ -32,6 +32,8 @@ const INCLUDE: &[&str] = &["iproute2", "ca-certificates"];
 const RECIPE_VERSION: u32 = 1;
 /// Repository of the base images in podman's local storage.
 const BASE_REPOSITORY: &str = "localhost/lb-base";
+/// The label on every image `podman build` makes here, stages included.
+const BUILD_LABEL: &str = "lb.build=xtask-image";
 
 /// What to build, from the command line.
 #[derive(Debug, clap::Args)]
@@ -73,16 +75,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .or_else(|_| std::fs::copy(from, &to).map(drop))
             .with_context(|| format!("copy {} into the build context", from.display()))?;
     }
-    let before = image_id(&options.tag)?;
     let built = build(&workspace.join("Dockerfile"), &base, &context, &options.tag);
     remove_dir_if_exists(&context)?;
     built?;
-    // A rebuild leaves the previous image untagged; remove it unless a container uses it.
-    if let Some(old) = before
-        && image_id(&options.tag)?.as_deref() != Some(old.as_str())
-    {
-        let _ = podman::exec(&["rmi", &old]);
-    }
+    // What builds leave untagged (the `prebuilt` stage, an image a rebuild replaced) is
+    // removed, unless a container still uses it: only images of this command carry the label.
+    podman::run(&[
+        "image",
+        "prune",
+        "--force",
+        "--filter",
+        &format!("label={BUILD_LABEL}"),
+    ])?;
     println!("{}", options.tag);
     Ok(())
 }
@@ -185,19 +189,11 @@ fn build(dockerfile: &Path, base: &str, context: &Path, tag: &str) -> anyhow::Re
             .arg(dockerfile)
             .args(["--build-arg", &format!("BASE={base}")])
             .args(["--build-arg", "BINARIES=prebuilt"])
+            .args(["--label", BUILD_LABEL])
             .args(["--pull=never", "--network=none", "--tag", tag])
             .arg(context)
             .stdout(std::io::stderr()),
     )
-}
-
-/// The id of image `tag`, if there is one.
-fn image_id(tag: &str) -> anyhow::Result<Option<String>> {
-    if !podman::image_exists(tag)? {
-        return Ok(None);
-    }
-    let id = podman::run(&["image", "inspect", "--format", "{{.Id}}", tag])?;
-    Ok(Some(id.trim().to_owned()))
 }
 
 /// Builds lb-agent and lbctl in release mode and returns where they are.
