@@ -153,6 +153,63 @@ pub fn added_capabilities(container: &Container) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Linux's capabilities by number (linux/capability.h), as Kubernetes names them.
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The capability set of `names` as the kernel prints it in /proc/PID/status (`CapEff`).
+pub fn capability_mask(names: &[String]) -> u64 {
+    names.iter().fold(0, |mask, name| {
+        let bare = name.strip_prefix("CAP_").unwrap_or(name);
+        let bit = CAPABILITIES
+            .iter()
+            .position(|cap| *cap == bare)
+            .unwrap_or_else(|| panic!("unknown capability {name}"));
+        mask | 1 << bit
+    })
+}
+
 /// The container's environment: literal values and the downward API's fields.
 fn env(container: &Container, node: &Node) -> BTreeMap<String, String> {
     container
@@ -331,6 +388,31 @@ mod tests {
             expanded.contains(&"--metrics-address=192.0.2.4:9963".to_owned()),
             "{expanded:?}"
         );
+    }
+
+    #[test]
+    fn capability_masks_use_the_kernels_numbers() {
+        let names = ["NET_ADMIN".to_owned(), "CAP_BPF".to_owned()];
+        assert_eq!(capability_mask(&names), 1 << 12 | 1 << 39);
+        // What the kernel printed as CapEff in a container with podman's built-in defaults.
+        let podman_default = [
+            "AUDIT_WRITE",
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "MKNOD",
+            "NET_BIND_SERVICE",
+            "NET_RAW",
+            "SETFCAP",
+            "SETGID",
+            "SETPCAP",
+            "SETUID",
+            "SYS_CHROOT",
+        ]
+        .map(str::to_owned);
+        assert_eq!(capability_mask(&podman_default), 0xa80425fb);
     }
 
     #[test]

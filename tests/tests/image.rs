@@ -314,8 +314,24 @@ fn the_image_runs_the_daemon_set_pod_on_capabilities_alone_through_traffic_a_res
         let _ = std::fs::remove_dir_all(&pod.bpf_root);
     }
 
-    // The agent as the DaemonSet runs it.
+    // The agent as the DaemonSet runs it, with exactly its capabilities.
     let agent = pod.start_agent(&format!("{}-agent", pod.prefix), &manifests);
+    let status = agent
+        .exec(&["cat", "/proc/1/status"])
+        .and_then(|out| out.into_stdout());
+    let status = ok(status, "the agent's /proc status");
+    let expected = container::capability_mask(&container::added_capabilities(pod.deploy.agent()));
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{set}:")))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("{set} in {status}"));
+        assert_eq!(
+            mask, expected,
+            "{set} of the agent: {mask:#x}, the manifest's capabilities {expected:#x}"
+        );
+    }
     let list = agent
         .exec(&["lbctl", "service", "list", "-o", "json"])
         .and_then(|out| out.into_stdout());
