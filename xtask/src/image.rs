@@ -28,6 +28,8 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 const VARIANT: &str = "minbase";
 /// What the image has beyond minbase (the Dockerfile installs the same on other bases).
 const INCLUDE: &[&str] = &["iproute2", "ca-certificates"];
+/// How often debootstrap is tried before the build fails.
+const DEBOOTSTRAP_TRIES: u32 = 2;
 /// Bump when the steps of [`make_base`] change in a way the constants above do not show.
 const RECIPE_VERSION: u32 = 1;
 /// Repository of the base images in podman's local storage.
@@ -115,13 +117,26 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// debootstrap into a fresh directory under `work`, then `podman import` it as `tag`.
+/// A second try covers a download the mirror broke off.
 fn make_base(work: &Path, tag: &str) -> anyhow::Result<()> {
     let rootfs = work.join(format!("rootfs-{}", std::process::id()));
-    remove_dir_if_exists(&rootfs)?;
-    eprintln!("image: making the base {tag} with debootstrap (about a minute)");
-    let made = debootstrap(&rootfs).and_then(|()| import(&rootfs, tag));
-    remove_dir_if_exists(&rootfs)?;
-    made
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        remove_dir_if_exists(&rootfs)?;
+        eprintln!("image: making the base {tag} with debootstrap (about a minute)");
+        let made = debootstrap(&rootfs);
+        match made {
+            Err(err) if tries < DEBOOTSTRAP_TRIES => {
+                eprintln!("image: debootstrap failed ({err:#}); trying again");
+            }
+            made => {
+                let made = made.and_then(|()| import(&rootfs, tag));
+                remove_dir_if_exists(&rootfs)?;
+                return made;
+            }
+        }
+    }
 }
 
 fn debootstrap(rootfs: &Path) -> anyhow::Result<()> {
