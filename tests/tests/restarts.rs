@@ -712,19 +712,39 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
         "{} is gone (old versions included)",
         node.bpf_root.display()
     );
-    // The programs themselves are freed, not merely detached.
-    let loaded: Vec<u32> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|program| program.id())
+    // The programs themselves are freed, not merely detached. The kernel releases a link whose
+    // pin was removed from a workqueue (`bpf_link_put`), and the link's program with it: soon
+    // after the uninstall returns, not necessarily before.
+    let ids: Vec<(u32, &String)> = ours
+        .iter()
+        .map(|line| {
+            let id = line
+                .rsplit('#')
+                .next()
+                .and_then(|id| id.parse().ok())
+                .expect("program id");
+            (id, *line)
+        })
         .collect();
-    for line in ours {
-        let id: u32 = line
-            .rsplit('#')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .expect("program id");
-        assert!(!loaded.contains(&id), "program {line} is unloaded");
-    }
+    ok(
+        wait_until("lb's programs to be unloaded", DEADLINE, || {
+            let loaded: Vec<u32> = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|program| program.id())
+                .collect();
+            let left: Vec<&String> = ids
+                .iter()
+                .filter(|(id, _)| loaded.contains(id))
+                .map(|(_, line)| *line)
+                .collect();
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(format!("still loaded: {left:?}"))
+            }
+        }),
+        "every program of lb is unloaded",
+    );
     // Pod addresses still work; the ClusterIP is no longer translated.
     for (_, ip) in &BACKENDS[..2] {
         let ip = *ip;
