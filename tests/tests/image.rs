@@ -5,8 +5,9 @@
 //! ConfigMap as files). The test shows that
 //!
 //! - the init container's command runs in the image;
-//! - the agent starts with exactly the DaemonSet's capabilities, and fails to start without
-//!   any one of them (so the manifest asks for nothing it does not need);
+//! - the agent starts with exactly the DaemonSet's capabilities (its effective, permitted and
+//!   bounding sets are those and no others), and fails to start without any one of them (so
+//!   the manifest asks for nothing it does not need);
 //! - traffic to a ClusterIP reaches both backends, and `lbctl` answers through `podman exec`;
 //! - the container stopped with the pod's grace period and replaced by a new one, as the
 //!   kubelet restarts a pod, breaks no connection;
