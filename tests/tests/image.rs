@@ -8,7 +8,8 @@
 //! - the agent starts with exactly the DaemonSet's capabilities (its effective, permitted and
 //!   bounding sets are those and no others), and fails to start without any one of them (so
 //!   the manifest asks for nothing it does not need);
-//! - traffic to a ClusterIP reaches both backends, and `lbctl` answers through `podman exec`;
+//! - traffic to a ClusterIP reaches both backends, and `lbctl` answers through `podman exec`
+//!   (`service list`, `bpf ct list`);
 //! - the container stopped with the pod's grace period and replaced by a new one, as the
 //!   kubelet restarts a pod, breaks no connection;
 //! - `lb-agent --uninstall` in the same image, with the same capabilities, removes lb.
@@ -367,6 +368,18 @@ fn the_image_runs_the_daemon_set_pod_on_capabilities_alone_through_traffic_a_res
             client.seen()
         );
     }
+
+    // The conntrack listing reads the datapath's clock, which the agent opens through a pin:
+    // by id it would need CAP_SYS_ADMIN.
+    let ct = agent
+        .exec(&["lbctl", "bpf", "ct", "list"])
+        .and_then(|out| out.into_stdout());
+    let ct = ok(ct, "lbctl bpf ct list through podman exec");
+    assert!(
+        ct.lines()
+            .any(|line| line.starts_with("TCP SERVICE") && line.contains(&format!("-> {vip} "))),
+        "the client's connections to {vip} are in conntrack:\n{ct}"
+    );
 
     // A restart as the kubelet does it: stop within the grace period, a new container.
     let code = pod.stop(&agent);
