@@ -8,6 +8,8 @@
 //! - [`cgroup`]: a test's own cgroup v2 (socket programs are attached there, never to the root);
 //! - [`servers`]: what a backend pod runs (the HTTP server, a TCP and UDP echo server);
 //! - [`packet`]: frames for `BPF_PROG_TEST_RUN` built by etherparse, and a checked reader;
+//! - [`podman`]: podman as lb's image build and its container test run it, and containers
+//!   as guards removed on drop;
 //! - [`wait_until`]: waiting on a condition with a deadline, never a bare sleep.
 //!
 //! Used by `tests/` (`lb-tests`), `lab/` (`lb-lab`) and `bench/` (`lb-bench`). It must not
@@ -18,6 +20,7 @@ pub mod cgroup;
 pub mod netns;
 pub mod packet;
 pub mod pod;
+pub mod podman;
 pub mod servers;
 mod wait;
 

@@ -39,7 +39,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn from_output(cmdline: String, output: Output) -> Self {
+    pub(crate) fn from_output(cmdline: String, output: Output) -> Self {
         Self {
             cmdline,
             success: output.status.success(),

@@ -23,18 +23,15 @@
 //! come from `LB_BIN_DIR`, or a `cargo build -p lb-agent -p lbctl` of this workspace.
 //! Traffic never leaves these namespaces: the node's only way out leads to `<p>outside`.
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb_lab::Binaries;
 use lb_testkit::{Netns, Process, ok, pod, servers, veth, wait_until};
 use lb_tests::agent::pinned_datapath_config;
+use lb_tests::traffic::{self, Client};
 
 /// The ClusterIP of the test's Service.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
@@ -54,15 +51,6 @@ const RESTARTS: usize = 10;
 const CHANGE_AT: usize = 5;
 /// Long-lived connections the client keeps open across every restart.
 const KEPT_CONNECTIONS: usize = 4;
-/// Pause between two new connections: 20 a second.
-const NEW_CONNECTION_EVERY: Duration = Duration::from_millis(50);
-/// Pause between two exchanges on each kept connection.
-const KEPT_EXCHANGE_EVERY: Duration = Duration::from_millis(200);
-/// A new connection fails if its handshake takes longer: shorter than the SYN retransmission
-/// timeout (1 s), so a SYN the datapath lost is a failure rather than a slow success.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(900);
-/// A request on any connection fails if its answer takes longer.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline for the agent to be ready, for a process to exit, for traffic to progress.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -301,200 +289,9 @@ fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     ok(ns.within(f), &format!("enter {}", ns.name()))
 }
 
-/// One HTTP/1.1 exchange on `conn`: the pod that answered.
-fn exchange(conn: &mut BufReader<TcpStream>, close: bool) -> std::io::Result<Ipv4Addr> {
-    let connection = if close { "close" } else { "keep-alive" };
-    conn.get_mut().write_all(
-        format!("GET / HTTP/1.1\r\nHost: {VIP}\r\nConnection: {connection}\r\n\r\n").as_bytes(),
-    )?;
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut status = String::new();
-    conn.read_line(&mut status)?;
-    if !status.starts_with("HTTP/1.1 200") {
-        return Err(bad(format!("status line {status:?}")));
-    }
-    let (mut length, mut pod) = (None, None);
-    loop {
-        let mut line = String::new();
-        if conn.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed in the headers".into()));
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "x-pod-ip" => pod = value.trim().parse::<Ipv4Addr>().ok(),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; length.ok_or_else(|| bad("no Content-Length".into()))?];
-    conn.read_exact(&mut body)?;
-    pod.ok_or_else(|| bad("no X-Pod-IP".into()))
-}
-
-fn connect(to: Ipv4Addr) -> std::io::Result<BufReader<TcpStream>> {
-    let addr = SocketAddr::V4(SocketAddrV4::new(to, PORT));
-    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(BufReader::new(stream))
-}
-
-/// A new connection to `to`, one request, closed: the pod that answered.
+/// A new connection to `to`:PORT, one request, closed: the pod that answered.
 fn get_once(to: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
-    exchange(&mut connect(to)?, true)
-}
-
-/// What the client saw.
-#[derive(Debug, Default)]
-struct Seen {
-    /// New connections that completed their exchange.
-    new_ok: u64,
-    /// New connections that failed, with when and why.
-    new_failed: Vec<String>,
-    /// New connections per answering pod.
-    by_pod: BTreeMap<Ipv4Addr, u64>,
-    /// Exchanges completed on kept connections.
-    kept_ok: u64,
-    /// Kept connections that broke or changed backend, with when and why.
-    kept_broken: Vec<String>,
-}
-
-/// The client pod's traffic: `KEPT_CONNECTIONS` long-lived connections exchanging data
-/// periodically, and new connections at a steady rate, both through the ClusterIP.
-struct Client {
-    seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    started: Instant,
-}
-
-impl Client {
-    fn start(client_ns: &Netns) -> Self {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let mut threads = Vec::new();
-        let (s, st) = (seen.clone(), stop.clone());
-        threads.push(ok(
-            client_ns.spawn_thread(move || {
-                while !st.load(Ordering::Relaxed) {
-                    let at = started.elapsed();
-                    let result = get_once(VIP);
-                    let mut seen = s.lock().expect("seen");
-                    match result {
-                        Ok(pod) => {
-                            seen.new_ok += 1;
-                            *seen.by_pod.entry(pod).or_default() += 1;
-                        }
-                        Err(err) => seen.new_failed.push(format!("at {at:?}: {err}")),
-                    }
-                    drop(seen);
-                    // Pacing of a steady rate, not a wait for a condition.
-                    std::thread::sleep(NEW_CONNECTION_EVERY);
-                }
-            }),
-            "start the new-connection thread",
-        ));
-        let (s, st) = (seen.clone(), stop.clone());
-        threads.push(ok(
-            client_ns.spawn_thread(move || {
-                let mut kept: Vec<(BufReader<TcpStream>, Ipv4Addr)> = (0..KEPT_CONNECTIONS)
-                    .map(|_| {
-                        let mut conn = connect(VIP).expect("open a kept connection");
-                        let pod = exchange(&mut conn, false).expect("first exchange");
-                        (conn, pod)
-                    })
-                    .collect();
-                while !st.load(Ordering::Relaxed) && !kept.is_empty() {
-                    let at = started.elapsed();
-                    kept.retain_mut(|(conn, pod)| {
-                        let result = exchange(conn, false);
-                        let mut seen = s.lock().expect("seen");
-                        match result {
-                            Ok(answered) if answered == *pod => {
-                                seen.kept_ok += 1;
-                                true
-                            }
-                            Ok(answered) => {
-                                seen.kept_broken.push(format!(
-                                    "at {at:?}: connection to {pod} answered by {answered}"
-                                ));
-                                false
-                            }
-                            Err(err) => {
-                                seen.kept_broken
-                                    .push(format!("at {at:?}: connection to {pod}: {err}"));
-                                false
-                            }
-                        }
-                    });
-                    std::thread::sleep(KEPT_EXCHANGE_EVERY);
-                }
-            }),
-            "start the kept-connection thread",
-        ));
-        Self {
-            seen,
-            stop,
-            threads,
-            started,
-        }
-    }
-
-    /// (new connections that succeeded, exchanges on kept connections).
-    fn progress(&self) -> (u64, u64) {
-        let seen = self.seen.lock().expect("seen");
-        (seen.new_ok, seen.kept_ok)
-    }
-
-    /// Waits until at least `new` more new connections and `kept` more kept exchanges succeeded.
-    fn wait_progress(&self, what: &str, new: u64, kept: u64) {
-        let (new0, kept0) = self.progress();
-        ok(
-            wait_until(what, DEADLINE, || {
-                let (n, k) = self.progress();
-                if n >= new0 + new && k >= kept0 + kept {
-                    Ok(Some(()))
-                } else {
-                    Err(format!("{} new, {} kept since", n - new0, k - kept0))
-                }
-            }),
-            what,
-        );
-    }
-
-    /// Fails at once, with what broke, if any connection failed so far.
-    fn assert_no_failures(&self, context: &str) {
-        let seen = self.seen.lock().expect("seen");
-        assert!(
-            seen.new_failed.is_empty() && seen.kept_broken.is_empty(),
-            "{context}: {} new connections failed {:?}; kept connections broken {:?} \
-             (client started {:?} ago)",
-            seen.new_failed.len(),
-            seen.new_failed,
-            seen.kept_broken,
-            self.started.elapsed()
-        );
-    }
-
-    fn stop(mut self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread.join().expect("client thread");
-        }
-        std::mem::take(&mut *self.seen.lock().expect("seen"))
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    traffic::get_once(SocketAddrV4::new(to, PORT))
 }
 
 #[test]
@@ -509,11 +306,16 @@ fn ten_agent_restarts_break_no_connection_and_keep_ids() {
         .unwrap_or_else(|| panic!("{frontend} programmed: {ids:?}\n{}", node.log_tail()));
     assert_eq!(backends.len(), 2, "two backends: {ids:?}");
 
-    let client = Client::start(&node.pods["client"]);
+    let client = Client::start(
+        &node.pods["client"],
+        SocketAddrV4::new(VIP, PORT),
+        KEPT_CONNECTIONS,
+    );
     client.wait_progress(
         "traffic through the ClusterIP",
         20,
         2 * KEPT_CONNECTIONS as u64,
+        DEADLINE,
     );
     client.assert_no_failures("before any restart");
 
@@ -525,6 +327,7 @@ fn ten_agent_restarts_break_no_connection_and_keep_ids() {
             &format!("traffic while the agent is down ({restart})"),
             5,
             KEPT_CONNECTIONS as u64,
+            DEADLINE,
         );
         if restart == CHANGE_AT {
             node.write_manifests(&["be1", "be2", "be3"]);
@@ -555,22 +358,14 @@ fn ten_agent_restarts_break_no_connection_and_keep_ids() {
             &format!("traffic after restart {restart}"),
             5,
             KEPT_CONNECTIONS as u64,
+            DEADLINE,
         );
         client.assert_no_failures(&format!("restart {restart}"));
     }
 
     // be3, added while the agent was down, takes new connections.
     let be3 = BACKENDS[2].1;
-    let be3_count = || {
-        client
-            .seen
-            .lock()
-            .expect("seen")
-            .by_pod
-            .get(&be3)
-            .copied()
-            .unwrap_or(0)
-    };
+    let be3_count = || client.seen().by_pod.get(&be3).copied().unwrap_or(0);
     let before = be3_count();
     ok(
         wait_until("new connections to be3", DEADLINE, || {
@@ -584,10 +379,7 @@ fn ten_agent_restarts_break_no_connection_and_keep_ids() {
         "be3 gets traffic",
     );
     let seen = client.stop();
-    assert!(
-        seen.new_failed.is_empty() && seen.kept_broken.is_empty(),
-        "failures: {seen:?}"
-    );
+    assert!(seen.no_failures(), "failures: {seen:?}");
     for (name, ip) in BACKENDS {
         assert!(
             seen.by_pod.get(&ip).is_some_and(|n| *n > 0),
@@ -714,19 +506,39 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
         "{} is gone (old versions included)",
         node.bpf_root.display()
     );
-    // The programs themselves are freed, not merely detached.
-    let loaded: Vec<u32> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|program| program.id())
+    // The programs themselves are freed, not merely detached. The kernel releases a link whose
+    // pin was removed from a workqueue (`bpf_link_put`), and the link's program with it: soon
+    // after the uninstall returns, not necessarily before.
+    let ids: Vec<(u32, &String)> = ours
+        .iter()
+        .map(|line| {
+            let id = line
+                .rsplit('#')
+                .next()
+                .and_then(|id| id.parse().ok())
+                .expect("program id");
+            (id, *line)
+        })
         .collect();
-    for line in ours {
-        let id: u32 = line
-            .rsplit('#')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .expect("program id");
-        assert!(!loaded.contains(&id), "program {line} is unloaded");
-    }
+    ok(
+        wait_until("lb's programs to be unloaded", DEADLINE, || {
+            let loaded: Vec<u32> = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|program| program.id())
+                .collect();
+            let left: Vec<&String> = ids
+                .iter()
+                .filter(|(id, _)| loaded.contains(id))
+                .map(|(_, line)| *line)
+                .collect();
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(format!("still loaded: {left:?}"))
+            }
+        }),
+        "every program of lb is unloaded",
+    );
     // Pod addresses still work; the ClusterIP is no longer translated.
     for (_, ip) in &BACKENDS[..2] {
         let ip = *ip;

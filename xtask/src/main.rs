@@ -1,5 +1,5 @@
 //! `cargo xtask`: the project's tasks. `setup` installs what a fresh machine lacks; `demo` runs
-//! the lab; `bench` measures lb against kube-proxy's rule sets; `ci` is what `.ci/run` calls.
+//! the lab; `image` builds the container image with podman; `bench` measures lb against kube-proxy's rule sets; `ci` is what `.ci/run` calls.
 //!
 //! xtask deliberately depends on nothing that builds the eBPF object, so `cargo xtask setup`
 //! works on a machine that has no bpf-linker yet.
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -31,6 +32,9 @@ enum Command {
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
+    /// Build the container image with podman from the Dockerfile, on a Debian 12 base made
+    /// with debootstrap (no registry needed; the base is cached); prints the image's tag.
+    Image(image::Options),
     /// Run every check: fmt, clippy (host and eBPF), and all tests (needs root).
     Test,
     /// Benchmark lb against kube-proxy's iptables and nftables rule sets; writes
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
             ..
         } => demo::down(),
         Command::Demo { keep, action: None } => demo::run(keep),
+        Command::Image(options) => image::run(&options),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Bench { quick } => bench::run(quick),
     };

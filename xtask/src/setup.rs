@@ -18,6 +18,12 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "iperf3",
     "bpftool",
+    // `cargo xtask image` and its test: podman with runc (crun refuses hybrid cgroups; podman
+    // reads lb-testkit/containers.conf, nothing under /etc changes) and debootstrap for the
+    // base image, as no container registry is reachable.
+    "podman",
+    "runc",
+    "debootstrap",
     "ethtool",
     "python3",
     "iputils-ping",

@@ -240,7 +240,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
     }
     let maps = Arc::new(Mutex::new(maps));
     let syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
-    let list_clock = datapath::conntrack::Clock::new(&mut ebpf)?;
+    let list_clock = datapath::conntrack::Clock::new(&mut ebpf, &pin_dir)?;
     Ok(Loaded {
         ebpf,
         pin_dir,

@@ -22,6 +22,8 @@ use super::{Error, loader::classifier};
 
 /// The name of the clock program in the object.
 pub const CLOCK_PROGRAM: &str = "ct_clock";
+/// The pin, in the version directory, that exists only while [`Clock::new`] opens a handle.
+const CLOCK_HANDLE_PIN: &str = "ct_clock_handle";
 
 /// Which conntrack map an entry is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,22 +87,35 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// An independent handle on the loaded `ct_clock` program of `ebpf`.
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, Error> {
-        let program = classifier(ebpf, CLOCK_PROGRAM)?;
-        let info = program.info().map_err(|err| Error::Program {
-            action: "inspect",
+    /// An independent handle on the loaded `ct_clock` program of `ebpf`, whose pins are in
+    /// `pin_dir`.
+    ///
+    /// The handle is opened through a pin made for the moment and removed at once: opening a
+    /// program by its id (`BPF_PROG_GET_FD_BY_ID`) needs CAP_SYS_ADMIN, which the agent runs
+    /// without (deploy/daemonset.yaml), while opening a pin needs only the file. A pin left by
+    /// an agent killed in between is replaced here and removed with the rest by `--uninstall`.
+    pub fn new(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Self, Error> {
+        let pin = pin_dir.join(CLOCK_HANDLE_PIN);
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinProgram {
+            program: CLOCK_PROGRAM,
+            path: pin.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(&pin) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(pin_error(Box::new(err)));
+            }
+            _ => {}
+        }
+        let loaded = classifier(ebpf, CLOCK_PROGRAM)?;
+        loaded.pin(&pin).map_err(|err| pin_error(Box::new(err)))?;
+        let opened = SchedClassifier::from_pin(&pin);
+        loaded.unpin().map_err(|err| pin_error(Box::new(err)))?;
+        let program = opened.map_err(|err| Error::Program {
+            action: "open",
             program: CLOCK_PROGRAM,
             source: Box::new(err),
         })?;
-        let program =
-            SchedClassifier::from_program_info(info, CLOCK_PROGRAM.into()).map_err(|err| {
-                Error::Program {
-                    action: "open",
-                    program: CLOCK_PROGRAM,
-                    source: Box::new(err),
-                }
-            })?;
         Ok(Self { program })
     }
 

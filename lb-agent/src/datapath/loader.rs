@@ -73,7 +73,7 @@ impl Datapath {
                     source: Box::new(err),
                 })?;
         }
-        let clock = Clock::new(&mut ebpf)?;
+        let clock = Clock::new(&mut ebpf, &pin_dir)?;
         let mut maps = AyaMaps::take(&mut ebpf)?;
         use super::LbMaps as _;
         maps.set_config(&options.config)?;

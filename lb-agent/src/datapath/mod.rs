@@ -53,6 +53,17 @@ pub enum Error {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    /// A program could not be pinned or unpinned.
+    #[error("cannot pin program `{program}` at `{path}`")]
+    PinProgram {
+        /// The program's name.
+        program: &'static str,
+        /// The pin.
+        path: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An interface named on the command line does not exist.
     #[error("interface `{iface}` does not exist (check --devices)")]
     NoSuchInterface {
