@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use lb_testkit::cgroup::TestCgroup;
 use lb_testkit::podman::{self, Container};
 use lb_testkit::{BPF_ROOT, ok, wait_until};
 use lb_tests::container::{self, Deploy};
@@ -45,6 +46,8 @@ const KEPT_CONNECTIONS: usize = 2;
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Where the DaemonSet mounts the run directory (hostPath volume `run`).
 const RUN_VOLUME: &str = "run";
+/// The DaemonSet's volume with the host's cgroup hierarchy (for `bpf-lb-sock`).
+const CGROUP_VOLUME: &str = "cgroup";
 /// Where the test's manifests are inside the container, for `--source`.
 const MANIFESTS_IN_CONTAINER: &str = "/etc/lb/manifests";
 
@@ -109,6 +112,10 @@ struct Pod<'a> {
     image: &'a Image,
     bpf_root: PathBuf,
     prefix: String,
+    /// Stands in for the host's cgroup hierarchy (volume `cgroup`): the socket programs the
+    /// ConfigMap turns on attach here, never to the machine's own root cgroup. Declared last,
+    /// so it is removed after everything that used it.
+    _cgroup: TestCgroup,
 }
 
 impl<'a> Pod<'a> {
@@ -117,18 +124,23 @@ impl<'a> Pod<'a> {
         let dir = topology.dir();
         deploy.write_config_map(&dir.join("config"));
         let prefix = format!("{PREFIX}image-{}", std::process::id());
+        let cgroup = ok(TestCgroup::create("image"));
         Self {
             node: container::Node {
                 netns: topology.node.path(),
                 name: "node".to_owned(),
                 host_ip: NODE_IP,
-                host_paths: BTreeMap::from([(RUN_VOLUME.to_owned(), dir.join("run"))]),
+                host_paths: BTreeMap::from([
+                    (RUN_VOLUME.to_owned(), dir.join("run")),
+                    (CGROUP_VOLUME.to_owned(), cgroup.path().to_owned()),
+                ]),
                 config_map_dir: dir.join("config"),
             },
             deploy,
             image,
             bpf_root: Path::new(BPF_ROOT).join(&prefix),
             prefix,
+            _cgroup: cgroup,
         }
     }
 
