@@ -124,7 +124,7 @@ impl<'a> Pod<'a> {
         let dir = topology.dir();
         deploy.write_config_map(&dir.join("config"));
         let prefix = format!("{PREFIX}image-{}", std::process::id());
-        let cgroup = ok(TestCgroup::create("image"));
+        let cgroup = ok(TestCgroup::create("image"), "create the test cgroup");
         Self {
             node: container::Node {
                 netns: topology.node.path(),
