@@ -27,7 +27,10 @@
 //! stack does no further work and sends nothing back. On veths the whole chain runs in the
 //! sender's context (`veth_xmit` → `netif_rx`, processed when the sender's syscall re-enables
 //! softirqs), so the rate measures sender + node + backend ingress together on the two CPUs;
-//! the variants differ only in the node's work.
+//! the variants differ only in the node's work. On a machine shared with other work the wall
+//! clock rate says as much about the neighbours as about the path, so each sender also reads
+//! its own CPU time (`CLOCK_THREAD_CPUTIME_ID`, which includes the softirq work done in its
+//! context): CPU ns per packet counted, the inverse of the rate at 100% of one CPU.
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,6 +92,9 @@ pub struct UdpResult {
     pub forwarded: [Summary; 2],
     /// Per frame size: packets per second the senders handed to the kernel.
     pub sent: [Summary; 2],
+    /// Per frame size: the senders' CPU time per packet counted, in ns (their own work and
+    /// the node's and backend's receive work done in their context).
+    pub cpu_ns: [Summary; 2],
 }
 
 /// A TCP path measured with iperf3.
@@ -150,6 +156,8 @@ pub struct TcpResult {
 /// Everything B4 measured.
 #[derive(Clone, Debug, Default)]
 pub struct Forwarding {
+    /// Sender threads, one per CPU.
+    pub senders: usize,
     /// UDP rates, by size then variant.
     pub udp: Vec<UdpResult>,
     /// iperf3 rates, by path.
@@ -158,7 +166,10 @@ pub struct Forwarding {
 
 /// Runs B4: the UDP rate at every size, then iperf3.
 pub fn run(plan: &Plan) -> anyhow::Result<Forwarding> {
-    let mut out = Forwarding::default();
+    let mut out = Forwarding {
+        senders: senders(),
+        ..Forwarding::default()
+    };
     for &services in plan.sizes {
         out.udp.extend(udp(plan, services)?);
     }
@@ -179,6 +190,7 @@ fn udp(plan: &Plan, services: u32) -> anyhow::Result<Vec<UdpResult>> {
     // [chain][frame size] → one rate per round.
     let mut forwarded = vec![vec![Vec::new(); FRAME_SIZES.len()]; chains.len()];
     let mut sent = forwarded.clone();
+    let mut cpu_ns = forwarded.clone();
     for round in 0..plan.rounds {
         // Rotate the order each round so no variant always runs first.
         for step in 0..chains.len() {
@@ -187,6 +199,7 @@ fn udp(plan: &Plan, services: u32) -> anyhow::Result<Vec<UdpResult>> {
                 let rate = chains[k].rate(size, plan.send_for)?;
                 forwarded[k][size].push(vec![rate.forwarded]);
                 sent[k][size].push(vec![rate.sent]);
+                cpu_ns[k][size].push(vec![rate.cpu_ns]);
             }
         }
     }
@@ -198,16 +211,19 @@ fn udp(plan: &Plan, services: u32) -> anyhow::Result<Vec<UdpResult>> {
             variant: chain.variant,
             forwarded: [summarize(&forwarded[k][0]), summarize(&forwarded[k][1])],
             sent: [summarize(&sent[k][0]), summarize(&sent[k][1])],
+            cpu_ns: [summarize(&cpu_ns[k][0]), summarize(&cpu_ns[k][1])],
         })
         .collect();
     let line: Vec<String> = results
         .iter()
         .map(|r| {
             format!(
-                "{} {:.0}/{:.0} kpps",
+                "{} {:.0}/{:.0} kpps, {:.0}/{:.0} CPU ns per packet",
                 r.variant.name(),
                 r.forwarded[0].p50 / 1e3,
-                r.forwarded[1].p50 / 1e3
+                r.forwarded[1].p50 / 1e3,
+                r.cpu_ns[0].p50,
+                r.cpu_ns[1].p50
             )
         })
         .collect();
@@ -222,6 +238,7 @@ fn udp(plan: &Plan, services: u32) -> anyhow::Result<Vec<UdpResult>> {
 struct Rate {
     forwarded: f64,
     sent: f64,
+    cpu_ns: f64,
 }
 
 /// Client → node → backend with one variant in the node, UDP frames ready to send.
@@ -367,7 +384,7 @@ impl UdpChain {
     /// Sends frames of `FRAME_SIZES[size]` from every CPU for `duration`; returns the rates.
     fn rate(&self, size: usize, duration: Duration) -> anyhow::Result<Rate> {
         let before = self.received()?;
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpus = senders();
         let started = Instant::now();
         let until = started + duration;
         let mut senders = Vec::new();
@@ -380,12 +397,14 @@ impl UdpChain {
                 blast(ifindex, &frames, cpu * frames.len() / cpus, until)
             })?);
         }
-        let mut sent = 0;
+        let (mut sent, mut cpu) = (0, Duration::ZERO);
         for sender in senders {
-            sent += sender
+            let (count, used) = sender
                 .join()
                 .map_err(|_| anyhow::anyhow!("a UDP sender panicked"))?
                 .context("send UDP frames (AF_PACKET)")?;
+            sent += count;
+            cpu += used;
         }
         let elapsed = started.elapsed().as_secs_f64();
         // Packets still queued when the senders stopped arrive within a poll or two.
@@ -396,11 +415,18 @@ impl UdpChain {
             last = now;
             Ok(settled.then_some(now))
         })?;
+        let counted = received - before;
         Ok(Rate {
-            forwarded: (received - before) as f64 / elapsed,
+            forwarded: counted as f64 / elapsed,
             sent: sent as f64 / elapsed,
+            cpu_ns: cpu.as_secs_f64() * 1e9 / counted.max(1) as f64,
         })
     }
+}
+
+/// One sender thread per CPU.
+fn senders() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// One frame per flow: UDP from `CLIENT:port` to `target`, `size` bytes in all.
@@ -518,9 +544,28 @@ fn send_once(ifindex: u32, frames: &[Vec<u8>]) -> std::io::Result<u64> {
     Ok(sent)
 }
 
+/// CPU time the calling thread has used. The kernel counts the softirq work it runs on the
+/// thread's behalf (when a send re-enables softirqs) as the thread's: this kernel has no
+/// `CONFIG_IRQ_TIME_ACCOUNTING`, which would subtract it.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec on the stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// Sends `frames` round and round, [`BATCH`] per `sendmmsg`, starting at `first`, until
-/// `until`; returns how many the kernel took. A full buffer (`ENOBUFS`) is retried.
-fn blast(ifindex: u32, frames: &[Vec<u8>], first: usize, until: Instant) -> std::io::Result<u64> {
+/// `until`; returns how many the kernel took and the CPU time the thread used meanwhile. A
+/// full buffer (`ENOBUFS`) is retried.
+fn blast(
+    ifindex: u32,
+    frames: &[Vec<u8>],
+    first: usize,
+    until: Instant,
+) -> std::io::Result<(u64, Duration)> {
     use std::os::fd::AsRawFd as _;
     let fd = packet_socket(ifindex)?;
     let mut iovecs: Vec<libc::iovec> = frames
@@ -546,6 +591,7 @@ fn blast(ifindex: u32, frames: &[Vec<u8>], first: usize, until: Instant) -> std:
     let count = messages.len();
     let mut at = first % count;
     let mut sent = 0;
+    let cpu_before = thread_cpu();
     while Instant::now() < until {
         let batch = BATCH.min(count - at);
         // SAFETY: `messages[at..at + batch]` are valid mmsghdrs whose iovecs point into
@@ -568,7 +614,7 @@ fn blast(ifindex: u32, frames: &[Vec<u8>], first: usize, until: Instant) -> std:
         sent += rc as u64;
         at = (at + rc as usize) % count;
     }
-    Ok(sent)
+    Ok((sent, thread_cpu().saturating_sub(cpu_before)))
 }
 
 fn tcp(plan: &Plan) -> anyhow::Result<Vec<TcpResult>> {
