@@ -8,7 +8,7 @@
 //!
 //! `--quick` runs tiny sizes as a smoke test (CI): it checks that every path works and asserts
 //! nothing about speed. Needs root (BPF, namespaces, iptables, nft). All traffic stays inside
-//! namespaces named `lbbench-*`, removed at the end.
+//! namespaces named `lbbench-<pid>-*`, removed at the end.
 mod alloc;
 mod control;
 mod datapath;
