@@ -44,6 +44,11 @@ pub struct Run {
 impl LbDatapath {
     /// Loads the datapath with maps pinned under `/sys/fs/bpf/lb-bench-<pid>-<tag>`.
     pub fn load(tag: &str) -> anyhow::Result<Self> {
+        Self::load_with(tag, DatapathConfig::default())
+    }
+
+    /// [`LbDatapath::load`] with `config` in `LB_CONFIG` (SNAT needs a node address).
+    pub fn load_with(tag: &str, config: DatapathConfig) -> anyhow::Result<Self> {
         let root = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let datapath = Datapath::load(&LoadOptions {
@@ -51,7 +56,7 @@ impl LbDatapath {
             ct_max_entries: CT_MAX,
             ct_any_max_entries: CT_MAX,
             lb_map_max: LB_MAP_MAX,
-            config: DatapathConfig::default(),
+            config,
         })
         .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))
         .context("load the datapath (is /sys/fs/bpf bpffs?)")?;
@@ -80,13 +85,13 @@ impl LbDatapath {
 
     /// Attaches `from_pod` to `iface` of the calling thread's network namespace.
     pub fn attach_from_pod(&mut self, iface: &str) -> anyhow::Result<()> {
-        lb_agent::datapath::devices::attach(
-            &mut self.inner_ebpf,
-            &self.pin_dir,
-            Hook::FromPod,
-            iface,
-        )
-        .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))
+        self.attach(Hook::FromPod, iface)
+    }
+
+    /// Attaches `hook`'s program to `iface` of the calling thread's network namespace.
+    pub fn attach(&mut self, hook: Hook, iface: &str) -> anyhow::Result<()> {
+        lb_agent::datapath::devices::attach(&mut self.inner_ebpf, &self.pin_dir, hook, iface)
+            .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))
     }
 
     /// Runs `frame` through `from_pod` `repeat` times (the kernel reruns the program on the

@@ -1,7 +1,8 @@
 //! One Service/EndpointSlice fixture, rendered three ways: the agent's desired services (lb),
 //! an `iptables-restore` file and an `nft -f` file, both in kube-proxy's own rule shapes.
 //!
-//! Service `i` (0-based) is `bench/svc-i`, ClusterIP `10.96.0.0 + i + 1`, port 80/TCP, with
+//! Service `i` (0-based) is `bench/svc-i`, ClusterIP `10.96.0.0 + i + 1`, port 80/TCP (80/UDP
+//! in the `*_for(Protocol::Udp)` renderings, for the forwarding rate), with
 //! `backends` endpoints on port 8080 at `10.128.0.0 + i * backends + j + 1` (a /9 that the
 //! backend namespace answers for as a whole). The *last-inserted* service is the target.
 use std::fmt::Write as _;
@@ -63,6 +64,11 @@ impl Fixture {
 
     /// The agent's desired services (what `model::desired_services` yields for the fixture).
     pub fn desired(self) -> Vec<DesiredService> {
+        self.desired_for(Protocol::Tcp)
+    }
+
+    /// [`Fixture::desired`] with every frontend on `protocol`.
+    pub fn desired_for(self, protocol: Protocol) -> Vec<DesiredService> {
         (0..self.services)
             .map(|i| DesiredService {
                 namespace: "bench".into(),
@@ -71,7 +77,7 @@ impl Fixture {
                 frontend: Frontend {
                     vip: Self::vip(i),
                     port: SERVICE_PORT,
-                    protocol: Protocol::Tcp,
+                    protocol,
                 },
                 kind: FrontendKind::ClusterIp,
                 local_only: false,
@@ -94,34 +100,46 @@ impl Fixture {
     /// masquerade marking rules. The filter table is left out: it has no per-service rules on
     /// the ClusterIP path.
     pub fn iptables(self) -> String {
+        self.iptables_for(Protocol::Tcp)
+    }
+
+    /// [`Fixture::iptables`] with every service on `protocol`.
+    pub fn iptables_for(self, protocol: Protocol) -> String {
         let mut out =
             String::with_capacity(self.services as usize * (300 + 250 * self.backends as usize));
         out.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
         out.push_str(":KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
         for i in 0..self.services {
-            let _ = writeln!(out, ":{} - [0:0]", svc_chain(i));
+            let _ = writeln!(out, ":{} - [0:0]", svc_chain(i, protocol));
             for j in 0..self.backends {
                 let _ = writeln!(out, ":{} - [0:0]", sep_chain(self.backend(i, j)));
             }
         }
         out.push_str(IPTABLES_JUMPS);
         for i in 0..self.services {
-            self.iptables_service_chains(i, None, &mut out);
+            self.iptables_service_chains(i, None, protocol, &mut out);
         }
         for i in 0..self.services {
-            iptables_services_rule(i, &mut out);
+            iptables_services_rule(i, protocol, &mut out);
         }
         out.push_str(IPTABLES_NODEPORTS);
         out.push_str("COMMIT\n");
         out
     }
 
-    fn iptables_service_chains(self, i: u32, change: Option<EndpointChange>, out: &mut String) {
+    fn iptables_service_chains(
+        self,
+        i: u32,
+        change: Option<EndpointChange>,
+        protocol: Protocol,
+        out: &mut String,
+    ) {
         let vip = Self::vip(i);
-        let svc = svc_chain(i);
+        let svc = svc_chain(i, protocol);
+        let p = l4_name(protocol);
         let _ = writeln!(
             out,
-            "-A {svc} -m comment --comment \"bench/svc-{i} cluster IP\" -m tcp -p tcp -d {vip}/32 --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
+            "-A {svc} -m comment --comment \"bench/svc-{i} cluster IP\" -m {p} -p {p} -d {vip}/32 --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
         );
         let endpoints: Vec<Ipv4Addr> = (0..self.backends)
             .map(|j| {
@@ -157,7 +175,7 @@ impl Fixture {
             );
             let _ = writeln!(
                 out,
-                "-A {sep} -m comment --comment bench/svc-{i} -m tcp -p tcp -j DNAT --to-destination {ep}:{BACKEND_PORT}"
+                "-A {sep} -m comment --comment bench/svc-{i} -m {p} -p {p} -j DNAT --to-destination {ep}:{BACKEND_PORT}"
             );
         }
     }
@@ -169,18 +187,18 @@ impl Fixture {
         let t = self.target();
         let mut out = String::with_capacity(self.services as usize * 160);
         out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n");
-        let _ = writeln!(out, ":{} - [0:0]", svc_chain(t));
+        let _ = writeln!(out, ":{} - [0:0]", svc_chain(t, Protocol::Tcp));
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(change.to));
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(change.from));
         for i in 0..self.services {
-            iptables_services_rule(i, &mut out);
+            iptables_services_rule(i, Protocol::Tcp, &mut out);
         }
         out.push_str(IPTABLES_NODEPORTS);
         let mut chains = String::new();
-        self.iptables_service_chains(t, Some(change), &mut chains);
+        self.iptables_service_chains(t, Some(change), Protocol::Tcp, &mut chains);
         // Only the new endpoint's chain and the service chain are rewritten.
         let keep_sep = sep_chain(change.to);
-        let svc = svc_chain(t);
+        let svc = svc_chain(t, Protocol::Tcp);
         for line in chains.lines() {
             if line.starts_with(&format!("-A {svc} "))
                 || line.starts_with(&format!("-A {keep_sep} "))
@@ -198,7 +216,7 @@ impl Fixture {
     /// `ip kube-proxy`, the `service-ips` verdict map, one chain per service (numgen random) and
     /// one per endpoint (DNAT).
     pub fn nftables(self) -> String {
-        self.nftables_as(false)
+        self.nftables_as(false, Protocol::Tcp)
     }
 
     /// Like [`Fixture::nftables`], except that a service with one endpoint jumps to it with
@@ -206,29 +224,43 @@ impl Fixture {
     /// same lookups, but it loads in seconds instead of minutes at 30k services: every
     /// anonymous set makes the kernel scan all the table's sets to name it (quadratic).
     pub fn nftables_fast(self) -> String {
-        self.nftables_as(true)
+        self.nftables_fast_for(Protocol::Tcp)
     }
 
-    fn nftables_as(self, fast: bool) -> String {
+    /// [`Fixture::nftables_fast`] with every service on `protocol`.
+    pub fn nftables_fast_for(self, protocol: Protocol) -> String {
+        self.nftables_as(true, protocol)
+    }
+
+    fn nftables_as(self, fast: bool, protocol: Protocol) -> String {
         let mut out =
             String::with_capacity(self.services as usize * (500 + 400 * self.backends as usize));
         out.push_str(NFT_BASE);
         for i in 0..self.services {
-            self.nft_service(i, None, fast, &mut out);
+            self.nft_service(i, None, fast, protocol, &mut out);
         }
         for i in 0..self.services {
             let _ = writeln!(
                 out,
-                "add element ip kube-proxy service-ips {{ {} . tcp . {SERVICE_PORT} : goto {} }}",
+                "add element ip kube-proxy service-ips {{ {} . {} . {SERVICE_PORT} : goto {} }}",
                 Self::vip(i),
-                nft_service_chain(i)
+                l4_name(protocol),
+                nft_service_chain(i, protocol)
             );
         }
         out
     }
 
-    fn nft_service(self, i: u32, change: Option<EndpointChange>, fast: bool, out: &mut String) {
-        let chain = nft_service_chain(i);
+    fn nft_service(
+        self,
+        i: u32,
+        change: Option<EndpointChange>,
+        fast: bool,
+        protocol: Protocol,
+        out: &mut String,
+    ) {
+        let chain = nft_service_chain(i, protocol);
+        let p = l4_name(protocol);
         let vip = Self::vip(i);
         let endpoints: Vec<Ipv4Addr> = (0..self.backends)
             .map(|j| {
@@ -243,7 +275,7 @@ impl Fixture {
             if change.is_some_and(|c| c.to != *ep) {
                 continue;
             }
-            let epc = nft_endpoint_chain(i, *ep);
+            let epc = nft_endpoint_chain(i, *ep, protocol);
             let _ = writeln!(out, "add chain ip kube-proxy {epc}");
             let _ = writeln!(out, "flush chain ip kube-proxy {epc}");
             let _ = writeln!(
@@ -252,27 +284,27 @@ impl Fixture {
             );
             let _ = writeln!(
                 out,
-                "add rule ip kube-proxy {epc} meta l4proto tcp dnat to {ep}:{BACKEND_PORT}"
+                "add rule ip kube-proxy {epc} meta l4proto {p} dnat to {ep}:{BACKEND_PORT}"
             );
         }
         let _ = writeln!(out, "add chain ip kube-proxy {chain}");
         let _ = writeln!(out, "flush chain ip kube-proxy {chain}");
         let _ = writeln!(
             out,
-            "add rule ip kube-proxy {chain} ip daddr {vip} tcp dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade"
+            "add rule ip kube-proxy {chain} ip daddr {vip} {p} dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade"
         );
         if fast && endpoints.len() == 1 {
             let _ = writeln!(
                 out,
                 "add rule ip kube-proxy {chain} goto {}",
-                nft_endpoint_chain(i, endpoints[0])
+                nft_endpoint_chain(i, endpoints[0], protocol)
             );
             return;
         }
         let vmap: Vec<String> = endpoints
             .iter()
             .enumerate()
-            .map(|(k, ep)| format!("{k} : goto {}", nft_endpoint_chain(i, *ep)))
+            .map(|(k, ep)| format!("{k} : goto {}", nft_endpoint_chain(i, *ep, protocol)))
             .collect();
         let _ = writeln!(
             out,
@@ -287,22 +319,23 @@ impl Fixture {
     pub fn nftables_change(self, change: EndpointChange) -> String {
         let t = self.target();
         let mut out = String::new();
-        self.nft_service(t, Some(change), false, &mut out);
+        self.nft_service(t, Some(change), false, Protocol::Tcp, &mut out);
         let _ = writeln!(
             out,
             "delete chain ip kube-proxy {}",
-            nft_endpoint_chain(t, change.from)
+            nft_endpoint_chain(t, change.from, Protocol::Tcp)
         );
         out
     }
 }
 
-fn iptables_services_rule(i: u32, out: &mut String) {
+fn iptables_services_rule(i: u32, protocol: Protocol, out: &mut String) {
+    let p = l4_name(protocol);
     let _ = writeln!(
         out,
-        "-A KUBE-SERVICES -m comment --comment \"bench/svc-{i} cluster IP\" -m tcp -p tcp -d {}/32 --dport {SERVICE_PORT} -j {}",
+        "-A KUBE-SERVICES -m comment --comment \"bench/svc-{i} cluster IP\" -m {p} -p {p} -d {}/32 --dport {SERVICE_PORT} -j {}",
         Fixture::vip(i),
-        svc_chain(i)
+        svc_chain(i, protocol)
     );
 }
 
@@ -350,24 +383,35 @@ fn hash16(text: &str) -> String {
         .collect()
 }
 
-fn svc_chain(i: u32) -> String {
-    format!("KUBE-SVC-{}", hash16(&format!("bench/svc-{i}:tcp")))
+/// `tcp` or `udp`, as iptables, nft and kube-proxy's chain names spell it.
+fn l4_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn svc_chain(i: u32, protocol: Protocol) -> String {
+    let p = l4_name(protocol);
+    format!("KUBE-SVC-{}", hash16(&format!("bench/svc-{i}:{p}")))
 }
 
 fn sep_chain(ep: Ipv4Addr) -> String {
     format!("KUBE-SEP-{}", hash16(&format!("ep/{ep}:{BACKEND_PORT}")))
 }
 
-fn nft_service_chain(i: u32) -> String {
+fn nft_service_chain(i: u32, protocol: Protocol) -> String {
+    let p = l4_name(protocol);
     format!(
-        "service-{}-bench/svc-{i}/tcp/",
-        &hash16(&format!("bench/svc-{i}:tcp"))[..8]
+        "service-{}-bench/svc-{i}/{p}/",
+        &hash16(&format!("bench/svc-{i}:{p}"))[..8]
     )
 }
 
-fn nft_endpoint_chain(i: u32, ep: Ipv4Addr) -> String {
+fn nft_endpoint_chain(i: u32, ep: Ipv4Addr, protocol: Protocol) -> String {
+    let p = l4_name(protocol);
     format!(
-        "endpoint-{}-bench/svc-{i}/tcp/__{ep}/{BACKEND_PORT}",
+        "endpoint-{}-bench/svc-{i}/{p}/__{ep}/{BACKEND_PORT}",
         &hash16(&format!("ep/{ep}:{BACKEND_PORT}"))[..8]
     )
 }

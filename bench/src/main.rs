@@ -3,16 +3,17 @@
 //! within rounds, and writes `benchmarks.md` and `benchmarks.svg` to `--out` (default `docs/`).
 //!
 //! ```text
-//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic]
+//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding]
 //! ```
 //!
 //! `--quick` runs tiny sizes as a smoke test (CI): it checks that every path works and asserts
 //! nothing about speed. Needs root (BPF, namespaces, iptables, nft). All traffic stays inside
-//! namespaces named `lbbench-*`, removed at the end.
+//! namespaces named `lbbench-<pid>-*`, removed at the end.
 mod alloc;
 mod control;
 mod datapath;
 mod fixture;
+mod forwarding;
 mod netns;
 mod packet_cost;
 mod report;
@@ -55,6 +56,8 @@ pub struct Config {
     pub rule_changes: usize,
     /// B1 plan.
     pub packet: packet_cost::Plan,
+    /// B4 plan.
+    pub forwarding: forwarding::Plan,
 }
 
 const FULL: Config = Config {
@@ -95,6 +98,13 @@ const FULL: Config = Config {
         samples: 3_000,
         repeat: 100_000,
     },
+    forwarding: forwarding::Plan {
+        sizes: &[1, 10_000],
+        rounds: 5,
+        send_for: Duration::from_secs(1),
+        tcp_rounds: 3,
+        iperf_length: &["-t", "5"],
+    },
 };
 
 const QUICK: Config = Config {
@@ -126,6 +136,13 @@ const QUICK: Config = Config {
         rounds: 2,
         samples: 200,
         repeat: 1_000,
+    },
+    forwarding: forwarding::Plan {
+        sizes: &[1],
+        rounds: 1,
+        send_for: Duration::from_millis(100),
+        tcp_rounds: 1,
+        iperf_length: &["-n", "20M"],
     },
 };
 
@@ -214,6 +231,8 @@ pub struct Results {
     pub packet: Vec<packet_cost::SizeResult>,
     /// B2/B3.
     pub traffic: Vec<TrafficResult>,
+    /// B4.
+    pub forwarding: forwarding::Forwarding,
     /// B5.
     pub sync: Vec<control::SyncResult>,
     /// B6.
@@ -227,7 +246,7 @@ pub struct Results {
 }
 
 /// The parts of the suite, for `--only` (development: the report then has gaps).
-const PARTS: [&str; 4] = ["packet", "sync", "change", "traffic"];
+const PARTS: [&str; 5] = ["packet", "sync", "change", "traffic", "forwarding"];
 
 fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -264,6 +283,11 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
     } else {
         Vec::new()
     };
+    let forwarding = if want("forwarding") {
+        forwarding::run(&config.forwarding)?
+    } else {
+        forwarding::Forwarding::default()
+    };
     let mut machine = machine;
     machine.load_after = report::loadavg();
     let results = Results {
@@ -271,6 +295,7 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
         machine,
         packet,
         traffic,
+        forwarding,
         sync,
         change,
         maps,
@@ -316,7 +341,9 @@ fn main() -> ExitCode {
                 }
             }
             "-h" | "--help" => {
-                println!("lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic]");
+                println!(
+                    "lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding]"
+                );
                 return ExitCode::SUCCESS;
             }
             other => {

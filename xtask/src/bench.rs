@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: lb side by side with kube-proxy's iptables and nftables rule sets and
 //! the kernel's floor. Runs the `lb-bench` binary (crate `bench/`), which measures every
 //! variant interleaved with repetitions and writes `docs/benchmarks.md` and
-//! `docs/benchmarks.svg` (about ten minutes on two cores).
+//! `docs/benchmarks.svg` (about a quarter of an hour on two cores).
 //!
 //! `--quick` is the CI smoke test: tiny sizes, well under two minutes once built, nothing
 //! asserted about speed; it builds with the dev profile (shared with the tests) and writes
