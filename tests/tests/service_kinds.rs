@@ -5,7 +5,8 @@
 //! node's endpoints, ClientIP session affinity and its timeout, a Service without endpoints
 //! refusing connections (and dropping them with `service-no-backend-response=drop`),
 //! `lbctl service list` naming each frontend's kind, Service and flags, and the
-//! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go.
+//! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go,
+//! and `loadBalancerSourceRanges` admitting listed clients and dropping others with 177.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
@@ -39,6 +40,14 @@ const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
 const STICKY_TIMEOUT_SECS: u64 = 1;
 
 const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 4);
+
+/// `guarded`: a load balancer whose source ranges list the external client.
+const GUARDED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 6);
+const GUARDED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// `walled`: a load balancer whose source ranges leave the external client out.
+const WALLED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 7);
+const WALLED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
+const WALLED_NODE_PORT: u16 = 30083;
 
 const DRAIN_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 5);
 const DRAIN_NODE_PORT: u16 = 30082;
@@ -82,6 +91,72 @@ ports:
   protocol: UDP
 "
     )
+}
+
+/// `guarded` and `walled`: two LoadBalancer Services on both backends, each with
+/// `loadBalancerSourceRanges` given as YAML list items.
+fn source_ranges_manifest() -> String {
+    let endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect();
+    let one =
+        |name: &str, cluster_ip: Ipv4Addr, ingress: Ipv4Addr, node_port: u16, ranges: &str| {
+            format!(
+                "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterIP: {cluster_ip}
+  loadBalancerSourceRanges:
+{ranges}  ports:
+  - name: http
+    nodePort: {node_port}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: LoadBalancer
+status:
+  loadBalancer:
+    ingress:
+    - ip: {ingress}
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: {name}
+  name: {name}-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: http
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+            )
+        };
+    // `walled` also carries an entry that is no CIDR: skipped with a warning, not fatal.
+    [
+        one(
+            "guarded",
+            GUARDED_CLUSTER_IP,
+            GUARDED_LOAD_BALANCER_IP,
+            30084,
+            &format!("  - 10.0.0.0/8\n  - {EXTERNAL_IP}/32\n"),
+        ),
+        one(
+            "walled",
+            WALLED_CLUSTER_IP,
+            WALLED_LOAD_BALANCER_IP,
+            WALLED_NODE_PORT,
+            "  - 10.0.0.0/8\n  - not-a-cidr\n",
+        ),
+    ]
+    .join("---\n")
 }
 
 /// Requests per check: enough that a wrong backend among two shows up.
@@ -629,5 +704,91 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
         health_check(&topology.external, LOCAL_HEALTH_PORT).map(|(code, _)| code),
         Ok(503),
         "web-local still served"
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
+    let topology = Topology::new("service_src_range");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("ranges.yaml"), source_ranges_manifest()).expect("write manifests");
+    for ip in [GUARDED_LOAD_BALANCER_IP, WALLED_LOAD_BALANCER_IP] {
+        ok(
+            topology
+                .external
+                .route(&[&format!("{ip}/32"), "via", &NODE_IP.to_string()]),
+            "external route",
+        );
+    }
+    let agent = lb_tests::agent::start(&topology, "service_src_range", &dir);
+    let both: BTreeSet<Ipv4Addr> = BACKEND_IPS.into_iter().collect();
+
+    // Listed: the external client reaches the load balancer, its address kept.
+    let (pods, clients) = answers(
+        &topology.external,
+        SocketAddrV4::new(GUARDED_LOAD_BALANCER_IP, 80),
+    );
+    assert_eq!(pods, both, "an admitted client is balanced as usual");
+    assert_eq!(clients, [EXTERNAL_IP].into_iter().collect());
+
+    // Not listed: every SYN is dropped with 177, which `lbctl monitor` shows. The monitor may
+    // subscribe after the first drop, so each try sends SYNs anew.
+    let mut monitor = ok(agent.monitor_drops(), "lbctl monitor");
+    let mut line = None;
+    for _ in 0..3 {
+        let (outcome, reply) = ok(
+            http_get(
+                &topology.external,
+                SocketAddrV4::new(WALLED_LOAD_BALANCER_IP, 80),
+            ),
+            "run curl",
+        );
+        assert_eq!(
+            reply.status, None,
+            "a denied client gets nothing: {outcome:?}"
+        );
+        let found = monitor.wait_for_line("the src range drop", Duration::from_secs(3), |l| {
+            l.starts_with("xx drop (Denied by LB src range check) ")
+                && l.contains("file policy.rs")
+                && l.contains(&format!("{EXTERNAL_IP}:"))
+                && l.contains(&format!("-> {WALLED_LOAD_BALANCER_IP}:80 tcp SYN"))
+        });
+        if let Ok(found) = found {
+            line = Some(found);
+            break;
+        }
+    }
+    assert!(
+        line.is_some(),
+        "no src range drop in the monitor; it printed {:?}",
+        monitor.seen()
+    );
+    drop(monitor);
+
+    // The ranges are the load balancer's only: the same client reaches the Service's node
+    // port, and pods are never checked.
+    answers_once(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, WALLED_NODE_PORT),
+    );
+    answers_once(
+        &topology.client.ns,
+        SocketAddrV4::new(WALLED_LOAD_BALANCER_IP, 80),
+    );
+
+    let list = ok(agent.lbctl(&["service", "list"]), "lbctl service list").stdout;
+    let flagged: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("check source-range"))
+        .collect();
+    assert_eq!(
+        flagged.len(),
+        2,
+        "one flagged frontend per Service:\n{list}"
+    );
+    assert!(
+        flagged.iter().all(|l| l.contains("LoadBalancer")),
+        "only load-balancer frontends:\n{list}"
     );
 }

@@ -15,7 +15,7 @@ pub mod loader;
 pub mod maps;
 
 pub use loader::{Datapath, LoadOptions};
-pub use maps::{BackendId, LbMaps, MapsContent, ServiceId};
+pub use maps::{BackendId, LbMaps, MapsContent, ServiceId, SourceRangeEntry};
 
 /// Errors of the datapath module.
 #[derive(Debug, thiserror::Error)]

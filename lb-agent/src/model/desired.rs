@@ -17,7 +17,9 @@ use std::net::Ipv4Addr;
 use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
-use super::frontend::{Frontend, FrontendKind, ServicePortSpec, ServiceSpec, service_spec};
+use super::frontend::{
+    Frontend, FrontendKind, ServicePortSpec, ServiceSpec, SourceRange, service_spec,
+};
 use crate::k8s::Snapshot;
 
 /// Whether new flows may pick a backend.
@@ -104,6 +106,9 @@ pub struct DesiredService {
     pub has_any_endpoints: bool,
     /// ClientIP affinity timeout in seconds; `None` when affinity is off.
     pub affinity_timeout_secs: Option<u32>,
+    /// For a LoadBalancer frontend of a Service with `loadBalancerSourceRanges`: the client
+    /// prefixes admitted from outside the cluster (empty: none). `None`: every client.
+    pub source_ranges: Option<Vec<SourceRange>>,
 }
 
 /// The health check of one externalTrafficPolicy Local LoadBalancer Service: what its
@@ -188,6 +193,12 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                         backends,
                         has_any_endpoints,
                         affinity_timeout_secs: spec.affinity_timeout_secs,
+                        // §1: source ranges are the load balancer's, its IPs only.
+                        source_ranges: if kind == FrontendKind::LoadBalancer {
+                            spec.source_ranges.clone()
+                        } else {
+                            None
+                        },
                     },
                 );
             }

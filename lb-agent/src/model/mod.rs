@@ -20,7 +20,7 @@ pub use desired::{
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontend::{
     DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, FrontendKind, HEADLESS_LABEL, Protocol,
-    SERVICE_PROXY_NAME_LABEL,
+    SERVICE_PROXY_NAME_LABEL, SourceRange,
 };
 
 #[cfg(test)]

@@ -1422,3 +1422,124 @@ fn a_health_check_node_port_out_of_range_or_missing_is_not_served() {
         assert_eq!(desired_services(&snapshot, &node_with_addresses()).len(), 3);
     }
 }
+
+// ---- loadBalancerSourceRanges ----
+
+/// A LoadBalancer Service with ingress IP 203.0.113.10, an external IP, a node port and
+/// `loadBalancerSourceRanges: ranges` (left out when `None`).
+fn load_balancer_with_ranges(ranges: Option<Value>) -> Service {
+    let mut spec = json!({"type": "LoadBalancer", "clusterIP": "10.96.1.2",
+                          "externalIPs": ["198.51.100.7"],
+                          "ports": [{"port": 443, "protocol": "TCP", "nodePort": 30443}]});
+    if let Some(ranges) = ranges {
+        spec["loadBalancerSourceRanges"] = ranges;
+    }
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "ns1", "name": "lb"},
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}},
+    }))
+    .expect("service")
+}
+
+/// Each frontend's source ranges as `frontend kind ranges`, `-` for none (every client).
+fn source_ranges_of(service: Service) -> Vec<String> {
+    let snapshot = Snapshot {
+        services: vec![service],
+        slices: vec![],
+    };
+    desired_services(&snapshot, &node_with_addresses())
+        .iter()
+        .map(|d| {
+            let ranges = match &d.source_ranges {
+                None => "-".to_owned(),
+                Some(ranges) => {
+                    let texts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+                    format!("[{}]", texts.join(" "))
+                }
+            };
+            format!("{} {} {ranges}", d.frontend, d.kind)
+        })
+        .collect()
+}
+
+#[test]
+fn source_ranges_apply_to_load_balancer_ips_only_normalised_and_of_this_family() {
+    let ranges = json!([
+        " 10.0.0.0/8 ",
+        "192.168.56.77/24",
+        "2001:db8::/32",
+        "10.0.0.0/8"
+    ]);
+    assert_eq!(
+        source_ranges_of(load_balancer_with_ranges(Some(ranges))),
+        [
+            "10.0.9.1:30443/TCP NodePort -",
+            "10.96.1.2:443/TCP ClusterIP -",
+            "192.168.56.11:30443/TCP NodePort -",
+            "198.51.100.7:443/TCP ExternalIPs -",
+            // Blanks trimmed, host bits cleared, duplicates and IPv6 left out.
+            "203.0.113.10:443/TCP LoadBalancer [10.0.0.0/8 192.168.56.0/24]",
+        ]
+    );
+}
+
+#[test]
+fn without_source_ranges_every_client_is_admitted() {
+    for ranges in [None, Some(json!([])), Some(json!(null))] {
+        let seen = source_ranges_of(load_balancer_with_ranges(ranges.clone()));
+        assert!(
+            seen.contains(&"203.0.113.10:443/TCP LoadBalancer -".to_owned()),
+            "{ranges:?}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_source_ranges_are_skipped_and_with_none_left_no_client_is_admitted() {
+    let ranges = json!([
+        "10.0.0.0/33",
+        "10.0.0.1",
+        "example.com/8",
+        "172.16.0.0/12",
+        "/8"
+    ]);
+    let seen = source_ranges_of(load_balancer_with_ranges(Some(ranges)));
+    assert!(
+        seen.contains(&"203.0.113.10:443/TCP LoadBalancer [172.16.0.0/12]".to_owned()),
+        "{seen:?}"
+    );
+    // Only invalid or IPv6 entries: the Service asked for a restriction, so it fails closed.
+    for ranges in [json!(["garbage"]), json!(["2001:db8::/32"])] {
+        let seen = source_ranges_of(load_balancer_with_ranges(Some(ranges.clone())));
+        assert!(
+            seen.contains(&"203.0.113.10:443/TCP LoadBalancer []".to_owned()),
+            "{ranges}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn source_range_text_parses_as_kube_proxy_reads_it() {
+    use super::frontend::{SourceRangeField, source_range_field};
+    let v4 = |text: &str| match source_range_field(text) {
+        SourceRangeField::V4(range) => range.to_string(),
+        other => format!("{other:?}"),
+    };
+    for (text, want) in [
+        ("10.1.2.3/8", "10.0.0.0/8"),
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("255.255.255.255/0", "0.0.0.0/0"),
+        ("192.0.2.1/32", "192.0.2.1/32"),
+        ("\t192.0.2.0/24\n", "192.0.2.0/24"),
+        ("192.0.2.0/33", "Invalid"),
+        ("192.0.2.0/-1", "Invalid"),
+        ("192.0.2.0", "Invalid"),
+        ("192.0.2/24", "Invalid"),
+        ("", "Invalid"),
+        ("fd00::/8", "V6"),
+        ("fd00::/129", "Invalid"),
+    ] {
+        assert_eq!(v4(text), want, "{text:?}");
+    }
+}
