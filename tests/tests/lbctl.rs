@@ -431,6 +431,7 @@ fn config_view_lists_every_option_sorted() {
         ("metrics-address", "127.0.0.1:9963"),
         ("node-ip", ""),
         ("node-name", "node-1"),
+        ("node-port-range", "30000-32767"),
         ("pod-devices", "lxc*"),
         ("service-no-backend-response", "reject"),
         ("snat-port-range", "61000-65535"),
@@ -504,7 +505,7 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
          bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, \
          bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, \
          bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, conntrack-gc-interval, \
-         bpf-lb-map-max, snat-port-range, log-level\n"
+         bpf-lb-map-max, snat-port-range, node-port-range, log-level\n"
     );
 }
 

@@ -6,7 +6,8 @@
 //! refusing connections (and dropping them with `service-no-backend-response=drop`),
 //! `lbctl service list` naming each frontend's kind, Service and flags, and the
 //! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go,
-//! and `loadBalancerSourceRanges` admitting listed clients and dropping others with 177.
+//! `loadBalancerSourceRanges` admitting listed clients and dropping others with 177, and
+//! node ports outside `node-port-range` left to the node's own servers.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
@@ -48,6 +49,12 @@ const GUARDED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const WALLED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 7);
 const WALLED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
 const WALLED_NODE_PORT: u16 = 30083;
+
+/// `ranged`: a NodePort Service with one node port inside the default `node-port-range` and
+/// one outside it, on a port where the node runs a server of its own.
+const RANGED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 8);
+const RANGED_NODE_PORT: u16 = 30086;
+const OUTSIDE_NODE_PORT: u16 = 2222;
 
 const DRAIN_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 5);
 const DRAIN_NODE_PORT: u16 = 30082;
@@ -157,6 +164,53 @@ endpoints:
         ),
     ]
     .join("---\n")
+}
+
+/// `ranged`: node ports `RANGED_NODE_PORT` (inside the range) and `OUTSIDE_NODE_PORT`.
+fn ranged_manifest() -> String {
+    let endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: ranged
+  namespace: default
+spec:
+  clusterIP: {RANGED_CLUSTER_IP}
+  ports:
+  - name: inside
+    nodePort: {RANGED_NODE_PORT}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  - name: outside
+    nodePort: {OUTSIDE_NODE_PORT}
+    port: 81
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: NodePort
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: ranged
+  name: ranged-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: inside
+  port: {HTTP_PORT}
+  protocol: TCP
+- name: outside
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+    )
 }
 
 /// Requests per check: enough that a wrong backend among two shows up.
@@ -790,5 +844,59 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
     assert!(
         flagged.iter().all(|l| l.contains("LoadBalancer")),
         "only load-balancer frontends:\n{list}"
+    );
+}
+
+#[test]
+fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
+    let topology = Topology::new("service_port_range");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("ranged.yaml"), ranged_manifest()).expect("write manifests");
+    // The node's own service on the port the Service names outside the range (as sshd or a
+    // kubelet port would be).
+    let _node_server = ok(
+        lb_testkit::servers::http(&topology.node, NODE_IP, OUTSIDE_NODE_PORT, topology.dir()),
+        "node's own HTTP server",
+    );
+    let agent = lb_tests::agent::start(&topology, "service_port_range", &dir);
+
+    // Inside the default range (30000-32767): the Service's backends answer.
+    let (pods, _) = answers(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, RANGED_NODE_PORT),
+    );
+    assert_eq!(
+        pods,
+        BACKEND_IPS.into_iter().collect(),
+        "node port in range"
+    );
+    // Outside it: untouched, so the node's own server answers every time.
+    let (pods, _) = answers(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, OUTSIDE_NODE_PORT),
+    );
+    assert_eq!(
+        pods,
+        [NODE_IP].into_iter().collect(),
+        "port outside the range"
+    );
+
+    let list = ok(
+        agent.lbctl(&["service", "list", "-o", "json"]),
+        "lbctl service list",
+    );
+    assert!(
+        !list
+            .stdout
+            .contains(&format!("{NODE_IP}:{OUTSIDE_NODE_PORT}/")),
+        "no frontend outside the range:\n{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout
+            .contains(&format!("{NODE_IP}:{RANGED_NODE_PORT}/TCP")),
+        "{}",
+        list.stdout
     );
 }

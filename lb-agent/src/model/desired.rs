@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 
 use tracing::warn;
 
@@ -62,14 +63,26 @@ pub struct DesiredBackend {
     pub remote: bool,
 }
 
+/// The cluster's node-port range by default (kube-apiserver's `--service-node-port-range`).
+pub const DEFAULT_NODE_PORTS: RangeInclusive<u16> = 30_000..=32_767;
+
 /// The node the model computes for: its name decides which endpoints are local, its addresses
 /// where node ports are served.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThisNode {
     /// The Node's name, as EndpointSlices' `nodeName` carries it.
     pub name: String,
     /// The addresses node ports are served on.
     pub addresses: Vec<Ipv4Addr>,
+    /// The cluster's node-port range (`node-port-range`): a `nodePort` or
+    /// `healthCheckNodePort` outside it is not served.
+    pub node_ports: RangeInclusive<u16>,
+}
+
+impl Default for ThisNode {
+    fn default() -> Self {
+        Self::named("")
+    }
 }
 
 impl ThisNode {
@@ -78,6 +91,7 @@ impl ThisNode {
         Self {
             name: name.to_owned(),
             addresses: Vec::new(),
+            node_ports: DEFAULT_NODE_PORTS,
         }
     }
 }
@@ -155,7 +169,15 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
     let mut health_checks: BTreeMap<u16, HealthCheck> = BTreeMap::new();
     for spec in specs {
         if let Some(port) = spec.health_check_node_port {
-            health_check(&mut health_checks, &spec, port, &slices, &node.name);
+            if node.node_ports.contains(&port) {
+                health_check(&mut health_checks, &spec, port, &slices, &node.name);
+            } else {
+                warn!(
+                    namespace = %spec.namespace, name = %spec.name, port,
+                    range = %format_args!("{}-{}", node.node_ports.start(), node.node_ports.end()),
+                    "not serving a healthCheckNodePort outside node-port-range"
+                );
+            }
         }
         for port in &spec.ports {
             let endpoints = slices.endpoints(
@@ -258,7 +280,21 @@ fn frontends_of(
         protocol: port.frontend.protocol,
     };
     let mut frontends = vec![(FrontendKind::ClusterIp, port.frontend)];
-    if let Some(node_port) = port.node_port {
+    // Nothing outside the cluster's node-port range is touched: a port there belongs to the
+    // node's own services (kube-proxy relies on the apiserver never allocating one).
+    let node_port = port.node_port.filter(|node_port| {
+        let inside = node.node_ports.contains(node_port);
+        if !inside {
+            warn!(
+                namespace = %spec.namespace, name = %spec.name, port = %port.name,
+                node_port = *node_port,
+                range = %format_args!("{}-{}", node.node_ports.start(), node.node_ports.end()),
+                "not serving a nodePort outside node-port-range"
+            );
+        }
+        inside
+    });
+    if let Some(node_port) = node_port {
         frontends.extend(
             node.addresses
                 .iter()

@@ -14,8 +14,8 @@ mod endpoints;
 mod frontend;
 
 pub use desired::{
-    BackendState, Desired, DesiredBackend, DesiredService, HealthCheck, ThisNode, desired,
-    desired_services,
+    BackendState, DEFAULT_NODE_PORTS, Desired, DesiredBackend, DesiredService, HealthCheck,
+    ThisNode, desired, desired_services,
 };
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontend::{

@@ -1105,6 +1105,7 @@ fn node_with_addresses() -> ThisNode {
             "192.168.56.11".parse().unwrap(),
             "10.0.9.1".parse().unwrap(),
         ],
+        node_ports: DEFAULT_NODE_PORTS,
     }
 }
 
@@ -1253,6 +1254,7 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
     let node = ThisNode {
         name: NODE.to_owned(),
         addresses: vec!["192.168.56.11".parse().unwrap()],
+        node_ports: DEFAULT_NODE_PORTS,
     };
     let desired = desired_services(&snapshot, &node);
     assert_eq!(
@@ -1542,4 +1544,146 @@ fn source_range_text_parses_as_kube_proxy_reads_it() {
     ] {
         assert_eq!(v4(text), want, "{text:?}");
     }
+}
+
+// ---- node-port-range, allocateLoadBalancerNodePorts, ipMode ----
+
+#[test]
+fn node_ports_outside_node_port_range_are_not_served() {
+    let svc = |name: &str, node_port: u16| {
+        service(
+            "ns1",
+            name,
+            json!({"type": "NodePort", "clusterIP": "10.96.1.1",
+                   "ports": [{"port": 80, "protocol": "TCP", "nodePort": node_port}]}),
+        )
+    };
+    let snapshot = Snapshot {
+        services: vec![
+            svc("below", 22),
+            svc("first", 30000),
+            svc("last", 32767),
+            svc("above", 32768),
+        ],
+        slices: vec![],
+    };
+    let node = ThisNode {
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+        ..ThisNode::named(NODE)
+    };
+    let desired = desired_services(&snapshot, &node);
+    let node_ports: Vec<String> = kinds(&desired)
+        .into_iter()
+        .filter(|k| k.ends_with("NodePort"))
+        .collect();
+    // The default range is 30000-32767, both ends included; the ClusterIP is served anyway
+    // (the four Services share one, and the first by name keeps it).
+    assert_eq!(
+        node_ports,
+        [
+            "192.168.56.11:30000/TCP NodePort",
+            "192.168.56.11:32767/TCP NodePort"
+        ]
+    );
+    assert!(kinds(&desired).contains(&"10.96.1.1:80/TCP ClusterIP".to_owned()));
+
+    // A wider range (an apiserver started with --service-node-port-range=1-40000).
+    let wide = ThisNode {
+        node_ports: 1..=40_000,
+        ..node
+    };
+    let served = kinds(&desired_services(&snapshot, &wide))
+        .into_iter()
+        .filter(|k| k.ends_with("NodePort"))
+        .count();
+    assert_eq!(served, 4);
+}
+
+#[test]
+fn a_health_check_node_port_outside_node_port_range_is_not_served() {
+    let snapshot = Snapshot {
+        services: vec![with_health_check("lb", "LoadBalancer", "Local")],
+        slices: vec![],
+    };
+    let narrow = ThisNode {
+        node_ports: 30_000..=31_999,
+        ..node_with_addresses()
+    };
+    assert!(desired(&snapshot, &narrow).health_checks.is_empty());
+    assert_eq!(health_checks(&snapshot), ["ns1/lb:32000 0"]);
+}
+
+#[test]
+fn allocate_load_balancer_node_ports_false_serves_only_node_ports_that_exist() {
+    // With allocation off the apiserver leaves nodePort unset unless the user set one: no
+    // node port, no NodePort frontend; an explicit one is served like any other.
+    let svc = |name: &str, vip: &str, ports: Value| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "ns1", "name": name},
+            "spec": {"type": "LoadBalancer", "clusterIP": vip,
+                     "allocateLoadBalancerNodePorts": false, "ports": ports},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}},
+        }))
+        .expect("service")
+    };
+    let snapshot = Snapshot {
+        services: vec![
+            svc(
+                "none",
+                "10.96.1.1",
+                json!([{"port": 80, "protocol": "TCP"}]),
+            ),
+            svc(
+                "explicit",
+                "10.96.1.2",
+                json!([{"port": 81, "protocol": "TCP", "nodePort": 30081}]),
+            ),
+        ],
+        slices: vec![],
+    };
+    let node = ThisNode {
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+        ..ThisNode::named(NODE)
+    };
+    assert_eq!(
+        kinds(&desired_services(&snapshot, &node)),
+        [
+            "10.96.1.1:80/TCP ClusterIP",
+            "10.96.1.2:81/TCP ClusterIP",
+            "192.168.56.11:30081/TCP NodePort",
+            "203.0.113.10:80/TCP LoadBalancer",
+            "203.0.113.10:81/TCP LoadBalancer",
+        ]
+    );
+}
+
+#[test]
+fn case_4_every_ingress_ip_in_proxy_mode_leaves_only_the_cluster_ip_and_node_ports() {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns1", "name": "lb"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.1.2",
+                 "ports": [{"port": 443, "protocol": "TCP", "nodePort": 30443}]},
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.10", "ipMode": "Proxy"},
+            {"ip": "203.0.113.11", "ipMode": "Proxy"},
+        ]}},
+    }))
+    .expect("service");
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![],
+    };
+    let node = ThisNode {
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+        ..ThisNode::named(NODE)
+    };
+    // The load balancer proxies to the node ports itself, which stay served; `ipMode: VIP`
+    // (or none) is what makes an ingress IP a frontend.
+    assert_eq!(
+        kinds(&desired_services(&snapshot, &node)),
+        [
+            "10.96.1.2:443/TCP ClusterIP",
+            "192.168.56.11:30443/TCP NodePort"
+        ]
+    );
 }
