@@ -47,6 +47,17 @@ pub fn binaries() -> Binaries {
 /// lxc-*`, `--source file:MANIFESTS`, pins under `/sys/fs/bpf/lbtr-<test>-<pid>`; waits until
 /// `lbctl status` says it is ready.
 pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Agent {
+    start_with_config(topology, test, manifests, &[])
+}
+
+/// [`start`], with `config` (key, value) written into the agent's config directory first, as
+/// an operator's ConfigMap would set them.
+pub fn start_with_config(
+    topology: &Topology,
+    test: &str,
+    manifests: &std::path::Path,
+    config: &[(&str, &str)],
+) -> Agent {
     let short: String = test.chars().take(40).collect();
     let options = AgentOptions {
         node: "node".to_owned(),
@@ -57,6 +68,12 @@ pub fn start(topology: &Topology, test: &str, manifests: &std::path::Path) -> Ag
         bpf_root: PathBuf::from(format!("{BPF_ROOT}/{PREFIX}{short}-{}", std::process::id())),
         run_dir: topology.dir().join("agent"),
     };
+    // `lb_lab::Agent` keeps its config directory at RUN_DIR/NODE/config.
+    let config_dir = options.run_dir.join(&options.node).join("config");
+    std::fs::create_dir_all(&config_dir).expect("create the agent's config directory");
+    for (key, value) in config {
+        std::fs::write(config_dir.join(key), format!("{value}\n")).expect("write an option");
+    }
     let mut agent = Agent::start_with(&topology.node, &binaries(), &options)
         .unwrap_or_else(|err| panic!("start lb-agent: {err}"));
     agent

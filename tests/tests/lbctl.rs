@@ -432,6 +432,7 @@ fn config_view_lists_every_option_sorted() {
         ("node-ip", ""),
         ("node-name", "node-1"),
         ("node-port-range", "30000-32767"),
+        ("node-zone", ""),
         ("pod-devices", "lxc*"),
         ("service-no-backend-response", "reject"),
         ("snat-port-range", "61000-65535"),
@@ -500,7 +501,7 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
     assert_eq!(
         stderr(&output),
         "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
-         pod-devices, node-name, node-ip, bpf-root, socket, config-dir, metrics-address, \
+         pod-devices, node-name, node-ip, node-zone, bpf-root, socket, config-dir, metrics-address, \
          bpf-lb-external-clusterip, service-no-backend-response, bpf-ct-max-entries, \
          bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, \
          bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, \

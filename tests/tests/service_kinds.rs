@@ -7,7 +7,9 @@
 //! `lbctl service list` naming each frontend's kind, Service and flags, and the
 //! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go,
 //! `loadBalancerSourceRanges` admitting listed clients and dropping others with 177, and
-//! node ports outside `node-port-range` left to the node's own servers.
+//! node ports outside `node-port-range` left to the node's own servers, and zone hints
+//! (explicit, or derived from `trafficDistribution: PreferClose`) keeping traffic in the
+//! node's zone.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
@@ -55,6 +57,11 @@ const WALLED_NODE_PORT: u16 = 30083;
 const RANGED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 8);
 const RANGED_NODE_PORT: u16 = 30086;
 const OUTSIDE_NODE_PORT: u16 = 2222;
+
+/// `hinted`: zone hints send this node (zone-a) to backend 0 only.
+const HINTED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 9);
+/// `close`: `trafficDistribution: PreferClose` with backend 1 in zone-a.
+const CLOSE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 10);
 
 const DRAIN_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 5);
 const DRAIN_NODE_PORT: u16 = 30082;
@@ -211,6 +218,68 @@ endpoints:
   protocol: TCP
 "
     )
+}
+
+/// `hinted`: backend 0 hinted for zone-a, backend 1 for zone-b; `close`:
+/// `trafficDistribution: PreferClose`, no hints, backend 0 in zone-b and backend 1 in zone-a.
+fn zones_manifest() -> String {
+    let zoned = |ip: Ipv4Addr, zone: &str, hint: bool| {
+        let hints = if hint {
+            format!("  hints:\n    forZones:\n    - name: {zone}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n{hints}  nodeName: node\n  \
+             zone: {zone}\n"
+        )
+    };
+    let one = |name: &str, cluster_ip: Ipv4Addr, distribution: &str, endpoints: String| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterIP: {cluster_ip}
+  ports:
+  - port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+{distribution}  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: {name}
+  name: {name}-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: \"\"
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+        )
+    };
+    [
+        one(
+            "hinted",
+            HINTED_CLUSTER_IP,
+            "",
+            zoned(BACKEND_IPS[0], "zone-a", true) + &zoned(BACKEND_IPS[1], "zone-b", true),
+        ),
+        one(
+            "close",
+            CLOSE_CLUSTER_IP,
+            "  trafficDistribution: PreferClose\n",
+            zoned(BACKEND_IPS[0], "zone-b", false) + &zoned(BACKEND_IPS[1], "zone-a", false),
+        ),
+    ]
+    .join("---\n")
 }
 
 /// Requests per check: enough that a wrong backend among two shows up.
@@ -899,4 +968,28 @@ fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
         "{}",
         list.stdout
     );
+}
+
+#[test]
+fn zone_hints_keep_traffic_in_this_nodes_zone() {
+    let topology = Topology::new("service_zones");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("zones.yaml"), zones_manifest()).expect("write manifests");
+    let _agent = lb_tests::agent::start_with_config(
+        &topology,
+        "service_zones",
+        &dir,
+        &[("node-zone", "zone-a")],
+    );
+
+    // Explicit hints: only the endpoint hinted for zone-a answers.
+    let (pods, _) = answers(
+        &topology.client.ns,
+        SocketAddrV4::new(HINTED_CLUSTER_IP, 80),
+    );
+    assert_eq!(pods, [BACKEND_IPS[0]].into_iter().collect(), "zone hints");
+    // PreferClose without hints (no EndpointSlice controller here): the endpoint in zone-a.
+    let (pods, _) = answers(&topology.client.ns, SocketAddrV4::new(CLOSE_CLUSTER_IP, 80));
+    assert_eq!(pods, [BACKEND_IPS[1]].into_iter().collect(), "PreferClose");
 }

@@ -284,6 +284,7 @@ fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode
         name: config.node_name.clone(),
         addresses,
         node_ports: config.node_port_range.min..=config.node_port_range.max,
+        zone: config.node_zone.clone(),
     }
 }
 

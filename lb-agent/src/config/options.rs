@@ -27,6 +27,8 @@ pub enum Kind {
     Globs,
     /// A non-empty name without whitespace.
     Name,
+    /// A name without whitespace, or empty for "none".
+    OptionalName,
     /// An IPv4 address, or empty for "derive it".
     OptionalIpv4,
     /// An absolute path.
@@ -62,6 +64,7 @@ impl Kind {
             Self::Interfaces => "interface names separated by commas".into(),
             Self::Globs => "interface-name globs separated by commas".into(),
             Self::Name => "a non-empty name without whitespace".into(),
+            Self::OptionalName => "a name without whitespace, or empty".into(),
             Self::OptionalIpv4 => "an IPv4 address, or empty".into(),
             Self::Path => "an absolute path".into(),
             Self::OptionalPath => "an absolute path, or empty".into(),
@@ -88,6 +91,7 @@ impl Kind {
                     && (self == Self::Globs || !name.contains(['*', '?']))
             }),
             Self::Name => !value.is_empty() && !value.contains(char::is_whitespace),
+            Self::OptionalName => !value.contains(char::is_whitespace),
             Self::OptionalIpv4 => value.is_empty() || value.parse::<Ipv4Addr>().is_ok(),
             Self::Path => value.starts_with('/'),
             Self::OptionalPath => value.is_empty() || value.starts_with('/'),
@@ -488,6 +492,17 @@ options! {
         kind: Kind::OptionalIpv4,
         help: "source address for SNAT (default: the first IPv4 address of the first device)",
         doc: "source address of SNATed packets",
+    }
+    NodeZone => node_zone: Option<String> {
+        key: "node-zone",
+        env: "LB_NODE_ZONE",
+        default: "",
+        derived: "the Node's zone label (kube source)",
+        live: false,
+        value_name: "ZONE",
+        kind: Kind::OptionalName,
+        help: "this node's topology.kubernetes.io/zone, for zone hints (default: the Node object's label with --source kube, none with a file source)",
+        doc: "this node's zone, which EndpointSlice zone hints (`trafficDistribution: PreferClose`) are matched against; a file source has no Node object to read it from",
     }
     BpfRoot => bpf_root: PathBuf {
         key: "bpf-root",

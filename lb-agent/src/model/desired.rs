@@ -2,8 +2,8 @@
 //! ClusterIP, a node port on each of this node's addresses, each external and load-balancer
 //! IP), with its backends.
 //!
-//! Owns endpoint selection (k8s-semantics.md §2): ready endpoints (narrowed by node hints when
-//! every ready endpoint has them), else the serving+terminating fallback (KEP-1669), the local
+//! Owns endpoint selection (k8s-semantics.md §2): ready endpoints (narrowed by node hints, else
+//! zone hints, when every ready endpoint has them and some name this node or its zone), else the serving+terminating fallback (KEP-1669), the local
 //! set of internalTrafficPolicy Local (ClusterIP) and externalTrafficPolicy Local (the external
 //! destinations), and the terminating backends kept only to drain established flows.
 //! Frontends come from `frontend.rs`, endpoints from `endpoints.rs`.
@@ -19,7 +19,8 @@ use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
 use super::frontend::{
-    Frontend, FrontendKind, ServicePortSpec, ServiceSpec, SourceRange, service_spec,
+    Frontend, FrontendKind, ServicePortSpec, ServiceSpec, SourceRange, TrafficDistribution,
+    service_spec,
 };
 use crate::k8s::Snapshot;
 
@@ -77,6 +78,8 @@ pub struct ThisNode {
     /// The cluster's node-port range (`node-port-range`): a `nodePort` or
     /// `healthCheckNodePort` outside it is not served.
     pub node_ports: RangeInclusive<u16>,
+    /// The node's `topology.kubernetes.io/zone`, if known: zone hints name it.
+    pub zone: Option<String>,
 }
 
 impl Default for ThisNode {
@@ -92,6 +95,7 @@ impl ThisNode {
             name: name.to_owned(),
             addresses: Vec::new(),
             node_ports: DEFAULT_NODE_PORTS,
+            zone: None,
         }
     }
 }
@@ -180,12 +184,13 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
             }
         }
         for port in &spec.ports {
-            let endpoints = slices.endpoints(
+            let mut endpoints = slices.endpoints(
                 &spec.namespace,
                 &spec.name,
                 &port.name,
                 port.frontend.protocol,
             );
+            derive_hints(&mut endpoints, spec.traffic_distribution);
             for (kind, frontend) in frontends_of(&spec, port, node) {
                 // §2.5: ClusterIP traffic follows iTP, the external destinations eTP.
                 let local_only = if kind.is_external() {
@@ -201,8 +206,7 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                     );
                     continue;
                 }
-                let (backends, has_any_endpoints) =
-                    select_backends(&endpoints, &node.name, local_only);
+                let (backends, has_any_endpoints) = select_backends(&endpoints, node, local_only);
                 out.insert(
                     frontend,
                     DesiredService {
@@ -318,9 +322,10 @@ fn frontends_of(
 /// local set (§2.3) instead of the cluster set.
 fn select_backends(
     endpoints: &[Endpoint],
-    node_name: &str,
+    node: &ThisNode,
     local_only: bool,
 ) -> (Vec<DesiredBackend>, bool) {
+    let node_name = node.name.as_str();
     let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(node_name);
     let serving_terminating = |ep: &Endpoint| ep.serving && ep.terminating;
     let has_any = endpoints
@@ -336,7 +341,7 @@ fn select_backends(
     let mut active: Vec<&Endpoint> = if local_only {
         ready
     } else {
-        filter_by_node_hints(ready, node_name)
+        filter_by_hints(ready, node_name, node.zone.as_deref())
     };
     if active.is_empty() {
         // KEP-1669: with nothing ready, serving+terminating endpoints take new flows.
@@ -366,18 +371,54 @@ fn select_backends(
     (backends, has_any)
 }
 
-/// PreferSameNode (§2.1): used only when every ready endpoint has node hints and at least one
-/// names this node; otherwise hints are ignored entirely.
-fn filter_by_node_hints<'e>(ready: Vec<&'e Endpoint>, node_name: &str) -> Vec<&'e Endpoint> {
-    let names_us = |ep: &&Endpoint| {
+/// The topology mode (§2.1), decided from the ready endpoints only: PreferSameNode when every
+/// one has node hints and at least one names this node; else PreferSameZone on the same rule
+/// with zone hints and this node's zone (none known: never); else hints are ignored entirely,
+/// with no partial filtering. The result is never empty when `ready` is not.
+fn filter_by_hints<'e>(
+    ready: Vec<&'e Endpoint>,
+    node_name: &str,
+    zone: Option<&str>,
+) -> Vec<&'e Endpoint> {
+    let names_node = |ep: &&Endpoint| {
         ep.node_hints
             .as_ref()
             .is_some_and(|h| h.iter().any(|n| n == node_name))
     };
-    let all_hinted = ready.iter().all(|ep| ep.node_hints.is_some());
-    if all_hinted && ready.iter().any(names_us) {
-        ready.into_iter().filter(names_us).collect()
-    } else {
-        ready
+    if ready.iter().all(|ep| ep.node_hints.is_some()) && ready.iter().any(names_node) {
+        return ready.into_iter().filter(names_node).collect();
+    }
+    let Some(zone) = zone else {
+        return ready;
+    };
+    let names_zone = |ep: &&Endpoint| {
+        ep.zone_hints
+            .as_ref()
+            .is_some_and(|h| h.iter().any(|z| z == zone))
+    };
+    if ready.iter().all(|ep| ep.zone_hints.is_some()) && ready.iter().any(names_zone) {
+        return ready.into_iter().filter(names_zone).collect();
+    }
+    ready
+}
+
+/// The EndpointSlice controller's hints for `trafficDistribution`, for endpoints that carry
+/// none: a zone hint naming the endpoint's own `zone` (PreferClose, PreferSameZone), and for
+/// PreferSameNode also a node hint naming its `nodeName`. On a cluster the controller has
+/// written them already, so this only fills in slices it does not manage: the file source's,
+/// custom ones. An endpoint without a zone gets no zone hint, which (§2.1) makes the Service
+/// ignore zone hints altogether, as the controller's omission does.
+fn derive_hints(endpoints: &mut [Endpoint], distribution: TrafficDistribution) {
+    if distribution == TrafficDistribution::Any {
+        return;
+    }
+    for ep in endpoints {
+        if ep.node_hints.is_some() || ep.zone_hints.is_some() {
+            continue;
+        }
+        ep.zone_hints = ep.zone.clone().map(|zone| vec![zone]);
+        if distribution == TrafficDistribution::PreferSameNode {
+            ep.node_hints = ep.node_name.clone().map(|node| vec![node]);
+        }
     }
 }

@@ -184,6 +184,17 @@ pub(crate) fn source_range_field(text: &str) -> SourceRangeField {
     }
 }
 
+/// `spec.trafficDistribution`: what the EndpointSlice controller turns into hints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TrafficDistribution {
+    /// Unset, or a value lb does not know: no hints derived.
+    Any,
+    /// `PreferClose` (the deprecated alias) or `PreferSameZone`: zone hints.
+    PreferSameZone,
+    /// `PreferSameNode`: node hints, and zone hints for proxies that read only those.
+    PreferSameNode,
+}
+
 /// One served port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServicePortSpec {
@@ -218,6 +229,8 @@ pub(crate) struct ServiceSpec {
     /// the Service lists ranges but none is a valid IPv4 one: no outside client is admitted
     /// (fail closed, rather than open to all). `None`: no ranges, every client admitted.
     pub source_ranges: Option<Vec<SourceRange>>,
+    /// `trafficDistribution`, for endpoints that carry no hints (see `desired.rs`).
+    pub traffic_distribution: TrafficDistribution,
 }
 
 /// Namespace of an object; objects written without one live in `default`, as with kubectl.
@@ -398,6 +411,11 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
         affinity_timeout_secs,
         health_check_node_port,
         source_ranges,
+        traffic_distribution: match spec.traffic_distribution.as_deref() {
+            Some("PreferClose" | "PreferSameZone") => TrafficDistribution::PreferSameZone,
+            Some("PreferSameNode") => TrafficDistribution::PreferSameNode,
+            _ => TrafficDistribution::Any,
+        },
     })
 }
 

@@ -589,7 +589,7 @@ fn case_15_endpoint_lifecycle_on_an_unnamed_port() {
 
 #[test]
 fn case_17_18_node_hints_narrow_ready_endpoints_only_when_every_ready_one_has_them() {
-    // §2.1 PreferSameNode; zone hints need the Node's zone label, which lb does not watch yet.
+    // §2.1 PreferSameNode; zone hints are the tests below.
     let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
     let hinted = |ip: &str, node: &str| json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": node, "hints": {"forNodes": [{"name": node}]}});
     let eps = vec![
@@ -1106,6 +1106,7 @@ fn node_with_addresses() -> ThisNode {
             "10.0.9.1".parse().unwrap(),
         ],
         node_ports: DEFAULT_NODE_PORTS,
+        zone: None,
     }
 }
 
@@ -1255,6 +1256,7 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
         name: NODE.to_owned(),
         addresses: vec!["192.168.56.11".parse().unwrap()],
         node_ports: DEFAULT_NODE_PORTS,
+        zone: None,
     };
     let desired = desired_services(&snapshot, &node);
     assert_eq!(
@@ -1685,5 +1687,285 @@ fn case_4_every_ingress_ip_in_proxy_mode_leaves_only_the_cluster_ip_and_node_por
             "10.96.1.2:443/TCP ClusterIP",
             "192.168.56.11:30443/TCP NodePort"
         ]
+    );
+}
+
+// ---- topology: zone hints and trafficDistribution ----
+
+/// This node in `zone` (no node-port addresses).
+fn node_in(zone: Option<&str>) -> ThisNode {
+    ThisNode {
+        zone: zone.map(str::to_owned),
+        ..ThisNode::named(NODE)
+    }
+}
+
+/// A ready endpoint on `node` in `zone`, with zone hints `for_zones` (`None`: no hints).
+fn zoned(ip: &str, node: &str, zone: &str, for_zones: Option<&[&str]>) -> Value {
+    let mut ep = json!({"addresses": [ip], "conditions": {"ready": true, "serving": true,
+                        "terminating": false}, "nodeName": node, "zone": zone});
+    if let Some(zones) = for_zones {
+        let zones: Vec<Value> = zones.iter().map(|z| json!({"name": z})).collect();
+        ep["hints"] = json!({"forZones": zones});
+    }
+    ep
+}
+
+/// Active backends' addresses of `svc1`'s ClusterIP, on `node`.
+fn active_on(services: Vec<Service>, eps: Vec<Value>, node: &ThisNode) -> Vec<String> {
+    let snapshot = Snapshot {
+        services,
+        slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+    };
+    let desired = desired_services(&snapshot, node);
+    desired
+        .iter()
+        .find(|d| d.kind == FrontendKind::ClusterIp)
+        .expect("the ClusterIP")
+        .backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .map(|b| b.addr.to_string())
+        .collect()
+}
+
+#[test]
+fn case_17_zone_hints_keep_the_endpoints_hinted_for_this_nodes_zone() {
+    // topology_test "normal endpoint filtering": node in zone-a; hints a, b, c, a → .3 and .6.
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let eps = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-a"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.5", "host3", "zone-c", Some(&["zone-c"])),
+        zoned("10.1.2.6", "host4", "zone-a", Some(&["zone-a"])),
+    ];
+    assert_eq!(
+        active_on(vec![svc.clone()], eps.clone(), &node_in(Some("zone-a"))),
+        ["10.1.2.3", "10.1.2.6"]
+    );
+    // A hint may name several zones (the controller's proportional allocation).
+    let shared = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-b"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-a", "zone-b"])),
+    ];
+    assert_eq!(
+        active_on(vec![svc], shared, &node_in(Some("zone-a"))),
+        ["10.1.2.4"]
+    );
+}
+
+#[test]
+fn case_18_zone_hints_are_ignored_entirely_unless_every_ready_endpoint_has_one_and_some_name_this_zone()
+ {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let all = ["10.1.2.3", "10.1.2.4", "10.1.2.5"];
+    let hinted = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-a"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.5", "host3", "zone-c", Some(&["zone-c"])),
+    ];
+    // "missing hints": one ready endpoint without a hint.
+    let mut missing = hinted.clone();
+    missing[2] = zoned("10.1.2.5", "host3", "zone-c", None);
+    assert_eq!(
+        active_on(vec![svc.clone()], missing, &node_in(Some("zone-a"))),
+        all
+    );
+    // "empty node labels": this node's zone is unknown.
+    assert_eq!(
+        active_on(vec![svc.clone()], hinted.clone(), &node_in(None)),
+        all
+    );
+    // "node in different zone": nothing hinted for zone-d.
+    assert_eq!(
+        active_on(vec![svc.clone()], hinted.clone(), &node_in(Some("zone-d"))),
+        all
+    );
+    // "only unready endpoints in same zone (should not filter)": unready ones do not count,
+    // neither to name the zone nor as endpoints without hints.
+    let unready = |ip: &str, zone: &str| {
+        let mut ep = zoned(ip, "host1", zone, Some(&[zone]));
+        ep["conditions"] = json!({"ready": false, "serving": false, "terminating": false});
+        ep
+    };
+    let eps = vec![
+        unready("10.1.2.1", "zone-a"),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.5", "host3", "zone-c", Some(&["zone-c"])),
+    ];
+    assert_eq!(
+        active_on(vec![svc.clone()], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.4", "10.1.2.5"]
+    );
+    let mut eps = hinted;
+    eps.push(json!({"addresses": ["10.1.2.9"], "conditions": {"ready": false}}));
+    assert_eq!(
+        active_on(vec![svc], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.3"],
+        "an unready endpoint without hints does not stop the filtering"
+    );
+}
+
+#[test]
+fn zone_hints_shape_only_the_cluster_set_and_the_terminating_fallback_ignores_them() {
+    // §2.2 and §2.3: with nothing ready the serving+terminating fallback takes every such
+    // endpoint whatever its hints; the local set (iTP Local) never looks at hints.
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let terminating = |ip: &str, node: &str, zone: &str| {
+        let mut ep = zoned(ip, node, zone, Some(&[zone]));
+        ep["conditions"] = json!({"ready": false, "serving": true, "terminating": true});
+        ep
+    };
+    let eps = vec![
+        terminating("10.1.2.3", "host1", "zone-a"),
+        terminating("10.1.2.4", "host2", "zone-b"),
+    ];
+    assert_eq!(
+        active_on(vec![svc], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.3", "10.1.2.4"]
+    );
+
+    let mut local = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    local.spec.as_mut().expect("spec").internal_traffic_policy = Some("Local".into());
+    let eps = vec![
+        zoned("10.1.2.3", NODE, "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.4", "host2", "zone-a", Some(&["zone-a"])),
+    ];
+    assert_eq!(
+        active_on(vec![local], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.3"]
+    );
+}
+
+#[test]
+fn node_hints_win_over_zone_hints_and_zone_hints_are_the_fallback() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let both = |ip: &str, node: &str, zone: &str| {
+        let mut ep = zoned(ip, node, zone, Some(&[zone]));
+        ep["hints"]["forNodes"] = json!([{"name": node}]);
+        ep
+    };
+    let eps = vec![
+        both("10.1.2.3", NODE, "zone-a"),
+        both("10.1.2.4", "host2", "zone-a"),
+        both("10.1.2.5", "host3", "zone-b"),
+    ];
+    assert_eq!(
+        active_on(vec![svc.clone()], eps.clone(), &node_in(Some("zone-a"))),
+        ["10.1.2.3"]
+    );
+    // No endpoint on this node: PreferSameNode does not apply, PreferSameZone does.
+    let elsewhere = ThisNode {
+        zone: Some("zone-a".into()),
+        ..ThisNode::named("host9")
+    };
+    assert_eq!(
+        active_on(vec![svc], eps, &elsewhere),
+        ["10.1.2.3", "10.1.2.4"]
+    );
+}
+
+/// `svc1` with `trafficDistribution: value`.
+fn distributed(value: &str) -> Service {
+    let mut svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    svc.spec.as_mut().expect("spec").traffic_distribution = Some(value.into());
+    svc
+}
+
+#[test]
+fn traffic_distribution_prefer_close_derives_zone_hints_for_endpoints_without_any() {
+    // A source without the EndpointSlice controller (the file source, custom slices): the
+    // controller's hints are derived from each endpoint's `zone`.
+    let eps = vec![
+        zoned("10.1.2.3", "host1", "zone-a", None),
+        zoned("10.1.2.4", "host2", "zone-b", None),
+        zoned("10.1.2.5", "host3", "zone-a", None),
+    ];
+    for value in ["PreferClose", "PreferSameZone"] {
+        assert_eq!(
+            active_on(
+                vec![distributed(value)],
+                eps.clone(),
+                &node_in(Some("zone-a"))
+            ),
+            ["10.1.2.3", "10.1.2.5"],
+            "{value}"
+        );
+    }
+    // No trafficDistribution (or an unknown value): zones alone change nothing.
+    let all = ["10.1.2.3", "10.1.2.4", "10.1.2.5"];
+    let plain = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    assert_eq!(
+        active_on(vec![plain], eps.clone(), &node_in(Some("zone-a"))),
+        all
+    );
+    assert_eq!(
+        active_on(
+            vec![distributed("Elsewhere")],
+            eps.clone(),
+            &node_in(Some("zone-a"))
+        ),
+        all
+    );
+    // An endpoint without a zone gets no hint, so hints are ignored (the controller's
+    // safeguard), and so they are on a node whose zone is unknown.
+    let mut unzoned = eps.clone();
+    unzoned.push(
+        json!({"addresses": ["10.1.2.6"], "conditions": {"ready": true}, "nodeName": "host4"}),
+    );
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferClose")],
+            unzoned,
+            &node_in(Some("zone-a"))
+        )
+        .len(),
+        4
+    );
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferClose")],
+            eps.clone(),
+            &node_in(None)
+        ),
+        all
+    );
+    // Hints a slice already carries (the controller's) are kept as they are.
+    let hinted = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-b"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-a"])),
+    ];
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferClose")],
+            hinted,
+            &node_in(Some("zone-a"))
+        ),
+        ["10.1.2.4"]
+    );
+}
+
+#[test]
+fn traffic_distribution_prefer_same_node_derives_node_hints_then_zone_hints() {
+    let eps = vec![
+        zoned("10.1.2.3", NODE, "zone-a", None),
+        zoned("10.1.2.4", "host2", "zone-a", None),
+        zoned("10.1.2.5", "host3", "zone-b", None),
+    ];
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferSameNode")],
+            eps.clone(),
+            &node_in(Some("zone-a"))
+        ),
+        ["10.1.2.3"]
+    );
+    let elsewhere = ThisNode {
+        zone: Some("zone-a".into()),
+        ..ThisNode::named("host9")
+    };
+    assert_eq!(
+        active_on(vec![distributed("PreferSameNode")], eps, &elsewhere),
+        ["10.1.2.3", "10.1.2.4"]
     );
 }
