@@ -404,6 +404,7 @@ async fn serve(
     let source_shutdown = shutdown.child_token();
     let mut source = tokio::spawn(k8s::run_source(
         config.source.clone(),
+        config.node_name.clone(),
         tx,
         source_shutdown.clone(),
     ));

@@ -502,7 +502,7 @@ options! {
         value_name: "ZONE",
         kind: Kind::OptionalName,
         help: "this node's topology.kubernetes.io/zone, for zone hints (default: the Node object's label with --source kube, none with a file source)",
-        doc: "this node's zone, which EndpointSlice zone hints (`trafficDistribution: PreferClose`) are matched against; a file source has no Node object to read it from",
+        doc: "this node's zone, which EndpointSlice zone hints (`trafficDistribution: PreferClose`) are matched against; with `--source kube` the Node's `topology.kubernetes.io/zone` label unless set (see docs/operations.md)",
     }
     BpfRoot => bpf_root: PathBuf {
         key: "bpf-root",

@@ -78,7 +78,8 @@ pub struct ThisNode {
     /// The cluster's node-port range (`node-port-range`): a `nodePort` or
     /// `healthCheckNodePort` outside it is not served.
     pub node_ports: RangeInclusive<u16>,
-    /// The node's `topology.kubernetes.io/zone`, if known: zone hints name it.
+    /// The node's `topology.kubernetes.io/zone` as configured (`node-zone`): zone hints name
+    /// it. `None`: the snapshot's (the Node object's label), if any.
     pub zone: Option<String>,
 }
 
@@ -165,6 +166,17 @@ pub fn desired_services(snapshot: &Snapshot, node: &ThisNode) -> Vec<DesiredServ
 /// malformed object is logged once). Two Services with one `healthCheckNodePort`: the first by
 /// namespace/name wins, as with frontends.
 pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
+    // The configured zone wins; else the Node object's label (kube source).
+    let with_zone;
+    let node = if node.zone.is_none() && snapshot.node_zone.is_some() {
+        with_zone = ThisNode {
+            zone: snapshot.node_zone.clone(),
+            ..node.clone()
+        };
+        &with_zone
+    } else {
+        node
+    };
     let slices = SliceIndex::new(&snapshot.slices);
     let mut specs: Vec<_> = snapshot.services.iter().filter_map(service_spec).collect();
     specs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

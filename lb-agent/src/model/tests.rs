@@ -54,7 +54,14 @@ fn tcp(name: &str, port: u16) -> Value {
 }
 
 fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Vec<DesiredService> {
-    desired_services(&Snapshot { services, slices }, &ThisNode::named(NODE))
+    desired_services(
+        &Snapshot {
+            services,
+            slices,
+            node_zone: None,
+        },
+        &ThisNode::named(NODE),
+    )
 }
 
 /// Frontends and backends as text: `10.96.0.1:80/TCP ns/svc:port` then one line per backend.
@@ -106,6 +113,7 @@ fn fixture(case: &str) -> Snapshot {
     Snapshot {
         services: yaml_docs(&read("service.yaml")),
         slices: yaml_docs(&read("endpointslice.yaml")),
+        node_zone: None,
     }
 }
 
@@ -870,6 +878,7 @@ fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local
     let snapshot = Snapshot {
         services: vec![svc.clone()],
         slices: vec![s.clone()],
+        node_zone: None,
     };
     for node in [NODE, "host2"] {
         assert_eq!(
@@ -886,6 +895,7 @@ fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local
     let snapshot = Snapshot {
         services: vec![svc],
         slices: vec![s],
+        node_zone: None,
     };
     assert_eq!(
         backends(
@@ -1139,6 +1149,7 @@ fn a_node_port_service_is_served_on_every_node_address_and_its_cluster_ip() {
             json!([tcp("http", 8080), {"name": "dns", "port": 5353, "protocol": "UDP"}]),
             vec![ready("10.244.1.5", "host2")],
         )],
+        node_zone: None,
     };
     let desired = desired_services(&snapshot, &node_with_addresses());
     assert_eq!(
@@ -1176,6 +1187,7 @@ fn a_node_port_left_on_a_cluster_ip_service_is_not_served() {
     let snapshot = Snapshot {
         services: vec![svc],
         slices: vec![],
+        node_zone: None,
     };
     assert_eq!(
         kinds(&desired_services(&snapshot, &node_with_addresses())),
@@ -1203,6 +1215,7 @@ fn case_3_4_external_and_load_balancer_ips_of_this_family_are_frontends_and_prox
         &Snapshot {
             services: vec![svc],
             slices: vec![],
+            node_zone: None,
         },
         &node_with_addresses(),
     );
@@ -1251,6 +1264,7 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
     let snapshot = Snapshot {
         services: vec![svc("svc1")],
         slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+        node_zone: None,
     };
     let node = ThisNode {
         name: NODE.to_owned(),
@@ -1288,6 +1302,7 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
             json!([tcp("", 80)]),
             vec![ready("10.0.0.0", "host2")],
         )],
+        node_zone: None,
     };
     let desired = desired_services(&remote_only, &node);
     let node_port = desired
@@ -1338,6 +1353,7 @@ fn health_check_node_port_is_served_only_for_local_load_balancers() {
         let snapshot = Snapshot {
             services: vec![with_health_check("lb", type_, policy)],
             slices: vec![],
+            node_zone: None,
         };
         let expected: Vec<String> = if served {
             vec!["ns1/lb:32000 0".to_owned()]
@@ -1364,6 +1380,7 @@ fn case_16_the_health_check_counts_ready_local_endpoints_by_address_only() {
     let snapshot = Snapshot {
         services: vec![with_health_check("lb", "LoadBalancer", "Local")],
         slices: vec![slice("ns1", "lb-1", "lb", ports.clone(), eps)],
+        node_zone: None,
     };
     assert_eq!(health_checks(&snapshot), ["ns1/lb:32000 1"]);
 
@@ -1380,6 +1397,7 @@ fn case_16_the_health_check_counts_ready_local_endpoints_by_address_only() {
                 ready("10.0.0.4", "host2"),
             ],
         )],
+        node_zone: None,
     };
     assert_eq!(health_checks(&terminating), ["ns1/lb:32000 0"]);
     let served = desired_services(&terminating, &node_with_addresses());
@@ -1403,6 +1421,7 @@ fn two_services_with_one_health_check_port_keep_the_first_by_name() {
             json!([tcp("http", 8080)]),
             vec![ready("10.0.0.1", NODE)],
         )],
+        node_zone: None,
     };
     assert_eq!(health_checks(&snapshot), ["ns1/a:32000 0"]);
 }
@@ -1420,6 +1439,7 @@ fn a_health_check_node_port_out_of_range_or_missing_is_not_served() {
         let snapshot = Snapshot {
             services: vec![svc],
             slices: vec![],
+            node_zone: None,
         };
         assert_eq!(health_checks(&snapshot), Vec::<String>::new(), "{port}");
         // The Service itself is still served.
@@ -1451,6 +1471,7 @@ fn source_ranges_of(service: Service) -> Vec<String> {
     let snapshot = Snapshot {
         services: vec![service],
         slices: vec![],
+        node_zone: None,
     };
     desired_services(&snapshot, &node_with_addresses())
         .iter()
@@ -1568,6 +1589,7 @@ fn node_ports_outside_node_port_range_are_not_served() {
             svc("above", 32768),
         ],
         slices: vec![],
+        node_zone: None,
     };
     let node = ThisNode {
         addresses: vec!["192.168.56.11".parse().unwrap()],
@@ -1606,6 +1628,7 @@ fn a_health_check_node_port_outside_node_port_range_is_not_served() {
     let snapshot = Snapshot {
         services: vec![with_health_check("lb", "LoadBalancer", "Local")],
         slices: vec![],
+        node_zone: None,
     };
     let narrow = ThisNode {
         node_ports: 30_000..=31_999,
@@ -1642,6 +1665,7 @@ fn allocate_load_balancer_node_ports_false_serves_only_node_ports_that_exist() {
             ),
         ],
         slices: vec![],
+        node_zone: None,
     };
     let node = ThisNode {
         addresses: vec!["192.168.56.11".parse().unwrap()],
@@ -1674,6 +1698,7 @@ fn case_4_every_ingress_ip_in_proxy_mode_leaves_only_the_cluster_ip_and_node_por
     let snapshot = Snapshot {
         services: vec![svc],
         slices: vec![],
+        node_zone: None,
     };
     let node = ThisNode {
         addresses: vec!["192.168.56.11".parse().unwrap()],
@@ -1716,6 +1741,7 @@ fn active_on(services: Vec<Service>, eps: Vec<Value>, node: &ThisNode) -> Vec<St
     let snapshot = Snapshot {
         services,
         slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+        node_zone: None,
     };
     let desired = desired_services(&snapshot, node);
     desired
@@ -1967,5 +1993,32 @@ fn traffic_distribution_prefer_same_node_derives_node_hints_then_zone_hints() {
     assert_eq!(
         active_on(vec![distributed("PreferSameNode")], eps, &elsewhere),
         ["10.1.2.3", "10.1.2.4"]
+    );
+}
+
+#[test]
+fn the_node_objects_zone_serves_when_none_is_configured_and_a_configured_one_wins() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let eps = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-a"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+    ];
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+        node_zone: Some("zone-b".into()),
+    };
+    let active = |node: &ThisNode| -> Vec<String> {
+        desired_services(&snapshot, node)[0]
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
+    };
+    assert_eq!(active(&node_in(None)), ["10.1.2.4"], "the Node's label");
+    assert_eq!(
+        active(&node_in(Some("zone-a"))),
+        ["10.1.2.3"],
+        "node-zone wins"
     );
 }
