@@ -91,6 +91,7 @@ impl Fixture {
                     .collect(),
                 has_any_endpoints: true,
                 affinity_timeout_secs: None,
+                source_ranges: None,
             })
             .collect()
     }

@@ -179,7 +179,8 @@ pub struct ServiceRow {
     /// frontend restored from the pinned maps before the first sync).
     #[serde(default)]
     pub name: String,
-    /// Further properties in Cilium's words: `Local` (a traffic policy Local).
+    /// Further properties in Cilium's words: `Local` (a traffic policy Local),
+    /// `sessionAffinity` (ClientIP), `check source-range` (`loadBalancerSourceRanges`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
     /// Backends in slot order.

@@ -32,13 +32,16 @@ pub enum DropReason {
     NoFib = 169,
     /// A packet from outside the cluster to a ClusterIP that is not routable.
     IsClusterIp = 174,
+    /// A new flow from outside the cluster to a load-balancer frontend from a client that none
+    /// of the Service's `loadBalancerSourceRanges` contains.
+    NotInSrcRange = 177,
     /// A later fragment to a VIP whose first fragment (the one with the ports) was not seen.
     FragNotFound = 175,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         Self::Invalid,
         Self::FragNeeded,
         Self::WriteError,
@@ -52,6 +55,7 @@ impl DropReason {
         Self::NoFib,
         Self::IsClusterIp,
         Self::FragNotFound,
+        Self::NotInSrcRange,
     ];
 
     /// The message operators see, Cilium's wording.
@@ -70,6 +74,7 @@ impl DropReason {
             Self::NoFib => "FIB lookup failed",
             Self::IsClusterIp => "Is a ClusterIP",
             Self::FragNotFound => "First logical datagram fragment not found",
+            Self::NotInSrcRange => "Denied by LB src range check",
         }
     }
 
@@ -89,6 +94,7 @@ impl DropReason {
             169 => Some(Self::NoFib),
             174 => Some(Self::IsClusterIp),
             175 => Some(Self::FragNotFound),
+            177 => Some(Self::NotInSrcRange),
             _ => None,
         }
     }

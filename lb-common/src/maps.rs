@@ -10,6 +10,9 @@ pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
 /// ClientIP session affinity: (client, service) → backend.
 pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
+/// `loadBalancerSourceRanges` (LPM trie): `Key<SourceRangeKey4>` (service id, client prefix)
+/// -> `u8` (1).
+pub const LB4_SRC_RANGE: &str = "LB4_SRC_RANGE";
 /// Fragmented datagrams being translated (LRU): `FragKey4` -> `FragPorts`.
 pub const LB4_FRAGS: &str = "LB4_FRAGS";
 /// Conntrack of TCP flows (LRU): `CtKey4` -> `CtEntry`.
@@ -41,6 +44,9 @@ pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB4_CT_TCP` (`bpf-ct-max-entries`). Each flow takes two entries
 /// (service and reply).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// Default capacity of `LB4_SRC_RANGE` (Cilium's `lb4_source_range` default): client prefixes
+/// summed over every load-balancer frontend.
+pub const SOURCE_RANGE_MAX_ENTRIES: u32 = 65_536;
 /// Default size of `LB4_AFFINITY` (an LRU map: the least recently used client goes first).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `LB4_FRAGS`: datagrams whose fragments are in flight at once (Cilium's

@@ -56,8 +56,9 @@ pub struct ServiceEntry {
     pub rev_nat: u16,
     /// Master: `SERVICE_F_*` bits.
     pub flags: u8,
-    /// Zero.
-    pub _pad: u8,
+    /// Master: `SERVICE_F2_*` bits (the byte was padding, always zero, before they existed,
+    /// so entries written then read as "no flags").
+    pub flags2: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 12);
 
@@ -82,6 +83,12 @@ pub const SERVICE_F_AFFINITY: u8 = 1 << 5;
 /// is refused (ICMP port unreachable) unless the configuration says drop. A frontend whose
 /// traffic policy leaves it without backends while endpoints exist elsewhere is dropped.
 pub const SERVICE_F_NO_ENDPOINTS: u8 = 1 << 7;
+/// Second service flag (`flags2`): the frontend admits new flows from outside the cluster only
+/// from the client prefixes `LB4_SRC_RANGE` lists under its service id
+/// (`loadBalancerSourceRanges`); any other client is dropped with 177. Set on load-balancer
+/// frontends of Services with source ranges, even when none of them is IPv4 (then no outside
+/// client is admitted).
+pub const SERVICE_F2_SOURCE_RANGE: u8 = 1 << 0;
 /// The flags that name a frontend's kind; exactly one is set in a master entry.
 pub const SERVICE_F_KIND_MASK: u8 =
     SERVICE_F_CLUSTER_IP | SERVICE_F_NODE_PORT | SERVICE_F_EXTERNAL_IP | SERVICE_F_LOAD_BALANCER;
@@ -155,7 +162,27 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
+/// The data of an `LB4_SRC_RANGE` key (the LPM trie's key is this after a `u32` prefix
+/// length): a service id and a client address. The prefix length counts from `rev_nat`, so a
+/// range `a.b.c.d/n` of service `id` is `SOURCE_RANGE_PREFIX_BITS + n` bits of
+/// `{id, 0, a.b.c.d}`, and a lookup uses the full 64 bits. Cilium's `lb4_src_range_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey4 {
+    /// The service id (master entry's `rev_nat`).
+    pub rev_nat: u16,
+    /// Zero (matched as part of the prefix).
+    pub _pad: u16,
+    /// The client address or range start (network byte order).
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey4>() == 8);
+
+/// Bits of a `SourceRangeKey4` before its address: every entry matches them in full.
+pub const SOURCE_RANGE_PREFIX_BITS: u32 = 32;
+
 crate::pod!(
+    SourceRangeKey4,
     ServiceKey4,
     ServiceEntry,
     Backend4,

@@ -171,7 +171,9 @@ fn new_flow(
     config: &DatapathConfig,
 ) -> Result<Verdict, Dropped> {
     if hook == Hook::FromNetdev {
-        policy::check_external_access(frontend, config)?; // before any conntrack entry
+        // Both before any conntrack entry.
+        policy::check_external_access(frontend, config)?;
+        policy::check_source_range(frontend, tuple.saddr)?;
     }
     if frontend.entry.count == 0
         && frontend.entry.flags & SERVICE_F_NO_ENDPOINTS != 0

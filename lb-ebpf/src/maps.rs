@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
 //! | `LB4_AFFINITY` | `affinity.rs` |
+//! | `LB4_SRC_RANGE` | `policy.rs` |
 //! | `LB4_FRAGS` | `frag.rs` |
 //! | `LB4_REVNAT` | none: written by the agent, not read on the packet path (reply entries carry VIP:port) |
 //! | `LB4_CT_TCP`, `LB4_CT_ANY` | `conntrack.rs` |
@@ -22,7 +23,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use lb_common::{
     config::DatapathConfig,
@@ -30,7 +31,9 @@ use lb_common::{
     frag::{FragKey4, FragPorts},
     maps,
     metrics::{MetricKey, MetricValue},
-    service::{AffinityKey4, AffinityValue, Backend4, RevNat4, ServiceEntry, ServiceKey4},
+    service::{
+        AffinityKey4, AffinityValue, Backend4, RevNat4, ServiceEntry, ServiceKey4, SourceRangeKey4,
+    },
     sock::{SockRevKey4, SockRevValue4},
 };
 
@@ -83,6 +86,12 @@ pub static LB4_CT_ANY: LruHashMap<CtKey4, CtEntry> =
 #[map]
 pub static LB4_AFFINITY: LruHashMap<AffinityKey4, AffinityValue> =
     LruHashMap::pinned(maps::AFFINITY_MAX_ENTRIES, 0);
+/// `loadBalancerSourceRanges`: the client prefixes each service id admits (value 1). An LPM
+/// trie, so one lookup of (service id, client address) finds the longest range containing it.
+#[map]
+pub static LB4_SRC_RANGE: LpmTrie<SourceRangeKey4, u8> =
+    LpmTrie::pinned(maps::SOURCE_RANGE_MAX_ENTRIES, 0);
+
 /// The ports of fragmented datagrams, from their first fragment (see `lb_common::frag`).
 #[map]
 pub static LB4_FRAGS: LruHashMap<FragKey4, FragPorts> =
@@ -147,6 +156,7 @@ const _: () = assert!(same(maps::LB4_SERVICES, "LB4_SERVICES"));
 const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
 const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
 const _: () = assert!(same(maps::LB4_AFFINITY, "LB4_AFFINITY"));
+const _: () = assert!(same(maps::LB4_SRC_RANGE, "LB4_SRC_RANGE"));
 const _: () = assert!(same(maps::LB4_FRAGS, "LB4_FRAGS"));
 const _: () = assert!(same(maps::LB4_CT_TCP, "LB4_CT_TCP"));
 const _: () = assert!(same(maps::LB4_CT_ANY, "LB4_CT_ANY"));

@@ -29,7 +29,9 @@ use lb_agent::{
         conntrack::{Clock, Conntrack, GcReport},
         maps::AyaMaps,
     },
-    model::{BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol},
+    model::{
+        BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol, SourceRange,
+    },
     sync::Syncer,
 };
 use lb_common::{
@@ -107,6 +109,7 @@ pub fn service(frontend_text: &str, backends: &[&str]) -> DesiredService {
             .collect(),
         has_any_endpoints: !backends.is_empty(),
         affinity_timeout_secs: None,
+        source_ranges: None,
     }
 }
 
@@ -122,6 +125,9 @@ pub trait ServiceExt {
     /// The same service as a frontend of another kind (a node port, an external or a
     /// load-balancer IP), as the model yields one.
     fn kind(self, kind: FrontendKind) -> Self;
+    /// The same service admitting outside clients only from `ranges` (`"a.b.c.d/n"`), as the
+    /// model yields a load-balancer frontend with `loadBalancerSourceRanges`.
+    fn source_ranges(self, ranges: &[&str]) -> Self;
 }
 
 impl ServiceExt for DesiredService {
@@ -139,6 +145,19 @@ impl ServiceExt for DesiredService {
 
     fn kind(mut self, kind: FrontendKind) -> Self {
         self.kind = kind;
+        self
+    }
+
+    fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        let parse = |text: &&str| {
+            let (addr, len) = text.split_once('/').expect("a.b.c.d/n");
+            SourceRange::new(
+                addr.parse().expect("an IPv4 address"),
+                len.parse().expect("a prefix length"),
+            )
+            .expect("a prefix length up to 32")
+        };
+        self.source_ranges = Some(ranges.iter().map(parse).collect());
         self
     }
 

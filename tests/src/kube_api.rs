@@ -1,9 +1,9 @@
 //! A fake Kubernetes API server on 127.0.0.1 that serves what kube-rs watchers ask for:
-//! LIST and WATCH of `core/v1` Services and `discovery.k8s.io/v1` EndpointSlices.
+//! LIST and WATCH of `core/v1` Services and Nodes and `discovery.k8s.io/v1` EndpointSlices.
 //!
 //! Faithful where lb depends on it: every write bumps one global resourceVersion (RV); a LIST
 //! answers with the current RV (paged with `limit`/`continue`) and honours `labelSelector`
-//! (`key`, `!key`, `key=value`); a WATCH streams events after the requested RV, sends
+//! (`key`, `!key`, `key=value`) and `fieldSelector` (`metadata.name=NAME`); a WATCH streams events after the requested RV, sends
 //! BOOKMARKs when `allowWatchBookmarks=true`, and answers an RV older than the compaction point
 //! with an `ERROR` event `Status{code: 410, reason: Expired}`, as the apiserver does. Tests can
 //! also partition a collection (events stop flowing), expire it (410 mid-stream on every open
@@ -30,13 +30,15 @@ use tokio::sync::{mpsc, watch};
 /// want it sooner).
 pub const BOOKMARK_EVERY: Duration = Duration::from_millis(100);
 
-/// The two collections the fake serves.
+/// The collections the fake serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// `/api/v1/services`
     Service,
     /// `/apis/discovery.k8s.io/v1/endpointslices`
     EndpointSlice,
+    /// `/api/v1/nodes`
+    Node,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
         match path {
             "/api/v1/services" => Some(Self::Service),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlice),
+            "/api/v1/nodes" => Some(Self::Node),
             _ => None,
         }
     }
@@ -52,6 +55,7 @@ impl Kind {
         match self {
             Self::Service => ("v1", "Service"),
             Self::EndpointSlice => ("discovery.k8s.io/v1", "EndpointSlice"),
+            Self::Node => ("v1", "Node"),
         }
     }
 }
@@ -98,6 +102,7 @@ struct State {
     rv: u64,
     services: Collection,
     slices: Collection,
+    nodes: Collection,
     unknown: Vec<String>,
 }
 
@@ -106,6 +111,7 @@ impl State {
         match kind {
             Kind::Service => &mut self.services,
             Kind::EndpointSlice => &mut self.slices,
+            Kind::Node => &mut self.nodes,
         }
     }
 }
@@ -183,7 +189,10 @@ impl FakeApiServer {
         let kind = match object["kind"].as_str() {
             Some("Service") => Kind::Service,
             Some("EndpointSlice") => Kind::EndpointSlice,
-            other => panic!("fake API server holds Services and EndpointSlices, not {other:?}"),
+            Some("Node") => Kind::Node,
+            other => {
+                panic!("fake API server holds Services, EndpointSlices and Nodes, not {other:?}")
+            }
         };
         let key = key_of(&object);
         let rv = {
@@ -349,6 +358,20 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `fieldSelector` terms: `metadata.name=NAME` (what lb asks for); any other field selects
+/// nothing, so a selector the fake does not know shows up as a failing test.
+fn selects_fields(selector: Option<&String>, object: &Value) -> bool {
+    selector
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some(("metadata.name", name)) => object["metadata"]["name"].as_str() == Some(name),
+            _ => false,
+        })
+}
+
 /// `labelSelector` terms: `key`, `!key`, `key=value`, `key!=value`.
 fn selects(selector: Option<&String>, object: &Value) -> bool {
     let labels = object["metadata"]["labels"].as_object();
@@ -430,10 +453,11 @@ fn list_response(
     }
     collection.stats.lists += 1;
     let selector = query.get("labelSelector");
+    let fields = query.get("fieldSelector");
     let matching: Vec<Value> = collection
         .objects
         .values()
-        .filter(|o| selects(selector, o))
+        .filter(|o| selects(selector, o) && selects_fields(fields, o))
         .map(|o| {
             // Items of a typed list carry no kind/apiVersion, as the apiserver prints them.
             let mut item = o.clone();
@@ -480,6 +504,7 @@ fn watch_response(
         .get("allowWatchBookmarks")
         .is_some_and(|b| b == "true");
     let selector = query.get("labelSelector").cloned();
+    let fields = query.get("fieldSelector").cloned();
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let mut wake = changed.subscribe();
     tokio::spawn(async move {
@@ -512,7 +537,9 @@ fn watch_response(
                 } else if !c.partitioned {
                     let after = sent_rv;
                     for (_, event_type, object) in c.events.iter().filter(|(r, ..)| *r > after) {
-                        if selects(selector.as_ref(), object) {
+                        if selects(selector.as_ref(), object)
+                            && selects_fields(fields.as_ref(), object)
+                        {
                             let (ns, name) = key_of(object);
                             c.stats.delivered.push(format!("{event_type} {ns}/{name}"));
                             lines.push(json!({"type": event_type, "object": object}));

@@ -88,6 +88,7 @@ fn start(dir: &Path) -> Running {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run_source(
         SourceSpec::File(dir.to_owned()),
+        "node".to_owned(),
         tx,
         shutdown.clone(),
     ));
@@ -307,6 +308,7 @@ async fn an_empty_directory_is_an_empty_snapshot_and_a_missing_one_is_an_error()
     let (tx, _rx) = watch::channel(None);
     let err = run_source(
         SourceSpec::File(missing.clone()),
+        "node".to_owned(),
         tx,
         CancellationToken::new(),
     )

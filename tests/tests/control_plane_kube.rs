@@ -82,12 +82,17 @@ struct Running {
 }
 
 fn start(server: &FakeApiServer) -> Running {
+    start_on(server, None)
+}
+
+/// The source, watching the Node `node` for its zone when given.
+fn start_on(server: &FakeApiServer, node: Option<&'static str>) -> Running {
     let client = server
         .client()
         .expect("kube client for the fake API server");
     let (tx, rx) = watch::channel(None);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_kube(client, tx, shutdown.clone()));
+    let task = tokio::spawn(run_kube(client, node, tx, shutdown.clone()));
     Running { rx, shutdown, task }
 }
 
@@ -279,6 +284,49 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
         s.services.len() == 1
     })
     .await;
+    assert!(
+        server.unknown_requests().is_empty(),
+        "unexpected requests: {:?}",
+        server.unknown_requests()
+    );
+    source.stop().await;
+}
+
+/// A Node `name` labelled with `zone`.
+fn node(name: &str, zone: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
+}
+
+#[tokio::test]
+async fn this_nodes_zone_label_reaches_the_snapshot_through_a_watch_on_it_alone() {
+    let server = FakeApiServer::start().await.expect("start fake API server");
+    load(&server, "a-checkout-two-slices");
+    server.apply(node("node-2", "zone-b"));
+    server.apply(node("node-1", "zone-a"));
+    let mut source = start_on(&server, Some("node-1"));
+    snapshot_where(&mut source.rx, "node-1's zone", |s| {
+        s.node_zone.as_deref() == Some("zone-a")
+    })
+    .await;
+
+    // Relabelled: the next snapshot carries the new zone (and the model uses it).
+    server.apply(node("node-1", "zone-c"));
+    let snapshot = snapshot_where(&mut source.rx, "the new zone", |s| {
+        s.node_zone.as_deref() == Some("zone-c")
+    })
+    .await;
+    assert_eq!(snapshot.services.len(), 1, "Services unchanged");
+
+    // kube-proxy's watch: this node only, by field selector, on every LIST and WATCH.
+    let Stats { queries, .. } = server.stats(Kind::Node);
+    assert!(!queries.is_empty());
+    assert!(
+        queries
+            .iter()
+            .all(|q| q.contains("fieldSelector=metadata.name%3Dnode-1")),
+        "{queries:?}"
+    );
     assert!(
         server.unknown_requests().is_empty(),
         "unexpected requests: {:?}",

@@ -1,6 +1,7 @@
-//! The external-ClusterIP policy (`policy.rs`): from-netdev refuses a ClusterIP that is not
+//! The external-access policies (`policy.rs`): from-netdev refuses a ClusterIP that is not
 //! routable with 174 before any conntrack entry exists, unless `bpf-lb-external-clusterip` is
-//! on; from-pod never applies it.
+//! on, and a load balancer's client outside its `loadBalancerSourceRanges` with 177; from-pod
+//! applies neither.
 
 use lb_agent::model::FrontendKind;
 use lb_common::{
@@ -10,7 +11,9 @@ use lb_common::{
     proto,
 };
 use lb_testkit::packet::*;
-use lb_tests::fixture::{Case, Datapath, Expect, ServiceExt, TC_ACT_SHOT, check, service};
+use lb_tests::fixture::{
+    Case, Datapath, Expect, ServiceExt, TC_ACT_SHOT, TC_ACT_UNSPEC, check, service,
+};
 
 const CLIENT: &str = "192.168.56.10:33802";
 const BACKEND: &str = "10.244.1.5:8080";
@@ -131,4 +134,132 @@ fn drop_events_are_rate_limited_but_every_drop_is_counted() {
         (1..=5 * cpus + 1).contains(&events),
         "{events} events for 50 drops"
     );
+}
+
+/// A load-balancer frontend of a Service with `loadBalancerSourceRanges`.
+fn load_balancer(frontend: &str, ranges: &[&str]) -> lb_agent::model::DesiredService {
+    service(frontend, &[BACKEND])
+        .kind(FrontendKind::LoadBalancer)
+        .source_ranges(ranges)
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
+    let cases = [
+        Case {
+            name: "client inside a range",
+            services: vec![load_balancer(
+                "203.0.113.10:80/TCP",
+                &["10.0.0.0/8", "192.168.56.0/24"],
+            )],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+        },
+        Case {
+            name: "client is exactly a /32 range",
+            services: vec![load_balancer("203.0.113.10:80/TCP", &["192.168.56.10/32"])],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+        },
+        Case {
+            name: "0.0.0.0/0 admits everyone",
+            services: vec![load_balancer("203.0.113.10:80/TCP", &["0.0.0.0/0"])],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+        },
+        Case {
+            name: "client outside every range",
+            services: vec![load_balancer(
+                "203.0.113.10:80/TCP",
+                &["10.0.0.0/8", "192.168.57.0/24", "192.168.56.11/32"],
+            )],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Dropped(DropReason::NotInSrcRange),
+        },
+        Case {
+            name: "ranges listed but none usable: nobody from outside",
+            services: vec![load_balancer("203.0.113.10:80/UDP", &[])],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: udp(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Dropped(DropReason::NotInSrcRange),
+        },
+        Case {
+            name: "another Service's range does not admit",
+            services: vec![
+                load_balancer("203.0.113.10:80/TCP", &["10.0.0.0/8"]),
+                load_balancer("203.0.113.11:80/TCP", &["192.168.56.0/24"]),
+            ],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Dropped(DropReason::NotInSrcRange),
+        },
+        Case {
+            name: "pods are not checked",
+            services: vec![load_balancer("203.0.113.10:80/TCP", &["10.0.0.0/8"])],
+            config_flags: 0,
+            hook: Hook::FromPod,
+            input: tcp_syn("172.16.0.7:40000", "203.0.113.10:80"),
+            expect: Expect::Rewritten(tcp_syn("172.16.0.7:40000", BACKEND)),
+        },
+        Case {
+            name: "a load balancer without ranges admits everyone",
+            services: vec![
+                service("203.0.113.10:80/TCP", &[BACKEND]).kind(FrontendKind::LoadBalancer),
+            ],
+            config_flags: 0,
+            hook: Hook::FromNetdev,
+            input: tcp_syn(CLIENT, "203.0.113.10:80"),
+            expect: Expect::Rewritten(tcp_syn(CLIENT, BACKEND)),
+        },
+    ];
+    for case in &cases {
+        check(case);
+    }
+}
+
+#[test]
+fn a_denied_source_leaves_no_conntrack_entry_and_its_event_names_policy_rs() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[load_balancer("203.0.113.10:80/TCP", &["10.0.0.0/8"])]);
+    let run = datapath.run(Hook::FromNetdev, &tcp_syn(CLIENT, "203.0.113.10:80"));
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(datapath.conntrack(), vec![], "no state for a denied client");
+    let events = datapath.drain_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason, 177);
+    assert_eq!(events[0].file, SourceFile::Policy as u8);
+    assert_eq!(events[0].saddr, ip_be(ip("192.168.56.10")));
+}
+
+#[test]
+fn source_ranges_changed_by_a_sync_apply_to_the_next_new_flow() {
+    let mut datapath = Datapath::load();
+    let input = tcp_syn(CLIENT, "203.0.113.10:80");
+    datapath.sync(&[load_balancer("203.0.113.10:80/TCP", &["10.0.0.0/8"])]);
+    assert_eq!(datapath.run(Hook::FromNetdev, &input).verdict, TC_ACT_SHOT);
+
+    // The client's range added: admitted.
+    datapath.sync(&[load_balancer(
+        "203.0.113.10:80/TCP",
+        &["10.0.0.0/8", "192.168.0.0/16"],
+    )]);
+    let run = datapath.run(Hook::FromNetdev, &input);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert_eq!(run.frame, tcp_syn(CLIENT, BACKEND));
+
+    // Ranges removed from the Service: every client is admitted.
+    let other_client = tcp_syn("198.18.0.1:40000", "203.0.113.10:80");
+    datapath.sync(&[service("203.0.113.10:80/TCP", &[BACKEND]).kind(FrontendKind::LoadBalancer)]);
+    let run = datapath.run(Hook::FromNetdev, &other_client);
+    assert_eq!(run.frame, tcp_syn("198.18.0.1:40000", BACKEND));
 }

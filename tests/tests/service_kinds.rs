@@ -5,7 +5,11 @@
 //! node's endpoints, ClientIP session affinity and its timeout, a Service without endpoints
 //! refusing connections (and dropping them with `service-no-backend-response=drop`),
 //! `lbctl service list` naming each frontend's kind, Service and flags, and the
-//! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go.
+//! `healthCheckNodePort` of Local load balancers answering 200 or 503 as endpoints come and go,
+//! `loadBalancerSourceRanges` admitting listed clients and dropping others with 177, and
+//! node ports outside `node-port-range` left to the node's own servers, and zone hints
+//! (explicit, or derived from `trafficDistribution: PreferClose`) keeping traffic in the
+//! node's zone.
 //!
 //! Needs root, `python3` and `curl`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds
 //! them first (see `lb_tests::agent::binaries`).
@@ -39,6 +43,25 @@ const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
 const STICKY_TIMEOUT_SECS: u64 = 1;
 
 const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 4);
+
+/// `guarded`: a load balancer whose source ranges list the external client.
+const GUARDED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 6);
+const GUARDED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// `walled`: a load balancer whose source ranges leave the external client out.
+const WALLED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 7);
+const WALLED_LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
+const WALLED_NODE_PORT: u16 = 30083;
+
+/// `ranged`: a NodePort Service with one node port inside the default `node-port-range` and
+/// one outside it, on a port where the node runs a server of its own.
+const RANGED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 8);
+const RANGED_NODE_PORT: u16 = 30086;
+const OUTSIDE_NODE_PORT: u16 = 2222;
+
+/// `hinted`: zone hints send this node (zone-a) to backend 0 only.
+const HINTED_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 9);
+/// `close`: `trafficDistribution: PreferClose` with backend 1 in zone-a.
+const CLOSE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 10);
 
 const DRAIN_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 5);
 const DRAIN_NODE_PORT: u16 = 30082;
@@ -82,6 +105,181 @@ ports:
   protocol: UDP
 "
     )
+}
+
+/// `guarded` and `walled`: two LoadBalancer Services on both backends, each with
+/// `loadBalancerSourceRanges` given as YAML list items.
+fn source_ranges_manifest() -> String {
+    let endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect();
+    let one =
+        |name: &str, cluster_ip: Ipv4Addr, ingress: Ipv4Addr, node_port: u16, ranges: &str| {
+            format!(
+                "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterIP: {cluster_ip}
+  loadBalancerSourceRanges:
+{ranges}  ports:
+  - name: http
+    nodePort: {node_port}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: LoadBalancer
+status:
+  loadBalancer:
+    ingress:
+    - ip: {ingress}
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: {name}
+  name: {name}-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: http
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+            )
+        };
+    // `walled` also carries an entry that is no CIDR: skipped with a warning, not fatal.
+    [
+        one(
+            "guarded",
+            GUARDED_CLUSTER_IP,
+            GUARDED_LOAD_BALANCER_IP,
+            30084,
+            &format!("  - 10.0.0.0/8\n  - {EXTERNAL_IP}/32\n"),
+        ),
+        one(
+            "walled",
+            WALLED_CLUSTER_IP,
+            WALLED_LOAD_BALANCER_IP,
+            WALLED_NODE_PORT,
+            "  - 10.0.0.0/8\n  - not-a-cidr\n",
+        ),
+    ]
+    .join("---\n")
+}
+
+/// `ranged`: node ports `RANGED_NODE_PORT` (inside the range) and `OUTSIDE_NODE_PORT`.
+fn ranged_manifest() -> String {
+    let endpoints: String = BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: ranged
+  namespace: default
+spec:
+  clusterIP: {RANGED_CLUSTER_IP}
+  ports:
+  - name: inside
+    nodePort: {RANGED_NODE_PORT}
+    port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  - name: outside
+    nodePort: {OUTSIDE_NODE_PORT}
+    port: 81
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+  type: NodePort
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: ranged
+  name: ranged-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: inside
+  port: {HTTP_PORT}
+  protocol: TCP
+- name: outside
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+    )
+}
+
+/// `hinted`: backend 0 hinted for zone-a, backend 1 for zone-b; `close`:
+/// `trafficDistribution: PreferClose`, no hints, backend 0 in zone-b and backend 1 in zone-a.
+fn zones_manifest() -> String {
+    let zoned = |ip: Ipv4Addr, zone: &str, hint: bool| {
+        let hints = if hint {
+            format!("  hints:\n    forZones:\n    - name: {zone}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n{hints}  nodeName: node\n  \
+             zone: {zone}\n"
+        )
+    };
+    let one = |name: &str, cluster_ip: Ipv4Addr, distribution: &str, endpoints: String| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterIP: {cluster_ip}
+  ports:
+  - port: 80
+    protocol: TCP
+    targetPort: {HTTP_PORT}
+{distribution}  type: ClusterIP
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: {name}
+  name: {name}-abcde
+  namespace: default
+endpoints:
+{endpoints}ports:
+- name: \"\"
+  port: {HTTP_PORT}
+  protocol: TCP
+"
+        )
+    };
+    [
+        one(
+            "hinted",
+            HINTED_CLUSTER_IP,
+            "",
+            zoned(BACKEND_IPS[0], "zone-a", true) + &zoned(BACKEND_IPS[1], "zone-b", true),
+        ),
+        one(
+            "close",
+            CLOSE_CLUSTER_IP,
+            "  trafficDistribution: PreferClose\n",
+            zoned(BACKEND_IPS[0], "zone-b", false) + &zoned(BACKEND_IPS[1], "zone-a", false),
+        ),
+    ]
+    .join("---\n")
 }
 
 /// Requests per check: enough that a wrong backend among two shows up.
@@ -630,4 +828,168 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
         Ok(503),
         "web-local still served"
     );
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
+    let topology = Topology::new("service_src_range");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("ranges.yaml"), source_ranges_manifest()).expect("write manifests");
+    for ip in [GUARDED_LOAD_BALANCER_IP, WALLED_LOAD_BALANCER_IP] {
+        ok(
+            topology
+                .external
+                .route(&[&format!("{ip}/32"), "via", &NODE_IP.to_string()]),
+            "external route",
+        );
+    }
+    let agent = lb_tests::agent::start(&topology, "service_src_range", &dir);
+    let both: BTreeSet<Ipv4Addr> = BACKEND_IPS.into_iter().collect();
+
+    // Listed: the external client reaches the load balancer, its address kept.
+    let (pods, clients) = answers(
+        &topology.external,
+        SocketAddrV4::new(GUARDED_LOAD_BALANCER_IP, 80),
+    );
+    assert_eq!(pods, both, "an admitted client is balanced as usual");
+    assert_eq!(clients, [EXTERNAL_IP].into_iter().collect());
+
+    // Not listed: every SYN is dropped with 177, which `lbctl monitor` shows. The monitor may
+    // subscribe after the first drop, so each try sends SYNs anew.
+    let mut monitor = ok(agent.monitor_drops(), "lbctl monitor");
+    let mut line = None;
+    for _ in 0..3 {
+        let (outcome, reply) = ok(
+            http_get(
+                &topology.external,
+                SocketAddrV4::new(WALLED_LOAD_BALANCER_IP, 80),
+            ),
+            "run curl",
+        );
+        assert_eq!(
+            reply.status, None,
+            "a denied client gets nothing: {outcome:?}"
+        );
+        let found = monitor.wait_for_line("the src range drop", Duration::from_secs(3), |l| {
+            l.starts_with("xx drop (Denied by LB src range check) ")
+                && l.contains("file policy.rs")
+                && l.contains(&format!("{EXTERNAL_IP}:"))
+                && l.contains(&format!("-> {WALLED_LOAD_BALANCER_IP}:80 tcp SYN"))
+        });
+        if let Ok(found) = found {
+            line = Some(found);
+            break;
+        }
+    }
+    assert!(
+        line.is_some(),
+        "no src range drop in the monitor; it printed {:?}",
+        monitor.seen()
+    );
+    drop(monitor);
+
+    // The ranges are the load balancer's only: the same client reaches the Service's node
+    // port, and pods are never checked.
+    answers_once(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, WALLED_NODE_PORT),
+    );
+    answers_once(
+        &topology.client.ns,
+        SocketAddrV4::new(WALLED_LOAD_BALANCER_IP, 80),
+    );
+
+    let list = ok(agent.lbctl(&["service", "list"]), "lbctl service list").stdout;
+    let flagged: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("check source-range"))
+        .collect();
+    assert_eq!(
+        flagged.len(),
+        2,
+        "one flagged frontend per Service:\n{list}"
+    );
+    assert!(
+        flagged.iter().all(|l| l.contains("LoadBalancer")),
+        "only load-balancer frontends:\n{list}"
+    );
+}
+
+#[test]
+fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
+    let topology = Topology::new("service_port_range");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("ranged.yaml"), ranged_manifest()).expect("write manifests");
+    // The node's own service on the port the Service names outside the range (as sshd or a
+    // kubelet port would be).
+    let _node_server = ok(
+        lb_testkit::servers::http(&topology.node, NODE_IP, OUTSIDE_NODE_PORT, topology.dir()),
+        "node's own HTTP server",
+    );
+    let agent = lb_tests::agent::start(&topology, "service_port_range", &dir);
+
+    // Inside the default range (30000-32767): the Service's backends answer.
+    let (pods, _) = answers(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, RANGED_NODE_PORT),
+    );
+    assert_eq!(
+        pods,
+        BACKEND_IPS.into_iter().collect(),
+        "node port in range"
+    );
+    // Outside it: untouched, so the node's own server answers every time.
+    let (pods, _) = answers(
+        &topology.external,
+        SocketAddrV4::new(NODE_IP, OUTSIDE_NODE_PORT),
+    );
+    assert_eq!(
+        pods,
+        [NODE_IP].into_iter().collect(),
+        "port outside the range"
+    );
+
+    let list = ok(
+        agent.lbctl(&["service", "list", "-o", "json"]),
+        "lbctl service list",
+    );
+    assert!(
+        !list
+            .stdout
+            .contains(&format!("{NODE_IP}:{OUTSIDE_NODE_PORT}/")),
+        "no frontend outside the range:\n{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout
+            .contains(&format!("{NODE_IP}:{RANGED_NODE_PORT}/TCP")),
+        "{}",
+        list.stdout
+    );
+}
+
+#[test]
+fn zone_hints_keep_traffic_in_this_nodes_zone() {
+    let topology = Topology::new("service_zones");
+    let dir = topology.dir().join("manifests");
+    std::fs::create_dir_all(&dir).expect("manifest directory");
+    std::fs::write(dir.join("zones.yaml"), zones_manifest()).expect("write manifests");
+    let _agent = lb_tests::agent::start_with_config(
+        &topology,
+        "service_zones",
+        &dir,
+        &[("node-zone", "zone-a")],
+    );
+
+    // Explicit hints: only the endpoint hinted for zone-a answers.
+    let (pods, _) = answers(
+        &topology.client.ns,
+        SocketAddrV4::new(HINTED_CLUSTER_IP, 80),
+    );
+    assert_eq!(pods, [BACKEND_IPS[0]].into_iter().collect(), "zone hints");
+    // PreferClose without hints (no EndpointSlice controller here): the endpoint in zone-a.
+    let (pods, _) = answers(&topology.client.ns, SocketAddrV4::new(CLOSE_CLUSTER_IP, 80));
+    assert_eq!(pods, [BACKEND_IPS[1]].into_iter().collect(), "PreferClose");
 }

@@ -248,3 +248,50 @@ fn referenced_services(datapath: &fixture::Datapath) -> HashSet<ServiceId> {
         .map(|(_, entry)| ServiceId(entry.reply().rev_nat))
         .collect()
 }
+
+#[test]
+fn source_ranges_round_trip_through_the_lpm_trie_and_a_restarted_syncer_rewrites_nothing() {
+    use lb_agent::model::FrontendKind;
+    let root = BpfRoot::new("ranges");
+    let maps = load(&root, 1024);
+    let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+    let lb = |ranges: &[&str]| {
+        service("203.0.113.10:80/TCP", &["10.244.1.5:8080"])
+            .kind(FrontendKind::LoadBalancer)
+            .source_ranges(ranges)
+    };
+    syncer
+        .sync(&[lb(&["10.0.0.0/8", "192.168.56.10/32", "0.0.0.0/0"])])
+        .expect("first sync");
+    assert_eq!(
+        rendered(&maps),
+        "BE 1 10.244.1.5:8080/TCP state=active flags=0x0\n\
+         REV 1 203.0.113.10:80\n\
+         SRC 1 0.0.0.0/0\n\
+         SRC 1 10.0.0.0/8\n\
+         SRC 1 192.168.56.10/32\n\
+         SVC 203.0.113.10:80/TCP slot=0 id=1 count=1 qcount=0 flags=0x48 flags2=0x1\n\
+         SVC 203.0.113.10:80/TCP slot=1 backend=1\n"
+    );
+
+    // A restarted agent reads the trie back exactly: its first pass writes nothing.
+    let mut restarted = Syncer::new(maps.clone()).expect("restore ids");
+    let stats = restarted
+        .sync(&[lb(&["10.0.0.0/8", "192.168.56.10/32", "0.0.0.0/0"])])
+        .expect("sync after restart");
+    assert_eq!(stats.writes, 0);
+
+    // Ranges dropped from the Service, then the Service gone: the trie empties with it.
+    restarted
+        .sync(&[
+            service("203.0.113.10:80/TCP", &["10.244.1.5:8080"]).kind(FrontendKind::LoadBalancer)
+        ])
+        .expect("ranges removed");
+    assert!(!rendered(&maps).contains("SRC"), "{}", rendered(&maps));
+    restarted
+        .sync(&[lb(&["172.16.0.0/12"])])
+        .expect("ranges again");
+    restarted.sync(&[]).expect("service deleted");
+    let left = rendered(&maps);
+    assert!(!left.contains("SRC") && !left.contains("SVC"), "{left}");
+}

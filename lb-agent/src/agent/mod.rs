@@ -291,6 +291,8 @@ fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode
     model::ThisNode {
         name: config.node_name.clone(),
         addresses,
+        node_ports: config.node_port_range.min..=config.node_port_range.max,
+        zone: config.node_zone.clone(),
     }
 }
 
@@ -410,6 +412,7 @@ async fn serve(
     let source_shutdown = shutdown.child_token();
     let mut source = tokio::spawn(k8s::run_source(
         config.source.clone(),
+        config.node_name.clone(),
         tx,
         source_shutdown.clone(),
     ));

@@ -525,6 +525,11 @@ mod tests {
                     min: 61_000,
                     max: 65_535,
                 },
+                node_zone: None,
+                node_port_range: options::NodePortRange {
+                    min: 30_000,
+                    max: 32_767,
+                },
                 log_level: tracing::Level::INFO,
             }
         );

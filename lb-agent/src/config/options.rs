@@ -27,6 +27,8 @@ pub enum Kind {
     Globs,
     /// A non-empty name without whitespace.
     Name,
+    /// A name without whitespace, or empty for "none".
+    OptionalName,
     /// An IPv4 address, or empty for "derive it".
     OptionalIpv4,
     /// An absolute path.
@@ -50,6 +52,8 @@ pub enum Kind {
     NoBackendResponse,
     /// `MIN-MAX`, two ports with MIN ≤ MAX, MIN at least 1024.
     PortRange,
+    /// `MIN-MAX` (or Cilium's `MIN,MAX`), two ports with 1 ≤ MIN ≤ MAX.
+    NodePortRange,
 }
 
 impl Kind {
@@ -60,6 +64,7 @@ impl Kind {
             Self::Interfaces => "interface names separated by commas".into(),
             Self::Globs => "interface-name globs separated by commas".into(),
             Self::Name => "a non-empty name without whitespace".into(),
+            Self::OptionalName => "a name without whitespace, or empty".into(),
             Self::OptionalIpv4 => "an IPv4 address, or empty".into(),
             Self::Path => "an absolute path".into(),
             Self::OptionalPath => "an absolute path, or empty".into(),
@@ -69,6 +74,9 @@ impl Kind {
             Self::LogLevel => "one of `error`, `warn`, `info`, `debug`, `trace`".into(),
             Self::NoBackendResponse => "`reject` or `drop`".into(),
             Self::PortRange => "MIN-MAX, ports from 1024 to 65535 with MIN <= MAX".into(),
+            Self::NodePortRange => {
+                "MIN-MAX (or MIN,MAX), ports from 1 to 65535 with MIN <= MAX".into()
+            }
         }
     }
 
@@ -83,6 +91,7 @@ impl Kind {
                     && (self == Self::Globs || !name.contains(['*', '?']))
             }),
             Self::Name => !value.is_empty() && !value.contains(char::is_whitespace),
+            Self::OptionalName => !value.contains(char::is_whitespace),
             Self::OptionalIpv4 => value.is_empty() || value.parse::<Ipv4Addr>().is_ok(),
             Self::Path => value.starts_with('/'),
             Self::OptionalPath => value.is_empty() || value.starts_with('/'),
@@ -94,6 +103,7 @@ impl Kind {
             Self::LogLevel => matches!(value, "error" | "warn" | "info" | "debug" | "trace"),
             Self::NoBackendResponse => NoBackendResponse::from_raw(value).is_some(),
             Self::PortRange => PortRange::from_raw(value).is_some(),
+            Self::NodePortRange => NodePortRange::from_raw(value).is_some(),
         }
     }
 }
@@ -146,6 +156,35 @@ impl OptionValue for PortRange {
         let min: u16 = min.trim().parse().ok()?;
         let max: u16 = max.trim().parse().ok()?;
         (1024 <= min && min <= max).then_some(Self { min, max })
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The cluster's node-port range, `MIN-MAX` inclusive (host byte order): the apiserver's
+/// `--service-node-port-range`, Cilium's `node-port-range`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodePortRange {
+    /// First port.
+    pub min: u16,
+    /// Last port.
+    pub max: u16,
+}
+
+impl fmt::Display for NodePortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// `MIN-MAX` as kube-apiserver writes it, or `MIN,MAX` as Cilium's ConfigMap does.
+impl OptionValue for NodePortRange {
+    fn from_raw(raw: &str) -> Option<Self> {
+        let (min, max) = raw.split_once('-').or_else(|| raw.split_once(','))?;
+        let min: u16 = min.trim().parse().ok()?;
+        let max: u16 = max.trim().parse().ok()?;
+        (1 <= min && min <= max).then_some(Self { min, max })
     }
     fn to_raw(&self) -> String {
         self.to_string()
@@ -454,6 +493,17 @@ options! {
         help: "source address for SNAT (default: the first IPv4 address of the first device)",
         doc: "source address of SNATed packets",
     }
+    NodeZone => node_zone: Option<String> {
+        key: "node-zone",
+        env: "LB_NODE_ZONE",
+        default: "",
+        derived: "the Node's zone label (kube source)",
+        live: false,
+        value_name: "ZONE",
+        kind: Kind::OptionalName,
+        help: "this node's topology.kubernetes.io/zone, for zone hints (default: the Node object's label with --source kube, none with a file source)",
+        doc: "this node's zone, which EndpointSlice zone hints (`trafficDistribution: PreferClose`) are matched against; with `--source kube` the Node's `topology.kubernetes.io/zone` label unless set (see docs/operations.md)",
+    }
     BpfRoot => bpf_root: PathBuf {
         key: "bpf-root",
         env: "LB_BPF_ROOT",
@@ -654,6 +704,16 @@ options! {
         help: "source ports of SNATed flows; keep them out of the host's ephemeral ports (net.ipv4.ip_local_reserved_ports)",
         doc: "source ports of SNATed flows (per remote backend); must not overlap `net.ipv4.ip_local_port_range` unless reserved in `net.ipv4.ip_local_reserved_ports`, see docs/datapath.md",
     }
+    NodePortRange => node_port_range: NodePortRange {
+        key: "node-port-range",
+        env: "LB_NODE_PORT_RANGE",
+        default: "30000-32767",
+        live: false,
+        value_name: "MIN-MAX",
+        kind: Kind::NodePortRange,
+        help: "the cluster's nodePort range (kube-apiserver --service-node-port-range); node ports outside it are not served",
+        doc: "the cluster's `nodePort` range, as kube-apiserver's `--service-node-port-range` (Cilium's `MIN,MAX` is accepted too); a Service's `nodePort` or `healthCheckNodePort` outside it is not served (a warning names the Service), so lb touches no other port",
+    }
     LogLevel => log_level: tracing::Level {
         key: "log-level",
         env: "LB_LOG_LEVEL",
@@ -783,6 +843,17 @@ mod tests {
             OptionKey::SnatPortRange.spec().default,
             format!("{}-{}", snat.start(), snat.end())
         );
+    }
+
+    #[test]
+    fn node_port_ranges_are_min_dash_max_or_ciliums_min_comma_max() {
+        let parse = |raw: &str| NodePortRange::from_raw(raw).map(|r| r.to_raw());
+        assert_eq!(parse("30000-32767").as_deref(), Some("30000-32767"));
+        assert_eq!(parse("30000,32767").as_deref(), Some("30000-32767"));
+        assert_eq!(parse(" 80 - 80 ").as_deref(), Some("80-80"));
+        for bad in ["0-100", "32767-30000", "30000", "30000-70000", "a-b", ""] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use lb_common::{
     proto,
     service::{
         SERVICE_F_AFFINITY, SERVICE_F_EXTERNAL_IP, SERVICE_F_KIND_MASK, SERVICE_F_LOAD_BALANCER,
-        SERVICE_F_LOCAL, SERVICE_F_NODE_PORT, ServiceKey4,
+        SERVICE_F_LOCAL, SERVICE_F_NODE_PORT, SERVICE_F2_SOURCE_RANGE, ServiceEntry, ServiceKey4,
     },
 };
 
@@ -25,7 +25,8 @@ pub struct ServiceView {
     pub frontend: String,
     /// `ClusterIP`, `NodePort`, `ExternalIPs` or `LoadBalancer`, from the master entry's flags.
     pub kind: &'static str,
-    /// Cilium's words for the other flags: `Local` for a traffic policy Local.
+    /// Cilium's words for the other flags: `Local` for a traffic policy Local,
+    /// `sessionAffinity`, `check source-range` for `loadBalancerSourceRanges`.
     pub flags: Vec<&'static str>,
     /// The backends in slot order.
     pub backends: Vec<BackendView>,
@@ -48,15 +49,19 @@ fn proto_text(protocol: u8) -> &'static str {
 }
 
 /// The master entry's other flags in Cilium's words.
-fn flags_text(flags: u8) -> Vec<&'static str> {
-    [
+fn flags_text(master: &ServiceEntry) -> Vec<&'static str> {
+    let flags = [
         (SERVICE_F_LOCAL, "Local"),
         (SERVICE_F_AFFINITY, "sessionAffinity"),
     ]
     .into_iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, text)| text)
-    .collect()
+    .filter(|(bit, _)| master.flags & bit != 0)
+    .map(|(_, text)| text);
+    let flags2 = [(SERVICE_F2_SOURCE_RANGE, "check source-range")]
+        .into_iter()
+        .filter(|(bit, _)| master.flags2 & bit != 0)
+        .map(|(_, text)| text);
+    flags.chain(flags2).collect()
 }
 
 /// The frontend kind a master entry's flags name.
@@ -103,7 +108,7 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
                 id: service_id_of(master),
                 frontend: frontend_text(key),
                 kind: kind_text(master.flags),
-                flags: flags_text(master.flags),
+                flags: flags_text(master),
                 backends,
             }
         })
@@ -115,7 +120,8 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
 /// The maps as sorted lines, one per entry:
 /// `SVC 10.96.0.10:80/TCP slot=0 id=1 count=2 qcount=0 flags=0x1`,
 /// `SVC 10.96.0.10:80/TCP slot=1 backend=2`, `VIP 10.96.0.10`,
-/// `BE 2 10.244.1.5:8080/TCP state=active flags=0x0`, `REV 1 10.96.0.10:80`.
+/// `BE 2 10.244.1.5:8080/TCP state=active flags=0x0`, `REV 1 10.96.0.10:80`,
+/// `SRC 1 192.168.0.0/16` (a source range of service 1).
 pub fn render(content: &MapsContent) -> String {
     let mut lines = Vec::new();
     for (key, entry) in &content.services {
@@ -124,12 +130,17 @@ pub fn render(content: &MapsContent) -> String {
             lines.push(format!("VIP {vip}"));
         } else if key.slot == 0 {
             lines.push(format!(
-                "SVC {} slot=0 id={} count={} qcount={} flags={:#x}{}",
+                "SVC {} slot=0 id={} count={} qcount={} flags={:#x}{}{}",
                 frontend_text(key),
                 service_id_of(entry),
                 entry.count,
                 entry.qcount,
                 entry.flags,
+                if entry.flags2 != 0 {
+                    format!(" flags2={:#x}", entry.flags2)
+                } else {
+                    String::new()
+                },
                 if entry.flags & SERVICE_F_AFFINITY != 0 {
                     format!(" affinity={}s", entry.backend_id)
                 } else {
@@ -161,6 +172,12 @@ pub fn render(content: &MapsContent) -> String {
     for (id, revnat) in &content.revnat {
         let (vip, port) = revnat_addr_of(revnat);
         lines.push(format!("REV {id} {vip}:{port}"));
+    }
+    for range in &content.source_ranges {
+        lines.push(format!(
+            "SRC {} {}/{}",
+            range.service, range.addr, range.prefix_len
+        ));
     }
     lines.sort();
     let mut out = String::new();

@@ -7,7 +7,7 @@ use lb_common::{
     service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
 };
 
-use super::{BackendId, Error, LbMaps, MapsContent, ServiceId};
+use super::{BackendId, Error, LbMaps, MapsContent, ServiceId, maps::SourceRangeEntry};
 
 /// Maps held in memory.
 #[derive(Debug, Default)]
@@ -76,6 +76,18 @@ impl LbMaps for FakeMaps {
     fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error> {
         self.write()?;
         self.content.revnat.remove(&id);
+        Ok(())
+    }
+
+    fn upsert_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
+        self.write()?;
+        self.content.source_ranges.insert(*range);
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
+        self.write()?;
+        self.content.source_ranges.remove(range);
         Ok(())
     }
 

@@ -62,6 +62,7 @@ impl Datapath {
             .map_max_entries(names::LB4_CT_ANY, options.ct_any_max_entries)
             .map_max_entries(names::LB4_SERVICES, options.lb_map_max)
             .map_max_entries(names::LB4_BACKENDS, options.lb_map_max)
+            .map_max_entries(names::LB4_SRC_RANGE, options.lb_map_max)
             .load(EBPF_OBJECT)
             .map_err(|err| Error::Load(Box::new(err)))?;
         for name in PROGRAMS.into_iter().chain([CLOCK_PROGRAM]) {

@@ -6,20 +6,26 @@
 //! `*_value` and `*_entry` functions build `lb-common` structs from plain addresses, ports and
 //! ids, and `frontend_of` / `backend_addr_of` / `*_id_of` read them back.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     os::fd::{AsFd as _, OwnedFd},
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuHashMap},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuHashMap,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
 };
 use lb_common::{
     config::DatapathConfig,
     maps as names,
     metrics::{MetricKey, MetricValue},
-    service::{Backend4, RevNat4, SERVICE_F_AFFINITY, ServiceEntry, ServiceKey4},
+    service::{
+        Backend4, RevNat4, SERVICE_F_AFFINITY, SOURCE_RANGE_PREFIX_BITS, ServiceEntry, ServiceKey4,
+        SourceRangeKey4,
+    },
 };
 
 use super::{Error, batch};
@@ -57,7 +63,19 @@ impl std::fmt::Display for BackendId {
     }
 }
 
-/// Everything `sync/` programs: the services, backends and reverse-NAT maps as plain data.
+/// One `LB4_SRC_RANGE` entry: a client prefix (host byte order) a service id admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeEntry {
+    /// The service id of the load-balancer frontend.
+    pub service: ServiceId,
+    /// The first address of the prefix.
+    pub addr: Ipv4Addr,
+    /// The prefix length, 0-32.
+    pub prefix_len: u8,
+}
+
+/// Everything `sync/` programs: the services, backends, reverse-NAT and source-range maps as
+/// plain data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapsContent {
     /// `LB4_SERVICES`.
@@ -66,6 +84,8 @@ pub struct MapsContent {
     pub backends: BTreeMap<BackendId, Backend4>,
     /// `LB4_REVNAT`.
     pub revnat: BTreeMap<ServiceId, RevNat4>,
+    /// `LB4_SRC_RANGE`.
+    pub source_ranges: BTreeSet<SourceRangeEntry>,
 }
 
 /// Write access to the load balancer's maps. Every write is idempotent.
@@ -82,6 +102,10 @@ pub trait LbMaps {
     fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error>;
     /// Removes a reverse-NAT entry; absent is fine.
     fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error>;
+    /// Inserts a source range (idempotent).
+    fn upsert_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error>;
+    /// Removes a source range; absent is fine.
+    fn delete_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error>;
     /// Inserts or replaces backends in order; after a failure a prefix is applied.
     fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
         entries
@@ -124,6 +148,7 @@ pub struct AyaMaps {
     // Keyed by the raw ids, which aya can copy in and out; the `LbMaps` methods convert.
     backends: HashMap<MapData, u32, Backend4>,
     revnat: HashMap<MapData, u16, RevNat4>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey4, u8>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricKey, MetricValue>,
     /// Duplicates of the three maps' descriptors, for batch writes.
@@ -153,6 +178,7 @@ where
         | aya::maps::Map::LruHashMap(data)
         | aya::maps::Map::Array(data)
         | aya::maps::Map::PerCpuHashMap(data)
+        | aya::maps::Map::LpmTrie(data)
         | aya::maps::Map::RingBuf(data) => data.fd().as_fd().try_clone_to_owned(),
         _ => Err(std::io::Error::other("unexpected map type")),
     }
@@ -177,6 +203,7 @@ impl AyaMaps {
             services,
             backends,
             revnat,
+            source_ranges: take(ebpf, names::LB4_SRC_RANGE)?,
             config: take(ebpf, names::LB_CONFIG)?,
             metrics: take(ebpf, names::LB_METRICS)?,
             services_fd,
@@ -306,6 +333,19 @@ impl LbMaps for AyaMaps {
         ignore_missing(self.revnat.remove(&id.0), names::LB4_REVNAT)
     }
 
+    fn upsert_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
+        self.source_ranges
+            .insert(&source_range_key(range), 1, 0)
+            .map_err(|err| update_err(names::LB4_SRC_RANGE, "bpf-lb-map-max", err))
+    }
+
+    fn delete_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
+        ignore_missing(
+            self.source_ranges.remove(&source_range_key(range)),
+            names::LB4_SRC_RANGE,
+        )
+    }
+
     fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
         let (keys, values): (Vec<_>, Vec<_>) = entries.iter().map(|(id, b)| (id.0, *b)).unzip();
         batch::update(&self.backends_fd, &keys, &values)
@@ -366,6 +406,12 @@ impl LbMaps for AyaMaps {
         for item in self.revnat.iter() {
             let (key, value) = item.map_err(|err| map_err("read", names::LB4_REVNAT, err))?;
             content.revnat.insert(ServiceId(key), value);
+        }
+        for item in self.source_ranges.keys() {
+            let key = item.map_err(|err| map_err("read", names::LB4_SRC_RANGE, err))?;
+            if let Some(range) = source_range_of(&key) {
+                content.source_ranges.insert(range);
+            }
         }
         Ok(content)
     }
@@ -428,13 +474,14 @@ pub fn revnat_addr_of(revnat: &RevNat4) -> (Ipv4Addr, u16) {
 }
 
 /// A master entry (slot 0): the frontend's service id and how many slots it has, `count`
-/// selectable ones then `qcount` draining ones; with an affinity timeout, ClientIP affinity
+/// selectable ones then `qcount` draining ones, its `SERVICE_F_*` and `SERVICE_F2_*` flags; with an affinity timeout, ClientIP affinity
 /// (`SERVICE_F_AFFINITY`, the timeout where a slot keeps its backend id).
 pub fn master_entry(
     id: ServiceId,
     count: u16,
     qcount: u16,
     flags: u8,
+    flags2: u8,
     affinity_timeout_secs: Option<u32>,
 ) -> ServiceEntry {
     match affinity_timeout_secs {
@@ -444,13 +491,14 @@ pub fn master_entry(
             qcount,
             rev_nat: id.0,
             flags: flags | SERVICE_F_AFFINITY,
-            _pad: 0,
+            flags2,
         },
         None => ServiceEntry {
             count,
             qcount,
             rev_nat: id.0,
             flags,
+            flags2,
             ..ServiceEntry::default()
         },
     }
@@ -472,6 +520,30 @@ pub fn service_id_of(entry: &ServiceEntry) -> ServiceId {
 /// The backend id a slot's entry names.
 pub fn backend_id_of(entry: &ServiceEntry) -> BackendId {
     BackendId(entry.backend_id)
+}
+
+/// The `LB4_SRC_RANGE` key of a source range (host byte order in, network out).
+pub fn source_range_key(range: &SourceRangeEntry) -> LpmKey<SourceRangeKey4> {
+    LpmKey::new(
+        SOURCE_RANGE_PREFIX_BITS + u32::from(range.prefix_len),
+        SourceRangeKey4 {
+            rev_nat: range.service.0,
+            _pad: 0,
+            addr: u32::from(range.addr).to_be(),
+        },
+    )
+}
+
+/// The source range an `LB4_SRC_RANGE` key holds; `None` for a key no agent writes (shorter
+/// than its service id, or longer than an address).
+pub fn source_range_of(key: &LpmKey<SourceRangeKey4>) -> Option<SourceRangeEntry> {
+    let prefix_len = key.prefix_len().checked_sub(SOURCE_RANGE_PREFIX_BITS)?;
+    let data = key.data();
+    Some(SourceRangeEntry {
+        service: ServiceId(data.rev_nat),
+        addr: Ipv4Addr::from(u32::from_be(data.addr)),
+        prefix_len: u8::try_from(prefix_len).ok().filter(|len| *len <= 32)?,
+    })
 }
 
 /// A node address for `DatapathConfig::node_addr` (network byte order).

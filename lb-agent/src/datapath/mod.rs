@@ -16,7 +16,7 @@ pub mod maps;
 pub mod sock;
 
 pub use loader::{Datapath, LoadOptions};
-pub use maps::{BackendId, LbMaps, MapsContent, ServiceId};
+pub use maps::{BackendId, LbMaps, MapsContent, ServiceId, SourceRangeEntry};
 
 /// Errors of the datapath module.
 #[derive(Debug, thiserror::Error)]

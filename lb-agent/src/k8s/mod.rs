@@ -1,4 +1,5 @@
-//! Sources of truth: Services and EndpointSlices from the Kubernetes API or a directory.
+//! Sources of truth: Services and EndpointSlices from the Kubernetes API or a directory, and
+//! (from the API) this node's zone.
 //!
 //! - `kube.rs`: kube-rs watchers and reflector stores (`--source kube`);
 //! - `file.rs`: a directory of YAML/JSON as `kubectl get -o yaml` prints it (`--source file:DIR`);
@@ -26,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use filter::LABEL_SELECTOR;
 
+/// Label of a Node naming its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// Every Service and EndpointSlice a source currently knows, sorted by namespace/name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -33,6 +37,9 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     /// discovery.k8s.io/v1 EndpointSlices.
     pub slices: Vec<EndpointSlice>,
+    /// This node's `topology.kubernetes.io/zone` label, from its Node object (the kube
+    /// source); `None` when unknown (the file source, or no such label).
+    pub node_zone: Option<String>,
 }
 
 /// Where a source publishes its snapshots; `None` until it has synced.
@@ -157,8 +164,11 @@ fn count_malformed() {
 /// both listed), then after every change, debounced by [`DEBOUNCE`]. Bad input is logged and
 /// skipped, never a panic; errors after start are retried, so this returns only on shutdown
 /// or on a start-up error.
+///
+/// The kube source also watches the Node named `node_name` for its zone label.
 pub async fn run_source(
     spec: SourceSpec,
+    node_name: String,
     tx: SnapshotSender,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -167,20 +177,21 @@ pub async fn run_source(
             let client = ::kube::Client::try_default()
                 .await
                 .map_err(|source| Error::Client { source })?;
-            kube::run(client, &tx, shutdown).await
+            kube::run(client, Some(&node_name), &tx, shutdown).await
         }
         SourceSpec::File(dir) => file::run(dir, &tx, shutdown).await,
     }
 }
 
 /// [`run_source`] for `--source kube` with a client the caller built (tests point it at a fake
-/// API server).
+/// API server); the Node named `node_name` is watched for its zone, none when `None`.
 pub async fn run_kube(
     client: ::kube::Client,
+    node_name: Option<&str>,
     tx: SnapshotSender,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    kube::run(client, &tx, shutdown).await
+    kube::run(client, node_name, &tx, shutdown).await
 }
 
 /// Sorts by namespace/name so equal views compare equal whatever order they arrived in.

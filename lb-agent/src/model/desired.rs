@@ -2,8 +2,8 @@
 //! ClusterIP, a node port on each of this node's addresses, each external and load-balancer
 //! IP), with its backends.
 //!
-//! Owns endpoint selection (k8s-semantics.md §2): ready endpoints (narrowed by node hints when
-//! every ready endpoint has them), else the serving+terminating fallback (KEP-1669), the local
+//! Owns endpoint selection (k8s-semantics.md §2): ready endpoints (narrowed by node hints, else
+//! zone hints, when every ready endpoint has them and some name this node or its zone), else the serving+terminating fallback (KEP-1669), the local
 //! set of internalTrafficPolicy Local (ClusterIP) and externalTrafficPolicy Local (the external
 //! destinations), and the terminating backends kept only to drain established flows.
 //! Frontends come from `frontend.rs`, endpoints from `endpoints.rs`.
@@ -13,11 +13,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 
 use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
-use super::frontend::{Frontend, FrontendKind, ServicePortSpec, ServiceSpec, service_spec};
+use super::frontend::{
+    Frontend, FrontendKind, ServicePortSpec, ServiceSpec, SourceRange, TrafficDistribution,
+    service_spec,
+};
 use crate::k8s::Snapshot;
 
 /// Whether new flows may pick a backend.
@@ -60,14 +64,29 @@ pub struct DesiredBackend {
     pub remote: bool,
 }
 
+/// The cluster's node-port range by default (kube-apiserver's `--service-node-port-range`).
+pub const DEFAULT_NODE_PORTS: RangeInclusive<u16> = 30_000..=32_767;
+
 /// The node the model computes for: its name decides which endpoints are local, its addresses
 /// where node ports are served.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThisNode {
     /// The Node's name, as EndpointSlices' `nodeName` carries it.
     pub name: String,
     /// The addresses node ports are served on.
     pub addresses: Vec<Ipv4Addr>,
+    /// The cluster's node-port range (`node-port-range`): a `nodePort` or
+    /// `healthCheckNodePort` outside it is not served.
+    pub node_ports: RangeInclusive<u16>,
+    /// The node's `topology.kubernetes.io/zone` as configured (`node-zone`): zone hints name
+    /// it. `None`: the snapshot's (the Node object's label), if any.
+    pub zone: Option<String>,
+}
+
+impl Default for ThisNode {
+    fn default() -> Self {
+        Self::named("")
+    }
 }
 
 impl ThisNode {
@@ -76,6 +95,8 @@ impl ThisNode {
         Self {
             name: name.to_owned(),
             addresses: Vec::new(),
+            node_ports: DEFAULT_NODE_PORTS,
+            zone: None,
         }
     }
 }
@@ -104,6 +125,9 @@ pub struct DesiredService {
     pub has_any_endpoints: bool,
     /// ClientIP affinity timeout in seconds; `None` when affinity is off.
     pub affinity_timeout_secs: Option<u32>,
+    /// For a LoadBalancer frontend of a Service with `loadBalancerSourceRanges`: the client
+    /// prefixes admitted from outside the cluster (empty: none). `None`: every client.
+    pub source_ranges: Option<Vec<SourceRange>>,
 }
 
 /// The health check of one externalTrafficPolicy Local LoadBalancer Service: what its
@@ -142,6 +166,17 @@ pub fn desired_services(snapshot: &Snapshot, node: &ThisNode) -> Vec<DesiredServ
 /// malformed object is logged once). Two Services with one `healthCheckNodePort`: the first by
 /// namespace/name wins, as with frontends.
 pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
+    // The configured zone wins; else the Node object's label (kube source).
+    let with_zone;
+    let node = if node.zone.is_none() && snapshot.node_zone.is_some() {
+        with_zone = ThisNode {
+            zone: snapshot.node_zone.clone(),
+            ..node.clone()
+        };
+        &with_zone
+    } else {
+        node
+    };
     let slices = SliceIndex::new(&snapshot.slices);
     let mut specs: Vec<_> = snapshot.services.iter().filter_map(service_spec).collect();
     specs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -150,15 +185,24 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
     let mut health_checks: BTreeMap<u16, HealthCheck> = BTreeMap::new();
     for spec in specs {
         if let Some(port) = spec.health_check_node_port {
-            health_check(&mut health_checks, &spec, port, &slices, &node.name);
+            if node.node_ports.contains(&port) {
+                health_check(&mut health_checks, &spec, port, &slices, &node.name);
+            } else {
+                warn!(
+                    namespace = %spec.namespace, name = %spec.name, port,
+                    range = %format_args!("{}-{}", node.node_ports.start(), node.node_ports.end()),
+                    "not serving a healthCheckNodePort outside node-port-range"
+                );
+            }
         }
         for port in &spec.ports {
-            let endpoints = slices.endpoints(
+            let mut endpoints = slices.endpoints(
                 &spec.namespace,
                 &spec.name,
                 &port.name,
                 port.frontend.protocol,
             );
+            derive_hints(&mut endpoints, spec.traffic_distribution);
             for (kind, frontend) in frontends_of(&spec, port, node) {
                 // §2.5: ClusterIP traffic follows iTP, the external destinations eTP.
                 let local_only = if kind.is_external() {
@@ -174,8 +218,7 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                     );
                     continue;
                 }
-                let (backends, has_any_endpoints) =
-                    select_backends(&endpoints, &node.name, local_only);
+                let (backends, has_any_endpoints) = select_backends(&endpoints, node, local_only);
                 out.insert(
                     frontend,
                     DesiredService {
@@ -188,6 +231,12 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                         backends,
                         has_any_endpoints,
                         affinity_timeout_secs: spec.affinity_timeout_secs,
+                        // §1: source ranges are the load balancer's, its IPs only.
+                        source_ranges: if kind == FrontendKind::LoadBalancer {
+                            spec.source_ranges.clone()
+                        } else {
+                            None
+                        },
                     },
                 );
             }
@@ -247,7 +296,21 @@ fn frontends_of(
         protocol: port.frontend.protocol,
     };
     let mut frontends = vec![(FrontendKind::ClusterIp, port.frontend)];
-    if let Some(node_port) = port.node_port {
+    // Nothing outside the cluster's node-port range is touched: a port there belongs to the
+    // node's own services (kube-proxy relies on the apiserver never allocating one).
+    let node_port = port.node_port.filter(|node_port| {
+        let inside = node.node_ports.contains(node_port);
+        if !inside {
+            warn!(
+                namespace = %spec.namespace, name = %spec.name, port = %port.name,
+                node_port = *node_port,
+                range = %format_args!("{}-{}", node.node_ports.start(), node.node_ports.end()),
+                "not serving a nodePort outside node-port-range"
+            );
+        }
+        inside
+    });
+    if let Some(node_port) = node_port {
         frontends.extend(
             node.addresses
                 .iter()
@@ -271,9 +334,10 @@ fn frontends_of(
 /// local set (§2.3) instead of the cluster set.
 fn select_backends(
     endpoints: &[Endpoint],
-    node_name: &str,
+    node: &ThisNode,
     local_only: bool,
 ) -> (Vec<DesiredBackend>, bool) {
+    let node_name = node.name.as_str();
     let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(node_name);
     let serving_terminating = |ep: &Endpoint| ep.serving && ep.terminating;
     let has_any = endpoints
@@ -289,7 +353,7 @@ fn select_backends(
     let mut active: Vec<&Endpoint> = if local_only {
         ready
     } else {
-        filter_by_node_hints(ready, node_name)
+        filter_by_hints(ready, node_name, node.zone.as_deref())
     };
     if active.is_empty() {
         // KEP-1669: with nothing ready, serving+terminating endpoints take new flows.
@@ -319,18 +383,54 @@ fn select_backends(
     (backends, has_any)
 }
 
-/// PreferSameNode (§2.1): used only when every ready endpoint has node hints and at least one
-/// names this node; otherwise hints are ignored entirely.
-fn filter_by_node_hints<'e>(ready: Vec<&'e Endpoint>, node_name: &str) -> Vec<&'e Endpoint> {
-    let names_us = |ep: &&Endpoint| {
+/// The topology mode (§2.1), decided from the ready endpoints only: PreferSameNode when every
+/// one has node hints and at least one names this node; else PreferSameZone on the same rule
+/// with zone hints and this node's zone (none known: never); else hints are ignored entirely,
+/// with no partial filtering. The result is never empty when `ready` is not.
+fn filter_by_hints<'e>(
+    ready: Vec<&'e Endpoint>,
+    node_name: &str,
+    zone: Option<&str>,
+) -> Vec<&'e Endpoint> {
+    let names_node = |ep: &&Endpoint| {
         ep.node_hints
             .as_ref()
             .is_some_and(|h| h.iter().any(|n| n == node_name))
     };
-    let all_hinted = ready.iter().all(|ep| ep.node_hints.is_some());
-    if all_hinted && ready.iter().any(names_us) {
-        ready.into_iter().filter(names_us).collect()
-    } else {
-        ready
+    if ready.iter().all(|ep| ep.node_hints.is_some()) && ready.iter().any(names_node) {
+        return ready.into_iter().filter(names_node).collect();
+    }
+    let Some(zone) = zone else {
+        return ready;
+    };
+    let names_zone = |ep: &&Endpoint| {
+        ep.zone_hints
+            .as_ref()
+            .is_some_and(|h| h.iter().any(|z| z == zone))
+    };
+    if ready.iter().all(|ep| ep.zone_hints.is_some()) && ready.iter().any(names_zone) {
+        return ready.into_iter().filter(names_zone).collect();
+    }
+    ready
+}
+
+/// The EndpointSlice controller's hints for `trafficDistribution`, for endpoints that carry
+/// none: a zone hint naming the endpoint's own `zone` (PreferClose, PreferSameZone), and for
+/// PreferSameNode also a node hint naming its `nodeName`. On a cluster the controller has
+/// written them already, so this only fills in slices it does not manage: the file source's,
+/// custom ones. An endpoint without a zone gets no zone hint, which (§2.1) makes the Service
+/// ignore zone hints altogether, as the controller's omission does.
+fn derive_hints(endpoints: &mut [Endpoint], distribution: TrafficDistribution) {
+    if distribution == TrafficDistribution::Any {
+        return;
+    }
+    for ep in endpoints {
+        if ep.node_hints.is_some() || ep.zone_hints.is_some() {
+            continue;
+        }
+        ep.zone_hints = ep.zone.clone().map(|zone| vec![zone]);
+        if distribution == TrafficDistribution::PreferSameNode {
+            ep.node_hints = ep.node_name.clone().map(|node| vec![node]);
+        }
     }
 }

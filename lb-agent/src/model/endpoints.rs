@@ -31,6 +31,11 @@ pub(crate) struct Endpoint {
     pub node_name: Option<String>,
     /// `hints.forNodes[].name`; `None` when the endpoint carries no node hints.
     pub node_hints: Option<Vec<String>>,
+    /// `hints.forZones[].name`; `None` when the endpoint carries no zone hints.
+    pub zone_hints: Option<Vec<String>>,
+    /// `zone`: informational for kube-proxy; what the EndpointSlice controller's hints for
+    /// `trafficDistribution` are made of (`desired.rs` derives them where a source has none).
+    pub zone: Option<String>,
 }
 
 /// Slices grouped by the Service that owns them (namespace, `kubernetes.io/service-name`).
@@ -163,6 +168,12 @@ fn endpoint(ep: &SliceEndpoint, port: u16, namespace: &str, slice_name: &str) ->
         .and_then(|h| h.for_nodes.as_ref())
         .filter(|nodes| !nodes.is_empty())
         .map(|nodes| nodes.iter().map(|n| n.name.clone()).collect());
+    let zone_hints = ep
+        .hints
+        .as_ref()
+        .and_then(|h| h.for_zones.as_ref())
+        .filter(|zones| !zones.is_empty())
+        .map(|zones| zones.iter().map(|z| z.name.clone()).collect());
     Some(Endpoint {
         addr,
         port,
@@ -171,5 +182,7 @@ fn endpoint(ep: &SliceEndpoint, port: u16, namespace: &str, slice_name: &str) ->
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
         node_hints,
+        zone_hints,
+        zone: ep.zone.clone().filter(|z| !z.is_empty()),
     })
 }

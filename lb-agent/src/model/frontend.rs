@@ -130,6 +130,71 @@ impl fmt::Display for FrontendKind {
     }
 }
 
+/// A client prefix of `loadBalancerSourceRanges`, host bits cleared: `10.0.0.0/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    /// The first address of the range.
+    pub addr: Ipv4Addr,
+    /// The prefix length, 0-32.
+    pub prefix_len: u8,
+}
+
+impl SourceRange {
+    /// The range of `addr/prefix_len` (host bits cleared), or `None` past /32.
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
+        let host_bits = 32u32.checked_sub(u32::from(prefix_len))?;
+        // A /0 shifts by 32, which `checked_shl` refuses: no network bits at all.
+        let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+        Some(Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for SourceRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// What one `loadBalancerSourceRanges` entry is, before deciding whether this family uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceRangeField {
+    V4(SourceRange),
+    V6,
+    Invalid,
+}
+
+/// Reads one `loadBalancerSourceRanges` entry as kube-proxy does: surrounding blanks trimmed,
+/// then an `address/length` CIDR (a bare address is no CIDR).
+pub(crate) fn source_range_field(text: &str) -> SourceRangeField {
+    let Some((addr, len)) = text.trim().split_once('/') else {
+        return SourceRangeField::Invalid;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return SourceRangeField::Invalid;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            SourceRange::new(v4, len).map_or(SourceRangeField::Invalid, SourceRangeField::V4)
+        }
+        Ok(std::net::IpAddr::V6(_)) if len <= 128 => SourceRangeField::V6,
+        _ => SourceRangeField::Invalid,
+    }
+}
+
+/// `spec.trafficDistribution`: what the EndpointSlice controller turns into hints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TrafficDistribution {
+    /// Unset, or a value lb does not know: no hints derived.
+    Any,
+    /// `PreferClose` (the deprecated alias) or `PreferSameZone`: zone hints.
+    PreferSameZone,
+    /// `PreferSameNode`: node hints, and zone hints for proxies that read only those.
+    PreferSameNode,
+}
+
 /// One served port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServicePortSpec {
@@ -159,6 +224,13 @@ pub(crate) struct ServiceSpec {
     /// `healthCheckNodePort`, for LoadBalancer Services with externalTrafficPolicy Local (the
     /// only ones kube-proxy serves it for).
     pub health_check_node_port: Option<u16>,
+    /// `loadBalancerSourceRanges` of this family, for LoadBalancer Services that list any:
+    /// the only clients outside the cluster their load-balancer IPs admit. `Some(empty)` when
+    /// the Service lists ranges but none is a valid IPv4 one: no outside client is admitted
+    /// (fail closed, rather than open to all). `None`: no ranges, every client admitted.
+    pub source_ranges: Option<Vec<SourceRange>>,
+    /// `trafficDistribution`, for endpoints that carry no hints (see `desired.rs`).
+    pub traffic_distribution: TrafficDistribution,
 }
 
 /// Namespace of an object; objects written without one live in `default`, as with kubectl.
@@ -318,6 +390,16 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
         None
     };
 
+    let source_ranges = if spec.type_.as_deref() == Some("LoadBalancer") {
+        source_ranges(
+            spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]),
+            namespace,
+            name,
+        )
+    } else {
+        None
+    };
+
     Some(ServiceSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -328,7 +410,37 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
         load_balancer_ips,
         affinity_timeout_secs,
         health_check_node_port,
+        source_ranges,
+        traffic_distribution: match spec.traffic_distribution.as_deref() {
+            Some("PreferClose" | "PreferSameZone") => TrafficDistribution::PreferSameZone,
+            Some("PreferSameNode") => TrafficDistribution::PreferSameNode,
+            _ => TrafficDistribution::Any,
+        },
     })
+}
+
+/// The IPv4 `loadBalancerSourceRanges` (§1: each family keeps its own), duplicates removed;
+/// `None` when the list is empty. An entry that is no CIDR is logged and skipped; if nothing
+/// IPv4 is left, the empty list admits no client.
+fn source_ranges(ranges: &[String], namespace: &str, name: &str) -> Option<Vec<SourceRange>> {
+    if ranges.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for text in ranges {
+        match source_range_field(text) {
+            SourceRangeField::V4(range) if !out.contains(&range) => out.push(range),
+            SourceRangeField::V4(_) | SourceRangeField::V6 => {}
+            SourceRangeField::Invalid => {
+                warn!(namespace = %namespace, name = %name, value = %text, "skipping a loadBalancerSourceRanges entry that is not a CIDR");
+            }
+        }
+    }
+    if out.is_empty() {
+        warn!(namespace = %namespace, name = %name, "no IPv4 loadBalancerSourceRanges entry is valid: the load-balancer IPs admit no client from outside");
+    }
+    out.sort();
+    Some(out)
 }
 
 /// NodePort and LoadBalancer Services get node ports; the others never do.

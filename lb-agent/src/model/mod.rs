@@ -14,13 +14,13 @@ mod endpoints;
 mod frontend;
 
 pub use desired::{
-    BackendState, Desired, DesiredBackend, DesiredService, HealthCheck, ThisNode, desired,
-    desired_services,
+    BackendState, DEFAULT_NODE_PORTS, Desired, DesiredBackend, DesiredService, HealthCheck,
+    ThisNode, desired, desired_services,
 };
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontend::{
     DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, FrontendKind, HEADLESS_LABEL, Protocol,
-    SERVICE_PROXY_NAME_LABEL,
+    SERVICE_PROXY_NAME_LABEL, SourceRange,
 };
 
 #[cfg(test)]

@@ -54,7 +54,14 @@ fn tcp(name: &str, port: u16) -> Value {
 }
 
 fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Vec<DesiredService> {
-    desired_services(&Snapshot { services, slices }, &ThisNode::named(NODE))
+    desired_services(
+        &Snapshot {
+            services,
+            slices,
+            node_zone: None,
+        },
+        &ThisNode::named(NODE),
+    )
 }
 
 /// Frontends and backends as text: `10.96.0.1:80/TCP ns/svc:port` then one line per backend.
@@ -106,6 +113,7 @@ fn fixture(case: &str) -> Snapshot {
     Snapshot {
         services: yaml_docs(&read("service.yaml")),
         slices: yaml_docs(&read("endpointslice.yaml")),
+        node_zone: None,
     }
 }
 
@@ -589,7 +597,7 @@ fn case_15_endpoint_lifecycle_on_an_unnamed_port() {
 
 #[test]
 fn case_17_18_node_hints_narrow_ready_endpoints_only_when_every_ready_one_has_them() {
-    // §2.1 PreferSameNode; zone hints need the Node's zone label, which lb does not watch yet.
+    // §2.1 PreferSameNode; zone hints are the tests below.
     let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
     let hinted = |ip: &str, node: &str| json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": node, "hints": {"forNodes": [{"name": node}]}});
     let eps = vec![
@@ -870,6 +878,7 @@ fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local
     let snapshot = Snapshot {
         services: vec![svc.clone()],
         slices: vec![s.clone()],
+        node_zone: None,
     };
     for node in [NODE, "host2"] {
         assert_eq!(
@@ -886,6 +895,7 @@ fn case_31_deleting_the_only_pod_keeps_it_reachable_from_every_node_unless_local
     let snapshot = Snapshot {
         services: vec![svc],
         slices: vec![s],
+        node_zone: None,
     };
     assert_eq!(
         backends(
@@ -1105,6 +1115,8 @@ fn node_with_addresses() -> ThisNode {
             "192.168.56.11".parse().unwrap(),
             "10.0.9.1".parse().unwrap(),
         ],
+        node_ports: DEFAULT_NODE_PORTS,
+        zone: None,
     }
 }
 
@@ -1137,6 +1149,7 @@ fn a_node_port_service_is_served_on_every_node_address_and_its_cluster_ip() {
             json!([tcp("http", 8080), {"name": "dns", "port": 5353, "protocol": "UDP"}]),
             vec![ready("10.244.1.5", "host2")],
         )],
+        node_zone: None,
     };
     let desired = desired_services(&snapshot, &node_with_addresses());
     assert_eq!(
@@ -1174,6 +1187,7 @@ fn a_node_port_left_on_a_cluster_ip_service_is_not_served() {
     let snapshot = Snapshot {
         services: vec![svc],
         slices: vec![],
+        node_zone: None,
     };
     assert_eq!(
         kinds(&desired_services(&snapshot, &node_with_addresses())),
@@ -1201,6 +1215,7 @@ fn case_3_4_external_and_load_balancer_ips_of_this_family_are_frontends_and_prox
         &Snapshot {
             services: vec![svc],
             slices: vec![],
+            node_zone: None,
         },
         &node_with_addresses(),
     );
@@ -1249,10 +1264,13 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
     let snapshot = Snapshot {
         services: vec![svc("svc1")],
         slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+        node_zone: None,
     };
     let node = ThisNode {
         name: NODE.to_owned(),
         addresses: vec!["192.168.56.11".parse().unwrap()],
+        node_ports: DEFAULT_NODE_PORTS,
+        zone: None,
     };
     let desired = desired_services(&snapshot, &node);
     assert_eq!(
@@ -1284,6 +1302,7 @@ fn case_22_25_external_traffic_policy_local_gives_external_frontends_the_local_s
             json!([tcp("", 80)]),
             vec![ready("10.0.0.0", "host2")],
         )],
+        node_zone: None,
     };
     let desired = desired_services(&remote_only, &node);
     let node_port = desired
@@ -1334,6 +1353,7 @@ fn health_check_node_port_is_served_only_for_local_load_balancers() {
         let snapshot = Snapshot {
             services: vec![with_health_check("lb", type_, policy)],
             slices: vec![],
+            node_zone: None,
         };
         let expected: Vec<String> = if served {
             vec!["ns1/lb:32000 0".to_owned()]
@@ -1360,6 +1380,7 @@ fn case_16_the_health_check_counts_ready_local_endpoints_by_address_only() {
     let snapshot = Snapshot {
         services: vec![with_health_check("lb", "LoadBalancer", "Local")],
         slices: vec![slice("ns1", "lb-1", "lb", ports.clone(), eps)],
+        node_zone: None,
     };
     assert_eq!(health_checks(&snapshot), ["ns1/lb:32000 1"]);
 
@@ -1376,6 +1397,7 @@ fn case_16_the_health_check_counts_ready_local_endpoints_by_address_only() {
                 ready("10.0.0.4", "host2"),
             ],
         )],
+        node_zone: None,
     };
     assert_eq!(health_checks(&terminating), ["ns1/lb:32000 0"]);
     let served = desired_services(&terminating, &node_with_addresses());
@@ -1399,6 +1421,7 @@ fn two_services_with_one_health_check_port_keep_the_first_by_name() {
             json!([tcp("http", 8080)]),
             vec![ready("10.0.0.1", NODE)],
         )],
+        node_zone: None,
     };
     assert_eq!(health_checks(&snapshot), ["ns1/a:32000 0"]);
 }
@@ -1416,9 +1439,586 @@ fn a_health_check_node_port_out_of_range_or_missing_is_not_served() {
         let snapshot = Snapshot {
             services: vec![svc],
             slices: vec![],
+            node_zone: None,
         };
         assert_eq!(health_checks(&snapshot), Vec::<String>::new(), "{port}");
         // The Service itself is still served.
         assert_eq!(desired_services(&snapshot, &node_with_addresses()).len(), 3);
     }
+}
+
+// ---- loadBalancerSourceRanges ----
+
+/// A LoadBalancer Service with ingress IP 203.0.113.10, an external IP, a node port and
+/// `loadBalancerSourceRanges: ranges` (left out when `None`).
+fn load_balancer_with_ranges(ranges: Option<Value>) -> Service {
+    let mut spec = json!({"type": "LoadBalancer", "clusterIP": "10.96.1.2",
+                          "externalIPs": ["198.51.100.7"],
+                          "ports": [{"port": 443, "protocol": "TCP", "nodePort": 30443}]});
+    if let Some(ranges) = ranges {
+        spec["loadBalancerSourceRanges"] = ranges;
+    }
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "ns1", "name": "lb"},
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}},
+    }))
+    .expect("service")
+}
+
+/// Each frontend's source ranges as `frontend kind ranges`, `-` for none (every client).
+fn source_ranges_of(service: Service) -> Vec<String> {
+    let snapshot = Snapshot {
+        services: vec![service],
+        slices: vec![],
+        node_zone: None,
+    };
+    desired_services(&snapshot, &node_with_addresses())
+        .iter()
+        .map(|d| {
+            let ranges = match &d.source_ranges {
+                None => "-".to_owned(),
+                Some(ranges) => {
+                    let texts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+                    format!("[{}]", texts.join(" "))
+                }
+            };
+            format!("{} {} {ranges}", d.frontend, d.kind)
+        })
+        .collect()
+}
+
+#[test]
+fn source_ranges_apply_to_load_balancer_ips_only_normalised_and_of_this_family() {
+    let ranges = json!([
+        " 10.0.0.0/8 ",
+        "192.168.56.77/24",
+        "2001:db8::/32",
+        "10.0.0.0/8"
+    ]);
+    assert_eq!(
+        source_ranges_of(load_balancer_with_ranges(Some(ranges))),
+        [
+            "10.0.9.1:30443/TCP NodePort -",
+            "10.96.1.2:443/TCP ClusterIP -",
+            "192.168.56.11:30443/TCP NodePort -",
+            "198.51.100.7:443/TCP ExternalIPs -",
+            // Blanks trimmed, host bits cleared, duplicates and IPv6 left out.
+            "203.0.113.10:443/TCP LoadBalancer [10.0.0.0/8 192.168.56.0/24]",
+        ]
+    );
+}
+
+#[test]
+fn without_source_ranges_every_client_is_admitted() {
+    for ranges in [None, Some(json!([])), Some(json!(null))] {
+        let seen = source_ranges_of(load_balancer_with_ranges(ranges.clone()));
+        assert!(
+            seen.contains(&"203.0.113.10:443/TCP LoadBalancer -".to_owned()),
+            "{ranges:?}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_source_ranges_are_skipped_and_with_none_left_no_client_is_admitted() {
+    let ranges = json!([
+        "10.0.0.0/33",
+        "10.0.0.1",
+        "example.com/8",
+        "172.16.0.0/12",
+        "/8"
+    ]);
+    let seen = source_ranges_of(load_balancer_with_ranges(Some(ranges)));
+    assert!(
+        seen.contains(&"203.0.113.10:443/TCP LoadBalancer [172.16.0.0/12]".to_owned()),
+        "{seen:?}"
+    );
+    // Only invalid or IPv6 entries: the Service asked for a restriction, so it fails closed.
+    for ranges in [json!(["garbage"]), json!(["2001:db8::/32"])] {
+        let seen = source_ranges_of(load_balancer_with_ranges(Some(ranges.clone())));
+        assert!(
+            seen.contains(&"203.0.113.10:443/TCP LoadBalancer []".to_owned()),
+            "{ranges}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn source_range_text_parses_as_kube_proxy_reads_it() {
+    use super::frontend::{SourceRangeField, source_range_field};
+    let v4 = |text: &str| match source_range_field(text) {
+        SourceRangeField::V4(range) => range.to_string(),
+        other => format!("{other:?}"),
+    };
+    for (text, want) in [
+        ("10.1.2.3/8", "10.0.0.0/8"),
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("255.255.255.255/0", "0.0.0.0/0"),
+        ("192.0.2.1/32", "192.0.2.1/32"),
+        ("\t192.0.2.0/24\n", "192.0.2.0/24"),
+        ("192.0.2.0/33", "Invalid"),
+        ("192.0.2.0/-1", "Invalid"),
+        ("192.0.2.0", "Invalid"),
+        ("192.0.2/24", "Invalid"),
+        ("", "Invalid"),
+        ("fd00::/8", "V6"),
+        ("fd00::/129", "Invalid"),
+    ] {
+        assert_eq!(v4(text), want, "{text:?}");
+    }
+}
+
+// ---- node-port-range, allocateLoadBalancerNodePorts, ipMode ----
+
+#[test]
+fn node_ports_outside_node_port_range_are_not_served() {
+    let svc = |name: &str, node_port: u16| {
+        service(
+            "ns1",
+            name,
+            json!({"type": "NodePort", "clusterIP": "10.96.1.1",
+                   "ports": [{"port": 80, "protocol": "TCP", "nodePort": node_port}]}),
+        )
+    };
+    let snapshot = Snapshot {
+        services: vec![
+            svc("below", 22),
+            svc("first", 30000),
+            svc("last", 32767),
+            svc("above", 32768),
+        ],
+        slices: vec![],
+        node_zone: None,
+    };
+    let node = ThisNode {
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+        ..ThisNode::named(NODE)
+    };
+    let desired = desired_services(&snapshot, &node);
+    let node_ports: Vec<String> = kinds(&desired)
+        .into_iter()
+        .filter(|k| k.ends_with("NodePort"))
+        .collect();
+    // The default range is 30000-32767, both ends included; the ClusterIP is served anyway
+    // (the four Services share one, and the first by name keeps it).
+    assert_eq!(
+        node_ports,
+        [
+            "192.168.56.11:30000/TCP NodePort",
+            "192.168.56.11:32767/TCP NodePort"
+        ]
+    );
+    assert!(kinds(&desired).contains(&"10.96.1.1:80/TCP ClusterIP".to_owned()));
+
+    // A wider range (an apiserver started with --service-node-port-range=1-40000).
+    let wide = ThisNode {
+        node_ports: 1..=40_000,
+        ..node
+    };
+    let served = kinds(&desired_services(&snapshot, &wide))
+        .into_iter()
+        .filter(|k| k.ends_with("NodePort"))
+        .count();
+    assert_eq!(served, 4);
+}
+
+#[test]
+fn a_health_check_node_port_outside_node_port_range_is_not_served() {
+    let snapshot = Snapshot {
+        services: vec![with_health_check("lb", "LoadBalancer", "Local")],
+        slices: vec![],
+        node_zone: None,
+    };
+    let narrow = ThisNode {
+        node_ports: 30_000..=31_999,
+        ..node_with_addresses()
+    };
+    assert!(desired(&snapshot, &narrow).health_checks.is_empty());
+    assert_eq!(health_checks(&snapshot), ["ns1/lb:32000 0"]);
+}
+
+#[test]
+fn allocate_load_balancer_node_ports_false_serves_only_node_ports_that_exist() {
+    // With allocation off the apiserver leaves nodePort unset unless the user set one: no
+    // node port, no NodePort frontend; an explicit one is served like any other.
+    let svc = |name: &str, vip: &str, ports: Value| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "ns1", "name": name},
+            "spec": {"type": "LoadBalancer", "clusterIP": vip,
+                     "allocateLoadBalancerNodePorts": false, "ports": ports},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}},
+        }))
+        .expect("service")
+    };
+    let snapshot = Snapshot {
+        services: vec![
+            svc(
+                "none",
+                "10.96.1.1",
+                json!([{"port": 80, "protocol": "TCP"}]),
+            ),
+            svc(
+                "explicit",
+                "10.96.1.2",
+                json!([{"port": 81, "protocol": "TCP", "nodePort": 30081}]),
+            ),
+        ],
+        slices: vec![],
+        node_zone: None,
+    };
+    let node = ThisNode {
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+        ..ThisNode::named(NODE)
+    };
+    assert_eq!(
+        kinds(&desired_services(&snapshot, &node)),
+        [
+            "10.96.1.1:80/TCP ClusterIP",
+            "10.96.1.2:81/TCP ClusterIP",
+            "192.168.56.11:30081/TCP NodePort",
+            "203.0.113.10:80/TCP LoadBalancer",
+            "203.0.113.10:81/TCP LoadBalancer",
+        ]
+    );
+}
+
+#[test]
+fn case_4_every_ingress_ip_in_proxy_mode_leaves_only_the_cluster_ip_and_node_ports() {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns1", "name": "lb"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.1.2",
+                 "ports": [{"port": 443, "protocol": "TCP", "nodePort": 30443}]},
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.10", "ipMode": "Proxy"},
+            {"ip": "203.0.113.11", "ipMode": "Proxy"},
+        ]}},
+    }))
+    .expect("service");
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![],
+        node_zone: None,
+    };
+    let node = ThisNode {
+        addresses: vec!["192.168.56.11".parse().unwrap()],
+        ..ThisNode::named(NODE)
+    };
+    // The load balancer proxies to the node ports itself, which stay served; `ipMode: VIP`
+    // (or none) is what makes an ingress IP a frontend.
+    assert_eq!(
+        kinds(&desired_services(&snapshot, &node)),
+        [
+            "10.96.1.2:443/TCP ClusterIP",
+            "192.168.56.11:30443/TCP NodePort"
+        ]
+    );
+}
+
+// ---- topology: zone hints and trafficDistribution ----
+
+/// This node in `zone` (no node-port addresses).
+fn node_in(zone: Option<&str>) -> ThisNode {
+    ThisNode {
+        zone: zone.map(str::to_owned),
+        ..ThisNode::named(NODE)
+    }
+}
+
+/// A ready endpoint on `node` in `zone`, with zone hints `for_zones` (`None`: no hints).
+fn zoned(ip: &str, node: &str, zone: &str, for_zones: Option<&[&str]>) -> Value {
+    let mut ep = json!({"addresses": [ip], "conditions": {"ready": true, "serving": true,
+                        "terminating": false}, "nodeName": node, "zone": zone});
+    if let Some(zones) = for_zones {
+        let zones: Vec<Value> = zones.iter().map(|z| json!({"name": z})).collect();
+        ep["hints"] = json!({"forZones": zones});
+    }
+    ep
+}
+
+/// Active backends' addresses of `svc1`'s ClusterIP, on `node`.
+fn active_on(services: Vec<Service>, eps: Vec<Value>, node: &ThisNode) -> Vec<String> {
+    let snapshot = Snapshot {
+        services,
+        slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+        node_zone: None,
+    };
+    let desired = desired_services(&snapshot, node);
+    desired
+        .iter()
+        .find(|d| d.kind == FrontendKind::ClusterIp)
+        .expect("the ClusterIP")
+        .backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .map(|b| b.addr.to_string())
+        .collect()
+}
+
+#[test]
+fn case_17_zone_hints_keep_the_endpoints_hinted_for_this_nodes_zone() {
+    // topology_test "normal endpoint filtering": node in zone-a; hints a, b, c, a → .3 and .6.
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let eps = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-a"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.5", "host3", "zone-c", Some(&["zone-c"])),
+        zoned("10.1.2.6", "host4", "zone-a", Some(&["zone-a"])),
+    ];
+    assert_eq!(
+        active_on(vec![svc.clone()], eps.clone(), &node_in(Some("zone-a"))),
+        ["10.1.2.3", "10.1.2.6"]
+    );
+    // A hint may name several zones (the controller's proportional allocation).
+    let shared = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-b"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-a", "zone-b"])),
+    ];
+    assert_eq!(
+        active_on(vec![svc], shared, &node_in(Some("zone-a"))),
+        ["10.1.2.4"]
+    );
+}
+
+#[test]
+fn case_18_zone_hints_are_ignored_entirely_unless_every_ready_endpoint_has_one_and_some_name_this_zone()
+ {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let all = ["10.1.2.3", "10.1.2.4", "10.1.2.5"];
+    let hinted = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-a"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.5", "host3", "zone-c", Some(&["zone-c"])),
+    ];
+    // "missing hints": one ready endpoint without a hint.
+    let mut missing = hinted.clone();
+    missing[2] = zoned("10.1.2.5", "host3", "zone-c", None);
+    assert_eq!(
+        active_on(vec![svc.clone()], missing, &node_in(Some("zone-a"))),
+        all
+    );
+    // "empty node labels": this node's zone is unknown.
+    assert_eq!(
+        active_on(vec![svc.clone()], hinted.clone(), &node_in(None)),
+        all
+    );
+    // "node in different zone": nothing hinted for zone-d.
+    assert_eq!(
+        active_on(vec![svc.clone()], hinted.clone(), &node_in(Some("zone-d"))),
+        all
+    );
+    // "only unready endpoints in same zone (should not filter)": unready ones do not count,
+    // neither to name the zone nor as endpoints without hints.
+    let unready = |ip: &str, zone: &str| {
+        let mut ep = zoned(ip, "host1", zone, Some(&[zone]));
+        ep["conditions"] = json!({"ready": false, "serving": false, "terminating": false});
+        ep
+    };
+    let eps = vec![
+        unready("10.1.2.1", "zone-a"),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.5", "host3", "zone-c", Some(&["zone-c"])),
+    ];
+    assert_eq!(
+        active_on(vec![svc.clone()], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.4", "10.1.2.5"]
+    );
+    let mut eps = hinted;
+    eps.push(json!({"addresses": ["10.1.2.9"], "conditions": {"ready": false}}));
+    assert_eq!(
+        active_on(vec![svc], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.3"],
+        "an unready endpoint without hints does not stop the filtering"
+    );
+}
+
+#[test]
+fn zone_hints_shape_only_the_cluster_set_and_the_terminating_fallback_ignores_them() {
+    // §2.2 and §2.3: with nothing ready the serving+terminating fallback takes every such
+    // endpoint whatever its hints; the local set (iTP Local) never looks at hints.
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let terminating = |ip: &str, node: &str, zone: &str| {
+        let mut ep = zoned(ip, node, zone, Some(&[zone]));
+        ep["conditions"] = json!({"ready": false, "serving": true, "terminating": true});
+        ep
+    };
+    let eps = vec![
+        terminating("10.1.2.3", "host1", "zone-a"),
+        terminating("10.1.2.4", "host2", "zone-b"),
+    ];
+    assert_eq!(
+        active_on(vec![svc], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.3", "10.1.2.4"]
+    );
+
+    let mut local = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    local.spec.as_mut().expect("spec").internal_traffic_policy = Some("Local".into());
+    let eps = vec![
+        zoned("10.1.2.3", NODE, "zone-b", Some(&["zone-b"])),
+        zoned("10.1.2.4", "host2", "zone-a", Some(&["zone-a"])),
+    ];
+    assert_eq!(
+        active_on(vec![local], eps, &node_in(Some("zone-a"))),
+        ["10.1.2.3"]
+    );
+}
+
+#[test]
+fn node_hints_win_over_zone_hints_and_zone_hints_are_the_fallback() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let both = |ip: &str, node: &str, zone: &str| {
+        let mut ep = zoned(ip, node, zone, Some(&[zone]));
+        ep["hints"]["forNodes"] = json!([{"name": node}]);
+        ep
+    };
+    let eps = vec![
+        both("10.1.2.3", NODE, "zone-a"),
+        both("10.1.2.4", "host2", "zone-a"),
+        both("10.1.2.5", "host3", "zone-b"),
+    ];
+    assert_eq!(
+        active_on(vec![svc.clone()], eps.clone(), &node_in(Some("zone-a"))),
+        ["10.1.2.3"]
+    );
+    // No endpoint on this node: PreferSameNode does not apply, PreferSameZone does.
+    let elsewhere = ThisNode {
+        zone: Some("zone-a".into()),
+        ..ThisNode::named("host9")
+    };
+    assert_eq!(
+        active_on(vec![svc], eps, &elsewhere),
+        ["10.1.2.3", "10.1.2.4"]
+    );
+}
+
+/// `svc1` with `trafficDistribution: value`.
+fn distributed(value: &str) -> Service {
+    let mut svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    svc.spec.as_mut().expect("spec").traffic_distribution = Some(value.into());
+    svc
+}
+
+#[test]
+fn traffic_distribution_prefer_close_derives_zone_hints_for_endpoints_without_any() {
+    // A source without the EndpointSlice controller (the file source, custom slices): the
+    // controller's hints are derived from each endpoint's `zone`.
+    let eps = vec![
+        zoned("10.1.2.3", "host1", "zone-a", None),
+        zoned("10.1.2.4", "host2", "zone-b", None),
+        zoned("10.1.2.5", "host3", "zone-a", None),
+    ];
+    for value in ["PreferClose", "PreferSameZone"] {
+        assert_eq!(
+            active_on(
+                vec![distributed(value)],
+                eps.clone(),
+                &node_in(Some("zone-a"))
+            ),
+            ["10.1.2.3", "10.1.2.5"],
+            "{value}"
+        );
+    }
+    // No trafficDistribution (or an unknown value): zones alone change nothing.
+    let all = ["10.1.2.3", "10.1.2.4", "10.1.2.5"];
+    let plain = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    assert_eq!(
+        active_on(vec![plain], eps.clone(), &node_in(Some("zone-a"))),
+        all
+    );
+    assert_eq!(
+        active_on(
+            vec![distributed("Elsewhere")],
+            eps.clone(),
+            &node_in(Some("zone-a"))
+        ),
+        all
+    );
+    // An endpoint without a zone gets no hint, so hints are ignored (the controller's
+    // safeguard), and so they are on a node whose zone is unknown.
+    let mut unzoned = eps.clone();
+    unzoned.push(
+        json!({"addresses": ["10.1.2.6"], "conditions": {"ready": true}, "nodeName": "host4"}),
+    );
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferClose")],
+            unzoned,
+            &node_in(Some("zone-a"))
+        )
+        .len(),
+        4
+    );
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferClose")],
+            eps.clone(),
+            &node_in(None)
+        ),
+        all
+    );
+    // Hints a slice already carries (the controller's) are kept as they are.
+    let hinted = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-b"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-a"])),
+    ];
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferClose")],
+            hinted,
+            &node_in(Some("zone-a"))
+        ),
+        ["10.1.2.4"]
+    );
+}
+
+#[test]
+fn traffic_distribution_prefer_same_node_derives_node_hints_then_zone_hints() {
+    let eps = vec![
+        zoned("10.1.2.3", NODE, "zone-a", None),
+        zoned("10.1.2.4", "host2", "zone-a", None),
+        zoned("10.1.2.5", "host3", "zone-b", None),
+    ];
+    assert_eq!(
+        active_on(
+            vec![distributed("PreferSameNode")],
+            eps.clone(),
+            &node_in(Some("zone-a"))
+        ),
+        ["10.1.2.3"]
+    );
+    let elsewhere = ThisNode {
+        zone: Some("zone-a".into()),
+        ..ThisNode::named("host9")
+    };
+    assert_eq!(
+        active_on(vec![distributed("PreferSameNode")], eps, &elsewhere),
+        ["10.1.2.3", "10.1.2.4"]
+    );
+}
+
+#[test]
+fn the_node_objects_zone_serves_when_none_is_configured_and_a_configured_one_wins() {
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let eps = vec![
+        zoned("10.1.2.3", "host1", "zone-a", Some(&["zone-a"])),
+        zoned("10.1.2.4", "host2", "zone-b", Some(&["zone-b"])),
+    ];
+    let snapshot = Snapshot {
+        services: vec![svc],
+        slices: vec![slice("ns1", "svc1-1", "svc1", json!([tcp("", 80)]), eps)],
+        node_zone: Some("zone-b".into()),
+    };
+    let active = |node: &ThisNode| -> Vec<String> {
+        desired_services(&snapshot, node)[0]
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
+    };
+    assert_eq!(active(&node_in(None)), ["10.1.2.4"], "the Node's label");
+    assert_eq!(
+        active(&node_in(Some("zone-a"))),
+        ["10.1.2.3"],
+        "node-zone wins"
+    );
 }

@@ -30,6 +30,14 @@ fn apply_run<M: LbMaps + ?Sized>(maps: &mut M, run: &[Op]) -> Result<(), (usize,
             Op::UpsertRevNat(id, revnat) => Some((id, revnat)),
             _ => None,
         })),
+        Some(Op::UpsertSourceRange(..)) => run.iter().try_for_each(|op| match op {
+            Op::UpsertSourceRange(range) => maps.upsert_source_range(range),
+            _ => Ok(()),
+        }),
+        Some(Op::DeleteSourceRange(..)) => run.iter().try_for_each(|op| match op {
+            Op::DeleteSourceRange(range) => maps.delete_source_range(range),
+            _ => Ok(()),
+        }),
         Some(Op::UpsertService(..)) => maps.upsert_services(&batch(run, |op| match *op {
             Op::UpsertService(key, entry) => Some((key, entry)),
             _ => None,

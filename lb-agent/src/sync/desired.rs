@@ -9,13 +9,13 @@ use lb_common::{
     service::{
         BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
         SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NO_ENDPOINTS,
-        SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE,
+        SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
     },
 };
 
 use super::ids::{BackendKey, Exhausted, FrontendKey, Ids};
 use crate::{
-    datapath::{MapsContent, maps},
+    datapath::{MapsContent, SourceRangeEntry, maps},
     model::{BackendState, DesiredService, FrontendKind, Protocol},
 };
 
@@ -40,6 +40,16 @@ fn service_flags(service: &DesiredService) -> u8 {
         SERVICE_F_NO_ENDPOINTS
     };
     kind | local | empty
+}
+
+/// The master entry's second flags: whether new flows from outside are checked against the
+/// frontend's source ranges.
+fn service_flags2(service: &DesiredService) -> u8 {
+    if service.source_ranges.is_some() {
+        SERVICE_F2_SOURCE_RANGE
+    } else {
+        0
+    }
 }
 
 fn proto_number(protocol: Protocol) -> u8 {
@@ -123,6 +133,7 @@ pub fn desired_content(
                 count,
                 qcount,
                 service_flags(service),
+                service_flags2(service),
                 service.affinity_timeout_secs,
             ),
         );
@@ -137,6 +148,19 @@ pub fn desired_content(
         content
             .revnat
             .insert(service_id, maps::revnat_value(frontend.vip, frontend.port));
+        content
+            .source_ranges
+            .extend(
+                service
+                    .source_ranges
+                    .iter()
+                    .flatten()
+                    .map(|range| SourceRangeEntry {
+                        service: service_id,
+                        addr: range.addr,
+                        prefix_len: range.prefix_len,
+                    }),
+            );
     }
     ids.retire_absent(&live_frontends, &live_backends);
     Ok(content)

@@ -3,11 +3,15 @@
 //!
 //! 1. new and changed backends (a slot may name them from now on);
 //! 2. new and changed reverse-NAT entries (replies of flows created from now on need them);
-//! 3. new and changed backend slots (beyond the old count they are not selectable yet);
-//! 4. new and changed master entries: the commit point that makes the new count visible;
-//! 5. masters of frontends that are gone (their slots become unreachable);
-//! 6. slots beyond the new counts;
-//! 7. orphaned reverse-NAT entries, then 8. orphaned backends (no slot names them any more).
+//! 3. new source ranges (a master that starts checking them must find them all, or it would
+//!    drop clients it admits);
+//! 4. new and changed backend slots (beyond the old count they are not selectable yet);
+//! 5. new and changed master entries: the commit point that makes the new count visible;
+//! 6. masters of frontends that are gone (their slots become unreachable);
+//! 7. slots beyond the new counts;
+//! 8. orphaned source ranges (after the masters: a frontend that stops checking them, or is
+//!    gone, no longer reads them), 9. orphaned reverse-NAT entries, then 10. orphaned backends
+//!    (no slot names them any more).
 //!
 //! Every write is idempotent, so a failed apply is retried by planning again. `check_consistent`
 //! states the invariant the order keeps. Pure: no aya, kube or tokio.
@@ -15,7 +19,7 @@ use std::collections::BTreeMap;
 
 use lb_common::service::{Backend4, RevNat4, ServiceEntry, ServiceKey4};
 
-use crate::datapath::{BackendId, MapsContent, ServiceId, maps};
+use crate::datapath::{BackendId, MapsContent, ServiceId, SourceRangeEntry, maps};
 
 /// One map write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +28,14 @@ pub enum Op {
     UpsertBackend(BackendId, Backend4),
     /// Insert or replace a reverse-NAT entry.
     UpsertRevNat(ServiceId, RevNat4),
+    /// Insert a source range.
+    UpsertSourceRange(SourceRangeEntry),
     /// Insert or replace a service slot (master or backend slot).
     UpsertService(ServiceKey4, ServiceEntry),
     /// Remove a service slot.
     DeleteService(ServiceKey4),
+    /// Remove a source range.
+    DeleteSourceRange(SourceRangeEntry),
     /// Remove a reverse-NAT entry.
     DeleteRevNat(ServiceId),
     /// Remove a backend.
@@ -48,6 +56,12 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             ops.push(Op::UpsertRevNat(*id, *revnat));
         }
     }
+    ops.extend(
+        desired
+            .source_ranges
+            .difference(&current.source_ranges)
+            .map(|range| Op::UpsertSourceRange(*range)),
+    );
     let (desired_masters, desired_slots): (BTreeMap<_, _>, BTreeMap<_, _>) =
         desired.services.iter().partition(|(key, _)| key.slot == 0);
     for (key, entry) in &desired_slots {
@@ -74,6 +88,12 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             .keys()
             .filter(|key| key.slot != 0 && stale(key))
             .map(|key| Op::DeleteService(*key)),
+    );
+    ops.extend(
+        current
+            .source_ranges
+            .difference(&desired.source_ranges)
+            .map(|range| Op::DeleteSourceRange(*range)),
     );
     ops.extend(
         current
@@ -141,9 +161,11 @@ mod tests {
             .map(|op| match op {
                 Op::UpsertBackend(..) => "backend",
                 Op::UpsertRevNat(..) => "rev-nat",
+                Op::UpsertSourceRange(..) => "source range",
                 Op::UpsertService(key, _) if key.slot == 0 => "master",
                 Op::UpsertService(..) => "slot",
                 Op::DeleteService(..) => "delete slot",
+                Op::DeleteSourceRange(..) => "delete source range",
                 Op::DeleteRevNat(..) => "delete rev-nat",
                 Op::DeleteBackend(..) => "delete backend",
             })
@@ -170,5 +192,65 @@ mod tests {
         let backend = position(&|op| matches!(op, Op::DeleteBackend(..)));
         assert!(master < slot && slot < backend, "{ops:?}");
         assert_eq!(ops.len(), before.services.len() + before.backends.len() + 1);
+    }
+
+    #[test]
+    fn source_ranges_are_written_before_the_master_that_checks_them_and_deleted_after() {
+        use crate::model::{BackendState::Active, FrontendKind, SourceRange};
+        let with_ranges = |ranges: &[(&str, u8)]| {
+            let mut lb =
+                scenarios::service([203, 0, 113, 10], 80, &[([10, 244, 1, 5], 8080, Active)]);
+            lb.kind = FrontendKind::LoadBalancer;
+            lb.source_ranges = Some(
+                ranges
+                    .iter()
+                    .map(|(addr, len)| SourceRange::new(addr.parse().unwrap(), *len).unwrap())
+                    .collect(),
+            );
+            vec![lb]
+        };
+        let mut ids = Ids::restore(&MapsContent::default());
+        let first = desired_content(&with_ranges(&[("10.0.0.0", 8)]), &mut ids).expect("ids");
+        let text = crate::datapath::dump::render(&first);
+        assert!(text.contains("SRC 1 10.0.0.0/8\n"), "{text}");
+        assert!(text.contains("flags=0x48 flags2=0x1"), "{text}");
+
+        let ops = plan(&MapsContent::default(), &first);
+        let range = ops
+            .iter()
+            .position(|op| matches!(op, Op::UpsertSourceRange(..)))
+            .expect("a range written");
+        let master = ops
+            .iter()
+            .position(|op| matches!(op, Op::UpsertService(key, _) if key.slot == 0))
+            .expect("a master written");
+        assert!(range < master, "{ops:?}");
+
+        // A range replaced: the new one before the master, the old one after it.
+        let second = desired_content(&with_ranges(&[("192.168.0.0", 16)]), &mut ids).expect("ids");
+        let ops = plan(&first, &second);
+        assert_eq!(
+            ops.iter()
+                .map(|op| match op {
+                    Op::UpsertSourceRange(r) => format!("+{}/{}", r.addr, r.prefix_len),
+                    Op::DeleteSourceRange(r) => format!("-{}/{}", r.addr, r.prefix_len),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            ["+192.168.0.0/16", "-10.0.0.0/8"],
+            "the master is unchanged: only the ranges move"
+        );
+
+        // The Service gone: its ranges go after its master.
+        let ops = plan(&second, &MapsContent::default());
+        let master = ops
+            .iter()
+            .position(|op| matches!(op, Op::DeleteService(key) if key.slot == 0))
+            .expect("master deleted");
+        let range = ops
+            .iter()
+            .position(|op| matches!(op, Op::DeleteSourceRange(..)))
+            .expect("range deleted");
+        assert!(master < range, "{ops:?}");
     }
 }
