@@ -40,6 +40,7 @@ use lb_common::{
 
 use crate::{
     drop::{Dropped, dropped},
+    filter,
     lb::{Chosen, Frontend},
     maps::{LB4_CT_ANY, LB4_CT_TCP},
     parse::Tuple4,
@@ -324,6 +325,7 @@ fn node_port_flag(frontend: &Frontend) -> u16 {
 /// Inserts a reply entry only if its key is free: how an SNAT source port is claimed.
 #[inline(always)]
 pub fn reserve_reply(key: &CtKey4, reply: CtReply) -> bool {
+    filter::mark_reply_source(key.saddr, key.sport, key.proto);
     map(key.proto)
         .insert(key, CtEntry::from(reply), u64::from(BPF_NOEXIST))
         .is_ok()
@@ -440,6 +442,7 @@ pub fn create(
         _pad2: 0,
         _pad3: 0,
     };
+    filter::mark_reply_source(reply_key.saddr, reply_key.sport, reply_key.proto);
     if map
         .insert(reply_key, CtEntry::from(reply), u64::from(BPF_NOEXIST))
         .is_ok()
