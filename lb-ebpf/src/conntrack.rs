@@ -85,6 +85,18 @@ fn map(proto: u8) -> &'static LruHashMap<CtKey4, CtEntry> {
     }
 }
 
+/// The entry under `key` in the map of protocol `proto`. Each map is looked up at a call site
+/// of its own: with the map a constant there, the verifier inlines the lookup (one helper
+/// call through the map's ops less per packet).
+#[inline(always)]
+fn entry_ptr(proto: u8, key: &CtKey4) -> Option<*mut CtEntry> {
+    if proto == proto::TCP {
+        LB4_CT_TCP.get_ptr_mut(key)
+    } else {
+        LB4_CT_ANY.get_ptr_mut(key)
+    }
+}
+
 /// The datapath's clock in seconds: `bpf_jiffies64` scaled by `clock_mult` (2^32 / HZ), plus
 /// `clock_offset`. Jiffies are the cheapest clock a program can read, and seconds are as fine
 /// as lifetimes need.
@@ -127,7 +139,7 @@ pub fn reply_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> C
 /// clock is read only on a hit: traffic that is no flow of lb's does not pay for it.
 #[inline(always)]
 pub fn lookup(tuple: &Tuple4, config: &DatapathConfig) -> Option<Hit> {
-    let entry = map(tuple.proto).get_ptr_mut(key(tuple))?;
+    let entry = entry_ptr(tuple.proto, &key(tuple))?;
     let now = now(config);
     // SAFETY: a valid map value pointer; every bit pattern is a valid `CtEntry`.
     let value = unsafe { *entry };
@@ -269,7 +281,7 @@ fn update(
 #[inline(always)]
 fn mark_other(key: &CtKey4, flags: u16, proto: u8, config: &DatapathConfig, now: u32) {
     const STATE: u16 = CT_F_SEEN_REPLY | CT_F_ESTABLISHED | CT_F_CLOSING;
-    let Some(entry) = map(proto).get_ptr_mut(key) else {
+    let Some(entry) = entry_ptr(proto, key) else {
         return;
     };
     // SAFETY: a valid map value pointer; both members share the header.
