@@ -17,6 +17,9 @@
 //! (conntrack, frontend). The agent clears a VIP flag when its last address goes; reply flags
 //! are never cleared (a flow may outlive its backend's service, and its replies must still be
 //! found), so a stale one only costs the full path.
+//!
+//! The slots are part of the pinned maps' meaning: changing `FILTER_BITS` or a hash below
+//! needs a new `PIN_VERSION`, or a restarted datapath would miss the flags of live flows.
 
 /// log2 of the number of flags in each filter.
 pub const FILTER_BITS: u32 = 20;
