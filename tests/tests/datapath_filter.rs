@@ -137,3 +137,32 @@ fn traffic_that_is_no_services_passes_untouched_from_both_hooks() {
     }
     assert!(datapath.conntrack().is_empty());
 }
+
+#[test]
+fn a_new_reply_filter_starts_from_the_reply_entries_already_in_conntrack() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[service(FRONTEND, &[A])]);
+    datapath.run(Hook::FromPod, &tcp_syn(POD, VIP));
+    // As after an upgrade from a datapath without the filter: conntrack is pinned, the filter
+    // is not, so the next load creates it.
+    std::fs::remove_file(datapath.pin_dir().join(maps::LB4_REPLY_SRCS)).expect("unpin");
+    let bpf_root = datapath
+        .pin_dir()
+        .parent()
+        .expect("the bpf root")
+        .to_owned();
+    let _reloaded = lb_agent::datapath::Datapath::load(&lb_agent::datapath::LoadOptions {
+        bpf_root,
+        ct_max_entries: maps::CT_MAX_ENTRIES,
+        ct_any_max_entries: maps::CT_ANY_MAX_ENTRIES,
+        lb_map_max: maps::SERVICES_MAX_ENTRIES,
+        config: lb_common::config::DatapathConfig::default(),
+    })
+    .expect("load again over the pinned maps");
+    assert_eq!(
+        reply_flag(&datapath, "10.244.1.5", 8080),
+        1,
+        "the new filter has the flag of the reply entry conntrack holds"
+    );
+    assert_eq!(reply_flag(&datapath, "10.244.2.6", 8080), 0);
+}
