@@ -44,18 +44,24 @@ pub struct Run {
 impl LbDatapath {
     /// Loads the datapath with maps pinned under `/sys/fs/bpf/lb-bench-<pid>-<tag>`.
     pub fn load(tag: &str) -> anyhow::Result<Self> {
-        Self::load_with(tag, DatapathConfig::default())
+        Self::load_with(tag, DatapathConfig::default(), LB_MAP_MAX)
     }
 
-    /// [`LbDatapath::load`] with `config` in `LB_CONFIG` (SNAT needs a node address).
-    pub fn load_with(tag: &str, config: DatapathConfig) -> anyhow::Result<Self> {
+    /// As [`Self::load`], with `lb_map_max` entries in the services and backends maps.
+    pub fn load_sized(tag: &str, lb_map_max: u32) -> anyhow::Result<Self> {
+        Self::load_with(tag, DatapathConfig::default(), lb_map_max)
+    }
+
+    /// [`LbDatapath::load`] with `config` in `LB_CONFIG` (SNAT needs a node address) and
+    /// `lb_map_max` entries in the services and backends maps.
+    pub fn load_with(tag: &str, config: DatapathConfig, lb_map_max: u32) -> anyhow::Result<Self> {
         let root = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let datapath = Datapath::load(&LoadOptions {
             bpf_root: root.clone(),
             ct_max_entries: CT_MAX,
             ct_any_max_entries: CT_MAX,
-            lb_map_max: LB_MAP_MAX,
+            lb_map_max,
             config,
         })
         .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))

@@ -45,7 +45,7 @@ use lb_common::drop::Hook;
 use lb_testkit::packet::{Frame, ip_be};
 use lb_testkit::{Netns, Process, veth};
 
-use crate::datapath::LbDatapath;
+use crate::datapath::{LB_MAP_MAX, LbDatapath};
 use crate::fixture::{BACKEND_NET, BACKEND_PORT, Fixture, SERVICE_PORT};
 use crate::netns::{self, run_timed};
 use crate::stats::{Summary, summarize};
@@ -729,6 +729,7 @@ impl TcpChain {
                         events_per_sec: EVENTS_PER_SEC,
                         ..DatapathConfig::default()
                     },
+                    LB_MAP_MAX,
                 )?;
                 let mut desired = fixture.desired();
                 for service in &mut desired {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conntrack;
 pub mod drop;
 pub mod event;
+pub mod filter;
 pub mod frag;
 pub mod maps;
 pub mod metrics;

@@ -20,6 +20,11 @@ pub const LB4_CT_TCP: &str = "LB4_CT_TCP";
 /// Conntrack of every other protocol (UDP; LRU): `CtKey4` -> `CtEntry`. Kept apart from TCP so
 /// that connectionless churn cannot evict long-lived TCP flows.
 pub const LB4_CT_ANY: &str = "LB4_CT_ANY";
+/// Flags of the addresses that have a frontend (agent-written): `u32` -> `FilterWord` (see
+/// `lb_common::filter`).
+pub const LB4_VIP_FILTER: &str = "LB4_VIP_FILTER";
+/// Flags of the sources of conntrack reply entries (datapath-written): `u32` -> `FilterWord`.
+pub const LB4_REPLY_SRCS: &str = "LB4_REPLY_SRCS";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.

@@ -40,6 +40,7 @@ use lb_common::{
 
 use crate::{
     drop::{Dropped, dropped},
+    filter,
     lb::{Chosen, Frontend},
     maps::{LB4_CT_ANY, LB4_CT_TCP},
     parse::Tuple4,
@@ -81,6 +82,18 @@ fn map(proto: u8) -> &'static LruHashMap<CtKey4, CtEntry> {
         &LB4_CT_TCP
     } else {
         &LB4_CT_ANY
+    }
+}
+
+/// The entry under `key` in the map of protocol `proto`. Each map is looked up at a call site
+/// of its own: with the map a constant there, the verifier inlines the lookup (one helper
+/// call through the map's ops less per packet).
+#[inline(always)]
+fn entry_ptr(proto: u8, key: &CtKey4) -> Option<*mut CtEntry> {
+    if proto == proto::TCP {
+        LB4_CT_TCP.get_ptr_mut(key)
+    } else {
+        LB4_CT_ANY.get_ptr_mut(key)
     }
 }
 
@@ -126,7 +139,7 @@ pub fn reply_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> C
 /// clock is read only on a hit: traffic that is no flow of lb's does not pay for it.
 #[inline(always)]
 pub fn lookup(tuple: &Tuple4, config: &DatapathConfig) -> Option<Hit> {
-    let entry = map(tuple.proto).get_ptr_mut(key(tuple))?;
+    let entry = entry_ptr(tuple.proto, &key(tuple))?;
     let now = now(config);
     // SAFETY: a valid map value pointer; every bit pattern is a valid `CtEntry`.
     let value = unsafe { *entry };
@@ -268,7 +281,7 @@ fn update(
 #[inline(always)]
 fn mark_other(key: &CtKey4, flags: u16, proto: u8, config: &DatapathConfig, now: u32) {
     const STATE: u16 = CT_F_SEEN_REPLY | CT_F_ESTABLISHED | CT_F_CLOSING;
-    let Some(entry) = map(proto).get_ptr_mut(key) else {
+    let Some(entry) = entry_ptr(proto, key) else {
         return;
     };
     // SAFETY: a valid map value pointer; both members share the header.
@@ -324,6 +337,7 @@ fn node_port_flag(frontend: &Frontend) -> u16 {
 /// Inserts a reply entry only if its key is free: how an SNAT source port is claimed.
 #[inline(always)]
 pub fn reserve_reply(key: &CtKey4, reply: CtReply) -> bool {
+    filter::mark_reply_source(key.saddr, key.sport, key.proto);
     map(key.proto)
         .insert(key, CtEntry::from(reply), u64::from(BPF_NOEXIST))
         .is_ok()
@@ -440,6 +454,7 @@ pub fn create(
         _pad2: 0,
         _pad3: 0,
     };
+    filter::mark_reply_source(reply_key.saddr, reply_key.sport, reply_key.proto);
     if map
         .insert(reply_key, CtEntry::from(reply), u64::from(BPF_NOEXIST))
         .is_ok()

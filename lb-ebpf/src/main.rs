@@ -30,6 +30,7 @@ mod csum;
 mod drop;
 mod events;
 mod fib;
+mod filter;
 mod frag;
 mod hairpin;
 // Replies of host-network backends: an egress program of its own, declared in the module.
@@ -135,6 +136,11 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         }
         Shape::Other => return icmp::handle(ctx, hook, tuple),
     };
+    // Most packets on a node are no service's: two array lookups tell, before any hash
+    // lookup, that no frontend has this destination and no reply entry this source.
+    if !filter::maybe_lbs(tuple) {
+        return Ok(Verdict::Pass);
+    }
     let config = maps::config();
     // One conntrack lookup finds either direction. A backend's reply is translated back even
     // after its service is gone (its entry records the VIP:port it was sent to).

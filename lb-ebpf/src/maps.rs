@@ -9,6 +9,7 @@
 //! | `LB4_FRAGS` | `frag.rs` |
 //! | `LB4_REVNAT` | none: written by the agent, not read on the packet path (reply entries carry VIP:port) |
 //! | `LB4_CT_TCP`, `LB4_CT_ANY` | `conntrack.rs` |
+//! | `LB4_VIP_FILTER`, `LB4_REPLY_SRCS` | `filter.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
@@ -28,6 +29,7 @@ use aya_ebpf::{
 use lb_common::{
     config::DatapathConfig,
     conntrack::{CtEntry, CtKey4},
+    filter::{FILTER_WORDS, FilterWord},
     frag::{FragKey4, FragPorts},
     maps,
     metrics::{MetricKey, MetricValue},
@@ -97,6 +99,15 @@ pub static LB4_SRC_RANGE: LpmTrie<SourceRangeKey4, u8> =
 pub static LB4_FRAGS: LruHashMap<FragKey4, FragPorts> =
     LruHashMap::pinned(maps::FRAGS_MAX_ENTRIES, 0);
 
+/// Flags of the addresses that have a frontend, written by the agent (see
+/// `lb_common::filter`).
+#[map]
+pub static LB4_VIP_FILTER: Array<FilterWord> = Array::pinned(FILTER_WORDS, 0);
+
+/// Flags of the sources of conntrack reply entries, written by the datapath (`filter.rs`).
+#[map]
+pub static LB4_REPLY_SRCS: Array<FilterWord> = Array::pinned(FILTER_WORDS, 0);
+
 /// The live configuration, written by the agent.
 #[map]
 pub static LB_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
@@ -160,6 +171,8 @@ const _: () = assert!(same(maps::LB4_SRC_RANGE, "LB4_SRC_RANGE"));
 const _: () = assert!(same(maps::LB4_FRAGS, "LB4_FRAGS"));
 const _: () = assert!(same(maps::LB4_CT_TCP, "LB4_CT_TCP"));
 const _: () = assert!(same(maps::LB4_CT_ANY, "LB4_CT_ANY"));
+const _: () = assert!(same(maps::LB4_VIP_FILTER, "LB4_VIP_FILTER"));
+const _: () = assert!(same(maps::LB4_REPLY_SRCS, "LB4_REPLY_SRCS"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));

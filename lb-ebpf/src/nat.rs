@@ -22,7 +22,7 @@ use crate::{
     csum,
     drop::{Dropped, dropped},
     lb::{Chosen, Frontend},
-    parse::{IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, store_u16, store_u32},
+    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Tuple4, load_u16, store_u16, store_u32},
 };
 
 const FILE: SourceFile = SourceFile::Nat;
@@ -187,46 +187,35 @@ pub fn rev_nat(ctx: &TcContext, tuple: &Tuple4, reply: &CtReply) -> Result<Tuple
     Ok(to)
 }
 
-/// Writes `to`'s addresses and ports over `from`'s, then fixes the checksums. A later fragment
-/// has no L4 header: only its addresses and IP checksum change (its first fragment's L4
-/// checksum accounted for the whole datagram's pseudo-header and ports).
+/// Writes `to`'s addresses and ports over `from`'s, and the checksums (see `csum.rs`). A later
+/// fragment has no L4 header: only its addresses and IP checksum change (its first fragment's
+/// L4 checksum accounted for the whole datagram's pseudo-header and ports).
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, from: &Tuple4, to: &Tuple4) -> Result<(), Dropped> {
-    if !from.has_l4_header() {
-        let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)
-            .and_then(|()| store_u32(ctx, IP_DADDR_OFF, to.daddr));
-        if written.is_none() {
-            return Err(dropped!(DropReason::WriteError));
-        }
-        if from.saddr != to.saddr {
-            csum::update_ip_addr(ctx, from.saddr, to.saddr)?;
-        }
-        if from.daddr != to.daddr {
-            csum::update_ip_addr(ctx, from.daddr, to.daddr)?;
-        }
-        return Ok(());
-    }
-    let l4 = from.l4();
-    // Direct writes first: every pointer is derived (and bounds-checked) here, before any
-    // helper call invalidates them.
+    let mut addrs = csum::Diff::default();
+    addrs.addr(from.saddr, to.saddr);
+    addrs.addr(from.daddr, to.daddr);
+    let Some(ip_csum) = load_u16(ctx, IP_CSUM_OFF) else {
+        return Err(dropped!(DropReason::WriteError));
+    };
+    // Direct writes first, the IP checksum among them: every pointer is derived (and
+    // bounds-checked) here, before any helper call invalidates them.
     let written = store_u32(ctx, IP_SADDR_OFF, to.saddr)
         .and_then(|()| store_u32(ctx, IP_DADDR_OFF, to.daddr))
-        .and_then(|()| store_u16(ctx, l4, to.sport))
-        .and_then(|()| store_u16(ctx, l4 + 2, to.dport));
+        .and_then(|()| store_u16(ctx, IP_CSUM_OFF, csum::ip_header_after(ip_csum, &addrs)));
     if written.is_none() {
         return Err(dropped!(DropReason::WriteError));
     }
-    if from.saddr != to.saddr {
-        csum::update_addr(ctx, from, from.saddr, to.saddr)?;
+    if !from.has_l4_header() {
+        return Ok(());
     }
-    if from.daddr != to.daddr {
-        csum::update_addr(ctx, from, from.daddr, to.daddr)?;
+    let l4 = from.l4();
+    let written = store_u16(ctx, l4, to.sport).and_then(|()| store_u16(ctx, l4 + 2, to.dport));
+    if written.is_none() {
+        return Err(dropped!(DropReason::WriteError));
     }
-    if from.sport != to.sport {
-        csum::update_port(ctx, from, from.sport, to.sport)?;
-    }
-    if from.dport != to.dport {
-        csum::update_port(ctx, from, from.dport, to.dport)?;
-    }
-    Ok(())
+    let mut ports = csum::Diff::default();
+    ports.word(from.sport, to.sport);
+    ports.word(from.dport, to.dport);
+    csum::update_l4(ctx, from, &addrs, &ports)
 }

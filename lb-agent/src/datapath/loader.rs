@@ -1,16 +1,26 @@
 //! Loads the embedded eBPF object with its maps pinned under `<bpf-root>/<PIN_VERSION>/`, so a
 //! restarted agent finds the same maps (and the flows they carry) where the last one left them.
 use std::{
+    collections::BTreeMap,
     ffi::CString,
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use lb_common::{config::DatapathConfig, maps as names};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapError},
+    programs::SchedClassifier,
+};
+use lb_common::{
+    config::DatapathConfig,
+    conntrack::CT_REPLY,
+    filter::{FilterWord, reply_slot, word_and_flag},
+    maps as names,
+};
 
 use super::{
     Error,
-    conntrack::{CLOCK_PROGRAM, Clock},
+    conntrack::{CLOCK_PROGRAM, Clock, Conntrack},
     maps::AyaMaps,
 };
 
@@ -56,6 +66,9 @@ impl Datapath {
     /// Loads the object, reusing maps pinned by a previous run, and loads both programs.
     pub fn load(options: &LoadOptions) -> Result<Self, Error> {
         let pin_dir = prepare_pin_dir(&options.bpf_root)?;
+        // Pinned conntrack maps may come from a datapath that kept no reply filter (an
+        // upgrade): the new filter then starts from their reply entries.
+        let fresh_reply_filter = !pin_dir.join(names::LB4_REPLY_SRCS).exists();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(names::LB4_CT_TCP, options.ct_max_entries)
@@ -73,6 +86,9 @@ impl Datapath {
                     program: name,
                     source: Box::new(err),
                 })?;
+        }
+        if fresh_reply_filter {
+            seed_reply_filter(&mut ebpf, &pin_dir)?;
         }
         let clock = Clock::new(&mut ebpf, &pin_dir)?;
         let mut maps = AyaMaps::take(&mut ebpf)?;
@@ -101,6 +117,43 @@ pub fn classifier<'a>(
         .ok_or_else(|| find_error(aya::programs::ProgramError::UnexpectedProgramType))?
         .try_into()
         .map_err(find_error)
+}
+
+/// Sets the reply filter's flag of every reply entry in conntrack (see `lb_common::filter`).
+/// Only for a filter this load created: no program writes it yet (they are not attached), so
+/// writing whole words loses no flag the datapath set.
+fn seed_reply_filter(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), Error> {
+    let mut words: BTreeMap<u32, FilterWord> = BTreeMap::new();
+    for item in Conntrack::open(pin_dir)?.entries()? {
+        if item.entry.kind() != CT_REPLY {
+            continue;
+        }
+        let key = item.key;
+        let (word, flag) = word_and_flag(reply_slot(key.saddr, key.sport, key.proto));
+        words.entry(word).or_default()[flag] = 1;
+    }
+    if words.is_empty() {
+        return Ok(());
+    }
+    let map_err = |action, err: MapError| Error::Map {
+        action,
+        map: names::LB4_REPLY_SRCS,
+        source: Box::new(err),
+    };
+    let map = ebpf
+        .map_mut(names::LB4_REPLY_SRCS)
+        .ok_or_else(|| Error::MapType {
+            map: names::LB4_REPLY_SRCS,
+            source: "not in the object".into(),
+        })?;
+    let mut filter: Array<&mut MapData, FilterWord> =
+        Array::try_from(map).map_err(|err| map_err("open", err))?;
+    for (word, value) in words {
+        filter
+            .set(word, value, 0)
+            .map_err(|err| map_err("update", err))?;
+    }
+    Ok(())
 }
 
 /// Checks that `bpf_root`, or the nearest of its ancestors that exists, is on bpffs, so that

@@ -20,6 +20,7 @@ use aya::{
 };
 use lb_common::{
     config::DatapathConfig,
+    filter::FilterWord,
     maps as names,
     metrics::{MetricKey, MetricValue},
     service::{
@@ -28,7 +29,7 @@ use lb_common::{
     },
 };
 
-use super::{Error, batch};
+use super::{Error, batch, vip_filter::VipFilter};
 
 /// A service id: the key of a frontend's `LB4_REVNAT` entry, named by its master entry's
 /// `rev_nat`. 0 is never allocated.
@@ -151,6 +152,9 @@ pub struct AyaMaps {
     source_ranges: LpmTrie<MapData, SourceRangeKey4, u8>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricKey, MetricValue>,
+    /// `LB4_VIP_FILTER`, kept in step with the master entries of `services` by `filter`.
+    vip_filter_map: Array<MapData, FilterWord>,
+    vip_filter: VipFilter,
     /// Duplicates of the three maps' descriptors, for batch writes.
     services_fd: OwnedFd,
     backends_fd: OwnedFd,
@@ -199,17 +203,70 @@ impl AyaMaps {
         let (services, services_fd) = take_with_fd(ebpf, names::LB4_SERVICES)?;
         let (backends, backends_fd) = take_with_fd(ebpf, names::LB4_BACKENDS)?;
         let (revnat, revnat_fd) = take_with_fd(ebpf, names::LB4_REVNAT)?;
-        Ok(Self {
+        let mut maps = Self {
             services,
             backends,
             revnat,
             source_ranges: take(ebpf, names::LB4_SRC_RANGE)?,
             config: take(ebpf, names::LB_CONFIG)?,
             metrics: take(ebpf, names::LB_METRICS)?,
+            vip_filter_map: take(ebpf, names::LB4_VIP_FILTER)?,
+            vip_filter: VipFilter::default(),
             services_fd,
             backends_fd,
             revnat_fd,
-        })
+        };
+        // The master entries already there (pinned maps of an earlier agent) are counted, and
+        // their flags set (flags of a crashed agent's deleted frontends may linger: a flag set
+        // too long costs a packet the full path, nothing more).
+        let masters: Vec<ServiceKey4> = maps
+            .services
+            .keys()
+            .filter(|key| key.as_ref().map_or(true, |key| key.slot == 0))
+            .collect::<Result<_, _>>()
+            .map_err(|err| map_err("read", names::LB4_SERVICES, err))?;
+        for key in &masters {
+            maps.vip_filter.add(key);
+        }
+        for word in maps.vip_filter.set_words() {
+            maps.write_vip_word(word)?;
+        }
+        Ok(maps)
+    }
+
+    /// Writes word `word` of `LB4_VIP_FILTER` as `vip_filter` says.
+    fn write_vip_word(&mut self, word: u32) -> Result<(), Error> {
+        self.vip_filter_map
+            .set(word, self.vip_filter.word(word), 0)
+            .map_err(|err| map_err("update", names::LB4_VIP_FILTER, err))
+    }
+
+    /// Counts master entries about to be written, setting their addresses' flags first.
+    fn flag_masters<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k ServiceKey4>,
+    ) -> Result<(), Error> {
+        let words: BTreeSet<u32> = keys
+            .into_iter()
+            .filter_map(|key| self.vip_filter.add(key))
+            .collect();
+        words
+            .into_iter()
+            .try_for_each(|word| self.write_vip_word(word))
+    }
+
+    /// Forgets master entries just deleted, clearing the flags no address needs any more.
+    fn unflag_masters<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k ServiceKey4>,
+    ) -> Result<(), Error> {
+        let words: BTreeSet<u32> = keys
+            .into_iter()
+            .filter_map(|key| self.vip_filter.remove(key))
+            .collect();
+        words
+            .into_iter()
+            .try_for_each(|word| self.write_vip_word(word))
     }
 
     /// Drop counters summed over CPUs, keyed by (reason, hook).
@@ -314,13 +371,15 @@ impl LbMaps for AyaMaps {
     }
 
     fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error> {
+        self.flag_masters([key])?;
         self.services
             .insert(key, entry, 0)
             .map_err(|err| update_err(names::LB4_SERVICES, "bpf-lb-map-max", err))
     }
 
     fn delete_service(&mut self, key: &ServiceKey4) -> Result<(), Error> {
-        ignore_missing(self.services.remove(key), names::LB4_SERVICES)
+        ignore_missing(self.services.remove(key), names::LB4_SERVICES)?;
+        self.unflag_masters([key])
     }
 
     fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error> {
@@ -353,6 +412,7 @@ impl LbMaps for AyaMaps {
     }
 
     fn upsert_services(&mut self, entries: &[(ServiceKey4, ServiceEntry)]) -> Result<(), Error> {
+        self.flag_masters(entries.iter().map(|(key, _)| key))?;
         let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
         batch::update(&self.services_fd, &keys, &values)
             .map_err(|partial| batch_err(names::LB4_SERVICES, partial))
@@ -368,7 +428,8 @@ impl LbMaps for AyaMaps {
         let services = &mut self.services;
         delete_batch(&self.services_fd, names::LB4_SERVICES, keys, |key| {
             services.remove(&key)
-        })
+        })?;
+        self.unflag_masters(keys)
     }
 
     fn delete_backends(&mut self, ids: &[BackendId]) -> Result<(), Error> {

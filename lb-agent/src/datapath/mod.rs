@@ -1,7 +1,7 @@
 //! Everything that touches aya: loading and pinning (`loader`), attaching to interfaces
 //! (`devices`) and to a cgroup (`sock`), conntrack's clock, GC and listing (`conntrack`), the typed maps behind the `LbMaps` trait (`maps`, with in-memory maps in `fake`
 //! that only tests build), drop events and counters (`events`), and the maps rendered as text
-//! (`dump`).
+//! (`dump`), and the agent's side of the pass-through filter (`vip_filter`).
 //!
 //! Nothing outside this module imports aya.
 pub mod batch;
@@ -14,6 +14,7 @@ pub mod fake;
 pub mod loader;
 pub mod maps;
 pub mod sock;
+pub mod vip_filter;
 
 pub use loader::{Datapath, LoadOptions};
 pub use maps::{BackendId, LbMaps, MapsContent, ServiceId, SourceRangeEntry};
