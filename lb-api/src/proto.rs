@@ -130,6 +130,10 @@ pub struct StatusReply {
     /// `None` when it is. Liveness fails while this is set.
     #[serde(default)]
     pub datapath_error: Option<String>,
+    /// Frontends the last sync could not program because a map was full
+    /// (`namespace/name:port (vip:port/proto)`); they keep what they had.
+    #[serde(default)]
+    pub not_programmed: Vec<String>,
 }
 
 impl StatusReply {
@@ -395,6 +399,9 @@ pub struct MetricsSnapshot {
     /// The datapath is loaded and none of its pins, links or readers has gone (`/healthz`).
     #[serde(default)]
     pub datapath_healthy: bool,
+    /// Frontends the last sync could not program because a map was full.
+    #[serde(default)]
+    pub services_not_programmed: u64,
 }
 
 /// One `LB_METRICS` entry.

@@ -74,6 +74,8 @@ struct OneNode {
     run_dir: PathBuf,
     bpf_root: PathBuf,
     agent: Option<Process>,
+    /// Appended to the agent's arguments.
+    extra_args: Vec<String>,
     servers: Vec<Process>,
     pods: BTreeMap<&'static str, Netns>,
     node: Netns,
@@ -111,6 +113,7 @@ impl OneNode {
             run_dir,
             bpf_root,
             agent: None,
+            extra_args: Vec::new(),
             servers: Vec::new(),
             pods: BTreeMap::new(),
             node,
@@ -195,7 +198,9 @@ impl OneNode {
             "--socket".into(),
             self.socket().display().to_string(),
         ]
-        .into()
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     /// Starts lb-agent (its log appended to `agent.log`) and waits for `lbctl status` to pass.
@@ -963,4 +968,62 @@ fn failed_starts_name_the_missing_source_or_device_and_leave_nothing_behind() {
             assert!(!node.socket().exists(), "{name}: no socket left");
         }
     }
+}
+
+/// `max_entries` of the map `name` pinned under the node's bpf root.
+fn pinned_max_entries(node: &OneNode, name: &str) -> u32 {
+    let pin = node.bpf_root.join(lb_common::maps::PIN_VERSION).join(name);
+    aya::maps::MapInfo::from_pin(&pin)
+        .unwrap_or_else(|err| panic!("open {}: {err}", pin.display()))
+        .max_entries()
+}
+
+#[test]
+fn a_map_size_change_at_restart_resizes_the_pinned_maps_and_keeps_every_connection() {
+    use lb_common::maps::{LB4_BACKENDS, LB4_CT_ANY, LB4_CT_TCP, LB4_SERVICES};
+    let sizes = |lb: u32, ct: u32| -> Vec<String> {
+        [
+            "--bpf-lb-map-max",
+            &lb.to_string(),
+            "--bpf-ct-max-entries",
+            &ct.to_string(),
+            "--bpf-ct-global-any-max",
+            &ct.to_string(),
+        ]
+        .map(str::to_owned)
+        .into()
+    };
+    let mut node = OneNode::up("lbz-", &["be1", "be2"]);
+    node.extra_args = sizes(2048, 4096);
+    node.start_agent();
+    let ids = node.ids();
+    let maps = [LB4_SERVICES, LB4_BACKENDS, LB4_CT_TCP, LB4_CT_ANY];
+    let max_entries = |node: &OneNode| maps.map(|map| pinned_max_entries(node, map));
+    assert_eq!(max_entries(&node), [2048, 2048, 4096, 4096]);
+
+    let client = Client::start(&node.pods["client"]);
+    client.wait_progress(
+        "traffic through the ClusterIP",
+        20,
+        2 * KEPT_CONNECTIONS as u64,
+    );
+    node.stop_agent();
+    node.extra_args = sizes(8192, 16_384);
+    node.start_agent();
+    assert_eq!(max_entries(&node), [8192, 8192, 16_384, 16_384], "resized");
+    assert_eq!(node.ids(), ids, "the same ids: the entries were copied");
+    let tree = bpf_tree(&node);
+    assert!(
+        !tree.iter().any(|pin| pin.contains("resizing")),
+        "the old maps are unpinned: {tree:?}"
+    );
+    // The kept connections' conntrack entries moved with them: each still reaches its pod.
+    client.wait_progress("traffic after the resize", 20, 2 * KEPT_CONNECTIONS as u64);
+    client.assert_no_failures("resize");
+    let seen = client.stop();
+    eprintln!(
+        "resize: {} new connections and {} exchanges on {KEPT_CONNECTIONS} kept connections, \
+         none failed",
+        seen.new_ok, seen.kept_ok
+    );
 }

@@ -41,6 +41,7 @@ struct Progress {
     devices: Vec<String>,
     pod_devices: Vec<String>,
     last_sync_error: Option<String>,
+    not_programmed: Vec<String>,
     syncs: u64,
     sync_errors: u64,
     last_sync_seconds: f64,
@@ -165,6 +166,7 @@ impl AgentState {
                 progress.services = stats.services as u64;
                 progress.backends = stats.backends as u64;
                 progress.last_sync_error = None;
+                progress.not_programmed = stats.not_programmed;
                 progress.syncs += 1;
                 progress.last_sync_seconds = stats.duration.as_secs_f64();
                 progress.sync_seconds_sum += stats.duration.as_secs_f64();
@@ -207,6 +209,7 @@ impl ApiBackend for AgentState {
             devices: progress.devices.clone(),
             pod_devices: progress.pod_devices.clone(),
             last_sync_error: progress.last_sync_error.clone(),
+            not_programmed: progress.not_programmed.clone(),
             datapath_error: if progress.datapath_loaded {
                 self.datapath_error(&progress)
             } else {
@@ -309,6 +312,7 @@ impl ApiBackend for AgentState {
             ct_entries_tcp: progress.ct_entries_tcp,
             ct_entries_any: progress.ct_entries_any,
             datapath_healthy: progress.datapath_loaded && self.datapath_error(&progress).is_none(),
+            services_not_programmed: progress.not_programmed.len() as u64,
         }
     }
 }

@@ -248,6 +248,12 @@ pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
         single(snapshot.backends.to_string()),
     );
     family(
+        "lb_services_not_programmed",
+        "gauge",
+        "Frontends the last sync could not program because a map was full.",
+        single(snapshot.services_not_programmed.to_string()),
+    );
+    family(
         "lb_sync_total",
         "counter",
         "Completed sync passes.",
@@ -340,6 +346,7 @@ mod tests {
             ct_entries_tcp: 6,
             ct_entries_any: 2,
             datapath_healthy: true,
+            services_not_programmed: 1,
         };
         let expected = "\
 # HELP lb_drop_count_total Packets dropped by the datapath, by reason and hook.
@@ -356,6 +363,9 @@ lb_services 2
 # HELP lb_backends Backends programmed in the datapath.
 # TYPE lb_backends gauge
 lb_backends 3
+# HELP lb_services_not_programmed Frontends the last sync could not program because a map was full.
+# TYPE lb_services_not_programmed gauge
+lb_services_not_programmed 1
 # HELP lb_sync_total Completed sync passes.
 # TYPE lb_sync_total counter
 lb_sync_total 4

@@ -28,7 +28,8 @@ pub fn summary(status: &StatusReply) -> String {
     let backends = status.backends.to_string();
     let devices = list(&status.devices);
     let pod_devices = list(&status.pod_devices);
-    key_value_table([
+    let not_programmed = status.not_programmed.join(", ");
+    let mut rows = vec![
         ("Version:", status.version.as_str()),
         ("Node:", status.node_name.as_str()),
         ("Source:", status.source.as_str()),
@@ -38,7 +39,12 @@ pub fn summary(status: &StatusReply) -> String {
         ("Backends:", backends.as_str()),
         ("Devices:", devices.as_str()),
         ("Pod devices:", pod_devices.as_str()),
-    ])
+    ];
+    if !status.not_programmed.is_empty() {
+        // A full map: what the sync left as it was.
+        rows.push(("Not programmed:", not_programmed.as_str()));
+    }
+    key_value_table(rows)
 }
 
 #[cfg(test)]
@@ -59,6 +65,7 @@ mod tests {
             pod_devices: vec![],
             last_sync_error: None,
             datapath_error: None,
+            not_programmed: vec![],
         };
         assert_eq!(
             summary(&status),
