@@ -748,11 +748,16 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
 /// `lb-agent ARGS` run to its exit in the node namespace (killed, and the test failed, if it
 /// outlives the deadline): its exit status and its output.
 fn run_agent_to_exit(node: &OneNode, name: &str, args: &[String]) -> (ExitStatus, String) {
+    run_to_exit(node, name, &node.bins.agent.to_string_lossy(), args)
+}
+
+/// Runs `program args` in the node's namespace until it exits: its status and output.
+fn run_to_exit(node: &OneNode, name: &str, program: &str, args: &[String]) -> (ExitStatus, String) {
     let log = node.run_dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("create log");
     let mut child = node
         .node
-        .command(&node.bins.agent.to_string_lossy())
+        .command(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log"))
@@ -1026,4 +1031,64 @@ fn a_map_size_change_at_restart_resizes_the_pinned_maps_and_keeps_every_connecti
          none failed",
         seen.new_ok, seen.kept_ok
     );
+}
+
+#[test]
+fn an_agent_without_its_capabilities_names_them_and_changes_nothing() {
+    let node = OneNode::up("lbc-", &["be1"]);
+    let tree = bpf_tree(&node);
+    // Root, but with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN out of the bounding set: what a
+    // container whose securityContext forgot them gets.
+    let mut args: Vec<String> = ["--bounding-set=-bpf,-perfmon,-sys_admin", "--"]
+        .map(str::to_owned)
+        .into();
+    args.push(node.bins.agent.display().to_string());
+    args.extend(node.agent_args());
+    let (status, output) = run_to_exit(&node, "no-caps", "setpriv", &args);
+    assert!(
+        !status.success() && output.contains("lb-agent lacks CAP_BPF, CAP_PERFMON; run it as root"),
+        "fails naming the capabilities: {status}\n{output}"
+    );
+    assert_eq!(output.matches("lacks").count(), 1, "said once: {output}");
+    assert_eq!(bpf_tree(&node), tree, "nothing pinned or created");
+    assert!(!node.socket().exists(), "no socket left");
+}
+
+#[test]
+fn a_deleted_pod_interface_takes_its_link_pin_with_it() {
+    let mut node = OneNode::up("lbp-", &["be1", "be2"]);
+    node.start_agent();
+    let pin = node
+        .bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join("links")
+        .join("from-pod-lxcbe3");
+    assert!(
+        pin.exists(),
+        "from-pod pinned on lxcbe3: {:?}",
+        bpf_tree(&node)
+    );
+    ok(
+        node.node.run("ip", &["link", "del", "lxcbe3"]),
+        "delete lxcbe3",
+    );
+    ok(
+        wait_until("the pin of lxcbe3 to go", DEADLINE, || {
+            Ok((!pin.exists()).then_some(()))
+        }),
+        "pin pruned",
+    );
+    let status = lbctl(&node, &["status"]);
+    assert!(
+        status.contains("lxcbe1") && !status.contains("lxcbe3"),
+        "status lists the pod devices left: {status}"
+    );
+    // The other pods' links stay, and traffic still flows through them.
+    let answered = in_netns(&node.pods["client"], || get_once(VIP)).expect("ClusterIP answers");
+    assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
+    node.agent
+        .as_mut()
+        .expect("agent")
+        .check_running()
+        .expect("the agent still runs");
 }

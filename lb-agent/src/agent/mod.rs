@@ -79,6 +79,15 @@ pub enum Error {
     /// The pod-device watcher could not be set up.
     #[error("cannot watch network interfaces")]
     LinkWatch(#[source] std::io::Error),
+    /// The process lacks capabilities the datapath needs.
+    #[error(
+        "lb-agent lacks {missing}; run it as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+         (the DaemonSet's securityContext does)"
+    )]
+    Capabilities {
+        /// The capabilities missing.
+        missing: String,
+    },
     /// No node address for SNAT.
     #[error("interface `{iface}` has no IPv4 address to SNAT to; set --node-ip")]
     NoNodeIp {

@@ -185,21 +185,31 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Resul
     Ok(())
 }
 
-/// Removes pins of links whose interface no longer exists.
-pub fn prune_stale_links(pin_dir: &Path) {
+/// Removes pins of links whose interface no longer exists; returns the interfaces.
+pub fn prune_stale_links(pin_dir: &Path) -> Vec<String> {
+    prune_links(pin_dir, &[Hook::FromNetdev, Hook::FromPod])
+}
+
+/// Removes pins of `hooks`' links whose interface no longer exists (a deleted pod's veth
+/// takes its link with it, but not the pin); returns the interfaces.
+pub fn prune_links(pin_dir: &Path, hooks: &[Hook]) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
-        return;
+        return Vec::new();
     };
+    let mut pruned = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let iface = [Hook::FromNetdev, Hook::FromPod]
+        let Some(iface) = hooks
             .iter()
             .find_map(|hook| file_name.strip_prefix(&format!("{}-", hook.name())))
-            .unwrap_or(&file_name);
-        if ifindex(iface).is_none() {
-            let _ = std::fs::remove_file(entry.path());
+        else {
+            continue;
+        };
+        if ifindex(iface).is_none() && std::fs::remove_file(entry.path()).is_ok() {
+            pruned.push(iface.to_owned());
         }
     }
+    pruned
 }
 
 /// A netlink socket subscribed to link events; readable whenever an interface appears,
