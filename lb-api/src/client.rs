@@ -137,7 +137,7 @@ impl Client {
     /// The agent's status.
     pub fn status(&mut self) -> Result<StatusReply, Error> {
         match self.call(&Request::Status)? {
-            Response::Status(status) => Ok(status),
+            Response::Status(status) => Ok(*status),
             _ => Err(Error::Unexpected { request: "status" }),
         }
     }

@@ -44,7 +44,7 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     /// Answer to [`Request::Status`].
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     /// Answer to [`Request::ServiceList`].
     ServiceList {
         /// Services, sorted by id.
@@ -104,7 +104,7 @@ pub struct ConfigEntry {
 }
 
 /// The agent's state, for `lbctl status` and `/healthz`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
     /// The agent's version.
     pub version: String,
@@ -134,6 +134,41 @@ pub struct StatusReply {
     /// (`namespace/name:port (vip:port/proto)`); they keep what they had.
     #[serde(default)]
     pub not_programmed: Vec<String>,
+    /// The source's connectivity: `connected`, `readable`, `connecting` or `failing for Ns: …`.
+    #[serde(default)]
+    pub source_state: String,
+    /// Seconds since the last successful sync; `None` before the first.
+    #[serde(default)]
+    pub last_sync_age_seconds: Option<f64>,
+    /// Files and objects the source skipped as malformed since start.
+    #[serde(default)]
+    pub malformed_objects: u64,
+    /// Fill levels of the maps.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+    /// The programs attached, one per interface and hook.
+    #[serde(default)]
+    pub programs: Vec<AttachedProgram>,
+}
+
+/// How full one map is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// The map's name (`LB4_SERVICES`).
+    pub name: String,
+    /// Entries it holds (conntrack: at the last GC pass).
+    pub entries: u64,
+    /// Its capacity.
+    pub max_entries: u64,
+}
+
+/// One program attached to an interface (a pinned link).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedProgram {
+    /// The interface.
+    pub iface: String,
+    /// `from-netdev` or `from-pod`.
+    pub hook: String,
 }
 
 impl StatusReply {

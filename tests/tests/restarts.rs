@@ -1092,3 +1092,100 @@ fn a_deleted_pod_interface_takes_its_link_pin_with_it() {
         .check_running()
         .expect("the agent still runs");
 }
+
+#[test]
+fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_programs() {
+    let mut node = OneNode::up("lbs-", &["be1", "be2"]);
+    node.start_agent();
+    let status_json = |node: &OneNode| -> serde_json::Value {
+        serde_json::from_str(&lbctl(node, &["status", "-o", "json"])).expect("status -o json")
+    };
+    let status = status_json(&node);
+    assert_eq!(status["source_state"], "readable", "{status}");
+    assert!(
+        status["last_sync_age_seconds"]
+            .as_f64()
+            .is_some_and(|age| age < 60.0),
+        "{status}"
+    );
+    // The Service: its wildcard, master and two slots; two backends; one rev-NAT entry.
+    let fill = |status: &serde_json::Value, map: &str| {
+        status["maps"]
+            .as_array()
+            .expect("maps")
+            .iter()
+            .find(|fill| fill["name"] == map)
+            .map(|fill| {
+                (
+                    fill["entries"].as_u64().expect("n"),
+                    fill["max_entries"].as_u64().expect("n"),
+                )
+            })
+    };
+    assert_eq!(
+        fill(&status, "LB4_SERVICES"),
+        Some((4, 131_072)),
+        "{status}"
+    );
+    assert_eq!(
+        fill(&status, "LB4_BACKENDS"),
+        Some((2, 131_072)),
+        "{status}"
+    );
+    assert_eq!(fill(&status, "LB4_REVNAT"), Some((1, 65_536)), "{status}");
+    let programs: Vec<String> = status["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["iface"].as_str().expect("iface"),
+                p["hook"].as_str().expect("hook")
+            )
+        })
+        .collect();
+    assert_eq!(
+        programs,
+        [
+            "eth0 from-netdev",
+            "lxcbe1 from-pod",
+            "lxcbe2 from-pod",
+            "lxcbe3 from-pod",
+            "lxcclient from-pod"
+        ]
+    );
+    assert_eq!(status["malformed_objects"], 0);
+
+    std::fs::write(
+        node.run_dir.join("manifests").join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: [not, a, map]\n",
+    )
+    .expect("write a malformed file");
+    let status = ok(
+        wait_until("the malformed file to be counted", DEADLINE, || {
+            let status = status_json(&node);
+            Ok((status["malformed_objects"].as_u64() >= Some(1)).then_some(status))
+        }),
+        "malformed object counted",
+    );
+    assert_eq!(
+        status["synced"], true,
+        "the rest stays programmed: {status}"
+    );
+    let text = lbctl(&node, &["status"]);
+    for line in [
+        "Source:              file:",
+        "(readable)",
+        "Last sync:",
+        " ago\n",
+        "Maps:                LB4_SERVICES 4/131072 (0.0%)",
+        "Programs:            eth0 from-netdev\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|line| line.ends_with(' ')),
+        "no trailing spaces:\n{text}"
+    );
+}

@@ -14,7 +14,8 @@ use crate::{
     api::proto::ConfigEntry,
     api::{
         proto::{
-            BackendRow, CtRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+            AttachedProgram, BackendRow, CtRow, DropCount, DropEventRecord, MapFill,
+            MetricsSnapshot, ServiceRow, StatusReply,
         },
         server::{ApiBackend, BoxError},
     },
@@ -45,6 +46,10 @@ struct Progress {
     syncs: u64,
     sync_errors: u64,
     last_sync_seconds: f64,
+    /// When the last successful pass ended.
+    last_sync_at: Option<std::time::Instant>,
+    /// Entries of the services, backends and rev-NAT maps after it.
+    map_entries: [usize; 3],
     sync_seconds_sum: f64,
     ct_gc_deleted: u64,
     ct_entries_tcp: u64,
@@ -169,6 +174,8 @@ impl AgentState {
                 progress.not_programmed = stats.not_programmed;
                 progress.syncs += 1;
                 progress.last_sync_seconds = stats.duration.as_secs_f64();
+                progress.last_sync_at = Some(std::time::Instant::now());
+                progress.map_entries = stats.map_entries;
                 progress.sync_seconds_sum += stats.duration.as_secs_f64();
             }
             Err(message) => {
@@ -194,6 +201,35 @@ impl AgentState {
     }
 }
 
+/// The fill level of each map an option or a constant sizes: the sync's maps as of the last
+/// pass, conntrack as of the last GC pass.
+fn map_fill(config: &AgentConfig, progress: &Progress) -> Vec<MapFill> {
+    use lb_common::maps as names;
+    let [services, backends, revnat] = progress.map_entries;
+    [
+        (names::LB4_SERVICES, services as u64, config.lb_map_max),
+        (names::LB4_BACKENDS, backends as u64, config.lb_map_max),
+        (names::LB4_REVNAT, revnat as u64, names::REVNAT_MAX_ENTRIES),
+        (
+            names::LB4_CT_TCP,
+            progress.ct_entries_tcp,
+            config.ct_max_entries,
+        ),
+        (
+            names::LB4_CT_ANY,
+            progress.ct_entries_any,
+            config.ct_any_max_entries,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, entries, max_entries)| MapFill {
+        name: name.to_owned(),
+        entries,
+        max_entries: u64::from(max_entries),
+    })
+    .collect()
+}
+
 impl ApiBackend for AgentState {
     fn status(&self) -> StatusReply {
         let config = lock(&self.config);
@@ -210,6 +246,20 @@ impl ApiBackend for AgentState {
             pod_devices: progress.pod_devices.clone(),
             last_sync_error: progress.last_sync_error.clone(),
             not_programmed: progress.not_programmed.clone(),
+            source_state: crate::k8s::source_connectivity(&config.source),
+            last_sync_age_seconds: progress.last_sync_at.map(|at| at.elapsed().as_secs_f64()),
+            malformed_objects: crate::k8s::malformed_objects_total(),
+            maps: map_fill(&config, &progress),
+            programs: lock(&self.conntrack)
+                .as_ref()
+                .map(|(_, pin_dir)| crate::datapath::devices::pinned_links(pin_dir))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(hook, iface)| AttachedProgram {
+                    iface,
+                    hook: hook.to_owned(),
+                })
+                .collect(),
             datapath_error: if progress.datapath_loaded {
                 self.datapath_error(&progress)
             } else {

@@ -237,7 +237,7 @@ pub fn refusal(request: &Request, uid: Option<u32>) -> Option<String> {
 /// The answer to one request other than `MonitorDrops`.
 pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
     match request {
-        Request::Status => Response::Status(backend.status()),
+        Request::Status => Response::Status(Box::new(backend.status())),
         Request::ServiceList => {
             let mut services = backend.services();
             services.sort_by_key(|service| service.id);

@@ -185,6 +185,26 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Resul
     Ok(())
 }
 
+/// The links pinned in `pin_dir`, as (hook name, interface), sorted by interface.
+pub fn pinned_links(pin_dir: &Path) -> Vec<(&'static str, String)> {
+    let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
+        return Vec::new();
+    };
+    let mut links: Vec<(&'static str, String)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            [Hook::FromNetdev, Hook::FromPod].iter().find_map(|hook| {
+                file_name
+                    .strip_prefix(&format!("{}-", hook.name()))
+                    .map(|iface| (hook.name(), iface.to_owned()))
+            })
+        })
+        .collect();
+    links.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    links
+}
+
 /// Removes pins of links whose interface no longer exists; returns the interfaces.
 pub fn prune_stale_links(pin_dir: &Path) -> Vec<String> {
     prune_links(pin_dir, &[Hook::FromNetdev, Hook::FromPod])

@@ -53,6 +53,7 @@ pub(super) async fn run(
         source = scanned;
         match result {
             Ok(changed) => {
+                super::source_ok();
                 if dir_error {
                     info!(dir = %dir.display(), "source directory readable again");
                     dir_error = false;
@@ -75,6 +76,7 @@ pub(super) async fn run(
             // Keep the last good view: a directory that vanishes for a moment (a remount)
             // must not unprogram every service.
             Err(err) => {
+                super::source_error(format!("cannot read {}: {err}", dir.display()));
                 if !dir_error {
                     warn!(dir = %dir.display(), error = %err, "cannot read source directory; keeping the last objects read");
                     dir_error = true;

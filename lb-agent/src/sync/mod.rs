@@ -74,6 +74,17 @@ pub struct SyncStats {
     pub not_programmed: Vec<String>,
     /// The map that was full and the option that sizes it, when `not_programmed` is not empty.
     pub full_map: Option<(&'static str, &'static str)>,
+    /// Entries the services, backends and rev-NAT maps hold after the pass.
+    pub map_entries: [usize; 3],
+}
+
+/// The entries of the services, backends and rev-NAT maps in `content`.
+fn map_entries(content: &MapsContent) -> [usize; 3] {
+    [
+        content.services.len(),
+        content.backends.len(),
+        content.revnat.len(),
+    ]
 }
 
 /// How many frontends in a row may fail to fit before the rest of a pass is taken as not
@@ -197,6 +208,7 @@ impl<M: LbMaps> Syncer<M> {
                     duration: started.elapsed(),
                     not_programmed: Vec::new(),
                     full_map: None,
+                    map_entries: map_entries(&desired),
                 };
                 match partial {
                     None => self.written = Some(desired),
@@ -209,6 +221,7 @@ impl<M: LbMaps> Syncer<M> {
                             .filter(|k| k.slot == 0 && k.proto != 0)
                             .count();
                         stats.backends = effective.backends.len();
+                        stats.map_entries = map_entries(&effective);
                         self.written = Some(effective);
                     }
                 }
