@@ -37,6 +37,8 @@ pub enum Request {
     MonitorDrops,
     /// Every conntrack entry of both maps.
     CtList,
+    /// `lbctl bpf lb list`: every entry of the services map.
+    LbList,
 }
 
 /// One response line from the agent.
@@ -67,6 +69,11 @@ pub enum Response {
         /// What was done, for the operator: applied live, persisted where (or not).
         #[serde(default)]
         outcome: String,
+    },
+    /// Answer to [`Request::LbList`].
+    LbList {
+        /// Entries, by frontend then slot.
+        entries: Vec<LbRow>,
     },
     /// Answer to [`Request::CtList`].
     CtList {
@@ -149,6 +156,23 @@ pub struct StatusReply {
     /// The programs attached, one per interface and hook.
     #[serde(default)]
     pub programs: Vec<AttachedProgram>,
+}
+
+/// One entry of the services map, for `lbctl bpf lb list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbRow {
+    /// `vip:port/PROTO`, or the bare VIP for a VIP's wildcard entry.
+    pub frontend: String,
+    /// 0 for the master entry, 1.. for the backend slots.
+    pub slot: u16,
+    /// The frontend's service id (the rev-NAT entry); 0 for a wildcard entry.
+    pub rev_nat: u16,
+    /// The slot's backend as `addr:port/PROTO`; `0.0.0.0:0` for a master entry.
+    pub backend: String,
+    /// The slot's backend id; 0 for a master entry.
+    pub backend_id: u32,
+    /// A master entry's kind and flags (`ClusterIP`, `Local` ...).
+    pub flags: Vec<String>,
 }
 
 /// How full one map is.

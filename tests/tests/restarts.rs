@@ -1188,4 +1188,37 @@ fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_progra
         !text.lines().any(|line| line.ends_with(' ')),
         "no trailing spaces:\n{text}"
     );
+
+    // `bpf lb list`: the wildcard entry, the master and a slot per backend, from the kernel map.
+    let entries: serde_json::Value =
+        serde_json::from_str(&lbctl(&node, &["bpf", "lb", "list", "-o", "json"])).expect("JSON");
+    let rows: Vec<String> = entries
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|row| {
+            format!(
+                "{} slot={} rev_nat={} {}",
+                row["frontend"].as_str().expect("frontend"),
+                row["slot"],
+                row["rev_nat"],
+                row["backend"].as_str().expect("backend")
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "10.96.100.10 slot=0 rev_nat=0 0.0.0.0:0",
+            "10.96.100.10:80/TCP slot=0 rev_nat=1 0.0.0.0:0",
+            "10.96.100.10:80/TCP slot=1 rev_nat=1 10.200.0.21:80/TCP",
+            "10.96.100.10:80/TCP slot=2 rev_nat=1 10.200.0.22:80/TCP",
+        ]
+    );
+    let text = lbctl(&node, &["bpf", "lb", "list"]);
+    assert!(
+        text.starts_with("SERVICE ADDRESS       BACKEND ADDRESS (REVNAT_ID) (SLOT)\n")
+            && text.contains("10.96.100.10:80/TCP   0.0.0.0:0 (1) (0) [ClusterIP]\n"),
+        "{text}"
+    );
 }

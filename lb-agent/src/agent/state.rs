@@ -14,7 +14,7 @@ use crate::{
     api::proto::ConfigEntry,
     api::{
         proto::{
-            AttachedProgram, BackendRow, CtRow, DropCount, DropEventRecord, MapFill,
+            AttachedProgram, BackendRow, CtRow, DropCount, DropEventRecord, LbRow, MapFill,
             MetricsSnapshot, ServiceRow, StatusReply,
         },
         server::{ApiBackend, BoxError},
@@ -296,6 +296,21 @@ impl ApiBackend for AgentState {
                     .collect(),
             })
             .collect()
+    }
+
+    fn lb_entries(&self) -> Result<Vec<LbRow>, String> {
+        let content = lock(&self.maps).read().map_err(|err| error_chain(&err))?;
+        Ok(dump::lb_entries(&content)
+            .into_iter()
+            .map(|view| LbRow {
+                frontend: view.frontend,
+                slot: view.slot,
+                rev_nat: view.rev_nat.0,
+                backend: view.backend,
+                backend_id: view.backend_id.0,
+                flags: view.flags.iter().map(|f| (*f).to_owned()).collect(),
+            })
+            .collect())
     }
 
     fn config_view(&self) -> Vec<ConfigEntry> {

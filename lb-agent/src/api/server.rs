@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::proto::{
-    ConfigEntry, CtRow, DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow,
+    ConfigEntry, CtRow, DropEventRecord, LbRow, MetricsSnapshot, Request, Response, ServiceRow,
     StatusReply,
 };
 use crate::config::{self, LiveChange};
@@ -50,6 +50,10 @@ pub trait ApiBackend: Send + Sync + 'static {
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord>;
     /// Counters and gauges for `/metrics`.
     fn metrics(&self) -> MetricsSnapshot;
+    /// Every entry of the services map, by frontend then slot, or why it cannot be read.
+    fn lb_entries(&self) -> Result<Vec<LbRow>, String> {
+        Err("this agent has no services map".to_owned())
+    }
     /// Every conntrack entry (any order; the server sorts), or why they cannot be read.
     fn conntrack(&self) -> Result<Vec<CtRow>, String> {
         Err("this agent has no conntrack maps".to_owned())
@@ -270,6 +274,12 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
                         error_chain(err.as_ref())
                     ),
                 },
+            },
+        },
+        Request::LbList => match backend.lb_entries() {
+            Ok(entries) => Response::LbList { entries },
+            Err(message) => Response::Error {
+                message: format!("cannot list the services map: {message}"),
             },
         },
         Request::CtList => match backend.conntrack() {

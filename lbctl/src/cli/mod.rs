@@ -79,6 +79,21 @@ pub enum BpfCommand {
     /// Conntrack.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// The services map.
+    #[command(subcommand)]
+    Lb(LbCommand),
+}
+
+/// `lbctl bpf lb …`.
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// List every entry of the services map: each frontend's master entry and slots.
+    #[command(alias = "ls")]
+    List {
+        /// Output format (default: Cilium's table).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
 }
 
 /// `lbctl bpf ct …`.
@@ -243,6 +258,14 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
             let text = match output {
                 Some(Format::Json) => bpf::json(&entries),
                 None => bpf::lines(&entries),
+            };
+            write_all(out, &text)?;
+        }
+        Command::Bpf(BpfCommand::Lb(LbCommand::List { output })) => {
+            let entries = client.lb_list()?;
+            let text = match output {
+                Some(Format::Json) => bpf::lb_json(&entries),
+                None => bpf::lb_table(&entries),
             };
             write_all(out, &text)?;
         }
