@@ -461,6 +461,18 @@ pub struct MetricsSnapshot {
     /// Frontends the last sync could not program because a map was full.
     #[serde(default)]
     pub services_not_programmed: u64,
+    /// Files and objects the source skipped as malformed since start.
+    #[serde(default)]
+    pub malformed_objects: u64,
+    /// Failed watches (kube) or directory reads (file) since start.
+    #[serde(default)]
+    pub watch_errors: u64,
+    /// Drop events monitor clients lost by reading too slowly, since start.
+    #[serde(default)]
+    pub lost_events: u64,
+    /// Fill levels of the sized maps.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
 }
 
 /// One `LB_METRICS` entry.

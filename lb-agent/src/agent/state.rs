@@ -364,6 +364,8 @@ impl ApiBackend for AgentState {
                 Vec::new()
             }
         };
+        // The config before the progress, as `status` takes them.
+        let config = lock(&self.config);
         let progress = lock(&self.progress);
         MetricsSnapshot {
             drops,
@@ -378,6 +380,10 @@ impl ApiBackend for AgentState {
             ct_entries_any: progress.ct_entries_any,
             datapath_healthy: progress.datapath_loaded && self.datapath_error(&progress).is_none(),
             services_not_programmed: progress.not_programmed.len() as u64,
+            malformed_objects: crate::k8s::malformed_objects_total(),
+            watch_errors: crate::k8s::watch_errors_total(),
+            lost_events: crate::api::server::lost_events_total(),
+            maps: map_fill(&config, &progress),
         }
     }
 }

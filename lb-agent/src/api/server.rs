@@ -304,6 +304,13 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
     }
 }
 
+static LOST_EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Drop events `lbctl monitor` clients lost because they read too slowly, since start.
+pub fn lost_events_total() -> u64 {
+    LOST_EVENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn stream_drops(
     mut lines: Lines<BufReader<OwnedReadHalf>>,
     mut write: OwnedWriteHalf,
@@ -314,7 +321,10 @@ async fn stream_drops(
             event = drops.recv() => {
                 let response = match event {
                     Ok(record) => Response::Drop(record),
-                    Err(broadcast::error::RecvError::Lagged(count)) => Response::Lost { count },
+                    Err(broadcast::error::RecvError::Lagged(count)) => {
+                        LOST_EVENTS.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                        Response::Lost { count }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
                 write_line(&mut write, &response).await?;
