@@ -119,6 +119,17 @@ pub enum Error {
     },
 }
 
+/// The documents of a YAML stream, empty ones (`---` with nothing after) skipped. Booleans are
+/// YAML 1.2's (`true`/`false` only), as Kubernetes reads them: a Service named `n` or `on`
+/// stays a string.
+pub fn yaml_documents<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<Vec<T>, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_multiple_with_options(text, options)
+}
+
 /// Checks what can be checked of a source before the agent touches the datapath: a file
 /// source's directory exists and can be read. The kube source is checked when it connects.
 pub fn check_source(spec: &SourceSpec) -> Result<(), Error> {
