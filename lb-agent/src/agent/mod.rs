@@ -79,6 +79,14 @@ pub enum Error {
     /// The pod-device watcher could not be set up.
     #[error("cannot watch network interfaces")]
     LinkWatch(#[source] std::io::Error),
+    /// A `--pod-devices` pattern is not a valid glob.
+    #[error("--pod-devices pattern `{pattern}` is not a valid glob: {reason}")]
+    PodDevicesGlob {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The process lacks capabilities the datapath needs.
     #[error(
         "lb-agent lacks {missing}; run it as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \

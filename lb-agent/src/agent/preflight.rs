@@ -21,6 +21,14 @@ pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
     {
         return Err(Error::Capabilities { missing });
     }
+    for pattern in &config.pod_devices {
+        if let Err(err) = glob::Pattern::new(pattern) {
+            return Err(Error::PodDevicesGlob {
+                pattern: pattern.clone(),
+                reason: err.msg,
+            });
+        }
+    }
     k8s::check_source(&config.source)?;
     for iface in &config.devices {
         if devices::ifindex(iface).is_none() {
@@ -152,6 +160,22 @@ mod tests {
 
     const fn range(min: u16, max: u16) -> PortRange {
         PortRange { min, max }
+    }
+
+    #[test]
+    fn an_invalid_pod_devices_glob_is_named() {
+        let config = AgentConfig::from_args(
+            ["lb-agent", "--node-name=n1", "--pod-devices=lxc*,veth["],
+            |_| None,
+        )
+        .expect("config");
+        assert_eq!(config.pod_devices, ["lxc*", "veth["]);
+        let err = check(&config).expect_err("invalid glob");
+        assert!(
+            err.to_string()
+                .starts_with("--pod-devices pattern `veth[` is not a valid glob: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -96,18 +96,10 @@ pub fn first_ipv4(iface: &str) -> Option<std::net::Ipv4Addr> {
     found
 }
 
-/// Shell-style glob with `*` and `?`, as `--pod-devices` takes.
+/// Whether `name` matches the shell-style glob `pattern` (`*`, `?`, `[...]`), as
+/// `--pod-devices` takes; an invalid pattern (checked at start) matches nothing.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
+    glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(name))
 }
 
 /// Where the link of `hook` on `iface` is pinned.
@@ -317,5 +309,8 @@ mod tests {
         assert!(glob_match("veth?", "veth1"));
         assert!(!glob_match("veth?", "veth12"));
         assert!(glob_match("*", "anything"));
+        assert!(glob_match("[ab]*", "bond0"));
+        assert!(!glob_match("[ab]*", "cni0"));
+        assert!(!glob_match("[", "["), "an invalid pattern matches nothing");
     }
 }
