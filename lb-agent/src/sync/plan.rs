@@ -272,6 +272,45 @@ mod tests {
     }
 
     #[test]
+    fn without_stale_deletes_only_gone_frontends_and_what_nothing_kept_names() {
+        let mut ids = Ids::restore(&MapsContent::default());
+        let scenarios = scenarios::all();
+        // .10 (three backends) and .11:53 are programmed; then .10 goes and .11:53 loses its
+        // backend.
+        let current = desired_content(&scenarios[2], &mut ids).expect("ids");
+        let desired = desired_content(&scenarios[3], &mut ids).expect("ids");
+        let shrunk = without_stale(&current, &desired);
+        check_consistent(&shrunk).expect("consistent");
+        let vip_10 = u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)).to_be();
+        assert!(
+            shrunk.services.keys().all(|key| key.vip != vip_10),
+            "every entry of the gone frontend, wildcard included"
+        );
+        // .11:53 keeps its slot (and so its backend) until the full plan rewrites its master.
+        assert_eq!(
+            shrunk.services.len(),
+            current.services.len() - 3,
+            "wildcard, master and slot of .10"
+        );
+        assert_eq!(
+            shrunk.backends.len(),
+            1,
+            "the backend .11's slot still names"
+        );
+        let ops = plan(&current, &shrunk);
+        assert!(
+            ops.iter().all(|op| matches!(
+                op,
+                Op::DeleteService(..) | Op::DeleteBackend(..) | Op::DeleteRevNat(..)
+            )),
+            "deletions only: {ops:?}"
+        );
+        let mut after = shrunk.clone();
+        applied(&mut after, &plan(&shrunk, &desired));
+        assert_eq!(after, desired, "the rest of the way is an ordinary plan");
+    }
+
+    #[test]
     fn a_plan_to_nothing_removes_masters_before_slots_and_slots_before_backends() {
         let mut ids = Ids::restore(&MapsContent::default());
         let before = desired_content(&scenarios::all().remove(0), &mut ids).expect("ids");
