@@ -40,7 +40,6 @@ mod tests {
 
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use serde::Deserialize as _;
 
     use super::*;
     use crate::story::{CLUSTER_IPS, NGINX_1, NGINX_2, NGINX_VIP, SLAVE};
@@ -52,13 +51,14 @@ mod tests {
         for entry in std::fs::read_dir(dir()).expect("list lab/manifests") {
             let path = entry.expect("manifest entry").path();
             let text = std::fs::read_to_string(&path).expect("read manifest");
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let value = serde_yaml::Value::deserialize(doc).expect("parse YAML");
+            let docs: Vec<serde_json::Value> =
+                serde_saphyr::from_multiple(&text).expect("parse YAML");
+            for value in docs {
                 let kind = value["kind"].as_str().unwrap_or_default().to_owned();
                 match kind.as_str() {
-                    "Service" => services.push(serde_yaml::from_value(value).expect("Service")),
+                    "Service" => services.push(serde_json::from_value(value).expect("Service")),
                     "EndpointSlice" => {
-                        slices.push(serde_yaml::from_value(value).expect("EndpointSlice"))
+                        slices.push(serde_json::from_value(value).expect("EndpointSlice"))
                     }
                     other => panic!("{}: unexpected kind `{other}`", path.display()),
                 }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::proto::{ConfigEntry, CtRow, Request, Response, ServiceRow, StatusReply};
+use super::proto::{ConfigEntry, CtRow, LbRow, Request, Response, ServiceRow, StatusReply};
 
 /// How long a request may wait for its answer (monitor streams wait forever).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,7 +137,7 @@ impl Client {
     /// The agent's status.
     pub fn status(&mut self) -> Result<StatusReply, Error> {
         match self.call(&Request::Status)? {
-            Response::Status(status) => Ok(status),
+            Response::Status(status) => Ok(*status),
             _ => Err(Error::Unexpected { request: "status" }),
         }
     }
@@ -181,6 +181,16 @@ impl Client {
             Response::ConfigSet { outcome, .. } => Ok(outcome),
             _ => Err(Error::Unexpected {
                 request: "config set",
+            }),
+        }
+    }
+
+    /// Every entry of the services map.
+    pub fn lb_list(&mut self) -> Result<Vec<LbRow>, Error> {
+        match self.call(&Request::LbList)? {
+            Response::LbList { entries } => Ok(entries),
+            _ => Err(Error::Unexpected {
+                request: "bpf lb list",
             }),
         }
     }

@@ -37,6 +37,8 @@ pub enum Request {
     MonitorDrops,
     /// Every conntrack entry of both maps.
     CtList,
+    /// `lbctl bpf lb list`: every entry of the services map.
+    LbList,
 }
 
 /// One response line from the agent.
@@ -44,7 +46,7 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     /// Answer to [`Request::Status`].
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     /// Answer to [`Request::ServiceList`].
     ServiceList {
         /// Services, sorted by id.
@@ -67,6 +69,11 @@ pub enum Response {
         /// What was done, for the operator: applied live, persisted where (or not).
         #[serde(default)]
         outcome: String,
+    },
+    /// Answer to [`Request::LbList`].
+    LbList {
+        /// Entries, by frontend then slot.
+        entries: Vec<LbRow>,
     },
     /// Answer to [`Request::CtList`].
     CtList {
@@ -104,7 +111,7 @@ pub struct ConfigEntry {
 }
 
 /// The agent's state, for `lbctl status` and `/healthz`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
     /// The agent's version.
     pub version: String,
@@ -130,6 +137,62 @@ pub struct StatusReply {
     /// `None` when it is. Liveness fails while this is set.
     #[serde(default)]
     pub datapath_error: Option<String>,
+    /// Frontends the last sync could not program because a map was full
+    /// (`namespace/name:port (vip:port/proto)`); they keep what they had.
+    #[serde(default)]
+    pub not_programmed: Vec<String>,
+    /// The source's connectivity: `connected`, `readable`, `connecting` or `failing for Ns: …`.
+    #[serde(default)]
+    pub source_state: String,
+    /// Seconds since the last successful sync; `None` before the first.
+    #[serde(default)]
+    pub last_sync_age_seconds: Option<f64>,
+    /// Files and objects the source skipped as malformed since start.
+    #[serde(default)]
+    pub malformed_objects: u64,
+    /// Fill levels of the maps.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+    /// The programs attached, one per interface and hook.
+    #[serde(default)]
+    pub programs: Vec<AttachedProgram>,
+}
+
+/// One entry of the services map, for `lbctl bpf lb list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbRow {
+    /// `vip:port/PROTO`, or the bare VIP for a VIP's wildcard entry.
+    pub frontend: String,
+    /// 0 for the master entry, 1.. for the backend slots.
+    pub slot: u16,
+    /// The frontend's service id (the rev-NAT entry); 0 for a wildcard entry.
+    pub rev_nat: u16,
+    /// The slot's backend as `addr:port/PROTO`; `0.0.0.0:0` for a master entry.
+    pub backend: String,
+    /// The slot's backend id; 0 for a master entry.
+    pub backend_id: u32,
+    /// A master entry's kind and flags (`ClusterIP`, `Local` ...).
+    pub flags: Vec<String>,
+}
+
+/// How full one map is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// The map's name (`LB4_SERVICES`).
+    pub name: String,
+    /// Entries it holds (conntrack: at the last GC pass).
+    pub entries: u64,
+    /// Its capacity.
+    pub max_entries: u64,
+}
+
+/// One program attached to an interface (a pinned link).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedProgram {
+    /// The interface.
+    pub iface: String,
+    /// `from-netdev` or `from-pod`.
+    pub hook: String,
 }
 
 impl StatusReply {
@@ -396,6 +459,21 @@ pub struct MetricsSnapshot {
     /// The datapath is loaded and none of its pins, links or readers has gone (`/healthz`).
     #[serde(default)]
     pub datapath_healthy: bool,
+    /// Frontends the last sync could not program because a map was full.
+    #[serde(default)]
+    pub services_not_programmed: u64,
+    /// Files and objects the source skipped as malformed since start.
+    #[serde(default)]
+    pub malformed_objects: u64,
+    /// Failed watches (kube) or directory reads (file) since start.
+    #[serde(default)]
+    pub watch_errors: u64,
+    /// Drop events monitor clients lost by reading too slowly, since start.
+    #[serde(default)]
+    pub lost_events: u64,
+    /// Fill levels of the sized maps.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
 }
 
 /// One `LB_METRICS` entry.

@@ -40,10 +40,11 @@ pub const LB4_REVERSE_SK: &str = "LB4_REVERSE_SK";
 /// array of one `u64` netns cookie; 0 (not written) translates none.
 pub const LB_HOST_NETNS: &str = "LB_HOST_NETNS";
 
-/// Default capacity of `LB4_SERVICES` (frontends × (slots + 1)).
-pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
-/// Default capacity of `LB4_BACKENDS`.
-pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
+/// Default capacity of `LB4_SERVICES` (frontends × (slots + 1), plus one wildcard entry per
+/// VIP): 10k services of 5 backends take 70k entries.
+pub const SERVICES_MAX_ENTRIES: u32 = 131_072;
+/// Default capacity of `LB4_BACKENDS` (`--bpf-lb-map-max` sizes both).
+pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
 /// Default capacity of `LB4_REVNAT` (service ids are u16).
 pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
 /// Default capacity of `LB4_CT_TCP` (`bpf-ct-max-entries`). Each flow takes two entries

@@ -40,7 +40,10 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str) -> T {
     let path = deploy_dir().join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {}: {err}", path.display()))
+    let mut documents: Vec<T> = lb_agent::k8s::yaml_documents(&text)
+        .unwrap_or_else(|err| panic!("parse {}: {err}", path.display()));
+    assert_eq!(documents.len(), 1, "{} holds one document", path.display());
+    documents.remove(0)
 }
 
 impl Deploy {

@@ -237,6 +237,7 @@ impl Datapath {
             maps,
             pin_dir,
             clock,
+            ..
         } = loaded;
         let maps = Arc::new(Mutex::new(maps));
         let syncer = Syncer::new(maps.clone()).expect("read the fresh maps");

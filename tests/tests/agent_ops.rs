@@ -478,7 +478,7 @@ fn a_pin_removed_under_a_running_agent_fails_liveness_and_shows_in_status() {
     assert_eq!(status.status.code(), Some(1), "status fails: {status:?}");
     assert!(
         text.lines()
-            .any(|line| line == format!("Datapath:      failed: {expected}")),
+            .any(|line| line == format!("Datapath:            failed: {expected}")),
         "{text}"
     );
 }

@@ -18,15 +18,12 @@ const DEADLINE: Duration = Duration::from_secs(10);
 fn testdata(case: &str, file: &str) -> Vec<Value> {
     let path = format!("{}/testdata/{case}/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    serde_yaml_docs(&text)
+    yaml_docs(&text)
 }
 
 /// YAML documents as JSON values (the fake server stores JSON).
-fn serde_yaml_docs(text: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| Value::deserialize(d).expect("fixture parses"))
-        .collect()
+fn yaml_docs(text: &str) -> Vec<Value> {
+    lb_agent::k8s::yaml_documents(text).expect("fixture parses")
 }
 
 fn load(server: &FakeApiServer, case: &str) {

@@ -37,9 +37,9 @@ fn documents() -> Vec<(String, Value)> {
             .expect("file name")
             .to_string_lossy()
             .into_owned();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: Value =
-                serde::Deserialize::deserialize(doc).unwrap_or_else(|err| panic!("{name}: {err}"));
+        let docs: Vec<Value> =
+            lb_agent::k8s::yaml_documents(&text).unwrap_or_else(|err| panic!("{name}: {err}"));
+        for value in docs {
             if !value.is_null() {
                 out.push((name.clone(), value));
             }

@@ -184,6 +184,7 @@ impl Agent {
                 pod_devices: vec!["lxc1".into(), "lxc2".into()],
                 last_sync_error: None,
                 datapath_error: None,
+                ..StatusReply::default()
             }),
             config: Mutex::new(config),
             drops: DropFanout::default(),
@@ -338,8 +339,8 @@ fn service_list_prints_ciliums_table_sorted_by_id() {
         concat!(
             "ID   Frontend              Service Type   Backend\n",
             "1    10.96.229.67:80/TCP   ClusterIP      1 => 10.112.1.194:80/TCP (active)\n",
-            "3    10.96.0.10:53/UDP     ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
-            "                                          2 => 10.244.2.17:53/UDP (terminating)\n",
+            "3    10.96.0.10:53/UDP     ClusterIP      4 => 10.244.1.42:53/UDP (active)\n",
+            "                                          7 => 10.244.2.17:53/UDP (terminating)\n",
         )
     );
     assert_eq!(stderr(&output), "");
@@ -366,8 +367,8 @@ fn service_get_prints_one_service_and_fails_for_an_unknown_id() {
         stdout(&output),
         concat!(
             "ID   Frontend            Service Type   Backend\n",
-            "3    10.96.0.10:53/UDP   ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
-            "                                        2 => 10.244.2.17:53/UDP (terminating)\n",
+            "3    10.96.0.10:53/UDP   ClusterIP      4 => 10.244.1.42:53/UDP (active)\n",
+            "                                        7 => 10.244.2.17:53/UDP (terminating)\n",
         )
     );
     let output = agent.lbctl(&["service", "get", "1", "-o", "json"]);
@@ -422,7 +423,7 @@ fn config_view_lists_every_option_sorted() {
         ("bpf-ct-timeout-service-tcp", "21600"),
         ("bpf-ct-timeout-service-tcp-grace", "60"),
         ("bpf-lb-external-clusterip", "false"),
-        ("bpf-lb-map-max", "65536"),
+        ("bpf-lb-map-max", "131072"),
         ("bpf-lb-sock", "false"),
         ("bpf-root", "/sys/fs/bpf/lb"),
         ("cgroup-root", "/sys/fs/cgroup"),
@@ -531,17 +532,24 @@ fn status_exits_0_when_ready_and_1_with_a_reason_when_not() {
     assert_eq!(
         stdout(&output),
         concat!(
-            "Version:       0.1.0\n",
-            "Node:          node-1\n",
-            "Source:        kube\n",
-            "Datapath:      loaded\n",
-            "Sync:          ok\n",
-            "Services:      2\n",
-            "Backends:      3\n",
-            "Devices:       eth0\n",
-            "Pod devices:   lxc1, lxc2\n",
+            "Version:             0.1.0\n",
+            "Node:                node-1\n",
+            "Source:              kube\n",
+            "Datapath:            loaded\n",
+            "Sync:                ok\n",
+            "Last sync:           never\n",
+            "Services:            2\n",
+            "Backends:            3\n",
+            "Malformed objects:   0\n",
+            "Devices:             eth0\n",
+            "Pod devices:         lxc1, lxc2\n",
         )
     );
+    let output = agent.lbctl(&["status", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(0));
+    let json: StatusReply = serde_json::from_str(&stdout(&output)).expect("status -o json");
+    assert_eq!(json.node_name, "node-1");
+    assert_eq!(json.pod_devices, ["lxc1", "lxc2"]);
 
     {
         let mut status = agent
@@ -555,8 +563,9 @@ fn status_exits_0_when_ready_and_1_with_a_reason_when_not() {
     let output = agent.lbctl(&["status"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stdout(&output)
-            .contains("\nSync:          failed: map `LB4_SERVICES` is full (65536 entries)\n"),
+        stdout(&output).contains(
+            "\nSync:                failed: map `LB4_SERVICES` is full (65536 entries)\n"
+        ),
         "{}",
         stdout(&output)
     );

@@ -62,6 +62,8 @@ struct OneNode {
     run_dir: PathBuf,
     bpf_root: PathBuf,
     agent: Option<Process>,
+    /// Appended to the agent's arguments.
+    extra_args: Vec<String>,
     servers: Vec<Process>,
     pods: BTreeMap<&'static str, Netns>,
     node: Netns,
@@ -99,6 +101,7 @@ impl OneNode {
             run_dir,
             bpf_root,
             agent: None,
+            extra_args: Vec::new(),
             servers: Vec::new(),
             pods: BTreeMap::new(),
             node,
@@ -183,7 +186,9 @@ impl OneNode {
             "--socket".into(),
             self.socket().display().to_string(),
         ]
-        .into()
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     /// Starts lb-agent (its log appended to `agent.log`) and waits for `lbctl status` to pass.
@@ -557,11 +562,16 @@ fn uninstall_removes_every_link_program_and_pin_and_leaves_the_node_as_it_was() 
 /// `lb-agent ARGS` run to its exit in the node namespace (killed, and the test failed, if it
 /// outlives the deadline): its exit status and its output.
 fn run_agent_to_exit(node: &OneNode, name: &str, args: &[String]) -> (ExitStatus, String) {
+    run_to_exit(node, name, &node.bins.agent.to_string_lossy(), args)
+}
+
+/// Runs `program args` in the node's namespace until it exits: its status and output.
+fn run_to_exit(node: &OneNode, name: &str, program: &str, args: &[String]) -> (ExitStatus, String) {
     let log = node.run_dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("create log");
     let mut child = node
         .node
-        .command(&node.bins.agent.to_string_lossy())
+        .command(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log"))
@@ -777,4 +787,262 @@ fn failed_starts_name_the_missing_source_or_device_and_leave_nothing_behind() {
             assert!(!node.socket().exists(), "{name}: no socket left");
         }
     }
+}
+
+/// `max_entries` of the map `name` pinned under the node's bpf root.
+fn pinned_max_entries(node: &OneNode, name: &str) -> u32 {
+    let pin = node.bpf_root.join(lb_common::maps::PIN_VERSION).join(name);
+    aya::maps::MapInfo::from_pin(&pin)
+        .unwrap_or_else(|err| panic!("open {}: {err}", pin.display()))
+        .max_entries()
+}
+
+#[test]
+fn a_map_size_change_at_restart_resizes_the_pinned_maps_and_keeps_every_connection() {
+    use lb_common::maps::{LB4_BACKENDS, LB4_CT_ANY, LB4_CT_TCP, LB4_SERVICES};
+    let sizes = |lb: u32, ct: u32| -> Vec<String> {
+        [
+            "--bpf-lb-map-max",
+            &lb.to_string(),
+            "--bpf-ct-max-entries",
+            &ct.to_string(),
+            "--bpf-ct-global-any-max",
+            &ct.to_string(),
+        ]
+        .map(str::to_owned)
+        .into()
+    };
+    let mut node = OneNode::up("lbz-", &["be1", "be2"]);
+    node.extra_args = sizes(2048, 4096);
+    node.start_agent();
+    let ids = node.ids();
+    let maps = [LB4_SERVICES, LB4_BACKENDS, LB4_CT_TCP, LB4_CT_ANY];
+    let max_entries = |node: &OneNode| maps.map(|map| pinned_max_entries(node, map));
+    assert_eq!(max_entries(&node), [2048, 2048, 4096, 4096]);
+
+    let client = Client::start(
+        &node.pods["client"],
+        SocketAddrV4::new(VIP, PORT),
+        KEPT_CONNECTIONS,
+    );
+    client.wait_progress(
+        "traffic through the ClusterIP",
+        20,
+        2 * KEPT_CONNECTIONS as u64,
+        DEADLINE,
+    );
+    node.stop_agent();
+    node.extra_args = sizes(8192, 16_384);
+    node.start_agent();
+    assert_eq!(max_entries(&node), [8192, 8192, 16_384, 16_384], "resized");
+    assert_eq!(node.ids(), ids, "the same ids: the entries were copied");
+    let tree = bpf_tree(&node);
+    assert!(
+        !tree.iter().any(|pin| pin.contains("resizing")),
+        "the old maps are unpinned: {tree:?}"
+    );
+    // The kept connections' conntrack entries moved with them: each still reaches its pod.
+    client.wait_progress(
+        "traffic after the resize",
+        20,
+        2 * KEPT_CONNECTIONS as u64,
+        DEADLINE,
+    );
+    client.assert_no_failures("resize");
+    let seen = client.stop();
+    eprintln!(
+        "resize: {} new connections and {} exchanges on {KEPT_CONNECTIONS} kept connections, \
+         none failed",
+        seen.new_ok, seen.kept_ok
+    );
+}
+
+#[test]
+fn an_agent_without_its_capabilities_names_them_and_changes_nothing() {
+    let node = OneNode::up("lbc-", &["be1"]);
+    let tree = bpf_tree(&node);
+    // Root, but with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN out of the bounding set: what a
+    // container whose securityContext forgot them gets.
+    let mut args: Vec<String> = ["--bounding-set=-bpf,-perfmon,-sys_admin", "--"]
+        .map(str::to_owned)
+        .into();
+    args.push(node.bins.agent.display().to_string());
+    args.extend(node.agent_args());
+    let (status, output) = run_to_exit(&node, "no-caps", "setpriv", &args);
+    assert!(
+        !status.success() && output.contains("lb-agent lacks CAP_BPF, CAP_PERFMON; run it as root"),
+        "fails naming the capabilities: {status}\n{output}"
+    );
+    assert_eq!(output.matches("lacks").count(), 1, "said once: {output}");
+    assert_eq!(bpf_tree(&node), tree, "nothing pinned or created");
+    assert!(!node.socket().exists(), "no socket left");
+}
+
+#[test]
+fn a_deleted_pod_interface_takes_its_link_pin_with_it() {
+    let mut node = OneNode::up("lbp-", &["be1", "be2"]);
+    node.start_agent();
+    let pin = node
+        .bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join("links")
+        .join("from-pod-lxcbe3");
+    assert!(
+        pin.exists(),
+        "from-pod pinned on lxcbe3: {:?}",
+        bpf_tree(&node)
+    );
+    ok(
+        node.node.run("ip", &["link", "del", "lxcbe3"]),
+        "delete lxcbe3",
+    );
+    ok(
+        wait_until("the pin of lxcbe3 to go", DEADLINE, || {
+            Ok((!pin.exists()).then_some(()))
+        }),
+        "pin pruned",
+    );
+    let status = lbctl(&node, &["status"]);
+    assert!(
+        status.contains("lxcbe1") && !status.contains("lxcbe3"),
+        "status lists the pod devices left: {status}"
+    );
+    // The other pods' links stay, and traffic still flows through them.
+    let answered = in_netns(&node.pods["client"], || get_once(VIP)).expect("ClusterIP answers");
+    assert!(BACKENDS[..2].iter().any(|(_, ip)| *ip == answered));
+    node.agent
+        .as_mut()
+        .expect("agent")
+        .check_running()
+        .expect("the agent still runs");
+}
+
+#[test]
+fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_programs() {
+    let mut node = OneNode::up("lbs-", &["be1", "be2"]);
+    node.start_agent();
+    let status_json = |node: &OneNode| -> serde_json::Value {
+        serde_json::from_str(&lbctl(node, &["status", "-o", "json"])).expect("status -o json")
+    };
+    let status = status_json(&node);
+    assert_eq!(status["source_state"], "readable", "{status}");
+    assert!(
+        status["last_sync_age_seconds"]
+            .as_f64()
+            .is_some_and(|age| age < 60.0),
+        "{status}"
+    );
+    // The Service: its wildcard, master and two slots; two backends; one rev-NAT entry.
+    let fill = |status: &serde_json::Value, map: &str| {
+        status["maps"]
+            .as_array()
+            .expect("maps")
+            .iter()
+            .find(|fill| fill["name"] == map)
+            .map(|fill| {
+                (
+                    fill["entries"].as_u64().expect("n"),
+                    fill["max_entries"].as_u64().expect("n"),
+                )
+            })
+    };
+    assert_eq!(
+        fill(&status, "LB4_SERVICES"),
+        Some((4, 131_072)),
+        "{status}"
+    );
+    assert_eq!(
+        fill(&status, "LB4_BACKENDS"),
+        Some((2, 131_072)),
+        "{status}"
+    );
+    assert_eq!(fill(&status, "LB4_REVNAT"), Some((1, 65_536)), "{status}");
+    let programs: Vec<String> = status["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["iface"].as_str().expect("iface"),
+                p["hook"].as_str().expect("hook")
+            )
+        })
+        .collect();
+    assert_eq!(
+        programs,
+        [
+            "eth0 from-netdev",
+            "lxcbe1 from-pod",
+            "lxcbe2 from-pod",
+            "lxcbe3 from-pod",
+            "lxcclient from-pod"
+        ]
+    );
+    assert_eq!(status["malformed_objects"], 0);
+
+    std::fs::write(
+        node.run_dir.join("manifests").join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: [not, a, map]\n",
+    )
+    .expect("write a malformed file");
+    let status = ok(
+        wait_until("the malformed file to be counted", DEADLINE, || {
+            let status = status_json(&node);
+            Ok((status["malformed_objects"].as_u64() >= Some(1)).then_some(status))
+        }),
+        "malformed object counted",
+    );
+    assert_eq!(
+        status["synced"], true,
+        "the rest stays programmed: {status}"
+    );
+    let text = lbctl(&node, &["status"]);
+    for line in [
+        "Source:              file:",
+        "(readable)",
+        "Last sync:",
+        " ago\n",
+        "Maps:                LB4_SERVICES 4/131072 (0.0%)",
+        "Programs:            eth0 from-netdev\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|line| line.ends_with(' ')),
+        "no trailing spaces:\n{text}"
+    );
+
+    // `bpf lb list`: the wildcard entry, the master and a slot per backend, from the kernel map.
+    let entries: serde_json::Value =
+        serde_json::from_str(&lbctl(&node, &["bpf", "lb", "list", "-o", "json"])).expect("JSON");
+    let rows: Vec<String> = entries
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|row| {
+            format!(
+                "{} slot={} rev_nat={} {}",
+                row["frontend"].as_str().expect("frontend"),
+                row["slot"],
+                row["rev_nat"],
+                row["backend"].as_str().expect("backend")
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "10.96.100.10 slot=0 rev_nat=0 0.0.0.0:0",
+            "10.96.100.10:80/TCP slot=0 rev_nat=1 0.0.0.0:0",
+            "10.96.100.10:80/TCP slot=1 rev_nat=1 10.200.0.21:80/TCP",
+            "10.96.100.10:80/TCP slot=2 rev_nat=1 10.200.0.22:80/TCP",
+        ]
+    );
+    let text = lbctl(&node, &["bpf", "lb", "list"]);
+    assert!(
+        text.starts_with("SERVICE ADDRESS       BACKEND ADDRESS (REVNAT_ID) (SLOT)\n")
+            && text.contains("10.96.100.10:80/TCP   0.0.0.0:0 (1) (0) [ClusterIP]\n"),
+        "{text}"
+    );
 }

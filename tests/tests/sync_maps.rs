@@ -35,15 +35,18 @@ impl Drop for BpfRoot {
     }
 }
 
-fn load(root: &BpfRoot, lb_map_max: u32) -> Arc<Mutex<datapath::maps::AyaMaps>> {
-    let options = LoadOptions {
+fn options(root: &BpfRoot, lb_map_max: u32) -> LoadOptions {
+    LoadOptions {
         bpf_root: root.0.clone(),
         ct_max_entries: 1024,
         ct_any_max_entries: 1024,
         lb_map_max,
         config: DatapathConfig::default(),
-    };
-    let Datapath { maps, .. } = Datapath::load(&options).expect("load lb-ebpf");
+    }
+}
+
+fn load(root: &BpfRoot, lb_map_max: u32) -> Arc<Mutex<datapath::maps::AyaMaps>> {
+    let Datapath { maps, .. } = Datapath::load(&options(root, lb_map_max)).expect("load lb-ebpf");
     Arc::new(Mutex::new(maps))
 }
 
@@ -116,7 +119,7 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
 }
 
 #[test]
-fn a_full_map_is_a_clear_error_and_the_last_good_state_stays_programmed() {
+fn a_service_that_does_not_fit_is_reported_and_the_last_good_state_stays_programmed() {
     let root = BpfRoot::new("full");
     // Room for one frontend with two backends (master, wildcard, 2 slots), not for a second.
     let maps = load(&root, 4);
@@ -128,41 +131,111 @@ fn a_full_map_is_a_clear_error_and_the_last_good_state_stays_programmed() {
     let good = rendered(&maps);
 
     let second = service("10.96.0.11:80/TCP", &["10.244.2.5:8080"]);
-    let err = syncer
+    let stats = syncer
         .sync(&[first.clone(), second])
-        .expect_err("the services map is full");
-    let message = format!("{:#}", anyhow::Error::from(err));
-    assert!(
-        message.contains("LB4_SERVICES") && message.contains("bpf-lb-map-max"),
-        "{message}"
+        .expect("a full map is not a failed pass");
+    assert_eq!(
+        stats.not_programmed,
+        ["test/svc-10.96.0.11-80:80 (10.96.0.11:80/TCP)"]
     );
+    assert_eq!(stats.full_map, Some(("LB4_SERVICES", "bpf-lb-map-max")));
+    assert_eq!(stats.services, 1);
 
     let content = maps.lock().expect("maps lock").read().expect("read maps");
-    plan::check_consistent(&content).expect("no slot points nowhere after the failure");
-    for line in good.lines() {
-        assert!(
-            rendered(&maps).contains(line),
-            "the first service is still programmed: {line}"
-        );
-    }
-    // Once the excess goes away, the next pass converges back to exactly the good state.
-    syncer
-        .sync(std::slice::from_ref(&first))
-        .expect("sync after the failure");
-    // The second frontend's rev-NAT entry was written before the failure: its id is retired
-    // and the entry kept until the conntrack GC finds no flow naming it.
+    plan::check_consistent(&content).expect("no slot points nowhere");
     assert_eq!(
         rendered(&maps),
-        good.replace(
-            "REV 1 10.96.0.10:80\n",
-            "REV 1 10.96.0.10:80\nREV 2 10.96.0.11:80\n"
-        ),
-        "the good state, and the retired rev-NAT entry"
+        good,
+        "exactly the first service: what the second wrote before the map filled is gone"
     );
-    syncer
-        .release_unreferenced(Instant::now(), &HashSet::new(), &HashSet::new())
-        .expect("release");
+    // Once the excess goes away, the next pass converges to the same state.
+    let stats = syncer
+        .sync(std::slice::from_ref(&first))
+        .expect("sync after the failure");
+    assert!(stats.not_programmed.is_empty());
     assert_eq!(rendered(&maps), good);
+}
+
+/// Near capacity, one growing service must not block the others: deletions run first, the
+/// frontend that does not fit is skipped (and named), every other change is programmed.
+#[test]
+fn a_full_map_programs_every_service_that_fits_and_names_the_one_that_does_not() {
+    let root = BpfRoot::new("fill");
+    let maps = load(&root, 10);
+    let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+    let a1 = service("10.96.0.10:80/TCP", &["10.244.1.1:80"]);
+    let b1 = service("10.96.0.11:80/TCP", &["10.244.2.1:80"]);
+    let d = service("10.96.0.13:80/TCP", &["10.244.4.1:80"]);
+    syncer
+        .sync(&[a1.clone(), b1, d])
+        .expect("three services of 3 entries fit in 10");
+
+    // A grows by three slots, B moves to another pod, D goes and C comes: 12 entries wanted.
+    let a4 = service(
+        "10.96.0.10:80/TCP",
+        &[
+            "10.244.1.1:80",
+            "10.244.1.2:80",
+            "10.244.1.3:80",
+            "10.244.1.4:80",
+        ],
+    );
+    let b2 = service("10.96.0.11:80/TCP", &["10.244.2.2:80"]);
+    let c = service("10.96.0.12:80/TCP", &["10.244.3.1:80"]);
+    let stats = syncer
+        .sync(&[a4.clone(), b2.clone(), c.clone()])
+        .expect("a full map is not a failed pass");
+    assert_eq!(
+        stats.not_programmed,
+        ["test/svc-10.96.0.12-80:80 (10.96.0.12:80/TCP)"]
+    );
+    let content = maps.lock().expect("maps lock").read().expect("read maps");
+    plan::check_consistent(&content).expect("no slot points nowhere");
+    let served: Vec<(String, Vec<String>)> = dump::services(&content)
+        .into_iter()
+        .map(|view| {
+            let backends = view.backends.into_iter().map(|b| b.address).collect();
+            (view.frontend, backends)
+        })
+        .collect();
+    assert_eq!(
+        served,
+        [
+            (
+                "10.96.0.10:80/TCP".to_owned(),
+                [
+                    "10.244.1.1:80/TCP",
+                    "10.244.1.2:80/TCP",
+                    "10.244.1.3:80/TCP",
+                    "10.244.1.4:80/TCP"
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            ),
+            (
+                "10.96.0.11:80/TCP".to_owned(),
+                vec!["10.244.2.2:80/TCP".to_owned()]
+            ),
+        ],
+        "A grown, B moved, D gone; C left out"
+    );
+
+    // Room comes back (A shrinks): the retry programs C.
+    let stats = syncer.sync(&[a1, b2, c]).expect("sync");
+    assert!(stats.not_programmed.is_empty(), "{stats:?}");
+    let content = maps.lock().expect("maps lock").read().expect("read maps");
+    let frontends: Vec<String> = dump::services(&content)
+        .into_iter()
+        .map(|view| view.frontend)
+        .collect();
+    assert_eq!(
+        frontends,
+        [
+            "10.96.0.10:80/TCP",
+            "10.96.0.11:80/TCP",
+            "10.96.0.12:80/TCP"
+        ]
+    );
 }
 
 /// The datapath's side of a retired service id: after a port change (80 → 8080) a reply of
@@ -294,4 +367,81 @@ fn source_ranges_round_trip_through_the_lpm_trie_and_a_restarted_syncer_rewrites
     restarted.sync(&[]).expect("service deleted");
     let left = rendered(&maps);
     assert!(!left.contains("SRC") && !left.contains("SVC"), "{left}");
+}
+
+/// `--bpf-lb-map-max` changed between two starts: the pinned maps are replaced by maps of the
+/// new size holding the same entries; a size below what a map holds is refused and changes
+/// nothing.
+#[test]
+fn a_new_map_size_replaces_the_pinned_maps_keeping_their_entries_and_a_shrink_below_them_is_refused()
+ {
+    use lb_common::maps::{LB4_BACKENDS, LB4_SERVICES, PIN_VERSION};
+    let root = BpfRoot::new("resize");
+    let maps = load(&root, 8);
+    let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+    syncer
+        .sync(&[service(
+            "10.96.0.10:80/TCP",
+            &["10.244.1.5:8080", "10.244.1.6:8080"],
+        )])
+        .expect("sync");
+    let before = rendered(&maps);
+    drop((syncer, maps));
+    let pin_dir = root.0.join(PIN_VERSION);
+    let size = |map: &str| {
+        aya::maps::MapInfo::from_pin(pin_dir.join(map))
+            .expect("pinned map")
+            .max_entries()
+    };
+    let pins = || {
+        let mut names: Vec<String> = std::fs::read_dir(&pin_dir)
+            .expect("pin dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let pins_before = pins();
+
+    // Master, wildcard and two slots: 4 entries do not fit in 3.
+    let Err(err) = Datapath::load(&options(&root, 3)) else {
+        panic!("a services map of 3 cannot take 4 entries");
+    };
+    let message = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        message.contains("map `LB4_SERVICES` holds 4 entries, more than --bpf-lb-map-max 3"),
+        "{message}"
+    );
+    assert_eq!((size(LB4_SERVICES), size(LB4_BACKENDS)), (8, 8));
+    assert_eq!(pins(), pins_before, "nothing moved");
+
+    let datapath = Datapath::load(&options(&root, 64)).expect("load with a larger size");
+    assert_eq!((size(LB4_SERVICES), size(LB4_BACKENDS)), (64, 64));
+    assert_eq!(
+        dump::render(&datapath.maps.read().expect("read maps")),
+        before,
+        "the same entries"
+    );
+    assert!(
+        pin_dir.join("resizing").join(LB4_SERVICES).exists(),
+        "the old maps stay aside until the programs are swapped: {:?}",
+        pins()
+    );
+    datapath.resize.finish().expect("finish the resize");
+    assert_eq!(pins(), pins_before, "the old maps unpinned");
+    drop(datapath.maps);
+
+    // The same size again: nothing to do.
+    let datapath = Datapath::load(&options(&root, 64)).expect("load with the same size");
+    assert!(datapath.resize.is_empty());
+    assert_eq!(
+        dump::render(&datapath.maps.read().expect("read maps")),
+        before
+    );
 }

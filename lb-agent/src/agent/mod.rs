@@ -79,6 +79,23 @@ pub enum Error {
     /// The pod-device watcher could not be set up.
     #[error("cannot watch network interfaces")]
     LinkWatch(#[source] std::io::Error),
+    /// A `--pod-devices` pattern is not a valid glob.
+    #[error("--pod-devices pattern `{pattern}` is not a valid glob: {reason}")]
+    PodDevicesGlob {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The process lacks capabilities the datapath needs.
+    #[error(
+        "lb-agent lacks {missing}; run it as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+         (the DaemonSet's securityContext does)"
+    )]
+    Capabilities {
+        /// The capabilities missing.
+        missing: String,
+    },
     /// No node address for SNAT.
     #[error("interface `{iface}` has no IPv4 address to SNAT to; set --node-ip")]
     NoNodeIp {
@@ -197,6 +214,8 @@ struct Loaded {
     clock: datapath::conntrack::Clock,
     /// A second handle on the clock, for `lbctl bpf ct list`.
     list_clock: datapath::conntrack::Clock,
+    /// Maps whose capacity changed, finished once every link runs this agent's programs.
+    resize: datapath::resize::Pending,
 }
 
 /// Loads the datapath (adopting pinned maps and links), attaches it to `--devices` and
@@ -214,6 +233,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         maps,
         pin_dir,
         clock,
+        resize,
     } = Datapath::load(&options)?;
     // Pins of an lb with another map layout: this agent cannot use them (their maps, and the
     // flows in their conntrack, are not read), so say so; `--uninstall` removes them.
@@ -250,6 +270,7 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         link_watcher,
         clock,
         list_clock,
+        resize,
     })
 }
 
@@ -315,6 +336,7 @@ async fn serve(
         link_watcher,
         clock,
         list_clock,
+        resize,
     } = loaded;
     devices::prune_stale_links(&pin_dir);
     tracing::info!(devices = ?config.devices, bpf_root = %config.bpf_root.display(), "datapath loaded");
@@ -328,11 +350,17 @@ async fn serve(
         fanout.clone(),
     ));
     state.set_devices(config.devices.clone());
-    state.set_watched_pins(watched_pins(&pin_dir, &config.devices));
 
     let mut tasks = Tasks::default();
     let ebpf = Arc::new(Mutex::new(ebpf));
     pods::attach_matching(&ebpf, &pin_dir, &config.pod_devices, &state);
+    // Every link now runs this agent's programs: the old maps of a resize get no more writes.
+    if !resize.is_empty()
+        && let Err(err) = resize.finish()
+    {
+        tracing::warn!(error = %error_chain(&err), "cannot finish resizing the maps; the next start resumes");
+    }
+    state.set_watched_pins(watched_pins(&pin_dir, &config.devices));
     tasks.spawn(
         "pod-device watcher",
         pods::watch(
@@ -494,6 +522,7 @@ fn watched_pins(pin_dir: &std::path::Path, devices: &[String]) -> Vec<std::path:
         .flatten()
         .flatten()
         .map(|entry| entry.path())
+        // Not the directory of maps an unfinished resize left aside.
         .filter(|path| path.is_file())
         .collect();
     pins.sort();

@@ -1,8 +1,8 @@
 //! What the agent checks before it takes the lock or touches the datapath, so that a mistyped
-//! option fails with its own name and leaves the node as it was: the source is reachable,
-//! every `--devices` interface exists, the bpf root is on bpffs (and `--cgroup-root` on cgroup
-//! v2 with `--bpf-lb-sock`), and there is a node address
-//! to SNAT to. It also warns when the SNAT port range shares ports with the host's
+//! option fails with its own name and leaves the node as it was: the process has the
+//! capabilities it needs, the source is reachable, every `--devices` interface exists, the bpf
+//! root is on bpffs (and `--cgroup-root` on cgroup v2 with `--bpf-lb-sock`), and there is a
+//! node address to SNAT to. It also warns when the SNAT port range shares ports with the host's
 //! unreserved ephemeral ports.
 use std::net::Ipv4Addr;
 
@@ -15,6 +15,21 @@ use crate::{
 
 /// Checks `config` against the node; returns the node address SNAT uses.
 pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
+    if let Some(missing) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| effective_capabilities(&status))
+        .and_then(missing_capabilities)
+    {
+        return Err(Error::Capabilities { missing });
+    }
+    for pattern in &config.pod_devices {
+        if let Err(err) = glob::Pattern::new(pattern) {
+            return Err(Error::PodDevicesGlob {
+                pattern: pattern.clone(),
+                reason: err.msg,
+            });
+        }
+    }
     k8s::check_source(&config.source)?;
     for iface in &config.devices {
         if devices::ifindex(iface).is_none() {
@@ -43,6 +58,41 @@ pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
         }
         (None, None) => Ok(None),
     }
+}
+
+/// Capability numbers, from linux/capability.h.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The `CapEff` mask of `/proc/<pid>/status`.
+fn effective_capabilities(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// What the agent needs and `effective` lacks, as capability names; `None` when nothing.
+/// Loading and reading maps and programs needs CAP_BPF and CAP_PERFMON (pointer arithmetic in
+/// the programs, Linux 5.8+) or, before those existed, CAP_SYS_ADMIN; attaching to interfaces
+/// and the netlink watch need CAP_NET_ADMIN.
+fn missing_capabilities(effective: u64) -> Option<String> {
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
+            if !has(cap) {
+                missing.push(name);
+            }
+        }
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
 }
 
 const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
@@ -114,6 +164,50 @@ mod tests {
 
     const fn range(min: u16, max: u16) -> PortRange {
         PortRange { min, max }
+    }
+
+    #[test]
+    fn an_invalid_pod_devices_glob_is_named() {
+        let config = AgentConfig::from_args(
+            ["lb-agent", "--node-name=n1", "--pod-devices=lxc*,veth["],
+            |_| None,
+        )
+        .expect("config");
+        assert_eq!(config.pod_devices, ["lxc*", "veth["]);
+        let err = check(&config).expect_err("invalid glob");
+        assert!(
+            err.to_string()
+                .starts_with("--pod-devices pattern `veth[` is not a valid glob: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn capabilities_are_read_from_capeff_and_sys_admin_stands_for_bpf_and_perfmon() {
+        let status = "Name:\tlb-agent\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let all = effective_capabilities(status).expect("CapEff");
+        assert_eq!(missing_capabilities(all), None);
+        let without = |caps: &[u32]| caps.iter().fold(all, |mask, cap| mask & !(1 << cap));
+        assert_eq!(
+            missing_capabilities(without(&[CAP_BPF, CAP_PERFMON])),
+            None,
+            "CAP_SYS_ADMIN covers both"
+        );
+        assert_eq!(
+            missing_capabilities(without(&[CAP_BPF, CAP_SYS_ADMIN])).as_deref(),
+            Some("CAP_BPF")
+        );
+        assert_eq!(
+            missing_capabilities(without(&[
+                CAP_BPF,
+                CAP_PERFMON,
+                CAP_SYS_ADMIN,
+                CAP_NET_ADMIN
+            ]))
+            .as_deref(),
+            Some("CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN")
+        );
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
     }
 
     #[test]

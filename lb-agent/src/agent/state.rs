@@ -14,7 +14,8 @@ use crate::{
     api::proto::ConfigEntry,
     api::{
         proto::{
-            BackendRow, CtRow, DropCount, DropEventRecord, MetricsSnapshot, ServiceRow, StatusReply,
+            AttachedProgram, BackendRow, CtRow, DropCount, DropEventRecord, LbRow, MapFill,
+            MetricsSnapshot, ServiceRow, StatusReply,
         },
         server::{ApiBackend, BoxError},
     },
@@ -41,9 +42,14 @@ struct Progress {
     devices: Vec<String>,
     pod_devices: Vec<String>,
     last_sync_error: Option<String>,
+    not_programmed: Vec<String>,
     syncs: u64,
     sync_errors: u64,
     last_sync_seconds: f64,
+    /// When the last successful pass ended.
+    last_sync_at: Option<std::time::Instant>,
+    /// Entries of the services, backends and rev-NAT maps after it.
+    map_entries: [usize; 3],
     sync_seconds_sum: f64,
     ct_gc_deleted: u64,
     ct_entries_tcp: u64,
@@ -165,8 +171,11 @@ impl AgentState {
                 progress.services = stats.services as u64;
                 progress.backends = stats.backends as u64;
                 progress.last_sync_error = None;
+                progress.not_programmed = stats.not_programmed;
                 progress.syncs += 1;
                 progress.last_sync_seconds = stats.duration.as_secs_f64();
+                progress.last_sync_at = Some(std::time::Instant::now());
+                progress.map_entries = stats.map_entries;
                 progress.sync_seconds_sum += stats.duration.as_secs_f64();
             }
             Err(message) => {
@@ -192,6 +201,35 @@ impl AgentState {
     }
 }
 
+/// The fill level of each map an option or a constant sizes: the sync's maps as of the last
+/// pass, conntrack as of the last GC pass.
+fn map_fill(config: &AgentConfig, progress: &Progress) -> Vec<MapFill> {
+    use lb_common::maps as names;
+    let [services, backends, revnat] = progress.map_entries;
+    [
+        (names::LB4_SERVICES, services as u64, config.lb_map_max),
+        (names::LB4_BACKENDS, backends as u64, config.lb_map_max),
+        (names::LB4_REVNAT, revnat as u64, names::REVNAT_MAX_ENTRIES),
+        (
+            names::LB4_CT_TCP,
+            progress.ct_entries_tcp,
+            config.ct_max_entries,
+        ),
+        (
+            names::LB4_CT_ANY,
+            progress.ct_entries_any,
+            config.ct_any_max_entries,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, entries, max_entries)| MapFill {
+        name: name.to_owned(),
+        entries,
+        max_entries: u64::from(max_entries),
+    })
+    .collect()
+}
+
 impl ApiBackend for AgentState {
     fn status(&self) -> StatusReply {
         let config = lock(&self.config);
@@ -207,6 +245,21 @@ impl ApiBackend for AgentState {
             devices: progress.devices.clone(),
             pod_devices: progress.pod_devices.clone(),
             last_sync_error: progress.last_sync_error.clone(),
+            not_programmed: progress.not_programmed.clone(),
+            source_state: crate::k8s::source_connectivity(&config.source),
+            last_sync_age_seconds: progress.last_sync_at.map(|at| at.elapsed().as_secs_f64()),
+            malformed_objects: crate::k8s::malformed_objects_total(),
+            maps: map_fill(&config, &progress),
+            programs: lock(&self.conntrack)
+                .as_ref()
+                .map(|(_, pin_dir)| crate::datapath::devices::pinned_links(pin_dir))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(hook, iface)| AttachedProgram {
+                    iface,
+                    hook: hook.to_owned(),
+                })
+                .collect(),
             datapath_error: if progress.datapath_loaded {
                 self.datapath_error(&progress)
             } else {
@@ -243,6 +296,21 @@ impl ApiBackend for AgentState {
                     .collect(),
             })
             .collect()
+    }
+
+    fn lb_entries(&self) -> Result<Vec<LbRow>, String> {
+        let content = lock(&self.maps).read().map_err(|err| error_chain(&err))?;
+        Ok(dump::lb_entries(&content)
+            .into_iter()
+            .map(|view| LbRow {
+                frontend: view.frontend,
+                slot: view.slot,
+                rev_nat: view.rev_nat.0,
+                backend: view.backend,
+                backend_id: view.backend_id.0,
+                flags: view.flags.iter().map(|f| (*f).to_owned()).collect(),
+            })
+            .collect())
     }
 
     fn config_view(&self) -> Vec<ConfigEntry> {
@@ -296,6 +364,8 @@ impl ApiBackend for AgentState {
                 Vec::new()
             }
         };
+        // The config before the progress, as `status` takes them.
+        let config = lock(&self.config);
         let progress = lock(&self.progress);
         MetricsSnapshot {
             drops,
@@ -309,6 +379,11 @@ impl ApiBackend for AgentState {
             ct_entries_tcp: progress.ct_entries_tcp,
             ct_entries_any: progress.ct_entries_any,
             datapath_healthy: progress.datapath_loaded && self.datapath_error(&progress).is_none(),
+            services_not_programmed: progress.not_programmed.len() as u64,
+            malformed_objects: crate::k8s::malformed_objects_total(),
+            watch_errors: crate::k8s::watch_errors_total(),
+            lost_events: crate::api::server::lost_events_total(),
+            maps: map_fill(&config, &progress),
         }
     }
 }

@@ -8,7 +8,6 @@
 //! [`ApiBackend::status`].
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +17,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use lb_api::drop::{hook_text, reason_text};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::proto::MetricsSnapshot;
 use super::server::ApiBackend;
 
 /// Errors setting up the HTTP endpoint.
@@ -149,8 +146,8 @@ fn route(method: &Method, path: &str, backend: &dyn ApiBackend) -> Response<Full
     let (status, content_type, body) = match (method, path) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render_metrics(&backend.metrics()),
+            super::metrics::CONTENT_TYPE,
+            super::metrics::render(&backend.metrics()),
         ),
         (&Method::GET, "/healthz" | "/livez") => match backend.status().not_live_reason() {
             None => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -188,205 +185,11 @@ fn route(method: &Method, path: &str, backend: &dyn ApiBackend) -> Response<Full
     response
 }
 
-/// Escapes a label value per the text format (backslash, quote, newline).
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The Prometheus text exposition of a snapshot.
-pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
-    let mut out = String::new();
-    let mut drops = snapshot.drops.clone();
-    drops.sort_by_key(|count| (count.reason, count.hook));
-
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let drop_labels = |reason: u8, hook: u8| {
-        format!(
-            "{{reason=\"{}\",reason_code=\"{reason}\",hook=\"{}\"}}",
-            label(&reason_text(reason)),
-            label(&hook_text(hook))
-        )
-    };
-    family(
-        "lb_drop_count_total",
-        "counter",
-        "Packets dropped by the datapath, by reason and hook.",
-        drops
-            .iter()
-            .map(|c| (drop_labels(c.reason, c.hook), c.packets.to_string()))
-            .collect(),
-    );
-    family(
-        "lb_drop_bytes_total",
-        "counter",
-        "Bytes dropped by the datapath, by reason and hook.",
-        drops
-            .iter()
-            .map(|c| (drop_labels(c.reason, c.hook), c.bytes.to_string()))
-            .collect(),
-    );
-    let single = |value: String| vec![(String::new(), value)];
-    family(
-        "lb_services",
-        "gauge",
-        "Services programmed in the datapath.",
-        single(snapshot.services.to_string()),
-    );
-    family(
-        "lb_backends",
-        "gauge",
-        "Backends programmed in the datapath.",
-        single(snapshot.backends.to_string()),
-    );
-    family(
-        "lb_sync_total",
-        "counter",
-        "Completed sync passes.",
-        single(snapshot.syncs.to_string()),
-    );
-    family(
-        "lb_sync_errors_total",
-        "counter",
-        "Sync passes that failed.",
-        single(snapshot.sync_errors.to_string()),
-    );
-    family(
-        "lb_sync_duration_seconds",
-        "summary",
-        "Duration of sync passes.",
-        vec![
-            (
-                "_sum".to_owned(),
-                snapshot.sync_duration_seconds_sum.to_string(),
-            ),
-            ("_count".to_owned(), snapshot.syncs.to_string()),
-        ],
-    );
-    family(
-        "lb_last_sync_duration_seconds",
-        "gauge",
-        "Duration of the last sync pass.",
-        single(snapshot.last_sync_duration_seconds.to_string()),
-    );
-    family(
-        "lb_ct_gc_deleted_total",
-        "counter",
-        "Expired conntrack entries deleted by the GC.",
-        single(snapshot.ct_gc_deleted.to_string()),
-    );
-    family(
-        "lb_ct_entries",
-        "gauge",
-        "Live conntrack entries at the last GC pass, by map.",
-        vec![
-            (
-                "{map=\"tcp\"}".to_owned(),
-                snapshot.ct_entries_tcp.to_string(),
-            ),
-            (
-                "{map=\"any\"}".to_owned(),
-                snapshot.ct_entries_any.to_string(),
-            ),
-        ],
-    );
-    family(
-        "lb_datapath_healthy",
-        "gauge",
-        "1 while the datapath is loaded and none of its pins, links or readers has gone (as /healthz), else 0.",
-        single(u8::from(snapshot.datapath_healthy).to_string()),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::DropCount;
+    use crate::api::proto::MetricsSnapshot;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    #[test]
-    fn metrics_render_as_prometheus_text() {
-        let snapshot = MetricsSnapshot {
-            drops: vec![
-                DropCount {
-                    reason: 174,
-                    hook: 1,
-                    packets: 3,
-                    bytes: 180,
-                },
-                DropCount {
-                    reason: 158,
-                    hook: 2,
-                    packets: 1,
-                    bytes: 60,
-                },
-            ],
-            services: 2,
-            backends: 3,
-            syncs: 4,
-            sync_errors: 1,
-            last_sync_duration_seconds: 0.25,
-            sync_duration_seconds_sum: 1.5,
-            ct_gc_deleted: 5,
-            ct_entries_tcp: 6,
-            ct_entries_any: 2,
-            datapath_healthy: true,
-        };
-        let expected = "\
-# HELP lb_drop_count_total Packets dropped by the datapath, by reason and hook.
-# TYPE lb_drop_count_total counter
-lb_drop_count_total{reason=\"Service backend not found\",reason_code=\"158\",hook=\"from-pod\"} 1
-lb_drop_count_total{reason=\"Is a ClusterIP\",reason_code=\"174\",hook=\"from-netdev\"} 3
-# HELP lb_drop_bytes_total Bytes dropped by the datapath, by reason and hook.
-# TYPE lb_drop_bytes_total counter
-lb_drop_bytes_total{reason=\"Service backend not found\",reason_code=\"158\",hook=\"from-pod\"} 60
-lb_drop_bytes_total{reason=\"Is a ClusterIP\",reason_code=\"174\",hook=\"from-netdev\"} 180
-# HELP lb_services Services programmed in the datapath.
-# TYPE lb_services gauge
-lb_services 2
-# HELP lb_backends Backends programmed in the datapath.
-# TYPE lb_backends gauge
-lb_backends 3
-# HELP lb_sync_total Completed sync passes.
-# TYPE lb_sync_total counter
-lb_sync_total 4
-# HELP lb_sync_errors_total Sync passes that failed.
-# TYPE lb_sync_errors_total counter
-lb_sync_errors_total 1
-# HELP lb_sync_duration_seconds Duration of sync passes.
-# TYPE lb_sync_duration_seconds summary
-lb_sync_duration_seconds_sum 1.5
-lb_sync_duration_seconds_count 4
-# HELP lb_last_sync_duration_seconds Duration of the last sync pass.
-# TYPE lb_last_sync_duration_seconds gauge
-lb_last_sync_duration_seconds 0.25
-# HELP lb_ct_gc_deleted_total Expired conntrack entries deleted by the GC.
-# TYPE lb_ct_gc_deleted_total counter
-lb_ct_gc_deleted_total 5
-# HELP lb_ct_entries Live conntrack entries at the last GC pass, by map.
-# TYPE lb_ct_entries gauge
-lb_ct_entries{map=\"tcp\"} 6
-lb_ct_entries{map=\"any\"} 2
-# HELP lb_datapath_healthy 1 while the datapath is loaded and none of its pins, links or readers has gone (as /healthz), else 0.
-# TYPE lb_datapath_healthy gauge
-lb_datapath_healthy 1
-";
-        assert_eq!(render_metrics(&snapshot), expected);
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
 
     /// A backend with fixed numbers and a settable readiness.
     struct Fixed {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::proto::{
-    ConfigEntry, CtRow, DropEventRecord, MetricsSnapshot, Request, Response, ServiceRow,
+    ConfigEntry, CtRow, DropEventRecord, LbRow, MetricsSnapshot, Request, Response, ServiceRow,
     StatusReply,
 };
 use crate::config::{self, LiveChange};
@@ -50,6 +50,10 @@ pub trait ApiBackend: Send + Sync + 'static {
     fn subscribe_drops(&self) -> broadcast::Receiver<DropEventRecord>;
     /// Counters and gauges for `/metrics`.
     fn metrics(&self) -> MetricsSnapshot;
+    /// Every entry of the services map, by frontend then slot, or why it cannot be read.
+    fn lb_entries(&self) -> Result<Vec<LbRow>, String> {
+        Err("this agent has no services map".to_owned())
+    }
     /// Every conntrack entry (any order; the server sorts), or why they cannot be read.
     fn conntrack(&self) -> Result<Vec<CtRow>, String> {
         Err("this agent has no conntrack maps".to_owned())
@@ -237,7 +241,7 @@ pub fn refusal(request: &Request, uid: Option<u32>) -> Option<String> {
 /// The answer to one request other than `MonitorDrops`.
 pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
     match request {
-        Request::Status => Response::Status(backend.status()),
+        Request::Status => Response::Status(Box::new(backend.status())),
         Request::ServiceList => {
             let mut services = backend.services();
             services.sort_by_key(|service| service.id);
@@ -272,6 +276,12 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
                 },
             },
         },
+        Request::LbList => match backend.lb_entries() {
+            Ok(entries) => Response::LbList { entries },
+            Err(message) => Response::Error {
+                message: format!("cannot list the services map: {message}"),
+            },
+        },
         Request::CtList => match backend.conntrack() {
             Ok(mut entries) => {
                 entries.sort_by(|a, b| {
@@ -294,6 +304,13 @@ pub async fn respond(backend: &dyn ApiBackend, request: Request) -> Response {
     }
 }
 
+static LOST_EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Drop events `lbctl monitor` clients lost because they read too slowly, since start.
+pub fn lost_events_total() -> u64 {
+    LOST_EVENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn stream_drops(
     mut lines: Lines<BufReader<OwnedReadHalf>>,
     mut write: OwnedWriteHalf,
@@ -304,7 +321,10 @@ async fn stream_drops(
             event = drops.recv() => {
                 let response = match event {
                     Ok(record) => Response::Drop(record),
-                    Err(broadcast::error::RecvError::Lagged(count)) => Response::Lost { count },
+                    Err(broadcast::error::RecvError::Lagged(count)) => {
+                        LOST_EVENTS.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                        Response::Lost { count }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
                 write_line(&mut write, &response).await?;

@@ -592,7 +592,7 @@ options! {
         value_name: "N",
         kind: Kind::Count { min: 1024, max: 16_777_216 },
         help: "capacity of the TCP conntrack map",
-        doc: "conntrack capacity for TCP flows (two entries per flow)",
+        doc: "conntrack capacity for TCP flows (two entries per flow); a change resizes the pinned map at the next start, flows kept",
     }
     CtAnyMaxEntries => ct_any_max_entries: u32 {
         key: "bpf-ct-global-any-max",
@@ -602,7 +602,7 @@ options! {
         value_name: "N",
         kind: Kind::Count { min: 1024, max: 16_777_216 },
         help: "capacity of the conntrack map of non-TCP flows (UDP)",
-        doc: "conntrack capacity for non-TCP flows (two entries per flow); `--bpf-ct-max-entries` sizes the TCP map",
+        doc: "conntrack capacity for non-TCP flows (two entries per flow); `--bpf-ct-max-entries` sizes the TCP map; a change resizes the pinned map at the next start, flows kept",
     }
     CtTimeoutRegularTcp => ct_timeout_regular_tcp: u32 {
         key: "bpf-ct-timeout-regular-tcp",
@@ -687,12 +687,14 @@ options! {
     LbMapMax => lb_map_max: u32 {
         key: "bpf-lb-map-max",
         env: "LB_BPF_LB_MAP_MAX",
-        default: "65536",
+        // 10k services of 5 backends take 70k entries of the services map (a master entry,
+        // 5 slots and the VIP's wildcard entry each).
+        default: "131072",
         live: false,
         value_name: "N",
         kind: Kind::Count { min: 1024, max: 16_777_216 },
-        help: "capacity of the service, backend and rev-NAT maps",
-        doc: "services/backends map capacity",
+        help: "capacity of the services and backends maps; a change resizes the pinned maps, entries kept",
+        doc: "services/backends map capacity (each frontend takes a master entry and one per backend, each VIP one more); a change resizes the pinned maps at the next start, entries and connections kept",
     }
     SnatPortRange => snat_port_range: PortRange {
         key: "snat-port-range",

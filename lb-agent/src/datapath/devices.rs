@@ -107,18 +107,10 @@ pub fn first_ipv4(iface: &str) -> Option<std::net::Ipv4Addr> {
     found
 }
 
-/// Shell-style glob with `*` and `?`, as `--pod-devices` takes.
+/// Whether `name` matches the shell-style glob `pattern` (`*`, `?`, `[...]`), as
+/// `--pod-devices` takes; an invalid pattern (checked at start) matches nothing.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
+    glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(name))
 }
 
 /// Where the link of `hook` on `iface` is pinned.
@@ -196,25 +188,57 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, hook: Hook, iface: &str) -> Resul
     Ok(())
 }
 
-/// Removes pins of links whose interface no longer exists.
-pub fn prune_stale_links(pin_dir: &Path) {
+/// The links pinned in `pin_dir`, as (hook name, interface), sorted by interface.
+pub fn pinned_links(pin_dir: &Path) -> Vec<(&'static str, String)> {
     let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
-        return;
+        return Vec::new();
     };
+    let mut links: Vec<(&'static str, String)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            [Hook::FromNetdev, Hook::FromPod, Hook::FromHost]
+                .iter()
+                .find_map(|hook| {
+                    file_name
+                        .strip_prefix(&format!("{}-", hook.name()))
+                        .map(|iface| (hook.name(), iface.to_owned()))
+                })
+        })
+        .collect();
+    links.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    links
+}
+
+/// Removes pins of links whose interface no longer exists; returns the interfaces.
+pub fn prune_stale_links(pin_dir: &Path) -> Vec<String> {
+    prune_links(pin_dir, &[Hook::FromNetdev, Hook::FromPod, Hook::FromHost])
+}
+
+/// Removes pins of `hooks`' links whose interface no longer exists (a deleted pod's veth
+/// takes its link with it, but not the pin); returns the interfaces.
+pub fn prune_links(pin_dir: &Path, hooks: &[Hook]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
+        return Vec::new();
+    };
+    let mut pruned = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         // A cgroup's link, not an interface's: `sock.rs` keeps or releases it.
         if super::sock::is_sock_link(&file_name) {
             continue;
         }
-        let iface = [Hook::FromNetdev, Hook::FromPod, Hook::FromHost]
+        let Some(iface) = hooks
             .iter()
             .find_map(|hook| file_name.strip_prefix(&format!("{}-", hook.name())))
-            .unwrap_or(&file_name);
-        if ifindex(iface).is_none() {
-            let _ = std::fs::remove_file(entry.path());
+        else {
+            continue;
+        };
+        if ifindex(iface).is_none() && std::fs::remove_file(entry.path()).is_ok() {
+            pruned.push(iface.to_owned());
         }
     }
+    pruned
 }
 
 /// A netlink socket subscribed to link events; readable whenever an interface appears,
@@ -302,5 +326,8 @@ mod tests {
         assert!(glob_match("veth?", "veth1"));
         assert!(!glob_match("veth?", "veth12"));
         assert!(glob_match("*", "anything"));
+        assert!(glob_match("[ab]*", "bond0"));
+        assert!(!glob_match("[ab]*", "cni0"));
+        assert!(!glob_match("[", "["), "an invalid pattern matches nothing");
     }
 }

@@ -43,6 +43,75 @@ pub struct BackendView {
     pub state: BackendState,
 }
 
+/// One entry of the services map as `lbctl bpf lb list` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbEntryView {
+    /// `VIP:port/PROTO`, or the bare VIP for a wildcard entry.
+    pub frontend: String,
+    /// 0 for the master entry.
+    pub slot: u16,
+    /// The frontend's service id; 0 for a wildcard entry.
+    pub rev_nat: ServiceId,
+    /// `addr:port/PROTO` of a slot's backend; `0.0.0.0:0` for a master entry.
+    pub backend: String,
+    /// A slot's backend id; 0 for a master entry.
+    pub backend_id: BackendId,
+    /// A master entry's kind and flags; a wildcard entry's `VIP`.
+    pub flags: Vec<&'static str>,
+}
+
+/// Every entry of the services map, by frontend (address, port, protocol) then slot.
+pub fn lb_entries(content: &MapsContent) -> Vec<LbEntryView> {
+    let mut keys: Vec<&ServiceKey4> = content.services.keys().collect();
+    keys.sort_by_key(|key| (frontend_of(key), key.slot));
+    keys.into_iter()
+        .map(|key| {
+            let entry = &content.services[key];
+            let master = content.services.get(&ServiceKey4 { slot: 0, ..*key });
+            let rev_nat = master.map_or(ServiceId(0), service_id_of);
+            if key.proto == 0 {
+                let (vip, _, _) = frontend_of(key);
+                return LbEntryView {
+                    frontend: vip.to_string(),
+                    slot: 0,
+                    rev_nat: ServiceId(0),
+                    backend: "0.0.0.0:0".to_owned(),
+                    backend_id: BackendId(0),
+                    flags: vec!["VIP"],
+                };
+            }
+            if key.slot == 0 {
+                let mut flags = vec![kind_text(entry.flags)];
+                flags.extend(flags_text(entry));
+                return LbEntryView {
+                    frontend: frontend_text(key),
+                    slot: 0,
+                    rev_nat,
+                    backend: "0.0.0.0:0".to_owned(),
+                    backend_id: BackendId(0),
+                    flags,
+                };
+            }
+            let id = backend_id_of(entry);
+            let backend = content.backends.get(&id).map_or_else(
+                || "(missing)".to_owned(),
+                |backend| {
+                    let (addr, port) = backend_addr_of(backend);
+                    format!("{addr}:{port}/{}", proto_text(backend.proto))
+                },
+            );
+            LbEntryView {
+                frontend: frontend_text(key),
+                slot: key.slot,
+                rev_nat,
+                backend,
+                backend_id: id,
+                flags: Vec::new(),
+            }
+        })
+        .collect()
+}
+
 /// The protocol's name as `lbctl` prints it; `ANY` for a protocol lb has no name for.
 fn proto_text(protocol: u8) -> &'static str {
     proto::name(protocol).unwrap_or("ANY")

@@ -22,6 +22,7 @@ use super::{
     Error,
     conntrack::{CLOCK_PROGRAM, Clock, Conntrack},
     maps::AyaMaps,
+    resize::{self, SizedMap},
 };
 
 /// The eBPF object built by `build.rs`.
@@ -60,24 +61,85 @@ pub struct Datapath {
     pub pin_dir: PathBuf,
     /// The datapath's conntrack clock.
     pub clock: Clock,
+    /// Maps whose capacity changed: finished once the programs are attached.
+    pub resize: resize::Pending,
+}
+
+impl LoadOptions {
+    /// The maps whose capacity an option sets.
+    pub fn sized_maps(&self) -> [SizedMap; 5] {
+        let sized = |map, max_entries, flag| SizedMap {
+            map,
+            max_entries,
+            flag,
+        };
+        [
+            sized(names::LB4_SERVICES, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB4_BACKENDS, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB4_SRC_RANGE, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB4_CT_TCP, self.ct_max_entries, "bpf-ct-max-entries"),
+            sized(
+                names::LB4_CT_ANY,
+                self.ct_any_max_entries,
+                "bpf-ct-global-any-max",
+            ),
+        ]
+    }
 }
 
 impl Datapath {
-    /// Loads the object, reusing maps pinned by a previous run, and loads both programs.
+    /// Loads the object, reusing maps pinned by a previous run (replacing those whose
+    /// capacity changed, entries copied: see `resize`), and loads both programs.
     pub fn load(options: &LoadOptions) -> Result<Self, Error> {
         let pin_dir = prepare_pin_dir(&options.bpf_root)?;
+        let sized = options.sized_maps();
+        let resize = resize::prepare(&pin_dir, &sized)?;
+        match Self::load_resized(options, &sized, pin_dir, resize) {
+            Ok(datapath) => Ok(datapath),
+            Err((err, resize)) => {
+                resize.abort();
+                Err(err)
+            }
+        }
+    }
+
+    fn load_resized(
+        options: &LoadOptions,
+        sized: &[SizedMap],
+        pin_dir: PathBuf,
+        resize: resize::Pending,
+    ) -> Result<Self, (Error, resize::Pending)> {
+        match Self::load_with(options, sized, &pin_dir, &resize) {
+            Ok((ebpf, maps, clock)) => Ok(Self {
+                ebpf,
+                maps,
+                pin_dir,
+                clock,
+                resize,
+            }),
+            Err(err) => Err((err, resize)),
+        }
+    }
+
+    fn load_with(
+        options: &LoadOptions,
+        sized: &[SizedMap],
+        pin_dir: &Path,
+        resize: &resize::Pending,
+    ) -> Result<(Ebpf, AyaMaps, Clock), Error> {
         // Pinned conntrack maps may come from a datapath that kept no reply filter (an
         // upgrade): the new filter then starts from their reply entries.
         let fresh_reply_filter = !pin_dir.join(names::LB4_REPLY_SRCS).exists();
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .map_max_entries(names::LB4_CT_TCP, options.ct_max_entries)
-            .map_max_entries(names::LB4_CT_ANY, options.ct_any_max_entries)
-            .map_max_entries(names::LB4_SERVICES, options.lb_map_max)
-            .map_max_entries(names::LB4_BACKENDS, options.lb_map_max)
-            .map_max_entries(names::LB4_SRC_RANGE, options.lb_map_max)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for map in sized {
+            loader.map_max_entries(map.map, map.max_entries);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|err| Error::Load(Box::new(err)))?;
+        // Before anything reads the maps (the syncer restores its ids from them).
+        resize.copy()?;
         for name in PROGRAMS.into_iter().chain([CLOCK_PROGRAM]) {
             classifier(&mut ebpf, name)?
                 .load()
@@ -88,18 +150,13 @@ impl Datapath {
                 })?;
         }
         if fresh_reply_filter {
-            seed_reply_filter(&mut ebpf, &pin_dir)?;
+            seed_reply_filter(&mut ebpf, pin_dir)?;
         }
-        let clock = Clock::new(&mut ebpf, &pin_dir)?;
+        let clock = Clock::new(&mut ebpf, pin_dir)?;
         let mut maps = AyaMaps::take(&mut ebpf)?;
         use super::LbMaps as _;
         maps.set_config(&options.config)?;
-        Ok(Self {
-            ebpf,
-            maps,
-            pin_dir,
-            clock,
-        })
+        Ok((ebpf, maps, clock))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod events;
 pub mod fake;
 pub mod loader;
 pub mod maps;
+pub mod resize;
 pub mod sock;
 pub mod vip_filter;
 
@@ -98,6 +99,34 @@ pub enum Error {
         map: &'static str,
         /// The option that sizes it.
         flag: &'static str,
+    },
+    /// A map would shrink below the entries it holds.
+    #[error(
+        "map `{map}` holds {entries} entries, more than --{flag} {max_entries}; start with a \
+         larger --{flag} (nothing was changed)"
+    )]
+    ResizeTooSmall {
+        /// The map's name.
+        map: &'static str,
+        /// Entries it holds.
+        entries: usize,
+        /// The capacity asked for.
+        max_entries: u32,
+        /// The option that sizes it.
+        flag: &'static str,
+    },
+    /// A resize stopped half-way, and the start asks for yet another size.
+    #[error(
+        "map `{map}` is being resized to {size} entries (an earlier start stopped half-way); \
+         start once with --{flag} {size} to finish it, then change the size"
+    )]
+    InterruptedResize {
+        /// The map's name.
+        map: &'static str,
+        /// The option that sizes it.
+        flag: &'static str,
+        /// The size of the new map.
+        size: u32,
     },
     /// Any other map operation failed.
     #[error("cannot {action} map `{map}`")]

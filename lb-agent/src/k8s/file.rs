@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +52,7 @@ pub(super) async fn run(
         source = scanned;
         match result {
             Ok(changed) => {
+                super::source_ok();
                 if dir_error {
                     info!(dir = %dir.display(), "source directory readable again");
                     dir_error = false;
@@ -75,6 +75,7 @@ pub(super) async fn run(
             // Keep the last good view: a directory that vanishes for a moment (a remount)
             // must not unprogram every service.
             Err(err) => {
+                super::source_error(format!("cannot read {}: {err}", dir.display()));
                 if !dir_error {
                     warn!(dir = %dir.display(), error = %err, "cannot read source directory; keeping the last objects read");
                     dir_error = true;
@@ -270,9 +271,7 @@ fn documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string());
     }
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).map_err(|e| e.to_string()))
-        .collect()
+    super::yaml_documents::<Value>(text).map_err(|e| e.to_string())
 }
 
 /// Objects and malformed objects found in one file.
@@ -392,6 +391,20 @@ mod tests {
             names(&objects),
             ["Service ns/a", "EndpointSlice default/a-1"]
         );
+    }
+
+    /// YAML 1.1 read `n`, `yes` or `off` as booleans; Kubernetes' names are strings.
+    #[test]
+    fn plain_scalars_that_yaml_1_1_takes_for_booleans_stay_strings() {
+        for name in ["n", "y", "yes", "no", "on", "off"] {
+            let text = format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {name}\nspec:\n  clusterIP: 10.96.0.1\n"
+            );
+            assert_eq!(
+                names(&parse("x.yaml", &text, &[])),
+                [format!("Service {name}/{name}")]
+            );
+        }
     }
 
     #[test]

@@ -110,6 +110,7 @@ where
         }
         Some(Err(err)) => {
             warn!(kind, error = %err, "watch failed; retrying with backoff");
+            super::source_error(format!("{kind} watch: {err}"));
             Ok(false)
         }
         Some(Ok(Event::Init)) => {
@@ -119,13 +120,17 @@ where
         // The store swaps the whole relisted view in at InitDone, not object by object.
         Some(Ok(Event::InitApply(_))) => Ok(false),
         Some(Ok(Event::InitDone)) => {
+            super::source_ok();
             if !*synced {
                 info!(kind, objects = store.len(), "synced");
             }
             *synced = true;
             Ok(true)
         }
-        Some(Ok(Event::Apply(_) | Event::Delete(_))) => Ok(true),
+        Some(Ok(Event::Apply(_) | Event::Delete(_))) => {
+            super::source_ok();
+            Ok(true)
+        }
     }
 }
 

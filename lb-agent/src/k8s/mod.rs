@@ -126,6 +126,17 @@ pub enum Error {
     },
 }
 
+/// The documents of a YAML stream, empty ones (`---` with nothing after) skipped. Booleans are
+/// YAML 1.2's (`true`/`false` only), as Kubernetes reads them: a Service named `n` or `on`
+/// stays a string.
+pub fn yaml_documents<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<Vec<T>, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_multiple_with_options(text, options)
+}
+
 /// Checks what can be checked of a source before the agent touches the datapath: a file
 /// source's directory exists and can be read. The kube source is checked when it connects.
 pub fn check_source(spec: &SourceSpec) -> Result<(), Error> {
@@ -156,6 +167,60 @@ pub fn malformed_objects_total() -> u64 {
 
 fn count_malformed() {
     MALFORMED_OBJECTS.fetch_add(1, Ordering::Relaxed);
+}
+
+static WATCH_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// When the source last heard from the API server or read its directory, and its last error
+/// with when it happened.
+#[derive(Default)]
+struct Health {
+    ok_at: Option<std::time::Instant>,
+    error: Option<(String, std::time::Instant)>,
+}
+
+static HEALTH: std::sync::Mutex<Health> = std::sync::Mutex::new(Health {
+    ok_at: None,
+    error: None,
+});
+
+fn health() -> std::sync::MutexGuard<'static, Health> {
+    HEALTH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Failed watches (kube) and failed directory reads (file) since start (for metrics).
+pub fn watch_errors_total() -> u64 {
+    WATCH_ERRORS.load(Ordering::Relaxed)
+}
+
+/// The source heard from the API server or read its directory.
+fn source_ok() {
+    health().ok_at = Some(std::time::Instant::now());
+}
+
+/// A watch or a directory read failed.
+fn source_error(error: String) {
+    WATCH_ERRORS.fetch_add(1, Ordering::Relaxed);
+    health().error = Some((error, std::time::Instant::now()));
+}
+
+/// The source's connectivity, for `lbctl status`: `connected` (kube) or `readable` (file)
+/// when the last word from it was good, `failing for Ns: ERROR` when its last error is newer,
+/// `connecting` before either.
+pub fn source_connectivity(spec: &SourceSpec) -> String {
+    let health = health();
+    match (&health.ok_at, &health.error) {
+        (ok, Some((error, at))) if ok.is_none_or(|ok| ok < *at) => {
+            format!("failing for {}s: {error}", at.elapsed().as_secs())
+        }
+        (Some(_), _) => match spec {
+            SourceSpec::Kube => "connected".to_owned(),
+            SourceSpec::File(_) => "readable".to_owned(),
+        },
+        (None, _) => "connecting".to_owned(),
+    }
 }
 
 /// Runs a source until `shutdown` is cancelled.

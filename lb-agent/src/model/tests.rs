@@ -97,9 +97,7 @@ fn frontends(desired: &[DesiredService]) -> Vec<String> {
 }
 
 fn yaml_docs<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| T::deserialize(d).expect("fixture parses"))
-        .collect()
+    crate::k8s::yaml_documents::<T>(text).expect("fixture parses")
 }
 
 fn fixture(case: &str) -> Snapshot {

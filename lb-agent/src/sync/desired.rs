@@ -52,7 +52,7 @@ fn service_flags2(service: &DesiredService) -> u8 {
     }
 }
 
-fn proto_number(protocol: Protocol) -> u8 {
+pub(super) fn proto_number(protocol: Protocol) -> u8 {
     match protocol {
         Protocol::Tcp => proto::TCP,
         Protocol::Udp => proto::UDP,
@@ -183,6 +183,37 @@ pub fn keep_retired_revnat(desired: &mut MapsContent, current: &MapsContent, ids
 mod tests {
     use super::*;
     use crate::{datapath::dump, sync::scenarios};
+
+    #[test]
+    fn the_default_map_capacity_holds_ten_thousand_services_of_five_backends() {
+        use crate::model::BackendState::Active;
+        let services: Vec<_> = (0..10_000u32)
+            .map(|n| {
+                let [_, _, hi, lo] = n.to_be_bytes();
+                let backends: Vec<_> = (1..=5u8)
+                    .map(|b| ([10, 200 + b, hi, lo], 8080, Active))
+                    .collect();
+                scenarios::service([10, 96, hi, lo], 80, &backends)
+            })
+            .collect();
+        let mut ids = Ids::restore(&MapsContent::default());
+        let content = desired_content(&services, &mut ids).expect("ids");
+        let capacity: usize = crate::config::options::lookup("bpf-lb-map-max")
+            .expect("option")
+            .default
+            .parse()
+            .expect("a number");
+        assert_eq!(content.services.len(), 70_000, "master, 5 slots, wildcard");
+        assert!(
+            content.services.len() <= capacity,
+            "services fit {capacity}"
+        );
+        assert_eq!(content.backends.len(), 50_000);
+        assert!(
+            content.backends.len() <= capacity,
+            "backends fit {capacity}"
+        );
+    }
 
     #[test]
     fn active_backends_take_the_first_slots_and_terminating_ones_follow() {

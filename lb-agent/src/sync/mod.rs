@@ -58,7 +58,7 @@ pub enum Error {
 }
 
 /// What a pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
     /// Frontends programmed.
     pub services: usize,
@@ -68,6 +68,35 @@ pub struct SyncStats {
     pub writes: usize,
     /// How long the pass took.
     pub duration: Duration,
+    /// Frontends that did not fit in a full map, as `namespace/name:port (vip:port/proto)`:
+    /// they keep what they had (or are absent, if new), everything else is programmed, and
+    /// `reconcile` retries the pass.
+    pub not_programmed: Vec<String>,
+    /// The map that was full and the option that sizes it, when `not_programmed` is not empty.
+    pub full_map: Option<(&'static str, &'static str)>,
+    /// Entries the services, backends and rev-NAT maps hold after the pass.
+    pub map_entries: [usize; 3],
+}
+
+/// The entries of the services, backends and rev-NAT maps in `content`.
+fn map_entries(content: &MapsContent) -> [usize; 3] {
+    [
+        content.services.len(),
+        content.backends.len(),
+        content.revnat.len(),
+    ]
+}
+
+/// How many frontends in a row may fail to fit before the rest of a pass is taken as not
+/// fitting either without trying: past that, the map is simply full.
+const FULL_AFTER_FAILURES: usize = 8;
+
+/// A full map (E2BIG): the pass programs what fits and leaves the rest.
+fn full_map(err: &datapath::Error) -> Option<(&'static str, &'static str)> {
+    match err {
+        datapath::Error::MapFull { map, flag } => Some((map, flag)),
+        _ => None,
+    }
 }
 
 /// What a conntrack GC scan found: the ids its live entries name.
@@ -140,14 +169,35 @@ impl<M: LbMaps> Syncer<M> {
         };
         let mut desired = desired::desired_content(services, &mut self.ids)?;
         desired::keep_retired_revnat(&mut desired, &current, &self.ids);
-        let ops = plan::plan(&current, &desired);
+        // Deletions first: near capacity, what is gone makes room for what comes.
+        let shrunk = plan::without_stale(&current, &desired);
+        let mut ops = plan::plan(&current, &shrunk);
+        ops.extend(plan::plan(&shrunk, &desired));
         tracing::debug!(writes = ops.len(), "sync plan");
-        let applied = apply::apply(&mut *maps, &ops);
+        let mut applied = apply::apply(&mut *maps, &ops);
+        let mut partial = None;
+        if let Err((_, err)) = &applied
+            && let Some(full) = full_map(err)
+        {
+            // One frontend that does not fit must not hold back the others.
+            let fitted = program_fitting(&mut *maps, &current, &desired);
+            match fitted {
+                Ok((writes, unfit, effective)) => {
+                    applied = Ok(writes);
+                    partial = Some((unfit, effective, full));
+                }
+                Err(err) => {
+                    self.written = None;
+                    self.ids.settle(now());
+                    return Err(err);
+                }
+            }
+        }
         // From here on no packet can read a master entry naming an id this pass retired.
         self.ids.settle(now());
         match applied {
             Ok(writes) => {
-                let stats = SyncStats {
+                let mut stats = SyncStats {
                     services: desired
                         .services
                         .keys()
@@ -156,8 +206,25 @@ impl<M: LbMaps> Syncer<M> {
                     backends: desired.backends.len(),
                     writes,
                     duration: started.elapsed(),
+                    not_programmed: Vec::new(),
+                    full_map: None,
+                    map_entries: map_entries(&desired),
                 };
-                self.written = Some(desired);
+                match partial {
+                    None => self.written = Some(desired),
+                    Some((unfit, effective, full)) => {
+                        stats.not_programmed = labels(&unfit, services);
+                        stats.full_map = Some(full);
+                        stats.services = effective
+                            .services
+                            .keys()
+                            .filter(|k| k.slot == 0 && k.proto != 0)
+                            .count();
+                        stats.backends = effective.backends.len();
+                        stats.map_entries = map_entries(&effective);
+                        self.written = Some(effective);
+                    }
+                }
                 Ok(stats)
             }
             Err((index, source)) => {
@@ -227,6 +294,167 @@ impl<M: LbMaps> Syncer<M> {
     fn ids(&self) -> &ids::Ids {
         &self.ids
     }
+}
+
+/// After a whole plan hit a full map: programs the frontends one by one, in key order, skipping
+/// those that do not fit, then reverts what the skipped ones wrote (back to `before`, what
+/// they had when the pass began) and deletes what is gone. When those deletions made room,
+/// the skipped frontends get a second try. Returns the writes made, the frontends skipped and
+/// what the maps hold now.
+fn program_fitting<M: LbMaps + ?Sized>(
+    maps: &mut M,
+    before: &MapsContent,
+    desired: &MapsContent,
+) -> Result<(usize, Vec<plan::FrontendOf>, MapsContent), Error> {
+    let write_err = |total: usize| {
+        move |(index, source)| Error::Write {
+            index,
+            total,
+            source,
+        }
+    };
+    let mut by_frontend: std::collections::BTreeMap<plan::FrontendOf, Vec<_>> =
+        std::collections::BTreeMap::new();
+    for (key, entry) in &desired.services {
+        by_frontend
+            .entry(plan::frontend_of(key))
+            .or_default()
+            .push((*key, *entry));
+    }
+    let mut current = maps.read().map_err(Error::Read)?;
+    let mut candidates: Vec<plan::FrontendOf> = by_frontend.keys().copied().collect();
+    let mut writes = 0;
+    for _round in 0..2 {
+        let (mut unfit, mut failures_in_a_row) = (Vec::new(), 0);
+        for frontend in &candidates {
+            let entries = &by_frontend[frontend];
+            if failures_in_a_row >= FULL_AFTER_FAILURES {
+                if entries
+                    .iter()
+                    .any(|(key, _)| !current.services.contains_key(key))
+                {
+                    unfit.push(*frontend);
+                }
+                continue;
+            }
+            let ops = plan::upserts_of(entries, &current, desired);
+            match apply::apply(maps, &ops) {
+                Ok(n) => {
+                    plan::applied(&mut current, &ops);
+                    writes += n;
+                    failures_in_a_row = 0;
+                }
+                Err((_, err)) if full_map(&err).is_some() => {
+                    unfit.push(*frontend);
+                    failures_in_a_row += 1;
+                    current = maps.read().map_err(Error::Read)?;
+                }
+                Err(err) => return Err(write_err(ops.len())(err)),
+            }
+        }
+        let effective = without_unfit(desired, before, &unfit);
+        let ops = plan::plan(&current, &effective);
+        writes += apply::apply(maps, &ops).map_err(write_err(ops.len()))?;
+        current = effective;
+        let made_room = ops
+            .iter()
+            .any(|op| matches!(op, plan::Op::DeleteService(..)));
+        if unfit.is_empty() || !made_room {
+            return Ok((writes, unfit, current));
+        }
+        candidates = unfit;
+    }
+    let unfit = candidates;
+    Ok((writes, unfit, current))
+}
+
+/// `desired` with the frontends `unfit` as they were in `before` (absent if new), with the
+/// backends and rev-NAT entries that names, and without the backends and rev-NAT entries only
+/// their new content needed.
+fn without_unfit(
+    desired: &MapsContent,
+    before: &MapsContent,
+    unfit: &[plan::FrontendOf],
+) -> MapsContent {
+    let mut effective = desired.clone();
+    for frontend in unfit {
+        // A new frontend's rev-NAT entry is not written either (a retired id's is in `before`).
+        for (_, entry) in desired.services.iter().filter(|(key, _)| {
+            key.slot == 0 && key.proto != 0 && plan::frontend_of(key) == *frontend
+        }) {
+            let id = datapath::maps::service_id_of(entry);
+            if !before.revnat.contains_key(&id) {
+                effective.revnat.remove(&id);
+            }
+        }
+        effective
+            .services
+            .retain(|key, _| plan::frontend_of(key) != *frontend);
+        for (key, entry) in before
+            .services
+            .iter()
+            .filter(|(key, _)| plan::frontend_of(key) == *frontend)
+        {
+            effective.services.insert(*key, *entry);
+            if key.slot != 0 {
+                let id = datapath::maps::backend_id_of(entry);
+                if let Some(backend) = before.backends.get(&id) {
+                    effective.backends.entry(id).or_insert(*backend);
+                }
+            } else if key.proto != 0 {
+                let id = datapath::maps::service_id_of(entry);
+                if let Some(revnat) = before.revnat.get(&id) {
+                    effective.revnat.entry(id).or_insert(*revnat);
+                }
+            }
+        }
+    }
+    // Backends only the skipped frontends would have used are not written.
+    let named: std::collections::BTreeSet<BackendId> = effective
+        .services
+        .iter()
+        .filter(|(key, _)| key.slot != 0)
+        .map(|(_, entry)| datapath::maps::backend_id_of(entry))
+        .collect();
+    effective
+        .backends
+        .retain(|id, _| named.contains(id) || before.backends.contains_key(id));
+    effective
+}
+
+/// The frontends `unfit` as `namespace/name:port (vip:port/proto)`, from the desired services
+/// that define them.
+/// A VIP's wildcard entry is left out: its frontends are what an operator looks for.
+fn labels(unfit: &[plan::FrontendOf], services: &[DesiredService]) -> Vec<String> {
+    unfit
+        .iter()
+        .filter(|(_, _, proto)| *proto != 0)
+        .map(|(vip, port, proto)| {
+            let (addr, port) = (
+                std::net::Ipv4Addr::from(u32::from_be(*vip)),
+                u16::from_be(*port),
+            );
+            let service = services.iter().find(|service| {
+                service.frontend.vip == addr
+                    && service.frontend.port == port
+                    && desired::proto_number(service.frontend.protocol) == *proto
+            });
+            match service {
+                Some(service) => format!(
+                    "{}/{}:{} ({})",
+                    service.namespace,
+                    service.name,
+                    if service.port_name.is_empty() {
+                        port.to_string()
+                    } else {
+                        service.port_name.clone()
+                    },
+                    service.frontend
+                ),
+                None => format!("{addr}:{port} (proto {proto})"),
+            }
+        })
+        .collect()
 }
 
 fn log_released(why: &'static str, released: ids::Released) {
@@ -349,6 +577,20 @@ pub async fn reconcile<M: LbMaps, S: Clone>(
         let span = tracing::info_span!("sync", services = services.len());
         let _enter = span.enter();
         match syncer.sync(&services) {
+            Ok(stats) if !stats.not_programmed.is_empty() => {
+                // Everything else is programmed; the rest is tried again, as room may come.
+                let delay = backoff.failed();
+                let (map, flag) = stats.full_map.unwrap_or(("?", "?"));
+                tracing::warn!(
+                    map,
+                    services = ?stats.not_programmed,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "map `{map}` is full: {} frontend(s) not programmed (they keep what they \
+                     had); raise --{flag}",
+                    stats.not_programmed.len()
+                );
+                record(Ok(stats));
+            }
             Ok(stats) => {
                 backoff.succeeded();
                 if stats.writes > 0 {

@@ -15,7 +15,12 @@
 //!
 //! Every write is idempotent, so a failed apply is retried by planning again. `check_consistent`
 //! states the invariant the order keeps. Pure: no aya, kube or tokio.
-use std::collections::BTreeMap;
+//!
+//! Near capacity, two more functions keep one service from blocking the others: `without_stale`
+//! is what the maps hold once what is gone is deleted (planned first, so a full map has room
+//! before anything is added), and `upserts_of` the writes of one frontend alone, for
+//! programming frontends one by one when the whole plan does not fit.
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::service::{Backend4, RevNat4, ServiceEntry, ServiceKey4};
 
@@ -112,6 +117,129 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
     ops
 }
 
+/// A frontend as the services map keys it: (vip, port, proto), network byte order; a VIP's
+/// wildcard entry is `(vip, 0, 0)`.
+pub type FrontendOf = (u32, u16, u8);
+
+/// The frontend a services-map key belongs to.
+pub fn frontend_of(key: &ServiceKey4) -> FrontendOf {
+    (key.vip, key.port, key.proto)
+}
+
+/// `current` less what `desired` no longer has and nothing kept names: the master entries of
+/// frontends that are gone with their slots, then the rev-NAT entries and backends no kept
+/// entry names. Planning `current` → this → `desired` deletes before it adds, and every
+/// prefix stays consistent (a frontend goes with its master; a backend only once no slot
+/// names it).
+pub fn without_stale(current: &MapsContent, desired: &MapsContent) -> MapsContent {
+    let gone: BTreeSet<FrontendOf> = current
+        .services
+        .keys()
+        .filter(|key| key.slot == 0 && !desired.services.contains_key(key))
+        .map(frontend_of)
+        .collect();
+    let mut kept = current.clone();
+    kept.services
+        .retain(|key, _| !gone.contains(&frontend_of(key)));
+    let named_backends: BTreeSet<BackendId> = kept
+        .services
+        .iter()
+        .filter(|(key, _)| key.slot != 0)
+        .map(|(_, entry)| maps::backend_id_of(entry))
+        .collect();
+    let named_services: BTreeSet<ServiceId> = kept
+        .services
+        .iter()
+        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .map(|(_, entry)| maps::service_id_of(entry))
+        .collect();
+    kept.backends
+        .retain(|id, _| desired.backends.contains_key(id) || named_backends.contains(id));
+    kept.revnat
+        .retain(|id, _| desired.revnat.contains_key(id) || named_services.contains(id));
+    kept
+}
+
+/// The writes that program the frontend whose desired entries are `entries` (its master and
+/// slots) over `current`, in the plan's order: its backends, its rev-NAT entry, its slots, its
+/// master. Only additions and changes: what it no longer needs is deleted by a whole plan.
+pub fn upserts_of(
+    entries: &[(ServiceKey4, ServiceEntry)],
+    current: &MapsContent,
+    desired: &MapsContent,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut backends = BTreeSet::new();
+    for (_, entry) in entries.iter().filter(|(key, _)| key.slot != 0) {
+        let id = maps::backend_id_of(entry);
+        if let Some(backend) = desired.backends.get(&id)
+            && changed(current.backends.get(&id), backend)
+            && backends.insert(id)
+        {
+            ops.push(Op::UpsertBackend(id, *backend));
+        }
+    }
+    for (_, entry) in entries
+        .iter()
+        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+    {
+        let id = maps::service_id_of(entry);
+        if let Some(revnat) = desired.revnat.get(&id)
+            && changed(current.revnat.get(&id), revnat)
+        {
+            ops.push(Op::UpsertRevNat(id, *revnat));
+        }
+        // A frontend's source ranges go in before the master entry that checks them.
+        ops.extend(
+            desired
+                .source_ranges
+                .iter()
+                .filter(|range| range.service == id && !current.source_ranges.contains(range))
+                .map(|range| Op::UpsertSourceRange(*range)),
+        );
+    }
+    for slots_first in [true, false] {
+        for (key, entry) in entries {
+            if (key.slot != 0) == slots_first && changed(current.services.get(key), entry) {
+                ops.push(Op::UpsertService(*key, *entry));
+            }
+        }
+    }
+    ops
+}
+
+/// `current` with `ops` applied (what the maps hold after a successful apply).
+pub fn applied(current: &mut MapsContent, ops: &[Op]) {
+    for op in ops {
+        match *op {
+            Op::UpsertBackend(id, backend) => {
+                current.backends.insert(id, backend);
+            }
+            Op::UpsertRevNat(id, revnat) => {
+                current.revnat.insert(id, revnat);
+            }
+            Op::UpsertService(key, entry) => {
+                current.services.insert(key, entry);
+            }
+            Op::DeleteService(key) => {
+                current.services.remove(&key);
+            }
+            Op::DeleteRevNat(id) => {
+                current.revnat.remove(&id);
+            }
+            Op::DeleteBackend(id) => {
+                current.backends.remove(&id);
+            }
+            Op::UpsertSourceRange(range) => {
+                current.source_ranges.insert(range);
+            }
+            Op::DeleteSourceRange(range) => {
+                current.source_ranges.remove(&range);
+            }
+        }
+    }
+}
+
 fn changed<T: PartialEq>(current: Option<&T>, wanted: &T) -> bool {
     current != Some(wanted)
 }
@@ -177,6 +305,45 @@ mod tests {
             ["backend", "backend", "slot", "slot", "slot", "master"]
         );
         assert!(plan(&after, &after).is_empty(), "a second plan is empty");
+    }
+
+    #[test]
+    fn without_stale_deletes_only_gone_frontends_and_what_nothing_kept_names() {
+        let mut ids = Ids::restore(&MapsContent::default());
+        let scenarios = scenarios::all();
+        // .10 (three backends) and .11:53 are programmed; then .10 goes and .11:53 loses its
+        // backend.
+        let current = desired_content(&scenarios[2], &mut ids).expect("ids");
+        let desired = desired_content(&scenarios[3], &mut ids).expect("ids");
+        let shrunk = without_stale(&current, &desired);
+        check_consistent(&shrunk).expect("consistent");
+        let vip_10 = u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)).to_be();
+        assert!(
+            shrunk.services.keys().all(|key| key.vip != vip_10),
+            "every entry of the gone frontend, wildcard included"
+        );
+        // .11:53 keeps its slot (and so its backend) until the full plan rewrites its master.
+        assert_eq!(
+            shrunk.services.len(),
+            current.services.len() - 3,
+            "wildcard, master and slot of .10"
+        );
+        assert_eq!(
+            shrunk.backends.len(),
+            1,
+            "the backend .11's slot still names"
+        );
+        let ops = plan(&current, &shrunk);
+        assert!(
+            ops.iter().all(|op| matches!(
+                op,
+                Op::DeleteService(..) | Op::DeleteBackend(..) | Op::DeleteRevNat(..)
+            )),
+            "deletions only: {ops:?}"
+        );
+        let mut after = shrunk.clone();
+        applied(&mut after, &plan(&shrunk, &desired));
+        assert_eq!(after, desired, "the rest of the way is an ordinary plan");
     }
 
     #[test]

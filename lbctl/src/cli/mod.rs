@@ -42,7 +42,11 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the agent's state; exit 0 once the datapath is loaded and the first sync is done.
-    Status,
+    Status {
+        /// Output format (default: a table of fields).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
     /// Services and their backends.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -75,6 +79,21 @@ pub enum BpfCommand {
     /// Conntrack.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// The services map.
+    #[command(subcommand)]
+    Lb(LbCommand),
+}
+
+/// `lbctl bpf lb …`.
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// List every entry of the services map: each frontend's master entry and slots.
+    #[command(alias = "ls")]
+    List {
+        /// Output format (default: Cilium's table).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
 }
 
 /// `lbctl bpf ct …`.
@@ -177,9 +196,13 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
     }
     let mut client = Client::connect(&args.socket)?;
     match args.command {
-        Command::Status => {
+        Command::Status { output } => {
             let status = client.status()?;
-            write_all(out, &status::summary(&status))?;
+            let text = match output {
+                Some(Format::Json) => status::json(&status),
+                None => status::summary(&status),
+            };
+            write_all(out, &text)?;
             if let Some(reason) = status.not_ready_reason() {
                 eprintln!("lbctl: lb-agent is not ready: {reason}");
                 return Ok(ExitCode::FAILURE);
@@ -235,6 +258,14 @@ pub fn run_with(args: Args, out: &mut dyn Write) -> Result<ExitCode, Error> {
             let text = match output {
                 Some(Format::Json) => bpf::json(&entries),
                 None => bpf::lines(&entries),
+            };
+            write_all(out, &text)?;
+        }
+        Command::Bpf(BpfCommand::Lb(LbCommand::List { output })) => {
+            let entries = client.lb_list()?;
+            let text = match output {
+                Some(Format::Json) => bpf::lb_json(&entries),
+                None => bpf::lb_table(&entries),
             };
             write_all(out, &text)?;
         }

@@ -2,8 +2,8 @@
 //!
 //! Columns `ID  Frontend  Service Type  Backend` through tabwriter (minwidth 5, padding 3),
 //! rows sorted by id, the first backend on the service's row and each further one on its own
-//! line with the first three columns blank, each as `N => addr:port/PROTO (state)` where N
-//! counts the service's backends from 1, as Cilium's does. The Service Type cell adds the
+//! line with the first three columns blank, each as `N => addr:port/PROTO (state)` where N is
+//! the backend's id, as in `-o json` and `lbctl bpf ct list`. The Service Type cell adds the
 //! flags (`NodePort, Local`); the Service's namespace/name is in `-o json`. Unlike Cilium's,
 //! lines carry no trailing padding.
 
@@ -18,10 +18,10 @@ pub fn table(services: &[ServiceRow]) -> String {
 
     let mut text = String::from("ID\tFrontend\tService Type\tBackend\t\n");
     for service in sorted {
-        let mut backends = service.backends.iter().enumerate().map(|(index, backend)| {
+        let mut backends = service.backends.iter().map(|backend| {
             format!(
                 "{} => {} ({})",
-                index + 1,
+                backend.id,
                 backend.address,
                 backend.state.as_str()
             )
@@ -116,9 +116,9 @@ mod tests {
             table(&services),
             concat!(
                 "ID   Frontend               Service Type   Backend\n",
-                "2    10.96.0.10:53/UDP      ClusterIP      1 => 10.244.1.42:53/UDP (active)\n",
-                "                                           2 => 10.244.2.17:53/UDP (active)\n",
-                "7    10.96.0.1:443/TCP      ClusterIP      1 => 192.168.56.2:6443/TCP (terminating)\n",
+                "2    10.96.0.10:53/UDP      ClusterIP      4 => 10.244.1.42:53/UDP (active)\n",
+                "                                           5 => 10.244.2.17:53/UDP (active)\n",
+                "7    10.96.0.1:443/TCP      ClusterIP      9 => 192.168.56.2:6443/TCP (terminating)\n",
                 "12   10.96.100.1:8080/TCP   ClusterIP\n",
             )
         );
