@@ -316,9 +316,10 @@ fn the_image_runs_the_daemon_set_pod_on_capabilities_alone_through_traffic_a_res
         let without: Vec<String> = agent_args.iter().filter(|a| **a != flag).cloned().collect();
         let (code, logs) = pod.run_to_exit(&format!("{}-no-{cap}", pod.prefix), &without);
         assert_ne!(code, 0, "the agent started without CAP_{cap}:\n{logs}");
+        // The agent's preflight names what is missing before it touches anything.
         assert!(
-            logs.contains("Operation not permitted") || logs.contains("Permission denied"),
-            "without CAP_{cap} the agent fails for want of a permission:\n{logs}"
+            logs.contains("lb-agent lacks") && logs.contains(&format!("CAP_{cap}")),
+            "without CAP_{cap} the agent fails naming the capability:\n{logs}"
         );
         let error = logs.lines().find(|l| l.contains("ERROR")).unwrap_or("?");
         eprintln!(

@@ -338,7 +338,12 @@ fn select_backends(
     local_only: bool,
 ) -> (Vec<DesiredBackend>, bool) {
     let node_name = node.name.as_str();
-    let is_local = |ep: &Endpoint| ep.node_name.as_deref() == Some(node_name);
+    // An endpoint without `nodeName` (a hand-written slice: an address outside the cluster, or
+    // a host-network process) is remote unless its address is this node's own.
+    let is_local = |ep: &Endpoint| match ep.node_name.as_deref() {
+        Some(name) => name == node_name,
+        None => node.addresses.contains(&ep.addr),
+    };
     let serving_terminating = |ep: &Endpoint| ep.serving && ep.terminating;
     let has_any = endpoints
         .iter()
@@ -372,7 +377,7 @@ fn select_backends(
         addr: ep.addr,
         port: ep.port,
         state,
-        remote: ep.node_name.as_deref().is_some_and(|n| n != node_name),
+        remote: !is_local(ep),
     };
     let mut backends: Vec<DesiredBackend> = active
         .iter()

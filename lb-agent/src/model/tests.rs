@@ -1016,7 +1016,8 @@ fn nil_conditions_default_to_ready_serving_not_terminating_and_only_the_first_ad
     let s = slice("ns", "s-a", "s", json!([tcp("", 80)]), vec![ep]);
     assert_eq!(
         render(&run(vec![svc], vec![s])),
-        "10.96.10.2:80/TCP ns/s:\n  10.0.0.2:80 active local\n"
+        // No nodeName and not this node's address: remote.
+        "10.96.10.2:80/TCP ns/s:\n  10.0.0.2:80 active remote\n"
     );
 }
 
@@ -2018,5 +2019,37 @@ fn the_node_objects_zone_serves_when_none_is_configured_and_a_configured_one_win
         active(&node_in(Some("zone-a"))),
         ["10.1.2.3"],
         "node-zone wins"
+    );
+}
+
+/// Issue 11: an endpoint without `nodeName` is remote (its replies need the node's SNAT from
+/// outside) unless its address is one of this node's, and only then in the local set.
+#[test]
+fn an_endpoint_without_node_name_is_remote_unless_it_has_the_nodes_address() {
+    let no_node = |ip: &str| json!({"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}});
+    let svc = cluster_ip("ns1", "svc1", "10.96.1.1", &[("", 80, "TCP")]);
+    let endpoints = slice(
+        "ns1",
+        "svc1-a",
+        "svc1",
+        json!([tcp("", 80)]),
+        vec![
+            no_node("10.0.9.1"),
+            no_node("172.16.5.5"),
+            ready("10.0.1.2", NODE),
+        ],
+    );
+    let desired = desired_services(
+        &Snapshot {
+            services: vec![svc],
+            slices: vec![endpoints],
+            node_zone: None,
+        },
+        &node_with_addresses(),
+    );
+    assert_eq!(
+        render(&desired),
+        "10.96.1.1:80/TCP ns1/svc1:\n  10.0.1.2:80 active local\n  10.0.9.1:80 active local\n  \
+         172.16.5.5:80 active remote\n"
     );
 }
