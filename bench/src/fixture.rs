@@ -85,6 +85,7 @@ impl Fixture {
                     .collect(),
                 has_any_endpoints: true,
                 affinity_timeout_secs: None,
+                algorithm: None,
             })
             .collect()
     }

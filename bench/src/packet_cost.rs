@@ -107,6 +107,7 @@ fn self_service() -> DesiredService {
         }],
         has_any_endpoints: true,
         affinity_timeout_secs: None,
+        algorithm: None,
     }
 }
 

@@ -107,6 +107,7 @@ pub fn service(frontend_text: &str, backends: &[&str]) -> DesiredService {
             .collect(),
         has_any_endpoints: !backends.is_empty(),
         affinity_timeout_secs: None,
+        algorithm: None,
     }
 }
 

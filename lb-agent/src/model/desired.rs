@@ -17,7 +17,9 @@ use std::net::Ipv4Addr;
 use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
-use super::frontend::{Frontend, FrontendKind, ServicePortSpec, ServiceSpec, service_spec};
+use super::frontend::{
+    Frontend, FrontendKind, LbAlgorithm, ServicePortSpec, ServiceSpec, service_spec,
+};
 use crate::k8s::Snapshot;
 
 /// Whether new flows may pick a backend.
@@ -104,6 +106,8 @@ pub struct DesiredService {
     pub has_any_endpoints: bool,
     /// ClientIP affinity timeout in seconds; `None` when affinity is off.
     pub affinity_timeout_secs: Option<u32>,
+    /// The algorithm the Service's annotation asks for; `None`: the node's default.
+    pub algorithm: Option<LbAlgorithm>,
 }
 
 /// The health check of one externalTrafficPolicy Local LoadBalancer Service: what its
@@ -188,6 +192,7 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                         backends,
                         has_any_endpoints,
                         affinity_timeout_secs: spec.affinity_timeout_secs,
+                        algorithm: spec.algorithm,
                     },
                 );
             }

@@ -1,7 +1,7 @@
 //! Applying a plan: its writes in order through `LbMaps`, consecutive writes of one kind as one
 //! batch. The kernel applies a batch in order and stops at the first failure, so a batch keeps
 //! the plan's order and its prefix property (see `plan`).
-use super::plan::Op;
+use super::{maglev, plan::Op};
 use crate::datapath::{Error as DatapathError, LbMaps};
 
 /// Applies `ops` in order, stopping at the first failure (the prefix applied is safe).
@@ -46,6 +46,7 @@ fn apply_run<M: LbMaps + ?Sized>(maps: &mut M, run: &[Op]) -> Result<(), (usize,
             Op::DeleteBackend(id) => Some(id),
             _ => None,
         })),
+        Some(Op::WriteMaglev(..) | Op::DeleteMaglev(..)) => return apply_maglev(maps, run),
     };
     result.map_err(|err| {
         let applied = match &err {
@@ -56,6 +57,24 @@ fn apply_run<M: LbMaps + ?Sized>(maps: &mut M, run: &[Op]) -> Result<(), (usize,
         };
         (applied, err)
     })
+}
+
+/// A run of Maglev writes, table by table (each table is a batch of its own chunks).
+fn apply_maglev<M: LbMaps + ?Sized>(
+    maps: &mut M,
+    run: &[Op],
+) -> Result<(), (usize, DatapathError)> {
+    for (applied, op) in run.iter().enumerate() {
+        let result = match op {
+            Op::WriteMaglev(id, spec, old_chunks) => {
+                maps.write_maglev(*id, spec, &maglev::table(spec), *old_chunks)
+            }
+            Op::DeleteMaglev(id, chunks) => maps.delete_maglev(*id, *chunks),
+            _ => Ok(()),
+        };
+        result.map_err(|err| (applied, err))?;
+    }
+    Ok(())
 }
 
 /// The arguments of a run's writes (all of one kind), as the batch call of that kind takes them.

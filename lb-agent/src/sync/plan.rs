@@ -3,22 +3,24 @@
 //!
 //! 1. new and changed backends (a slot may name them from now on);
 //! 2. new and changed reverse-NAT entries (replies of flows created from now on need them);
-//! 3. new and changed backend slots (beyond the old count they are not selectable yet);
-//! 4. new and changed master entries: the commit point that makes the new count visible;
+//! 3. new and changed backend slots (beyond the old count they are not selectable yet), then
+//!    new and changed Maglev tables (they name only backends written in 1);
+//! 4. new and changed master entries: the commit point that makes the new count visible (and
+//!    a frontend's Maglev flag);
 //! 5. masters of frontends that are gone (their slots become unreachable);
-//! 6. slots beyond the new counts;
+//! 6. slots beyond the new counts, then the Maglev tables of frontends that no longer use one;
 //! 7. orphaned reverse-NAT entries, then 8. orphaned backends (no slot names them any more).
 //!
 //! Every write is idempotent, so a failed apply is retried by planning again. `check_consistent`
 //! states the invariant the order keeps. Pure: no aya, kube or tokio.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use lb_common::service::{Backend4, RevNat4, ServiceEntry, ServiceKey4};
 
-use crate::datapath::{BackendId, MapsContent, ServiceId, maps};
+use crate::datapath::{BackendId, MapsContent, ServiceId, maps, maps::MaglevSpec};
 
 /// One map write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Insert or replace a backend.
     UpsertBackend(BackendId, Backend4),
@@ -26,8 +28,13 @@ pub enum Op {
     UpsertRevNat(ServiceId, RevNat4),
     /// Insert or replace a service slot (master or backend slot).
     UpsertService(ServiceKey4, ServiceEntry),
+    /// Write a frontend's whole Maglev table (built from the spec when applied), removing the
+    /// chunks of the table it replaces beyond its own (the old table's chunk count).
+    WriteMaglev(ServiceId, Arc<MaglevSpec>, u16),
     /// Remove a service slot.
     DeleteService(ServiceKey4),
+    /// Remove a frontend's Maglev table of this many chunks.
+    DeleteMaglev(ServiceId, u16),
     /// Remove a reverse-NAT entry.
     DeleteRevNat(ServiceId),
     /// Remove a backend.
@@ -55,6 +62,13 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             ops.push(Op::UpsertService(**key, **entry));
         }
     }
+    for (id, spec) in &desired.maglev {
+        let current = current.maglev.get(id);
+        if changed(current, spec) {
+            let old_chunks = current.map_or(0, MaglevSpec::chunks);
+            ops.push(Op::WriteMaglev(*id, Arc::new(spec.clone()), old_chunks));
+        }
+    }
     for (key, entry) in &desired_masters {
         if changed(current.services.get(*key), *entry) {
             ops.push(Op::UpsertService(**key, **entry));
@@ -74,6 +88,13 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             .keys()
             .filter(|key| key.slot != 0 && stale(key))
             .map(|key| Op::DeleteService(*key)),
+    );
+    ops.extend(
+        current
+            .maglev
+            .iter()
+            .filter(|(id, _)| !desired.maglev.contains_key(id))
+            .map(|(id, spec)| Op::DeleteMaglev(*id, spec.chunks())),
     );
     ops.extend(
         current
@@ -121,6 +142,22 @@ pub fn check_consistent(content: &MapsContent) -> Result<(), String> {
         if !content.revnat.contains_key(&service) {
             return Err(format!("{key:?}: no reverse NAT for id {service}"));
         }
+        if master.flags2 & lb_common::service::SERVICE_F2_MAGLEV != 0
+            && !content.maglev.contains_key(&service)
+        {
+            return Err(format!(
+                "{key:?}: Maglev flag without a table for id {service}"
+            ));
+        }
+    }
+    for (service, spec) in &content.maglev {
+        for (name, _, backend) in &spec.members {
+            if !content.backends.contains_key(backend) {
+                return Err(format!(
+                    "Maglev table of {service}: {name} names missing backend {backend}"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -146,6 +183,8 @@ mod tests {
                 Op::DeleteService(..) => "delete slot",
                 Op::DeleteRevNat(..) => "delete rev-nat",
                 Op::DeleteBackend(..) => "delete backend",
+                Op::WriteMaglev(..) => "maglev",
+                Op::DeleteMaglev(..) => "delete maglev",
             })
             .collect();
         // .5 turns terminating and .7 is new; slots 1 and 2 change and 3 is new; the master

@@ -35,6 +35,7 @@ pub fn service(
             .collect(),
         has_any_endpoints: !backends.is_empty(),
         affinity_timeout_secs: None,
+        algorithm: None,
     }
 }
 
