@@ -129,8 +129,8 @@ mod tests {
         let mut fake = FakeMaps::default();
         let mut ids = Ids::restore(&fake.content);
         for desired_services in scenarios::all() {
-            let desired = desired_content_with(&desired_services, &mut ids, &settings)
-                .expect("ids");
+            let desired =
+                desired_content_with(&desired_services, &mut ids, &settings).expect("ids");
             let ops = plan(&fake.content, &desired);
             for op in &ops {
                 apply(&mut fake, std::slice::from_ref(op)).expect("fake write");
@@ -172,17 +172,22 @@ mod tests {
         let random = desired_content(&services, &mut ids).expect("ids");
         let ops = plan(&fake.content, &random);
         apply(&mut fake, &ops).expect("write");
-        let with_maglev =
-            desired_content_with(&services, &mut ids, &maglev_settings).expect("ids");
+        let with_maglev = desired_content_with(&services, &mut ids, &maglev_settings).expect("ids");
         let ops = plan(&fake.content, &with_maglev);
         // The table first, then the master entry that turns the flag on.
-        assert!(matches!(ops[..], [Op::WriteMaglev(..), Op::UpsertService(key, entry)]
-                if key.slot == 0 && entry.flags2 != 0), "{ops:?}");
+        assert!(
+            matches!(ops[..], [Op::WriteMaglev(..), Op::UpsertService(key, entry)]
+                if key.slot == 0 && entry.flags2 != 0),
+            "{ops:?}"
+        );
         apply(&mut fake, &ops).expect("write");
         let ops = plan(&fake.content, &random);
         // The flag off first, then the table goes.
-        assert!(matches!(ops[..], [Op::UpsertService(key, entry), Op::DeleteMaglev(_, 1)]
-                if key.slot == 0 && entry.flags2 == 0), "{ops:?}");
+        assert!(
+            matches!(ops[..], [Op::UpsertService(key, entry), Op::DeleteMaglev(_, 1)]
+                if key.slot == 0 && entry.flags2 == 0),
+            "{ops:?}"
+        );
         apply(&mut fake, &ops).expect("write");
         assert!(fake.maglev_tables.is_empty());
     }
