@@ -3,7 +3,7 @@
 //! within rounds, and writes `benchmarks.md` and `benchmarks.svg` to `--out` (default `docs/`).
 //!
 //! ```text
-//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic]
+//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,maglev]
 //! ```
 //!
 //! `--quick` runs tiny sizes as a smoke test (CI): it checks that every path works and asserts
@@ -55,6 +55,9 @@ pub struct Config {
     pub rule_changes: usize,
     /// B1 plan.
     pub packet: packet_cost::Plan,
+    /// B9: the fixtures whose Maglev tables are built, and how many services of each go
+    /// through a kernel sync pass.
+    pub maglev: &'static [(Fixture, u32)],
 }
 
 const FULL: Config = Config {
@@ -95,6 +98,22 @@ const FULL: Config = Config {
         samples: 3_000,
         repeat: 100_000,
     },
+    maglev: &[
+        (
+            Fixture {
+                services: 10_000,
+                backends: 1,
+            },
+            1_000,
+        ),
+        (
+            Fixture {
+                services: 10_000,
+                backends: 10,
+            },
+            1_000,
+        ),
+    ],
 };
 
 const QUICK: Config = Config {
@@ -127,6 +146,13 @@ const QUICK: Config = Config {
         samples: 200,
         repeat: 1_000,
     },
+    maglev: &[(
+        Fixture {
+            services: 100,
+            backends: 4,
+        },
+        20,
+    )],
 };
 
 /// Connect results for one size and variant.
@@ -220,6 +246,8 @@ pub struct Results {
     pub change: Option<control::ChangeResult>,
     /// B7.
     pub maps: control::MapMemory,
+    /// B9.
+    pub maglev: Vec<control::MaglevResult>,
     /// Peak RSS of the bench process (kB).
     pub vm_hwm_kb: u64,
     /// Wall time of the whole run.
@@ -227,7 +255,7 @@ pub struct Results {
 }
 
 /// The parts of the suite, for `--only` (development: the report then has gaps).
-const PARTS: [&str; 4] = ["packet", "sync", "change", "traffic"];
+const PARTS: [&str; 5] = ["packet", "sync", "change", "traffic", "maglev"];
 
 fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -259,6 +287,15 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
     } else {
         None
     };
+    let maglev = if want("maglev") {
+        config
+            .maglev
+            .iter()
+            .map(|&(fixture, kernel)| control::maglev_tables(fixture, kernel))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let traffic = if want("traffic") {
         traffic(&config)?
     } else {
@@ -274,6 +311,7 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
         sync,
         change,
         maps,
+        maglev,
         vm_hwm_kb: alloc::proc_status_kb("VmHWM"),
         elapsed: started.elapsed(),
     };
@@ -316,7 +354,9 @@ fn main() -> ExitCode {
                 }
             }
             "-h" | "--help" => {
-                println!("lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic]");
+                println!(
+                    "lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,maglev]"
+                );
                 return ExitCode::SUCCESS;
             }
             other => {

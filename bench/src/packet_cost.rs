@@ -27,6 +27,10 @@ use crate::stats::{Summary, median, summarize};
 const TC_ACT_UNSPEC: i32 = -1;
 /// Frontend (and backend) of the idempotent service.
 const SELF_VIP: &str = "10.95.255.1";
+/// Frontend of the Maglev service (10 backends, `MAGLEV_BACKEND_NET`.1–10).
+const MAGLEV_VIP: &str = "10.95.255.2";
+/// Backends of the Maglev service: never answered, only selected.
+const MAGLEV_BACKEND_NET: [u8; 3] = [10, 94, 0];
 /// The client pod.
 const CLIENT: &str = "10.0.1.2";
 
@@ -52,6 +56,8 @@ pub struct SizeResult {
     pub pass: Summary,
     /// New flow (SYN to the last-inserted service), repeat=1, floor subtracted.
     pub new_flow: Summary,
+    /// New flow to a Maglev service (10 backends, M = 16381), repeat=1, floor subtracted.
+    pub new_flow_maglev: Summary,
     /// Established flow (ACK of a flow in conntrack), repeat=1, floor subtracted.
     pub established: Summary,
     /// Reply (backend → client of a flow in conntrack), repeat=1, floor subtracted.
@@ -70,6 +76,7 @@ struct Loaded {
     services: u32,
     datapath: LbDatapath,
     next_flow: u32,
+    next_maglev_flow: u32,
     est: Vec<u8>,
     reply: Vec<u8>,
     pass: Vec<u8>,
@@ -111,13 +118,31 @@ fn self_service() -> DesiredService {
     }
 }
 
+/// A service selecting by Maglev over 10 backends.
+fn maglev_service() -> DesiredService {
+    let mut service = self_service();
+    service.name = "maglev".into();
+    service.frontend.vip = MAGLEV_VIP.parse().expect("constant address");
+    let [a, b, c] = MAGLEV_BACKEND_NET;
+    service.backends = (1..=10)
+        .map(|d| DesiredBackend {
+            addr: Ipv4Addr::new(a, b, c, d),
+            port: BACKEND_PORT,
+            state: BackendState::Active,
+            remote: false,
+        })
+        .collect();
+    service.algorithm = Some(lb_agent::model::LbAlgorithm::Maglev);
+    service
+}
+
 fn load(services: u32) -> anyhow::Result<Loaded> {
     let fixture = Fixture {
         services,
         backends: 1,
     };
     let mut datapath = LbDatapath::load(&format!("pkt{services}"))?;
-    let mut desired = vec![self_service()];
+    let mut desired = vec![self_service(), maglev_service()];
     desired.extend(fixture.desired());
     datapath.sync(&desired)?;
     let vip = Fixture::vip(fixture.target());
@@ -142,6 +167,7 @@ fn load(services: u32) -> anyhow::Result<Loaded> {
     Ok(Loaded {
         services,
         next_flow: 0,
+        next_maglev_flow: 0,
         est: tcp_ack(&client, &front),
         reply: tcp_ack(&back, &client),
         pass: tcp_ack(
@@ -159,6 +185,7 @@ fn load(services: u32) -> anyhow::Result<Loaded> {
 struct Rounds {
     pass: Vec<Vec<f64>>,
     new_flow: Vec<Vec<f64>>,
+    new_flow_maglev: Vec<Vec<f64>>,
     established: Vec<Vec<f64>>,
     reply: Vec<Vec<f64>>,
     pass_repeat: Vec<Vec<f64>>,
@@ -222,6 +249,26 @@ pub fn run(plan: Plan) -> anyhow::Result<Vec<SizeResult>> {
                 new_flow.push(ns(run.duration));
             }
             r.new_flow.push(new_flow);
+            let mut new_flow = Vec::with_capacity(plan.samples);
+            for _ in 0..plan.samples {
+                let k = l.next_maglev_flow;
+                l.next_maglev_flow += 1;
+                let src = format!(
+                    "10.2.{}.{}:{}",
+                    (k / 60_000) % 250,
+                    1 + (k / 60_000) / 250,
+                    1024 + k % 60_000
+                );
+                let frame = tcp_syn(&src, &format!("{MAGLEV_VIP}:{SERVICE_PORT}"));
+                let run = dp.run(&frame, 1)?;
+                anyhow::ensure!(
+                    run.verdict == TC_ACT_UNSPEC
+                        && ip_dst(&run.frame).octets()[..3] == MAGLEV_BACKEND_NET,
+                    "new Maglev flow not DNATed"
+                );
+                new_flow.push(ns(run.duration));
+            }
+            r.new_flow_maglev.push(new_flow);
         }
         eprintln!(
             "lb-bench: per-packet: round {} of {} done",
@@ -245,6 +292,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Vec<SizeResult>> {
             services: l.services,
             pass: net(&r.pass),
             new_flow: net(&r.new_flow),
+            new_flow_maglev: net(&r.new_flow_maglev),
             established: net(&r.established),
             reply: net(&r.reply),
             pass_repeat: summarize(&r.pass_repeat),

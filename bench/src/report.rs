@@ -131,6 +131,7 @@ pub fn markdown(results: &Results) -> String {
             .map(endpoint_change_section)
             .unwrap_or_default(),
         memory_section(results),
+        maglev_section(results),
         targets_section(results),
     ]
     .concat();
@@ -219,16 +220,17 @@ fn packet_cost_section(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| services | pass-through | new flow | established | reply | pass-through, repeat | established, repeat (idempotent) | reply, repeat (idempotent) | floor subtracted |"
+        "| services | pass-through | new flow | new flow, Maglev | established | reply | pass-through, repeat | established, repeat (idempotent) | reply, repeat (idempotent) | floor subtracted |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for size in &results.packet {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             human(size.services),
             fmt_summary(&size.pass, 0),
             fmt_summary(&size.new_flow, 0),
+            fmt_summary(&size.new_flow_maglev, 0),
             fmt_summary(&size.established, 0),
             fmt_summary(&size.reply, 0),
             fmt_summary(&size.pass_repeat, 0),
@@ -248,7 +250,9 @@ fn packet_cost_section(results: &Results) -> String {
          `median(pass-through at repeat 1) − per-run(pass-through at repeat R)`; pass-through \
          leaves the frame untouched, so both measure the same path. New flows use a fresh \
          source tuple for every run (two conntrack inserts each); established and reply packets \
-         belong to a flow opened before timing.\n\
+         belong to a flow opened before timing. *New flow, Maglev* is the same to a service \
+         beside them that selects by Maglev (10 backends, M = 16381): a 5-tuple hash and one \
+         `LB4_MAGLEV` lookup instead of a random number and one slot lookup.\n\
          - *…, repeat (idempotent)* cross-checks established and reply at `repeat = R` on a \
          service whose only backend is its own VIP:port: the DNAT and rev-NAT write the values \
          already there, so every rerun is again a conntrack hit doing the full lookup, \
@@ -490,6 +494,48 @@ fn memory_section(results: &Results) -> String {
         "\nNot included: the Kubernetes object caches (reflector stores of Services and \
          EndpointSlices), which a running agent also holds."
     );
+    out
+}
+
+/// B9: the agent's cost of Maglev tables.
+fn maglev_section(results: &Results) -> String {
+    let mut out = String::new();
+    if results.maglev.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\n## Maglev tables (B9)\n");
+    let _ = writeln!(
+        out,
+        "Every service on Maglev (`bpf-lb-algorithm=maglev`). *Build*: every table built once \
+         by `sync::maglev::table`, as a full sync pass builds them (single thread, no kernel). \
+         *Kept*: what the sync state holds per service for Maglev beyond random selection (the \
+         table's spec: M, seed, member names and ids; the table itself is built only to be \
+         written). *Table*: the heap of one built table, freed once written; in the kernel a \
+         table is `ceil(M/256)` `LB4_MAGLEV` values of 1 KiB. *Kernel sync*: one full pass of \
+         the first services into fresh maps, tables included.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| services × backends | M | build, total | build per service | kept per service | table (transient) | kernel sync | per service | writes |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for m in &results.maglev {
+        let services = f64::from(m.fixture.services);
+        let _ = writeln!(
+            out,
+            "| {} × {} | {} | {:.0} ms | {:.0} µs | {:.0} B | {:.0} KiB | {:.0} ms ({}) | {:.0} µs | {} |",
+            human(m.fixture.services),
+            m.fixture.backends,
+            m.table_size,
+            m.build_ms,
+            m.build_ms * 1e3 / services,
+            m.kept_per_service,
+            m.table_bytes as f64 / 1024.0,
+            m.kernel_sync_ms,
+            human(m.kernel_services),
+            m.kernel_sync_ms * 1e3 / f64::from(m.kernel_services.max(1)),
+            m.kernel_writes
+        );
+    }
     out
 }
 
@@ -838,6 +884,7 @@ mod tests {
                 services,
                 pass: summary(180.0),
                 new_flow: summary(1600.0),
+                new_flow_maglev: summary(1650.0),
                 established: summary(350.0 + f64::from(services) / 1000.0),
                 reply: summary(390.0),
                 pass_repeat: summary(185.0),
@@ -926,6 +973,20 @@ mod tests {
                     ("LB4_SERVICES".into(), 25_165_824, 262_144),
                 ],
             },
+            maglev: config
+                .maglev
+                .iter()
+                .map(|&(fixture, kernel_services)| crate::control::MaglevResult {
+                    fixture,
+                    table_size: 16_381,
+                    build_ms: 2_000.0,
+                    kept_per_service: 120.0,
+                    table_bytes: 65_524,
+                    kernel_sync_ms: 400.0,
+                    kernel_services,
+                    kernel_writes: 70_000,
+                })
+                .collect(),
             vm_hwm_kb: 145_408,
             elapsed: Duration::from_secs(690),
         }
@@ -951,6 +1012,7 @@ mod tests {
                 "## Full programming time (B5)",
                 "## One endpoint change to datapath (B6), 10k services loaded",
                 "## Memory (B7)",
+                "## Maglev tables (B9)",
                 "## Against the targets of issue 6",
                 notes_heading,
             ]
@@ -987,7 +1049,7 @@ mod tests {
             1 + Variant::ALL.len(),
             "B1 row and B2/B3 rows"
         );
-        assert_eq!(rows("| 10k × 10 | "), 2, "B5 and B7 rows");
+        assert_eq!(rows("| 10k × 10 | "), 3, "B5, B7 and B9 rows");
         assert!(report.contains("| lb | 37.0 (29.6–44.4) | 92.5 | 5.0 | 12.5 |"));
     }
 

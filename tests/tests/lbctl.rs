@@ -508,7 +508,8 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
          bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, \
          bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, \
          bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, conntrack-gc-interval, \
-         bpf-lb-map-max, snat-port-range, log-level\n"
+         bpf-lb-algorithm, bpf-lb-algorithm-annotation, bpf-lb-maglev-table-size, \
+         bpf-lb-maglev-hash-seed, bpf-lb-map-max, snat-port-range, log-level\n"
     );
 }
 
