@@ -494,7 +494,7 @@ options! {
         value_name: "DIR",
         kind: Kind::Path,
         help: "bpffs directory where maps are pinned",
-        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v2/`",
+        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v3/`",
     }
     Socket => socket: PathBuf {
         key: "socket",
