@@ -198,3 +198,25 @@ fn a_random_service_beside_a_maglev_one_still_spreads_one_client_s_flows_at_rand
     // 8 draws of 8 backends all equal: 8^-7.
     assert!(random_choices.len() > 1, "{random_choices:?}");
 }
+
+#[test]
+fn with_client_ip_affinity_a_client_s_flows_share_one_entry_on_every_node() {
+    use lb_tests::fixture::ServiceExt as _;
+    // The source port is hashed as 0: on a node that has never seen the client (no affinity
+    // entry), every connection of the client still lands on the backend any other node picks.
+    let all = backends(10);
+    let mut node_a = maglev_datapath();
+    node_a.sync(&[service(VIP, &refs(&all)).affinity(10_800)]);
+    let mut reversed = all.clone();
+    reversed.reverse();
+    let mut node_b = maglev_datapath();
+    node_b.sync(&[service(VIP, &refs(&reversed)).affinity(10_800)]);
+    let mut used = std::collections::BTreeSet::new();
+    for client in clients(40) {
+        let on_a = backend_of(&node_a, client);
+        let other_port = SocketAddrV4::new(*client.ip(), client.port() ^ 0x5555);
+        assert_eq!(backend_of(&node_b, other_port), on_a, "{client}");
+        used.insert(on_a);
+    }
+    assert!(used.len() > 1, "clients still spread: {used:?}");
+}
