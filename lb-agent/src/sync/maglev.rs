@@ -208,18 +208,27 @@ pub fn build(m: u32, seed: u32, members: &[Member]) -> Vec<u32> {
     let mut table = vec![EMPTY; m as usize];
     let mut filled = 0usize;
     let mut round: u64 = 0;
+    // Both below M, so one conditional subtraction replaces `% M` (no division in the loop).
+    let step = |next: &mut u64, skip: u64| {
+        *next += skip;
+        if *next >= size {
+            *next -= size;
+        }
+    };
     while filled < table.len() {
-        for (i, weight) in weights.iter().enumerate() {
-            // Weighted turns: `weight` of every `max_weight` rounds.
-            if (round + 1) * weight / max_weight == round * weight / max_weight {
+        for (i, &weight) in weights.iter().enumerate() {
+            // Weighted turns: `weight` of every `max_weight` rounds (every round at full weight).
+            if weight != max_weight
+                && (round + 1) * weight / max_weight == round * weight / max_weight
+            {
                 continue;
             }
             let (next, skip) = &mut cursor[i];
             while table[*next as usize] != EMPTY {
-                *next = (*next + *skip) % size;
+                step(next, *skip);
             }
             table[*next as usize] = i as u32;
-            *next = (*next + *skip) % size;
+            step(next, *skip);
             filled += 1;
             if filled == table.len() {
                 break;
