@@ -296,3 +296,88 @@ pub fn map_memory() -> anyhow::Result<MapMemory> {
         maps: datapath.memlock()?,
     })
 }
+
+/// B9: what Maglev tables cost the agent, for one fixture with every service on Maglev.
+#[derive(Clone, Debug)]
+pub struct MaglevResult {
+    /// The fixture.
+    pub fixture: Fixture,
+    /// M.
+    pub table_size: u32,
+    /// Building every table once (`sync::maglev::table`, what a full pass builds), ms.
+    pub build_ms: f64,
+    /// Extra heap the sync state keeps per service for Maglev (its `MaglevSpec`), bytes: the
+    /// desired content with Maglev minus the same with random selection, per service.
+    pub kept_per_service: f64,
+    /// Heap of one built table (as written, then freed), bytes.
+    pub table_bytes: i64,
+    /// One sync pass into the kernel of `kernel_services` of these services, ms.
+    pub kernel_sync_ms: f64,
+    /// Services in that pass.
+    pub kernel_services: u32,
+    /// Map writes of that pass.
+    pub kernel_writes: usize,
+}
+
+/// Runs B9: tables for `fixture` built in the agent (pure, no kernel), then a kernel sync pass
+/// of `kernel_services` of them (each table is 4·M bytes of `LB4_MAGLEV`, so the kernel pass is
+/// kept smaller than the build).
+pub fn maglev_tables(fixture: Fixture, kernel_services: u32) -> anyhow::Result<MaglevResult> {
+    use lb_agent::{model::LbAlgorithm, sync::maglev};
+    eprintln!(
+        "lb-bench: Maglev tables for {} services × {} backends",
+        fixture.services, fixture.backends
+    );
+    let settings = maglev::Settings {
+        default: LbAlgorithm::Maglev,
+        ..maglev::Settings::default()
+    };
+    let services = fixture.desired();
+    let before = alloc::live_bytes();
+    let random = desired::desired_content(&services, &mut Ids::default())?;
+    let random_heap = alloc::live_bytes() - before;
+    drop(random);
+    let before = alloc::live_bytes();
+    let content = desired::desired_content_with(&services, &mut Ids::default(), &settings)?;
+    let maglev_heap = alloc::live_bytes() - before;
+    ensure!(
+        content.maglev.len() == services.len(),
+        "every service has a table"
+    );
+    let started = Instant::now();
+    let mut table_bytes = 0;
+    for spec in content.maglev.values() {
+        let before = alloc::live_bytes();
+        let table = maglev::table(spec);
+        table_bytes = alloc::live_bytes() - before;
+        ensure!(table.len() == spec.size as usize, "a full table");
+    }
+    let build_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(content);
+
+    let some = Fixture {
+        services: kernel_services.min(fixture.services),
+        ..fixture
+    };
+    let mut datapath = LbDatapath::load("maglev")?;
+    let mut desired = some.desired();
+    for service in &mut desired {
+        service.algorithm = Some(LbAlgorithm::Maglev);
+    }
+    let started = Instant::now();
+    let stats = datapath.sync(&desired)?;
+    let kernel_sync_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(datapath);
+    let result = MaglevResult {
+        fixture,
+        table_size: settings.table_size,
+        build_ms,
+        kept_per_service: (maglev_heap - random_heap) as f64 / f64::from(fixture.services),
+        table_bytes,
+        kernel_sync_ms,
+        kernel_services: some.services,
+        kernel_writes: stats.writes,
+    };
+    eprintln!("lb-bench: {result:?}");
+    Ok(result)
+}

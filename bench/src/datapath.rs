@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{TestRun as _, TestRunOptions, programs::SchedClassifier};
 use lb_agent::datapath::{Datapath, LoadOptions, maps::AyaMaps};
 use lb_agent::model::DesiredService;
-use lb_agent::sync::{SyncStats, Syncer};
+use lb_agent::sync::{SyncStats, Syncer, maglev};
 use lb_common::config::DatapathConfig;
 use lb_common::drop::Hook;
 
@@ -42,7 +42,9 @@ pub struct Run {
 }
 
 impl LbDatapath {
-    /// Loads the datapath with maps pinned under `/sys/fs/bpf/lb-bench-<pid>-<tag>`.
+    /// Loads the datapath with maps pinned under `/sys/fs/bpf/lb-bench-<pid>-<tag>`. Services
+    /// select at random unless they ask for Maglev (`DesiredService::algorithm`, as the
+    /// `service.cilium.io/lb-algorithm` annotation does), with the default table size.
     pub fn load(tag: &str) -> anyhow::Result<Self> {
         Self::load_with(tag, DatapathConfig::default(), LB_MAP_MAX)
     }
@@ -55,6 +57,10 @@ impl LbDatapath {
     /// [`LbDatapath::load`] with `config` in `LB_CONFIG` (SNAT needs a node address) and
     /// `lb_map_max` entries in the services and backends maps.
     pub fn load_with(tag: &str, config: DatapathConfig, lb_map_max: u32) -> anyhow::Result<Self> {
+        let selection = maglev::Settings {
+            annotation: true,
+            ..maglev::Settings::default()
+        };
         let root = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let datapath = Datapath::load(&LoadOptions {
@@ -62,7 +68,11 @@ impl LbDatapath {
             ct_max_entries: CT_MAX,
             ct_any_max_entries: CT_MAX,
             lb_map_max,
-            config,
+            config: DatapathConfig {
+                maglev_seed: selection.seed.tuple(),
+                maglev_table_size: selection.table_size,
+                ..config
+            },
         })
         .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))
         .context("load the datapath (is /sys/fs/bpf bpffs?)")?;
@@ -73,7 +83,8 @@ impl LbDatapath {
             ..
         } = datapath;
         let syncer = Syncer::new(Arc::new(Mutex::new(maps)))
-            .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))?;
+            .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))?
+            .with_selection(selection);
         Ok(Self {
             inner_ebpf: ebpf,
             pin_dir,

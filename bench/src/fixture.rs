@@ -92,6 +92,7 @@ impl Fixture {
                 has_any_endpoints: true,
                 affinity_timeout_secs: None,
                 source_ranges: None,
+                algorithm: None,
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 //! within rounds, and writes `benchmarks.md` and `benchmarks.svg` to `--out` (default `docs/`).
 //!
 //! ```text
-//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding]
+//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding,maglev]
 //! ```
 //!
 //! `--quick` runs tiny sizes as a smoke test (CI): it checks that every path works and asserts
@@ -59,6 +59,9 @@ pub struct Config {
     pub packet: packet_cost::Plan,
     /// B4 plan.
     pub forwarding: forwarding::Plan,
+    /// B9: the fixtures whose Maglev tables are built, and how many services of each go
+    /// through a kernel sync pass.
+    pub maglev: &'static [(Fixture, u32)],
 }
 
 const FULL: Config = Config {
@@ -108,6 +111,22 @@ const FULL: Config = Config {
         tcp_rounds: 3,
         iperf_length: &["-t", "5"],
     },
+    maglev: &[
+        (
+            Fixture {
+                services: 10_000,
+                backends: 1,
+            },
+            1_000,
+        ),
+        (
+            Fixture {
+                services: 10_000,
+                backends: 10,
+            },
+            1_000,
+        ),
+    ],
 };
 
 const QUICK: Config = Config {
@@ -147,6 +166,13 @@ const QUICK: Config = Config {
         tcp_rounds: 1,
         iperf_length: &["-n", "20M"],
     },
+    maglev: &[(
+        Fixture {
+            services: 100,
+            backends: 4,
+        },
+        20,
+    )],
 };
 
 /// Connect results for one size and variant.
@@ -242,6 +268,8 @@ pub struct Results {
     pub change: Option<control::ChangeResult>,
     /// B7.
     pub maps: control::MapMemory,
+    /// B9.
+    pub maglev: Vec<control::MaglevResult>,
     /// Peak RSS of the bench process (kB).
     pub vm_hwm_kb: u64,
     /// Wall time of the whole run.
@@ -249,7 +277,14 @@ pub struct Results {
 }
 
 /// The parts of the suite, for `--only` (development: the report then has gaps).
-const PARTS: [&str; 5] = ["packet", "sync", "change", "traffic", "forwarding"];
+const PARTS: [&str; 6] = [
+    "packet",
+    "sync",
+    "change",
+    "traffic",
+    "forwarding",
+    "maglev",
+];
 
 fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -281,6 +316,15 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
     } else {
         None
     };
+    let maglev = if want("maglev") {
+        config
+            .maglev
+            .iter()
+            .map(|&(fixture, kernel)| control::maglev_tables(fixture, kernel))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let traffic = if want("traffic") {
         traffic(&config)?
     } else {
@@ -302,6 +346,7 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
         sync,
         change,
         maps,
+        maglev,
         vm_hwm_kb: alloc::proc_status_kb("VmHWM"),
         elapsed: started.elapsed(),
     };
@@ -345,7 +390,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding]"
+                    "lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding,maglev]"
                 );
                 return ExitCode::SUCCESS;
             }

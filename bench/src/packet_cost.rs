@@ -147,6 +147,7 @@ fn one_backend(name: &str, frontend: (&str, u16), backend: (&str, u16)) -> Desir
         has_any_endpoints: true,
         affinity_timeout_secs: None,
         source_ranges: None,
+        algorithm: None,
     }
 }
 

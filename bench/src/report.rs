@@ -134,6 +134,7 @@ pub fn markdown(results: &Results) -> String {
             .map(endpoint_change_section)
             .unwrap_or_default(),
         memory_section(results),
+        maglev_section(results),
         targets_section(results),
     ]
     .concat();
@@ -706,6 +707,48 @@ fn memory_section(results: &Results) -> String {
     out
 }
 
+/// B9: the agent's cost of Maglev tables.
+fn maglev_section(results: &Results) -> String {
+    let mut out = String::new();
+    if results.maglev.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\n## Maglev tables (B9)\n");
+    let _ = writeln!(
+        out,
+        "Every service on Maglev (`bpf-lb-algorithm=maglev`). *Build*: every table built once \
+         by `sync::maglev::table`, as a full sync pass builds them (single thread, no kernel). \
+         *Kept*: what the sync state holds per service for Maglev beyond random selection (the \
+         table's spec: M, seed, member names and ids; the table itself is built only to be \
+         written). *Table*: the heap of one built table, freed once written; in the kernel a \
+         table is `ceil(M/256)` `LB4_MAGLEV` values of 1 KiB. *Kernel sync*: one full pass of \
+         the first services into fresh maps, tables included.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| services × backends | M | build, total | build per service | kept per service | table (transient) | kernel sync | per service | writes |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for m in &results.maglev {
+        let services = f64::from(m.fixture.services);
+        let _ = writeln!(
+            out,
+            "| {} × {} | {} | {:.0} ms | {:.0} µs | {:.0} B | {:.0} KiB | {:.0} ms ({}) | {:.0} µs | {} |",
+            human(m.fixture.services),
+            m.fixture.backends,
+            m.table_size,
+            m.build_ms,
+            m.build_ms * 1e3 / services,
+            m.kept_per_service,
+            m.table_bytes as f64 / 1024.0,
+            m.kernel_sync_ms,
+            human(m.kernel_services),
+            m.kernel_sync_ms * 1e3 / f64::from(m.kernel_services.max(1)),
+            m.kernel_writes
+        );
+    }
+    out
+}
+
 /// One figure of a B1 size result.
 type PacketFigure = fn(&crate::packet_cost::SizeResult) -> f64;
 
@@ -1247,6 +1290,20 @@ mod tests {
                     ("LB4_SERVICES".into(), 25_165_824, 262_144),
                 ],
             },
+            maglev: config
+                .maglev
+                .iter()
+                .map(|&(fixture, kernel_services)| crate::control::MaglevResult {
+                    fixture,
+                    table_size: 16_381,
+                    build_ms: 2_000.0,
+                    kept_per_service: 120.0,
+                    table_bytes: 65_524,
+                    kernel_sync_ms: 400.0,
+                    kernel_services,
+                    kernel_writes: 70_000,
+                })
+                .collect(),
             vm_hwm_kb: 145_408,
             elapsed: Duration::from_secs(690),
         }
@@ -1273,6 +1330,7 @@ mod tests {
                 "## Full programming time (B5)",
                 "## One endpoint change to datapath (B6), 10k services loaded",
                 "## Memory (B7)",
+                "## Maglev tables (B9)",
                 "## Against the targets of issue 6",
                 notes_heading,
             ]
@@ -1309,7 +1367,7 @@ mod tests {
             1 + Variant::ALL.len(),
             "B1 row and B2/B3 rows"
         );
-        assert_eq!(rows("| 10k × 10 | "), 2, "B5 and B7 rows");
+        assert_eq!(rows("| 10k × 10 | "), 3, "B5, B7 and B9 rows");
         assert!(report.contains("| lb | 37.0 (29.6–44.4) | 92.5 | 5.0 | 12.5 |"));
         assert_eq!(
             rows("| 10k | "),

@@ -28,10 +28,16 @@ pub struct DatapathConfig {
     pub clock_offset: u32,
     /// Conntrack lifetimes, in seconds.
     pub lifetimes: CtLifetimes,
+    /// Seed of the 5-tuple hash that indexes Maglev tables (`bpf-lb-maglev-hash-seed`): the
+    /// same on every node, so that every node sends a flow to the same table entry.
+    pub maglev_seed: u32,
+    /// M, the size of every Maglev table (`bpf-lb-maglev-table-size`, a prime); 0 until the
+    /// agent writes it, which makes every Maglev lookup miss (and fall back to random).
+    pub maglev_table_size: u32,
     /// Zero.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 64);
 
 impl DatapathConfig {
     /// Nothing enabled (no SNAT, no events, ClusterIPs internal), the clock stopped at 0 and
@@ -45,6 +51,8 @@ impl DatapathConfig {
         clock_mult: 0,
         clock_offset: 0,
         lifetimes: CtLifetimes::DEFAULT,
+        maglev_seed: 0,
+        maglev_table_size: 0,
         _pad: 0,
     };
 }

@@ -8,6 +8,8 @@ pub const LB4_SERVICES: &str = "LB4_SERVICES";
 pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
 /// Reverse NAT by service id: `u16` -> `RevNat4`.
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
+/// Maglev tables, in chunks: `MaglevKey` (service id, chunk) -> `MaglevChunk`.
+pub const LB4_MAGLEV: &str = "LB4_MAGLEV";
 /// ClientIP session affinity: (client, service) → backend.
 pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
 /// `loadBalancerSourceRanges` (LPM trie): `Key<SourceRangeKey4>` (service id, client prefix)
@@ -53,6 +55,10 @@ pub const CT_MAX_ENTRIES: u32 = 262_144;
 /// Default capacity of `LB4_SRC_RANGE` (Cilium's `lb4_source_range` default): client prefixes
 /// summed over every load-balancer frontend.
 pub const SOURCE_RANGE_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of `LB4_MAGLEV` in chunks: 16 384 frontends with the default table size (64
+/// chunks each). Entries are allocated as they are written (`BPF_F_NO_PREALLOC`), so an unused
+/// capacity costs nothing.
+pub const MAGLEV_MAX_ENTRIES: u32 = 1 << 20;
 /// Default size of `LB4_AFFINITY` (an LRU map: the least recently used client goes first).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `LB4_FRAGS`: datagrams whose fragments are in flight at once (Cilium's
@@ -72,4 +78,4 @@ pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
 /// Version of the map layouts, the last component of the pin directory
 /// (`<bpf-root>/<PIN_VERSION>/`). Bump it whenever a key or value layout changes: reusing a
 /// pinned map does not check its key or value size.
-pub const PIN_VERSION: &str = "v2";
+pub const PIN_VERSION: &str = "v3";

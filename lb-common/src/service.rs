@@ -62,6 +62,74 @@ pub struct ServiceEntry {
 }
 const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 12);
 
+/// Second service flag byte: new flows pick their backend from the frontend's Maglev table in
+/// `LB4_MAGLEV` (keyed by its service id) instead of at random. ClientIP affinity, when on,
+/// still comes first.
+pub const SERVICE_F2_MAGLEV: u8 = 1 << 1;
+
+/// Backend ids per `LB4_MAGLEV` value: a frontend's table of M entries is stored as
+/// `ceil(M / MAGLEV_CHUNK)` values, entry `i` in value `i / MAGLEV_CHUNK` at `i % MAGLEV_CHUNK`.
+/// A power of two, so that the datapath splits an index with a shift and a mask.
+pub const MAGLEV_CHUNK: usize = 256;
+
+/// The 5-tuple hash that indexes a Maglev table (index = hash % M): Linux's `jhash_3words` of
+/// the source address, the destination address and both ports, all as the packet carries them
+/// (network byte order), with `seed` as its initial value. A pure function of the tuple and
+/// the seed, so every node with the same seed sends a flow to the same entry. With ClientIP
+/// affinity the datapath passes source port 0, so that a client's connections share an entry.
+#[inline(always)]
+pub const fn maglev_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, seed: u32) -> u32 {
+    const JHASH_INITVAL: u32 = 0xdead_beef;
+    let init = seed.wrapping_add(JHASH_INITVAL).wrapping_add(3 << 2);
+    let mut a = saddr.wrapping_add(init);
+    let mut b = daddr.wrapping_add(init);
+    let mut c = (((dport as u32) << 16) | sport as u32).wrapping_add(init);
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
+/// Key of `LB4_MAGLEV`: one chunk of a frontend's Maglev table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    /// The frontend's service id.
+    pub rev_nat: u16,
+    /// Which chunk: entries `chunk * MAGLEV_CHUNK ..`.
+    pub chunk: u16,
+}
+const _: () = assert!(core::mem::size_of::<MaglevKey>() == 4);
+
+/// Value of `LB4_MAGLEV`: `MAGLEV_CHUNK` consecutive entries of a Maglev table, each a backend
+/// id (a key of `LB4_BACKENDS`); entries past the table's end are 0 (no backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    /// Backend ids.
+    pub backend_ids: [u32; MAGLEV_CHUNK],
+}
+const _: () = assert!(core::mem::size_of::<MaglevChunk>() == 4 * MAGLEV_CHUNK);
+
+impl Default for MaglevChunk {
+    fn default() -> Self {
+        Self {
+            backend_ids: [0; MAGLEV_CHUNK],
+        }
+    }
+}
+
 /// Service flag: the frontend is reachable from outside the cluster (set for every type but
 /// ClusterIP, whose frontends become reachable through `CONFIG_F_EXTERNAL_CLUSTER_IP`).
 pub const SERVICE_F_ROUTABLE: u8 = 1 << 6;
@@ -188,5 +256,7 @@ crate::pod!(
     Backend4,
     RevNat4,
     AffinityKey4,
-    AffinityValue
+    AffinityValue,
+    MaglevKey,
+    MaglevChunk
 );

@@ -7,25 +7,27 @@
 //! counts from the client's latest new connection, as kube-proxy's does.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
-use lb_common::service::{AffinityKey4, AffinityValue, SERVICE_F_AFFINITY};
+use lb_common::service::{AffinityKey4, AffinityValue, SERVICE_F_AFFINITY, SERVICE_F2_MAGLEV};
 
 use crate::{
     drop::Dropped,
     lb::{self, Chosen, Frontend},
+    maglev,
     maps::LB4_AFFINITY,
+    parse::Tuple4,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// The backend for a new flow from `client` to `frontend`: the remembered one when affinity
-/// is on and it still holds, else a random active one (which is then remembered).
+/// The backend for a new flow `tuple` to `frontend`: the remembered one when affinity is on
+/// and it still holds, else one chosen by the frontend's algorithm (which is then remembered).
 #[inline(always)]
-pub fn select_backend(frontend: &Frontend, client: u32) -> Result<Chosen, Dropped> {
+pub fn select_backend(frontend: &Frontend, tuple: &Tuple4) -> Result<Chosen, Dropped> {
     if frontend.entry.flags & SERVICE_F_AFFINITY == 0 {
-        return lb::select_backend(frontend);
+        return choose(frontend, tuple);
     }
     let key = AffinityKey4 {
-        client,
+        client: tuple.saddr,
         rev_nat: frontend.entry.rev_nat,
         _pad: 0,
     };
@@ -45,7 +47,7 @@ pub fn select_backend(frontend: &Frontend, client: u32) -> Result<Chosen, Droppe
         });
     let chosen = match remembered {
         Some(chosen) => chosen,
-        None => lb::select_backend(frontend)?,
+        None => choose(frontend, tuple)?,
     };
     let value = AffinityValue {
         last_used_ns: now,
@@ -56,4 +58,16 @@ pub fn select_backend(frontend: &Frontend, client: u32) -> Result<Chosen, Droppe
     // stickiness, never the connection.
     let _ = LB4_AFFINITY.insert(key, value, u64::from(BPF_ANY));
     Ok(chosen)
+}
+
+/// The frontend's algorithm: its Maglev table entry for the tuple, or a random active backend
+/// (also when the table has no active backend for it).
+#[inline(always)]
+fn choose(frontend: &Frontend, tuple: &Tuple4) -> Result<Chosen, Dropped> {
+    if frontend.entry.flags2 & SERVICE_F2_MAGLEV != 0
+        && let Some(chosen) = maglev::select_backend(frontend, tuple)
+    {
+        return Ok(chosen);
+    }
+    lb::select_backend(frontend)
 }

@@ -37,6 +37,7 @@ mod hairpin;
 mod host_reply;
 mod icmp;
 mod lb;
+mod maglev;
 mod maps;
 mod metrics;
 mod nat;
@@ -187,7 +188,7 @@ fn new_flow(
     {
         return icmp::refuse(ctx, tuple.daddr);
     }
-    let chosen = affinity::select_backend(frontend, tuple.saddr)?;
+    let chosen = affinity::select_backend(frontend, tuple)?;
     let now = conntrack::now(config);
     let snat = if hairpin::is_hairpin(hook, tuple, &chosen) {
         Some(nat::select_hairpin_port(

@@ -6,6 +6,7 @@
 //! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
 //! | `LB4_AFFINITY` | `affinity.rs` |
 //! | `LB4_SRC_RANGE` | `policy.rs` |
+//! | `LB4_MAGLEV` | `maglev.rs` |
 //! | `LB4_FRAGS` | `frag.rs` |
 //! | `LB4_REVNAT` | none: written by the agent, not read on the packet path (reply entries carry VIP:port) |
 //! | `LB4_CT_TCP`, `LB4_CT_ANY` | `conntrack.rs` |
@@ -23,6 +24,7 @@
 //! constants (a map's name is its symbol), which the assertions below keep true.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -34,7 +36,8 @@ use lb_common::{
     maps,
     metrics::{MetricKey, MetricValue},
     service::{
-        AffinityKey4, AffinityValue, Backend4, RevNat4, ServiceEntry, ServiceKey4, SourceRangeKey4,
+        AffinityKey4, AffinityValue, Backend4, MaglevChunk, MaglevKey, RevNat4, ServiceEntry,
+        ServiceKey4, SourceRangeKey4,
     },
     sock::{SockRevKey4, SockRevValue4},
 };
@@ -83,6 +86,13 @@ pub static LB4_CT_TCP: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(maps::CT
 #[map]
 pub static LB4_CT_ANY: LruHashMap<CtKey4, CtEntry> =
     LruHashMap::pinned(maps::CT_ANY_MAX_ENTRIES, 0);
+
+/// Maglev tables in chunks, by (service id, chunk). `BPF_F_NO_PREALLOC`: memory only for the
+/// tables written, and an update swaps in a whole new value, so a reader sees the old chunk or
+/// the new one, never a mix.
+#[map]
+pub static LB4_MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::pinned(maps::MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// ClientIP session affinity: the backend of each client's last new connection per service.
 #[map]
@@ -168,6 +178,7 @@ const _: () = assert!(same(maps::LB4_BACKENDS, "LB4_BACKENDS"));
 const _: () = assert!(same(maps::LB4_REVNAT, "LB4_REVNAT"));
 const _: () = assert!(same(maps::LB4_AFFINITY, "LB4_AFFINITY"));
 const _: () = assert!(same(maps::LB4_SRC_RANGE, "LB4_SRC_RANGE"));
+const _: () = assert!(same(maps::LB4_MAGLEV, "LB4_MAGLEV"));
 const _: () = assert!(same(maps::LB4_FRAGS, "LB4_FRAGS"));
 const _: () = assert!(same(maps::LB4_CT_TCP, "LB4_CT_TCP"));
 const _: () = assert!(same(maps::LB4_CT_ANY, "LB4_CT_ANY"));

@@ -36,6 +36,7 @@ use lb_common::{
 use crate::{
     affinity, lb,
     maps::{self, LB_HOST_NETNS, LB4_REVERSE_SK},
+    parse::{Shape, Tuple4},
 };
 
 /// The verdict that lets the syscall go on (with the rewritten address, if any).
@@ -139,12 +140,25 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
         && config.flags & CONFIG_F_NO_BACKEND_DROP == 0;
     // Affinity counts this node as one client, as kube-proxy sees the node's own connections
     // come from its address.
-    let Ok(chosen) = affinity::select_backend(&frontend, config.node_addr) else {
+    // SAFETY: the helper reads the context it is given, which is the program's.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The flow as selection sees it. No source port is bound yet at connect: the socket's
+    // cookie stands in for it, so that Maglev spreads the node's sockets like clients' flows.
+    let tuple = Tuple4 {
+        saddr: config.node_addr,
+        daddr: addr.ip,
+        sport: cookie as u16,
+        dport: addr.port,
+        proto: addr.proto,
+        tcp_flags: 0,
+        l4_off: 0,
+        shape: Shape::Complete,
+    };
+    let Ok(chosen) = affinity::select_backend(&frontend, &tuple) else {
         return reject(if refused { ECONNREFUSED } else { EHOSTUNREACH });
     };
     let key = SockRevKey4 {
-        // SAFETY: the helper reads the context it is given, which is the program's.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        cookie,
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
         _pad: 0,

@@ -32,7 +32,7 @@ use lb_agent::{
     model::{
         BackendState, DesiredBackend, DesiredService, Frontend, FrontendKind, Protocol, SourceRange,
     },
-    sync::Syncer,
+    sync::{Syncer, maglev},
 };
 use lb_common::{
     config::{DatapathConfig, EVENTS_PER_SEC},
@@ -110,6 +110,7 @@ pub fn service(frontend_text: &str, backends: &[&str]) -> DesiredService {
         has_any_endpoints: !backends.is_empty(),
         affinity_timeout_secs: None,
         source_ranges: None,
+        algorithm: None,
     }
 }
 
@@ -189,6 +190,7 @@ pub struct Datapath {
     /// The maps sync owns, shared with `syncer` as in the agent.
     maps: Arc<Mutex<AyaMaps>>,
     syncer: Syncer<AyaMaps>,
+    selection: maglev::Settings,
     clock: Clock,
     bpf_root: PathBuf,
     pin_dir: PathBuf,
@@ -201,6 +203,9 @@ pub struct LoadOptions {
     pub ct_max_entries: Option<u32>,
     /// Overrides `LB4_CT_ANY`'s capacity.
     pub ct_any_max_entries: Option<u32>,
+    /// Backend selection (the agent's `bpf-lb-algorithm` and Maglev options): random unless
+    /// given.
+    pub selection: Option<maglev::Settings>,
 }
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
@@ -219,6 +224,7 @@ impl Datapath {
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         ));
         ok(lb_testkit::ensure_bpffs(), "mount bpffs");
+        let selection = options.selection.unwrap_or_default();
         let loaded = Loaded::load(&AgentLoadOptions {
             bpf_root: bpf_root.clone(),
             ct_max_entries: options.ct_max_entries.unwrap_or(maps::CT_MAX_ENTRIES),
@@ -228,6 +234,8 @@ impl Datapath {
             lb_map_max: maps::SERVICES_MAX_ENTRIES,
             config: DatapathConfig {
                 events_per_sec: EVENTS_PER_SEC,
+                maglev_seed: selection.seed.tuple(),
+                maglev_table_size: selection.table_size,
                 ..DatapathConfig::default()
             },
         })
@@ -240,11 +248,14 @@ impl Datapath {
             ..
         } = loaded;
         let maps = Arc::new(Mutex::new(maps));
-        let syncer = Syncer::new(maps.clone()).expect("read the fresh maps");
+        let syncer = Syncer::new(maps.clone())
+            .expect("read the fresh maps")
+            .with_selection(selection);
         Self {
             ebpf,
             maps,
             syncer,
+            selection,
             clock,
             bpf_root,
             pin_dir,
@@ -275,7 +286,9 @@ impl Datapath {
     /// [`Datapath::sync`] plans from what the maps now hold.
     pub fn behind_sync<R>(&mut self, write: impl FnOnce(&mut AyaMaps) -> R) -> R {
         let result = write(&mut lock(&self.maps));
-        self.syncer = Syncer::new(self.maps.clone()).expect("re-read the maps");
+        self.syncer = Syncer::new(self.maps.clone())
+            .expect("re-read the maps")
+            .with_selection(self.selection);
         result
     }
 

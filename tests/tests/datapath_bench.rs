@@ -97,3 +97,48 @@ fn cost_per_packet_of_pass_through_established_and_new_flows() {
         (total / u32::from(flows)).as_nanos()
     );
 }
+
+#[test]
+#[ignore = "a measurement, not a check; run it explicitly"]
+fn cost_of_a_new_flow_with_random_and_with_maglev_selection() {
+    use lb_agent::{model::LbAlgorithm, sync::maglev::Settings};
+    use lb_tests::fixture::LoadOptions;
+    let mut datapath = Datapath::load_with(LoadOptions {
+        selection: Some(Settings {
+            annotation: true,
+            ..Settings::default()
+        }),
+        ..LoadOptions::default()
+    });
+    let backends: Vec<String> = (1..=10).map(|i| format!("10.244.9.{i}:8080")).collect();
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let random = service("10.96.0.10:80/TCP", &backends);
+    let mut maglev = service("10.96.0.12:80/TCP", &backends);
+    maglev.algorithm = Some(LbAlgorithm::Maglev);
+    datapath.sync(&[random, maglev]);
+    // Interleaved, so that both see the same neighbours and the same conntrack fill.
+    let flows = 20_000u16;
+    let mut totals = [std::time::Duration::ZERO; 2];
+    for port in 0..flows {
+        for (k, vip) in ["10.96.0.10:80", "10.96.0.12:80"].into_iter().enumerate() {
+            let client = format!(
+                "10.{}.{}.{}:{}",
+                1 + k,
+                1 + port / 250,
+                1 + port % 250,
+                30_000 + port
+            );
+            let run = datapath.run(Hook::FromPod, &tcp_syn(&client, vip));
+            assert_eq!(run.verdict, TC_ACT_UNSPEC);
+            totals[k] += run.duration;
+        }
+    }
+    println!(
+        "new flow, random (10 backends):            {:>5} ns/packet (mean of {flows} runs)",
+        (totals[0] / u32::from(flows)).as_nanos()
+    );
+    println!(
+        "new flow, Maglev (10 backends, M = 16381): {:>5} ns/packet (mean of {flows} runs)",
+        (totals[1] / u32::from(flows)).as_nanos()
+    );
+}

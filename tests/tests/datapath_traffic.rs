@@ -531,3 +531,70 @@ fn a_kept_tcp_connection_survives_udp_churn_that_overflows_the_any_map() {
     );
     assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
 }
+
+#[test]
+fn with_maglev_a_flow_moved_to_another_node_reaches_the_same_backend() {
+    let maglev = LoadOptions {
+        selection: Some(lb_agent::sync::maglev::Settings {
+            default: lb_agent::model::LbAlgorithm::Maglev,
+            ..Default::default()
+        }),
+        ..LoadOptions::default()
+    };
+    let mut node = Node::up_with("maglev_moved_flow", maglev);
+    node.datapath.sync(&[to_backends(UDP_FRONTEND, 7007)]);
+    let client = &node.topology.client.ns;
+    let ports = 40_000..40_024;
+    let answer = |source_port: u16| {
+        let payload = format!("from port {source_port}");
+        let reply = udp_echo(
+            client,
+            SocketAddrV4::new(CLIENT_IP, source_port),
+            vip(53),
+            &payload,
+            UDP_TIMEOUT,
+        )
+        .expect("UDP probe")
+        .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)));
+        assert_eq!(reply.payload, payload, "{reply:?}");
+        reply.pod_ip
+    };
+    let first: Vec<Ipv4Addr> = ports.clone().map(answer).collect();
+    let distinct: BTreeSet<&Ipv4Addr> = first.iter().collect();
+    assert_eq!(distinct.len(), BACKEND_IPS.len(), "flows spread: {first:?}");
+
+    // "Another node": the flows' next packets meet a datapath with empty conntrack whose agent
+    // learnt the backends in the other order (after another Service, so with other ids).
+    let mut other = Datapath::load_with(maglev);
+    other.sync(&[to_backends(HTTP_FRONTEND, 8080)]);
+    let mut reversed = to_backends(UDP_FRONTEND, 7007);
+    reversed.backends.reverse();
+    other.sync(&[to_backends(HTTP_FRONTEND, 8080), reversed]);
+    drop(std::mem::replace(&mut node.datapath, other));
+    node.topology
+        .node
+        .within(|| {
+            node.datapath.attach(Hook::FromNetdev, NODE_DEV);
+            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                node.datapath.attach(Hook::FromPod, dev);
+            }
+        })
+        .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+    let client = &node.topology.client.ns;
+    let answer = |source_port: u16| {
+        udp_echo(
+            client,
+            SocketAddrV4::new(CLIENT_IP, source_port),
+            vip(53),
+            "again",
+            UDP_TIMEOUT,
+        )
+        .expect("UDP probe")
+        .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)))
+        .pod_ip
+    };
+    let second: Vec<Ipv4Addr> = ports.map(answer).collect();
+    // With random selection each flow would match with probability 1/2: 2^-24 for all.
+    assert_eq!(second, first, "every flow reaches the backend it had");
+    assert_eq!(node.datapath.all_drops(), vec![], "nothing was dropped");
+}

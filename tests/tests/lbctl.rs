@@ -422,7 +422,11 @@ fn config_view_lists_every_option_sorted() {
         ("bpf-ct-timeout-service-any", "60"),
         ("bpf-ct-timeout-service-tcp", "21600"),
         ("bpf-ct-timeout-service-tcp-grace", "60"),
+        ("bpf-lb-algorithm", "random"),
+        ("bpf-lb-algorithm-annotation", "false"),
         ("bpf-lb-external-clusterip", "false"),
+        ("bpf-lb-maglev-hash-seed", "JLfvgnHc2kaSUFaI"),
+        ("bpf-lb-maglev-table-size", "16381"),
         ("bpf-lb-map-max", "131072"),
         ("bpf-lb-sock", "false"),
         ("bpf-root", "/sys/fs/bpf/lb"),
@@ -509,7 +513,9 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
          bpf-ct-max-entries, bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, \
          bpf-ct-timeout-regular-tcp-syn, bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, \
          bpf-ct-timeout-service-tcp, bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, \
-         conntrack-gc-interval, bpf-lb-map-max, snat-port-range, node-port-range, log-level\n"
+         conntrack-gc-interval, bpf-lb-algorithm, bpf-lb-algorithm-annotation, \
+         bpf-lb-maglev-table-size, bpf-lb-maglev-hash-seed, bpf-lb-map-max, snat-port-range, \
+         node-port-range, log-level\n"
     );
 }
 

@@ -134,7 +134,19 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
             service_tcp_grace: config.ct_timeout_service_tcp_grace,
             service_any: config.ct_timeout_service_any,
         },
+        maglev_seed: config.maglev_hash_seed.tuple(),
+        maglev_table_size: config.maglev_table_size,
         _pad: 0,
+    }
+}
+
+/// The sync loop's backend selection for an agent configuration.
+pub fn selection(config: &AgentConfig) -> crate::sync::maglev::Settings {
+    crate::sync::maglev::Settings {
+        default: config.lb_algorithm,
+        annotation: config.lb_algorithm_annotation,
+        table_size: config.maglev_table_size,
+        seed: config.maglev_hash_seed,
     }
 }
 
@@ -259,7 +271,9 @@ fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error
         datapath::sock::detach(&pin_dir);
     }
     let maps = Arc::new(Mutex::new(maps));
-    let syncer = Syncer::new(maps.clone()).map_err(Error::Restore)?;
+    let syncer = Syncer::new(maps.clone())
+        .map_err(Error::Restore)?
+        .with_selection(selection(config));
     let list_clock = datapath::conntrack::Clock::new(&mut ebpf, &pin_dir)?;
     Ok(Loaded {
         ebpf,

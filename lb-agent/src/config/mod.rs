@@ -520,6 +520,10 @@ mod tests {
                 ct_timeout_service_tcp_grace: 60,
                 ct_timeout_service_any: 60,
                 conntrack_gc_interval: 300,
+                lb_algorithm: crate::model::LbAlgorithm::Random,
+                lb_algorithm_annotation: false,
+                maglev_table_size: 16_381,
+                maglev_hash_seed: crate::sync::maglev::Seed::default(),
                 lb_map_max: 131_072,
                 snat_port_range: PortRange {
                     min: 61_000,

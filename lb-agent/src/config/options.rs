@@ -14,7 +14,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::k8s::SourceSpec;
+use crate::{k8s::SourceSpec, model::LbAlgorithm, sync::maglev};
 
 /// What values an option accepts; each kind validates a raw string and names what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,12 @@ pub enum Kind {
     PortRange,
     /// `MIN-MAX` (or Cilium's `MIN,MAX`), two ports with 1 ≤ MIN ≤ MAX.
     NodePortRange,
+    /// `random` or `maglev`.
+    LbAlgorithm,
+    /// One of Cilium's Maglev table sizes (primes).
+    MaglevTableSize,
+    /// 12 bytes in base64.
+    MaglevSeed,
 }
 
 impl Kind {
@@ -77,6 +83,9 @@ impl Kind {
             Self::NodePortRange => {
                 "MIN-MAX (or MIN,MAX), ports from 1 to 65535 with MIN <= MAX".into()
             }
+            Self::LbAlgorithm => "`random` or `maglev`".into(),
+            Self::MaglevTableSize => format!("one of {:?}", maglev::TABLE_SIZES),
+            Self::MaglevSeed => "12 bytes in base64 (16 characters)".into(),
         }
     }
 
@@ -104,6 +113,11 @@ impl Kind {
             Self::NoBackendResponse => NoBackendResponse::from_raw(value).is_some(),
             Self::PortRange => PortRange::from_raw(value).is_some(),
             Self::NodePortRange => NodePortRange::from_raw(value).is_some(),
+            Self::LbAlgorithm => LbAlgorithm::from_raw(value).is_some(),
+            Self::MaglevTableSize => value
+                .parse::<u32>()
+                .is_ok_and(|m| maglev::table_size(m).is_ok()),
+            Self::MaglevSeed => value.parse::<maglev::Seed>().is_ok(),
         }
     }
 }
@@ -325,6 +339,24 @@ impl OptionValue for NoBackendResponse {
     }
 }
 
+impl OptionValue for LbAlgorithm {
+    fn from_raw(raw: &str) -> Option<Self> {
+        Self::parse(raw)
+    }
+    fn to_raw(&self) -> String {
+        self.as_str().to_owned()
+    }
+}
+
+impl OptionValue for maglev::Seed {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_base64()
+    }
+}
+
 impl OptionValue for tracing::Level {
     fn from_raw(raw: &str) -> Option<Self> {
         raw.parse().ok()
@@ -512,7 +544,7 @@ options! {
         value_name: "DIR",
         kind: Kind::Path,
         help: "bpffs directory where maps are pinned",
-        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v2/`",
+        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v3/`",
     }
     Socket => socket: PathBuf {
         key: "socket",
@@ -683,6 +715,46 @@ options! {
         kind: Kind::Count { min: 1, max: 86_400 },
         help: "seconds between passes of the conntrack GC",
         doc: "seconds between conntrack GC passes (expired entries deleted)",
+    }
+    LbAlgorithm => lb_algorithm: LbAlgorithm {
+        key: "bpf-lb-algorithm",
+        env: "LB_BPF_LB_ALGORITHM",
+        default: "random",
+        live: false,
+        value_name: "random|maglev",
+        kind: Kind::LbAlgorithm,
+        help: "how new flows choose a backend: at random, or by Maglev consistent hashing (the same backend on every node)",
+        doc: "backend selection for new flows: `random`, or `maglev` (consistent hashing of the 5-tuple: every node picks the same backend, and removing one of N backends moves about 1/N of new flows), see docs/datapath.md",
+    }
+    LbAlgorithmAnnotation => lb_algorithm_annotation: bool {
+        key: "bpf-lb-algorithm-annotation",
+        env: "LB_BPF_LB_ALGORITHM_ANNOTATION",
+        default: "false",
+        live: false,
+        value_name: "BOOL",
+        kind: Kind::Bool,
+        help: "honour a Service's service.cilium.io/lb-algorithm annotation (random or maglev)",
+        doc: "a Service's `service.cilium.io/lb-algorithm: random|maglev` annotation overrides `bpf-lb-algorithm`",
+    }
+    MaglevTableSize => maglev_table_size: u32 {
+        key: "bpf-lb-maglev-table-size",
+        env: "LB_BPF_LB_MAGLEV_TABLE_SIZE",
+        default: "16381",
+        live: false,
+        value_name: "M",
+        kind: Kind::MaglevTableSize,
+        help: "entries of each Maglev table, a prime of Cilium's list; keep it above 100 x a Service's backends",
+        doc: "entries per Maglev table: 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521 or 131071 (4 bytes each per frontend); above 100 × a Service's backends",
+    }
+    MaglevHashSeed => maglev_hash_seed: maglev::Seed {
+        key: "bpf-lb-maglev-hash-seed",
+        env: "LB_BPF_LB_MAGLEV_HASH_SEED",
+        default: "JLfvgnHc2kaSUFaI",
+        live: false,
+        value_name: "BASE64",
+        kind: Kind::MaglevSeed,
+        help: "seed of Maglev's hashes, 12 bytes in base64; the same on every node",
+        doc: "seed of Maglev's hashes (12 bytes, base64); must be the same on every node, or their tables differ",
     }
     LbMapMax => lb_map_max: u32 {
         key: "bpf-lb-map-max",

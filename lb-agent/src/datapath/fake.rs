@@ -7,7 +7,10 @@ use lb_common::{
     service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
 };
 
-use super::{BackendId, Error, LbMaps, MapsContent, ServiceId, maps::SourceRangeEntry};
+use super::{
+    BackendId, Error, LbMaps, MapsContent, ServiceId,
+    maps::{MaglevSpec, SourceRangeEntry},
+};
 
 /// Maps held in memory.
 #[derive(Debug, Default)]
@@ -18,6 +21,8 @@ pub struct FakeMaps {
     pub config: DatapathConfig,
     /// Write attempts so far, failed ones included.
     pub writes: usize,
+    /// The Maglev tables written, as backend ids.
+    pub maglev_tables: std::collections::BTreeMap<ServiceId, Vec<BackendId>>,
     /// Fail the write attempts with these (0-based) numbers. A retried write is a new attempt
     /// with the next number, so `{0, 1, 2}` fails the first write three times in a row.
     pub fail_writes: BTreeSet<usize>,
@@ -88,6 +93,26 @@ impl LbMaps for FakeMaps {
     fn delete_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
         self.write()?;
         self.content.source_ranges.remove(range);
+        Ok(())
+    }
+
+    fn write_maglev(
+        &mut self,
+        id: ServiceId,
+        spec: &MaglevSpec,
+        table: &[BackendId],
+        _old_chunks: u16,
+    ) -> Result<(), Error> {
+        self.write()?;
+        self.maglev_tables.insert(id, table.to_vec());
+        self.content.maglev.insert(id, spec.clone());
+        Ok(())
+    }
+
+    fn delete_maglev(&mut self, id: ServiceId, _chunks: u16) -> Result<(), Error> {
+        self.write()?;
+        self.maglev_tables.remove(&id);
+        self.content.maglev.remove(&id);
         Ok(())
     }
 

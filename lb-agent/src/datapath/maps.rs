@@ -24,8 +24,8 @@ use lb_common::{
     maps as names,
     metrics::{MetricKey, MetricValue},
     service::{
-        Backend4, RevNat4, SERVICE_F_AFFINITY, SOURCE_RANGE_PREFIX_BITS, ServiceEntry, ServiceKey4,
-        SourceRangeKey4,
+        Backend4, MAGLEV_CHUNK, MaglevChunk, MaglevKey, RevNat4, SERVICE_F_AFFINITY,
+        SERVICE_F2_MAGLEV, SOURCE_RANGE_PREFIX_BITS, ServiceEntry, ServiceKey4, SourceRangeKey4,
     },
 };
 
@@ -87,6 +87,59 @@ pub struct MapsContent {
     pub revnat: BTreeMap<ServiceId, RevNat4>,
     /// `LB4_SRC_RANGE`.
     pub source_ranges: BTreeSet<SourceRangeEntry>,
+    /// `LB4_MAGLEV`: what each Maglev frontend's table is built from (the table itself, M
+    /// backend ids, is a pure function of this and is only built to be written).
+    pub maglev: BTreeMap<ServiceId, MaglevSpec>,
+}
+
+/// What a Maglev table is built from: its size, the seed of the backends' hash and the
+/// members, sorted by name (`sync::maglev::sorted`), each with the backend id the table's
+/// entries are translated to on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaglevSpec {
+    /// M.
+    pub size: u32,
+    /// The seed of the backends' MurmurHash3.
+    pub seed: u32,
+    /// The members: (name, weight, id), sorted by name.
+    pub members: Vec<(String, u16, BackendId)>,
+}
+
+impl MaglevSpec {
+    /// How many `LB4_MAGLEV` values the table takes.
+    pub fn chunks(&self) -> u16 {
+        u16::try_from(self.size.div_ceil(MAGLEV_CHUNK as u32)).unwrap_or(u16::MAX)
+    }
+
+    /// What `read` knows of a table it finds in the map: only how many chunks it has (no
+    /// members, so it never equals a desired spec, and the next pass rewrites it).
+    pub fn read_back(chunks: u16) -> Self {
+        Self {
+            size: u32::from(chunks) * MAGLEV_CHUNK as u32,
+            seed: 0,
+            members: Vec::new(),
+        }
+    }
+}
+
+/// A table's `LB4_MAGLEV` values: entry i (a backend id) at chunk i / MAGLEV_CHUNK, the rest of
+/// the last chunk 0.
+pub fn maglev_chunks(id: ServiceId, table: &[BackendId]) -> Vec<(MaglevKey, MaglevChunk)> {
+    table
+        .chunks(MAGLEV_CHUNK)
+        .enumerate()
+        .map(|(i, ids)| {
+            let mut chunk = MaglevChunk::default();
+            for (slot, id) in chunk.backend_ids.iter_mut().zip(ids) {
+                *slot = id.0;
+            }
+            let key = MaglevKey {
+                rev_nat: id.0,
+                chunk: u16::try_from(i).unwrap_or(u16::MAX),
+            };
+            (key, chunk)
+        })
+        .collect()
 }
 
 /// Write access to the load balancer's maps. Every write is idempotent.
@@ -137,6 +190,17 @@ pub trait LbMaps {
     fn delete_revnats(&mut self, ids: &[ServiceId]) -> Result<(), Error> {
         ids.iter().try_for_each(|id| self.delete_revnat(*id))
     }
+    /// Writes a frontend's Maglev table (M backend ids, built from `spec`), replacing each chunk
+    /// whole, and removes chunks of an older, longer table up to `old_chunks`.
+    fn write_maglev(
+        &mut self,
+        id: ServiceId,
+        spec: &MaglevSpec,
+        table: &[BackendId],
+        old_chunks: u16,
+    ) -> Result<(), Error>;
+    /// Removes a frontend's Maglev table of `chunks` chunks; absent ones are fine.
+    fn delete_maglev(&mut self, id: ServiceId, chunks: u16) -> Result<(), Error>;
     /// Replaces the datapath configuration.
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error>;
     /// Reads the services, backends and reverse-NAT maps.
@@ -150,6 +214,7 @@ pub struct AyaMaps {
     backends: HashMap<MapData, u32, Backend4>,
     revnat: HashMap<MapData, u16, RevNat4>,
     source_ranges: LpmTrie<MapData, SourceRangeKey4, u8>,
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricKey, MetricValue>,
     /// `LB4_VIP_FILTER`, kept in step with the master entries of `services` by `filter`.
@@ -159,6 +224,7 @@ pub struct AyaMaps {
     services_fd: OwnedFd,
     backends_fd: OwnedFd,
     revnat_fd: OwnedFd,
+    maglev_fd: OwnedFd,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -203,11 +269,14 @@ impl AyaMaps {
         let (services, services_fd) = take_with_fd(ebpf, names::LB4_SERVICES)?;
         let (backends, backends_fd) = take_with_fd(ebpf, names::LB4_BACKENDS)?;
         let (revnat, revnat_fd) = take_with_fd(ebpf, names::LB4_REVNAT)?;
+        let (maglev, maglev_fd) = take_with_fd(ebpf, names::LB4_MAGLEV)?;
         let mut maps = Self {
             services,
             backends,
             revnat,
             source_ranges: take(ebpf, names::LB4_SRC_RANGE)?,
+            maglev,
+            maglev_fd,
             config: take(ebpf, names::LB_CONFIG)?,
             metrics: take(ebpf, names::LB_METRICS)?,
             vip_filter_map: take(ebpf, names::LB4_VIP_FILTER)?,
@@ -448,6 +517,49 @@ impl LbMaps for AyaMaps {
         })
     }
 
+    fn write_maglev(
+        &mut self,
+        id: ServiceId,
+        _spec: &MaglevSpec,
+        table: &[BackendId],
+        old_chunks: u16,
+    ) -> Result<(), Error> {
+        let (keys, values): (Vec<_>, Vec<_>) = maglev_chunks(id, table).into_iter().unzip();
+        batch::update(&self.maglev_fd, &keys, &values).map_err(|partial| {
+            if partial.error.raw_os_error() == Some(libc::E2BIG) {
+                Error::MapFull {
+                    map: names::LB4_MAGLEV,
+                    flag: "bpf-lb-maglev-map-max-entries",
+                }
+            } else {
+                batch_err(names::LB4_MAGLEV, partial)
+            }
+        })?;
+        let stale: Vec<MaglevKey> = (keys.len() as u16..old_chunks)
+            .map(|chunk| MaglevKey {
+                rev_nat: id.0,
+                chunk,
+            })
+            .collect();
+        let maglev = &mut self.maglev;
+        delete_batch(&self.maglev_fd, names::LB4_MAGLEV, &stale, |key| {
+            maglev.remove(&key)
+        })
+    }
+
+    fn delete_maglev(&mut self, id: ServiceId, chunks: u16) -> Result<(), Error> {
+        let keys: Vec<MaglevKey> = (0..chunks)
+            .map(|chunk| MaglevKey {
+                rev_nat: id.0,
+                chunk,
+            })
+            .collect();
+        let maglev = &mut self.maglev;
+        delete_batch(&self.maglev_fd, names::LB4_MAGLEV, &keys, |key| {
+            maglev.remove(&key)
+        })
+    }
+
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error> {
         self.config
             .set(0, config, 0)
@@ -472,6 +584,18 @@ impl LbMaps for AyaMaps {
             let key = item.map_err(|err| map_err("read", names::LB4_SRC_RANGE, err))?;
             if let Some(range) = source_range_of(&key) {
                 content.source_ranges.insert(range);
+            }
+        }
+        // Keys only: a table's values are rewritten by the next pass anyway.
+        for key in self.maglev.keys() {
+            let key = key.map_err(|err| map_err("read", names::LB4_MAGLEV, err))?;
+            let chunks = key.chunk.saturating_add(1);
+            let spec = content
+                .maglev
+                .entry(ServiceId(key.rev_nat))
+                .or_insert_with(|| MaglevSpec::read_back(chunks));
+            if spec.chunks() < chunks {
+                *spec = MaglevSpec::read_back(chunks);
             }
         }
         Ok(content)
@@ -562,6 +686,14 @@ pub fn master_entry(
             flags2,
             ..ServiceEntry::default()
         },
+    }
+}
+
+/// `entry` (a master entry) with new flows chosen from its Maglev table.
+pub fn with_maglev(entry: ServiceEntry) -> ServiceEntry {
+    ServiceEntry {
+        flags2: entry.flags2 | SERVICE_F2_MAGLEV,
+        ..entry
     }
 }
 

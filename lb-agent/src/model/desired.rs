@@ -19,8 +19,8 @@ use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
 use super::frontend::{
-    Frontend, FrontendKind, ServicePortSpec, ServiceSpec, SourceRange, TrafficDistribution,
-    service_spec,
+    Frontend, FrontendKind, LbAlgorithm, ServicePortSpec, ServiceSpec, SourceRange,
+    TrafficDistribution, service_spec,
 };
 use crate::k8s::Snapshot;
 
@@ -128,6 +128,8 @@ pub struct DesiredService {
     /// For a LoadBalancer frontend of a Service with `loadBalancerSourceRanges`: the client
     /// prefixes admitted from outside the cluster (empty: none). `None`: every client.
     pub source_ranges: Option<Vec<SourceRange>>,
+    /// The algorithm the Service's annotation asks for; `None`: the node's default.
+    pub algorithm: Option<LbAlgorithm>,
 }
 
 /// The health check of one externalTrafficPolicy Local LoadBalancer Service: what its
@@ -237,6 +239,7 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                         } else {
                             None
                         },
+                        algorithm: spec.algorithm,
                     },
                 );
             }

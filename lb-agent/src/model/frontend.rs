@@ -16,6 +16,38 @@ use tracing::{debug, warn};
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label the EndpointSlice controller puts on headless Services' slices.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Annotation that picks a Service's backend selection (`random` or `maglev`), Cilium's; the
+/// agent honours it with `bpf-lb-algorithm-annotation`, as Cilium does.
+pub const LB_ALGORITHM_ANNOTATION: &str = "service.cilium.io/lb-algorithm";
+
+/// How new flows choose a backend (`bpf-lb-algorithm`, or the annotation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LbAlgorithm {
+    /// Uniformly at random among the active backends.
+    Random,
+    /// Maglev consistent hashing of the 5-tuple: the same backend on every node.
+    Maglev,
+}
+
+impl LbAlgorithm {
+    /// `random` or `maglev`, as the option and the annotation spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Maglev => "maglev",
+        }
+    }
+
+    /// The algorithm `text` names, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "random" => Some(Self::Random),
+            "maglev" => Some(Self::Maglev),
+            _ => None,
+        }
+    }
+}
+
 /// Affinity timeout the apiserver defaults to for `sessionAffinity: ClientIP`.
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 
@@ -231,6 +263,8 @@ pub(crate) struct ServiceSpec {
     pub source_ranges: Option<Vec<SourceRange>>,
     /// `trafficDistribution`, for endpoints that carry no hints (see `desired.rs`).
     pub traffic_distribution: TrafficDistribution,
+    /// The `service.cilium.io/lb-algorithm` annotation, when it names an algorithm.
+    pub algorithm: Option<LbAlgorithm>,
 }
 
 /// Namespace of an object; objects written without one live in `default`, as with kubectl.
@@ -399,6 +433,18 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
     } else {
         None
     };
+    let algorithm = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+        .and_then(|value| {
+            let parsed = LbAlgorithm::parse(value.trim());
+            if parsed.is_none() {
+                warn!(namespace = %namespace, name = %name, value = %value, "ignoring {LB_ALGORITHM_ANNOTATION}: expected `random` or `maglev`");
+            }
+            parsed
+        });
 
     Some(ServiceSpec {
         namespace: namespace.to_owned(),
@@ -416,6 +462,7 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
             Some("PreferSameNode") => TrafficDistribution::PreferSameNode,
             _ => TrafficDistribution::Any,
         },
+        algorithm,
     })
 }
 

@@ -795,6 +795,31 @@ fn case_26_32_client_ip_affinity_defaults_to_10800_seconds_and_keeps_an_explicit
 }
 
 #[test]
+fn the_lb_algorithm_annotation_names_random_or_maglev_and_anything_else_is_ignored() {
+    let algorithm = |annotation: Option<&str>| {
+        let mut svc = service(
+            "ns",
+            "s",
+            json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+        );
+        if let Some(value) = annotation {
+            svc.metadata.annotations = Some(
+                [(
+                    crate::model::LB_ALGORITHM_ANNOTATION.to_owned(),
+                    value.to_owned(),
+                )]
+                .into(),
+            );
+        }
+        run(vec![svc], vec![])[0].algorithm
+    };
+    assert_eq!(algorithm(None), None);
+    assert_eq!(algorithm(Some("maglev")), Some(LbAlgorithm::Maglev));
+    assert_eq!(algorithm(Some("random")), Some(LbAlgorithm::Random));
+    assert_eq!(algorithm(Some("round-robin")), None);
+}
+
+#[test]
 fn case_27_each_named_target_port_reaches_only_its_pod() {
     let svc = cluster_ip(
         "ns",

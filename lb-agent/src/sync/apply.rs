@@ -1,7 +1,7 @@
 //! Applying a plan: its writes in order through `LbMaps`, consecutive writes of one kind as one
 //! batch. The kernel applies a batch in order and stops at the first failure, so a batch keeps
 //! the plan's order and its prefix property (see `plan`).
-use super::plan::Op;
+use super::{maglev, plan::Op};
 use crate::datapath::{Error as DatapathError, LbMaps};
 
 /// Applies `ops` in order, stopping at the first failure (the prefix applied is safe).
@@ -54,6 +54,7 @@ fn apply_run<M: LbMaps + ?Sized>(maps: &mut M, run: &[Op]) -> Result<(), (usize,
             Op::DeleteBackend(id) => Some(id),
             _ => None,
         })),
+        Some(Op::WriteMaglev(..) | Op::DeleteMaglev(..)) => return apply_maglev(maps, run),
     };
     result.map_err(|err| {
         let applied = match &err {
@@ -64,6 +65,24 @@ fn apply_run<M: LbMaps + ?Sized>(maps: &mut M, run: &[Op]) -> Result<(), (usize,
         };
         (applied, err)
     })
+}
+
+/// A run of Maglev writes, table by table (each table is a batch of its own chunks).
+fn apply_maglev<M: LbMaps + ?Sized>(
+    maps: &mut M,
+    run: &[Op],
+) -> Result<(), (usize, DatapathError)> {
+    for (applied, op) in run.iter().enumerate() {
+        let result = match op {
+            Op::WriteMaglev(id, spec, old_chunks) => {
+                maps.write_maglev(*id, spec, &maglev::table(spec), *old_chunks)
+            }
+            Op::DeleteMaglev(id, chunks) => maps.delete_maglev(*id, *chunks),
+            _ => Ok(()),
+        };
+        result.map_err(|err| (applied, err))?;
+    }
+    Ok(())
 }
 
 /// The arguments of a run's writes (all of one kind), as the batch call of that kind takes them.
@@ -77,7 +96,7 @@ mod tests {
     use crate::{
         datapath::{MapsContent, fake::FakeMaps},
         sync::{
-            desired::desired_content,
+            desired::{desired_content, desired_content_with},
             ids::Ids,
             plan::{check_consistent, plan},
             scenarios,
@@ -106,6 +125,79 @@ mod tests {
             MapsContent::default(),
             "maps are empty after every service is gone"
         );
+    }
+
+    #[test]
+    fn every_prefix_of_every_maglev_plan_keeps_tables_naming_existing_backends() {
+        let settings = maglev::Settings {
+            default: crate::model::LbAlgorithm::Maglev,
+            table_size: 251,
+            ..maglev::Settings::default()
+        };
+        let mut fake = FakeMaps::default();
+        let mut ids = Ids::restore(&fake.content);
+        for desired_services in scenarios::all() {
+            let desired =
+                desired_content_with(&desired_services, &mut ids, &settings).expect("ids");
+            let ops = plan(&fake.content, &desired);
+            for op in &ops {
+                apply(&mut fake, std::slice::from_ref(op)).expect("fake write");
+                check_consistent(&fake.content).expect("consistent after every write");
+            }
+            assert_eq!(fake.content, desired);
+            // Every written table is the spec's, entry for entry, and names only active
+            // backends of its frontend.
+            assert_eq!(
+                fake.maglev_tables.keys().collect::<Vec<_>>(),
+                desired.maglev.keys().collect::<Vec<_>>()
+            );
+            for (id, spec) in &desired.maglev {
+                let table = &fake.maglev_tables[id];
+                assert_eq!(table, &maglev::table(spec));
+                assert_eq!(table.len(), 251);
+                for backend in table {
+                    assert!(spec.members.iter().any(|m| m.2 == *backend));
+                    assert_eq!(
+                        fake.content.backends[backend].state,
+                        lb_common::service::BACKEND_STATE_ACTIVE
+                    );
+                }
+            }
+        }
+        assert!(fake.maglev_tables.is_empty(), "no service, no table");
+    }
+
+    #[test]
+    fn switching_a_frontend_between_random_and_maglev_writes_or_removes_its_table() {
+        let maglev_settings = maglev::Settings {
+            default: crate::model::LbAlgorithm::Maglev,
+            table_size: 251,
+            ..maglev::Settings::default()
+        };
+        let services = scenarios::all().remove(0);
+        let mut fake = FakeMaps::default();
+        let mut ids = Ids::restore(&fake.content);
+        let random = desired_content(&services, &mut ids).expect("ids");
+        let ops = plan(&fake.content, &random);
+        apply(&mut fake, &ops).expect("write");
+        let with_maglev = desired_content_with(&services, &mut ids, &maglev_settings).expect("ids");
+        let ops = plan(&fake.content, &with_maglev);
+        // The table first, then the master entry that turns the flag on.
+        assert!(
+            matches!(ops[..], [Op::WriteMaglev(..), Op::UpsertService(key, entry)]
+                if key.slot == 0 && entry.flags2 != 0),
+            "{ops:?}"
+        );
+        apply(&mut fake, &ops).expect("write");
+        let ops = plan(&fake.content, &random);
+        // The flag off first, then the table goes.
+        assert!(
+            matches!(ops[..], [Op::UpsertService(key, entry), Op::DeleteMaglev(_, 1)]
+                if key.slot == 0 && entry.flags2 == 0),
+            "{ops:?}"
+        );
+        apply(&mut fake, &ops).expect("write");
+        assert!(fake.maglev_tables.is_empty());
     }
 
     #[test]

@@ -13,10 +13,13 @@ use lb_common::{
     },
 };
 
-use super::ids::{BackendKey, Exhausted, FrontendKey, Ids};
+use super::{
+    ids::{BackendKey, Exhausted, FrontendKey, Ids},
+    maglev,
+};
 use crate::{
     datapath::{MapsContent, SourceRangeEntry, maps},
-    model::{BackendState, DesiredService, FrontendKind, Protocol},
+    model::{BackendState, DesiredService, FrontendKind, LbAlgorithm, Protocol},
 };
 
 /// The master entry's flags: the frontend's kind, whether clients outside the cluster may use
@@ -61,10 +64,21 @@ pub(super) fn proto_number(protocol: Protocol) -> u8 {
 
 /// The content the maps must hold for `services`, allocating ids as needed and retiring the
 /// ids of frontends and backends that are gone (see `keep_retired_revnat` for what a retired
-/// service id keeps).
+/// service id keeps). Every frontend selects at random (`desired_content_with` for Maglev).
 pub fn desired_content(
     services: &[DesiredService],
     ids: &mut Ids,
+) -> Result<MapsContent, Exhausted> {
+    desired_content_with(services, ids, &maglev::Settings::default())
+}
+
+/// `desired_content` with the node's selection settings: a frontend whose algorithm (its
+/// Service's annotation, else the node's default) is Maglev gets a Maglev table of its active
+/// backends, each named by `addr:port` with weight 1, and the Maglev flag.
+pub fn desired_content_with(
+    services: &[DesiredService],
+    ids: &mut Ids,
+    settings: &maglev::Settings,
 ) -> Result<MapsContent, Exhausted> {
     let mut content = MapsContent::default();
     let mut live_frontends = BTreeSet::new();
@@ -96,6 +110,7 @@ pub fn desired_content(
         let mut count: u16 = 0;
         let mut qcount: u16 = 0;
         let mut slot: u16 = 0;
+        let mut members = Vec::new();
         for backend in ordered {
             let Some(next) = slot.checked_add(1) else {
                 break;
@@ -113,6 +128,13 @@ pub fn desired_content(
                 BackendState::Terminating => (BACKEND_STATE_TERMINATING, &mut qcount),
             };
             *counter += 1;
+            if backend.state == BackendState::Active {
+                members.push((
+                    maglev::backend_name(backend.addr, backend.port),
+                    1,
+                    backend_id,
+                ));
+            }
             let flags = if backend.remote { BACKEND_F_REMOTE } else { 0 };
             let value = maps::backend_value(backend.addr, backend.port, proto, state, flags);
             // A backend shared by several frontends is active if any of them selects it.
@@ -126,16 +148,23 @@ pub fn desired_content(
                 maps::slot_entry(backend_id),
             );
         }
+        let mut master = maps::master_entry(
+            service_id,
+            count,
+            qcount,
+            service_flags(service),
+            service_flags2(service),
+            service.affinity_timeout_secs,
+        );
+        if settings.algorithm(service.algorithm) == LbAlgorithm::Maglev && !members.is_empty() {
+            members.sort();
+            members.dedup_by(|later, first| later.0 == first.0);
+            content.maglev.insert(service_id, settings.spec(members));
+            master = maps::with_maglev(master);
+        }
         content.services.insert(
             maps::service_key(frontend.vip, frontend.port, proto, 0),
-            maps::master_entry(
-                service_id,
-                count,
-                qcount,
-                service_flags(service),
-                service_flags2(service),
-                service.affinity_timeout_secs,
-            ),
+            master,
         );
         // Only a ClusterIP is the cluster's own address, with every other port refused; a node
         // address or an external IP also carries traffic that is none of lb's business.

@@ -17,6 +17,7 @@ pub mod desired;
 #[cfg(test)]
 mod id_lifetime;
 pub mod ids;
+pub mod maglev;
 pub mod plan;
 #[cfg(test)]
 mod scenarios;
@@ -137,6 +138,8 @@ pub struct Syncer<M: LbMaps> {
     written: Option<MapsContent>,
     /// GC reports for `reconcile`, once `referenced_sender` made the channel.
     reports: Option<mpsc::UnboundedReceiver<Referenced>>,
+    /// Backend selection: random or Maglev, and Maglev's table size and seed.
+    selection: maglev::Settings,
 }
 
 impl<M: LbMaps> Syncer<M> {
@@ -153,7 +156,15 @@ impl<M: LbMaps> Syncer<M> {
             written: Some(content),
             maps,
             reports: None,
+            selection: maglev::Settings::default(),
         })
+    }
+
+    /// Selects backends as `settings` say from the next pass on (random for every Service
+    /// until called).
+    pub fn with_selection(mut self, settings: maglev::Settings) -> Self {
+        self.selection = settings;
+        self
     }
 
     /// One pass: program exactly `services`. Retired service ids keep their rev-NAT entries;
@@ -167,7 +178,7 @@ impl<M: LbMaps> Syncer<M> {
             Some(content) => content,
             None => maps.read().map_err(Error::Read)?,
         };
-        let mut desired = desired::desired_content(services, &mut self.ids)?;
+        let mut desired = desired::desired_content_with(services, &mut self.ids, &self.selection)?;
         desired::keep_retired_revnat(&mut desired, &current, &self.ids);
         // Deletions first: near capacity, what is gone makes room for what comes.
         let shrunk = plan::without_stale(&current, &desired);

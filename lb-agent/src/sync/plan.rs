@@ -5,10 +5,12 @@
 //! 2. new and changed reverse-NAT entries (replies of flows created from now on need them);
 //! 3. new source ranges (a master that starts checking them must find them all, or it would
 //!    drop clients it admits);
-//! 4. new and changed backend slots (beyond the old count they are not selectable yet);
-//! 5. new and changed master entries: the commit point that makes the new count visible;
+//! 4. new and changed backend slots (beyond the old count they are not selectable yet), then
+//!    new and changed Maglev tables (they name only backends written in 1);
+//! 5. new and changed master entries: the commit point that makes the new count visible (and
+//!    a frontend's Maglev flag);
 //! 6. masters of frontends that are gone (their slots become unreachable);
-//! 7. slots beyond the new counts;
+//! 7. slots beyond the new counts, then the Maglev tables of frontends that no longer use one;
 //! 8. orphaned source ranges (after the masters: a frontend that stops checking them, or is
 //!    gone, no longer reads them), 9. orphaned reverse-NAT entries, then 10. orphaned backends
 //!    (no slot names them any more).
@@ -20,14 +22,19 @@
 //! is what the maps hold once what is gone is deleted (planned first, so a full map has room
 //! before anything is added), and `upserts_of` the writes of one frontend alone, for
 //! programming frontends one by one when the whole plan does not fit.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use lb_common::service::{Backend4, RevNat4, ServiceEntry, ServiceKey4};
 
-use crate::datapath::{BackendId, MapsContent, ServiceId, SourceRangeEntry, maps};
+use crate::datapath::{
+    BackendId, MapsContent, ServiceId, SourceRangeEntry, maps, maps::MaglevSpec,
+};
 
 /// One map write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Insert or replace a backend.
     UpsertBackend(BackendId, Backend4),
@@ -37,10 +44,15 @@ pub enum Op {
     UpsertSourceRange(SourceRangeEntry),
     /// Insert or replace a service slot (master or backend slot).
     UpsertService(ServiceKey4, ServiceEntry),
+    /// Write a frontend's whole Maglev table (built from the spec when applied), removing the
+    /// chunks of the table it replaces beyond its own (the old table's chunk count).
+    WriteMaglev(ServiceId, Arc<MaglevSpec>, u16),
     /// Remove a service slot.
     DeleteService(ServiceKey4),
     /// Remove a source range.
     DeleteSourceRange(SourceRangeEntry),
+    /// Remove a frontend's Maglev table of this many chunks.
+    DeleteMaglev(ServiceId, u16),
     /// Remove a reverse-NAT entry.
     DeleteRevNat(ServiceId),
     /// Remove a backend.
@@ -74,6 +86,13 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             ops.push(Op::UpsertService(**key, **entry));
         }
     }
+    for (id, spec) in &desired.maglev {
+        let current = current.maglev.get(id);
+        if changed(current, spec) {
+            let old_chunks = current.map_or(0, MaglevSpec::chunks);
+            ops.push(Op::WriteMaglev(*id, Arc::new(spec.clone()), old_chunks));
+        }
+    }
     for (key, entry) in &desired_masters {
         if changed(current.services.get(*key), *entry) {
             ops.push(Op::UpsertService(**key, **entry));
@@ -93,6 +112,13 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             .keys()
             .filter(|key| key.slot != 0 && stale(key))
             .map(|key| Op::DeleteService(*key)),
+    );
+    ops.extend(
+        current
+            .maglev
+            .iter()
+            .filter(|(id, _)| !desired.maglev.contains_key(id))
+            .map(|(id, spec)| Op::DeleteMaglev(*id, spec.chunks())),
     );
     ops.extend(
         current
@@ -157,6 +183,12 @@ pub fn without_stale(current: &MapsContent, desired: &MapsContent) -> MapsConten
         .retain(|id, _| desired.backends.contains_key(id) || named_backends.contains(id));
     kept.revnat
         .retain(|id, _| desired.revnat.contains_key(id) || named_services.contains(id));
+    // A gone frontend's Maglev table and source ranges go with its master.
+    kept.maglev
+        .retain(|id, _| desired.maglev.contains_key(id) || named_services.contains(id));
+    kept.source_ranges.retain(|range| {
+        desired.source_ranges.contains(range) || named_services.contains(&range.service)
+    });
     kept
 }
 
@@ -199,6 +231,22 @@ pub fn upserts_of(
         );
     }
     for slots_first in [true, false] {
+        if !slots_first {
+            // The frontend's Maglev table, after the backends it names, before its master.
+            for (_, entry) in entries
+                .iter()
+                .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+            {
+                let id = maps::service_id_of(entry);
+                if let Some(spec) = desired.maglev.get(&id) {
+                    let old = current.maglev.get(&id);
+                    if changed(old, spec) {
+                        let old_chunks = old.map_or(0, MaglevSpec::chunks);
+                        ops.push(Op::WriteMaglev(id, Arc::new(spec.clone()), old_chunks));
+                    }
+                }
+            }
+        }
         for (key, entry) in entries {
             if (key.slot != 0) == slots_first && changed(current.services.get(key), entry) {
                 ops.push(Op::UpsertService(*key, *entry));
@@ -236,6 +284,12 @@ pub fn applied(current: &mut MapsContent, ops: &[Op]) {
             Op::DeleteSourceRange(range) => {
                 current.source_ranges.remove(&range);
             }
+            Op::WriteMaglev(id, ref spec, _) => {
+                current.maglev.insert(id, (**spec).clone());
+            }
+            Op::DeleteMaglev(id, _) => {
+                current.maglev.remove(&id);
+            }
         }
     }
 }
@@ -269,6 +323,22 @@ pub fn check_consistent(content: &MapsContent) -> Result<(), String> {
         if !content.revnat.contains_key(&service) {
             return Err(format!("{key:?}: no reverse NAT for id {service}"));
         }
+        if master.flags2 & lb_common::service::SERVICE_F2_MAGLEV != 0
+            && !content.maglev.contains_key(&service)
+        {
+            return Err(format!(
+                "{key:?}: Maglev flag without a table for id {service}"
+            ));
+        }
+    }
+    for (service, spec) in &content.maglev {
+        for (name, _, backend) in &spec.members {
+            if !content.backends.contains_key(backend) {
+                return Err(format!(
+                    "Maglev table of {service}: {name} names missing backend {backend}"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -296,6 +366,8 @@ mod tests {
                 Op::DeleteSourceRange(..) => "delete source range",
                 Op::DeleteRevNat(..) => "delete rev-nat",
                 Op::DeleteBackend(..) => "delete backend",
+                Op::WriteMaglev(..) => "maglev",
+                Op::DeleteMaglev(..) => "delete maglev",
             })
             .collect();
         // .5 turns terminating and .7 is new; slots 1 and 2 change and 3 is new; the master

@@ -36,6 +36,7 @@ pub fn service(
         has_any_endpoints: !backends.is_empty(),
         affinity_timeout_secs: None,
         source_ranges: None,
+        algorithm: None,
     }
 }
 
