@@ -16,6 +16,9 @@ use lb_common::drop::Hook;
 /// Capacity of the services and backends maps: 10k services × 10 backends take 120k service
 /// slots, more than the default 64k.
 pub const LB_MAP_MAX: u32 = 262_144;
+/// Capacity for the control-plane benchmarks' largest fixtures: 60k services × 10 backends
+/// take 720k service entries and 600k backends.
+pub const LB_MAP_MAX_LARGE: u32 = 1_048_576;
 /// Conntrack capacity (the agent's default).
 pub const CT_MAX: u32 = 262_144;
 
@@ -44,13 +47,18 @@ pub struct Run {
 impl LbDatapath {
     /// Loads the datapath with maps pinned under `/sys/fs/bpf/lb-bench-<pid>-<tag>`.
     pub fn load(tag: &str) -> anyhow::Result<Self> {
+        Self::load_sized(tag, LB_MAP_MAX)
+    }
+
+    /// `load` with services and backends maps of `lb_map_max` entries.
+    pub fn load_sized(tag: &str, lb_map_max: u32) -> anyhow::Result<Self> {
         let root = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let datapath = Datapath::load(&LoadOptions {
             bpf_root: root.clone(),
             ct_max_entries: CT_MAX,
             ct_any_max_entries: CT_MAX,
-            lb_map_max: LB_MAP_MAX,
+            lb_map_max,
             config: DatapathConfig::default(),
         })
         .map_err(|err| anyhow!("{:#}", anyhow::Error::new(err)))

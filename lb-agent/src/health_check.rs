@@ -92,21 +92,24 @@ pub struct HealthCheckServer {
     addresses: Vec<Ipv4Addr>,
     shutdown: CancellationToken,
     slots: Mutex<BTreeMap<u16, Slot>>,
+    /// The runtime that serves the listeners: the one `new` ran on, not the sync thread's.
+    runtime: tokio::runtime::Handle,
 }
 
 impl HealthCheckServer {
     /// A server for `addresses` (the model's `ThisNode::addresses`) with no port open yet;
-    /// everything it opens closes with `shutdown`.
+    /// everything it opens closes with `shutdown`. Must be called within a tokio runtime,
+    /// which serves the listeners `update` opens from whatever thread calls it.
     pub fn new(addresses: Vec<Ipv4Addr>, shutdown: CancellationToken) -> Self {
         Self {
             addresses,
             shutdown,
             slots: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
-    /// Serves exactly `checks` from now on (the model gives at most one per port). Must be
-    /// called within a tokio runtime: new listeners are served by spawned tasks.
+    /// Serves exactly `checks` from now on (the model gives at most one per port).
     pub fn update(&self, checks: &[HealthCheck]) {
         let mut slots = lock(&self.slots);
         slots.retain(|port, slot| {
@@ -172,7 +175,8 @@ impl HealthCheckServer {
         let status = Arc::new(Mutex::new(Status::of(check)));
         let stop = self.shutdown.child_token();
         for listener in listeners {
-            tokio::spawn(serve(listener, status.clone(), stop.clone()));
+            self.runtime
+                .spawn(serve(listener, status.clone(), stop.clone()));
         }
         Ok(Slot::Serving { status, stop })
     }

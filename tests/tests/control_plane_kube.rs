@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, run_kube};
+use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, View, run_kube};
 use lb_agent::model::{ThisNode, desired_services};
 use lb_tests::kube_api::{FakeApiServer, Kind, Stats};
 use serde_json::{Value, json};
@@ -56,27 +56,35 @@ fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// Waits for a published snapshot satisfying `pred`.
+/// Waits until the source has synced and its view satisfies `pred`.
 async fn snapshot_where(
-    rx: &mut watch::Receiver<Option<Arc<Snapshot>>>,
+    source: &mut Running,
     what: &str,
     pred: impl Fn(&Snapshot) -> bool,
 ) -> Arc<Snapshot> {
-    let found = tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.as_deref().is_some_and(&pred)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match found {
-        Ok(Ok(Some(snapshot))) => snapshot,
-        Ok(_) => panic!("source stopped while waiting for {what}"),
-        Err(_) => panic!(
-            "timed out waiting for {what}; last: {:?}",
-            rx.borrow().as_deref().map(names)
-        ),
+    let started = tokio::time::Instant::now();
+    loop {
+        if source.view.is_synced() {
+            let snapshot = source.view.snapshot();
+            if pred(&snapshot) {
+                return Arc::new(snapshot);
+            }
+        }
+        let changed = tokio::time::timeout_at(started + DEADLINE, source.versions.changed()).await;
+        match changed {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("source stopped while waiting for {what}"),
+            Err(_) => panic!(
+                "timed out waiting for {what}; last: {:?}",
+                names(&source.view.snapshot())
+            ),
+        }
     }
 }
 
 struct Running {
-    rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    view: View,
+    versions: watch::Receiver<u64>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), lb_agent::k8s::Error>>,
 }
@@ -85,10 +93,16 @@ fn start(server: &FakeApiServer) -> Running {
     let client = server
         .client()
         .expect("kube client for the fake API server");
-    let (tx, rx) = watch::channel(None);
+    let view = View::default();
+    let versions = view.subscribe();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_kube(client, tx, shutdown.clone()));
-    Running { rx, shutdown, task }
+    let task = tokio::spawn(run_kube(client, view.clone(), shutdown.clone()));
+    Running {
+        view,
+        versions,
+        shutdown,
+        task,
+    }
 }
 
 impl Running {
@@ -135,11 +149,11 @@ async fn nothing_is_published_until_both_caches_synced_and_list_errors_back_off(
         )
         .await;
     assert!(
-        source.rx.borrow().is_none(),
-        "published before EndpointSlices synced"
+        !source.view.is_synced(),
+        "synced before EndpointSlices were listed"
     );
 
-    let snapshot = snapshot_where(&mut source.rx, "the first snapshot", |_| true).await;
+    let snapshot = snapshot_where(&mut source, "the first snapshot", |_| true).await;
     assert_eq!(
         names(&snapshot),
         (
@@ -198,17 +212,14 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     load(&server, "a-checkout-two-slices");
     load(&server, "b-ledger-terminating");
     let mut source = start(&server);
-    snapshot_where(&mut source.rx, "both services", |s| {
+    snapshot_where(&mut source, "both services", |s| {
         s.services.len() == 2 && s.slices.len() == 3
     })
     .await;
 
     // A live change arrives as a watch event, without a relist.
     server.delete(Kind::EndpointSlice, "shop", "checkout-7x2kq");
-    let snapshot = snapshot_where(&mut source.rx, "the slice deletion", |s| {
-        s.slices.len() == 2
-    })
-    .await;
+    let snapshot = snapshot_where(&mut source, "the slice deletion", |s| s.slices.len() == 2).await;
     let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     let http = desired
         .iter()
@@ -244,14 +255,10 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     late["spec"]["clusterIP"] = json!("10.96.50.50");
     late["spec"]["clusterIPs"] = json!(["10.96.50.50"]);
     server.apply(late);
-    assert_eq!(
-        source.rx.borrow().as_ref().map(|s| s.services.len()),
-        Some(2),
-        "nothing delivered while cut off"
-    );
+    assert_eq!(source.view.len().0, 2, "nothing delivered while cut off");
     server.expire(Kind::Service);
 
-    let snapshot = snapshot_where(&mut source.rx, "the relisted view", |s| {
+    let snapshot = snapshot_where(&mut source, "the relisted view", |s| {
         names(s).0 == ["shop/checkout".to_owned(), "shop/late".to_owned()]
     })
     .await;
@@ -275,7 +282,7 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
 
     // After the relist the watch resumes: a later change streams in again.
     server.delete(Kind::Service, "shop", "late");
-    snapshot_where(&mut source.rx, "a change after the relist", |s| {
+    snapshot_where(&mut source, "a change after the relist", |s| {
         s.services.len() == 1
     })
     .await;

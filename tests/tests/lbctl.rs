@@ -427,6 +427,7 @@ fn config_view_lists_every_option_sorted() {
         ("config-dir", ""),
         ("conntrack-gc-interval", "300"),
         ("devices", "eth0"),
+        ("full-sync-interval", "60"),
         ("log-level", "info"),
         ("metrics-address", "127.0.0.1:9963"),
         ("node-ip", ""),
@@ -504,7 +505,7 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
          bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, bpf-ct-timeout-regular-tcp-syn, \
          bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, bpf-ct-timeout-service-tcp, \
          bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, conntrack-gc-interval, \
-         bpf-lb-map-max, snat-port-range, log-level\n"
+         full-sync-interval, bpf-lb-map-max, snat-port-range, log-level\n"
     );
 }
 

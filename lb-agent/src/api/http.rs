@@ -196,6 +196,19 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A histogram's samples: a `_bucket` per bound and `+Inf`, then `_sum` and `_count`.
+fn histogram(h: &crate::api::proto::Histogram) -> Vec<(String, String)> {
+    let mut samples: Vec<(String, String)> = h
+        .buckets
+        .iter()
+        .map(|(le, count)| (format!("_bucket{{le=\"{le}\"}}"), count.to_string()))
+        .collect();
+    samples.push(("_bucket{le=\"+Inf\"}".to_owned(), h.count.to_string()));
+    samples.push(("_sum".to_owned(), h.sum.to_string()));
+    samples.push(("_count".to_owned(), h.count.to_string()));
+    samples
+}
+
 /// The Prometheus text exposition of a snapshot.
 pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
@@ -261,15 +274,22 @@ pub fn render_metrics(snapshot: &MetricsSnapshot) -> String {
     );
     family(
         "lb_sync_duration_seconds",
-        "summary",
-        "Duration of sync passes.",
-        vec![
-            (
-                "_sum".to_owned(),
-                snapshot.sync_duration_seconds_sum.to_string(),
-            ),
-            ("_count".to_owned(), snapshot.syncs.to_string()),
-        ],
+        "histogram",
+        "Duration of sync passes, full and incremental.",
+        histogram(&snapshot.sync_duration),
+    );
+    family(
+        "lb_network_programming_duration_seconds",
+        "histogram",
+        "From an EndpointSlice's last-change-trigger-time annotation to the map write that \
+         made the change live (kube-proxy's network_programming_duration_seconds).",
+        histogram(&snapshot.network_programming_duration),
+    );
+    family(
+        "lb_sync_repairs_total",
+        "counter",
+        "Map entries a periodic full resync found changed behind the agent's back, and repaired.",
+        single(snapshot.sync_repairs.to_string()),
     );
     family(
         "lb_last_sync_duration_seconds",
@@ -340,6 +360,15 @@ mod tests {
             ct_entries_tcp: 6,
             ct_entries_any: 2,
             datapath_healthy: true,
+            sync_duration: {
+                let mut h = crate::api::proto::Histogram::with_bounds(&[0.001, 1.0]);
+                for seconds in [0.0005, 0.25, 0.25, 1.0] {
+                    h.observe(seconds);
+                }
+                h
+            },
+            network_programming_duration: crate::api::proto::Histogram::with_bounds(&[0.001]),
+            sync_repairs: 7,
         };
         let expected = "\
 # HELP lb_drop_count_total Packets dropped by the datapath, by reason and hook.
@@ -362,10 +391,22 @@ lb_sync_total 4
 # HELP lb_sync_errors_total Sync passes that failed.
 # TYPE lb_sync_errors_total counter
 lb_sync_errors_total 1
-# HELP lb_sync_duration_seconds Duration of sync passes.
-# TYPE lb_sync_duration_seconds summary
-lb_sync_duration_seconds_sum 1.5
+# HELP lb_sync_duration_seconds Duration of sync passes, full and incremental.
+# TYPE lb_sync_duration_seconds histogram
+lb_sync_duration_seconds_bucket{le=\"0.001\"} 1
+lb_sync_duration_seconds_bucket{le=\"1\"} 4
+lb_sync_duration_seconds_bucket{le=\"+Inf\"} 4
+lb_sync_duration_seconds_sum 1.5005
 lb_sync_duration_seconds_count 4
+# HELP lb_network_programming_duration_seconds From an EndpointSlice's last-change-trigger-time annotation to the map write that made the change live (kube-proxy's network_programming_duration_seconds).
+# TYPE lb_network_programming_duration_seconds histogram
+lb_network_programming_duration_seconds_bucket{le=\"0.001\"} 0
+lb_network_programming_duration_seconds_bucket{le=\"+Inf\"} 0
+lb_network_programming_duration_seconds_sum 0
+lb_network_programming_duration_seconds_count 0
+# HELP lb_sync_repairs_total Map entries a periodic full resync found changed behind the agent's back, and repaired.
+# TYPE lb_sync_repairs_total counter
+lb_sync_repairs_total 7
 # HELP lb_last_sync_duration_seconds Duration of the last sync pass.
 # TYPE lb_last_sync_duration_seconds gauge
 lb_last_sync_duration_seconds 0.25

@@ -518,6 +518,7 @@ mod tests {
                 ct_timeout_service_tcp_grace: 60,
                 ct_timeout_service_any: 60,
                 conntrack_gc_interval: 300,
+                full_sync_interval: 60,
                 lb_map_max: 65_536,
                 snat_port_range: PortRange {
                     min: 61_000,

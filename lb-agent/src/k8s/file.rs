@@ -5,7 +5,8 @@
 //! re-read, a deleted file takes its objects with it. Polling (not inotify) also sees the
 //! symlink swap a mounted ConfigMap does. A malformed file or object is logged with a warning
 //! naming it, counted, and the file's last good objects are kept. Other kinds are ignored.
-//! Objects written without a namespace are in `default`, as kubectl would put them.
+//! Objects written without a namespace are in `default`, as kubectl would put them. Each scan
+//! that saw a change replaces the view's objects, which marks only the Services that differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -21,7 +22,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Error, Snapshot, SnapshotSender, count_malformed, publish, sort_snapshot};
+use super::{Error, Snapshot, View, count_malformed, sort_snapshot, strip_service, strip_slice};
 
 /// How often the directory is scanned; a change is live well within a second.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -29,7 +30,7 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// Scans `dir` until `shutdown`; see the module docs.
 pub(super) async fn run(
     dir: PathBuf,
-    tx: &SnapshotSender,
+    view: &View,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let mut source = DirSource::new(dir.clone());
@@ -58,11 +59,16 @@ pub(super) async fn run(
                     dir_error = false;
                 }
                 if changed || first {
-                    let snapshot = source.snapshot();
-                    let (n_services, n_slices) = (snapshot.services.len(), snapshot.slices.len());
-                    if publish(tx, snapshot) || first {
+                    let Snapshot { services, slices } = source.snapshot();
+                    let (n_services, n_slices) = (services.len(), slices.len());
+                    // Both kinds at once; only the Services whose objects differ are marked.
+                    let marked = view.update(|objects| {
+                        objects.replace_services(services) | objects.replace_slices(slices)
+                    });
+                    if marked || first {
                         info!(dir = %dir.display(), services = n_services, slices = n_slices, "read source directory");
                     }
+                    view.set_synced();
                 }
                 first = false;
             }
@@ -351,9 +357,16 @@ impl Parsed {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
+        // Stripped as the kube source strips them: the cache keeps what the model reads.
         let object = match kind {
-            "Service" => serde_json::from_value(value).map(|s| Object::Service(Box::new(s))),
-            _ => serde_json::from_value(value).map(|s| Object::Slice(Box::new(s))),
+            "Service" => serde_json::from_value(value).map(|mut s| {
+                strip_service(&mut s);
+                Object::Service(Box::new(s))
+            }),
+            _ => serde_json::from_value(value).map(|mut s| {
+                strip_slice(&mut s);
+                Object::Slice(Box::new(s))
+            }),
         };
         match object {
             Ok(object) if self.objects.iter().any(|(seen, _)| *seen == id) => {

@@ -4,27 +4,32 @@
 //! - `file.rs`: a directory of YAML/JSON as `kubectl get -o yaml` prints it (`--source file:DIR`);
 //! - `filter.rs`: the label selector kube-proxy uses to leave opted-out objects alone.
 //!
-//! A source publishes a whole [`Snapshot`] on a `watch` channel, only once it has fully synced
-//! and then after every change; it never interprets the objects (that is `model/`) and never
-//! sees the maps (that is `sync/`).
+//! - `objects.rs`: the [`View`] a source fills, indexed by Service, which tells the reconciler
+//!   which Services' objects changed.
+//!
+//! A source applies what it sees to its [`View`] and marks it synced once it has listed
+//! everything; it never interprets the objects (that is `model/`) and never sees the maps
+//! (that is `sync/`).
 
 mod file;
 mod filter;
 mod kube;
+mod objects;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use filter::LABEL_SELECTOR;
+pub use objects::{
+    Changes, Dirty, LAST_CHANGE_TRIGGER_TIME, Objects, ServiceName, View, strip_service,
+    strip_slice,
+};
 
 /// Every Service and EndpointSlice a source currently knows, sorted by namespace/name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,9 +39,6 @@ pub struct Snapshot {
     /// discovery.k8s.io/v1 EndpointSlices.
     pub slices: Vec<EndpointSlice>,
 }
-
-/// Where a source publishes its snapshots; `None` until it has synced.
-pub type SnapshotSender = watch::Sender<Option<Arc<Snapshot>>>;
 
 /// Which source to run, as `--source` spells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,9 +139,6 @@ pub fn check_source(spec: &SourceSpec) -> Result<(), Error> {
     }
 }
 
-/// How long a source waits after a change before publishing, so a burst becomes one snapshot.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
-
 static MALFORMED_OBJECTS: AtomicU64 = AtomicU64::new(0);
 
 /// Malformed files and objects skipped by the file source since start (for metrics).
@@ -153,13 +152,13 @@ fn count_malformed() {
 
 /// Runs a source until `shutdown` is cancelled.
 ///
-/// Sends `Some(snapshot)` only once the source has fully synced (Services and EndpointSlices
-/// both listed), then after every change, debounced by [`DEBOUNCE`]. Bad input is logged and
-/// skipped, never a panic; errors after start are retried, so this returns only on shutdown
-/// or on a start-up error.
+/// Applies every change to `view` as it is seen (no debounce: the reconciler coalesces what
+/// arrives while it is busy), and marks the view synced once Services and EndpointSlices have
+/// both been listed. Bad input is logged and skipped, never a panic; errors after start are
+/// retried, so this returns only on shutdown or on a start-up error.
 pub async fn run_source(
     spec: SourceSpec,
-    tx: SnapshotSender,
+    view: View,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     match spec {
@@ -167,9 +166,9 @@ pub async fn run_source(
             let client = ::kube::Client::try_default()
                 .await
                 .map_err(|source| Error::Client { source })?;
-            kube::run(client, &tx, shutdown).await
+            kube::run(client, &view, shutdown).await
         }
-        SourceSpec::File(dir) => file::run(dir, &tx, shutdown).await,
+        SourceSpec::File(dir) => file::run(dir, &view, shutdown).await,
     }
 }
 
@@ -177,10 +176,10 @@ pub async fn run_source(
 /// API server).
 pub async fn run_kube(
     client: ::kube::Client,
-    tx: SnapshotSender,
+    view: View,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    kube::run(client, &tx, shutdown).await
+    kube::run(client, &view, shutdown).await
 }
 
 /// Sorts by namespace/name so equal views compare equal whatever order they arrived in.
@@ -190,17 +189,6 @@ fn sort_snapshot(snapshot: &mut Snapshot) {
     };
     snapshot.services.sort_by_key(|s| key(&s.metadata));
     snapshot.slices.sort_by_key(|s| key(&s.metadata));
-}
-
-/// Publishes `snapshot` unless it equals what was last published.
-fn publish(tx: &SnapshotSender, snapshot: Snapshot) -> bool {
-    tx.send_if_modified(|current| {
-        if current.as_deref() == Some(&snapshot) {
-            return false;
-        }
-        *current = Some(Arc::new(snapshot));
-        true
-    })
 }
 
 #[cfg(test)]

@@ -2,20 +2,24 @@
 //! per frontend and a `BackendId` per backend taken from `ids` (and the ids of what is gone
 //! retired), plus the rev-NAT entries of retired service ids, which outlive their frontends
 //! for the replies of flows still in conntrack. Pure: no aya, kube or tokio.
-use std::collections::BTreeSet;
+//!
+//! The content derives from a [`Programmed`] index: each frontend's own entries, and reference
+//! counts for what frontends share (a backend, a VIP's wildcard entry), so that the syncer can
+//! change a few frontends and derive the new value of just the keys they touch.
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::{
     proto,
     service::{
-        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
-        SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NO_ENDPOINTS,
-        SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE,
+        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend4, RevNat4,
+        SERVICE_F_CLUSTER_IP, SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL,
+        SERVICE_F_NO_ENDPOINTS, SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE, ServiceEntry, ServiceKey4,
     },
 };
 
 use super::ids::{BackendKey, Exhausted, FrontendKey, Ids};
 use crate::{
-    datapath::{MapsContent, maps},
+    datapath::{BackendId, MapsContent, ServiceId, maps},
     model::{BackendState, DesiredService, FrontendKind, Protocol},
 };
 
@@ -42,7 +46,7 @@ fn service_flags(service: &DesiredService) -> u8 {
     kind | local | empty
 }
 
-fn proto_number(protocol: Protocol) -> u8 {
+pub(crate) fn proto_number(protocol: Protocol) -> u8 {
     match protocol {
         Protocol::Tcp => proto::TCP,
         Protocol::Udp => proto::UDP,
@@ -56,90 +60,286 @@ pub fn desired_content(
     services: &[DesiredService],
     ids: &mut Ids,
 ) -> Result<MapsContent, Exhausted> {
-    let mut content = MapsContent::default();
-    let mut live_frontends = BTreeSet::new();
-    let mut live_backends = BTreeSet::new();
+    Ok(desired_index(services, ids)?.content())
+}
+
+/// [`desired_content`] as a [`Programmed`] index, from which the content derives.
+pub fn desired_index(services: &[DesiredService], ids: &mut Ids) -> Result<Programmed, Exhausted> {
+    let mut index = Programmed::default();
     for service in services {
-        let frontend = service.frontend;
-        let proto = proto_number(frontend.protocol);
-        let key = FrontendKey {
-            vip: frontend.vip,
-            port: frontend.port,
-            proto,
-        };
-        if !live_frontends.insert(key) {
+        let key = frontend_key(service);
+        if index.frontends.contains_key(&key) {
             // The model never yields a frontend twice; if it did, the first one wins.
             continue;
         }
-        let service_id = ids.service(key)?;
-        // Selectable backends first (slots 1..=count), then the draining ones.
-        let ordered = service
-            .backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active)
-            .chain(
-                service
-                    .backends
-                    .iter()
-                    .filter(|b| b.state == BackendState::Terminating),
-            );
-        let mut count: u16 = 0;
-        let mut qcount: u16 = 0;
-        let mut slot: u16 = 0;
-        for backend in ordered {
-            let Some(next) = slot.checked_add(1) else {
-                break;
-            };
-            slot = next;
-            let backend_key = BackendKey {
-                addr: backend.addr,
-                port: backend.port,
-                proto,
-            };
-            live_backends.insert(backend_key);
-            let backend_id = ids.backend(backend_key)?;
-            let (state, counter) = match backend.state {
-                BackendState::Active => (BACKEND_STATE_ACTIVE, &mut count),
-                BackendState::Terminating => (BACKEND_STATE_TERMINATING, &mut qcount),
-            };
-            *counter += 1;
-            let flags = if backend.remote { BACKEND_F_REMOTE } else { 0 };
-            let value = maps::backend_value(backend.addr, backend.port, proto, state, flags);
-            // A backend shared by several frontends is active if any of them selects it.
-            content
-                .backends
-                .entry(backend_id)
-                .and_modify(|existing| existing.state = existing.state.min(state))
-                .or_insert(value);
-            content.services.insert(
-                maps::service_key(frontend.vip, frontend.port, proto, slot),
-                maps::slot_entry(backend_id),
-            );
+        let content = frontend_content(service, ids)?;
+        index.add(key, content);
+    }
+    let live_frontends = index.frontends.keys().copied().collect();
+    let live_backends = index.backends.values().map(|refs| refs.key).collect();
+    ids.retire_absent(&live_frontends, &live_backends);
+    Ok(index)
+}
+
+/// The id key of a desired service's frontend.
+pub fn frontend_key(service: &DesiredService) -> FrontendKey {
+    FrontendKey {
+        vip: service.frontend.vip,
+        port: service.frontend.port,
+        proto: proto_number(service.frontend.protocol),
+    }
+}
+
+/// What one frontend contributes to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FrontendContent {
+    /// Its service id.
+    id: ServiceId,
+    /// Its master entry (slot 0).
+    master: ServiceEntry,
+    /// Slot n selects `backends[n - 1]`: the backend's id, key, state and remote flag.
+    backends: Vec<(BackendId, BackendKey, u8, bool)>,
+    /// True for a ClusterIP, whose VIP gets the wildcard entry.
+    wildcard: bool,
+    /// Its reverse-NAT entry.
+    revnat: RevNat4,
+}
+
+/// How many frontends name one backend, by state; the backend's value derives from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BackendRefs {
+    key: BackendKey,
+    active: u32,
+    terminating: u32,
+    remote: u32,
+}
+
+impl BackendRefs {
+    /// Active if any frontend selects it; remote if any frontend's endpoint says so (both
+    /// independent of the order frontends were added in).
+    fn value(&self) -> Backend4 {
+        let state = if self.active > 0 {
+            BACKEND_STATE_ACTIVE
+        } else {
+            BACKEND_STATE_TERMINATING
+        };
+        let flags = if self.remote > 0 { BACKEND_F_REMOTE } else { 0 };
+        maps::backend_value(self.key.addr, self.key.port, self.key.proto, state, flags)
+    }
+}
+
+/// What the syncer programmed, by frontend, with reference counts for what frontends share
+/// (a backend named by several, the wildcard entry of a VIP with several ports). The map
+/// content derives from it, whole ([`Programmed::content`]) or key by key, so that a change to
+/// a few frontends is planned over their keys alone.
+#[derive(Clone, Debug, Default)]
+pub struct Programmed {
+    frontends: BTreeMap<FrontendKey, FrontendContent>,
+    backends: BTreeMap<BackendId, BackendRefs>,
+    vips: BTreeMap<Ipv4Addr, u32>,
+}
+
+impl Programmed {
+    /// Frontends programmed.
+    pub fn frontends(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// Backends programmed.
+    pub fn backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether `key` is programmed.
+    pub fn contains(&self, key: &FrontendKey) -> bool {
+        self.frontends.contains_key(key)
+    }
+
+    /// Adds a frontend (which must not be there).
+    pub(crate) fn add(&mut self, key: FrontendKey, content: FrontendContent) {
+        for (id, backend_key, state, remote) in &content.backends {
+            let refs = self.backends.entry(*id).or_insert(BackendRefs {
+                key: *backend_key,
+                active: 0,
+                terminating: 0,
+                remote: 0,
+            });
+            if *state == BACKEND_STATE_ACTIVE {
+                refs.active += 1;
+            } else {
+                refs.terminating += 1;
+            }
+            refs.remote += u32::from(*remote);
         }
-        content.services.insert(
-            maps::service_key(frontend.vip, frontend.port, proto, 0),
-            maps::master_entry(
-                service_id,
-                count,
-                qcount,
-                service_flags(service),
-                service.affinity_timeout_secs,
-            ),
-        );
-        // Only a ClusterIP is the cluster's own address, with every other port refused; a node
-        // address or an external IP also carries traffic that is none of lb's business.
-        if service.kind == FrontendKind::ClusterIp {
-            content.services.insert(
-                maps::wildcard_key(frontend.vip),
-                lb_common::service::ServiceEntry::default(),
-            );
+        if content.wildcard {
+            *self.vips.entry(key.vip).or_default() += 1;
+        }
+        self.frontends.insert(key, content);
+    }
+
+    /// Removes a frontend; backends and VIPs no frontend names any more go with it.
+    pub(crate) fn remove(&mut self, key: &FrontendKey) -> Option<FrontendContent> {
+        let content = self.frontends.remove(key)?;
+        for (id, _, state, remote) in &content.backends {
+            if let std::collections::btree_map::Entry::Occupied(mut entry) =
+                self.backends.entry(*id)
+            {
+                let refs = entry.get_mut();
+                if *state == BACKEND_STATE_ACTIVE {
+                    refs.active -= 1;
+                } else {
+                    refs.terminating -= 1;
+                }
+                refs.remote -= u32::from(*remote);
+                if refs.active + refs.terminating == 0 {
+                    entry.remove();
+                }
+            }
+        }
+        if content.wildcard
+            && let std::collections::btree_map::Entry::Occupied(mut entry) =
+                self.vips.entry(key.vip)
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+        Some(content)
+    }
+
+    /// The whole content of the maps (retired rev-NAT entries aside).
+    pub fn content(&self) -> MapsContent {
+        let mut content = MapsContent::default();
+        for (key, frontend) in &self.frontends {
+            for (service_key, entry) in frontend.entries(key) {
+                content.services.insert(service_key, entry);
+            }
+            content.revnat.insert(frontend.id, frontend.revnat);
+        }
+        for vip in self.vips.keys() {
+            content
+                .services
+                .insert(maps::wildcard_key(*vip), ServiceEntry::default());
+        }
+        for (id, refs) in &self.backends {
+            content.backends.insert(*id, refs.value());
         }
         content
-            .revnat
-            .insert(service_id, maps::revnat_value(frontend.vip, frontend.port));
     }
-    ids.retire_absent(&live_frontends, &live_backends);
-    Ok(content)
+
+    /// The entry `key` must hold in `LB4_SERVICES`, if any.
+    pub fn service_entry(&self, key: &ServiceKey4) -> Option<ServiceEntry> {
+        let (vip, port, proto) = maps::frontend_of(key);
+        if proto == 0 {
+            return self.vips.contains_key(&vip).then(ServiceEntry::default);
+        }
+        let frontend = self.frontends.get(&FrontendKey { vip, port, proto })?;
+        match key.slot {
+            0 => Some(frontend.master),
+            slot => frontend
+                .backends
+                .get(usize::from(slot) - 1)
+                .map(|(id, ..)| maps::slot_entry(*id)),
+        }
+    }
+
+    /// The value `id` must hold in `LB4_BACKENDS`, if any.
+    pub fn backend(&self, id: BackendId) -> Option<Backend4> {
+        self.backends.get(&id).map(BackendRefs::value)
+    }
+}
+
+impl FrontendContent {
+    /// The service keys this frontend writes and their entries: slots, master, wildcard.
+    fn entries(&self, key: &FrontendKey) -> impl Iterator<Item = (ServiceKey4, ServiceEntry)> + '_ {
+        let (vip, port, proto) = (key.vip, key.port, key.proto);
+        let slots = self
+            .backends
+            .iter()
+            .zip(1u16..)
+            .map(move |((id, ..), slot)| {
+                (
+                    maps::service_key(vip, port, proto, slot),
+                    maps::slot_entry(*id),
+                )
+            });
+        slots.chain(std::iter::once((
+            maps::service_key(vip, port, proto, 0),
+            self.master,
+        )))
+    }
+
+    /// Every `LB4_SERVICES` key this frontend writes, the wildcard entry of its VIP included.
+    pub(crate) fn service_keys(&self, key: &FrontendKey) -> impl Iterator<Item = ServiceKey4> + '_ {
+        let wildcard = self.wildcard.then(|| maps::wildcard_key(key.vip));
+        self.entries(key).map(|(k, _)| k).chain(wildcard)
+    }
+
+    /// The ids and keys of the backends it names.
+    pub(crate) fn backend_ids(&self) -> impl Iterator<Item = (BackendId, BackendKey)> + '_ {
+        self.backends.iter().map(|(id, key, ..)| (*id, *key))
+    }
+
+    /// Its service id and reverse-NAT entry.
+    pub(crate) fn revnat(&self) -> (ServiceId, RevNat4) {
+        (self.id, self.revnat)
+    }
+}
+
+/// What `service` contributes to the maps, allocating its ids.
+pub(crate) fn frontend_content(
+    service: &DesiredService,
+    ids: &mut Ids,
+) -> Result<FrontendContent, Exhausted> {
+    let frontend = service.frontend;
+    let key = frontend_key(service);
+    let proto = key.proto;
+    let service_id = ids.service(key)?;
+    // Selectable backends first (slots 1..=count), then the draining ones.
+    let ordered = service
+        .backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .chain(
+            service
+                .backends
+                .iter()
+                .filter(|b| b.state == BackendState::Terminating),
+        );
+    let mut count: u16 = 0;
+    let mut qcount: u16 = 0;
+    let mut backends = Vec::with_capacity(service.backends.len());
+    // Slots are u16; the master is slot 0.
+    for backend in ordered.take(usize::from(u16::MAX)) {
+        let backend_key = BackendKey {
+            addr: backend.addr,
+            port: backend.port,
+            proto,
+        };
+        let backend_id = ids.backend(backend_key)?;
+        let (state, counter) = match backend.state {
+            BackendState::Active => (BACKEND_STATE_ACTIVE, &mut count),
+            BackendState::Terminating => (BACKEND_STATE_TERMINATING, &mut qcount),
+        };
+        *counter += 1;
+        backends.push((backend_id, backend_key, state, backend.remote));
+    }
+    Ok(FrontendContent {
+        id: service_id,
+        master: maps::master_entry(
+            service_id,
+            count,
+            qcount,
+            service_flags(service),
+            service.affinity_timeout_secs,
+        ),
+        backends,
+        // Only a ClusterIP is the cluster's own address, with every other port refused; a node
+        // address or an external IP also carries traffic that is none of lb's business.
+        wildcard: service.kind == FrontendKind::ClusterIp,
+        revnat: maps::revnat_value(frontend.vip, frontend.port),
+    })
 }
 
 /// Keeps in `desired` the rev-NAT entries `current` holds for retired service ids: replies of
