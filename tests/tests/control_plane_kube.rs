@@ -172,8 +172,14 @@ async fn nothing_is_published_until_both_caches_synced_and_list_errors_back_off(
         "the source retried after errors"
     );
 
-    // What kube-rs asked for: the selector on every request, bookmarks on every watch.
+    // What kube-rs asked for: the selector on every request, bookmarks on every watch. The
+    // view is synced at the list's end, possibly before the watch request goes out.
     for kind in [Kind::Service, Kind::EndpointSlice] {
+        server
+            .until(kind, "a watch request", DEADLINE, |s| {
+                s.queries.iter().any(|q| q.contains("watch=true"))
+            })
+            .await;
         let Stats {
             queries,
             label_selectors,

@@ -357,14 +357,17 @@ impl Parsed {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        // Stripped as the kube source strips them: the cache keeps what the model reads.
+        // Stripped as the kube source strips them: the cache keeps what the model reads. A
+        // file's resourceVersion says nothing (an edit keeps it), so objects compare by content.
         let object = match kind {
-            "Service" => serde_json::from_value(value).map(|mut s| {
+            "Service" => serde_json::from_value(value).map(|mut s: Service| {
                 strip_service(&mut s);
+                s.metadata.resource_version = None;
                 Object::Service(Box::new(s))
             }),
-            _ => serde_json::from_value(value).map(|mut s| {
+            _ => serde_json::from_value(value).map(|mut s: EndpointSlice| {
                 strip_slice(&mut s);
+                s.metadata.resource_version = None;
                 Object::Slice(Box::new(s))
             }),
         };
