@@ -613,21 +613,15 @@ pub async fn reconcile<M: LbMaps, F: Feed>(
                         "map entries differed from what the agent wrote; repaired"
                     );
                 }
-                // One line per full pass that changed something; incremental ones are per object.
-                if stats.writes > 0 && stats.full {
+                // One line per pass that changed the maps (a state change).
+                if stats.writes > 0 {
                     tracing::info!(
+                        full = stats.full,
                         services = stats.services,
                         backends = stats.backends,
                         writes = stats.writes,
                         micros = stats.duration.as_micros() as u64,
                         "maps synced"
-                    );
-                } else if stats.writes > 0 {
-                    tracing::debug!(
-                        services = stats.services,
-                        writes = stats.writes,
-                        micros = stats.duration.as_micros() as u64,
-                        "maps updated"
                     );
                 }
             }
