@@ -179,8 +179,18 @@ pub fn endpoint_change(
     );
     let mut datapath = LbDatapath::load_sized("change", LB_MAP_MAX_LARGE)?;
     let mut pipeline = Pipeline::load(fixture)?;
+    let all = pipeline.model.services();
+    ensure!(
+        all.len() == fixture.services as usize
+            && all
+                .iter()
+                .all(|s| s.backends.len() == fixture.backends as usize),
+        "the model serves {} of the fixture's {} services",
+        all.len(),
+        fixture.services
+    );
     let started = Instant::now();
-    datapath.sync(&pipeline.model.services())?;
+    datapath.sync(&all)?;
     let lb_full_ms = started.elapsed().as_secs_f64() * 1e3;
     let baselines = rule_changes > 0;
     let ipt_ns = netns::create("change-ipt")?;
@@ -227,6 +237,10 @@ pub fn endpoint_change(
             let started = Instant::now();
             let changes = pipeline.event(slice);
             let modeled = started.elapsed();
+            ensure!(
+                changes.upserts.len() == 1,
+                "one frontend changes: {changes:?}"
+            );
             let stats = datapath
                 .syncer
                 .sync_changes(&changes.upserts, &changes.removals)

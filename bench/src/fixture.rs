@@ -120,7 +120,7 @@ impl Fixture {
                          "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
             "addressType": "IPv4",
             "endpoints": endpoints,
-            "ports": [{"port": BACKEND_PORT, "protocol": "TCP"}]
+            "ports": [{"name": "", "port": BACKEND_PORT, "protocol": "TCP"}]
         })
     }
 
