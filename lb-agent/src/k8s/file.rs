@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
@@ -22,7 +23,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Error, Snapshot, View, count_malformed, sort_snapshot, strip_service, strip_slice};
+use super::{Error, View, count_malformed, strip_service, strip_slice};
 
 /// How often the directory is scanned; a change is live well within a second.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -59,7 +60,7 @@ pub(super) async fn run(
                     dir_error = false;
                 }
                 if changed || first {
-                    let Snapshot { services, slices } = source.snapshot();
+                    let (services, slices) = source.objects();
                     let (n_services, n_slices) = (services.len(), slices.len());
                     // Both kinds at once; only the Services whose objects differ are marked.
                     let marked = view.update(|objects| {
@@ -107,8 +108,8 @@ impl std::fmt::Display for ObjectId {
 /// One object lb cares about.
 #[derive(Clone, Debug, PartialEq)]
 enum Object {
-    Service(Box<Service>),
-    Slice(Box<EndpointSlice>),
+    Service(Arc<Service>),
+    Slice(Arc<EndpointSlice>),
 }
 
 /// What a file looked like when last read.
@@ -193,11 +194,11 @@ impl DirSource {
         Ok(changed)
     }
 
-    /// Every object from every file; an object defined twice is taken from the first file
-    /// by name.
-    fn snapshot(&self) -> Snapshot {
+    /// Every object from every file (shared, not copied); an object defined twice is taken
+    /// from the first file by name.
+    fn objects(&self) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
         let mut seen: BTreeMap<&ObjectId, &Path> = BTreeMap::new();
-        let mut snapshot = Snapshot::default();
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
         for (path, file) in &self.files {
             for (id, object) in &file.objects {
                 if let Some(first) = seen.get(id) {
@@ -206,13 +207,12 @@ impl DirSource {
                 }
                 seen.insert(id, path);
                 match object {
-                    Object::Service(s) => snapshot.services.push(Service::clone(s)),
-                    Object::Slice(s) => snapshot.slices.push(EndpointSlice::clone(s)),
+                    Object::Service(s) => services.push(s.clone()),
+                    Object::Slice(s) => slices.push(s.clone()),
                 }
             }
         }
-        sort_snapshot(&mut snapshot);
-        snapshot
+        (services, slices)
     }
 }
 
@@ -363,12 +363,12 @@ impl Parsed {
             "Service" => serde_json::from_value(value).map(|mut s: Service| {
                 strip_service(&mut s);
                 s.metadata.resource_version = None;
-                Object::Service(Box::new(s))
+                Object::Service(Arc::new(s))
             }),
             _ => serde_json::from_value(value).map(|mut s: EndpointSlice| {
                 strip_slice(&mut s);
                 s.metadata.resource_version = None;
-                Object::Slice(Box::new(s))
+                Object::Slice(Arc::new(s))
             }),
         };
         match object {

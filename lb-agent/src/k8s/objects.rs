@@ -46,11 +46,12 @@ pub struct Dirty {
     pub trigger: Option<SystemTime>,
 }
 
-/// One Service's objects.
+/// One Service's objects, shared with the source that read them (the file source keeps its
+/// files' objects too): one copy in memory.
 #[derive(Clone, Debug, Default)]
 struct Owned {
-    service: Option<Service>,
-    slices: BTreeMap<String, EndpointSlice>,
+    service: Option<Arc<Service>>,
+    slices: BTreeMap<String, Arc<EndpointSlice>>,
 }
 
 impl Owned {
@@ -60,8 +61,12 @@ impl Owned {
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            services: self.service.iter().cloned().collect(),
-            slices: self.slices.values().cloned().collect(),
+            services: self.service.iter().map(|s| Service::clone(s)).collect(),
+            slices: self
+                .slices
+                .values()
+                .map(|s| EndpointSlice::clone(s))
+                .collect(),
         }
     }
 }
@@ -112,6 +117,9 @@ fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
 
 /// Equal for the model's purposes: the same resourceVersion when both have one, else equal.
 fn same<T: PartialEq>(meta: fn(&T) -> &ObjectMeta, old: &T, new: &T) -> bool {
+    if std::ptr::eq(old, new) {
+        return true;
+    }
     match (&meta(old).resource_version, &meta(new).resource_version) {
         (Some(a), Some(b)) => a == b,
         _ => old == new,
@@ -175,9 +183,13 @@ impl Objects {
         }
     }
 
-    /// Adds or replaces a Service (stripped here); true when it changed.
-    pub fn apply_service(&mut self, mut service: Service) -> bool {
-        strip_service(&mut service);
+    /// Adds or replaces a Service (stripped here unless shared: a source that shares its
+    /// objects strips them first); true when it changed.
+    pub fn apply_service(&mut self, service: impl Into<Arc<Service>>) -> bool {
+        let mut service = service.into();
+        if let Some(service) = Arc::get_mut(&mut service) {
+            strip_service(service);
+        }
         let name = ServiceName {
             namespace: namespace(&service.metadata),
             name: service.metadata.name.clone().unwrap_or_default(),
@@ -186,7 +198,7 @@ impl Objects {
         if owned
             .service
             .as_ref()
-            .is_some_and(|old| same(|s: &Service| &s.metadata, old, &service))
+            .is_some_and(|old| same(|s: &Service| &s.metadata, &**old, &*service))
         {
             return false;
         }
@@ -212,9 +224,13 @@ impl Objects {
         true
     }
 
-    /// Adds or replaces an EndpointSlice (stripped here); true when it changed.
-    pub fn apply_slice(&mut self, mut slice: EndpointSlice) -> bool {
-        strip_slice(&mut slice);
+    /// Adds or replaces an EndpointSlice (stripped here unless shared, as `apply_service`);
+    /// true when it changed.
+    pub fn apply_slice(&mut self, slice: impl Into<Arc<EndpointSlice>>) -> bool {
+        let mut slice = slice.into();
+        if let Some(slice) = Arc::get_mut(&mut slice) {
+            strip_slice(slice);
+        }
         let key = (
             namespace(&slice.metadata),
             slice.metadata.name.clone().unwrap_or_default(),
@@ -227,7 +243,7 @@ impl Objects {
                     .by_service
                     .get(&owner)
                     .and_then(|o| o.slices.get(&key.1))
-                    .is_some_and(|old| same(|s: &EndpointSlice| &s.metadata, old, &slice));
+                    .is_some_and(|old| same(|s: &EndpointSlice| &s.metadata, &**old, &*slice));
                 if unchanged {
                     return false;
                 }
@@ -268,10 +284,14 @@ impl Objects {
 
     /// Replaces every Service with `services` (a relist): marks only the Services added,
     /// changed or gone; true when any was.
-    pub fn replace_services(&mut self, services: Vec<Service>) -> bool {
+    pub fn replace_services<S: Into<Arc<Service>>>(
+        &mut self,
+        services: impl IntoIterator<Item = S>,
+    ) -> bool {
         let mut listed = std::collections::HashSet::new();
         let mut changed = false;
         for service in services {
+            let service = service.into();
             listed.insert((
                 namespace(&service.metadata),
                 service.metadata.name.clone().unwrap_or_default(),
@@ -294,10 +314,14 @@ impl Objects {
     }
 
     /// Replaces every EndpointSlice with `slices` (a relist), as `replace_services` does.
-    pub fn replace_slices(&mut self, slices: Vec<EndpointSlice>) -> bool {
+    pub fn replace_slices<S: Into<Arc<EndpointSlice>>>(
+        &mut self,
+        slices: impl IntoIterator<Item = S>,
+    ) -> bool {
         let mut listed = std::collections::HashSet::new();
         let mut changed = false;
         for slice in slices {
+            let slice = slice.into();
             listed.insert((
                 namespace(&slice.metadata),
                 slice.metadata.name.clone().unwrap_or_default(),
@@ -320,8 +344,9 @@ impl Objects {
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for owned in self.by_service.values() {
-            snapshot.services.extend(owned.service.iter().cloned());
-            snapshot.slices.extend(owned.slices.values().cloned());
+            let Snapshot { services, slices } = owned.snapshot();
+            snapshot.services.extend(services);
+            snapshot.slices.extend(slices);
         }
         super::sort_snapshot(&mut snapshot);
         snapshot
@@ -473,8 +498,8 @@ mod tests {
     #[test]
     fn only_services_whose_objects_changed_are_taken_and_slices_are_filed_by_owner() {
         let view = View::default();
-        view.update(|o| o.replace_services(vec![service("a", "1"), service("b", "1")]));
-        view.update(|o| o.replace_slices(vec![slice("a-1", "a", "1")]));
+        view.update(|o| o.replace_services([service("a", "1"), service("b", "1")]));
+        view.update(|o| o.replace_slices([slice("a-1", "a", "1")]));
         assert!(
             view.take_changes().is_none(),
             "nothing before the source syncs"
@@ -484,8 +509,8 @@ mod tests {
         assert!(taken(&view).is_empty());
 
         // A relist with one slice changed and one Service gone marks just those two.
-        view.update(|o| o.replace_services(vec![service("a", "1")]));
-        view.update(|o| o.replace_slices(vec![slice("a-1", "a", "2")]));
+        view.update(|o| o.replace_services([service("a", "1")]));
+        view.update(|o| o.replace_slices([slice("a-1", "a", "2")]));
         assert_eq!(taken(&view), ["ns/a 1+1", "ns/b 0+0"]);
 
         // The same resourceVersion again is no change; a slice moving marks both Services.
