@@ -320,8 +320,10 @@ struct Pipeline {
 impl Pipeline {
     /// The fixture's objects, listed into a view and modelled once.
     fn load(fixture: Fixture) -> anyhow::Result<Self> {
-        let mut services = Vec::with_capacity(fixture.services as usize);
-        let mut slices = Vec::with_capacity(fixture.services as usize);
+        let mut services: Vec<k8s_openapi::api::core::v1::Service> =
+            Vec::with_capacity(fixture.services as usize);
+        let mut slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Vec::with_capacity(fixture.services as usize);
         for i in 0..fixture.services {
             services.push(serde_json::from_value(Fixture::service_object(i))?);
             slices.push(serde_json::from_value(Fixture::slice_object(
