@@ -345,16 +345,20 @@ fn programming_section(results: &Results) -> String {
     for sync in &results.sync {
         let _ = writeln!(
             out,
-            "| {} × {} | {} | {} | {} | {:.1}× | {} | {} | {} KiB | {} |",
+            "| {} × {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             human(sync.fixture.services),
             sync.fixture.backends,
             fmt_summary(&sync.lb, 2),
             fmt_summary(&sync.iptables, 1),
             fmt_summary(&sync.nftables, 1),
-            sync.iptables.p50 / sync.lb.p50,
+            ratio(sync.iptables.p50 / sync.lb.p50),
             ratio(sync.nftables.p50 / sync.lb.p50),
             sync.lb_writes,
-            sync.iptables_bytes / 1024,
+            if sync.iptables_bytes == 0 {
+                "–".to_owned()
+            } else {
+                format!("{} KiB", sync.iptables_bytes / 1024)
+            },
             if sync.nft_bytes == 0 {
                 "–".to_owned()
             } else {
@@ -571,6 +575,21 @@ fn targets_section(results: &Results) -> String {
     if let Some(largest) = results
         .sync
         .iter()
+        .max_by_key(|sync| sync.fixture.services * sync.fixture.backends)
+    {
+        let _ = writeln!(
+            out,
+            "- Full programming of {} × {} from empty maps in ≤ 2 s: {} ({:.0} ms).",
+            human(largest.fixture.services),
+            largest.fixture.backends,
+            verdict(largest.lb.p50 <= 2000.0),
+            largest.lb.p50
+        );
+    }
+    if let Some(largest) = results
+        .sync
+        .iter()
+        .filter(|sync| sync.iptables.n > 0)
         .max_by_key(|sync| sync.fixture.services * sync.fixture.backends)
     {
         let iptables_ratio = largest.iptables.p50 / largest.lb.p50;
