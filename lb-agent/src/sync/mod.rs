@@ -571,7 +571,11 @@ pub async fn reconcile<M: LbMaps, F: Feed>(
                 }
             }
             () = backoff.due() => {}
-            () = sleep_until(next_resync) => resync = true,
+            () = sleep_until(next_resync) => {
+                // Re-armed here too: before the source syncs no pass runs to re-arm it.
+                next_resync = resync_due(tokio::time::Instant::now());
+                resync = true;
+            }
             report = next_report(&mut syncer.reports) => {
                 let outcome = syncer.release_unreferenced(
                     report.scan_started,
@@ -979,6 +983,41 @@ mod tests {
             Some((true, true, 0)),
             "nothing left to repair"
         );
+        shutdown.cancel();
+        task.await.expect("loop ends");
+    }
+
+    /// A feed whose source never syncs, counting how often it is asked.
+    struct NeverSynced(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Feed for NeverSynced {
+        async fn changed(&mut self) -> bool {
+            std::future::pending().await
+        }
+
+        fn next(&mut self, _full: bool) -> Option<Update> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+
+        fn record(&mut self, _outcome: Result<&SyncStats, &Error>) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_resync_timer_before_the_source_syncs_asks_once_per_interval() {
+        let maps = Arc::new(Mutex::new(FakeMaps::default()));
+        let mut syncer = Syncer::new(maps).expect("restore ids");
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let options = ReconcileOptions {
+            resync_interval: Some(Duration::from_secs(1)),
+        };
+        let task = tokio::spawn({
+            let (shutdown, feed) = (shutdown.clone(), NeverSynced(asked.clone()));
+            async move { reconcile(&mut syncer, feed, options, shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 10);
         shutdown.cancel();
         task.await.expect("loop ends");
     }
