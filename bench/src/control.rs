@@ -13,13 +13,13 @@ use anyhow::{Context as _, ensure};
 use lb_testkit::packet::tcp_syn;
 
 use crate::alloc;
-use crate::datapath::LbDatapath;
+use crate::datapath::{LB_MAP_MAX_LARGE, LbDatapath};
 use crate::fixture::{EndpointChange, Fixture, SERVICE_PORT};
 use crate::netns::{self, run_timed};
 use crate::stats::{Summary, median, summarize};
 use crate::traffic::IPTABLES_RESTORE;
-use lb_agent::datapath::MapsContent;
-use lb_agent::sync::{desired, ids::Ids, plan};
+use lb_agent::k8s::View;
+use lb_agent::model::{Incremental, ModelChanges, ThisNode};
 
 /// Full programming time of one fixture, in ms.
 #[derive(Clone, Debug)]
@@ -48,6 +48,10 @@ pub struct SyncResult {
 /// in quadratic time: minutes at 30k services).
 pub const BIG: u32 = 10_000;
 
+/// Above this many services × backends, B5 runs no iptables either (the file alone is
+/// hundreds of MB).
+pub const BIG_RULES: u32 = 100_000;
+
 /// Runs B5: for each fixture, `rounds` rounds of lb, iptables, nftables (one round from
 /// `BIG` services; nft not above it).
 pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<SyncResult>> {
@@ -59,7 +63,11 @@ pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<Sy
         );
         let rules = std::env::temp_dir().join(format!("lb-bench-{}.rules", std::process::id()));
         let nft = std::env::temp_dir().join(format!("lb-bench-{}.nft", std::process::id()));
-        let rules_text = fixture.iptables();
+        let rules_text = if fixture.services * fixture.backends <= BIG_RULES {
+            fixture.iptables()
+        } else {
+            String::new()
+        };
         let nft_text = if fixture.services <= BIG {
             fixture.nftables()
         } else {
@@ -76,7 +84,7 @@ pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<Sy
             let before = alloc::live_bytes();
             let desired = fixture.desired();
             desired_heap = alloc::live_bytes() - before;
-            let mut datapath = LbDatapath::load(&format!("sync{round}"))?;
+            let mut datapath = LbDatapath::load_sized(&format!("sync{round}"), LB_MAP_MAX_LARGE)?;
             let before = alloc::live_bytes();
             let started = Instant::now();
             let stats = datapath.sync(&desired)?;
@@ -85,10 +93,12 @@ pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<Sy
             lb_writes = stats.writes;
             drop(datapath);
 
-            let ns = netns::create(&format!("sync-ipt{round}"))?;
-            let took = run_timed(&ns, IPTABLES_RESTORE, &[], Some(&rules))?;
-            ipt.push(vec![took.as_secs_f64() * 1e3]);
-            drop(ns);
+            if fixture.services * fixture.backends <= BIG_RULES {
+                let ns = netns::create(&format!("sync-ipt{round}"))?;
+                let took = run_timed(&ns, IPTABLES_RESTORE, &[], Some(&rules))?;
+                ipt.push(vec![took.as_secs_f64() * 1e3]);
+                drop(ns);
+            }
 
             if fixture.services <= BIG {
                 let ns = netns::create(&format!("sync-nft{round}"))?;
@@ -127,9 +137,10 @@ pub fn programming(fixtures: &[Fixture], rounds: usize) -> anyhow::Result<Vec<Sy
 pub struct ChangeResult {
     /// Services loaded.
     pub services: u32,
-    /// lb: `Syncer::sync` of the whole desired list with one backend changed.
+    /// lb: from the EndpointSlice event (applied to the source's view) until the incremental
+    /// pass has written the maps.
     pub lb_sync: Summary,
-    /// lb: from the sync call until a SYN run through the program is DNATed to the new backend.
+    /// lb: from the event until a SYN run through the program is DNATed to the new backend.
     pub lb_visible: Summary,
     /// iptables-restore --noflush of KUBE-SERVICES plus the changed chains.
     pub iptables: Summary,
@@ -137,10 +148,13 @@ pub struct ChangeResult {
     pub nftables: Summary,
     /// Map writes of one lb change.
     pub lb_writes: usize,
-    /// Profile of one lb change, µs (medians): `desired::desired_content` over every service.
+    /// Profile of one lb change, µs (medians): the event into the view, taking the changed
+    /// Service out and recomputing its model.
     pub profile_desired_us: f64,
-    /// ... `plan::plan`, the diff of the whole content.
+    /// ... `Syncer::sync_changes`: planning the changed frontend's keys and writing them.
     pub profile_plan_us: f64,
+    /// lb: programming the whole fixture from its objects (model and one full pass), ms.
+    pub lb_full_ms: f64,
 }
 
 fn ip_dst(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
@@ -163,28 +177,44 @@ pub fn endpoint_change(
         "lb-bench: endpoint change with {} services loaded",
         fixture.services
     );
-    let mut datapath = LbDatapath::load("change")?;
-    let mut desired = fixture.desired();
-    datapath.sync(&desired)?;
+    let mut datapath = LbDatapath::load_sized("change", LB_MAP_MAX_LARGE)?;
+    let mut pipeline = Pipeline::load(fixture)?;
+    let all = pipeline.model.services();
+    ensure!(
+        all.len() == fixture.services as usize
+            && all
+                .iter()
+                .all(|s| s.backends.len() == fixture.backends as usize),
+        "the model serves {} of the fixture's {} services",
+        all.len(),
+        fixture.services
+    );
+    let started = Instant::now();
+    datapath.sync(&all)?;
+    let lb_full_ms = started.elapsed().as_secs_f64() * 1e3;
+    let baselines = rule_changes > 0;
     let ipt_ns = netns::create("change-ipt")?;
     let nft_ns = netns::create("change-nft")?;
     let base_rules = std::env::temp_dir().join(format!("lb-bench-{}-c.rules", std::process::id()));
-    std::fs::write(&base_rules, fixture.iptables())?;
-    run_timed(&ipt_ns, IPTABLES_RESTORE, &[], Some(&base_rules))?;
     let nft_path = std::env::temp_dir().join(format!("lb-bench-{}-c.nft", std::process::id()));
-    std::fs::write(&nft_path, fixture.nftables())?;
-    run_timed(
-        &nft_ns,
-        "nft",
-        &["-f", &nft_path.display().to_string()],
-        None,
-    )?;
+    if baselines {
+        std::fs::write(&base_rules, fixture.iptables())?;
+        run_timed(&ipt_ns, IPTABLES_RESTORE, &[], Some(&base_rules))?;
+        std::fs::write(&nft_path, fixture.nftables())?;
+        run_timed(
+            &nft_ns,
+            "nft",
+            &["-f", &nft_path.display().to_string()],
+            None,
+        )?;
+    }
 
-    let t = fixture.target() as usize;
+    let t = fixture.target();
     let vip = Fixture::vip(fixture.target());
     let original = fixture.backend(fixture.target(), 0);
     let spare = fixture.spare_backend(0);
     let (mut lb_sync, mut lb_visible, mut ipt, mut nf) = (vec![], vec![], vec![], vec![]);
+    let (mut model_us, mut write_us) = (Vec::new(), Vec::new());
     let mut current = original;
     let mut flow = 0u32;
     let mut lb_writes = 0;
@@ -199,10 +229,25 @@ pub fn endpoint_change(
             }
             lb_done += 1;
             let next = if current == original { spare } else { original };
-            desired[t].backends[0].addr = next;
+            let mut addresses = fixture.backends_of(t);
+            addresses[0] = next;
+            // The event as kube-rs hands it over: already deserialized.
+            let slice =
+                serde_json::from_value(Fixture::slice_object(t, &addresses, lb_done as u64 + 1))?;
             let started = Instant::now();
-            let stats = datapath.sync(&desired)?;
+            let changes = pipeline.event(slice);
+            let modeled = started.elapsed();
+            ensure!(
+                changes.upserts.len() == 1,
+                "one frontend changes: {changes:?}"
+            );
+            let stats = datapath
+                .syncer
+                .sync_changes(&changes.upserts, &changes.removals)
+                .map_err(|err| anyhow::anyhow!("{:#}", anyhow::Error::new(err)))?;
             let synced = started.elapsed();
+            model_us.push(modeled.as_secs_f64() * 1e6);
+            write_us.push((synced - modeled).as_secs_f64() * 1e6);
             lb_writes = stats.writes;
             // Poll with fresh tuples until a new flow lands on the new backend.
             loop {
@@ -251,28 +296,10 @@ pub fn endpoint_change(
     }
     let _ = std::fs::remove_file(&base_rules);
     let _ = std::fs::remove_file(&nft_path);
-    // Where an lb change spends its time: the two pure steps of a sync pass, timed alone.
-    let mut ids = Ids::restore(&MapsContent::default());
-    let (mut desired_us, mut plan_us) = (Vec::new(), Vec::new());
-    let mut before =
-        desired::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
-    for _ in 0..lb_changes.clamp(5, 50) {
-        let next = if current == original { spare } else { original };
-        desired[t].backends[0].addr = next;
-        current = next;
-        let started = Instant::now();
-        let after =
-            desired::desired_content(&desired, &mut ids).map_err(|err| anyhow::anyhow!("{err}"))?;
-        desired_us.push(started.elapsed().as_secs_f64() * 1e6);
-        let started = Instant::now();
-        let ops = plan::plan(&before, &after);
-        plan_us.push(started.elapsed().as_secs_f64() * 1e6);
-        std::hint::black_box(ops);
-        before = after;
-    }
     Ok(ChangeResult {
-        profile_desired_us: median(&desired_us),
-        profile_plan_us: median(&plan_us),
+        profile_desired_us: median(&model_us),
+        profile_plan_us: median(&write_us),
+        lb_full_ms,
         services: fixture.services,
         lb_sync: summarize(&lb_sync),
         lb_visible: summarize(&lb_visible),
@@ -280,6 +307,59 @@ pub fn endpoint_change(
         nftables: summarize(&nf),
         lb_writes,
     })
+}
+
+/// The agent's path from objects to desired services: the source's view and the
+/// incremental model, fed the fixture's Services and EndpointSlices.
+struct Pipeline {
+    view: View,
+    model: Incremental,
+    node: ThisNode,
+}
+
+impl Pipeline {
+    /// The fixture's objects, listed into a view and modelled once.
+    fn load(fixture: Fixture) -> anyhow::Result<Self> {
+        let mut services: Vec<k8s_openapi::api::core::v1::Service> =
+            Vec::with_capacity(fixture.services as usize);
+        let mut slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Vec::with_capacity(fixture.services as usize);
+        for i in 0..fixture.services {
+            services.push(serde_json::from_value(Fixture::service_object(i))?);
+            slices.push(serde_json::from_value(Fixture::slice_object(
+                i,
+                &fixture.backends_of(i),
+                0,
+            ))?);
+        }
+        let view = View::default();
+        view.update(|objects| objects.replace_services(services) | objects.replace_slices(slices));
+        view.set_synced();
+        let mut pipeline = Self {
+            view,
+            model: Incremental::default(),
+            node: ThisNode::named("bench"),
+        };
+        pipeline.take();
+        Ok(pipeline)
+    }
+
+    /// One EndpointSlice event through the view and the model, as the agent's feed runs it.
+    fn event(&mut self, slice: k8s_openapi::api::discovery::v1::EndpointSlice) -> ModelChanges {
+        self.view.update(|objects| objects.apply_slice(slice));
+        self.take()
+    }
+
+    fn take(&mut self) -> ModelChanges {
+        let changes = self.view.take_changes().unwrap_or_default();
+        self.model.update(
+            changes
+                .services
+                .iter()
+                .map(|(name, _, objects)| ((name.namespace.clone(), name.name.clone()), objects)),
+            &self.node,
+        )
+    }
 }
 
 /// B7: the maps' memory as the kernel accounts it, for the bench's map sizes.
@@ -323,7 +403,10 @@ pub struct MaglevResult {
 /// of `kernel_services` of them (each table is 4·M bytes of `LB4_MAGLEV`, so the kernel pass is
 /// kept smaller than the build).
 pub fn maglev_tables(fixture: Fixture, kernel_services: u32) -> anyhow::Result<MaglevResult> {
-    use lb_agent::{model::LbAlgorithm, sync::maglev};
+    use lb_agent::{
+        model::LbAlgorithm,
+        sync::{desired, ids::Ids, maglev},
+    };
     eprintln!(
         "lb-bench: Maglev tables for {} services × {} backends",
         fixture.services, fixture.backends

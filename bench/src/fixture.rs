@@ -97,6 +97,46 @@ impl Fixture {
             .collect()
     }
 
+    /// Service `i` as the API server serves it.
+    pub fn service_object(i: u32) -> serde_json::Value {
+        let vip = Self::vip(i).to_string();
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{i}"), "namespace": "bench", "resourceVersion": "1"},
+            "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
+                     "ports": [{"port": SERVICE_PORT, "protocol": "TCP", "targetPort": BACKEND_PORT}]}
+        })
+    }
+
+    /// Service `i`'s EndpointSlice with `addresses` (all ready), at `resource_version`.
+    pub fn slice_object(
+        i: u32,
+        addresses: &[Ipv4Addr],
+        resource_version: u64,
+    ) -> serde_json::Value {
+        let endpoints: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|addr| {
+                serde_json::json!({"addresses": [addr.to_string()],
+                                   "conditions": {"ready": true, "serving": true, "terminating": false}})
+            })
+            .collect();
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("svc-{i}-abcde"), "namespace": "bench",
+                         "resourceVersion": resource_version.to_string(),
+                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "", "port": BACKEND_PORT, "protocol": "TCP"}]
+        })
+    }
+
+    /// Service `i`'s backend addresses.
+    pub fn backends_of(self, i: u32) -> Vec<Ipv4Addr> {
+        (0..self.backends).map(|j| self.backend(i, j)).collect()
+    }
+
     /// The `iptables-restore` input kube-proxy (iptables mode) writes for the fixture's nat
     /// table: KUBE-SERVICES → KUBE-SVC-* (statistic random) → KUBE-SEP-* (DNAT), with the
     /// masquerade marking rules. The filter table is left out: it has no per-service rules on

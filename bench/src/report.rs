@@ -130,9 +130,9 @@ pub fn markdown(results: &Results) -> String {
         programming_section(results),
         results
             .change
-            .as_ref()
+            .iter()
             .map(endpoint_change_section)
-            .unwrap_or_default(),
+            .collect::<String>(),
         memory_section(results),
         maglev_section(results),
         targets_section(results),
@@ -559,16 +559,20 @@ fn programming_section(results: &Results) -> String {
     for sync in &results.sync {
         let _ = writeln!(
             out,
-            "| {} × {} | {} | {} | {} | {:.1}× | {} | {} | {} KiB | {} |",
+            "| {} × {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             human(sync.fixture.services),
             sync.fixture.backends,
             fmt_summary(&sync.lb, 2),
             fmt_summary(&sync.iptables, 1),
             fmt_summary(&sync.nftables, 1),
-            sync.iptables.p50 / sync.lb.p50,
+            ratio(sync.iptables.p50 / sync.lb.p50),
             ratio(sync.nftables.p50 / sync.lb.p50),
             sync.lb_writes,
-            sync.iptables_bytes / 1024,
+            if sync.iptables_bytes == 0 {
+                "–".to_owned()
+            } else {
+                format!("{} KiB", sync.iptables_bytes / 1024)
+            },
             if sync.nft_bytes == 0 {
                 "–".to_owned()
             } else {
@@ -589,10 +593,12 @@ fn endpoint_change_section(change: &crate::control::ChangeResult) -> String {
     );
     let _ = writeln!(
         out,
-        "The target service's only backend moves to another address and back. lb: the agent's \
-         `Syncer::sync` over the whole desired list (it diffs everything, then writes only the \
-         change: {} map writes), and *visible*: from that call until a SYN run through the \
-         loaded program is DNATed to the new backend. iptables: `{IPTABLES_RESTORE} --noflush` \
+        "The target service's only backend moves to another address and back. lb: from the \
+         EndpointSlice event (applied to the source's view, as the kube source applies a watch \
+         event) through the incremental model and `Syncer::sync_changes` until the maps are \
+         written ({} map writes), and *visible*: from the event until a SYN run through the \
+         loaded program is DNATed to the new backend. The reconcile thread's wake-up is not \
+         included. iptables: `{IPTABLES_RESTORE} --noflush` \
          of what kube-proxy writes for one change (the whole KUBE-SERVICES chain, the service \
          chain, the new endpoint chain, the old one deleted). nftables: `nft -f` of the new \
          endpoint chain, the rewritten service chain and the old chain deleted. µs, p50 \
@@ -619,13 +625,15 @@ fn endpoint_change_section(change: &crate::control::ChangeResult) -> String {
     }
     let _ = writeln!(
         out,
-        "\nProfile of one lb change (the pure steps of a sync pass, timed alone, medians): \
-         `plan::desired_content` over all {} services {:.0} µs, `plan::plan` (diff of the whole \
-         content) {:.0} µs; the rest is {} map writes.",
-        human(change.services),
+        "\nProfile of one lb change (medians): the event into the view and the changed Service \
+         through the model {:.1} µs; `Syncer::sync_changes` (its keys planned, {} map writes) \
+         {:.1} µs. Programming all {} services from their objects (model and one full pass): \
+         {:.0} ms.",
         change.profile_desired_us,
+        change.lb_writes,
         change.profile_plan_us,
-        change.lb_writes
+        human(change.services),
+        change.lb_full_ms
     );
     out
 }
@@ -849,6 +857,21 @@ fn targets_section(results: &Results) -> String {
         .iter()
         .max_by_key(|sync| sync.fixture.services * sync.fixture.backends)
     {
+        let _ = writeln!(
+            out,
+            "- Full programming of {} × {} from empty maps in ≤ 2 s: {} ({:.0} ms).",
+            human(largest.fixture.services),
+            largest.fixture.backends,
+            verdict(largest.lb.p50 <= 2000.0),
+            largest.lb.p50
+        );
+    }
+    if let Some(largest) = results
+        .sync
+        .iter()
+        .filter(|sync| sync.iptables.n > 0)
+        .max_by_key(|sync| sync.fixture.services * sync.fixture.backends)
+    {
         let iptables_ratio = largest.iptables.p50 / largest.lb.p50;
         let nft_ratio = largest.nftables.p50 / largest.lb.p50;
         let _ = writeln!(
@@ -863,7 +886,7 @@ fn targets_section(results: &Results) -> String {
             nft_ratio
         );
     }
-    if let Some(change) = &results.change {
+    for change in &results.change {
         let _ = writeln!(
             out,
             "- An endpoint change live in ≤ 1 ms p99 (at {} services): {} (p99 {:.0} µs \
@@ -1273,8 +1296,8 @@ mod tests {
             traffic,
             forwarding,
             sync,
-            change: Some(ChangeResult {
-                services: config.change_services,
+            change: vec![ChangeResult {
+                services: config.change_services[0],
                 lb_sync: summary(54_000.0),
                 lb_visible: summary(54_500.0),
                 iptables: summary(708_000.0),
@@ -1282,7 +1305,8 @@ mod tests {
                 lb_writes: 3,
                 profile_desired_us: 25_261.0,
                 profile_plan_us: 28_799.0,
-            }),
+                lb_full_ms: 120.0,
+            }],
             maps: MapMemory {
                 maps: vec![
                     ("LB4_BACKENDS".into(), 23_068_672, 262_144),

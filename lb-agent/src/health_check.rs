@@ -92,21 +92,24 @@ pub struct HealthCheckServer {
     addresses: Vec<Ipv4Addr>,
     shutdown: CancellationToken,
     slots: Mutex<BTreeMap<u16, Slot>>,
+    /// The runtime that serves the listeners: the one `new` ran on, not the sync thread's.
+    runtime: tokio::runtime::Handle,
 }
 
 impl HealthCheckServer {
     /// A server for `addresses` (the model's `ThisNode::addresses`) with no port open yet;
-    /// everything it opens closes with `shutdown`.
+    /// everything it opens closes with `shutdown`. Must be called within a tokio runtime,
+    /// which serves the listeners `update` opens from whatever thread calls it.
     pub fn new(addresses: Vec<Ipv4Addr>, shutdown: CancellationToken) -> Self {
         Self {
             addresses,
             shutdown,
             slots: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
-    /// Serves exactly `checks` from now on (the model gives at most one per port). Must be
-    /// called within a tokio runtime: new listeners are served by spawned tasks.
+    /// Serves exactly `checks` from now on (the model gives at most one per port).
     pub fn update(&self, checks: &[HealthCheck]) {
         let mut slots = lock(&self.slots);
         slots.retain(|port, slot| {
@@ -161,6 +164,9 @@ impl HealthCheckServer {
         if self.addresses.is_empty() {
             return Err(io::Error::other("this node has no node-port address"));
         }
+        // The listeners register with the agent's runtime, whatever thread calls (the sync
+        // thread's runtime has no IO driver).
+        let _entered = self.runtime.enter();
         let mut listeners = Vec::with_capacity(self.addresses.len());
         for addr in &self.addresses {
             let bound = bind(SocketAddrV4::new(*addr, check.port)).map_err(|err| {
@@ -172,7 +178,8 @@ impl HealthCheckServer {
         let status = Arc::new(Mutex::new(Status::of(check)));
         let stop = self.shutdown.child_token();
         for listener in listeners {
-            tokio::spawn(serve(listener, status.clone(), stop.clone()));
+            self.runtime
+                .spawn(serve(listener, status.clone(), stop.clone()));
         }
         Ok(Slot::Serving { status, stop })
     }
@@ -350,6 +357,30 @@ mod tests {
         server.update(&[]);
         assert_eq!(server.serving(), Vec::<u16>::new());
         assert!(closes(port).await, "port {port} still open");
+    }
+
+    #[tokio::test]
+    async fn a_port_opened_from_the_sync_threads_runtime_is_served_by_the_agents() {
+        let server = Arc::new(HealthCheckServer::new(
+            vec![LOOPBACK],
+            CancellationToken::new(),
+        ));
+        let port = free_port();
+        // As the reconcile loop does: another thread, a runtime with timers but no IO.
+        std::thread::spawn({
+            let server = server.clone();
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async { server.update(&[check("web", port, 1)]) });
+            }
+        })
+        .join()
+        .expect("update does not panic");
+        let (code, _) = get(port).await.expect("served");
+        assert_eq!(code, 200);
     }
 
     /// True once `port` refuses connections. The accept task drops its listener when it next

@@ -474,6 +474,50 @@ pub struct MetricsSnapshot {
     /// Fill levels of the sized maps.
     #[serde(default)]
     pub maps: Vec<MapFill>,
+    /// Durations of sync passes, full and incremental, in seconds.
+    #[serde(default)]
+    pub sync_duration: Histogram,
+    /// From an EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time` to the map
+    /// write that made its change live, in seconds (kube-proxy's
+    /// `network_programming_duration_seconds`).
+    #[serde(default)]
+    pub network_programming_duration: Histogram,
+    /// Map entries a periodic full resync found changed behind the agent's back, and repaired.
+    #[serde(default)]
+    pub sync_repairs: u64,
+}
+
+/// A Prometheus histogram: cumulative counts per upper bound, the sum and the count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// (upper bound `le`, observations at or below it), bounds ascending; `+Inf` is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these upper bounds (ascending).
+    pub fn with_bounds(bounds: &[f64]) -> Self {
+        Self {
+            buckets: bounds.iter().map(|le| (*le, 0)).collect(),
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&mut self, value: f64) {
+        for (le, count) in &mut self.buckets {
+            if value <= *le {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
 }
 
 /// One `LB_METRICS` entry.

@@ -482,3 +482,70 @@ fn a_pin_removed_under_a_running_agent_fails_liveness_and_shows_in_status() {
         "{text}"
     );
 }
+
+/// `bpftool map ARGS… pinned <LB4_BACKENDS of node>`: whether it succeeded.
+fn backends_map(node: &Node, verb: &str, key: &[&str]) -> bool {
+    let pin = node
+        .bpf_root
+        .join(lb_common::maps::PIN_VERSION)
+        .join(lb_common::maps::LB4_BACKENDS);
+    std::process::Command::new("bpftool")
+        .args(["map", verb, "pinned"])
+        .arg(&pin)
+        .args(["key", "hex"])
+        .args(key)
+        .output()
+        .expect("run bpftool")
+        .status
+        .success()
+}
+
+#[test]
+fn a_backend_deleted_behind_the_agents_back_is_restored_by_the_periodic_full_sync() {
+    let node = Node::up("drift");
+    let manifests = node.run_dir.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    for file in ["service.yaml", "endpointslice.yaml"] {
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/a-checkout-two-slices")
+            .join(file);
+        std::fs::copy(from, manifests.join(file)).expect("copy fixture");
+    }
+    let mut agent = node.spawn(
+        &node.args(&[
+            format!("--source=file:{}", manifests.display()),
+            "--full-sync-interval=1".to_owned(),
+        ]),
+        &[],
+    );
+    ok(
+        agent.wait_until("lb-agent ready", DEADLINE, || {
+            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
+        }),
+        "lb-agent ready",
+    );
+    let repairs = |node: &Node| {
+        let (_, metrics) = node.get("/metrics").expect("GET /metrics");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("lb_sync_repairs_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert_eq!(repairs(&node), Some(0));
+    // Backend 1 (the key is the u32 id, host order): what a stray `bpftool map delete` does.
+    let key = ["01", "00", "00", "00"];
+    assert!(backends_map(&node, "lookup", &key), "backend 1 programmed");
+    assert!(backends_map(&node, "delete", &key), "delete backend 1");
+    assert!(!backends_map(&node, "lookup", &key));
+    ok(
+        agent.wait_until("the entry repaired", DEADLINE, || {
+            Ok((repairs(&node) == Some(1) && backends_map(&node, "lookup", &key)).then_some(()))
+        }),
+        "the periodic full sync repairs the deleted backend",
+    );
+    assert!(
+        node.log().contains("repaired"),
+        "a warning says what was repaired: {}",
+        node.log()
+    );
+}

@@ -1,5 +1,5 @@
 //! `--source file:DIR` end to end through `run_source`: YAML written into a directory becomes
-//! a snapshot; an edit is live within a second; a malformed file is named in a warning and its
+//! the source's view; an edit is live within a second; a malformed file is named in a warning and its
 //! last good objects stay; a deleted file takes its objects with it.
 
 use std::io::Write;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use lb_agent::k8s::{Error, Snapshot, SourceSpec, malformed_objects_total, run_source};
+use lb_agent::k8s::{Error, Snapshot, SourceSpec, View, malformed_objects_total, run_source};
 use lb_agent::model::{ThisNode, desired_services};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -77,22 +77,29 @@ fn testdata(case: &str, file: &str) -> PathBuf {
 }
 
 struct Running {
-    rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    view: View,
+    versions: watch::Receiver<u64>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
 fn start(dir: &Path) -> Running {
     logs();
-    let (tx, rx) = watch::channel(None);
+    let view = View::default();
+    let versions = view.subscribe();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run_source(
         SourceSpec::File(dir.to_owned()),
         "node".to_owned(),
-        tx,
+        view.clone(),
         shutdown.clone(),
     ));
-    Running { rx, shutdown, task }
+    Running {
+        view,
+        versions,
+        shutdown,
+        task,
+    }
 }
 
 impl Running {
@@ -103,17 +110,19 @@ impl Running {
         pred: impl Fn(&Snapshot) -> bool,
     ) -> (Arc<Snapshot>, Duration) {
         let started = Instant::now();
-        let found = tokio::time::timeout(
-            DEADLINE,
-            self.rx.wait_for(|s| s.as_deref().is_some_and(&pred)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-        let snapshot = found
-            .expect("source still running")
-            .clone()
-            .expect("checked above");
-        (snapshot, started.elapsed())
+        loop {
+            if self.view.is_synced() {
+                let snapshot = self.view.snapshot();
+                if pred(&snapshot) {
+                    return (Arc::new(snapshot), started.elapsed());
+                }
+            }
+            let left = DEADLINE.saturating_sub(started.elapsed());
+            tokio::time::timeout(left, self.versions.changed())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .expect("source still running");
+        }
     }
 
     async fn stop(self) {
@@ -160,10 +169,11 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
     // Every snapshot published, to show below that a malformed file never loses the Service.
     let published_services = Arc::new(Mutex::new(Vec::new()));
     let recorder = {
-        let (mut rx, seen) = (source.rx.clone(), published_services.clone());
+        let (view, seen) = (source.view.clone(), published_services.clone());
+        let mut versions = view.subscribe();
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let services = rx.borrow_and_update().as_ref().map(|s| s.services.len());
+            while versions.changed().await.is_ok() {
+                let services = view.is_synced().then(|| view.snapshot().services.len());
                 seen.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(services);
@@ -201,7 +211,7 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
 
     // Malformed → a warning naming the file; the last good objects stay.
     let before = malformed_objects_total();
-    let published = source.rx.borrow().clone();
+    let published = source.view.snapshot();
     write_atomically(
         &service,
         "apiVersion: v1\nkind: Service\nmetadata: {name: checkout\n",
@@ -209,7 +219,7 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
     let line = until_logged(&service.display().to_string(), "malformed").await;
     assert!(line.contains("WARN"), "{line}");
     assert!(malformed_objects_total() > before);
-    assert_eq!(*source.rx.borrow(), published, "nothing lost");
+    assert_eq!(source.view.snapshot(), published, "nothing lost");
 
     // A malformed object inside a good file names the object too.
     let bad_object = std::fs::read_to_string(testdata("a-checkout-two-slices", "service.yaml"))
@@ -222,7 +232,7 @@ async fn written_edited_malformed_and_deleted_files_drive_the_snapshot() {
         "{line}"
     );
     assert_eq!(
-        *source.rx.borrow(),
+        source.view.snapshot(),
         published,
         "the last good Service is kept"
     );
@@ -305,11 +315,10 @@ async fn an_empty_directory_is_an_empty_snapshot_and_a_missing_one_is_an_error()
     source.stop().await;
 
     let missing = dir.path().join("nope");
-    let (tx, _rx) = watch::channel(None);
     let err = run_source(
         SourceSpec::File(missing.clone()),
         "node".to_owned(),
-        tx,
+        View::default(),
         CancellationToken::new(),
     )
     .await

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, run_kube};
+use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, View, run_kube};
 use lb_agent::model::{ThisNode, desired_services};
 use lb_tests::kube_api::{FakeApiServer, Kind, Stats};
 use serde_json::{Value, json};
@@ -53,27 +53,35 @@ fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// Waits for a published snapshot satisfying `pred`.
+/// Waits until the source has synced and its view satisfies `pred`.
 async fn snapshot_where(
-    rx: &mut watch::Receiver<Option<Arc<Snapshot>>>,
+    source: &mut Running,
     what: &str,
     pred: impl Fn(&Snapshot) -> bool,
 ) -> Arc<Snapshot> {
-    let found = tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.as_deref().is_some_and(&pred)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match found {
-        Ok(Ok(Some(snapshot))) => snapshot,
-        Ok(_) => panic!("source stopped while waiting for {what}"),
-        Err(_) => panic!(
-            "timed out waiting for {what}; last: {:?}",
-            rx.borrow().as_deref().map(names)
-        ),
+    let started = tokio::time::Instant::now();
+    loop {
+        if source.view.is_synced() {
+            let snapshot = source.view.snapshot();
+            if pred(&snapshot) {
+                return Arc::new(snapshot);
+            }
+        }
+        let changed = tokio::time::timeout_at(started + DEADLINE, source.versions.changed()).await;
+        match changed {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("source stopped while waiting for {what}"),
+            Err(_) => panic!(
+                "timed out waiting for {what}; last: {:?}",
+                names(&source.view.snapshot())
+            ),
+        }
     }
 }
 
 struct Running {
-    rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    view: View,
+    versions: watch::Receiver<u64>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), lb_agent::k8s::Error>>,
 }
@@ -87,10 +95,16 @@ fn start_on(server: &FakeApiServer, node: Option<&'static str>) -> Running {
     let client = server
         .client()
         .expect("kube client for the fake API server");
-    let (tx, rx) = watch::channel(None);
+    let view = View::default();
+    let versions = view.subscribe();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_kube(client, node, tx, shutdown.clone()));
-    Running { rx, shutdown, task }
+    let task = tokio::spawn(run_kube(client, node, view.clone(), shutdown.clone()));
+    Running {
+        view,
+        versions,
+        shutdown,
+        task,
+    }
 }
 
 impl Running {
@@ -137,11 +151,11 @@ async fn nothing_is_published_until_both_caches_synced_and_list_errors_back_off(
         )
         .await;
     assert!(
-        source.rx.borrow().is_none(),
-        "published before EndpointSlices synced"
+        !source.view.is_synced(),
+        "synced before EndpointSlices were listed"
     );
 
-    let snapshot = snapshot_where(&mut source.rx, "the first snapshot", |_| true).await;
+    let snapshot = snapshot_where(&mut source, "the first snapshot", |_| true).await;
     assert_eq!(
         names(&snapshot),
         (
@@ -160,8 +174,14 @@ async fn nothing_is_published_until_both_caches_synced_and_list_errors_back_off(
         "the source retried after errors"
     );
 
-    // What kube-rs asked for: the selector on every request, bookmarks on every watch.
+    // What kube-rs asked for: the selector on every request, bookmarks on every watch. The
+    // view is synced at the list's end, possibly before the watch request goes out.
     for kind in [Kind::Service, Kind::EndpointSlice] {
+        server
+            .until(kind, "a watch request", DEADLINE, |s| {
+                s.queries.iter().any(|q| q.contains("watch=true"))
+            })
+            .await;
         let Stats {
             queries,
             label_selectors,
@@ -200,17 +220,14 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     load(&server, "a-checkout-two-slices");
     load(&server, "b-ledger-terminating");
     let mut source = start(&server);
-    snapshot_where(&mut source.rx, "both services", |s| {
+    snapshot_where(&mut source, "both services", |s| {
         s.services.len() == 2 && s.slices.len() == 3
     })
     .await;
 
     // A live change arrives as a watch event, without a relist.
     server.delete(Kind::EndpointSlice, "shop", "checkout-7x2kq");
-    let snapshot = snapshot_where(&mut source.rx, "the slice deletion", |s| {
-        s.slices.len() == 2
-    })
-    .await;
+    let snapshot = snapshot_where(&mut source, "the slice deletion", |s| s.slices.len() == 2).await;
     let desired = desired_services(&snapshot, &ThisNode::named("worker-a1"));
     let http = desired
         .iter()
@@ -246,14 +263,10 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
     late["spec"]["clusterIP"] = json!("10.96.50.50");
     late["spec"]["clusterIPs"] = json!(["10.96.50.50"]);
     server.apply(late);
-    assert_eq!(
-        source.rx.borrow().as_ref().map(|s| s.services.len()),
-        Some(2),
-        "nothing delivered while cut off"
-    );
+    assert_eq!(source.view.len().0, 2, "nothing delivered while cut off");
     server.expire(Kind::Service);
 
-    let snapshot = snapshot_where(&mut source.rx, "the relisted view", |s| {
+    let snapshot = snapshot_where(&mut source, "the relisted view", |s| {
         names(s).0 == ["shop/checkout".to_owned(), "shop/late".to_owned()]
     })
     .await;
@@ -277,7 +290,7 @@ async fn a_deletion_missed_while_disconnected_is_applied_after_the_410_relist() 
 
     // After the relist the watch resumes: a later change streams in again.
     server.delete(Kind::Service, "shop", "late");
-    snapshot_where(&mut source.rx, "a change after the relist", |s| {
+    snapshot_where(&mut source, "a change after the relist", |s| {
         s.services.len() == 1
     })
     .await;
@@ -302,18 +315,35 @@ async fn this_nodes_zone_label_reaches_the_snapshot_through_a_watch_on_it_alone(
     server.apply(node("node-2", "zone-b"));
     server.apply(node("node-1", "zone-a"));
     let mut source = start_on(&server, Some("node-1"));
-    snapshot_where(&mut source.rx, "node-1's zone", |s| {
+    snapshot_where(&mut source, "node-1's zone", |s| {
         s.node_zone.as_deref() == Some("zone-a")
     })
     .await;
+    source.view.take_changes().expect("synced");
 
     // Relabelled: the next snapshot carries the new zone (and the model uses it).
     server.apply(node("node-1", "zone-c"));
-    let snapshot = snapshot_where(&mut source.rx, "the new zone", |s| {
+    let snapshot = snapshot_where(&mut source, "the new zone", |s| {
         s.node_zone.as_deref() == Some("zone-c")
     })
     .await;
     assert_eq!(snapshot.services.len(), 1, "Services unchanged");
+    // Zone hints select every Service's endpoints: each one is recomputed, with the new zone.
+    let changes = source.view.take_changes().expect("synced");
+    let changed: Vec<_> = changes
+        .services
+        .iter()
+        .map(|(name, _, objects)| {
+            (
+                format!("{}/{}", name.namespace, name.name),
+                objects.node_zone.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        vec![("shop/checkout".to_owned(), Some("zone-c".to_owned()))]
+    );
 
     // kube-proxy's watch: this node only, by field selector, on every LIST and WATCH.
     let Stats { queries, .. } = server.stats(Kind::Node);

@@ -434,6 +434,7 @@ fn config_view_lists_every_option_sorted() {
         ("config-dir", ""),
         ("conntrack-gc-interval", "300"),
         ("devices", "eth0"),
+        ("full-sync-interval", "60"),
         ("log-level", "info"),
         ("metrics-address", "127.0.0.1:9963"),
         ("node-ip", ""),
@@ -513,7 +514,7 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
          bpf-ct-max-entries, bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, \
          bpf-ct-timeout-regular-tcp-syn, bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, \
          bpf-ct-timeout-service-tcp, bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, \
-         conntrack-gc-interval, bpf-lb-algorithm, bpf-lb-algorithm-annotation, \
+         conntrack-gc-interval, full-sync-interval, bpf-lb-algorithm, bpf-lb-algorithm-annotation, \
          bpf-lb-maglev-table-size, bpf-lb-maglev-hash-seed, bpf-lb-map-max, snat-port-range, \
          node-port-range, log-level\n"
     );

@@ -887,9 +887,10 @@ fn a_deleted_pod_interface_takes_its_link_pin_with_it() {
         .join(lb_common::maps::PIN_VERSION)
         .join("links")
         .join("from-pod-lxcbe3");
+    let host_pin = pin.with_file_name("from-host-lxcbe3");
     assert!(
-        pin.exists(),
-        "from-pod pinned on lxcbe3: {:?}",
+        pin.exists() && host_pin.exists(),
+        "from-pod and from-host pinned on lxcbe3: {:?}",
         bpf_tree(&node)
     );
     ok(
@@ -902,6 +903,7 @@ fn a_deleted_pod_interface_takes_its_link_pin_with_it() {
         }),
         "pin pruned",
     );
+    assert!(!host_pin.exists(), "its from-host pin goes with it");
     let status = lbctl(&node, &["status"]);
     assert!(
         status.contains("lxcbe1") && !status.contains("lxcbe3"),
@@ -972,10 +974,15 @@ fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_progra
     assert_eq!(
         programs,
         [
+            "eth0 from-host",
             "eth0 from-netdev",
+            "lxcbe1 from-host",
             "lxcbe1 from-pod",
+            "lxcbe2 from-host",
             "lxcbe2 from-pod",
+            "lxcbe3 from-host",
             "lxcbe3 from-pod",
+            "lxcclient from-host",
             "lxcclient from-pod"
         ]
     );
@@ -1004,7 +1011,7 @@ fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_progra
         "Last sync:",
         " ago\n",
         "Maps:                LB4_SERVICES 4/131072 (0.0%)",
-        "Programs:            eth0 from-netdev\n",
+        "Programs:            eth0 from-host\n                     eth0 from-netdev\n",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }

@@ -1,14 +1,16 @@
 //! The agent's lifecycle: load and attach the datapath, start the source, the API and the
 //! event reader, then run the reconcile loop until shutdown.
 //!
-//! The reconcile loop is `sync::reconcile`: every new snapshot from the source (or a retry
-//! after a failed pass) becomes one `sync::Syncer::sync` pass, and its outcome lands in
-//! `AgentState`. Nothing is programmed before the source has synced, so a restart never scales
-//! services down.
+//! The reconcile loop is `sync::reconcile`, on a thread of its own: the source's changes go
+//! through the incremental model (`feed.rs`) into `sync::Syncer` passes, incremental where
+//! they can be, full at start, after a failure and every `--full-sync-interval` (which also
+//! repairs drift in the maps); outcomes land in `AgentState`. Nothing is programmed before the
+//! source has synced, so a restart never scales services down.
 //!
 //! On shutdown the programs, links and maps stay pinned: traffic keeps flowing, and the next
 //! agent adopts them (`datapath::devices::attach` swaps its program into the pinned links).
 mod config_watch;
+mod feed;
 mod pods;
 mod preflight;
 mod state;
@@ -19,7 +21,6 @@ use std::{
 };
 
 use lb_common::{config as dp, drop::Hook};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use state::AgentState;
@@ -76,6 +77,12 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The sync thread could not be started.
+    #[error("cannot start the sync thread")]
+    SyncThreadStart(#[source] std::io::Error),
+    /// The sync thread ended without being asked to (a panic).
+    #[error("the sync thread stopped unexpectedly; lb-agent exits so that it is restarted")]
+    SyncThread,
     /// The pod-device watcher could not be set up.
     #[error("cannot watch network interfaces")]
     LinkWatch(#[source] std::io::Error),
@@ -450,35 +457,35 @@ async fn serve(
         );
     }
 
-    let (tx, rx) = watch::channel(None);
+    let view = k8s::View::default();
     let source_shutdown = shutdown.child_token();
     let mut source = tokio::spawn(k8s::run_source(
         config.source.clone(),
         config.node_name.clone(),
-        tx,
+        view.clone(),
         source_shutdown.clone(),
     ));
 
     let this_node = this_node(config, node_ip);
     tracing::info!(addresses = ?this_node.addresses, "node ports served on these addresses");
-    let health_checks = HealthCheckServer::new(this_node.addresses.clone(), shutdown.clone());
-    let reconcile = sync::reconcile(
-        &mut syncer,
-        rx,
-        |snapshot| {
-            let desired = model::desired(snapshot, &this_node);
-            state.record_names(&desired.services);
-            // Binds and spawns only: the pass goes on at once.
-            health_checks.update(&desired.health_checks);
-            desired.services
-        },
-        |outcome| state.record_sync(outcome.map_err(|err| error_chain(err))),
+    let health_checks = Arc::new(HealthCheckServer::new(
+        this_node.addresses.clone(),
         shutdown.clone(),
-    );
+    ));
+    let feed = feed::ModelFeed::new(view, this_node, state.clone(), health_checks);
+    let options = sync::ReconcileOptions {
+        resync_interval: Some(std::time::Duration::from_secs(u64::from(
+            config.full_sync_interval,
+        ))),
+    };
+    let reconcile = spawn_reconcile(syncer, feed, options, shutdown.clone())?;
     // Whatever ends first ends the agent. Only a cancelled `shutdown` is a clean exit: a
     // source or task that stops on its own exits non-zero, so that a supervisor restarts it.
     let result = tokio::select! {
-        () = reconcile => Ok(()),
+        ended = reconcile => match ended {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::SyncThread),
+        },
         ended = &mut source => match ended {
             Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
             Ok(Ok(())) => Err(Error::SourceStopped { kind: config.source.to_string(), source: None }),
@@ -493,6 +500,36 @@ async fn serve(
     remove_socket(&config.socket);
     tracing::info!("lb-agent stopped; programs, links and maps stay pinned");
     result
+}
+
+/// Runs the reconcile loop on a thread of its own (with a runtime of its own for its timers),
+/// so that planning and map writes never hold up the API, the source or the event reader on
+/// the agent's runtime. The receiver completes when the loop ends, or fails if it panicked.
+fn spawn_reconcile(
+    mut syncer: Syncer<datapath::maps::AyaMaps>,
+    feed: feed::ModelFeed,
+    options: sync::ReconcileOptions,
+    shutdown: CancellationToken,
+) -> Result<tokio::sync::oneshot::Receiver<()>, Error> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lb-sync".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the sync thread's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(sync::reconcile(&mut syncer, feed, options, shutdown));
+            let _ = done.send(());
+        })
+        .map_err(Error::SyncThreadStart)?;
+    Ok(ended)
 }
 
 /// The agent's background tasks, by name, so that a panic says which one died.

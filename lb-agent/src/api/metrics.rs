@@ -19,32 +19,37 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::proto::MetricsSnapshot;
+use super::proto::{Histogram, MetricsSnapshot};
 
 /// The `Content-Type` of what `render` returns.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
 
-/// A histogram known only by its sum and count so far (one `+Inf` bucket).
+/// A histogram the agent observed into (`proto::Histogram`, cumulative counts per bound).
 #[derive(Debug)]
-struct SumCount {
-    sum: f64,
-    count: u64,
-}
+struct Buckets(Histogram);
 
-impl TypedMetric for SumCount {
+impl TypedMetric for Buckets {
     const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl EncodeMetric for SumCount {
+impl EncodeMetric for Buckets {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_histogram::<NoLabelSet>(
-            self.sum,
-            self.count,
-            &[(f64::INFINITY, self.count)],
-            None,
-        )
+        // The client takes each bucket's own count and accumulates them; `+Inf` comes last.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|(le, cumulative)| {
+                let own = cumulative.saturating_sub(below);
+                below = *cumulative;
+                (*le, own)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, self.0.count.saturating_sub(below)));
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -120,11 +125,19 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     );
     registry.register(
         "lb_sync_duration_seconds",
-        "Duration of successful sync passes",
-        SumCount {
-            sum: snapshot.sync_duration_seconds_sum,
-            count: snapshot.syncs,
-        },
+        "Duration of successful sync passes, full and incremental",
+        Buckets(snapshot.sync_duration.clone()),
+    );
+    registry.register(
+        "lb_network_programming_duration_seconds",
+        "From an EndpointSlice's last-change-trigger-time annotation to the map write that made \
+         the change live (kube-proxy's network_programming_duration_seconds)",
+        Buckets(snapshot.network_programming_duration.clone()),
+    );
+    registry.register(
+        "lb_sync_repairs",
+        "Map entries a periodic full resync found changed behind the agent's back, and repaired",
+        counter(snapshot.sync_repairs),
     );
     registry.register(
         "lb_last_sync_duration_seconds",
@@ -237,6 +250,15 @@ mod tests {
                 entries: 256,
                 max_entries: 1024,
             }],
+            sync_duration: {
+                let mut h = Histogram::with_bounds(&[0.001, 1.0]);
+                for seconds in [0.0005, 0.25, 0.25, 1.0] {
+                    h.observe(seconds);
+                }
+                h
+            },
+            network_programming_duration: Histogram::with_bounds(&[0.001]),
+            sync_repairs: 7,
         };
         let sorted = |text: &str| {
             let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -269,11 +291,22 @@ lb_sync_total 4
 # HELP lb_sync_errors_total Sync passes that failed.
 # TYPE lb_sync_errors_total counter
 lb_sync_errors_total 1
-# HELP lb_sync_duration_seconds Duration of successful sync passes.
+# HELP lb_sync_duration_seconds Duration of successful sync passes, full and incremental.
 # TYPE lb_sync_duration_seconds histogram
+lb_sync_duration_seconds_bucket{le="0.001"} 1
+lb_sync_duration_seconds_bucket{le="1"} 4
 lb_sync_duration_seconds_bucket{le="+Inf"} 4
-lb_sync_duration_seconds_sum 1.5
+lb_sync_duration_seconds_sum 1.5005
 lb_sync_duration_seconds_count 4
+# HELP lb_network_programming_duration_seconds From an EndpointSlice's last-change-trigger-time annotation to the map write that made the change live (kube-proxy's network_programming_duration_seconds).
+# TYPE lb_network_programming_duration_seconds histogram
+lb_network_programming_duration_seconds_bucket{le="0.001"} 0
+lb_network_programming_duration_seconds_bucket{le="+Inf"} 0
+lb_network_programming_duration_seconds_sum 0.0
+lb_network_programming_duration_seconds_count 0
+# HELP lb_sync_repairs_total Map entries a periodic full resync found changed behind the agent's back, and repaired.
+# TYPE lb_sync_repairs_total counter
+lb_sync_repairs_total 7
 # HELP lb_last_sync_duration_seconds Duration of the last sync pass.
 # TYPE lb_last_sync_duration_seconds gauge
 lb_last_sync_duration_seconds 0.25

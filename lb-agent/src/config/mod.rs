@@ -520,6 +520,7 @@ mod tests {
                 ct_timeout_service_tcp_grace: 60,
                 ct_timeout_service_any: 60,
                 conntrack_gc_interval: 300,
+                full_sync_interval: 60,
                 lb_algorithm: crate::model::LbAlgorithm::Random,
                 lb_algorithm_annotation: false,
                 maglev_table_size: 16_381,

@@ -716,6 +716,16 @@ options! {
         help: "seconds between passes of the conntrack GC",
         doc: "seconds between conntrack GC passes (expired entries deleted)",
     }
+    FullSyncInterval => full_sync_interval: u32 {
+        key: "full-sync-interval",
+        env: "LB_FULL_SYNC_INTERVAL",
+        default: "60",
+        live: false,
+        value_name: "SECONDS",
+        kind: Kind::Count { min: 1, max: 86_400 },
+        help: "seconds between full syncs that read the maps back and repair drift",
+        doc: "seconds between full syncs: the maps are read back and any entry changed behind the agent's back is repaired (`lb_sync_repairs_total`)",
+    }
     LbAlgorithm => lb_algorithm: LbAlgorithm {
         key: "bpf-lb-algorithm",
         env: "LB_BPF_LB_ALGORITHM",

@@ -5,12 +5,14 @@
 //! re-read, a deleted file takes its objects with it. Polling (not inotify) also sees the
 //! symlink swap a mounted ConfigMap does. A malformed file or object is logged with a warning
 //! naming it, counted, and the file's last good objects are kept. Other kinds are ignored.
-//! Objects written without a namespace are in `default`, as kubectl would put them.
+//! Objects written without a namespace are in `default`, as kubectl would put them. Each scan
+//! that saw a change replaces the view's objects, which marks only the Services that differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
@@ -20,7 +22,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Error, Snapshot, SnapshotSender, count_malformed, publish, sort_snapshot};
+use super::{Error, View, count_malformed, strip_service, strip_slice};
 
 /// How often the directory is scanned; a change is live well within a second.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -28,7 +30,7 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// Scans `dir` until `shutdown`; see the module docs.
 pub(super) async fn run(
     dir: PathBuf,
-    tx: &SnapshotSender,
+    view: &View,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let mut source = DirSource::new(dir.clone());
@@ -58,11 +60,16 @@ pub(super) async fn run(
                     dir_error = false;
                 }
                 if changed || first {
-                    let snapshot = source.snapshot();
-                    let (n_services, n_slices) = (snapshot.services.len(), snapshot.slices.len());
-                    if publish(tx, snapshot) || first {
+                    let (services, slices) = source.objects();
+                    let (n_services, n_slices) = (services.len(), slices.len());
+                    // Both kinds at once; only the Services whose objects differ are marked.
+                    let marked = view.update(|objects| {
+                        objects.replace_services(services) | objects.replace_slices(slices)
+                    });
+                    if marked || first {
                         info!(dir = %dir.display(), services = n_services, slices = n_slices, "read source directory");
                     }
+                    view.set_synced();
                 }
                 first = false;
             }
@@ -102,8 +109,8 @@ impl std::fmt::Display for ObjectId {
 /// One object lb cares about.
 #[derive(Clone, Debug, PartialEq)]
 enum Object {
-    Service(Box<Service>),
-    Slice(Box<EndpointSlice>),
+    Service(Arc<Service>),
+    Slice(Arc<EndpointSlice>),
 }
 
 /// What a file looked like when last read.
@@ -188,11 +195,11 @@ impl DirSource {
         Ok(changed)
     }
 
-    /// Every object from every file; an object defined twice is taken from the first file
-    /// by name.
-    fn snapshot(&self) -> Snapshot {
+    /// Every object from every file (shared, not copied); an object defined twice is taken
+    /// from the first file by name.
+    fn objects(&self) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
         let mut seen: BTreeMap<&ObjectId, &Path> = BTreeMap::new();
-        let mut snapshot = Snapshot::default();
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
         for (path, file) in &self.files {
             for (id, object) in &file.objects {
                 if let Some(first) = seen.get(id) {
@@ -201,13 +208,12 @@ impl DirSource {
                 }
                 seen.insert(id, path);
                 match object {
-                    Object::Service(s) => snapshot.services.push(Service::clone(s)),
-                    Object::Slice(s) => snapshot.slices.push(EndpointSlice::clone(s)),
+                    Object::Service(s) => services.push(s.clone()),
+                    Object::Slice(s) => slices.push(s.clone()),
                 }
             }
         }
-        sort_snapshot(&mut snapshot);
-        snapshot
+        (services, slices)
     }
 }
 
@@ -350,9 +356,19 @@ impl Parsed {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
+        // Stripped as the kube source strips them: the cache keeps what the model reads. A
+        // file's resourceVersion says nothing (an edit keeps it), so objects compare by content.
         let object = match kind {
-            "Service" => serde_json::from_value(value).map(|s| Object::Service(Box::new(s))),
-            _ => serde_json::from_value(value).map(|s| Object::Slice(Box::new(s))),
+            "Service" => serde_json::from_value(value).map(|mut s: Service| {
+                strip_service(&mut s);
+                s.metadata.resource_version = None;
+                Object::Service(Arc::new(s))
+            }),
+            _ => serde_json::from_value(value).map(|mut s: EndpointSlice| {
+                strip_slice(&mut s);
+                s.metadata.resource_version = None;
+                Object::Slice(Arc::new(s))
+            }),
         };
         match object {
             Ok(object) if self.objects.iter().any(|(seen, _)| *seen == id) => {

@@ -5,27 +5,32 @@
 //! - `file.rs`: a directory of YAML/JSON as `kubectl get -o yaml` prints it (`--source file:DIR`);
 //! - `filter.rs`: the label selector kube-proxy uses to leave opted-out objects alone.
 //!
-//! A source publishes a whole [`Snapshot`] on a `watch` channel, only once it has fully synced
-//! and then after every change; it never interprets the objects (that is `model/`) and never
-//! sees the maps (that is `sync/`).
+//! - `objects.rs`: the [`View`] a source fills, indexed by Service, which tells the reconciler
+//!   which Services' objects changed.
+//!
+//! A source applies what it sees to its [`View`] and marks it synced once it has listed
+//! everything; it never interprets the objects (that is `model/`) and never sees the maps
+//! (that is `sync/`).
 
 mod file;
 mod filter;
 mod kube;
+mod objects;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use filter::LABEL_SELECTOR;
+pub use objects::{
+    Changes, Dirty, LAST_CHANGE_TRIGGER_TIME, Objects, ServiceName, View, strip_service,
+    strip_slice,
+};
 
 /// Label of a Node naming its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -41,9 +46,6 @@ pub struct Snapshot {
     /// source); `None` when unknown (the file source, or no such label).
     pub node_zone: Option<String>,
 }
-
-/// Where a source publishes its snapshots; `None` until it has synced.
-pub type SnapshotSender = watch::Sender<Option<Arc<Snapshot>>>;
 
 /// Which source to run, as `--source` spells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,9 +157,6 @@ pub fn check_source(spec: &SourceSpec) -> Result<(), Error> {
     }
 }
 
-/// How long a source waits after a change before publishing, so a burst becomes one snapshot.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
-
 static MALFORMED_OBJECTS: AtomicU64 = AtomicU64::new(0);
 
 /// Malformed files and objects skipped by the file source since start (for metrics).
@@ -225,16 +224,16 @@ pub fn source_connectivity(spec: &SourceSpec) -> String {
 
 /// Runs a source until `shutdown` is cancelled.
 ///
-/// Sends `Some(snapshot)` only once the source has fully synced (Services and EndpointSlices
-/// both listed), then after every change, debounced by [`DEBOUNCE`]. Bad input is logged and
-/// skipped, never a panic; errors after start are retried, so this returns only on shutdown
-/// or on a start-up error.
+/// Applies every change to `view` as it is seen (no debounce: the reconciler coalesces what
+/// arrives while it is busy), and marks the view synced once Services and EndpointSlices have
+/// both been listed. Bad input is logged and skipped, never a panic; errors after start are
+/// retried, so this returns only on shutdown or on a start-up error.
 ///
 /// The kube source also watches the Node named `node_name` for its zone label.
 pub async fn run_source(
     spec: SourceSpec,
     node_name: String,
-    tx: SnapshotSender,
+    view: View,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     match spec {
@@ -242,9 +241,9 @@ pub async fn run_source(
             let client = ::kube::Client::try_default()
                 .await
                 .map_err(|source| Error::Client { source })?;
-            kube::run(client, Some(&node_name), &tx, shutdown).await
+            kube::run(client, Some(&node_name), &view, shutdown).await
         }
-        SourceSpec::File(dir) => file::run(dir, &tx, shutdown).await,
+        SourceSpec::File(dir) => file::run(dir, &view, shutdown).await,
     }
 }
 
@@ -253,10 +252,10 @@ pub async fn run_source(
 pub async fn run_kube(
     client: ::kube::Client,
     node_name: Option<&str>,
-    tx: SnapshotSender,
+    view: View,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    kube::run(client, node_name, &tx, shutdown).await
+    kube::run(client, node_name, &view, shutdown).await
 }
 
 /// Sorts by namespace/name so equal views compare equal whatever order they arrived in.
@@ -266,17 +265,6 @@ fn sort_snapshot(snapshot: &mut Snapshot) {
     };
     snapshot.services.sort_by_key(|s| key(&s.metadata));
     snapshot.slices.sort_by_key(|s| key(&s.metadata));
-}
-
-/// Publishes `snapshot` unless it equals what was last published.
-fn publish(tx: &SnapshotSender, snapshot: Snapshot) -> bool {
-    tx.send_if_modified(|current| {
-        if current.as_deref() == Some(&snapshot) {
-            return false;
-        }
-        *current = Some(Arc::new(snapshot));
-        true
-    })
 }
 
 #[cfg(test)]

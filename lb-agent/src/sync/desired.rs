@@ -2,14 +2,19 @@
 //! per frontend and a `BackendId` per backend taken from `ids` (and the ids of what is gone
 //! retired), plus the rev-NAT entries of retired service ids, which outlive their frontends
 //! for the replies of flows still in conntrack. Pure: no aya, kube or tokio.
-use std::collections::BTreeSet;
+//!
+//! The content derives from a [`Programmed`] index: each frontend's own entries, and reference
+//! counts for what frontends share (a backend, a VIP's wildcard entry), so that the syncer can
+//! change a few frontends and derive the new value of just the keys they touch.
+use std::{collections::BTreeMap, net::Ipv4Addr, ops::RangeInclusive, sync::Arc};
 
 use lb_common::{
     proto,
     service::{
-        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
-        SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NO_ENDPOINTS,
-        SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
+        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend4, RevNat4,
+        SERVICE_F_CLUSTER_IP, SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL,
+        SERVICE_F_NO_ENDPOINTS, SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
+        ServiceEntry, ServiceKey4,
     },
 };
 
@@ -18,7 +23,7 @@ use super::{
     maglev,
 };
 use crate::{
-    datapath::{MapsContent, SourceRangeEntry, maps},
+    datapath::{BackendId, MapsContent, ServiceId, SourceRangeEntry, maps, maps::MaglevSpec},
     model::{BackendState, DesiredService, FrontendKind, LbAlgorithm, Protocol},
 };
 
@@ -55,7 +60,7 @@ fn service_flags2(service: &DesiredService) -> u8 {
     }
 }
 
-pub(super) fn proto_number(protocol: Protocol) -> u8 {
+pub(crate) fn proto_number(protocol: Protocol) -> u8 {
     match protocol {
         Protocol::Tcp => proto::TCP,
         Protocol::Udp => proto::UDP,
@@ -80,119 +85,348 @@ pub fn desired_content_with(
     ids: &mut Ids,
     settings: &maglev::Settings,
 ) -> Result<MapsContent, Exhausted> {
-    let mut content = MapsContent::default();
-    let mut live_frontends = BTreeSet::new();
-    let mut live_backends = BTreeSet::new();
+    Ok(desired_index(services, ids, settings)?.content())
+}
+
+/// [`desired_content_with`] as a [`Programmed`] index, from which the content derives.
+pub fn desired_index(
+    services: &[DesiredService],
+    ids: &mut Ids,
+    settings: &maglev::Settings,
+) -> Result<Programmed, Exhausted> {
+    let mut index = Programmed::default();
     for service in services {
-        let frontend = service.frontend;
-        let proto = proto_number(frontend.protocol);
-        let key = FrontendKey {
-            vip: frontend.vip,
-            port: frontend.port,
-            proto,
-        };
-        if !live_frontends.insert(key) {
+        let key = frontend_key(service);
+        if index.frontends.contains_key(&key) {
             // The model never yields a frontend twice; if it did, the first one wins.
             continue;
         }
-        let service_id = ids.service(key)?;
-        // Selectable backends first (slots 1..=count), then the draining ones.
-        let ordered = service
+        let content = frontend_content(service, ids, settings)?;
+        index.add(key, content);
+    }
+    let live_frontends = index.frontends.keys().copied().collect();
+    let live_backends = index.backends.values().map(|refs| refs.key).collect();
+    ids.retire_absent(&live_frontends, &live_backends);
+    Ok(index)
+}
+
+/// The id key of a desired service's frontend.
+pub fn frontend_key(service: &DesiredService) -> FrontendKey {
+    FrontendKey {
+        vip: service.frontend.vip,
+        port: service.frontend.port,
+        proto: proto_number(service.frontend.protocol),
+    }
+}
+
+/// What one frontend contributes to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FrontendContent {
+    /// Its service id.
+    id: ServiceId,
+    /// Its master entry (slot 0).
+    master: ServiceEntry,
+    /// Slot n selects `backends[n - 1]`: the backend's id, key, state and remote flag.
+    backends: Vec<(BackendId, BackendKey, u8, bool)>,
+    /// True for a ClusterIP, whose VIP gets the wildcard entry.
+    wildcard: bool,
+    /// Its reverse-NAT entry.
+    revnat: RevNat4,
+    /// Its source ranges (written before the master entry that checks them) and Maglev table.
+    extras: Extras,
+}
+
+/// What goes with a frontend's master entry in maps of their own: its `LB4_SRC_RANGE` entries
+/// and, for a Maglev frontend, its table's spec.
+pub(crate) type Extras = (Vec<SourceRangeEntry>, Option<Arc<MaglevSpec>>);
+
+/// Every `LB4_SRC_RANGE` entry of service `id` lies in this range.
+pub(crate) fn ranges_of(id: ServiceId) -> RangeInclusive<SourceRangeEntry> {
+    SourceRangeEntry {
+        service: id,
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+    }..=SourceRangeEntry {
+        service: id,
+        addr: Ipv4Addr::BROADCAST,
+        prefix_len: u8::MAX,
+    }
+}
+
+/// How many frontends name one backend, by state; the backend's value derives from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BackendRefs {
+    key: BackendKey,
+    active: u32,
+    terminating: u32,
+    remote: u32,
+}
+
+impl BackendRefs {
+    /// Active if any frontend selects it; remote if any frontend's endpoint says so (both
+    /// independent of the order frontends were added in).
+    fn value(&self) -> Backend4 {
+        let state = if self.active > 0 {
+            BACKEND_STATE_ACTIVE
+        } else {
+            BACKEND_STATE_TERMINATING
+        };
+        let flags = if self.remote > 0 { BACKEND_F_REMOTE } else { 0 };
+        maps::backend_value(self.key.addr, self.key.port, self.key.proto, state, flags)
+    }
+}
+
+/// What the syncer programmed, by frontend, with reference counts for what frontends share
+/// (a backend named by several, the wildcard entry of a VIP with several ports). The map
+/// content derives from it, whole ([`Programmed::content`]) or key by key, so that a change to
+/// a few frontends is planned over their keys alone.
+#[derive(Clone, Debug, Default)]
+pub struct Programmed {
+    frontends: BTreeMap<FrontendKey, FrontendContent>,
+    backends: BTreeMap<BackendId, BackendRefs>,
+    vips: BTreeMap<Ipv4Addr, u32>,
+}
+
+impl Programmed {
+    /// Frontends programmed.
+    pub fn frontends(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// Backends programmed.
+    pub fn backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether `key` is programmed.
+    pub fn contains(&self, key: &FrontendKey) -> bool {
+        self.frontends.contains_key(key)
+    }
+
+    /// Adds a frontend (which must not be there).
+    pub(crate) fn add(&mut self, key: FrontendKey, content: FrontendContent) {
+        for (id, backend_key, state, remote) in &content.backends {
+            let refs = self.backends.entry(*id).or_insert(BackendRefs {
+                key: *backend_key,
+                active: 0,
+                terminating: 0,
+                remote: 0,
+            });
+            if *state == BACKEND_STATE_ACTIVE {
+                refs.active += 1;
+            } else {
+                refs.terminating += 1;
+            }
+            refs.remote += u32::from(*remote);
+        }
+        if content.wildcard {
+            *self.vips.entry(key.vip).or_default() += 1;
+        }
+        self.frontends.insert(key, content);
+    }
+
+    /// Removes a frontend; backends and VIPs no frontend names any more go with it.
+    pub(crate) fn remove(&mut self, key: &FrontendKey) -> Option<FrontendContent> {
+        let content = self.frontends.remove(key)?;
+        for (id, _, state, remote) in &content.backends {
+            if let std::collections::btree_map::Entry::Occupied(mut entry) =
+                self.backends.entry(*id)
+            {
+                let refs = entry.get_mut();
+                if *state == BACKEND_STATE_ACTIVE {
+                    refs.active -= 1;
+                } else {
+                    refs.terminating -= 1;
+                }
+                refs.remote -= u32::from(*remote);
+                if refs.active + refs.terminating == 0 {
+                    entry.remove();
+                }
+            }
+        }
+        if content.wildcard
+            && let std::collections::btree_map::Entry::Occupied(mut entry) =
+                self.vips.entry(key.vip)
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+        Some(content)
+    }
+
+    /// The whole content of the maps (retired rev-NAT entries aside).
+    pub fn content(&self) -> MapsContent {
+        let mut content = MapsContent::default();
+        for (key, frontend) in &self.frontends {
+            for (service_key, entry) in frontend.entries(key) {
+                content.services.insert(service_key, entry);
+            }
+            content.revnat.insert(frontend.id, frontend.revnat);
+            let (ranges, maglev) = &frontend.extras;
+            content.source_ranges.extend(ranges.iter().copied());
+            if let Some(spec) = maglev {
+                content.maglev.insert(frontend.id, MaglevSpec::clone(spec));
+            }
+        }
+        for vip in self.vips.keys() {
+            content
+                .services
+                .insert(maps::wildcard_key(*vip), ServiceEntry::default());
+        }
+        for (id, refs) in &self.backends {
+            content.backends.insert(*id, refs.value());
+        }
+        content
+    }
+
+    /// The entry `key` must hold in `LB4_SERVICES`, if any.
+    pub fn service_entry(&self, key: &ServiceKey4) -> Option<ServiceEntry> {
+        let (vip, port, proto) = maps::frontend_of(key);
+        if proto == 0 {
+            return self.vips.contains_key(&vip).then(ServiceEntry::default);
+        }
+        let frontend = self.frontends.get(&FrontendKey { vip, port, proto })?;
+        match key.slot {
+            0 => Some(frontend.master),
+            slot => frontend
+                .backends
+                .get(usize::from(slot) - 1)
+                .map(|(id, ..)| maps::slot_entry(*id)),
+        }
+    }
+
+    /// The value `id` must hold in `LB4_BACKENDS`, if any.
+    pub fn backend(&self, id: BackendId) -> Option<Backend4> {
+        self.backends.get(&id).map(BackendRefs::value)
+    }
+}
+
+impl FrontendContent {
+    /// The service keys this frontend writes and their entries: slots, master, wildcard.
+    fn entries(&self, key: &FrontendKey) -> impl Iterator<Item = (ServiceKey4, ServiceEntry)> + '_ {
+        let (vip, port, proto) = (key.vip, key.port, key.proto);
+        let slots = self
             .backends
             .iter()
-            .filter(|b| b.state == BackendState::Active)
-            .chain(
-                service
-                    .backends
-                    .iter()
-                    .filter(|b| b.state == BackendState::Terminating),
-            );
-        let mut count: u16 = 0;
-        let mut qcount: u16 = 0;
-        let mut slot: u16 = 0;
-        let mut members = Vec::new();
-        for backend in ordered {
-            let Some(next) = slot.checked_add(1) else {
-                break;
-            };
-            slot = next;
-            let backend_key = BackendKey {
-                addr: backend.addr,
-                port: backend.port,
-                proto,
-            };
-            live_backends.insert(backend_key);
-            let backend_id = ids.backend(backend_key)?;
-            let (state, counter) = match backend.state {
-                BackendState::Active => (BACKEND_STATE_ACTIVE, &mut count),
-                BackendState::Terminating => (BACKEND_STATE_TERMINATING, &mut qcount),
-            };
-            *counter += 1;
-            if backend.state == BackendState::Active {
-                members.push((
-                    maglev::backend_name(backend.addr, backend.port),
-                    1,
-                    backend_id,
-                ));
-            }
-            let flags = if backend.remote { BACKEND_F_REMOTE } else { 0 };
-            let value = maps::backend_value(backend.addr, backend.port, proto, state, flags);
-            // A backend shared by several frontends is active if any of them selects it.
-            content
+            .zip(1u16..)
+            .map(move |((id, ..), slot)| {
+                (
+                    maps::service_key(vip, port, proto, slot),
+                    maps::slot_entry(*id),
+                )
+            });
+        slots.chain(std::iter::once((
+            maps::service_key(vip, port, proto, 0),
+            self.master,
+        )))
+    }
+
+    /// Every `LB4_SERVICES` key this frontend writes, the wildcard entry of its VIP included.
+    pub(crate) fn service_keys(&self, key: &FrontendKey) -> impl Iterator<Item = ServiceKey4> + '_ {
+        let wildcard = self.wildcard.then(|| maps::wildcard_key(key.vip));
+        self.entries(key).map(|(k, _)| k).chain(wildcard)
+    }
+
+    /// The ids and keys of the backends it names.
+    pub(crate) fn backend_ids(&self) -> impl Iterator<Item = (BackendId, BackendKey)> + '_ {
+        self.backends.iter().map(|(id, key, ..)| (*id, *key))
+    }
+
+    /// Its service id and reverse-NAT entry.
+    pub(crate) fn revnat(&self) -> (ServiceId, RevNat4) {
+        (self.id, self.revnat)
+    }
+
+    /// Its source ranges and Maglev table.
+    pub(crate) fn extras(&self) -> Extras {
+        self.extras.clone()
+    }
+}
+
+/// What `service` contributes to the maps, allocating its ids.
+pub(crate) fn frontend_content(
+    service: &DesiredService,
+    ids: &mut Ids,
+    settings: &maglev::Settings,
+) -> Result<FrontendContent, Exhausted> {
+    let frontend = service.frontend;
+    let key = frontend_key(service);
+    let proto = key.proto;
+    let service_id = ids.service(key)?;
+    // Selectable backends first (slots 1..=count), then the draining ones.
+    let ordered = service
+        .backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .chain(
+            service
                 .backends
-                .entry(backend_id)
-                .and_modify(|existing| existing.state = existing.state.min(state))
-                .or_insert(value);
-            content.services.insert(
-                maps::service_key(frontend.vip, frontend.port, proto, slot),
-                maps::slot_entry(backend_id),
-            );
-        }
-        let mut master = maps::master_entry(
-            service_id,
-            count,
-            qcount,
-            service_flags(service),
-            service_flags2(service),
-            service.affinity_timeout_secs,
+                .iter()
+                .filter(|b| b.state == BackendState::Terminating),
         );
-        if settings.algorithm(service.algorithm) == LbAlgorithm::Maglev && !members.is_empty() {
-            members.sort();
-            members.dedup_by(|later, first| later.0 == first.0);
-            content.maglev.insert(service_id, settings.spec(members));
-            master = maps::with_maglev(master);
+    let mut count: u16 = 0;
+    let mut qcount: u16 = 0;
+    let mut backends = Vec::with_capacity(service.backends.len());
+    let mut members = Vec::new();
+    // Slots are u16; the master is slot 0.
+    for backend in ordered.take(usize::from(u16::MAX)) {
+        let backend_key = BackendKey {
+            addr: backend.addr,
+            port: backend.port,
+            proto,
+        };
+        let backend_id = ids.backend(backend_key)?;
+        let (state, counter) = match backend.state {
+            BackendState::Active => (BACKEND_STATE_ACTIVE, &mut count),
+            BackendState::Terminating => (BACKEND_STATE_TERMINATING, &mut qcount),
+        };
+        *counter += 1;
+        if backend.state == BackendState::Active {
+            members.push((
+                maglev::backend_name(backend.addr, backend.port),
+                1,
+                backend_id,
+            ));
         }
-        content.services.insert(
-            maps::service_key(frontend.vip, frontend.port, proto, 0),
-            master,
-        );
+        backends.push((backend_id, backend_key, state, backend.remote));
+    }
+    let mut master = maps::master_entry(
+        service_id,
+        count,
+        qcount,
+        service_flags(service),
+        service_flags2(service),
+        service.affinity_timeout_secs,
+    );
+    let mut table = None;
+    if settings.algorithm(service.algorithm) == LbAlgorithm::Maglev && !members.is_empty() {
+        members.sort();
+        members.dedup_by(|later, first| later.0 == first.0);
+        table = Some(Arc::new(settings.spec(members)));
+        master = maps::with_maglev(master);
+    }
+    let ranges = service
+        .source_ranges
+        .iter()
+        .flatten()
+        .map(|range| SourceRangeEntry {
+            service: service_id,
+            addr: range.addr,
+            prefix_len: range.prefix_len,
+        })
+        .collect();
+    Ok(FrontendContent {
+        id: service_id,
+        master,
+        backends,
         // Only a ClusterIP is the cluster's own address, with every other port refused; a node
         // address or an external IP also carries traffic that is none of lb's business.
-        if service.kind == FrontendKind::ClusterIp {
-            content.services.insert(
-                maps::wildcard_key(frontend.vip),
-                lb_common::service::ServiceEntry::default(),
-            );
-        }
-        content
-            .revnat
-            .insert(service_id, maps::revnat_value(frontend.vip, frontend.port));
-        content
-            .source_ranges
-            .extend(
-                service
-                    .source_ranges
-                    .iter()
-                    .flatten()
-                    .map(|range| SourceRangeEntry {
-                        service: service_id,
-                        addr: range.addr,
-                        prefix_len: range.prefix_len,
-                    }),
-            );
-    }
-    ids.retire_absent(&live_frontends, &live_backends);
-    Ok(content)
+        wildcard: service.kind == FrontendKind::ClusterIp,
+        revnat: maps::revnat_value(frontend.vip, frontend.port),
+        extras: (ranges, table),
+    })
 }
 
 /// Keeps in `desired` the rev-NAT entries `current` holds for retired service ids: replies of

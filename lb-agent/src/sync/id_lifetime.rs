@@ -13,7 +13,7 @@ use super::{
     Syncer,
     ids::{Limits, ServiceId},
     lock, plan,
-    scenarios::service,
+    scenarios::{Rng, service},
 };
 use crate::{
     datapath::{BackendId, MapsContent, dump, fake::FakeMaps, maps},
@@ -261,22 +261,6 @@ fn a_failed_write_while_releasing_is_finished_by_the_next_pass() {
     assert_eq!(revnat(&maps), ["REV 1 10.96.0.10:80"]);
     syncer.sync(&[]).expect("sync");
     assert!(revnat(&maps).is_empty());
-}
-
-/// A xorshift generator: deterministic, and enough for choosing among a few options.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// A flow as conntrack records it: the ids it names and what they meant when it was created.

@@ -255,26 +255,31 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
         Ok(id)
     }
 
-    /// Retires the id of every key not in `live`.
-    fn retire_absent(&mut self, live: &std::collections::BTreeSet<K>) {
-        let gone: Vec<(K, I)> = self
-            .live
-            .iter()
-            .filter(|(key, _)| !live.contains(*key))
-            .map(|(key, id)| (*key, *id))
-            .collect();
-        for (key, id) in gone {
-            self.live.remove(&key);
+    /// Retires the id of `key`, if it is live.
+    fn retire(&mut self, key: &K) {
+        if let Some(id) = self.live.remove(key) {
             self.live_ids.remove(&id);
-            self.retired_keys.insert(key, id);
-            let since = None;
+            self.retired_keys.insert(*key, id);
             self.retired.insert(
                 id,
                 Retired {
-                    key: Some(key),
-                    since,
+                    key: Some(*key),
+                    since: None,
                 },
             );
+        }
+    }
+
+    /// Retires the id of every key not in `live`.
+    fn retire_absent(&mut self, live: &std::collections::BTreeSet<K>) {
+        let gone: Vec<K> = self
+            .live
+            .keys()
+            .filter(|key| !live.contains(*key))
+            .copied()
+            .collect();
+        for key in gone {
+            self.retire(&key);
         }
     }
 
@@ -415,6 +420,16 @@ impl Ids {
     ) {
         self.services.retire_absent(services);
         self.backends.retire_absent(backends);
+    }
+
+    /// Retires the id of one frontend, as `retire_absent` would once it is gone.
+    pub fn retire_service(&mut self, key: &FrontendKey) {
+        self.services.retire(key);
+    }
+
+    /// Retires the id of one backend, as `retire_absent` would once no frontend names it.
+    pub fn retire_backend(&mut self, key: &BackendKey) {
+        self.backends.retire(key);
     }
 
     /// Marks the ids retired so far as retired at `now`: call once the pass that retired them

@@ -15,6 +15,8 @@
 pub mod apply;
 pub mod desired;
 #[cfg(test)]
+mod equivalence;
+#[cfg(test)]
 mod id_lifetime;
 pub mod ids;
 pub mod maglev;
@@ -32,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    datapath::{self, BackendId, LbMaps, MapsContent, ServiceId},
+    datapath::{self, BackendId, LbMaps, MapsContent, ServiceId, maps::MaglevSpec},
     model::DesiredService,
 };
 
@@ -45,6 +47,9 @@ pub enum Error {
     /// Reading the maps failed.
     #[error("cannot read the maps")]
     Read(#[source] datapath::Error),
+    /// An incremental pass was asked for before a full pass (or after a failed one).
+    #[error("no full pass has programmed the maps yet")]
+    NotProgrammed,
     /// A write failed; the writes before it were applied.
     #[error("write {index} of {total} failed")]
     Write {
@@ -67,6 +72,11 @@ pub struct SyncStats {
     pub backends: usize,
     /// Map writes made.
     pub writes: usize,
+    /// Entries found to differ from what the syncer believed it wrote (a full pass that read
+    /// the maps back), each repaired by the pass.
+    pub repairs: usize,
+    /// True for a full pass, false for an incremental one.
+    pub full: bool,
     /// How long the pass took.
     pub duration: Duration,
     /// Frontends that did not fit in a full map, as `namespace/name:port (vip:port/proto)`:
@@ -136,6 +146,9 @@ pub struct Syncer<M: LbMaps> {
     ids: ids::Ids,
     /// What the maps hold, when known without reading them.
     written: Option<MapsContent>,
+    /// What `written` derives from, by frontend: known after a successful full pass and kept
+    /// up to date by `sync_changes`; `None` after any failure, until the next full pass.
+    programmed: Option<desired::Programmed>,
     /// GC reports for `reconcile`, once `referenced_sender` made the channel.
     reports: Option<mpsc::UnboundedReceiver<Referenced>>,
     /// Backend selection: random or Maglev, and Maglev's table size and seed.
@@ -154,6 +167,7 @@ impl<M: LbMaps> Syncer<M> {
         Ok(Self {
             ids: ids::Ids::restore_with(&content, limits, now()),
             written: Some(content),
+            programmed: None,
             maps,
             reports: None,
             selection: maglev::Settings::default(),
@@ -167,24 +181,61 @@ impl<M: LbMaps> Syncer<M> {
         self
     }
 
-    /// One pass: program exactly `services`. Retired service ids keep their rev-NAT entries;
-    /// retired ids past their quarantine are freed first.
+    /// One full pass: program exactly `services`, diffing everything against what the syncer
+    /// wrote (or, after a failure, against the maps read back). Retired service ids keep their
+    /// rev-NAT entries; retired ids past their quarantine are freed first.
     pub fn sync(&mut self, services: &[DesiredService]) -> Result<SyncStats, Error> {
+        self.full_pass(services, false)
+    }
+
+    /// A full pass that reads the maps back instead of trusting what the syncer believes it
+    /// wrote, and so repairs any drift (an entry deleted or changed behind the agent's back).
+    /// `SyncStats::repairs` counts the entries that differed from the syncer's belief.
+    pub fn resync(&mut self, services: &[DesiredService]) -> Result<SyncStats, Error> {
+        self.full_pass(services, true)
+    }
+
+    /// Whether `sync_changes` can run: a full pass succeeded and nothing failed since.
+    pub fn can_sync_changes(&self) -> bool {
+        self.written.is_some() && self.programmed.is_some()
+    }
+
+    fn full_pass(&mut self, services: &[DesiredService], reread: bool) -> Result<SyncStats, Error> {
         let started = Instant::now();
         let expired = self.ids.expire(now());
         log_released("quarantine over", expired);
-        let mut maps = lock(&self.maps);
-        let current = match self.written.take() {
-            Some(content) => content,
-            None => maps.read().map_err(Error::Read)?,
+        self.programmed = None;
+        let (current, repairs) = match self.written.take() {
+            Some(belief) if !reread => (belief, 0),
+            belief => {
+                let mut truth = lock(&self.maps).read().map_err(Error::Read)?;
+                if let Some(belief) = &belief {
+                    // A Maglev table reads back as its size alone: one of the size the syncer
+                    // wrote is taken as written (its entries are not compared), so that a
+                    // resync does not rewrite every table.
+                    for (id, spec) in &mut truth.maglev {
+                        if let Some(wrote) = belief.maglev.get(id)
+                            && wrote.chunks() == spec.chunks()
+                        {
+                            spec.clone_from(wrote);
+                        }
+                    }
+                }
+                let repairs = belief.map_or(0, |belief| plan::differences(&belief, &truth));
+                (truth, repairs)
+            }
         };
-        let mut desired = desired::desired_content_with(services, &mut self.ids, &self.selection)?;
+        let index = desired::desired_index(services, &mut self.ids, &self.selection)?;
+        let mut desired = index.content();
         desired::keep_retired_revnat(&mut desired, &current, &self.ids);
         // Deletions first: near capacity, what is gone makes room for what comes.
         let shrunk = plan::without_stale(&current, &desired);
         let mut ops = plan::plan(&current, &shrunk);
         ops.extend(plan::plan(&shrunk, &desired));
-        tracing::debug!(writes = ops.len(), "sync plan");
+        tracing::debug!(writes = ops.len(), repairs, "sync plan");
+        // The maps are locked for the writes alone: readers (`lbctl service list`) wait for
+        // the writes, never for the planning.
+        let mut maps = lock(&self.maps);
         let mut applied = apply::apply(&mut *maps, &ops);
         let mut partial = None;
         if let Err((_, err)) = &applied
@@ -204,26 +255,29 @@ impl<M: LbMaps> Syncer<M> {
                 }
             }
         }
+        drop(maps);
         // From here on no packet can read a master entry naming an id this pass retired.
         self.ids.settle(now());
         match applied {
             Ok(writes) => {
                 let mut stats = SyncStats {
-                    services: desired
-                        .services
-                        .keys()
-                        .filter(|k| k.slot == 0 && k.proto != 0)
-                        .count(),
-                    backends: desired.backends.len(),
+                    services: index.frontends(),
+                    backends: index.backends(),
                     writes,
+                    repairs,
+                    full: true,
                     duration: started.elapsed(),
                     not_programmed: Vec::new(),
                     full_map: None,
                     map_entries: map_entries(&desired),
                 };
                 match partial {
-                    None => self.written = Some(desired),
+                    None => {
+                        self.written = Some(desired);
+                        self.programmed = Some(index);
+                    }
                     Some((unfit, effective, full)) => {
+                        // What is programmed is not the index: the next pass is full.
                         stats.not_programmed = labels(&unfit, services);
                         stats.full_map = Some(full);
                         stats.services = effective
@@ -247,6 +301,147 @@ impl<M: LbMaps> Syncer<M> {
                     source,
                 })
             }
+        }
+    }
+
+    /// An incremental pass: `upserts` replace (or add) their frontends, the frontends in
+    /// `removals` go; every other frontend stays as programmed. Plans and writes only the keys
+    /// these frontends touch, in the same safe order as a full pass, and keeps the id lifetime
+    /// rules of a full pass (a frontend or a backend no frontend names any more is retired; a
+    /// retired service id keeps its rev-NAT entry). Needs [`Syncer::can_sync_changes`];
+    /// otherwise, and after any failure, run a full pass.
+    pub fn sync_changes(
+        &mut self,
+        upserts: &[DesiredService],
+        removals: &[crate::model::Frontend],
+    ) -> Result<SyncStats, Error> {
+        let started = Instant::now();
+        let (Some(mut written), Some(mut index)) = (self.written.take(), self.programmed.take())
+        else {
+            self.written = None;
+            return Err(Error::NotProgrammed);
+        };
+        let expired = self.ids.expire(now());
+        log_released("quarantine over", expired);
+
+        let mut touched = Touched::default();
+        let mut removed = Vec::new();
+        for frontend in removals {
+            let key = ids::FrontendKey {
+                vip: frontend.vip,
+                port: frontend.port,
+                proto: desired::proto_number(frontend.protocol),
+            };
+            if let Some(old) = index.remove(&key) {
+                touched.frontend(&key, &old, false);
+                removed.push(key);
+            }
+        }
+        for service in upserts {
+            let key = desired::frontend_key(service);
+            if let Some(old) = index.remove(&key) {
+                touched.frontend(&key, &old, false);
+            }
+            // On exhaustion the index is half-changed: dropped, so the next pass is full.
+            let content = desired::frontend_content(service, &mut self.ids, &self.selection)?;
+            touched.frontend(&key, &content, true);
+            index.add(key, content);
+        }
+        for key in removed.iter().filter(|key| !index.contains(key)) {
+            self.ids.retire_service(key);
+        }
+        for (id, key) in &touched.backends {
+            if index.backend(*id).is_none() {
+                self.ids.retire_backend(key);
+            }
+        }
+        if expired.services > 0 {
+            // Freed ids lose the rev-NAT entries they kept, as a full pass would delete them.
+            for id in written.revnat.keys() {
+                if !self.ids.holds_service(*id) {
+                    touched.revnat.entry(*id).or_insert(None);
+                }
+            }
+        }
+
+        let mut current = MapsContent::default();
+        let mut desired = MapsContent::default();
+        for key in &touched.services {
+            if let Some(entry) = written.services.get(key) {
+                current.services.insert(*key, *entry);
+            }
+            if let Some(entry) = index.service_entry(key) {
+                desired.services.insert(*key, entry);
+            }
+        }
+        for id in touched.backends.keys() {
+            if let Some(backend) = written.backends.get(id) {
+                current.backends.insert(*id, *backend);
+            }
+            if let Some(backend) = index.backend(*id) {
+                desired.backends.insert(*id, backend);
+            }
+        }
+        for (id, wanted) in &touched.revnat {
+            let held = written.revnat.get(id).copied();
+            if let Some(revnat) = held {
+                current.revnat.insert(*id, revnat);
+            }
+            // A frontend that went keeps its entry while its id is retired (held).
+            let wanted = wanted.or(held.filter(|_| self.ids.holds_service(*id)));
+            if let Some(revnat) = wanted {
+                desired.revnat.insert(*id, revnat);
+            }
+        }
+        // Source ranges and Maglev tables go with their frontend's master entry: those of
+        // the touched service ids, as written and as wanted now.
+        for (id, wanted) in &touched.extras {
+            current.source_ranges.extend(
+                written
+                    .source_ranges
+                    .range(desired::ranges_of(*id))
+                    .copied(),
+            );
+            if let Some(spec) = written.maglev.get(id) {
+                current.maglev.insert(*id, spec.clone());
+            }
+            if let Some((ranges, maglev)) = wanted {
+                desired.source_ranges.extend(ranges.iter().copied());
+                if let Some(spec) = maglev {
+                    desired.maglev.insert(*id, MaglevSpec::clone(spec));
+                }
+            }
+        }
+        // As a full pass: deletions first, then a plan whose every prefix is safe.
+        let shrunk = plan::without_stale(&current, &desired);
+        let mut ops = plan::plan(&current, &shrunk);
+        ops.extend(plan::plan(&shrunk, &desired));
+        tracing::debug!(writes = ops.len(), "incremental sync plan");
+        let applied = apply::apply(&mut *lock(&self.maps), &ops);
+        self.ids.settle(now());
+        match applied {
+            Ok(writes) => {
+                plan::applied(&mut written, &ops);
+                let stats = SyncStats {
+                    services: index.frontends(),
+                    backends: index.backends(),
+                    writes,
+                    repairs: 0,
+                    full: false,
+                    duration: started.elapsed(),
+                    not_programmed: Vec::new(),
+                    full_map: None,
+                    map_entries: map_entries(&written),
+                };
+                self.written = Some(written);
+                self.programmed = Some(index);
+                Ok(stats)
+            }
+            Err((index, source)) => Err(Error::Write {
+                index,
+                total: ops.len(),
+                source,
+            }),
         }
     }
 
@@ -468,6 +663,39 @@ fn labels(unfit: &[plan::FrontendOf], services: &[DesiredService]) -> Vec<String
         .collect()
 }
 
+/// The keys an incremental pass touches; a rev-NAT id maps to the entry its new frontend
+/// wants, or `None` for one whose frontend went.
+#[derive(Default)]
+struct Touched {
+    services: std::collections::BTreeSet<lb_common::service::ServiceKey4>,
+    backends: std::collections::BTreeMap<BackendId, ids::BackendKey>,
+    revnat: std::collections::BTreeMap<ServiceId, Option<lb_common::service::RevNat4>>,
+    /// By service id: the source ranges and Maglev table its new frontend wants, or `None`
+    /// for one whose frontend went.
+    extras: std::collections::BTreeMap<ServiceId, Option<desired::Extras>>,
+}
+
+impl Touched {
+    /// Notes every key of `content`, the frontend's old content or (`added`) its new one.
+    fn frontend(
+        &mut self,
+        key: &ids::FrontendKey,
+        content: &desired::FrontendContent,
+        added: bool,
+    ) {
+        self.services.extend(content.service_keys(key));
+        self.backends.extend(content.backend_ids());
+        let (id, revnat) = content.revnat();
+        if added {
+            self.revnat.insert(id, Some(revnat));
+            self.extras.insert(id, Some(content.extras()));
+        } else {
+            self.revnat.entry(id).or_insert(None);
+            self.extras.entry(id).or_insert(None);
+        }
+    }
+}
+
 fn log_released(why: &'static str, released: ids::Released) {
     if released != ids::Released::default() {
         tracing::debug!(
@@ -536,32 +764,87 @@ impl Backoff {
     }
 }
 
-/// The reconcile loop: one pass per new snapshot (the latest one, if several arrived), and after
-/// a failed pass a retry with backoff, until `shutdown`. A new snapshot does not wait for a
+/// What one pass programs: everything, or the frontends that changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Every frontend to program, as `Syncer::sync` takes them.
+    Full(Vec<DesiredService>),
+    /// Frontends added or changed, and frontends gone (`Syncer::sync_changes`).
+    Changes {
+        /// Added or changed.
+        upserts: Vec<DesiredService>,
+        /// Gone.
+        removals: Vec<crate::model::Frontend>,
+    },
+}
+
+/// Where the reconcile loop gets what to program.
+pub trait Feed {
+    /// Completes when something may have changed; false once nothing more can come.
+    fn changed(&mut self) -> impl Future<Output = bool>;
+    /// What changed since the last call (`full`: everything instead); `None` while the source
+    /// has not synced, so that nothing is programmed from a partial view.
+    fn next(&mut self, full: bool) -> Option<Update>;
+    /// Hears the outcome of every pass.
+    fn record(&mut self, outcome: Result<&SyncStats, &Error>);
+}
+
+/// A feed of whole desired lists on a `watch` channel (`None` until synced): every pass full.
+pub struct WatchFeed(pub watch::Receiver<Option<Vec<DesiredService>>>);
+
+impl Feed for WatchFeed {
+    async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+
+    fn next(&mut self, _full: bool) -> Option<Update> {
+        self.0.borrow_and_update().clone().map(Update::Full)
+    }
+
+    fn record(&mut self, _outcome: Result<&SyncStats, &Error>) {}
+}
+
+/// The reconcile loop's options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReconcileOptions {
+    /// How often a full pass reads the maps back and repairs drift; `None`: never.
+    pub resync_interval: Option<Duration>,
+}
+
+/// The reconcile loop: a pass whenever the feed has changes (all those that arrived while the
+/// previous pass ran, together: there is no other debounce), and after a failed pass a retry
+/// with backoff, until `shutdown`. A pass is incremental (`Syncer::sync_changes`) when it can
+/// be; the first pass, a retry and the periodic resync are full. A change does not wait for a
 /// pending retry.
 ///
-/// A snapshot is `None` until its source has synced, and nothing is programmed from it: a
-/// restarted agent never scales services down to a partial view. `desired` turns a snapshot
-/// into services; `record` hears every pass's outcome.
-pub async fn reconcile<M: LbMaps, S: Clone>(
+/// Nothing is programmed before the feed's source has synced: a restarted agent never scales
+/// services down to a partial view.
+pub async fn reconcile<M: LbMaps, F: Feed>(
     syncer: &mut Syncer<M>,
-    mut snapshots: watch::Receiver<Option<S>>,
-    desired: impl Fn(&S) -> Vec<DesiredService>,
-    mut record: impl FnMut(Result<SyncStats, &Error>),
+    mut feed: F,
+    options: ReconcileOptions,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
+    let resync_due = |from: tokio::time::Instant| options.resync_interval.map(|every| from + every);
+    let mut next_resync = resync_due(tokio::time::Instant::now());
     loop {
+        let mut resync = false;
         tokio::select! {
             () = shutdown.cancelled() => return,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
+            changed = feed.changed() => {
+                if !changed {
                     // The source ended: nothing new will come (its owner reports why).
                     shutdown.cancelled().await;
                     return;
                 }
             }
             () = backoff.due() => {}
+            () = sleep_until(next_resync) => {
+                // Re-armed here too: before the source syncs no pass runs to re-arm it.
+                next_resync = resync_due(tokio::time::Instant::now());
+                resync = true;
+            }
             report = next_report(&mut syncer.reports) => {
                 let outcome = syncer.release_unreferenced(
                     report.scan_started,
@@ -580,14 +863,21 @@ pub async fn reconcile<M: LbMaps, S: Clone>(
                 continue;
             }
         }
-        // Cloned out so that the source is not blocked while the pass runs.
-        let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+        let full = resync || !syncer.can_sync_changes();
+        let Some(update) = feed.next(full) else {
             continue;
         };
-        let services = desired(&snapshot);
-        let span = tracing::info_span!("sync", services = services.len());
+        let span = tracing::info_span!("sync", full);
         let _enter = span.enter();
-        match syncer.sync(&services) {
+        let outcome = match &update {
+            Update::Full(services) if resync => syncer.resync(services),
+            Update::Full(services) => syncer.sync(services),
+            Update::Changes { upserts, removals } => syncer.sync_changes(upserts, removals),
+        };
+        if matches!(update, Update::Full(_)) {
+            next_resync = resync_due(tokio::time::Instant::now());
+        }
+        match &outcome {
             Ok(stats) if !stats.not_programmed.is_empty() => {
                 // Everything else is programmed; the rest is tried again, as room may come.
                 let delay = backoff.failed();
@@ -600,12 +890,19 @@ pub async fn reconcile<M: LbMaps, S: Clone>(
                      had); raise --{flag}",
                     stats.not_programmed.len()
                 );
-                record(Ok(stats));
             }
             Ok(stats) => {
                 backoff.succeeded();
+                if stats.repairs > 0 {
+                    tracing::warn!(
+                        repairs = stats.repairs,
+                        "map entries differed from what the agent wrote; repaired"
+                    );
+                }
+                // One line per pass that changed the maps (a state change).
                 if stats.writes > 0 {
                     tracing::info!(
+                        full = stats.full,
                         services = stats.services,
                         backends = stats.backends,
                         writes = stats.writes,
@@ -613,18 +910,25 @@ pub async fn reconcile<M: LbMaps, S: Clone>(
                         "maps synced"
                     );
                 }
-                record(Ok(stats));
             }
             Err(err) => {
                 let delay = backoff.failed();
                 tracing::warn!(
-                    error = %crate::telemetry::error_chain(&err),
+                    error = %crate::telemetry::error_chain(err),
                     retry_in_ms = delay.as_millis() as u64,
                     "sync failed; retrying"
                 );
-                record(Err(&err));
             }
         }
+        feed.record(outcome.as_ref());
+    }
+}
+
+/// Completes at `deadline`; never, without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -660,6 +964,28 @@ mod tests {
         plan::plan(&MapsContent::default(), &content_of(services)).len()
     }
 
+    /// A `WatchFeed` that reports each pass (when, since the loop started, and whether it
+    /// succeeded).
+    struct Recorded {
+        feed: WatchFeed,
+        passed: mpsc::UnboundedSender<(Duration, bool)>,
+        started: Instant,
+    }
+
+    impl Feed for Recorded {
+        async fn changed(&mut self) -> bool {
+            self.feed.changed().await
+        }
+
+        fn next(&mut self, full: bool) -> Option<Update> {
+            self.feed.next(full)
+        }
+
+        fn record(&mut self, outcome: Result<&SyncStats, &Error>) {
+            let _ = self.passed.send((self.started.elapsed(), outcome.is_ok()));
+        }
+    }
+
     /// The reconcile loop over in-memory maps, fed snapshots of desired services.
     struct Loop {
         maps: Arc<Mutex<FakeMaps>>,
@@ -686,11 +1012,12 @@ mod tests {
                 async move {
                     reconcile(
                         &mut syncer,
-                        receiver,
-                        Vec::clone,
-                        |outcome| {
-                            let _ = passed.send((started.elapsed(), outcome.is_ok()));
+                        Recorded {
+                            feed: WatchFeed(receiver),
+                            passed,
+                            started,
                         },
+                        ReconcileOptions::default(),
                         shutdown,
                     )
                     .await;
@@ -870,6 +1197,147 @@ mod tests {
         assert_eq!(sync.served(), served(&content_of(&scenarios[3])));
         assert_eq!(sync.next_pass().await, None, "a report is no sync pass");
         sync.stop().await;
+    }
+
+    /// A `WatchFeed` that reports each pass's success and repairs.
+    struct Repairs {
+        feed: WatchFeed,
+        passed: mpsc::UnboundedSender<(bool, bool, usize)>,
+    }
+
+    impl Feed for Repairs {
+        async fn changed(&mut self) -> bool {
+            self.feed.changed().await
+        }
+
+        fn next(&mut self, full: bool) -> Option<Update> {
+            self.feed.next(full)
+        }
+
+        fn record(&mut self, outcome: Result<&SyncStats, &Error>) {
+            let pass = outcome.map_or((false, false, 0), |s| (true, s.full, s.repairs));
+            let _ = self.passed.send(pass);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_periodic_full_sync_repairs_entries_changed_behind_the_agents_back() {
+        let maps = Arc::new(Mutex::new(FakeMaps::default()));
+        let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+        let (snapshots, receiver) = watch::channel(None);
+        let (passed, mut passes) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let options = ReconcileOptions {
+            resync_interval: Some(Duration::from_secs(60)),
+        };
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            let feed = Repairs {
+                feed: WatchFeed(receiver),
+                passed,
+            };
+            async move { reconcile(&mut syncer, feed, options, shutdown).await }
+        });
+        snapshots.send_replace(Some(scenarios::all().remove(2)));
+        let started = Instant::now();
+        assert_eq!(passes.recv().await, Some((true, true, 0)));
+        let wanted = lock(&maps).content.clone();
+
+        // Behind the agent's back: a backend deleted and a master entry's count corrupted.
+        {
+            let mut fake = lock(&maps);
+            let backend = *fake.content.backends.keys().next().expect("a backend");
+            fake.content.backends.remove(&backend);
+            let master = fake
+                .content
+                .services
+                .iter_mut()
+                .find(|(key, _)| key.slot == 0 && key.proto != 0)
+                .expect("a master entry");
+            master.1.count = 7;
+        }
+        // Nothing changed in the source: only the periodic full sync notices, and repairs both.
+        assert_eq!(passes.recv().await, Some((true, true, 2)));
+        assert_eq!(Instant::now() - started, Duration::from_secs(60));
+        assert_eq!(lock(&maps).content, wanted);
+        assert_eq!(
+            passes.recv().await,
+            Some((true, true, 0)),
+            "nothing left to repair"
+        );
+        shutdown.cancel();
+        task.await.expect("loop ends");
+    }
+
+    #[test]
+    fn a_resync_takes_maglev_tables_of_the_size_written_as_written_and_rewrites_missing_ones() {
+        let maps = Arc::new(Mutex::new(FakeMaps::default()));
+        let mut syncer = Syncer::new(maps.clone())
+            .expect("restore ids")
+            .with_selection(maglev::Settings {
+                default: crate::model::LbAlgorithm::Maglev,
+                table_size: 251,
+                ..maglev::Settings::default()
+            });
+        let services = scenarios::all().remove(2);
+        syncer.sync(&services).expect("full pass");
+        let wanted = lock(&maps).content.clone();
+        assert!(!wanted.maglev.is_empty());
+        // What the real maps give back: a table's size alone.
+        let read_back = |fake: &mut FakeMaps| {
+            for spec in fake.content.maglev.values_mut() {
+                *spec = datapath::maps::MaglevSpec::read_back(spec.chunks());
+            }
+        };
+        read_back(&mut lock(&maps));
+        let stats = syncer.resync(&services).expect("resync");
+        assert_eq!((stats.repairs, stats.writes), (0, 0), "no table rewritten");
+
+        // A table gone behind the agent's back is a repair.
+        {
+            let mut fake = lock(&maps);
+            read_back(&mut fake);
+            let id = *fake.content.maglev.keys().next().expect("a table");
+            fake.content.maglev.remove(&id);
+        }
+        let stats = syncer.resync(&services).expect("resync");
+        assert_eq!((stats.repairs, stats.writes), (1, 1));
+        assert_eq!(lock(&maps).content.maglev.len(), wanted.maglev.len());
+    }
+
+    /// A feed whose source never syncs, counting how often it is asked.
+    struct NeverSynced(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Feed for NeverSynced {
+        async fn changed(&mut self) -> bool {
+            std::future::pending().await
+        }
+
+        fn next(&mut self, _full: bool) -> Option<Update> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+
+        fn record(&mut self, _outcome: Result<&SyncStats, &Error>) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_resync_timer_before_the_source_syncs_asks_once_per_interval() {
+        let maps = Arc::new(Mutex::new(FakeMaps::default()));
+        let mut syncer = Syncer::new(maps).expect("restore ids");
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let options = ReconcileOptions {
+            resync_interval: Some(Duration::from_secs(1)),
+        };
+        let task = tokio::spawn({
+            let (shutdown, feed) = (shutdown.clone(), NeverSynced(asked.clone()));
+            async move { reconcile(&mut syncer, feed, options, shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 10);
+        shutdown.cancel();
+        task.await.expect("loop ends");
     }
 
     #[test]

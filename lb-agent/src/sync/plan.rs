@@ -294,6 +294,22 @@ pub fn applied(current: &mut MapsContent, ops: &[Op]) {
     }
 }
 
+/// How many keys hold different values (or are present in one only) in `a` and `b`, over
+/// the maps: the drift between what the syncer believes it wrote and what is there.
+pub fn differences(a: &MapsContent, b: &MapsContent) -> usize {
+    fn count<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+        let differ = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
+        differ + b.keys().filter(|k| !a.contains_key(k)).count()
+    }
+    count(&a.services, &b.services)
+        + count(&a.backends, &b.backends)
+        + count(&a.revnat, &b.revnat)
+        + a.source_ranges
+            .symmetric_difference(&b.source_ranges)
+            .count()
+        + count(&a.maglev, &b.maglev)
+}
+
 fn changed<T: PartialEq>(current: Option<&T>, wanted: &T) -> bool {
     current != Some(wanted)
 }

@@ -68,3 +68,21 @@ pub fn all() -> Vec<Vec<DesiredService>> {
         vec![],
     ]
 }
+
+/// A xorshift generator: deterministic, and enough for choosing among a few options.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    /// True `percent` times in 100.
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}

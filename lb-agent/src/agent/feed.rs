@@ -1,0 +1,104 @@
+//! The reconcile loop's feed in the running agent: the source's [`View`] through the
+//! incremental model (`model::Incremental`), with the outcome of each pass recorded in
+//! `AgentState` (sync duration, network programming latency, names for `service list`).
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use super::AgentState;
+use crate::{
+    health_check::HealthCheckServer,
+    k8s::{Dirty, View},
+    model::{self, ThisNode},
+    sync::{Error, Feed, SyncStats, Update},
+    telemetry::error_chain,
+};
+
+/// The agent's feed; see the module docs.
+pub struct ModelFeed {
+    view: View,
+    versions: watch::Receiver<u64>,
+    model: model::Incremental,
+    node: ThisNode,
+    state: Arc<AgentState>,
+    health_checks: Arc<HealthCheckServer>,
+    /// Changes taken but not yet programmed by a successful pass.
+    pending: Vec<Dirty>,
+    /// Whether the health checks have been set up once.
+    health_checks_set: bool,
+}
+
+impl ModelFeed {
+    /// A feed of `view` for `node`.
+    pub fn new(
+        view: View,
+        node: ThisNode,
+        state: Arc<AgentState>,
+        health_checks: Arc<HealthCheckServer>,
+    ) -> Self {
+        let versions = view.subscribe();
+        Self {
+            view,
+            versions,
+            model: model::Incremental::default(),
+            node,
+            state,
+            health_checks,
+            pending: Vec::new(),
+            health_checks_set: false,
+        }
+    }
+}
+
+impl Feed for ModelFeed {
+    async fn changed(&mut self) -> bool {
+        self.versions.changed().await.is_ok()
+    }
+
+    fn next(&mut self, full: bool) -> Option<Update> {
+        let changes = self.view.take_changes()?;
+        let model_changes = self.model.update(
+            changes
+                .services
+                .iter()
+                .map(|(name, _, objects)| ((name.namespace.clone(), name.name.clone()), objects)),
+            &self.node,
+        );
+        self.pending
+            .extend(changes.services.iter().map(|(_, dirty, _)| *dirty));
+        if model_changes.health_checks || !self.health_checks_set {
+            self.health_checks_set = true;
+            // Binds and spawns only: the pass goes on at once.
+            self.health_checks.update(&self.model.health_checks());
+        }
+        if full {
+            let services = self.model.services();
+            self.state.record_names(&services);
+            return Some(Update::Full(services));
+        }
+        self.state
+            .update_names(&model_changes.upserts, &model_changes.removals);
+        Some(Update::Changes {
+            upserts: model_changes.upserts,
+            removals: model_changes.removals,
+        })
+    }
+
+    fn record(&mut self, outcome: Result<&SyncStats, &Error>) {
+        if outcome.is_ok() {
+            let now = SystemTime::now();
+            for dirty in self.pending.drain(..) {
+                if let Some(trigger) = dirty.trigger {
+                    // A trigger time in the future (a skewed clock) counts as zero.
+                    let seconds = now
+                        .duration_since(trigger)
+                        .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+                    self.state.record_programming(seconds);
+                }
+            }
+        }
+        self.state
+            .record_sync(outcome.cloned().map_err(|err| error_chain(err)));
+    }
+}
