@@ -972,10 +972,15 @@ fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_progra
     assert_eq!(
         programs,
         [
+            "eth0 from-host",
             "eth0 from-netdev",
+            "lxcbe1 from-host",
             "lxcbe1 from-pod",
+            "lxcbe2 from-host",
             "lxcbe2 from-pod",
+            "lxcbe3 from-host",
             "lxcbe3 from-pod",
+            "lxcclient from-host",
             "lxcclient from-pod"
         ]
     );
@@ -1004,7 +1009,7 @@ fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_progra
         "Last sync:",
         " ago\n",
         "Maps:                LB4_SERVICES 4/131072 (0.0%)",
-        "Programs:            eth0 from-netdev\n",
+        "Programs:            eth0 from-host\n                     eth0 from-netdev\n",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }

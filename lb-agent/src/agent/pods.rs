@@ -28,7 +28,9 @@ pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], sta
         .collect();
     // Only pod links: a --devices interface that goes away is an error liveness reports.
     for iface in devices::prune_links(pin_dir, &[Hook::FromPod]) {
-        tracing::info!(iface = %iface, "pod interface gone; its from-pod link pin removed");
+        // Its egress link (replies of host-network backends) went with the interface too.
+        let _ = std::fs::remove_file(devices::link_pin_path(pin_dir, Hook::FromHost, &iface));
+        tracing::info!(iface = %iface, "pod interface gone; its link pins removed");
     }
     let mut now = still_there.clone();
     for name in present {
