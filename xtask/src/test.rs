@@ -44,9 +44,15 @@ pub fn run() -> anyhow::Result<()> {
     // tests, so that the run closes on their summary.
     crate::bench::run(true)?;
     // Namespace tests create and remove their own topologies; one at a time keeps them from
-    // competing for the two cores and for interface names.
-    let totals =
-        run_tests(Command::new("cargo").args(["test", "--workspace", "--", "--test-threads=1"]))?;
+    // competing for the two cores and for interface names. Every binary runs even after one
+    // fails, so that a CI log shows all the failures at once.
+    let totals = run_tests(Command::new("cargo").args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ]))?;
     // One closing line for the whole run: cargo's own last line is a doc-test binary's.
     println!(
         "summary: {} passed, {} failed, {} skipped",

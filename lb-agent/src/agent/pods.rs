@@ -26,9 +26,10 @@ pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], sta
         .filter(|name| present.contains(name))
         .cloned()
         .collect();
-    // A gone pod interface takes its from-pod and from-host links (both attached below). Not
-    // from-netdev: a --devices interface that goes away is an error liveness reports.
-    for iface in devices::prune_links(pin_dir, &[Hook::FromPod, Hook::FromHost]) {
+    // Only pod links: a --devices interface that goes away is an error liveness reports.
+    for iface in devices::prune_links(pin_dir, &[Hook::FromPod]) {
+        // Its egress link (replies of host-network backends) went with the interface too.
+        let _ = std::fs::remove_file(devices::link_pin_path(pin_dir, Hook::FromHost, &iface));
         tracing::info!(iface = %iface, "pod interface gone; its link pins removed");
     }
     let mut now = still_there.clone();
