@@ -145,13 +145,7 @@ impl<K: Kind> Watched<K> {
         let kind = <K as k8s_openapi::Resource>::KIND;
         match event {
             None => return Err(Error::WatchEnded { kind }),
-            Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
-                info!(kind, "resourceVersion expired; relisting");
-            }
-            Some(Err(err)) => {
-                warn!(kind, error = %err, "watch failed; retrying with backoff");
-                super::source_error(format!("{kind} watch: {err}"));
-            }
+            Some(Err(err)) => on_watch_error(kind, &err),
             Some(Ok(Event::Init)) => {
                 debug!(kind, "listing");
                 self.listing = Some(Vec::new());
@@ -183,6 +177,20 @@ impl<K: Kind> Watched<K> {
     }
 }
 
+/// A failed watch of `kind`: the watcher relists (410 Gone) or retries with backoff itself;
+/// this only says so, and marks the source unhealthy for anything but an expired version.
+fn on_watch_error(kind: &str, err: &watcher::Error) {
+    match err {
+        watcher::Error::WatchError(status) if status.code == 410 => {
+            info!(kind, "resourceVersion expired; relisting");
+        }
+        err => {
+            warn!(kind, error = %err, "watch failed; retrying with backoff");
+            super::source_error(format!("{kind} watch: {err}"));
+        }
+    }
+}
+
 /// The Node watcher's state: the zone of the Node a list (being buffered) found.
 #[derive(Default)]
 struct NodeZone {
@@ -209,13 +217,7 @@ impl NodeZone {
         let kind = <Node as k8s_openapi::Resource>::KIND;
         match event {
             None => return Err(Error::WatchEnded { kind }),
-            Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
-                info!(kind, "resourceVersion expired; relisting");
-            }
-            Some(Err(err)) => {
-                warn!(kind, error = %err, "watch failed; retrying with backoff");
-                super::source_error(format!("{kind} watch: {err}"));
-            }
+            Some(Err(err)) => on_watch_error(kind, &err),
             Some(Ok(Event::Init)) => self.listing = Some(None),
             Some(Ok(Event::InitApply(node))) => self.listing = Some(zone_of(&node)),
             Some(Ok(Event::InitDone)) => {
