@@ -377,6 +377,23 @@ impl Process {
                 return Ok(Some(None));
             }
             check().map(|value| value.map(Some))
+        });
+        let value = value.map_err(|err| match err {
+            // A daemon that is up but not doing what is awaited usually says why in its log.
+            Error::Timeout {
+                what,
+                timeout,
+                last,
+            } => Error::Timeout {
+                what,
+                timeout,
+                last: format!(
+                    "{last}\n--- last lines of {} ---\n{}",
+                    self.log.display(),
+                    self.log_tail(20)
+                ),
+            },
+            other => other,
         })?;
         match (value, exited) {
             (Some(value), _) => Ok(value),

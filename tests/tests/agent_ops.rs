@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lb_lab::Binaries;
 use lb_testkit::{Netns, Process, ok, wait_until};
-use lb_tests::agent::pinned_datapath_config;
+use lb_tests::agent::{READY_TIMEOUT, pinned_datapath_config};
 use lb_tests::kube_api::{FakeApiServer, Kind};
 
 /// Deadline for an agent to load, answer, exit, or apply a change.
@@ -97,6 +97,15 @@ impl Node {
             self.ns.within(move || http_get(METRICS_PORT, &path)),
             "enter the test namespace",
         )
+    }
+
+    /// `Ok(Some(()))` once `/readyz` answers 200; otherwise what it answered, for a timeout to
+    /// report.
+    fn ready(&self) -> Result<Option<()>, String> {
+        match self.get("/readyz")? {
+            (200, _) => Ok(Some(())),
+            (code, body) => Err(format!("/readyz {code}: {}", body.trim())),
+        }
     }
 
     /// A kubeconfig for a server at `url`, written into the run directory.
@@ -221,9 +230,7 @@ fn liveness_passes_while_the_api_server_fails_and_readiness_waits_for_the_first_
 
     api.fail_next_lists(Kind::Service, 0);
     ok(
-        agent.wait_until("/readyz to answer 200", RECOVERY, || {
-            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
-        }),
+        agent.wait_until("/readyz to answer 200", RECOVERY, || node.ready()),
         "readiness after the first sync",
     );
     assert_eq!(node.get("/healthz").expect("GET /healthz").0, 200);
@@ -337,9 +344,7 @@ fn two_agents_sharing_a_config_dir_both_apply_an_edit_of_it_live() {
         .collect();
     for (node, agent) in nodes.iter().zip(&mut agents) {
         ok(
-            agent.wait_until("lb-agent ready", DEADLINE, || {
-                Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
-            }),
+            agent.wait_until("lb-agent ready", READY_TIMEOUT, || node.ready()),
             "lb-agent ready",
         );
         assert!(
@@ -408,9 +413,7 @@ fn config_set_without_a_config_dir_says_it_is_not_persisted() {
         &[],
     );
     ok(
-        agent.wait_until("lb-agent ready", DEADLINE, || {
-            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
-        }),
+        agent.wait_until("lb-agent ready", READY_TIMEOUT, || node.ready()),
         "lb-agent ready",
     );
     assert_eq!(view_of(&node, KEY), [KEY, "false", "flag"]);
@@ -438,9 +441,7 @@ fn a_pin_removed_under_a_running_agent_fails_liveness_and_shows_in_status() {
         &[],
     );
     ok(
-        agent.wait_until("lb-agent ready", DEADLINE, || {
-            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
-        }),
+        agent.wait_until("lb-agent ready", READY_TIMEOUT, || node.ready()),
         "lb-agent ready",
     );
     assert_eq!(node.get("/healthz").expect("GET /healthz").0, 200);
@@ -519,9 +520,7 @@ fn a_backend_deleted_behind_the_agents_back_is_restored_by_the_periodic_full_syn
         &[],
     );
     ok(
-        agent.wait_until("lb-agent ready", DEADLINE, || {
-            Ok(node.get("/readyz").ok().filter(|(code, _)| *code == 200))
-        }),
+        agent.wait_until("lb-agent ready", READY_TIMEOUT, || node.ready()),
         "lb-agent ready",
     );
     let repairs = |node: &Node| {

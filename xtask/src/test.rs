@@ -2,6 +2,7 @@
 //! test, as CI runs them.
 use std::{
     io::{BufRead as _, BufReader},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -46,13 +47,18 @@ pub fn run() -> anyhow::Result<()> {
     // Namespace tests create and remove their own topologies; one at a time keeps them from
     // competing for the two cores and for interface names. Every binary runs even after one
     // fails, so that a CI log shows all the failures at once.
-    let totals = run_tests(Command::new("cargo").args([
-        "test",
-        "--workspace",
-        "--no-fail-fast",
-        "--",
-        "--test-threads=1",
-    ]))?;
+    let bins = agent_binaries()?;
+    let totals = run_tests(
+        Command::new("cargo")
+            .args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("LB_BIN_DIR", &bins),
+    )?;
     // One closing line for the whole run: cargo's own last line is a doc-test binary's.
     println!(
         "summary: {} passed, {} failed, {} skipped",
@@ -62,6 +68,24 @@ pub fn run() -> anyhow::Result<()> {
         bail!("{} tests failed", totals.failed);
     }
     Ok(())
+}
+
+/// Builds `lb-agent` and `lbctl` once, into a directory of their own, for the namespace tests
+/// (`LB_BIN_DIR`). Without it each test binary would run `cargo build -p lb-agent -p lbctl`,
+/// whose feature set differs from `cargo test --workspace`'s: both would relink the agent in
+/// turn, and `cargo test` would overwrite the binaries a test is running.
+fn agent_binaries() -> anyhow::Result<PathBuf> {
+    run_cmd(Command::new("cargo").args(["build", "-p", "lb-agent", "-p", "lbctl", "--bins"]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let dir = std::path::absolute(target.join("test-bins")).context("absolute path of target/")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    for bin in ["lb-agent", "lbctl"] {
+        let from = target.join("debug").join(bin);
+        std::fs::copy(&from, dir.join(bin))
+            .with_context(|| format!("copy {} to {}", from.display(), dir.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Test counts summed over every test binary of a run.
