@@ -36,8 +36,11 @@ pub struct DatapathConfig {
     pub maglev_table_size: u32,
     /// Zero.
     pub _pad: u32,
+    /// The node's IPv6 address on its external interfaces, the source of SNATed IPv6 packets;
+    /// all zero: none (an IPv6 flow that needs SNAT is dropped with 165).
+    pub node_addr6: crate::Addr6,
 }
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 80);
 
 impl DatapathConfig {
     /// Nothing enabled (no SNAT, no events, ClusterIPs internal), the clock stopped at 0 and
@@ -54,6 +57,7 @@ impl DatapathConfig {
         maglev_seed: 0,
         maglev_table_size: 0,
         _pad: 0,
+        node_addr6: [0; 4],
     };
 }
 

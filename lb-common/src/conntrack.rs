@@ -275,7 +275,181 @@ impl Default for CtLifetimes {
     }
 }
 
-crate::pod!(CtKey4, CtService, CtReply, CtEntry, CtLifetimes);
+/// Key of `LB6_CT_TCP` and `LB6_CT_ANY`: [`CtKey4`] with IPv6 addresses; ports in network
+/// byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
+    /// Source address.
+    pub saddr: crate::Addr6,
+    /// Destination address.
+    pub daddr: crate::Addr6,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// Zero.
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtKey6>() == 40);
+
+/// [`CtService`] of an IPv6 flow: the same header and meaning, IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtService6 {
+    /// When the entry expires, in the datapath's clock (seconds).
+    pub expires: u32,
+    /// [`CT_SERVICE`].
+    pub kind: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service id (key of `LB6_REVNAT`).
+    pub rev_nat: u16,
+    /// With `CT_F_SNAT`: the allocated source port (network byte order); zero otherwise.
+    pub snat_port: u16,
+    /// With `CT_F_SNAT`: the node address the source is rewritten to; zero otherwise.
+    pub snat_addr: crate::Addr6,
+    /// The backend's address: the destination the flow is rewritten to, and the proof that
+    /// `LB6_BACKENDS[backend_id]` is still this flow's backend.
+    pub backend_addr: crate::Addr6,
+    /// The backend's port (network byte order).
+    pub backend_port: u16,
+    /// Zero.
+    pub _pad2: u16,
+    /// Zero.
+    pub _pad3: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtService6>() == 56);
+
+/// [`CtReply`] of an IPv6 flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtReply6 {
+    /// When the entry expires, in the datapath's clock (seconds).
+    pub expires: u32,
+    /// [`CT_REPLY`].
+    pub kind: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service id the flow was translated for.
+    pub rev_nat: u16,
+    /// The frontend's port (network byte order): the reply's new source port.
+    pub vip_port: u16,
+    /// The frontend's address: the reply's new source.
+    pub vip: crate::Addr6,
+    /// The client's address as it sent the flow; with `CT_F_SNAT` restored as the reply's
+    /// destination.
+    pub client_addr: crate::Addr6,
+    /// The client's port as it sent the flow (network byte order).
+    pub client_port: u16,
+    /// Zero.
+    pub _pad2: u16,
+    /// Zero.
+    pub _pad3: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtReply6>() == 56);
+
+const _: () = assert!(offset_of!(CtService6, expires) == offset_of!(CtReply6, expires));
+const _: () = assert!(offset_of!(CtService6, kind) == offset_of!(CtReply6, kind));
+const _: () = assert!(offset_of!(CtService6, flags) == offset_of!(CtReply6, flags));
+const _: () = assert!(offset_of!(CtService6, backend_id) == offset_of!(CtReply6, backend_id));
+const _: () = assert!(offset_of!(CtService6, rev_nat) == offset_of!(CtReply6, rev_nat));
+// The header is where an IPv4 entry has it: one GC reads both families' entries the same way.
+const _: () = assert!(offset_of!(CtService6, flags) == offset_of!(CtService, flags));
+const _: () = assert!(offset_of!(CtService6, rev_nat) == offset_of!(CtService, rev_nat));
+
+/// Value of the IPv6 conntrack maps: [`CtEntry`] for IPv6 flows.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union CtEntry6 {
+    /// A [`CT_SERVICE`] entry.
+    pub service: CtService6,
+    /// A [`CT_REPLY`] entry.
+    pub reply: CtReply6,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry6>() == 56);
+
+impl CtEntry6 {
+    /// The entry read as a service entry (meaningful when `kind()` is [`CT_SERVICE`]).
+    pub const fn service(self) -> CtService6 {
+        // SAFETY: both members are 56 bytes of plain integers without implicit padding.
+        unsafe { self.service }
+    }
+
+    /// The entry read as a reply entry (meaningful when `kind()` is [`CT_REPLY`]).
+    pub const fn reply(self) -> CtReply6 {
+        // SAFETY: as in `service`.
+        unsafe { self.reply }
+    }
+
+    /// [`CT_SERVICE`] or [`CT_REPLY`].
+    pub const fn kind(self) -> u8 {
+        self.service().kind
+    }
+
+    /// When the entry expires, in the datapath's clock.
+    pub const fn expires(self) -> u32 {
+        self.service().expires
+    }
+
+    /// `CT_F_*` bits.
+    pub const fn flags(self) -> u16 {
+        self.service().flags
+    }
+}
+
+impl From<CtService6> for CtEntry6 {
+    fn from(service: CtService6) -> Self {
+        Self { service }
+    }
+}
+
+impl From<CtReply6> for CtEntry6 {
+    fn from(reply: CtReply6) -> Self {
+        Self { reply }
+    }
+}
+
+impl PartialEq for CtEntry6 {
+    fn eq(&self, other: &Self) -> bool {
+        self.service() == other.service()
+    }
+}
+
+impl Eq for CtEntry6 {}
+
+impl fmt::Debug for CtEntry6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind() {
+            CT_SERVICE => self.service().fmt(f),
+            _ => self.reply().fmt(f),
+        }
+    }
+}
+
+crate::pod!(
+    CtKey4,
+    CtService,
+    CtReply,
+    CtEntry,
+    CtLifetimes,
+    CtKey6,
+    CtService6,
+    CtReply6,
+    CtEntry6
+);
 
 #[cfg(test)]
 mod tests {

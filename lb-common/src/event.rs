@@ -53,4 +53,46 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-crate::pod!(DropEvent);
+/// `DropEvent6::kind` of a drop of an IPv6 packet.
+pub const EVENT_DROP6: u8 = 2;
+
+/// A dropped IPv6 packet: [`DropEvent`]'s first 16 bytes (the reader tells the two apart by
+/// `kind`), then IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropEvent6 {
+    /// `EVENT_DROP6`.
+    pub kind: u8,
+    /// The `DropReason` number.
+    pub reason: u8,
+    /// The `SourceFile` of the drop site.
+    pub file: u8,
+    /// The `Hook` that dropped it.
+    pub hook: u8,
+    /// Line of the drop site.
+    pub line: u16,
+    /// TCP flags of the packet (0 for other protocols).
+    pub tcp_flags: u8,
+    /// Upper-layer protocol (0 when unknown).
+    pub proto: u8,
+    /// The interface the packet arrived on.
+    pub ifindex: u32,
+    /// The skb hash; 0 when the kernel computed none.
+    pub flow_hash: u32,
+    /// Source address.
+    pub saddr: crate::Addr6,
+    /// Destination address.
+    pub daddr: crate::Addr6,
+    /// Source port (0 without ports).
+    pub sport: u16,
+    /// Destination port (0 without ports).
+    pub dport: u16,
+    /// Length of the packet in bytes.
+    pub len: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropEvent6>() == 56);
+const _: () = assert!(
+    core::mem::offset_of!(DropEvent6, flow_hash) == core::mem::offset_of!(DropEvent, flow_hash)
+);
+
+crate::pod!(DropEvent, DropEvent6);

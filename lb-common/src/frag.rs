@@ -31,4 +31,22 @@ pub struct FragPorts {
 }
 const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
 
-crate::pod!(FragKey4, FragPorts);
+/// Key of `LB6_FRAGS`: an IPv6 datagram as it arrived (its Fragment header's identification,
+/// as stored, and the upper-layer protocol); the value is [`FragPorts`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey6 {
+    /// Source address.
+    pub saddr: crate::Addr6,
+    /// Destination address.
+    pub daddr: crate::Addr6,
+    /// Fragment identification (network byte order).
+    pub id: u32,
+    /// Upper-layer protocol.
+    pub proto: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey6>() == 40);
+
+crate::pod!(FragKey4, FragPorts, FragKey6);

@@ -17,6 +17,43 @@ pub mod metrics;
 pub mod service;
 pub mod sock;
 
+/// An IPv6 address as the datapath keeps it: its 16 bytes in wire order, held as four words in
+/// memory order (so `words[0]` holds bytes 0..4 as they sit in the packet; not a host-order
+/// number). Word-sized, so the datapath copies an address with four aligned loads and stores
+/// rather than sixteen byte accesses. [`addr6_from_octets`] and [`addr6_octets`] convert.
+pub type Addr6 = [u32; 4];
+
+/// The [`Addr6`] of an address's 16 bytes (`Ipv6Addr::octets()`).
+pub const fn addr6_from_octets(octets: [u8; 16]) -> Addr6 {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    words
+}
+
+/// The 16 bytes of an [`Addr6`] (for `Ipv6Addr::from`).
+pub const fn addr6_octets(addr: Addr6) -> [u8; 16] {
+    let mut octets = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let bytes = addr[i].to_ne_bytes();
+        octets[4 * i] = bytes[0];
+        octets[4 * i + 1] = bytes[1];
+        octets[4 * i + 2] = bytes[2];
+        octets[4 * i + 3] = bytes[3];
+        i += 1;
+    }
+    octets
+}
+
 /// IANA protocol numbers lb translates.
 pub mod proto {
     /// TCP.
@@ -25,6 +62,8 @@ pub mod proto {
     pub const UDP: u8 = 17;
     /// ICMP (never translated; recorded in events).
     pub const ICMP: u8 = 1;
+    /// ICMPv6 (neighbour discovery passes untouched; errors about a flow are translated).
+    pub const ICMPV6: u8 = 58;
 
     /// The protocol's name as Kubernetes and `lbctl service list` write it (`TCP`, `UDP`,
     /// `ICMP`), or `None` for a number lb has no name for. The one table of names: `lbctl
@@ -34,6 +73,7 @@ pub mod proto {
             TCP => Some("TCP"),
             UDP => Some("UDP"),
             ICMP => Some("ICMP"),
+            ICMPV6 => Some("ICMPv6"),
             _ => None,
         }
     }

@@ -27,6 +27,24 @@ pub const LB4_CT_ANY: &str = "LB4_CT_ANY";
 pub const LB4_VIP_FILTER: &str = "LB4_VIP_FILTER";
 /// Flags of the sources of conntrack reply entries (datapath-written): `u32` -> `FilterWord`.
 pub const LB4_REPLY_SRCS: &str = "LB4_REPLY_SRCS";
+/// IPv6 frontends and their slots: `ServiceKey6` -> `ServiceEntry`. The IPv6 maps mirror the
+/// IPv4 ones (Cilium's `lb6_*`); service and backend ids are one space for both families, and
+/// Maglev tables of both live in `LB4_MAGLEV` (they hold only backend ids).
+pub const LB6_SERVICES: &str = "LB6_SERVICES";
+/// IPv6 backends by id: `u32` -> `Backend6`.
+pub const LB6_BACKENDS: &str = "LB6_BACKENDS";
+/// IPv6 reverse NAT by service id: `u16` -> `RevNat6`.
+pub const LB6_REVNAT: &str = "LB6_REVNAT";
+/// IPv6 ClientIP session affinity: `AffinityKey6` -> `AffinityValue`.
+pub const LB6_AFFINITY: &str = "LB6_AFFINITY";
+/// IPv6 `loadBalancerSourceRanges` (LPM trie): `Key<SourceRangeKey6>` -> `u8` (1).
+pub const LB6_SRC_RANGE: &str = "LB6_SRC_RANGE";
+/// IPv6 fragments being translated (LRU): `FragKey6` -> `FragPorts`.
+pub const LB6_FRAGS: &str = "LB6_FRAGS";
+/// Conntrack of IPv6 TCP flows (LRU): `CtKey6` -> `CtEntry6`.
+pub const LB6_CT_TCP: &str = "LB6_CT_TCP";
+/// Conntrack of other IPv6 flows (LRU): `CtKey6` -> `CtEntry6`.
+pub const LB6_CT_ANY: &str = "LB6_CT_ANY";
 /// The datapath's configuration: array of one `DatapathConfig`.
 pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU drop counters: `MetricKey` -> `MetricValue`.
@@ -78,4 +96,4 @@ pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
 /// Version of the map layouts, the last component of the pin directory
 /// (`<bpf-root>/<PIN_VERSION>/`). Bump it whenever a key or value layout changes: reusing a
 /// pinned map does not check its key or value size.
-pub const PIN_VERSION: &str = "v3";
+pub const PIN_VERSION: &str = "v4";

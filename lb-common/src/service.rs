@@ -249,6 +249,100 @@ const _: () = assert!(core::mem::size_of::<SourceRangeKey4>() == 8);
 /// Bits of a `SourceRangeKey4` before its address: every entry matches them in full.
 pub const SOURCE_RANGE_PREFIX_BITS: u32 = 32;
 
+/// Key of `LB6_SERVICES`: [`ServiceKey4`] for an IPv6 frontend (Cilium's `lb6_key`); the
+/// value is the same [`ServiceEntry`], the slots work the same way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    /// The frontend address.
+    pub vip: crate::Addr6,
+    /// The frontend port (network byte order).
+    pub port: u16,
+    /// 0 for the master entry, 1.. for the backend slots.
+    pub slot: u16,
+    /// IP protocol (`proto::TCP`, `proto::UDP`).
+    pub proto: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// Zero.
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 24);
+
+impl ServiceKey6 {
+    /// The key of `slot` for a frontend; `port` in network byte order.
+    pub const fn new(vip: crate::Addr6, port: u16, proto: u8, slot: u16) -> Self {
+        Self {
+            vip,
+            port,
+            slot,
+            proto,
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+}
+
+/// Value of `LB6_BACKENDS`: [`Backend4`] with an IPv6 address. Backend ids are one space for
+/// both families: an id names an entry of `LB4_BACKENDS` or of `LB6_BACKENDS`, never both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend6 {
+    /// The backend address.
+    pub addr: crate::Addr6,
+    /// The backend port (network byte order).
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `BACKEND_STATE_*`.
+    pub state: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Backend6>() == 24);
+
+/// Value of `LB6_REVNAT`, keyed by service id (one id space for both families).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat6 {
+    /// The frontend address.
+    pub vip: crate::Addr6,
+    /// The frontend port (network byte order).
+    pub port: u16,
+    /// Zero.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat6>() == 20);
+
+/// Key of `LB6_AFFINITY`: [`AffinityKey4`] for an IPv6 client; the value is [`AffinityValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey6 {
+    /// The client's address.
+    pub client: crate::Addr6,
+    /// The service id.
+    pub rev_nat: u16,
+    /// Zero.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey6>() == 20);
+
+/// The data of an `LB6_SRC_RANGE` key: [`SourceRangeKey4`] with an IPv6 client prefix (the
+/// prefix length counts from `rev_nat`: `SOURCE_RANGE_PREFIX_BITS + n`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey6 {
+    /// The service id (master entry's `rev_nat`).
+    pub rev_nat: u16,
+    /// Zero (matched as part of the prefix).
+    pub _pad: u16,
+    /// The client address or range start.
+    pub addr: crate::Addr6,
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey6>() == 20);
+
 crate::pod!(
     SourceRangeKey4,
     ServiceKey4,
@@ -258,5 +352,10 @@ crate::pod!(
     AffinityKey4,
     AffinityValue,
     MaglevKey,
-    MaglevChunk
+    MaglevChunk,
+    ServiceKey6,
+    Backend6,
+    RevNat6,
+    AffinityKey6,
+    SourceRangeKey6
 );

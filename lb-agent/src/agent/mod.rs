@@ -144,6 +144,8 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
         maglev_seed: config.maglev_hash_seed.tuple(),
         maglev_table_size: config.maglev_table_size,
         _pad: 0,
+        // Written once the agent programs IPv6 (issue 14): until then no IPv6 flow is SNATed.
+        node_addr6: [0; 4],
     }
 }
 
