@@ -544,7 +544,7 @@ options! {
         value_name: "DIR",
         kind: Kind::Path,
         help: "bpffs directory where maps are pinned",
-        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v3/`",
+        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v4/`",
     }
     Socket => socket: PathBuf {
         key: "socket",
