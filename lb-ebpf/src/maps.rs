@@ -16,6 +16,7 @@
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
 //! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
+//! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
 //! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find
@@ -30,14 +31,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     config::DatapathConfig,
-    conntrack::{CtEntry, CtKey4},
+    conntrack::{CtEntry, CtEntry6, CtKey4, CtKey6},
     filter::{FILTER_WORDS, FilterWord},
-    frag::{FragKey4, FragPorts},
+    frag::{FragKey4, FragKey6, FragPorts},
     maps,
     metrics::{MetricKey, MetricValue},
     service::{
-        AffinityKey4, AffinityValue, Backend4, MaglevChunk, MaglevKey, RevNat4, ServiceEntry,
-        ServiceKey4, SourceRangeKey4,
+        AffinityKey4, AffinityKey6, AffinityValue, Backend4, Backend6, MaglevChunk, MaglevKey,
+        RevNat4, RevNat6, ServiceEntry, ServiceKey4, ServiceKey6, SourceRangeKey4, SourceRangeKey6,
     },
     sock::{SockRevKey4, SockRevValue4},
 };
@@ -107,6 +108,43 @@ pub static LB4_SRC_RANGE: LpmTrie<SourceRangeKey4, u8> =
 /// The ports of fragmented datagrams, from their first fragment (see `lb_common::frag`).
 #[map]
 pub static LB4_FRAGS: LruHashMap<FragKey4, FragPorts> =
+    LruHashMap::pinned(maps::FRAGS_MAX_ENTRIES, 0);
+
+/// IPv6 frontends (slot 0) and their backend slots.
+#[map]
+pub static LB6_SERVICES: HashMap<ServiceKey6, ServiceEntry> =
+    HashMap::pinned(maps::SERVICES_MAX_ENTRIES, 0);
+
+/// IPv6 backends by id (ids are one space with `LB4_BACKENDS`).
+#[map]
+pub static LB6_BACKENDS: HashMap<u32, Backend6> = HashMap::pinned(maps::BACKENDS_MAX_ENTRIES, 0);
+
+/// The IPv6 frontend of each service id (written by the agent, like `LB4_REVNAT`).
+#[map]
+pub static LB6_REVNAT: HashMap<u16, RevNat6> = HashMap::pinned(maps::REVNAT_MAX_ENTRIES, 0);
+
+/// Conntrack of IPv6 TCP flows.
+#[map]
+pub static LB6_CT_TCP: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(maps::CT_MAX_ENTRIES, 0);
+
+/// Conntrack of other IPv6 flows.
+#[map]
+pub static LB6_CT_ANY: LruHashMap<CtKey6, CtEntry6> =
+    LruHashMap::pinned(maps::CT_ANY_MAX_ENTRIES, 0);
+
+/// IPv6 ClientIP session affinity.
+#[map]
+pub static LB6_AFFINITY: LruHashMap<AffinityKey6, AffinityValue> =
+    LruHashMap::pinned(maps::AFFINITY_MAX_ENTRIES, 0);
+
+/// IPv6 `loadBalancerSourceRanges`.
+#[map]
+pub static LB6_SRC_RANGE: LpmTrie<SourceRangeKey6, u8> =
+    LpmTrie::pinned(maps::SOURCE_RANGE_MAX_ENTRIES, 0);
+
+/// The ports of fragmented IPv6 datagrams, from their first fragment.
+#[map]
+pub static LB6_FRAGS: LruHashMap<FragKey6, FragPorts> =
     LruHashMap::pinned(maps::FRAGS_MAX_ENTRIES, 0);
 
 /// Flags of the addresses that have a frontend, written by the agent (see
@@ -184,6 +222,14 @@ const _: () = assert!(same(maps::LB4_CT_TCP, "LB4_CT_TCP"));
 const _: () = assert!(same(maps::LB4_CT_ANY, "LB4_CT_ANY"));
 const _: () = assert!(same(maps::LB4_VIP_FILTER, "LB4_VIP_FILTER"));
 const _: () = assert!(same(maps::LB4_REPLY_SRCS, "LB4_REPLY_SRCS"));
+const _: () = assert!(same(maps::LB6_SERVICES, "LB6_SERVICES"));
+const _: () = assert!(same(maps::LB6_BACKENDS, "LB6_BACKENDS"));
+const _: () = assert!(same(maps::LB6_REVNAT, "LB6_REVNAT"));
+const _: () = assert!(same(maps::LB6_CT_TCP, "LB6_CT_TCP"));
+const _: () = assert!(same(maps::LB6_CT_ANY, "LB6_CT_ANY"));
+const _: () = assert!(same(maps::LB6_AFFINITY, "LB6_AFFINITY"));
+const _: () = assert!(same(maps::LB6_SRC_RANGE, "LB6_SRC_RANGE"));
+const _: () = assert!(same(maps::LB6_FRAGS, "LB6_FRAGS"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));
