@@ -52,6 +52,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+    # socketserver's default backlog is 5: a server starved of CPU for a moment (a loaded CI
+    # machine) would drop SYNs past it, and a test would blame the datapath for the retransmit.
+    request_queue_size = 128
 
     # HTTPServer's own server_bind asks DNS for the address's name (socket.getfqdn), which in
     # a namespace that reaches no resolver waits out the resolver's timeouts: seconds per
