@@ -12,12 +12,18 @@
 //! choice does not rest on a tie-break. Each BIRD runs in the foreground (`-f`) as a
 //! [`Process`] with its config, control socket and pidfile under the lab's run directory;
 //! `birdc` reaches it through the socket from the host.
-use std::net::Ipv4Addr;
+//!
+//! A dual-stack lab runs the same sessions again over IPv6 ([`router_config6`],
+//! [`node_config6`]) in a second daemon per namespace: BIRD 1.6 (the story's version, the one
+//! Debian's `bird` package installs) speaks IPv6 only as `bird6`/`birdc6`, with the same
+//! configuration language; router ids stay the IPv4 addresses.
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::Result;
 use crate::netns::{Netns, Process, run_host};
+use crate::story::v6::{self, NodeSpec6};
 use crate::story::{CLUSTER_ASN, CLUSTER_POD_CIDR, NodeSpec, ROUTER_ASN, ROUTER_IP};
 
 /// Local preference the router gives routes from k8smaster0 (the default is 100).
@@ -130,10 +136,141 @@ protocol bgp {peer_name} {{
     )
 }
 
+/// The router's IPv6 configuration (for `bird6`): one eBGP session per node over the
+/// segment's IPv6 addresses, k8smaster0 preferred as over IPv4.
+pub fn router_config6(nodes: &[NodeSpec6]) -> String {
+    let mut conf = format!(
+        "# The story's external router, IPv6: import all, export learned routes to the kernel.
+log stderr all;
+router id {ROUTER_IP};
+
+protocol device {{
+    scan time 2;
+}}
+
+protocol kernel {{
+    scan time 2;
+    import none;
+    export all;
+}}
+"
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let pref = if i == 0 {
+            format!("    default bgp_local_pref {MASTER_LOCAL_PREF};\n")
+        } else {
+            String::new()
+        };
+        conf.push_str(&format!(
+            "
+protocol bgp {name} {{
+    local {local} as {ROUTER_ASN};
+    neighbor {ip} as {CLUSTER_ASN};
+    import all;
+    export none;
+{pref}{SESSION_TIMERS}
+}}
+",
+            name = node.name,
+            local = v6::ROUTER_IP,
+            ip = node.ip,
+        ));
+    }
+    conf
+}
+
+/// A node's IPv6 configuration (for `bird6`, router id `router_id`): announce `node`'s IPv6
+/// pod CIDR and `cluster_ips` as /128s to the router and to `peer`, learn `peer`'s pod CIDR;
+/// the same filters as [`node_config`].
+pub fn node_config6(
+    node: &NodeSpec6,
+    router_id: Ipv4Addr,
+    peer: &NodeSpec6,
+    cluster_ips: &[Ipv6Addr],
+) -> String {
+    let statics: String = std::iter::once(format!("    route {} blackhole;\n", node.pod_cidr))
+        .chain(
+            cluster_ips
+                .iter()
+                .map(|vip| format!("    route {vip}/128 blackhole;\n")),
+        )
+        .collect();
+    format!(
+        "# kube-router's part on {name}, IPv6: announce the pod CIDR and the ClusterIPs.
+log stderr all;
+router id {router_id};
+
+protocol device {{
+    scan time 2;
+}}
+
+protocol kernel {{
+    scan time 2;
+    import none;
+    export where source = RTS_BGP;
+}}
+
+protocol static announced {{
+{statics}}}
+
+protocol bgp uplink {{
+    local {ip} as {CLUSTER_ASN};
+    neighbor {router} as {ROUTER_ASN};
+    import none;
+    export where source = RTS_STATIC;
+{SESSION_TIMERS}
+}}
+
+protocol bgp {peer_name} {{
+    local {ip} as {CLUSTER_ASN};
+    neighbor {peer_ip} as {CLUSTER_ASN};
+    import where net ~ [ {pods}+ ];
+    export where source = RTS_STATIC;
+    direct;
+{SESSION_TIMERS}
+}}
+",
+        name = node.name,
+        ip = node.ip,
+        router = v6::ROUTER_IP,
+        peer_name = peer.name,
+        peer_ip = peer.ip,
+        pods = v6::CLUSTER_POD_CIDR,
+    )
+}
+
+/// Which BIRD 1.6 daemon: `bird` (IPv4) or `bird6` (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// `bird`, `birdc`.
+    V4,
+    /// `bird6`, `birdc6`.
+    V6,
+}
+
+impl Daemon {
+    /// The daemon's program.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::V4 => "bird",
+            Self::V6 => "bird6",
+        }
+    }
+
+    /// Its control client.
+    pub fn client(self) -> &'static str {
+        match self {
+            Self::V4 => "birdc",
+            Self::V6 => "birdc6",
+        }
+    }
+}
+
 /// A running BIRD and its control socket.
 #[derive(Debug)]
 pub struct Bird {
     name: String,
+    daemon: Daemon,
     socket: PathBuf,
     process: Process,
 }
@@ -142,15 +279,32 @@ impl Bird {
     /// Starts BIRD inside `ns` with `config`, files under `run_dir/bird-<name>.*`, and waits
     /// until its control socket answers.
     pub fn start(ns: &Netns, name: &str, config: &str, run_dir: &Path) -> Result<Self> {
-        let conf = run_dir.join(format!("bird-{name}.conf"));
-        let socket = run_dir.join(format!("bird-{name}.ctl"));
-        let pidfile = run_dir.join(format!("bird-{name}.pid"));
-        let log = run_dir.join(format!("bird-{name}.log"));
+        Self::start_daemon(Daemon::V4, ns, name, config, run_dir)
+    }
+
+    /// Starts `bird6` inside `ns` with `config`, files under `run_dir/bird6-<name>.*`, and
+    /// waits until its control socket answers.
+    pub fn start6(ns: &Netns, name: &str, config: &str, run_dir: &Path) -> Result<Self> {
+        Self::start_daemon(Daemon::V6, ns, name, config, run_dir)
+    }
+
+    fn start_daemon(
+        daemon: Daemon,
+        ns: &Netns,
+        name: &str,
+        config: &str,
+        run_dir: &Path,
+    ) -> Result<Self> {
+        let program = daemon.program();
+        let conf = run_dir.join(format!("{program}-{name}.conf"));
+        let socket = run_dir.join(format!("{program}-{name}.ctl"));
+        let pidfile = run_dir.join(format!("{program}-{name}.pid"));
+        let log = run_dir.join(format!("{program}-{name}.log"));
         lb_testkit::write_file(&conf, config)?;
         // Parse first: a config error then reads as one, not as a daemon that exited.
-        run_host("bird", &["-p", "-c", &conf.to_string_lossy()])?;
+        run_host(program, &["-p", "-c", &conf.to_string_lossy()])?;
         let process = ns.spawn(
-            "bird",
+            program,
             &[
                 "-f",
                 "-c",
@@ -164,6 +318,7 @@ impl Bird {
         )?;
         let mut bird = Self {
             name: name.to_owned(),
+            daemon,
             socket,
             process,
         };
@@ -174,7 +329,7 @@ impl Bird {
         process.wait_until(
             &format!("BIRD in {} to answer on {socket}", ns.name()),
             Duration::from_secs(10),
-            || match run_host("birdc", &["-s", &socket, "show", "status"]) {
+            || match run_host(daemon.client(), &["-s", &socket, "show", "status"]) {
                 Ok(out) => Ok(Some(out)),
                 Err(err) => Err(err.to_string()),
             },
@@ -187,12 +342,18 @@ impl Bird {
         &self.name
     }
 
-    /// Runs `birdc -s SOCKET args` and returns its answer without the `BIRD … ready.` banner.
+    /// `bird` or `bird6`.
+    pub fn daemon(&self) -> Daemon {
+        self.daemon
+    }
+
+    /// Runs `birdc -s SOCKET args` (`birdc6` for `bird6`) and returns its answer without the
+    /// `BIRD … ready.` banner.
     pub fn birdc(&self, args: &[&str]) -> Result<String> {
         let socket = self.socket.to_string_lossy();
         let mut full = vec!["-s", socket.as_ref()];
         full.extend_from_slice(args);
-        let out = run_host("birdc", &full)?;
+        let out = run_host(self.daemon.client(), &full)?;
         Ok(out
             .lines()
             .filter(|line| !(line.starts_with("BIRD ") && line.ends_with(" ready.")))
@@ -217,13 +378,18 @@ mod tests {
     use crate::story::{CLUSTER_IPS, MASTER, NODES, SLAVE};
 
     fn parses(config: &str) {
+        parses_with(Daemon::V4, config);
+    }
+
+    fn parses_with(daemon: Daemon, config: &str) {
         let path = std::env::temp_dir().join(format!(
-            "lb-lab-bird-{}-{}.conf",
+            "lb-lab-{}-{}-{}.conf",
+            daemon.program(),
             std::process::id(),
             config.len()
         ));
         std::fs::write(&path, config).expect("write config");
-        let parsed = run_host("bird", &["-p", "-c", &path.to_string_lossy()]);
+        let parsed = run_host(daemon.program(), &["-p", "-c", &path.to_string_lossy()]);
         std::fs::remove_file(&path).expect("remove config");
         parsed.unwrap_or_else(|err| panic!("bird rejects the config: {err}\n{config}"));
     }
@@ -257,5 +423,36 @@ mod tests {
         }
         assert!(conf.contains("neighbor 192.168.56.5 as 65001;"), "{conf}");
         assert!(conf.contains("neighbor 192.168.56.10 as 65000;"), "{conf}");
+    }
+
+    #[test]
+    fn ipv6_configs_are_valid_bird6_and_mirror_the_ipv4_sessions() {
+        let router = router_config6(&v6::NODES);
+        parses_with(Daemon::V6, &router);
+        for line in [
+            "router id 192.168.56.10;",
+            "local fd00:56::10 as 65000;",
+            "neighbor fd00:56::4 as 65001;",
+            "neighbor fd00:56::5 as 65001;",
+        ] {
+            assert!(router.contains(line), "{line} in\n{router}");
+        }
+        let master = router.find("protocol bgp k8smaster0").expect("master");
+        let pref = router.find("default bgp_local_pref 110").expect("pref");
+        let slave = router.find("protocol bgp k8sslave0").expect("slave");
+        assert!(master < pref && pref < slave, "{router}");
+
+        let node = node_config6(&v6::MASTER, MASTER.ip, &v6::SLAVE, &v6::CLUSTER_IPS);
+        parses_with(Daemon::V6, &node);
+        for line in [
+            "router id 192.168.56.4;",
+            "route fd00:10:112::/64 blackhole;",
+            "route fd00:10:96::e5:43/128 blackhole;",
+            "neighbor fd00:56::10 as 65000;",
+            "neighbor fd00:56::5 as 65001;",
+            "import where net ~ [ fd00:10:112::/56+ ];",
+        ] {
+            assert!(node.contains(line), "{line} in\n{node}");
+        }
     }
 }

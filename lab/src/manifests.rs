@@ -10,11 +10,29 @@ pub fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")
 }
 
+/// `lab/manifests/ipv6`: dual-stack versions of some of [`dir`]'s files, under the same names.
+pub fn dir_ipv6() -> PathBuf {
+    dir().join("ipv6")
+}
+
 /// Copies every `*.yaml` of [`dir`] into `dest` (the agents watch the copy, so a test may edit
 /// it without touching the repository) and returns `dest`.
 pub fn install(dest: &Path) -> Result<PathBuf> {
     create_dir(dest)?;
-    let src = dir();
+    copy_yaml(&dir(), dest)?;
+    Ok(dest.to_owned())
+}
+
+/// [`install`], then [`dir_ipv6`]'s files over their single-stack namesakes: the dual-stack
+/// lab's manifests.
+pub fn install_dual_stack(dest: &Path) -> Result<PathBuf> {
+    install(dest)?;
+    copy_yaml(&dir_ipv6(), dest)?;
+    Ok(dest.to_owned())
+}
+
+fn copy_yaml(src: &Path, dest: &Path) -> Result<()> {
+    let src = src.to_owned();
     let entries = std::fs::read_dir(&src).map_err(|source| Error::Io {
         action: "list",
         path: src.clone(),
@@ -31,7 +49,7 @@ pub fn install(dest: &Path) -> Result<PathBuf> {
             })?;
         }
     }
-    Ok(dest.to_owned())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -46,10 +64,18 @@ mod tests {
 
     /// Every document of every manifest, typed.
     fn load() -> (Vec<Service>, Vec<EndpointSlice>) {
+        load_from(&dir())
+    }
+
+    /// Every document of every manifest in `dir`, typed.
+    fn load_from(dir: &Path) -> (Vec<Service>, Vec<EndpointSlice>) {
         let mut services = Vec::new();
         let mut slices = Vec::new();
-        for entry in std::fs::read_dir(dir()).expect("list lab/manifests") {
+        for entry in std::fs::read_dir(dir).expect("list the manifests") {
             let path = entry.expect("manifest entry").path();
+            if path.extension().is_none_or(|ext| ext != "yaml") {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).expect("read manifest");
             let docs: Vec<serde_json::Value> =
                 serde_saphyr::from_multiple(&text).expect("parse YAML");
@@ -123,5 +149,62 @@ mod tests {
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].port, Some(80));
         assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    }
+
+    #[test]
+    fn the_dual_stack_nginx_keeps_the_storys_ipv4_half_and_adds_an_ipv6_clusterip_and_slice() {
+        use crate::story::v6;
+
+        let (services, slices) = load_from(&dir_ipv6());
+        assert_eq!(services.len(), 1);
+        let spec = services[0].spec.as_ref().expect("spec");
+        assert_eq!(services[0].metadata.name.as_deref(), Some("nginx"));
+        assert_eq!(
+            spec.cluster_ip.as_deref(),
+            Some(NGINX_VIP.to_string().as_str())
+        );
+        assert_eq!(
+            spec.cluster_ips.clone().unwrap_or_default(),
+            [NGINX_VIP.to_string(), v6::NGINX_VIP.to_string()]
+        );
+        assert_eq!(
+            spec.ip_families.clone().unwrap_or_default(),
+            ["IPv4", "IPv6"]
+        );
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("PreferDualStack"));
+        let addresses = |family: &str| -> Vec<String> {
+            slices
+                .iter()
+                .filter(|slice| slice.address_type == family)
+                .flat_map(|slice| slice.endpoints.iter())
+                .flat_map(|endpoint| endpoint.addresses.iter().cloned())
+                .collect()
+        };
+        assert_eq!(
+            addresses("IPv4"),
+            [NGINX_1.ip.to_string(), NGINX_2.ip.to_string()]
+        );
+        assert_eq!(
+            addresses("IPv6"),
+            [v6::NGINX_1.ip.to_string(), v6::NGINX_2.ip.to_string()]
+        );
+        // Installed over the single-stack files: one nginx, dual-stack; the rest unchanged.
+        let dest = std::env::temp_dir().join(format!("lb-lab-manifests-{}", std::process::id()));
+        install_dual_stack(&dest).expect("install");
+        let (installed, _) = load_from(&dest);
+        std::fs::remove_dir_all(&dest).expect("remove the copy");
+        let (single, _) = load();
+        assert_eq!(installed.len(), single.len());
+        let nginx = installed
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("nginx"))
+            .expect("nginx");
+        assert_eq!(
+            nginx
+                .spec
+                .as_ref()
+                .and_then(|s| s.ip_family_policy.as_deref()),
+            Some("PreferDualStack")
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! echo server's clients ([`udp_echo`], [`EchoSession`]), sockets opened inside a namespace by
 //! this process, which say which backend answered.
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::netns::{Netns, Outcome};
@@ -12,18 +13,29 @@ use crate::{Error, Result};
 /// Seconds curl waits before giving up (`--max-time`): a dropped SYN fails in this time.
 pub const CURL_MAX_TIME: &str = "3";
 
-/// What an HTTP answer from one of the lab's servers says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HttpReply {
+/// What an HTTP answer from one of the lab's servers says; `A` is the address family the
+/// request went over (`Ipv6Addr` for [`curl6_head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply<A = Ipv4Addr> {
     /// The status code of the first status line (`HTTP/1.1 200 OK` → 200).
     pub status: Option<u16>,
     /// `X-Pod-IP`: the pod that answered.
-    pub pod_ip: Option<Ipv4Addr>,
+    pub pod_ip: Option<A>,
     /// `X-Client-IP`: the client address the pod saw.
-    pub client_ip: Option<Ipv4Addr>,
+    pub client_ip: Option<A>,
 }
 
-impl HttpReply {
+impl<A> Default for HttpReply<A> {
+    fn default() -> Self {
+        Self {
+            status: None,
+            pod_ip: None,
+            client_ip: None,
+        }
+    }
+}
+
+impl<A: FromStr> HttpReply<A> {
     /// Parses `curl -sI` (or `curl -si`) output.
     pub fn parse(text: &str) -> Self {
         let mut reply = Self::default();
@@ -49,6 +61,17 @@ impl HttpReply {
 pub fn curl_head(ns: &Netns, target: Ipv4Addr) -> Result<(Outcome, HttpReply)> {
     let url = format!("http://{target}/");
     let outcome = ns.exec("curl", &["-sSI", "--max-time", CURL_MAX_TIME, &url])?;
+    let reply = HttpReply::parse(&outcome.stdout);
+    Ok((outcome, reply))
+}
+
+/// `curl -sSI -6 -g --max-time 3 http://[TARGET]/` inside `ns`: [`curl_head`] over IPv6.
+pub fn curl6_head(ns: &Netns, target: Ipv6Addr) -> Result<(Outcome, HttpReply<Ipv6Addr>)> {
+    let url = format!("http://[{target}]/");
+    let outcome = ns.exec(
+        "curl",
+        &["-sSI", "-6", "-g", "--max-time", CURL_MAX_TIME, &url],
+    )?;
     let reply = HttpReply::parse(&outcome.stdout);
     Ok((outcome, reply))
 }
@@ -190,10 +213,17 @@ impl EchoSession {
     }
 }
 
-/// `ping -c COUNT -W 2 TARGET` inside `ns`, and how many replies came back.
-pub fn ping(ns: &Netns, target: Ipv4Addr, count: u32) -> Result<(Outcome, u32)> {
+/// `ping -c COUNT -W 2 TARGET` (`ping -6 …` for an IPv6 target) inside `ns`, and how many
+/// replies came back.
+pub fn ping(ns: &Netns, target: impl Into<IpAddr>, count: u32) -> Result<(Outcome, u32)> {
+    let target = target.into();
     let count = count.to_string();
-    let outcome = ns.exec("ping", &["-c", &count, "-W", "2", &target.to_string()])?;
+    let target_text = target.to_string();
+    let mut args = vec!["-c", &count, "-W", "2", &target_text];
+    if target.is_ipv6() {
+        args.insert(0, "-6");
+    }
+    let outcome = ns.exec("ping", &args)?;
     let received = outcome
         .stdout
         .lines()
@@ -237,7 +267,19 @@ mod tests {
     }
 
     #[test]
+    fn parses_ipv6_pod_and_client() {
+        let text = "HTTP/1.1 200 OK\r\nX-Pod-IP: fd00:10:112:1::c2\r\n\
+                    X-Client-IP: fd00:56::10\r\n\r\n";
+        let reply: HttpReply<Ipv6Addr> = HttpReply::parse(text);
+        assert_eq!(reply.status, Some(200));
+        assert_eq!(reply.pod_ip, "fd00:10:112:1::c2".parse().ok());
+        assert_eq!(reply.client_ip, "fd00:56::10".parse().ok());
+        // An IPv6 answer read as IPv4 names nobody, rather than the wrong pod.
+        assert_eq!(HttpReply::<Ipv4Addr>::parse(text).pod_ip, None);
+    }
+
+    #[test]
     fn no_answer_parses_to_nothing() {
-        assert_eq!(HttpReply::parse(""), HttpReply::default());
+        assert_eq!(HttpReply::<Ipv4Addr>::parse(""), HttpReply::default());
     }
 }

@@ -117,3 +117,95 @@ pub const KUBE_DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const KUBERNETES_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// Every ClusterIP of `lab/manifests`, announced by both nodes.
 pub const CLUSTER_IPS: [Ipv4Addr; 3] = [KUBERNETES_VIP, KUBE_DNS_VIP, NGINX_VIP];
+
+/// The IPv6 half of a dual-stack lab (`Lab::up_dual_stack`, `cargo xtask demo --ipv6`): the
+/// story has no IPv6, so these addresses are the lab's own, unique local (fd00::/8) and
+/// mirroring the IPv4 ones (the LAN's fd00:56::/64 for 192.168.56.0/24, pod /64s in
+/// fd00:10:112::/56 for 10.112.0.0/16, the nginx ClusterIP fd00:10:96::e5:43 for
+/// 10.96.229.67: 0xe5 = 229, 0x43 = 67).
+pub mod v6 {
+    use std::net::Ipv6Addr;
+
+    /// The router's address on the L2 segment.
+    pub const ROUTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x56, 0, 0, 0, 0, 0, 0x10);
+    /// Prefix length of the L2 segment fd00:56::/64.
+    pub const LAN_PREFIX_LEN: u8 = 64;
+    /// The link-local gateway every pod routes through: an address of the node's side of
+    /// each pod's veth.
+    pub const POD_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+    /// The cluster's IPv6 pod CIDR; each node's /64 is carved from it.
+    pub const CLUSTER_POD_CIDR: &str = "fd00:10:112::/56";
+
+    /// A node's IPv6 side.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct NodeSpec6 {
+        /// Node name, as in [`super::NodeSpec`].
+        pub name: &'static str,
+        /// Node IP on the segment.
+        pub ip: Ipv6Addr,
+        /// The node's IPv6 pod CIDR.
+        pub pod_cidr: &'static str,
+    }
+
+    /// k8smaster0.
+    pub const MASTER: NodeSpec6 = NodeSpec6 {
+        name: "k8smaster0",
+        ip: Ipv6Addr::new(0xfd00, 0x56, 0, 0, 0, 0, 0, 0x4),
+        pod_cidr: "fd00:10:112::/64",
+    };
+    /// k8sslave0.
+    pub const SLAVE: NodeSpec6 = NodeSpec6 {
+        name: "k8sslave0",
+        ip: Ipv6Addr::new(0xfd00, 0x56, 0, 0, 0, 0, 0, 0x5),
+        pod_cidr: "fd00:10:112:1::/64",
+    };
+    /// Both nodes, in [`super::NODES`]' order.
+    pub const NODES: [NodeSpec6; 2] = [MASTER, SLAVE];
+
+    /// A pod's IPv6 address (a /128 on its `eth0`), by pod name.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PodSpec6 {
+        /// Pod name, as in [`super::PodSpec`].
+        pub name: &'static str,
+        /// Its IPv6 address.
+        pub ip: Ipv6Addr,
+    }
+
+    /// nginx-1 (10.112.1.194: 0xc2 = 194).
+    pub const NGINX_1: PodSpec6 = PodSpec6 {
+        name: "nginx-1",
+        ip: Ipv6Addr::new(0xfd00, 0x10, 0x112, 1, 0, 0, 0, 0xc2),
+    };
+    /// nginx-2 (10.112.1.90: 0x5a = 90).
+    pub const NGINX_2: PodSpec6 = PodSpec6 {
+        name: "nginx-2",
+        ip: Ipv6Addr::new(0xfd00, 0x10, 0x112, 1, 0, 0, 0, 0x5a),
+    };
+    /// busybox.
+    pub const BUSYBOX: PodSpec6 = PodSpec6 {
+        name: "busybox",
+        ip: Ipv6Addr::new(0xfd00, 0x10, 0x112, 0, 0, 0, 0, 0xa),
+    };
+    /// client.
+    pub const CLIENT: PodSpec6 = PodSpec6 {
+        name: "client",
+        ip: Ipv6Addr::new(0xfd00, 0x10, 0x112, 0, 0, 0, 0, 0xb),
+    };
+    /// Every pod, in [`super::PODS`]' order.
+    pub const PODS: [PodSpec6; 4] = [NGINX_1, NGINX_2, BUSYBOX, CLIENT];
+
+    /// The nginx Service's IPv6 ClusterIP (`lab/manifests/ipv6/nginx.yaml`).
+    pub const NGINX_VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0xe5, 0x43);
+    /// Every IPv6 ClusterIP of the dual-stack manifests, announced by both nodes.
+    pub const CLUSTER_IPS: [Ipv6Addr; 1] = [NGINX_VIP];
+
+    /// The IPv6 side of the node `name`.
+    pub fn node(name: &str) -> Option<NodeSpec6> {
+        NODES.into_iter().find(|node| node.name == name)
+    }
+
+    /// The IPv6 address of the pod `name`.
+    pub fn pod(name: &str) -> Option<PodSpec6> {
+        PODS.into_iter().find(|pod| pod.name == name)
+    }
+}

@@ -4,6 +4,7 @@
 //! that `lbctl`, the lab and xtask build with stable cargo alone (lb-agent's build script needs
 //! nightly and bpf-linker):
 //!
+//! - [`addr`]: addresses of both families as operators read them (`[fd00::1]:80/TCP`);
 //! - [`proto`]: the serde types of the newline-delimited JSON protocol;
 //! - [`client`]: a blocking client (`lbctl` makes one request and exits);
 //! - [`drop`]: the text of drop reasons and hooks, shared by `lbctl monitor` and the agent's
@@ -11,6 +12,7 @@
 //!
 //! The agent's side of the socket (`api/server.rs`) stays in lb-agent.
 
+pub mod addr;
 pub mod client;
 pub mod drop;
 pub mod proto;

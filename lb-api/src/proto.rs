@@ -3,18 +3,22 @@
 //! [`Response`] line, except [`Request::MonitorDrops`], which it answers with a stream of
 //! [`Response::Drop`] (and [`Response::Lost`]) lines until the client disconnects.
 //!
-//! These types carry values ready to print: addresses as `Ipv4Addr`, ports in host order.
+//! These types carry values ready to print, for both address families: addresses as `IpAddr`
+//! (JSON strings) or as text written by [`crate::addr`] (`10.96.0.10:53/UDP`,
+//! `[fd00::1]:80/TCP`), ports in host order.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use lb_common::{
     conntrack::{
         CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_FROM_NETDEV, CT_F_SEEN_REPLY, CT_F_SNAT, CT_REPLY,
-        CT_SERVICE, CtEntry, CtKey4,
+        CT_SERVICE, CtEntry, CtEntry6, CtKey4, CtKey6,
     },
-    event::DropEvent,
+    event::{DropEvent, DropEvent6},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::addr::{ipv4, ipv6, socket_text};
 
 /// One request from a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,16 +162,18 @@ pub struct StatusReply {
     pub programs: Vec<AttachedProgram>,
 }
 
-/// One entry of the services map, for `lbctl bpf lb list`.
+/// One entry of a services map (`LB4_SERVICES` or `LB6_SERVICES`), for `lbctl bpf lb list`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LbRow {
-    /// `vip:port/PROTO`, or the bare VIP for a VIP's wildcard entry.
+    /// `vip:port/PROTO` (`[fd00::1]:80/TCP` for IPv6), or the bare VIP for a VIP's wildcard
+    /// entry.
     pub frontend: String,
     /// 0 for the master entry, 1.. for the backend slots.
     pub slot: u16,
     /// The frontend's service id (the rev-NAT entry); 0 for a wildcard entry.
     pub rev_nat: u16,
-    /// The slot's backend as `addr:port/PROTO`; `0.0.0.0:0` for a master entry.
+    /// The slot's backend as `addr:port/PROTO`; `0.0.0.0:0` (`[::]:0` in `LB6_SERVICES`) for a
+    /// master entry.
     pub backend: String,
     /// The slot's backend id; 0 for a master entry.
     pub backend_id: u32,
@@ -233,7 +239,8 @@ impl StatusReply {
 pub struct ServiceRow {
     /// The `ServiceId`.
     pub id: u16,
-    /// `VIP:port/PROTO`, e.g. `10.96.0.10:53/UDP`.
+    /// `VIP:port/PROTO` as [`crate::addr::L4Addr`] writes it: `10.96.0.10:53/UDP`,
+    /// `[fd00::1]:80/TCP`.
     pub frontend: String,
     /// `ClusterIP`, `NodePort`, `ExternalIPs` or `LoadBalancer`.
     #[serde(rename = "type")]
@@ -255,7 +262,7 @@ pub struct ServiceRow {
 pub struct BackendRow {
     /// The `BackendId`.
     pub id: u32,
-    /// `addr:port/PROTO`.
+    /// `addr:port/PROTO` as [`crate::addr::L4Addr`] writes it (`[fd00::c2]:80/TCP` for IPv6).
     pub address: String,
     /// `active` or `terminating`.
     pub state: BackendState,
@@ -284,13 +291,14 @@ impl BackendState {
 /// One conntrack entry, as `lbctl bpf ct list` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CtRow {
-    /// `tcp` (`LB4_CT_TCP`) or `any` (`LB4_CT_ANY`).
+    /// `tcp` (`LB4_CT_TCP`), `any` (`LB4_CT_ANY`), `tcp6` (`LB6_CT_TCP`) or `any6`
+    /// (`LB6_CT_ANY`).
     pub map: String,
     /// `TCP`, `UDP`, or the protocol number.
     pub proto: String,
     /// `service` (client → VIP) or `reply` (backend → client or node).
     pub direction: String,
-    /// The key's source, `addr:port`.
+    /// The key's source, `addr:port` (`[addr]:port` for IPv6).
     pub source: String,
     /// The key's destination, `addr:port`.
     pub destination: String,
@@ -317,16 +325,78 @@ pub struct CtRow {
 }
 
 impl CtRow {
-    /// The row of the entry `entry` under `key` in map `map` (`tcp` or `any`), at `now` in the
-    /// datapath's clock.
+    /// The row of the IPv4 entry `entry` under `key` in map `map` (`tcp` or `any`), at `now` in
+    /// the datapath's clock.
     pub fn new(map: &str, key: &CtKey4, entry: &CtEntry, now: u32) -> Self {
-        let socket = |addr: u32, port: u16| {
-            format!(
-                "{}:{}",
-                Ipv4Addr::from(addr.to_ne_bytes()),
-                u16::from_be(port)
-            )
-        };
+        let socket = |addr: u32, port: u16| socket_text(ipv4(addr).into(), u16::from_be(port));
+        let mut row = Self::header(
+            map,
+            key.proto,
+            socket(key.saddr, key.sport),
+            socket(key.daddr, key.dport),
+            (entry.expires(), entry.flags(), entry.kind()),
+            (entry.service().rev_nat, entry.service().backend_id),
+            now,
+        );
+        match entry.kind() {
+            CT_SERVICE => {
+                let service = entry.service();
+                row.backend = Some(socket(service.backend_addr, service.backend_port));
+                if service.flags & CT_F_SNAT != 0 {
+                    row.snat = Some(socket(service.snat_addr, service.snat_port));
+                }
+            }
+            CT_REPLY => {
+                let reply = entry.reply();
+                row.vip = Some(socket(reply.vip, reply.vip_port));
+                row.client = Some(socket(reply.client_addr, reply.client_port));
+            }
+            _ => {}
+        }
+        row
+    }
+
+    /// The row of the IPv6 entry `entry` under `key` in map `map` (`tcp6` or `any6`), at `now`
+    /// in the datapath's clock.
+    pub fn new6(map: &str, key: &CtKey6, entry: &CtEntry6, now: u32) -> Self {
+        let socket = |addr, port: u16| socket_text(ipv6(addr).into(), u16::from_be(port));
+        let mut row = Self::header(
+            map,
+            key.proto,
+            socket(key.saddr, key.sport),
+            socket(key.daddr, key.dport),
+            (entry.expires(), entry.flags(), entry.kind()),
+            (entry.service().rev_nat, entry.service().backend_id),
+            now,
+        );
+        match entry.kind() {
+            CT_SERVICE => {
+                let service = entry.service();
+                row.backend = Some(socket(service.backend_addr, service.backend_port));
+                if service.flags & CT_F_SNAT != 0 {
+                    row.snat = Some(socket(service.snat_addr, service.snat_port));
+                }
+            }
+            CT_REPLY => {
+                let reply = entry.reply();
+                row.vip = Some(socket(reply.vip, reply.vip_port));
+                row.client = Some(socket(reply.client_addr, reply.client_port));
+            }
+            _ => {}
+        }
+        row
+    }
+
+    /// What both families' rows share: everything but the kind's own addresses.
+    fn header(
+        map: &str,
+        protocol: u8,
+        source: String,
+        destination: String,
+        (expires, flag_bits, kind): (u32, u16, u8),
+        (rev_nat, backend_id): (u16, u32),
+        now: u32,
+    ) -> Self {
         let names = [
             (CT_F_SNAT, "snat"),
             (CT_F_FROM_NETDEV, "from-netdev"),
@@ -336,48 +406,35 @@ impl CtRow {
         ];
         let flags = names
             .iter()
-            .filter(|(bit, _)| entry.flags() & bit != 0)
+            .filter(|(bit, _)| flag_bits & bit != 0)
             .map(|(_, name)| (*name).to_owned())
             .collect();
-        let mut row = Self {
+        Self {
             map: map.to_owned(),
-            proto: lb_common::proto::name(key.proto)
-                .map_or_else(|| key.proto.to_string(), str::to_owned),
-            direction: String::new(),
-            source: socket(key.saddr, key.sport),
-            destination: socket(key.daddr, key.dport),
-            expires_in: i64::from(entry.expires()) - i64::from(now),
+            proto: lb_common::proto::name(protocol)
+                .map_or_else(|| protocol.to_string(), str::to_owned),
+            direction: match kind {
+                CT_SERVICE => "service".to_owned(),
+                CT_REPLY => "reply".to_owned(),
+                other => format!("unknown({other})"),
+            },
+            source,
+            destination,
+            expires_in: i64::from(expires) - i64::from(now),
             flags,
-            rev_nat: entry.service().rev_nat,
-            backend_id: entry.service().backend_id,
+            rev_nat,
+            backend_id,
             backend: None,
             snat: None,
             vip: None,
             client: None,
-        };
-        match entry.kind() {
-            CT_SERVICE => {
-                let service = entry.service();
-                row.direction = "service".to_owned();
-                row.backend = Some(socket(service.backend_addr, service.backend_port));
-                if service.flags & CT_F_SNAT != 0 {
-                    row.snat = Some(socket(service.snat_addr, service.snat_port));
-                }
-            }
-            CT_REPLY => {
-                let reply = entry.reply();
-                row.direction = "reply".to_owned();
-                row.vip = Some(socket(reply.vip, reply.vip_port));
-                row.client = Some(socket(reply.client_addr, reply.client_port));
-            }
-            other => row.direction = format!("unknown({other})"),
         }
-        row
     }
 }
 
-/// A drop event decoded from `lb_common::event::DropEvent` (the `From` impl below):
-/// addresses as `Ipv4Addr`, ports in host order.
+/// A drop event decoded from `lb_common::event::DropEvent` or `DropEvent6` (the `From` impls
+/// below): addresses as `IpAddr` (JSON strings, `"192.168.56.10"`, `"fd00:56::10"`), ports in
+/// host order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropEventRecord {
     /// The `DropReason` number.
@@ -397,9 +454,9 @@ pub struct DropEventRecord {
     /// TCP flags (`lb_common::event::tcp_flags`).
     pub tcp_flags: u8,
     /// Source address.
-    pub saddr: Ipv4Addr,
+    pub saddr: IpAddr,
     /// Destination address.
-    pub daddr: Ipv4Addr,
+    pub daddr: IpAddr,
     /// Source port (0 without ports).
     pub sport: u16,
     /// Destination port (0 without ports).
@@ -421,8 +478,28 @@ impl From<&DropEvent> for DropEventRecord {
             ifindex: event.ifindex,
             proto: event.proto,
             tcp_flags: event.tcp_flags,
-            saddr: Ipv4Addr::from(event.saddr.to_ne_bytes()),
-            daddr: Ipv4Addr::from(event.daddr.to_ne_bytes()),
+            saddr: ipv4(event.saddr).into(),
+            daddr: ipv4(event.daddr).into(),
+            sport: u16::from_be(event.sport),
+            dport: u16::from_be(event.dport),
+            len: event.len,
+        }
+    }
+}
+
+impl From<&DropEvent6> for DropEventRecord {
+    fn from(event: &DropEvent6) -> Self {
+        Self {
+            reason: event.reason,
+            hook: event.hook,
+            file: event.file,
+            line: event.line,
+            flow_hash: event.flow_hash,
+            ifindex: event.ifindex,
+            proto: event.proto,
+            tcp_flags: event.tcp_flags,
+            saddr: ipv6(event.saddr).into(),
+            daddr: ipv6(event.daddr).into(),
             sport: u16::from_be(event.sport),
             dport: u16::from_be(event.dport),
             len: event.len,
@@ -471,6 +548,10 @@ pub struct MetricsSnapshot {
     /// Drop events monitor clients lost by reading too slowly, since start.
     #[serde(default)]
     pub lost_events: u64,
+    /// `LB_EVENTS` records the agent's event reader skipped since start: of a kind it does not
+    /// know, or shorter than their kind.
+    #[serde(default)]
+    pub skipped_events: u64,
     /// Fill levels of the sized maps.
     #[serde(default)]
     pub maps: Vec<MapFill>,
@@ -573,8 +654,8 @@ mod tests {
             len: 60,
         };
         let record = DropEventRecord::from(&event);
-        assert_eq!(record.saddr, Ipv4Addr::new(192, 168, 56, 10));
-        assert_eq!(record.daddr, Ipv4Addr::new(10, 96, 229, 67));
+        assert_eq!(record.saddr, IpAddr::from([192, 168, 56, 10]));
+        assert_eq!(record.daddr, IpAddr::from([10, 96, 229, 67]));
         assert_eq!((record.sport, record.dport), (33802, 80));
         assert_eq!(
             (record.reason, record.hook, record.file, record.line),
@@ -625,6 +706,100 @@ mod tests {
         assert_eq!(row.vip.as_deref(), Some("10.96.0.10:80"));
         assert_eq!(row.client.as_deref(), Some("10.244.0.7:40000"));
         assert_eq!(row.backend, None);
+    }
+
+    fn v6(text: &str) -> lb_common::Addr6 {
+        let ip: std::net::Ipv6Addr = text.parse().expect("ipv6");
+        lb_common::addr6_from_octets(ip.octets())
+    }
+
+    #[test]
+    fn an_ipv6_drop_event_decodes_to_host_order_and_json_strings() {
+        let event = DropEvent6 {
+            kind: lb_common::event::EVENT_DROP6,
+            reason: 174,
+            file: 3,
+            hook: 1,
+            line: 42,
+            tcp_flags: lb_common::event::tcp_flags::SYN,
+            proto: lb_common::proto::TCP,
+            ifindex: 2,
+            flow_hash: 0x7558_de48,
+            saddr: v6("fd00:56::10"),
+            daddr: v6("fd00:96::e5:43"),
+            sport: 33802u16.to_be(),
+            dport: 80u16.to_be(),
+            len: 80,
+        };
+        let record = DropEventRecord::from(&event);
+        assert_eq!(record.saddr, "fd00:56::10".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            record.daddr,
+            "fd00:96::e5:43".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!((record.sport, record.dport, record.len), (33802, 80, 80));
+        let json = serde_json::to_string(&Response::Drop(record)).expect("serialize");
+        assert!(
+            json.contains(r#""saddr":"fd00:56::10","daddr":"fd00:96::e5:43""#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(&json).expect("parse"),
+            Response::Drop(record)
+        );
+    }
+
+    #[test]
+    fn an_ipv4_drop_record_keeps_its_json() {
+        // What agents and clients of before IPv6 wrote and read: dotted strings.
+        let line = r#"{"response":"drop","reason":174,"hook":1,"file":3,"line":42,"flow_hash":0,"ifindex":2,"proto":6,"tcp_flags":2,"saddr":"192.168.56.10","daddr":"10.96.229.67","sport":33802,"dport":80,"len":60}"#;
+        let Response::Drop(record) = serde_json::from_str::<Response>(line).expect("parse") else {
+            panic!("not a drop");
+        };
+        assert_eq!(record.saddr, IpAddr::from([192, 168, 56, 10]));
+        assert_eq!(
+            serde_json::to_string(&Response::Drop(record)).expect("json"),
+            line
+        );
+    }
+
+    #[test]
+    fn an_ipv6_conntrack_entry_becomes_a_row_with_bracketed_addresses() {
+        let key = CtKey6 {
+            saddr: v6("fd00:56::10"),
+            daddr: v6("fd00:96::e5:43"),
+            sport: 33802u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: lb_common::proto::TCP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let service = lb_common::conntrack::CtService6 {
+            expires: 130,
+            kind: CT_SERVICE,
+            flags: CT_F_SNAT | CT_F_FROM_NETDEV,
+            backend_id: 4,
+            rev_nat: 2,
+            snat_port: 40001u16.to_be(),
+            snat_addr: v6("fd00:56::4"),
+            backend_addr: v6("fd00:10:112:1::c2"),
+            backend_port: 80u16.to_be(),
+            ..Default::default()
+        };
+        let row = CtRow::new6("tcp6", &key, &CtEntry6::from(service), 100);
+        assert_eq!(
+            (
+                row.direction.as_str(),
+                row.source.as_str(),
+                row.destination.as_str(),
+                row.expires_in
+            ),
+            ("service", "[fd00:56::10]:33802", "[fd00:96::e5:43]:80", 30)
+        );
+        assert_eq!(row.backend.as_deref(), Some("[fd00:10:112:1::c2]:80"));
+        assert_eq!(row.snat.as_deref(), Some("[fd00:56::4]:40001"));
+        assert_eq!(row.flags, ["snat", "from-netdev"]);
+        assert_eq!((row.rev_nat, row.backend_id), (2, 4));
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use lb_lab::Lab;
-use lb_lab::probe::{curl_get, curl_head, ping};
+use lb_lab::probe::{curl_get, curl_head, curl6_head, ping};
 use lb_lab::topology::{
-    BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE,
+    BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE, v6,
 };
 use lb_testkit::ok;
 
@@ -226,6 +226,74 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
         logged.contains(&format!("client={}:", CLIENT.ip)),
         "{logged}"
     );
+}
+
+#[test]
+fn dual_stack_lab_routes_ipv6_pod_cidrs_over_bird6_and_the_router_reaches_pods_over_ipv6() {
+    let mut lab = ok(Lab::up_dual_stack(), "build the dual-stack lab");
+    ok(lab.start_bgp(), "start BGP (bird and bird6)");
+
+    // bird6 on the router: each IPv6 pod CIDR via its own node, the IPv6 ClusterIP via both
+    // nodes with k8smaster0 preferred, as over IPv4.
+    let table = ok(
+        ok(lab.bird6("router"), "router bird6").show_route(),
+        "birdc6 show route",
+    );
+    for node in v6::NODES {
+        let block = route_block(&table, node.pod_cidr);
+        assert!(
+            block.len() == 1 && block[0].contains(&format!("via {} ", node.ip)),
+            "{} via {}:\n{table}",
+            node.pod_cidr,
+            node.name
+        );
+    }
+    for vip in v6::CLUSTER_IPS {
+        let block = route_block(&table, &format!("{vip}/128"));
+        assert!(block.len() == 2, "{vip}/128 via both nodes:\n{table}");
+        assert!(
+            block[0].contains(&format!("via {} ", v6::MASTER.ip)) && block[0].contains(" * "),
+            "{vip}/128 preferred via k8smaster0:\n{table}"
+        );
+    }
+    // The router's kernel holds what bird6 learned.
+    let routes = ok(
+        lab.router().ip(&["-6", "route", "show", "proto", "bird"]),
+        "router IPv6 routes",
+    );
+    for node in v6::NODES {
+        assert!(
+            routes.contains(&format!("{} via {}", node.pod_cidr, node.ip)),
+            "{routes}"
+        );
+    }
+
+    // The router reaches each nginx pod over IPv6, over those routes, and the pod sees the
+    // router's own address.
+    for pod in [v6::NGINX_1, v6::NGINX_2] {
+        let (outcome, reply) = ok(curl6_head(lab.router(), pod.ip), "curl -6");
+        assert_eq!(reply.status, Some(200), "{outcome:?}");
+        assert_eq!(reply.pod_ip, Some(pod.ip), "{outcome:?}");
+        assert_eq!(reply.client_ip, Some(v6::ROUTER_IP), "{outcome:?}");
+    }
+    // Pod to pod across nodes over the iBGP-learned IPv6 routes, unSNATed.
+    let (outcome, reply) = ok(
+        curl6_head(ok(lab.pod(v6::CLIENT.name), "pod"), v6::NGINX_2.ip),
+        "curl -6",
+    );
+    assert_eq!(reply.status, Some(200), "{outcome:?}");
+    assert_eq!(reply.client_ip, Some(v6::CLIENT.ip), "{outcome:?}");
+    // A pod reaches the router over IPv6, and the router the pod.
+    let (outcome, received) = ok(
+        ping(ok(lab.pod(v6::BUSYBOX.name), "pod"), v6::ROUTER_IP, 3),
+        "ping -6",
+    );
+    assert_eq!(received, 3, "{outcome:?}");
+    let (outcome, received) = ok(ping(lab.router(), v6::BUSYBOX.ip, 1), "ping -6");
+    assert_eq!(received, 1, "{outcome:?}");
+    // The IPv4 half is the story's, untouched.
+    let (outcome, reply) = ok(curl_head(lab.router(), NGINX_1.ip), "curl");
+    assert_eq!(reply.status, Some(200), "{outcome:?}");
 }
 
 /// The lines of `birdc show route` for one network: its first line and its continuation lines.

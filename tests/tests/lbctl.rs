@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use lb_agent::api::server::{self, ApiBackend, BoxError};
 use lb_agent::config::{self, AgentConfig, LiveChange};
+use lb_agent::datapath::events;
 use lb_agent::monitor::DropFanout;
 use lb_api::proto::{
     BackendRow, BackendState, ConfigEntry, CtRow, DropEventRecord, MetricsSnapshot, ServiceRow,
@@ -26,7 +27,7 @@ use lb_common::conntrack::{
     CT_F_SEEN_REPLY, CT_REPLY, CT_SERVICE, CtEntry, CtKey4, CtReply, CtService,
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
-use lb_common::event::{DropEvent, EVENT_DROP, tcp_flags};
+use lb_common::event::{DropEvent, DropEvent6, EVENT_DROP, EVENT_DROP6, tcp_flags};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -620,6 +621,31 @@ fn drop_event(reason: DropReason, hook: Hook, line: u16, flags: u8, flow_hash: u
 /// Runs `lbctl monitor` with `extra` arguments, publishes two events once it has
 /// subscribed, and returns the first two lines it prints.
 fn monitor_two_lines(agent: &Agent, extra: &[&str]) -> Vec<String> {
+    monitor_lines(
+        agent,
+        extra,
+        [
+            DropEventRecord::from(&drop_event(
+                DropReason::IsClusterIp,
+                Hook::FromNetdev,
+                42,
+                tcp_flags::SYN,
+                0,
+            )),
+            DropEventRecord::from(&drop_event(
+                DropReason::NoService,
+                Hook::FromPod,
+                57,
+                tcp_flags::SYN | tcp_flags::ACK,
+                0x7558_de48,
+            )),
+        ],
+    )
+}
+
+/// Runs `lbctl monitor` with `extra` arguments, publishes `events` once it has subscribed,
+/// and returns the first two lines it prints.
+fn monitor_lines(agent: &Agent, extra: &[&str], events: [DropEventRecord; 2]) -> Vec<String> {
     let mut child = Command::new(lbctl_bin())
         .arg("--socket")
         .arg(&agent.socket)
@@ -632,20 +658,9 @@ fn monitor_two_lines(agent: &Agent, extra: &[&str]) -> Vec<String> {
     wait_until("lbctl monitor to subscribe", || {
         agent.backend.drops.subscribers() == 1
     });
-    agent.backend.drops.publish(&drop_event(
-        DropReason::IsClusterIp,
-        Hook::FromNetdev,
-        42,
-        tcp_flags::SYN,
-        0,
-    ));
-    agent.backend.drops.publish(&drop_event(
-        DropReason::NoService,
-        Hook::FromPod,
-        57,
-        tcp_flags::SYN | tcp_flags::ACK,
-        0x7558_de48,
-    ));
+    for event in events {
+        agent.backend.drops.publish(event);
+    }
 
     let out = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -691,6 +706,55 @@ fn monitor_json_prints_one_object_per_event() {
         [
             r#"{"type":"drop","reason":174,"message":"Is a ClusterIP","hook":"from-netdev","file":"policy.rs","line":42,"flow":0,"ifindex":2,"src":"192.168.56.10:33802","dst":"10.96.229.67:80","proto":"tcp","tcp_flags":"SYN","len":60}"#,
             r#"{"type":"drop","reason":158,"message":"Service backend not found","hook":"from-pod","file":"policy.rs","line":57,"flow":1968758344,"ifindex":2,"src":"192.168.56.10:33802","dst":"10.96.229.67:80","proto":"tcp","tcp_flags":"SYN, ACK","len":60}"#,
+        ]
+    );
+}
+
+#[test]
+fn monitor_prints_ipv6_drops_with_bracketed_addresses() {
+    // As the event reader hands them on: a ring-buffer record decoded by its kind byte.
+    let addr = |text: &str| {
+        let ip: std::net::Ipv6Addr = text.parse().expect("ipv6");
+        lb_common::addr6_from_octets(ip.octets())
+    };
+    let v4 = drop_event(
+        DropReason::IsClusterIp,
+        Hook::FromNetdev,
+        42,
+        tcp_flags::SYN,
+        0,
+    );
+    let mut bytes = vec![0u8; std::mem::size_of::<DropEvent6>()];
+    let event6 = DropEvent6 {
+        kind: EVENT_DROP6,
+        reason: v4.reason,
+        file: v4.file,
+        hook: v4.hook,
+        line: 42,
+        tcp_flags: tcp_flags::SYN,
+        proto: lb_common::proto::TCP,
+        ifindex: 2,
+        flow_hash: 0,
+        saddr: addr("fd00:56::10"),
+        daddr: addr("fd00:10:96::e5:43"),
+        sport: 33802u16.to_be(),
+        dport: 80u16.to_be(),
+        len: 80,
+    };
+    // SAFETY: DropEvent6 is plain data of exactly this size.
+    unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<DropEvent6>(), event6) };
+    let decoded = events::parse(&bytes).expect("an IPv6 drop record");
+    let agent = Agent::start("monitor-v6");
+    let lines = monitor_lines(
+        &agent,
+        &[],
+        [DropEventRecord::from(&decoded), DropEventRecord::from(&v4)],
+    );
+    assert_eq!(
+        lines,
+        [
+            "xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file policy.rs line 42, , identity world->unknown: [fd00:56::10]:33802 -> [fd00:10:96::e5:43]:80 tcp SYN",
+            "xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file policy.rs line 42, , identity world->unknown: 192.168.56.10:33802 -> 10.96.229.67:80 tcp SYN",
         ]
     );
 }

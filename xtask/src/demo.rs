@@ -2,7 +2,10 @@
 //! place. Builds what it needs, sets up the cluster (`lb_lab::Lab`), then runs each step's
 //! commands and prints them with their real output, checking each step's outcome as it goes.
 //! `--keep` leaves the lab running; `cargo xtask demo down` removes it. With `LB_BIN_DIR` set,
-//! the binaries there are used and nothing is built.
+//! the binaries there are used and nothing is built. `--ipv6` builds the lab dual-stack
+//! (`Lab::up_dual_stack`, the dual-stack nginx of `lab/manifests/ipv6`) and, after the story,
+//! replays its ClusterIP steps over IPv6: the router reaches a pod's IPv6 address, the IPv6
+//! ClusterIP is dropped with the flag off (and `lbctl monitor` says so), answers once it is on.
 //!
 //! The assertions of the CI twin, tests/tests/lab_story.rs, are the same steps through the
 //! same library; this file only narrates.
@@ -13,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use lb_lab::netns::Outcome;
-use lb_lab::probe::{HttpReply, curl_get, curl_head, ping};
+use lb_lab::probe::{HttpReply, curl_get, curl_head, curl6_head, ping};
 use lb_lab::topology::{
-    BUSYBOX, CLIENT, MASTER, NGINX_1, NGINX_2, NGINX_VIP, NODES, PODS, ROUTER_IP, SLAVE,
+    BUSYBOX, CLIENT, MASTER, NGINX_1, NGINX_2, NGINX_VIP, NODES, PODS, ROUTER_IP, SLAVE, v6,
 };
 use lb_lab::{Agent, Binaries, Lab};
 
@@ -24,8 +27,9 @@ use crate::setup::{self, run_cmd};
 /// Tries of step 4, enough to see both backends.
 const STEP4_TRIES: usize = 20;
 
-/// Builds, sets up, replays the story and (unless `keep`) removes the lab.
-pub fn run(keep: bool) -> anyhow::Result<()> {
+/// Builds, sets up, replays the story (and with `ipv6` its IPv6 steps) and (unless `keep`)
+/// removes the lab.
+pub fn run(keep: bool, ipv6: bool) -> anyhow::Result<()> {
     setup::run()?;
     let bins = match std::env::var_os("LB_BIN_DIR") {
         // Prebuilt binaries (as the CI twin accepts them): no build.
@@ -33,11 +37,16 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         None => build_release()?,
     };
     eprintln!("demo: building the lab (namespaces, BGP, agents)");
-    let mut lab = Lab::up().context("build the lab")?;
-    let result = replay(&mut lab, &bins);
+    let mut lab = if ipv6 {
+        Lab::up_dual_stack().context("build the dual-stack lab")?
+    } else {
+        Lab::up().context("build the lab")?
+    };
+    let result =
+        replay(&mut lab, &bins).and_then(|()| if ipv6 { replay_ipv6(&lab) } else { Ok(()) });
     if keep {
         lab.keep();
-        print_kept(&bins);
+        print_kept(&bins, ipv6);
     } else {
         drop(lab);
         println!("\nThe lab is removed. `cargo xtask demo --keep` leaves it running.");
@@ -89,6 +98,18 @@ fn replay(lab: &mut Lab, bins: &Binaries) -> anyhow::Result<()> {
     }
     for pod in PODS {
         println!("  pod {:<8} {:<13} on {}", pod.name, pod.ip, pod.node);
+    }
+    if lab.is_dual_stack() {
+        println!("IPv6: router {}", v6::ROUTER_IP);
+        for node in v6::NODES {
+            println!(
+                "  {:<11} {:<11} pod CIDR {}",
+                node.name, node.ip, node.pod_cidr
+            );
+        }
+        for pod in v6::PODS {
+            println!("  pod {:<8} {}", pod.name, pod.ip);
+        }
     }
     lab.start_bgp().context("start BGP")?;
     lab.start_agents(bins).context("start the agents")?;
@@ -203,6 +224,93 @@ fn replay(lab: &mut Lab, bins: &Binaries) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The story's ClusterIP steps over IPv6, after the IPv4 story (which left
+/// `bpf-lb-external-clusterip` on): the underlay first, then the flag off, the drop, the flag
+/// on, the answers.
+fn replay_ipv6(lab: &Lab) -> anyhow::Result<()> {
+    let router = lab.router();
+    let master = lab.agent(MASTER.name)?;
+    let slave = lab.agent(SLAVE.name)?;
+
+    title("IPv6, step 1: from the router, a pod's IPv6 address answers");
+    println!("router# birdc6 show route");
+    print!("{}", lab.bird6("router")?.show_route()?);
+    let (outcome, reply) = curl6_head(router, v6::NGINX_1.ip)?;
+    show("router", &outcome);
+    expect_200(&reply, &outcome)?;
+
+    title("IPv6, step 2: with external access off, the IPv6 ClusterIP does not answer");
+    for (node, agent) in [(MASTER.name, master), (SLAVE.name, slave)] {
+        lbctl(
+            node,
+            agent,
+            &["config", "set", "bpf-lb-external-clusterip", "false"],
+        )?;
+    }
+    let mut monitor = master.monitor_drops()?;
+    let vip = format!("-> [{}]:80", v6::NGINX_VIP);
+    let mut line = None;
+    for _ in 0..3 {
+        let (outcome, reply) = curl6_head(router, v6::NGINX_VIP)?;
+        show("router", &outcome);
+        ensure!(
+            reply.status.is_none(),
+            "the IPv6 ClusterIP answered from outside with the flag off"
+        );
+        let found = monitor.wait_for_line(
+            "the IPv6 Is a ClusterIP drop",
+            Duration::from_secs(3),
+            |l| l.contains("drop (Is a ClusterIP)") && l.contains(&vip),
+        );
+        if let Ok(found) = found {
+            line = Some(found);
+            break;
+        }
+    }
+    println!("{}# {}", MASTER.name, monitor.cmdline());
+    let Some(line) = line else {
+        bail!(
+            "k8smaster0 reported no Is a ClusterIP drop for {}; it printed {:?}",
+            v6::NGINX_VIP,
+            monitor.seen()
+        );
+    };
+    println!("{line}");
+    drop(monitor);
+    lbctl(MASTER.name, master, &["service", "list"])?;
+
+    title("IPv6, step 3: allow external access to ClusterIPs again, live");
+    for (node, agent) in [(MASTER.name, master), (SLAVE.name, slave)] {
+        lbctl(
+            node,
+            agent,
+            &["config", "set", "bpf-lb-external-clusterip", "true"],
+        )?;
+    }
+
+    title("IPv6, step 4: from the router, the IPv6 ClusterIP answers, from both backends");
+    let mut backends = BTreeSet::new();
+    for attempt in 1..=STEP4_TRIES {
+        let (outcome, reply) = curl6_head(router, v6::NGINX_VIP)?;
+        if attempt == 1 {
+            show("router", &outcome);
+        }
+        expect_200(&reply, &outcome)?;
+        println!(
+            "  try {attempt:>2}: 200 from {} (the backend saw {})",
+            opt(reply.pod_ip),
+            opt(reply.client_ip)
+        );
+        backends.extend(reply.pod_ip);
+    }
+    ensure!(
+        backends.len() == 2,
+        "{STEP4_TRIES} tries reached only {backends:?}, not both backends"
+    );
+    println!("\nThe IPv6 steps are replayed too.");
+    Ok(())
+}
+
 fn title(text: &str) {
     println!("\n== {text} ==");
 }
@@ -224,7 +332,7 @@ fn lbctl(node: &str, agent: &Agent, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_200(reply: &HttpReply, outcome: &Outcome) -> anyhow::Result<()> {
+fn expect_200<A>(reply: &HttpReply<A>, outcome: &Outcome) -> anyhow::Result<()> {
     if reply.status != Some(200) {
         bail!(
             "`{}` did not answer 200: {}{}",
@@ -236,11 +344,11 @@ fn expect_200(reply: &HttpReply, outcome: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn opt(ip: Option<std::net::Ipv4Addr>) -> String {
+fn opt(ip: Option<impl std::fmt::Display>) -> String {
     ip.map_or_else(|| "?".to_owned(), |ip| ip.to_string())
 }
 
-fn print_kept(bins: &Binaries) {
+fn print_kept(bins: &Binaries, ipv6: bool) {
     let ns = |name: &str| format!("/run/netns/{}{name}", lb_lab::netns::PREFIX);
     println!("\nThe lab is still running (--keep). Try:");
     println!(
@@ -248,6 +356,17 @@ fn print_kept(bins: &Binaries) {
         ns("router")
     );
     println!("  birdc -s {}/bird-router.ctl show route", lb_lab::RUN_DIR);
+    if ipv6 {
+        println!(
+            "  nsenter --net={} curl -6 -g -I http://[{}]/",
+            ns("router"),
+            v6::NGINX_VIP
+        );
+        println!(
+            "  birdc6 -s {}/bird6-router.ctl show route",
+            lb_lab::RUN_DIR
+        );
+    }
     println!(
         "  {} --socket {}/{}.sock service list",
         bins.lbctl.display(),

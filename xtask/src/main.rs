@@ -29,6 +29,10 @@ enum Command {
         /// Leave the lab running afterwards (`cargo xtask demo down` removes it).
         #[arg(long)]
         keep: bool,
+        /// Build the lab dual-stack and, after the story, replay its ClusterIP steps over
+        /// IPv6 (curl -6 → drop → toggle → 200).
+        #[arg(long)]
+        ipv6: bool,
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
@@ -61,7 +65,11 @@ fn main() -> ExitCode {
             action: Some(DemoAction::Down),
             ..
         } => demo::down(),
-        Command::Demo { keep, action: None } => demo::run(keep),
+        Command::Demo {
+            keep,
+            ipv6,
+            action: None,
+        } => demo::run(keep, ipv6),
         Command::Image(options) => image::run(&options),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Bench { quick } => bench::run(quick),

@@ -14,16 +14,16 @@ use crate::{
     api::proto::ConfigEntry,
     api::{
         proto::{
-            AttachedProgram, BackendRow, CtRow, DropCount, DropEventRecord, Histogram, LbRow,
-            MapFill, MetricsSnapshot, ServiceRow, StatusReply,
+            AttachedProgram, CtRow, DropCount, DropEventRecord, Histogram, LbRow, MapFill,
+            MetricsSnapshot, ServiceRow, StatusReply,
         },
+        rows,
         server::{ApiBackend, BoxError},
     },
     config::{self, AgentConfig, LiveChange, OptionKey, Source, Sources},
     datapath::{
         LbMaps as _,
         conntrack::{Clock, Conntrack},
-        dump,
         maps::AyaMaps,
     },
     k8s::SourceSpec,
@@ -237,6 +237,13 @@ impl AgentState {
         *lock(&self.conntrack) = Some((clock, pin_dir));
     }
 
+    /// The datapath's pin directory, once it is loaded.
+    fn pin_dir(&self) -> Option<PathBuf> {
+        lock(&self.conntrack)
+            .as_ref()
+            .map(|(_, pin_dir)| pin_dir.clone())
+    }
+
     /// Records a conntrack GC pass.
     pub fn record_gc(&self, report: &crate::datapath::conntrack::GcReport) {
         let mut progress = lock(&self.progress);
@@ -321,41 +328,15 @@ impl ApiBackend for AgentState {
                 return Vec::new();
             }
         };
+        let v6 = rows::v6_content(self.pin_dir().as_deref());
         let names = lock(&self.names);
-        dump::services(&content)
-            .into_iter()
-            .map(|view| ServiceRow {
-                id: view.id.0,
-                name: names.get(&view.frontend).cloned().unwrap_or_default(),
-                frontend: view.frontend,
-                service_type: view.kind.to_owned(),
-                flags: view.flags.iter().map(|f| (*f).to_owned()).collect(),
-                backends: view
-                    .backends
-                    .into_iter()
-                    .map(|backend| BackendRow {
-                        id: backend.id.0,
-                        address: backend.address,
-                        state: backend.state.into(),
-                    })
-                    .collect(),
-            })
-            .collect()
+        rows::service_rows(&content, &v6, |frontend| names.get(frontend).cloned())
     }
 
     fn lb_entries(&self) -> Result<Vec<LbRow>, String> {
         let content = lock(&self.maps).read().map_err(|err| error_chain(&err))?;
-        Ok(dump::lb_entries(&content)
-            .into_iter()
-            .map(|view| LbRow {
-                frontend: view.frontend,
-                slot: view.slot,
-                rev_nat: view.rev_nat.0,
-                backend: view.backend,
-                backend_id: view.backend_id.0,
-                flags: view.flags.iter().map(|f| (*f).to_owned()).collect(),
-            })
-            .collect())
+        let v6 = rows::v6_content(self.pin_dir().as_deref());
+        Ok(rows::lb_rows(&content, &v6))
     }
 
     fn config_view(&self) -> Vec<ConfigEntry> {
@@ -428,6 +409,7 @@ impl ApiBackend for AgentState {
             malformed_objects: crate::k8s::malformed_objects_total(),
             watch_errors: crate::k8s::watch_errors_total(),
             lost_events: crate::api::server::lost_events_total(),
+            skipped_events: crate::datapath::events::skipped_total(),
             maps: map_fill(&config, &progress),
             sync_duration: progress.sync_duration.clone(),
             network_programming_duration: progress.network_programming_duration.clone(),

@@ -159,6 +159,11 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "Drop events lbctl monitor clients lost by reading too slowly",
         counter(snapshot.lost_events),
     );
+    registry.register(
+        "lb_events_skipped",
+        "Ring buffer records the event reader could not decode (unknown kind or too short)",
+        counter(snapshot.skipped_events),
+    );
 
     registry.register(
         "lb_ct_gc_deleted",
@@ -245,6 +250,7 @@ mod tests {
             malformed_objects: 7,
             watch_errors: 8,
             lost_events: 9,
+            skipped_events: 10,
             maps: vec![MapFill {
                 name: "LB4_SERVICES".into(),
                 entries: 256,
@@ -319,6 +325,9 @@ lb_watch_errors_total 8
 # HELP lb_monitor_events_lost_total Drop events lbctl monitor clients lost by reading too slowly.
 # TYPE lb_monitor_events_lost_total counter
 lb_monitor_events_lost_total 9
+# HELP lb_events_skipped_total Ring buffer records the event reader could not decode (unknown kind or too short).
+# TYPE lb_events_skipped_total counter
+lb_events_skipped_total 10
 # HELP lb_ct_gc_deleted_total Expired conntrack entries deleted by the GC.
 # TYPE lb_ct_gc_deleted_total counter
 lb_ct_gc_deleted_total 5

@@ -152,4 +152,35 @@ mod tests {
             )
         );
     }
+
+    #[test]
+    fn lb_list_prints_ipv6_entries_after_ipv4_ones_in_brackets() {
+        let row = |frontend: &str, slot, backend: &str, flags: &[&str]| LbRow {
+            frontend: frontend.into(),
+            slot,
+            rev_nat: 3,
+            backend: backend.into(),
+            backend_id: u32::from(slot) + 6,
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+        };
+        let entries = [
+            row("10.96.229.67:80/TCP", 0, "0.0.0.0:0", &["ClusterIP"]),
+            row("[fd00:96::e5:43]:80/TCP", 0, "[::]:0", &["ClusterIP"]),
+            row(
+                "[fd00:96::e5:43]:80/TCP",
+                1,
+                "[fd00:10:112:1::c2]:80/TCP",
+                &[],
+            ),
+        ];
+        assert_eq!(
+            lb_table(&entries),
+            concat!(
+                "SERVICE ADDRESS           BACKEND ADDRESS (REVNAT_ID) (SLOT)\n",
+                "10.96.229.67:80/TCP       0.0.0.0:0 (3) (0) [ClusterIP]\n",
+                "[fd00:96::e5:43]:80/TCP   [::]:0 (3) (0) [ClusterIP]\n",
+                "                          [fd00:10:112:1::c2]:80/TCP (3) (1)\n",
+            )
+        );
+    }
 }

@@ -6,12 +6,15 @@
 //! where the doubled comma is Cilium's (its format ends in `", "` and the identity part starts
 //! with `", identity"`), SRC is `world` for from-netdev and `unknown` for from-pod (lb has no
 //! security identities), and SUMMARY is `sIP:sPort -> dIP:dPort tcp FLAGS`, `… udp`,
-//! `sIP -> dIP icmp` or `sIP -> dIP` for other protocols. `-o json` prints one object per line.
+//! `sIP -> dIP icmp` or `sIP -> dIP` for other protocols. IPv6 drops print the same way, an
+//! address followed by a port in brackets as Cilium's `JoinHostPort` writes it
+//! (`[fd00:56::10]:33802 -> [fd00:96::e5:43]:80 tcp SYN`, `fd00:56::10 -> fd00:96::1 icmpv6`). `-o json` prints one object per line.
 //! The words for reasons, hooks and files come from `lb_api::drop`.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
+use lb_api::addr::socket_text;
 use lb_api::client::{Client, Error as ClientError};
 use lb_api::drop::{file_text, hook_text, reason_text};
 use lb_api::proto::{DropEventRecord, Response};
@@ -80,9 +83,9 @@ fn has_ports(number: u8) -> bool {
     matches!(number, proto::TCP | proto::UDP)
 }
 
-fn endpoint(addr: Ipv4Addr, port: u16, number: u8) -> String {
+fn endpoint(addr: IpAddr, port: u16, number: u8) -> String {
     if has_ports(number) {
-        format!("{addr}:{port}")
+        socket_text(addr, port)
     } else {
         addr.to_string()
     }
@@ -159,7 +162,7 @@ fn json(event: &DropEventRecord) -> String {
 #[cfg(test)]
 mod tests {
     use lb_common::drop::{DropReason, SourceFile};
-    use lb_common::event::DropEvent;
+    use lb_common::event::{DropEvent, DropEvent6};
 
     use super::*;
 
@@ -185,6 +188,62 @@ mod tests {
 
     fn line(event: &DropEvent) -> String {
         text(&DropEventRecord::from(event))
+    }
+
+    /// The IPv6 twin of `event`: the router's fd00:56::10 to the ClusterIP fd00:96::e5:43.
+    fn event6(reason: DropReason, hook: Hook, proto: u8, flags: u8) -> DropEvent6 {
+        let v4 = event(reason, hook, proto, flags);
+        let addr = |text: &str| {
+            let ip: std::net::Ipv6Addr = text.parse().expect("ipv6");
+            lb_common::addr6_from_octets(ip.octets())
+        };
+        DropEvent6 {
+            kind: lb_common::event::EVENT_DROP6,
+            reason: v4.reason,
+            file: v4.file,
+            hook: v4.hook,
+            line: v4.line,
+            tcp_flags: v4.tcp_flags,
+            proto: v4.proto,
+            ifindex: v4.ifindex,
+            flow_hash: v4.flow_hash,
+            saddr: addr("fd00:56::10"),
+            daddr: addr("fd00:96::e5:43"),
+            sport: v4.sport,
+            dport: v4.dport,
+            len: 80,
+        }
+    }
+
+    #[test]
+    fn ipv6_drops_print_ciliums_line_with_bracketed_addresses() {
+        let syn = event6(
+            DropReason::IsClusterIp,
+            Hook::FromNetdev,
+            proto::TCP,
+            tcp_flags::SYN,
+        );
+        assert_eq!(
+            text(&DropEventRecord::from(&syn)),
+            "xx drop (Is a ClusterIP) flow 0x0 to endpoint 0, file policy.rs line 42, , identity world->unknown: [fd00:56::10]:33802 -> [fd00:96::e5:43]:80 tcp SYN"
+        );
+        let udp = event6(DropReason::NoService, Hook::FromPod, proto::UDP, 0);
+        assert!(
+            text(&DropEventRecord::from(&udp))
+                .ends_with("unknown->unknown: [fd00:56::10]:33802 -> [fd00:96::e5:43]:80 udp"),
+            "{}",
+            text(&DropEventRecord::from(&udp))
+        );
+        let icmp = event6(DropReason::IsClusterIp, Hook::FromNetdev, proto::ICMPV6, 0);
+        assert!(
+            text(&DropEventRecord::from(&icmp)).ends_with(": fd00:56::10 -> fd00:96::e5:43 icmpv6"),
+            "{}",
+            text(&DropEventRecord::from(&icmp))
+        );
+        assert_eq!(
+            json(&DropEventRecord::from(&syn)),
+            r#"{"type":"drop","reason":174,"message":"Is a ClusterIP","hook":"from-netdev","file":"policy.rs","line":42,"flow":0,"ifindex":2,"src":"[fd00:56::10]:33802","dst":"[fd00:96::e5:43]:80","proto":"tcp","tcp_flags":"SYN","len":80}"#
+        );
     }
 
     #[test]

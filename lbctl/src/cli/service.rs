@@ -125,6 +125,36 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_frontends_and_backends_print_in_brackets_as_cilium_does() {
+        // A dual-stack Service: one id per family's frontend, IPv6 addresses as
+        // `[addr]:port/PROTO`.
+        let services = [
+            service(
+                1,
+                "10.96.229.67:80/TCP",
+                &[(1, "10.112.1.194:80/TCP", BackendState::Active)],
+            ),
+            service(
+                4,
+                "[fd00:96::e5:43]:80/TCP",
+                &[
+                    (5, "[fd00:10:112:1::c2]:80/TCP", BackendState::Active),
+                    (6, "[fd00:10:112:1::5a]:80/TCP", BackendState::Active),
+                ],
+            ),
+        ];
+        assert_eq!(
+            table(&services),
+            concat!(
+                "ID   Frontend                  Service Type   Backend\n",
+                "1    10.96.229.67:80/TCP       ClusterIP      1 => 10.112.1.194:80/TCP (active)\n",
+                "4    [fd00:96::e5:43]:80/TCP   ClusterIP      5 => [fd00:10:112:1::c2]:80/TCP (active)\n",
+                "                                              6 => [fd00:10:112:1::5a]:80/TCP (active)\n",
+            )
+        );
+    }
+
+    #[test]
     fn no_services_prints_the_header() {
         assert_eq!(table(&[]), "ID   Frontend   Service Type   Backend\n");
     }

@@ -1,0 +1,195 @@
+//! The one place where what the agent knows of its maps becomes the rows `lbctl` prints:
+//! `datapath::dump`'s views of both families' services maps, read from the IPv4 maps sync
+//! programs and from the pinned IPv6 maps, become `lb_api::proto` rows. The addresses in the
+//! views are already text written by `lb_api::addr` (`10.96.0.10:53/UDP`, `[fd00::1]:80/TCP`);
+//! a new source of rows (another family, another map) adds its views here.
+use std::path::Path;
+
+use crate::api::proto::{BackendRow, LbRow, ServiceRow};
+use crate::datapath::dump::{self, LbEntryView, ServiceView, V6Content};
+use crate::datapath::{MapsContent, maps::ServiceId};
+use crate::telemetry::error_chain;
+
+/// The IPv6 maps pinned in `pin_dir` (`None`: the datapath is not loaded yet), or empty when
+/// they cannot be read (logged: the IPv4 rows are still worth answering with).
+pub fn v6_content(pin_dir: Option<&Path>) -> V6Content {
+    let Some(pin_dir) = pin_dir else {
+        return V6Content::default();
+    };
+    dump::read_v6(pin_dir).unwrap_or_else(|err| {
+        tracing::warn!(error = %error_chain(&err), "cannot read the IPv6 services maps");
+        V6Content::default()
+    })
+}
+
+/// Every frontend of both families, each with the Service's `namespace/name` that `name_of`
+/// knows for its frontend text (empty when it knows none), IPv4 first, each family by id.
+pub fn service_rows(
+    v4: &MapsContent,
+    v6: &V6Content,
+    name_of: impl Fn(&str) -> Option<String>,
+) -> Vec<ServiceRow> {
+    dump::services(v4)
+        .into_iter()
+        .chain(dump::services6(v6))
+        .map(|view| service_row(view, &name_of))
+        .collect()
+}
+
+fn service_row(view: ServiceView, name_of: &impl Fn(&str) -> Option<String>) -> ServiceRow {
+    let ServiceView {
+        id: ServiceId(id),
+        frontend,
+        kind,
+        flags,
+        backends,
+    } = view;
+    ServiceRow {
+        id,
+        name: name_of(&frontend).unwrap_or_default(),
+        frontend,
+        service_type: kind.to_owned(),
+        flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+        backends: backends
+            .into_iter()
+            .map(|backend| BackendRow {
+                id: backend.id.0,
+                address: backend.address,
+                state: backend.state.into(),
+            })
+            .collect(),
+    }
+}
+
+/// Every entry of both services maps, `LB4_SERVICES` then `LB6_SERVICES`, each by frontend
+/// then slot.
+pub fn lb_rows(v4: &MapsContent, v6: &V6Content) -> Vec<LbRow> {
+    dump::lb_entries(v4)
+        .into_iter()
+        .chain(dump::lb_entries6(v6))
+        .map(lb_row)
+        .collect()
+}
+
+fn lb_row(view: LbEntryView) -> LbRow {
+    LbRow {
+        frontend: view.frontend,
+        slot: view.slot,
+        rev_nat: view.rev_nat.0,
+        backend: view.backend,
+        backend_id: view.backend_id.0,
+        flags: view.flags.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{
+        addr6_from_octets, proto,
+        service::{Backend4, Backend6, ServiceKey4, ServiceKey6},
+    };
+
+    use super::*;
+    use crate::datapath::maps::{BackendId, master_entry, slot_entry};
+
+    /// nginx dual-stack: service 1 on 10.96.229.67:80, service 2 on [fd00:96::e5:43]:80, one
+    /// backend each.
+    fn dual_stack() -> (MapsContent, V6Content) {
+        let mut v4 = MapsContent::default();
+        let key4 = |slot| {
+            ServiceKey4::new(
+                u32::from_ne_bytes([10, 96, 229, 67]),
+                80u16.to_be(),
+                proto::TCP,
+                slot,
+            )
+        };
+        v4.services
+            .insert(key4(0), master_entry(ServiceId(1), 1, 0, 0, 0, None));
+        v4.services.insert(key4(1), slot_entry(BackendId(1)));
+        v4.backends.insert(
+            BackendId(1),
+            Backend4 {
+                addr: u32::from_ne_bytes([10, 112, 1, 194]),
+                port: 80u16.to_be(),
+                proto: proto::TCP,
+                ..Backend4::default()
+            },
+        );
+        let addr6 = |text: &str| {
+            addr6_from_octets(text.parse::<std::net::Ipv6Addr>().expect("ipv6").octets())
+        };
+        let mut v6 = V6Content::default();
+        let key6 =
+            |slot| ServiceKey6::new(addr6("fd00:96::e5:43"), 80u16.to_be(), proto::TCP, slot);
+        v6.services
+            .insert(key6(0), master_entry(ServiceId(2), 1, 0, 0, 0, None));
+        v6.services.insert(key6(1), slot_entry(BackendId(2)));
+        v6.backends.insert(
+            BackendId(2),
+            Backend6 {
+                addr: addr6("fd00:10:112:1::c2"),
+                port: 80u16.to_be(),
+                proto: proto::TCP,
+                ..Backend6::default()
+            },
+        );
+        (v4, v6)
+    }
+
+    #[test]
+    fn service_rows_hold_both_families_with_their_names() {
+        let (v4, v6) = dual_stack();
+        let rows = service_rows(&v4, &v6, |frontend| {
+            frontend
+                .ends_with(":80/TCP")
+                .then(|| "default/nginx".to_owned())
+        });
+        let text: Vec<String> = rows
+            .iter()
+            .map(|row| {
+                format!(
+                    "{} {} {} {} => {}",
+                    row.id, row.frontend, row.name, row.backends[0].id, row.backends[0].address
+                )
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "1 10.96.229.67:80/TCP default/nginx 1 => 10.112.1.194:80/TCP",
+                "2 [fd00:96::e5:43]:80/TCP default/nginx 2 => [fd00:10:112:1::c2]:80/TCP",
+            ]
+        );
+    }
+
+    #[test]
+    fn lb_rows_list_the_ipv4_map_then_the_ipv6_map() {
+        let (v4, v6) = dual_stack();
+        let rows: Vec<String> = lb_rows(&v4, &v6)
+            .iter()
+            .map(|row| {
+                format!(
+                    "{} {} ({}) ({})",
+                    row.frontend, row.backend, row.rev_nat, row.slot
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "10.96.229.67:80/TCP 0.0.0.0:0 (1) (0)",
+                "10.96.229.67:80/TCP 10.112.1.194:80/TCP (1) (1)",
+                "[fd00:96::e5:43]:80/TCP [::]:0 (2) (0)",
+                "[fd00:96::e5:43]:80/TCP [fd00:10:112:1::c2]:80/TCP (2) (1)",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_pin_directory_means_no_ipv6_rows() {
+        assert_eq!(v6_content(None), V6Content::default());
+        let missing = Path::new("/nonexistent/lb-v6cli-pins");
+        assert_eq!(v6_content(Some(missing)), V6Content::default());
+    }
+}
