@@ -9,5 +9,6 @@ pub mod container;
 pub mod fixture;
 pub mod kube_api;
 pub mod manifests;
+pub mod probe;
 pub mod topology;
 pub mod traffic;

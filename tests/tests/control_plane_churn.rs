@@ -19,10 +19,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lb_lab::Agent;
 use lb_lab::probe::EchoSession;
+use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN};
 use lb_testkit::wait_until;
 use lb_tests::topology::{BACKEND_IPS, ECHO_PORT, Topology};
 
@@ -36,10 +37,6 @@ const UPDATES: usize = 1000;
 const CHECKPOINT_EVERY: usize = 10;
 /// Fresh connections opened at each checkpoint.
 const FRESH_CONNECTIONS: usize = 3;
-/// How long an update may take to reach the maps (the source polls every 200 ms).
-const IN_MAPS_WITHIN: Duration = Duration::from_secs(10);
-/// How long one exchange on a connection may take.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The address of update `n`'s terminating endpoint: a new one for every update.
 fn marker(n: usize) -> Ipv4Addr {
@@ -123,7 +120,7 @@ impl Cluster {
     fn await_in_maps(&mut self, n: usize) -> String {
         let needle = format!("{}:{ECHO_PORT}/TCP", marker(n));
         let Self { agent, .. } = self;
-        wait_until(&format!("update {n} in the maps"), IN_MAPS_WITHIN, || {
+        wait_until(&format!("update {n} in the maps"), SETTLE_WITHIN, || {
             agent
                 .check_running()
                 .map_err(|err| format!("the agent exited: {err}"))?;
@@ -144,7 +141,7 @@ impl Cluster {
     /// Opens a connection from the client pod to the service and exchanges one line on it.
     fn connect(&self, what: &str) -> (EchoSession, Ipv4Addr) {
         let target = SocketAddrV4::new(VIP, PORT);
-        let mut session = EchoSession::connect(&self.topology.client.ns, target, EXCHANGE_TIMEOUT)
+        let mut session = EchoSession::connect(&self.topology.client.ns, target, ANSWER_WITHIN)
             .unwrap_or_else(|err| panic!("{what}: connect to {target}: {err}"));
         let reply = session
             .ask(what)

@@ -12,7 +12,8 @@ use lb_agent::model::{ThisNode, desired_services};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long the source may take to publish a change or to stop.
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 /// Every log line of this test binary (tests run in parallel; each greps for its own files).
 fn logs() -> &'static Mutex<Vec<u8>> {

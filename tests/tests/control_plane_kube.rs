@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long the source may take to publish a change or to stop, and the fake API server to
+/// see a request.
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 fn testdata(case: &str, file: &str) -> Vec<Value> {
     let path = format!("{}/testdata/{case}/{file}", env!("CARGO_MANIFEST_DIR"));

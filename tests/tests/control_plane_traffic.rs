@@ -16,23 +16,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_lab::Agent;
-use lb_lab::probe::{EchoReply, http_get, udp_echo};
+use lb_lab::probe::{EchoReply, udp_echo};
+use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN};
 use lb_testkit::{Netns, wait_until};
+use lb_tests::probe::{http_get, http_get_unanswered};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, ECHO_PORT, HTTP_PORT, Topology};
 
 /// The service's ClusterIP.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 /// How soon a change must be live.
 const LIVE_WITHIN: Duration = Duration::from_secs(1);
-/// How long a probe loop may run before the test gives up (well beyond `LIVE_WITHIN`, so that a
-/// slow change fails on the measurement, with its number, rather than here).
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long a probe loop or a wait may run before the test gives up (well beyond
+/// `LIVE_WITHIN`, so that a slow change fails on the measurement, with its number, rather than
+/// here).
+const DEADLINE: Duration = SETTLE_WITHIN;
 /// How long one UDP probe of a measurement waits: answers inside the node take well under a
 /// millisecond, but a busy machine may be slow to run the echo server. A late answer counts
 /// as none, which never makes a change look faster than it was (see `Probe`).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
-/// How long a probe that must be answered waits.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries to see both backends: all 40 on one backend has probability 2 * 2^-40.
 const TRIES: usize = 40;
 /// Consecutive answers from the one remaining backend that show a removal is live: with both
@@ -185,7 +186,7 @@ impl Cluster {
         let mut seen = BTreeSet::new();
         for _ in 0..TRIES {
             let reply = self
-                .probe(port, ANSWER_TIMEOUT)
+                .probe(port, ANSWER_WITHIN)
                 .unwrap_or_else(|why| panic!("{VIP}:{port}/UDP: {why}"));
             seen.insert(reply.pod_ip);
             if seen.len() == BACKEND_IPS.len() {
@@ -358,7 +359,8 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
         took <= LIVE_WITHIN,
         "{VIP}:54 still answered {took:?} after the deletion"
     );
-    let (outcome, reply) = http_get(cluster.client(), SocketAddrV4::new(VIP, 80)).expect("curl");
+    let (outcome, reply) =
+        http_get_unanswered(cluster.client(), SocketAddrV4::new(VIP, 80)).expect("curl");
     assert_eq!(
         reply.status, None,
         "{VIP}:80 no longer answers: {outcome:?}"
@@ -456,7 +458,7 @@ fn lbctl_bpf_ct_list_shows_a_probe_flow_through_the_real_agent() {
     })
     .unwrap_or_else(|err| panic!("{err}"));
     let reply = cluster
-        .probe(53, ANSWER_TIMEOUT)
+        .probe(53, ANSWER_WITHIN)
         .unwrap_or_else(|why| panic!("{why}"));
     let client = reply.client.to_string();
 

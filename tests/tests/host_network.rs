@@ -24,6 +24,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use lb_lab::probe::{EchoReply, HttpReply};
+use lb_testkit::patience::ANSWER_WITHIN_SECS;
 use lb_testkit::{Netns, cgroup::TestCgroup, ok, servers};
 use lb_tests::manifests::endpoint;
 use lb_tests::topology::{
@@ -165,12 +166,16 @@ ports:
     )
 }
 
-/// `curl` to `target` from `ns`, run inside `cgroup`: the HTTP answer (`None` status when
-/// nothing answered) and what curl said.
+/// `curl` to `target` from `ns`, run inside `cgroup`, for a request that should be answered: the
+/// HTTP answer (`None` status when nothing answered) and what curl said.
 fn curl_in(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> (HttpReply, String) {
     let url = format!("http://{target}/");
     let outcome = ok(
-        cgroup.exec(ns, "curl", &["-sSi", "--max-time", "3", &url]),
+        cgroup.exec(
+            ns,
+            "curl",
+            &["-sSi", "--max-time", ANSWER_WITHIN_SECS, &url],
+        ),
         "run curl in the test cgroup",
     );
     (HttpReply::parse(&outcome.stdout), format!("{outcome:?}"))
@@ -190,17 +195,18 @@ fn answered_by(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> BTreeSe
 
 /// A UDP client that tells where its answers came from: one datagram with `sendto` on an
 /// unconnected socket, answered through `recvfrom`; one on a socket connected to the VIP,
-/// whose `getpeername` it prints. Each line: `how SOURCE-IP SOURCE-PORT ECHO-ANSWER`.
+/// whose `getpeername` it prints. Each line: `how SOURCE-IP SOURCE-PORT ECHO-ANSWER`. Each
+/// answer is awaited `argv[3]` seconds.
 const UDP_CLIENT: &str = r#"
 import socket, sys
-vip, port = sys.argv[1], int(sys.argv[2])
+vip, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
+s.settimeout(wait)
 s.sendto(b"unconnected", (vip, port))
 data, source = s.recvfrom(2048)
 print("recvfrom", source[0], source[1], data.decode().strip())
 c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.settimeout(3)
+c.settimeout(wait)
 c.connect((vip, port))
 c.send(b"connected")
 data = c.recv(2048)
@@ -209,11 +215,12 @@ print("getpeername", peer[0], peer[1], data.decode().strip())
 "#;
 
 /// Prints the errno name `connect()` to `argv[1]:argv[2]` fails with (`connected` if it does
-/// not).
+/// not), given up after `argv[3]` seconds. The errors the tests expect come at once; a timeout
+/// prints `timed out`.
 const CONNECT_ERRNO: &str = r#"
 import errno, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.settimeout(3)
+s.settimeout(float(sys.argv[3]))
 try:
     s.connect((sys.argv[1], int(sys.argv[2])))
     print("connected")
@@ -284,7 +291,13 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         cgroup.exec(
             &topology.node,
             "python3",
-            &["-c", CONNECT_ERRNO, &EMPTY_CLUSTER_IP.to_string(), "80"],
+            &[
+                "-c",
+                CONNECT_ERRNO,
+                &EMPTY_CLUSTER_IP.to_string(),
+                "80",
+                ANSWER_WITHIN_SECS,
+            ],
         ),
         "run the connect probe in the test cgroup",
     );
@@ -300,6 +313,7 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
                 UDP_CLIENT,
                 &DNS_CLUSTER_IP.to_string(),
                 &DNS_PORT.to_string(),
+                ANSWER_WITHIN_SECS,
             ],
         ),
         "run the UDP client in the test cgroup",
@@ -415,7 +429,13 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         cgroup.exec(
             &topology.node,
             "python3",
-            &["-c", CONNECT_ERRNO, &CLUSTER_IP.to_string(), "80"],
+            &[
+                "-c",
+                CONNECT_ERRNO,
+                &CLUSTER_IP.to_string(),
+                "80",
+                ANSWER_WITHIN_SECS,
+            ],
         ),
         "run the connect probe in the test cgroup",
     );
@@ -493,7 +513,7 @@ endpoints:
 fn served_by_the_node(ns: &Netns, target: SocketAddrV4) -> BTreeSet<Ipv4Addr> {
     (0..TRIES)
         .map(|_| {
-            let (outcome, reply) = ok(lb_lab::probe::http_get(ns, target), "run curl");
+            let (outcome, reply) = ok(lb_tests::probe::http_get(ns, target), "run curl");
             assert_eq!(reply.status, Some(200), "{target}: {outcome:?}");
             assert_eq!(reply.pod_ip, Some(NODE_IP), "{target}: answered by");
             reply.client_ip.expect("X-Client-IP")

@@ -231,7 +231,7 @@ impl<'a> Pod<'a> {
                 "-w",
                 "%{http_code}",
                 "-m",
-                "2",
+                lb_testkit::patience::ANSWER_WITHIN_SECS,
             ])
             .arg(&url)
             .output()

@@ -52,7 +52,7 @@ const CHANGE_AT: usize = 5;
 /// Long-lived connections the client keeps open across every restart.
 const KEPT_CONNECTIONS: usize = 4;
 /// Deadline for the agent to be ready, for a process to exit, for traffic to progress.
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 /// One node with a client pod and three backend pods, named with a prefix; everything it made
 /// (agent, servers, namespaces, pins, run directory) is removed on drop.

@@ -18,9 +18,11 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use lb_lab::probe::{HttpReply, http_get};
+use lb_lab::probe::HttpReply;
+use lb_testkit::patience::{ANSWER_WITHIN, ANSWER_WITHIN_SECS, SETTLE_WITHIN, SILENCE};
 use lb_testkit::{Netns, ok, wait_until};
 use lb_tests::manifests::endpoint;
+use lb_tests::probe::{http_get, http_get_unanswered};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 1);
@@ -39,8 +41,10 @@ const LOCAL_HEALTH_PORT: u16 = 30281;
 const REMOTE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
 
 const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
-/// The sticky Service's affinity timeout, short so that the test sees it expire.
-const STICKY_TIMEOUT_SECS: u64 = 1;
+/// The sticky Service's affinity timeout: short, so that the test sees it expire, yet longer
+/// than a loaded machine may take between two of the test's requests (each a curl process),
+/// which must stay on one backend.
+const STICKY_TIMEOUT_SECS: u64 = 3;
 
 const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 4);
 
@@ -544,7 +548,7 @@ fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
 
     // The Proxy-mode ingress IP is not captured: nothing on the node answers it.
     let (outcome, reply) = ok(
-        http_get(
+        http_get_unanswered(
             &topology.external,
             SocketAddrV4::new(PROXIED_LOAD_BALANCER_IP, 80),
         ),
@@ -665,10 +669,9 @@ fn answers_once(ns: &Netns, target: SocketAddrV4) -> (Ipv4Addr, Ipv4Addr) {
     )
 }
 
-/// A TCP connect and a UDP exchange from the client pod to the empty Service: each error, and
-/// how long it took to come.
-fn connect_and_ask(topology: &Topology) -> [(std::io::ErrorKind, Duration); 2] {
-    let wait = Duration::from_secs(2);
+/// A TCP connect and a UDP exchange from the client pod to the empty Service, each given up
+/// after `wait`: each error, and how long it took to come.
+fn connect_and_ask(topology: &Topology, wait: Duration) -> [(std::io::ErrorKind, Duration); 2] {
     ok(
         topology.client.ns.within(|| {
             let started = Instant::now();
@@ -700,7 +703,9 @@ fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
 
     // The default, `reject`: TCP connect() and a connected UDP socket both fail with
     // ECONNREFUSED, well under a second, as with kube-proxy.
-    for (protocol, (kind, took)) in ["TCP", "UDP"].into_iter().zip(connect_and_ask(&topology)) {
+    // A refusal that did not come would wait its whole `ANSWER_WITHIN` and fail on the kind.
+    let attempts = connect_and_ask(&topology, ANSWER_WITHIN);
+    for (protocol, (kind, took)) in ["TCP", "UDP"].into_iter().zip(attempts) {
         assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{protocol}");
         assert!(
             took < Duration::from_secs(1),
@@ -713,7 +718,8 @@ fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
         agent.lbctl(&["config", "set", "service-no-backend-response", "drop"]),
         "lbctl config set",
     );
-    for (protocol, (kind, _)) in ["TCP", "UDP"].into_iter().zip(connect_and_ask(&topology)) {
+    let attempts = connect_and_ask(&topology, SILENCE);
+    for (protocol, (kind, _)) in ["TCP", "UDP"].into_iter().zip(attempts) {
         assert!(
             matches!(
                 kind,
@@ -731,7 +737,14 @@ fn health_check(ns: &Netns, port: u16) -> Result<(u16, serde_json::Value), Strin
     let outcome = ok(
         ns.exec(
             "curl",
-            &["-sS", "--max-time", "3", "-w", "\n%{http_code}", &url],
+            &[
+                "-sS",
+                "--max-time",
+                ANSWER_WITHIN_SECS,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
         ),
         "run curl",
     );
@@ -755,9 +768,6 @@ fn health_body(name: &str, count: u64) -> serde_json::Value {
         "serviceProxyHealthy": true,
     })
 }
-
-/// How long a manifest change may take to reach the health check (the file source polls).
-const HEALTH_WITHIN: Duration = Duration::from_secs(15);
 
 /// Writes `contents` to `dir/name` in one step (aside, then renamed), so that the file source
 /// never reads half a file.
@@ -803,7 +813,7 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
     replace_manifest(&topology, &dir, "web.yaml", &manifests_with(false));
     let answer = wait_until(
         "web-local's health check at 503",
-        HEALTH_WITHIN,
+        SETTLE_WITHIN,
         || match health_check(&topology.external, LOCAL_HEALTH_PORT) {
             Ok((503, body)) => Ok(Some(body)),
             seen => Err(format!("{seen:?}")),
@@ -816,7 +826,7 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
     std::fs::remove_file(dir.join("drain.yaml")).expect("delete drain.yaml");
     wait_until(
         "web-drain's health check closed",
-        HEALTH_WITHIN,
+        SETTLE_WITHIN,
         || match health_check(&topology.external, DRAIN_HEALTH_PORT) {
             Err(seen) if seen.contains("exit status: 7") => Ok(Some(())),
             seen => Err(format!("{seen:?}")),
@@ -858,10 +868,10 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
     // Not listed: every SYN is dropped with 177, which `lbctl monitor` shows. The monitor may
     // subscribe after the first drop, so each try sends SYNs anew.
     let mut monitor = ok(agent.monitor_drops(), "lbctl monitor");
-    let mut line = None;
-    for _ in 0..3 {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let line = loop {
         let (outcome, reply) = ok(
-            http_get(
+            http_get_unanswered(
                 &topology.external,
                 SocketAddrV4::new(WALLED_LOAD_BALANCER_IP, 80),
             ),
@@ -871,20 +881,19 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
             reply.status, None,
             "a denied client gets nothing: {outcome:?}"
         );
-        let found = monitor.wait_for_line("the src range drop", Duration::from_secs(3), |l| {
+        let found = monitor.wait_for_line("the src range drop", SILENCE, |l| {
             l.starts_with("xx drop (Denied by LB src range check) ")
                 && l.contains("file policy.rs")
                 && l.contains(&format!("{EXTERNAL_IP}:"))
                 && l.contains(&format!("-> {WALLED_LOAD_BALANCER_IP}:80 tcp SYN"))
         });
-        if let Ok(found) = found {
-            line = Some(found);
-            break;
+        if found.is_ok() || Instant::now() >= deadline {
+            break found.ok();
         }
-    }
+    };
     assert!(
         line.is_some(),
-        "no src range drop in the monitor; it printed {:?}",
+        "no src range drop in the monitor within {SETTLE_WITHIN:?}; it printed {:?}",
         monitor.seen()
     );
     drop(monitor);
