@@ -25,6 +25,7 @@ use lb_lab::Agent;
 use lb_lab::probe::EchoSession;
 use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN};
 use lb_testkit::wait_until;
+use lb_tests::manifests::{Manifest, Port, endpoint};
 use lb_tests::topology::{BACKEND_IPS, ECHO_PORT, Topology};
 
 /// The service's ClusterIP.
@@ -47,44 +48,14 @@ fn marker(n: usize) -> Ipv4Addr {
 /// The Service and its EndpointSlice for update `n`: `stays` ready, `other` ready when
 /// given, and update `n`'s marker serving but terminating.
 fn manifest(n: usize, stays: Ipv4Addr, other: Option<Ipv4Addr>) -> String {
-    let endpoint = |ip, ready| lb_tests::manifests::endpoint(ip, "node", ready);
-    let mut endpoints = endpoint(stays, true);
-    if let Some(other) = other {
-        endpoints.push_str(&endpoint(other, true));
-    }
-    endpoints.push_str(&endpoint(marker(n), false));
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: churn
-  namespace: default
-spec:
-  clusterIP: {VIP}
-  clusterIPs:
-  - {VIP}
-  ports:
-  - name: echo
-    port: {PORT}
-    protocol: TCP
-    targetPort: {ECHO_PORT}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: churn
-  name: churn-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: echo
-  port: {ECHO_PORT}
-  protocol: TCP
-"
-    )
+    let endpoint = |ip, ready| endpoint(ip, "node", ready);
+    let endpoints = std::iter::once(endpoint(stays, true))
+        .chain(other.map(|other| endpoint(other, true)))
+        .chain([endpoint(marker(n), false)]);
+    Manifest::new("churn", VIP)
+        .port(Port::tcp("echo", PORT, ECHO_PORT))
+        .endpoints(endpoints)
+        .to_yaml()
 }
 
 /// The node, its agent and the directory it reads. Field order is drop order: the agent stops

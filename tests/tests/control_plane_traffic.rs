@@ -19,6 +19,7 @@ use lb_lab::Agent;
 use lb_lab::probe::{EchoReply, udp_echo};
 use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN};
 use lb_testkit::{Netns, wait_until};
+use lb_tests::manifests::{Manifest, Port, endpoint};
 use lb_tests::probe::{http_get, http_get_unanswered};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, ECHO_PORT, HTTP_PORT, Topology};
 
@@ -43,51 +44,12 @@ const RUN: usize = 12;
 /// The echo Service and its EndpointSlice, as `kubectl get -o yaml` prints them: `udp_port`/UDP
 /// → the echo servers, 80/TCP → the HTTP servers, on every address of `backends`.
 fn manifest(udp_port: u16, backends: &[Ipv4Addr]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|ip| lb_tests::manifests::endpoint(*ip, "node", true))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-spec:
-  clusterIP: {VIP}
-  clusterIPs:
-  - {VIP}
-  ipFamilies:
-  - IPv4
-  ports:
-  - name: echo
-    port: {udp_port}
-    protocol: UDP
-    targetPort: {ECHO_PORT}
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: echo
-  name: echo-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: echo
-  port: {ECHO_PORT}
-  protocol: UDP
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("echo", VIP)
+        .spec("ipFamilies", "- IPv4\n")
+        .port(Port::udp("echo", udp_port, ECHO_PORT))
+        .port(Port::tcp("http", 80, HTTP_PORT))
+        .endpoints(backends.iter().map(|ip| endpoint(*ip, "node", true)))
+        .to_yaml()
 }
 
 /// The node, its agent and the directory the agent reads. Field order is drop order: the agent

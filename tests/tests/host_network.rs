@@ -26,7 +26,7 @@ use std::path::Path;
 use lb_lab::probe::{EchoReply, HttpReply};
 use lb_testkit::patience::ANSWER_WITHIN_SECS;
 use lb_testkit::{Netns, cgroup::TestCgroup, ok, servers};
-use lb_tests::manifests::endpoint;
+use lb_tests::manifests::{Manifest, Port, endpoint, stream};
 use lb_tests::topology::{
     BACKEND_IPS, CLIENT_IP, ECHO_PORT, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology,
 };
@@ -47,123 +47,24 @@ const TRIES: usize = 12;
 /// UDP 53, to both backends' echo servers; `sticky`: ClientIP affinity on both; `empty`: no
 /// endpoints.
 fn manifests() -> String {
-    let endpoints: String = BACKEND_IPS
+    let endpoints: Vec<String> = BACKEND_IPS
         .iter()
         .map(|ip| endpoint(*ip, "node", true))
         .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  clusterIP: {CLUSTER_IP}
-  ports:
-  - name: http
-    nodePort: {NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: NodePort
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web
-  name: web-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: dns
-  namespace: default
-spec:
-  clusterIP: {DNS_CLUSTER_IP}
-  ports:
-  - name: dns
-    port: {DNS_PORT}
-    protocol: UDP
-    targetPort: {ECHO_PORT}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: dns
-  name: dns-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: dns
-  port: {ECHO_PORT}
-  protocol: UDP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: sticky
-  namespace: default
-spec:
-  clusterIP: {STICKY_CLUSTER_IP}
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  sessionAffinity: ClientIP
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: sticky
-  name: sticky-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: \"\"
-  port: {HTTP_PORT}
-  protocol: TCP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: empty
-  namespace: default
-spec:
-  clusterIP: {EMPTY_CLUSTER_IP}
-  ports:
-  - port: 80
-    protocol: TCP
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: empty
-  name: empty-abcde
-  namespace: default
-endpoints: []
-ports:
-- name: \"\"
-  port: 8080
-  protocol: TCP
-"
-    )
+    stream(&[
+        Manifest::new("web", CLUSTER_IP)
+            .port(Port::tcp("http", 80, HTTP_PORT).node_port(NODE_PORT))
+            .kind("NodePort")
+            .endpoints(endpoints.clone()),
+        Manifest::new("dns", DNS_CLUSTER_IP)
+            .port(Port::udp("dns", DNS_PORT, ECHO_PORT))
+            .endpoints(endpoints.clone()),
+        Manifest::new("sticky", STICKY_CLUSTER_IP)
+            .spec("sessionAffinity", "ClientIP")
+            .port(Port::tcp("", 80, HTTP_PORT))
+            .endpoints(endpoints),
+        Manifest::new("empty", EMPTY_CLUSTER_IP).port(Port::tcp("", 80, HTTP_PORT)),
+    ])
 }
 
 /// `curl` to `target` from `ns`, run inside `cgroup`, for a request that should be answered: the
@@ -474,38 +375,11 @@ const HOST_PORT: u16 = 8443;
 /// `host`: a NodePort Service whose one endpoint is the node itself (as the `kubernetes`
 /// Service's is on a control-plane node, or a hostNetwork pod's).
 fn host_backend_manifest() -> String {
-    let endpoint = endpoint(NODE_IP, "node", true);
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: host
-  namespace: default
-spec:
-  clusterIP: {HOST_CLUSTER_IP}
-  ports:
-  - name: https
-    nodePort: {HOST_NODE_PORT}
-    port: 443
-    protocol: TCP
-    targetPort: {HOST_PORT}
-  type: NodePort
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: host
-  name: host-abcde
-  namespace: default
-endpoints:
-{endpoint}ports:
-- name: https
-  port: {HOST_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("host", HOST_CLUSTER_IP)
+        .port(Port::tcp("https", 443, HOST_PORT).node_port(HOST_NODE_PORT))
+        .kind("NodePort")
+        .endpoints([endpoint(NODE_IP, "node", true)])
+        .to_yaml()
 }
 
 /// `TRIES` requests from `ns` to `target`, each answered 200 by the node's own server; the

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use lb_lab::probe::HttpReply;
 use lb_testkit::patience::{ANSWER_WITHIN, ANSWER_WITHIN_SECS, SETTLE_WITHIN, SILENCE};
 use lb_testkit::{Netns, ok, wait_until};
-use lb_tests::manifests::endpoint;
+use lb_tests::manifests::{Manifest, Port, endpoint, stream};
 use lb_tests::probe::{http_get, http_get_unanswered};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
 
@@ -72,156 +72,61 @@ const DRAIN_NODE_PORT: u16 = 30082;
 /// `web-drain`'s healthCheckNodePort.
 const DRAIN_HEALTH_PORT: u16 = 30282;
 
+/// Every local backend, ready, on this node.
+fn local_endpoints() -> Vec<String> {
+    BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect()
+}
+
 /// `empty`: a ClusterIP Service on TCP and UDP whose slice has no endpoint (every pod evicted).
 fn empty_manifest() -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: empty
-  namespace: default
-spec:
-  clusterIP: {EMPTY_CLUSTER_IP}
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-  - name: dns
-    port: 53
-    protocol: UDP
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: empty
-  name: empty-abcde
-  namespace: default
-endpoints: []
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-- name: dns
-  port: 53
-  protocol: UDP
-"
-    )
+    Manifest::new("empty", EMPTY_CLUSTER_IP)
+        .port(Port::tcp("http", 80, 8080))
+        .port(Port::udp("dns", 53, 53))
+        .to_yaml()
 }
 
 /// `guarded` and `walled`: two LoadBalancer Services on both backends, each with
 /// `loadBalancerSourceRanges` given as YAML list items.
 fn source_ranges_manifest() -> String {
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
     let one =
         |name: &str, cluster_ip: Ipv4Addr, ingress: Ipv4Addr, node_port: u16, ranges: &str| {
-            format!(
-                "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  clusterIP: {cluster_ip}
-  loadBalancerSourceRanges:
-{ranges}  ports:
-  - name: http
-    nodePort: {node_port}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
-status:
-  loadBalancer:
-    ingress:
-    - ip: {ingress}
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: {name}
-  name: {name}-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-            )
+            Manifest::new(name, cluster_ip)
+                .spec("loadBalancerSourceRanges", ranges)
+                .port(Port::tcp("http", 80, HTTP_PORT).node_port(node_port))
+                .kind("LoadBalancer")
+                .ingress(&[(ingress, false)])
+                .endpoints(local_endpoints())
         };
     // `walled` also carries an entry that is no CIDR: skipped with a warning, not fatal.
-    [
+    stream(&[
         one(
             "guarded",
             GUARDED_CLUSTER_IP,
             GUARDED_LOAD_BALANCER_IP,
             30084,
-            &format!("  - 10.0.0.0/8\n  - {EXTERNAL_IP}/32\n"),
+            &format!("- 10.0.0.0/8\n- {EXTERNAL_IP}/32\n"),
         ),
         one(
             "walled",
             WALLED_CLUSTER_IP,
             WALLED_LOAD_BALANCER_IP,
             WALLED_NODE_PORT,
-            "  - 10.0.0.0/8\n  - not-a-cidr\n",
+            "- 10.0.0.0/8\n- not-a-cidr\n",
         ),
-    ]
-    .join("---\n")
+    ])
 }
 
 /// `ranged`: node ports `RANGED_NODE_PORT` (inside the range) and `OUTSIDE_NODE_PORT`.
 fn ranged_manifest() -> String {
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: ranged
-  namespace: default
-spec:
-  clusterIP: {RANGED_CLUSTER_IP}
-  ports:
-  - name: inside
-    nodePort: {RANGED_NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  - name: outside
-    nodePort: {OUTSIDE_NODE_PORT}
-    port: 81
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: NodePort
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: ranged
-  name: ranged-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: inside
-  port: {HTTP_PORT}
-  protocol: TCP
-- name: outside
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("ranged", RANGED_CLUSTER_IP)
+        .port(Port::tcp("inside", 80, HTTP_PORT).node_port(RANGED_NODE_PORT))
+        .port(Port::tcp("outside", 81, HTTP_PORT).node_port(OUTSIDE_NODE_PORT))
+        .kind("NodePort")
+        .endpoints(local_endpoints())
+        .to_yaml()
 }
 
 /// `hinted`: backend 0 hinted for zone-a, backend 1 for zone-b; `close`:
@@ -238,52 +143,30 @@ fn zones_manifest() -> String {
              zone: {zone}\n"
         )
     };
-    let one = |name: &str, cluster_ip: Ipv4Addr, distribution: &str, endpoints: String| {
-        format!(
-            "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  clusterIP: {cluster_ip}
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-{distribution}  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: {name}
-  name: {name}-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: \"\"
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-        )
+    let one = |name: &str, cluster_ip: Ipv4Addr, endpoints: [String; 2]| {
+        Manifest::new(name, cluster_ip)
+            .port(Port::tcp("", 80, HTTP_PORT))
+            .endpoints(endpoints)
     };
-    [
+    stream(&[
         one(
             "hinted",
             HINTED_CLUSTER_IP,
-            "",
-            zoned(BACKEND_IPS[0], "zone-a", true) + &zoned(BACKEND_IPS[1], "zone-b", true),
+            [
+                zoned(BACKEND_IPS[0], "zone-a", true),
+                zoned(BACKEND_IPS[1], "zone-b", true),
+            ],
         ),
         one(
             "close",
             CLOSE_CLUSTER_IP,
-            "  trafficDistribution: PreferClose\n",
-            zoned(BACKEND_IPS[0], "zone-b", false) + &zoned(BACKEND_IPS[1], "zone-a", false),
-        ),
-    ]
-    .join("---\n")
+            [
+                zoned(BACKEND_IPS[0], "zone-b", false),
+                zoned(BACKEND_IPS[1], "zone-a", false),
+            ],
+        )
+        .spec("trafficDistribution", "PreferClose"),
+    ])
 }
 
 /// Requests per check: enough that a wrong backend among two shows up.
@@ -292,43 +175,15 @@ const TRIES: usize = 12;
 /// `sticky`: a ClusterIP Service with ClientIP affinity for `STICKY_TIMEOUT_SECS`, on both
 /// backends.
 fn sticky_manifest() -> String {
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: sticky
-  namespace: default
-spec:
-  clusterIP: {STICKY_CLUSTER_IP}
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  sessionAffinity: ClientIP
-  sessionAffinityConfig:
-    clientIP:
-      timeoutSeconds: {STICKY_TIMEOUT_SECS}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: sticky
-  name: sticky-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: \"\"
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("sticky", STICKY_CLUSTER_IP)
+        .spec("sessionAffinity", "ClientIP")
+        .spec(
+            "sessionAffinityConfig",
+            &format!("clientIP:\n  timeoutSeconds: {STICKY_TIMEOUT_SECS}\n"),
+        )
+        .port(Port::tcp("", 80, HTTP_PORT))
+        .endpoints(local_endpoints())
+        .to_yaml()
 }
 
 /// `web`: a LoadBalancer Service with a node port, an external IP and two ingress IPs (one in
@@ -341,138 +196,57 @@ fn manifests() -> String {
 
 /// [`manifests`], with `web-local`'s endpoint on this node left out unless `local_endpoint`.
 fn manifests_with(local_endpoint: bool) -> String {
-    let web_endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
-    let mut local_endpoints = endpoint(REMOTE_ENDPOINT, "other", true);
+    let mut web_local_endpoints = vec![endpoint(REMOTE_ENDPOINT, "other", true)];
     if local_endpoint {
-        local_endpoints = endpoint(BACKEND_IPS[1], "node", true) + &local_endpoints;
+        web_local_endpoints.insert(0, endpoint(BACKEND_IPS[1], "node", true));
     }
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  clusterIP: {CLUSTER_IP}
-  clusterIPs:
-  - {CLUSTER_IP}
-  externalIPs:
-  - {EXTERNAL_SERVICE_IP}
-  externalTrafficPolicy: Cluster
-  ports:
-  - name: http
-    nodePort: {NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LOAD_BALANCER_IP}
-    - ip: {PROXIED_LOAD_BALANCER_IP}
-      ipMode: Proxy
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web
-  name: web-abcde
-  namespace: default
-endpoints:
-{web_endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web-local
-  namespace: default
-spec:
-  clusterIP: {LOCAL_CLUSTER_IP}
-  clusterIPs:
-  - {LOCAL_CLUSTER_IP}
-  externalTrafficPolicy: Local
-  healthCheckNodePort: {LOCAL_HEALTH_PORT}
-  ports:
-  - name: http
-    nodePort: {LOCAL_NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web-local
-  name: web-local-abcde
-  namespace: default
-endpoints:
-{local_endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    stream(&[
+        Manifest::new("web", CLUSTER_IP)
+            .spec("externalIPs", &format!("- {EXTERNAL_SERVICE_IP}\n"))
+            .spec("externalTrafficPolicy", "Cluster")
+            .port(Port::tcp("http", 80, HTTP_PORT).node_port(NODE_PORT))
+            .kind("LoadBalancer")
+            .ingress(&[(LOAD_BALANCER_IP, false), (PROXIED_LOAD_BALANCER_IP, true)])
+            .endpoints(local_endpoints()),
+        local_load_balancer(
+            "web-local",
+            LOCAL_CLUSTER_IP,
+            LOCAL_HEALTH_PORT,
+            LOCAL_NODE_PORT,
+        )
+        .endpoints(web_local_endpoints),
+    ])
+}
+
+/// A LoadBalancer Service with externalTrafficPolicy Local and a healthCheckNodePort, no
+/// ingress yet and no endpoints.
+fn local_load_balancer(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    health_port: u16,
+    node_port: u16,
+) -> Manifest {
+    Manifest::new(name, cluster_ip)
+        .spec("externalTrafficPolicy", "Local")
+        .spec("healthCheckNodePort", &health_port.to_string())
+        .port(Port::tcp("http", 80, HTTP_PORT).node_port(node_port))
+        .kind("LoadBalancer")
 }
 
 /// `web-drain`: a LoadBalancer Service with externalTrafficPolicy Local whose endpoint on this
 /// node (backend 0) is terminating but still serving, and whose ready endpoint is elsewhere.
 fn drain_manifest() -> String {
-    let remote = endpoint(REMOTE_ENDPOINT, "other", true);
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web-drain
-  namespace: default
-spec:
-  clusterIP: {DRAIN_CLUSTER_IP}
-  clusterIPs:
-  - {DRAIN_CLUSTER_IP}
-  externalTrafficPolicy: Local
-  healthCheckNodePort: {DRAIN_HEALTH_PORT}
-  ports:
-  - name: http
-    nodePort: {DRAIN_NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web-drain
-  name: web-drain-abcde
-  namespace: default
-endpoints:
-- addresses:
-  - {terminating}
-  conditions:
-    ready: false
-    serving: true
-    terminating: true
-  nodeName: node
-{remote}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-",
-        terminating = BACKEND_IPS[0],
+    local_load_balancer(
+        "web-drain",
+        DRAIN_CLUSTER_IP,
+        DRAIN_HEALTH_PORT,
+        DRAIN_NODE_PORT,
     )
+    .endpoints([
+        endpoint(BACKEND_IPS[0], "node", false),
+        endpoint(REMOTE_ENDPOINT, "other", true),
+    ])
+    .to_yaml()
 }
 
 /// `TRIES` requests from `ns` to `target`, each of which must get HTTP 200; returns the pods
