@@ -112,7 +112,8 @@ impl Manifest {
     }
 
     /// Adds `key: value` to the Service's spec; `value` is a scalar, or YAML lines (each
-    /// ending in a newline) indented as under a top-level key (`"- 10.0.0.0/8\n"`).
+    /// ending in a newline) indented as under a top-level key (`"- 10.0.0.0/8\n"`,
+    /// `"clientIP:\n  timeoutSeconds: 3\n"`).
     pub fn spec(mut self, key: &str, value: &str) -> Self {
         self.spec.push_str(&entry(key, value));
         self
@@ -206,10 +207,19 @@ pub fn stream(manifests: &[Manifest]) -> String {
         .join("---\n")
 }
 
-/// `key: value` under `spec:`, `value` a scalar or an indented block.
+/// `key: value` under `spec:`, `value` a scalar or a block: a list stands at the key's own
+/// indentation (as kubectl prints it), a map one level deeper.
 fn entry(key: &str, value: &str) -> String {
     if value.ends_with('\n') {
-        let block: String = value.lines().map(|line| format!("  {line}\n")).collect();
+        let indent = if value.starts_with("- ") {
+            "  "
+        } else {
+            "    "
+        };
+        let block: String = value
+            .lines()
+            .map(|line| format!("{indent}{line}\n"))
+            .collect();
         format!("  {key}:\n{block}")
     } else {
         format!("  {key}: {value}\n")
@@ -282,6 +292,19 @@ ports:
   port: 8080
   protocol: TCP
 "
+        );
+    }
+
+    #[test]
+    fn a_map_in_the_spec_is_nested_under_its_key() {
+        let yaml = Manifest::new("sticky", Ipv4Addr::new(10, 96, 0, 4))
+            .spec("sessionAffinityConfig", "clientIP:\n  timeoutSeconds: 3\n")
+            .to_yaml();
+        assert!(
+            yaml.contains(
+                "  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 3\n  ports:\n"
+            ),
+            "{yaml}"
         );
     }
 

@@ -16,7 +16,6 @@
 //! Needs root and `python3`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds them
 //! first (see `lb_tests::agent::binaries`).
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -58,33 +57,23 @@ fn manifest(n: usize, stays: Ipv4Addr, other: Option<Ipv4Addr>) -> String {
         .to_yaml()
 }
 
-/// The node, its agent and the directory it reads. Field order is drop order: the agent stops
-/// (and its pins go) before the namespaces.
+/// The node and its agent, which reads the topology's manifests directory. Field order is drop
+/// order: the agent stops (and its pins go) before the namespaces.
 struct Cluster {
     agent: Agent,
     topology: Topology,
-    manifests: PathBuf,
 }
 
 impl Cluster {
     fn up(test: &str) -> Self {
         let topology = Topology::new(test);
-        let manifests = topology.dir().join("manifests");
-        std::fs::create_dir(&manifests).expect("create the manifests directory");
-        let agent = lb_tests::agent::start(&topology, test, &manifests);
-        Self {
-            agent,
-            topology,
-            manifests,
-        }
+        let agent = lb_tests::agent::start(&topology, test, &topology.manifests());
+        Self { agent, topology }
     }
 
     /// Writes the manifest whole (write aside, rename), as an editor or a ConfigMap does.
     fn write(&self, contents: &str) {
-        let aside = self.topology.dir().join("churn.yaml.new");
-        std::fs::write(&aside, contents).expect("write the manifest aside");
-        std::fs::rename(&aside, self.manifests.join("churn.yaml"))
-            .expect("rename the manifest into place");
+        self.topology.write_manifest("churn.yaml", contents);
     }
 
     /// Waits until `lbctl service list` shows update `n` (its marker), and returns the list.

@@ -65,8 +65,7 @@ impl Cluster {
     /// A topology for `test` and an agent on its node reading an empty directory.
     fn up(test: &str) -> Self {
         let topology = Topology::new(test);
-        let manifests = topology.dir().join("manifests");
-        std::fs::create_dir(&manifests).expect("create the manifests directory");
+        let manifests = topology.manifests();
         let agent = lb_tests::agent::start(&topology, test, &manifests);
         Self {
             agent,
@@ -83,9 +82,7 @@ impl Cluster {
     /// Writes `contents` to `name` in the manifests directory at once (write aside, rename) and
     /// returns when it was renamed into place.
     fn write(&self, name: &str, contents: &str) -> Instant {
-        let aside = self.topology.dir().join(format!("{name}.new"));
-        std::fs::write(&aside, contents).expect("write the manifest aside");
-        std::fs::rename(&aside, self.manifests.join(name)).expect("rename the manifest into place");
+        self.topology.write_manifest(name, contents);
         Instant::now()
     }
 

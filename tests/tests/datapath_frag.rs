@@ -25,9 +25,7 @@ use lb_testkit::patience::ANSWER_WITHIN;
 use lb_tests::fixture::{
     Datapath, FibNetns, ServiceExt as _, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, service,
 };
-use lb_tests::topology::{
-    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, ECHO_PORT, NODE_DEV, Topology,
-};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, ECHO_PORT, Topology};
 
 const VIP: &str = "10.96.0.10:53";
 const FRONTEND: &str = "10.96.0.10:53/UDP";
@@ -254,15 +252,7 @@ fn a_udp_datagram_larger_than_the_mtu_to_a_cluster_ip_gets_its_whole_echo_back()
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
-    topology
-        .node
-        .within(|| {
-            datapath.attach(Hook::FromNetdev, NODE_DEV);
-            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                datapath.attach(Hook::FromPod, dev);
-            }
-        })
-        .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+    datapath.attach_to(&topology);
     let backends = BACKEND_IPS.map(|ip| format!("{ip}:{ECHO_PORT}"));
     datapath.sync(&[service(
         &format!("{ECHO_VIP}/UDP"),

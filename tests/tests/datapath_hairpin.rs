@@ -21,7 +21,7 @@ use lb_lab::probe::{EchoSession, udp_echo};
 use lb_testkit::packet::*;
 use lb_testkit::patience::ANSWER_WITHIN;
 use lb_tests::fixture::{Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, service};
-use lb_tests::topology::{BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, ECHO_PORT, NODE_DEV, Topology};
+use lb_tests::topology::{BACKEND_IPS, ECHO_PORT, Topology};
 
 const VIP: &str = "10.96.0.10:80";
 const FRONTEND: &str = "10.96.0.10:80/TCP";
@@ -248,15 +248,7 @@ impl Node {
             events_per_sec: EVENTS_PER_SEC,
             ..DatapathConfig::default()
         });
-        topology
-            .node
-            .within(|| {
-                datapath.attach(Hook::FromNetdev, NODE_DEV);
-                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                    datapath.attach(Hook::FromPod, dev);
-                }
-            })
-            .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+        datapath.attach_to(&topology);
         let backends: Vec<String> = backends
             .iter()
             .map(|ip| format!("{ip}:{ECHO_PORT}"))

@@ -23,10 +23,7 @@ use lb_tests::fixture::{
     CLIENT_MAC, Case, Datapath, Expect, FibNetns, NODE_MAC, PEER_NODE_MAC, ServiceExt as _,
     TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, check, service,
 };
-use lb_tests::topology::{
-    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP as TOPO_CLIENT_IP, HTTP_PORT, NODE_DEV,
-    Topology,
-};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_IP as TOPO_CLIENT_IP, HTTP_PORT, Topology};
 
 const POD: &str = "10.244.0.7:40000";
 const POD_IP: &str = "10.244.0.7";
@@ -512,15 +509,7 @@ impl Node {
     fn up(test: &str) -> Self {
         let topology = Topology::new(test);
         let mut datapath = Datapath::load();
-        ok(
-            topology.node.within(|| {
-                datapath.attach(Hook::FromNetdev, NODE_DEV);
-                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                    datapath.attach(Hook::FromPod, dev);
-                }
-            }),
-            "enter the node's namespace",
-        );
+        datapath.attach_to(&topology);
         Self { datapath, topology }
     }
 }

@@ -21,9 +21,7 @@ use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN, SILENCE, SILENCE_SECS};
 use lb_testkit::{Netns, wait_until};
 use lb_tests::fixture::{Datapath, LoadOptions, service};
 use lb_tests::probe::{http_get, http_get_unanswered};
-use lb_tests::topology::{
-    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology,
-};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology};
 
 /// The ClusterIP of every service here.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -54,15 +52,7 @@ impl Node {
     fn up_with(test: &str, options: LoadOptions) -> Self {
         let topology = Topology::new(test);
         let mut datapath = Datapath::load_with(options);
-        topology
-            .node
-            .within(|| {
-                datapath.attach(Hook::FromNetdev, NODE_DEV);
-                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                    datapath.attach(Hook::FromPod, dev);
-                }
-            })
-            .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+        datapath.attach_to(&topology);
         Self { datapath, topology }
     }
 
@@ -587,15 +577,7 @@ fn with_maglev_a_flow_moved_to_another_node_reaches_the_same_backend() {
     reversed.backends.reverse();
     other.sync(&[to_backends(HTTP_FRONTEND, 8080), reversed]);
     drop(std::mem::replace(&mut node.datapath, other));
-    node.topology
-        .node
-        .within(|| {
-            node.datapath.attach(Hook::FromNetdev, NODE_DEV);
-            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                node.datapath.attach(Hook::FromPod, dev);
-            }
-        })
-        .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+    node.datapath.attach_to(&node.topology);
     let client = &node.topology.client.ns;
     let answer = |source_port: u16| {
         udp_echo(

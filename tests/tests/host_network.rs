@@ -129,23 +129,23 @@ except OSError as err:
     print(errno.errorcode.get(err.errno, str(err)))
 "#;
 
+/// [`CONNECT_ERRNO`] to `target` from `ns`, run inside `cgroup`.
+fn connect_errno(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> lb_testkit::Outcome {
+    let (ip, port) = (target.ip().to_string(), target.port().to_string());
+    ok(
+        cgroup.exec(
+            ns,
+            "python3",
+            &["-c", CONNECT_ERRNO, &ip, &port, ANSWER_WITHIN_SECS],
+        ),
+        "run the connect probe in the test cgroup",
+    )
+}
+
 /// Entries in the pinned map `name` of the agent of test `test`, as bpftool dumps them.
 fn pinned_entries(test: &str, name: &str) -> usize {
-    let pin = lb_tests::agent::bpf_root(test)
-        .join(lb_common::maps::PIN_VERSION)
-        .join(name);
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {out:?}",
-        pin.display()
-    );
-    let entries: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+    let dump = lb_tests::agent::pinned_map_dump(&lb_tests::agent::bpf_root(test), name);
+    let entries: serde_json::Value = serde_json::from_str(&dump).expect("bpftool prints JSON");
     entries.as_array().map_or(0, Vec::len)
 }
 
@@ -153,9 +153,7 @@ fn pinned_entries(test: &str, name: &str) -> usize {
 fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
     const TEST: &str = "host_sock_lb";
     let topology = Topology::new(TEST);
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    let dir = topology.write_manifest("web.yaml", &manifests());
     let cgroup = ok(TestCgroup::create(TEST), "create the test cgroup");
     let cgroup_root = cgroup.path().display().to_string();
     let mut agent = lb_tests::agent::start_with_config(
@@ -188,19 +186,10 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
     assert_eq!(sticky.len(), 1, "one client, one backend: {sticky:?}");
 
     // No endpoints: connect() is refused at once, as kube-proxy's REJECT.
-    let outcome = ok(
-        cgroup.exec(
-            &topology.node,
-            "python3",
-            &[
-                "-c",
-                CONNECT_ERRNO,
-                &EMPTY_CLUSTER_IP.to_string(),
-                "80",
-                ANSWER_WITHIN_SECS,
-            ],
-        ),
-        "run the connect probe in the test cgroup",
+    let outcome = connect_errno(
+        &cgroup,
+        &topology.node,
+        SocketAddrV4::new(EMPTY_CLUSTER_IP, 80),
     );
     assert_eq!(outcome.stdout.trim(), "ECONNREFUSED", "{outcome:?}");
 
@@ -326,20 +315,7 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         Vec::<String>::new(),
         "nothing left on the cgroup"
     );
-    let outcome = ok(
-        cgroup.exec(
-            &topology.node,
-            "python3",
-            &[
-                "-c",
-                CONNECT_ERRNO,
-                &CLUSTER_IP.to_string(),
-                "80",
-                ANSWER_WITHIN_SECS,
-            ],
-        ),
-        "run the connect probe in the test cgroup",
-    );
+    let outcome = connect_errno(&cgroup, &topology.node, SocketAddrV4::new(CLUSTER_IP, 80));
     assert_eq!(
         outcome.stdout.trim(),
         "ENETUNREACH",
@@ -403,9 +379,7 @@ fn a_backend_in_the_host_network_serves_pods_and_outside_clients() {
         servers::http(&topology.node, NODE_IP, HOST_PORT, topology.dir()),
         "HTTP server in the node's namespace",
     );
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("host.yaml"), host_backend_manifest()).expect("write the manifest");
+    let dir = topology.write_manifest("host.yaml", &host_backend_manifest());
     let agent = lb_tests::agent::start(&topology, TEST, &dir);
 
     // From a pod: the ClusterIP and the node port; the server sees the pod's own address.

@@ -271,9 +271,7 @@ fn answers(ns: &Netns, target: SocketAddrV4) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ip
 #[test]
 fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
     let topology = Topology::new("service_kinds");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    let dir = topology.write_manifest("web.yaml", &manifests());
     // The outside world routes the external and load-balancer IPs to this node, as a router
     // (or the cloud's load balancer) would.
     for ip in [
@@ -392,9 +390,7 @@ fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
 #[test]
 fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
     let topology = Topology::new("service_affinity");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("sticky.yaml"), sticky_manifest()).expect("write the manifests");
+    let dir = topology.write_manifest("sticky.yaml", &sticky_manifest());
     let agent = lb_tests::agent::start(&topology, "service_affinity", &dir);
     let target = SocketAddrV4::new(STICKY_CLUSTER_IP, 80);
 
@@ -470,9 +466,7 @@ fn connect_and_ask(topology: &Topology, wait: Duration) -> [(std::io::ErrorKind,
 #[test]
 fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
     let topology = Topology::new("service_reject");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("empty.yaml"), empty_manifest()).expect("write the manifests");
+    let dir = topology.write_manifest("empty.yaml", &empty_manifest());
     let agent = lb_tests::agent::start(&topology, "service_reject", &dir);
 
     // The default, `reject`: TCP connect() and a connected UDP socket both fail with
@@ -543,21 +537,11 @@ fn health_body(name: &str, count: u64) -> serde_json::Value {
     })
 }
 
-/// Writes `contents` to `dir/name` in one step (aside, then renamed), so that the file source
-/// never reads half a file.
-fn replace_manifest(topology: &Topology, dir: &std::path::Path, name: &str, contents: &str) {
-    let aside = topology.dir().join(format!("{name}.new"));
-    std::fs::write(&aside, contents).expect("write the manifest aside");
-    std::fs::rename(&aside, dir.join(name)).expect("rename the manifest into place");
-}
-
 #[test]
 fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_without() {
     let topology = Topology::new("service_health");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
-    std::fs::write(dir.join("drain.yaml"), drain_manifest()).expect("write the manifests");
+    let dir = topology.write_manifest("web.yaml", &manifests());
+    topology.write_manifest("drain.yaml", &drain_manifest());
     let _agent = lb_tests::agent::start(&topology, "service_health", &dir);
 
     // One ready endpoint here: 200, with kube-proxy's body.
@@ -584,7 +568,7 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
     );
 
     // web-local's pod on this node goes away: 503.
-    replace_manifest(&topology, &dir, "web.yaml", &manifests_with(false));
+    topology.write_manifest("web.yaml", &manifests_with(false));
     let answer = wait_until(
         "web-local's health check at 503",
         SETTLE_WITHIN,
@@ -617,9 +601,7 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
 #[test]
 fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
     let topology = Topology::new("service_src_range");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("ranges.yaml"), source_ranges_manifest()).expect("write manifests");
+    let dir = topology.write_manifest("ranges.yaml", &source_ranges_manifest());
     for ip in [GUARDED_LOAD_BALANCER_IP, WALLED_LOAD_BALANCER_IP] {
         ok(
             topology
@@ -702,9 +684,7 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
 #[test]
 fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
     let topology = Topology::new("service_port_range");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("ranged.yaml"), ranged_manifest()).expect("write manifests");
+    let dir = topology.write_manifest("ranged.yaml", &ranged_manifest());
     // The node's own service on the port the Service names outside the range (as sshd or a
     // kubelet port would be).
     let _node_server = ok(
@@ -756,9 +736,7 @@ fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
 #[test]
 fn zone_hints_keep_traffic_in_this_nodes_zone() {
     let topology = Topology::new("service_zones");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("zones.yaml"), zones_manifest()).expect("write manifests");
+    let dir = topology.write_manifest("zones.yaml", &zones_manifest());
     let _agent = lb_tests::agent::start_with_config(
         &topology,
         "service_zones",
