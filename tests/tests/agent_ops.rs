@@ -200,7 +200,7 @@ fn liveness_passes_while_the_api_server_fails_and_readiness_waits_for_the_first_
     );
 
     let live = ok(
-        agent.wait_until("/healthz to answer 200", DEADLINE, || {
+        agent.wait_until("/healthz to answer 200", READY_TIMEOUT, || {
             Ok(node.get("/healthz").ok().filter(|(code, _)| *code == 200))
         }),
         "liveness",

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use lb_lab::Binaries;
 use lb_testkit::{Netns, Process, ok, pod, servers, veth, wait_until};
-use lb_tests::agent::pinned_datapath_config;
+use lb_tests::agent::{READY_TIMEOUT, pinned_datapath_config};
 use lb_tests::manifests::{Manifest, Port, endpoint};
 use lb_tests::traffic::{self, Client};
 
@@ -52,7 +52,7 @@ const RESTARTS: usize = 10;
 const CHANGE_AT: usize = 5;
 /// Long-lived connections the client keeps open across every restart.
 const KEPT_CONNECTIONS: usize = 4;
-/// Deadline for the agent to be ready, for a process to exit, for traffic to progress.
+/// Deadline for a process to exit, for traffic to progress (readiness: `READY_TIMEOUT`).
 const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 /// One node with a client pod and three backend pods, named with a prefix; everything it made
@@ -196,7 +196,7 @@ impl OneNode {
         );
         let (lbctl, socket) = (self.bins.lbctl.clone(), self.socket());
         ok(
-            agent.wait_until("lbctl status to pass", DEADLINE, || {
+            agent.wait_until("lbctl status to pass", READY_TIMEOUT, || {
                 let out = Command::new(&lbctl)
                     .arg("--socket")
                     .arg(&socket)
