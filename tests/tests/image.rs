@@ -211,6 +211,13 @@ impl<'a> Pod<'a> {
                 }
                 let ready = self.probe("/readyz")?;
                 Ok((ready == 200).then_some(()))
+            })
+            // A container that never gets ready usually says why in its log.
+            .map_err(|err| {
+                lb_testkit::Error::Unexpected(format!(
+                    "{err}\n--- the container's last lines ---\n{}",
+                    container.logs(30)
+                ))
             }),
             "agent ready",
         );
