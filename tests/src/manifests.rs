@@ -314,7 +314,13 @@ ports:
             Manifest::new("empty", Ipv4Addr::new(10, 96, 0, 2)).port(Port::udp("", 53, 5353)),
             Manifest::new("other", Ipv4Addr::new(10, 96, 0, 3)),
         ]);
-        assert!(yaml.contains("endpoints: []\nports:\n- name: \"\"\n  port: 5353\n  protocol: UDP\n---\napiVersion: v1\n"), "{yaml}");
+        assert!(
+            yaml.contains(
+                "endpoints: []\nports:\n- name: \"\"\n  port: 5353\n  protocol: UDP\n---\n\
+                 apiVersion: v1\n"
+            ),
+            "{yaml}"
+        );
         assert!(yaml.contains("  - name: \"\"\n    port: 53\n"), "{yaml}");
     }
 }

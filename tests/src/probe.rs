@@ -8,8 +8,8 @@ use lb_testkit::patience::{ANSWER_WITHIN_SECS, SILENCE_SECS};
 use lb_testkit::{Netns, Outcome, Result};
 
 /// `curl -i http://TARGET/` inside `ns` for a request that should be answered: waits up to
-/// [`ANSWER_WITHIN`](lb_testkit::patience::ANSWER_WITHIN). Returns the outcome (to print) and the parsed answer (status `None`
-/// when nothing came back).
+/// [`ANSWER_WITHIN`](lb_testkit::patience::ANSWER_WITHIN). Returns the outcome (to print) and
+/// the parsed answer (status `None` when nothing came back).
 pub fn http_get(ns: &Netns, target: SocketAddrV4) -> Result<(Outcome, HttpReply)> {
     curl(ns, &format!("http://{target}/"), ANSWER_WITHIN_SECS)
 }
