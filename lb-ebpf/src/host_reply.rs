@@ -5,12 +5,15 @@
 //! `from_host`, on the egress of every interface lb serves, gives them that same translation.
 //!
 //! Only packets the host itself sends are looked at (`ingress_ifindex` 0): a forwarded packet
-//! entered through an ingress hook, which translated it already. Those take one conntrack
-//! lookup; a reply entry reverse-NATs them (source ← VIP:port, as `main.rs`'s `reverse`, which
-//! the stack has already routed, so no redirect). Anything else passes untouched.
+//! entered through an ingress hook, which translated it already. Of those, the ones the
+//! pass-through filters show to be none of lb's business pass at once, as in the ingress
+//! hooks; the rest take one conntrack lookup, and a reply entry reverse-NATs them (source ←
+//! VIP:port, as `main.rs`'s `reverse`, which the stack has already routed, so no redirect).
+//! Anything else passes untouched.
 //!
-//! Maps: through `conntrack.rs` (`LB4_CT_TCP`, `LB4_CT_ANY`) and `frag.rs`. Drops only when the
-//! packet cannot be rewritten (141, 153, 154).
+//! Maps: through `filter.rs` (`LB4_VIP_FILTER`, `LB4_REPLY_SRCS`), `conntrack.rs`
+//! (`LB4_CT_TCP`, `LB4_CT_ANY`) and `frag.rs`. Drops only when the packet cannot be rewritten
+//! (141, 153, 154).
 
 use aya_ebpf::programs::TcContext;
 use lb_common::proto;
@@ -18,7 +21,7 @@ use lb_common::proto;
 use crate::{
     conntrack::{self, Hit},
     drop::{Dropped, Verdict},
-    frag, maps, nat,
+    filter, frag, maps, nat,
     parse::{Shape, Tuple4},
 };
 
@@ -62,6 +65,11 @@ fn handle(ctx: &TcContext, tuple: Option<&Tuple4>) -> Result<Verdict, Dropped> {
     if !matches!(tuple.shape, Shape::Complete | Shape::FirstFragment)
         || (tuple.proto != proto::TCP && tuple.proto != proto::UDP)
     {
+        return Ok(Verdict::Pass);
+    }
+    // Most of what the host sends is no flow's reply: two array lookups tell, before the hash
+    // lookup, that no reply entry has this source (nor a frontend this destination).
+    if !filter::maybe_lbs(tuple) {
         return Ok(Verdict::Pass);
     }
     let Some(Hit::Reply(reply)) = conntrack::lookup(tuple, maps::config()) else {

@@ -2,12 +2,8 @@
 //! only the processes a test moves in, never the host's (tests must not attach to the root
 //! cgroup). [`TestCgroup`] is a guard that removes the cgroup on drop.
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::{Error, Netns, Outcome, Result, wait_until};
-
-/// How long a removed cgroup's last processes get to exit.
-const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the unified (v2) hierarchy is mounted: `/sys/fs/cgroup` on a pure v2 host,
 /// `/sys/fs/cgroup/unified` on a v1/v2 hybrid one; the first `cgroup2` line of /proc/mounts.
@@ -63,16 +59,15 @@ impl Drop for TestCgroup {
     fn drop(&mut self) {
         // A cgroup can be removed once its processes are gone; they were commands that ended,
         // so this is at most their exit being reaped.
-        let removed =
-            wait_until(
-                "the test cgroup to be removed",
-                EMPTY_TIMEOUT,
-                || match std::fs::remove_dir(&self.path) {
-                    Ok(()) => Ok(Some(())),
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Some(())),
-                    Err(err) => Err(err.to_string()),
-                },
-            );
+        let removed = wait_until(
+            "the test cgroup to be removed",
+            crate::patience::SETTLE_WITHIN,
+            || match std::fs::remove_dir(&self.path) {
+                Ok(()) => Ok(Some(())),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Some(())),
+                Err(err) => Err(err.to_string()),
+            },
+        );
         if let Err(err) = removed {
             eprintln!("cannot remove {}: {err}", self.path.display());
         }

@@ -10,7 +10,8 @@
 //! - [`packet`]: frames for `BPF_PROG_TEST_RUN` built by etherparse, and a checked reader;
 //! - [`podman`]: podman as lb's image build and its container test run it, and containers
 //!   as guards removed on drop;
-//! - [`wait_until`]: waiting on a condition with a deadline, never a bare sleep.
+//! - [`wait_until`]: waiting on a condition with a deadline, never a bare sleep; [`patience`]:
+//!   how long each kind of wait may take.
 //!
 //! Used by `tests/` (`lb-tests`), `lab/` (`lb-lab`) and `bench/` (`lb-bench`). It must not
 //! depend on lb-agent: the lab and xtask build on a fresh machine that has no bpf-linker yet.
@@ -19,6 +20,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod netns;
 pub mod packet;
+pub mod patience;
 pub mod pod;
 pub mod podman;
 pub mod servers;

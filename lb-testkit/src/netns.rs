@@ -15,7 +15,7 @@
 //! another's. Every failure names the command that failed and what it wrote to stderr.
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::{Error, Result, wait_until};
@@ -39,14 +39,23 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn from_output(cmdline: String, output: Output) -> Self {
-        Self {
+    /// Runs `cmd` (typed as `cmdline`) to its end with no stdin, allowing it to fail; an error
+    /// only when it cannot start.
+    pub(crate) fn of(cmdline: String, cmd: &mut Command) -> Result<Self> {
+        let output = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| Error::Spawn {
+                cmd: cmdline.clone(),
+                source,
+            })?;
+        Ok(Self {
             cmdline,
             success: output.status.success(),
             status: output.status.to_string(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        })
     }
 
     /// Turns a failed outcome into [`Error::Command`], returning stdout otherwise.
@@ -84,16 +93,7 @@ pub fn cmdline(program: &str, args: &[&str]) -> String {
 
 /// Runs `program args` on the host, allowing it to fail.
 pub fn exec_host(program: &str, args: &[&str]) -> Result<Outcome> {
-    let line = cmdline(program, args);
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            cmd: line.clone(),
-            source,
-        })?;
-    Ok(Outcome::from_output(line, output))
+    Outcome::of(cmdline(program, args), Command::new(program).args(args))
 }
 
 /// Runs `program args` on the host and returns its stdout; failure is an error.
@@ -213,17 +213,7 @@ impl Netns {
 
     /// Runs `program args` inside the namespace, allowing it to fail.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Outcome> {
-        let line = cmdline(program, args);
-        let output = self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| Error::Spawn {
-                cmd: line.clone(),
-                source,
-            })?;
-        Ok(Outcome::from_output(line, output))
+        Outcome::of(cmdline(program, args), self.command(program).args(args))
     }
 
     /// Runs `program args` inside the namespace and returns its stdout; failure is an error.

@@ -1,7 +1,7 @@
 //! Podman as lb's image build and its container test run it: with [`CONTAINERS_CONF`]
 //! (runc, no default rlimits), passed in the environment of every command so that the
 //! machine's own configuration stays as it is; a [`Container`] guard removed on drop.
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::{Error, Outcome, Result, cmdline};
 
@@ -17,16 +17,7 @@ pub fn command() -> Command {
 
 /// Runs `podman args`, allowing it to fail.
 pub fn exec(args: &[&str]) -> Result<Outcome> {
-    let line = cmdline("podman", args);
-    let output = command()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            cmd: line.clone(),
-            source,
-        })?;
-    Ok(Outcome::from_output(line, output))
+    Outcome::of(cmdline("podman", args), command().args(args))
 }
 
 /// Runs `podman args` and returns its stdout; failure is an error.

@@ -8,7 +8,6 @@
 //! lab's run directory), so that concurrent users never share one.
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::Duration;
 
 use crate::netns::{Netns, Process};
 use crate::{Result, write_file};
@@ -66,10 +65,6 @@ class Server(http.server.ThreadingHTTPServer):
 print(f"listening on {ip}:{port}", flush=True)
 Server((ip, port), Handler).serve_forever()
 "#;
-
-/// How long a server gets to start listening (python3 starts in well under a second; the
-/// margin is for a machine busy compiling).
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The echo server: TCP and UDP on one address and port. A UDP datagram is answered with one
 /// datagram, a TCP line with one line, both `POD_IP CLIENT_IP:CLIENT_PORT PAYLOAD`.
@@ -148,7 +143,7 @@ fn await_listening(
     sockets: &[(&str, Ipv4Addr, u16)],
 ) -> Result<()> {
     let what = format!("{} in {} to listen", process.log().display(), ns.name());
-    process.wait_until(&what, START_TIMEOUT, || {
+    process.wait_until(&what, crate::patience::SETTLE_WITHIN, || {
         for (flags, ip, port) in sockets {
             let out = ns.run("ss", &[flags]).map_err(|err| err.to_string())?;
             if !out.contains(&format!("{ip}:{port} ")) {

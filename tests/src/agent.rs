@@ -117,9 +117,12 @@ pub fn bpf_root(test: &str) -> PathBuf {
 /// The `LB_CONFIG` map pinned under `bpf_root` as `bpftool -j map dump` prints it: the bytes
 /// the datapath reads, not what the agent believes it wrote.
 pub fn pinned_datapath_config(bpf_root: &std::path::Path) -> String {
-    let pin = bpf_root
-        .join(lb_common::maps::PIN_VERSION)
-        .join(lb_common::maps::LB_CONFIG);
+    pinned_map_dump(bpf_root, lb_common::maps::LB_CONFIG)
+}
+
+/// The map `name` pinned under `bpf_root` as `bpftool -j map dump` prints it (JSON).
+pub fn pinned_map_dump(bpf_root: &std::path::Path, name: &str) -> String {
+    let pin = bpf_root.join(lb_common::maps::PIN_VERSION).join(name);
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(&pin)

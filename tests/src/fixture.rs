@@ -45,6 +45,8 @@ use lb_common::{
 use lb_testkit::packet::addr;
 use lb_testkit::{BPF_ROOT, Netns, ok};
 
+use crate::topology::{BACKEND_DEVS, CLIENT_DEV, NODE_DEV, Topology};
+
 /// Linux's `TC_ACT_UNSPEC`: hand the packet on.
 pub const TC_ACT_UNSPEC: i32 = -1;
 /// Linux's `TC_ACT_SHOT`: drop.
@@ -380,6 +382,20 @@ impl Datapath {
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .unwrap_or_else(|err| panic!("attach {name} to {iface} with TCX: {err:?}"));
+    }
+
+    /// Attaches from-netdev to `topology`'s external interface and from-pod to the host side of
+    /// every pod's veth, in the node's namespace: the datapath of a node, as the agent sets it.
+    pub fn attach_to(&mut self, topology: &Topology) {
+        ok(
+            topology.node.within(|| {
+                self.attach(Hook::FromNetdev, NODE_DEV);
+                for dev in std::iter::once(CLIENT_DEV).chain(BACKEND_DEVS) {
+                    self.attach(Hook::FromPod, dev);
+                }
+            }),
+            "enter the node's namespace",
+        );
     }
 
     /// Drops counted for `reason` at `hook`, summed over CPUs.

@@ -20,7 +20,7 @@
 //! Names start with [`PREFIX`], never with the lab's `lblab-`, and carry the test's name and the
 //! process id, so tests running at once (and a lab) never clash.
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lb_testkit::pod::{self, POD_GATEWAY};
 use lb_testkit::{Netns, Process, ok, servers, veth};
@@ -161,6 +161,24 @@ impl Topology {
     /// A directory for the test's files (scripts, logs, manifests), removed with the topology.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The directory an agent's file source reads: `manifests/` in [`Topology::dir`], created
+    /// on first use.
+    pub fn manifests(&self) -> PathBuf {
+        let dir = self.dir().join("manifests");
+        std::fs::create_dir_all(&dir).expect("create the manifests directory");
+        dir
+    }
+
+    /// Writes `yaml` as `name` in [`Topology::manifests`] in one step (aside, then renamed), so
+    /// that a file source never reads half a file; returns the directory.
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> PathBuf {
+        let dir = self.manifests();
+        let aside = self.dir().join(format!("{name}.new"));
+        std::fs::write(&aside, yaml).expect("write a manifest aside");
+        std::fs::rename(&aside, dir.join(name)).expect("rename a manifest into place");
+        dir
     }
 
     /// Every backend's HTTP server address.

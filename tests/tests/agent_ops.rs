@@ -17,8 +17,8 @@ use lb_testkit::{Netns, Process, ok, wait_until};
 use lb_tests::agent::{READY_TIMEOUT, pinned_datapath_config};
 use lb_tests::kube_api::{FakeApiServer, Kind};
 
-/// Deadline for an agent to load, answer, exit, or apply a change.
-const DEADLINE: Duration = Duration::from_secs(30);
+/// Deadline for an agent to answer, exit, or apply a change.
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 /// Longest the kube source may take to recover from failed LISTs (its backoff grows to 30 s).
 const RECOVERY: Duration = Duration::from_secs(90);
 /// Port of the metrics endpoint inside each test's namespace.
@@ -141,7 +141,7 @@ impl Drop for Node {
 fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|err| err.to_string())?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(lb_testkit::patience::ANSWER_WITHIN))
         .map_err(|err| err.to_string())?;
     write!(
         stream,
@@ -200,7 +200,7 @@ fn liveness_passes_while_the_api_server_fails_and_readiness_waits_for_the_first_
     );
 
     let live = ok(
-        agent.wait_until("/healthz to answer 200", DEADLINE, || {
+        agent.wait_until("/healthz to answer 200", READY_TIMEOUT, || {
             Ok(node.get("/healthz").ok().filter(|(code, _)| *code == 200))
         }),
         "liveness",

@@ -16,14 +16,15 @@
 //! Needs root and `python3`; runs `lb-agent` and `lbctl` from `LB_BIN_DIR`, or builds them
 //! first (see `lb_tests::agent::binaries`).
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lb_lab::Agent;
 use lb_lab::probe::EchoSession;
+use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN};
 use lb_testkit::wait_until;
+use lb_tests::manifests::{Manifest, Port, endpoint};
 use lb_tests::topology::{BACKEND_IPS, ECHO_PORT, Topology};
 
 /// The service's ClusterIP.
@@ -36,10 +37,6 @@ const UPDATES: usize = 1000;
 const CHECKPOINT_EVERY: usize = 10;
 /// Fresh connections opened at each checkpoint.
 const FRESH_CONNECTIONS: usize = 3;
-/// How long an update may take to reach the maps (the source polls every 200 ms).
-const IN_MAPS_WITHIN: Duration = Duration::from_secs(10);
-/// How long one exchange on a connection may take.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The address of update `n`'s terminating endpoint: a new one for every update.
 fn marker(n: usize) -> Ipv4Addr {
@@ -50,80 +47,40 @@ fn marker(n: usize) -> Ipv4Addr {
 /// The Service and its EndpointSlice for update `n`: `stays` ready, `other` ready when
 /// given, and update `n`'s marker serving but terminating.
 fn manifest(n: usize, stays: Ipv4Addr, other: Option<Ipv4Addr>) -> String {
-    let endpoint = |ip, ready| lb_tests::manifests::endpoint(ip, "node", ready);
-    let mut endpoints = endpoint(stays, true);
-    if let Some(other) = other {
-        endpoints.push_str(&endpoint(other, true));
-    }
-    endpoints.push_str(&endpoint(marker(n), false));
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: churn
-  namespace: default
-spec:
-  clusterIP: {VIP}
-  clusterIPs:
-  - {VIP}
-  ports:
-  - name: echo
-    port: {PORT}
-    protocol: TCP
-    targetPort: {ECHO_PORT}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: churn
-  name: churn-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: echo
-  port: {ECHO_PORT}
-  protocol: TCP
-"
-    )
+    let endpoint = |ip, ready| endpoint(ip, "node", ready);
+    let endpoints = std::iter::once(endpoint(stays, true))
+        .chain(other.map(|other| endpoint(other, true)))
+        .chain([endpoint(marker(n), false)]);
+    Manifest::new("churn", VIP)
+        .port(Port::tcp("echo", PORT, ECHO_PORT))
+        .endpoints(endpoints)
+        .to_yaml()
 }
 
-/// The node, its agent and the directory it reads. Field order is drop order: the agent stops
-/// (and its pins go) before the namespaces.
+/// The node and its agent, which reads the topology's manifests directory. Field order is drop
+/// order: the agent stops (and its pins go) before the namespaces.
 struct Cluster {
     agent: Agent,
     topology: Topology,
-    manifests: PathBuf,
 }
 
 impl Cluster {
     fn up(test: &str) -> Self {
         let topology = Topology::new(test);
-        let manifests = topology.dir().join("manifests");
-        std::fs::create_dir(&manifests).expect("create the manifests directory");
-        let agent = lb_tests::agent::start(&topology, test, &manifests);
-        Self {
-            agent,
-            topology,
-            manifests,
-        }
+        let agent = lb_tests::agent::start(&topology, test, &topology.manifests());
+        Self { agent, topology }
     }
 
     /// Writes the manifest whole (write aside, rename), as an editor or a ConfigMap does.
     fn write(&self, contents: &str) {
-        let aside = self.topology.dir().join("churn.yaml.new");
-        std::fs::write(&aside, contents).expect("write the manifest aside");
-        std::fs::rename(&aside, self.manifests.join("churn.yaml"))
-            .expect("rename the manifest into place");
+        self.topology.write_manifest("churn.yaml", contents);
     }
 
     /// Waits until `lbctl service list` shows update `n` (its marker), and returns the list.
     fn await_in_maps(&mut self, n: usize) -> String {
         let needle = format!("{}:{ECHO_PORT}/TCP", marker(n));
         let Self { agent, .. } = self;
-        wait_until(&format!("update {n} in the maps"), IN_MAPS_WITHIN, || {
+        wait_until(&format!("update {n} in the maps"), SETTLE_WITHIN, || {
             agent
                 .check_running()
                 .map_err(|err| format!("the agent exited: {err}"))?;
@@ -144,7 +101,7 @@ impl Cluster {
     /// Opens a connection from the client pod to the service and exchanges one line on it.
     fn connect(&self, what: &str) -> (EchoSession, Ipv4Addr) {
         let target = SocketAddrV4::new(VIP, PORT);
-        let mut session = EchoSession::connect(&self.topology.client.ns, target, EXCHANGE_TIMEOUT)
+        let mut session = EchoSession::connect(&self.topology.client.ns, target, ANSWER_WITHIN)
             .unwrap_or_else(|err| panic!("{what}: connect to {target}: {err}"));
         let reply = session
             .ask(what)

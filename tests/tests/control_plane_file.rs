@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use lb_agent::k8s::{Error, Snapshot, SourceSpec, View, malformed_objects_total, run_source};
+use lb_agent::k8s::{Snapshot, SourceSpec, View, malformed_objects_total, run_source};
 use lb_agent::model::{ThisNode, desired_services};
-use tokio::sync::watch;
+use lb_tests::source::Running;
 use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long a log line may take to appear.
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 /// Every log line of this test binary (tests run in parallel; each greps for its own files).
 fn logs() -> &'static Mutex<Vec<u8>> {
@@ -76,62 +77,12 @@ fn testdata(case: &str, file: &str) -> PathBuf {
         .join(file)
 }
 
-struct Running {
-    view: View,
-    versions: watch::Receiver<u64>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
 fn start(dir: &Path) -> Running {
     logs();
-    let view = View::default();
-    let versions = view.subscribe();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_source(
-        SourceSpec::File(dir.to_owned()),
-        "node".to_owned(),
-        view.clone(),
-        shutdown.clone(),
-    ));
-    Running {
-        view,
-        versions,
-        shutdown,
-        task,
-    }
-}
-
-impl Running {
-    /// Waits for a snapshot satisfying `pred`; returns it and how long the wait took.
-    async fn snapshot_where(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&Snapshot) -> bool,
-    ) -> (Arc<Snapshot>, Duration) {
-        let started = Instant::now();
-        loop {
-            if self.view.is_synced() {
-                let snapshot = self.view.snapshot();
-                if pred(&snapshot) {
-                    return (Arc::new(snapshot), started.elapsed());
-                }
-            }
-            let left = DEADLINE.saturating_sub(started.elapsed());
-            tokio::time::timeout(left, self.versions.changed())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-                .expect("source still running");
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("source stops on shutdown");
-        result.expect("source task").expect("source ends cleanly");
-    }
+    let dir = dir.to_owned();
+    Running::spawn(|view, shutdown| {
+        run_source(SourceSpec::File(dir), "node".to_owned(), view, shutdown)
+    })
 }
 
 fn backends(snapshot: &Snapshot, frontend: &str) -> Vec<String> {

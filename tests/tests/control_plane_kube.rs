@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, View, run_kube};
+use lb_agent::k8s::{LABEL_SELECTOR, Snapshot, run_kube};
 use lb_agent::model::{ThisNode, desired_services};
 use lb_tests::kube_api::{FakeApiServer, Kind, Stats};
+use lb_tests::source::{Running, names};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long the fake API server may take to see a request.
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 fn testdata(case: &str, file: &str) -> Vec<Value> {
     let path = format!("{}/testdata/{case}/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -35,55 +35,13 @@ fn load(server: &FakeApiServer, case: &str) {
     }
 }
 
-fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
-    let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        format!(
-            "{}/{}",
-            m.namespace.clone().unwrap_or_default(),
-            m.name.clone().unwrap_or_default()
-        )
-    };
-    (
-        snapshot
-            .services
-            .iter()
-            .map(|s| name(&s.metadata))
-            .collect(),
-        snapshot.slices.iter().map(|s| name(&s.metadata)).collect(),
-    )
-}
-
 /// Waits until the source has synced and its view satisfies `pred`.
 async fn snapshot_where(
     source: &mut Running,
     what: &str,
     pred: impl Fn(&Snapshot) -> bool,
 ) -> Arc<Snapshot> {
-    let started = tokio::time::Instant::now();
-    loop {
-        if source.view.is_synced() {
-            let snapshot = source.view.snapshot();
-            if pred(&snapshot) {
-                return Arc::new(snapshot);
-            }
-        }
-        let changed = tokio::time::timeout_at(started + DEADLINE, source.versions.changed()).await;
-        match changed {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => panic!("source stopped while waiting for {what}"),
-            Err(_) => panic!(
-                "timed out waiting for {what}; last: {:?}",
-                names(&source.view.snapshot())
-            ),
-        }
-    }
-}
-
-struct Running {
-    view: View,
-    versions: watch::Receiver<u64>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), lb_agent::k8s::Error>>,
+    source.snapshot_where(what, pred).await.0
 }
 
 fn start(server: &FakeApiServer) -> Running {
@@ -95,26 +53,7 @@ fn start_on(server: &FakeApiServer, node: Option<&'static str>) -> Running {
     let client = server
         .client()
         .expect("kube client for the fake API server");
-    let view = View::default();
-    let versions = view.subscribe();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_kube(client, node, view.clone(), shutdown.clone()));
-    Running {
-        view,
-        versions,
-        shutdown,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("source stops on shutdown");
-        result.expect("source task").expect("source ends cleanly");
-    }
+    Running::spawn(|view, shutdown| run_kube(client, node, view, shutdown))
 }
 
 fn opted_out_service() -> Value {

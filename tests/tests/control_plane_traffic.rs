@@ -16,23 +16,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lb_lab::Agent;
-use lb_lab::probe::{EchoReply, http_get, udp_echo};
+use lb_lab::probe::{EchoReply, udp_echo};
+use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN};
 use lb_testkit::{Netns, wait_until};
+use lb_tests::manifests::{Manifest, Port, endpoint};
+use lb_tests::probe::{http_get, http_get_unanswered};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, ECHO_PORT, HTTP_PORT, Topology};
 
 /// The service's ClusterIP.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 /// How soon a change must be live.
 const LIVE_WITHIN: Duration = Duration::from_secs(1);
-/// How long a probe loop may run before the test gives up (well beyond `LIVE_WITHIN`, so that a
-/// slow change fails on the measurement, with its number, rather than here).
-const DEADLINE: Duration = Duration::from_secs(10);
+/// How long a probe loop or a wait may run before the test gives up (well beyond
+/// `LIVE_WITHIN`, so that a slow change fails on the measurement, with its number, rather than
+/// here).
+const DEADLINE: Duration = SETTLE_WITHIN;
 /// How long one UDP probe of a measurement waits: answers inside the node take well under a
 /// millisecond, but a busy machine may be slow to run the echo server. A late answer counts
 /// as none, which never makes a change look faster than it was (see `Probe`).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
-/// How long a probe that must be answered waits.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries to see both backends: all 40 on one backend has probability 2 * 2^-40.
 const TRIES: usize = 40;
 /// Consecutive answers from the one remaining backend that show a removal is live: with both
@@ -42,51 +44,12 @@ const RUN: usize = 12;
 /// The echo Service and its EndpointSlice, as `kubectl get -o yaml` prints them: `udp_port`/UDP
 /// → the echo servers, 80/TCP → the HTTP servers, on every address of `backends`.
 fn manifest(udp_port: u16, backends: &[Ipv4Addr]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|ip| lb_tests::manifests::endpoint(*ip, "node", true))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-spec:
-  clusterIP: {VIP}
-  clusterIPs:
-  - {VIP}
-  ipFamilies:
-  - IPv4
-  ports:
-  - name: echo
-    port: {udp_port}
-    protocol: UDP
-    targetPort: {ECHO_PORT}
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: echo
-  name: echo-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: echo
-  port: {ECHO_PORT}
-  protocol: UDP
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("echo", VIP)
+        .spec("ipFamilies", "- IPv4\n")
+        .port(Port::udp("echo", udp_port, ECHO_PORT))
+        .port(Port::tcp("http", 80, HTTP_PORT))
+        .endpoints(backends.iter().map(|ip| endpoint(*ip, "node", true)))
+        .to_yaml()
 }
 
 /// The node, its agent and the directory the agent reads. Field order is drop order: the agent
@@ -102,8 +65,7 @@ impl Cluster {
     /// A topology for `test` and an agent on its node reading an empty directory.
     fn up(test: &str) -> Self {
         let topology = Topology::new(test);
-        let manifests = topology.dir().join("manifests");
-        std::fs::create_dir(&manifests).expect("create the manifests directory");
+        let manifests = topology.manifests();
         let agent = lb_tests::agent::start(&topology, test, &manifests);
         Self {
             agent,
@@ -120,9 +82,7 @@ impl Cluster {
     /// Writes `contents` to `name` in the manifests directory at once (write aside, rename) and
     /// returns when it was renamed into place.
     fn write(&self, name: &str, contents: &str) -> Instant {
-        let aside = self.topology.dir().join(format!("{name}.new"));
-        std::fs::write(&aside, contents).expect("write the manifest aside");
-        std::fs::rename(&aside, self.manifests.join(name)).expect("rename the manifest into place");
+        self.topology.write_manifest(name, contents);
         Instant::now()
     }
 
@@ -185,7 +145,7 @@ impl Cluster {
         let mut seen = BTreeSet::new();
         for _ in 0..TRIES {
             let reply = self
-                .probe(port, ANSWER_TIMEOUT)
+                .probe(port, ANSWER_WITHIN)
                 .unwrap_or_else(|why| panic!("{VIP}:{port}/UDP: {why}"));
             seen.insert(reply.pod_ip);
             if seen.len() == BACKEND_IPS.len() {
@@ -358,7 +318,8 @@ fn file_source_writes_edits_and_deletes_are_live_in_traffic_within_a_second() {
         took <= LIVE_WITHIN,
         "{VIP}:54 still answered {took:?} after the deletion"
     );
-    let (outcome, reply) = http_get(cluster.client(), SocketAddrV4::new(VIP, 80)).expect("curl");
+    let (outcome, reply) =
+        http_get_unanswered(cluster.client(), SocketAddrV4::new(VIP, 80)).expect("curl");
     assert_eq!(
         reply.status, None,
         "{VIP}:80 no longer answers: {outcome:?}"
@@ -456,7 +417,7 @@ fn lbctl_bpf_ct_list_shows_a_probe_flow_through_the_real_agent() {
     })
     .unwrap_or_else(|err| panic!("{err}"));
     let reply = cluster
-        .probe(53, ANSWER_TIMEOUT)
+        .probe(53, ANSWER_WITHIN)
         .unwrap_or_else(|why| panic!("{why}"));
     let client = reply.client.to_string();
 

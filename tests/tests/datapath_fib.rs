@@ -47,7 +47,7 @@ const MIN_SHARE: f64 = 0.25;
 /// the test, not hang it.
 const CLIENT_TIMEOUT: &str = "15";
 /// How long the iperf3 server gets to listen.
-const SERVER_START: Duration = Duration::from_secs(10);
+const SERVER_START: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 /// The lab with the datapath on k8smaster0. Field order is drop order: the programs are
 /// detached (and their pins removed) before the namespaces go.

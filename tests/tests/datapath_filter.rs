@@ -1,13 +1,14 @@
 //! The pass-through filters (`filter.rs`, `lb_common::filter`): a packet whose destination is
 //! no frontend's address and whose source is no reply entry's passes before any conntrack or
 //! frontend lookup. The agent flags every frontend address while it has one; the datapath flags
-//! a reply source when it creates the reply entry, and never clears it, so that replies are
-//! still found after their service is gone.
+//! a reply source when it creates the reply entry, and neither it nor the agent's GC clears it,
+//! so that replies are still found after their service is gone.
 
 use std::net::Ipv4Addr;
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::{
+    config::{DatapathConfig, EVENTS_PER_SEC},
     drop::{DropReason, Hook},
     filter::{FilterWord, reply_slot, vip_slot, word_and_flag},
     maps, proto,
@@ -165,4 +166,40 @@ fn a_new_reply_filter_starts_from_the_reply_entries_already_in_conntrack() {
         "the new filter has the flag of the reply entry conntrack holds"
     );
     assert_eq!(reply_flag(&datapath, "10.244.2.6", 8080), 0);
+}
+
+#[test]
+fn gc_deletes_an_expired_reply_entry_but_leaves_its_flag_set() {
+    // The flag cannot be proven unused while the datapath may set it for a new flow (see
+    // lb-agent's datapath/conntrack.rs), so the GC never clears it.
+    let mut datapath = Datapath::load();
+    let at = |datapath: &mut Datapath, now: u32| {
+        datapath.set_config(DatapathConfig {
+            events_per_sec: EVENTS_PER_SEC,
+            clock_offset: now,
+            ..DatapathConfig::default()
+        });
+    };
+    at(&mut datapath, 1_000);
+    datapath.sync(&[service(FRONTEND, &[A])]);
+    datapath.run(Hook::FromPod, &tcp_syn(POD, VIP));
+    assert_eq!(datapath.conntrack().len(), 2, "the flow's two entries");
+    at(&mut datapath, 1_000 + 24 * 3600);
+    let report = datapath.gc();
+    assert_eq!(report.deleted, 2, "both entries expired");
+    assert!(datapath.conntrack().is_empty());
+    assert_eq!(
+        reply_flag(&datapath, "10.244.1.5", 8080),
+        1,
+        "the reply source keeps its flag"
+    );
+    // A new flow to the same backend is translated both ways, as it must be whether or not
+    // the flag was cleared in between.
+    at(&mut datapath, 1_000 + 24 * 3600 + 1);
+    let run = datapath.run(Hook::FromPod, &tcp_syn(POD, VIP));
+    assert_eq!(run.frame, tcp_syn(POD, A));
+    assert_eq!(
+        datapath.run(Hook::FromPod, &tcp_syn_ack(A, POD)).frame,
+        tcp_syn_ack(VIP, POD)
+    );
 }

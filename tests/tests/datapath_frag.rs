@@ -11,7 +11,6 @@
 //! `python3`).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::time::Duration;
 
 use etherparse::{EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, UdpHeader};
 use lb_common::{
@@ -22,12 +21,11 @@ use lb_common::{
 };
 use lb_lab::probe::EchoReply;
 use lb_testkit::packet::{DST_MAC, SRC_MAC, addr, ip, ip_be, udp};
+use lb_testkit::patience::ANSWER_WITHIN;
 use lb_tests::fixture::{
     Datapath, FibNetns, ServiceExt as _, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, service,
 };
-use lb_tests::topology::{
-    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, ECHO_PORT, NODE_DEV, Topology,
-};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, ECHO_PORT, Topology};
 
 const VIP: &str = "10.96.0.10:53";
 const FRONTEND: &str = "10.96.0.10:53/UDP";
@@ -254,15 +252,7 @@ fn a_udp_datagram_larger_than_the_mtu_to_a_cluster_ip_gets_its_whole_echo_back()
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
-    topology
-        .node
-        .within(|| {
-            datapath.attach(Hook::FromNetdev, NODE_DEV);
-            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                datapath.attach(Hook::FromPod, dev);
-            }
-        })
-        .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+    datapath.attach_to(&topology);
     let backends = BACKEND_IPS.map(|ip| format!("{ip}:{ECHO_PORT}"));
     datapath.sync(&[service(
         &format!("{ECHO_VIP}/UDP"),
@@ -277,7 +267,7 @@ fn a_udp_datagram_larger_than_the_mtu_to_a_cluster_ip_gets_its_whole_echo_back()
             let socket = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0))?;
             // Connected: only an answer from VIP:53 is received.
             socket.connect(ECHO_VIP)?;
-            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.set_read_timeout(Some(ANSWER_WITHIN))?;
             socket.send(payload.as_bytes())?;
             let mut buf = vec![0u8; 65_536];
             let n = socket.recv(&mut buf)?;

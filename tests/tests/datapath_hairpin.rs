@@ -7,7 +7,6 @@
 //! from a backend pod of `Topology` to its own Service (needs root and `python3`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::Duration;
 
 use lb_common::{
     config::{
@@ -20,8 +19,9 @@ use lb_common::{
 };
 use lb_lab::probe::{EchoSession, udp_echo};
 use lb_testkit::packet::*;
+use lb_testkit::patience::ANSWER_WITHIN;
 use lb_tests::fixture::{Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, service};
-use lb_tests::topology::{BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, ECHO_PORT, NODE_DEV, Topology};
+use lb_tests::topology::{BACKEND_IPS, ECHO_PORT, Topology};
 
 const VIP: &str = "10.96.0.10:80";
 const FRONTEND: &str = "10.96.0.10:80/TCP";
@@ -228,8 +228,6 @@ fn a_hairpin_with_its_port_taken_and_the_snat_range_exhausted_drops_with_167() {
 
 /// How many new connections (and datagrams, each from a new socket) a pod makes to itself.
 const CONNECTIONS: usize = 20;
-/// How long one exchange may take.
-const TIMEOUT: Duration = Duration::from_secs(2);
 /// The ClusterIP of the traffic tests: TCP and UDP frontends on the backends' echo servers.
 const ECHO_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 7);
 
@@ -250,15 +248,7 @@ impl Node {
             events_per_sec: EVENTS_PER_SEC,
             ..DatapathConfig::default()
         });
-        topology
-            .node
-            .within(|| {
-                datapath.attach(Hook::FromNetdev, NODE_DEV);
-                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                    datapath.attach(Hook::FromPod, dev);
-                }
-            })
-            .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+        datapath.attach_to(&topology);
         let backends: Vec<String> = backends
             .iter()
             .map(|ip| format!("{ip}:{ECHO_PORT}"))
@@ -278,7 +268,7 @@ impl Node {
         let pod = &self.topology.backends[0];
         let mut seen = Vec::new();
         for i in 0..CONNECTIONS {
-            let mut session = EchoSession::connect(&pod.ns, ECHO_VIP, TIMEOUT)
+            let mut session = EchoSession::connect(&pod.ns, ECHO_VIP, ANSWER_WITHIN)
                 .unwrap_or_else(|err| panic!("TCP connection {i} to {ECHO_VIP}: {err:#}"));
             let line = format!("tcp {i}");
             let reply = session
@@ -293,7 +283,7 @@ impl Node {
                 SocketAddrV4::new(pod.ip, 0),
                 ECHO_VIP,
                 &payload,
-                TIMEOUT,
+                ANSWER_WITHIN,
             )
             .expect("UDP probe")
             .unwrap_or_else(|why| panic!("UDP datagram {i} to {ECHO_VIP}: {why}"));

@@ -2,7 +2,10 @@
 //! host's own stack sends for a flow the ingress hooks DNATed to the node's address is
 //! reverse-NATed to the VIP; a forwarded packet, and a host packet of no flow, pass untouched.
 
+use aya::maps::{Array, Map, MapData};
 use lb_common::drop::Hook;
+use lb_common::filter::{FilterWord, reply_slot, word_and_flag};
+use lb_common::{maps, proto};
 use lb_testkit::packet::*;
 use lb_tests::fixture::{Datapath, TC_ACT_UNSPEC, service};
 
@@ -76,9 +79,36 @@ fn a_host_packet_of_no_flow_passes_untouched() {
     }
 }
 
+#[test]
+fn a_host_reply_whose_source_the_reply_filter_does_not_flag_passes_before_any_lookup() {
+    let datapath = with_flows();
+    // Clear the flag of the host backend's replies behind the datapath's back: the filter then
+    // says "no reply entry has this source", and from-host believes it, as the ingress hooks do.
+    let (word, _) = word_and_flag(reply_slot(
+        u32::from(std::net::Ipv4Addr::new(192, 168, 56, 4)).to_be(),
+        6443u16.to_be(),
+        proto::TCP,
+    ));
+    let data = MapData::from_pin(datapath.pin_dir().join(maps::LB4_REPLY_SRCS))
+        .expect("open the pinned reply filter");
+    Array::<_, FilterWord>::try_from(Map::Array(data))
+        .expect("an array of filter words")
+        .set(word, FilterWord::default(), 0)
+        .expect("clear the word");
+    let frame = tcp_syn_ack(HOST_BACKEND, POD);
+    let run = datapath.run(Hook::FromHost, &frame);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert_eq!(run.frame, frame, "passed untouched");
+    // The UDP flow's flag is another word's: its reply is still translated.
+    assert_eq!(
+        datapath.run(Hook::FromHost, &udp(HOST_DNS, POD)).frame,
+        udp(DNS_VIP, POD)
+    );
+}
+
 /// Cost per packet of `from_host` under `BPF_PROG_TEST_RUN` (kernel-measured, single runs
 /// averaged, so each includes the same per-run overhead): a forwarded packet (the early return
-/// every packet to a pod pays), a host packet of no flow (one conntrack lookup) and a host
+/// every packet to a pod pays), a host packet of no flow (the filters' two array lookups) and a host
 /// backend's reply (lookup and rewrite). Run with
 /// `cargo test -p lb-tests --test datapath_host_reply -- --ignored --nocapture`.
 #[test]

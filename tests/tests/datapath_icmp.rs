@@ -18,14 +18,12 @@ use lb_common::{
 };
 use lb_testkit::ok;
 use lb_testkit::packet::*;
+use lb_testkit::patience::{ANSWER_WITHIN, ANSWER_WITHIN_SECS, SETTLE_WITHIN};
 use lb_tests::fixture::{
     CLIENT_MAC, Case, Datapath, Expect, FibNetns, NODE_MAC, PEER_NODE_MAC, ServiceExt as _,
     TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, check, service,
 };
-use lb_tests::topology::{
-    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP as TOPO_CLIENT_IP, HTTP_PORT, NODE_DEV,
-    Topology,
-};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_IP as TOPO_CLIENT_IP, HTTP_PORT, Topology};
 
 const POD: &str = "10.244.0.7:40000";
 const POD_IP: &str = "10.244.0.7";
@@ -511,15 +509,7 @@ impl Node {
     fn up(test: &str) -> Self {
         let topology = Topology::new(test);
         let mut datapath = Datapath::load();
-        ok(
-            topology.node.within(|| {
-                datapath.attach(Hook::FromNetdev, NODE_DEV);
-                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                    datapath.attach(Hook::FromPod, dev);
-                }
-            }),
-            "enter the node's namespace",
-        );
+        datapath.attach_to(&topology);
         Self { datapath, topology }
     }
 }
@@ -542,7 +532,7 @@ fn a_udp_client_of_a_clusterip_whose_backend_has_no_listener_gets_connection_ref
             .within(|| -> std::io::Result<usize> {
                 let socket = UdpSocket::bind(SocketAddrV4::new(TOPO_CLIENT_IP, 0))?;
                 socket.connect(SocketAddrV4::new(TOPOLOGY_VIP, 53))?;
-                socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+                socket.set_read_timeout(Some(ANSWER_WITHIN))?;
                 socket.send(b"anyone there?")?;
                 socket.recv(&mut [0u8; 64])
             }),
@@ -572,7 +562,7 @@ fn a_ping_to_a_clusterip_is_answered_by_the_clusterip_and_refused_from_outside()
         node.topology
             .client
             .ns
-            .exec("ping", &["-n", "-c", "1", "-W", "2", &vip]),
+            .exec("ping", &["-n", "-c", "1", "-W", ANSWER_WITHIN_SECS, &vip]),
         "run ping",
     );
     assert!(from_pod.success, "ping from a pod: {from_pod:?}");
@@ -613,7 +603,7 @@ fn sctp_from_a_pod_to_a_clusterip_is_dropped_with_142_and_counted() {
         node.topology.client.ns.run("python3", &["-c", &send]),
         "send SCTP",
     );
-    let counted = lb_testkit::wait_until("the drop to be counted", Duration::from_secs(5), || {
+    let counted = lb_testkit::wait_until("the drop to be counted", SETTLE_WITHIN, || {
         let count = node
             .datapath
             .drop_count(DropReason::UnknownL4, Hook::FromPod);

@@ -15,13 +15,13 @@ use lb_common::config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER
 use lb_common::drop::{DropReason, Hook};
 use lb_common::event::{DropEvent, tcp_flags};
 use lb_common::proto;
-use lb_lab::probe::{EchoReply, EchoSession, HttpReply, http_get, udp_echo};
+use lb_lab::probe::{EchoReply, EchoSession, HttpReply, udp_echo};
 use lb_testkit::packet::{ip_be, port_be};
+use lb_testkit::patience::{ANSWER_WITHIN, SETTLE_WITHIN, SILENCE, SILENCE_SECS};
 use lb_testkit::{Netns, wait_until};
 use lb_tests::fixture::{Datapath, LoadOptions, service};
-use lb_tests::topology::{
-    BACKEND_DEVS, BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology,
-};
+use lb_tests::probe::{http_get, http_get_unanswered};
+use lb_tests::topology::{BACKEND_IPS, CLIENT_DEV, CLIENT_IP, EXTERNAL_IP, NODE_DEV, Topology};
 
 /// The ClusterIP of every service here.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -34,10 +34,6 @@ const ECHO_FRONTEND: &str = "10.96.0.10:7/TCP";
 /// Tries to see both backends: with a uniform choice, all 40 landing on one backend has
 /// probability 2 * 2^-40.
 const TRIES: usize = 40;
-/// How long one UDP probe waits for its answer.
-const UDP_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a counter or an event may take to appear after its packet was sent.
-const DEADLINE: Duration = Duration::from_secs(5);
 
 /// A node with the datapath attached. Field order is drop order: the programs are detached (and
 /// their pins removed) before the namespaces go.
@@ -56,15 +52,7 @@ impl Node {
     fn up_with(test: &str, options: LoadOptions) -> Self {
         let topology = Topology::new(test);
         let mut datapath = Datapath::load_with(options);
-        topology
-            .node
-            .within(|| {
-                datapath.attach(Hook::FromNetdev, NODE_DEV);
-                for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                    datapath.attach(Hook::FromPod, dev);
-                }
-            })
-            .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+        datapath.attach_to(&topology);
         Self { datapath, topology }
     }
 
@@ -116,7 +104,7 @@ fn http_backends_seen(ns: &Netns, target: SocketAddrV4, client_ip: Ipv4Addr) -> 
 
 /// Waits until `count` says at least `at_least`, and returns what it says.
 fn await_count(what: &str, at_least: u64, count: impl Fn() -> u64) -> u64 {
-    wait_until(what, DEADLINE, || {
+    wait_until(what, SETTLE_WITHIN, || {
         let now = count();
         if now >= at_least {
             Ok(Some(now))
@@ -182,9 +170,15 @@ fn pod_to_cluster_ip_over_tcp_and_udp_reaches_both_backends() {
     let mut seen = BTreeSet::new();
     for i in 0..TRIES {
         let payload = format!("datagram {i}");
-        let reply = udp_echo(client, any_port(CLIENT_IP), vip(53), &payload, UDP_TIMEOUT)
-            .expect("UDP probe")
-            .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)));
+        let reply = udp_echo(
+            client,
+            any_port(CLIENT_IP),
+            vip(53),
+            &payload,
+            ANSWER_WITHIN,
+        )
+        .expect("UDP probe")
+        .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)));
         // The socket is connected to the VIP: this answer came back reverse-NATed to VIP:53.
         assert_eq!(reply.payload, payload, "{reply:?}");
         assert_eq!(*reply.client.ip(), CLIENT_IP, "no SNAT: {reply:?}");
@@ -216,7 +210,7 @@ fn external_client_to_cluster_ip_is_dropped_with_174_when_flag_is_off_and_served
             &[
                 "-sS",
                 "--connect-timeout",
-                "1",
+                SILENCE_SECS,
                 "--local-port",
                 "40174",
                 &url,
@@ -275,7 +269,7 @@ fn removing_a_backend_keeps_an_established_connection_to_the_other_intact() {
     // One held connection to each backend (the choice is random: open until both are held).
     let mut sessions: Vec<(EchoSession, Ipv4Addr)> = Vec::new();
     for i in 0..TRIES {
-        let mut session = EchoSession::connect(client, vip(7), Duration::from_secs(2))
+        let mut session = EchoSession::connect(client, vip(7), ANSWER_WITHIN)
             .unwrap_or_else(|err| panic!("connect to {}: {err}", vip(7)));
         let EchoReply {
             pod_ip, payload, ..
@@ -318,7 +312,7 @@ fn removing_a_backend_keeps_an_established_connection_to_the_other_intact() {
         assert_eq!(reply.client, local, "same connection: {reply:?}");
     }
     for i in 0..10 {
-        let mut fresh = EchoSession::connect(client, vip(7), Duration::from_secs(2))
+        let mut fresh = EchoSession::connect(client, vip(7), ANSWER_WITHIN)
             .unwrap_or_else(|err| panic!("connect to {}: {err}", vip(7)));
         let reply = fresh.ask(&format!("new {i}")).expect("echo");
         assert_eq!(
@@ -338,7 +332,7 @@ fn frontend_without_backends_drops_with_158() {
     let client = &node.topology.client.ns;
     let from = SocketAddrV4::new(CLIENT_IP, 40158);
 
-    let answer = udp_echo(client, from, vip(53), "anyone?", UDP_TIMEOUT).expect("UDP probe");
+    let answer = udp_echo(client, from, vip(53), "anyone?", SILENCE).expect("UDP probe");
     assert!(answer.is_err(), "no backend, no answer: {answer:?}");
     await_count("a drop counted with 158", 1, || {
         node.datapath
@@ -361,7 +355,7 @@ fn frontend_without_backends_drops_with_158() {
         vip(53),
     );
 
-    let (outcome, reply) = http_get(client, vip(80)).expect("run curl");
+    let (outcome, reply) = http_get_unanswered(client, vip(80)).expect("run curl");
     assert_eq!(
         reply.status, None,
         "no backend, no HTTP answer: {outcome:?}"
@@ -396,7 +390,6 @@ impl UdpClient {
             .within(|| -> std::io::Result<UdpSocket> {
                 let socket = UdpSocket::bind(any_port(CLIENT_IP))?;
                 socket.connect(vip(53))?;
-                socket.set_read_timeout(Some(Duration::from_millis(200)))?;
                 Ok(socket)
             })
             .unwrap_or_else(|err| panic!("enter the client's namespace: {err}"))
@@ -404,8 +397,11 @@ impl UdpClient {
         Self { socket, sent: 0 }
     }
 
-    /// Sends one datagram and returns the backend that echoed it, or why none did.
-    fn ask(&mut self) -> Result<Ipv4Addr, String> {
+    /// Sends one datagram and returns the backend that echoed it within `wait`, or why none did.
+    fn ask(&mut self, wait: Duration) -> Result<Ipv4Addr, String> {
+        self.socket
+            .set_read_timeout(Some(wait))
+            .map_err(|err| format!("set the read timeout: {err}"))?;
         self.sent += 1;
         let payload = format!("query {}", self.sent);
         self.socket
@@ -433,9 +429,15 @@ fn a_udp_flow_moves_when_its_backend_is_removed_and_stops_when_its_service_is_de
     node.datapath.sync(&[to_backends(UDP_FRONTEND, 7007)]);
     let mut client = UdpClient::open(&node.topology.client.ns);
 
-    let first = client.ask().unwrap_or_else(|why| panic!("{why}"));
+    let first = client
+        .ask(ANSWER_WITHIN)
+        .unwrap_or_else(|why| panic!("{why}"));
     for _ in 0..5 {
-        assert_eq!(client.ask(), Ok(first), "the flow keeps its backend");
+        assert_eq!(
+            client.ask(ANSWER_WITHIN),
+            Ok(first),
+            "the flow keeps its backend"
+        );
     }
 
     // Remove the flow's backend, as the EndpointSlice losing it makes the agent do.
@@ -447,8 +449,8 @@ fn a_udp_flow_moves_when_its_backend_is_removed_and_stops_when_its_service_is_de
         .sync(&[service(UDP_FRONTEND, &[&format!("{other}:7007")])]);
     let moved = wait_until(
         "answers from the remaining backend",
-        Duration::from_secs(1),
-        || match client.ask() {
+        SETTLE_WITHIN,
+        || match client.ask(ANSWER_WITHIN) {
             Ok(ip) if ip == other => Ok(Some(ip)),
             seen => Err(format!("{seen:?}")),
         },
@@ -459,14 +461,18 @@ fn a_udp_flow_moves_when_its_backend_is_removed_and_stops_when_its_service_is_de
         "the same socket is answered by {other}"
     );
     for _ in 0..5 {
-        assert_eq!(client.ask(), Ok(other), "the flow stays on its new backend");
+        assert_eq!(
+            client.ask(ANSWER_WITHIN),
+            Ok(other),
+            "the flow stays on its new backend"
+        );
     }
 
     // Delete the Service: 10.96.0.10 is no VIP any more, so the datagram is not translated,
     // reaches no backend and nothing answers; lb passes it on (no drop).
     node.datapath.sync(&[]);
     for _ in 0..3 {
-        let answer = client.ask();
+        let answer = client.ask(SILENCE);
         assert!(
             answer.is_err(),
             "no answer once the Service is gone: {answer:?}"
@@ -490,7 +496,7 @@ fn a_kept_tcp_connection_survives_udp_churn_that_overflows_the_any_map() {
         to_backends(UDP_FRONTEND, 7007),
     ]);
     let client = &node.topology.client.ns;
-    let mut session = EchoSession::connect(client, vip(7), Duration::from_secs(2))
+    let mut session = EchoSession::connect(client, vip(7), ANSWER_WITHIN)
         .unwrap_or_else(|err| panic!("connect to {}: {err}", vip(7)));
     let first = session.ask("before").expect("echo before the churn").pod_ip;
 
@@ -552,7 +558,7 @@ fn with_maglev_a_flow_moved_to_another_node_reaches_the_same_backend() {
             SocketAddrV4::new(CLIENT_IP, source_port),
             vip(53),
             &payload,
-            UDP_TIMEOUT,
+            ANSWER_WITHIN,
         )
         .expect("UDP probe")
         .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)));
@@ -571,15 +577,7 @@ fn with_maglev_a_flow_moved_to_another_node_reaches_the_same_backend() {
     reversed.backends.reverse();
     other.sync(&[to_backends(HTTP_FRONTEND, 8080), reversed]);
     drop(std::mem::replace(&mut node.datapath, other));
-    node.topology
-        .node
-        .within(|| {
-            node.datapath.attach(Hook::FromNetdev, NODE_DEV);
-            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
-                node.datapath.attach(Hook::FromPod, dev);
-            }
-        })
-        .unwrap_or_else(|err| panic!("enter the node's namespace: {err}"));
+    node.datapath.attach_to(&node.topology);
     let client = &node.topology.client.ns;
     let answer = |source_port: u16| {
         udp_echo(
@@ -587,7 +585,7 @@ fn with_maglev_a_flow_moved_to_another_node_reaches_the_same_backend() {
             SocketAddrV4::new(CLIENT_IP, source_port),
             vip(53),
             "again",
-            UDP_TIMEOUT,
+            ANSWER_WITHIN,
         )
         .expect("UDP probe")
         .unwrap_or_else(|why| panic!("UDP to {}: {why}", vip(53)))

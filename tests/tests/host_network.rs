@@ -24,8 +24,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use lb_lab::probe::{EchoReply, HttpReply};
+use lb_testkit::patience::ANSWER_WITHIN_SECS;
 use lb_testkit::{Netns, cgroup::TestCgroup, ok, servers};
-use lb_tests::manifests::endpoint;
+use lb_tests::manifests::{Manifest, Port, endpoint, stream};
 use lb_tests::topology::{
     BACKEND_IPS, CLIENT_IP, ECHO_PORT, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology,
 };
@@ -46,131 +47,36 @@ const TRIES: usize = 12;
 /// UDP 53, to both backends' echo servers; `sticky`: ClientIP affinity on both; `empty`: no
 /// endpoints.
 fn manifests() -> String {
-    let endpoints: String = BACKEND_IPS
+    let endpoints: Vec<String> = BACKEND_IPS
         .iter()
         .map(|ip| endpoint(*ip, "node", true))
         .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  clusterIP: {CLUSTER_IP}
-  ports:
-  - name: http
-    nodePort: {NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: NodePort
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web
-  name: web-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: dns
-  namespace: default
-spec:
-  clusterIP: {DNS_CLUSTER_IP}
-  ports:
-  - name: dns
-    port: {DNS_PORT}
-    protocol: UDP
-    targetPort: {ECHO_PORT}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: dns
-  name: dns-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: dns
-  port: {ECHO_PORT}
-  protocol: UDP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: sticky
-  namespace: default
-spec:
-  clusterIP: {STICKY_CLUSTER_IP}
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  sessionAffinity: ClientIP
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: sticky
-  name: sticky-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: \"\"
-  port: {HTTP_PORT}
-  protocol: TCP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: empty
-  namespace: default
-spec:
-  clusterIP: {EMPTY_CLUSTER_IP}
-  ports:
-  - port: 80
-    protocol: TCP
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: empty
-  name: empty-abcde
-  namespace: default
-endpoints: []
-ports:
-- name: \"\"
-  port: 8080
-  protocol: TCP
-"
-    )
+    stream(&[
+        Manifest::new("web", CLUSTER_IP)
+            .port(Port::tcp("http", 80, HTTP_PORT).node_port(NODE_PORT))
+            .kind("NodePort")
+            .endpoints(endpoints.clone()),
+        Manifest::new("dns", DNS_CLUSTER_IP)
+            .port(Port::udp("dns", DNS_PORT, ECHO_PORT))
+            .endpoints(endpoints.clone()),
+        Manifest::new("sticky", STICKY_CLUSTER_IP)
+            .spec("sessionAffinity", "ClientIP")
+            .port(Port::tcp("", 80, HTTP_PORT))
+            .endpoints(endpoints),
+        Manifest::new("empty", EMPTY_CLUSTER_IP).port(Port::tcp("", 80, HTTP_PORT)),
+    ])
 }
 
-/// `curl` to `target` from `ns`, run inside `cgroup`: the HTTP answer (`None` status when
-/// nothing answered) and what curl said.
+/// `curl` to `target` from `ns`, run inside `cgroup`, for a request that should be answered: the
+/// HTTP answer (`None` status when nothing answered) and what curl said.
 fn curl_in(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> (HttpReply, String) {
     let url = format!("http://{target}/");
     let outcome = ok(
-        cgroup.exec(ns, "curl", &["-sSi", "--max-time", "3", &url]),
+        cgroup.exec(
+            ns,
+            "curl",
+            &["-sSi", "--max-time", ANSWER_WITHIN_SECS, &url],
+        ),
         "run curl in the test cgroup",
     );
     (HttpReply::parse(&outcome.stdout), format!("{outcome:?}"))
@@ -190,17 +96,18 @@ fn answered_by(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> BTreeSe
 
 /// A UDP client that tells where its answers came from: one datagram with `sendto` on an
 /// unconnected socket, answered through `recvfrom`; one on a socket connected to the VIP,
-/// whose `getpeername` it prints. Each line: `how SOURCE-IP SOURCE-PORT ECHO-ANSWER`.
+/// whose `getpeername` it prints. Each line: `how SOURCE-IP SOURCE-PORT ECHO-ANSWER`. Each
+/// answer is awaited `argv[3]` seconds.
 const UDP_CLIENT: &str = r#"
 import socket, sys
-vip, port = sys.argv[1], int(sys.argv[2])
+vip, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
+s.settimeout(wait)
 s.sendto(b"unconnected", (vip, port))
 data, source = s.recvfrom(2048)
 print("recvfrom", source[0], source[1], data.decode().strip())
 c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.settimeout(3)
+c.settimeout(wait)
 c.connect((vip, port))
 c.send(b"connected")
 data = c.recv(2048)
@@ -209,11 +116,12 @@ print("getpeername", peer[0], peer[1], data.decode().strip())
 "#;
 
 /// Prints the errno name `connect()` to `argv[1]:argv[2]` fails with (`connected` if it does
-/// not).
+/// not), given up after `argv[3]` seconds. The errors the tests expect come at once; a timeout
+/// prints `timed out`.
 const CONNECT_ERRNO: &str = r#"
 import errno, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.settimeout(3)
+s.settimeout(float(sys.argv[3]))
 try:
     s.connect((sys.argv[1], int(sys.argv[2])))
     print("connected")
@@ -221,23 +129,23 @@ except OSError as err:
     print(errno.errorcode.get(err.errno, str(err)))
 "#;
 
+/// [`CONNECT_ERRNO`] to `target` from `ns`, run inside `cgroup`.
+fn connect_errno(cgroup: &TestCgroup, ns: &Netns, target: SocketAddrV4) -> lb_testkit::Outcome {
+    let (ip, port) = (target.ip().to_string(), target.port().to_string());
+    ok(
+        cgroup.exec(
+            ns,
+            "python3",
+            &["-c", CONNECT_ERRNO, &ip, &port, ANSWER_WITHIN_SECS],
+        ),
+        "run the connect probe in the test cgroup",
+    )
+}
+
 /// Entries in the pinned map `name` of the agent of test `test`, as bpftool dumps them.
 fn pinned_entries(test: &str, name: &str) -> usize {
-    let pin = lb_tests::agent::bpf_root(test)
-        .join(lb_common::maps::PIN_VERSION)
-        .join(name);
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {out:?}",
-        pin.display()
-    );
-    let entries: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+    let dump = lb_tests::agent::pinned_map_dump(&lb_tests::agent::bpf_root(test), name);
+    let entries: serde_json::Value = serde_json::from_str(&dump).expect("bpftool prints JSON");
     entries.as_array().map_or(0, Vec::len)
 }
 
@@ -245,9 +153,7 @@ fn pinned_entries(test: &str, name: &str) -> usize {
 fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
     const TEST: &str = "host_sock_lb";
     let topology = Topology::new(TEST);
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    let dir = topology.write_manifest("web.yaml", &manifests());
     let cgroup = ok(TestCgroup::create(TEST), "create the test cgroup");
     let cgroup_root = cgroup.path().display().to_string();
     let mut agent = lb_tests::agent::start_with_config(
@@ -280,13 +186,10 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
     assert_eq!(sticky.len(), 1, "one client, one backend: {sticky:?}");
 
     // No endpoints: connect() is refused at once, as kube-proxy's REJECT.
-    let outcome = ok(
-        cgroup.exec(
-            &topology.node,
-            "python3",
-            &["-c", CONNECT_ERRNO, &EMPTY_CLUSTER_IP.to_string(), "80"],
-        ),
-        "run the connect probe in the test cgroup",
+    let outcome = connect_errno(
+        &cgroup,
+        &topology.node,
+        SocketAddrV4::new(EMPTY_CLUSTER_IP, 80),
     );
     assert_eq!(outcome.stdout.trim(), "ECONNREFUSED", "{outcome:?}");
 
@@ -300,6 +203,7 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
                 UDP_CLIENT,
                 &DNS_CLUSTER_IP.to_string(),
                 &DNS_PORT.to_string(),
+                ANSWER_WITHIN_SECS,
             ],
         ),
         "run the UDP client in the test cgroup",
@@ -411,14 +315,7 @@ fn host_processes_reach_cluster_ips_and_node_ports_through_their_sockets() {
         Vec::<String>::new(),
         "nothing left on the cgroup"
     );
-    let outcome = ok(
-        cgroup.exec(
-            &topology.node,
-            "python3",
-            &["-c", CONNECT_ERRNO, &CLUSTER_IP.to_string(), "80"],
-        ),
-        "run the connect probe in the test cgroup",
-    );
+    let outcome = connect_errno(&cgroup, &topology.node, SocketAddrV4::new(CLUSTER_IP, 80));
     assert_eq!(
         outcome.stdout.trim(),
         "ENETUNREACH",
@@ -454,38 +351,11 @@ const HOST_PORT: u16 = 8443;
 /// `host`: a NodePort Service whose one endpoint is the node itself (as the `kubernetes`
 /// Service's is on a control-plane node, or a hostNetwork pod's).
 fn host_backend_manifest() -> String {
-    let endpoint = endpoint(NODE_IP, "node", true);
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: host
-  namespace: default
-spec:
-  clusterIP: {HOST_CLUSTER_IP}
-  ports:
-  - name: https
-    nodePort: {HOST_NODE_PORT}
-    port: 443
-    protocol: TCP
-    targetPort: {HOST_PORT}
-  type: NodePort
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: host
-  name: host-abcde
-  namespace: default
-endpoints:
-{endpoint}ports:
-- name: https
-  port: {HOST_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("host", HOST_CLUSTER_IP)
+        .port(Port::tcp("https", 443, HOST_PORT).node_port(HOST_NODE_PORT))
+        .kind("NodePort")
+        .endpoints([endpoint(NODE_IP, "node", true)])
+        .to_yaml()
 }
 
 /// `TRIES` requests from `ns` to `target`, each answered 200 by the node's own server; the
@@ -493,7 +363,7 @@ endpoints:
 fn served_by_the_node(ns: &Netns, target: SocketAddrV4) -> BTreeSet<Ipv4Addr> {
     (0..TRIES)
         .map(|_| {
-            let (outcome, reply) = ok(lb_lab::probe::http_get(ns, target), "run curl");
+            let (outcome, reply) = ok(lb_tests::probe::http_get(ns, target), "run curl");
             assert_eq!(reply.status, Some(200), "{target}: {outcome:?}");
             assert_eq!(reply.pod_ip, Some(NODE_IP), "{target}: answered by");
             reply.client_ip.expect("X-Client-IP")
@@ -509,9 +379,7 @@ fn a_backend_in_the_host_network_serves_pods_and_outside_clients() {
         servers::http(&topology.node, NODE_IP, HOST_PORT, topology.dir()),
         "HTTP server in the node's namespace",
     );
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("host.yaml"), host_backend_manifest()).expect("write the manifest");
+    let dir = topology.write_manifest("host.yaml", &host_backend_manifest());
     let agent = lb_tests::agent::start(&topology, TEST, &dir);
 
     // From a pod: the ClusterIP and the node port; the server sees the pod's own address.

@@ -33,6 +33,7 @@ use lb_testkit::cgroup::TestCgroup;
 use lb_testkit::podman::{self, Container};
 use lb_testkit::{BPF_ROOT, ok, wait_until};
 use lb_tests::container::{self, Deploy};
+use lb_tests::manifests::{Manifest, Port, endpoint};
 use lb_tests::topology::{BACKEND_IPS, HTTP_PORT, NODE_IP, PREFIX, Topology};
 use lb_tests::traffic::{Client, get_once};
 
@@ -210,6 +211,13 @@ impl<'a> Pod<'a> {
                 }
                 let ready = self.probe("/readyz")?;
                 Ok((ready == 200).then_some(()))
+            })
+            // A container that never gets ready usually says why in its log.
+            .map_err(|err| {
+                lb_testkit::Error::Unexpected(format!(
+                    "{err}\n--- the container's last lines ---\n{}",
+                    container.logs(30)
+                ))
             }),
             "agent ready",
         );
@@ -231,7 +239,7 @@ impl<'a> Pod<'a> {
                 "-w",
                 "%{http_code}",
                 "-m",
-                "2",
+                lb_testkit::patience::ANSWER_WITHIN_SECS,
             ])
             .arg(&url)
             .output()
@@ -270,19 +278,10 @@ impl Drop for Pod<'_> {
 /// Writes a ClusterIP Service on both backends' HTTP port into `dir`.
 fn write_service(dir: &Path) {
     std::fs::create_dir_all(dir).expect("create the manifests directory");
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| lb_tests::manifests::endpoint(*ip, "node", true))
-        .collect();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
-         spec:\n  type: ClusterIP\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\"]\n  ports:\n  \
-         - port: {PORT}\n    protocol: TCP\n    targetPort: {HTTP_PORT}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
-         namespace: default\n  labels:\n    kubernetes.io/service-name: web\n\
-         addressType: IPv4\nports:\n- name: \"\"\n  port: {HTTP_PORT}\n  protocol: TCP\n\
-         endpoints:\n{endpoints}"
-    );
+    let yaml = Manifest::new("web", VIP)
+        .port(Port::tcp("", PORT, HTTP_PORT))
+        .endpoints(BACKEND_IPS.iter().map(|ip| endpoint(*ip, "node", true)))
+        .to_yaml();
     std::fs::write(dir.join("web.yaml"), yaml).expect("write the Service");
 }
 

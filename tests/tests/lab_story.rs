@@ -7,14 +7,18 @@
 //! into this workspace's target directory first. Both need root, `bird`, `curl`, `ping` and
 //! `python3` (`cargo xtask setup` installs them); neither skips anything when they are missing.
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::net::SocketAddrV4;
+use std::time::Instant;
 
 use lb_lab::Lab;
-use lb_lab::probe::{curl_get, curl_head, curl6_head, ping};
+use lb_lab::probe::{curl_head, curl6_head, ping};
+use lb_lab::probe::ping;
 use lb_lab::topology::{
     BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE, v6,
 };
 use lb_testkit::ok;
+use lb_testkit::patience::{SETTLE_WITHIN, SILENCE};
+use lb_tests::probe::{http_get, http_get_unanswered};
 
 /// Tries of step 4: with a uniform choice between two backends, the chance that 20 tries all
 /// land on one is 2 * 2^-20.
@@ -66,7 +70,10 @@ fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
 
     // Step 1: pod IPs are routable from the router.
     for pod in [NGINX_1, NGINX_2] {
-        let (outcome, reply) = ok(curl_head(lab.router(), pod.ip), "curl");
+        let (outcome, reply) = ok(
+            http_get(lab.router(), SocketAddrV4::new(pod.ip, 80)),
+            "curl",
+        );
         assert_eq!(reply.status, Some(200), "{outcome:?}");
         assert_eq!(reply.pod_ip, Some(pod.ip), "{outcome:?}");
         assert_eq!(reply.client_ip, Some(ROUTER_IP), "{outcome:?}");
@@ -74,7 +81,10 @@ fn lab_routes_pod_cidrs_over_bgp_and_pods_reach_the_router() {
 
     // Pod to pod across nodes, over the iBGP-learned routes, without any SNAT.
     let (outcome, reply) = ok(
-        curl_get(ok(lab.pod(CLIENT.name), "pod"), NGINX_2.ip),
+        http_get(
+            ok(lab.pod(CLIENT.name), "pod"),
+            SocketAddrV4::new(NGINX_2.ip, 80),
+        ),
         "curl",
     );
     assert_eq!(reply.status, Some(200), "{outcome:?}");
@@ -95,30 +105,35 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
     let slave = ok(lab.agent(SLAVE.name), "slave agent");
 
     // Step 1: the router reaches a pod IP.
-    let (outcome, reply) = ok(curl_head(lab.router(), NGINX_1.ip), "curl");
+    let (outcome, reply) = ok(
+        http_get(lab.router(), SocketAddrV4::new(NGINX_1.ip, 80)),
+        "curl",
+    );
     assert_eq!(reply.status, Some(200), "{outcome:?}");
 
     // Step 2: the ClusterIP from outside is dropped on k8smaster0 (the router's best path),
     // with the story's drop line naming the packet as it arrived.
     let mut monitor = ok(master.monitor_drops(), "lbctl monitor");
     // The monitor may subscribe after the first SYN is dropped: each try sends a few SYNs.
-    let mut line = None;
-    for _ in 0..3 {
-        let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let line = loop {
+        let (outcome, reply) = ok(
+            http_get_unanswered(lab.router(), SocketAddrV4::new(NGINX_VIP, 80)),
+            "curl",
+        );
         assert!(
             !outcome.success && reply.status.is_none(),
             "the SYN must be dropped: {outcome:?}"
         );
-        let found = monitor.wait_for_line("the Is a ClusterIP drop", Duration::from_secs(3), |l| {
+        let found = monitor.wait_for_line("the Is a ClusterIP drop", SILENCE, |l| {
             l.contains("drop (Is a ClusterIP)")
                 && l.contains(&format!("{ROUTER_IP}:"))
                 && l.contains(&format!("-> {NGINX_VIP}:80 tcp SYN"))
         });
-        if let Ok(found) = found {
-            line = Some(found);
-            break;
+        if found.is_ok() || Instant::now() >= deadline {
+            break found.ok();
         }
-    }
+    };
     let line = line.unwrap_or_else(|| {
         panic!(
             "no Is a ClusterIP drop for {NGINX_VIP} on k8smaster0; monitor printed {:?}",
@@ -178,7 +193,10 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
     let mut pods_seen = BTreeSet::new();
     let mut clients_seen = BTreeSet::new();
     for _ in 0..STEP4_TRIES {
-        let (outcome, reply) = ok(curl_head(lab.router(), NGINX_VIP), "curl");
+        let (outcome, reply) = ok(
+            http_get(lab.router(), SocketAddrV4::new(NGINX_VIP, 80)),
+            "curl",
+        );
         assert_eq!(reply.status, Some(200), "{outcome:?}");
         pods_seen.extend(reply.pod_ip);
         clients_seen.extend(reply.client_ip);
@@ -210,7 +228,7 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
     let client = ok(lab.pod(CLIENT.name), "pod");
     let mut backends = BTreeSet::new();
     for _ in 0..4 {
-        let (outcome, reply) = ok(curl_get(client, NGINX_VIP), "curl");
+        let (outcome, reply) = ok(http_get(client, SocketAddrV4::new(NGINX_VIP, 80)), "curl");
         assert_eq!(reply.status, Some(200), "{outcome:?}");
         assert_eq!(reply.client_ip, Some(CLIENT.ip), "{outcome:?}");
         backends.extend(reply.pod_ip);

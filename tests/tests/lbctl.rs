@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use lb_agent::api::server::{self, ApiBackend, BoxError};
@@ -28,6 +28,7 @@ use lb_common::conntrack::{
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
 use lb_common::event::{DropEvent, DropEvent6, EVENT_DROP, EVENT_DROP6, tcp_flags};
+use lb_testkit::patience::SETTLE_WITHIN;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -250,12 +251,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).expect("utf-8 stderr")
 }
 
+/// Polls `condition` until it holds (at `lb_testkit::wait_until`'s pace, leaving the CPU to
+/// the server it waits on), or panics after `SETTLE_WITHIN`.
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
+    lb_testkit::wait_until(what, SETTLE_WITHIN, || Ok(condition().then_some(())))
+        .unwrap_or_else(|err| panic!("{err}"));
 }
 
 #[test]
@@ -673,7 +673,7 @@ fn monitor_lines(agent: &Agent, extra: &[&str], events: [DropEventRecord; 2]) ->
     });
     let lines: Vec<String> = (0..2)
         .map(|_| {
-            rx.recv_timeout(Duration::from_secs(10))
+            rx.recv_timeout(SETTLE_WITHIN)
                 .expect("lbctl monitor prints a line per event")
         })
         .collect();

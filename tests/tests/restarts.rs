@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use lb_lab::Binaries;
 use lb_testkit::{Netns, Process, ok, pod, servers, veth, wait_until};
-use lb_tests::agent::pinned_datapath_config;
+use lb_tests::agent::{READY_TIMEOUT, pinned_datapath_config};
+use lb_tests::manifests::{Manifest, Port, endpoint};
 use lb_tests::traffic::{self, Client};
 
 /// The ClusterIP of the test's Service.
@@ -51,8 +52,8 @@ const RESTARTS: usize = 10;
 const CHANGE_AT: usize = 5;
 /// Long-lived connections the client keeps open across every restart.
 const KEPT_CONNECTIONS: usize = 4;
-/// Deadline for the agent to be ready, for a process to exit, for traffic to progress.
-const DEADLINE: Duration = Duration::from_secs(30);
+/// Deadline for a process to exit, for traffic to progress (readiness: `READY_TIMEOUT`).
+const DEADLINE: Duration = lb_testkit::patience::SETTLE_WITHIN;
 
 /// One node with a client pod and three backend pods, named with a prefix; everything it made
 /// (agent, servers, namespaces, pins, run directory) is removed on drop.
@@ -141,26 +142,15 @@ impl OneNode {
     /// Writes the Service and its EndpointSlice listing the backends `listed`. Files are
     /// replaced by rename, so the agent never reads half a file.
     fn write_manifests(&self, listed: &[&str]) {
-        let endpoints: String = BACKENDS
+        let node = format!("{}node", self.prefix);
+        let endpoints = BACKENDS
             .iter()
             .filter(|(name, _)| listed.contains(name))
-            .map(|(_, ip)| {
-                format!(
-                    "- addresses: [\"{ip}\"]\n  conditions: {{ready: true, serving: true, \
-                     terminating: false}}\n  nodeName: {}node\n",
-                    self.prefix
-                )
-            })
-            .collect();
-        let yaml = format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
-             spec:\n  type: ClusterIP\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\"]\n  \
-             ports:\n  - port: {PORT}\n    protocol: TCP\n    targetPort: {PORT}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
-             namespace: default\n  labels:\n    kubernetes.io/service-name: web\n\
-             addressType: IPv4\nports:\n- name: \"\"\n  port: {PORT}\n  protocol: TCP\n\
-             endpoints:\n{endpoints}"
-        );
+            .map(|(_, ip)| endpoint(*ip, &node, true));
+        let yaml = Manifest::new("web", VIP)
+            .port(Port::tcp("", PORT, PORT))
+            .endpoints(endpoints)
+            .to_yaml();
         let dir = self.run_dir.join("manifests");
         let tmp = self.run_dir.join("web.yaml.tmp");
         std::fs::write(&tmp, yaml).expect("write manifests");
@@ -206,7 +196,7 @@ impl OneNode {
         );
         let (lbctl, socket) = (self.bins.lbctl.clone(), self.socket());
         ok(
-            agent.wait_until("lbctl status to pass", DEADLINE, || {
+            agent.wait_until("lbctl status to pass", READY_TIMEOUT, || {
                 let out = Command::new(&lbctl)
                     .arg("--socket")
                     .arg(&socket)

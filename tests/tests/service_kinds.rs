@@ -18,9 +18,11 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use lb_lab::probe::{HttpReply, http_get};
+use lb_lab::probe::HttpReply;
+use lb_testkit::patience::{ANSWER_WITHIN, ANSWER_WITHIN_SECS, SETTLE_WITHIN, SILENCE};
 use lb_testkit::{Netns, ok, wait_until};
-use lb_tests::manifests::endpoint;
+use lb_tests::manifests::{Manifest, Port, endpoint, stream};
+use lb_tests::probe::{http_get, http_get_unanswered};
 use lb_tests::topology::{BACKEND_IPS, CLIENT_IP, EXTERNAL_IP, HTTP_PORT, NODE_IP, Topology};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 1);
@@ -39,8 +41,10 @@ const LOCAL_HEALTH_PORT: u16 = 30281;
 const REMOTE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
 
 const STICKY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 3);
-/// The sticky Service's affinity timeout, short so that the test sees it expire.
-const STICKY_TIMEOUT_SECS: u64 = 1;
+/// The sticky Service's affinity timeout: short, so that the test sees it expire, yet longer
+/// than a loaded machine may take between two of the test's requests (each a curl process),
+/// which must stay on one backend.
+const STICKY_TIMEOUT_SECS: u64 = 3;
 
 const EMPTY_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 40, 4);
 
@@ -68,156 +72,61 @@ const DRAIN_NODE_PORT: u16 = 30082;
 /// `web-drain`'s healthCheckNodePort.
 const DRAIN_HEALTH_PORT: u16 = 30282;
 
+/// Every local backend, ready, on this node.
+fn local_endpoints() -> Vec<String> {
+    BACKEND_IPS
+        .iter()
+        .map(|ip| endpoint(*ip, "node", true))
+        .collect()
+}
+
 /// `empty`: a ClusterIP Service on TCP and UDP whose slice has no endpoint (every pod evicted).
 fn empty_manifest() -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: empty
-  namespace: default
-spec:
-  clusterIP: {EMPTY_CLUSTER_IP}
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-  - name: dns
-    port: 53
-    protocol: UDP
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: empty
-  name: empty-abcde
-  namespace: default
-endpoints: []
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-- name: dns
-  port: 53
-  protocol: UDP
-"
-    )
+    Manifest::new("empty", EMPTY_CLUSTER_IP)
+        .port(Port::tcp("http", 80, 8080))
+        .port(Port::udp("dns", 53, 53))
+        .to_yaml()
 }
 
 /// `guarded` and `walled`: two LoadBalancer Services on both backends, each with
 /// `loadBalancerSourceRanges` given as YAML list items.
 fn source_ranges_manifest() -> String {
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
     let one =
         |name: &str, cluster_ip: Ipv4Addr, ingress: Ipv4Addr, node_port: u16, ranges: &str| {
-            format!(
-                "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  clusterIP: {cluster_ip}
-  loadBalancerSourceRanges:
-{ranges}  ports:
-  - name: http
-    nodePort: {node_port}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
-status:
-  loadBalancer:
-    ingress:
-    - ip: {ingress}
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: {name}
-  name: {name}-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-            )
+            Manifest::new(name, cluster_ip)
+                .spec("loadBalancerSourceRanges", ranges)
+                .port(Port::tcp("http", 80, HTTP_PORT).node_port(node_port))
+                .kind("LoadBalancer")
+                .ingress(&[(ingress, false)])
+                .endpoints(local_endpoints())
         };
     // `walled` also carries an entry that is no CIDR: skipped with a warning, not fatal.
-    [
+    stream(&[
         one(
             "guarded",
             GUARDED_CLUSTER_IP,
             GUARDED_LOAD_BALANCER_IP,
             30084,
-            &format!("  - 10.0.0.0/8\n  - {EXTERNAL_IP}/32\n"),
+            &format!("- 10.0.0.0/8\n- {EXTERNAL_IP}/32\n"),
         ),
         one(
             "walled",
             WALLED_CLUSTER_IP,
             WALLED_LOAD_BALANCER_IP,
             WALLED_NODE_PORT,
-            "  - 10.0.0.0/8\n  - not-a-cidr\n",
+            "- 10.0.0.0/8\n- not-a-cidr\n",
         ),
-    ]
-    .join("---\n")
+    ])
 }
 
 /// `ranged`: node ports `RANGED_NODE_PORT` (inside the range) and `OUTSIDE_NODE_PORT`.
 fn ranged_manifest() -> String {
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: ranged
-  namespace: default
-spec:
-  clusterIP: {RANGED_CLUSTER_IP}
-  ports:
-  - name: inside
-    nodePort: {RANGED_NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  - name: outside
-    nodePort: {OUTSIDE_NODE_PORT}
-    port: 81
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: NodePort
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: ranged
-  name: ranged-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: inside
-  port: {HTTP_PORT}
-  protocol: TCP
-- name: outside
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("ranged", RANGED_CLUSTER_IP)
+        .port(Port::tcp("inside", 80, HTTP_PORT).node_port(RANGED_NODE_PORT))
+        .port(Port::tcp("outside", 81, HTTP_PORT).node_port(OUTSIDE_NODE_PORT))
+        .kind("NodePort")
+        .endpoints(local_endpoints())
+        .to_yaml()
 }
 
 /// `hinted`: backend 0 hinted for zone-a, backend 1 for zone-b; `close`:
@@ -234,52 +143,30 @@ fn zones_manifest() -> String {
              zone: {zone}\n"
         )
     };
-    let one = |name: &str, cluster_ip: Ipv4Addr, distribution: &str, endpoints: String| {
-        format!(
-            "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  clusterIP: {cluster_ip}
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-{distribution}  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: {name}
-  name: {name}-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: \"\"
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-        )
+    let one = |name: &str, cluster_ip: Ipv4Addr, endpoints: [String; 2]| {
+        Manifest::new(name, cluster_ip)
+            .port(Port::tcp("", 80, HTTP_PORT))
+            .endpoints(endpoints)
     };
-    [
+    stream(&[
         one(
             "hinted",
             HINTED_CLUSTER_IP,
-            "",
-            zoned(BACKEND_IPS[0], "zone-a", true) + &zoned(BACKEND_IPS[1], "zone-b", true),
+            [
+                zoned(BACKEND_IPS[0], "zone-a", true),
+                zoned(BACKEND_IPS[1], "zone-b", true),
+            ],
         ),
         one(
             "close",
             CLOSE_CLUSTER_IP,
-            "  trafficDistribution: PreferClose\n",
-            zoned(BACKEND_IPS[0], "zone-b", false) + &zoned(BACKEND_IPS[1], "zone-a", false),
-        ),
-    ]
-    .join("---\n")
+            [
+                zoned(BACKEND_IPS[0], "zone-b", false),
+                zoned(BACKEND_IPS[1], "zone-a", false),
+            ],
+        )
+        .spec("trafficDistribution", "PreferClose"),
+    ])
 }
 
 /// Requests per check: enough that a wrong backend among two shows up.
@@ -288,43 +175,15 @@ const TRIES: usize = 12;
 /// `sticky`: a ClusterIP Service with ClientIP affinity for `STICKY_TIMEOUT_SECS`, on both
 /// backends.
 fn sticky_manifest() -> String {
-    let endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: sticky
-  namespace: default
-spec:
-  clusterIP: {STICKY_CLUSTER_IP}
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  sessionAffinity: ClientIP
-  sessionAffinityConfig:
-    clientIP:
-      timeoutSeconds: {STICKY_TIMEOUT_SECS}
-  type: ClusterIP
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: sticky
-  name: sticky-abcde
-  namespace: default
-endpoints:
-{endpoints}ports:
-- name: \"\"
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    Manifest::new("sticky", STICKY_CLUSTER_IP)
+        .spec("sessionAffinity", "ClientIP")
+        .spec(
+            "sessionAffinityConfig",
+            &format!("clientIP:\n  timeoutSeconds: {STICKY_TIMEOUT_SECS}\n"),
+        )
+        .port(Port::tcp("", 80, HTTP_PORT))
+        .endpoints(local_endpoints())
+        .to_yaml()
 }
 
 /// `web`: a LoadBalancer Service with a node port, an external IP and two ingress IPs (one in
@@ -337,138 +196,57 @@ fn manifests() -> String {
 
 /// [`manifests`], with `web-local`'s endpoint on this node left out unless `local_endpoint`.
 fn manifests_with(local_endpoint: bool) -> String {
-    let web_endpoints: String = BACKEND_IPS
-        .iter()
-        .map(|ip| endpoint(*ip, "node", true))
-        .collect();
-    let mut local_endpoints = endpoint(REMOTE_ENDPOINT, "other", true);
+    let mut web_local_endpoints = vec![endpoint(REMOTE_ENDPOINT, "other", true)];
     if local_endpoint {
-        local_endpoints = endpoint(BACKEND_IPS[1], "node", true) + &local_endpoints;
+        web_local_endpoints.insert(0, endpoint(BACKEND_IPS[1], "node", true));
     }
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  clusterIP: {CLUSTER_IP}
-  clusterIPs:
-  - {CLUSTER_IP}
-  externalIPs:
-  - {EXTERNAL_SERVICE_IP}
-  externalTrafficPolicy: Cluster
-  ports:
-  - name: http
-    nodePort: {NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LOAD_BALANCER_IP}
-    - ip: {PROXIED_LOAD_BALANCER_IP}
-      ipMode: Proxy
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web
-  name: web-abcde
-  namespace: default
-endpoints:
-{web_endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web-local
-  namespace: default
-spec:
-  clusterIP: {LOCAL_CLUSTER_IP}
-  clusterIPs:
-  - {LOCAL_CLUSTER_IP}
-  externalTrafficPolicy: Local
-  healthCheckNodePort: {LOCAL_HEALTH_PORT}
-  ports:
-  - name: http
-    nodePort: {LOCAL_NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web-local
-  name: web-local-abcde
-  namespace: default
-endpoints:
-{local_endpoints}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-"
-    )
+    stream(&[
+        Manifest::new("web", CLUSTER_IP)
+            .spec("externalIPs", &format!("- {EXTERNAL_SERVICE_IP}\n"))
+            .spec("externalTrafficPolicy", "Cluster")
+            .port(Port::tcp("http", 80, HTTP_PORT).node_port(NODE_PORT))
+            .kind("LoadBalancer")
+            .ingress(&[(LOAD_BALANCER_IP, false), (PROXIED_LOAD_BALANCER_IP, true)])
+            .endpoints(local_endpoints()),
+        local_load_balancer(
+            "web-local",
+            LOCAL_CLUSTER_IP,
+            LOCAL_HEALTH_PORT,
+            LOCAL_NODE_PORT,
+        )
+        .endpoints(web_local_endpoints),
+    ])
+}
+
+/// A LoadBalancer Service with externalTrafficPolicy Local and a healthCheckNodePort, no
+/// ingress yet and no endpoints.
+fn local_load_balancer(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    health_port: u16,
+    node_port: u16,
+) -> Manifest {
+    Manifest::new(name, cluster_ip)
+        .spec("externalTrafficPolicy", "Local")
+        .spec("healthCheckNodePort", &health_port.to_string())
+        .port(Port::tcp("http", 80, HTTP_PORT).node_port(node_port))
+        .kind("LoadBalancer")
 }
 
 /// `web-drain`: a LoadBalancer Service with externalTrafficPolicy Local whose endpoint on this
 /// node (backend 0) is terminating but still serving, and whose ready endpoint is elsewhere.
 fn drain_manifest() -> String {
-    let remote = endpoint(REMOTE_ENDPOINT, "other", true);
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: web-drain
-  namespace: default
-spec:
-  clusterIP: {DRAIN_CLUSTER_IP}
-  clusterIPs:
-  - {DRAIN_CLUSTER_IP}
-  externalTrafficPolicy: Local
-  healthCheckNodePort: {DRAIN_HEALTH_PORT}
-  ports:
-  - name: http
-    nodePort: {DRAIN_NODE_PORT}
-    port: 80
-    protocol: TCP
-    targetPort: {HTTP_PORT}
-  type: LoadBalancer
----
-addressType: IPv4
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  labels:
-    kubernetes.io/service-name: web-drain
-  name: web-drain-abcde
-  namespace: default
-endpoints:
-- addresses:
-  - {terminating}
-  conditions:
-    ready: false
-    serving: true
-    terminating: true
-  nodeName: node
-{remote}ports:
-- name: http
-  port: {HTTP_PORT}
-  protocol: TCP
-",
-        terminating = BACKEND_IPS[0],
+    local_load_balancer(
+        "web-drain",
+        DRAIN_CLUSTER_IP,
+        DRAIN_HEALTH_PORT,
+        DRAIN_NODE_PORT,
     )
+    .endpoints([
+        endpoint(BACKEND_IPS[0], "node", false),
+        endpoint(REMOTE_ENDPOINT, "other", true),
+    ])
+    .to_yaml()
 }
 
 /// `TRIES` requests from `ns` to `target`, each of which must get HTTP 200; returns the pods
@@ -493,9 +271,7 @@ fn answers(ns: &Netns, target: SocketAddrV4) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ip
 #[test]
 fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
     let topology = Topology::new("service_kinds");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
+    let dir = topology.write_manifest("web.yaml", &manifests());
     // The outside world routes the external and load-balancer IPs to this node, as a router
     // (or the cloud's load balancer) would.
     for ip in [
@@ -544,7 +320,7 @@ fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
 
     // The Proxy-mode ingress IP is not captured: nothing on the node answers it.
     let (outcome, reply) = ok(
-        http_get(
+        http_get_unanswered(
             &topology.external,
             SocketAddrV4::new(PROXIED_LOAD_BALANCER_IP, 80),
         ),
@@ -614,9 +390,7 @@ fn node_ports_external_and_load_balancer_ips_serve_outside_clients_and_pods() {
 #[test]
 fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
     let topology = Topology::new("service_affinity");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("sticky.yaml"), sticky_manifest()).expect("write the manifests");
+    let dir = topology.write_manifest("sticky.yaml", &sticky_manifest());
     let agent = lb_tests::agent::start(&topology, "service_affinity", &dir);
     let target = SocketAddrV4::new(STICKY_CLUSTER_IP, 80);
 
@@ -665,10 +439,9 @@ fn answers_once(ns: &Netns, target: SocketAddrV4) -> (Ipv4Addr, Ipv4Addr) {
     )
 }
 
-/// A TCP connect and a UDP exchange from the client pod to the empty Service: each error, and
-/// how long it took to come.
-fn connect_and_ask(topology: &Topology) -> [(std::io::ErrorKind, Duration); 2] {
-    let wait = Duration::from_secs(2);
+/// A TCP connect and a UDP exchange from the client pod to the empty Service, each given up
+/// after `wait`: each error, and how long it took to come.
+fn connect_and_ask(topology: &Topology, wait: Duration) -> [(std::io::ErrorKind, Duration); 2] {
     ok(
         topology.client.ns.within(|| {
             let started = Instant::now();
@@ -693,14 +466,14 @@ fn connect_and_ask(topology: &Topology) -> [(std::io::ErrorKind, Duration); 2] {
 #[test]
 fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
     let topology = Topology::new("service_reject");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("empty.yaml"), empty_manifest()).expect("write the manifests");
+    let dir = topology.write_manifest("empty.yaml", &empty_manifest());
     let agent = lb_tests::agent::start(&topology, "service_reject", &dir);
 
     // The default, `reject`: TCP connect() and a connected UDP socket both fail with
     // ECONNREFUSED, well under a second, as with kube-proxy.
-    for (protocol, (kind, took)) in ["TCP", "UDP"].into_iter().zip(connect_and_ask(&topology)) {
+    // A refusal that did not come would wait its whole `ANSWER_WITHIN` and fail on the kind.
+    let attempts = connect_and_ask(&topology, ANSWER_WITHIN);
+    for (protocol, (kind, took)) in ["TCP", "UDP"].into_iter().zip(attempts) {
         assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{protocol}");
         assert!(
             took < Duration::from_secs(1),
@@ -713,7 +486,8 @@ fn a_service_without_endpoints_refuses_at_once_and_drops_in_drop_mode() {
         agent.lbctl(&["config", "set", "service-no-backend-response", "drop"]),
         "lbctl config set",
     );
-    for (protocol, (kind, _)) in ["TCP", "UDP"].into_iter().zip(connect_and_ask(&topology)) {
+    let attempts = connect_and_ask(&topology, SILENCE);
+    for (protocol, (kind, _)) in ["TCP", "UDP"].into_iter().zip(attempts) {
         assert!(
             matches!(
                 kind,
@@ -731,7 +505,14 @@ fn health_check(ns: &Netns, port: u16) -> Result<(u16, serde_json::Value), Strin
     let outcome = ok(
         ns.exec(
             "curl",
-            &["-sS", "--max-time", "3", "-w", "\n%{http_code}", &url],
+            &[
+                "-sS",
+                "--max-time",
+                ANSWER_WITHIN_SECS,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
         ),
         "run curl",
     );
@@ -756,24 +537,11 @@ fn health_body(name: &str, count: u64) -> serde_json::Value {
     })
 }
 
-/// How long a manifest change may take to reach the health check (the file source polls).
-const HEALTH_WITHIN: Duration = Duration::from_secs(15);
-
-/// Writes `contents` to `dir/name` in one step (aside, then renamed), so that the file source
-/// never reads half a file.
-fn replace_manifest(topology: &Topology, dir: &std::path::Path, name: &str, contents: &str) {
-    let aside = topology.dir().join(format!("{name}.new"));
-    std::fs::write(&aside, contents).expect("write the manifest aside");
-    std::fs::rename(&aside, dir.join(name)).expect("rename the manifest into place");
-}
-
 #[test]
 fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_without() {
     let topology = Topology::new("service_health");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("web.yaml"), manifests()).expect("write the manifests");
-    std::fs::write(dir.join("drain.yaml"), drain_manifest()).expect("write the manifests");
+    let dir = topology.write_manifest("web.yaml", &manifests());
+    topology.write_manifest("drain.yaml", &drain_manifest());
     let _agent = lb_tests::agent::start(&topology, "service_health", &dir);
 
     // One ready endpoint here: 200, with kube-proxy's body.
@@ -800,10 +568,10 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
     );
 
     // web-local's pod on this node goes away: 503.
-    replace_manifest(&topology, &dir, "web.yaml", &manifests_with(false));
+    topology.write_manifest("web.yaml", &manifests_with(false));
     let answer = wait_until(
         "web-local's health check at 503",
-        HEALTH_WITHIN,
+        SETTLE_WITHIN,
         || match health_check(&topology.external, LOCAL_HEALTH_PORT) {
             Ok((503, body)) => Ok(Some(body)),
             seen => Err(format!("{seen:?}")),
@@ -816,7 +584,7 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
     std::fs::remove_file(dir.join("drain.yaml")).expect("delete drain.yaml");
     wait_until(
         "web-drain's health check closed",
-        HEALTH_WITHIN,
+        SETTLE_WITHIN,
         || match health_check(&topology.external, DRAIN_HEALTH_PORT) {
             Err(seen) if seen.contains("exit status: 7") => Ok(Some(())),
             seen => Err(format!("{seen:?}")),
@@ -833,9 +601,7 @@ fn health_check_node_port_answers_200_with_a_ready_local_endpoint_and_503_withou
 #[test]
 fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
     let topology = Topology::new("service_src_range");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("ranges.yaml"), source_ranges_manifest()).expect("write manifests");
+    let dir = topology.write_manifest("ranges.yaml", &source_ranges_manifest());
     for ip in [GUARDED_LOAD_BALANCER_IP, WALLED_LOAD_BALANCER_IP] {
         ok(
             topology
@@ -858,10 +624,10 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
     // Not listed: every SYN is dropped with 177, which `lbctl monitor` shows. The monitor may
     // subscribe after the first drop, so each try sends SYNs anew.
     let mut monitor = ok(agent.monitor_drops(), "lbctl monitor");
-    let mut line = None;
-    for _ in 0..3 {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let line = loop {
         let (outcome, reply) = ok(
-            http_get(
+            http_get_unanswered(
                 &topology.external,
                 SocketAddrV4::new(WALLED_LOAD_BALANCER_IP, 80),
             ),
@@ -871,20 +637,19 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
             reply.status, None,
             "a denied client gets nothing: {outcome:?}"
         );
-        let found = monitor.wait_for_line("the src range drop", Duration::from_secs(3), |l| {
+        let found = monitor.wait_for_line("the src range drop", SILENCE, |l| {
             l.starts_with("xx drop (Denied by LB src range check) ")
                 && l.contains("file policy.rs")
                 && l.contains(&format!("{EXTERNAL_IP}:"))
                 && l.contains(&format!("-> {WALLED_LOAD_BALANCER_IP}:80 tcp SYN"))
         });
-        if let Ok(found) = found {
-            line = Some(found);
-            break;
+        if found.is_ok() || Instant::now() >= deadline {
+            break found.ok();
         }
-    }
+    };
     assert!(
         line.is_some(),
-        "no src range drop in the monitor; it printed {:?}",
+        "no src range drop in the monitor within {SETTLE_WITHIN:?}; it printed {:?}",
         monitor.seen()
     );
     drop(monitor);
@@ -919,9 +684,7 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_others_with_177() {
 #[test]
 fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
     let topology = Topology::new("service_port_range");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("ranged.yaml"), ranged_manifest()).expect("write manifests");
+    let dir = topology.write_manifest("ranged.yaml", &ranged_manifest());
     // The node's own service on the port the Service names outside the range (as sshd or a
     // kubelet port would be).
     let _node_server = ok(
@@ -973,9 +736,7 @@ fn a_node_port_outside_node_port_range_is_left_to_the_nodes_own_server() {
 #[test]
 fn zone_hints_keep_traffic_in_this_nodes_zone() {
     let topology = Topology::new("service_zones");
-    let dir = topology.dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifest directory");
-    std::fs::write(dir.join("zones.yaml"), zones_manifest()).expect("write manifests");
+    let dir = topology.write_manifest("zones.yaml", &zones_manifest());
     let _agent = lb_tests::agent::start_with_config(
         &topology,
         "service_zones",

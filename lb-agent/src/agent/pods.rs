@@ -1,5 +1,5 @@
-//! from-pod (ingress) and from-host (egress) on pod interfaces: attach to every interface matching `--pod-devices` now, and to
-//! each new one as netlink announces it.
+//! from-pod (ingress) and from-host (egress) on pod interfaces: attach to every interface
+//! matching `--pod-devices` now, and to each new one as netlink announces it.
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -26,9 +26,11 @@ pub fn attach_matching(ebpf: &Mutex<Ebpf>, pin_dir: &Path, globs: &[String], sta
         .filter(|name| present.contains(name))
         .cloned()
         .collect();
-    // Only pod links: a --devices interface that goes away is an error liveness reports.
+    // Only pod links: a --devices interface that goes away is an error liveness reports, and
+    // its pins (from-netdev, and from-host, which --devices carry too) are left to the next
+    // start's `prune_stale_links`. So pruning goes by from-pod pins, and takes the same
+    // interface's from-host pin with each.
     for iface in devices::prune_links(pin_dir, &[Hook::FromPod]) {
-        // Its egress link (replies of host-network backends) went with the interface too.
         let _ = std::fs::remove_file(devices::link_pin_path(pin_dir, Hook::FromHost, &iface));
         tracing::info!(iface = %iface, "pod interface gone; its link pins removed");
     }

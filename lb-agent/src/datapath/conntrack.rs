@@ -6,6 +6,23 @@
 //! changes no packet's fate, and an entry refreshed between the read and the delete is
 //! re-created by its flow's next packet). Expiries count in the datapath's clock, which only
 //! the datapath can read (`bpf_jiffies64`): the agent asks it through the `ct_clock` program.
+//!
+//! The GC leaves the reply filter (`LB4_REPLY_SRCS`, `lb_common::filter`) alone, even when it
+//! deletes the last reply entry from a source, because no flag can be proven unused:
+//!
+//! - a flag is a hashed slot shared by every source (address, port, protocol) that hashes to
+//!   it, and a clear flag is a promise that *no* reply entry has such a source;
+//! - the datapath sets the flag and then inserts the entry, under no lock the agent could
+//!   take: a flag cleared after the agent's scan but around a new flow's insert leaves that
+//!   flow's replies passing untranslated (a local backend's SYN-ACK follows within
+//!   microseconds), and a re-scan to repair it comes milliseconds too late;
+//! - an array update writes a whole word of 8 flags, which undoes any flag of that word the
+//!   datapath set between the agent's read and write.
+//!
+//! A stale flag only costs packets from that source the full path (one conntrack lookup).
+//! Flags accumulate with the distinct backend address, port and protocol triples a node has
+//! served, not with flows. Emptying the filter safely would take two filters, the datapath
+//! setting flags in both and the agent clearing the idle one before the two swap roles.
 use std::{collections::HashSet, path::Path};
 
 use aya::{
