@@ -324,9 +324,9 @@ fn remove_socket(path: &std::path::Path) {
 /// This node as the model sees it: its name, and as node-port addresses the node IP and the
 /// first IPv4 address of each `--devices` interface (the addresses clients outside reach).
 fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode {
-    let mut addresses: Vec<Ipv4Addr> = node_ip.into_iter().collect();
+    let mut addresses: Vec<std::net::IpAddr> = node_ip.into_iter().map(Into::into).collect();
     for iface in &config.devices {
-        if let Some(addr) = devices::first_ipv4(iface)
+        if let Some(addr) = devices::first_ipv4(iface).map(Into::into)
             && !addresses.contains(&addr)
         {
             addresses.push(addr);

@@ -6,13 +6,15 @@ use lb_common::{
     proto,
     service::{
         SERVICE_F_AFFINITY, SERVICE_F_EXTERNAL_IP, SERVICE_F_KIND_MASK, SERVICE_F_LOAD_BALANCER,
-        SERVICE_F_LOCAL, SERVICE_F_NODE_PORT, SERVICE_F2_SOURCE_RANGE, ServiceEntry, ServiceKey4,
+        SERVICE_F_LOCAL, SERVICE_F_NODE_PORT, SERVICE_F2_SOURCE_RANGE, ServiceEntry,
     },
 };
 
 use super::{
     BackendId, MapsContent, ServiceId,
-    maps::{backend_addr_of, backend_id_of, frontend_of, revnat_addr_of, service_id_of},
+    maps::{
+        ServiceKey, backend_addr_of, backend_id_of, frontend_of, revnat_addr_of, service_id_of,
+    },
 };
 use crate::model::BackendState;
 
@@ -62,14 +64,14 @@ pub struct LbEntryView {
 
 /// Every entry of the services map, by frontend (address, port, protocol) then slot.
 pub fn lb_entries(content: &MapsContent) -> Vec<LbEntryView> {
-    let mut keys: Vec<&ServiceKey4> = content.services.keys().collect();
-    keys.sort_by_key(|key| (frontend_of(key), key.slot));
+    let mut keys: Vec<&ServiceKey> = content.services.keys().collect();
+    keys.sort_by_key(|key| (frontend_of(key), key.slot()));
     keys.into_iter()
         .map(|key| {
             let entry = &content.services[key];
-            let master = content.services.get(&ServiceKey4 { slot: 0, ..*key });
+            let master = content.services.get(&key.with_slot(0));
             let rev_nat = master.map_or(ServiceId(0), service_id_of);
-            if key.proto == 0 {
+            if key.proto() == 0 {
                 let (vip, _, _) = frontend_of(key);
                 return LbEntryView {
                     frontend: vip.to_string(),
@@ -80,7 +82,7 @@ pub fn lb_entries(content: &MapsContent) -> Vec<LbEntryView> {
                     flags: vec!["VIP"],
                 };
             }
-            if key.slot == 0 {
+            if key.slot() == 0 {
                 let mut flags = vec![kind_text(entry.flags)];
                 flags.extend(flags_text(entry));
                 return LbEntryView {
@@ -97,12 +99,12 @@ pub fn lb_entries(content: &MapsContent) -> Vec<LbEntryView> {
                 || "(missing)".to_owned(),
                 |backend| {
                     let (addr, port) = backend_addr_of(backend);
-                    format!("{addr}:{port}/{}", proto_text(backend.proto))
+                    format!("{}/{}", addr_port(addr, port), proto_text(backend.proto()))
                 },
             );
             LbEntryView {
                 frontend: frontend_text(key),
-                slot: key.slot,
+                slot: key.slot(),
                 rev_nat,
                 backend,
                 backend_id: id,
@@ -143,9 +145,14 @@ fn kind_text(flags: u8) -> &'static str {
     }
 }
 
-fn frontend_text(key: &ServiceKey4) -> String {
+fn frontend_text(key: &ServiceKey) -> String {
     let (vip, port, protocol) = frontend_of(key);
-    format!("{vip}:{port}/{}", proto_text(protocol))
+    format!("{}/{}", addr_port(vip, port), proto_text(protocol))
+}
+
+/// `10.96.0.10:80` or `[fd00::a]:80`.
+fn addr_port(addr: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
 }
 
 /// Every frontend (wildcard entries left out), sorted by service id.
@@ -153,18 +160,22 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
     let mut views: Vec<ServiceView> = content
         .services
         .iter()
-        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .filter(|(key, _)| key.slot() == 0 && key.proto() != 0)
         .map(|(key, master)| {
             let total = master.count.saturating_add(master.qcount);
             let backends = (1..=total)
                 .filter_map(|slot| {
-                    let slot_key = ServiceKey4 { slot, ..*key };
+                    let slot_key = key.with_slot(slot);
                     let id = backend_id_of(content.services.get(&slot_key)?);
                     let backend = content.backends.get(&id)?;
                     let (addr, port) = backend_addr_of(backend);
                     Some(BackendView {
                         id,
-                        address: format!("{addr}:{port}/{}", proto_text(backend.proto)),
+                        address: format!(
+                            "{}/{}",
+                            addr_port(addr, port),
+                            proto_text(backend.proto())
+                        ),
                         state: if slot <= master.count {
                             BackendState::Active
                         } else {
@@ -190,14 +201,15 @@ pub fn services(content: &MapsContent) -> Vec<ServiceView> {
 /// `SVC 10.96.0.10:80/TCP slot=0 id=1 count=2 qcount=0 flags=0x1`,
 /// `SVC 10.96.0.10:80/TCP slot=1 backend=2`, `VIP 10.96.0.10`,
 /// `BE 2 10.244.1.5:8080/TCP state=active flags=0x0`, `REV 1 10.96.0.10:80`,
-/// `SRC 1 192.168.0.0/16` (a source range of service 1).
+/// `SRC 1 192.168.0.0/16` (a source range of service 1); IPv6 addresses in brackets with a
+/// port (`SVC [fd00::a]:80/TCP ...`).
 pub fn render(content: &MapsContent) -> String {
     let mut lines = Vec::new();
     for (key, entry) in &content.services {
-        if key.proto == 0 && key.port == 0 {
+        if key.proto() == 0 {
             let (vip, _, _) = frontend_of(key);
             lines.push(format!("VIP {vip}"));
-        } else if key.slot == 0 {
+        } else if key.slot() == 0 {
             lines.push(format!(
                 "SVC {} slot=0 id={} count={} qcount={} flags={:#x}{}{}",
                 frontend_text(key),
@@ -220,27 +232,28 @@ pub fn render(content: &MapsContent) -> String {
             lines.push(format!(
                 "SVC {} slot={} backend={}",
                 frontend_text(key),
-                key.slot,
+                key.slot(),
                 backend_id_of(entry)
             ));
         }
     }
     for (id, backend) in &content.backends {
         let (addr, port) = backend_addr_of(backend);
-        let state = if backend.state == lb_common::service::BACKEND_STATE_ACTIVE {
+        let state = if backend.state() == lb_common::service::BACKEND_STATE_ACTIVE {
             "active"
         } else {
             "terminating"
         };
         lines.push(format!(
-            "BE {id} {addr}:{port}/{} state={state} flags={:#x}",
-            proto_text(backend.proto),
-            backend.flags
+            "BE {id} {}/{} state={state} flags={:#x}",
+            addr_port(addr, port),
+            proto_text(backend.proto()),
+            backend.flags()
         ));
     }
     for (id, revnat) in &content.revnat {
         let (vip, port) = revnat_addr_of(revnat);
-        lines.push(format!("REV {id} {vip}:{port}"));
+        lines.push(format!("REV {id} {}", addr_port(vip, port)));
     }
     for range in &content.source_ranges {
         lines.push(format!(
