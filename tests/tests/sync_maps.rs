@@ -102,7 +102,7 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
     {
         let mut guard = maps.lock().expect("maps lock");
         guard
-            .delete_backend(BackendId(1))
+            .delete_backend(BackendId(1), lb_agent::model::IpFamily::V4)
             .expect("delete behind the syncer's back");
     }
     syncer.sync(&[]).expect("empty sync");
@@ -367,6 +367,88 @@ fn source_ranges_round_trip_through_the_lpm_trie_and_a_restarted_syncer_rewrites
     restarted.sync(&[]).expect("service deleted");
     let left = rendered(&maps);
     assert!(!left.contains("SRC") && !left.contains("SVC"), "{left}");
+}
+
+/// A dual-stack Service (issue 14): its IPv4 frontends go to the `LB4_*` maps and its IPv6
+/// ones (ClusterIP, a load-balancer IP with source ranges) to `LB6_SERVICES`, `LB6_BACKENDS`,
+/// `LB6_REVNAT` and `LB6_SRC_RANGE`, with ids from one space; an agent restarted on the pinned
+/// maps reads both families back exactly and rewrites nothing; deleting the Service empties
+/// both.
+#[test]
+fn a_dual_stack_service_round_trips_through_the_lb4_and_lb6_maps_and_survives_a_restart() {
+    use lb_agent::model::FrontendKind;
+    let root = BpfRoot::new("dual");
+    let services = || {
+        vec![
+            service("10.96.0.10:80/TCP", &["10.244.1.5:8080", "10.244.2.6:8080"]),
+            service(
+                "[fd00:10:96::a]:80/TCP",
+                &["[fd00:10:244:1::5]:8080", "[fd00:10:244:2::6]:8080"],
+            ),
+            service("[2001:db8::10]:80/TCP", &["[fd00:10:244:1::5]:8080"])
+                .kind(FrontendKind::LoadBalancer)
+                .source_ranges(&["2001:db8:1::/48", "fd00::1/128"]),
+        ]
+    };
+    let want = "BE 1 10.244.1.5:8080/TCP state=active flags=0x0\n\
+                BE 2 10.244.2.6:8080/TCP state=active flags=0x0\n\
+                BE 3 [fd00:10:244:1::5]:8080/TCP state=active flags=0x0\n\
+                BE 4 [fd00:10:244:2::6]:8080/TCP state=active flags=0x0\n\
+                REV 1 10.96.0.10:80\n\
+                REV 2 [fd00:10:96::a]:80\n\
+                REV 3 [2001:db8::10]:80\n\
+                SRC 3 2001:db8:1::/48\n\
+                SRC 3 fd00::1/128\n\
+                SVC 10.96.0.10:80/TCP slot=0 id=1 count=2 qcount=0 flags=0x1\n\
+                SVC 10.96.0.10:80/TCP slot=1 backend=1\n\
+                SVC 10.96.0.10:80/TCP slot=2 backend=2\n\
+                SVC [2001:db8::10]:80/TCP slot=0 id=3 count=1 qcount=0 flags=0x48 flags2=0x1\n\
+                SVC [2001:db8::10]:80/TCP slot=1 backend=3\n\
+                SVC [fd00:10:96::a]:80/TCP slot=0 id=2 count=2 qcount=0 flags=0x1\n\
+                SVC [fd00:10:96::a]:80/TCP slot=1 backend=3\n\
+                SVC [fd00:10:96::a]:80/TCP slot=2 backend=4\n\
+                VIP 10.96.0.10\n\
+                VIP fd00:10:96::a\n";
+    {
+        let maps = load(&root, 1024);
+        let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+        syncer.sync(&services()).expect("first sync");
+        assert_eq!(rendered(&maps), want);
+        let content = maps.lock().expect("maps lock").read().expect("read");
+        let v6 = content
+            .services
+            .keys()
+            .filter(|key| key.family() == lb_agent::model::IpFamily::V6)
+            .count();
+        assert_eq!(
+            v6, 6,
+            "IPv6 masters, slots and wildcard are LB6_SERVICES keys"
+        );
+    }
+
+    // A restarted agent: the pinned maps of both families are read back exactly.
+    let maps = load(&root, 1024);
+    assert_eq!(rendered(&maps), want, "the pins keep both families");
+    let mut restarted = Syncer::new(maps.clone()).expect("restore ids");
+    let stats = restarted.sync(&services()).expect("sync after restart");
+    assert_eq!(stats.writes, 0, "nothing rewritten");
+
+    // The IPv6 ClusterIP loses a backend, then the Service goes.
+    let mut fewer = services();
+    fewer[1] = service("[fd00:10:96::a]:80/TCP", &["[fd00:10:244:2::6]:8080"]);
+    restarted.sync(&fewer).expect("a backend goes");
+    let text = rendered(&maps);
+    assert!(
+        text.contains("SVC [fd00:10:96::a]:80/TCP slot=1 backend=4\n")
+            && !text.contains("[fd00:10:96::a]:80/TCP slot=2"),
+        "{text}"
+    );
+    restarted.sync(&[]).expect("service deleted");
+    let left = rendered(&maps);
+    assert!(
+        !left.contains("SVC") && !left.contains("SRC") && !left.contains("VIP"),
+        "{left}"
+    );
 }
 
 /// `--bpf-lb-map-max` changed between two starts: the pinned maps are replaced by maps of the
