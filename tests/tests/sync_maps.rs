@@ -457,15 +457,16 @@ fn a_dual_stack_service_round_trips_through_the_lb4_and_lb6_maps_and_survives_a_
 #[test]
 fn a_new_map_size_replaces_the_pinned_maps_keeping_their_entries_and_a_shrink_below_them_is_refused()
  {
-    use lb_common::maps::{LB4_BACKENDS, LB4_SERVICES, PIN_VERSION};
+    use lb_common::maps::{LB4_BACKENDS, LB4_SERVICES, LB6_BACKENDS, LB6_SERVICES, PIN_VERSION};
     let root = BpfRoot::new("resize");
     let maps = load(&root, 8);
     let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
     syncer
-        .sync(&[service(
-            "10.96.0.10:80/TCP",
-            &["10.244.1.5:8080", "10.244.1.6:8080"],
-        )])
+        .sync(&[
+            service("10.96.0.10:80/TCP", &["10.244.1.5:8080", "10.244.1.6:8080"]),
+            // The option sizes the LB6 twins alike, and they move with their entries.
+            service("[fd00::a]:80/TCP", &["[fd00:244::5]:8080"]),
+        ])
         .expect("sync");
     let before = rendered(&maps);
     drop((syncer, maps));
@@ -505,6 +506,8 @@ fn a_new_map_size_replaces_the_pinned_maps_keeping_their_entries_and_a_shrink_be
 
     let datapath = Datapath::load(&options(&root, 64)).expect("load with a larger size");
     assert_eq!((size(LB4_SERVICES), size(LB4_BACKENDS)), (64, 64));
+    assert_eq!((size(LB6_SERVICES), size(LB6_BACKENDS)), (64, 64));
+    assert!(before.contains("SVC [fd00::a]:80/TCP slot=1"), "{before}");
     assert_eq!(
         dump::render(&datapath.maps.read().expect("read maps")),
         before,
