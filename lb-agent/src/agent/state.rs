@@ -2,7 +2,6 @@
 //! configuration (and changing it), drop events and metrics.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -81,7 +80,7 @@ pub struct AgentState {
     config: Mutex<AgentConfig>,
     /// Where each value of `config` comes from; locked after `config` when both are.
     sources: Mutex<Sources>,
-    node_ip: Option<Ipv4Addr>,
+    node_ip: super::NodeAddrs,
     maps: Arc<Mutex<AyaMaps>>,
     fanout: DropFanout,
     progress: Mutex<Progress>,
@@ -100,7 +99,7 @@ impl AgentState {
     pub fn new(
         config: AgentConfig,
         sources: Sources,
-        node_ip: Option<Ipv4Addr>,
+        node_ip: super::NodeAddrs,
         maps: Arc<Mutex<AyaMaps>>,
         fanout: DropFanout,
     ) -> Self {
