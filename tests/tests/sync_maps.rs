@@ -433,6 +433,26 @@ fn a_dual_stack_service_round_trips_through_the_lb4_and_lb6_maps_and_survives_a_
     let stats = restarted.sync(&services()).expect("sync after restart");
     assert_eq!(stats.writes, 0, "nothing rewritten");
 
+    // Drift in the IPv6 maps (a slot and a backend deleted behind the agent's back): the
+    // periodic resync reads the LB6 maps back and repairs it.
+    {
+        let mut guard = maps.lock().expect("maps lock");
+        let slot = lb_agent::datapath::maps::service_key(
+            "fd00:10:96::a".parse().expect("ip"),
+            80,
+            lb_common::proto::TCP,
+            2,
+        );
+        guard.delete_service(&slot).expect("delete a slot");
+        guard
+            .delete_backend(BackendId(4), lb_agent::model::IpFamily::V6)
+            .expect("delete a backend");
+    }
+    assert_ne!(rendered(&maps), want);
+    let stats = restarted.resync(&services()).expect("resync");
+    assert_eq!(stats.repairs, 2, "the slot and the backend");
+    assert_eq!(rendered(&maps), want);
+
     // The IPv6 ClusterIP loses a backend, then the Service goes.
     let mut fewer = services();
     fewer[1] = service("[fd00:10:96::a]:80/TCP", &["[fd00:10:244:2::6]:8080"]);
