@@ -143,8 +143,8 @@ pub(crate) struct FrontendContent {
     extras: Extras,
 }
 
-/// What goes with a frontend's master entry in maps of their own: its `LB4_SRC_RANGE` entries
-/// and, for a Maglev frontend, its table's spec.
+/// What goes with a frontend's master entry in maps of their own: its source-range entries
+/// (`LB4_SRC_RANGE` or `LB6_SRC_RANGE`) and, for a Maglev frontend, its table's spec.
 pub(crate) type Extras = (Vec<SourceRangeEntry>, Option<Arc<MaglevSpec>>);
 
 /// Every source-range entry of service `id`, of either family, lies in this range.
@@ -330,7 +330,8 @@ impl FrontendContent {
         )))
     }
 
-    /// Every `LB4_SERVICES` key this frontend writes, the wildcard entry of its VIP included.
+    /// Every services-map key (`LB4_SERVICES` or `LB6_SERVICES`) this frontend writes, the
+    /// wildcard entry of its VIP included.
     pub(crate) fn service_keys(&self, key: &FrontendKey) -> impl Iterator<Item = ServiceKey> + '_ {
         let wildcard = self.wildcard.then(|| maps::wildcard_key(key.vip));
         self.entries(key).map(|(k, _)| k).chain(wildcard)
@@ -439,7 +440,7 @@ pub(crate) fn frontend_content(
 /// Keeps in `desired` the rev-NAT entries `current` holds for retired service ids: replies of
 /// flows created before their frontend went (a port change, a deleted Service) are still
 /// reverse-NATed while their conntrack entries live. A retired backend keeps nothing: its
-/// `LB4_BACKENDS` entry goes at once, so that its flows choose again (only its id is
+/// backends-map entry goes at once, so that its flows choose again (only its id is
 /// reserved).
 pub fn keep_retired_revnat(desired: &mut MapsContent, current: &MapsContent, ids: &Ids) {
     for id in ids.retired_services() {
