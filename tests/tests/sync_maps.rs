@@ -471,6 +471,59 @@ fn a_dual_stack_service_round_trips_through_the_lb4_and_lb6_maps_and_survives_a_
     );
 }
 
+/// Ids are one space over both families: an id freed by an IPv4 frontend and handed to an
+/// IPv6 one leaves nothing behind in `LB4_BACKENDS` or `LB4_REVNAT` (the maps are keyed by id
+/// alone, so an old entry there would be invisible to a read that merges the families).
+#[test]
+fn an_id_handed_from_ipv4_to_ipv6_leaves_no_entry_in_the_ipv4_maps() {
+    use lb_agent::sync::ids::Limits;
+    use lb_common::maps::{LB4_BACKENDS, LB4_REVNAT, PIN_VERSION};
+    let root = BpfRoot::new("idfamily");
+    let maps = load(&root, 1024);
+    let limits = Limits {
+        last_service: ServiceId(1),
+        last_backend: BackendId(1),
+        ..Limits::default()
+    };
+    let mut syncer = Syncer::with_limits(maps.clone(), limits).expect("restore ids");
+    let v4 = service("10.96.0.10:80/TCP", &["10.244.1.5:8080"]);
+    let v6 = service("[fd00::a]:80/TCP", &["[fd00:244::5]:8080"]);
+    syncer
+        .sync(std::slice::from_ref(&v4))
+        .expect("IPv4 service");
+    syncer
+        .sync_changes(&[], &[v4.frontend])
+        .expect("IPv4 service gone");
+    syncer
+        .release_unreferenced(Instant::now(), &HashSet::new(), &HashSet::new())
+        .expect("free the retired ids");
+    syncer
+        .sync_changes(std::slice::from_ref(&v6), &[])
+        .expect("IPv6 service on the freed ids");
+    assert_eq!(
+        rendered(&maps),
+        "BE 1 [fd00:244::5]:8080/TCP state=active flags=0x0\n\
+         REV 1 [fd00::a]:80\n\
+         SVC [fd00::a]:80/TCP slot=0 id=1 count=1 qcount=0 flags=0x1\n\
+         SVC [fd00::a]:80/TCP slot=1 backend=1\n\
+         VIP fd00::a\n"
+    );
+    let pin_dir = root.0.join(PIN_VERSION);
+    for name in [LB4_BACKENDS, LB4_REVNAT] {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(pin_dir.join(name))
+            .output()
+            .expect("run bpftool");
+        assert!(out.status.success(), "bpftool: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[]",
+            "{name} keeps no entry of the id's IPv4 past"
+        );
+    }
+}
+
 /// `--bpf-lb-map-max` changed between two starts: the pinned maps are replaced by maps of the
 /// new size holding the same entries; a size below what a map holds is refused and changes
 /// nothing.

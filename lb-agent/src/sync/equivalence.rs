@@ -353,3 +353,62 @@ fn an_incremental_pass_writes_source_ranges_and_maglev_tables_before_the_master_
         }
     }
 }
+
+#[test]
+fn an_incremental_pass_that_hands_a_freed_id_to_the_other_family_deletes_the_old_familys_entry() {
+    use crate::{model::IpFamily, sync::ids};
+    // Two ids of each kind: the second frontend and backend wrap onto the first ones' freed
+    // ids, in the other family.
+    let limits = ids::Limits {
+        last_service: crate::datapath::ServiceId(1),
+        last_backend: crate::datapath::BackendId(1),
+        ..ids::Limits::default()
+    };
+    let maps = Arc::new(Mutex::new(FakeMaps::default()));
+    let mut syncer = Syncer::with_limits(maps.clone(), limits)
+        .expect("restore")
+        .with_selection(selection());
+    let v4 = service(
+        [10, 96, 0, 10],
+        80,
+        &[([10, 244, 1, 5], 8080, BackendState::Active)],
+    );
+    let v6 = in_v6(service(
+        [10, 96, 0, 11],
+        80,
+        &[([10, 244, 1, 6], 8080, BackendState::Active)],
+    ));
+    syncer.sync(std::slice::from_ref(&v4)).expect("full pass");
+    syncer.sync_changes(&[], &[v4.frontend]).expect("v4 gone");
+    // Nothing names the retired ids: they are freed.
+    syncer
+        .release_unreferenced(super::now(), &HashSet::new(), &HashSet::new())
+        .expect("release");
+    let stats = syncer
+        .sync_changes(std::slice::from_ref(&v6), &[])
+        .expect("v6 takes the freed ids");
+    assert!(!stats.full, "an incremental pass");
+    let content = lock(&maps).content.clone();
+    assert_eq!(
+        content
+            .backends
+            .values()
+            .map(|b| b.family())
+            .collect::<Vec<_>>(),
+        [IpFamily::V6]
+    );
+    assert_eq!(
+        content
+            .revnat
+            .values()
+            .map(|r| r.family())
+            .collect::<Vec<_>>(),
+        [IpFamily::V6]
+    );
+    plan::check_consistent(&content).expect("consistent");
+    assert_eq!(
+        syncer.sync(std::slice::from_ref(&v6)).expect("full").writes,
+        0,
+        "the incremental pass left what a full one writes"
+    );
+}
