@@ -75,7 +75,7 @@ impl Fixture {
                 name: format!("svc-{i}"),
                 port_name: String::new(),
                 frontend: Frontend {
-                    vip: Self::vip(i),
+                    vip: Self::vip(i).into(),
                     port: SERVICE_PORT,
                     protocol,
                 },
@@ -83,7 +83,7 @@ impl Fixture {
                 local_only: false,
                 backends: (0..self.backends)
                     .map(|j| DesiredBackend {
-                        addr: self.backend(i, j),
+                        addr: self.backend(i, j).into(),
                         port: BACKEND_PORT,
                         state: BackendState::Active,
                         remote: false,

@@ -132,14 +132,14 @@ fn one_backend(name: &str, frontend: (&str, u16), backend: (&str, u16)) -> Desir
         name: name.into(),
         port_name: String::new(),
         frontend: Frontend {
-            vip: addr(frontend.0),
+            vip: addr(frontend.0).into(),
             port: frontend.1,
             protocol: Protocol::Tcp,
         },
         kind: FrontendKind::ClusterIp,
         local_only: false,
         backends: vec![DesiredBackend {
-            addr: addr(backend.0),
+            addr: addr(backend.0).into(),
             port: backend.1,
             state: BackendState::Active,
             remote: false,

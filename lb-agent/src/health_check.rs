@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub enum Error {
     #[error("cannot listen on {addr}")]
     Bind {
         /// The address and port.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// Why.
         #[source]
         source: io::Error,
@@ -89,7 +89,7 @@ enum Slot {
 
 /// The health-check listeners of this node, one per port, on every node-port address.
 pub struct HealthCheckServer {
-    addresses: Vec<Ipv4Addr>,
+    addresses: Vec<IpAddr>,
     shutdown: CancellationToken,
     slots: Mutex<BTreeMap<u16, Slot>>,
     /// The runtime that serves the listeners: the one `new` ran on, not the sync thread's.
@@ -100,7 +100,7 @@ impl HealthCheckServer {
     /// A server for `addresses` (the model's `ThisNode::addresses`) with no port open yet;
     /// everything it opens closes with `shutdown`. Must be called within a tokio runtime,
     /// which serves the listeners `update` opens from whatever thread calls it.
-    pub fn new(addresses: Vec<Ipv4Addr>, shutdown: CancellationToken) -> Self {
+    pub fn new(addresses: Vec<IpAddr>, shutdown: CancellationToken) -> Self {
         Self {
             addresses,
             shutdown,
@@ -169,9 +169,9 @@ impl HealthCheckServer {
         let _entered = self.runtime.enter();
         let mut listeners = Vec::with_capacity(self.addresses.len());
         for addr in &self.addresses {
-            let bound = bind(SocketAddrV4::new(*addr, check.port)).map_err(|err| {
-                io::Error::new(err.kind(), format!("{addr}:{}: {err}", check.port))
-            })?;
+            let addr = SocketAddr::new(*addr, check.port);
+            let bound =
+                bind(addr).map_err(|err| io::Error::new(err.kind(), format!("{addr}: {err}")))?;
             // On an error, those bound so far close as `listeners` drops.
             listeners.push(bound);
         }
@@ -197,7 +197,7 @@ impl Drop for HealthCheckServer {
 
 /// A non-blocking listener on `addr`; std's bind sets `SO_REUSEADDR`, so a port closed with
 /// connections in TIME_WAIT can be opened again at once.
-fn bind(addr: SocketAddrV4) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
@@ -336,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_200_with_local_endpoints_503_without_and_closes_with_the_service() {
-        let server = HealthCheckServer::new(vec![LOOPBACK], CancellationToken::new());
+        let server = HealthCheckServer::new(vec![LOOPBACK.into()], CancellationToken::new());
         let port = free_port();
         server.update(&[check("web", port, 2)]);
         let (code, body) = get(port).await.expect("served");
@@ -362,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn a_port_opened_from_the_sync_threads_runtime_is_served_by_the_agents() {
         let server = Arc::new(HealthCheckServer::new(
-            vec![LOOPBACK],
+            vec![LOOPBACK.into()],
             CancellationToken::new(),
         ));
         let port = free_port();
@@ -400,7 +400,7 @@ mod tests {
         let taken = std::net::TcpListener::bind((LOOPBACK, 0)).expect("bind");
         let busy = taken.local_addr().expect("address").port();
         let free = free_port();
-        let server = HealthCheckServer::new(vec![LOOPBACK], CancellationToken::new());
+        let server = HealthCheckServer::new(vec![LOOPBACK.into()], CancellationToken::new());
         server.update(&[check("a", busy, 1), check("b", free, 1)]);
         assert_eq!(server.serving(), [free]);
         assert_eq!(get(free).await.expect("served").0, 200);
@@ -418,7 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_moved_to_another_port_is_served_there_only() {
-        let server = HealthCheckServer::new(vec![LOOPBACK], CancellationToken::new());
+        let server = HealthCheckServer::new(vec![LOOPBACK.into()], CancellationToken::new());
         let old = free_port();
         let new = std::iter::repeat_with(free_port)
             .find(|port| *port != old)
@@ -434,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_closes_every_port() {
         let shutdown = CancellationToken::new();
-        let server = HealthCheckServer::new(vec![LOOPBACK], shutdown.clone());
+        let server = HealthCheckServer::new(vec![LOOPBACK.into()], shutdown.clone());
         let port = free_port();
         server.update(&[check("web", port, 1)]);
         assert_eq!(get(port).await.expect("served").0, 200);

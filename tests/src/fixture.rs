@@ -54,28 +54,34 @@ pub const TC_ACT_SHOT: i32 = 2;
 /// Linux's `TC_ACT_REDIRECT`.
 pub const TC_ACT_REDIRECT: i32 = 7;
 
-/// Parses a frontend, `"a.b.c.d:port/TCP"` or `/UDP`.
+/// An `a.b.c.d:port` or `[v6]:port` address.
+fn socket_addr(text: &str) -> std::net::SocketAddr {
+    text.parse()
+        .unwrap_or_else(|err| panic!("{text:?} is not address:port: {err}"))
+}
+
+/// Parses a frontend, `"a.b.c.d:port/TCP"` (or `"[v6]:port/TCP"`) or `/UDP`.
 pub fn frontend(text: &str) -> Frontend {
     let (socket, protocol) = text
         .split_once('/')
         .unwrap_or_else(|| panic!("frontend {text:?} is not a.b.c.d:port/PROTO"));
-    let socket = addr(socket);
+    let socket = socket_addr(socket);
     let protocol = match protocol {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
         other => panic!("unknown protocol {other} in {text:?}"),
     };
     Frontend {
-        vip: *socket.ip(),
+        vip: socket.ip(),
         port: socket.port(),
         protocol,
     }
 }
 
 fn backend(text: &str, state: BackendState) -> DesiredBackend {
-    let socket = addr(text);
+    let socket = socket_addr(text);
     DesiredBackend {
-        addr: *socket.ip(),
+        addr: socket.ip(),
         port: socket.port(),
         state,
         remote: false,
@@ -300,7 +306,7 @@ impl Datapath {
         let content = lock(&self.maps).read().expect("read the maps");
         content.backends.iter().find_map(|(id, value)| {
             let (ip, port) = lb_agent::datapath::maps::backend_addr_of(value);
-            (ip == *socket.ip() && port == socket.port()).then_some(id.0)
+            (ip == std::net::IpAddr::V4(*socket.ip()) && port == socket.port()).then_some(id.0)
         })
     }
 

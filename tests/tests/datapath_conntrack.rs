@@ -176,7 +176,10 @@ fn a_flow_whose_backend_id_now_names_another_address_moves() {
     datapath.behind_sync(|maps| {
         let mut content = maps.read().expect("read the maps");
         let backend = content.backends.get_mut(&BackendId(id)).expect("A's entry");
-        backend.addr = ip_be(ip("10.244.3.9"));
+        let lb_agent::datapath::maps::Backend::V4(backend4) = backend else {
+            panic!("A is an IPv4 backend");
+        };
+        backend4.addr = ip_be(ip("10.244.3.9"));
         maps.upsert_backend(BackendId(id), backend)
             .expect("write the backend");
     });

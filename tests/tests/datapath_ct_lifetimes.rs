@@ -329,3 +329,61 @@ fn gc_deletes_expired_entries_keeps_live_ones_and_reports_what_they_name() {
     );
     assert_eq!(datapath.conntrack_of(LB4_CT_ANY), vec![]);
 }
+
+/// The GC reads `LB6_CT_TCP` and `LB6_CT_ANY` too (issue 14): IPv6 entries carry the IPv4
+/// entries' header, so expiry, counting and the ids they name work alike (one id space).
+#[test]
+fn gc_covers_the_ipv6_conntrack_maps_with_the_same_header() {
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::{
+        conntrack::{CtEntry6, CtKey6, CtService6},
+        maps::{LB6_CT_ANY, LB6_CT_TCP},
+    };
+    let datapath = datapath_with(&[]);
+    let entry = |expires: u32, kind: u8, rev_nat: u16, backend_id: u32| {
+        CtEntry6::from(CtService6 {
+            expires,
+            kind,
+            rev_nat,
+            backend_id,
+            ..CtService6::default()
+        })
+    };
+    let key = |sport: u16, proto: u8| CtKey6 {
+        saddr: lb_common::addr6_from_octets([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]),
+        daddr: lb_common::addr6_from_octets([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let open = |name: &str| -> HashMap<MapData, CtKey6, CtEntry6> {
+        let data = MapData::from_pin(datapath.pin_dir().join(name)).expect("open the pin");
+        HashMap::try_from(Map::LruHashMap(data)).expect("an IPv6 conntrack map")
+    };
+    let mut tcp = open(LB6_CT_TCP);
+    tcp.insert(key(1, 6), entry(T0 + 100, CT_SERVICE, 7, 70), 0)
+        .expect("live service entry");
+    tcp.insert(key(2, 6), entry(T0 + 100, CT_REPLY, 8, 80), 0)
+        .expect("live reply entry");
+    tcp.insert(key(3, 6), entry(T0 - 1, CT_SERVICE, 9, 90), 0)
+        .expect("expired entry");
+    let mut any = open(LB6_CT_ANY);
+    any.insert(key(4, 17), entry(T0, CT_SERVICE, 10, 100), 0)
+        .expect("entry expiring now");
+
+    let report = datapath.gc();
+    assert_eq!(
+        (report.deleted, report.entries_tcp, report.entries_any),
+        (2, 2, 0)
+    );
+    let mut services: Vec<u16> = report.referenced_services.into_iter().collect();
+    services.sort_unstable();
+    assert_eq!(services, [7, 8]);
+    let mut backends: Vec<u32> = report.referenced_backends.into_iter().collect();
+    backends.sort_unstable();
+    assert_eq!(backends, [70, 80]);
+    assert_eq!(tcp.keys().count(), 2, "the live entries stay");
+    assert_eq!(any.keys().count(), 0);
+}

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use lb_lab::Lab;
 use lb_lab::probe::{curl_head, curl6_head, ping};
-use lb_lab::probe::ping;
 use lb_lab::topology::{
     BUSYBOX, CLIENT, CLUSTER_IPS, MASTER, NGINX_1, NGINX_2, NGINX_VIP, ROUTER_IP, SLAVE, v6,
 };

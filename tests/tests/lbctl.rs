@@ -439,6 +439,7 @@ fn config_view_lists_every_option_sorted() {
         ("log-level", "info"),
         ("metrics-address", "127.0.0.1:9963"),
         ("node-ip", ""),
+        ("node-ipv6", ""),
         ("node-name", "node-1"),
         ("node-port-range", "30000-32767"),
         ("node-zone", ""),
@@ -510,8 +511,8 @@ fn config_set_rejects_an_unknown_key_with_exit_2() {
     assert_eq!(
         stderr(&output),
         "lbctl: unknown option `bpf-lb-external-cluster-ip`; known options: source, devices, \
-         pod-devices, node-name, node-ip, node-zone, bpf-root, socket, config-dir, metrics-address, \
-         bpf-lb-external-clusterip, service-no-backend-response, bpf-lb-sock, cgroup-root, \
+         pod-devices, node-name, node-ip, node-ipv6, node-zone, bpf-root, socket, config-dir, \
+         metrics-address, bpf-lb-external-clusterip, service-no-backend-response, bpf-lb-sock, cgroup-root, \
          bpf-ct-max-entries, bpf-ct-global-any-max, bpf-ct-timeout-regular-tcp, \
          bpf-ct-timeout-regular-tcp-syn, bpf-ct-timeout-regular-tcp-fin, bpf-ct-timeout-regular-any, \
          bpf-ct-timeout-service-tcp, bpf-ct-timeout-service-tcp-grace, bpf-ct-timeout-service-any, \

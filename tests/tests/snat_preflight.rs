@@ -54,3 +54,38 @@ fn an_external_device_without_an_ipv4_address_and_no_node_ip_stops_the_start() {
     );
     assert!(!dir.path().join("lb.sock").exists(), "no socket was bound");
 }
+
+/// The IPv6 node address (issue 14) is the first device's first global IPv6 address: a
+/// link-local one is no SNAT source, and a device with none leaves the agent without one
+/// (IPv6 node ports unserved, IPv6 flows that need SNAT dropped) rather than stopping it.
+#[test]
+fn the_ipv6_node_address_is_the_first_global_one_of_the_device_and_link_local_does_not_count() {
+    use lb_agent::datapath::devices::first_ipv6;
+    let ns = ok(
+        Netns::create(&format!("lbt-v6addr-{}", std::process::id())),
+        "create the namespace",
+    );
+    for args in [
+        &[
+            "link", "add", "v6a0", "type", "veth", "peer", "name", "v6a1",
+        ][..],
+        &[
+            "link", "add", "v6b0", "type", "veth", "peer", "name", "v6b1",
+        ],
+        &["addr", "add", "fe80::5/64", "dev", "v6a0", "nodad"],
+        &["addr", "add", "fd00:77::5/64", "dev", "v6a0", "nodad"],
+        &["addr", "add", "fe80::6/64", "dev", "v6b0", "nodad"],
+        &["addr", "add", "10.77.0.6/24", "dev", "v6b0"],
+    ] {
+        ok(ns.ip(args), "set up the interfaces");
+    }
+    let found = ok(
+        ns.within(|| (first_ipv6("v6a0"), first_ipv6("v6b0"), first_ipv6("none0"))),
+        "enter the namespace",
+    );
+    assert_eq!(
+        found,
+        (Some("fd00:77::5".parse().expect("ip")), None, None),
+        "global address; link-local and IPv4 only; no such interface"
+    );
+}

@@ -102,7 +102,7 @@ fn sync_programs_scales_and_empties_the_kernel_maps_exactly() {
     {
         let mut guard = maps.lock().expect("maps lock");
         guard
-            .delete_backend(BackendId(1))
+            .delete_backend(BackendId(1), lb_agent::model::IpFamily::V4)
             .expect("delete behind the syncer's back");
     }
     syncer.sync(&[]).expect("empty sync");
@@ -369,21 +369,177 @@ fn source_ranges_round_trip_through_the_lpm_trie_and_a_restarted_syncer_rewrites
     assert!(!left.contains("SRC") && !left.contains("SVC"), "{left}");
 }
 
+/// A dual-stack Service (issue 14): its IPv4 frontends go to the `LB4_*` maps and its IPv6
+/// ones (ClusterIP, a load-balancer IP with source ranges) to `LB6_SERVICES`, `LB6_BACKENDS`,
+/// `LB6_REVNAT` and `LB6_SRC_RANGE`, with ids from one space; an agent restarted on the pinned
+/// maps reads both families back exactly and rewrites nothing; deleting the Service empties
+/// both.
+#[test]
+fn a_dual_stack_service_round_trips_through_the_lb4_and_lb6_maps_and_survives_a_restart() {
+    use lb_agent::model::FrontendKind;
+    let root = BpfRoot::new("dual");
+    let services = || {
+        vec![
+            service("10.96.0.10:80/TCP", &["10.244.1.5:8080", "10.244.2.6:8080"]),
+            service(
+                "[fd00:10:96::a]:80/TCP",
+                &["[fd00:10:244:1::5]:8080", "[fd00:10:244:2::6]:8080"],
+            ),
+            service("[2001:db8::10]:80/TCP", &["[fd00:10:244:1::5]:8080"])
+                .kind(FrontendKind::LoadBalancer)
+                .source_ranges(&["2001:db8:1::/48", "fd00::1/128"]),
+        ]
+    };
+    let want = "BE 1 10.244.1.5:8080/TCP state=active flags=0x0\n\
+                BE 2 10.244.2.6:8080/TCP state=active flags=0x0\n\
+                BE 3 [fd00:10:244:1::5]:8080/TCP state=active flags=0x0\n\
+                BE 4 [fd00:10:244:2::6]:8080/TCP state=active flags=0x0\n\
+                REV 1 10.96.0.10:80\n\
+                REV 2 [fd00:10:96::a]:80\n\
+                REV 3 [2001:db8::10]:80\n\
+                SRC 3 2001:db8:1::/48\n\
+                SRC 3 fd00::1/128\n\
+                SVC 10.96.0.10:80/TCP slot=0 id=1 count=2 qcount=0 flags=0x1\n\
+                SVC 10.96.0.10:80/TCP slot=1 backend=1\n\
+                SVC 10.96.0.10:80/TCP slot=2 backend=2\n\
+                SVC [2001:db8::10]:80/TCP slot=0 id=3 count=1 qcount=0 flags=0x48 flags2=0x1\n\
+                SVC [2001:db8::10]:80/TCP slot=1 backend=3\n\
+                SVC [fd00:10:96::a]:80/TCP slot=0 id=2 count=2 qcount=0 flags=0x1\n\
+                SVC [fd00:10:96::a]:80/TCP slot=1 backend=3\n\
+                SVC [fd00:10:96::a]:80/TCP slot=2 backend=4\n\
+                VIP 10.96.0.10\n\
+                VIP fd00:10:96::a\n";
+    {
+        let maps = load(&root, 1024);
+        let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
+        syncer.sync(&services()).expect("first sync");
+        assert_eq!(rendered(&maps), want);
+        let content = maps.lock().expect("maps lock").read().expect("read");
+        let v6 = content
+            .services
+            .keys()
+            .filter(|key| key.family() == lb_agent::model::IpFamily::V6)
+            .count();
+        assert_eq!(
+            v6, 6,
+            "IPv6 masters, slots and wildcard are LB6_SERVICES keys"
+        );
+    }
+
+    // A restarted agent: the pinned maps of both families are read back exactly.
+    let maps = load(&root, 1024);
+    assert_eq!(rendered(&maps), want, "the pins keep both families");
+    let mut restarted = Syncer::new(maps.clone()).expect("restore ids");
+    let stats = restarted.sync(&services()).expect("sync after restart");
+    assert_eq!(stats.writes, 0, "nothing rewritten");
+
+    // Drift in the IPv6 maps (a slot and a backend deleted behind the agent's back): the
+    // periodic resync reads the LB6 maps back and repairs it.
+    {
+        let mut guard = maps.lock().expect("maps lock");
+        let slot = lb_agent::datapath::maps::service_key(
+            "fd00:10:96::a".parse().expect("ip"),
+            80,
+            lb_common::proto::TCP,
+            2,
+        );
+        guard.delete_service(&slot).expect("delete a slot");
+        guard
+            .delete_backend(BackendId(4), lb_agent::model::IpFamily::V6)
+            .expect("delete a backend");
+    }
+    assert_ne!(rendered(&maps), want);
+    let stats = restarted.resync(&services()).expect("resync");
+    assert_eq!(stats.repairs, 2, "the slot and the backend");
+    assert_eq!(rendered(&maps), want);
+
+    // The IPv6 ClusterIP loses a backend, then the Service goes.
+    let mut fewer = services();
+    fewer[1] = service("[fd00:10:96::a]:80/TCP", &["[fd00:10:244:2::6]:8080"]);
+    restarted.sync(&fewer).expect("a backend goes");
+    let text = rendered(&maps);
+    assert!(
+        text.contains("SVC [fd00:10:96::a]:80/TCP slot=1 backend=4\n")
+            && !text.contains("[fd00:10:96::a]:80/TCP slot=2"),
+        "{text}"
+    );
+    restarted.sync(&[]).expect("service deleted");
+    let left = rendered(&maps);
+    assert!(
+        !left.contains("SVC") && !left.contains("SRC") && !left.contains("VIP"),
+        "{left}"
+    );
+}
+
+/// Ids are one space over both families: an id freed by an IPv4 frontend and handed to an
+/// IPv6 one leaves nothing behind in `LB4_BACKENDS` or `LB4_REVNAT` (the maps are keyed by id
+/// alone, so an old entry there would be invisible to a read that merges the families).
+#[test]
+fn an_id_handed_from_ipv4_to_ipv6_leaves_no_entry_in_the_ipv4_maps() {
+    use lb_agent::sync::ids::Limits;
+    use lb_common::maps::{LB4_BACKENDS, LB4_REVNAT, PIN_VERSION};
+    let root = BpfRoot::new("idfamily");
+    let maps = load(&root, 1024);
+    let limits = Limits {
+        last_service: ServiceId(1),
+        last_backend: BackendId(1),
+        ..Limits::default()
+    };
+    let mut syncer = Syncer::with_limits(maps.clone(), limits).expect("restore ids");
+    let v4 = service("10.96.0.10:80/TCP", &["10.244.1.5:8080"]);
+    let v6 = service("[fd00::a]:80/TCP", &["[fd00:244::5]:8080"]);
+    syncer
+        .sync(std::slice::from_ref(&v4))
+        .expect("IPv4 service");
+    syncer
+        .sync_changes(&[], &[v4.frontend])
+        .expect("IPv4 service gone");
+    syncer
+        .release_unreferenced(Instant::now(), &HashSet::new(), &HashSet::new())
+        .expect("free the retired ids");
+    syncer
+        .sync_changes(std::slice::from_ref(&v6), &[])
+        .expect("IPv6 service on the freed ids");
+    assert_eq!(
+        rendered(&maps),
+        "BE 1 [fd00:244::5]:8080/TCP state=active flags=0x0\n\
+         REV 1 [fd00::a]:80\n\
+         SVC [fd00::a]:80/TCP slot=0 id=1 count=1 qcount=0 flags=0x1\n\
+         SVC [fd00::a]:80/TCP slot=1 backend=1\n\
+         VIP fd00::a\n"
+    );
+    let pin_dir = root.0.join(PIN_VERSION);
+    for name in [LB4_BACKENDS, LB4_REVNAT] {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(pin_dir.join(name))
+            .output()
+            .expect("run bpftool");
+        assert!(out.status.success(), "bpftool: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[]",
+            "{name} keeps no entry of the id's IPv4 past"
+        );
+    }
+}
+
 /// `--bpf-lb-map-max` changed between two starts: the pinned maps are replaced by maps of the
 /// new size holding the same entries; a size below what a map holds is refused and changes
 /// nothing.
 #[test]
 fn a_new_map_size_replaces_the_pinned_maps_keeping_their_entries_and_a_shrink_below_them_is_refused()
  {
-    use lb_common::maps::{LB4_BACKENDS, LB4_SERVICES, PIN_VERSION};
+    use lb_common::maps::{LB4_BACKENDS, LB4_SERVICES, LB6_BACKENDS, LB6_SERVICES, PIN_VERSION};
     let root = BpfRoot::new("resize");
     let maps = load(&root, 8);
     let mut syncer = Syncer::new(maps.clone()).expect("restore ids");
     syncer
-        .sync(&[service(
-            "10.96.0.10:80/TCP",
-            &["10.244.1.5:8080", "10.244.1.6:8080"],
-        )])
+        .sync(&[
+            service("10.96.0.10:80/TCP", &["10.244.1.5:8080", "10.244.1.6:8080"]),
+            // The option sizes the LB6 twins alike, and they move with their entries.
+            service("[fd00::a]:80/TCP", &["[fd00:244::5]:8080"]),
+        ])
         .expect("sync");
     let before = rendered(&maps);
     drop((syncer, maps));
@@ -423,6 +579,8 @@ fn a_new_map_size_replaces_the_pinned_maps_keeping_their_entries_and_a_shrink_be
 
     let datapath = Datapath::load(&options(&root, 64)).expect("load with a larger size");
     assert_eq!((size(LB4_SERVICES), size(LB4_BACKENDS)), (64, 64));
+    assert_eq!((size(LB6_SERVICES), size(LB6_BACKENDS)), (64, 64));
+    assert!(before.contains("SVC [fd00::a]:80/TCP slot=1"), "{before}");
     assert_eq!(
         dump::render(&datapath.maps.read().expect("read maps")),
         before,

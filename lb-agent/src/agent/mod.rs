@@ -111,8 +111,23 @@ pub enum Error {
     },
 }
 
+/// This node's addresses: the IPv4 one (`--node-ip` or the first device's) and the IPv6 one
+/// (`--node-ipv6` or the first device's global one), each the SNAT source of its family and a
+/// node-port address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// The IPv4 node address.
+    pub v4: Option<Ipv4Addr>,
+    /// The IPv6 node address.
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
 /// The datapath configuration for an agent configuration.
-pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::DatapathConfig {
+pub fn datapath_config(config: &AgentConfig, node: NodeAddrs) -> dp::DatapathConfig {
+    let NodeAddrs {
+        v4: node_ip,
+        v6: node_ip6,
+    } = node;
     dp::DatapathConfig {
         flags: if config.external_cluster_ip {
             dp::CONFIG_F_EXTERNAL_CLUSTER_IP
@@ -144,8 +159,8 @@ pub fn datapath_config(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> dp::D
         maglev_seed: config.maglev_hash_seed.tuple(),
         maglev_table_size: config.maglev_table_size,
         _pad: 0,
-        // Written once the agent programs IPv6 (issue 14): until then no IPv6 flow is SNATed.
-        node_addr6: [0; 4],
+        // All zero without one: the datapath then drops IPv6 flows that need SNAT (165).
+        node_addr6: datapath::maps::node_addr6_value(node_ip6),
     }
 }
 
@@ -177,7 +192,10 @@ pub async fn run_with_sources(
     sources: Sources,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let node_ip = preflight::check(&config)?;
+    let node_ip = NodeAddrs {
+        v4: preflight::check(&config)?,
+        v6: preflight::node_ipv6(&config),
+    };
     // Held until this function returns; the kernel releases it however the process ends.
     let lock = BpfRootLock::acquire(&config.bpf_root)?;
     let first_install = !config.bpf_root.join(lb_common::maps::PIN_VERSION).exists();
@@ -241,7 +259,7 @@ struct Loaded {
 
 /// Loads the datapath (adopting pinned maps and links), attaches it to `--devices` and
 /// restores the sync ids from the maps.
-fn load(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> Result<Loaded, Error> {
+fn load(config: &AgentConfig, node_ip: NodeAddrs) -> Result<Loaded, Error> {
     let options = LoadOptions {
         bpf_root: config.bpf_root.clone(),
         ct_max_entries: config.ct_max_entries,
@@ -321,15 +339,23 @@ fn remove_socket(path: &std::path::Path) {
     }
 }
 
-/// This node as the model sees it: its name, and as node-port addresses the node IP and the
-/// first IPv4 address of each `--devices` interface (the addresses clients outside reach).
-fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode {
-    let mut addresses: Vec<Ipv4Addr> = node_ip.into_iter().collect();
+/// This node as the model sees it: its name, and as node-port addresses the node IPs and the
+/// first IPv4 and first global IPv6 address of each `--devices` interface (the addresses
+/// clients outside reach). An IPv6 node port is served only with an IPv6 node address (the
+/// SNAT source its flows may need).
+fn this_node(config: &AgentConfig, node_ip: NodeAddrs) -> model::ThisNode {
+    let mut addresses: Vec<std::net::IpAddr> = node_ip.v4.into_iter().map(Into::into).collect();
+    addresses.extend(node_ip.v6.map(std::net::IpAddr::from));
     for iface in &config.devices {
-        if let Some(addr) = devices::first_ipv4(iface)
-            && !addresses.contains(&addr)
+        let v6 = node_ip.v6.and(devices::first_ipv6(iface));
+        for addr in devices::first_ipv4(iface)
+            .map(std::net::IpAddr::from)
+            .into_iter()
+            .chain(v6.map(Into::into))
         {
-            addresses.push(addr);
+            if !addresses.contains(&addr) {
+                addresses.push(addr);
+            }
         }
     }
     model::ThisNode {
@@ -345,7 +371,7 @@ fn this_node(config: &AgentConfig, node_ip: Option<Ipv4Addr>) -> model::ThisNode
 async fn serve(
     config: &AgentConfig,
     sources: Sources,
-    node_ip: Option<Ipv4Addr>,
+    node_ip: NodeAddrs,
     loaded: Loaded,
     listeners: Listeners,
     shutdown: CancellationToken,

@@ -60,6 +60,27 @@ pub fn check(config: &AgentConfig) -> Result<Option<Ipv4Addr>, Error> {
     }
 }
 
+/// This node's IPv6 address: `--node-ipv6`, else the first global IPv6 address of the first
+/// of `--devices`. None is no error: IPv6 node ports are then not served and IPv6 flows that
+/// need SNAT are dropped by the datapath (165), which is said once here.
+pub fn node_ipv6(config: &AgentConfig) -> Option<std::net::Ipv6Addr> {
+    let found = config.node_ipv6.or_else(|| {
+        config
+            .devices
+            .first()
+            .and_then(|iface| devices::first_ipv6(iface))
+    });
+    match (found, config.devices.first()) {
+        (Some(addr), _) => tracing::info!(address = %addr, "IPv6 node address"),
+        (None, Some(iface)) => tracing::info!(
+            iface = %iface,
+            "no IPv6 node address (set --node-ipv6 or give the first device a global IPv6 address): IPv6 node ports are not served and IPv6 flows that need SNAT are dropped"
+        ),
+        (None, None) => {}
+    }
+    found
+}
+
 /// Capability numbers, from linux/capability.h.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;

@@ -2,7 +2,6 @@
 //! configuration (and changing it), drop events and metrics.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -81,7 +80,7 @@ pub struct AgentState {
     config: Mutex<AgentConfig>,
     /// Where each value of `config` comes from; locked after `config` when both are.
     sources: Mutex<Sources>,
-    node_ip: Option<Ipv4Addr>,
+    node_ip: super::NodeAddrs,
     maps: Arc<Mutex<AyaMaps>>,
     fanout: DropFanout,
     progress: Mutex<Progress>,
@@ -100,7 +99,7 @@ impl AgentState {
     pub fn new(
         config: AgentConfig,
         sources: Sources,
-        node_ip: Option<Ipv4Addr>,
+        node_ip: super::NodeAddrs,
         maps: Arc<Mutex<AyaMaps>>,
         fanout: DropFanout,
     ) -> Self {
@@ -237,13 +236,6 @@ impl AgentState {
         *lock(&self.conntrack) = Some((clock, pin_dir));
     }
 
-    /// The datapath's pin directory, once it is loaded.
-    fn pin_dir(&self) -> Option<PathBuf> {
-        lock(&self.conntrack)
-            .as_ref()
-            .map(|(_, pin_dir)| pin_dir.clone())
-    }
-
     /// Records a conntrack GC pass.
     pub fn record_gc(&self, report: &crate::datapath::conntrack::GcReport) {
         let mut progress = lock(&self.progress);
@@ -328,15 +320,13 @@ impl ApiBackend for AgentState {
                 return Vec::new();
             }
         };
-        let v6 = rows::v6_content(self.pin_dir().as_deref());
         let names = lock(&self.names);
-        rows::service_rows(&content, &v6, |frontend| names.get(frontend).cloned())
+        rows::service_rows(&content, |frontend| names.get(frontend).cloned())
     }
 
     fn lb_entries(&self) -> Result<Vec<LbRow>, String> {
         let content = lock(&self.maps).read().map_err(|err| error_chain(&err))?;
-        let v6 = rows::v6_content(self.pin_dir().as_deref());
-        Ok(rows::lb_rows(&content, &v6))
+        Ok(rows::lb_rows(&content))
     }
 
     fn config_view(&self) -> Vec<ConfigEntry> {

@@ -1,37 +1,20 @@
 //! The one place where what the agent knows of its maps becomes the rows `lbctl` prints:
-//! `datapath::dump`'s views of both families' services maps, read from the IPv4 maps sync
-//! programs and from the pinned IPv6 maps, become `lb_api::proto` rows. The addresses in the
-//! views are already text written by `lb_api::addr` (`10.96.0.10:53/UDP`, `[fd00::1]:80/TCP`);
-//! a new source of rows (another family, another map) adds its views here.
-use std::path::Path;
-
+//! `datapath::dump`'s views of the services maps of both families (`MapsContent` holds
+//! `LB4_*` and `LB6_*` alike) become `lb_api::proto` rows. The addresses in the views are
+//! already text (`10.96.0.10:53/UDP`, `[fd00::1]:80/TCP`); a new source of rows adds its views
+//! here.
 use crate::api::proto::{BackendRow, LbRow, ServiceRow};
-use crate::datapath::dump::{self, LbEntryView, ServiceView, V6Content};
+use crate::datapath::dump::{self, LbEntryView, ServiceView};
 use crate::datapath::{MapsContent, maps::ServiceId};
-use crate::telemetry::error_chain;
-
-/// The IPv6 maps pinned in `pin_dir` (`None`: the datapath is not loaded yet), or empty when
-/// they cannot be read (logged: the IPv4 rows are still worth answering with).
-pub fn v6_content(pin_dir: Option<&Path>) -> V6Content {
-    let Some(pin_dir) = pin_dir else {
-        return V6Content::default();
-    };
-    dump::read_v6(pin_dir).unwrap_or_else(|err| {
-        tracing::warn!(error = %error_chain(&err), "cannot read the IPv6 services maps");
-        V6Content::default()
-    })
-}
 
 /// Every frontend of both families, each with the Service's `namespace/name` that `name_of`
-/// knows for its frontend text (empty when it knows none), IPv4 first, each family by id.
+/// knows for its frontend text (empty when it knows none), by id.
 pub fn service_rows(
-    v4: &MapsContent,
-    v6: &V6Content,
+    content: &MapsContent,
     name_of: impl Fn(&str) -> Option<String>,
 ) -> Vec<ServiceRow> {
-    dump::services(v4)
+    dump::services(content)
         .into_iter()
-        .chain(dump::services6(v6))
         .map(|view| service_row(view, &name_of))
         .collect()
 }
@@ -61,14 +44,9 @@ fn service_row(view: ServiceView, name_of: &impl Fn(&str) -> Option<String>) -> 
     }
 }
 
-/// Every entry of both services maps, `LB4_SERVICES` then `LB6_SERVICES`, each by frontend
-/// then slot.
-pub fn lb_rows(v4: &MapsContent, v6: &V6Content) -> Vec<LbRow> {
-    dump::lb_entries(v4)
-        .into_iter()
-        .chain(dump::lb_entries6(v6))
-        .map(lb_row)
-        .collect()
+/// Every entry of both services maps, by frontend then slot.
+pub fn lb_rows(content: &MapsContent) -> Vec<LbRow> {
+    dump::lb_entries(content).into_iter().map(lb_row).collect()
 }
 
 fn lb_row(view: LbEntryView) -> LbRow {
@@ -94,8 +72,8 @@ mod tests {
 
     /// nginx dual-stack: service 1 on 10.96.229.67:80, service 2 on [fd00:96::e5:43]:80, one
     /// backend each.
-    fn dual_stack() -> (MapsContent, V6Content) {
-        let mut v4 = MapsContent::default();
+    fn dual_stack() -> MapsContent {
+        let mut content = MapsContent::default();
         let key4 = |slot| {
             ServiceKey4::new(
                 u32::from_ne_bytes([10, 96, 229, 67]),
@@ -104,43 +82,50 @@ mod tests {
                 slot,
             )
         };
-        v4.services
-            .insert(key4(0), master_entry(ServiceId(1), 1, 0, 0, 0, None));
-        v4.services.insert(key4(1), slot_entry(BackendId(1)));
-        v4.backends.insert(
+        content
+            .services
+            .insert(key4(0).into(), master_entry(ServiceId(1), 1, 0, 0, 0, None));
+        content
+            .services
+            .insert(key4(1).into(), slot_entry(BackendId(1)));
+        content.backends.insert(
             BackendId(1),
             Backend4 {
                 addr: u32::from_ne_bytes([10, 112, 1, 194]),
                 port: 80u16.to_be(),
                 proto: proto::TCP,
                 ..Backend4::default()
-            },
+            }
+            .into(),
         );
         let addr6 = |text: &str| {
             addr6_from_octets(text.parse::<std::net::Ipv6Addr>().expect("ipv6").octets())
         };
-        let mut v6 = V6Content::default();
         let key6 =
             |slot| ServiceKey6::new(addr6("fd00:96::e5:43"), 80u16.to_be(), proto::TCP, slot);
-        v6.services
-            .insert(key6(0), master_entry(ServiceId(2), 1, 0, 0, 0, None));
-        v6.services.insert(key6(1), slot_entry(BackendId(2)));
-        v6.backends.insert(
+        content
+            .services
+            .insert(key6(0).into(), master_entry(ServiceId(2), 1, 0, 0, 0, None));
+        content
+            .services
+            .insert(key6(1).into(), slot_entry(BackendId(2)));
+        content.backends.insert(
             BackendId(2),
             Backend6 {
                 addr: addr6("fd00:10:112:1::c2"),
                 port: 80u16.to_be(),
                 proto: proto::TCP,
                 ..Backend6::default()
-            },
+            }
+            .into(),
         );
-        (v4, v6)
+        content
     }
 
     #[test]
     fn service_rows_hold_both_families_with_their_names() {
-        let (v4, v6) = dual_stack();
-        let rows = service_rows(&v4, &v6, |frontend| {
+        let content = dual_stack();
+        let rows = service_rows(&content, |frontend| {
             frontend
                 .ends_with(":80/TCP")
                 .then(|| "default/nginx".to_owned())
@@ -165,8 +150,8 @@ mod tests {
 
     #[test]
     fn lb_rows_list_the_ipv4_map_then_the_ipv6_map() {
-        let (v4, v6) = dual_stack();
-        let rows: Vec<String> = lb_rows(&v4, &v6)
+        let content = dual_stack();
+        let rows: Vec<String> = lb_rows(&content)
             .iter()
             .map(|row| {
                 format!(
@@ -184,12 +169,5 @@ mod tests {
                 "[fd00:96::e5:43]:80/TCP [fd00:10:112:1::c2]:80/TCP (2) (1)",
             ]
         );
-    }
-
-    #[test]
-    fn no_pin_directory_means_no_ipv6_rows() {
-        assert_eq!(v6_content(None), V6Content::default());
-        let missing = Path::new("/nonexistent/lb-v6cli-pins");
-        assert_eq!(v6_content(Some(missing)), V6Content::default());
     }
 }

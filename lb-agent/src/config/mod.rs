@@ -502,6 +502,7 @@ mod tests {
                 pod_devices: vec![],
                 node_name: "n1".into(),
                 node_ip: None,
+                node_ipv6: None,
                 bpf_root: "/sys/fs/bpf/lb".into(),
                 socket: "/var/run/lb/lb.sock".into(),
                 config_dir: None,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::{k8s::SourceSpec, model::LbAlgorithm, sync::maglev};
@@ -31,6 +31,8 @@ pub enum Kind {
     OptionalName,
     /// An IPv4 address, or empty for "derive it".
     OptionalIpv4,
+    /// An IPv6 address, or empty for "derive it".
+    OptionalIpv6,
     /// An absolute path.
     Path,
     /// An absolute path, or empty for "none".
@@ -72,6 +74,7 @@ impl Kind {
             Self::Name => "a non-empty name without whitespace".into(),
             Self::OptionalName => "a name without whitespace, or empty".into(),
             Self::OptionalIpv4 => "an IPv4 address, or empty".into(),
+            Self::OptionalIpv6 => "an IPv6 address, or empty".into(),
             Self::Path => "an absolute path".into(),
             Self::OptionalPath => "an absolute path, or empty".into(),
             Self::OptionalListen => "IP:PORT, or empty to disable".into(),
@@ -102,6 +105,7 @@ impl Kind {
             Self::Name => !value.is_empty() && !value.contains(char::is_whitespace),
             Self::OptionalName => !value.contains(char::is_whitespace),
             Self::OptionalIpv4 => value.is_empty() || value.parse::<Ipv4Addr>().is_ok(),
+            Self::OptionalIpv6 => value.is_empty() || value.parse::<Ipv6Addr>().is_ok(),
             Self::Path => value.starts_with('/'),
             Self::OptionalPath => value.is_empty() || value.starts_with('/'),
             Self::OptionalListen => value.is_empty() || value.parse::<SocketAddr>().is_ok(),
@@ -277,6 +281,15 @@ impl OptionValue for PathBuf {
 }
 
 impl OptionValue for Ipv4Addr {
+    fn from_raw(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+    fn to_raw(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for Ipv6Addr {
     fn from_raw(raw: &str) -> Option<Self> {
         raw.parse().ok()
     }
@@ -524,6 +537,18 @@ options! {
         kind: Kind::OptionalIpv4,
         help: "source address for SNAT (default: the first IPv4 address of the first device)",
         doc: "source address of SNATed packets",
+    }
+    NodeIpv6 => node_ipv6: Option<Ipv6Addr> {
+        key: "node-ipv6",
+        env: "LB_NODE_IPV6",
+        default: "",
+        // `None`: the first global IPv6 address of the first device, if it has one.
+        derived: "first global IPv6 of the first device",
+        live: false,
+        value_name: "IPV6",
+        kind: Kind::OptionalIpv6,
+        help: "IPv6 source address for SNAT and IPv6 node-port address (default: the first global IPv6 address of the first device; none: IPv6 node ports are not served)",
+        doc: "IPv6 source address of SNATed packets and address of IPv6 node ports; without one, IPv6 node ports are not served and IPv6 flows that need SNAT are dropped (165)",
     }
     NodeZone => node_zone: Option<String> {
         key: "node-zone",

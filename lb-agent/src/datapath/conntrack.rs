@@ -1,7 +1,9 @@
 //! The conntrack maps from the agent's side: the datapath's clock, the GC that deletes
 //! expired entries, and the entries as rows for `lbctl bpf ct list`.
 //!
-//! The datapath writes `LB4_CT_TCP` and `LB4_CT_ANY`; the agent only reads them and deletes
+//! The datapath writes `LB4_CT_TCP` and `LB4_CT_ANY` (and their IPv6 twins `LB6_CT_TCP`,
+//! `LB6_CT_ANY`, whose entries carry the same header: one GC reads both); the agent only reads
+//! them and deletes
 //! what has expired (an expired entry is already ignored by the datapath, so deleting it
 //! changes no packet's fate, and an entry refreshed between the read and the delete is
 //! re-created by its flow's next packet). Expiries count in the datapath's clock, which only
@@ -31,7 +33,7 @@ use aya::{
     programs::SchedClassifier,
 };
 use lb_common::{
-    conntrack::{CT_REPLY, CT_SERVICE, CtEntry, CtKey4},
+    conntrack::{CT_REPLY, CT_SERVICE, CtEntry, CtEntry6, CtKey4, CtKey6},
     maps as names,
 };
 
@@ -174,9 +176,9 @@ pub struct CtItem {
 pub struct GcReport {
     /// Expired entries deleted.
     pub deleted: u64,
-    /// Live entries left in `LB4_CT_TCP`.
+    /// Live entries left in `LB4_CT_TCP` and `LB6_CT_TCP`.
     pub entries_tcp: u64,
-    /// Live entries left in `LB4_CT_ANY`.
+    /// Live entries left in `LB4_CT_ANY` and `LB6_CT_ANY`.
     pub entries_any: u64,
     /// Service ids (`rev_nat`) that live entries still name: their rev-NAT entries and ids
     /// must outlive them.
@@ -185,29 +187,39 @@ pub struct GcReport {
     pub referenced_backends: HashSet<u32>,
 }
 
-/// Both conntrack maps, opened by their pins (independent of the loaded object's handles).
+/// The conntrack maps of both families, opened by their pins (independent of the loaded
+/// object's handles).
 pub struct Conntrack {
     tcp: HashMap<MapData, CtKey4, CtEntry>,
     any: HashMap<MapData, CtKey4, CtEntry>,
+    tcp6: HashMap<MapData, CtKey6, CtEntry6>,
+    any6: HashMap<MapData, CtKey6, CtEntry6>,
+}
+
+/// Opens the conntrack map `name` pinned in `pin_dir`.
+fn open_pinned<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, Error> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|err| Error::Map {
+        action: "open",
+        map: name,
+        source: Box::new(err),
+    })?;
+    HashMap::try_from(Map::LruHashMap(data)).map_err(|err| Error::MapType {
+        map: name,
+        source: Box::new(err),
+    })
 }
 
 impl Conntrack {
     /// Opens the maps pinned in `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, Error> {
-        let open = |name: &'static str| -> Result<HashMap<MapData, CtKey4, CtEntry>, Error> {
-            let data = MapData::from_pin(pin_dir.join(name)).map_err(|err| Error::Map {
-                action: "open",
-                map: name,
-                source: Box::new(err),
-            })?;
-            HashMap::try_from(Map::LruHashMap(data)).map_err(|err| Error::MapType {
-                map: name,
-                source: Box::new(err),
-            })
-        };
         Ok(Self {
-            tcp: open(names::LB4_CT_TCP)?,
-            any: open(names::LB4_CT_ANY)?,
+            tcp: open_pinned(pin_dir, names::LB4_CT_TCP)?,
+            any: open_pinned(pin_dir, names::LB4_CT_ANY)?,
+            tcp6: open_pinned(pin_dir, names::LB6_CT_TCP)?,
+            any6: open_pinned(pin_dir, names::LB6_CT_ANY)?,
         })
     }
 
@@ -218,7 +230,7 @@ impl Conntrack {
         }
     }
 
-    /// Every entry of both maps, expired ones included.
+    /// Every entry of both IPv4 maps, expired ones included.
     pub fn entries(&self) -> Result<Vec<CtItem>, Error> {
         let mut items = Vec::new();
         for map in CtMap::ALL {
@@ -266,6 +278,42 @@ impl Conntrack {
             let service = item.entry.service();
             report.referenced_services.insert(service.rev_nat);
             report.referenced_backends.insert(service.backend_id);
+        }
+        for (map, name, live) in [
+            (&mut self.tcp6, names::LB6_CT_TCP, &mut report.entries_tcp),
+            (&mut self.any6, names::LB6_CT_ANY, &mut report.entries_any),
+        ] {
+            let entries: Vec<(CtKey6, CtEntry6)> =
+                map.iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(|err| Error::Map {
+                        action: "read",
+                        map: name,
+                        source: Box::new(err),
+                    })?;
+            for (key, entry) in entries {
+                let kind = entry.kind();
+                if entry.expires() <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
+                    match map.remove(&key) {
+                        Ok(()) => report.deleted += 1,
+                        Err(aya::maps::MapError::KeyNotFound) => {}
+                        Err(err) => {
+                            return Err(Error::Map {
+                                action: "delete",
+                                map: name,
+                                source: Box::new(err),
+                            });
+                        }
+                    }
+                    continue;
+                }
+                *live += 1;
+                // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are
+                // one space, so the same sets.
+                let service = entry.service();
+                report.referenced_services.insert(service.rev_nat);
+                report.referenced_backends.insert(service.backend_id);
+            }
         }
         Ok(report)
     }

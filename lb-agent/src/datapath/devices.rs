@@ -107,6 +107,39 @@ pub fn first_ipv4(iface: &str) -> Option<std::net::Ipv4Addr> {
     found
 }
 
+/// The first global IPv6 address of `iface` (link-local ones, `fe80::/10`, left out: neither a
+/// SNAT source nor a node-port address reachable beyond the link), if it has one.
+pub fn first_ipv6(iface: &str) -> Option<std::net::Ipv6Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = list;
+    // SAFETY: we walk the list getifaddrs returned until its end, reading only entries whose
+    // address family says they hold a sockaddr_in6, then free it once.
+    unsafe {
+        while !cursor.is_null() {
+            let entry = &*cursor;
+            if !entry.ifa_addr.is_null()
+                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET6
+                && CStr::from_ptr(entry.ifa_name).to_bytes() == iface.as_bytes()
+            {
+                let addr = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                let addr = std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr);
+                if !addr.is_unicast_link_local() && !addr.is_loopback() {
+                    found = Some(addr);
+                    break;
+                }
+            }
+            cursor = entry.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
 /// Whether `name` matches the shell-style glob `pattern` (`*`, `?`, `[...]`), as
 /// `--pod-devices` takes; an invalid pattern (checked at start) matches nothing.
 pub fn glob_match(pattern: &str, name: &str) -> bool {

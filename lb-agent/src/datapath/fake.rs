@@ -2,15 +2,13 @@
 //! prove that retries converge and that no prefix of a plan leaves a slot pointing nowhere.
 use std::collections::BTreeSet;
 
-use lb_common::{
-    config::DatapathConfig,
-    service::{Backend4, RevNat4, ServiceEntry, ServiceKey4},
-};
+use lb_common::{config::DatapathConfig, service::ServiceEntry};
 
 use super::{
     BackendId, Error, LbMaps, MapsContent, ServiceId,
-    maps::{MaglevSpec, SourceRangeEntry},
+    maps::{Backend, MaglevSpec, RevNat, ServiceKey, SourceRangeEntry},
 };
+use crate::model::IpFamily;
 
 /// Maps held in memory.
 #[derive(Debug, Default)]
@@ -48,39 +46,45 @@ impl FakeMaps {
 }
 
 impl LbMaps for FakeMaps {
-    fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error> {
+    fn upsert_backend(&mut self, id: BackendId, backend: &Backend) -> Result<(), Error> {
         self.write()?;
         self.content.backends.insert(id, *backend);
         Ok(())
     }
 
-    fn delete_backend(&mut self, id: BackendId) -> Result<(), Error> {
+    fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), Error> {
         self.write()?;
-        self.content.backends.remove(&id);
+        // One entry per id: only the family's own entry goes (an id reused for the other
+        // family keeps its new one).
+        if self.content.backends.get(&id).map(Backend::family) == Some(family) {
+            self.content.backends.remove(&id);
+        }
         Ok(())
     }
 
-    fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error> {
+    fn upsert_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), Error> {
         self.write()?;
         self.content.services.insert(*key, *entry);
         Ok(())
     }
 
-    fn delete_service(&mut self, key: &ServiceKey4) -> Result<(), Error> {
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), Error> {
         self.write()?;
         self.content.services.remove(key);
         Ok(())
     }
 
-    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error> {
+    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat) -> Result<(), Error> {
         self.write()?;
         self.content.revnat.insert(id, *revnat);
         Ok(())
     }
 
-    fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error> {
+    fn delete_revnat(&mut self, id: ServiceId, family: IpFamily) -> Result<(), Error> {
         self.write()?;
-        self.content.revnat.remove(&id);
+        if self.content.revnat.get(&id).map(RevNat::family) == Some(family) {
+            self.content.revnat.remove(&id);
+        }
         Ok(())
     }
 

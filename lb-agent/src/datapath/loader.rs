@@ -41,11 +41,11 @@ pub const PROGRAMS: [&str; 3] = ["from_netdev", "from_pod", "from_host"];
 pub struct LoadOptions {
     /// The directory on bpffs that holds everything lb pins.
     pub bpf_root: PathBuf,
-    /// Capacity of the TCP conntrack map (`LB4_CT_TCP`).
+    /// Capacity of the TCP conntrack maps (`LB4_CT_TCP`, `LB6_CT_TCP`).
     pub ct_max_entries: u32,
-    /// Capacity of the conntrack map of other protocols (`LB4_CT_ANY`).
+    /// Capacity of the conntrack maps of other protocols (`LB4_CT_ANY`, `LB6_CT_ANY`).
     pub ct_any_max_entries: u32,
-    /// Capacity of the services and backends maps.
+    /// Capacity of the services, backends and source-range maps of both families.
     pub lb_map_max: u32,
     /// The initial datapath configuration.
     pub config: DatapathConfig,
@@ -66,8 +66,9 @@ pub struct Datapath {
 }
 
 impl LoadOptions {
-    /// The maps whose capacity an option sets.
-    pub fn sized_maps(&self) -> [SizedMap; 5] {
+    /// The maps whose capacity an option sets: each option sizes an `LB4_*` map and its
+    /// `LB6_*` twin alike.
+    pub fn sized_maps(&self) -> [SizedMap; 10] {
         let sized = |map, max_entries, flag| SizedMap {
             map,
             max_entries,
@@ -80,6 +81,15 @@ impl LoadOptions {
             sized(names::LB4_CT_TCP, self.ct_max_entries, "bpf-ct-max-entries"),
             sized(
                 names::LB4_CT_ANY,
+                self.ct_any_max_entries,
+                "bpf-ct-global-any-max",
+            ),
+            sized(names::LB6_SERVICES, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB6_BACKENDS, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB6_SRC_RANGE, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB6_CT_TCP, self.ct_max_entries, "bpf-ct-max-entries"),
+            sized(
+                names::LB6_CT_ANY,
                 self.ct_any_max_entries,
                 "bpf-ct-global-any-max",
             ),

@@ -5,9 +5,14 @@
 //! agent's typed ids (`ServiceId`, `BackendId`) and the raw integers of `lb-common`: the `*_key`,
 //! `*_value` and `*_entry` functions build `lb-common` structs from plain addresses, ports and
 //! ids, and `frontend_of` / `backend_addr_of` / `*_id_of` read them back.
+//!
+//! Both families go through one set of methods: a [`ServiceKey`], [`Backend`] or [`RevNat`]
+//! is an IPv4 or IPv6 entry, and its family picks the map (`LB4_*` or `LB6_*`). Service ids
+//! and backend ids are one space over both families; Maglev tables of both live in
+//! `LB4_MAGLEV`.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, OwnedFd},
 };
 
@@ -24,12 +29,143 @@ use lb_common::{
     maps as names,
     metrics::{MetricKey, MetricValue},
     service::{
-        Backend4, MAGLEV_CHUNK, MaglevChunk, MaglevKey, RevNat4, SERVICE_F_AFFINITY,
-        SERVICE_F2_MAGLEV, SOURCE_RANGE_PREFIX_BITS, ServiceEntry, ServiceKey4, SourceRangeKey4,
+        Backend4, Backend6, MAGLEV_CHUNK, MaglevChunk, MaglevKey, RevNat4, RevNat6,
+        SERVICE_F_AFFINITY, SERVICE_F2_MAGLEV, SOURCE_RANGE_PREFIX_BITS, ServiceEntry, ServiceKey4,
+        ServiceKey6, SourceRangeKey4, SourceRangeKey6,
     },
 };
 
 use super::{Error, batch, vip_filter::VipFilter};
+use crate::model::IpFamily;
+
+/// A key of `LB4_SERVICES` or `LB6_SERVICES`, as the frontend's family decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceKey {
+    /// An `LB4_SERVICES` key.
+    V4(ServiceKey4),
+    /// An `LB6_SERVICES` key.
+    V6(ServiceKey6),
+}
+
+impl ServiceKey {
+    /// 0 for a master entry, 1.. for backend slots.
+    pub const fn slot(&self) -> u16 {
+        match self {
+            Self::V4(key) => key.slot,
+            Self::V6(key) => key.slot,
+        }
+    }
+
+    /// The IP protocol; 0 for a VIP's wildcard entry.
+    pub const fn proto(&self) -> u8 {
+        match self {
+            Self::V4(key) => key.proto,
+            Self::V6(key) => key.proto,
+        }
+    }
+
+    /// The same frontend's key of `slot`.
+    pub const fn with_slot(&self, slot: u16) -> Self {
+        match *self {
+            Self::V4(key) => Self::V4(ServiceKey4 { slot, ..key }),
+            Self::V6(key) => Self::V6(ServiceKey6 { slot, ..key }),
+        }
+    }
+
+    /// The frontend's address family.
+    pub const fn family(&self) -> IpFamily {
+        match self {
+            Self::V4(_) => IpFamily::V4,
+            Self::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+impl From<ServiceKey4> for ServiceKey {
+    fn from(key: ServiceKey4) -> Self {
+        Self::V4(key)
+    }
+}
+
+impl From<ServiceKey6> for ServiceKey {
+    fn from(key: ServiceKey6) -> Self {
+        Self::V6(key)
+    }
+}
+
+impl From<Backend4> for Backend {
+    fn from(backend: Backend4) -> Self {
+        Self::V4(backend)
+    }
+}
+
+impl From<Backend6> for Backend {
+    fn from(backend: Backend6) -> Self {
+        Self::V6(backend)
+    }
+}
+
+/// A value of `LB4_BACKENDS` or `LB6_BACKENDS`, as the backend's family decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An `LB4_BACKENDS` value.
+    V4(Backend4),
+    /// An `LB6_BACKENDS` value.
+    V6(Backend6),
+}
+
+impl Backend {
+    /// The backend's address family.
+    pub const fn family(&self) -> IpFamily {
+        match self {
+            Self::V4(_) => IpFamily::V4,
+            Self::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// `BACKEND_STATE_*`.
+    pub const fn state(&self) -> u8 {
+        match self {
+            Self::V4(b) => b.state,
+            Self::V6(b) => b.state,
+        }
+    }
+
+    /// `BACKEND_F_*` bits.
+    pub const fn flags(&self) -> u8 {
+        match self {
+            Self::V4(b) => b.flags,
+            Self::V6(b) => b.flags,
+        }
+    }
+
+    /// The IP protocol.
+    pub const fn proto(&self) -> u8 {
+        match self {
+            Self::V4(b) => b.proto,
+            Self::V6(b) => b.proto,
+        }
+    }
+}
+
+/// A value of `LB4_REVNAT` or `LB6_REVNAT`, as the frontend's family decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevNat {
+    /// An `LB4_REVNAT` value.
+    V4(RevNat4),
+    /// An `LB6_REVNAT` value.
+    V6(RevNat6),
+}
+
+impl RevNat {
+    /// The frontend's address family.
+    pub const fn family(&self) -> IpFamily {
+        match self {
+            Self::V4(_) => IpFamily::V4,
+            Self::V6(_) => IpFamily::V6,
+        }
+    }
+}
 
 /// A service id: the key of a frontend's `LB4_REVNAT` entry, named by its master entry's
 /// `rev_nat`. 0 is never allocated.
@@ -64,28 +200,29 @@ impl std::fmt::Display for BackendId {
     }
 }
 
-/// One `LB4_SRC_RANGE` entry: a client prefix (host byte order) a service id admits.
+/// One `LB4_SRC_RANGE` or `LB6_SRC_RANGE` entry (the address's family decides): a client
+/// prefix a service id admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRangeEntry {
     /// The service id of the load-balancer frontend.
     pub service: ServiceId,
     /// The first address of the prefix.
-    pub addr: Ipv4Addr,
-    /// The prefix length, 0-32.
+    pub addr: IpAddr,
+    /// The prefix length, 0-32 (IPv4) or 0-128 (IPv6).
     pub prefix_len: u8,
 }
 
-/// Everything `sync/` programs: the services, backends, reverse-NAT and source-range maps as
-/// plain data.
+/// Everything `sync/` programs: the services, backends, reverse-NAT and source-range maps of
+/// both families as plain data (each entry's family names its map).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapsContent {
-    /// `LB4_SERVICES`.
-    pub services: BTreeMap<ServiceKey4, ServiceEntry>,
-    /// `LB4_BACKENDS`.
-    pub backends: BTreeMap<BackendId, Backend4>,
-    /// `LB4_REVNAT`.
-    pub revnat: BTreeMap<ServiceId, RevNat4>,
-    /// `LB4_SRC_RANGE`.
+    /// `LB4_SERVICES` and `LB6_SERVICES`.
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+    /// `LB4_BACKENDS` and `LB6_BACKENDS` (one id space: an id is in one of them).
+    pub backends: BTreeMap<BackendId, Backend>,
+    /// `LB4_REVNAT` and `LB6_REVNAT` (one id space).
+    pub revnat: BTreeMap<ServiceId, RevNat>,
+    /// `LB4_SRC_RANGE` and `LB6_SRC_RANGE`.
     pub source_ranges: BTreeSet<SourceRangeEntry>,
     /// `LB4_MAGLEV`: what each Maglev frontend's table is built from (the table itself, M
     /// backend ids, is a pure function of this and is only built to be written).
@@ -145,50 +282,52 @@ pub fn maglev_chunks(id: ServiceId, table: &[BackendId]) -> Vec<(MaglevKey, Magl
 /// Write access to the load balancer's maps. Every write is idempotent.
 pub trait LbMaps {
     /// Inserts or replaces a backend.
-    fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error>;
-    /// Removes a backend; absent is fine.
-    fn delete_backend(&mut self, id: BackendId) -> Result<(), Error>;
+    fn upsert_backend(&mut self, id: BackendId, backend: &Backend) -> Result<(), Error>;
+    /// Removes a backend from its family's map; absent is fine.
+    fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), Error>;
     /// Inserts or replaces a service slot (master or backend slot).
-    fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error>;
+    fn upsert_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), Error>;
     /// Removes a service slot; absent is fine.
-    fn delete_service(&mut self, key: &ServiceKey4) -> Result<(), Error>;
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), Error>;
     /// Inserts or replaces a reverse-NAT entry.
-    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error>;
-    /// Removes a reverse-NAT entry; absent is fine.
-    fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error>;
+    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat) -> Result<(), Error>;
+    /// Removes a reverse-NAT entry from its family's map; absent is fine.
+    fn delete_revnat(&mut self, id: ServiceId, family: IpFamily) -> Result<(), Error>;
     /// Inserts a source range (idempotent).
     fn upsert_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error>;
     /// Removes a source range; absent is fine.
     fn delete_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error>;
     /// Inserts or replaces backends in order; after a failure a prefix is applied.
-    fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
+    fn upsert_backends(&mut self, entries: &[(BackendId, Backend)]) -> Result<(), Error> {
         entries
             .iter()
             .try_for_each(|(id, backend)| self.upsert_backend(*id, backend))
     }
     /// Inserts or replaces service slots in order; after a failure a prefix is applied.
-    fn upsert_services(&mut self, entries: &[(ServiceKey4, ServiceEntry)]) -> Result<(), Error> {
+    fn upsert_services(&mut self, entries: &[(ServiceKey, ServiceEntry)]) -> Result<(), Error> {
         entries
             .iter()
             .try_for_each(|(key, entry)| self.upsert_service(key, entry))
     }
     /// Inserts or replaces reverse-NAT entries in order; after a failure a prefix is applied.
-    fn upsert_revnats(&mut self, entries: &[(ServiceId, RevNat4)]) -> Result<(), Error> {
+    fn upsert_revnats(&mut self, entries: &[(ServiceId, RevNat)]) -> Result<(), Error> {
         entries
             .iter()
             .try_for_each(|(id, revnat)| self.upsert_revnat(*id, revnat))
     }
     /// Removes service slots in order; absent ones are fine.
-    fn delete_services(&mut self, keys: &[ServiceKey4]) -> Result<(), Error> {
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), Error> {
         keys.iter().try_for_each(|key| self.delete_service(key))
     }
     /// Removes backends in order; absent ones are fine.
-    fn delete_backends(&mut self, ids: &[BackendId]) -> Result<(), Error> {
-        ids.iter().try_for_each(|id| self.delete_backend(*id))
+    fn delete_backends(&mut self, ids: &[(BackendId, IpFamily)]) -> Result<(), Error> {
+        ids.iter()
+            .try_for_each(|(id, family)| self.delete_backend(*id, *family))
     }
     /// Removes reverse-NAT entries in order; absent ones are fine.
-    fn delete_revnats(&mut self, ids: &[ServiceId]) -> Result<(), Error> {
-        ids.iter().try_for_each(|id| self.delete_revnat(*id))
+    fn delete_revnats(&mut self, ids: &[(ServiceId, IpFamily)]) -> Result<(), Error> {
+        ids.iter()
+            .try_for_each(|(id, family)| self.delete_revnat(*id, *family))
     }
     /// Writes a frontend's Maglev table (M backend ids, built from `spec`), replacing each chunk
     /// whole, and removes chunks of an older, longer table up to `old_chunks`.
@@ -203,8 +342,15 @@ pub trait LbMaps {
     fn delete_maglev(&mut self, id: ServiceId, chunks: u16) -> Result<(), Error>;
     /// Replaces the datapath configuration.
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error>;
-    /// Reads the services, backends and reverse-NAT maps.
+    /// Reads the services, backends, reverse-NAT, source-range and Maglev maps of both
+    /// families.
     fn read(&self) -> Result<MapsContent, Error>;
+}
+
+/// The maps of one family's entries of a kind, with a duplicate descriptor for batch writes.
+struct Family<K, V> {
+    map: HashMap<MapData, K, V>,
+    fd: OwnedFd,
 }
 
 /// The kernel's maps, taken out of the loaded object.
@@ -214,6 +360,10 @@ pub struct AyaMaps {
     backends: HashMap<MapData, u32, Backend4>,
     revnat: HashMap<MapData, u16, RevNat4>,
     source_ranges: LpmTrie<MapData, SourceRangeKey4, u8>,
+    services6: Family<ServiceKey6, ServiceEntry>,
+    backends6: Family<u32, Backend6>,
+    revnat6: Family<u16, RevNat6>,
+    source_ranges6: LpmTrie<MapData, SourceRangeKey6, u8>,
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricKey, MetricValue>,
@@ -263,6 +413,15 @@ where
     Ok((typed, fd))
 }
 
+/// Takes a hash map and a duplicate of its descriptor.
+fn take_family<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<Family<K, V>, Error> {
+    let (map, fd) = take_with_fd(ebpf, name)?;
+    Ok(Family { map, fd })
+}
+
 impl AyaMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
@@ -275,6 +434,10 @@ impl AyaMaps {
             backends,
             revnat,
             source_ranges: take(ebpf, names::LB4_SRC_RANGE)?,
+            services6: take_family(ebpf, names::LB6_SERVICES)?,
+            backends6: take_family(ebpf, names::LB6_BACKENDS)?,
+            revnat6: take_family(ebpf, names::LB6_REVNAT)?,
+            source_ranges6: take(ebpf, names::LB6_SRC_RANGE)?,
             maglev,
             maglev_fd,
             config: take(ebpf, names::LB_CONFIG)?,
@@ -310,7 +473,8 @@ impl AyaMaps {
             .map_err(|err| map_err("update", names::LB4_VIP_FILTER, err))
     }
 
-    /// Counts master entries about to be written, setting their addresses' flags first.
+    /// Counts master entries about to be written, setting their addresses' flags first
+    /// (`LB4_VIP_FILTER` is IPv4's alone).
     fn flag_masters<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k ServiceKey4>,
@@ -428,93 +592,230 @@ fn delete_batch<K: Copy>(
     }
 }
 
+/// The IPv4 and IPv6 entries of a batch, each in its order.
+fn split<T: Copy, A, B>(entries: &[T], v4: impl Fn(T) -> Result<A, B>) -> (Vec<A>, Vec<B>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for entry in entries {
+        match v4(*entry) {
+            Ok(x) => a.push(x),
+            Err(y) => b.push(y),
+        }
+    }
+    (a, b)
+}
+
 impl LbMaps for AyaMaps {
-    fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error> {
-        self.backends
-            .insert(id.0, backend, 0)
-            .map_err(|err| update_err(names::LB4_BACKENDS, "bpf-lb-map-max", err))
+    fn upsert_backend(&mut self, id: BackendId, backend: &Backend) -> Result<(), Error> {
+        match backend {
+            Backend::V4(b) => self
+                .backends
+                .insert(id.0, b, 0)
+                .map_err(|err| update_err(names::LB4_BACKENDS, "bpf-lb-map-max", err)),
+            Backend::V6(b) => self
+                .backends6
+                .map
+                .insert(id.0, b, 0)
+                .map_err(|err| update_err(names::LB6_BACKENDS, "bpf-lb-map-max", err)),
+        }
     }
 
-    fn delete_backend(&mut self, id: BackendId) -> Result<(), Error> {
-        ignore_missing(self.backends.remove(&id.0), names::LB4_BACKENDS)
+    fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), Error> {
+        match family {
+            IpFamily::V4 => ignore_missing(self.backends.remove(&id.0), names::LB4_BACKENDS),
+            IpFamily::V6 => ignore_missing(self.backends6.map.remove(&id.0), names::LB6_BACKENDS),
+        }
     }
 
-    fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error> {
-        self.flag_masters([key])?;
-        self.services
-            .insert(key, entry, 0)
-            .map_err(|err| update_err(names::LB4_SERVICES, "bpf-lb-map-max", err))
+    fn upsert_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), Error> {
+        match key {
+            ServiceKey::V4(key) => {
+                self.flag_masters([key])?;
+                self.services
+                    .insert(key, entry, 0)
+                    .map_err(|err| update_err(names::LB4_SERVICES, "bpf-lb-map-max", err))
+            }
+            ServiceKey::V6(key) => self
+                .services6
+                .map
+                .insert(key, entry, 0)
+                .map_err(|err| update_err(names::LB6_SERVICES, "bpf-lb-map-max", err)),
+        }
     }
 
-    fn delete_service(&mut self, key: &ServiceKey4) -> Result<(), Error> {
-        ignore_missing(self.services.remove(key), names::LB4_SERVICES)?;
-        self.unflag_masters([key])
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), Error> {
+        match key {
+            ServiceKey::V4(key) => {
+                ignore_missing(self.services.remove(key), names::LB4_SERVICES)?;
+                self.unflag_masters([key])
+            }
+            ServiceKey::V6(key) => {
+                ignore_missing(self.services6.map.remove(key), names::LB6_SERVICES)
+            }
+        }
     }
 
-    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat4) -> Result<(), Error> {
-        self.revnat
-            .insert(id.0, revnat, 0)
-            .map_err(|err| update_err(names::LB4_REVNAT, "bpf-lb-map-max", err))
+    fn upsert_revnat(&mut self, id: ServiceId, revnat: &RevNat) -> Result<(), Error> {
+        match revnat {
+            RevNat::V4(r) => self
+                .revnat
+                .insert(id.0, r, 0)
+                .map_err(|err| update_err(names::LB4_REVNAT, "bpf-lb-map-max", err)),
+            RevNat::V6(r) => self
+                .revnat6
+                .map
+                .insert(id.0, r, 0)
+                .map_err(|err| update_err(names::LB6_REVNAT, "bpf-lb-map-max", err)),
+        }
     }
 
-    fn delete_revnat(&mut self, id: ServiceId) -> Result<(), Error> {
-        ignore_missing(self.revnat.remove(&id.0), names::LB4_REVNAT)
+    fn delete_revnat(&mut self, id: ServiceId, family: IpFamily) -> Result<(), Error> {
+        match family {
+            IpFamily::V4 => ignore_missing(self.revnat.remove(&id.0), names::LB4_REVNAT),
+            IpFamily::V6 => ignore_missing(self.revnat6.map.remove(&id.0), names::LB6_REVNAT),
+        }
     }
 
     fn upsert_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
-        self.source_ranges
-            .insert(&source_range_key(range), 1, 0)
-            .map_err(|err| update_err(names::LB4_SRC_RANGE, "bpf-lb-map-max", err))
+        match source_range_key(range) {
+            SourceRangeLpm::V4(key) => self
+                .source_ranges
+                .insert(&key, 1, 0)
+                .map_err(|err| update_err(names::LB4_SRC_RANGE, "bpf-lb-map-max", err)),
+            SourceRangeLpm::V6(key) => self
+                .source_ranges6
+                .insert(&key, 1, 0)
+                .map_err(|err| update_err(names::LB6_SRC_RANGE, "bpf-lb-map-max", err)),
+        }
     }
 
     fn delete_source_range(&mut self, range: &SourceRangeEntry) -> Result<(), Error> {
-        ignore_missing(
-            self.source_ranges.remove(&source_range_key(range)),
-            names::LB4_SRC_RANGE,
-        )
+        match source_range_key(range) {
+            SourceRangeLpm::V4(key) => {
+                ignore_missing(self.source_ranges.remove(&key), names::LB4_SRC_RANGE)
+            }
+            SourceRangeLpm::V6(key) => {
+                ignore_missing(self.source_ranges6.remove(&key), names::LB6_SRC_RANGE)
+            }
+        }
     }
 
-    fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
-        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().map(|(id, b)| (id.0, *b)).unzip();
-        batch::update(&self.backends_fd, &keys, &values)
-            .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))
+    fn upsert_backends(&mut self, entries: &[(BackendId, Backend)]) -> Result<(), Error> {
+        let (v4, v6) = split(entries, |(id, b)| match b {
+            Backend::V4(b) => Ok((id.0, b)),
+            Backend::V6(b) => Err((id.0, b)),
+        });
+        // IPv4 first: a failure in either says how many of that family's went in, which is
+        // a prefix of the run only for the first; both are idempotent to retry.
+        if !v4.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v4.into_iter().unzip();
+            batch::update(&self.backends_fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))?;
+        }
+        if !v6.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v6.into_iter().unzip();
+            batch::update(&self.backends6.fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB6_BACKENDS, partial))?;
+        }
+        Ok(())
     }
 
-    fn upsert_services(&mut self, entries: &[(ServiceKey4, ServiceEntry)]) -> Result<(), Error> {
-        self.flag_masters(entries.iter().map(|(key, _)| key))?;
-        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
-        batch::update(&self.services_fd, &keys, &values)
-            .map_err(|partial| batch_err(names::LB4_SERVICES, partial))
+    fn upsert_services(&mut self, entries: &[(ServiceKey, ServiceEntry)]) -> Result<(), Error> {
+        let (v4, v6) = split(entries, |(key, entry)| match key {
+            ServiceKey::V4(key) => Ok((key, entry)),
+            ServiceKey::V6(key) => Err((key, entry)),
+        });
+        if !v4.is_empty() {
+            self.flag_masters(v4.iter().map(|(key, _)| key))?;
+            let (keys, values): (Vec<_>, Vec<_>) = v4.into_iter().unzip();
+            batch::update(&self.services_fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB4_SERVICES, partial))?;
+        }
+        if !v6.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v6.into_iter().unzip();
+            batch::update(&self.services6.fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB6_SERVICES, partial))?;
+        }
+        Ok(())
     }
 
-    fn upsert_revnats(&mut self, entries: &[(ServiceId, RevNat4)]) -> Result<(), Error> {
-        let (keys, values): (Vec<_>, Vec<_>) = entries.iter().map(|(id, r)| (id.0, *r)).unzip();
-        batch::update(&self.revnat_fd, &keys, &values)
-            .map_err(|partial| batch_err(names::LB4_REVNAT, partial))
+    fn upsert_revnats(&mut self, entries: &[(ServiceId, RevNat)]) -> Result<(), Error> {
+        let (v4, v6) = split(entries, |(id, r)| match r {
+            RevNat::V4(r) => Ok((id.0, r)),
+            RevNat::V6(r) => Err((id.0, r)),
+        });
+        if !v4.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v4.into_iter().unzip();
+            batch::update(&self.revnat_fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB4_REVNAT, partial))?;
+        }
+        if !v6.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v6.into_iter().unzip();
+            batch::update(&self.revnat6.fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB6_REVNAT, partial))?;
+        }
+        Ok(())
     }
 
-    fn delete_services(&mut self, keys: &[ServiceKey4]) -> Result<(), Error> {
-        let services = &mut self.services;
-        delete_batch(&self.services_fd, names::LB4_SERVICES, keys, |key| {
-            services.remove(&key)
-        })?;
-        self.unflag_masters(keys)
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), Error> {
+        let (v4, v6) = split(keys, |key| match key {
+            ServiceKey::V4(key) => Ok(key),
+            ServiceKey::V6(key) => Err(key),
+        });
+        if !v4.is_empty() {
+            let services = &mut self.services;
+            delete_batch(&self.services_fd, names::LB4_SERVICES, &v4, |key| {
+                services.remove(&key)
+            })?;
+            self.unflag_masters(&v4)?;
+        }
+        if !v6.is_empty() {
+            let services = &mut self.services6.map;
+            delete_batch(&self.services6.fd, names::LB6_SERVICES, &v6, |key| {
+                services.remove(&key)
+            })?;
+        }
+        Ok(())
     }
 
-    fn delete_backends(&mut self, ids: &[BackendId]) -> Result<(), Error> {
-        let keys: Vec<u32> = ids.iter().map(|id| id.0).collect();
-        let backends = &mut self.backends;
-        delete_batch(&self.backends_fd, names::LB4_BACKENDS, &keys, |key| {
-            backends.remove(&key)
-        })
+    fn delete_backends(&mut self, ids: &[(BackendId, IpFamily)]) -> Result<(), Error> {
+        let (v4, v6) = split(ids, |(id, family)| match family {
+            IpFamily::V4 => Ok(id.0),
+            IpFamily::V6 => Err(id.0),
+        });
+        if !v4.is_empty() {
+            let backends = &mut self.backends;
+            delete_batch(&self.backends_fd, names::LB4_BACKENDS, &v4, |key| {
+                backends.remove(&key)
+            })?;
+        }
+        if !v6.is_empty() {
+            let backends = &mut self.backends6.map;
+            delete_batch(&self.backends6.fd, names::LB6_BACKENDS, &v6, |key| {
+                backends.remove(&key)
+            })?;
+        }
+        Ok(())
     }
 
-    fn delete_revnats(&mut self, ids: &[ServiceId]) -> Result<(), Error> {
-        let keys: Vec<u16> = ids.iter().map(|id| id.0).collect();
-        let revnat = &mut self.revnat;
-        delete_batch(&self.revnat_fd, names::LB4_REVNAT, &keys, |key| {
-            revnat.remove(&key)
-        })
+    fn delete_revnats(&mut self, ids: &[(ServiceId, IpFamily)]) -> Result<(), Error> {
+        let (v4, v6) = split(ids, |(id, family)| match family {
+            IpFamily::V4 => Ok(id.0),
+            IpFamily::V6 => Err(id.0),
+        });
+        if !v4.is_empty() {
+            let revnat = &mut self.revnat;
+            delete_batch(&self.revnat_fd, names::LB4_REVNAT, &v4, |key| {
+                revnat.remove(&key)
+            })?;
+        }
+        if !v6.is_empty() {
+            let revnat = &mut self.revnat6.map;
+            delete_batch(&self.revnat6.fd, names::LB6_REVNAT, &v6, |key| {
+                revnat.remove(&key)
+            })?;
+        }
+        Ok(())
     }
 
     fn write_maglev(
@@ -570,19 +871,40 @@ impl LbMaps for AyaMaps {
         let mut content = MapsContent::default();
         for item in self.services.iter() {
             let (key, value) = item.map_err(|err| map_err("read", names::LB4_SERVICES, err))?;
-            content.services.insert(key, value);
+            content.services.insert(ServiceKey::V4(key), value);
         }
+        for item in self.services6.map.iter() {
+            let (key, value) = item.map_err(|err| map_err("read", names::LB6_SERVICES, err))?;
+            content.services.insert(ServiceKey::V6(key), value);
+        }
+        // One id space: an id in both maps (a crash between reusing an id for the other
+        // family and deleting its old entry) reads as the IPv6 one, and the next plan rewrites
+        // the other if it is the one wanted.
         for item in self.backends.iter() {
             let (key, value) = item.map_err(|err| map_err("read", names::LB4_BACKENDS, err))?;
-            content.backends.insert(BackendId(key), value);
+            content.backends.insert(BackendId(key), Backend::V4(value));
+        }
+        for item in self.backends6.map.iter() {
+            let (key, value) = item.map_err(|err| map_err("read", names::LB6_BACKENDS, err))?;
+            content.backends.insert(BackendId(key), Backend::V6(value));
         }
         for item in self.revnat.iter() {
             let (key, value) = item.map_err(|err| map_err("read", names::LB4_REVNAT, err))?;
-            content.revnat.insert(ServiceId(key), value);
+            content.revnat.insert(ServiceId(key), RevNat::V4(value));
+        }
+        for item in self.revnat6.map.iter() {
+            let (key, value) = item.map_err(|err| map_err("read", names::LB6_REVNAT, err))?;
+            content.revnat.insert(ServiceId(key), RevNat::V6(value));
         }
         for item in self.source_ranges.keys() {
             let key = item.map_err(|err| map_err("read", names::LB4_SRC_RANGE, err))?;
             if let Some(range) = source_range_of(&key) {
+                content.source_ranges.insert(range);
+            }
+        }
+        for item in self.source_ranges6.keys() {
+            let key = item.map_err(|err| map_err("read", names::LB6_SRC_RANGE, err))?;
+            if let Some(range) = source_range6_of(&key) {
                 content.source_ranges.insert(range);
             }
         }
@@ -603,59 +925,102 @@ impl LbMaps for AyaMaps {
 }
 
 /// The key of `slot` of the frontend `vip:port/proto` (host byte order in, network out).
-pub fn service_key(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> ServiceKey4 {
-    ServiceKey4::new(u32::from(vip).to_be(), port.to_be(), proto, slot)
+pub fn service_key(vip: IpAddr, port: u16, proto: u8, slot: u16) -> ServiceKey {
+    match vip {
+        IpAddr::V4(vip) => ServiceKey::V4(ServiceKey4::new(
+            u32::from(vip).to_be(),
+            port.to_be(),
+            proto,
+            slot,
+        )),
+        IpAddr::V6(vip) => ServiceKey::V6(ServiceKey6::new(
+            lb_common::addr6_from_octets(vip.octets()),
+            port.to_be(),
+            proto,
+            slot,
+        )),
+    }
 }
 
 /// The wildcard master entry's key that marks `vip` as a known VIP.
-pub fn wildcard_key(vip: Ipv4Addr) -> ServiceKey4 {
-    ServiceKey4::new(u32::from(vip).to_be(), 0, 0, 0)
+pub fn wildcard_key(vip: IpAddr) -> ServiceKey {
+    service_key(vip, 0, 0, 0)
 }
 
 /// A backend value (host byte order in, network out).
-pub fn backend_value(addr: Ipv4Addr, port: u16, proto: u8, state: u8, flags: u8) -> Backend4 {
-    Backend4 {
-        addr: u32::from(addr).to_be(),
-        port: port.to_be(),
-        proto,
-        state,
-        flags,
-        _pad: [0; 3],
+pub fn backend_value(addr: IpAddr, port: u16, proto: u8, state: u8, flags: u8) -> Backend {
+    match addr {
+        IpAddr::V4(addr) => Backend::V4(Backend4 {
+            addr: u32::from(addr).to_be(),
+            port: port.to_be(),
+            proto,
+            state,
+            flags,
+            _pad: [0; 3],
+        }),
+        IpAddr::V6(addr) => Backend::V6(Backend6 {
+            addr: lb_common::addr6_from_octets(addr.octets()),
+            port: port.to_be(),
+            proto,
+            state,
+            flags,
+            _pad: [0; 3],
+        }),
     }
 }
 
 /// A reverse-NAT value (host byte order in, network out).
-pub fn revnat_value(vip: Ipv4Addr, port: u16) -> RevNat4 {
-    RevNat4 {
-        vip: u32::from(vip).to_be(),
-        port: port.to_be(),
-        _pad: 0,
+pub fn revnat_value(vip: IpAddr, port: u16) -> RevNat {
+    match vip {
+        IpAddr::V4(vip) => RevNat::V4(RevNat4 {
+            vip: u32::from(vip).to_be(),
+            port: port.to_be(),
+            _pad: 0,
+        }),
+        IpAddr::V6(vip) => RevNat::V6(RevNat6 {
+            vip: lb_common::addr6_from_octets(vip.octets()),
+            port: port.to_be(),
+            _pad: 0,
+        }),
     }
 }
 
+fn ip6(addr: lb_common::Addr6) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(lb_common::addr6_octets(addr)))
+}
+
 /// The frontend of a service key, in host byte order: (vip, port, proto).
-pub fn frontend_of(key: &ServiceKey4) -> (Ipv4Addr, u16, u8) {
-    (
-        Ipv4Addr::from(u32::from_be(key.vip)),
-        u16::from_be(key.port),
-        key.proto,
-    )
+pub fn frontend_of(key: &ServiceKey) -> (IpAddr, u16, u8) {
+    match key {
+        ServiceKey::V4(key) => (
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(key.vip))),
+            u16::from_be(key.port),
+            key.proto,
+        ),
+        ServiceKey::V6(key) => (ip6(key.vip), u16::from_be(key.port), key.proto),
+    }
 }
 
 /// The address and port of a backend, in host byte order.
-pub fn backend_addr_of(backend: &Backend4) -> (Ipv4Addr, u16) {
-    (
-        Ipv4Addr::from(u32::from_be(backend.addr)),
-        u16::from_be(backend.port),
-    )
+pub fn backend_addr_of(backend: &Backend) -> (IpAddr, u16) {
+    match backend {
+        Backend::V4(b) => (
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(b.addr))),
+            u16::from_be(b.port),
+        ),
+        Backend::V6(b) => (ip6(b.addr), u16::from_be(b.port)),
+    }
 }
 
 /// The frontend a reverse-NAT entry restores, in host byte order.
-pub fn revnat_addr_of(revnat: &RevNat4) -> (Ipv4Addr, u16) {
-    (
-        Ipv4Addr::from(u32::from_be(revnat.vip)),
-        u16::from_be(revnat.port),
-    )
+pub fn revnat_addr_of(revnat: &RevNat) -> (IpAddr, u16) {
+    match revnat {
+        RevNat::V4(r) => (
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(r.vip))),
+            u16::from_be(r.port),
+        ),
+        RevNat::V6(r) => (ip6(r.vip), u16::from_be(r.port)),
+    }
 }
 
 /// A master entry (slot 0): the frontend's service id and how many slots it has, `count`
@@ -715,16 +1080,36 @@ pub fn backend_id_of(entry: &ServiceEntry) -> BackendId {
     BackendId(entry.backend_id)
 }
 
-/// The `LB4_SRC_RANGE` key of a source range (host byte order in, network out).
-pub fn source_range_key(range: &SourceRangeEntry) -> LpmKey<SourceRangeKey4> {
-    LpmKey::new(
-        SOURCE_RANGE_PREFIX_BITS + u32::from(range.prefix_len),
-        SourceRangeKey4 {
-            rev_nat: range.service.0,
-            _pad: 0,
-            addr: u32::from(range.addr).to_be(),
-        },
-    )
+/// The key of a source range in its family's map.
+pub enum SourceRangeLpm {
+    /// An `LB4_SRC_RANGE` key.
+    V4(LpmKey<SourceRangeKey4>),
+    /// An `LB6_SRC_RANGE` key.
+    V6(LpmKey<SourceRangeKey6>),
+}
+
+/// The `LB4_SRC_RANGE` or `LB6_SRC_RANGE` key of a source range (host byte order in, network
+/// out).
+pub fn source_range_key(range: &SourceRangeEntry) -> SourceRangeLpm {
+    let prefix_len = SOURCE_RANGE_PREFIX_BITS + u32::from(range.prefix_len);
+    match range.addr {
+        IpAddr::V4(addr) => SourceRangeLpm::V4(LpmKey::new(
+            prefix_len,
+            SourceRangeKey4 {
+                rev_nat: range.service.0,
+                _pad: 0,
+                addr: u32::from(addr).to_be(),
+            },
+        )),
+        IpAddr::V6(addr) => SourceRangeLpm::V6(LpmKey::new(
+            prefix_len,
+            SourceRangeKey6 {
+                rev_nat: range.service.0,
+                _pad: 0,
+                addr: lb_common::addr6_from_octets(addr.octets()),
+            },
+        )),
+    }
 }
 
 /// The source range an `LB4_SRC_RANGE` key holds; `None` for a key no agent writes (shorter
@@ -734,12 +1119,28 @@ pub fn source_range_of(key: &LpmKey<SourceRangeKey4>) -> Option<SourceRangeEntry
     let data = key.data();
     Some(SourceRangeEntry {
         service: ServiceId(data.rev_nat),
-        addr: Ipv4Addr::from(u32::from_be(data.addr)),
+        addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(data.addr))),
         prefix_len: u8::try_from(prefix_len).ok().filter(|len| *len <= 32)?,
+    })
+}
+
+/// The source range an `LB6_SRC_RANGE` key holds; `None` for a key no agent writes.
+pub fn source_range6_of(key: &LpmKey<SourceRangeKey6>) -> Option<SourceRangeEntry> {
+    let prefix_len = key.prefix_len().checked_sub(SOURCE_RANGE_PREFIX_BITS)?;
+    let data = key.data();
+    Some(SourceRangeEntry {
+        service: ServiceId(data.rev_nat),
+        addr: ip6(data.addr),
+        prefix_len: u8::try_from(prefix_len).ok().filter(|len| *len <= 128)?,
     })
 }
 
 /// A node address for `DatapathConfig::node_addr` (network byte order).
 pub fn node_addr_value(addr: Option<Ipv4Addr>) -> u32 {
     addr.map_or(0, |addr| u32::from(addr).to_be())
+}
+
+/// A node address for `DatapathConfig::node_addr6` (wire order; all zero: none).
+pub fn node_addr6_value(addr: Option<Ipv6Addr>) -> lb_common::Addr6 {
+    addr.map_or([0; 4], |addr| lb_common::addr6_from_octets(addr.octets()))
 }

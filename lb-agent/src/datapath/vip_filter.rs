@@ -85,7 +85,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::datapath::maps::{service_key, wildcard_key};
+
+    fn service_key(vip: Ipv4Addr, port: u16, proto: u8, slot: u16) -> ServiceKey4 {
+        ServiceKey4::new(u32::from(vip).to_be(), port.to_be(), proto, slot)
+    }
+
+    fn wildcard_key(vip: Ipv4Addr) -> ServiceKey4 {
+        service_key(vip, 0, 0, 0)
+    }
 
     fn flag_of(filter: &VipFilter, vip: Ipv4Addr) -> u8 {
         let (word, flag) = word_and_flag(vip_slot(u32::from(vip).to_be()));

@@ -1,6 +1,6 @@
 //! The desired state: one [`DesiredService`] per frontend of a served Service port (its
-//! ClusterIP, a node port on each of this node's addresses, each external and load-balancer
-//! IP), with its backends.
+//! ClusterIP of each family, a node port on each of this node's addresses of those families,
+//! each external and load-balancer IP), with the backends of the frontend's family.
 //!
 //! Owns endpoint selection (k8s-semantics.md §2): ready endpoints (narrowed by node hints, else
 //! zone hints, when every ready endpoint has them and some name this node or its zone), else the serving+terminating fallback (KEP-1669), the local
@@ -12,14 +12,14 @@
 //! which port each is served on, and its count of ready local endpoints (§2.11).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use tracing::warn;
 
 use super::endpoints::{Endpoint, SliceIndex};
 use super::frontend::{
-    Frontend, FrontendKind, LbAlgorithm, ServicePortSpec, ServiceSpec, SourceRange,
+    Frontend, FrontendKind, IpFamily, LbAlgorithm, ServicePortSpec, ServiceSpec, SourceRange,
     TrafficDistribution, service_spec,
 };
 use crate::k8s::Snapshot;
@@ -54,8 +54,8 @@ impl From<BackendState> for lb_api::proto::BackendState {
 /// One backend of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DesiredBackend {
-    /// The endpoint's IPv4 address (`addresses[0]`).
-    pub addr: Ipv4Addr,
+    /// The endpoint's address (`addresses[0]`), of its frontend's family.
+    pub addr: IpAddr,
     /// The port from the slice (the resolved targetPort).
     pub port: u16,
     /// Active or terminating.
@@ -73,8 +73,9 @@ pub const DEFAULT_NODE_PORTS: RangeInclusive<u16> = 30_000..=32_767;
 pub struct ThisNode {
     /// The Node's name, as EndpointSlices' `nodeName` carries it.
     pub name: String,
-    /// The addresses node ports are served on.
-    pub addresses: Vec<Ipv4Addr>,
+    /// The addresses node ports are served on, of either family (a Service's node port is
+    /// served on the addresses of the families it has a ClusterIP of).
+    pub addresses: Vec<IpAddr>,
     /// The cluster's node-port range (`node-port-range`): a `nodePort` or
     /// `healthCheckNodePort` outside it is not served.
     pub node_ports: RangeInclusive<u16>,
@@ -197,15 +198,22 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                 );
             }
         }
-        for port in &spec.ports {
+        for (port, vip) in spec
+            .ports
+            .iter()
+            .flat_map(|port| spec.vips.iter().map(move |vip| (port, *vip)))
+        {
+            // §1: each family's frontends take that family's slices only.
+            let family = IpFamily::of(&vip);
             let mut endpoints = slices.endpoints(
                 &spec.namespace,
                 &spec.name,
                 &port.name,
-                port.frontend.protocol,
+                port.protocol,
+                family,
             );
             derive_hints(&mut endpoints, spec.traffic_distribution);
-            for (kind, frontend) in frontends_of(&spec, port, node) {
+            for (kind, frontend) in frontends_of(&spec, port, vip, node) {
                 // §2.5: ClusterIP traffic follows iTP, the external destinations eTP.
                 let local_only = if kind.is_external() {
                     spec.external_local
@@ -233,9 +241,10 @@ pub fn desired(snapshot: &Snapshot, node: &ThisNode) -> Desired {
                         backends,
                         has_any_endpoints,
                         affinity_timeout_secs: spec.affinity_timeout_secs,
-                        // §1: source ranges are the load balancer's, its IPs only.
+                        // §1: source ranges are the load balancer's, its IPs only, each
+                        // family checked against its own.
                         source_ranges: if kind == FrontendKind::LoadBalancer {
-                            spec.source_ranges.clone()
+                            spec.source_ranges_for(family)
                         } else {
                             None
                         },
@@ -267,38 +276,60 @@ fn health_check(
         );
         return;
     }
-    // By address, as kube-proxy counts: one pod behind two ports is one endpoint.
-    let local_ready: BTreeSet<Ipv4Addr> = spec
-        .ports
+    // By address, as kube-proxy counts: one pod behind two ports is one endpoint. Each family
+    // counts its own (a dual-stack pod has an address in each); the larger count answers, so
+    // that a Service whose slices of one family lag behind is not reported empty.
+    let local_ready = spec
+        .vips
         .iter()
-        .flat_map(|p| slices.endpoints(&spec.namespace, &spec.name, &p.name, p.frontend.protocol))
-        .filter(|ep| ep.ready && ep.node_name.as_deref() == Some(node_name))
-        .map(|ep| ep.addr)
-        .collect();
+        .map(|vip| {
+            let ready: BTreeSet<IpAddr> = spec
+                .ports
+                .iter()
+                .flat_map(|p| {
+                    slices.endpoints(
+                        &spec.namespace,
+                        &spec.name,
+                        &p.name,
+                        p.protocol,
+                        IpFamily::of(vip),
+                    )
+                })
+                .filter(|ep| ep.ready && ep.node_name.as_deref() == Some(node_name))
+                .map(|ep| ep.addr)
+                .collect();
+            ready.len()
+        })
+        .max()
+        .unwrap_or(0);
     checks.insert(
         port,
         HealthCheck {
             namespace: spec.namespace.clone(),
             name: spec.name.clone(),
             port,
-            local_ready: local_ready.len(),
+            local_ready,
         },
     );
 }
 
-/// Every frontend of one Service port on this node: the ClusterIP, the node port on each node
-/// address, each external IP and each load-balancer IP (the last two on the Service port).
+/// Every frontend of one Service port in the family of its ClusterIP `vip` on this node: the
+/// ClusterIP, the node port on each node address, each external IP and each load-balancer IP
+/// (the last two on the Service port), all of `vip`'s family.
 fn frontends_of(
     spec: &ServiceSpec,
     port: &ServicePortSpec,
+    vip: IpAddr,
     node: &ThisNode,
 ) -> Vec<(FrontendKind, Frontend)> {
-    let on = |vip: Ipv4Addr, port_number: u16| Frontend {
+    let family = IpFamily::of(&vip);
+    let on = |vip: IpAddr, port_number: u16| Frontend {
         vip,
         port: port_number,
-        protocol: port.frontend.protocol,
+        protocol: port.protocol,
     };
-    let mut frontends = vec![(FrontendKind::ClusterIp, port.frontend)];
+    let same_family = move |addr: &&IpAddr| IpFamily::of(addr) == family;
+    let mut frontends = vec![(FrontendKind::ClusterIp, on(vip, port.port))];
     // Nothing outside the cluster's node-port range is touched: a port there belongs to the
     // node's own services (kube-proxy relies on the apiserver never allocating one).
     let node_port = port.node_port.filter(|node_port| {
@@ -317,18 +348,21 @@ fn frontends_of(
         frontends.extend(
             node.addresses
                 .iter()
+                .filter(same_family)
                 .map(|addr| (FrontendKind::NodePort, on(*addr, node_port))),
         );
     }
     frontends.extend(
         spec.external_ips
             .iter()
-            .map(|ip| (FrontendKind::ExternalIp, on(*ip, port.frontend.port))),
+            .filter(same_family)
+            .map(|ip| (FrontendKind::ExternalIp, on(*ip, port.port))),
     );
     frontends.extend(
         spec.load_balancer_ips
             .iter()
-            .map(|ip| (FrontendKind::LoadBalancer, on(*ip, port.frontend.port))),
+            .filter(same_family)
+            .map(|ip| (FrontendKind::LoadBalancer, on(*ip, port.port))),
     );
     frontends
 }

@@ -1,18 +1,21 @@
 //! Endpoints: a Service port's backends out of its EndpointSlices.
 //!
 //! Owns kube-proxy's slice-side rules (k8s-semantics.md §0, §1 "EndpointSlice"): the owner
-//! label, the address family, ports joined by (name, protocol), `addresses[0]`, condition
-//! defaults, and the union of every slice of a Service with duplicates removed. Choosing which
-//! endpoints to use is left to `desired.rs`.
+//! label, the address family (a family's frontends take only that family's slices), ports
+//! joined by (name, protocol), `addresses[0]`, condition defaults, and the union of every
+//! slice of a Service with duplicates removed. Choosing which endpoints to use is left to
+//! `desired.rs`.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 use tracing::{debug, warn};
 
-use super::frontend::{Protocol, ProtocolField, is_opted_out, namespace_of, protocol_field};
+use super::frontend::{
+    IpFamily, Protocol, ProtocolField, is_opted_out, namespace_of, protocol_field,
+};
 
 /// Label naming the Service that owns a slice; a slice without it belongs to nobody.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -20,7 +23,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// One endpoint of one Service port, with its conditions already defaulted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Endpoint {
-    pub addr: Ipv4Addr,
+    /// `addresses[0]`, of the slice's `addressType`.
+    pub addr: IpAddr,
     pub port: u16,
     /// `ready`, nil → true.
     pub ready: bool,
@@ -38,16 +42,19 @@ pub(crate) struct Endpoint {
     pub zone: Option<String>,
 }
 
-/// Slices grouped by the Service that owns them (namespace, `kubernetes.io/service-name`).
+/// Slices grouped by the Service that owns them (namespace, `kubernetes.io/service-name`),
+/// each with its address family.
 pub(crate) struct SliceIndex<'a> {
-    by_service: BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    by_service: BTreeMap<(&'a str, &'a str), Vec<(IpFamily, &'a EndpointSlice)>>,
 }
 
 impl<'a> SliceIndex<'a> {
-    /// Indexes the slices lb may use: IPv4, owned, not opted out. Within a Service, slices are
-    /// ordered by name, so which copy of a duplicate wins never depends on arrival order.
+    /// Indexes the slices lb may use: IPv4 or IPv6, owned, not opted out. Within a Service,
+    /// slices are ordered by name, so which copy of a duplicate wins never depends on arrival
+    /// order.
     pub(crate) fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        let mut by_service: BTreeMap<(&str, &str), Vec<(IpFamily, &EndpointSlice)>> =
+            BTreeMap::new();
         for slice in slices {
             let namespace = namespace_of(&slice.metadata);
             let name = slice.metadata.name.as_deref().unwrap_or("");
@@ -55,11 +62,11 @@ impl<'a> SliceIndex<'a> {
                 debug!(namespace = %namespace, name = %name, "skipping EndpointSlice: opt-out label");
                 continue;
             }
-            // FQDN and IPv6 slices belong to other datapaths (case 10).
-            if slice.address_type != "IPv4" {
+            // FQDN slices name no address a datapath can use (case 10).
+            let Some(family) = IpFamily::parse(&slice.address_type) else {
                 debug!(namespace = %namespace, name = %name, address_type = %slice.address_type, "skipping EndpointSlice of another address type");
                 continue;
-            }
+            };
             let owner = slice
                 .metadata
                 .labels
@@ -72,36 +79,34 @@ impl<'a> SliceIndex<'a> {
             by_service
                 .entry((namespace, owner.as_str()))
                 .or_default()
-                .push(slice);
+                .push((family, slice));
         }
         for slices in by_service.values_mut() {
-            slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            slices.sort_by(|a, b| a.1.metadata.name.cmp(&b.1.metadata.name));
         }
         Self { by_service }
     }
 
-    /// The union of a Service port's endpoints over all the Service's slices, one per
-    /// IP:port, keeping the non-terminating copy of a duplicate; sorted by IP:port.
+    /// The union of a Service port's endpoints of `family` over all the Service's slices of
+    /// that family, one per IP:port, keeping the non-terminating copy of a duplicate; sorted by
+    /// IP:port.
     pub(crate) fn endpoints(
         &self,
         namespace: &str,
         service: &str,
         port_name: &str,
         protocol: Protocol,
+        family: IpFamily,
     ) -> Vec<Endpoint> {
-        let mut union: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
-        for slice in self
-            .by_service
-            .get(&(namespace, service))
-            .into_iter()
-            .flatten()
-        {
+        let mut union: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
+        let slices = self.by_service.get(&(namespace, service));
+        for (_, slice) in slices.into_iter().flatten().filter(|(f, _)| *f == family) {
             let slice_name = slice.metadata.name.as_deref().unwrap_or("");
             let Some(port) = slice_port(slice, namespace, slice_name, port_name, protocol) else {
                 continue;
             };
             for ep in &slice.endpoints {
-                let Some(endpoint) = endpoint(ep, port, namespace, slice_name) else {
+                let Some(endpoint) = endpoint(ep, port, family, namespace, slice_name) else {
                     continue;
                 };
                 match union.entry((endpoint.addr, endpoint.port)) {
@@ -150,15 +155,26 @@ fn slice_port(
     None
 }
 
-/// Reads one slice endpoint; `None` (with a log) when its address is missing or not IPv4.
-fn endpoint(ep: &SliceEndpoint, port: u16, namespace: &str, slice_name: &str) -> Option<Endpoint> {
+/// Reads one slice endpoint; `None` (with a log) when its address is missing or not of the
+/// slice's family.
+fn endpoint(
+    ep: &SliceEndpoint,
+    port: u16,
+    family: IpFamily,
+    namespace: &str,
+    slice_name: &str,
+) -> Option<Endpoint> {
     // Only addresses[0] counts: the API says the others are not used.
     let Some(addr) = ep.addresses.first() else {
         warn!(namespace = %namespace, name = %slice_name, "skipping endpoint without addresses");
         return None;
     };
-    let Ok(addr) = addr.parse::<Ipv4Addr>() else {
-        warn!(namespace = %namespace, name = %slice_name, address = %addr, "skipping endpoint with an invalid IPv4 address");
+    let Some(addr) = addr
+        .parse::<IpAddr>()
+        .ok()
+        .filter(|a| IpFamily::of(a) == family)
+    else {
+        warn!(namespace = %namespace, name = %slice_name, address = %addr, address_type = %family, "skipping endpoint with an invalid address for its slice's addressType");
         return None;
     };
     let conditions = ep.conditions.as_ref();

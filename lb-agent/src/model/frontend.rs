@@ -1,12 +1,13 @@
 //! Frontends: which Services lb serves and on which VIP:port/protocol.
 //!
 //! Owns kube-proxy's Service-side rules (k8s-semantics.md §1 "Service"): opt-out labels,
-//! headless and ExternalName Services, the IPv4 VIP out of `clusterIPs`, the external
-//! destinations (node ports, `externalIPs`, load-balancer ingress IPs), port protocols, the
+//! headless and ExternalName Services, the VIP of each family out of `clusterIPs` (dual-stack:
+//! `ipFamilies`, `ipFamilyPolicy`), the external destinations (node ports, `externalIPs`,
+//! load-balancer ingress IPs) and source ranges of the families served, port protocols, the
 //! traffic policies, ClientIP affinity and `healthCheckNodePort`. Endpoints are left to `endpoints.rs`.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use lb_common::proto;
@@ -105,11 +106,55 @@ pub(crate) fn protocol_field(protocol: Option<&str>) -> ProtocolField {
     }
 }
 
+/// An address family. A dual-stack Service is served in both, each family from its own
+/// ClusterIP, addresses and EndpointSlices (k8s-semantics.md §1: one proxier per family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `addr`.
+    pub const fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// `IPv4` or `IPv6`, as `spec.ipFamilies` and an EndpointSlice's `addressType` spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    /// The family `text` names in `ipFamilies` or `addressType`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "IPv4" => Some(Self::V4),
+            "IPv6" => Some(Self::V6),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A VIP, port and protocol: what a client addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
-    /// The Service's IPv4 ClusterIP.
-    pub vip: Ipv4Addr,
+    /// The destination address: a ClusterIP, node address, external or load-balancer IP, of
+    /// either family.
+    pub vip: IpAddr,
     /// The Service port (`spec.ports[].port`).
     pub port: u16,
     /// The port's protocol.
@@ -117,9 +162,10 @@ pub struct Frontend {
 }
 
 impl fmt::Display for Frontend {
-    /// `10.96.0.10:53/UDP`, as `lbctl service list` prints it.
+    /// `10.96.0.10:53/UDP` or `[fd00::a]:53/UDP`, as `lbctl service list` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.vip, self.port, self.protocol)
+        let addr = std::net::SocketAddr::new(self.vip, self.port);
+        write!(f, "{addr}/{}", self.protocol)
     }
 }
 
@@ -165,22 +211,34 @@ impl fmt::Display for FrontendKind {
 /// A client prefix of `loadBalancerSourceRanges`, host bits cleared: `10.0.0.0/8`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceRange {
-    /// The first address of the range.
-    pub addr: Ipv4Addr,
-    /// The prefix length, 0-32.
+    /// The first address of the range (either family).
+    pub addr: IpAddr,
+    /// The prefix length, 0-32 (IPv4) or 0-128 (IPv6).
     pub prefix_len: u8,
 }
 
 impl SourceRange {
-    /// The range of `addr/prefix_len` (host bits cleared), or `None` past /32.
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
-        let host_bits = 32u32.checked_sub(u32::from(prefix_len))?;
-        // A /0 shifts by 32, which `checked_shl` refuses: no network bits at all.
-        let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
-        Some(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix_len,
-        })
+    /// The range of `addr/prefix_len` (host bits cleared), or `None` past the family's width.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Option<Self> {
+        let addr = match addr {
+            IpAddr::V4(v4) => {
+                let host_bits = 32u32.checked_sub(u32::from(prefix_len))?;
+                // A /0 shifts by 32, which `checked_shl` refuses: no network bits at all.
+                let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+                IpAddr::from(std::net::Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let host_bits = 128u32.checked_sub(u32::from(prefix_len))?;
+                let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+                IpAddr::from(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        };
+        Some(Self { addr, prefix_len })
+    }
+
+    /// The family of the range.
+    pub const fn family(&self) -> IpFamily {
+        IpFamily::of(&self.addr)
     }
 }
 
@@ -190,30 +248,13 @@ impl fmt::Display for SourceRange {
     }
 }
 
-/// What one `loadBalancerSourceRanges` entry is, before deciding whether this family uses it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SourceRangeField {
-    V4(SourceRange),
-    V6,
-    Invalid,
-}
-
 /// Reads one `loadBalancerSourceRanges` entry as kube-proxy does: surrounding blanks trimmed,
-/// then an `address/length` CIDR (a bare address is no CIDR).
-pub(crate) fn source_range_field(text: &str) -> SourceRangeField {
-    let Some((addr, len)) = text.trim().split_once('/') else {
-        return SourceRangeField::Invalid;
-    };
-    let Ok(len) = len.parse::<u8>() else {
-        return SourceRangeField::Invalid;
-    };
-    match addr.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(v4)) => {
-            SourceRange::new(v4, len).map_or(SourceRangeField::Invalid, SourceRangeField::V4)
-        }
-        Ok(std::net::IpAddr::V6(_)) if len <= 128 => SourceRangeField::V6,
-        _ => SourceRangeField::Invalid,
-    }
+/// then an `address/length` CIDR of either family (a bare address is no CIDR); `None` when it
+/// is none.
+pub(crate) fn source_range_field(text: &str) -> Option<SourceRange> {
+    let (addr, len) = text.trim().split_once('/')?;
+    let len = len.parse::<u8>().ok()?;
+    SourceRange::new(addr.parse::<IpAddr>().ok()?, len)
 }
 
 /// `spec.trafficDistribution`: what the EndpointSlice controller turns into hints.
@@ -227,11 +268,13 @@ pub(crate) enum TrafficDistribution {
     PreferSameNode,
 }
 
-/// One served port of a Service.
+/// One served port of a Service (on each of its VIPs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServicePortSpec {
     pub name: String,
-    pub frontend: Frontend,
+    /// The Service port (`spec.ports[].port`).
+    pub port: u16,
+    pub protocol: Protocol,
     /// `nodePort`, for NodePort and LoadBalancer Services that have one.
     pub node_port: Option<u16>,
 }
@@ -241,25 +284,28 @@ pub(crate) struct ServicePortSpec {
 pub(crate) struct ServiceSpec {
     pub namespace: String,
     pub name: String,
+    /// The ClusterIPs served, at most one per family, in `clusterIPs` order (the first is the
+    /// primary family's).
+    pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePortSpec>,
     /// internalTrafficPolicy Local: ClusterIP traffic only to this node's endpoints.
     pub local_only: bool,
     /// externalTrafficPolicy Local: traffic to the external destinations only to this node's
     /// endpoints, with the client's address kept.
     pub external_local: bool,
-    /// `spec.externalIPs` of this family.
-    pub external_ips: Vec<Ipv4Addr>,
-    /// Load-balancer ingress IPs of this family, those with `ipMode: Proxy` left out.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` of the families served (those with a ClusterIP).
+    pub external_ips: Vec<IpAddr>,
+    /// Load-balancer ingress IPs of the families served, those with `ipMode: Proxy` left out.
+    pub load_balancer_ips: Vec<IpAddr>,
     /// ClientIP affinity timeout in seconds, when affinity is on.
     pub affinity_timeout_secs: Option<u32>,
     /// `healthCheckNodePort`, for LoadBalancer Services with externalTrafficPolicy Local (the
     /// only ones kube-proxy serves it for).
     pub health_check_node_port: Option<u16>,
-    /// `loadBalancerSourceRanges` of this family, for LoadBalancer Services that list any:
-    /// the only clients outside the cluster their load-balancer IPs admit. `Some(empty)` when
-    /// the Service lists ranges but none is a valid IPv4 one: no outside client is admitted
-    /// (fail closed, rather than open to all). `None`: no ranges, every client admitted.
+    /// `loadBalancerSourceRanges` of both families, for LoadBalancer Services that list any:
+    /// the only clients outside the cluster their load-balancer IPs admit, each family's IPs
+    /// checked against that family's ranges ([`ServiceSpec::source_ranges_for`]). `None`: no
+    /// ranges, every client admitted.
     pub source_ranges: Option<Vec<SourceRange>>,
     /// `trafficDistribution`, for endpoints that carry no hints (see `desired.rs`).
     pub traffic_distribution: TrafficDistribution,
@@ -288,8 +334,8 @@ pub(crate) fn is_opted_out(
 
 /// Reads a Service into the frontends lb programs, or `None` when lb does not serve it.
 ///
-/// Intentional skips (opt-out label, headless, ExternalName, IPv6-only) log at debug;
-/// malformed fields log a warning naming the Service.
+/// Intentional skips (opt-out label, headless, ExternalName) log at debug; malformed fields
+/// log a warning naming the Service.
 pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
     let namespace = namespace_of(&svc.metadata);
     let Some(name) = svc.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
@@ -309,22 +355,18 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
         debug!(namespace = %namespace, name = %name, "skipping ExternalName Service");
         return None;
     }
-    let vip = vip4(spec.cluster_ips.as_deref(), spec.cluster_ip.as_deref());
-    let vip = match vip {
-        Vip::Headless => {
+    let vips = match cluster_vips(spec, namespace, name) {
+        Vips::Headless => {
             debug!(namespace = %namespace, name = %name, "skipping headless Service");
             return None;
         }
-        Vip::OtherFamily => {
-            debug!(namespace = %namespace, name = %name, "skipping Service without an IPv4 ClusterIP");
-            return None;
-        }
-        Vip::Invalid(ip) => {
+        Vips::Invalid(ip) => {
             warn!(namespace = %namespace, name = %name, cluster_ip = %ip, "skipping Service with an unparseable ClusterIP");
             return None;
         }
-        Vip::V4(vip) => vip,
+        Vips::Served(vips) => vips,
     };
+    let served = |ip: &IpAddr| vips.iter().any(|vip| IpFamily::of(vip) == IpFamily::of(ip));
 
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
@@ -356,11 +398,8 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
         };
         ports.push(ServicePortSpec {
             name: port_name,
-            frontend: Frontend {
-                vip,
-                port: number,
-                protocol,
-            },
+            port: number,
+            protocol,
             // Only these two types have node ports; a leftover field on a ClusterIP Service
             // (a type change the apiserver has not cleaned up) is not served.
             node_port: node_port.filter(|_| has_node_ports(spec.type_.as_deref())),
@@ -377,8 +416,9 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
     });
 
-    let external_ips = addresses4(
+    let external_ips = addresses(
         spec.external_ips.iter().flatten().map(String::as_str),
+        served,
         namespace,
         name,
         "externalIPs",
@@ -396,7 +436,7 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
             .flatten()
             .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_deref());
-        addresses4(ips, namespace, name, "status.loadBalancer.ingress")
+        addresses(ips, served, namespace, name, "status.loadBalancer.ingress")
     } else {
         Vec::new()
     };
@@ -427,6 +467,7 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
     let source_ranges = if spec.type_.as_deref() == Some("LoadBalancer") {
         source_ranges(
             spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]),
+            &vips,
             namespace,
             name,
         )
@@ -449,6 +490,7 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
     Some(ServiceSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
+        vips,
         ports,
         local_only: spec.internal_traffic_policy.as_deref() == Some("Local"),
         external_local,
@@ -466,28 +508,50 @@ pub(crate) fn service_spec(svc: &Service) -> Option<ServiceSpec> {
     })
 }
 
-/// The IPv4 `loadBalancerSourceRanges` (§1: each family keeps its own), duplicates removed;
-/// `None` when the list is empty. An entry that is no CIDR is logged and skipped; if nothing
-/// IPv4 is left, the empty list admits no client.
-fn source_ranges(ranges: &[String], namespace: &str, name: &str) -> Option<Vec<SourceRange>> {
+/// The `loadBalancerSourceRanges` of both families, duplicates removed; `None` when the list
+/// is empty. An entry that is no CIDR is logged and skipped. A served family left without a
+/// range of its own admits no client from outside on its load-balancer IPs: lb fails closed
+/// where kube-proxy's per-family filtering would leave that family open to all.
+fn source_ranges(
+    ranges: &[String],
+    vips: &[IpAddr],
+    namespace: &str,
+    name: &str,
+) -> Option<Vec<SourceRange>> {
     if ranges.is_empty() {
         return None;
     }
     let mut out = Vec::new();
     for text in ranges {
         match source_range_field(text) {
-            SourceRangeField::V4(range) if !out.contains(&range) => out.push(range),
-            SourceRangeField::V4(_) | SourceRangeField::V6 => {}
-            SourceRangeField::Invalid => {
+            Some(range) if !out.contains(&range) => out.push(range),
+            Some(_) => {}
+            None => {
                 warn!(namespace = %namespace, name = %name, value = %text, "skipping a loadBalancerSourceRanges entry that is not a CIDR");
             }
         }
     }
-    if out.is_empty() {
-        warn!(namespace = %namespace, name = %name, "no IPv4 loadBalancerSourceRanges entry is valid: the load-balancer IPs admit no client from outside");
+    for family in vips.iter().map(IpFamily::of) {
+        if !out.iter().any(|r| r.family() == family) {
+            warn!(namespace = %namespace, name = %name, %family, "no loadBalancerSourceRanges entry of this family is valid: its load-balancer IPs admit no client from outside");
+        }
     }
     out.sort();
     Some(out)
+}
+
+impl ServiceSpec {
+    /// The source ranges a load-balancer IP of `family` admits: that family's ranges
+    /// (`Some(empty)`: none admitted), or `None` when the Service lists none at all.
+    pub(crate) fn source_ranges_for(&self, family: IpFamily) -> Option<Vec<SourceRange>> {
+        self.source_ranges.as_ref().map(|ranges| {
+            ranges
+                .iter()
+                .copied()
+                .filter(|r| r.family() == family)
+                .collect()
+        })
+    }
 }
 
 /// NodePort and LoadBalancer Services get node ports; the others never do.
@@ -495,19 +559,23 @@ fn has_node_ports(service_type: Option<&str>) -> bool {
     matches!(service_type, Some("NodePort" | "LoadBalancer"))
 }
 
-/// The IPv4 addresses of a list of IPs (§1: each family's proxier keeps its own); an entry
-/// that is no IP at all is logged and skipped.
-fn addresses4<'a>(
+/// The addresses of a list of IPs whose family is `served` (§1: each family's proxier keeps its
+/// own, and a family without a ClusterIP is not served); an entry that is no IP at all is
+/// logged and skipped.
+fn addresses<'a>(
     ips: impl Iterator<Item = &'a str>,
+    served: impl Fn(&IpAddr) -> bool,
     namespace: &str,
     name: &str,
     field: &str,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for ip in ips {
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) if !out.contains(&v4) => out.push(v4),
-            Ok(_) => {}
+        match ip.trim().parse::<IpAddr>() {
+            Ok(ip) if served(&ip) && !out.contains(&ip) => out.push(ip),
+            Ok(ip) => {
+                debug!(namespace = %namespace, name = %name, field, value = %ip, "ignoring an address of a family the Service has no ClusterIP of");
+            }
             Err(_) => {
                 warn!(namespace = %namespace, name = %name, field, value = %ip, "skipping an address that is not an IP");
             }
@@ -516,32 +584,69 @@ fn addresses4<'a>(
     out
 }
 
-/// The outcome of looking for this datapath's VIP.
-enum Vip {
+/// The outcome of reading a Service's ClusterIPs.
+enum Vips {
     Headless,
-    OtherFamily,
+    /// Not one usable ClusterIP; the first unparseable (or ruled out) one.
     Invalid(String),
-    V4(Ipv4Addr),
+    /// At most one per family, in `clusterIPs` order.
+    Served(Vec<IpAddr>),
 }
 
-/// Picks the IPv4 VIP; `clusterIPs[0]` equals `clusterIP`, so `clusterIP` is only a fallback
-/// for objects written without `clusterIPs`.
-fn vip4(cluster_ips: Option<&[String]>, cluster_ip: Option<&str>) -> Vip {
-    let ips: Vec<&str> = match cluster_ips {
+/// The ClusterIPs to serve (§1). `clusterIPs[0]` equals `clusterIP`, so `clusterIP` is only a
+/// fallback for objects written without `clusterIPs`. Each family takes its first ClusterIP;
+/// `ipFamilyPolicy: SingleStack` serves `clusterIPs[0]` alone, and when `ipFamilies` is set a
+/// ClusterIP of a family it does not list is not served (the apiserver never writes either, a
+/// hand-written object may). PreferDualStack and RequireDualStack serve what `clusterIPs`
+/// holds: the apiserver has already applied the policy when it allocated them.
+fn cluster_vips(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    namespace: &str,
+    name: &str,
+) -> Vips {
+    let ips: Vec<&str> = match spec.cluster_ips.as_deref() {
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => cluster_ip.into_iter().collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
     };
-    match ips.first() {
-        None | Some(&"") | Some(&"None") => return Vip::Headless,
-        Some(_) => {}
-    }
+    let first = match ips.first() {
+        None | Some(&"") | Some(&"None") => return Vips::Headless,
+        Some(first) => *first,
+    };
+    let families: Vec<IpFamily> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| IpFamily::parse(f))
+        .collect();
+    let single_stack = spec.ip_family_policy.as_deref() == Some("SingleStack");
     let mut invalid = None;
+    let mut vips: Vec<IpAddr> = Vec::new();
     for ip in ips {
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) => return Vip::V4(v4),
-            Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => invalid = invalid.or(Some(ip.to_owned())),
+        let Ok(vip) = ip.trim().parse::<IpAddr>() else {
+            invalid = invalid.or(Some(ip.to_owned()));
+            continue;
+        };
+        let family = IpFamily::of(&vip);
+        if vips.iter().any(|v| IpFamily::of(v) == family) {
+            warn!(namespace = %namespace, name = %name, cluster_ip = %vip, "ignoring a second ClusterIP of one family");
+            continue;
         }
+        if !families.is_empty() && !families.contains(&family) {
+            warn!(namespace = %namespace, name = %name, cluster_ip = %vip, "ignoring a ClusterIP of a family spec.ipFamilies does not list");
+            continue;
+        }
+        if single_stack && !vips.is_empty() {
+            warn!(namespace = %namespace, name = %name, cluster_ip = %vip, "ignoring a second ClusterIP of a SingleStack Service");
+            continue;
+        }
+        vips.push(vip);
     }
-    invalid.map_or(Vip::OtherFamily, Vip::Invalid)
+    if vips.is_empty() {
+        // Only unparseable ones, or ones `ipFamilies` rules out: name the first.
+        return Vips::Invalid(invalid.unwrap_or_else(|| first.to_owned()));
+    }
+    if let Some(ip) = invalid {
+        warn!(namespace = %namespace, name = %name, cluster_ip = %ip, "ignoring an unparseable ClusterIP");
+    }
+    Vips::Served(vips)
 }

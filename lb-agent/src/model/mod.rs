@@ -21,8 +21,8 @@ pub use desired::{
 };
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use frontend::{
-    DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, FrontendKind, HEADLESS_LABEL, LB_ALGORITHM_ANNOTATION,
-    LbAlgorithm, Protocol, SERVICE_PROXY_NAME_LABEL, SourceRange,
+    DEFAULT_AFFINITY_TIMEOUT_SECS, Frontend, FrontendKind, HEADLESS_LABEL, IpFamily,
+    LB_ALGORITHM_ANNOTATION, LbAlgorithm, Protocol, SERVICE_PROXY_NAME_LABEL, SourceRange,
 };
 pub use incremental::{Incremental, ModelChanges};
 

@@ -74,7 +74,8 @@ fn render(desired: &[DesiredService]) -> String {
         );
         for b in &d.backends {
             let place = if b.remote { "remote" } else { "local" };
-            out += &format!("  {}:{} {} {}\n", b.addr, b.port, b.state.as_str(), place);
+            let addr = std::net::SocketAddr::new(b.addr, b.port);
+            out += &format!("  {addr} {} {}\n", b.state.as_str(), place);
         }
     }
     out
@@ -213,7 +214,7 @@ fn fixture_b4_local_policy_on_a_node_without_usable_endpoints_drops() {
 }
 
 #[test]
-fn fixture_c_dual_stack_serves_the_ipv4_vip_and_slice_with_an_unnamed_port() {
+fn fixture_c_dual_stack_serves_each_vip_from_its_own_familys_slice_with_an_unnamed_port() {
     let desired = desired_services(&fixture("c-api-dual-stack"), &ThisNode::named("worker-a1"));
     assert_eq!(render(&desired), expected("c-api-dual-stack"));
 }
@@ -254,11 +255,11 @@ fn case_2_external_name_is_ignored_even_with_a_cluster_ip() {
 }
 
 #[test]
-fn case_3_an_ipv6_only_service_is_skipped_and_a_v6_first_dual_stack_one_uses_its_v4_vip() {
+fn case_3_an_ipv6_only_service_is_served_on_its_v6_vip_and_a_v6_first_dual_stack_one_on_both() {
     let v6 = service(
         "ns",
         "v6",
-        json!({"clusterIP": "fd00::1", "clusterIPs": ["fd00::1"], "ports": [{"port": 80}]}),
+        json!({"clusterIP": "fd00::1", "clusterIPs": ["fd00::1"], "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}),
     );
     let v6_first = service(
         "ns",
@@ -267,7 +268,290 @@ fn case_3_an_ipv6_only_service_is_skipped_and_a_v6_first_dual_stack_one_uses_its
     );
     assert_eq!(
         frontends(&run(vec![v6, v6_first], vec![])),
-        ["10.96.0.2:80/TCP"]
+        ["10.96.0.2:80/TCP", "[fd00::1]:80/TCP", "[fd00::2]:80/TCP"]
+    );
+}
+
+/// A dual-stack-capable Service: `clusterIPs` and `ipFamilies` as the apiserver writes them
+/// for `policy`, with the extra fields in `more`.
+fn dual(name: &str, policy: &str, ips: &[&str], more: Value) -> Service {
+    let families: Vec<&str> = ips
+        .iter()
+        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .collect();
+    let mut spec = json!({
+        "type": "ClusterIP", "clusterIP": ips[0], "clusterIPs": ips, "ipFamilies": families,
+        "ipFamilyPolicy": policy, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    });
+    if let (Some(spec), Some(more)) = (spec.as_object_mut(), more.as_object()) {
+        spec.extend(more.clone());
+    }
+    service("ns", name, spec)
+}
+
+fn slice6(ns: &str, name: &str, svc: &str, ports: Value, endpoints: Vec<Value>) -> EndpointSlice {
+    let mut slice = slice(ns, name, svc, ports, endpoints);
+    slice.address_type = "IPv6".to_owned();
+    slice
+}
+
+#[test]
+fn dual_stack_policies_serve_every_allocated_family_and_single_stack_only_the_first() {
+    let cases = [
+        (
+            "SingleStack IPv6",
+            dual("s6", "SingleStack", &["fd00::6"], json!({})),
+            vec!["[fd00::6]:80/TCP"],
+        ),
+        (
+            "PreferDualStack on a single-stack cluster: one family allocated",
+            dual("p4", "PreferDualStack", &["10.96.0.4"], json!({})),
+            vec!["10.96.0.4:80/TCP"],
+        ),
+        (
+            "PreferDualStack, both allocated",
+            dual(
+                "p46",
+                "PreferDualStack",
+                &["10.96.0.5", "fd00::5"],
+                json!({}),
+            ),
+            vec!["10.96.0.5:80/TCP", "[fd00::5]:80/TCP"],
+        ),
+        (
+            "RequireDualStack, IPv6 primary",
+            dual(
+                "r64",
+                "RequireDualStack",
+                &["fd00::7", "10.96.0.7"],
+                json!({}),
+            ),
+            vec!["10.96.0.7:80/TCP", "[fd00::7]:80/TCP"],
+        ),
+        (
+            "a hand-written SingleStack Service with two ClusterIPs: only the first",
+            dual("bad", "SingleStack", &["10.96.0.8", "fd00::8"], json!({})),
+            vec!["10.96.0.8:80/TCP"],
+        ),
+        (
+            "a ClusterIP of a family ipFamilies does not list is not served",
+            dual(
+                "fam",
+                "PreferDualStack",
+                &["10.96.0.9", "fd00::9"],
+                json!({"ipFamilies": ["IPv4"]}),
+            ),
+            vec!["10.96.0.9:80/TCP"],
+        ),
+        (
+            "two ClusterIPs of one family: the first",
+            dual(
+                "twice",
+                "PreferDualStack",
+                &["fd00::a", "fd00::b"],
+                json!({"ipFamilies": []}),
+            ),
+            vec!["[fd00::a]:80/TCP"],
+        ),
+        (
+            "an IPv6 headless Service",
+            dual(
+                "none",
+                "SingleStack",
+                &["None"],
+                json!({"ipFamilies": ["IPv6"]}),
+            ),
+            vec![],
+        ),
+    ];
+    for (what, svc, want) in cases {
+        assert_eq!(frontends(&run(vec![svc], vec![])), want, "{what}");
+    }
+}
+
+#[test]
+fn each_family_takes_only_its_own_slices_and_an_unusable_family_is_refused_alone() {
+    let svc = dual(
+        "d",
+        "RequireDualStack",
+        &["10.96.1.1", "fd00::1:1"],
+        json!({}),
+    );
+    let v4 = slice(
+        "ns",
+        "d-4",
+        "d",
+        json!([tcp("http", 8080)]),
+        vec![ready("10.244.1.5", NODE)],
+    );
+    let v6 = slice6(
+        "ns",
+        "d-6",
+        "d",
+        json!([tcp("http", 8080)]),
+        vec![
+            ready("fd00:244::5", NODE),
+            // An IPv4 address in an IPv6 slice is not an IPv6 endpoint.
+            ready("10.244.1.6", NODE),
+        ],
+    );
+    assert_eq!(
+        render(&run(vec![svc.clone()], vec![v4.clone(), v6])),
+        "10.96.1.1:80/TCP ns/d:http\n  10.244.1.5:8080 active local\n\
+         [fd00::1:1]:80/TCP ns/d:http\n  [fd00:244::5]:8080 active local\n"
+    );
+    // Only the IPv4 slice: the IPv6 VIP has no endpoint at all and rejects (§2.6), the IPv4
+    // one is unaffected.
+    let desired = run(vec![svc], vec![v4]);
+    let v6 = desired
+        .iter()
+        .find(|d| d.frontend.vip.is_ipv6())
+        .expect("an IPv6 frontend");
+    assert!(v6.backends.is_empty() && !v6.has_any_endpoints);
+    assert!(
+        desired
+            .iter()
+            .any(|d| d.frontend.vip.is_ipv4() && !d.backends.is_empty())
+    );
+}
+
+#[test]
+fn external_and_load_balancer_ips_of_either_family_are_served_on_a_dual_stack_service_only_for_families_it_has()
+ {
+    let status = |ips: &[&str]| {
+        let ingress: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        json!({"loadBalancer": {"ingress": ingress}})
+    };
+    let mut both = dual(
+        "both",
+        "PreferDualStack",
+        &["10.96.2.1", "fd00::2:1"],
+        json!({"type": "LoadBalancer", "externalIPs": ["198.51.100.7", "2001:db8::7"],
+               "allocateLoadBalancerNodePorts": false}),
+    );
+    both.status = serde_json::from_value(status(&["203.0.113.10", "2001:db8::10"])).ok();
+    let mut v4_only = dual(
+        "v4",
+        "SingleStack",
+        &["10.96.2.2"],
+        json!({"type": "LoadBalancer", "externalIPs": ["2001:db8::8"],
+               "allocateLoadBalancerNodePorts": false}),
+    );
+    v4_only.status = serde_json::from_value(status(&["2001:db8::11"])).ok();
+    let desired = run(vec![both, v4_only], vec![]);
+    let kinds: Vec<String> = desired
+        .iter()
+        .map(|d| format!("{} {}", d.frontend, d.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "10.96.2.1:80/TCP ClusterIP",
+            "10.96.2.2:80/TCP ClusterIP",
+            "198.51.100.7:80/TCP ExternalIPs",
+            "203.0.113.10:80/TCP LoadBalancer",
+            "[2001:db8::7]:80/TCP ExternalIPs",
+            "[2001:db8::10]:80/TCP LoadBalancer",
+            "[fd00::2:1]:80/TCP ClusterIP",
+        ],
+        "an IPv4-only Service's IPv6 external and LB IPs are some other proxier's (§1)"
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_apply_per_family_and_a_family_without_any_admits_no_one() {
+    let lb = |name: &str, ranges: Value| {
+        let mut svc = dual(
+            name,
+            "RequireDualStack",
+            &["10.96.3.1", "fd00::3:1"],
+            json!({"type": "LoadBalancer", "loadBalancerSourceRanges": ranges,
+                   "allocateLoadBalancerNodePorts": false}),
+        );
+        svc.status = serde_json::from_value(
+            json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}, {"ip": "2001:db8::20"}]}}),
+        )
+        .ok();
+        svc
+    };
+    let ranges_of = |svc: Service| -> Vec<String> {
+        run(vec![svc], vec![])
+            .iter()
+            .filter(|d| d.kind == FrontendKind::LoadBalancer)
+            .map(|d| {
+                let ranges: Vec<String> = d
+                    .source_ranges
+                    .iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect();
+                format!("{} {:?}", d.frontend.vip, ranges)
+            })
+            .collect()
+    };
+    assert_eq!(
+        ranges_of(lb(
+            "both",
+            json!(["10.0.0.0/8", "2001:db8:1::/48", "fd00::1/128"])
+        )),
+        [
+            r#"203.0.113.20 ["10.0.0.0/8"]"#,
+            r#"2001:db8::20 ["2001:db8:1::/48", "fd00::1/128"]"#,
+        ]
+    );
+    // Only IPv4 ranges: the IPv6 load-balancer IP admits no outside client (fail closed).
+    assert_eq!(
+        ranges_of(lb("v4-ranges", json!(["10.0.0.0/8"]))),
+        [r#"203.0.113.20 ["10.0.0.0/8"]"#, "2001:db8::20 []"]
+    );
+    let open = run(vec![lb("none", json!([]))], vec![]);
+    assert!(
+        open.iter().all(|d| d.source_ranges.is_none()),
+        "no ranges: open to all"
+    );
+}
+
+#[test]
+fn node_ports_are_served_on_the_node_addresses_of_each_family_the_service_has() {
+    let node = ThisNode {
+        addresses: vec![
+            "192.168.56.10".parse().expect("ip"),
+            "fd00:56::10".parse().expect("ip"),
+        ],
+        ..ThisNode::named(NODE)
+    };
+    let node_port = |name: &str, ips: &[&str]| {
+        let mut svc = dual(name, "PreferDualStack", ips, json!({"type": "NodePort"}));
+        if let Some(port) = svc
+            .spec
+            .as_mut()
+            .and_then(|s| s.ports.as_mut())
+            .and_then(|p| p.first_mut())
+        {
+            port.node_port = Some(30080 + i32::from(ips.len() as u8));
+        }
+        svc
+    };
+    let snapshot = Snapshot {
+        services: vec![
+            node_port("both", &["10.96.4.1", "fd00::4:1"]),
+            node_port("v6", &["fd00::4:2"]),
+        ],
+        slices: vec![],
+        node_zone: None,
+    };
+    let node_ports: Vec<String> = desired_services(&snapshot, &node)
+        .iter()
+        .filter(|d| d.kind == FrontendKind::NodePort)
+        .map(|d| d.frontend.to_string())
+        .collect();
+    assert_eq!(
+        node_ports,
+        [
+            "192.168.56.10:30082/TCP",
+            "[fd00:56::10]:30081/TCP",
+            "[fd00:56::10]:30082/TCP",
+        ]
     );
 }
 
@@ -982,11 +1266,11 @@ fn case_34_deleting_recreating_and_external_name_round_trips() {
 }
 
 #[test]
-fn case_36_dual_stack_keeps_only_the_ipv4_vip_and_slice() {
+fn case_36_dual_stack_serves_two_vips_each_from_its_own_slice() {
     let svc = service(
         "ns",
         "d",
-        json!({"clusterIP": "10.96.9.9", "clusterIPs": ["10.96.9.9", "fd00::9"], "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}),
+        json!({"clusterIP": "10.96.9.9", "clusterIPs": ["10.96.9.9", "fd00::9"], "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}),
     );
     let v4 = slice(
         "ns",
@@ -995,17 +1279,17 @@ fn case_36_dual_stack_keeps_only_the_ipv4_vip_and_slice() {
         json!([tcp("", 80)]),
         vec![ready("10.0.0.10", NODE)],
     );
-    let mut v6 = slice(
+    let v6 = slice6(
         "ns",
         "d-6",
         "d",
         json!([tcp("", 80)]),
         vec![ready("fd00::10", NODE)],
     );
-    v6.address_type = "IPv6".to_owned();
     assert_eq!(
         render(&run(vec![svc], vec![v4, v6])),
-        "10.96.9.9:80/TCP ns/d:\n  10.0.0.10:80 active local\n"
+        "10.96.9.9:80/TCP ns/d:\n  10.0.0.10:80 active local\n\
+         [fd00::9]:80/TCP ns/d:\n  [fd00::10]:80 active local\n"
     );
 }
 
@@ -1122,7 +1406,7 @@ fn two_services_claiming_one_frontend_keep_the_first_by_name() {
 #[test]
 fn frontend_displays_as_vip_port_protocol() {
     let f = Frontend {
-        vip: std::net::Ipv4Addr::new(10, 96, 0, 10),
+        vip: std::net::Ipv4Addr::new(10, 96, 0, 10).into(),
         port: 53,
         protocol: Protocol::Udp,
     };
@@ -1570,10 +1854,10 @@ fn invalid_source_ranges_are_skipped_and_with_none_left_no_client_is_admitted() 
 
 #[test]
 fn source_range_text_parses_as_kube_proxy_reads_it() {
-    use super::frontend::{SourceRangeField, source_range_field};
+    use super::frontend::source_range_field;
     let v4 = |text: &str| match source_range_field(text) {
-        SourceRangeField::V4(range) => range.to_string(),
-        other => format!("{other:?}"),
+        Some(range) => range.to_string(),
+        None => "Invalid".to_owned(),
     };
     for (text, want) in [
         ("10.1.2.3/8", "10.0.0.0/8"),
@@ -1586,7 +1870,10 @@ fn source_range_text_parses_as_kube_proxy_reads_it() {
         ("192.0.2.0", "Invalid"),
         ("192.0.2/24", "Invalid"),
         ("", "Invalid"),
-        ("fd00::/8", "V6"),
+        ("fd00::1/8", "fd00::/8"),
+        ("2001:db8:1:2::5/64", "2001:db8:1:2::/64"),
+        ("::/0", "::/0"),
+        ("fd00::/128", "fd00::/128"),
         ("fd00::/129", "Invalid"),
     ] {
         assert_eq!(v4(text), want, "{text:?}");
@@ -2077,4 +2364,55 @@ fn an_endpoint_without_node_name_is_remote_unless_it_has_the_nodes_address() {
         "10.96.1.1:80/TCP ns1/svc1:\n  10.0.1.2:80 active local\n  10.0.9.1:80 active local\n  \
          172.16.5.5:80 active remote\n"
     );
+}
+
+#[test]
+fn the_incremental_model_recomputes_a_dual_stack_service_per_family_as_the_full_one_does() {
+    let svc = dual(
+        "d",
+        "RequireDualStack",
+        &["10.96.5.1", "fd00::5:1"],
+        json!({}),
+    );
+    let v4 = slice(
+        "ns",
+        "d-4",
+        "d",
+        json!([tcp("http", 8080)]),
+        vec![ready("10.244.5.1", NODE)],
+    );
+    let v6 = slice6(
+        "ns",
+        "d-6",
+        "d",
+        json!([tcp("http", 8080)]),
+        vec![ready("fd00:244::5:1", NODE)],
+    );
+    let name = ("ns".to_owned(), "d".to_owned());
+    let node = ThisNode::named(NODE);
+    let snapshot = |slices: Vec<EndpointSlice>| Snapshot {
+        services: vec![svc.clone()],
+        slices,
+        node_zone: None,
+    };
+    let mut model = Incremental::default();
+    let both = snapshot(vec![v4.clone(), v6]);
+    let changes = model.update([(name.clone(), &both)], &node);
+    assert_eq!(
+        frontends(&changes.upserts),
+        ["10.96.5.1:80/TCP", "[fd00::5:1]:80/TCP"]
+    );
+    assert_eq!(model.services(), desired_services(&both, &node));
+
+    // The IPv6 slice goes: only the IPv6 frontend changes (it now rejects).
+    let v4_only = snapshot(vec![v4]);
+    let changes = model.update([(name.clone(), &v4_only)], &node);
+    assert_eq!(frontends(&changes.upserts), ["[fd00::5:1]:80/TCP"]);
+    assert!(changes.removals.is_empty());
+    assert_eq!(model.services(), desired_services(&v4_only, &node));
+
+    // The Service goes: both frontends are removed.
+    let changes = model.update([(name, &Snapshot::default())], &node);
+    assert_eq!(changes.removals.len(), 2);
+    assert!(model.services().is_empty());
 }

@@ -47,11 +47,11 @@ fn apply_run<M: LbMaps + ?Sized>(maps: &mut M, run: &[Op]) -> Result<(), (usize,
             _ => None,
         })),
         Some(Op::DeleteRevNat(..)) => maps.delete_revnats(&batch(run, |op| match *op {
-            Op::DeleteRevNat(id) => Some(id),
+            Op::DeleteRevNat(id, family) => Some((id, family)),
             _ => None,
         })),
         Some(Op::DeleteBackend(..)) => maps.delete_backends(&batch(run, |op| match *op {
-            Op::DeleteBackend(id) => Some(id),
+            Op::DeleteBackend(id, family) => Some((id, family)),
             _ => None,
         })),
         Some(Op::WriteMaglev(..) | Op::DeleteMaglev(..)) => return apply_maglev(maps, run),
@@ -158,7 +158,7 @@ mod tests {
                 for backend in table {
                     assert!(spec.members.iter().any(|m| m.2 == *backend));
                     assert_eq!(
-                        fake.content.backends[backend].state,
+                        fake.content.backends[backend].state(),
                         lb_common::service::BACKEND_STATE_ACTIVE
                     );
                 }
@@ -185,7 +185,7 @@ mod tests {
         // The table first, then the master entry that turns the flag on.
         assert!(
             matches!(ops[..], [Op::WriteMaglev(..), Op::UpsertService(key, entry)]
-                if key.slot == 0 && entry.flags2 != 0),
+                if key.slot() == 0 && entry.flags2 != 0),
             "{ops:?}"
         );
         apply(&mut fake, &ops).expect("write");
@@ -193,7 +193,7 @@ mod tests {
         // The flag off first, then the table goes.
         assert!(
             matches!(ops[..], [Op::UpsertService(key, entry), Op::DeleteMaglev(_, 1)]
-                if key.slot == 0 && entry.flags2 == 0),
+                if key.slot() == 0 && entry.flags2 == 0),
             "{ops:?}"
         );
         apply(&mut fake, &ops).expect("write");

@@ -6,15 +6,19 @@
 //! The content derives from a [`Programmed`] index: each frontend's own entries, and reference
 //! counts for what frontends share (a backend, a VIP's wildcard entry), so that the syncer can
 //! change a few frontends and derive the new value of just the keys they touch.
-use std::{collections::BTreeMap, net::Ipv4Addr, ops::RangeInclusive, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    ops::RangeInclusive,
+    sync::Arc,
+};
 
 use lb_common::{
     proto,
     service::{
-        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend4, RevNat4,
-        SERVICE_F_CLUSTER_IP, SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL,
-        SERVICE_F_NO_ENDPOINTS, SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
-        ServiceEntry, ServiceKey4,
+        BACKEND_F_REMOTE, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SERVICE_F_CLUSTER_IP,
+        SERVICE_F_EXTERNAL_IP, SERVICE_F_LOAD_BALANCER, SERVICE_F_LOCAL, SERVICE_F_NO_ENDPOINTS,
+        SERVICE_F_NODE_PORT, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE, ServiceEntry,
     },
 };
 
@@ -23,7 +27,10 @@ use super::{
     maglev,
 };
 use crate::{
-    datapath::{BackendId, MapsContent, ServiceId, SourceRangeEntry, maps, maps::MaglevSpec},
+    datapath::{
+        BackendId, MapsContent, ServiceId, SourceRangeEntry, maps,
+        maps::{Backend, MaglevSpec, RevNat, ServiceKey},
+    },
     model::{BackendState, DesiredService, FrontendKind, LbAlgorithm, Protocol},
 };
 
@@ -131,24 +138,24 @@ pub(crate) struct FrontendContent {
     /// True for a ClusterIP, whose VIP gets the wildcard entry.
     wildcard: bool,
     /// Its reverse-NAT entry.
-    revnat: RevNat4,
+    revnat: RevNat,
     /// Its source ranges (written before the master entry that checks them) and Maglev table.
     extras: Extras,
 }
 
-/// What goes with a frontend's master entry in maps of their own: its `LB4_SRC_RANGE` entries
-/// and, for a Maglev frontend, its table's spec.
+/// What goes with a frontend's master entry in maps of their own: its source-range entries
+/// (`LB4_SRC_RANGE` or `LB6_SRC_RANGE`) and, for a Maglev frontend, its table's spec.
 pub(crate) type Extras = (Vec<SourceRangeEntry>, Option<Arc<MaglevSpec>>);
 
-/// Every `LB4_SRC_RANGE` entry of service `id` lies in this range.
+/// Every source-range entry of service `id`, of either family, lies in this range.
 pub(crate) fn ranges_of(id: ServiceId) -> RangeInclusive<SourceRangeEntry> {
     SourceRangeEntry {
         service: id,
-        addr: Ipv4Addr::UNSPECIFIED,
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         prefix_len: 0,
     }..=SourceRangeEntry {
         service: id,
-        addr: Ipv4Addr::BROADCAST,
+        addr: IpAddr::V6(std::net::Ipv6Addr::from(u128::MAX)),
         prefix_len: u8::MAX,
     }
 }
@@ -165,7 +172,7 @@ struct BackendRefs {
 impl BackendRefs {
     /// Active if any frontend selects it; remote if any frontend's endpoint says so (both
     /// independent of the order frontends were added in).
-    fn value(&self) -> Backend4 {
+    fn value(&self) -> Backend {
         let state = if self.active > 0 {
             BACKEND_STATE_ACTIVE
         } else {
@@ -184,7 +191,7 @@ impl BackendRefs {
 pub struct Programmed {
     frontends: BTreeMap<FrontendKey, FrontendContent>,
     backends: BTreeMap<BackendId, BackendRefs>,
-    vips: BTreeMap<Ipv4Addr, u32>,
+    vips: BTreeMap<IpAddr, u32>,
 }
 
 impl Programmed {
@@ -281,14 +288,14 @@ impl Programmed {
         content
     }
 
-    /// The entry `key` must hold in `LB4_SERVICES`, if any.
-    pub fn service_entry(&self, key: &ServiceKey4) -> Option<ServiceEntry> {
+    /// The entry `key` must hold in `LB4_SERVICES` or `LB6_SERVICES`, if any.
+    pub fn service_entry(&self, key: &ServiceKey) -> Option<ServiceEntry> {
         let (vip, port, proto) = maps::frontend_of(key);
         if proto == 0 {
             return self.vips.contains_key(&vip).then(ServiceEntry::default);
         }
         let frontend = self.frontends.get(&FrontendKey { vip, port, proto })?;
-        match key.slot {
+        match key.slot() {
             0 => Some(frontend.master),
             slot => frontend
                 .backends
@@ -297,15 +304,15 @@ impl Programmed {
         }
     }
 
-    /// The value `id` must hold in `LB4_BACKENDS`, if any.
-    pub fn backend(&self, id: BackendId) -> Option<Backend4> {
+    /// The value `id` must hold in `LB4_BACKENDS` or `LB6_BACKENDS`, if any.
+    pub fn backend(&self, id: BackendId) -> Option<Backend> {
         self.backends.get(&id).map(BackendRefs::value)
     }
 }
 
 impl FrontendContent {
     /// The service keys this frontend writes and their entries: slots, master, wildcard.
-    fn entries(&self, key: &FrontendKey) -> impl Iterator<Item = (ServiceKey4, ServiceEntry)> + '_ {
+    fn entries(&self, key: &FrontendKey) -> impl Iterator<Item = (ServiceKey, ServiceEntry)> + '_ {
         let (vip, port, proto) = (key.vip, key.port, key.proto);
         let slots = self
             .backends
@@ -323,8 +330,9 @@ impl FrontendContent {
         )))
     }
 
-    /// Every `LB4_SERVICES` key this frontend writes, the wildcard entry of its VIP included.
-    pub(crate) fn service_keys(&self, key: &FrontendKey) -> impl Iterator<Item = ServiceKey4> + '_ {
+    /// Every services-map key (`LB4_SERVICES` or `LB6_SERVICES`) this frontend writes, the
+    /// wildcard entry of its VIP included.
+    pub(crate) fn service_keys(&self, key: &FrontendKey) -> impl Iterator<Item = ServiceKey> + '_ {
         let wildcard = self.wildcard.then(|| maps::wildcard_key(key.vip));
         self.entries(key).map(|(k, _)| k).chain(wildcard)
     }
@@ -335,7 +343,7 @@ impl FrontendContent {
     }
 
     /// Its service id and reverse-NAT entry.
-    pub(crate) fn revnat(&self) -> (ServiceId, RevNat4) {
+    pub(crate) fn revnat(&self) -> (ServiceId, RevNat) {
         (self.id, self.revnat)
     }
 
@@ -432,7 +440,7 @@ pub(crate) fn frontend_content(
 /// Keeps in `desired` the rev-NAT entries `current` holds for retired service ids: replies of
 /// flows created before their frontend went (a port change, a deleted Service) are still
 /// reverse-NATed while their conntrack entries live. A retired backend keeps nothing: its
-/// `LB4_BACKENDS` entry goes at once, so that its flows choose again (only its id is
+/// backends-map entry goes at once, so that its flows choose again (only its id is
 /// reserved).
 pub fn keep_retired_revnat(desired: &mut MapsContent, current: &MapsContent, ids: &Ids) {
     for id in ids.retired_services() {
@@ -520,5 +528,81 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_dual_stack_service_takes_ids_from_one_space_and_its_ipv6_entries_name_the_lb6_maps() {
+        use crate::model::{BackendState::Active, FrontendKind, SourceRange};
+        let v4 = scenarios::service([10, 96, 0, 10], 80, &[([10, 244, 1, 5], 8080, Active)]);
+        let v6 = scenarios::in_v6(v4.clone());
+        let mut lb6 = scenarios::in_v6(scenarios::service(
+            [203, 0, 113, 10],
+            80,
+            &[([10, 244, 1, 5], 8080, Active)],
+        ));
+        lb6.kind = FrontendKind::LoadBalancer;
+        lb6.source_ranges = Some(vec![
+            SourceRange::new("2001:db8::1".parse().expect("ip"), 64).expect("range"),
+        ]);
+        let mut ids = Ids::restore(&MapsContent::default());
+        let content = desired_content(&[v4, v6, lb6], &mut ids).expect("ids");
+        assert_eq!(
+            dump::render(&content),
+            "BE 1 10.244.1.5:8080/TCP state=active flags=0x0\n\
+             BE 2 [fd00::af4:105]:8080/TCP state=active flags=0x0\n\
+             REV 1 10.96.0.10:80\n\
+             REV 2 [fd00::a60:a]:80\n\
+             REV 3 [fd00::cb00:710a]:80\n\
+             SRC 3 2001:db8::/64\n\
+             SVC 10.96.0.10:80/TCP slot=0 id=1 count=1 qcount=0 flags=0x1\n\
+             SVC 10.96.0.10:80/TCP slot=1 backend=1\n\
+             SVC [fd00::a60:a]:80/TCP slot=0 id=2 count=1 qcount=0 flags=0x1\n\
+             SVC [fd00::a60:a]:80/TCP slot=1 backend=2\n\
+             SVC [fd00::cb00:710a]:80/TCP slot=0 id=3 count=1 qcount=0 flags=0x48 flags2=0x1\n\
+             SVC [fd00::cb00:710a]:80/TCP slot=1 backend=2\n\
+             VIP 10.96.0.10\n\
+             VIP fd00::a60:a\n"
+        );
+        let families = |content: &MapsContent| {
+            content
+                .services
+                .keys()
+                .filter(|key| key.family() == crate::model::IpFamily::V6)
+                .count()
+        };
+        assert_eq!(families(&content), 5, "IPv6 masters, slots and wildcard");
+    }
+
+    #[test]
+    fn an_id_reused_by_the_other_family_deletes_its_old_entry_from_the_old_familys_map() {
+        use crate::{
+            datapath::fake::FakeMaps,
+            model::{BackendState::Active, IpFamily},
+            sync::{apply::apply, plan::plan},
+        };
+        let mut fake = FakeMaps::default();
+        let v4 = scenarios::service([10, 96, 0, 10], 80, &[([10, 244, 1, 5], 8080, Active)]);
+        let mut ids = Ids::restore(&MapsContent::default());
+        let first = desired_content(std::slice::from_ref(&v4), &mut ids).expect("ids");
+        let ops = plan(&fake.content, &first);
+        apply(&mut fake, &ops).expect("apply");
+        // The same ids now name IPv6 entries (as after the quarantine of a retired id ends).
+        let second = desired_content(&[scenarios::in_v6(v4)], &mut Ids::default()).expect("ids");
+        assert_eq!(second.backends.keys().collect::<Vec<_>>(), [&BackendId(1)]);
+        let ops = plan(&fake.content, &second);
+        assert!(
+            ops.iter().any(|op| matches!(
+                op,
+                super::super::plan::Op::DeleteBackend(BackendId(1), IpFamily::V4)
+            )),
+            "{ops:?}"
+        );
+        assert!(ops.iter().any(|op| matches!(
+            op,
+            super::super::plan::Op::DeleteRevNat(ServiceId(1), IpFamily::V4)
+        )));
+        apply(&mut fake, &ops).expect("apply");
+        assert_eq!(fake.content, second);
+        assert!(plan(&fake.content, &second).is_empty());
     }
 }

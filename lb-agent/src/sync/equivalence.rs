@@ -1,7 +1,8 @@
 //! Incremental passes against full ones (tests only): for seeded random sequences of changes
 //! (frontends added, changed and removed, backends shared between frontends, ports and kinds
 //! changing, source ranges and Maglev selection coming and going, writes failing, the GC
-//! releasing ids), the maps after `Syncer::sync_changes` hold exactly what a full pass over the
+//! releasing ids, frontends and backends of both families, ids moving between families), the
+//! maps after `Syncer::sync_changes` hold exactly what a full pass over the
 //! same desired services would write with the same ids (source ranges and Maglev tables
 //! included), and serve what a syncer that only ever runs full passes serves.
 use std::{
@@ -12,12 +13,13 @@ use std::{
 
 use super::{
     Syncer, desired, lock, maglev, plan,
-    scenarios::{Rng, service},
+    scenarios::{Rng, in_v6, service},
 };
 use crate::{
     datapath::{MapsContent, dump, fake::FakeMaps},
     model::{
-        BackendState, DesiredService, Frontend, FrontendKind, LbAlgorithm, Protocol, SourceRange,
+        BackendState, DesiredService, Frontend, FrontendKind, IpFamily, LbAlgorithm, Protocol,
+        SourceRange,
     },
 };
 
@@ -83,16 +85,16 @@ fn random_service(rng: &mut Rng) -> DesiredService {
     }
     if rng.chance(25) {
         service.kind = FrontendKind::NodePort;
-        service.frontend.vip = Ipv4Addr::new(192, 168, 0, 1 + rng.below(2) as u8);
+        service.frontend.vip = Ipv4Addr::new(192, 168, 0, 1 + rng.below(2) as u8).into();
     } else if rng.chance(25) {
         // A load-balancer IP, with loadBalancerSourceRanges (possibly none admitted) or not.
         service.kind = FrontendKind::LoadBalancer;
-        service.frontend.vip = Ipv4Addr::new(172, 16, 0, 1 + rng.below(2) as u8);
+        service.frontend.vip = Ipv4Addr::new(172, 16, 0, 1 + rng.below(2) as u8).into();
         if rng.chance(60) {
             service.source_ranges = Some(
                 (0..rng.below(3))
                     .map(|_| SourceRange {
-                        addr: Ipv4Addr::new(192, 0, 2 + rng.below(2) as u8, 0),
+                        addr: Ipv4Addr::new(192, 0, 2 + rng.below(2) as u8, 0).into(),
                         prefix_len: [24, 25, 32][rng.below(3)],
                     })
                     .collect(),
@@ -106,7 +108,13 @@ fn random_service(rng: &mut Rng) -> DesiredService {
     };
     service.local_only = rng.chance(15);
     service.affinity_timeout_secs = rng.chance(15).then_some(300);
-    service
+    // A dual-stack Service's IPv6 frontends: the same shapes in the other family, so that
+    // both families share one id space (and retired ids move between them).
+    if rng.chance(40) {
+        in_v6(service)
+    } else {
+        service
+    }
 }
 
 fn all(state: &BTreeMap<Frontend, DesiredService>) -> Vec<DesiredService> {
@@ -116,7 +124,7 @@ fn all(state: &BTreeMap<Frontend, DesiredService>) -> Vec<DesiredService> {
 #[test]
 fn incremental_passes_give_the_maps_a_full_pass_gives_for_random_changes() {
     // Incremental passes that left Maglev tables, and source ranges, in the maps.
-    let (mut with_maglev, mut with_ranges) = (0, 0);
+    let (mut with_maglev, mut with_ranges, mut with_v6) = (0, 0, 0);
     for seed in 0..40u64 {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (seed + 1));
         let incremental_maps = Arc::new(Mutex::new(FakeMaps::default()));
@@ -163,6 +171,11 @@ fn incremental_passes_give_the_maps_a_full_pass_gives_for_random_changes() {
                 let content = &lock(&incremental_maps).content;
                 with_maglev += usize::from(outcome.is_ok() && !content.maglev.is_empty());
                 with_ranges += usize::from(outcome.is_ok() && !content.source_ranges.is_empty());
+                with_v6 += usize::from(
+                    outcome.is_ok()
+                        && content.services.keys().any(|k| k.family() == IpFamily::V6)
+                        && content.services.keys().any(|k| k.family() == IpFamily::V4),
+                );
                 outcome
             } else {
                 incremental.sync(&all(&state))
@@ -212,8 +225,9 @@ fn incremental_passes_give_the_maps_a_full_pass_gives_for_random_changes() {
         }
     }
     assert!(
-        with_maglev > 100 && with_ranges > 100,
-        "the changes exercise Maglev ({with_maglev}) and source ranges ({with_ranges})"
+        with_maglev > 100 && with_ranges > 100 && with_v6 > 100,
+        "the changes exercise Maglev ({with_maglev}), source ranges ({with_ranges}) and both \
+         families at once ({with_v6})"
     );
 }
 
@@ -236,7 +250,7 @@ fn one_endpoint_change_among_many_services_writes_only_that_frontends_keys() {
         .collect();
     syncer.sync(&services).expect("full pass");
     let mut changed = services[7].clone();
-    changed.backends[0].addr = Ipv4Addr::new(10, 246, 0, 7);
+    changed.backends[0].addr = Ipv4Addr::new(10, 246, 0, 7).into();
     let before = lock(&maps).writes;
     let stats = syncer
         .sync_changes(&[changed.clone()], &[])
@@ -262,7 +276,7 @@ fn check_extras(content: &MapsContent, ranges: &[SourceRange]) -> Result<(), Str
     for (key, master) in content
         .services
         .iter()
-        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .filter(|(key, _)| key.slot() == 0 && key.proto() != 0)
     {
         let id = crate::datapath::maps::service_id_of(master);
         if master.flags2 & SERVICE_F2_SOURCE_RANGE != 0 {
@@ -295,18 +309,18 @@ fn an_incremental_pass_writes_source_ranges_and_maglev_tables_before_the_master_
     plain.kind = FrontendKind::LoadBalancer;
     let ranges = vec![
         SourceRange {
-            addr: Ipv4Addr::new(192, 0, 2, 0),
+            addr: Ipv4Addr::new(192, 0, 2, 0).into(),
             prefix_len: 24,
         },
         SourceRange {
-            addr: Ipv4Addr::new(198, 51, 100, 7),
+            addr: Ipv4Addr::new(198, 51, 100, 7).into(),
             prefix_len: 32,
         },
     ];
     let mut checked = plain.clone();
     checked.source_ranges = Some(ranges.clone());
     checked.algorithm = Some(LbAlgorithm::Maglev);
-    checked.backends[1].addr = Ipv4Addr::new(10, 244, 1, 3);
+    checked.backends[1].addr = Ipv4Addr::new(10, 244, 1, 3).into();
 
     for (from, to) in [(&plain, &checked), (&checked, &plain)] {
         let writes = {
@@ -338,4 +352,63 @@ fn an_incremental_pass_writes_source_ranges_and_maglev_tables_before_the_master_
                 .unwrap_or_else(|err| panic!("write {failing} of {writes} failed: {err}"));
         }
     }
+}
+
+#[test]
+fn an_incremental_pass_that_hands_a_freed_id_to_the_other_family_deletes_the_old_familys_entry() {
+    use crate::{model::IpFamily, sync::ids};
+    // Two ids of each kind: the second frontend and backend wrap onto the first ones' freed
+    // ids, in the other family.
+    let limits = ids::Limits {
+        last_service: crate::datapath::ServiceId(1),
+        last_backend: crate::datapath::BackendId(1),
+        ..ids::Limits::default()
+    };
+    let maps = Arc::new(Mutex::new(FakeMaps::default()));
+    let mut syncer = Syncer::with_limits(maps.clone(), limits)
+        .expect("restore")
+        .with_selection(selection());
+    let v4 = service(
+        [10, 96, 0, 10],
+        80,
+        &[([10, 244, 1, 5], 8080, BackendState::Active)],
+    );
+    let v6 = in_v6(service(
+        [10, 96, 0, 11],
+        80,
+        &[([10, 244, 1, 6], 8080, BackendState::Active)],
+    ));
+    syncer.sync(std::slice::from_ref(&v4)).expect("full pass");
+    syncer.sync_changes(&[], &[v4.frontend]).expect("v4 gone");
+    // Nothing names the retired ids: they are freed.
+    syncer
+        .release_unreferenced(super::now(), &HashSet::new(), &HashSet::new())
+        .expect("release");
+    let stats = syncer
+        .sync_changes(std::slice::from_ref(&v6), &[])
+        .expect("v6 takes the freed ids");
+    assert!(!stats.full, "an incremental pass");
+    let content = lock(&maps).content.clone();
+    assert_eq!(
+        content
+            .backends
+            .values()
+            .map(|b| b.family())
+            .collect::<Vec<_>>(),
+        [IpFamily::V6]
+    );
+    assert_eq!(
+        content
+            .revnat
+            .values()
+            .map(|r| r.family())
+            .collect::<Vec<_>>(),
+        [IpFamily::V6]
+    );
+    plan::check_consistent(&content).expect("consistent");
+    assert_eq!(
+        syncer.sync(std::slice::from_ref(&v6)).expect("full").writes,
+        0,
+        "the incremental pass left what a full one writes"
+    );
 }

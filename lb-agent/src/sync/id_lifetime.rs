@@ -4,7 +4,7 @@
 //! random sequences against a simulated conntrack.
 use std::{
     collections::{BTreeMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -43,7 +43,7 @@ fn revnat(maps: &Mutex<FakeMaps>) -> Vec<String> {
 
 /// The service id the maps give `vip:port`.
 fn service_id(maps: &Mutex<FakeMaps>, vip: [u8; 4], port: u16) -> Option<ServiceId> {
-    let key = maps::service_key(Ipv4Addr::from(vip), port, lb_common::proto::TCP, 0);
+    let key = maps::service_key(Ipv4Addr::from(vip).into(), port, lb_common::proto::TCP, 0);
     content(maps).services.get(&key).map(maps::service_id_of)
 }
 
@@ -267,10 +267,10 @@ fn a_failed_write_while_releasing_is_finished_by_the_next_pass() {
 #[derive(Clone, Copy, Debug)]
 struct Flow {
     service: ServiceId,
-    vip: Ipv4Addr,
+    vip: IpAddr,
     port: u16,
     backend: BackendId,
-    backend_addr: Ipv4Addr,
+    backend_addr: IpAddr,
 }
 
 #[test]
@@ -326,7 +326,7 @@ fn random_churn_never_gives_a_live_frontend_or_backend_an_id_a_live_flow_names_f
             for (key, master) in now
                 .services
                 .iter()
-                .filter(|(k, _)| k.slot == 0 && k.proto != 0)
+                .filter(|(k, _)| k.slot() == 0 && k.proto() != 0)
             {
                 let (vip, port, _) = maps::frontend_of(key);
                 let id = maps::service_id_of(master);
@@ -344,13 +344,13 @@ fn random_churn_never_gives_a_live_frontend_or_backend_an_id_a_live_flow_names_f
             for (key, master) in now
                 .services
                 .iter()
-                .filter(|(k, _)| k.slot == 0 && k.proto != 0)
+                .filter(|(k, _)| k.slot() == 0 && k.proto() != 0)
             {
                 if master.count == 0 || !rng.chance(30) || flows.len() >= 3 {
                     continue;
                 }
                 let slot = 1 + rng.below(usize::from(master.count)) as u16;
-                let entry = now.services[&lb_common::service::ServiceKey4 { slot, ..*key }];
+                let entry = now.services[&key.with_slot(slot)];
                 let backend = maps::backend_id_of(&entry);
                 let (vip, port, _) = maps::frontend_of(key);
                 flows.push(Flow {

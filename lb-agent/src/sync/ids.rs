@@ -17,29 +17,30 @@
 //! without importing each other. Time is the caller's (`now` arguments), so tests drive it.
 use std::{
     collections::{BTreeMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
 pub use crate::datapath::{BackendId, ServiceId};
 use crate::datapath::{MapsContent, maps};
 
-/// A frontend in host byte order, the key of service ids.
+/// A frontend in host byte order, the key of service ids (one space over both families).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendKey {
-    /// VIP.
-    pub vip: Ipv4Addr,
+    /// VIP, of either family.
+    pub vip: IpAddr,
     /// Port.
     pub port: u16,
     /// IP protocol number.
     pub proto: u8,
 }
 
-/// A backend address in host byte order, the key of backend ids.
+/// A backend address in host byte order, the key of backend ids (one space over both
+/// families).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
-    /// Address.
-    pub addr: Ipv4Addr,
+    /// Address, of either family.
+    pub addr: IpAddr,
     /// Port.
     pub port: u16,
     /// IP protocol number.
@@ -376,7 +377,7 @@ impl Ids {
         let mut ids = Self::with_limits(limits);
         for (key, entry) in &content.services {
             let id = maps::service_id_of(entry);
-            if key.slot == 0 && key.proto != 0 && id != ServiceId(0) {
+            if key.slot() == 0 && key.proto() != 0 && id != ServiceId(0) {
                 let (vip, port, proto) = maps::frontend_of(key);
                 ids.services
                     .restore_live(FrontendKey { vip, port, proto }, id, now);
@@ -392,7 +393,7 @@ impl Ids {
             let key = BackendKey {
                 addr,
                 port,
-                proto: backend.proto,
+                proto: backend.proto(),
             };
             if *id != BackendId(0) {
                 ids.backends.restore_live(key, *id, now);
@@ -493,11 +494,13 @@ impl Ids {
 mod tests {
     use std::collections::BTreeSet;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn frontend(last: u8) -> FrontendKey {
         FrontendKey {
-            vip: Ipv4Addr::new(10, 96, 0, last),
+            vip: Ipv4Addr::new(10, 96, 0, last).into(),
             port: 80,
             proto: lb_common::proto::TCP,
         }
@@ -640,7 +643,7 @@ mod tests {
     #[test]
     fn a_second_id_for_one_backend_found_in_the_maps_is_retired_not_forgotten() {
         let mut content = MapsContent::default();
-        let addr = Ipv4Addr::new(10, 244, 1, 5);
+        let addr = IpAddr::from([10, 244, 1, 5]);
         let value = maps::backend_value(addr, 8080, lb_common::proto::TCP, 0, 0);
         content.backends.insert(BackendId(1), value);
         content.backends.insert(BackendId(2), value);
@@ -661,7 +664,7 @@ mod tests {
         let backends = HashSet::from([BackendId(1), BackendId(2)]);
         ids.release(t0, &HashSet::new(), &backends);
         let key = BackendKey {
-            addr: Ipv4Addr::new(10, 244, 1, 5),
+            addr: Ipv4Addr::new(10, 244, 1, 5).into(),
             port: 8080,
             proto: lb_common::proto::TCP,
         };

@@ -13,7 +13,7 @@
 //! each entry's backend to its own `BackendId` (ids differ between nodes; names do not).
 //!
 //! Pure: no aya, kube or tokio.
-use std::{fmt, net::Ipv4Addr};
+use std::fmt;
 
 use crate::{
     datapath::{BackendId, maps::MaglevSpec},
@@ -169,9 +169,10 @@ impl Seed {
     }
 }
 
-/// The name a backend is hashed by: `addr:port`, the same on every node.
-pub fn backend_name(addr: Ipv4Addr, port: u16) -> String {
-    format!("{addr}:{port}")
+/// The name a backend is hashed by: `addr:port` (`[addr]:port` for IPv6), the same on every
+/// node.
+pub fn backend_name(addr: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
 }
 
 /// One backend of a table: its name and weight (0: never chosen).
@@ -340,7 +341,7 @@ mod tests {
         (0..n)
             .map(|i| Member {
                 name: backend_name(
-                    Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250 + 1) as u8),
+                    std::net::Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250 + 1) as u8).into(),
                     8080,
                 ),
                 weight: 1,

@@ -283,7 +283,7 @@ impl<M: LbMaps> Syncer<M> {
                         stats.services = effective
                             .services
                             .keys()
-                            .filter(|k| k.slot == 0 && k.proto != 0)
+                            .filter(|k| k.slot() == 0 && k.proto() != 0)
                             .count();
                         stats.backends = effective.backends.len();
                         stats.map_entries = map_entries(&effective);
@@ -586,7 +586,7 @@ fn without_unfit(
     for frontend in unfit {
         // A new frontend's rev-NAT entry is not written either (a retired id's is in `before`).
         for (_, entry) in desired.services.iter().filter(|(key, _)| {
-            key.slot == 0 && key.proto != 0 && plan::frontend_of(key) == *frontend
+            key.slot() == 0 && key.proto() != 0 && plan::frontend_of(key) == *frontend
         }) {
             let id = datapath::maps::service_id_of(entry);
             if !before.revnat.contains_key(&id) {
@@ -602,12 +602,12 @@ fn without_unfit(
             .filter(|(key, _)| plan::frontend_of(key) == *frontend)
         {
             effective.services.insert(*key, *entry);
-            if key.slot != 0 {
+            if key.slot() != 0 {
                 let id = datapath::maps::backend_id_of(entry);
                 if let Some(backend) = before.backends.get(&id) {
                     effective.backends.entry(id).or_insert(*backend);
                 }
-            } else if key.proto != 0 {
+            } else if key.proto() != 0 {
                 let id = datapath::maps::service_id_of(entry);
                 if let Some(revnat) = before.revnat.get(&id) {
                     effective.revnat.entry(id).or_insert(*revnat);
@@ -619,7 +619,7 @@ fn without_unfit(
     let named: std::collections::BTreeSet<BackendId> = effective
         .services
         .iter()
-        .filter(|(key, _)| key.slot != 0)
+        .filter(|(key, _)| key.slot() != 0)
         .map(|(_, entry)| datapath::maps::backend_id_of(entry))
         .collect();
     effective
@@ -636,10 +636,7 @@ fn labels(unfit: &[plan::FrontendOf], services: &[DesiredService]) -> Vec<String
         .iter()
         .filter(|(_, _, proto)| *proto != 0)
         .map(|(vip, port, proto)| {
-            let (addr, port) = (
-                std::net::Ipv4Addr::from(u32::from_be(*vip)),
-                u16::from_be(*port),
-            );
+            let (addr, port) = (*vip, *port);
             let service = services.iter().find(|service| {
                 service.frontend.vip == addr
                     && service.frontend.port == port
@@ -657,7 +654,7 @@ fn labels(unfit: &[plan::FrontendOf], services: &[DesiredService]) -> Vec<String
                     },
                     service.frontend
                 ),
-                None => format!("{addr}:{port} (proto {proto})"),
+                None => format!("{} (proto {proto})", std::net::SocketAddr::new(addr, port)),
             }
         })
         .collect()
@@ -667,9 +664,9 @@ fn labels(unfit: &[plan::FrontendOf], services: &[DesiredService]) -> Vec<String
 /// wants, or `None` for one whose frontend went.
 #[derive(Default)]
 struct Touched {
-    services: std::collections::BTreeSet<lb_common::service::ServiceKey4>,
+    services: std::collections::BTreeSet<crate::datapath::maps::ServiceKey>,
     backends: std::collections::BTreeMap<BackendId, ids::BackendKey>,
-    revnat: std::collections::BTreeMap<ServiceId, Option<lb_common::service::RevNat4>>,
+    revnat: std::collections::BTreeMap<ServiceId, Option<crate::datapath::maps::RevNat>>,
     /// By service id: the source ranges and Maglev table its new frontend wants, or `None`
     /// for one whose frontend went.
     extras: std::collections::BTreeMap<ServiceId, Option<desired::Extras>>,
@@ -1252,7 +1249,7 @@ mod tests {
                 .content
                 .services
                 .iter_mut()
-                .find(|(key, _)| key.slot == 0 && key.proto != 0)
+                .find(|(key, _)| key.slot() == 0 && key.proto() != 0)
                 .expect("a master entry");
             master.1.count = 7;
         }

@@ -27,36 +27,40 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::service::{Backend4, RevNat4, ServiceEntry, ServiceKey4};
+use lb_common::service::ServiceEntry;
 
-use crate::datapath::{
-    BackendId, MapsContent, ServiceId, SourceRangeEntry, maps, maps::MaglevSpec,
+use crate::{
+    datapath::{
+        BackendId, MapsContent, ServiceId, SourceRangeEntry, maps,
+        maps::{Backend, MaglevSpec, RevNat, ServiceKey},
+    },
+    model::IpFamily,
 };
 
 /// One map write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Insert or replace a backend.
-    UpsertBackend(BackendId, Backend4),
+    UpsertBackend(BackendId, Backend),
     /// Insert or replace a reverse-NAT entry.
-    UpsertRevNat(ServiceId, RevNat4),
+    UpsertRevNat(ServiceId, RevNat),
     /// Insert a source range.
     UpsertSourceRange(SourceRangeEntry),
     /// Insert or replace a service slot (master or backend slot).
-    UpsertService(ServiceKey4, ServiceEntry),
+    UpsertService(ServiceKey, ServiceEntry),
     /// Write a frontend's whole Maglev table (built from the spec when applied), removing the
     /// chunks of the table it replaces beyond its own (the old table's chunk count).
     WriteMaglev(ServiceId, Arc<MaglevSpec>, u16),
     /// Remove a service slot.
-    DeleteService(ServiceKey4),
+    DeleteService(ServiceKey),
     /// Remove a source range.
     DeleteSourceRange(SourceRangeEntry),
     /// Remove a frontend's Maglev table of this many chunks.
     DeleteMaglev(ServiceId, u16),
-    /// Remove a reverse-NAT entry.
-    DeleteRevNat(ServiceId),
-    /// Remove a backend.
-    DeleteBackend(BackendId),
+    /// Remove a reverse-NAT entry from its family's map.
+    DeleteRevNat(ServiceId, IpFamily),
+    /// Remove a backend from its family's map.
+    DeleteBackend(BackendId, IpFamily),
 }
 
 /// The writes that turn `current` into `desired`, in the safe order described above.
@@ -79,8 +83,10 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             .difference(&current.source_ranges)
             .map(|range| Op::UpsertSourceRange(*range)),
     );
-    let (desired_masters, desired_slots): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        desired.services.iter().partition(|(key, _)| key.slot == 0);
+    let (desired_masters, desired_slots): (BTreeMap<_, _>, BTreeMap<_, _>) = desired
+        .services
+        .iter()
+        .partition(|(key, _)| key.slot() == 0);
     for (key, entry) in &desired_slots {
         if changed(current.services.get(*key), *entry) {
             ops.push(Op::UpsertService(**key, **entry));
@@ -98,19 +104,19 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             ops.push(Op::UpsertService(**key, **entry));
         }
     }
-    let stale = |key: &ServiceKey4| !desired.services.contains_key(key);
+    let stale = |key: &ServiceKey| !desired.services.contains_key(key);
     ops.extend(
         current
             .services
             .keys()
-            .filter(|key| key.slot == 0 && stale(key))
+            .filter(|key| key.slot() == 0 && stale(key))
             .map(|key| Op::DeleteService(*key)),
     );
     ops.extend(
         current
             .services
             .keys()
-            .filter(|key| key.slot != 0 && stale(key))
+            .filter(|key| key.slot() != 0 && stale(key))
             .map(|key| Op::DeleteService(*key)),
     );
     ops.extend(
@@ -126,30 +132,32 @@ pub fn plan(current: &MapsContent, desired: &MapsContent) -> Vec<Op> {
             .difference(&desired.source_ranges)
             .map(|range| Op::DeleteSourceRange(*range)),
     );
+    // An id is one space over both families: an id now of the other family leaves its old
+    // entry in the old family's map, deleted like an orphan.
     ops.extend(
         current
             .revnat
-            .keys()
-            .filter(|id| !desired.revnat.contains_key(id))
-            .map(|id| Op::DeleteRevNat(*id)),
+            .iter()
+            .filter(|(id, old)| desired.revnat.get(id).map(RevNat::family) != Some(old.family()))
+            .map(|(id, old)| Op::DeleteRevNat(*id, old.family())),
     );
     ops.extend(
         current
             .backends
-            .keys()
-            .filter(|id| !desired.backends.contains_key(id))
-            .map(|id| Op::DeleteBackend(*id)),
+            .iter()
+            .filter(|(id, old)| desired.backends.get(id).map(Backend::family) != Some(old.family()))
+            .map(|(id, old)| Op::DeleteBackend(*id, old.family())),
     );
     ops
 }
 
-/// A frontend as the services map keys it: (vip, port, proto), network byte order; a VIP's
-/// wildcard entry is `(vip, 0, 0)`.
-pub type FrontendOf = (u32, u16, u8);
+/// A frontend as the services map keys it: (vip, port, proto); a VIP's wildcard entry is
+/// `(vip, 0, 0)`.
+pub type FrontendOf = (std::net::IpAddr, u16, u8);
 
 /// The frontend a services-map key belongs to.
-pub fn frontend_of(key: &ServiceKey4) -> FrontendOf {
-    (key.vip, key.port, key.proto)
+pub fn frontend_of(key: &ServiceKey) -> FrontendOf {
+    maps::frontend_of(key)
 }
 
 /// `current` less what `desired` no longer has and nothing kept names: the master entries of
@@ -161,7 +169,7 @@ pub fn without_stale(current: &MapsContent, desired: &MapsContent) -> MapsConten
     let gone: BTreeSet<FrontendOf> = current
         .services
         .keys()
-        .filter(|key| key.slot == 0 && !desired.services.contains_key(key))
+        .filter(|key| key.slot() == 0 && !desired.services.contains_key(key))
         .map(frontend_of)
         .collect();
     let mut kept = current.clone();
@@ -170,13 +178,13 @@ pub fn without_stale(current: &MapsContent, desired: &MapsContent) -> MapsConten
     let named_backends: BTreeSet<BackendId> = kept
         .services
         .iter()
-        .filter(|(key, _)| key.slot != 0)
+        .filter(|(key, _)| key.slot() != 0)
         .map(|(_, entry)| maps::backend_id_of(entry))
         .collect();
     let named_services: BTreeSet<ServiceId> = kept
         .services
         .iter()
-        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .filter(|(key, _)| key.slot() == 0 && key.proto() != 0)
         .map(|(_, entry)| maps::service_id_of(entry))
         .collect();
     kept.backends
@@ -196,13 +204,13 @@ pub fn without_stale(current: &MapsContent, desired: &MapsContent) -> MapsConten
 /// slots) over `current`, in the plan's order: its backends, its rev-NAT entry, its slots, its
 /// master. Only additions and changes: what it no longer needs is deleted by a whole plan.
 pub fn upserts_of(
-    entries: &[(ServiceKey4, ServiceEntry)],
+    entries: &[(ServiceKey, ServiceEntry)],
     current: &MapsContent,
     desired: &MapsContent,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut backends = BTreeSet::new();
-    for (_, entry) in entries.iter().filter(|(key, _)| key.slot != 0) {
+    for (_, entry) in entries.iter().filter(|(key, _)| key.slot() != 0) {
         let id = maps::backend_id_of(entry);
         if let Some(backend) = desired.backends.get(&id)
             && changed(current.backends.get(&id), backend)
@@ -213,7 +221,7 @@ pub fn upserts_of(
     }
     for (_, entry) in entries
         .iter()
-        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .filter(|(key, _)| key.slot() == 0 && key.proto() != 0)
     {
         let id = maps::service_id_of(entry);
         if let Some(revnat) = desired.revnat.get(&id)
@@ -235,7 +243,7 @@ pub fn upserts_of(
             // The frontend's Maglev table, after the backends it names, before its master.
             for (_, entry) in entries
                 .iter()
-                .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+                .filter(|(key, _)| key.slot() == 0 && key.proto() != 0)
             {
                 let id = maps::service_id_of(entry);
                 if let Some(spec) = desired.maglev.get(&id) {
@@ -248,7 +256,7 @@ pub fn upserts_of(
             }
         }
         for (key, entry) in entries {
-            if (key.slot != 0) == slots_first && changed(current.services.get(key), entry) {
+            if (key.slot() != 0) == slots_first && changed(current.services.get(key), entry) {
                 ops.push(Op::UpsertService(*key, *entry));
             }
         }
@@ -272,11 +280,15 @@ pub fn applied(current: &mut MapsContent, ops: &[Op]) {
             Op::DeleteService(key) => {
                 current.services.remove(&key);
             }
-            Op::DeleteRevNat(id) => {
-                current.revnat.remove(&id);
+            Op::DeleteRevNat(id, family) => {
+                if current.revnat.get(&id).map(RevNat::family) == Some(family) {
+                    current.revnat.remove(&id);
+                }
             }
-            Op::DeleteBackend(id) => {
-                current.backends.remove(&id);
+            Op::DeleteBackend(id, family) => {
+                if current.backends.get(&id).map(Backend::family) == Some(family) {
+                    current.backends.remove(&id);
+                }
             }
             Op::UpsertSourceRange(range) => {
                 current.source_ranges.insert(range);
@@ -320,10 +332,10 @@ pub fn check_consistent(content: &MapsContent) -> Result<(), String> {
     for (key, master) in content
         .services
         .iter()
-        .filter(|(key, _)| key.slot == 0 && key.proto != 0)
+        .filter(|(key, _)| key.slot() == 0 && key.proto() != 0)
     {
         for slot in 1..=master.count.saturating_add(master.qcount) {
-            let slot_key = ServiceKey4 { slot, ..*key };
+            let slot_key = key.with_slot(slot);
             let entry = content
                 .services
                 .get(&slot_key)
@@ -376,7 +388,7 @@ mod tests {
                 Op::UpsertBackend(..) => "backend",
                 Op::UpsertRevNat(..) => "rev-nat",
                 Op::UpsertSourceRange(..) => "source range",
-                Op::UpsertService(key, _) if key.slot == 0 => "master",
+                Op::UpsertService(key, _) if key.slot() == 0 => "master",
                 Op::UpsertService(..) => "slot",
                 Op::DeleteService(..) => "delete slot",
                 Op::DeleteSourceRange(..) => "delete source range",
@@ -405,9 +417,12 @@ mod tests {
         let desired = desired_content(&scenarios[3], &mut ids).expect("ids");
         let shrunk = without_stale(&current, &desired);
         check_consistent(&shrunk).expect("consistent");
-        let vip_10 = u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)).to_be();
+        let vip_10 = std::net::IpAddr::from([10, 96, 0, 10]);
         assert!(
-            shrunk.services.keys().all(|key| key.vip != vip_10),
+            shrunk
+                .services
+                .keys()
+                .all(|key| frontend_of(key).0 != vip_10),
             "every entry of the gone frontend, wildcard included"
         );
         // .11:53 keeps its slot (and so its backend) until the full plan rewrites its master.
@@ -441,9 +456,10 @@ mod tests {
         let ops = plan(&before, &MapsContent::default());
         let position =
             |wanted: &dyn Fn(&Op) -> bool| ops.iter().position(wanted).expect("such a write");
-        let master =
-            position(&|op| matches!(op, Op::DeleteService(key) if key.slot == 0 && key.proto != 0));
-        let slot = position(&|op| matches!(op, Op::DeleteService(key) if key.slot != 0));
+        let master = position(
+            &|op| matches!(op, Op::DeleteService(key) if key.slot() == 0 && key.proto() != 0),
+        );
+        let slot = position(&|op| matches!(op, Op::DeleteService(key) if key.slot() != 0));
         let backend = position(&|op| matches!(op, Op::DeleteBackend(..)));
         assert!(master < slot && slot < backend, "{ops:?}");
         assert_eq!(ops.len(), before.services.len() + before.backends.len() + 1);
@@ -477,7 +493,7 @@ mod tests {
             .expect("a range written");
         let master = ops
             .iter()
-            .position(|op| matches!(op, Op::UpsertService(key, _) if key.slot == 0))
+            .position(|op| matches!(op, Op::UpsertService(key, _) if key.slot() == 0))
             .expect("a master written");
         assert!(range < master, "{ops:?}");
 
@@ -500,7 +516,7 @@ mod tests {
         let ops = plan(&second, &MapsContent::default());
         let master = ops
             .iter()
-            .position(|op| matches!(op, Op::DeleteService(key) if key.slot == 0))
+            .position(|op| matches!(op, Op::DeleteService(key) if key.slot() == 0))
             .expect("master deleted");
         let range = ops
             .iter()

@@ -1,6 +1,6 @@
 //! Desired services the tests of `sync/` walk through (tests only): a service scaling out with a
 //! backend draining, a second frontend, a frontend losing every backend, then nothing.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{
     BackendState::{self, Active, Terminating},
@@ -18,7 +18,7 @@ pub fn service(
         name: format!("svc-{}", vip[3]),
         port_name: String::new(),
         frontend: Frontend {
-            vip: Ipv4Addr::from(vip),
+            vip: Ipv4Addr::from(vip).into(),
             port,
             protocol: Protocol::Tcp,
         },
@@ -27,7 +27,7 @@ pub fn service(
         backends: backends
             .iter()
             .map(|(addr, port, state)| DesiredBackend {
-                addr: Ipv4Addr::from(*addr),
+                addr: Ipv4Addr::from(*addr).into(),
                 port: *port,
                 state: *state,
                 remote: false,
@@ -38,6 +38,29 @@ pub fn service(
         source_ranges: None,
         algorithm: None,
     }
+}
+
+/// `addr` in IPv6: `fd00::a.b.c.d` (the IPv4 address in the low 32 bits).
+pub fn v6(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => IpAddr::V6(Ipv6Addr::from(
+            (0xfd00_u128 << 112) | u128::from(u32::from(v4)),
+        )),
+        v6 => v6,
+    }
+}
+
+/// `service` in IPv6: its VIP, backends and source ranges moved to `fd00::/96` by [`v6`].
+pub fn in_v6(mut service: DesiredService) -> DesiredService {
+    service.frontend.vip = v6(service.frontend.vip);
+    for backend in &mut service.backends {
+        backend.addr = v6(backend.addr);
+    }
+    for range in service.source_ranges.iter_mut().flatten() {
+        *range =
+            crate::model::SourceRange::new(v6(range.addr), range.prefix_len + 96).unwrap_or(*range);
+    }
+    service
 }
 
 /// Five successive desired states, ending with no service at all.
