@@ -1,8 +1,9 @@
 //! Frontend lookup and backend selection.
 //!
-//! Maps: `LB4_SERVICES` (master entries, wildcard "known VIP" entries and backend slots) and
-//! `LB4_BACKENDS`. Returns frontends and backends; drops with 158 when a frontend has no
-//! backend to offer, and for a VIP addressed on a port (or protocol) that is no frontend.
+//! Maps: `LB4_SERVICES` (master entries, wildcard "known VIP" entries and backend slots),
+//! `LB4_BACKENDS` and `LB_GENERATION` (which generation of both the agent has written).
+//! Returns frontends and backends; drops with 158 when a frontend has no backend to offer, and
+//! for a VIP addressed on a port (or protocol) that is no frontend.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
@@ -12,7 +13,7 @@ use lb_common::{
 
 use crate::{
     drop::{Dropped, dropped},
-    maps::{LB4_BACKENDS, LB4_SERVICES},
+    maps::{LB_GENERATION, LB4_BACKENDS, LB4_SERVICES},
     parse::{Shape, Tuple4},
 };
 
@@ -38,6 +39,15 @@ pub struct Chosen {
     pub id: u32,
     /// Its entry.
     pub backend: Backend4,
+}
+
+/// The current generation of the service and backend maps (see
+/// `lb_common::maps::LB_GENERATION`); 0 until the agent writes one. Read it before looking a
+/// frontend or backend up, so that a removal between the two makes the generation recorded
+/// with what was found already stale.
+#[inline(always)]
+pub fn generation() -> u32 {
+    LB_GENERATION.get(0).copied().unwrap_or(0)
 }
 
 /// The frontend the packet is addressed to, if any.

@@ -220,6 +220,11 @@ pub struct AyaMaps {
     /// `LB4_VIP_FILTER`, kept in step with the master entries of `services` by `filter`.
     vip_filter_map: Array<MapData, FilterWord>,
     vip_filter: VipFilter,
+    /// `LB_GENERATION`, bumped after every write that may take a flow's frontend or backend
+    /// away (see `bump_generation`).
+    generation_map: Array<MapData, u32>,
+    /// Its value as last written (never 0 once `take` returns).
+    generation: u32,
     /// Duplicates of the three maps' descriptors, for batch writes.
     services_fd: OwnedFd,
     backends_fd: OwnedFd,
@@ -281,6 +286,8 @@ impl AyaMaps {
             metrics: take(ebpf, names::LB_METRICS)?,
             vip_filter_map: take(ebpf, names::LB4_VIP_FILTER)?,
             vip_filter: VipFilter::default(),
+            generation_map: take(ebpf, names::LB_GENERATION)?,
+            generation: 0,
             services_fd,
             backends_fd,
             revnat_fd,
@@ -300,7 +307,40 @@ impl AyaMaps {
         for word in maps.vip_filter.set_words() {
             maps.write_vip_word(word)?;
         }
+        // Pinned by an earlier agent, the generation goes on from its value; a new map starts
+        // at 1 (0 is no generation).
+        maps.generation = maps
+            .generation_map
+            .get(&0, 0)
+            .map_err(|err| map_err("read", names::LB_GENERATION, err))?;
+        if maps.generation == 0 {
+            maps.bump_generation()?;
+        }
         Ok(maps)
+    }
+
+    /// Moves `LB_GENERATION` on (skipping 0), after a write that may have taken a frontend or
+    /// a backend away or rewritten a backend: every tracked flow then looks its frontend and
+    /// backend up again at its next packet (see `lb_common::maps::LB_GENERATION`).
+    fn bump_generation(&mut self) -> Result<(), Error> {
+        let next = self.generation.wrapping_add(1).max(1);
+        self.generation_map
+            .set(0, next, 0)
+            .map_err(|err| map_err("update", names::LB_GENERATION, err))?;
+        self.generation = next;
+        Ok(())
+    }
+
+    /// `result` of a write that may have taken a frontend or backend away, after bumping the
+    /// generation: even when the write failed part of the way (a batch applies a prefix).
+    fn bumped(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        let bumped = self.bump_generation();
+        result.and(bumped)
+    }
+
+    /// The current `LB_GENERATION`.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Writes word `word` of `LB4_VIP_FILTER` as `vip_filter` says.
@@ -430,13 +470,16 @@ fn delete_batch<K: Copy>(
 
 impl LbMaps for AyaMaps {
     fn upsert_backend(&mut self, id: BackendId, backend: &Backend4) -> Result<(), Error> {
-        self.backends
+        let result = self
+            .backends
             .insert(id.0, backend, 0)
-            .map_err(|err| update_err(names::LB4_BACKENDS, "bpf-lb-map-max", err))
+            .map_err(|err| update_err(names::LB4_BACKENDS, "bpf-lb-map-max", err));
+        self.bumped(result)
     }
 
     fn delete_backend(&mut self, id: BackendId) -> Result<(), Error> {
-        ignore_missing(self.backends.remove(&id.0), names::LB4_BACKENDS)
+        let result = ignore_missing(self.backends.remove(&id.0), names::LB4_BACKENDS);
+        self.bumped(result)
     }
 
     fn upsert_service(&mut self, key: &ServiceKey4, entry: &ServiceEntry) -> Result<(), Error> {
@@ -447,7 +490,8 @@ impl LbMaps for AyaMaps {
     }
 
     fn delete_service(&mut self, key: &ServiceKey4) -> Result<(), Error> {
-        ignore_missing(self.services.remove(key), names::LB4_SERVICES)?;
+        let result = ignore_missing(self.services.remove(key), names::LB4_SERVICES);
+        self.bumped(result)?;
         self.unflag_masters([key])
     }
 
@@ -476,8 +520,9 @@ impl LbMaps for AyaMaps {
 
     fn upsert_backends(&mut self, entries: &[(BackendId, Backend4)]) -> Result<(), Error> {
         let (keys, values): (Vec<_>, Vec<_>) = entries.iter().map(|(id, b)| (id.0, *b)).unzip();
-        batch::update(&self.backends_fd, &keys, &values)
-            .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))
+        let result = batch::update(&self.backends_fd, &keys, &values)
+            .map_err(|partial| batch_err(names::LB4_BACKENDS, partial));
+        self.bumped(result)
     }
 
     fn upsert_services(&mut self, entries: &[(ServiceKey4, ServiceEntry)]) -> Result<(), Error> {
@@ -495,18 +540,20 @@ impl LbMaps for AyaMaps {
 
     fn delete_services(&mut self, keys: &[ServiceKey4]) -> Result<(), Error> {
         let services = &mut self.services;
-        delete_batch(&self.services_fd, names::LB4_SERVICES, keys, |key| {
+        let result = delete_batch(&self.services_fd, names::LB4_SERVICES, keys, |key| {
             services.remove(&key)
-        })?;
+        });
+        self.bumped(result)?;
         self.unflag_masters(keys)
     }
 
     fn delete_backends(&mut self, ids: &[BackendId]) -> Result<(), Error> {
         let keys: Vec<u32> = ids.iter().map(|id| id.0).collect();
         let backends = &mut self.backends;
-        delete_batch(&self.backends_fd, names::LB4_BACKENDS, &keys, |key| {
+        let result = delete_batch(&self.backends_fd, names::LB4_BACKENDS, &keys, |key| {
             backends.remove(&key)
-        })
+        });
+        self.bumped(result)
     }
 
     fn delete_revnats(&mut self, ids: &[ServiceId]) -> Result<(), Error> {
