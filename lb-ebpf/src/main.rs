@@ -70,7 +70,11 @@ mod hooks {
     use crate::{drop, handle, parse};
 
     /// Ingress of the node's external interfaces.
+    ///
+    /// Inlined into the entry point the macro wraps it in: a BPF-to-BPF call and its return
+    /// (a return thunk under this kernel's speculation mitigations) cost every packet.
     #[classifier]
+    #[inline(always)]
     pub fn from_netdev(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
         drop::settle(
@@ -82,7 +86,11 @@ mod hooks {
     }
 
     /// Ingress of the host side of pod interfaces.
+    ///
+    /// Inlined into the entry point the macro wraps it in: a BPF-to-BPF call and its return
+    /// (a return thunk under this kernel's speculation mitigations) cost every packet.
     #[classifier]
+    #[inline(always)]
     pub fn from_pod(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
         drop::settle(
