@@ -131,11 +131,16 @@ pub fn is_active(backend: &Backend4) -> bool {
 #[inline(always)]
 pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     let count = u32::from(frontend.entry.count);
-    // SAFETY: a helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    // checked_rem: a frontend with count 0 has no backend (and `%` by zero must not panic).
-    let Some(index) = random.checked_rem(count) else {
-        return Err(dropped!(DropReason::NoService));
+    let index = match count {
+        // No backend to offer.
+        0 => return Err(dropped!(DropReason::NoService)),
+        // The only one: no random number (a helper call) needed.
+        1 => 0,
+        // SAFETY: a helper without arguments. (checked_rem: `%` must not panic, and `count`
+        // is not 0 here.)
+        _ => unsafe { bpf_get_prandom_u32() }
+            .checked_rem(count)
+            .unwrap_or(0),
     };
     let slot = ServiceKey4::new(
         frontend.vip,
