@@ -77,8 +77,11 @@ pub struct CtService {
     pub backend_port: u16,
     /// Zero.
     pub _pad2: u16,
-    /// Zero.
-    pub _pad3: u32,
+    /// The `LB_GENERATION` at which the flow's frontend and backend were last found in place
+    /// (0: never): while it is the current one, nothing was removed since, and the flow's
+    /// packets need not look them up again. Zero in entries of older datapaths (where this was
+    /// padding), which therefore look them up once more.
+    pub generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtService>() == 32);
 

@@ -59,6 +59,13 @@ pub const LB4_REVERSE_SK: &str = "LB4_REVERSE_SK";
 /// The network namespace whose sockets socket-level load balancing translates (the host's):
 /// array of one `u64` netns cookie; 0 (not written) translates none.
 pub const LB_HOST_NETNS: &str = "LB_HOST_NETNS";
+/// The generation of the service and backend maps (both families): array of one `u32`,
+/// bumped by the agent after every write that may take a flow's frontend or backend away
+/// (deleted frontends and backends, rewritten backends). A conntrack service entry records the
+/// generation at which its frontend and backend were last found in place
+/// (`CtService::generation`); while it is current, the flow's packets skip both lookups. 0
+/// (not written yet) is no generation: every packet looks both up.
+pub const LB_GENERATION: &str = "LB_GENERATION";
 
 /// Default capacity of `LB4_SERVICES` (frontends × (slots + 1), plus one wildcard entry per
 /// VIP): 10k services of 5 backends take 70k entries.

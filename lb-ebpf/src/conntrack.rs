@@ -75,6 +75,28 @@ pub struct Tracked {
     now: u32,
 }
 
+impl Tracked {
+    /// Whether the flow's frontend and backend were found in place at `generation` (the
+    /// current one, `lb::generation`): nothing that could take them away was written since, so
+    /// they need not be looked up again. Never at generation 0 (none written yet).
+    #[inline(always)]
+    pub fn checked_at(&self, generation: u32) -> bool {
+        generation != 0 && self.flow.generation == generation
+    }
+
+    /// Records that the flow's frontend and backend were found in place at `generation`,
+    /// read before they were looked up. Written only when it changes: once per flow and
+    /// generation. Two CPUs racing write generations that were both current when read; a
+    /// stale one only costs a later packet the lookups again.
+    #[inline(always)]
+    pub fn mark_checked(&self, generation: u32) {
+        if generation != self.flow.generation {
+            // SAFETY: a valid map value pointer to a service entry.
+            unsafe { (*self.entry).service.generation = generation };
+        }
+    }
+}
+
 /// The map that tracks flows of protocol `proto`.
 #[inline(always)]
 fn map(proto: u8) -> &'static LruHashMap<CtKey4, CtEntry> {
@@ -343,8 +365,13 @@ pub fn reserve_reply(key: &CtKey4, reply: CtReply) -> bool {
         .is_ok()
 }
 
-/// The service entry of a new flow `tuple` from `hook` to `chosen`, SNATed to `snat` if given.
+/// The service entry of a new flow `tuple` from `hook` to `chosen`, SNATed to `snat` if given;
+/// `frontend` and `chosen` were found in place at `generation`.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; the values are already in registers"
+)]
 pub fn service_entry(
     tuple: &Tuple4,
     frontend: &Frontend,
@@ -353,6 +380,7 @@ pub fn service_entry(
     snat: Option<SnatSource>,
     config: &DatapathConfig,
     now: u32,
+    generation: u32,
 ) -> CtService {
     let mut flags = if hook == Hook::FromNetdev {
         CT_F_FROM_NETDEV
@@ -379,7 +407,7 @@ pub fn service_entry(
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
         _pad2: 0,
-        _pad3: 0,
+        generation,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Frontend lookup and backend selection.
 //!
-//! Maps: `LB4_SERVICES` (master entries, wildcard "known VIP" entries and backend slots) and
-//! `LB4_BACKENDS`. Returns frontends and backends; drops with 158 when a frontend has no
-//! backend to offer, and for a VIP addressed on a port (or protocol) that is no frontend.
+//! Maps: `LB4_SERVICES` (master entries, wildcard "known VIP" entries and backend slots),
+//! `LB4_BACKENDS` and `LB_GENERATION` (which generation of both the agent has written).
+//! Returns frontends and backends; drops with 158 when a frontend has no backend to offer, and
+//! for a VIP addressed on a port (or protocol) that is no frontend.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
@@ -12,7 +13,7 @@ use lb_common::{
 
 use crate::{
     drop::{Dropped, dropped},
-    maps::{LB4_BACKENDS, LB4_SERVICES},
+    maps::{LB_GENERATION, LB4_BACKENDS, LB4_SERVICES},
     parse::{Shape, Tuple4},
 };
 
@@ -38,6 +39,15 @@ pub struct Chosen {
     pub id: u32,
     /// Its entry.
     pub backend: Backend4,
+}
+
+/// The current generation of the service and backend maps (see
+/// `lb_common::maps::LB_GENERATION`); 0 until the agent writes one. Read it before looking a
+/// frontend or backend up, so that a removal between the two makes the generation recorded
+/// with what was found already stale.
+#[inline(always)]
+pub fn generation() -> u32 {
+    LB_GENERATION.get(0).copied().unwrap_or(0)
 }
 
 /// The frontend the packet is addressed to, if any.
@@ -121,11 +131,16 @@ pub fn is_active(backend: &Backend4) -> bool {
 #[inline(always)]
 pub fn select_backend(frontend: &Frontend) -> Result<Chosen, Dropped> {
     let count = u32::from(frontend.entry.count);
-    // SAFETY: a helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    // checked_rem: a frontend with count 0 has no backend (and `%` by zero must not panic).
-    let Some(index) = random.checked_rem(count) else {
-        return Err(dropped!(DropReason::NoService));
+    let index = match count {
+        // No backend to offer.
+        0 => return Err(dropped!(DropReason::NoService)),
+        // The only one: no random number (a helper call) needed.
+        1 => 0,
+        // SAFETY: a helper without arguments. (checked_rem: `%` must not panic, and `count`
+        // is not 0 here.)
+        _ => unsafe { bpf_get_prandom_u32() }
+            .checked_rem(count)
+            .unwrap_or(0),
     };
     let slot = ServiceKey4::new(
         frontend.vip,

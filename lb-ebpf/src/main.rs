@@ -70,7 +70,11 @@ mod hooks {
     use crate::{drop, handle, parse};
 
     /// Ingress of the node's external interfaces.
+    ///
+    /// Inlined into the entry point the macro wraps it in: a BPF-to-BPF call and its return
+    /// (a return thunk under this kernel's speculation mitigations) cost every packet.
     #[classifier]
+    #[inline(always)]
     pub fn from_netdev(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
         drop::settle(
@@ -82,7 +86,11 @@ mod hooks {
     }
 
     /// Ingress of the host side of pod interfaces.
+    ///
+    /// Inlined into the entry point the macro wraps it in: a BPF-to-BPF call and its return
+    /// (a return thunk under this kernel's speculation mitigations) cost every packet.
     #[classifier]
+    #[inline(always)]
     pub fn from_pod(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
         drop::settle(
@@ -150,25 +158,45 @@ fn handle(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple4>) -> Result<Verdict
         Some(Hit::Service(tracked)) => Some(tracked),
         None => None,
     };
-    // The frontend next: a flow whose service was deleted is no longer translated (its
+    // A tracked flow whose frontend and backend were found in place at the current generation
+    // of the service maps goes on without looking them up: the agent bumps the generation
+    // after every removal, so nothing has gone since. A SYN takes the full path (it may not
+    // reuse a terminating backend).
+    let generation = lb::generation();
+    let checked = tracked
+        .as_ref()
+        .is_some_and(|tracked| tracked.checked_at(generation))
+        && !tuple.is_syn();
+    // Otherwise the frontend: a flow whose service was deleted is no longer translated (its
     // conntrack entries are ignored until they expire), and traffic to no VIP passes.
-    let Some(frontend) = lb::lookup_frontend(tuple) else {
-        lb::check_unknown_port(tuple)?;
-        return Ok(Verdict::Pass);
+    let frontend = if checked {
+        None
+    } else {
+        let Some(frontend) = lb::lookup_frontend(tuple) else {
+            lb::check_unknown_port(tuple)?;
+            return Ok(Verdict::Pass);
+        };
+        Some(frontend)
     };
     if let Some(tracked) = tracked
-        && keeps_backend(tuple, &tracked.flow)
+        && (checked || keeps_backend(tuple, &tracked.flow))
     {
+        tracked.mark_checked(generation);
         conntrack::refresh(&tracked, tuple, config);
         return forward(ctx, tuple, &tracked.flow);
     }
+    // Not `checked`, so `frontend` was looked up.
+    let Some(frontend) = frontend else {
+        return Ok(Verdict::Pass);
+    };
     // A new flow, or one whose backend is gone: its new entries replace the stale ones (TCP
     // then gets a RST from the new backend, UDP just moves).
-    new_flow(ctx, hook, tuple, &frontend, config)
+    new_flow(ctx, hook, tuple, &frontend, config, generation)
 }
 
 /// A new flow to `frontend`: the external-access policy, then a backend (or a refusal), SNAT
-/// where needed, the conntrack entries, and the first packet forwarded.
+/// where needed, the conntrack entries, and the first packet forwarded. `generation` is the
+/// service maps' generation read before `frontend` was looked up.
 #[inline(always)]
 fn new_flow(
     ctx: &TcContext,
@@ -176,6 +204,7 @@ fn new_flow(
     tuple: &Tuple4,
     frontend: &lb::Frontend,
     config: &DatapathConfig,
+    generation: u32,
 ) -> Result<Verdict, Dropped> {
     if hook == Hook::FromNetdev {
         // Both before any conntrack entry.
@@ -202,7 +231,9 @@ fn new_flow(
         None
     };
     let source = snat.map(|s| s.source);
-    let flow = conntrack::service_entry(tuple, frontend, &chosen, hook, source, config, now);
+    let flow = conntrack::service_entry(
+        tuple, frontend, &chosen, hook, source, config, now, generation,
+    );
     // Another CPU may have created this flow first: then its choice is followed.
     let reserved = snat.as_ref().map(|s| &s.reply_key);
     let flow = conntrack::create(tuple, &flow, reserved, config, now, |winner| {

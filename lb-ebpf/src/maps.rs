@@ -3,7 +3,7 @@
 //!
 //! | map | owner |
 //! |---|---|
-//! | `LB4_SERVICES`, `LB4_BACKENDS` | `lb.rs` |
+//! | `LB4_SERVICES`, `LB4_BACKENDS`, `LB_GENERATION` | `lb.rs` |
 //! | `LB4_AFFINITY` | `affinity.rs` |
 //! | `LB4_SRC_RANGE` | `policy.rs` |
 //! | `LB4_MAGLEV` | `maglev.rs` |
@@ -184,6 +184,11 @@ pub static LB4_REVERSE_SK: LruHashMap<SockRevKey4, SockRevValue4> =
 #[map]
 pub static LB_HOST_NETNS: Array<u64> = Array::pinned(1, 0);
 
+/// The generation of the service and backend maps, written by the agent (see
+/// `lb_common::maps::LB_GENERATION`); read by `lb.rs`.
+#[map]
+pub static LB_GENERATION: Array<u32> = Array::pinned(1, 0);
+
 /// Read when `LB_CONFIG` has no element 0, which an array map of one element always has.
 static DEFAULT_CONFIG: DatapathConfig = DatapathConfig::DEFAULT;
 
@@ -236,3 +241,4 @@ const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));
 const _: () = assert!(same(maps::LB_EVENT_LIMIT, "LB_EVENT_LIMIT"));
 const _: () = assert!(same(maps::LB4_REVERSE_SK, "LB4_REVERSE_SK"));
 const _: () = assert!(same(maps::LB_HOST_NETNS, "LB_HOST_NETNS"));
+const _: () = assert!(same(maps::LB_GENERATION, "LB_GENERATION"));

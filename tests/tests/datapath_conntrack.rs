@@ -1,7 +1,9 @@
 //! Conntrack (`conntrack.rs`): established flows keep their backend while it is there, a
 //! terminating one included (drain); a SYN re-selects when its backend can no longer take
 //! flows, any packet re-selects when its backend is gone, a flow whose service was deleted is
-//! no longer translated, and replies are reverse-NATed back to VIP:port.
+//! no longer translated, and replies are reverse-NATed back to VIP:port. A flow records the
+//! generation of the service maps its frontend and backend were found in place at, and skips
+//! both lookups until a removal moves the generation on.
 
 use lb_agent::datapath::{BackendId, LbMaps as _};
 use lb_common::{
@@ -46,6 +48,35 @@ fn an_established_flow_keeps_its_backend() {
     for _ in 0..32 {
         assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), first);
     }
+}
+
+/// The generation the flow's service entry records its frontend and backend were checked at.
+fn service_entry_generation(datapath: &Datapath) -> Option<u32> {
+    datapath
+        .conntrack()
+        .into_iter()
+        .find(|(_, entry)| entry.kind() == CT_SERVICE)
+        .map(|(_, entry)| entry.service().generation)
+}
+
+#[test]
+fn a_flow_records_the_generation_it_was_checked_at_and_checks_again_after_a_removal() {
+    let mut datapath = Datapath::load();
+    datapath.sync(&[service(FRONTEND, &[A]), service(DNS, &[DNS_A])]);
+    let first = datapath.behind_sync(|maps| maps.generation());
+    assert_ne!(first, 0, "the agent writes a generation");
+    assert_eq!(destination(&datapath, &tcp_syn(POD, VIP)), A);
+    assert_eq!(service_entry_generation(&datapath), Some(first));
+    // Adding nothing and removing nothing leaves the generation alone.
+    datapath.sync(&[service(FRONTEND, &[A]), service(DNS, &[DNS_A])]);
+    assert_eq!(datapath.behind_sync(|maps| maps.generation()), first);
+    // Another service's removal moves it on: the next packet looks its frontend and backend
+    // up again (still there) and records the new generation.
+    datapath.sync(&[service(FRONTEND, &[A])]);
+    let second = datapath.behind_sync(|maps| maps.generation());
+    assert_ne!(second, first);
+    assert_eq!(destination(&datapath, &tcp_ack(POD, VIP)), A);
+    assert_eq!(service_entry_generation(&datapath), Some(second));
 }
 
 #[test]

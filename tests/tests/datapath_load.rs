@@ -22,6 +22,7 @@ fn every_program_passes_the_verifier_and_pins_its_maps() {
         LB_EVENT_LIMIT,
         LB4_REVERSE_SK,
         LB_HOST_NETNS,
+        LB_GENERATION,
     ];
     for name in names {
         assert!(

@@ -370,6 +370,11 @@ pub struct AyaMaps {
     /// `LB4_VIP_FILTER`, kept in step with the master entries of `services` by `filter`.
     vip_filter_map: Array<MapData, FilterWord>,
     vip_filter: VipFilter,
+    /// `LB_GENERATION`, bumped after every write that may take a flow's frontend or backend
+    /// away (see `bump_generation`).
+    generation_map: Array<MapData, u32>,
+    /// Its value as last written (never 0 once `take` returns).
+    generation: u32,
     /// Duplicates of the three maps' descriptors, for batch writes.
     services_fd: OwnedFd,
     backends_fd: OwnedFd,
@@ -444,6 +449,8 @@ impl AyaMaps {
             metrics: take(ebpf, names::LB_METRICS)?,
             vip_filter_map: take(ebpf, names::LB4_VIP_FILTER)?,
             vip_filter: VipFilter::default(),
+            generation_map: take(ebpf, names::LB_GENERATION)?,
+            generation: 0,
             services_fd,
             backends_fd,
             revnat_fd,
@@ -463,7 +470,40 @@ impl AyaMaps {
         for word in maps.vip_filter.set_words() {
             maps.write_vip_word(word)?;
         }
+        // Pinned by an earlier agent, the generation goes on from its value; a new map starts
+        // at 1 (0 is no generation).
+        maps.generation = maps
+            .generation_map
+            .get(&0, 0)
+            .map_err(|err| map_err("read", names::LB_GENERATION, err))?;
+        if maps.generation == 0 {
+            maps.bump_generation()?;
+        }
         Ok(maps)
+    }
+
+    /// Moves `LB_GENERATION` on (skipping 0), after a write that may have taken a frontend or
+    /// a backend away or rewritten a backend: every tracked flow then looks its frontend and
+    /// backend up again at its next packet (see `lb_common::maps::LB_GENERATION`).
+    fn bump_generation(&mut self) -> Result<(), Error> {
+        let next = self.generation.wrapping_add(1).max(1);
+        self.generation_map
+            .set(0, next, 0)
+            .map_err(|err| map_err("update", names::LB_GENERATION, err))?;
+        self.generation = next;
+        Ok(())
+    }
+
+    /// `result` of a write that may have taken a frontend or backend away, after bumping the
+    /// generation: even when the write failed part of the way (a batch applies a prefix).
+    fn bumped(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        let bumped = self.bump_generation();
+        result.and(bumped)
+    }
+
+    /// The current `LB_GENERATION`.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Writes word `word` of `LB4_VIP_FILTER` as `vip_filter` says.
@@ -605,9 +645,75 @@ fn split<T: Copy, A, B>(entries: &[T], v4: impl Fn(T) -> Result<A, B>) -> (Vec<A
     (a, b)
 }
 
+impl AyaMaps {
+    /// `upsert_backends`' writes, before the generation moves on.
+    fn write_backends(&mut self, entries: &[(BackendId, Backend)]) -> Result<(), Error> {
+        let (v4, v6) = split(entries, |(id, b)| match b {
+            Backend::V4(b) => Ok((id.0, b)),
+            Backend::V6(b) => Err((id.0, b)),
+        });
+        // IPv4 first: a failure in either says how many of that family's went in, which is
+        // a prefix of the run only for the first; both are idempotent to retry.
+        if !v4.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v4.into_iter().unzip();
+            batch::update(&self.backends_fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))?;
+        }
+        if !v6.is_empty() {
+            let (keys, values): (Vec<_>, Vec<_>) = v6.into_iter().unzip();
+            batch::update(&self.backends6.fd, &keys, &values)
+                .map_err(|partial| batch_err(names::LB6_BACKENDS, partial))?;
+        }
+        Ok(())
+    }
+
+    /// `delete_services`' writes, before the generation moves on.
+    fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), Error> {
+        let (v4, v6) = split(keys, |key| match key {
+            ServiceKey::V4(key) => Ok(key),
+            ServiceKey::V6(key) => Err(key),
+        });
+        if !v4.is_empty() {
+            let services = &mut self.services;
+            delete_batch(&self.services_fd, names::LB4_SERVICES, &v4, |key| {
+                services.remove(&key)
+            })?;
+            self.unflag_masters(&v4)?;
+        }
+        if !v6.is_empty() {
+            let services = &mut self.services6.map;
+            delete_batch(&self.services6.fd, names::LB6_SERVICES, &v6, |key| {
+                services.remove(&key)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `delete_backends`' writes, before the generation moves on.
+    fn remove_backends(&mut self, ids: &[(BackendId, IpFamily)]) -> Result<(), Error> {
+        let (v4, v6) = split(ids, |(id, family)| match family {
+            IpFamily::V4 => Ok(id.0),
+            IpFamily::V6 => Err(id.0),
+        });
+        if !v4.is_empty() {
+            let backends = &mut self.backends;
+            delete_batch(&self.backends_fd, names::LB4_BACKENDS, &v4, |key| {
+                backends.remove(&key)
+            })?;
+        }
+        if !v6.is_empty() {
+            let backends = &mut self.backends6.map;
+            delete_batch(&self.backends6.fd, names::LB6_BACKENDS, &v6, |key| {
+                backends.remove(&key)
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl LbMaps for AyaMaps {
     fn upsert_backend(&mut self, id: BackendId, backend: &Backend) -> Result<(), Error> {
-        match backend {
+        let result = match backend {
             Backend::V4(b) => self
                 .backends
                 .insert(id.0, b, 0)
@@ -617,14 +723,16 @@ impl LbMaps for AyaMaps {
                 .map
                 .insert(id.0, b, 0)
                 .map_err(|err| update_err(names::LB6_BACKENDS, "bpf-lb-map-max", err)),
-        }
+        };
+        self.bumped(result)
     }
 
     fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), Error> {
-        match family {
+        let result = match family {
             IpFamily::V4 => ignore_missing(self.backends.remove(&id.0), names::LB4_BACKENDS),
             IpFamily::V6 => ignore_missing(self.backends6.map.remove(&id.0), names::LB6_BACKENDS),
-        }
+        };
+        self.bumped(result)
     }
 
     fn upsert_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), Error> {
@@ -646,11 +754,13 @@ impl LbMaps for AyaMaps {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), Error> {
         match key {
             ServiceKey::V4(key) => {
-                ignore_missing(self.services.remove(key), names::LB4_SERVICES)?;
+                let result = ignore_missing(self.services.remove(key), names::LB4_SERVICES);
+                self.bumped(result)?;
                 self.unflag_masters([key])
             }
             ServiceKey::V6(key) => {
-                ignore_missing(self.services6.map.remove(key), names::LB6_SERVICES)
+                let result = ignore_missing(self.services6.map.remove(key), names::LB6_SERVICES);
+                self.bumped(result)
             }
         }
     }
@@ -701,23 +811,8 @@ impl LbMaps for AyaMaps {
     }
 
     fn upsert_backends(&mut self, entries: &[(BackendId, Backend)]) -> Result<(), Error> {
-        let (v4, v6) = split(entries, |(id, b)| match b {
-            Backend::V4(b) => Ok((id.0, b)),
-            Backend::V6(b) => Err((id.0, b)),
-        });
-        // IPv4 first: a failure in either says how many of that family's went in, which is
-        // a prefix of the run only for the first; both are idempotent to retry.
-        if !v4.is_empty() {
-            let (keys, values): (Vec<_>, Vec<_>) = v4.into_iter().unzip();
-            batch::update(&self.backends_fd, &keys, &values)
-                .map_err(|partial| batch_err(names::LB4_BACKENDS, partial))?;
-        }
-        if !v6.is_empty() {
-            let (keys, values): (Vec<_>, Vec<_>) = v6.into_iter().unzip();
-            batch::update(&self.backends6.fd, &keys, &values)
-                .map_err(|partial| batch_err(names::LB6_BACKENDS, partial))?;
-        }
-        Ok(())
+        let result = self.write_backends(entries);
+        self.bumped(result)
     }
 
     fn upsert_services(&mut self, entries: &[(ServiceKey, ServiceEntry)]) -> Result<(), Error> {
@@ -758,44 +853,13 @@ impl LbMaps for AyaMaps {
     }
 
     fn delete_services(&mut self, keys: &[ServiceKey]) -> Result<(), Error> {
-        let (v4, v6) = split(keys, |key| match key {
-            ServiceKey::V4(key) => Ok(key),
-            ServiceKey::V6(key) => Err(key),
-        });
-        if !v4.is_empty() {
-            let services = &mut self.services;
-            delete_batch(&self.services_fd, names::LB4_SERVICES, &v4, |key| {
-                services.remove(&key)
-            })?;
-            self.unflag_masters(&v4)?;
-        }
-        if !v6.is_empty() {
-            let services = &mut self.services6.map;
-            delete_batch(&self.services6.fd, names::LB6_SERVICES, &v6, |key| {
-                services.remove(&key)
-            })?;
-        }
-        Ok(())
+        let result = self.remove_services(keys);
+        self.bumped(result)
     }
 
     fn delete_backends(&mut self, ids: &[(BackendId, IpFamily)]) -> Result<(), Error> {
-        let (v4, v6) = split(ids, |(id, family)| match family {
-            IpFamily::V4 => Ok(id.0),
-            IpFamily::V6 => Err(id.0),
-        });
-        if !v4.is_empty() {
-            let backends = &mut self.backends;
-            delete_batch(&self.backends_fd, names::LB4_BACKENDS, &v4, |key| {
-                backends.remove(&key)
-            })?;
-        }
-        if !v6.is_empty() {
-            let backends = &mut self.backends6.map;
-            delete_batch(&self.backends6.fd, names::LB6_BACKENDS, &v6, |key| {
-                backends.remove(&key)
-            })?;
-        }
-        Ok(())
+        let result = self.remove_backends(ids);
+        self.bumped(result)
     }
 
     fn delete_revnats(&mut self, ids: &[(ServiceId, IpFamily)]) -> Result<(), Error> {
