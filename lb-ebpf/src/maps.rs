@@ -15,6 +15,7 @@
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
+//! | `LB6_SCRATCH` | `conntrack6.rs` and `nat6.rs` (unpinned scratch space) |
 //! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
 //! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners |
 //!
@@ -63,6 +64,25 @@ pub struct IcmpAnswer(pub [u16; 56]);
 /// the ICMP answer. Not pinned: it holds nothing between packets.
 #[map]
 pub static LB_SCRATCH: PerCpuArray<IcmpAnswer> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `conntrack6.rs` builds for a new IPv6 flow: its two keys and entries (192 bytes,
+/// more than the stack has left beside the IPv4 path's frame, which the IPv6 path shares).
+/// Private to the datapath.
+#[repr(C)]
+pub struct Ct6Scratch {
+    /// The service entry's key (the client's tuple).
+    pub key: CtKey6,
+    /// The reply entry's key.
+    pub reply_key: CtKey6,
+    /// The service entry.
+    pub service: CtEntry6,
+    /// The reply entry.
+    pub reply: CtEntry6,
+}
+
+/// Per-CPU scratch space for `Ct6Scratch`. Not pinned: it holds nothing between packets.
+#[map]
+pub static LB6_SCRATCH: PerCpuArray<Ct6Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Frontends (slot 0) and their backend slots.
 #[map]
