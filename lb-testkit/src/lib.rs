@@ -19,6 +19,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod pod;
 pub mod podman;
 pub mod servers;

@@ -1,0 +1,247 @@
+//! IPv6 provisioning for packet tests, until the agent programs IPv6: [`write_service6`]
+//! writes an IPv6 frontend, its backends and its wildcard "known VIP" entry straight into the
+//! datapath's pinned `LB6_*` maps, the layout `lb_common::service` documents, and
+//! [`Ipv6Maps`] reads back what the IPv6 path wrote (conntrack, `DropEvent6`s).
+//!
+//! This is a stopgap beside [`crate::fixture::Datapath::behind_sync`]: it gives way to
+//! `Syncer` (and `Datapath::sync`) once lb-agent writes the `LB6_*` maps, and the tests that use
+//! it should then provision through sync like the IPv4 ones.
+
+use std::net::SocketAddrV6;
+
+use aya::maps::{HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key};
+use lb_common::{
+    conntrack::{CtEntry6, CtKey6},
+    event::DropEvent6,
+    maps,
+    service::{
+        BACKEND_STATE_ACTIVE, Backend6, SERVICE_F_CLUSTER_IP, SOURCE_RANGE_PREFIX_BITS,
+        ServiceEntry, ServiceKey6, SourceRangeKey6,
+    },
+};
+use lb_testkit::packet6::{addr6, ip6, ip6_words};
+
+use crate::fixture::Datapath;
+
+/// An IPv6 frontend and its backends, as the agent would write them.
+#[derive(Clone, Debug)]
+pub struct Service6 {
+    /// `"[vip]:port"`.
+    pub frontend: String,
+    /// `proto::TCP` or `proto::UDP`.
+    pub proto: u8,
+    /// The service id (`rev_nat`).
+    pub id: u16,
+    /// `SERVICE_F_*` bits.
+    pub flags: u8,
+    /// `SERVICE_F2_*` bits.
+    pub flags2: u8,
+    /// Backends: id, `"[addr]:port"`, `BACKEND_F_*` bits.
+    pub backends: Vec<(u32, String, u8)>,
+}
+
+/// A ClusterIP service `frontend` (`"[vip]:port"`) of `proto` with id `id` and these backends
+/// (ids `id * 100 + i`).
+pub fn service6(frontend: &str, proto: u8, id: u16, backends: &[&str]) -> Service6 {
+    Service6 {
+        frontend: frontend.to_owned(),
+        proto,
+        id,
+        flags: SERVICE_F_CLUSTER_IP,
+        flags2: 0,
+        backends: backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (u32::from(id) * 100 + i as u32 + 1, (*b).to_owned(), 0))
+            .collect(),
+    }
+}
+
+/// Writes `service` into the datapath's `LB6_SERVICES` and `LB6_BACKENDS`.
+pub fn write_service6(datapath: &Datapath, service: &Service6) {
+    let frontend = addr6(&service.frontend);
+    let vip = ip6_words(*frontend.ip());
+    let port = frontend.port().to_be();
+    let mut services: HashMap<MapData, ServiceKey6, ServiceEntry> =
+        HashMap::try_from(open(datapath, maps::LB6_SERVICES)).expect("LB6_SERVICES type");
+    let mut backends: HashMap<MapData, u32, Backend6> =
+        HashMap::try_from(open(datapath, maps::LB6_BACKENDS)).expect("LB6_BACKENDS type");
+    for (slot, (id, backend, flags)) in service.backends.iter().enumerate() {
+        let socket: SocketAddrV6 = addr6(backend);
+        let value = Backend6 {
+            addr: ip6_words(*socket.ip()),
+            port: socket.port().to_be(),
+            proto: service.proto,
+            state: BACKEND_STATE_ACTIVE,
+            flags: *flags,
+            _pad: [0; 3],
+        };
+        backends.insert(id, value, 0).expect("write LB6_BACKENDS");
+        let key = ServiceKey6::new(vip, port, service.proto, slot as u16 + 1);
+        let entry = ServiceEntry {
+            backend_id: *id,
+            ..ServiceEntry::default()
+        };
+        services.insert(key, entry, 0).expect("write a slot");
+    }
+    let master = ServiceEntry {
+        backend_id: 0,
+        count: service.backends.len() as u16,
+        qcount: 0,
+        rev_nat: service.id,
+        flags: service.flags,
+        flags2: service.flags2,
+    };
+    services
+        .insert(ServiceKey6::new(vip, port, service.proto, 0), master, 0)
+        .expect("write the master entry");
+    let wildcard = ServiceEntry {
+        rev_nat: service.id,
+        ..ServiceEntry::default()
+    };
+    services
+        .insert(ServiceKey6::new(vip, 0, 0, 0), wildcard, 0)
+        .expect("write the wildcard entry");
+}
+
+/// Admits clients in `prefix`/`len` (an IPv6 address and a prefix length) to service `id`.
+pub fn write_source_range6(datapath: &Datapath, id: u16, prefix: &str, len: u32) {
+    let mut ranges: LpmTrie<MapData, SourceRangeKey6, u8> =
+        LpmTrie::try_from(open(datapath, maps::LB6_SRC_RANGE)).expect("LB6_SRC_RANGE type");
+    let key = Key::new(
+        SOURCE_RANGE_PREFIX_BITS + len,
+        SourceRangeKey6 {
+            rev_nat: id,
+            _pad: 0,
+            addr: ip6_words(ip6(prefix)),
+        },
+    );
+    ranges.insert(&key, 1, 0).expect("write LB6_SRC_RANGE");
+}
+
+/// Every entry of the IPv6 conntrack map `name` (`LB6_CT_TCP` or `LB6_CT_ANY`).
+pub fn conntrack6(datapath: &Datapath, name: &str) -> Vec<(CtKey6, CtEntry6)> {
+    let ct: HashMap<MapData, CtKey6, CtEntry6> =
+        HashMap::try_from(open(datapath, name)).expect("an IPv6 conntrack map");
+    ct.iter()
+        .map(|item| item.expect("read conntrack"))
+        .collect()
+}
+
+/// Takes every event in `LB_EVENTS`, all of them expected to be `DropEvent6`s.
+pub fn drain_events6(datapath: &Datapath) -> Vec<DropEvent6> {
+    let mut ring = RingBuf::try_from(open(datapath, maps::LB_EVENTS)).expect("LB_EVENTS type");
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<DropEvent6>(), "a DropEvent6");
+        // SAFETY: DropEvent6 is plain old data of exactly this size.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent6>()) });
+    }
+    events
+}
+
+/// The datapath's pinned map `name`.
+fn open(datapath: &Datapath, name: &str) -> aya::maps::Map {
+    let pin = datapath.pin_dir().join(name);
+    let data =
+        MapData::from_pin(&pin).unwrap_or_else(|err| panic!("open {}: {err}", pin.display()));
+    map_of(name, data)
+}
+
+fn map_of(name: &str, data: MapData) -> aya::maps::Map {
+    use aya::maps::Map;
+    match name {
+        maps::LB6_SRC_RANGE => Map::LpmTrie(data),
+        maps::LB_EVENTS => Map::RingBuf(data),
+        maps::LB6_CT_TCP | maps::LB6_CT_ANY => Map::LruHashMap(data),
+        _ => Map::HashMap(data),
+    }
+}
+
+/// MAC of the node's interface in a [`FibNetns6`] (as `fixture::NODE_MAC`).
+pub use crate::fixture::{CLIENT_MAC, NODE_MAC, PEER_NODE_MAC};
+
+/// `fixture::FibNetns` for IPv6: `lbt0` (fd00:56::4/64, `NODE_MAC`), a route to the remote pod
+/// CIDR fd00:244:2::/64 via the other node fd00:56::5, permanent neighbours for that node
+/// (`PEER_NODE_MAC`) and the client fd00:56::10 (`CLIENT_MAC`), and IPv6 forwarding on (which
+/// `bpf_fib_lookup` requires for AF_INET6). Deleted on drop.
+pub struct FibNetns6 {
+    ns: lb_testkit::Netns,
+    /// Index of `lbt0` inside the namespace.
+    pub ifindex: u32,
+}
+
+impl FibNetns6 {
+    /// Creates the namespace for test `test`.
+    pub fn new(test: &str) -> Self {
+        use lb_testkit::ok;
+        let name = format!(
+            "lbt6-{}-{}",
+            &test[..test.len().min(18)],
+            std::process::id()
+        );
+        let ns = ok(lb_testkit::Netns::create(&name), "create the FIB namespace");
+        ok(
+            ns.ip(&[
+                "link",
+                "add",
+                "lbt0",
+                "address",
+                "02:00:00:00:00:04",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lbt1",
+            ]),
+            "veth lbt0",
+        );
+        ok(ns.sysctl("net.ipv6.conf.all.forwarding", "1"), "forwarding");
+        ok(ns.ip(&["link", "set", "lbt1", "up"]), "lbt1 up");
+        ok(ns.ip(&["link", "set", "lbt0", "up"]), "lbt0 up");
+        ok(
+            ns.ip(&["-6", "addr", "add", "fd00:56::4/64", "dev", "lbt0", "nodad"]),
+            "lbt0 address",
+        );
+        ok(
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd00:244:2::/64",
+                "via",
+                "fd00:56::5",
+                "dev",
+                "lbt0",
+            ]),
+            "route to the remote pod CIDR",
+        );
+        for (addr, mac) in [
+            ("fd00:56::5", "02:00:00:00:00:05"),
+            ("fd00:56::10", "02:00:00:00:00:10"),
+        ] {
+            ok(
+                ns.ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "lbt0",
+                    "nud",
+                    "permanent",
+                ]),
+                "permanent neighbour",
+            );
+        }
+        let ifindex = ok(ns.ifindex("lbt0"), "ifindex of lbt0");
+        Self { ns, ifindex }
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        lb_testkit::ok(self.ns.within(f), "enter the FIB namespace")
+    }
+}

@@ -1,0 +1,389 @@
+//! The IPv6 packet path (`lb-ebpf/src/ipv6.rs` and its `*6.rs` modules) with
+//! `BPF_PROG_TEST_RUN` on crafted IPv6 frames: DNAT of TCP and UDP to a backend, reverse NAT of
+//! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
+//! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
+//! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
+//! reply. Every rewritten frame's L4 checksum is verified over the IPv6 pseudo-header.
+//!
+//! Frontends are written with `lb_tests::ipv6::write_service6` until the agent programs the
+//! `LB6_*` maps (see that module).
+
+use lb_common::{
+    config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
+    conntrack::{CT_F_SNAT, CT_REPLY, CT_SERVICE},
+    drop::{DropReason, Hook, SourceFile},
+    event::{EVENT_DROP6, tcp_flags},
+    maps, proto,
+    service::{
+        BACKEND_F_REMOTE, SERVICE_F_LOAD_BALANCER, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
+    },
+};
+use lb_testkit::{packet::arp_request, packet6::*};
+use lb_tests::{
+    fixture::{Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    ipv6::{
+        CLIENT_MAC, FibNetns6, NODE_MAC, PEER_NODE_MAC, Service6, conntrack6, drain_events6,
+        service6, write_service6, write_source_range6,
+    },
+};
+
+const POD: &str = "[fd00:244:1::7]:40000";
+const CLIENT: &str = "[fd00:56::10]:33802";
+const VIP: &str = "[fd00:96::10]:80";
+const BACKEND: &str = "[fd00:244:1::5]:8080";
+const BACKEND2: &str = "[fd00:244:1::6]:8080";
+
+/// A freshly loaded datapath with `flags` and IPv6 `services`.
+fn load(flags: u32, services: &[Service6]) -> Datapath {
+    let mut datapath = Datapath::load();
+    datapath.set_config(DatapathConfig {
+        flags,
+        events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
+    });
+    for service in services {
+        write_service6(&datapath, service);
+    }
+    datapath
+}
+
+/// Runs `input` and asserts that it comes out as exactly `want`, with a valid checksum.
+fn assert_rewritten(datapath: &Datapath, hook: Hook, input: &[u8], want: &[u8], what: &str) {
+    let run = datapath.run(hook, input);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC, "{what}: verdict");
+    read_checked6(&run.frame);
+    assert_eq!(run.frame, want, "{what}: rewritten frame");
+    assert_eq!(datapath.all_drops(), vec![], "{what}: no drop");
+}
+
+/// Runs `input` and asserts that it passes byte for byte.
+fn assert_unchanged(datapath: &Datapath, hook: Hook, input: &[u8], what: &str) {
+    let run = datapath.run(hook, input);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC, "{what}: verdict");
+    assert_eq!(run.frame, input, "{what}: must pass byte for byte");
+    assert_eq!(datapath.all_drops(), vec![], "{what}: no drop");
+}
+
+/// Runs `input` and asserts that it is dropped for `reason`, counted once, with one
+/// `DropEvent6`, which is returned.
+fn assert_dropped(
+    datapath: &Datapath,
+    hook: Hook,
+    input: &[u8],
+    reason: DropReason,
+    what: &str,
+) -> lb_common::event::DropEvent6 {
+    let run = datapath.run(hook, input);
+    assert_eq!(run.verdict, TC_ACT_SHOT, "{what}: verdict");
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(reason as u8, hook as u8, 1)],
+        "{what}: one drop for {reason:?}"
+    );
+    let events = drain_events6(datapath);
+    assert_eq!(events.len(), 1, "{what}: one event");
+    assert_eq!(events[0].kind, EVENT_DROP6, "{what}: an IPv6 event");
+    assert_eq!(events[0].reason, reason as u8, "{what}: event reason");
+    assert_eq!(events[0].len as usize, input.len(), "{what}: event length");
+    events[0]
+}
+
+#[test]
+fn tcp_and_udp_to_a_cluster_ip_are_dnated_and_replies_reverse_nated() {
+    for (proto, name) in [(proto::TCP, "TCP"), (proto::UDP, "UDP")] {
+        let datapath = load(0, &[service6(VIP, proto, 1, &[BACKEND])]);
+        let (request, translated, reply, restored) = if proto == proto::TCP {
+            (
+                tcp6_syn(POD, VIP),
+                tcp6_syn(POD, BACKEND),
+                tcp6_syn_ack(BACKEND, POD),
+                tcp6_syn_ack(VIP, POD),
+            )
+        } else {
+            (
+                udp6(POD, VIP),
+                udp6(POD, BACKEND),
+                udp6(BACKEND, POD),
+                udp6(VIP, POD),
+            )
+        };
+        assert_rewritten(&datapath, Hook::FromPod, &request, &translated, name);
+        let ct = if proto == proto::TCP {
+            maps::LB6_CT_TCP
+        } else {
+            maps::LB6_CT_ANY
+        };
+        let entries = conntrack6(&datapath, ct);
+        let mut kinds: Vec<u8> = entries.iter().map(|(_, e)| e.kind()).collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, vec![CT_SERVICE, CT_REPLY], "{name}: both entries");
+        assert_rewritten(&datapath, Hook::FromPod, &reply, &restored, name);
+    }
+}
+
+#[test]
+fn an_established_flow_keeps_its_backend() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND, BACKEND2])]);
+    let first = datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    let chosen = read_checked6(&first.frame).dst;
+    assert!(
+        [addr6(BACKEND), addr6(BACKEND2)].contains(&chosen),
+        "translated to a backend: {chosen}"
+    );
+    let chosen = format!("{chosen}");
+    for _ in 0..16 {
+        assert_rewritten(
+            &datapath,
+            Hook::FromPod,
+            &tcp6_ack(POD, VIP),
+            &tcp6_ack(POD, &chosen),
+            "established",
+        );
+    }
+}
+
+#[test]
+fn external_cluster_ip_is_dropped_with_174_then_allowed_by_the_flag() {
+    let services = [service6(VIP, proto::TCP, 1, &[BACKEND])];
+    let mut datapath = load(0, &services);
+    let input = tcp6_syn(CLIENT, VIP);
+    let event = assert_dropped(
+        &datapath,
+        Hook::FromNetdev,
+        &input,
+        DropReason::IsClusterIp,
+        "external ClusterIP",
+    );
+    assert_eq!(event.file, SourceFile::Policy6 as u8);
+    assert!(event.line > 0);
+    assert_eq!(event.hook, Hook::FromNetdev as u8);
+    assert_eq!(event.proto, proto::TCP);
+    assert_eq!(event.tcp_flags, tcp_flags::SYN);
+    assert_eq!(event.saddr, ip6_words(*addr6(CLIENT).ip()));
+    assert_eq!(event.daddr, ip6_words(*addr6(VIP).ip()));
+    assert_eq!(event.sport, 33802u16.to_be());
+    assert_eq!(event.dport, 80u16.to_be());
+    assert_eq!(
+        conntrack6(&datapath, maps::LB6_CT_TCP),
+        vec![],
+        "no entry for a refused flow"
+    );
+
+    datapath.set_config(DatapathConfig {
+        flags: CONFIG_F_EXTERNAL_CLUSTER_IP,
+        events_per_sec: EVENTS_PER_SEC,
+        ..DatapathConfig::default()
+    });
+    let run = datapath.run(Hook::FromNetdev, &input);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    read_checked6(&run.frame);
+    assert_eq!(
+        run.frame,
+        tcp6_syn(CLIENT, BACKEND),
+        "DNATed with the flag on"
+    );
+}
+
+#[test]
+fn a_load_balancer_admits_only_its_source_ranges() {
+    let mut service = service6(VIP, proto::TCP, 3, &[BACKEND]);
+    service.flags = SERVICE_F_LOAD_BALANCER | SERVICE_F_ROUTABLE;
+    service.flags2 = SERVICE_F2_SOURCE_RANGE;
+    let datapath = load(0, &[service]);
+    write_source_range6(&datapath, 3, "fd00:56::", 64);
+    assert_rewritten(
+        &datapath,
+        Hook::FromNetdev,
+        &tcp6_syn(CLIENT, VIP),
+        &tcp6_syn(CLIENT, BACKEND),
+        "inside the range",
+    );
+    let outsider = "[fd00:57::10]:33802";
+    let event = assert_dropped(
+        &datapath,
+        Hook::FromNetdev,
+        &tcp6_syn(outsider, VIP),
+        DropReason::NotInSrcRange,
+        "outside the range",
+    );
+    assert_eq!(event.file, SourceFile::Policy6 as u8);
+}
+
+#[test]
+fn what_lb_does_not_translate_passes_untouched() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no frontend", tcp6_syn(POD, "[fd00:96::99]:80")),
+        ("UDP to a TCP-only address", udp6(POD, "[fd00:96::99]:53")),
+        ("router solicitation", icmp6("fe80::7", "ff02::2", 133)),
+        ("router advertisement", icmp6("fe80::1", "ff02::1", 134)),
+        (
+            "neighbour solicitation for the VIP",
+            icmp6("fd00:244:1::7", "fd00:96::10", 135),
+        ),
+        (
+            "neighbour advertisement",
+            icmp6("fd00:244:1::5", "fd00:244:1::7", 136),
+        ),
+        ("redirect", icmp6("fe80::1", "fd00:244:1::7", 137)),
+        (
+            "echo request to the VIP",
+            icmp6("fd00:244:1::7", "fd00:96::10", 128),
+        ),
+        ("not IP", arp_request()),
+    ];
+    for hook in [Hook::FromPod, Hook::FromNetdev] {
+        for (what, frame) in &cases {
+            assert_unchanged(&datapath, hook, frame, what);
+        }
+    }
+}
+
+#[test]
+fn a_vip_refuses_unknown_ports_and_protocols() {
+    let cases = [
+        (
+            "unknown port",
+            tcp6_syn(POD, "[fd00:96::10]:81"),
+            DropReason::NoService,
+        ),
+        (
+            "SCTP",
+            ip6_proto("fd00:244:1::7", "fd00:96::10", 132),
+            DropReason::UnknownL4,
+        ),
+    ];
+    for (what, frame, reason) in cases {
+        let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+        assert_dropped(&datapath, Hook::FromPod, &frame, reason, what);
+    }
+}
+
+#[test]
+fn extension_headers_are_walked() {
+    let chains: [&[Ext]; 4] = [
+        &[Ext::HopByHop],
+        &[Ext::HopByHop, Ext::DestOptions { len8: 2 }],
+        &[Ext::HopByHop, Ext::Routing, Ext::DestOptions { len8: 1 }],
+        &[Ext::Fragment {
+            offset: 0,
+            more: true,
+        }],
+    ];
+    for chain in chains {
+        let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+        let frame = Frame6::udp(POD, VIP).with_ext(chain);
+        assert_rewritten(
+            &datapath,
+            Hook::FromPod,
+            &frame.bytes(),
+            &frame.between(POD, BACKEND).bytes(),
+            &format!("{chain:?}"),
+        );
+    }
+    let too_many = [
+        Ext::HopByHop,
+        Ext::DestOptions { len8: 1 },
+        Ext::Routing,
+        Ext::DestOptions { len8: 1 },
+        Ext::DestOptions { len8: 1 },
+    ];
+    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let event = assert_dropped(
+        &datapath,
+        Hook::FromPod,
+        &Frame6::udp(POD, VIP).with_ext(&too_many).bytes(),
+        DropReason::Invalid,
+        "five extension headers to a VIP",
+    );
+    assert_eq!(event.file, SourceFile::Lb6 as u8);
+    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    assert_unchanged(
+        &datapath,
+        Hook::FromPod,
+        &Frame6::udp(POD, "[fd00:96::99]:53")
+            .with_ext(&too_many)
+            .bytes(),
+        "five extension headers elsewhere",
+    );
+    let later = Frame6::udp(POD, VIP).with_ext(&[Ext::Fragment {
+        offset: 185,
+        more: false,
+    }]);
+    assert_dropped(
+        &datapath,
+        Hook::FromPod,
+        &later.bytes(),
+        DropReason::FragNoSupport,
+        "a later fragment to a VIP",
+    );
+}
+
+#[test]
+fn external_flows_to_a_remote_backend_are_snated_and_their_replies_restored() {
+    let fib = FibNetns6::new("v6snat");
+    let remote = "[fd00:244:2::5]:8080";
+    let mut service = service6(VIP, proto::TCP, 1, &[remote]);
+    service.flags |= SERVICE_F_ROUTABLE;
+    service.backends[0].2 = BACKEND_F_REMOTE;
+    let mut datapath = load(0, &[service]);
+    let node = ip6_words(ip6("fd00:56::4"));
+    datapath.set_config(DatapathConfig {
+        events_per_sec: EVENTS_PER_SEC,
+        node_addr6: node,
+        snat_port_min: 40000,
+        snat_port_max: 40000,
+        ..DatapathConfig::default()
+    });
+    let snat = "[fd00:56::4]:40000";
+    let (request, reply) = fib.enter(|| {
+        let request = datapath.run_on(Hook::FromNetdev, &tcp6_syn(CLIENT, VIP), fib.ifindex);
+        let reply = datapath.run_on(Hook::FromNetdev, &tcp6_syn_ack(remote, snat), fib.ifindex);
+        (request, reply)
+    });
+    assert_eq!(request.verdict, TC_ACT_REDIRECT, "request redirected");
+    read_checked6(&request.frame);
+    assert_eq!(
+        request.frame,
+        Frame6::tcp(snat, remote, tcp_flags::SYN)
+            .with_macs(NODE_MAC, PEER_NODE_MAC)
+            .bytes(),
+        "request SNATed and DNATed, to the other node"
+    );
+    let service_entry = conntrack6(&datapath, maps::LB6_CT_TCP)
+        .into_iter()
+        .find(|(_, e)| e.kind() == CT_SERVICE)
+        .expect("a service entry")
+        .1
+        .service();
+    assert_ne!(service_entry.flags & CT_F_SNAT, 0, "flagged SNAT");
+    assert_eq!(service_entry.snat_addr, node);
+    assert_eq!(reply.verdict, TC_ACT_REDIRECT, "reply redirected");
+    read_checked6(&reply.frame);
+    assert_eq!(
+        reply.frame,
+        Frame6::tcp(VIP, CLIENT, tcp_flags::SYN | tcp_flags::ACK)
+            .with_macs(NODE_MAC, CLIENT_MAC)
+            .bytes(),
+        "reply restored to VIP → client, back to the client"
+    );
+    assert_eq!(datapath.all_drops(), vec![]);
+}
+
+#[test]
+fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
+    let remote = "[fd00:244:2::5]:8080";
+    let mut service = service6(VIP, proto::TCP, 1, &[remote]);
+    service.flags |= SERVICE_F_ROUTABLE;
+    service.backends[0].2 = BACKEND_F_REMOTE;
+    let datapath = load(0, &[service]);
+    let event = assert_dropped(
+        &datapath,
+        Hook::FromNetdev,
+        &tcp6_syn(CLIENT, VIP),
+        DropReason::NoConfig,
+        "no node address",
+    );
+    assert_eq!(event.file, SourceFile::Nat6 as u8);
+    assert_eq!(conntrack6(&datapath, maps::LB6_CT_TCP), vec![]);
+}
