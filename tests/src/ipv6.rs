@@ -245,3 +245,210 @@ impl FibNetns6 {
         lb_testkit::ok(self.ns.within(f), "enter the FIB namespace")
     }
 }
+
+/// The IPv6 addresses [`wire_ipv6`] gives a `Topology`.
+pub mod addrs {
+    /// The node on the external segment (`eth0`).
+    pub const NODE: &str = "fd00:56::4";
+    /// The external client.
+    pub const EXTERNAL: &str = "fd00:56::10";
+    /// The client pod.
+    pub const CLIENT: &str = "fd00:244:1::10";
+    /// The backend pods, in `BACKEND_IPS` order.
+    pub const BACKENDS: [&str; 2] = ["fd00:244:1::20", "fd00:244:1::21"];
+    /// The pods' gateway: the node's side of each pod's veth, by a permanent neighbour entry.
+    pub const POD_GATEWAY: &str = "fe80::1";
+    /// The service prefix the external client routes to the node.
+    pub const SERVICE_PREFIX: &str = "fd00:96::/112";
+}
+
+/// Adds IPv6 to a `Topology`, dual stack beside its IPv4 (addresses in [`addrs`]): the node
+/// forwards IPv6; each pod holds a /128 (`nodad`) with a default route via
+/// [`addrs::POD_GATEWAY`]; the node routes each pod's /128 to its veth; the external client
+/// and the node share fd00:56::/64 and the client routes the service prefix to the node. Every
+/// neighbour is a permanent entry, so no packet waits for neighbour discovery or DAD.
+pub fn wire_ipv6(topology: &crate::topology::Topology) {
+    use lb_testkit::{Netns, ok};
+    let node = &topology.node;
+    ok(
+        node.sysctl("net.ipv6.conf.all.forwarding", "1"),
+        "IPv6 forwarding",
+    );
+    let mac = |ns: &Netns, dev: &str| -> String {
+        let line = ok(ns.ip(&["-br", "link", "show", "dev", dev]), "read a MAC");
+        line.split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no MAC in {line:?}"))
+            .to_owned()
+    };
+    let neigh = |ns: &Netns, addr: &str, lladdr: &str, dev: &str| {
+        ok(
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                lladdr,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]),
+            "permanent neighbour",
+        );
+    };
+    let pods = std::iter::once((&topology.client, addrs::CLIENT)).chain(
+        topology
+            .backends
+            .iter()
+            .zip(addrs::BACKENDS)
+            .map(|(pod, addr)| (pod, addr)),
+    );
+    for (pod, addr) in pods {
+        let dev = lb_testkit::pod::POD_DEV;
+        ok(
+            pod.ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                dev,
+                "nodad",
+            ]),
+            "pod IPv6 address",
+        );
+        neigh(&pod.ns, addrs::POD_GATEWAY, &mac(node, pod.host_dev), dev);
+        ok(
+            pod.ns.ip(&[
+                "-6",
+                "route",
+                "replace",
+                "default",
+                "via",
+                addrs::POD_GATEWAY,
+                "dev",
+                dev,
+            ]),
+            "pod default route",
+        );
+        ok(
+            node.ip(&[
+                "-6",
+                "route",
+                "replace",
+                &format!("{addr}/128"),
+                "dev",
+                pod.host_dev,
+            ]),
+            "node route to the pod",
+        );
+        neigh(node, addr, &mac(&pod.ns, dev), pod.host_dev);
+    }
+    let node_dev = crate::topology::NODE_DEV;
+    ok(
+        node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addrs::NODE),
+            "dev",
+            node_dev,
+            "nodad",
+        ]),
+        "node IPv6 address",
+    );
+    let external = &topology.external;
+    ok(
+        external.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addrs::EXTERNAL),
+            "dev",
+            "eth0",
+            "nodad",
+        ]),
+        "external IPv6 address",
+    );
+    neigh(node, addrs::EXTERNAL, &mac(external, "eth0"), node_dev);
+    neigh(external, addrs::NODE, &mac(node, node_dev), "eth0");
+    ok(
+        external.ip(&[
+            "-6",
+            "route",
+            "replace",
+            addrs::SERVICE_PREFIX,
+            "via",
+            addrs::NODE,
+        ]),
+        "external route to the service prefix",
+    );
+}
+
+const HTTP6_SERVER: &str = r#"
+import http.server, socket, socketserver, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"pod {ip} answered client {self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Pod-IP", ip)
+        self.send_header("X-Client-IP", self.client_address[0])
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = ip, port
+
+print(f"listening on [{ip}]:{port}", flush=True)
+Server((ip, port), Handler).serve_forever()
+"#;
+
+/// Starts an IPv6 HTTP server on `[ip]:port` in `ns` (its answers carry `X-Pod-IP` and
+/// `X-Client-IP`) and waits until it listens.
+pub fn http6_server(
+    ns: &lb_testkit::Netns,
+    ip: &str,
+    port: u16,
+    dir: &std::path::Path,
+) -> lb_testkit::Process {
+    use lb_testkit::ok;
+    let script = dir.join("http6-server.py");
+    ok(
+        lb_testkit::write_file(&script, HTTP6_SERVER),
+        "write the server",
+    );
+    let log = dir.join(format!("{}-http6-{port}.log", ns.name()));
+    let args = [&*script.to_string_lossy(), ip, &port.to_string()];
+    let mut process = ok(ns.spawn("python3", &args, &log), "start the IPv6 server");
+    let listening = format!("[{ip}]:{port}");
+    ok(
+        lb_testkit::wait_until(
+            &format!("the IPv6 server listening on {listening}"),
+            std::time::Duration::from_secs(20),
+            || {
+                process.check_running().map_err(|err| err.to_string())?;
+                let sockets = ns.run("ss", &["-Hltn"]).map_err(|err| err.to_string())?;
+                Ok(sockets.contains(&listening).then_some(()))
+            },
+        ),
+        "IPv6 server",
+    );
+    process
+}

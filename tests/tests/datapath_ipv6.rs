@@ -387,3 +387,96 @@ fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
     assert_eq!(event.file, SourceFile::Nat6 as u8);
     assert_eq!(conntrack6(&datapath, maps::LB6_CT_TCP), vec![]);
 }
+
+/// Real traffic: the `Topology` node made dual stack (`lb_tests::ipv6::wire_ipv6`), the
+/// programs attached with TCX as the agent attaches them, an IPv6 ClusterIP written to the
+/// maps. A client pod's curl to `[fd00:96::10]:80` gets 200 from a backend pod that sees the
+/// pod's own address; the same request from the external client is dropped with 174 at
+/// from-netdev (a `DropEvent6` per SYN) and never answered.
+#[test]
+fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
+    use lb_tests::{
+        ipv6::{addrs, http6_server, wire_ipv6},
+        topology::{BACKEND_DEVS, CLIENT_DEV, NODE_DEV, Topology},
+    };
+    let topology = Topology::new("ipv6_cluster_ip");
+    wire_ipv6(&topology);
+    let _servers: Vec<_> = topology
+        .backends
+        .iter()
+        .zip(addrs::BACKENDS)
+        .map(|(pod, ip)| http6_server(&pod.ns, ip, 8080, topology.dir()))
+        .collect();
+    let backends = addrs::BACKENDS.map(|ip| format!("[{ip}]:8080"));
+    let mut datapath = load(
+        0,
+        &[service6(VIP, proto::TCP, 1, &[&backends[0], &backends[1]])],
+    );
+    topology
+        .node
+        .within(|| {
+            datapath.attach(Hook::FromNetdev, NODE_DEV);
+            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                datapath.attach(Hook::FromPod, dev);
+            }
+        })
+        .expect("enter the node");
+    let url = "http://[fd00:96::10]:80/";
+    let curl = |ns: &lb_testkit::Netns, timeout: &str| {
+        ns.exec("curl", &["-sSi", "-g", "--max-time", timeout, url])
+            .expect("run curl")
+    };
+
+    let outcome = curl(&topology.client.ns, "5");
+    assert!(outcome.success, "the pod's request: {outcome:?}");
+    assert!(
+        outcome.stdout.starts_with("HTTP/1.0 200") || outcome.stdout.starts_with("HTTP/1.1 200"),
+        "200: {outcome:?}"
+    );
+    assert!(
+        outcome
+            .stdout
+            .contains(&format!("X-Client-IP: {}", addrs::CLIENT)),
+        "the backend sees the pod's own address: {outcome:?}"
+    );
+    assert!(
+        addrs::BACKENDS
+            .iter()
+            .any(|ip| outcome.stdout.contains(&format!("X-Pod-IP: {ip}"))),
+        "a backend answered: {outcome:?}"
+    );
+    assert_eq!(datapath.all_drops(), vec![], "nothing dropped");
+
+    let outcome = curl(&topology.external, "2");
+    assert!(
+        !outcome.success,
+        "the external client must not reach the ClusterIP: {outcome:?}"
+    );
+    let drops = lb_testkit::wait_until(
+        "a drop counted with 174",
+        std::time::Duration::from_secs(5),
+        || {
+            let count = datapath.drop_count(DropReason::IsClusterIp, Hook::FromNetdev);
+            if count >= 1 {
+                Ok(Some(count))
+            } else {
+                Err(format!("{count}"))
+            }
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let events = drain_events6(&datapath);
+    assert_eq!(events.len() as u64, drops, "one event per drop: {events:?}");
+    for event in &events {
+        assert_eq!(event.reason, DropReason::IsClusterIp as u8);
+        assert_eq!(event.hook, Hook::FromNetdev as u8);
+        assert_eq!(event.saddr, ip6_words(ip6(addrs::EXTERNAL)));
+        assert_eq!(event.daddr, ip6_words(ip6("fd00:96::10")));
+        assert_eq!(event.tcp_flags, tcp_flags::SYN);
+    }
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::IsClusterIp as u8, Hook::FromNetdev as u8, drops)],
+        "only 174 at from-netdev"
+    );
+}
