@@ -298,13 +298,8 @@ pub fn wire_ipv6(topology: &crate::topology::Topology) {
             "permanent neighbour",
         );
     };
-    let pods = std::iter::once((&topology.client, addrs::CLIENT)).chain(
-        topology
-            .backends
-            .iter()
-            .zip(addrs::BACKENDS)
-            .map(|(pod, addr)| (pod, addr)),
-    );
+    let pods = std::iter::once((&topology.client, addrs::CLIENT))
+        .chain(topology.backends.iter().zip(addrs::BACKENDS));
     for (pod, addr) in pods {
         let dev = lb_testkit::pod::POD_DEV;
         ok(
