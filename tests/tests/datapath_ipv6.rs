@@ -480,3 +480,59 @@ fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
         "only 174 at from-netdev"
     );
 }
+
+#[test]
+fn a_node_port_on_the_node_ipv6_address_is_dnated_and_its_reply_redirected() {
+    use lb_common::{conntrack::CT_F_NODE_PORT, service::SERVICE_F_NODE_PORT};
+    let fib = FibNetns6::new("v6nodeport");
+    let node_port = "[fd00:56::4]:30080";
+    let mut service = service6(node_port, proto::TCP, 2, &[BACKEND]);
+    service.flags = SERVICE_F_NODE_PORT | SERVICE_F_ROUTABLE;
+    let datapath = load(0, &[service]);
+    let (request, reply) = fib.enter(|| {
+        let request = datapath.run_on(Hook::FromNetdev, &tcp6_syn(CLIENT, node_port), fib.ifindex);
+        let reply = datapath.run_on(Hook::FromPod, &tcp6_syn_ack(BACKEND, CLIENT), fib.ifindex);
+        (request, reply)
+    });
+    assert_eq!(
+        request.verdict, TC_ACT_UNSPEC,
+        "a local backend: to the stack"
+    );
+    read_checked6(&request.frame);
+    assert_eq!(request.frame, tcp6_syn(CLIENT, BACKEND), "DNATed");
+    assert!(
+        conntrack6(&datapath, maps::LB6_CT_TCP)
+            .iter()
+            .all(|(_, e)| e.flags() & CT_F_NODE_PORT != 0),
+        "both entries flagged node port"
+    );
+    assert_eq!(
+        reply.verdict, TC_ACT_REDIRECT,
+        "the reply leaves by redirect"
+    );
+    read_checked6(&reply.frame);
+    assert_eq!(
+        reply.frame,
+        Frame6::tcp(node_port, CLIENT, tcp_flags::SYN | tcp_flags::ACK)
+            .with_macs(NODE_MAC, CLIENT_MAC)
+            .bytes(),
+        "from the node port, to the client"
+    );
+    assert_eq!(datapath.all_drops(), vec![]);
+}
+
+#[test]
+fn a_udp_datagram_without_checksum_keeps_it_zero() {
+    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let frame = Frame6 {
+        l4: L4v6::Udp { checksum: false },
+        ..Frame6::udp(POD, VIP)
+    };
+    let run = datapath.run(Hook::FromPod, &frame.bytes());
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert_eq!(
+        run.frame,
+        frame.between(POD, BACKEND).bytes(),
+        "DNATed, checksum still 0 (its receiver drops it, as without lb)"
+    );
+}
