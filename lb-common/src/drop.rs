@@ -140,6 +140,8 @@ pub enum SourceFile {
     Nat6 = 16,
     /// `lb-ebpf/src/fib6.rs`
     Fib6 = 17,
+    /// `lb-ebpf/src/icmp6.rs`
+    Icmp6 = 18,
 }
 
 impl SourceFile {
@@ -164,6 +166,7 @@ impl SourceFile {
             Self::Conntrack6 => "conntrack6.rs",
             Self::Nat6 => "nat6.rs",
             Self::Fib6 => "fib6.rs",
+            Self::Icmp6 => "icmp6.rs",
         }
     }
 
@@ -187,6 +190,7 @@ impl SourceFile {
             15 => Self::Conntrack6,
             16 => Self::Nat6,
             17 => Self::Fib6,
+            18 => Self::Icmp6,
             _ => Self::Unknown,
         }
     }

@@ -2,29 +2,29 @@
 //! 0x86dd. Both hooks call [`run`] for those, each in a BPF subprogram of its own (`main.rs`).
 //!
 //! Order: parse (`parse6.rs`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once),
-//! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), backend
-//! selection, SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for
+//! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), REJECT of
+//! a frontend without endpoints (`icmp6.rs`), backend selection, SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for
 //! SNATed flows the route (`fib6.rs`). ICMPv6 (neighbour discovery, router advertisements,
 //! echo, errors) is handed on untouched; other protocols to a VIP are dropped with 142, as for
 //! IPv4. Not yet for IPv6: hairpin (a pod reaching itself through a VIP), ClientIP affinity,
-//! reassembly of fragments (a later fragment to a VIP is dropped with 157), REJECT of a
-//! frontend without endpoints (its packets are dropped with 158), ICMPv6 errors about
+//! reassembly of fragments (a later fragment to a VIP is dropped with 157), ICMPv6 errors about
 //! translated flows, and the pass-through filters (every IPv6 packet costs one conntrack and
 //! one frontend lookup).
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
+    config::CONFIG_F_NO_BACKEND_DROP,
     conntrack::{CT_F_NODE_PORT, CT_F_SNAT, CtReply6, CtService6},
     drop::{DropReason, Hook, SourceFile},
     proto,
-    service::BACKEND_F_REMOTE,
+    service::{BACKEND_F_REMOTE, SERVICE_F_NO_ENDPOINTS},
 };
 
 use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, lb6,
+    fib6, icmp6, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -109,6 +109,12 @@ fn new_flow(
     if hook == Hook::FromNetdev {
         policy6::check_external_access(frontend, config)?;
         policy6::check_source_range(frontend, &tuple.saddr)?;
+    }
+    if frontend.entry.count == 0
+        && frontend.entry.flags & SERVICE_F_NO_ENDPOINTS != 0
+        && config.flags & CONFIG_F_NO_BACKEND_DROP == 0
+    {
+        return icmp6::refuse(ctx, tuple, scratch);
     }
     let chosen = lb6::select_backend(frontend, tuple, config)?;
     let now = now(config);

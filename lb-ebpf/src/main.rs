@@ -36,8 +36,9 @@ mod hairpin;
 // Replies of host-network backends: an egress program of its own, declared in the module.
 mod host_reply;
 mod icmp;
+mod icmp6;
 // The IPv6 path, one module per concern as for IPv4: ipv6 (the path), parse6, lb6, policy6,
-// conntrack6, nat6, fib6.
+// conntrack6, nat6, fib6, icmp6.
 mod conntrack6;
 mod fib6;
 mod ipv6;

@@ -15,7 +15,7 @@
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
-//! | `LB6_SCRATCH` | `conntrack6.rs` and `nat6.rs` (unpinned scratch space) |
+//! | `LB6_SCRATCH` | `conntrack6.rs`, `nat6.rs` and `icmp6.rs` (unpinned scratch space) |
 //! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
 //! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners |
 //!
@@ -78,7 +78,14 @@ pub struct Ct6Scratch {
     pub service: CtEntry6,
     /// The reply entry.
     pub reply: CtEntry6,
+    /// An ICMPv6 answer being built (`icmp6.rs`), instead of the entries.
+    pub answer: Icmp6Answer,
 }
+
+/// An ICMPv6 answer being built: Ethernet, IPv6 and ICMPv6 headers and the quote (at most 112
+/// bytes), in 16-bit words, 8-aligned so that it is zeroed a word at a time.
+#[repr(C, align(8))]
+pub struct Icmp6Answer(pub [u16; 88]);
 
 /// Per-CPU scratch space for `Ct6Scratch`. Not pinned: it holds nothing between packets.
 #[map]

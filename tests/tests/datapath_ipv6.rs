@@ -536,3 +536,76 @@ fn a_udp_datagram_without_checksum_keeps_it_zero() {
         "DNATed, checksum still 0 (its receiver drops it, as without lb)"
     );
 }
+
+#[test]
+fn a_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
+    use lb_common::service::SERVICE_F_NO_ENDPOINTS;
+    for (what, input) in [
+        ("TCP", tcp6_syn(POD, VIP)),
+        (
+            "UDP behind extension headers",
+            Frame6::udp(POD, VIP)
+                .with_ext(&[Ext::HopByHop, Ext::DestOptions { len8: 1 }])
+                .bytes(),
+        ),
+    ] {
+        let proto = if what == "TCP" {
+            proto::TCP
+        } else {
+            proto::UDP
+        };
+        let mut service = service6(VIP, proto, 1, &[]);
+        service.flags |= SERVICE_F_NO_ENDPOINTS;
+        let datapath = load(0, &[service]);
+        let run = datapath.run(Hook::FromPod, &input);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "{what}: answered");
+        let out = &run.frame;
+        assert_eq!(&out[..6], &input[6..12], "{what}: back to the sender's MAC");
+        assert_eq!(
+            &out[6..12],
+            &input[..6],
+            "{what}: from the MAC it was sent to"
+        );
+        assert_eq!(&out[12..14], &[0x86, 0xdd], "{what}: IPv6");
+        let ip = &out[14..];
+        assert_eq!(ip[6], 58, "{what}: ICMPv6");
+        assert_eq!(&ip[8..24], &input[14 + 24..14 + 40], "{what}: from the VIP");
+        assert_eq!(
+            &ip[24..40],
+            &input[14 + 8..14 + 24],
+            "{what}: to the sender"
+        );
+        let icmp = &ip[40..];
+        assert_eq!(
+            usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+            icmp.len(),
+            "{what}: payload length"
+        );
+        assert_eq!((icmp[0], icmp[1]), (1, 4), "{what}: port unreachable");
+        let mut zeroed = icmp.to_vec();
+        zeroed[2..4].copy_from_slice(&[0, 0]);
+        let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+        assert_eq!(
+            u16::from_be_bytes([icmp[2], icmp[3]]),
+            l4_checksum(&src, &dst, 58, &zeroed),
+            "{what}: ICMPv6 checksum"
+        );
+        let quote = &icmp[8..];
+        let headers = input.len() - 14 - 18 - if proto == proto::TCP { 20 } else { 8 };
+        assert_eq!(
+            quote,
+            &input[14..14 + headers + 8],
+            "{what}: quotes the headers and the ports"
+        );
+        assert_eq!(
+            datapath.all_drops(),
+            vec![(DropReason::NoService as u8, Hook::FromPod as u8, 1)],
+            "{what}: counted as 158"
+        );
+        let events = drain_events6(&datapath);
+        assert_eq!(events.len(), 1, "{what}: one event");
+        assert_eq!(events[0].file, SourceFile::Icmp6 as u8);
+        assert_eq!(conntrack6(&datapath, maps::LB6_CT_TCP), vec![]);
+    }
+}
