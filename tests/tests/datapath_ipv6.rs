@@ -609,3 +609,75 @@ fn a_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
         assert_eq!(conntrack6(&datapath, maps::LB6_CT_TCP), vec![]);
     }
 }
+
+/// Cost per packet of the IPv6 paths under `BPF_PROG_TEST_RUN`, set up as
+/// `datapath_bench.rs` sets up IPv4's (pass-through to no VIP; an established flow whose DNAT
+/// turns the packet into the next packet of a second flow leading back; a reply's rev-NAT;
+/// new flows, one run each). Run with `cargo test -p lb-tests --test datapath_ipv6 --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check; run it explicitly"]
+fn cost_per_packet_of_the_ipv6_paths() {
+    const REPEAT: u32 = 100_000;
+    let a_vip = "[fd00:96::10]:80";
+    let b_vip = "[fd00:96::11]:81";
+    let datapath = load(
+        0,
+        &[
+            service6(a_vip, proto::TCP, 1, &[b_vip]),
+            service6(b_vip, proto::TCP, 2, &[a_vip]),
+        ],
+    );
+    let pass = datapath.run_repeat(Hook::FromPod, &tcp6_ack(POD, "[fd00:96::99]:80"), REPEAT);
+    assert_eq!(pass.verdict, TC_ACT_UNSPEC);
+    let a = tcp6_ack(POD, a_vip);
+    let b = datapath.run(Hook::FromPod, &a).frame;
+    assert_eq!(b, tcp6_ack(POD, b_vip));
+    assert_eq!(
+        datapath.run(Hook::FromPod, &b).frame,
+        a,
+        "B leads back to A"
+    );
+    let established = datapath.run_repeat(Hook::FromPod, &a, REPEAT);
+    assert_eq!(established.verdict, TC_ACT_UNSPEC);
+    assert_eq!(
+        conntrack6(&datapath, maps::LB6_CT_TCP).len(),
+        4,
+        "only hits"
+    );
+
+    let other = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    other.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    // Each run is a fresh copy of the backend's reply: a reply-entry hit and its rev-NAT.
+    let replies = (0..20_000)
+        .map(|_| other.run(Hook::FromPod, &tcp6_ack(BACKEND, POD)).duration)
+        .sum::<std::time::Duration>()
+        / 20_000;
+    let flows = 20_000u16;
+    let mut total = std::time::Duration::ZERO;
+    for port in 0..flows {
+        let syn = tcp6_syn(
+            &format!("[fd00:244:1::{:x}]:{}", 1 + port / 250, 30_000 + port),
+            VIP,
+        );
+        let run = other.run(Hook::FromPod, &syn);
+        assert_eq!(run.verdict, TC_ACT_UNSPEC);
+        total += run.duration;
+    }
+    println!(
+        "IPv6 pass-through:     {:>5} ns/packet (repeat {REPEAT})",
+        pass.duration.as_nanos()
+    );
+    println!(
+        "IPv6 established flow: {:>5} ns/packet (repeat {REPEAT})",
+        established.duration.as_nanos()
+    );
+    println!(
+        "IPv6 reply (rev-NAT):  {:>5} ns/packet (mean of 20000 single runs)",
+        replies.as_nanos()
+    );
+    println!(
+        "IPv6 new flow:         {:>5} ns/packet (mean of {flows} single runs)",
+        (total / u32::from(flows)).as_nanos()
+    );
+}
