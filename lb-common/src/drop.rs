@@ -142,6 +142,8 @@ pub enum SourceFile {
     Fib6 = 17,
     /// `lb-ebpf/src/icmp6.rs`
     Icmp6 = 18,
+    /// `lb-ebpf/src/frag6.rs`
+    Frag6 = 19,
 }
 
 impl SourceFile {
@@ -167,6 +169,7 @@ impl SourceFile {
             Self::Nat6 => "nat6.rs",
             Self::Fib6 => "fib6.rs",
             Self::Icmp6 => "icmp6.rs",
+            Self::Frag6 => "frag6.rs",
         }
     }
 
@@ -191,6 +194,7 @@ impl SourceFile {
             16 => Self::Nat6,
             17 => Self::Fib6,
             18 => Self::Icmp6,
+            19 => Self::Frag6,
             _ => Self::Unknown,
         }
     }

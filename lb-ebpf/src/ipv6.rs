@@ -4,10 +4,11 @@
 //! Order: parse (`parse6.rs`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once),
 //! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), REJECT of
 //! a frontend without endpoints (`icmp6.rs`), backend selection, SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for
-//! SNATed flows the route (`fib6.rs`). ICMPv6 (neighbour discovery, router advertisements,
+//! SNATed flows the route (`fib6.rs`); fragments of TCP and UDP datagrams follow their first
+//! fragment (`frag6.rs`). ICMPv6 (neighbour discovery, router advertisements,
 //! echo, errors) is handed on untouched; other protocols to a VIP are dropped with 142, as for
 //! IPv4. Not yet for IPv6: hairpin (a pod reaching itself through a VIP), ClientIP affinity,
-//! reassembly of fragments (a later fragment to a VIP is dropped with 157), ICMPv6 errors about
+//! ICMPv6 errors about
 //! translated flows, and the pass-through filters (every IPv6 packet costs one conntrack and
 //! one frontend lookup).
 
@@ -24,7 +25,7 @@ use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, icmp6, lb6,
+    fib6, frag6, icmp6, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -54,14 +55,25 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
     let Some(tuple) = tuple else {
         return Ok(Verdict::Pass);
     };
-    match tuple.shape {
-        Shape::Complete | Shape::FirstFragment => {}
+    // A later fragment has no ports of its own: its datagram's first fragment recorded them.
+    let with_ports;
+    let tuple = match tuple.shape {
+        Shape::Complete | Shape::FirstFragment => tuple,
+        Shape::Fragment if tuple.proto == proto::TCP || tuple.proto == proto::UDP => {
+            match frag6::lookup_ports(tuple)? {
+                Some(found) => {
+                    with_ports = found;
+                    &with_ports
+                }
+                None => return Ok(Verdict::Pass),
+            }
+        }
         Shape::Fragment | Shape::Truncated => {
             lb6::check_malformed(tuple)?;
             return Ok(Verdict::Pass);
         }
         Shape::Other => return other(tuple),
-    }
+    };
     let config = maps::config();
     let Some(scratch) = conntrack6::scratch() else {
         return Ok(Verdict::Pass);
@@ -154,6 +166,7 @@ fn needs_snat(hook: Hook, chosen: &Chosen6) -> bool {
 /// its new addresses (the node's own source address is a martian to the stack).
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict, Dropped> {
+    frag6::record(tuple);
     let to = nat6::dnat_target(tuple, flow);
     if flow.flags & CT_F_SNAT == 0 {
         nat6::rewrite(ctx, tuple, &to)?;
@@ -167,6 +180,7 @@ fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict
 /// Reverse-NAT a backend's reply; a reverse-SNATed reply or a node port's leaves by redirect.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple6, reply: &CtReply6) -> Result<Verdict, Dropped> {
+    frag6::record(tuple);
     let to = nat6::rev_nat_target(tuple, reply);
     if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
         nat6::rewrite(ctx, tuple, &to)?;

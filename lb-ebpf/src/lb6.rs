@@ -79,7 +79,7 @@ pub fn check_unknown_port(tuple: &Tuple6) -> Result<(), Dropped> {
 }
 
 /// For a packet whose flow cannot be told (a cut-short or too long header chain: 134; a
-/// later fragment: 157) addressed to a VIP; `Ok` (hand it on) otherwise.
+/// later fragment of another protocol than TCP and UDP: 157) addressed to a VIP; `Ok` (hand it on) otherwise.
 #[inline(always)]
 pub fn check_malformed(tuple: &Tuple6) -> Result<(), Dropped> {
     if !is_known_vip(tuple.daddr) {

@@ -17,7 +17,7 @@
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
 //! | `LB6_SCRATCH` | `conntrack6.rs`, `nat6.rs` and `icmp6.rs` (unpinned scratch space) |
 //! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
-//! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners |
+//! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners (`lb6.rs`, `policy6.rs`, `conntrack6.rs`, `frag6.rs`) |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
 //! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find

@@ -61,6 +61,8 @@ pub struct Tuple6 {
     pub tcp_flags: u8,
     /// Offset of the upper-layer header.
     pub l4_off: u16,
+    /// The fragment header's identification (as stored), 0 without one.
+    pub frag_id: u32,
     /// Whether the ports are valid (as for `Tuple4`).
     pub shape: Shape,
 }
@@ -138,6 +140,7 @@ pub fn tuple6(ctx: &TcContext) -> Option<Tuple6> {
         proto: next,
         tcp_flags: 0,
         l4_off: (IP6_OFF + IP6_LEN) as u16,
+        frag_id: 0,
         shape: Shape::Truncated,
     };
     let mut off = IP6_OFF + IP6_LEN;
@@ -159,6 +162,10 @@ pub fn tuple6(ctx: &TcContext) -> Option<Tuple6> {
                 return Some(tuple);
             };
             let frag = u16::from_be(frag);
+            let Some(id) = load_u32(ctx, (off & MAX_L4_OFF) + 4) else {
+                return Some(tuple);
+            };
+            tuple.frag_id = id;
             if frag & IP6_OFFSET_MASK != 0 {
                 tuple.proto = following;
                 tuple.l4_off = (off + 8) as u16;

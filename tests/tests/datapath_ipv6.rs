@@ -306,16 +306,111 @@ fn extension_headers_are_walked() {
             .bytes(),
         "five extension headers elsewhere",
     );
-    let later = Frame6::udp(POD, VIP).with_ext(&[Ext::Fragment {
-        offset: 185,
-        more: false,
-    }]);
     assert_dropped(
         &datapath,
         Hook::FromPod,
-        &later.bytes(),
+        &ip6_proto_later_fragment("fd00:244:1::7", "fd00:96::10", 132),
         DropReason::FragNoSupport,
-        "a later fragment to a VIP",
+        "a later fragment of another protocol to a VIP",
+    );
+}
+
+/// A later fragment (offset 185 × 8) of a datagram of protocol `proto`.
+fn ip6_proto_later_fragment(src: &str, dst: &str, proto: u8) -> Vec<u8> {
+    let mut frame = Frame6::udp(&format!("[{src}]:1"), &format!("[{dst}]:1"))
+        .with_ext(&[Ext::Fragment {
+            offset: 185,
+            more: false,
+        }])
+        .bytes();
+    // The fragment header's next header.
+    frame[14 + 40] = proto;
+    frame
+}
+
+/// `frame` with its IPv6 addresses replaced (nothing else: a later fragment has no L4 header
+/// for the datapath to rewrite).
+fn with_addrs6(frame: &[u8], src: &str, dst: &str) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[22..38].copy_from_slice(&addr6(src).ip().octets());
+    out[38..54].copy_from_slice(&addr6(dst).ip().octets());
+    out
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let first = Frame6::udp(POD, VIP).with_ext(&[Ext::Fragment {
+        offset: 0,
+        more: true,
+    }]);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &first.bytes(),
+        &first.between(POD, BACKEND).bytes(),
+        "first fragment",
+    );
+    let later = Frame6::udp(POD, VIP)
+        .with_ext(&[Ext::Fragment {
+            offset: 185,
+            more: false,
+        }])
+        .bytes();
+    let run = datapath.run(Hook::FromPod, &later);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC, "later fragment: verdict");
+    assert_eq!(
+        run.frame,
+        with_addrs6(&later, POD, BACKEND),
+        "later fragment: addresses translated, nothing else"
+    );
+    // The backend's fragmented reply, first fragment then a later one.
+    let reply_first = Frame6::udp(BACKEND, POD).with_ext(&[Ext::Fragment {
+        offset: 0,
+        more: true,
+    }]);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &reply_first.bytes(),
+        &reply_first.between(VIP, POD).bytes(),
+        "first fragment of the reply",
+    );
+    let reply_later = Frame6::udp(BACKEND, POD)
+        .with_ext(&[Ext::Fragment {
+            offset: 185,
+            more: false,
+        }])
+        .bytes();
+    let run = datapath.run(Hook::FromPod, &reply_later);
+    assert_eq!(
+        run.frame,
+        with_addrs6(&reply_later, VIP, POD),
+        "later reply fragment"
+    );
+    assert_eq!(datapath.all_drops(), vec![]);
+
+    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let event = assert_dropped(
+        &datapath,
+        Hook::FromPod,
+        &later,
+        DropReason::FragNotFound,
+        "a later fragment to a VIP without its first",
+    );
+    assert_eq!(event.file, SourceFile::Frag6 as u8);
+    let elsewhere = Frame6::udp(POD, "[fd00:96::99]:53")
+        .with_ext(&[Ext::Fragment {
+            offset: 185,
+            more: false,
+        }])
+        .bytes();
+    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    assert_unchanged(
+        &datapath,
+        Hook::FromPod,
+        &elsewhere,
+        "a later fragment elsewhere",
     );
 }
 
