@@ -7,8 +7,7 @@
 //! SNATed flows the route (`fib6.rs`); fragments of TCP and UDP datagrams follow their first
 //! fragment (`frag6.rs`). ICMPv6 (neighbour discovery, router advertisements,
 //! echo, errors) is handed on untouched; other protocols to a VIP are dropped with 142, as for
-//! IPv4. Not yet for IPv6: hairpin (a pod reaching itself through a VIP), ClientIP affinity,
-//! ICMPv6 errors about
+//! IPv4. Not yet for IPv6: hairpin (a pod reaching itself through a VIP), ICMPv6 errors about
 //! translated flows, and the pass-through filters (every IPv6 packet costs one conntrack and
 //! one frontend lookup).
 
@@ -22,6 +21,7 @@ use lb_common::{
 };
 
 use crate::{
+    affinity6,
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
@@ -128,7 +128,7 @@ fn new_flow(
     {
         return icmp6::refuse(ctx, tuple, scratch);
     }
-    let chosen = lb6::select_backend(frontend, tuple, config)?;
+    let chosen = affinity6::select_backend(frontend, tuple, config)?;
     let now = now(config);
     let snat = if needs_snat(hook, &chosen) {
         Some(nat6::select_snat_port(

@@ -113,8 +113,8 @@ pub fn is_active(backend: &Backend6) -> bool {
 }
 
 /// The backend for a new flow: the frontend's Maglev entry when it has a table (and an active
-/// backend there), else a random active slot. 158 when there is none. (ClientIP affinity is
-/// not kept for IPv6 yet: such a frontend selects as if it had none.)
+/// backend there), else a random active slot. 158 when there is none. (ClientIP affinity
+/// comes first: `affinity6.rs`.)
 #[inline(always)]
 pub fn select_backend(
     frontend: &Frontend6,

@@ -38,7 +38,8 @@ mod host_reply;
 mod icmp;
 mod icmp6;
 // The IPv6 path, one module per concern as for IPv4: ipv6 (the path), parse6, lb6, policy6,
-// conntrack6, nat6, fib6, icmp6, frag6.
+// conntrack6, nat6, fib6, icmp6, frag6, affinity6.
+mod affinity6;
 mod conntrack6;
 mod fib6;
 mod frag6;

@@ -36,6 +36,8 @@ pub struct Service6 {
     pub flags: u8,
     /// `SERVICE_F2_*` bits.
     pub flags2: u8,
+    /// The ClientIP affinity timeout in seconds (with `SERVICE_F_AFFINITY`).
+    pub affinity_timeout: u32,
     /// Backends: id, `"[addr]:port"`, `BACKEND_F_*` bits.
     pub backends: Vec<(u32, String, u8)>,
 }
@@ -49,6 +51,7 @@ pub fn service6(frontend: &str, proto: u8, id: u16, backends: &[&str]) -> Servic
         id,
         flags: SERVICE_F_CLUSTER_IP,
         flags2: 0,
+        affinity_timeout: 0,
         backends: backends
             .iter()
             .enumerate()
@@ -85,7 +88,7 @@ pub fn write_service6(datapath: &Datapath, service: &Service6) {
         services.insert(key, entry, 0).expect("write a slot");
     }
     let master = ServiceEntry {
-        backend_id: 0,
+        backend_id: service.affinity_timeout,
         count: service.backends.len() as u16,
         qcount: 0,
         rev_nat: service.id,

@@ -776,3 +776,26 @@ fn cost_per_packet_of_the_ipv6_paths() {
         (total / u32::from(flows)).as_nanos()
     );
 }
+
+#[test]
+fn client_ip_affinity_sends_a_client_s_new_flows_to_one_backend() {
+    use lb_common::service::SERVICE_F_AFFINITY;
+    let mut service = service6(VIP, proto::TCP, 1, &[BACKEND, BACKEND2]);
+    service.flags |= SERVICE_F_AFFINITY;
+    service.affinity_timeout = 10_800;
+    let datapath = load(0, &[service]);
+    let seen: std::collections::BTreeSet<_> = (0..20u16)
+        .map(|i| {
+            let client = format!("[fd00:244:1::7]:{}", 40_000 + i);
+            let run = datapath.run(Hook::FromPod, &tcp6_syn(&client, VIP));
+            assert_eq!(run.verdict, TC_ACT_UNSPEC);
+            read_checked6(&run.frame).dst
+        })
+        .collect();
+    // Without affinity all 20 would land on one backend with probability 2^-19.
+    assert_eq!(
+        seen.len(),
+        1,
+        "one backend for all of the client's flows: {seen:?}"
+    );
+}
