@@ -1,4 +1,6 @@
-//! ICMPv6 answers of the IPv6 path: REJECT of a new flow to a frontend without endpoints, as
+//! ICMPv6 answers of the IPv6 path: echo requests to a VIP are answered by the VIP itself, in
+//! place (as `icmp.rs` does for IPv4: from outside only when the VIP is reachable from there,
+//! 174 otherwise); and REJECT of a new flow to a frontend without endpoints, as
 //! `icmp::refuse` does for IPv4 (kube-proxy's behaviour, k8s-semantics.md §2.6): ICMPv6
 //! destination unreachable, port unreachable (RFC 4443, type 1 code 4), from the VIP back to
 //! the sender, out of the interface the packet arrived on; counted as 158 like the silent drop
@@ -16,15 +18,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6,
-    drop::{DropReason, SourceFile},
+    drop::{DropReason, Hook, SourceFile},
     proto,
 };
 
 use crate::{
     drop::{Dropped, Verdict, dropped},
-    maps::Ct6Scratch,
-    parse::{ETH_LEN, ptr_at, split},
-    parse6::{IP6_OFF, Tuple6},
+    lb6,
+    maps::{self, Ct6Scratch},
+    parse::{ETH_LEN, load_u16, ptr_at, split, store_u16, store_u32},
+    parse6::{IP6_DADDR_OFF, IP6_OFF, IP6_SADDR_OFF, Tuple6},
+    policy6,
 };
 
 const FILE: SourceFile = SourceFile::Icmp6;
@@ -48,6 +52,53 @@ const W_ICMP: usize = W_IP + IP6_LEN / 2;
 const W_QUOTE: usize = W_ICMP + ICMP6_LEN / 2;
 const ANSWER_WORDS: usize = W_QUOTE + MAX_QUOTE / 2;
 const _: () = assert!(ANSWER_WORDS <= 88);
+
+/// Echo request and reply (RFC 4443).
+pub const ECHO_REQUEST: u8 = 128;
+const ECHO_REPLY: u8 = 129;
+
+/// Answers an echo request to a VIP in place: an echo reply from the VIP, back out of the
+/// interface the request came in on. Swapping the addresses leaves the pseudo-header's sum as
+/// it was and the type change is compensated in the ICMPv6 checksum, so the sum over the
+/// packet (a CHECKSUM_COMPLETE `skb->csum`) is unchanged; the hop limit is left as it came.
+#[inline(always)]
+pub fn answer_echo(ctx: &TcContext, hook: Hook, tuple: &Tuple6) -> Result<Verdict, Dropped> {
+    if hook == Hook::FromNetdev
+        && let Some(vip) = lb6::lookup_vip(tuple.daddr)
+    {
+        policy6::check_external_access(&vip, maps::config())?;
+    }
+    let write_error = dropped!(DropReason::WriteError);
+    let l4 = tuple.l4();
+    let type_code = load_u16(ctx, l4).ok_or(write_error)?;
+    let old_sum = load_u16(ctx, l4 + 2).ok_or(write_error)?;
+    let [_type, code] = type_code.to_ne_bytes();
+    let reply_type_code = u16::from_ne_bytes([ECHO_REPLY, code]);
+    // RFC 1624, eq. 3: HC' = ~(~HC + ~m + m').
+    let mut sum = u32::from(!old_sum) + u32::from(!type_code) + u32::from(reply_type_code);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let new_sum = !(sum as u16);
+    let eth = ptr_at::<[u16; 6]>(ctx, 0).ok_or(write_error)?;
+    // SAFETY: `ptr_at` checked the 12 bytes; they start the packet, so the words are aligned.
+    unsafe {
+        let [d0, d1, d2, s0, s1, s2] = eth.read();
+        eth.write([s0, s1, s2, d0, d1, d2]);
+    }
+    let mut written = Some(());
+    for i in 0..4 {
+        written = written
+            .and_then(|()| store_u32(ctx, IP6_SADDR_OFF + 4 * i, tuple.daddr[i]))
+            .and_then(|()| store_u32(ctx, IP6_DADDR_OFF + 4 * i, tuple.saddr[i]));
+    }
+    written
+        .and_then(|()| store_u16(ctx, l4, reply_type_code))
+        .and_then(|()| store_u16(ctx, l4 + 2, new_sum))
+        .ok_or(write_error)?;
+    // SAFETY: the context pointer is valid for the whole run; a helper taking plain integers.
+    let code = unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) };
+    Ok(Verdict::Redirect(code as i32))
+}
 
 /// Refuses the new flow `tuple` to a frontend without endpoints with ICMPv6 port unreachable
 /// from the VIP (see the module's doc): 158, answered.

@@ -3,13 +3,14 @@
 //!
 //! Order: parse (`parse6.rs`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once),
 //! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), REJECT of
-//! a frontend without endpoints (`icmp6.rs`), backend selection, SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for
-//! SNATed flows the route (`fib6.rs`); fragments of TCP and UDP datagrams follow their first
-//! fragment (`frag6.rs`). ICMPv6 (neighbour discovery, router advertisements,
-//! echo, errors) is handed on untouched; other protocols to a VIP are dropped with 142, as for
-//! IPv4. Not yet for IPv6: hairpin (a pod reaching itself through a VIP), ICMPv6 errors about
-//! translated flows, and the pass-through filters (every IPv6 packet costs one conntrack and
-//! one frontend lookup).
+//! a frontend without endpoints (`icmp6.rs`), backend selection (`affinity6.rs`, `lb6.rs`),
+//! SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for SNATed
+//! flows the route (`fib6.rs`). Later fragments of TCP and UDP datagrams follow their first
+//! fragment (`frag6.rs`). An echo request to a VIP is answered (`icmp6.rs`); other ICMPv6
+//! (neighbour discovery, router advertisements, errors) is handed on untouched; other
+//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: hairpin (a pod
+//! reaching itself through a VIP), ICMPv6 errors about translated flows, and the pass-through
+//! filters (every IPv6 packet costs one conntrack and one frontend lookup).
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
@@ -29,7 +30,7 @@ use crate::{
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
-    parse::Shape,
+    parse::{self, Shape},
     parse6::{self, Tuple6},
     policy6,
 };
@@ -72,7 +73,7 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
             lb6::check_malformed(tuple)?;
             return Ok(Verdict::Pass);
         }
-        Shape::Other => return other(tuple),
+        Shape::Other => return other(ctx, hook, tuple),
     };
     let config = maps::config();
     let Some(scratch) = conntrack6::scratch() else {
@@ -97,11 +98,20 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
     new_flow(ctx, hook, tuple, &frontend, scratch)
 }
 
-/// ICMPv6 passes untouched (neighbour discovery and router advertisements must, and lb
-/// translates no ICMPv6 yet); another protocol to a VIP is dropped with 142.
+/// An echo request to a VIP is answered by the VIP (`icmp6.rs`); other ICMPv6 passes
+/// untouched (neighbour discovery and router advertisements must, and lb translates no ICMPv6
+/// error yet); another protocol to a VIP is dropped with 142.
 #[inline(always)]
-fn other(tuple: &Tuple6) -> Result<Verdict, Dropped> {
-    if tuple.proto != proto::ICMPV6 && lb6::is_known_vip(tuple.daddr) {
+fn other(ctx: &TcContext, hook: Hook, tuple: &Tuple6) -> Result<Verdict, Dropped> {
+    if tuple.proto == proto::ICMPV6 {
+        let is_echo = parse::load_u16(ctx, tuple.l4())
+            .is_some_and(|word| word.to_ne_bytes()[0] == icmp6::ECHO_REQUEST);
+        if is_echo && lb6::is_known_vip(tuple.daddr) {
+            return icmp6::answer_echo(ctx, hook, tuple);
+        }
+        return Ok(Verdict::Pass);
+    }
+    if lb6::is_known_vip(tuple.daddr) {
         return Err(dropped!(DropReason::UnknownL4));
     }
     Ok(Verdict::Pass)

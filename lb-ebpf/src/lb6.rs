@@ -69,6 +69,20 @@ pub fn is_known_vip(addr: Addr6) -> bool {
         .is_some()
 }
 
+/// The wildcard entry of `addr` as a frontend (port 0, protocol 0), if `addr` is a VIP: what
+/// a packet to the VIP itself (an echo request) is checked against.
+#[inline(always)]
+pub fn lookup_vip(addr: Addr6) -> Option<Frontend6> {
+    // SAFETY: copied out at once.
+    let entry = unsafe { LB6_SERVICES.get(ServiceKey6::new(addr, 0, 0, 0)) }.copied()?;
+    Some(Frontend6 {
+        vip: addr,
+        port: 0,
+        proto: 0,
+        entry,
+    })
+}
+
 /// Fails with 158 when `daddr` is a VIP: a packet to a VIP on a port that is no frontend.
 #[inline(always)]
 pub fn check_unknown_port(tuple: &Tuple6) -> Result<(), Dropped> {

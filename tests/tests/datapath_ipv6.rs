@@ -227,8 +227,8 @@ fn what_lb_does_not_translate_passes_untouched() {
         ),
         ("redirect", icmp6("fe80::1", "fd00:244:1::7", 137)),
         (
-            "echo request to the VIP",
-            icmp6("fd00:244:1::7", "fd00:96::10", 128),
+            "echo request elsewhere",
+            icmp6("fd00:244:1::7", "fd00:244:1::5", 128),
         ),
         ("not IP", arp_request()),
     ];
@@ -798,4 +798,41 @@ fn client_ip_affinity_sends_a_client_s_new_flows_to_one_backend() {
         1,
         "one backend for all of the client's flows: {seen:?}"
     );
+}
+
+/// The echo reply the VIP sends for the echo request `request`: MACs and addresses swapped,
+/// type 129, the checksum computed afresh.
+fn echo_reply_to(request: &[u8]) -> Vec<u8> {
+    let mut out = request.to_vec();
+    out[..6].copy_from_slice(&request[6..12]);
+    out[6..12].copy_from_slice(&request[..6]);
+    out[22..38].copy_from_slice(&request[38..54]);
+    out[38..54].copy_from_slice(&request[22..38]);
+    out[54] = 129;
+    out[56..58].copy_from_slice(&[0, 0]);
+    let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out[22..38]).unwrap());
+    let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap());
+    let sum = l4_checksum(&src, &dst, 58, &out[54..]);
+    out[56..58].copy_from_slice(&sum.to_be_bytes());
+    out
+}
+
+#[test]
+fn an_echo_request_to_a_vip_is_answered_by_the_vip() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let request = icmp6("fd00:244:1::7", "fd00:96::10", 128);
+    let run = datapath.run(Hook::FromPod, &request);
+    assert_eq!(run.verdict, TC_ACT_REDIRECT, "answered");
+    assert_eq!(run.frame, echo_reply_to(&request), "the echo reply");
+    assert_eq!(datapath.all_drops(), vec![]);
+
+    let from_outside = icmp6("fd00:56::10", "fd00:96::10", 128);
+    let event = assert_dropped(
+        &datapath,
+        Hook::FromNetdev,
+        &from_outside,
+        DropReason::IsClusterIp,
+        "a ClusterIP pinged from outside",
+    );
+    assert_eq!(event.proto, 58);
 }
