@@ -128,6 +128,22 @@ pub enum SourceFile {
     Hairpin = 10,
     /// `lb-ebpf/src/frag.rs`
     Frag = 11,
+    /// `lb-ebpf/src/parse6.rs`
+    Parse6 = 12,
+    /// `lb-ebpf/src/lb6.rs`
+    Lb6 = 13,
+    /// `lb-ebpf/src/policy6.rs`
+    Policy6 = 14,
+    /// `lb-ebpf/src/conntrack6.rs`
+    Conntrack6 = 15,
+    /// `lb-ebpf/src/nat6.rs`
+    Nat6 = 16,
+    /// `lb-ebpf/src/fib6.rs`
+    Fib6 = 17,
+    /// `lb-ebpf/src/icmp6.rs`
+    Icmp6 = 18,
+    /// `lb-ebpf/src/frag6.rs`
+    Frag6 = 19,
 }
 
 impl SourceFile {
@@ -146,6 +162,14 @@ impl SourceFile {
             Self::Icmp => "icmp.rs",
             Self::Hairpin => "hairpin.rs",
             Self::Frag => "frag.rs",
+            Self::Parse6 => "parse6.rs",
+            Self::Lb6 => "lb6.rs",
+            Self::Policy6 => "policy6.rs",
+            Self::Conntrack6 => "conntrack6.rs",
+            Self::Nat6 => "nat6.rs",
+            Self::Fib6 => "fib6.rs",
+            Self::Icmp6 => "icmp6.rs",
+            Self::Frag6 => "frag6.rs",
         }
     }
 
@@ -163,6 +187,14 @@ impl SourceFile {
             9 => Self::Icmp,
             10 => Self::Hairpin,
             11 => Self::Frag,
+            12 => Self::Parse6,
+            13 => Self::Lb6,
+            14 => Self::Policy6,
+            15 => Self::Conntrack6,
+            16 => Self::Nat6,
+            17 => Self::Fib6,
+            18 => Self::Icmp6,
+            19 => Self::Frag6,
             _ => Self::Unknown,
         }
     }

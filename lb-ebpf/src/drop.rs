@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::drop::{DropReason, Hook, SourceFile};
 
-use crate::{events, metrics, parse::Tuple4};
+use crate::{events, metrics, parse::Tuple4, parse6::Tuple6};
 
 /// What to do with a packet that is not dropped.
 #[derive(Clone, Copy)]
@@ -92,4 +92,27 @@ fn count(ctx: &TcContext, hook: Hook, arrived: Option<&Tuple4>, len: u32, droppe
         line: dropped.line,
     };
     events::report_drop(ctx, hook, arrived, len, dropped.reason, site);
+}
+
+/// [`settle`] for an IPv6 packet: the drop is reported as a `DropEvent6`.
+#[inline(always)]
+pub fn settle6(
+    ctx: &TcContext,
+    hook: Hook,
+    arrived: Option<&Tuple6>,
+    result: Result<Verdict, Dropped>,
+) -> i32 {
+    let (code, len, dropped) = match result {
+        Ok(Verdict::Pass) => return TC_ACT_UNSPEC,
+        Ok(Verdict::Redirect(code)) => return code,
+        Ok(Verdict::Answered { code, dropped, len }) => (code, len, dropped),
+        Err(dropped) => (TC_ACT_SHOT, ctx.len(), dropped),
+    };
+    metrics::count_drop(len, hook, dropped.reason);
+    let site = events::Site {
+        file: dropped.file,
+        line: dropped.line,
+    };
+    events::report_drop6(ctx, hook, arrived, len, dropped.reason, site);
+    code
 }

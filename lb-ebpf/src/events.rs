@@ -7,12 +7,13 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use lb_common::{
     drop::{DropReason, Hook, SourceFile},
-    event::{DropEvent, EVENT_DROP},
+    event::{DropEvent, DropEvent6, EVENT_DROP, EVENT_DROP6},
 };
 
 use crate::{
     maps::{LB_EVENT_LIMIT, LB_EVENTS, config},
     parse::{Shape, Tuple4},
+    parse6::Tuple6,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -107,5 +108,56 @@ fn send(
         }
     }
     slot.write(event);
+    slot.submit(0);
+}
+
+/// [`report_drop`] for an IPv6 packet: a `DropEvent6` (kind `EVENT_DROP6`), from the same
+/// token bucket.
+#[inline(always)]
+pub fn report_drop6(
+    ctx: &TcContext,
+    hook: Hook,
+    arrived: Option<&Tuple6>,
+    len: u32,
+    reason: DropReason,
+    site: Site,
+) {
+    if !take_token() {
+        return;
+    }
+    let Some(mut slot) = LB_EVENTS.reserve::<DropEvent6>(0) else {
+        return;
+    };
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    let (ifindex, flow_hash) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).hash) };
+    // Written in place in the ring buffer: the IPv6 path has no stack to spare for a copy.
+    let event = slot.as_mut_ptr();
+    // SAFETY: `event` points to the reserved, writable record of a `DropEvent6`.
+    unsafe {
+        (*event).kind = EVENT_DROP6;
+        (*event).reason = reason as u8;
+        (*event).file = site.file as u8;
+        (*event).hook = hook as u8;
+        (*event).line = site.line;
+        (*event).ifindex = ifindex;
+        (*event).flow_hash = flow_hash;
+        (*event).len = len;
+        let (proto, saddr, daddr) = match arrived {
+            Some(tuple) => (tuple.proto, tuple.saddr, tuple.daddr),
+            None => (0, [0; 4], [0; 4]),
+        };
+        (*event).proto = proto;
+        (*event).saddr = saddr;
+        (*event).daddr = daddr;
+        let (sport, dport, tcp_flags) = match arrived {
+            Some(tuple) if matches!(tuple.shape, Shape::Complete | Shape::FirstFragment) => {
+                (tuple.sport, tuple.dport, tuple.tcp_flags)
+            }
+            _ => (0, 0, 0),
+        };
+        (*event).sport = sport;
+        (*event).dport = dport;
+        (*event).tcp_flags = tcp_flags;
+    }
     slot.submit(0);
 }

@@ -8,6 +8,7 @@
 //! chunk): one hash lookup per new flow whatever M is, and a frontend's table is rewritten
 //! without touching any other frontend's (see docs/datapath.md, "Maglev").
 
+use lb_common::config::DatapathConfig;
 use lb_common::service::{MAGLEV_CHUNK, MaglevKey, SERVICE_F_AFFINITY, maglev_hash};
 
 use crate::{
@@ -39,15 +40,26 @@ pub fn select_backend(frontend: &Frontend, tuple: &Tuple4) -> Option<Chosen> {
         tuple.dport,
         config.maglev_seed,
     );
+    lookup_id(frontend.entry.rev_nat, hash, config).and_then(|id| {
+        let backend = lb::lookup_backend(id)?;
+        lb::is_active(&backend).then_some(Chosen { id, backend })
+    })
+}
+
+/// The backend id in entry `hash % M` of service `rev_nat`'s table, if the table is there:
+/// address-independent, so that `lb6.rs` uses the same tables (ids are one space).
+#[inline(always)]
+pub fn lookup_id(rev_nat: u16, hash: u32, config: &DatapathConfig) -> Option<u32> {
     // checked_rem: M is 0 until the agent writes the configuration.
     let index = hash.checked_rem(config.maglev_table_size)?;
     let key = MaglevKey {
-        rev_nat: frontend.entry.rev_nat,
+        rev_nat,
         chunk: (index >> CHUNK_SHIFT) as u16,
     };
     // SAFETY: the one id is copied out at once; the agent replaces a value as a whole.
     let chunk = unsafe { LB4_MAGLEV.get(key) }?;
-    let id = *chunk.backend_ids.get((index & CHUNK_MASK) as usize)?;
-    let backend = lb::lookup_backend(id)?;
-    lb::is_active(&backend).then_some(Chosen { id, backend })
+    chunk
+        .backend_ids
+        .get((index & CHUNK_MASK) as usize)
+        .copied()
 }

@@ -36,13 +36,25 @@ mod hairpin;
 // Replies of host-network backends: an egress program of its own, declared in the module.
 mod host_reply;
 mod icmp;
+mod icmp6;
+// The IPv6 path, one module per concern as for IPv4: ipv6 (the path), parse6, lb6, policy6,
+// conntrack6, nat6, fib6, icmp6, frag6, affinity6.
+mod affinity6;
+mod conntrack6;
+mod fib6;
+mod frag6;
+mod ipv6;
 mod lb;
+mod lb6;
 mod maglev;
 mod maps;
 mod metrics;
 mod nat;
+mod nat6;
 mod parse;
+mod parse6;
 mod policy;
+mod policy6;
 // Socket-level load balancing: four cgroup programs of their own, declared in the module.
 mod sock;
 
@@ -67,7 +79,7 @@ mod hooks {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use lb_common::drop::Hook;
 
-    use crate::{drop, handle, parse};
+    use crate::{drop, handle, parse, parse6};
 
     /// Ingress of the node's external interfaces.
     ///
@@ -76,6 +88,32 @@ mod hooks {
     #[classifier]
     #[inline(always)]
     pub fn from_netdev(ctx: TcContext) -> i32 {
+        if parse6::is_ipv6(&ctx) {
+            return netdev6(ctx);
+        }
+        netdev4(ctx)
+    }
+
+    /// Ingress of the host side of pod interfaces (inlined into its entry point as
+    /// `from_netdev` is).
+    #[classifier]
+    #[inline(always)]
+    pub fn from_pod(ctx: TcContext) -> i32 {
+        if parse6::is_ipv6(&ctx) {
+            return pod6(ctx);
+        }
+        pod4(ctx)
+    }
+
+    // Each family's path is a BPF subprogram of its own: its frame then has the 512-byte
+    // stack to itself, where one function holding both paths would need room for the two
+    // (LLVM does not overlap their spill slots well enough). So an IPv4 packet pays one
+    // BPF-to-BPF call; inlining the IPv4 path into the entry instead would put its frame and
+    // the IPv6 subprogram's on one call chain, over 512 bytes.
+
+    /// The IPv4 path of from-netdev.
+    #[inline(never)]
+    fn netdev4(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
         drop::settle(
             &ctx,
@@ -85,13 +123,9 @@ mod hooks {
         )
     }
 
-    /// Ingress of the host side of pod interfaces.
-    ///
-    /// Inlined into the entry point the macro wraps it in: a BPF-to-BPF call and its return
-    /// (a return thunk under this kernel's speculation mitigations) cost every packet.
-    #[classifier]
-    #[inline(always)]
-    pub fn from_pod(ctx: TcContext) -> i32 {
+    /// The IPv4 path of from-pod.
+    #[inline(never)]
+    fn pod4(ctx: TcContext) -> i32 {
         let tuple = parse::tuple4(&ctx);
         drop::settle(
             &ctx,
@@ -99,6 +133,18 @@ mod hooks {
             tuple.as_ref(),
             handle(&ctx, Hook::FromPod, tuple.as_ref()),
         )
+    }
+
+    /// The IPv6 path of from-netdev (`ipv6.rs`).
+    #[inline(never)]
+    fn netdev6(ctx: TcContext) -> i32 {
+        crate::ipv6::run(&ctx, Hook::FromNetdev)
+    }
+
+    /// The IPv6 path of from-pod (`ipv6.rs`).
+    #[inline(never)]
+    fn pod6(ctx: TcContext) -> i32 {
+        crate::ipv6::run(&ctx, Hook::FromPod)
     }
 
     /// The conntrack clock, for the agent: never attached, run with `BPF_PROG_TEST_RUN`, it

@@ -15,8 +15,9 @@
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
+//! | `LB6_SCRATCH` | `conntrack6.rs`, `nat6.rs` and `icmp6.rs` (unpinned scratch space) |
 //! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
-//! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners |
+//! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners (`lb6.rs`, `policy6.rs`, `conntrack6.rs`, `frag6.rs`) |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
 //! `EbpfLoader::map_pin_path(<bpf-root>/<PIN_VERSION>)`, so a restarted agent (and the CLI) find
@@ -63,6 +64,32 @@ pub struct IcmpAnswer(pub [u16; 56]);
 /// the ICMP answer. Not pinned: it holds nothing between packets.
 #[map]
 pub static LB_SCRATCH: PerCpuArray<IcmpAnswer> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `conntrack6.rs` builds for a new IPv6 flow: its two keys and entries (192 bytes,
+/// more than the stack has left beside the IPv4 path's frame, which the IPv6 path shares).
+/// Private to the datapath.
+#[repr(C)]
+pub struct Ct6Scratch {
+    /// The service entry's key (the client's tuple).
+    pub key: CtKey6,
+    /// The reply entry's key.
+    pub reply_key: CtKey6,
+    /// The service entry.
+    pub service: CtEntry6,
+    /// The reply entry.
+    pub reply: CtEntry6,
+    /// An ICMPv6 answer being built (`icmp6.rs`), instead of the entries.
+    pub answer: Icmp6Answer,
+}
+
+/// An ICMPv6 answer being built: Ethernet, IPv6 and ICMPv6 headers and the quote (at most 112
+/// bytes), in 16-bit words, 8-aligned so that it is zeroed a word at a time.
+#[repr(C, align(8))]
+pub struct Icmp6Answer(pub [u16; 88]);
+
+/// Per-CPU scratch space for `Ct6Scratch`. Not pinned: it holds nothing between packets.
+#[map]
+pub static LB6_SCRATCH: PerCpuArray<Ct6Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Frontends (slot 0) and their backend slots.
 #[map]

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod netns;
 pub mod packet;
 pub mod patience;
+pub mod packet6;
 pub mod pod;
 pub mod podman;
 pub mod servers;

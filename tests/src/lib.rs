@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod container;
 pub mod fixture;
+pub mod ipv6;
 pub mod kube_api;
 pub mod manifests;
 pub mod probe;

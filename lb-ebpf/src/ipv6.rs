@@ -1,0 +1,202 @@
+//! The IPv6 packet path: what `handle` in `main.rs` is for IPv4, for frames with EtherType
+//! 0x86dd. Both hooks call [`run`] for those, each in a BPF subprogram of its own (`main.rs`).
+//!
+//! Order: parse (`parse6.rs`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once),
+//! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), REJECT of
+//! a frontend without endpoints (`icmp6.rs`), backend selection (`affinity6.rs`, `lb6.rs`),
+//! SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for SNATed
+//! flows the route (`fib6.rs`). Later fragments of TCP and UDP datagrams follow their first
+//! fragment (`frag6.rs`). An echo request to a VIP is answered (`icmp6.rs`); other ICMPv6
+//! (neighbour discovery, router advertisements, errors) is handed on untouched; other
+//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: hairpin (a pod
+//! reaching itself through a VIP), ICMPv6 errors about translated flows, and the pass-through
+//! filters (every IPv6 packet costs one conntrack and one frontend lookup).
+
+use aya_ebpf::programs::TcContext;
+use lb_common::{
+    config::CONFIG_F_NO_BACKEND_DROP,
+    conntrack::{CT_F_NODE_PORT, CT_F_SNAT, CtReply6, CtService6},
+    drop::{DropReason, Hook, SourceFile},
+    proto,
+    service::{BACKEND_F_REMOTE, SERVICE_F_NO_ENDPOINTS},
+};
+
+use crate::{
+    affinity6,
+    conntrack::now,
+    conntrack6::{self, Hit6},
+    drop::{self, Dropped, Verdict, dropped},
+    fib6, frag6, icmp6, lb6,
+    lb6::{Chosen6, Frontend6},
+    maps::{self, Ct6Scratch},
+    nat6,
+    parse::{self, Shape},
+    parse6::{self, Tuple6},
+    policy6,
+};
+
+const FILE: SourceFile = SourceFile::Lb6;
+
+/// The IPv6 path of `hook` for an IPv6 frame: the TC verdict. Each hook runs it in a BPF
+/// subprogram of its own, beside its IPv4 path's (see `main.rs`); what does not fit on the
+/// stack lives in `LB6_SCRATCH` (see `conntrack6.rs`).
+#[inline(always)]
+pub fn run(ctx: &TcContext, hook: Hook) -> i32 {
+    let tuple = parse6::tuple6(ctx);
+    drop::settle6(
+        ctx,
+        hook,
+        tuple.as_ref(),
+        handle6(ctx, hook, tuple.as_ref()),
+    )
+}
+
+#[inline(always)]
+fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdict, Dropped> {
+    let Some(tuple) = tuple else {
+        return Ok(Verdict::Pass);
+    };
+    // A later fragment has no ports of its own: its datagram's first fragment recorded them.
+    let with_ports;
+    let tuple = match tuple.shape {
+        Shape::Complete | Shape::FirstFragment => tuple,
+        Shape::Fragment if tuple.proto == proto::TCP || tuple.proto == proto::UDP => {
+            match frag6::lookup_ports(tuple)? {
+                Some(found) => {
+                    with_ports = found;
+                    &with_ports
+                }
+                None => return Ok(Verdict::Pass),
+            }
+        }
+        Shape::Fragment | Shape::Truncated => {
+            lb6::check_malformed(tuple)?;
+            return Ok(Verdict::Pass);
+        }
+        Shape::Other => return other(ctx, hook, tuple),
+    };
+    let config = maps::config();
+    let Some(scratch) = conntrack6::scratch() else {
+        return Ok(Verdict::Pass);
+    };
+    let tracked = match conntrack6::lookup(tuple, config, scratch) {
+        // SAFETY: a valid map value pointer.
+        Some(Hit6::Reply(reply)) => return reverse(ctx, tuple, unsafe { &*reply }),
+        Some(Hit6::Service(tracked)) => Some(tracked),
+        None => None,
+    };
+    let Some(frontend) = lb6::lookup_frontend(tuple) else {
+        lb6::check_unknown_port(tuple)?;
+        return Ok(Verdict::Pass);
+    };
+    if let Some(tracked) = tracked
+        && keeps_backend(tuple, tracked.flow())
+    {
+        conntrack6::refresh(&tracked, tuple, config, scratch);
+        return forward(ctx, tuple, tracked.flow());
+    }
+    new_flow(ctx, hook, tuple, &frontend, scratch)
+}
+
+/// An echo request to a VIP is answered by the VIP (`icmp6.rs`); other ICMPv6 passes
+/// untouched (neighbour discovery and router advertisements must, and lb translates no ICMPv6
+/// error yet); another protocol to a VIP is dropped with 142.
+#[inline(always)]
+fn other(ctx: &TcContext, hook: Hook, tuple: &Tuple6) -> Result<Verdict, Dropped> {
+    if tuple.proto == proto::ICMPV6 {
+        let is_echo = parse::load_u16(ctx, tuple.l4())
+            .is_some_and(|word| word.to_ne_bytes()[0] == icmp6::ECHO_REQUEST);
+        if is_echo && lb6::is_known_vip(tuple.daddr) {
+            return icmp6::answer_echo(ctx, hook, tuple);
+        }
+        return Ok(Verdict::Pass);
+    }
+    if lb6::is_known_vip(tuple.daddr) {
+        return Err(dropped!(DropReason::UnknownL4));
+    }
+    Ok(Verdict::Pass)
+}
+
+/// A new flow to `frontend`: the policy, a backend, SNAT where needed, the conntrack entries,
+/// and the first packet forwarded.
+#[inline(always)]
+fn new_flow(
+    ctx: &TcContext,
+    hook: Hook,
+    tuple: &Tuple6,
+    frontend: &Frontend6,
+    scratch: &mut Ct6Scratch,
+) -> Result<Verdict, Dropped> {
+    let config = maps::config();
+    if hook == Hook::FromNetdev {
+        policy6::check_external_access(frontend, config)?;
+        policy6::check_source_range(frontend, &tuple.saddr)?;
+    }
+    if frontend.entry.count == 0
+        && frontend.entry.flags & SERVICE_F_NO_ENDPOINTS != 0
+        && config.flags & CONFIG_F_NO_BACKEND_DROP == 0
+    {
+        return icmp6::refuse(ctx, tuple, scratch);
+    }
+    let chosen = affinity6::select_backend(frontend, tuple, config)?;
+    let now = now(config);
+    let snat = if needs_snat(hook, &chosen) {
+        Some(nat6::select_snat_port(
+            scratch, tuple, frontend, &chosen, config, now,
+        )?)
+    } else {
+        None
+    };
+    conntrack6::service_entry(scratch, tuple, frontend, &chosen, hook, snat, config, now);
+    let flow = conntrack6::create(
+        tuple,
+        scratch,
+        snat.is_some(),
+        now,
+        |winner| keeps_backend(tuple, winner),
+        config,
+    )?;
+    forward(ctx, tuple, flow)
+}
+
+/// Whether a tracked flow goes on to its recorded backend (see `main.rs`).
+#[inline(always)]
+fn keeps_backend(tuple: &Tuple6, flow: &CtService6) -> bool {
+    lb6::lookup_flow_backend(flow.backend_id, &flow.backend_addr, flow.backend_port)
+        .is_some_and(|backend| !tuple.is_syn() || lb6::is_active(&backend))
+}
+
+/// A flow from outside to a backend on another node is SNATed to this node.
+#[inline(always)]
+fn needs_snat(hook: Hook, chosen: &Chosen6) -> bool {
+    hook == Hook::FromNetdev && chosen.backend.flags & BACKEND_F_REMOTE != 0
+}
+
+/// DNAT (and SNAT) a client's packet; an SNATed one leaves by redirect along the route of
+/// its new addresses (the node's own source address is a martian to the stack).
+#[inline(always)]
+fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict, Dropped> {
+    frag6::record(tuple);
+    let to = nat6::dnat_target(tuple, flow);
+    if flow.flags & CT_F_SNAT == 0 {
+        nat6::rewrite(ctx, tuple, &to)?;
+        return Ok(Verdict::Pass);
+    }
+    let route = fib6::lookup(ctx, tuple.proto, &to)?;
+    nat6::rewrite(ctx, tuple, &to)?;
+    fib6::send(ctx, &route)
+}
+
+/// Reverse-NAT a backend's reply; a reverse-SNATed reply or a node port's leaves by redirect.
+#[inline(always)]
+fn reverse(ctx: &TcContext, tuple: &Tuple6, reply: &CtReply6) -> Result<Verdict, Dropped> {
+    frag6::record(tuple);
+    let to = nat6::rev_nat_target(tuple, reply);
+    if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
+        nat6::rewrite(ctx, tuple, &to)?;
+        return Ok(Verdict::Pass);
+    }
+    let route = fib6::lookup(ctx, tuple.proto, &to)?;
+    nat6::rewrite(ctx, tuple, &to)?;
+    fib6::send(ctx, &route)
+}

@@ -1,0 +1,452 @@
+//! IPv6 provisioning for packet tests, until the agent programs IPv6: [`write_service6`]
+//! writes an IPv6 frontend, its backends and its wildcard "known VIP" entry straight into the
+//! datapath's pinned `LB6_*` maps, the layout `lb_common::service` documents, and
+//! [`Ipv6Maps`] reads back what the IPv6 path wrote (conntrack, `DropEvent6`s).
+//!
+//! This is a stopgap beside [`crate::fixture::Datapath::behind_sync`]: it gives way to
+//! `Syncer` (and `Datapath::sync`) once lb-agent writes the `LB6_*` maps, and the tests that use
+//! it should then provision through sync like the IPv4 ones.
+
+use std::net::SocketAddrV6;
+
+use aya::maps::{HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key};
+use lb_common::{
+    conntrack::{CtEntry6, CtKey6},
+    event::DropEvent6,
+    maps,
+    service::{
+        BACKEND_STATE_ACTIVE, Backend6, SERVICE_F_CLUSTER_IP, SOURCE_RANGE_PREFIX_BITS,
+        ServiceEntry, ServiceKey6, SourceRangeKey6,
+    },
+};
+use lb_testkit::packet6::{addr6, ip6, ip6_words};
+
+use crate::fixture::Datapath;
+
+/// An IPv6 frontend and its backends, as the agent would write them.
+#[derive(Clone, Debug)]
+pub struct Service6 {
+    /// `"[vip]:port"`.
+    pub frontend: String,
+    /// `proto::TCP` or `proto::UDP`.
+    pub proto: u8,
+    /// The service id (`rev_nat`).
+    pub id: u16,
+    /// `SERVICE_F_*` bits.
+    pub flags: u8,
+    /// `SERVICE_F2_*` bits.
+    pub flags2: u8,
+    /// The ClientIP affinity timeout in seconds (with `SERVICE_F_AFFINITY`).
+    pub affinity_timeout: u32,
+    /// Backends: id, `"[addr]:port"`, `BACKEND_F_*` bits.
+    pub backends: Vec<(u32, String, u8)>,
+}
+
+/// A ClusterIP service `frontend` (`"[vip]:port"`) of `proto` with id `id` and these backends
+/// (ids `id * 100 + i`).
+pub fn service6(frontend: &str, proto: u8, id: u16, backends: &[&str]) -> Service6 {
+    Service6 {
+        frontend: frontend.to_owned(),
+        proto,
+        id,
+        flags: SERVICE_F_CLUSTER_IP,
+        flags2: 0,
+        affinity_timeout: 0,
+        backends: backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (u32::from(id) * 100 + i as u32 + 1, (*b).to_owned(), 0))
+            .collect(),
+    }
+}
+
+/// Writes `service` into the datapath's `LB6_SERVICES` and `LB6_BACKENDS`.
+pub fn write_service6(datapath: &Datapath, service: &Service6) {
+    let frontend = addr6(&service.frontend);
+    let vip = ip6_words(*frontend.ip());
+    let port = frontend.port().to_be();
+    let mut services: HashMap<MapData, ServiceKey6, ServiceEntry> =
+        HashMap::try_from(open(datapath, maps::LB6_SERVICES)).expect("LB6_SERVICES type");
+    let mut backends: HashMap<MapData, u32, Backend6> =
+        HashMap::try_from(open(datapath, maps::LB6_BACKENDS)).expect("LB6_BACKENDS type");
+    for (slot, (id, backend, flags)) in service.backends.iter().enumerate() {
+        let socket: SocketAddrV6 = addr6(backend);
+        let value = Backend6 {
+            addr: ip6_words(*socket.ip()),
+            port: socket.port().to_be(),
+            proto: service.proto,
+            state: BACKEND_STATE_ACTIVE,
+            flags: *flags,
+            _pad: [0; 3],
+        };
+        backends.insert(id, value, 0).expect("write LB6_BACKENDS");
+        let key = ServiceKey6::new(vip, port, service.proto, slot as u16 + 1);
+        let entry = ServiceEntry {
+            backend_id: *id,
+            ..ServiceEntry::default()
+        };
+        services.insert(key, entry, 0).expect("write a slot");
+    }
+    let master = ServiceEntry {
+        backend_id: service.affinity_timeout,
+        count: service.backends.len() as u16,
+        qcount: 0,
+        rev_nat: service.id,
+        flags: service.flags,
+        flags2: service.flags2,
+    };
+    services
+        .insert(ServiceKey6::new(vip, port, service.proto, 0), master, 0)
+        .expect("write the master entry");
+    let wildcard = ServiceEntry {
+        rev_nat: service.id,
+        ..ServiceEntry::default()
+    };
+    services
+        .insert(ServiceKey6::new(vip, 0, 0, 0), wildcard, 0)
+        .expect("write the wildcard entry");
+}
+
+/// Admits clients in `prefix`/`len` (an IPv6 address and a prefix length) to service `id`.
+pub fn write_source_range6(datapath: &Datapath, id: u16, prefix: &str, len: u32) {
+    let mut ranges: LpmTrie<MapData, SourceRangeKey6, u8> =
+        LpmTrie::try_from(open(datapath, maps::LB6_SRC_RANGE)).expect("LB6_SRC_RANGE type");
+    let key = Key::new(
+        SOURCE_RANGE_PREFIX_BITS + len,
+        SourceRangeKey6 {
+            rev_nat: id,
+            _pad: 0,
+            addr: ip6_words(ip6(prefix)),
+        },
+    );
+    ranges.insert(&key, 1, 0).expect("write LB6_SRC_RANGE");
+}
+
+/// Every entry of the IPv6 conntrack map `name` (`LB6_CT_TCP` or `LB6_CT_ANY`).
+pub fn conntrack6(datapath: &Datapath, name: &str) -> Vec<(CtKey6, CtEntry6)> {
+    let ct: HashMap<MapData, CtKey6, CtEntry6> =
+        HashMap::try_from(open(datapath, name)).expect("an IPv6 conntrack map");
+    ct.iter()
+        .map(|item| item.expect("read conntrack"))
+        .collect()
+}
+
+/// Takes every event in `LB_EVENTS`, all of them expected to be `DropEvent6`s.
+pub fn drain_events6(datapath: &Datapath) -> Vec<DropEvent6> {
+    let mut ring = RingBuf::try_from(open(datapath, maps::LB_EVENTS)).expect("LB_EVENTS type");
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<DropEvent6>(), "a DropEvent6");
+        // SAFETY: DropEvent6 is plain old data of exactly this size.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent6>()) });
+    }
+    events
+}
+
+/// The datapath's pinned map `name`.
+fn open(datapath: &Datapath, name: &str) -> aya::maps::Map {
+    let pin = datapath.pin_dir().join(name);
+    let data =
+        MapData::from_pin(&pin).unwrap_or_else(|err| panic!("open {}: {err}", pin.display()));
+    map_of(name, data)
+}
+
+fn map_of(name: &str, data: MapData) -> aya::maps::Map {
+    use aya::maps::Map;
+    match name {
+        maps::LB6_SRC_RANGE => Map::LpmTrie(data),
+        maps::LB_EVENTS => Map::RingBuf(data),
+        maps::LB6_CT_TCP | maps::LB6_CT_ANY => Map::LruHashMap(data),
+        _ => Map::HashMap(data),
+    }
+}
+
+/// MAC of the node's interface in a [`FibNetns6`] (as `fixture::NODE_MAC`).
+pub use crate::fixture::{CLIENT_MAC, NODE_MAC, PEER_NODE_MAC};
+
+/// `fixture::FibNetns` for IPv6: `lbt0` (fd00:56::4/64, `NODE_MAC`), a route to the remote pod
+/// CIDR fd00:244:2::/64 via the other node fd00:56::5, permanent neighbours for that node
+/// (`PEER_NODE_MAC`) and the client fd00:56::10 (`CLIENT_MAC`), and IPv6 forwarding on (which
+/// `bpf_fib_lookup` requires for AF_INET6). Deleted on drop.
+pub struct FibNetns6 {
+    ns: lb_testkit::Netns,
+    /// Index of `lbt0` inside the namespace.
+    pub ifindex: u32,
+}
+
+impl FibNetns6 {
+    /// Creates the namespace for test `test`.
+    pub fn new(test: &str) -> Self {
+        use lb_testkit::ok;
+        let name = format!(
+            "lbt6-{}-{}",
+            &test[..test.len().min(18)],
+            std::process::id()
+        );
+        let ns = ok(lb_testkit::Netns::create(&name), "create the FIB namespace");
+        ok(
+            ns.ip(&[
+                "link",
+                "add",
+                "lbt0",
+                "address",
+                "02:00:00:00:00:04",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lbt1",
+            ]),
+            "veth lbt0",
+        );
+        ok(ns.sysctl("net.ipv6.conf.all.forwarding", "1"), "forwarding");
+        ok(ns.ip(&["link", "set", "lbt1", "up"]), "lbt1 up");
+        ok(ns.ip(&["link", "set", "lbt0", "up"]), "lbt0 up");
+        ok(
+            ns.ip(&["-6", "addr", "add", "fd00:56::4/64", "dev", "lbt0", "nodad"]),
+            "lbt0 address",
+        );
+        ok(
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd00:244:2::/64",
+                "via",
+                "fd00:56::5",
+                "dev",
+                "lbt0",
+            ]),
+            "route to the remote pod CIDR",
+        );
+        for (addr, mac) in [
+            ("fd00:56::5", "02:00:00:00:00:05"),
+            ("fd00:56::10", "02:00:00:00:00:10"),
+        ] {
+            ok(
+                ns.ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "lbt0",
+                    "nud",
+                    "permanent",
+                ]),
+                "permanent neighbour",
+            );
+        }
+        let ifindex = ok(ns.ifindex("lbt0"), "ifindex of lbt0");
+        Self { ns, ifindex }
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        lb_testkit::ok(self.ns.within(f), "enter the FIB namespace")
+    }
+}
+
+/// The IPv6 addresses [`wire_ipv6`] gives a `Topology`.
+pub mod addrs {
+    /// The node on the external segment (`eth0`).
+    pub const NODE: &str = "fd00:56::4";
+    /// The external client.
+    pub const EXTERNAL: &str = "fd00:56::10";
+    /// The client pod.
+    pub const CLIENT: &str = "fd00:244:1::10";
+    /// The backend pods, in `BACKEND_IPS` order.
+    pub const BACKENDS: [&str; 2] = ["fd00:244:1::20", "fd00:244:1::21"];
+    /// The pods' gateway: the node's side of each pod's veth, by a permanent neighbour entry.
+    pub const POD_GATEWAY: &str = "fe80::1";
+    /// The service prefix the external client routes to the node.
+    pub const SERVICE_PREFIX: &str = "fd00:96::/112";
+}
+
+/// Adds IPv6 to a `Topology`, dual stack beside its IPv4 (addresses in [`addrs`]): the node
+/// forwards IPv6; each pod holds a /128 (`nodad`) with a default route via
+/// [`addrs::POD_GATEWAY`]; the node routes each pod's /128 to its veth; the external client
+/// and the node share fd00:56::/64 and the client routes the service prefix to the node. Every
+/// neighbour is a permanent entry, so no packet waits for neighbour discovery or DAD.
+pub fn wire_ipv6(topology: &crate::topology::Topology) {
+    use lb_testkit::{Netns, ok};
+    let node = &topology.node;
+    ok(
+        node.sysctl("net.ipv6.conf.all.forwarding", "1"),
+        "IPv6 forwarding",
+    );
+    let mac = |ns: &Netns, dev: &str| -> String {
+        let line = ok(ns.ip(&["-br", "link", "show", "dev", dev]), "read a MAC");
+        line.split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no MAC in {line:?}"))
+            .to_owned()
+    };
+    let neigh = |ns: &Netns, addr: &str, lladdr: &str, dev: &str| {
+        ok(
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                lladdr,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]),
+            "permanent neighbour",
+        );
+    };
+    let pods = std::iter::once((&topology.client, addrs::CLIENT))
+        .chain(topology.backends.iter().zip(addrs::BACKENDS));
+    for (pod, addr) in pods {
+        let dev = lb_testkit::pod::POD_DEV;
+        ok(
+            pod.ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                dev,
+                "nodad",
+            ]),
+            "pod IPv6 address",
+        );
+        neigh(&pod.ns, addrs::POD_GATEWAY, &mac(node, pod.host_dev), dev);
+        ok(
+            pod.ns.ip(&[
+                "-6",
+                "route",
+                "replace",
+                "default",
+                "via",
+                addrs::POD_GATEWAY,
+                "dev",
+                dev,
+            ]),
+            "pod default route",
+        );
+        ok(
+            node.ip(&[
+                "-6",
+                "route",
+                "replace",
+                &format!("{addr}/128"),
+                "dev",
+                pod.host_dev,
+            ]),
+            "node route to the pod",
+        );
+        neigh(node, addr, &mac(&pod.ns, dev), pod.host_dev);
+    }
+    let node_dev = crate::topology::NODE_DEV;
+    ok(
+        node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addrs::NODE),
+            "dev",
+            node_dev,
+            "nodad",
+        ]),
+        "node IPv6 address",
+    );
+    let external = &topology.external;
+    ok(
+        external.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addrs::EXTERNAL),
+            "dev",
+            "eth0",
+            "nodad",
+        ]),
+        "external IPv6 address",
+    );
+    neigh(node, addrs::EXTERNAL, &mac(external, "eth0"), node_dev);
+    neigh(external, addrs::NODE, &mac(node, node_dev), "eth0");
+    ok(
+        external.ip(&[
+            "-6",
+            "route",
+            "replace",
+            addrs::SERVICE_PREFIX,
+            "via",
+            addrs::NODE,
+        ]),
+        "external route to the service prefix",
+    );
+}
+
+const HTTP6_SERVER: &str = r#"
+import http.server, socket, socketserver, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"pod {ip} answered client {self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Pod-IP", ip)
+        self.send_header("X-Client-IP", self.client_address[0])
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = ip, port
+
+print(f"listening on [{ip}]:{port}", flush=True)
+Server((ip, port), Handler).serve_forever()
+"#;
+
+/// Starts an IPv6 HTTP server on `[ip]:port` in `ns` (its answers carry `X-Pod-IP` and
+/// `X-Client-IP`) and waits until it listens.
+pub fn http6_server(
+    ns: &lb_testkit::Netns,
+    ip: &str,
+    port: u16,
+    dir: &std::path::Path,
+) -> lb_testkit::Process {
+    use lb_testkit::ok;
+    let script = dir.join("http6-server.py");
+    ok(
+        lb_testkit::write_file(&script, HTTP6_SERVER),
+        "write the server",
+    );
+    let log = dir.join(format!("{}-http6-{port}.log", ns.name()));
+    let args = [&*script.to_string_lossy(), ip, &port.to_string()];
+    let mut process = ok(ns.spawn("python3", &args, &log), "start the IPv6 server");
+    let listening = format!("[{ip}]:{port}");
+    ok(
+        lb_testkit::wait_until(
+            &format!("the IPv6 server listening on {listening}"),
+            std::time::Duration::from_secs(20),
+            || {
+                process.check_running().map_err(|err| err.to_string())?;
+                let sockets = ns.run("ss", &["-Hltn"]).map_err(|err| err.to_string())?;
+                Ok(sockets.contains(&listening).then_some(()))
+            },
+        ),
+        "IPv6 server",
+    );
+    process
+}
