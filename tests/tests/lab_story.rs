@@ -246,7 +246,7 @@ fn lab_replays_the_story_with_lb_in_ciliums_place() {
 }
 
 #[test]
-fn dual_stack_lab_routes_ipv6_pod_cidrs_over_bird6_and_the_router_reaches_pods_over_ipv6() {
+fn dual_stack_lab_routes_ipv6_over_bird6_and_replays_the_clusterip_story_over_ipv6() {
     let mut lab = ok(Lab::up_dual_stack(), "build the dual-stack lab");
     ok(lab.start_bgp(), "start BGP (bird and bird6)");
 
@@ -311,6 +311,93 @@ fn dual_stack_lab_routes_ipv6_pod_cidrs_over_bird6_and_the_router_reaches_pods_o
     // The IPv4 half is the story's, untouched.
     let (outcome, reply) = ok(curl_head(lab.router(), NGINX_1.ip), "curl");
     assert_eq!(reply.status, Some(200), "{outcome:?}");
+
+    // The story's ClusterIP steps over IPv6, with lb on both nodes.
+    let bins = lb_tests::agent::binaries();
+    ok(lab.start_agents(&bins), "start the agents");
+    let master = ok(lab.agent(MASTER.name), "master agent");
+    let slave = ok(lab.agent(SLAVE.name), "slave agent");
+
+    // Step 2: from outside, the IPv6 ClusterIP is dropped on k8smaster0, and the monitor
+    // says why, with the addresses in brackets.
+    let mut monitor = ok(master.monitor_drops(), "lbctl monitor");
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let line = loop {
+        let (outcome, reply) = ok(curl6_head(lab.router(), v6::NGINX_VIP), "curl -6");
+        assert!(
+            !outcome.success && reply.status.is_none(),
+            "the SYN must be dropped: {outcome:?}"
+        );
+        let found = monitor.wait_for_line("the IPv6 Is a ClusterIP drop", SILENCE, |l| {
+            l.contains("drop (Is a ClusterIP)")
+                && l.contains(&format!("[{}]:", v6::ROUTER_IP))
+                && l.contains(&format!("-> [{}]:80 tcp SYN", v6::NGINX_VIP))
+        });
+        if found.is_ok() || Instant::now() >= deadline {
+            break found.ok();
+        }
+    };
+    let line = line.unwrap_or_else(|| {
+        panic!(
+            "no Is a ClusterIP drop for {} on k8smaster0; monitor printed {:?}",
+            v6::NGINX_VIP,
+            monitor.seen()
+        )
+    });
+    assert!(line.contains(", , identity world->unknown: "), "{line}");
+    drop(monitor);
+    for agent in [master, slave] {
+        let list = ok(agent.lbctl(&["service", "list"]), "lbctl service list");
+        let list = ok(list.into_stdout(), "lbctl service list");
+        assert!(
+            list.contains(&format!("[{}]:80/TCP", v6::NGINX_VIP)),
+            "{list}"
+        );
+        for pod in [v6::NGINX_1, v6::NGINX_2] {
+            assert!(
+                list.contains(&format!("=> [{}]:80/TCP (active)", pod.ip)),
+                "{list}"
+            );
+        }
+    }
+
+    // Step 3: the flag on, live, on both nodes.
+    for agent in [master, slave] {
+        let set = ok(
+            agent.lbctl(&["config", "set", "bpf-lb-external-clusterip", "true"]),
+            "lbctl config set",
+        );
+        ok(set.into_stdout(), "lbctl config set");
+    }
+
+    // Step 4: the IPv6 ClusterIP answers from outside, from both backends, which see
+    // k8smaster0's IPv6 address (SNAT, as over IPv4).
+    let mut pods_seen = BTreeSet::new();
+    let mut clients_seen = BTreeSet::new();
+    for _ in 0..STEP4_TRIES {
+        let (outcome, reply) = ok(curl6_head(lab.router(), v6::NGINX_VIP), "curl -6");
+        assert_eq!(reply.status, Some(200), "{outcome:?}");
+        pods_seen.extend(reply.pod_ip);
+        clients_seen.extend(reply.client_ip);
+    }
+    assert_eq!(
+        pods_seen,
+        BTreeSet::from([v6::NGINX_1.ip, v6::NGINX_2.ip]),
+        "both backends answer"
+    );
+    assert_eq!(
+        clients_seen,
+        BTreeSet::from([v6::MASTER.ip]),
+        "remote backends see the node's SNAT"
+    );
+
+    // Step 6: a pod → the IPv6 ClusterIP → a backend, which sees the pod's own address.
+    let (outcome, reply) = ok(
+        curl6_head(ok(lab.pod(v6::CLIENT.name), "pod"), v6::NGINX_VIP),
+        "curl -6",
+    );
+    assert_eq!(reply.status, Some(200), "{outcome:?}");
+    assert_eq!(reply.client_ip, Some(v6::CLIENT.ip), "{outcome:?}");
 }
 
 /// The lines of `birdc show route` for one network: its first line and its continuation lines.
