@@ -253,10 +253,12 @@ fn breakdown(dir: &Path) -> anyhow::Result<Vec<Stage>> {
         .ok_or_else(|| anyhow!("no changes from a synced view"))?;
     let mut model = Incremental::default();
     model.update(
-        changes
-            .services
-            .iter()
-            .map(|(name, _, objects)| ((name.namespace.clone(), name.name.clone()), objects)),
+        changes.services.iter().map(|(name, _, objects)| {
+            (
+                (name.namespace.clone(), name.name.clone()),
+                objects.snapshot(),
+            )
+        }),
         &ThisNode::named("node"),
     );
     drop(changes);

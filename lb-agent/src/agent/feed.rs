@@ -63,10 +63,12 @@ impl Feed for ModelFeed {
         let changes = self.view.take_changes()?;
         self.full = full;
         let model_changes = self.model.update(
-            changes
-                .services
-                .iter()
-                .map(|(name, _, objects)| ((name.namespace.clone(), name.name.clone()), objects)),
+            changes.services.iter().map(|(name, _, objects)| {
+                (
+                    (name.namespace.clone(), name.name.clone()),
+                    objects.snapshot(),
+                )
+            }),
             &self.node,
         );
         self.pending

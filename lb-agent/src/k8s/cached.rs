@@ -428,7 +428,8 @@ mod tests {
                 assert_eq!(desired_services(&cached, &node), want, "{case} on {node:?}");
             }
             let changes = view.take_changes().expect("synced");
-            for (_, _, snapshot) in &changes.services {
+            for (_, _, objects) in &changes.services {
+                let snapshot = &objects.snapshot();
                 for node in nodes() {
                     let mut one = full.clone();
                     one.services.retain(|s| {

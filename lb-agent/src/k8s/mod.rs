@@ -32,7 +32,7 @@ pub use cached::{
     Cached, CachedKind, IntoCached, LAST_CHANGE_TRIGGER_TIME, strip_service, strip_slice,
 };
 pub use filter::LABEL_SELECTOR;
-pub use objects::{Changes, Dirty, Objects, ServiceName, View};
+pub use objects::{Changes, Dirty, Objects, ServiceName, ServiceObjects, View};
 
 /// Label of a Node naming its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

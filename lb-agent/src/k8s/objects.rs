@@ -306,7 +306,24 @@ impl Objects {
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Each changed Service with its objects now (none when all of them are gone).
-    pub services: Vec<(ServiceName, Dirty, Snapshot)>,
+    pub services: Vec<(ServiceName, Dirty, ServiceObjects)>,
+}
+
+/// One Service's objects as taken: shared with the cache, decoded only by
+/// [`ServiceObjects::snapshot`], so that a full pass need not hold every Service's decoded
+/// objects at once.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceObjects {
+    owned: Owned,
+    /// This node's zone label when they were taken.
+    pub node_zone: Option<String>,
+}
+
+impl ServiceObjects {
+    /// The objects, decoded.
+    pub fn snapshot(&self) -> Snapshot {
+        self.owned.snapshot(&self.node_zone)
+    }
 }
 
 /// A source's objects shared with the reconciler; cheap to clone.
@@ -368,12 +385,11 @@ impl View {
         let services = dirty
             .into_iter()
             .map(|(name, dirty)| {
-                let snapshot = objects
-                    .by_service
-                    .get(&name)
-                    .map(|owned| owned.snapshot(&objects.node_zone))
-                    .unwrap_or_default();
-                (name, dirty, snapshot)
+                let taken = ServiceObjects {
+                    owned: objects.by_service.get(&name).cloned().unwrap_or_default(),
+                    node_zone: objects.node_zone.clone(),
+                };
+                (name, dirty, taken)
             })
             .collect();
         Some(Changes { services })
@@ -423,7 +439,8 @@ mod tests {
             .expect("synced")
             .services
             .into_iter()
-            .map(|(name, _, snapshot)| {
+            .map(|(name, _, objects)| {
+                let snapshot = objects.snapshot();
                 format!(
                     "{}/{} {}+{}",
                     name.namespace,
@@ -469,7 +486,8 @@ mod tests {
         view.update(|o| o.apply_slice(slice("a-1", "a", "1")));
         view.set_synced();
         let changes = view.take_changes().expect("synced");
-        let (_, dirty, snapshot) = &changes.services[0];
+        let (_, dirty, objects) = &changes.services[0];
+        let snapshot = objects.snapshot();
         assert_eq!(
             dirty.trigger,
             Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_767_323_045))

@@ -42,16 +42,19 @@ pub struct Incremental {
 impl Incremental {
     /// Recomputes each of `services` from its objects now (an empty snapshot for a Service
     /// whose objects are all gone) and returns what changed in the combined output.
-    pub fn update<'a>(
+    ///
+    /// `services` may decode each Service's objects as it is reached (owned snapshots): only
+    /// one Service's are alive at a time then.
+    pub fn update<S: std::borrow::Borrow<Snapshot>>(
         &mut self,
-        services: impl IntoIterator<Item = (Name, &'a Snapshot)>,
+        services: impl IntoIterator<Item = (Name, S)>,
         node: &ThisNode,
     ) -> ModelChanges {
         let mut touched: BTreeMap<Frontend, Option<DesiredService>> = BTreeMap::new();
         let mut ports: BTreeMap<u16, Option<HealthCheck>> = BTreeMap::new();
         let mut recomputed = Vec::new();
         for (name, objects) in services {
-            let new = desired(objects, node);
+            let new = desired(objects.borrow(), node);
             if let Some(old) = self.by_service.get(&name) {
                 if *old == new {
                     continue;
