@@ -104,11 +104,12 @@ impl Feed for ModelFeed {
                 }
             }
         }
-        self.state
-            .record_sync(outcome.cloned().map_err(|err| error_chain(err)));
+        // Before the pass is recorded: the first one makes the agent ready.
         if std::mem::take(&mut self.full) {
             release_free_memory();
         }
+        self.state
+            .record_sync(outcome.cloned().map_err(|err| error_chain(err)));
     }
 }
 

@@ -6,7 +6,7 @@
 //! (or a `healthCheckNodePort`) two Services claim goes to the first by namespace/name, and
 //! the other takes it over when the first lets go.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tracing::warn;
 
@@ -34,9 +34,9 @@ pub struct Incremental {
     /// Each Service's own output, as if it were alone.
     by_service: BTreeMap<Name, Desired>,
     /// Which Services claim each frontend; the first one's wins.
-    frontends: BTreeMap<Frontend, BTreeSet<Name>>,
+    frontends: BTreeMap<Frontend, Claims>,
     /// Which Services claim each health-check port; the first one's wins.
-    health_checks: BTreeMap<u16, BTreeSet<Name>>,
+    health_checks: BTreeMap<u16, Claims>,
 }
 
 impl Incremental {
@@ -160,8 +160,12 @@ impl Incremental {
     }
 }
 
+/// The Services claiming one frontend or port, sorted: almost always one, so a Vec (a
+/// one-entry BTreeSet allocates a node of eleven).
+type Claims = Vec<Name>;
+
 fn claim<K: Ord + Copy + std::fmt::Display>(
-    claims: &mut BTreeMap<K, BTreeSet<Name>>,
+    claims: &mut BTreeMap<K, Claims>,
     key: K,
     name: &Name,
     what: &'static str,
@@ -179,12 +183,16 @@ fn claim<K: Ord + Copy + std::fmt::Display>(
             "skipping Service port whose frontend or health-check port another Service already has"
         );
     }
-    owners.insert(name.clone());
+    if let Err(at) = owners.binary_search(name) {
+        owners.insert(at, name.clone());
+    }
 }
 
-fn release<K: Ord>(claims: &mut BTreeMap<K, BTreeSet<Name>>, key: &K, name: &Name) {
+fn release<K: Ord>(claims: &mut BTreeMap<K, Claims>, key: &K, name: &Name) {
     if let Some(owners) = claims.get_mut(key) {
-        owners.remove(name);
+        if let Ok(at) = owners.binary_search(name) {
+            owners.remove(at);
+        }
         if owners.is_empty() {
             claims.remove(key);
         }
