@@ -958,6 +958,18 @@ fn targets_section(results: &Results) -> String {
             change.nftables.p99
         );
     }
+    if let Some(memory) = &results.agent_memory {
+        let _ = writeln!(
+            out,
+            "- Agent memory ≤ 2 KB per service (release agent's RSS after its first sync, {} × \
+             {}, over N): {} ({:.0} B; {:.0} B beyond an agent with no Services).",
+            human(memory.fixture.services),
+            memory.fixture.backends,
+            verdict(memory.per_service() <= 2048.0),
+            memory.per_service(),
+            memory.added_per_service()
+        );
+    }
     out
 }
 
