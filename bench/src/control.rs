@@ -353,10 +353,12 @@ impl Pipeline {
     fn take(&mut self) -> ModelChanges {
         let changes = self.view.take_changes().unwrap_or_default();
         self.model.update(
-            changes
-                .services
-                .iter()
-                .map(|(name, _, objects)| ((name.namespace.clone(), name.name.clone()), objects)),
+            changes.services.iter().map(|(name, _, objects)| {
+                (
+                    (name.namespace.clone(), name.name.clone()),
+                    objects.snapshot(),
+                )
+            }),
             &self.node,
         )
     }

@@ -3,7 +3,7 @@
 //! within rounds, and writes `benchmarks.md` and `benchmarks.svg` to `--out` (default `docs/`).
 //!
 //! ```text
-//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding,maglev]
+//! lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding,maglev,memory]
 //! ```
 //!
 //! `--quick` runs tiny sizes as a smoke test (CI): it checks that every path works and asserts
@@ -15,6 +15,7 @@ mod datapath;
 mod fixture;
 mod floor;
 mod forwarding;
+mod memory;
 mod netns;
 mod packet_cost;
 mod report;
@@ -62,6 +63,8 @@ pub struct Config {
     /// B9: the fixtures whose Maglev tables are built, and how many services of each go
     /// through a kernel sync pass.
     pub maglev: &'static [(Fixture, u32)],
+    /// B7: the fixture the release agent's RSS is measured on.
+    pub memory: Fixture,
 }
 
 const FULL: Config = Config {
@@ -133,6 +136,10 @@ const FULL: Config = Config {
             1_000,
         ),
     ],
+    memory: Fixture {
+        services: 10_000,
+        backends: 10,
+    },
 };
 
 const QUICK: Config = Config {
@@ -179,6 +186,10 @@ const QUICK: Config = Config {
         },
         20,
     )],
+    memory: Fixture {
+        services: 100,
+        backends: 10,
+    },
 };
 
 /// Connect results for one size and variant.
@@ -276,6 +287,8 @@ pub struct Results {
     pub maps: control::MapMemory,
     /// B9.
     pub maglev: Vec<control::MaglevResult>,
+    /// B7: the agent's RSS and heap breakdown.
+    pub agent_memory: Option<memory::AgentMemory>,
     /// Peak RSS of the bench process (kB).
     pub vm_hwm_kb: u64,
     /// Wall time of the whole run.
@@ -283,13 +296,14 @@ pub struct Results {
 }
 
 /// The parts of the suite, for `--only` (development: the report then has gaps).
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     "packet",
     "sync",
     "change",
     "traffic",
     "forwarding",
     "maglev",
+    "memory",
 ];
 
 fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result<()> {
@@ -337,6 +351,11 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
     } else {
         Vec::new()
     };
+    let agent_memory = if want("memory") {
+        Some(memory::agent_memory(config.memory)?)
+    } else {
+        None
+    };
     let traffic = if want("traffic") {
         traffic(&config)?
     } else {
@@ -359,6 +378,7 @@ fn run(config: Config, only: &[String], out: &std::path::Path) -> anyhow::Result
         change,
         maps,
         maglev,
+        agent_memory,
         vm_hwm_kb: alloc::proc_status_kb("VmHWM"),
         elapsed: started.elapsed(),
     };
@@ -402,7 +422,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding,maglev]"
+                    "lb-bench [--quick] [--out DIR] [--only packet,sync,change,traffic,forwarding,maglev,memory]"
                 );
                 return ExitCode::SUCCESS;
             }

@@ -710,8 +710,68 @@ fn memory_section(results: &Results) -> String {
     let _ = writeln!(
         out,
         "\nNot included: the Kubernetes object caches (reflector stores of Services and \
-         EndpointSlices), which a running agent also holds."
+         EndpointSlices), which a running agent also holds: see the agent's RSS below."
     );
+    out.push_str(&agent_memory_section(results));
+    out
+}
+
+/// B7, the agent process: its RSS after the first sync, and the heap breakdown.
+fn agent_memory_section(results: &Results) -> String {
+    const MIB: f64 = 1_048_576.0;
+    let mut out = String::new();
+    let Some(memory) = &results.agent_memory else {
+        return out;
+    };
+    let services = f64::from(memory.fixture.services);
+    let _ = writeln!(
+        out,
+        "\nThe agent as an operator runs it: the release `lb-agent` on a file source of {} \
+         Services × {} endpoints (`kind: List` files of 1,000 Services and their slices), \
+         `VmRSS` once `lbctl status` says ready (its first sync done), beside the same agent on \
+         an empty directory:\n",
+        thousands(memory.fixture.services),
+        memory.fixture.backends
+    );
+    let _ = writeln!(
+        out,
+        "| agent | RSS | peak RSS | per service | beyond the empty agent, per service |\n|---|---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| no Services | {:.1} MiB | | | |",
+        memory.empty_rss_kb as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "| {} × {} | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B |",
+        human(memory.fixture.services),
+        memory.fixture.backends,
+        memory.rss_kb as f64 / 1024.0,
+        memory.hwm_kb as f64 / 1024.0,
+        memory.per_service(),
+        memory.added_per_service()
+    );
+    let _ = writeln!(
+        out,
+        "\nWhere the heap goes: the same pipeline in the bench process under its counting \
+         allocator, stage by stage (*kept*: live once the stage is done; *peak*: the most live \
+         at once during it, beyond what was live before):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| stage | kept | per service | peak |\n|---|---|---|---|"
+    );
+    for stage in &memory.stages {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} MiB | {:.0} B | {:.1} MiB |",
+            stage.name,
+            stage.kept as f64 / MIB,
+            stage.kept as f64 / services,
+            stage.peak as f64 / MIB
+        );
+    }
     out
 }
 
@@ -896,6 +956,18 @@ fn targets_section(results: &Results) -> String {
             change.lb_visible.p99,
             change.iptables.p99,
             change.nftables.p99
+        );
+    }
+    if let Some(memory) = &results.agent_memory {
+        let _ = writeln!(
+            out,
+            "- Agent memory ≤ 2 KB per service (release agent's RSS after its first sync, {} × \
+             {}, over N): {} ({:.0} B; {:.0} B beyond an agent with no Services).",
+            human(memory.fixture.services),
+            memory.fixture.backends,
+            verdict(memory.per_service() <= 2048.0),
+            memory.per_service(),
+            memory.added_per_service()
         );
     }
     out
@@ -1328,6 +1400,7 @@ mod tests {
                     kernel_writes: 70_000,
                 })
                 .collect(),
+            agent_memory: None,
             vm_hwm_kb: 145_408,
             elapsed: Duration::from_secs(690),
         }

@@ -9,6 +9,7 @@ use lb_agent::{
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let resolved = match AgentConfig::parse() {
         Ok(resolved) => resolved,
         Err(err) => {
@@ -57,6 +58,22 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "lb-agent failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Makes glibc's malloc keep one arena for every thread, unless `MALLOC_ARENA_MAX` says
+/// otherwise. By default each thread that allocates may get its own (up to eight per core),
+/// each with its own free pages and fragments: at 10k Services the agent's RSS is a quarter
+/// lower with one. The agent allocates little at once on several threads (one sync loop),
+/// so sharing the arena's lock costs nothing measurable.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first in main, before any other thread exists; mallopt only sets a
+        // malloc parameter.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -14,8 +14,8 @@ use std::process::Command;
 
 use crate::setup::{self, run_cmd};
 
-/// Installs what is missing, then runs the suite.
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// Installs what is missing, then runs the suite (or, with `only`, some of its parts).
+pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     setup::run()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -24,10 +24,19 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let out = if quick {
         target.join("bench-quick")
+    } else if only.is_some() {
+        target.join("bench-only")
     } else {
         root.join("docs")
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The memory part runs the agent binary, which `cargo run -p lb-bench` does not build.
+    let mut build = Command::new(&cargo);
+    build.args(["build", "-p", "lb-agent", "--bins"]);
+    if !quick {
+        build.arg("--release");
+    }
+    run_cmd(build.current_dir(&root))?;
     let mut cmd = Command::new(cargo);
     cmd.arg("run");
     if !quick {
@@ -36,6 +45,9 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     cmd.args(["-p", "lb-bench", "--"]);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
     }
     cmd.arg("--out").arg(&out).current_dir(&root);
     run_cmd(&mut cmd)

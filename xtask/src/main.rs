@@ -48,6 +48,10 @@ enum Command {
         /// target/bench-quick/.
         #[arg(long)]
         quick: bool,
+        /// Only these parts, comma-separated (packet, sync, change, traffic, forwarding,
+        /// maglev, memory); the report then has gaps, so it goes to target/bench-only/.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -72,7 +76,7 @@ fn main() -> ExitCode {
         } => demo::run(keep, ipv6),
         Command::Image(options) => image::run(&options),
         Command::Test => setup::run().and_then(|()| test::run()),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, only.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,7 +43,7 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     // The benchmark suite's smoke test: tiny sizes, nothing asserted about speed. Before the
     // tests, so that the run closes on their summary.
-    crate::bench::run(true)?;
+    crate::bench::run(true, None)?;
     // Namespace tests create and remove their own topologies; one at a time keeps them from
     // competing for the two cores and for interface names. Every binary runs even after one
     // fails, so that a CI log shows all the failures at once.

@@ -27,6 +27,8 @@ pub struct ModelFeed {
     pending: Vec<Dirty>,
     /// Whether the health checks have been set up once.
     health_checks_set: bool,
+    /// Whether the pass being run is a full one.
+    full: bool,
 }
 
 impl ModelFeed {
@@ -47,6 +49,7 @@ impl ModelFeed {
             health_checks,
             pending: Vec::new(),
             health_checks_set: false,
+            full: false,
         }
     }
 }
@@ -58,11 +61,14 @@ impl Feed for ModelFeed {
 
     fn next(&mut self, full: bool) -> Option<Update> {
         let changes = self.view.take_changes()?;
+        self.full = full;
         let model_changes = self.model.update(
-            changes
-                .services
-                .iter()
-                .map(|(name, _, objects)| ((name.namespace.clone(), name.name.clone()), objects)),
+            changes.services.iter().map(|(name, _, objects)| {
+                (
+                    (name.namespace.clone(), name.name.clone()),
+                    objects.snapshot(),
+                )
+            }),
             &self.node,
         );
         self.pending
@@ -98,7 +104,22 @@ impl Feed for ModelFeed {
                 }
             }
         }
+        // Before the pass is recorded: the first one makes the agent ready.
+        if std::mem::take(&mut self.full) {
+            release_free_memory();
+        }
         self.state
             .record_sync(outcome.cloned().map_err(|err| error_chain(err)));
+    }
+}
+
+/// Hands the heap's free pages back to the kernel. A full pass decodes every object and plans
+/// every service; glibc gives back only the top of each arena by itself, so without this the
+/// agent's RSS stays at that peak (about twice what it keeps at 10k Services).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

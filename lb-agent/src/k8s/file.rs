@@ -22,7 +22,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Error, View, count_malformed, strip_service, strip_slice};
+use super::{Cached, Error, View, count_malformed};
 
 /// How often the directory is scanned; a change is live well within a second.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -106,11 +106,14 @@ impl std::fmt::Display for ObjectId {
     }
 }
 
+/// A cached object, shared with the view.
+type Shared<K> = Arc<Cached<K>>;
+
 /// One object lb cares about.
 #[derive(Clone, Debug, PartialEq)]
 enum Object {
-    Service(Arc<Service>),
-    Slice(Arc<EndpointSlice>),
+    Service(Shared<Service>),
+    Slice(Shared<EndpointSlice>),
 }
 
 /// What a file looked like when last read.
@@ -197,7 +200,7 @@ impl DirSource {
 
     /// Every object from every file (shared, not copied); an object defined twice is taken
     /// from the first file by name.
-    fn objects(&self) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+    fn objects(&self) -> (Vec<Shared<Service>>, Vec<Shared<EndpointSlice>>) {
         let mut seen: BTreeMap<&ObjectId, &Path> = BTreeMap::new();
         let (mut services, mut slices) = (Vec::new(), Vec::new());
         for (path, file) in &self.files {
@@ -360,14 +363,12 @@ impl Parsed {
         // file's resourceVersion says nothing (an edit keeps it), so objects compare by content.
         let object = match kind {
             "Service" => serde_json::from_value(value).map(|mut s: Service| {
-                strip_service(&mut s);
                 s.metadata.resource_version = None;
-                Object::Service(Arc::new(s))
+                Object::Service(Arc::new(Cached::new(s)))
             }),
             _ => serde_json::from_value(value).map(|mut s: EndpointSlice| {
-                strip_slice(&mut s);
                 s.metadata.resource_version = None;
-                Object::Slice(Arc::new(s))
+                Object::Slice(Arc::new(Cached::new(s)))
             }),
         };
         match object {
@@ -462,6 +463,7 @@ mod tests {
         let Object::Slice(slice) = &objects[0].1 else {
             panic!("expected a slice")
         };
+        let slice = slice.object().expect("decodes");
         assert_eq!(slice.endpoints.len(), 1, "the good slice is updated");
     }
 

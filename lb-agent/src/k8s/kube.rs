@@ -22,8 +22,9 @@ use kube::{Api, Client, Resource};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::cached::Cached;
 use super::filter::LABEL_SELECTOR;
-use super::objects::{Objects, strip_service, strip_slice};
+use super::objects::Objects;
 use super::{Error, View, ZONE_LABEL};
 
 /// Watches until `shutdown`; see the module docs. `node_name`: the Node whose zone to watch.
@@ -71,16 +72,13 @@ pub(super) async fn run(
 
 /// What the view does with one kind of object.
 trait Kind: k8s_openapi::Resource + Resource<DynamicType = ()> + Clone + 'static {
-    fn strip(&mut self);
     fn apply(self, objects: &mut Objects) -> bool;
     fn delete(&self, objects: &mut Objects) -> bool;
-    fn replace(all: Vec<Self>, objects: &mut Objects) -> bool;
+    fn replace(all: Vec<Cached<Self>>, objects: &mut Objects) -> bool;
+    fn cached(self) -> Cached<Self>;
 }
 
 impl Kind for Service {
-    fn strip(&mut self) {
-        strip_service(self);
-    }
     fn apply(self, objects: &mut Objects) -> bool {
         objects.apply_service(self)
     }
@@ -88,15 +86,15 @@ impl Kind for Service {
         let (namespace, name) = names(self);
         objects.delete_service(namespace, name)
     }
-    fn replace(all: Vec<Self>, objects: &mut Objects) -> bool {
+    fn replace(all: Vec<Cached<Self>>, objects: &mut Objects) -> bool {
         objects.replace_services(all)
+    }
+    fn cached(self) -> Cached<Self> {
+        Cached::new(self)
     }
 }
 
 impl Kind for EndpointSlice {
-    fn strip(&mut self) {
-        strip_slice(self);
-    }
     fn apply(self, objects: &mut Objects) -> bool {
         objects.apply_slice(self)
     }
@@ -104,8 +102,11 @@ impl Kind for EndpointSlice {
         let (namespace, name) = names(self);
         objects.delete_slice(namespace, name)
     }
-    fn replace(all: Vec<Self>, objects: &mut Objects) -> bool {
+    fn replace(all: Vec<Cached<Self>>, objects: &mut Objects) -> bool {
         objects.replace_slices(all)
+    }
+    fn cached(self) -> Cached<Self> {
+        Cached::new(self)
     }
 }
 
@@ -123,7 +124,8 @@ fn names<K: Resource>(object: &K) -> (&str, &str) {
 /// One watcher's state: listed at least once, and the list being buffered.
 struct Watched<K> {
     synced: bool,
-    listing: Option<Vec<K>>,
+    /// A relist in progress, kept as the cache keeps objects.
+    listing: Option<Vec<Cached<K>>>,
 }
 
 impl<K> Default for Watched<K> {
@@ -150,9 +152,10 @@ impl<K: Kind> Watched<K> {
                 debug!(kind, "listing");
                 self.listing = Some(Vec::new());
             }
-            Some(Ok(Event::InitApply(mut object))) => {
-                object.strip();
-                self.listing.get_or_insert_with(Vec::new).push(object);
+            Some(Ok(Event::InitApply(object))) => {
+                self.listing
+                    .get_or_insert_with(Vec::new)
+                    .push(object.cached());
             }
             Some(Ok(Event::InitDone)) => {
                 super::source_ok();

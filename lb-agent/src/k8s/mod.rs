@@ -6,12 +6,14 @@
 //! - `filter.rs`: the label selector kube-proxy uses to leave opted-out objects alone.
 //!
 //! - `objects.rs`: the [`View`] a source fills, indexed by Service, which tells the reconciler
-//!   which Services' objects changed.
+//!   which Services' objects changed;
+//! - `cached.rs`: how an object is kept there ([`Cached`]: stripped, and encoded).
 //!
 //! A source applies what it sees to its [`View`] and marks it synced once it has listed
 //! everything; it never interprets the objects (that is `model/`) and never sees the maps
 //! (that is `sync/`).
 
+mod cached;
 mod file;
 mod filter;
 mod kube;
@@ -26,11 +28,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio_util::sync::CancellationToken;
 
-pub use filter::LABEL_SELECTOR;
-pub use objects::{
-    Changes, Dirty, LAST_CHANGE_TRIGGER_TIME, Objects, ServiceName, View, strip_service,
-    strip_slice,
+pub use cached::{
+    Cached, CachedKind, IntoCached, LAST_CHANGE_TRIGGER_TIME, strip_service, strip_slice,
 };
+pub use filter::LABEL_SELECTOR;
+pub use objects::{Changes, Dirty, Objects, ServiceName, ServiceObjects, View};
 
 /// Label of a Node naming its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

@@ -4,9 +4,9 @@
 //! A source applies each event as it comes (`Objects::apply_*`, `delete_*`) or replaces a
 //! whole relisted kind at once (`replace_*`, which marks only what differs: a resourceVersion
 //! compare where both copies have one, else the objects'). An EndpointSlice belongs to the
-//! Service its `kubernetes.io/service-name` label names; a slice that moves marks both. What
-//! the model does not read is stripped on the way in (`strip_*`), so the cache holds no
-//! `managedFields`, annotations or status it would never look at.
+//! Service its `kubernetes.io/service-name` label names; a slice that moves marks both. Objects
+//! are kept stripped and encoded ([`Cached`]): the cache holds no `managedFields`, annotations
+//! or status the model would never look at, nor a typed struct's empty fields.
 //!
 //! The reconciler takes the changed Services' objects ([`View::take_changes`]); changes that
 //! arrive while it works accumulate and are taken together by its next pass, so coalescing
@@ -18,15 +18,10 @@ use std::time::{Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::watch;
 
 use super::Snapshot;
-use crate::model::SERVICE_NAME_LABEL;
-
-/// The annotation the EndpointSlice controller stamps with the time of the change that caused
-/// the slice's last update; kube-proxy's network programming latency starts there.
-pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+use super::cached::{Cached, IntoCached};
 
 /// A Service by namespace and name (slices without an owner label go under an empty name).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,8 +45,9 @@ pub struct Dirty {
 /// files' objects too): one copy in memory.
 #[derive(Clone, Debug, Default)]
 struct Owned {
-    service: Option<Arc<Service>>,
-    slices: BTreeMap<String, Arc<EndpointSlice>>,
+    service: Option<Arc<Cached<Service>>>,
+    /// Sorted by name; most Services have one slice per address family, so a Vec.
+    slices: Vec<Arc<Cached<EndpointSlice>>>,
 }
 
 impl Owned {
@@ -59,14 +55,27 @@ impl Owned {
         self.service.is_none() && self.slices.is_empty()
     }
 
+    fn slice(&self, name: &str) -> Result<usize, usize> {
+        self.slices.binary_search_by(|s| s.name().cmp(name))
+    }
+
+    fn remove_slice(&mut self, name: &str) {
+        if let Ok(at) = self.slice(name) {
+            self.slices.remove(at);
+        }
+    }
+
+    fn insert_slice(&mut self, slice: Arc<Cached<EndpointSlice>>) {
+        match self.slice(slice.name()) {
+            Ok(at) => self.slices[at] = slice,
+            Err(at) => self.slices.insert(at, slice),
+        }
+    }
+
     fn snapshot(&self, node_zone: &Option<String>) -> Snapshot {
         Snapshot {
-            services: self.service.iter().map(|s| Service::clone(s)).collect(),
-            slices: self
-                .slices
-                .values()
-                .map(|s| EndpointSlice::clone(s))
-                .collect(),
+            services: self.service.iter().filter_map(|s| s.object()).collect(),
+            slices: self.slices.iter().filter_map(|s| s.object()).collect(),
             node_zone: node_zone.clone(),
         }
     }
@@ -84,87 +93,11 @@ pub struct Objects {
     node_zone: Option<String>,
 }
 
-fn namespace(meta: &ObjectMeta) -> String {
-    meta.namespace
-        .as_deref()
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or("default")
-        .to_owned()
-}
-
-fn owner_of(slice: &EndpointSlice) -> ServiceName {
+fn owner_of(slice: &Cached<EndpointSlice>) -> ServiceName {
     ServiceName {
-        namespace: namespace(&slice.metadata),
-        name: slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .cloned()
-            .unwrap_or_default(),
+        namespace: slice.namespace().to_owned(),
+        name: slice.owner().unwrap_or_default().to_owned(),
     }
-}
-
-/// The trigger time a slice carries, if well-formed (RFC 3339).
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let text = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(LAST_CHANGE_TRIGGER_TIME)?;
-    // Parsed as the API's own Time type (RFC 3339), so that no date crate is needed here.
-    let time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
-        serde_json::from_value(serde_json::Value::String(text.clone())).ok()?;
-    Some(SystemTime::from(time.0))
-}
-
-/// Equal for the model's purposes: the same resourceVersion when both have one, else equal.
-fn same<T: PartialEq>(meta: fn(&T) -> &ObjectMeta, old: &T, new: &T) -> bool {
-    if std::ptr::eq(old, new) {
-        return true;
-    }
-    match (&meta(old).resource_version, &meta(new).resource_version) {
-        (Some(a), Some(b)) => a == b,
-        _ => old == new,
-    }
-}
-
-/// Drops what the model never reads from a Service: managed fields, annotations, owner
-/// references, finalizers, and the status but for its load-balancer ingress.
-pub fn strip_service(service: &mut Service) {
-    strip_meta(&mut service.metadata);
-    service.metadata.annotations = None;
-    if let Some(status) = &mut service.status {
-        status.conditions = None;
-    }
-}
-
-/// Drops what the model never reads from an EndpointSlice: managed fields, owner references,
-/// finalizers, every annotation but the trigger time, and per endpoint the target reference,
-/// hostname and deprecated topology.
-pub fn strip_slice(slice: &mut EndpointSlice) {
-    strip_meta(&mut slice.metadata);
-    if let Some(annotations) = &mut slice.metadata.annotations {
-        annotations.retain(|k, _| k == LAST_CHANGE_TRIGGER_TIME);
-        if annotations.is_empty() {
-            slice.metadata.annotations = None;
-        }
-    }
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-    }
-}
-
-fn strip_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    meta.uid = None;
-    meta.creation_timestamp = None;
-    meta.generation = None;
 }
 
 impl Objects {
@@ -200,22 +133,19 @@ impl Objects {
         true
     }
 
-    /// Adds or replaces a Service (stripped here unless shared: a source that shares its
-    /// objects strips them first); true when it changed.
-    pub fn apply_service(&mut self, service: impl Into<Arc<Service>>) -> bool {
-        let mut service = service.into();
-        if let Some(service) = Arc::get_mut(&mut service) {
-            strip_service(service);
-        }
+    /// Adds or replaces a Service (a typed one is stripped and encoded here); true when it
+    /// changed.
+    pub fn apply_service(&mut self, service: impl IntoCached<Service>) -> bool {
+        let service = service.into_cached();
         let name = ServiceName {
-            namespace: namespace(&service.metadata),
-            name: service.metadata.name.clone().unwrap_or_default(),
+            namespace: service.namespace().to_owned(),
+            name: service.name().to_owned(),
         };
         let owned = self.by_service.entry(name.clone()).or_default();
         if owned
             .service
             .as_ref()
-            .is_some_and(|old| same(|s: &Service| &s.metadata, &**old, &*service))
+            .is_some_and(|old| Arc::ptr_eq(old, &service) || old.same(&service))
         {
             return false;
         }
@@ -241,33 +171,27 @@ impl Objects {
         true
     }
 
-    /// Adds or replaces an EndpointSlice (stripped here unless shared, as `apply_service`);
-    /// true when it changed.
-    pub fn apply_slice(&mut self, slice: impl Into<Arc<EndpointSlice>>) -> bool {
-        let mut slice = slice.into();
-        if let Some(slice) = Arc::get_mut(&mut slice) {
-            strip_slice(slice);
-        }
-        let key = (
-            namespace(&slice.metadata),
-            slice.metadata.name.clone().unwrap_or_default(),
-        );
+    /// Adds or replaces an EndpointSlice (as `apply_service`); true when it changed.
+    pub fn apply_slice(&mut self, slice: impl IntoCached<EndpointSlice>) -> bool {
+        let slice = slice.into_cached();
+        let key = (slice.namespace().to_owned(), slice.name().to_owned());
         let owner = owner_of(&slice);
-        let trigger = trigger_time(&slice);
+        let trigger = slice.trigger();
         if let Some(previous) = self.slice_owner.get(&key).cloned() {
             if previous == owner {
-                let unchanged = self
-                    .by_service
-                    .get(&owner)
-                    .and_then(|o| o.slices.get(&key.1))
-                    .is_some_and(|old| same(|s: &EndpointSlice| &s.metadata, &**old, &*slice));
+                let unchanged = self.by_service.get(&owner).is_some_and(|o| {
+                    o.slice(&key.1).is_ok_and(|at| {
+                        let old = &o.slices[at];
+                        Arc::ptr_eq(old, &slice) || old.same(&slice)
+                    })
+                });
                 if unchanged {
                     return false;
                 }
             } else {
                 // The slice moved to another Service: the old one loses its endpoints.
                 if let Some(owned) = self.by_service.get_mut(&previous) {
-                    owned.slices.remove(&key.1);
+                    owned.remove_slice(&key.1);
                 }
                 self.prune(&previous);
                 self.mark(previous, trigger);
@@ -276,8 +200,7 @@ impl Objects {
         self.by_service
             .entry(owner.clone())
             .or_default()
-            .slices
-            .insert(key.1.clone(), slice);
+            .insert_slice(slice);
         self.slice_owner.insert(key, owner.clone());
         self.mark(owner, trigger);
         true
@@ -292,7 +215,7 @@ impl Objects {
             return false;
         };
         if let Some(owned) = self.by_service.get_mut(&owner) {
-            owned.slices.remove(name);
+            owned.remove_slice(name);
         }
         self.prune(&owner);
         self.mark(owner, None);
@@ -301,18 +224,15 @@ impl Objects {
 
     /// Replaces every Service with `services` (a relist): marks only the Services added,
     /// changed or gone; true when any was.
-    pub fn replace_services<S: Into<Arc<Service>>>(
+    pub fn replace_services<S: IntoCached<Service>>(
         &mut self,
         services: impl IntoIterator<Item = S>,
     ) -> bool {
         let mut listed = std::collections::HashSet::new();
         let mut changed = false;
         for service in services {
-            let service = service.into();
-            listed.insert((
-                namespace(&service.metadata),
-                service.metadata.name.clone().unwrap_or_default(),
-            ));
+            let service = service.into_cached();
+            listed.insert((service.namespace().to_owned(), service.name().to_owned()));
             changed |= self.apply_service(service);
         }
         let gone: Vec<ServiceName> = self
@@ -331,18 +251,15 @@ impl Objects {
     }
 
     /// Replaces every EndpointSlice with `slices` (a relist), as `replace_services` does.
-    pub fn replace_slices<S: Into<Arc<EndpointSlice>>>(
+    pub fn replace_slices<S: IntoCached<EndpointSlice>>(
         &mut self,
         slices: impl IntoIterator<Item = S>,
     ) -> bool {
         let mut listed = std::collections::HashSet::new();
         let mut changed = false;
         for slice in slices {
-            let slice = slice.into();
-            listed.insert((
-                namespace(&slice.metadata),
-                slice.metadata.name.clone().unwrap_or_default(),
-            ));
+            let slice = slice.into_cached();
+            listed.insert((slice.namespace().to_owned(), slice.name().to_owned()));
             changed |= self.apply_slice(slice);
         }
         let gone: Vec<(String, String)> = self
@@ -389,7 +306,24 @@ impl Objects {
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Each changed Service with its objects now (none when all of them are gone).
-    pub services: Vec<(ServiceName, Dirty, Snapshot)>,
+    pub services: Vec<(ServiceName, Dirty, ServiceObjects)>,
+}
+
+/// One Service's objects as taken: shared with the cache, decoded only by
+/// [`ServiceObjects::snapshot`], so that a full pass need not hold every Service's decoded
+/// objects at once.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceObjects {
+    owned: Owned,
+    /// This node's zone label when they were taken.
+    pub node_zone: Option<String>,
+}
+
+impl ServiceObjects {
+    /// The objects, decoded.
+    pub fn snapshot(&self) -> Snapshot {
+        self.owned.snapshot(&self.node_zone)
+    }
 }
 
 /// A source's objects shared with the reconciler; cheap to clone.
@@ -451,12 +385,11 @@ impl View {
         let services = dirty
             .into_iter()
             .map(|(name, dirty)| {
-                let snapshot = objects
-                    .by_service
-                    .get(&name)
-                    .map(|owned| owned.snapshot(&objects.node_zone))
-                    .unwrap_or_default();
-                (name, dirty, snapshot)
+                let taken = ServiceObjects {
+                    owned: objects.by_service.get(&name).cloned().unwrap_or_default(),
+                    node_zone: objects.node_zone.clone(),
+                };
+                (name, dirty, taken)
             })
             .collect();
         Some(Changes { services })
@@ -476,6 +409,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::LAST_CHANGE_TRIGGER_TIME;
     use serde_json::json;
 
     fn service(name: &str, rv: &str) -> Service {
@@ -505,7 +439,8 @@ mod tests {
             .expect("synced")
             .services
             .into_iter()
-            .map(|(name, _, snapshot)| {
+            .map(|(name, _, objects)| {
+                let snapshot = objects.snapshot();
                 format!(
                     "{}/{} {}+{}",
                     name.namespace,
@@ -551,7 +486,8 @@ mod tests {
         view.update(|o| o.apply_slice(slice("a-1", "a", "1")));
         view.set_synced();
         let changes = view.take_changes().expect("synced");
-        let (_, dirty, snapshot) = &changes.services[0];
+        let (_, dirty, objects) = &changes.services[0];
+        let snapshot = objects.snapshot();
         assert_eq!(
             dirty.trigger,
             Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_767_323_045))

@@ -6,7 +6,7 @@
 //! (or a `healthCheckNodePort`) two Services claim goes to the first by namespace/name, and
 //! the other takes it over when the first lets go.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tracing::warn;
 
@@ -34,24 +34,27 @@ pub struct Incremental {
     /// Each Service's own output, as if it were alone.
     by_service: BTreeMap<Name, Desired>,
     /// Which Services claim each frontend; the first one's wins.
-    frontends: BTreeMap<Frontend, BTreeSet<Name>>,
+    frontends: BTreeMap<Frontend, Claims>,
     /// Which Services claim each health-check port; the first one's wins.
-    health_checks: BTreeMap<u16, BTreeSet<Name>>,
+    health_checks: BTreeMap<u16, Claims>,
 }
 
 impl Incremental {
     /// Recomputes each of `services` from its objects now (an empty snapshot for a Service
     /// whose objects are all gone) and returns what changed in the combined output.
-    pub fn update<'a>(
+    ///
+    /// `services` may decode each Service's objects as it is reached (owned snapshots): only
+    /// one Service's are alive at a time then.
+    pub fn update<S: std::borrow::Borrow<Snapshot>>(
         &mut self,
-        services: impl IntoIterator<Item = (Name, &'a Snapshot)>,
+        services: impl IntoIterator<Item = (Name, S)>,
         node: &ThisNode,
     ) -> ModelChanges {
         let mut touched: BTreeMap<Frontend, Option<DesiredService>> = BTreeMap::new();
         let mut ports: BTreeMap<u16, Option<HealthCheck>> = BTreeMap::new();
         let mut recomputed = Vec::new();
         for (name, objects) in services {
-            let new = desired(objects, node);
+            let new = desired(objects.borrow(), node);
             if let Some(old) = self.by_service.get(&name) {
                 if *old == new {
                     continue;
@@ -157,8 +160,12 @@ impl Incremental {
     }
 }
 
+/// The Services claiming one frontend or port, sorted: almost always one, so a Vec (a
+/// one-entry BTreeSet allocates a node of eleven).
+type Claims = Vec<Name>;
+
 fn claim<K: Ord + Copy + std::fmt::Display>(
-    claims: &mut BTreeMap<K, BTreeSet<Name>>,
+    claims: &mut BTreeMap<K, Claims>,
     key: K,
     name: &Name,
     what: &'static str,
@@ -176,12 +183,16 @@ fn claim<K: Ord + Copy + std::fmt::Display>(
             "skipping Service port whose frontend or health-check port another Service already has"
         );
     }
-    owners.insert(name.clone());
+    if let Err(at) = owners.binary_search(name) {
+        owners.insert(at, name.clone());
+    }
 }
 
-fn release<K: Ord>(claims: &mut BTreeMap<K, BTreeSet<Name>>, key: &K, name: &Name) {
+fn release<K: Ord>(claims: &mut BTreeMap<K, Claims>, key: &K, name: &Name) {
     if let Some(owners) = claims.get_mut(key) {
-        owners.remove(name);
+        if let Ok(at) = owners.binary_search(name) {
+            owners.remove(at);
+        }
         if owners.is_empty() {
             claims.remove(key);
         }
