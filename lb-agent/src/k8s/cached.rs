@@ -394,7 +394,7 @@ mod tests {
         for name in ["worker-a1", "worker-b1", "elsewhere"] {
             for zone in [None, Some("zone-a"), Some("zone-b")] {
                 let mut node = ThisNode::named(name);
-                node.addresses = vec![std::net::Ipv4Addr::new(192, 168, 0, 1)];
+                node.addresses = vec![std::net::Ipv4Addr::new(192, 168, 0, 1).into()];
                 node.zone = zone.map(str::to_owned);
                 nodes.push(node);
             }
