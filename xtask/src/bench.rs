@@ -31,8 +31,9 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The memory part runs the agent binary, which `cargo run -p lb-bench` does not build.
+    // With lbctl, as `cargo xtask test` builds them: one feature set, one link.
     let mut build = Command::new(&cargo);
-    build.args(["build", "-p", "lb-agent", "--bins"]);
+    build.args(["build", "-p", "lb-agent", "-p", "lbctl", "--bins"]);
     if !quick {
         build.arg("--release");
     }
