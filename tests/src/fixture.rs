@@ -134,8 +134,9 @@ pub trait ServiceExt {
     /// The same service as a frontend of another kind (a node port, an external or a
     /// load-balancer IP), as the model yields one.
     fn kind(self, kind: FrontendKind) -> Self;
-    /// The same service admitting outside clients only from `ranges` (`"a.b.c.d/n"`), as the
-    /// model yields a load-balancer frontend with `loadBalancerSourceRanges`.
+    /// The same service admitting outside clients only from `ranges` (`"a.b.c.d/n"` or
+    /// `"v6::/n"`), as the model yields a load-balancer frontend with
+    /// `loadBalancerSourceRanges`.
     fn source_ranges(self, ranges: &[&str]) -> Self;
 }
 
@@ -159,12 +160,12 @@ impl ServiceExt for DesiredService {
 
     fn source_ranges(mut self, ranges: &[&str]) -> Self {
         let parse = |text: &&str| {
-            let (addr, len) = text.split_once('/').expect("a.b.c.d/n");
+            let (addr, len) = text.split_once('/').expect("address/n");
             SourceRange::new(
-                addr.parse().expect("an IPv4 address"),
+                addr.parse().expect("an IP address"),
                 len.parse().expect("a prefix length"),
             )
-            .expect("a prefix length up to 32")
+            .expect("a prefix length within the address")
         };
         self.source_ranges = Some(ranges.iter().map(parse).collect());
         self

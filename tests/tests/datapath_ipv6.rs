@@ -5,26 +5,21 @@
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
 //! reply. Every rewritten frame's L4 checksum is verified over the IPv6 pseudo-header.
 //!
-//! Frontends are written with `lb_tests::ipv6::write_service6` until the agent programs the
-//! `LB6_*` maps (see that module).
+//! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
+//! from `lb_tests::fixture::service` synced by the agent's `Syncer` into the `LB6_*` maps.
 
+use lb_agent::model::{DesiredService, FrontendKind};
 use lb_common::{
     config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
     conntrack::{CT_F_SNAT, CT_REPLY, CT_SERVICE},
     drop::{DropReason, Hook, SourceFile},
     event::{EVENT_DROP6, tcp_flags},
     maps, proto,
-    service::{
-        BACKEND_F_REMOTE, SERVICE_F_LOAD_BALANCER, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
-    },
 };
 use lb_testkit::{packet::arp_request, packet6::*};
 use lb_tests::{
-    fixture::{Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    ipv6::{
-        CLIENT_MAC, FibNetns6, NODE_MAC, PEER_NODE_MAC, Service6, conntrack6, drain_events6,
-        service6, write_service6, write_source_range6,
-    },
+    fixture::{Datapath, ServiceExt as _, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, service},
+    ipv6::{CLIENT_MAC, FibNetns6, NODE_MAC, PEER_NODE_MAC, conntrack6, drain_events6},
 };
 
 const POD: &str = "[fd00:244:1::7]:40000";
@@ -33,17 +28,26 @@ const VIP: &str = "[fd00:96::10]:80";
 const BACKEND: &str = "[fd00:244:1::5]:8080";
 const BACKEND2: &str = "[fd00:244:1::6]:8080";
 
-/// A freshly loaded datapath with `flags` and IPv6 `services`.
-fn load(flags: u32, services: &[Service6]) -> Datapath {
+/// A ClusterIP on `frontend` (`"[vip]:port"`) of `proto` (`proto::TCP` or `proto::UDP`)
+/// with active, local `backends` (`"[addr]:port"`), as the model would yield it.
+fn service6(frontend: &str, proto: u8, backends: &[&str]) -> DesiredService {
+    let protocol = match proto {
+        proto::TCP => "TCP",
+        proto::UDP => "UDP",
+        other => panic!("no frontend of protocol {other}"),
+    };
+    service(&format!("{frontend}/{protocol}"), backends)
+}
+
+/// A freshly loaded datapath with `flags`, `services` synced into it by the agent's syncer.
+fn load(flags: u32, services: &[DesiredService]) -> Datapath {
     let mut datapath = Datapath::load();
     datapath.set_config(DatapathConfig {
         flags,
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
-    for service in services {
-        write_service6(&datapath, service);
-    }
+    datapath.sync(services);
     datapath
 }
 
@@ -91,7 +95,7 @@ fn assert_dropped(
 #[test]
 fn tcp_and_udp_to_a_cluster_ip_are_dnated_and_replies_reverse_nated() {
     for (proto, name) in [(proto::TCP, "TCP"), (proto::UDP, "UDP")] {
-        let datapath = load(0, &[service6(VIP, proto, 1, &[BACKEND])]);
+        let datapath = load(0, &[service6(VIP, proto, &[BACKEND])]);
         let (request, translated, reply, restored) = if proto == proto::TCP {
             (
                 tcp6_syn(POD, VIP),
@@ -123,7 +127,7 @@ fn tcp_and_udp_to_a_cluster_ip_are_dnated_and_replies_reverse_nated() {
 
 #[test]
 fn an_established_flow_keeps_its_backend() {
-    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND, BACKEND2])]);
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND, BACKEND2])]);
     let first = datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
     let chosen = read_checked6(&first.frame).dst;
     assert!(
@@ -144,7 +148,7 @@ fn an_established_flow_keeps_its_backend() {
 
 #[test]
 fn external_cluster_ip_is_dropped_with_174_then_allowed_by_the_flag() {
-    let services = [service6(VIP, proto::TCP, 1, &[BACKEND])];
+    let services = [service6(VIP, proto::TCP, &[BACKEND])];
     let mut datapath = load(0, &services);
     let input = tcp6_syn(CLIENT, VIP);
     let event = assert_dropped(
@@ -186,11 +190,10 @@ fn external_cluster_ip_is_dropped_with_174_then_allowed_by_the_flag() {
 
 #[test]
 fn a_load_balancer_admits_only_its_source_ranges() {
-    let mut service = service6(VIP, proto::TCP, 3, &[BACKEND]);
-    service.flags = SERVICE_F_LOAD_BALANCER | SERVICE_F_ROUTABLE;
-    service.flags2 = SERVICE_F2_SOURCE_RANGE;
+    let service = service6(VIP, proto::TCP, &[BACKEND])
+        .kind(FrontendKind::LoadBalancer)
+        .source_ranges(&["fd00:56::/64"]);
     let datapath = load(0, &[service]);
-    write_source_range6(&datapath, 3, "fd00:56::", 64);
     assert_rewritten(
         &datapath,
         Hook::FromNetdev,
@@ -211,7 +214,7 @@ fn a_load_balancer_admits_only_its_source_ranges() {
 
 #[test]
 fn what_lb_does_not_translate_passes_untouched() {
-    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("no frontend", tcp6_syn(POD, "[fd00:96::99]:80")),
         ("UDP to a TCP-only address", udp6(POD, "[fd00:96::99]:53")),
@@ -254,7 +257,7 @@ fn a_vip_refuses_unknown_ports_and_protocols() {
         ),
     ];
     for (what, frame, reason) in cases {
-        let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+        let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
         assert_dropped(&datapath, Hook::FromPod, &frame, reason, what);
     }
 }
@@ -271,7 +274,7 @@ fn extension_headers_are_walked() {
         }],
     ];
     for chain in chains {
-        let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+        let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
         let frame = Frame6::udp(POD, VIP).with_ext(chain);
         assert_rewritten(
             &datapath,
@@ -288,7 +291,7 @@ fn extension_headers_are_walked() {
         Ext::DestOptions { len8: 1 },
         Ext::DestOptions { len8: 1 },
     ];
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let event = assert_dropped(
         &datapath,
         Hook::FromPod,
@@ -297,7 +300,7 @@ fn extension_headers_are_walked() {
         "five extension headers to a VIP",
     );
     assert_eq!(event.file, SourceFile::Lb6 as u8);
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     assert_unchanged(
         &datapath,
         Hook::FromPod,
@@ -339,7 +342,7 @@ fn with_addrs6(frame: &[u8], src: &str, dst: &str) -> Vec<u8> {
 
 #[test]
 fn later_fragments_follow_their_first_fragment() {
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let first = Frame6::udp(POD, VIP).with_ext(&[Ext::Fragment {
         offset: 0,
         more: true,
@@ -390,7 +393,7 @@ fn later_fragments_follow_their_first_fragment() {
     );
     assert_eq!(datapath.all_drops(), vec![]);
 
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let event = assert_dropped(
         &datapath,
         Hook::FromPod,
@@ -405,7 +408,7 @@ fn later_fragments_follow_their_first_fragment() {
             more: false,
         }])
         .bytes();
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     assert_unchanged(
         &datapath,
         Hook::FromPod,
@@ -418,9 +421,9 @@ fn later_fragments_follow_their_first_fragment() {
 fn external_flows_to_a_remote_backend_are_snated_and_their_replies_restored() {
     let fib = FibNetns6::new("v6snat");
     let remote = "[fd00:244:2::5]:8080";
-    let mut service = service6(VIP, proto::TCP, 1, &[remote]);
-    service.flags |= SERVICE_F_ROUTABLE;
-    service.backends[0].2 = BACKEND_F_REMOTE;
+    let service = service6(VIP, proto::TCP, &[remote])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
     let mut datapath = load(0, &[service]);
     let node = ip6_words(ip6("fd00:56::4"));
     datapath.set_config(DatapathConfig {
@@ -468,9 +471,9 @@ fn external_flows_to_a_remote_backend_are_snated_and_their_replies_restored() {
 #[test]
 fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
     let remote = "[fd00:244:2::5]:8080";
-    let mut service = service6(VIP, proto::TCP, 1, &[remote]);
-    service.flags |= SERVICE_F_ROUTABLE;
-    service.backends[0].2 = BACKEND_F_REMOTE;
+    let service = service6(VIP, proto::TCP, &[remote])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
     let datapath = load(0, &[service]);
     let event = assert_dropped(
         &datapath,
@@ -484,7 +487,7 @@ fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
 }
 
 /// Real traffic: the `Topology` node made dual stack (`lb_tests::ipv6::wire_ipv6`), the
-/// programs attached with TCX as the agent attaches them, an IPv6 ClusterIP written to the
+/// programs attached with TCX as the agent attaches them, an IPv6 ClusterIP synced into the
 /// maps. A client pod's curl to `[fd00:96::10]:80` gets 200 from a backend pod that sees the
 /// pod's own address; the same request from the external client is dropped with 174 at
 /// from-netdev (a `DropEvent6` per SYN) and never answered.
@@ -505,7 +508,7 @@ fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
     let backends = addrs::BACKENDS.map(|ip| format!("[{ip}]:8080"));
     let mut datapath = load(
         0,
-        &[service6(VIP, proto::TCP, 1, &[&backends[0], &backends[1]])],
+        &[service6(VIP, proto::TCP, &[&backends[0], &backends[1]])],
     );
     topology
         .node
@@ -578,11 +581,10 @@ fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
 
 #[test]
 fn a_node_port_on_the_node_ipv6_address_is_dnated_and_its_reply_redirected() {
-    use lb_common::{conntrack::CT_F_NODE_PORT, service::SERVICE_F_NODE_PORT};
+    use lb_common::conntrack::CT_F_NODE_PORT;
     let fib = FibNetns6::new("v6nodeport");
     let node_port = "[fd00:56::4]:30080";
-    let mut service = service6(node_port, proto::TCP, 2, &[BACKEND]);
-    service.flags = SERVICE_F_NODE_PORT | SERVICE_F_ROUTABLE;
+    let service = service6(node_port, proto::TCP, &[BACKEND]).kind(FrontendKind::NodePort);
     let datapath = load(0, &[service]);
     let (request, reply) = fib.enter(|| {
         let request = datapath.run_on(Hook::FromNetdev, &tcp6_syn(CLIENT, node_port), fib.ifindex);
@@ -618,7 +620,7 @@ fn a_node_port_on_the_node_ipv6_address_is_dnated_and_its_reply_redirected() {
 
 #[test]
 fn a_udp_datagram_without_checksum_keeps_it_zero() {
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let frame = Frame6 {
         l4: L4v6::Udp { checksum: false },
         ..Frame6::udp(POD, VIP)
@@ -634,7 +636,6 @@ fn a_udp_datagram_without_checksum_keeps_it_zero() {
 
 #[test]
 fn a_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
-    use lb_common::service::SERVICE_F_NO_ENDPOINTS;
     for (what, input) in [
         ("TCP", tcp6_syn(POD, VIP)),
         (
@@ -649,9 +650,8 @@ fn a_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
         } else {
             proto::UDP
         };
-        let mut service = service6(VIP, proto, 1, &[]);
-        service.flags |= SERVICE_F_NO_ENDPOINTS;
-        let datapath = load(0, &[service]);
+        // No endpoints at all: the model yields the frontend without backends.
+        let datapath = load(0, &[service6(VIP, proto, &[])]);
         let run = datapath.run(Hook::FromPod, &input);
         assert_eq!(run.verdict, TC_ACT_REDIRECT, "{what}: answered");
         let out = &run.frame;
@@ -719,8 +719,8 @@ fn cost_per_packet_of_the_ipv6_paths() {
     let datapath = load(
         0,
         &[
-            service6(a_vip, proto::TCP, 1, &[b_vip]),
-            service6(b_vip, proto::TCP, 2, &[a_vip]),
+            service6(a_vip, proto::TCP, &[b_vip]),
+            service6(b_vip, proto::TCP, &[a_vip]),
         ],
     );
     let pass = datapath.run_repeat(Hook::FromPod, &tcp6_ack(POD, "[fd00:96::99]:80"), REPEAT);
@@ -741,7 +741,7 @@ fn cost_per_packet_of_the_ipv6_paths() {
         "only hits"
     );
 
-    let other = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let other = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
     other.run(Hook::FromPod, &tcp6_syn(POD, VIP));
     // Each run is a fresh copy of the backend's reply: a reply-entry hit and its rev-NAT.
     let replies = (0..20_000)
@@ -779,10 +779,7 @@ fn cost_per_packet_of_the_ipv6_paths() {
 
 #[test]
 fn client_ip_affinity_sends_a_client_s_new_flows_to_one_backend() {
-    use lb_common::service::SERVICE_F_AFFINITY;
-    let mut service = service6(VIP, proto::TCP, 1, &[BACKEND, BACKEND2]);
-    service.flags |= SERVICE_F_AFFINITY;
-    service.affinity_timeout = 10_800;
+    let service = service6(VIP, proto::TCP, &[BACKEND, BACKEND2]).affinity(10_800);
     let datapath = load(0, &[service]);
     let seen: std::collections::BTreeSet<_> = (0..20u16)
         .map(|i| {
@@ -819,7 +816,7 @@ fn echo_reply_to(request: &[u8]) -> Vec<u8> {
 
 #[test]
 fn an_echo_request_to_a_vip_is_answered_by_the_vip() {
-    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
     let request = icmp6("fd00:244:1::7", "fd00:96::10", 128);
     let run = datapath.run(Hook::FromPod, &request);
     assert_eq!(run.verdict, TC_ACT_REDIRECT, "answered");
