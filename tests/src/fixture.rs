@@ -460,6 +460,16 @@ impl Datapath {
         ct.insert(key, entry, 0).expect("write a conntrack entry");
     }
 
+    /// The rows `lbctl bpf ct list` shows for this datapath's conntrack (both families), made
+    /// as the agent makes them: its `Conntrack` reads the pinned maps and `api::rows::ct_rows`
+    /// turns the entries into rows at the datapath's now.
+    pub fn ct_rows(&self) -> Vec<lb_api::proto::CtRow> {
+        let conntrack = Conntrack::open(&self.pin_dir).expect("open the conntrack maps");
+        let items = conntrack.entries().expect("read the IPv4 conntrack maps");
+        let items6 = conntrack.entries6().expect("read the IPv6 conntrack maps");
+        lb_agent::api::rows::ct_rows(&items, &items6, self.now())
+    }
+
     /// The datapath's conntrack clock (seconds), as the agent reads it.
     pub fn now(&self) -> u32 {
         self.clock.now().expect("run ct_clock")

@@ -3,7 +3,8 @@
 //! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
 //! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
-//! reply. Every rewritten frame's L4 checksum is verified over the IPv6 pseudo-header.
+//! reply, and the IPv6 flows in the rows `lbctl bpf ct list` shows. Every rewritten frame's L4
+//! checksum is verified over the IPv6 pseudo-header.
 //!
 //! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
 //! from `lb_tests::fixture::service` synced by the agent's `Syncer` into the `LB6_*` maps.
@@ -832,4 +833,115 @@ fn an_echo_request_to_a_vip_is_answered_by_the_vip() {
         "a ClusterIP pinged from outside",
     );
     assert_eq!(event.proto, 58);
+}
+
+/// `lbctl bpf ct list` lists IPv6 flows beside IPv4 ones: flows created by the programs
+/// (`BPF_PROG_TEST_RUN`) in `LB6_CT_TCP`, `LB6_CT_ANY` and `LB4_CT_ANY` are read back by the
+/// agent's `Conntrack` and made into the rows the API serves (`tcp6`/`any6` with bracketed
+/// addresses, after the IPv4 maps' rows), each direction with its own addresses.
+#[test]
+fn the_conntrack_list_shows_ipv6_flows_beside_ipv4_ones() {
+    use lb_testkit::packet::{read_checked, udp};
+    let datapath = load(
+        0,
+        &[
+            service6(VIP, proto::TCP, &[BACKEND]),
+            service6("[fd00:96::10]:53", proto::UDP, &[BACKEND2]),
+            service("10.96.0.10:53/UDP", &["10.244.1.42:53"]),
+        ],
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn(POD, VIP),
+        &tcp6_syn(POD, BACKEND),
+        "TCP request",
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn_ack(BACKEND, POD),
+        &tcp6_syn_ack(VIP, POD),
+        "TCP reply",
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &udp6(POD, "[fd00:96::10]:53"),
+        &udp6(POD, BACKEND2),
+        "UDP request",
+    );
+    let run = datapath.run(Hook::FromPod, &udp("10.244.0.7:40000", "10.96.0.10:53"));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC, "IPv4 UDP request");
+    read_checked(&run.frame);
+    assert_eq!(
+        run.frame,
+        udp("10.244.0.7:40000", "10.244.1.42:53"),
+        "IPv4 UDP request DNATed"
+    );
+
+    let rows = datapath.ct_rows();
+    // Every entry here lives 60 s (the defaults) from its last packet: a TCP flow's before its
+    // handshake completes (`bpf-ct-timeout-regular-tcp-syn`) and a UDP flow's
+    // (`bpf-ct-timeout-regular-any`, `bpf-ct-timeout-service-any`).
+    for row in &rows {
+        assert!(
+            (50..=60).contains(&row.expires_in),
+            "a live entry with its lifetime left: {row:?}"
+        );
+    }
+    let mut lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let mut line = format!(
+                "{} {} {} {} -> {} flags=[{}]",
+                row.map,
+                row.proto,
+                row.direction.to_uppercase(),
+                row.source,
+                row.destination,
+                row.flags.join(" "),
+            );
+            for (name, value) in [
+                ("backend", &row.backend),
+                ("vip", &row.vip),
+                ("client", &row.client),
+            ] {
+                if let Some(value) = value {
+                    line.push_str(&format!(" {name}={value}"));
+                }
+            }
+            line
+        })
+        .collect();
+    // Rows come per map in the maps' order (IPv4's, then IPv6's); within a map, in hash order.
+    let map_order = |line: &String| {
+        ["any ", "tcp6 ", "any6 "]
+            .iter()
+            .position(|map| line.starts_with(map))
+    };
+    assert!(
+        lines.is_sorted_by_key(map_order),
+        "IPv4 maps first: {lines:#?}"
+    );
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "any UDP REPLY 10.244.1.42:53 -> 10.244.0.7:40000 flags=[] \
+             vip=10.96.0.10:53 client=10.244.0.7:40000",
+            "any UDP SERVICE 10.244.0.7:40000 -> 10.96.0.10:53 flags=[] backend=10.244.1.42:53",
+            "any6 UDP REPLY [fd00:244:1::6]:8080 -> [fd00:244:1::7]:40000 flags=[] \
+             vip=[fd00:96::10]:53 client=[fd00:244:1::7]:40000",
+            "any6 UDP SERVICE [fd00:244:1::7]:40000 -> [fd00:96::10]:53 flags=[] \
+             backend=[fd00:244:1::6]:8080",
+            "tcp6 TCP REPLY [fd00:244:1::5]:8080 -> [fd00:244:1::7]:40000 flags=[seen-reply] \
+             vip=[fd00:96::10]:80 client=[fd00:244:1::7]:40000",
+            "tcp6 TCP SERVICE [fd00:244:1::7]:40000 -> [fd00:96::10]:80 flags=[seen-reply] \
+             backend=[fd00:244:1::5]:8080",
+        ],
+        "{rows:#?}"
+    );
+    let ids: std::collections::BTreeSet<_> = rows.iter().map(|row| row.rev_nat).collect();
+    assert_eq!(ids.len(), 3, "one service id per frontend: {rows:#?}");
 }

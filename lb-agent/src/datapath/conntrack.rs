@@ -1,5 +1,6 @@
 //! The conntrack maps from the agent's side: the datapath's clock, the GC that deletes
-//! expired entries, and the entries as rows for `lbctl bpf ct list`.
+//! expired entries, and the entries of both families that `lbctl bpf ct list` lists (as rows
+//! made in `api::rows`).
 //!
 //! The datapath writes `LB4_CT_TCP` and `LB4_CT_ANY` (and their IPv6 twins `LB6_CT_TCP`,
 //! `LB6_CT_ANY`, whose entries carry the same header: one GC reads both); the agent only reads
@@ -44,12 +45,12 @@ pub const CLOCK_PROGRAM: &str = "ct_clock";
 /// The pin, in the version directory, that exists only while [`Clock::new`] opens a handle.
 const CLOCK_HANDLE_PIN: &str = "ct_clock_handle";
 
-/// Which conntrack map an entry is in.
+/// Which conntrack map of a family an entry is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CtMap {
-    /// `LB4_CT_TCP`.
+    /// `LB4_CT_TCP` (`LB6_CT_TCP` for IPv6).
     Tcp,
-    /// `LB4_CT_ANY`.
+    /// `LB4_CT_ANY` (`LB6_CT_ANY` for IPv6).
     Any,
 }
 
@@ -70,6 +71,22 @@ impl CtMap {
         match self {
             Self::Tcp => "tcp",
             Self::Any => "any",
+        }
+    }
+
+    /// The IPv6 map's name.
+    pub const fn name6(self) -> &'static str {
+        match self {
+            Self::Tcp => names::LB6_CT_TCP,
+            Self::Any => names::LB6_CT_ANY,
+        }
+    }
+
+    /// The IPv6 map's label in `lbctl`.
+    pub const fn label6(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp6",
+            Self::Any => "any6",
         }
     }
 }
@@ -171,6 +188,17 @@ pub struct CtItem {
     pub entry: CtEntry,
 }
 
+/// One IPv6 conntrack entry, as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtItem6 {
+    /// The map it is in (`LB6_CT_TCP` or `LB6_CT_ANY`).
+    pub map: CtMap,
+    /// Its key.
+    pub key: CtKey6,
+    /// Its value.
+    pub entry: CtEntry6,
+}
+
 /// What one GC pass did and saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -241,6 +269,29 @@ impl Conntrack {
                     source: Box::new(err),
                 })?;
                 items.push(CtItem { map, key, entry });
+            }
+        }
+        Ok(items)
+    }
+
+    fn map6(&self, map: CtMap) -> &HashMap<MapData, CtKey6, CtEntry6> {
+        match map {
+            CtMap::Tcp => &self.tcp6,
+            CtMap::Any => &self.any6,
+        }
+    }
+
+    /// Every entry of both IPv6 maps, expired ones included.
+    pub fn entries6(&self) -> Result<Vec<CtItem6>, Error> {
+        let mut items = Vec::new();
+        for map in CtMap::ALL {
+            for item in self.map6(map).iter() {
+                let (key, entry) = item.map_err(|err| Error::Map {
+                    action: "read",
+                    map: map.name6(),
+                    source: Box::new(err),
+                })?;
+                items.push(CtItem6 { map, key, entry });
             }
         }
         Ok(items)
