@@ -215,6 +215,43 @@ pub struct GcReport {
     pub referenced_backends: HashSet<u32>,
 }
 
+impl GcReport {
+    /// Deletes, through `remove`, an entry of `map` (either family) that has expired at `now`
+    /// or that lb did not write (`expires`, `kind`); otherwise counts it live and records the
+    /// service and backend `ids` it names.
+    fn sweep(
+        &mut self,
+        now: u32,
+        map: CtMap,
+        (expires, kind): (u32, u8),
+        (rev_nat, backend_id): (u16, u32),
+        remove: impl FnOnce() -> Result<(), (&'static str, aya::maps::MapError)>,
+    ) -> Result<(), Error> {
+        if expires <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
+            return match remove() {
+                Ok(()) => {
+                    self.deleted += 1;
+                    Ok(())
+                }
+                // Evicted or deleted by the datapath meanwhile: gone either way.
+                Err((_, aya::maps::MapError::KeyNotFound)) => Ok(()),
+                Err((name, err)) => Err(Error::Map {
+                    action: "delete",
+                    map: name,
+                    source: Box::new(err),
+                }),
+            };
+        }
+        match map {
+            CtMap::Tcp => self.entries_tcp += 1,
+            CtMap::Any => self.entries_any += 1,
+        }
+        self.referenced_services.insert(rev_nat);
+        self.referenced_backends.insert(backend_id);
+        Ok(())
+    }
+}
+
 /// The conntrack maps of both families, opened by their pins (independent of the loaded
 /// object's handles).
 pub struct Conntrack {
@@ -298,73 +335,39 @@ impl Conntrack {
     }
 
     /// One GC pass at `now` (the datapath's clock): deletes every entry that has expired (or
-    /// that lb did not write), counts the rest and collects the ids they name.
+    /// that lb did not write), counts the rest and collects the ids they name, in both
+    /// families' maps.
     pub fn gc(&mut self, now: u32) -> Result<GcReport, Error> {
         let mut report = GcReport::default();
         for item in self.entries()? {
-            let kind = item.entry.kind();
-            if item.entry.expires() <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
-                let map = match item.map {
-                    CtMap::Tcp => &mut self.tcp,
-                    CtMap::Any => &mut self.any,
-                };
-                match map.remove(&item.key) {
-                    Ok(()) => report.deleted += 1,
-                    // Evicted or deleted by the datapath meanwhile: gone either way.
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(err) => {
-                        return Err(Error::Map {
-                            action: "delete",
-                            map: item.map.name(),
-                            source: Box::new(err),
-                        });
-                    }
-                }
-                continue;
-            }
-            match item.map {
-                CtMap::Tcp => report.entries_tcp += 1,
-                CtMap::Any => report.entries_any += 1,
-            }
+            let map = match item.map {
+                CtMap::Tcp => &mut self.tcp,
+                CtMap::Any => &mut self.any,
+            };
             let service = item.entry.service();
-            report.referenced_services.insert(service.rev_nat);
-            report.referenced_backends.insert(service.backend_id);
+            report.sweep(
+                now,
+                item.map,
+                (item.entry.expires(), item.entry.kind()),
+                (service.rev_nat, service.backend_id),
+                || map.remove(&item.key).map_err(|err| (item.map.name(), err)),
+            )?;
         }
-        for (map, name, live) in [
-            (&mut self.tcp6, names::LB6_CT_TCP, &mut report.entries_tcp),
-            (&mut self.any6, names::LB6_CT_ANY, &mut report.entries_any),
-        ] {
-            let entries: Vec<(CtKey6, CtEntry6)> =
-                map.iter()
-                    .collect::<Result<_, _>>()
-                    .map_err(|err| Error::Map {
-                        action: "read",
-                        map: name,
-                        source: Box::new(err),
-                    })?;
-            for (key, entry) in entries {
-                let kind = entry.kind();
-                if entry.expires() <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
-                    match map.remove(&key) {
-                        Ok(()) => report.deleted += 1,
-                        Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(err) => {
-                            return Err(Error::Map {
-                                action: "delete",
-                                map: name,
-                                source: Box::new(err),
-                            });
-                        }
-                    }
-                    continue;
-                }
-                *live += 1;
-                // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are
-                // one space, so the same sets.
-                let service = entry.service();
-                report.referenced_services.insert(service.rev_nat);
-                report.referenced_backends.insert(service.backend_id);
-            }
+        for item in self.entries6()? {
+            let map = match item.map {
+                CtMap::Tcp => &mut self.tcp6,
+                CtMap::Any => &mut self.any6,
+            };
+            // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are one
+            // space, so the same sets.
+            let service = item.entry.service();
+            report.sweep(
+                now,
+                item.map,
+                (item.entry.expires(), item.entry.kind()),
+                (service.rev_nat, service.backend_id),
+                || map.remove(&item.key).map_err(|err| (item.map.name6(), err)),
+            )?;
         }
         Ok(report)
     }
