@@ -134,8 +134,9 @@ pub trait ServiceExt {
     /// The same service as a frontend of another kind (a node port, an external or a
     /// load-balancer IP), as the model yields one.
     fn kind(self, kind: FrontendKind) -> Self;
-    /// The same service admitting outside clients only from `ranges` (`"a.b.c.d/n"`), as the
-    /// model yields a load-balancer frontend with `loadBalancerSourceRanges`.
+    /// The same service admitting outside clients only from `ranges` (`"a.b.c.d/n"` or
+    /// `"v6::/n"`), as the model yields a load-balancer frontend with
+    /// `loadBalancerSourceRanges`.
     fn source_ranges(self, ranges: &[&str]) -> Self;
 }
 
@@ -159,12 +160,12 @@ impl ServiceExt for DesiredService {
 
     fn source_ranges(mut self, ranges: &[&str]) -> Self {
         let parse = |text: &&str| {
-            let (addr, len) = text.split_once('/').expect("a.b.c.d/n");
+            let (addr, len) = text.split_once('/').expect("address/n");
             SourceRange::new(
-                addr.parse().expect("an IPv4 address"),
+                addr.parse().expect("an IP address"),
                 len.parse().expect("a prefix length"),
             )
-            .expect("a prefix length up to 32")
+            .expect("a prefix length within the address")
         };
         self.source_ranges = Some(ranges.iter().map(parse).collect());
         self
@@ -457,6 +458,16 @@ impl Datapath {
         let mut ct: HashMap<&mut MapData, CtKey4, CtEntry> =
             HashMap::try_from(self.map_mut(name)).expect("a conntrack map");
         ct.insert(key, entry, 0).expect("write a conntrack entry");
+    }
+
+    /// The rows `lbctl bpf ct list` shows for this datapath's conntrack (both families), made
+    /// as the agent makes them: its `Conntrack` reads the pinned maps and `api::rows::ct_rows`
+    /// turns the entries into rows at the datapath's now.
+    pub fn ct_rows(&self) -> Vec<lb_api::proto::CtRow> {
+        let conntrack = Conntrack::open(&self.pin_dir).expect("open the conntrack maps");
+        let items = conntrack.entries().expect("read the IPv4 conntrack maps");
+        let items6 = conntrack.entries6().expect("read the IPv6 conntrack maps");
+        lb_agent::api::rows::ct_rows(&items, &items6, self.now())
     }
 
     /// The datapath's conntrack clock (seconds), as the agent reads it.

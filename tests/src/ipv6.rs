@@ -1,126 +1,17 @@
-//! IPv6 provisioning for packet tests, until the agent programs IPv6: [`write_service6`]
-//! writes an IPv6 frontend, its backends and its wildcard "known VIP" entry straight into the
-//! datapath's pinned `LB6_*` maps, the layout `lb_common::service` documents, and
-//! [`Ipv6Maps`] reads back what the IPv6 path wrote (conntrack, `DropEvent6`s).
-//!
-//! This is a stopgap beside [`crate::fixture::Datapath::behind_sync`]: it gives way to
-//! `Syncer` (and `Datapath::sync`) once lb-agent writes the `LB6_*` maps, and the tests that use
-//! it should then provision through sync like the IPv4 ones.
+//! IPv6 helpers for packet tests: [`conntrack6`] and [`drain_events6`] read back what the
+//! IPv6 path wrote (conntrack, `DropEvent6`s) from the datapath's pinned `LB6_*` maps,
+//! [`FibNetns6`] answers FIB lookups like a node, and [`wire_ipv6`] with [`http6_server`] make
+//! a `Topology` dual stack. IPv6 frontends are provisioned like IPv4 ones, through
+//! [`crate::fixture::Datapath::sync`] (the agent's `Syncer` writes the `LB6_*` maps).
 
-use std::net::SocketAddrV6;
-
-use aya::maps::{HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key};
+use aya::maps::{HashMap, MapData, RingBuf};
 use lb_common::{
     conntrack::{CtEntry6, CtKey6},
     event::DropEvent6,
     maps,
-    service::{
-        BACKEND_STATE_ACTIVE, Backend6, SERVICE_F_CLUSTER_IP, SOURCE_RANGE_PREFIX_BITS,
-        ServiceEntry, ServiceKey6, SourceRangeKey6,
-    },
 };
-use lb_testkit::packet6::{addr6, ip6, ip6_words};
 
 use crate::fixture::Datapath;
-
-/// An IPv6 frontend and its backends, as the agent would write them.
-#[derive(Clone, Debug)]
-pub struct Service6 {
-    /// `"[vip]:port"`.
-    pub frontend: String,
-    /// `proto::TCP` or `proto::UDP`.
-    pub proto: u8,
-    /// The service id (`rev_nat`).
-    pub id: u16,
-    /// `SERVICE_F_*` bits.
-    pub flags: u8,
-    /// `SERVICE_F2_*` bits.
-    pub flags2: u8,
-    /// The ClientIP affinity timeout in seconds (with `SERVICE_F_AFFINITY`).
-    pub affinity_timeout: u32,
-    /// Backends: id, `"[addr]:port"`, `BACKEND_F_*` bits.
-    pub backends: Vec<(u32, String, u8)>,
-}
-
-/// A ClusterIP service `frontend` (`"[vip]:port"`) of `proto` with id `id` and these backends
-/// (ids `id * 100 + i`).
-pub fn service6(frontend: &str, proto: u8, id: u16, backends: &[&str]) -> Service6 {
-    Service6 {
-        frontend: frontend.to_owned(),
-        proto,
-        id,
-        flags: SERVICE_F_CLUSTER_IP,
-        flags2: 0,
-        affinity_timeout: 0,
-        backends: backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (u32::from(id) * 100 + i as u32 + 1, (*b).to_owned(), 0))
-            .collect(),
-    }
-}
-
-/// Writes `service` into the datapath's `LB6_SERVICES` and `LB6_BACKENDS`.
-pub fn write_service6(datapath: &Datapath, service: &Service6) {
-    let frontend = addr6(&service.frontend);
-    let vip = ip6_words(*frontend.ip());
-    let port = frontend.port().to_be();
-    let mut services: HashMap<MapData, ServiceKey6, ServiceEntry> =
-        HashMap::try_from(open(datapath, maps::LB6_SERVICES)).expect("LB6_SERVICES type");
-    let mut backends: HashMap<MapData, u32, Backend6> =
-        HashMap::try_from(open(datapath, maps::LB6_BACKENDS)).expect("LB6_BACKENDS type");
-    for (slot, (id, backend, flags)) in service.backends.iter().enumerate() {
-        let socket: SocketAddrV6 = addr6(backend);
-        let value = Backend6 {
-            addr: ip6_words(*socket.ip()),
-            port: socket.port().to_be(),
-            proto: service.proto,
-            state: BACKEND_STATE_ACTIVE,
-            flags: *flags,
-            _pad: [0; 3],
-        };
-        backends.insert(id, value, 0).expect("write LB6_BACKENDS");
-        let key = ServiceKey6::new(vip, port, service.proto, slot as u16 + 1);
-        let entry = ServiceEntry {
-            backend_id: *id,
-            ..ServiceEntry::default()
-        };
-        services.insert(key, entry, 0).expect("write a slot");
-    }
-    let master = ServiceEntry {
-        backend_id: service.affinity_timeout,
-        count: service.backends.len() as u16,
-        qcount: 0,
-        rev_nat: service.id,
-        flags: service.flags,
-        flags2: service.flags2,
-    };
-    services
-        .insert(ServiceKey6::new(vip, port, service.proto, 0), master, 0)
-        .expect("write the master entry");
-    let wildcard = ServiceEntry {
-        rev_nat: service.id,
-        ..ServiceEntry::default()
-    };
-    services
-        .insert(ServiceKey6::new(vip, 0, 0, 0), wildcard, 0)
-        .expect("write the wildcard entry");
-}
-
-/// Admits clients in `prefix`/`len` (an IPv6 address and a prefix length) to service `id`.
-pub fn write_source_range6(datapath: &Datapath, id: u16, prefix: &str, len: u32) {
-    let mut ranges: LpmTrie<MapData, SourceRangeKey6, u8> =
-        LpmTrie::try_from(open(datapath, maps::LB6_SRC_RANGE)).expect("LB6_SRC_RANGE type");
-    let key = Key::new(
-        SOURCE_RANGE_PREFIX_BITS + len,
-        SourceRangeKey6 {
-            rev_nat: id,
-            _pad: 0,
-            addr: ip6_words(ip6(prefix)),
-        },
-    );
-    ranges.insert(&key, 1, 0).expect("write LB6_SRC_RANGE");
-}
 
 /// Every entry of the IPv6 conntrack map `name` (`LB6_CT_TCP` or `LB6_CT_ANY`).
 pub fn conntrack6(datapath: &Datapath, name: &str) -> Vec<(CtKey6, CtEntry6)> {
@@ -154,7 +45,6 @@ fn open(datapath: &Datapath, name: &str) -> aya::maps::Map {
 fn map_of(name: &str, data: MapData) -> aya::maps::Map {
     use aya::maps::Map;
     match name {
-        maps::LB6_SRC_RANGE => Map::LpmTrie(data),
         maps::LB_EVENTS => Map::RingBuf(data),
         maps::LB6_CT_TCP | maps::LB6_CT_ANY => Map::LruHashMap(data),
         _ => Map::HashMap(data),

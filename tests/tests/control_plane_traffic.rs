@@ -1,7 +1,8 @@
 //! lb-agent with `--source file:DIR` on a node in namespaces (`Topology`), judged by real
 //! traffic from a pod: YAML written into the directory reaches the named backends, an edit is
 //! live within a second, a deletion stops the VIP answering, and a malformed file is named in
-//! the agent's log while the last good state keeps serving. The agent never exits.
+//! the agent's log while the last good state keeps serving; `lbctl bpf ct list` shows a probe's
+//! flow, and an IPv6 flow on a dual-stack node. The agent never exits.
 //!
 //! Files are written whole and renamed into place, as an editor or a ConfigMap update does.
 //! "Live within a second" is measured from the rename to the first probe that sees the new state;
@@ -461,6 +462,126 @@ fn lbctl_bpf_ct_list_shows_a_probe_flow_through_the_real_agent() {
         .unwrap_or_else(|err| panic!("{err}"));
     assert!(
         text.contains(&format!("UDP SERVICE {client} -> {VIP}:53 expires=")),
+        "{text}"
+    );
+    cluster.assert_agent_running();
+}
+
+/// The IPv6 side of `lbctl bpf ct list`: the node made dual stack
+/// (`lb_tests::ipv6::wire_ipv6`), a dual-stack Service with an IPv6 EndpointSlice fed to the
+/// agent's file source, a pod's curl to the IPv6 ClusterIP answered; the flow's two entries
+/// are listed from `LB6_CT_TCP` (`tcp6`, bracketed addresses), in JSON and in the text lines.
+#[test]
+fn lbctl_bpf_ct_list_shows_an_ipv6_flow_through_the_real_agent() {
+    use lb_tests::ipv6::{addrs, http6_server, wire_ipv6};
+    let mut cluster = Cluster::up("lbctl_bpf_ct_list6");
+    wire_ipv6(&cluster.topology);
+    let _servers: Vec<_> = cluster
+        .topology
+        .backends
+        .iter()
+        .zip(addrs::BACKENDS)
+        .map(|(pod, ip)| http6_server(&pod.ns, ip, HTTP_PORT, cluster.topology.dir()))
+        .collect();
+    let vip6 = "fd00:96::20";
+    let endpoints: String = addrs::BACKENDS
+        .iter()
+        .map(|ip| {
+            format!(
+                "- addresses:\n  - {ip}\n  conditions:\n    ready: true\n    serving: true\n    \
+                 terminating: false\n  nodeName: node\n"
+            )
+        })
+        .collect();
+    cluster.write(
+        "web6.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web6\n  namespace: default\n\
+             spec:\n  clusterIP: {VIP}\n  clusterIPs:\n  - {VIP}\n  - {vip6}\n  ipFamilies:\n  \
+             - IPv4\n  - IPv6\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - name: http\n    \
+             port: 80\n    protocol: TCP\n    targetPort: {HTTP_PORT}\n  type: ClusterIP\n\
+             ---\naddressType: IPv6\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  labels:\n    kubernetes.io/service-name: web6\n  name: web6-v6abc\n  \
+             namespace: default\nendpoints:\n{endpoints}ports:\n- name: http\n  port: \
+             {HTTP_PORT}\n  protocol: TCP\n"
+        ),
+    );
+    let frontend = format!("[{vip6}]:80");
+    wait_until("the IPv6 frontend programmed", DEADLINE, || {
+        let list = cluster.service_list();
+        if list.contains(&format!("{frontend}/TCP")) {
+            Ok(Some(()))
+        } else {
+            Err(list)
+        }
+    })
+    .unwrap_or_else(|err| panic!("{err}"));
+    let outcome = cluster
+        .client()
+        .exec(
+            "curl",
+            &[
+                "-sSi",
+                "-g",
+                "--max-time",
+                "5",
+                &format!("http://{frontend}/"),
+            ],
+        )
+        .expect("run curl");
+    assert!(outcome.success, "the pod's request: {outcome:?}");
+    assert!(
+        outcome.stdout.contains(" 200 "),
+        "200 from a backend: {outcome:?}"
+    );
+
+    let json = cluster
+        .agent
+        .lbctl(&["bpf", "ct", "list", "-o", "json"])
+        .expect("run lbctl")
+        .into_stdout()
+        .unwrap_or_else(|err| panic!("{err}"));
+    let rows: Vec<lb_api::proto::CtRow> = serde_json::from_str(&json).expect("json rows");
+    let client_prefix = format!("[{}]:", addrs::CLIENT);
+    let service = rows
+        .iter()
+        .find(|row| row.direction == "service" && row.source.starts_with(&client_prefix))
+        .unwrap_or_else(|| panic!("a service entry from the client pod: {json}"));
+    assert_eq!(
+        (service.map.as_str(), service.proto.as_str()),
+        ("tcp6", "TCP")
+    );
+    assert_eq!(service.destination, frontend);
+    let backend = service.backend.clone().expect("the backend");
+    assert!(
+        addrs::BACKENDS
+            .iter()
+            .any(|ip| backend == format!("[{ip}]:{HTTP_PORT}")),
+        "a backend pod: {backend}"
+    );
+    let answer = rows
+        .iter()
+        .find(|row| row.direction == "reply" && row.source == backend)
+        .unwrap_or_else(|| panic!("the reply entry from {backend}: {json}"));
+    assert_eq!(answer.map, "tcp6");
+    assert_eq!(answer.vip.as_deref(), Some(frontend.as_str()));
+    assert_eq!(answer.client.as_deref(), Some(service.source.as_str()));
+    assert!(
+        answer.flags.contains(&"seen-reply".to_owned()),
+        "{answer:?}"
+    );
+
+    let text = cluster
+        .agent
+        .lbctl(&["bpf", "ct", "list"])
+        .expect("run lbctl")
+        .into_stdout()
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        text.contains(&format!(
+            "TCP SERVICE {} -> {frontend} expires=",
+            service.source
+        )),
         "{text}"
     );
     cluster.assert_agent_running();

@@ -3,28 +3,24 @@
 //! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
 //! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
-//! reply. Every rewritten frame's L4 checksum is verified over the IPv6 pseudo-header.
+//! reply, and the IPv6 flows in the rows `lbctl bpf ct list` shows. Every rewritten frame's L4
+//! checksum is verified over the IPv6 pseudo-header.
 //!
-//! Frontends are written with `lb_tests::ipv6::write_service6` until the agent programs the
-//! `LB6_*` maps (see that module).
+//! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
+//! from `lb_tests::fixture::service` synced by the agent's `Syncer` into the `LB6_*` maps.
 
+use lb_agent::model::{DesiredService, FrontendKind};
 use lb_common::{
     config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
     conntrack::{CT_F_SNAT, CT_REPLY, CT_SERVICE},
     drop::{DropReason, Hook, SourceFile},
     event::{EVENT_DROP6, tcp_flags},
     maps, proto,
-    service::{
-        BACKEND_F_REMOTE, SERVICE_F_LOAD_BALANCER, SERVICE_F_ROUTABLE, SERVICE_F2_SOURCE_RANGE,
-    },
 };
 use lb_testkit::{packet::arp_request, packet6::*};
 use lb_tests::{
-    fixture::{Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    ipv6::{
-        CLIENT_MAC, FibNetns6, NODE_MAC, PEER_NODE_MAC, Service6, conntrack6, drain_events6,
-        service6, write_service6, write_source_range6,
-    },
+    fixture::{Datapath, ServiceExt as _, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, service},
+    ipv6::{CLIENT_MAC, FibNetns6, NODE_MAC, PEER_NODE_MAC, conntrack6, drain_events6},
 };
 
 const POD: &str = "[fd00:244:1::7]:40000";
@@ -33,17 +29,26 @@ const VIP: &str = "[fd00:96::10]:80";
 const BACKEND: &str = "[fd00:244:1::5]:8080";
 const BACKEND2: &str = "[fd00:244:1::6]:8080";
 
-/// A freshly loaded datapath with `flags` and IPv6 `services`.
-fn load(flags: u32, services: &[Service6]) -> Datapath {
+/// A ClusterIP on `frontend` (`"[vip]:port"`) of `proto` (`proto::TCP` or `proto::UDP`)
+/// with active, local `backends` (`"[addr]:port"`), as the model would yield it.
+fn service6(frontend: &str, proto: u8, backends: &[&str]) -> DesiredService {
+    let protocol = match proto {
+        proto::TCP => "TCP",
+        proto::UDP => "UDP",
+        other => panic!("no frontend of protocol {other}"),
+    };
+    service(&format!("{frontend}/{protocol}"), backends)
+}
+
+/// A freshly loaded datapath with `flags`, `services` synced into it by the agent's syncer.
+fn load(flags: u32, services: &[DesiredService]) -> Datapath {
     let mut datapath = Datapath::load();
     datapath.set_config(DatapathConfig {
         flags,
         events_per_sec: EVENTS_PER_SEC,
         ..DatapathConfig::default()
     });
-    for service in services {
-        write_service6(&datapath, service);
-    }
+    datapath.sync(services);
     datapath
 }
 
@@ -91,7 +96,7 @@ fn assert_dropped(
 #[test]
 fn tcp_and_udp_to_a_cluster_ip_are_dnated_and_replies_reverse_nated() {
     for (proto, name) in [(proto::TCP, "TCP"), (proto::UDP, "UDP")] {
-        let datapath = load(0, &[service6(VIP, proto, 1, &[BACKEND])]);
+        let datapath = load(0, &[service6(VIP, proto, &[BACKEND])]);
         let (request, translated, reply, restored) = if proto == proto::TCP {
             (
                 tcp6_syn(POD, VIP),
@@ -123,7 +128,7 @@ fn tcp_and_udp_to_a_cluster_ip_are_dnated_and_replies_reverse_nated() {
 
 #[test]
 fn an_established_flow_keeps_its_backend() {
-    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND, BACKEND2])]);
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND, BACKEND2])]);
     let first = datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
     let chosen = read_checked6(&first.frame).dst;
     assert!(
@@ -144,7 +149,7 @@ fn an_established_flow_keeps_its_backend() {
 
 #[test]
 fn external_cluster_ip_is_dropped_with_174_then_allowed_by_the_flag() {
-    let services = [service6(VIP, proto::TCP, 1, &[BACKEND])];
+    let services = [service6(VIP, proto::TCP, &[BACKEND])];
     let mut datapath = load(0, &services);
     let input = tcp6_syn(CLIENT, VIP);
     let event = assert_dropped(
@@ -186,11 +191,10 @@ fn external_cluster_ip_is_dropped_with_174_then_allowed_by_the_flag() {
 
 #[test]
 fn a_load_balancer_admits_only_its_source_ranges() {
-    let mut service = service6(VIP, proto::TCP, 3, &[BACKEND]);
-    service.flags = SERVICE_F_LOAD_BALANCER | SERVICE_F_ROUTABLE;
-    service.flags2 = SERVICE_F2_SOURCE_RANGE;
+    let service = service6(VIP, proto::TCP, &[BACKEND])
+        .kind(FrontendKind::LoadBalancer)
+        .source_ranges(&["fd00:56::/64"]);
     let datapath = load(0, &[service]);
-    write_source_range6(&datapath, 3, "fd00:56::", 64);
     assert_rewritten(
         &datapath,
         Hook::FromNetdev,
@@ -211,7 +215,7 @@ fn a_load_balancer_admits_only_its_source_ranges() {
 
 #[test]
 fn what_lb_does_not_translate_passes_untouched() {
-    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("no frontend", tcp6_syn(POD, "[fd00:96::99]:80")),
         ("UDP to a TCP-only address", udp6(POD, "[fd00:96::99]:53")),
@@ -254,7 +258,7 @@ fn a_vip_refuses_unknown_ports_and_protocols() {
         ),
     ];
     for (what, frame, reason) in cases {
-        let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+        let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
         assert_dropped(&datapath, Hook::FromPod, &frame, reason, what);
     }
 }
@@ -271,7 +275,7 @@ fn extension_headers_are_walked() {
         }],
     ];
     for chain in chains {
-        let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+        let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
         let frame = Frame6::udp(POD, VIP).with_ext(chain);
         assert_rewritten(
             &datapath,
@@ -288,7 +292,7 @@ fn extension_headers_are_walked() {
         Ext::DestOptions { len8: 1 },
         Ext::DestOptions { len8: 1 },
     ];
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let event = assert_dropped(
         &datapath,
         Hook::FromPod,
@@ -297,7 +301,7 @@ fn extension_headers_are_walked() {
         "five extension headers to a VIP",
     );
     assert_eq!(event.file, SourceFile::Lb6 as u8);
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     assert_unchanged(
         &datapath,
         Hook::FromPod,
@@ -339,7 +343,7 @@ fn with_addrs6(frame: &[u8], src: &str, dst: &str) -> Vec<u8> {
 
 #[test]
 fn later_fragments_follow_their_first_fragment() {
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let first = Frame6::udp(POD, VIP).with_ext(&[Ext::Fragment {
         offset: 0,
         more: true,
@@ -390,7 +394,7 @@ fn later_fragments_follow_their_first_fragment() {
     );
     assert_eq!(datapath.all_drops(), vec![]);
 
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let event = assert_dropped(
         &datapath,
         Hook::FromPod,
@@ -405,7 +409,7 @@ fn later_fragments_follow_their_first_fragment() {
             more: false,
         }])
         .bytes();
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     assert_unchanged(
         &datapath,
         Hook::FromPod,
@@ -418,9 +422,9 @@ fn later_fragments_follow_their_first_fragment() {
 fn external_flows_to_a_remote_backend_are_snated_and_their_replies_restored() {
     let fib = FibNetns6::new("v6snat");
     let remote = "[fd00:244:2::5]:8080";
-    let mut service = service6(VIP, proto::TCP, 1, &[remote]);
-    service.flags |= SERVICE_F_ROUTABLE;
-    service.backends[0].2 = BACKEND_F_REMOTE;
+    let service = service6(VIP, proto::TCP, &[remote])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
     let mut datapath = load(0, &[service]);
     let node = ip6_words(ip6("fd00:56::4"));
     datapath.set_config(DatapathConfig {
@@ -468,9 +472,9 @@ fn external_flows_to_a_remote_backend_are_snated_and_their_replies_restored() {
 #[test]
 fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
     let remote = "[fd00:244:2::5]:8080";
-    let mut service = service6(VIP, proto::TCP, 1, &[remote]);
-    service.flags |= SERVICE_F_ROUTABLE;
-    service.backends[0].2 = BACKEND_F_REMOTE;
+    let service = service6(VIP, proto::TCP, &[remote])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
     let datapath = load(0, &[service]);
     let event = assert_dropped(
         &datapath,
@@ -484,7 +488,7 @@ fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
 }
 
 /// Real traffic: the `Topology` node made dual stack (`lb_tests::ipv6::wire_ipv6`), the
-/// programs attached with TCX as the agent attaches them, an IPv6 ClusterIP written to the
+/// programs attached with TCX as the agent attaches them, an IPv6 ClusterIP synced into the
 /// maps. A client pod's curl to `[fd00:96::10]:80` gets 200 from a backend pod that sees the
 /// pod's own address; the same request from the external client is dropped with 174 at
 /// from-netdev (a `DropEvent6` per SYN) and never answered.
@@ -505,7 +509,7 @@ fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
     let backends = addrs::BACKENDS.map(|ip| format!("[{ip}]:8080"));
     let mut datapath = load(
         0,
-        &[service6(VIP, proto::TCP, 1, &[&backends[0], &backends[1]])],
+        &[service6(VIP, proto::TCP, &[&backends[0], &backends[1]])],
     );
     topology
         .node
@@ -578,11 +582,10 @@ fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
 
 #[test]
 fn a_node_port_on_the_node_ipv6_address_is_dnated_and_its_reply_redirected() {
-    use lb_common::{conntrack::CT_F_NODE_PORT, service::SERVICE_F_NODE_PORT};
+    use lb_common::conntrack::CT_F_NODE_PORT;
     let fib = FibNetns6::new("v6nodeport");
     let node_port = "[fd00:56::4]:30080";
-    let mut service = service6(node_port, proto::TCP, 2, &[BACKEND]);
-    service.flags = SERVICE_F_NODE_PORT | SERVICE_F_ROUTABLE;
+    let service = service6(node_port, proto::TCP, &[BACKEND]).kind(FrontendKind::NodePort);
     let datapath = load(0, &[service]);
     let (request, reply) = fib.enter(|| {
         let request = datapath.run_on(Hook::FromNetdev, &tcp6_syn(CLIENT, node_port), fib.ifindex);
@@ -618,7 +621,7 @@ fn a_node_port_on_the_node_ipv6_address_is_dnated_and_its_reply_redirected() {
 
 #[test]
 fn a_udp_datagram_without_checksum_keeps_it_zero() {
-    let datapath = load(0, &[service6(VIP, proto::UDP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::UDP, &[BACKEND])]);
     let frame = Frame6 {
         l4: L4v6::Udp { checksum: false },
         ..Frame6::udp(POD, VIP)
@@ -634,7 +637,6 @@ fn a_udp_datagram_without_checksum_keeps_it_zero() {
 
 #[test]
 fn a_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
-    use lb_common::service::SERVICE_F_NO_ENDPOINTS;
     for (what, input) in [
         ("TCP", tcp6_syn(POD, VIP)),
         (
@@ -649,9 +651,8 @@ fn a_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
         } else {
             proto::UDP
         };
-        let mut service = service6(VIP, proto, 1, &[]);
-        service.flags |= SERVICE_F_NO_ENDPOINTS;
-        let datapath = load(0, &[service]);
+        // No endpoints at all: the model yields the frontend without backends.
+        let datapath = load(0, &[service6(VIP, proto, &[])]);
         let run = datapath.run(Hook::FromPod, &input);
         assert_eq!(run.verdict, TC_ACT_REDIRECT, "{what}: answered");
         let out = &run.frame;
@@ -719,8 +720,8 @@ fn cost_per_packet_of_the_ipv6_paths() {
     let datapath = load(
         0,
         &[
-            service6(a_vip, proto::TCP, 1, &[b_vip]),
-            service6(b_vip, proto::TCP, 2, &[a_vip]),
+            service6(a_vip, proto::TCP, &[b_vip]),
+            service6(b_vip, proto::TCP, &[a_vip]),
         ],
     );
     let pass = datapath.run_repeat(Hook::FromPod, &tcp6_ack(POD, "[fd00:96::99]:80"), REPEAT);
@@ -741,7 +742,7 @@ fn cost_per_packet_of_the_ipv6_paths() {
         "only hits"
     );
 
-    let other = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let other = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
     other.run(Hook::FromPod, &tcp6_syn(POD, VIP));
     // Each run is a fresh copy of the backend's reply: a reply-entry hit and its rev-NAT.
     let replies = (0..20_000)
@@ -779,10 +780,7 @@ fn cost_per_packet_of_the_ipv6_paths() {
 
 #[test]
 fn client_ip_affinity_sends_a_client_s_new_flows_to_one_backend() {
-    use lb_common::service::SERVICE_F_AFFINITY;
-    let mut service = service6(VIP, proto::TCP, 1, &[BACKEND, BACKEND2]);
-    service.flags |= SERVICE_F_AFFINITY;
-    service.affinity_timeout = 10_800;
+    let service = service6(VIP, proto::TCP, &[BACKEND, BACKEND2]).affinity(10_800);
     let datapath = load(0, &[service]);
     let seen: std::collections::BTreeSet<_> = (0..20u16)
         .map(|i| {
@@ -819,7 +817,7 @@ fn echo_reply_to(request: &[u8]) -> Vec<u8> {
 
 #[test]
 fn an_echo_request_to_a_vip_is_answered_by_the_vip() {
-    let datapath = load(0, &[service6(VIP, proto::TCP, 1, &[BACKEND])]);
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
     let request = icmp6("fd00:244:1::7", "fd00:96::10", 128);
     let run = datapath.run(Hook::FromPod, &request);
     assert_eq!(run.verdict, TC_ACT_REDIRECT, "answered");
@@ -835,4 +833,115 @@ fn an_echo_request_to_a_vip_is_answered_by_the_vip() {
         "a ClusterIP pinged from outside",
     );
     assert_eq!(event.proto, 58);
+}
+
+/// `lbctl bpf ct list` lists IPv6 flows beside IPv4 ones: flows created by the programs
+/// (`BPF_PROG_TEST_RUN`) in `LB6_CT_TCP`, `LB6_CT_ANY` and `LB4_CT_ANY` are read back by the
+/// agent's `Conntrack` and made into the rows the API serves (`tcp6`/`any6` with bracketed
+/// addresses, after the IPv4 maps' rows), each direction with its own addresses.
+#[test]
+fn the_conntrack_list_shows_ipv6_flows_beside_ipv4_ones() {
+    use lb_testkit::packet::{read_checked, udp};
+    let datapath = load(
+        0,
+        &[
+            service6(VIP, proto::TCP, &[BACKEND]),
+            service6("[fd00:96::10]:53", proto::UDP, &[BACKEND2]),
+            service("10.96.0.10:53/UDP", &["10.244.1.42:53"]),
+        ],
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn(POD, VIP),
+        &tcp6_syn(POD, BACKEND),
+        "TCP request",
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn_ack(BACKEND, POD),
+        &tcp6_syn_ack(VIP, POD),
+        "TCP reply",
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &udp6(POD, "[fd00:96::10]:53"),
+        &udp6(POD, BACKEND2),
+        "UDP request",
+    );
+    let run = datapath.run(Hook::FromPod, &udp("10.244.0.7:40000", "10.96.0.10:53"));
+    assert_eq!(run.verdict, TC_ACT_UNSPEC, "IPv4 UDP request");
+    read_checked(&run.frame);
+    assert_eq!(
+        run.frame,
+        udp("10.244.0.7:40000", "10.244.1.42:53"),
+        "IPv4 UDP request DNATed"
+    );
+
+    let rows = datapath.ct_rows();
+    // Every entry here lives 60 s (the defaults) from its last packet: a TCP flow's before its
+    // handshake completes (`bpf-ct-timeout-regular-tcp-syn`) and a UDP flow's
+    // (`bpf-ct-timeout-regular-any`, `bpf-ct-timeout-service-any`).
+    for row in &rows {
+        assert!(
+            (50..=60).contains(&row.expires_in),
+            "a live entry with its lifetime left: {row:?}"
+        );
+    }
+    let mut lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let mut line = format!(
+                "{} {} {} {} -> {} flags=[{}]",
+                row.map,
+                row.proto,
+                row.direction.to_uppercase(),
+                row.source,
+                row.destination,
+                row.flags.join(" "),
+            );
+            for (name, value) in [
+                ("backend", &row.backend),
+                ("vip", &row.vip),
+                ("client", &row.client),
+            ] {
+                if let Some(value) = value {
+                    line.push_str(&format!(" {name}={value}"));
+                }
+            }
+            line
+        })
+        .collect();
+    // Rows come per map in the maps' order (IPv4's, then IPv6's); within a map, in hash order.
+    let map_order = |line: &String| {
+        ["any ", "tcp6 ", "any6 "]
+            .iter()
+            .position(|map| line.starts_with(map))
+    };
+    assert!(
+        lines.is_sorted_by_key(map_order),
+        "IPv4 maps first: {lines:#?}"
+    );
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "any UDP REPLY 10.244.1.42:53 -> 10.244.0.7:40000 flags=[] \
+             vip=10.96.0.10:53 client=10.244.0.7:40000",
+            "any UDP SERVICE 10.244.0.7:40000 -> 10.96.0.10:53 flags=[] backend=10.244.1.42:53",
+            "any6 UDP REPLY [fd00:244:1::6]:8080 -> [fd00:244:1::7]:40000 flags=[] \
+             vip=[fd00:96::10]:53 client=[fd00:244:1::7]:40000",
+            "any6 UDP SERVICE [fd00:244:1::7]:40000 -> [fd00:96::10]:53 flags=[] \
+             backend=[fd00:244:1::6]:8080",
+            "tcp6 TCP REPLY [fd00:244:1::5]:8080 -> [fd00:244:1::7]:40000 flags=[seen-reply] \
+             vip=[fd00:96::10]:80 client=[fd00:244:1::7]:40000",
+            "tcp6 TCP SERVICE [fd00:244:1::7]:40000 -> [fd00:96::10]:80 flags=[seen-reply] \
+             backend=[fd00:244:1::5]:8080",
+        ],
+        "{rows:#?}"
+    );
+    let ids: std::collections::BTreeSet<_> = rows.iter().map(|row| row.rev_nat).collect();
+    assert_eq!(ids.len(), 3, "one service id per frontend: {rows:#?}");
 }

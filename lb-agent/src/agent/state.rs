@@ -355,13 +355,11 @@ impl ApiBackend for AgentState {
         };
         let read = || -> Result<_, crate::datapath::Error> {
             let now = clock.now()?;
-            Ok((now, Conntrack::open(pin_dir)?.entries()?))
+            let conntrack = Conntrack::open(pin_dir)?;
+            Ok((now, conntrack.entries()?, conntrack.entries6()?))
         };
-        let (now, items) = read().map_err(|err| error_chain(&err))?;
-        Ok(items
-            .iter()
-            .map(|item| CtRow::new(item.map.label(), &item.key, &item.entry, now))
-            .collect())
+        let (now, items, items6) = read().map_err(|err| error_chain(&err))?;
+        Ok(crate::api::rows::ct_rows(&items, &items6, now))
     }
 
     fn metrics(&self) -> MetricsSnapshot {

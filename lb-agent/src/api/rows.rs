@@ -2,10 +2,24 @@
 //! `datapath::dump`'s views of the services maps of both families (`MapsContent` holds
 //! `LB4_*` and `LB6_*` alike) become `lb_api::proto` rows. The addresses in the views are
 //! already text (`10.96.0.10:53/UDP`, `[fd00::1]:80/TCP`); a new source of rows adds its views
-//! here.
-use crate::api::proto::{BackendRow, LbRow, ServiceRow};
+//! here. The conntrack entries of both families become `CtRow`s here too.
+use crate::api::proto::{BackendRow, CtRow, LbRow, ServiceRow};
+use crate::datapath::conntrack::{CtItem, CtItem6};
 use crate::datapath::dump::{self, LbEntryView, ServiceView};
 use crate::datapath::{MapsContent, maps::ServiceId};
+
+/// The rows of `lbctl bpf ct list`: the IPv4 entries (`tcp`, `any`), then the IPv6 ones
+/// (`tcp6`, `any6`), each in the order read, with expiries counted from `now` (the datapath's
+/// clock).
+pub fn ct_rows(items: &[CtItem], items6: &[CtItem6], now: u32) -> Vec<CtRow> {
+    let v4 = items
+        .iter()
+        .map(|item| CtRow::new(item.map.label(), &item.key, &item.entry, now));
+    let v6 = items6
+        .iter()
+        .map(|item| CtRow::new6(item.map.label6(), &item.key, &item.entry, now));
+    v4.chain(v6).collect()
+}
 
 /// Every frontend of both families, each with the Service's `namespace/name` that `name_of`
 /// knows for its frontend text (empty when it knows none), by id.
@@ -167,6 +181,91 @@ mod tests {
                 "10.96.229.67:80/TCP 10.112.1.194:80/TCP (1) (1)",
                 "[fd00:96::e5:43]:80/TCP [::]:0 (2) (0)",
                 "[fd00:96::e5:43]:80/TCP [fd00:10:112:1::c2]:80/TCP (2) (1)",
+            ]
+        );
+    }
+
+    #[test]
+    fn ct_rows_list_the_ipv4_maps_then_the_ipv6_maps() {
+        use lb_common::conntrack::{
+            CT_REPLY, CT_SERVICE, CtEntry, CtEntry6, CtKey4, CtKey6, CtReply6, CtService,
+        };
+
+        use crate::datapath::conntrack::CtMap;
+        let addr6 = |text: &str| {
+            addr6_from_octets(text.parse::<std::net::Ipv6Addr>().expect("ipv6").octets())
+        };
+        let key4 = CtKey4 {
+            saddr: u32::from_ne_bytes([10, 244, 0, 7]),
+            daddr: u32::from_ne_bytes([10, 96, 0, 10]),
+            sport: 40000u16.to_be(),
+            dport: 53u16.to_be(),
+            proto: proto::UDP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let service4 = CtService {
+            expires: 160,
+            kind: CT_SERVICE,
+            rev_nat: 1,
+            backend_id: 1,
+            ..CtService::default()
+        };
+        let key6 = CtKey6 {
+            saddr: addr6("fd00:10:112:1::c2"),
+            daddr: addr6("fd00:244::7"),
+            sport: 80u16.to_be(),
+            dport: 40000u16.to_be(),
+            proto: proto::TCP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let reply6 = CtReply6 {
+            expires: 130,
+            kind: CT_REPLY,
+            rev_nat: 2,
+            backend_id: 2,
+            vip: addr6("fd00:96::e5:43"),
+            vip_port: 80u16.to_be(),
+            client_addr: addr6("fd00:244::7"),
+            client_port: 40000u16.to_be(),
+            ..CtReply6::default()
+        };
+        let rows = ct_rows(
+            &[CtItem {
+                map: CtMap::Any,
+                key: key4,
+                entry: CtEntry::from(service4),
+            }],
+            &[CtItem6 {
+                map: CtMap::Tcp,
+                key: key6,
+                entry: CtEntry6::from(reply6),
+            }],
+            100,
+        );
+        let text: Vec<String> = rows
+            .iter()
+            .map(|row| {
+                format!(
+                    "{} {} {} {} -> {} {} {:?} {:?}",
+                    row.map,
+                    row.proto,
+                    row.direction,
+                    row.source,
+                    row.destination,
+                    row.expires_in,
+                    row.vip,
+                    row.client
+                )
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "any UDP service 10.244.0.7:40000 -> 10.96.0.10:53 60 None None",
+                "tcp6 TCP reply [fd00:10:112:1::c2]:80 -> [fd00:244::7]:40000 30 \
+                 Some(\"[fd00:96::e5:43]:80\") Some(\"[fd00:244::7]:40000\")",
             ]
         );
     }

@@ -1,5 +1,6 @@
 //! The conntrack maps from the agent's side: the datapath's clock, the GC that deletes
-//! expired entries, and the entries as rows for `lbctl bpf ct list`.
+//! expired entries, and the entries of both families that `lbctl bpf ct list` lists (as rows
+//! made in `api::rows`).
 //!
 //! The datapath writes `LB4_CT_TCP` and `LB4_CT_ANY` (and their IPv6 twins `LB6_CT_TCP`,
 //! `LB6_CT_ANY`, whose entries carry the same header: one GC reads both); the agent only reads
@@ -44,12 +45,12 @@ pub const CLOCK_PROGRAM: &str = "ct_clock";
 /// The pin, in the version directory, that exists only while [`Clock::new`] opens a handle.
 const CLOCK_HANDLE_PIN: &str = "ct_clock_handle";
 
-/// Which conntrack map an entry is in.
+/// Which conntrack map of a family an entry is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CtMap {
-    /// `LB4_CT_TCP`.
+    /// `LB4_CT_TCP` (`LB6_CT_TCP` for IPv6).
     Tcp,
-    /// `LB4_CT_ANY`.
+    /// `LB4_CT_ANY` (`LB6_CT_ANY` for IPv6).
     Any,
 }
 
@@ -70,6 +71,22 @@ impl CtMap {
         match self {
             Self::Tcp => "tcp",
             Self::Any => "any",
+        }
+    }
+
+    /// The IPv6 map's name.
+    pub const fn name6(self) -> &'static str {
+        match self {
+            Self::Tcp => names::LB6_CT_TCP,
+            Self::Any => names::LB6_CT_ANY,
+        }
+    }
+
+    /// The IPv6 map's label in `lbctl`.
+    pub const fn label6(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp6",
+            Self::Any => "any6",
         }
     }
 }
@@ -171,6 +188,17 @@ pub struct CtItem {
     pub entry: CtEntry,
 }
 
+/// One IPv6 conntrack entry, as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtItem6 {
+    /// The map it is in (`LB6_CT_TCP` or `LB6_CT_ANY`).
+    pub map: CtMap,
+    /// Its key.
+    pub key: CtKey6,
+    /// Its value.
+    pub entry: CtEntry6,
+}
+
 /// What one GC pass did and saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -185,6 +213,43 @@ pub struct GcReport {
     pub referenced_services: HashSet<u16>,
     /// Backend ids that live entries still name.
     pub referenced_backends: HashSet<u32>,
+}
+
+impl GcReport {
+    /// Deletes, through `remove`, an entry of `map` (either family) that has expired at `now`
+    /// or that lb did not write (`expires`, `kind`); otherwise counts it live and records the
+    /// service and backend `ids` it names.
+    fn sweep(
+        &mut self,
+        now: u32,
+        map: CtMap,
+        (expires, kind): (u32, u8),
+        (rev_nat, backend_id): (u16, u32),
+        remove: impl FnOnce() -> Result<(), (&'static str, aya::maps::MapError)>,
+    ) -> Result<(), Error> {
+        if expires <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
+            return match remove() {
+                Ok(()) => {
+                    self.deleted += 1;
+                    Ok(())
+                }
+                // Evicted or deleted by the datapath meanwhile: gone either way.
+                Err((_, aya::maps::MapError::KeyNotFound)) => Ok(()),
+                Err((name, err)) => Err(Error::Map {
+                    action: "delete",
+                    map: name,
+                    source: Box::new(err),
+                }),
+            };
+        }
+        match map {
+            CtMap::Tcp => self.entries_tcp += 1,
+            CtMap::Any => self.entries_any += 1,
+        }
+        self.referenced_services.insert(rev_nat);
+        self.referenced_backends.insert(backend_id);
+        Ok(())
+    }
 }
 
 /// The conntrack maps of both families, opened by their pins (independent of the loaded
@@ -246,74 +311,63 @@ impl Conntrack {
         Ok(items)
     }
 
+    fn map6(&self, map: CtMap) -> &HashMap<MapData, CtKey6, CtEntry6> {
+        match map {
+            CtMap::Tcp => &self.tcp6,
+            CtMap::Any => &self.any6,
+        }
+    }
+
+    /// Every entry of both IPv6 maps, expired ones included.
+    pub fn entries6(&self) -> Result<Vec<CtItem6>, Error> {
+        let mut items = Vec::new();
+        for map in CtMap::ALL {
+            for item in self.map6(map).iter() {
+                let (key, entry) = item.map_err(|err| Error::Map {
+                    action: "read",
+                    map: map.name6(),
+                    source: Box::new(err),
+                })?;
+                items.push(CtItem6 { map, key, entry });
+            }
+        }
+        Ok(items)
+    }
+
     /// One GC pass at `now` (the datapath's clock): deletes every entry that has expired (or
-    /// that lb did not write), counts the rest and collects the ids they name.
+    /// that lb did not write), counts the rest and collects the ids they name, in both
+    /// families' maps.
     pub fn gc(&mut self, now: u32) -> Result<GcReport, Error> {
         let mut report = GcReport::default();
         for item in self.entries()? {
-            let kind = item.entry.kind();
-            if item.entry.expires() <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
-                let map = match item.map {
-                    CtMap::Tcp => &mut self.tcp,
-                    CtMap::Any => &mut self.any,
-                };
-                match map.remove(&item.key) {
-                    Ok(()) => report.deleted += 1,
-                    // Evicted or deleted by the datapath meanwhile: gone either way.
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(err) => {
-                        return Err(Error::Map {
-                            action: "delete",
-                            map: item.map.name(),
-                            source: Box::new(err),
-                        });
-                    }
-                }
-                continue;
-            }
-            match item.map {
-                CtMap::Tcp => report.entries_tcp += 1,
-                CtMap::Any => report.entries_any += 1,
-            }
+            let map = match item.map {
+                CtMap::Tcp => &mut self.tcp,
+                CtMap::Any => &mut self.any,
+            };
             let service = item.entry.service();
-            report.referenced_services.insert(service.rev_nat);
-            report.referenced_backends.insert(service.backend_id);
+            report.sweep(
+                now,
+                item.map,
+                (item.entry.expires(), item.entry.kind()),
+                (service.rev_nat, service.backend_id),
+                || map.remove(&item.key).map_err(|err| (item.map.name(), err)),
+            )?;
         }
-        for (map, name, live) in [
-            (&mut self.tcp6, names::LB6_CT_TCP, &mut report.entries_tcp),
-            (&mut self.any6, names::LB6_CT_ANY, &mut report.entries_any),
-        ] {
-            let entries: Vec<(CtKey6, CtEntry6)> =
-                map.iter()
-                    .collect::<Result<_, _>>()
-                    .map_err(|err| Error::Map {
-                        action: "read",
-                        map: name,
-                        source: Box::new(err),
-                    })?;
-            for (key, entry) in entries {
-                let kind = entry.kind();
-                if entry.expires() <= now || (kind != CT_SERVICE && kind != CT_REPLY) {
-                    match map.remove(&key) {
-                        Ok(()) => report.deleted += 1,
-                        Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(err) => {
-                            return Err(Error::Map {
-                                action: "delete",
-                                map: name,
-                                source: Box::new(err),
-                            });
-                        }
-                    }
-                    continue;
-                }
-                *live += 1;
-                // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are
-                // one space, so the same sets.
-                let service = entry.service();
-                report.referenced_services.insert(service.rev_nat);
-                report.referenced_backends.insert(service.backend_id);
-            }
+        for item in self.entries6()? {
+            let map = match item.map {
+                CtMap::Tcp => &mut self.tcp6,
+                CtMap::Any => &mut self.any6,
+            };
+            // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are one
+            // space, so the same sets.
+            let service = item.entry.service();
+            report.sweep(
+                now,
+                item.map,
+                (item.entry.expires(), item.entry.kind()),
+                (service.rev_nat, service.backend_id),
+                || map.remove(&item.key).map_err(|err| (item.map.name6(), err)),
+            )?;
         }
         Ok(report)
     }
