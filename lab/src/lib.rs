@@ -13,7 +13,6 @@
 //!   server's clients;
 //! - [`manifests`]: the story's Services and EndpointSlices, `lab/manifests/*.yaml`, and their
 //!   dual-stack versions, `lab/manifests/ipv6/*.yaml`;
-//! - [`server6`]: the nginx pods' IPv6 HTTP server in a dual-stack lab.
 //!
 //! Every name this crate creates starts with [`netns::PREFIX`] (namespaces) or lives in a lab
 //! namespace (interfaces), under [`RUN_DIR`] (sockets, configs, logs) or under
@@ -28,7 +27,6 @@ pub mod bird;
 pub mod manifests;
 pub mod netns;
 pub mod probe;
-pub mod server6;
 pub mod story;
 pub mod topology;
 

@@ -169,7 +169,7 @@ impl Lab {
             self.servers.push((pod.spec, process));
             if self.ipv6 {
                 let ip = pod6(pod.spec.name)?.ip;
-                let process = crate::server6::http(&pod.ns, ip, HTTP_PORT, &self.run_dir)?;
+                let process = servers::http(&pod.ns, ip, HTTP_PORT, &self.run_dir)?;
                 self.servers6.push((pod.spec, process));
             }
         }

@@ -6,15 +6,18 @@
 //!
 //! Scripts are written into a directory the caller owns (a test's temporary directory, the
 //! lab's run directory), so that concurrent users never share one.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use crate::netns::{Netns, Process};
 use crate::{Result, write_file};
 
 const HTTP_SERVER: &str = r#"
-import http.server, socketserver, sys
+import http.server, socket, socketserver, sys
 ip, port = sys.argv[1], int(sys.argv[2])
+
+def host(addr):
+    return f"[{addr}]" if ":" in addr else addr
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -26,7 +29,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def answer(self, with_body):
         client, client_port = self.client_address[0], self.client_address[1]
         keep = self.headers.get("Connection", "").lower() == "keep-alive"
-        body = f"pod {ip} answered client {client}:{client_port}\n".encode()
+        body = f"pod {ip} answered client {host(client)}:{client_port}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -37,7 +40,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if with_body:
             self.wfile.write(body)
-        print(f"{self.command} {self.path} client={client}:{client_port}", flush=True)
+        print(f"{self.command} {self.path} client={host(client)}:{client_port}", flush=True)
 
     def do_GET(self):
         self.answer(True)
@@ -49,6 +52,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
     # socketserver's default backlog is 5: a server starved of CPU for a moment (a loaded CI
@@ -62,7 +66,7 @@ class Server(http.server.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = ip, port
 
-print(f"listening on {ip}:{port}", flush=True)
+print(f"listening on {host(ip)}:{port}", flush=True)
 Server((ip, port), Handler).serve_forever()
 "#;
 
@@ -98,10 +102,11 @@ while True:
     threading.Thread(target=session, args=(conn, peer), daemon=True).start()
 "#;
 
-/// Starts the HTTP server on `ip:port` in `ns` (script and log in `dir`) and waits until it
-/// listens. Its answers carry `X-Pod-IP` and `X-Client-IP` (`lb_lab::probe::HttpReply` reads
-/// them).
-pub fn http(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> {
+/// Starts the HTTP server on `ip:port` in `ns` (script and log in `dir`; IPv4 or IPv6) and waits
+/// until it listens. Its answers carry `X-Pod-IP` and `X-Client-IP` (`lb_lab::probe::HttpReply`
+/// reads them).
+pub fn http(ns: &Netns, ip: impl Into<IpAddr>, port: u16, dir: &Path) -> Result<Process> {
+    let ip = ip.into();
     let script = dir.join("http-server.py");
     write_file(&script, HTTP_SERVER)?;
     let log = dir.join(format!("{}-http-{ip}-{port}.log", ns.name()));
@@ -131,7 +136,7 @@ pub fn echo(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> 
     await_listening(
         ns,
         &mut process,
-        &[("-Hltn", ip, port), ("-Hlun", ip, port)],
+        &[("-Hltn", ip.into(), port), ("-Hlun", ip.into(), port)],
     )?;
     Ok(process)
 }
@@ -140,13 +145,13 @@ pub fn echo(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> 
 fn await_listening(
     ns: &Netns,
     process: &mut Process,
-    sockets: &[(&str, Ipv4Addr, u16)],
+    sockets: &[(&str, IpAddr, u16)],
 ) -> Result<()> {
     let what = format!("{} in {} to listen", process.log().display(), ns.name());
     process.wait_until(&what, crate::patience::SETTLE_WITHIN, || {
         for (flags, ip, port) in sockets {
             let out = ns.run("ss", &[flags]).map_err(|err| err.to_string())?;
-            if !out.contains(&format!("{ip}:{port} ")) {
+            if !out.contains(&format!("{} ", SocketAddr::new(*ip, *port))) {
                 return Err(format!("ss {flags}:\n{out}"));
             }
         }

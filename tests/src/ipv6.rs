@@ -1,7 +1,7 @@
 //! IPv6 helpers for packet tests: [`conntrack6`] and [`drain_events6`] read back what the
 //! IPv6 path wrote (conntrack, `DropEvent6`s) from the datapath's pinned `LB6_*` maps,
-//! [`FibNetns6`] answers FIB lookups like a node, and [`wire_ipv6`] with [`http6_server`] make
-//! a `Topology` dual stack. IPv6 frontends are provisioned like IPv4 ones, through
+//! [`FibNetns6`] answers FIB lookups like a node, and [`wire_ipv6`] makes a `Topology` dual
+//! stack (`lb_testkit::servers::http` serves on its IPv6 addresses). IPv6 frontends are provisioned like IPv4 ones, through
 //! [`crate::fixture::Datapath::sync`] (the agent's `Syncer` writes the `LB6_*` maps).
 
 use aya::maps::{HashMap, MapData, RingBuf};
@@ -273,70 +273,4 @@ pub fn wire_ipv6(topology: &crate::topology::Topology) {
         ]),
         "external route to the service prefix",
     );
-}
-
-const HTTP6_SERVER: &str = r#"
-import http.server, socket, socketserver, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = f"pod {ip} answered client {self.client_address[0]}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Pod-IP", ip)
-        self.send_header("X-Client-IP", self.client_address[0])
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    allow_reuse_address = True
-    daemon_threads = True
-
-    def server_bind(self):
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = ip, port
-
-print(f"listening on [{ip}]:{port}", flush=True)
-Server((ip, port), Handler).serve_forever()
-"#;
-
-/// Starts an IPv6 HTTP server on `[ip]:port` in `ns` (its answers carry `X-Pod-IP` and
-/// `X-Client-IP`) and waits until it listens.
-pub fn http6_server(
-    ns: &lb_testkit::Netns,
-    ip: &str,
-    port: u16,
-    dir: &std::path::Path,
-) -> lb_testkit::Process {
-    use lb_testkit::ok;
-    let script = dir.join("http6-server.py");
-    ok(
-        lb_testkit::write_file(&script, HTTP6_SERVER),
-        "write the server",
-    );
-    let log = dir.join(format!("{}-http6-{port}.log", ns.name()));
-    let args = [&*script.to_string_lossy(), ip, &port.to_string()];
-    let mut process = ok(ns.spawn("python3", &args, &log), "start the IPv6 server");
-    let listening = format!("[{ip}]:{port}");
-    ok(
-        lb_testkit::wait_until(
-            &format!("the IPv6 server listening on {listening}"),
-            std::time::Duration::from_secs(20),
-            || {
-                process.check_running().map_err(|err| err.to_string())?;
-                let sockets = ns.run("ss", &["-Hltn"]).map_err(|err| err.to_string())?;
-                Ok(sockets.contains(&listening).then_some(()))
-            },
-        ),
-        "IPv6 server",
-    );
-    process
 }

@@ -473,7 +473,7 @@ fn lbctl_bpf_ct_list_shows_a_probe_flow_through_the_real_agent() {
 /// are listed from `LB6_CT_TCP` (`tcp6`, bracketed addresses), in JSON and in the text lines.
 #[test]
 fn lbctl_bpf_ct_list_shows_an_ipv6_flow_through_the_real_agent() {
-    use lb_tests::ipv6::{addrs, http6_server, wire_ipv6};
+    use lb_tests::ipv6::{addrs, wire_ipv6};
     let mut cluster = Cluster::up("lbctl_bpf_ct_list6");
     wire_ipv6(&cluster.topology);
     let _servers: Vec<_> = cluster
@@ -481,7 +481,13 @@ fn lbctl_bpf_ct_list_shows_an_ipv6_flow_through_the_real_agent() {
         .backends
         .iter()
         .zip(addrs::BACKENDS)
-        .map(|(pod, ip)| http6_server(&pod.ns, ip, HTTP_PORT, cluster.topology.dir()))
+        .map(|(pod, ip)| {
+            let ip: std::net::Ipv6Addr = ip.parse().expect("an IPv6 backend address");
+            lb_testkit::ok(
+                lb_testkit::servers::http(&pod.ns, ip, HTTP_PORT, cluster.topology.dir()),
+                "IPv6 HTTP server",
+            )
+        })
         .collect();
     let vip6 = "fd00:96::20";
     let endpoints: String = addrs::BACKENDS

@@ -495,7 +495,7 @@ fn snat_without_a_node_ipv6_address_is_dropped_with_165() {
 #[test]
 fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
     use lb_tests::{
-        ipv6::{addrs, http6_server, wire_ipv6},
+        ipv6::{addrs, wire_ipv6},
         topology::{BACKEND_DEVS, CLIENT_DEV, NODE_DEV, Topology},
     };
     let topology = Topology::new("ipv6_cluster_ip");
@@ -504,7 +504,13 @@ fn an_ipv6_pod_reaches_a_cluster_ip_and_an_external_client_does_not() {
         .backends
         .iter()
         .zip(addrs::BACKENDS)
-        .map(|(pod, ip)| http6_server(&pod.ns, ip, 8080, topology.dir()))
+        .map(|(pod, ip)| {
+            let ip: std::net::Ipv6Addr = ip.parse().expect("an IPv6 backend address");
+            lb_testkit::ok(
+                lb_testkit::servers::http(&pod.ns, ip, 8080, topology.dir()),
+                "IPv6 HTTP server",
+            )
+        })
         .collect();
     let backends = addrs::BACKENDS.map(|ip| format!("[{ip}]:8080"));
     let mut datapath = load(
