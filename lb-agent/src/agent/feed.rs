@@ -39,7 +39,11 @@ impl ModelFeed {
         state: Arc<AgentState>,
         health_checks: Arc<HealthCheckServer>,
     ) -> Self {
-        let versions = view.subscribe();
+        let mut versions = view.subscribe();
+        // What the source did before this subscription (its first read, `set_synced`) counts
+        // as unseen: a source that synced with nothing and never changes again must still get
+        // its first pass, or the agent never becomes ready.
+        versions.mark_changed();
         Self {
             view,
             versions,
