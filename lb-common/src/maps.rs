@@ -56,6 +56,10 @@ pub const LB_EVENT_LIMIT: &str = "LB_EVENT_LIMIT";
 /// Socket-level load balancing: (socket cookie, backend) -> the VIP:port it stands for
 /// (LRU): `SockRevKey4` -> `SockRevValue4`.
 pub const LB4_REVERSE_SK: &str = "LB4_REVERSE_SK";
+/// The same for sockets sent to an IPv6 backend (LRU): `SockRevKey6` -> `SockRevValue6`.
+/// IPv4-mapped destinations of dual-stack sockets are IPv4 frontends: their entries are in
+/// `LB4_REVERSE_SK`.
+pub const LB6_REVERSE_SK: &str = "LB6_REVERSE_SK";
 /// The network namespace whose sockets socket-level load balancing translates (the host's):
 /// array of one `u64` netns cookie; 0 (not written) translates none.
 pub const LB_HOST_NETNS: &str = "LB_HOST_NETNS";
@@ -92,8 +96,8 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 pub const FRAGS_MAX_ENTRIES: u32 = 8_192;
 /// Default capacity of `LB4_CT_ANY` (`bpf-ct-global-any-max`), Cilium's default.
 pub const CT_ANY_MAX_ENTRIES: u32 = 262_144;
-/// Capacity of `LB4_REVERSE_SK` (an LRU map: entries of closed sockets age out). Cilium's
-/// default for its `lb4_reverse_sk`.
+/// Capacity of `LB4_REVERSE_SK` and `LB6_REVERSE_SK` (LRU maps: entries of closed sockets age
+/// out). Cilium's default for its `lb4_reverse_sk` and `lb6_reverse_sk`.
 pub const REVERSE_SK_MAX_ENTRIES: u32 = 262_144;
 /// Default capacity of `LB_METRICS`.
 pub const METRICS_MAX_ENTRIES: u32 = 1_024;

@@ -50,13 +50,20 @@ pub struct Chosen6 {
 /// The frontend the packet is addressed to, if any.
 #[inline(always)]
 pub fn lookup_frontend(tuple: &Tuple6) -> Option<Frontend6> {
-    let key = ServiceKey6::new(tuple.daddr, tuple.dport, tuple.proto, 0);
+    lookup_frontend_at(tuple.daddr, tuple.dport, tuple.proto)
+}
+
+/// The frontend `vip:port/proto` (network byte order), if any: for callers without a packet
+/// (socket-level load balancing, `sock.rs`).
+#[inline(always)]
+pub fn lookup_frontend_at(vip: Addr6, port: u16, proto: u8) -> Option<Frontend6> {
+    let key = ServiceKey6::new(vip, port, proto, 0);
     // SAFETY: copied out at once (a torn entry is bounds-checked by selection).
     let entry = unsafe { LB6_SERVICES.get(key) }.copied()?;
     Some(Frontend6 {
-        vip: tuple.daddr,
-        port: tuple.dport,
-        proto: tuple.proto,
+        vip,
+        port,
+        proto,
         entry,
     })
 }

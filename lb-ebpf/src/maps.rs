@@ -16,7 +16,7 @@
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
 //! | `LB_SCRATCH` | `icmp.rs` (unpinned scratch space) |
 //! | `LB6_SCRATCH` | `conntrack6.rs`, `nat6.rs` and `icmp6.rs` (unpinned scratch space) |
-//! | `LB4_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
+//! | `LB4_REVERSE_SK`, `LB6_REVERSE_SK`, `LB_HOST_NETNS` | `sock.rs` |
 //! | `LB6_*` | the IPv6 counterparts of the `LB4_*` maps' owners (`lb6.rs`, `policy6.rs`, `conntrack6.rs`, `frag6.rs`) |
 //!
 //! All maps are pinned by name (`PinningType::ByName`): the agent loads the object with
@@ -41,7 +41,7 @@ use lb_common::{
         AffinityKey4, AffinityKey6, AffinityValue, Backend4, Backend6, MaglevChunk, MaglevKey,
         RevNat4, RevNat6, ServiceEntry, ServiceKey4, ServiceKey6, SourceRangeKey4, SourceRangeKey6,
     },
-    sock::{SockRevKey4, SockRevValue4},
+    sock::{SockRevKey4, SockRevKey6, SockRevValue4, SockRevValue6},
 };
 
 /// The token bucket of `LB_EVENT_LIMIT`, private to the datapath (the agent never reads it).
@@ -206,6 +206,11 @@ pub static LB_EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::pinned(1, 0);
 pub static LB4_REVERSE_SK: LruHashMap<SockRevKey4, SockRevValue4> =
     LruHashMap::pinned(maps::REVERSE_SK_MAX_ENTRIES, 0);
 
+/// `LB4_REVERSE_SK` for sockets sent to IPv6 backends.
+#[map]
+pub static LB6_REVERSE_SK: LruHashMap<SockRevKey6, SockRevValue6> =
+    LruHashMap::pinned(maps::REVERSE_SK_MAX_ENTRIES, 0);
+
 /// The netns cookie of the host's network namespace, written by the agent: the only
 /// namespace whose sockets `sock.rs` translates (0: none).
 #[map]
@@ -267,5 +272,6 @@ const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));
 const _: () = assert!(same(maps::LB_EVENT_LIMIT, "LB_EVENT_LIMIT"));
 const _: () = assert!(same(maps::LB4_REVERSE_SK, "LB4_REVERSE_SK"));
+const _: () = assert!(same(maps::LB6_REVERSE_SK, "LB6_REVERSE_SK"));
 const _: () = assert!(same(maps::LB_HOST_NETNS, "LB_HOST_NETNS"));
 const _: () = assert!(same(maps::LB_GENERATION, "LB_GENERATION"));

@@ -21,6 +21,7 @@ fn every_program_passes_the_verifier_and_pins_its_maps() {
         LB_EVENTS,
         LB_EVENT_LIMIT,
         LB4_REVERSE_SK,
+        LB6_REVERSE_SK,
         LB_HOST_NETNS,
         LB_GENERATION,
     ];

@@ -1,4 +1,5 @@
-//! Socket-level load balancing (`bpf-lb-sock`): the four cgroup programs of `lb-ebpf/src/sock.rs`
+//! Socket-level load balancing (`bpf-lb-sock`): the eight cgroup programs of `lb-ebpf/src/sock.rs`
+//! (IPv4 and IPv6 connect, sendmsg, recvmsg, getpeername)
 //! attached to a cgroup v2 directory (`cgroup-root`), so that processes of the host's network
 //! namespace reach frontends by having their sockets rewritten (see docs/datapath.md, "Host
 //! network namespace").
@@ -32,11 +33,15 @@ use aya::{
 use lb_common::maps as names;
 
 /// The programs, by their names in the object.
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 8] = [
     "sock4_connect",
     "sock4_sendmsg",
     "sock4_recvmsg",
     "sock4_getpeername",
+    "sock6_connect",
+    "sock6_sendmsg",
+    "sock6_recvmsg",
+    "sock6_getpeername",
 ];
 
 /// `CGROUP2_SUPER_MAGIC` (`statfs.f_type` of a cgroup v2 mount).
@@ -141,7 +146,7 @@ pub fn is_sock_link(file_name: &str) -> bool {
     PROGRAMS.contains(&file_name)
 }
 
-/// Loads the four programs, records this namespace as the one to translate, and attaches them
+/// Loads the programs, records this namespace as the one to translate, and attaches them
 /// to `cgroup` (already resolved), replacing the links an earlier agent pinned. Returns the
 /// cgroup attached to.
 pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, cgroup: &Path) -> Result<(), Error> {
@@ -245,6 +250,7 @@ mod tests {
     #[test]
     fn links_of_the_socket_programs_are_told_from_interfaces() {
         assert!(is_sock_link("sock4_connect"));
+        assert!(is_sock_link("sock6_getpeername"));
         assert!(!is_sock_link("from-pod-lxc1"));
     }
 }
