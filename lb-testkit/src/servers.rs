@@ -6,7 +6,7 @@
 //!
 //! Scripts are written into a directory the caller owns (a test's temporary directory, the
 //! lab's run directory), so that concurrent users never share one.
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use crate::netns::{Netns, Process};
@@ -70,14 +70,18 @@ print(f"listening on {host(ip)}:{port}", flush=True)
 Server((ip, port), Handler).serve_forever()
 "#;
 
-/// The echo server: TCP and UDP on one address and port. A UDP datagram is answered with one
-/// datagram, a TCP line with one line, both `POD_IP CLIENT_IP:CLIENT_PORT PAYLOAD`.
+/// The echo server: TCP and UDP on one address (IPv4 or IPv6) and port. A UDP datagram is
+/// answered with one datagram, a TCP line with one line, both `POD_IP CLIENT_IP:CLIENT_PORT
+/// PAYLOAD` (an IPv6 client bracketed: `[CLIENT_IP]:CLIENT_PORT`).
 const ECHO_SERVER: &str = r#"
 import socket, sys, threading
 ip, port = sys.argv[1], int(sys.argv[2])
 
+def host(addr):
+    return f"[{addr}]" if ":" in addr else addr
+
 def answer(peer, payload):
-    return f"{ip} {peer[0]}:{peer[1]} ".encode() + payload
+    return f"{ip} {host(peer[0])}:{peer[1]} ".encode() + payload
 
 def udp(sock):
     while True:
@@ -89,14 +93,15 @@ def session(conn, peer):
         for line in conn.makefile("rb"):
             conn.sendall(answer(peer, line))
 
-udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+udp_sock = socket.socket(family, socket.SOCK_DGRAM)
 udp_sock.bind((ip, port))
-tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp_sock = socket.socket(family, socket.SOCK_STREAM)
 tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 tcp_sock.bind((ip, port))
 tcp_sock.listen(64)
 threading.Thread(target=udp, args=(udp_sock,), daemon=True).start()
-print(f"echo listening on {ip}:{port} tcp and udp", flush=True)
+print(f"echo listening on {host(ip)}:{port} tcp and udp", flush=True)
 while True:
     conn, peer = tcp_sock.accept()
     threading.Thread(target=session, args=(conn, peer), daemon=True).start()
@@ -120,10 +125,11 @@ pub fn http(ns: &Netns, ip: impl Into<IpAddr>, port: u16, dir: &Path) -> Result<
     Ok(process)
 }
 
-/// Starts the echo server on `ip:port` (TCP and UDP) in `ns` (script and log in `dir`) and
+/// Starts the echo server on `ip:port` (TCP and UDP; IPv4 or IPv6) in `ns` (script and log in `dir`) and
 /// waits until both sockets are bound. `lb_lab::probe::udp_echo` and `lb_lab::probe::EchoSession`
 /// are its clients.
-pub fn echo(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> {
+pub fn echo(ns: &Netns, ip: impl Into<IpAddr>, port: u16, dir: &Path) -> Result<Process> {
+    let ip = ip.into();
     let script = dir.join("echo-server.py");
     write_file(&script, ECHO_SERVER)?;
     let log = dir.join(format!("{}-echo-{ip}-{port}.log", ns.name()));
@@ -136,7 +142,7 @@ pub fn echo(ns: &Netns, ip: Ipv4Addr, port: u16, dir: &Path) -> Result<Process> 
     await_listening(
         ns,
         &mut process,
-        &[("-Hltn", ip.into(), port), ("-Hlun", ip.into(), port)],
+        &[("-Hltn", ip, port), ("-Hlun", ip, port)],
     )?;
     Ok(process)
 }

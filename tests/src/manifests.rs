@@ -13,11 +13,12 @@
 //!     .to_yaml();
 //! assert!(yaml.contains("kubernetes.io/service-name: web"));
 //! ```
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// An EndpointSlice `endpoints` entry for `ip` on node `node`: ready, or (`ready` false)
-/// serving but terminating, as a pod being deleted is.
-pub fn endpoint(ip: Ipv4Addr, node: &str, ready: bool) -> String {
+/// An EndpointSlice `endpoints` entry for `ip` (either family) on node `node`: ready, or
+/// (`ready` false) serving but terminating, as a pod being deleted is.
+pub fn endpoint(ip: impl Into<IpAddr>, node: &str, ready: bool) -> String {
+    let ip = ip.into();
     format!(
         "- addresses:\n  - {ip}\n  conditions:\n    ready: {ready}\n    serving: true\n    \
          terminating: {}\n  nodeName: {node}\n",
@@ -73,11 +74,14 @@ impl Port {
     }
 }
 
-/// A Service (`default` namespace) and its one EndpointSlice (`NAME-abcde`, IPv4).
+/// A Service (`default` namespace) and its EndpointSlice (`NAME-abcde`, IPv4); made dual stack
+/// by [`Manifest::ipv6`], a second slice (`NAME-v6abc`, IPv6).
 #[derive(Debug, Clone)]
 pub struct Manifest {
     name: String,
     cluster_ip: Ipv4Addr,
+    cluster_ip6: Option<Ipv6Addr>,
+    endpoints6: Vec<String>,
     kind: &'static str,
     ports: Vec<Port>,
     spec: String,
@@ -91,6 +95,8 @@ impl Manifest {
         Self {
             name: name.to_owned(),
             cluster_ip,
+            cluster_ip6: None,
+            endpoints6: Vec::new(),
             kind: "ClusterIP",
             ports: Vec::new(),
             spec: String::new(),
@@ -138,7 +144,20 @@ impl Manifest {
         self
     }
 
-    /// The two objects as one YAML stream.
+    /// Makes the Service dual stack (`RequireDualStack`, IPv4 first): its IPv6 ClusterIP
+    /// `cluster_ip6`, and an IPv6 slice with these `endpoints` ([`endpoint`]'s) on the same
+    /// ports.
+    pub fn ipv6(
+        mut self,
+        cluster_ip6: Ipv6Addr,
+        endpoints: impl IntoIterator<Item = String>,
+    ) -> Self {
+        self.cluster_ip6 = Some(cluster_ip6);
+        self.endpoints6 = endpoints.into_iter().collect();
+        self
+    }
+
+    /// The objects (Service, slices) as one YAML stream.
     pub fn to_yaml(&self) -> String {
         let Self {
             name,
@@ -164,10 +183,35 @@ impl Manifest {
                 port.protocol
             ));
         }
-        let endpoints = if self.endpoints.is_empty() {
-            "endpoints: []\n".to_owned()
-        } else {
-            format!("endpoints:\n{}", self.endpoints.concat())
+        let endpoints_of = |endpoints: &[String]| {
+            if endpoints.is_empty() {
+                "endpoints: []\n".to_owned()
+            } else {
+                format!("endpoints:\n{}", endpoints.concat())
+            }
+        };
+        let endpoints = endpoints_of(&self.endpoints);
+        let (cluster_ip6, slice6) = match self.cluster_ip6 {
+            None => (String::new(), String::new()),
+            Some(ip6) => (
+                format!(
+                    "  - {ip6}\n  ipFamilies:\n  - IPv4\n  - IPv6\n  ipFamilyPolicy: RequireDualStack\n"
+                ),
+                format!(
+                    "---
+addressType: IPv6
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  labels:
+    kubernetes.io/service-name: {name}
+  name: {name}-v6abc
+  namespace: default
+{}ports:
+{slice_ports}",
+                    endpoints_of(&self.endpoints6)
+                ),
+            ),
         };
         format!(
             "apiVersion: v1
@@ -179,7 +223,7 @@ spec:
   clusterIP: {cluster_ip}
   clusterIPs:
   - {cluster_ip}
-{spec}  ports:
+{cluster_ip6}{spec}  ports:
 {service_ports}  type: {kind}
 {status}---
 addressType: IPv4
@@ -191,7 +235,7 @@ metadata:
   name: {name}-abcde
   namespace: default
 {endpoints}ports:
-{slice_ports}",
+{slice_ports}{slice6}",
             spec = self.spec,
             status = self.status,
         )
@@ -322,5 +366,32 @@ ports:
             "{yaml}"
         );
         assert!(yaml.contains("  - name: \"\"\n    port: 53\n"), "{yaml}");
+    }
+
+    #[test]
+    fn a_dual_stack_service_has_both_cluster_ips_and_an_ipv6_slice() {
+        let ip6: Ipv6Addr = "fd00:96::51".parse().expect("an IPv6 address");
+        let backend6: Ipv6Addr = "fd00:244:1::20".parse().expect("an IPv6 address");
+        let yaml = Manifest::new("web", Ipv4Addr::new(10, 96, 0, 1))
+            .port(Port::tcp("http", 80, 8080))
+            .ipv6(ip6, [endpoint(backend6, "node", true)])
+            .to_yaml();
+        assert!(
+            yaml.contains(
+                "  clusterIPs:\n  - 10.96.0.1\n  - fd00:96::51\n  ipFamilies:\n  - IPv4\n  - IPv6\n  \
+                 ipFamilyPolicy: RequireDualStack\n  ports:\n"
+            ),
+            "{yaml}"
+        );
+        assert!(yaml.contains("---\naddressType: IPv6\n"), "{yaml}");
+        assert!(yaml.contains("  name: web-v6abc\n"), "{yaml}");
+        assert!(
+            yaml.ends_with(
+                "  - fd00:244:1::20\n  conditions:\n    ready: true\n    serving: true\n    \
+                 terminating: false\n  nodeName: node\nports:\n- name: http\n  port: 8080\n  \
+                 protocol: TCP\n"
+            ),
+            "{yaml}"
+        );
     }
 }
