@@ -2,10 +2,10 @@
 //!
 //! The router (AS 65000) peers with both nodes, imports everything, exports nothing back, and
 //! writes what it learned into its kernel table. Each node (AS 65001) announces its pod CIDR and
-//! every ClusterIP as /32s from a static protocol, to the router and over iBGP to the other node;
-//! its kernel protocol installs only routes learned over BGP, and the iBGP session imports only
-//! pod CIDRs: a node's own announcements (blackholes in BIRD) never reach its kernel, and the
-//! other node's ClusterIP announcements never reach BIRD's table.
+//! every ClusterIP as host routes from a static protocol, to the router and over iBGP to the
+//! other node; its kernel protocol installs only routes learned over BGP, and the iBGP session
+//! imports only pod CIDRs: a node's own announcements (blackholes in BIRD) never reach its
+//! kernel, and the other node's ClusterIP announcements never reach BIRD's table.
 //!
 //! The router prefers k8smaster0 for the ClusterIPs, as in the story: both nodes announce them
 //! with equal attributes, and the session to k8smaster0 raises their local preference so the
@@ -13,11 +13,11 @@
 //! [`Process`] with its config, control socket and pidfile under the lab's run directory;
 //! `birdc` reaches it through the socket from the host.
 //!
-//! A dual-stack lab runs the same sessions again over IPv6 ([`router_config6`],
-//! [`node_config6`]) in a second daemon per namespace: BIRD 1.6 (the story's version, the one
-//! Debian's `bird` package installs) speaks IPv6 only as `bird6`/`birdc6`, with the same
-//! configuration language; router ids stay the IPv4 addresses.
-use std::net::{Ipv4Addr, Ipv6Addr};
+//! A dual-stack lab runs the same sessions again over IPv6 in a second daemon per namespace:
+//! BIRD 1.6 (the story's version, the one Debian's `bird` package installs) speaks IPv6 only as
+//! `bird6`/`birdc6`, with the same configuration language, so one writer per config serves
+//! both, parameterised by the [`Daemon`]; router ids stay the IPv4 addresses.
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,10 +37,41 @@ const SESSION_TIMERS: &str = "\
     connect delay time 1;
     error wait time 1, 10;";
 
-/// The router's configuration: one eBGP session per node.
-pub fn router_config(nodes: &[NodeSpec]) -> String {
+/// A node as one family's BGP sessions see it: [`NodeSpec`] or [`NodeSpec6`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BgpNode {
+    /// Node name (`k8smaster0`), the session's name on the router.
+    pub name: &'static str,
+    /// Node IP on the segment, in the family.
+    pub ip: IpAddr,
+    /// The node's pod CIDR in the family.
+    pub pod_cidr: &'static str,
+}
+
+impl From<NodeSpec> for BgpNode {
+    fn from(node: NodeSpec) -> Self {
+        Self {
+            name: node.name,
+            ip: node.ip.into(),
+            pod_cidr: node.pod_cidr,
+        }
+    }
+}
+
+impl From<NodeSpec6> for BgpNode {
+    fn from(node: NodeSpec6) -> Self {
+        Self {
+            name: node.name,
+            ip: node.ip.into(),
+            pod_cidr: node.pod_cidr,
+        }
+    }
+}
+
+/// The router's configuration for `daemon`: one eBGP session per node.
+pub fn router_config(daemon: Daemon, nodes: &[BgpNode]) -> String {
     let mut conf = format!(
-        "# The story's external router: import all, export learned routes to the kernel.
+        "# The story's external router{family}: import all, export learned routes to the kernel.
 log stderr all;
 router id {ROUTER_IP};
 
@@ -53,109 +84,11 @@ protocol kernel {{
     import none;
     export all;
 }}
-"
+",
+        family = daemon.title(),
     );
     for (i, node) in nodes.iter().enumerate() {
         // The first node is k8smaster0, the story's preferred next hop.
-        let pref = if i == 0 {
-            format!("    default bgp_local_pref {MASTER_LOCAL_PREF};\n")
-        } else {
-            String::new()
-        };
-        conf.push_str(&format!(
-            "
-protocol bgp {name} {{
-    local {ROUTER_IP} as {ROUTER_ASN};
-    neighbor {ip} as {CLUSTER_ASN};
-    import all;
-    export none;
-{pref}{SESSION_TIMERS}
-}}
-",
-            name = node.name,
-            ip = node.ip,
-        ));
-    }
-    conf
-}
-
-/// A node's configuration: announce `node`'s pod CIDR and `cluster_ips` to the router and to
-/// `peer`, and learn `peer`'s pod CIDR.
-pub fn node_config(node: &NodeSpec, peer: &NodeSpec, cluster_ips: &[Ipv4Addr]) -> String {
-    let statics: String = std::iter::once(format!("    route {} blackhole;\n", node.pod_cidr))
-        .chain(
-            cluster_ips
-                .iter()
-                .map(|vip| format!("    route {vip}/32 blackhole;\n")),
-        )
-        .collect();
-    format!(
-        "# kube-router's part on {name}: announce the pod CIDR and the ClusterIPs.
-log stderr all;
-router id {ip};
-
-protocol device {{
-    scan time 2;
-}}
-
-# Only routes learned over BGP reach the kernel: the announced blackholes stay in BIRD.
-protocol kernel {{
-    scan time 2;
-    import none;
-    export where source = RTS_BGP;
-}}
-
-protocol static announced {{
-{statics}}}
-
-# `router` is a BIRD keyword, hence the name.
-protocol bgp uplink {{
-    local {ip} as {CLUSTER_ASN};
-    neighbor {ROUTER_IP} as {ROUTER_ASN};
-    import none;
-    export where source = RTS_STATIC;
-{SESSION_TIMERS}
-}}
-
-# iBGP: learn the other node's pod CIDR (the router cannot hand it back into our AS).
-protocol bgp {peer_name} {{
-    local {ip} as {CLUSTER_ASN};
-    neighbor {peer_ip} as {CLUSTER_ASN};
-    import where net ~ [ {CLUSTER_POD_CIDR}+ ];
-    export where source = RTS_STATIC;
-    # iBGP is multihop with recursive next hops by default, through an IGP the lab does not
-    # run; the nodes share a segment.
-    direct;
-{SESSION_TIMERS}
-}}
-",
-        name = node.name,
-        ip = node.ip,
-        peer_name = peer.name,
-        peer_ip = peer.ip,
-    )
-}
-
-/// The router's IPv6 configuration (for `bird6`): one eBGP session per node over the
-/// segment's IPv6 addresses, k8smaster0 preferred as over IPv4.
-pub fn router_config6(nodes: &[NodeSpec6]) -> String {
-    let mut conf = format!(
-        "# The story's external router, IPv6: import all, export learned routes to the kernel.
-log stderr all;
-router id {ROUTER_IP};
-
-protocol device {{
-    scan time 2;
-}}
-
-protocol kernel {{
-    scan time 2;
-    import none;
-    export all;
-}}
-"
-    );
-    for (i, node) in nodes.iter().enumerate() {
         let pref = if i == 0 {
             format!("    default bgp_local_pref {MASTER_LOCAL_PREF};\n")
         } else {
@@ -172,31 +105,34 @@ protocol bgp {name} {{
 }}
 ",
             name = node.name,
-            local = v6::ROUTER_IP,
+            local = daemon.router_ip(),
             ip = node.ip,
         ));
     }
     conf
 }
 
-/// A node's IPv6 configuration (for `bird6`, router id `router_id`): announce `node`'s IPv6
-/// pod CIDR and `cluster_ips` as /128s to the router and to `peer`, learn `peer`'s pod CIDR;
-/// the same filters as [`node_config`].
-pub fn node_config6(
-    node: &NodeSpec6,
+/// A node's configuration for `daemon` (router id `router_id`, the node's IPv4 address):
+/// announce `node`'s pod CIDR and `cluster_ips` as host routes to the router and to `peer`,
+/// and learn `peer`'s pod CIDR.
+pub fn node_config(
+    daemon: Daemon,
+    node: BgpNode,
     router_id: Ipv4Addr,
-    peer: &NodeSpec6,
-    cluster_ips: &[Ipv6Addr],
+    peer: BgpNode,
+    cluster_ips: &[IpAddr],
 ) -> String {
     let statics: String = std::iter::once(format!("    route {} blackhole;\n", node.pod_cidr))
-        .chain(
-            cluster_ips
-                .iter()
-                .map(|vip| format!("    route {vip}/128 blackhole;\n")),
-        )
+        .chain(cluster_ips.iter().map(|vip| {
+            let host = if vip.is_ipv4() { 32 } else { 128 };
+            format!("    route {vip}/{host} blackhole;\n")
+        }))
         .collect();
+    // The IPv4 configuration explains itself; the IPv6 one has always been written without
+    // these comments, and stays so (the files a lab writes are unchanged).
+    let note = |comment: &'static str| if daemon == Daemon::V4 { comment } else { "" };
     format!(
-        "# kube-router's part on {name}, IPv6: announce the pod CIDR and the ClusterIPs.
+        "# kube-router's part on {name}{family}: announce the pod CIDR and the ClusterIPs.
 log stderr all;
 router id {router_id};
 
@@ -204,7 +140,7 @@ protocol device {{
     scan time 2;
 }}
 
-protocol kernel {{
+{kernel_note}protocol kernel {{
     scan time 2;
     import none;
     export where source = RTS_BGP;
@@ -213,7 +149,7 @@ protocol kernel {{
 protocol static announced {{
 {statics}}}
 
-protocol bgp uplink {{
+{uplink_note}protocol bgp uplink {{
     local {ip} as {CLUSTER_ASN};
     neighbor {router} as {ROUTER_ASN};
     import none;
@@ -221,25 +157,37 @@ protocol bgp uplink {{
 {SESSION_TIMERS}
 }}
 
-protocol bgp {peer_name} {{
+{peer_note}protocol bgp {peer_name} {{
     local {ip} as {CLUSTER_ASN};
     neighbor {peer_ip} as {CLUSTER_ASN};
     import where net ~ [ {pods}+ ];
     export where source = RTS_STATIC;
-    direct;
+{direct_note}    direct;
 {SESSION_TIMERS}
 }}
 ",
         name = node.name,
+        family = daemon.title(),
         ip = node.ip,
-        router = v6::ROUTER_IP,
+        router = daemon.router_ip(),
         peer_name = peer.name,
         peer_ip = peer.ip,
-        pods = v6::CLUSTER_POD_CIDR,
+        pods = daemon.cluster_pod_cidr(),
+        kernel_note = note(
+            "# Only routes learned over BGP reach the kernel: the announced blackholes stay in BIRD.\n"
+        ),
+        uplink_note = note("# `router` is a BIRD keyword, hence the name.\n"),
+        peer_note = note(
+            "# iBGP: learn the other node's pod CIDR (the router cannot hand it back into our AS).\n"
+        ),
+        direct_note = note(
+            "    # iBGP is multihop with recursive next hops by default, through an IGP the lab does not
+    # run; the nodes share a segment.\n"
+        ),
     )
 }
 
-/// Which BIRD 1.6 daemon: `bird` (IPv4) or `bird6` (IPv6).
+/// Which BIRD 1.6 daemon, and so which address family: `bird` (IPv4) or `bird6` (IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Daemon {
     /// `bird`, `birdc`.
@@ -264,6 +212,30 @@ impl Daemon {
             Self::V6 => "birdc6",
         }
     }
+
+    /// The router's address on the segment in the family.
+    pub fn router_ip(self) -> IpAddr {
+        match self {
+            Self::V4 => ROUTER_IP.into(),
+            Self::V6 => v6::ROUTER_IP.into(),
+        }
+    }
+
+    /// The cluster's pod CIDR in the family.
+    pub fn cluster_pod_cidr(self) -> &'static str {
+        match self {
+            Self::V4 => CLUSTER_POD_CIDR,
+            Self::V6 => v6::CLUSTER_POD_CIDR,
+        }
+    }
+
+    /// What the configs' title comments add for the family.
+    fn title(self) -> &'static str {
+        match self {
+            Self::V4 => "",
+            Self::V6 => ", IPv6",
+        }
+    }
 }
 
 /// A running BIRD and its control socket.
@@ -276,19 +248,9 @@ pub struct Bird {
 }
 
 impl Bird {
-    /// Starts BIRD inside `ns` with `config`, files under `run_dir/bird-<name>.*`, and waits
-    /// until its control socket answers.
-    pub fn start(ns: &Netns, name: &str, config: &str, run_dir: &Path) -> Result<Self> {
-        Self::start_daemon(Daemon::V4, ns, name, config, run_dir)
-    }
-
-    /// Starts `bird6` inside `ns` with `config`, files under `run_dir/bird6-<name>.*`, and
-    /// waits until its control socket answers.
-    pub fn start6(ns: &Netns, name: &str, config: &str, run_dir: &Path) -> Result<Self> {
-        Self::start_daemon(Daemon::V6, ns, name, config, run_dir)
-    }
-
-    fn start_daemon(
+    /// Starts `daemon` inside `ns` with `config`, files under `run_dir/<program>-<name>.*`
+    /// (`bird-router.conf`, `bird6-router.conf`), and waits until its control socket answers.
+    pub fn start(
         daemon: Daemon,
         ns: &Netns,
         name: &str,
@@ -396,7 +358,7 @@ mod tests {
 
     #[test]
     fn router_config_is_valid_bird_and_prefers_the_master() {
-        let conf = router_config(&NODES);
+        let conf = router_config(Daemon::V4, &NODES.map(BgpNode::from));
         parses(&conf);
         let master = conf
             .find("protocol bgp k8smaster0")
@@ -408,7 +370,13 @@ mod tests {
 
     #[test]
     fn node_config_is_valid_bird_and_announces_cidr_and_cluster_ips() {
-        let conf = node_config(&MASTER, &SLAVE, &CLUSTER_IPS);
+        let conf = node_config(
+            Daemon::V4,
+            MASTER.into(),
+            MASTER.ip,
+            SLAVE.into(),
+            &CLUSTER_IPS.map(IpAddr::from),
+        );
         parses(&conf);
         for route in [
             "10.112.0.0/24",
@@ -427,7 +395,7 @@ mod tests {
 
     #[test]
     fn ipv6_configs_are_valid_bird6_and_mirror_the_ipv4_sessions() {
-        let router = router_config6(&v6::NODES);
+        let router = router_config(Daemon::V6, &v6::NODES.map(BgpNode::from));
         parses_with(Daemon::V6, &router);
         for line in [
             "router id 192.168.56.10;",
@@ -442,7 +410,13 @@ mod tests {
         let slave = router.find("protocol bgp k8sslave0").expect("slave");
         assert!(master < pref && pref < slave, "{router}");
 
-        let node = node_config6(&v6::MASTER, MASTER.ip, &v6::SLAVE, &v6::CLUSTER_IPS);
+        let node = node_config(
+            Daemon::V6,
+            v6::MASTER.into(),
+            MASTER.ip,
+            v6::SLAVE.into(),
+            &v6::CLUSTER_IPS.map(IpAddr::from),
+        );
         parses_with(Daemon::V6, &node);
         for line in [
             "router id 192.168.56.4;",

@@ -29,7 +29,7 @@ use std::time::Duration;
 use lb_testkit::{create_dir, pod, servers};
 
 use crate::agent::{Agent, Binaries};
-use crate::bird::{self, Bird, Daemon};
+use crate::bird::{self, BgpNode, Bird, Daemon};
 use crate::netns::{self, Netns, Process, veth};
 use crate::{Error, RUN_DIR, Result, manifests, wait_until};
 
@@ -186,8 +186,9 @@ impl Lab {
     /// BIRD on the router holds both nodes' paths to each ClusterIP, and each node's kernel
     /// routes the other's pod CIDR.
     pub fn start_bgp(&mut self) -> Result<()> {
-        let router_conf = bird::router_config(&NODES);
+        let router_conf = bird::router_config(Daemon::V4, &NODES.map(BgpNode::from));
         self.birds.push(Bird::start(
+            Daemon::V4,
             &self.router,
             "router",
             &router_conf,
@@ -195,9 +196,20 @@ impl Lab {
         )?);
         for (i, node) in self.nodes.iter().enumerate() {
             let peer = NODES[1 - i];
-            let conf = bird::node_config(&node.spec, &peer, &CLUSTER_IPS);
-            self.birds
-                .push(Bird::start(&node.ns, node.spec.name, &conf, &self.run_dir)?);
+            let conf = bird::node_config(
+                Daemon::V4,
+                node.spec.into(),
+                node.spec.ip,
+                peer.into(),
+                &CLUSTER_IPS.map(IpAddr::from),
+            );
+            self.birds.push(Bird::start(
+                Daemon::V4,
+                &node.ns,
+                node.spec.name,
+                &conf,
+                &self.run_dir,
+            )?);
         }
         self.wait_for_routes()?;
         if self.ipv6 {
@@ -210,13 +222,25 @@ impl Lab {
     /// kernel routes each IPv6 pod CIDR to its node and each IPv6 ClusterIP to k8smaster0, and
     /// each node's kernel routes the other's IPv6 pod CIDR.
     fn start_bgp6(&mut self) -> Result<()> {
-        let conf = bird::router_config6(&v6::NODES);
-        self.birds
-            .push(Bird::start6(&self.router, "router", &conf, &self.run_dir)?);
+        let conf = bird::router_config(Daemon::V6, &v6::NODES.map(BgpNode::from));
+        self.birds.push(Bird::start(
+            Daemon::V6,
+            &self.router,
+            "router",
+            &conf,
+            &self.run_dir,
+        )?);
         for (i, node) in self.nodes.iter().enumerate() {
             let (spec6, peer6) = (node6(node.spec.name)?, v6::NODES[1 - i]);
-            let conf = bird::node_config6(&spec6, node.spec.ip, &peer6, &v6::CLUSTER_IPS);
-            self.birds.push(Bird::start6(
+            let conf = bird::node_config(
+                Daemon::V6,
+                spec6.into(),
+                node.spec.ip,
+                peer6.into(),
+                &v6::CLUSTER_IPS.map(IpAddr::from),
+            );
+            self.birds.push(Bird::start(
+                Daemon::V6,
                 &node.ns,
                 node.spec.name,
                 &conf,

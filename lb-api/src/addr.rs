@@ -19,6 +19,25 @@ pub fn ipv6(addr: Addr6) -> Ipv6Addr {
     Ipv6Addr::from(addr6_octets(addr))
 }
 
+/// An address field of lb-common of either family (`u32` for IPv4, `Addr6` for IPv6): code
+/// that reads both families' types writes its conversions once, generic over this.
+pub trait AddrField: Copy {
+    /// The address ([`ipv4`] or [`ipv6`]).
+    fn ip(self) -> IpAddr;
+}
+
+impl AddrField for u32 {
+    fn ip(self) -> IpAddr {
+        ipv4(self).into()
+    }
+}
+
+impl AddrField for Addr6 {
+    fn ip(self) -> IpAddr {
+        ipv6(self).into()
+    }
+}
+
 /// `addr:port`, an IPv6 address in brackets: `10.244.1.42:53`, `[fd00:10:244::5]:8080`.
 pub fn socket_text(ip: IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()

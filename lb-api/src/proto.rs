@@ -18,7 +18,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{ipv4, ipv6, socket_text};
+use crate::addr::{AddrField, socket_text};
 
 /// One request from a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,66 +325,10 @@ pub struct CtRow {
 }
 
 impl CtRow {
-    /// The row of the IPv4 entry `entry` under `key` in map `map` (`tcp` or `any`), at `now` in
-    /// the datapath's clock.
-    pub fn new(map: &str, key: &CtKey4, entry: &CtEntry, now: u32) -> Self {
-        let socket = |addr: u32, port: u16| socket_text(ipv4(addr).into(), u16::from_be(port));
-        let mut row = Self::header(
-            map,
-            key.proto,
-            socket(key.saddr, key.sport),
-            socket(key.daddr, key.dport),
-            (entry.expires(), entry.flags(), entry.kind()),
-            (entry.service().rev_nat, entry.service().backend_id),
-            now,
-        );
-        match entry.kind() {
-            CT_SERVICE => {
-                let service = entry.service();
-                row.backend = Some(socket(service.backend_addr, service.backend_port));
-                if service.flags & CT_F_SNAT != 0 {
-                    row.snat = Some(socket(service.snat_addr, service.snat_port));
-                }
-            }
-            CT_REPLY => {
-                let reply = entry.reply();
-                row.vip = Some(socket(reply.vip, reply.vip_port));
-                row.client = Some(socket(reply.client_addr, reply.client_port));
-            }
-            _ => {}
-        }
-        row
-    }
-
-    /// The row of the IPv6 entry `entry` under `key` in map `map` (`tcp6` or `any6`), at `now`
-    /// in the datapath's clock.
-    pub fn new6(map: &str, key: &CtKey6, entry: &CtEntry6, now: u32) -> Self {
-        let socket = |addr, port: u16| socket_text(ipv6(addr).into(), u16::from_be(port));
-        let mut row = Self::header(
-            map,
-            key.proto,
-            socket(key.saddr, key.sport),
-            socket(key.daddr, key.dport),
-            (entry.expires(), entry.flags(), entry.kind()),
-            (entry.service().rev_nat, entry.service().backend_id),
-            now,
-        );
-        match entry.kind() {
-            CT_SERVICE => {
-                let service = entry.service();
-                row.backend = Some(socket(service.backend_addr, service.backend_port));
-                if service.flags & CT_F_SNAT != 0 {
-                    row.snat = Some(socket(service.snat_addr, service.snat_port));
-                }
-            }
-            CT_REPLY => {
-                let reply = entry.reply();
-                row.vip = Some(socket(reply.vip, reply.vip_port));
-                row.client = Some(socket(reply.client_addr, reply.client_port));
-            }
-            _ => {}
-        }
-        row
+    /// The row of the entry `entry` under `key` (either family's) in map `map` (`tcp`, `any`,
+    /// `tcp6` or `any6`), at `now` in the datapath's clock.
+    pub fn new<K: CtRowKey>(map: &str, key: &K, entry: &K::Entry, now: u32) -> Self {
+        key.row(map, entry, now)
     }
 
     /// What both families' rows share: everything but the kind's own addresses.
@@ -432,6 +376,61 @@ impl CtRow {
     }
 }
 
+/// A conntrack key of either family (`CtKey4`, `CtKey6`) with the entry type of its maps, as
+/// [`CtRow::new`] reads them.
+pub trait CtRowKey {
+    /// The value type of the key's maps (`CtEntry`, `CtEntry6`).
+    type Entry;
+    /// The row of `entry` under this key; see [`CtRow::new`].
+    fn row(&self, map: &str, entry: &Self::Entry, now: u32) -> CtRow;
+}
+
+/// `addr:port` of an address and a port (network byte order) of either family.
+fn socket(addr: impl AddrField, port: u16) -> String {
+    socket_text(addr.ip(), u16::from_be(port))
+}
+
+// The families' key and entry types have the same field names (their addresses differ in
+// type only): one body makes both families' rows.
+macro_rules! ct_row_key {
+    ($key:ty, $entry:ty) => {
+        impl CtRowKey for $key {
+            type Entry = $entry;
+
+            fn row(&self, map: &str, entry: &$entry, now: u32) -> CtRow {
+                let mut row = CtRow::header(
+                    map,
+                    self.proto,
+                    socket(self.saddr, self.sport),
+                    socket(self.daddr, self.dport),
+                    (entry.expires(), entry.flags(), entry.kind()),
+                    (entry.service().rev_nat, entry.service().backend_id),
+                    now,
+                );
+                match entry.kind() {
+                    CT_SERVICE => {
+                        let service = entry.service();
+                        row.backend = Some(socket(service.backend_addr, service.backend_port));
+                        if service.flags & CT_F_SNAT != 0 {
+                            row.snat = Some(socket(service.snat_addr, service.snat_port));
+                        }
+                    }
+                    CT_REPLY => {
+                        let reply = entry.reply();
+                        row.vip = Some(socket(reply.vip, reply.vip_port));
+                        row.client = Some(socket(reply.client_addr, reply.client_port));
+                    }
+                    _ => {}
+                }
+                row
+            }
+        }
+    };
+}
+
+ct_row_key!(CtKey4, CtEntry);
+ct_row_key!(CtKey6, CtEntry6);
+
 /// A drop event decoded from `lb_common::event::DropEvent` or `DropEvent6` (the `From` impls
 /// below): addresses as `IpAddr` (JSON strings, `"192.168.56.10"`, `"fd00:56::10"`), ports in
 /// host order.
@@ -465,47 +464,34 @@ pub struct DropEventRecord {
     pub len: u32,
 }
 
-impl From<&DropEvent> for DropEventRecord {
-    fn from(event: &DropEvent) -> Self {
-        // Addresses and ports sit in the event in network byte order; the in-memory bytes of
-        // an address are its octets in order on any host.
-        Self {
-            reason: event.reason,
-            hook: event.hook,
-            file: event.file,
-            line: event.line,
-            flow_hash: event.flow_hash,
-            ifindex: event.ifindex,
-            proto: event.proto,
-            tcp_flags: event.tcp_flags,
-            saddr: ipv4(event.saddr).into(),
-            daddr: ipv4(event.daddr).into(),
-            sport: u16::from_be(event.sport),
-            dport: u16::from_be(event.dport),
-            len: event.len,
+// `DropEvent` and `DropEvent6` differ in their addresses' type only: one body decodes both.
+// Addresses and ports sit in an event in network byte order.
+macro_rules! drop_event_record {
+    ($event:ty) => {
+        impl From<&$event> for DropEventRecord {
+            fn from(event: &$event) -> Self {
+                Self {
+                    reason: event.reason,
+                    hook: event.hook,
+                    file: event.file,
+                    line: event.line,
+                    flow_hash: event.flow_hash,
+                    ifindex: event.ifindex,
+                    proto: event.proto,
+                    tcp_flags: event.tcp_flags,
+                    saddr: event.saddr.ip(),
+                    daddr: event.daddr.ip(),
+                    sport: u16::from_be(event.sport),
+                    dport: u16::from_be(event.dport),
+                    len: event.len,
+                }
+            }
         }
-    }
+    };
 }
 
-impl From<&DropEvent6> for DropEventRecord {
-    fn from(event: &DropEvent6) -> Self {
-        Self {
-            reason: event.reason,
-            hook: event.hook,
-            file: event.file,
-            line: event.line,
-            flow_hash: event.flow_hash,
-            ifindex: event.ifindex,
-            proto: event.proto,
-            tcp_flags: event.tcp_flags,
-            saddr: ipv6(event.saddr).into(),
-            daddr: ipv6(event.daddr).into(),
-            sport: u16::from_be(event.sport),
-            dport: u16::from_be(event.dport),
-            len: event.len,
-        }
-    }
-}
+drop_event_record!(DropEvent);
+drop_event_record!(DropEvent6);
 
 /// Counters and gauges for `/metrics`, read from the agent when scraped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -786,7 +772,7 @@ mod tests {
             backend_port: 80u16.to_be(),
             ..Default::default()
         };
-        let row = CtRow::new6("tcp6", &key, &CtEntry6::from(service), 100);
+        let row = CtRow::new("tcp6", &key, &CtEntry6::from(service), 100);
         assert_eq!(
             (
                 row.direction.as_str(),

@@ -139,65 +139,76 @@ pub union CtEntry {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
-impl CtEntry {
-    /// The entry read as a service entry (meaningful when `kind()` is [`CT_SERVICE`]).
-    pub const fn service(self) -> CtService {
-        // SAFETY: both members are 32 bytes of plain integers without implicit padding: every
-        // bit pattern is a valid `CtService`.
-        unsafe { self.service }
-    }
+/// The accessors and trait impls of a conntrack map value `$entry`, the union of `$service`
+/// and `$reply`: one definition for both families' values. A macro, not a trait, so that they
+/// stay inherent `const fn`s the datapath calls without a trait in scope.
+macro_rules! ct_entry_impls {
+    ($entry:ident, $service:ident, $reply:ident) => {
+        impl $entry {
+            /// The entry read as a service entry (meaningful when `kind()` is [`CT_SERVICE`]).
+            pub const fn service(self) -> $service {
+                // SAFETY: both members are the union's whole size in plain integers without
+                // implicit padding (the size asserts beside the types): every bit pattern is a
+                // valid service entry.
+                unsafe { self.service }
+            }
 
-    /// The entry read as a reply entry (meaningful when `kind()` is [`CT_REPLY`]).
-    pub const fn reply(self) -> CtReply {
-        // SAFETY: as in `service`: every bit pattern is a valid `CtReply`.
-        unsafe { self.reply }
-    }
+            /// The entry read as a reply entry (meaningful when `kind()` is [`CT_REPLY`]).
+            pub const fn reply(self) -> $reply {
+                // SAFETY: as in `service`: every bit pattern is a valid reply entry.
+                unsafe { self.reply }
+            }
 
-    /// [`CT_SERVICE`] or [`CT_REPLY`] (anything else is no entry lb wrote).
-    pub const fn kind(self) -> u8 {
-        self.service().kind
-    }
+            /// [`CT_SERVICE`] or [`CT_REPLY`] (anything else is no entry lb wrote).
+            pub const fn kind(self) -> u8 {
+                self.service().kind
+            }
 
-    /// When the entry expires, in the datapath's clock.
-    pub const fn expires(self) -> u32 {
-        self.service().expires
-    }
+            /// When the entry expires, in the datapath's clock.
+            pub const fn expires(self) -> u32 {
+                self.service().expires
+            }
 
-    /// `CT_F_*` bits.
-    pub const fn flags(self) -> u16 {
-        self.service().flags
-    }
-}
-
-impl From<CtService> for CtEntry {
-    fn from(service: CtService) -> Self {
-        Self { service }
-    }
-}
-
-impl From<CtReply> for CtEntry {
-    fn from(reply: CtReply) -> Self {
-        Self { reply }
-    }
-}
-
-// Both members cover all 32 bytes without padding: comparing one view compares every byte.
-impl PartialEq for CtEntry {
-    fn eq(&self, other: &Self) -> bool {
-        self.service() == other.service()
-    }
-}
-
-impl Eq for CtEntry {}
-
-impl fmt::Debug for CtEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind() {
-            CT_SERVICE => self.service().fmt(f),
-            _ => self.reply().fmt(f),
+            /// `CT_F_*` bits.
+            pub const fn flags(self) -> u16 {
+                self.service().flags
+            }
         }
-    }
+
+        impl From<$service> for $entry {
+            fn from(service: $service) -> Self {
+                Self { service }
+            }
+        }
+
+        impl From<$reply> for $entry {
+            fn from(reply: $reply) -> Self {
+                Self { reply }
+            }
+        }
+
+        // Both members cover all the union's bytes without padding: comparing one view
+        // compares every byte.
+        impl PartialEq for $entry {
+            fn eq(&self, other: &Self) -> bool {
+                self.service() == other.service()
+            }
+        }
+
+        impl Eq for $entry {}
+
+        impl fmt::Debug for $entry {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self.kind() {
+                    CT_SERVICE => self.service().fmt(f),
+                    _ => self.reply().fmt(f),
+                }
+            }
+        }
+    };
 }
+
+ct_entry_impls!(CtEntry, CtService, CtReply);
 
 /// The flow's source was rewritten to the node's address (remote backend, external client).
 pub const CT_F_SNAT: u16 = 1 << 0;
@@ -384,63 +395,7 @@ pub union CtEntry6 {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry6>() == 56);
 
-impl CtEntry6 {
-    /// The entry read as a service entry (meaningful when `kind()` is [`CT_SERVICE`]).
-    pub const fn service(self) -> CtService6 {
-        // SAFETY: both members are 56 bytes of plain integers without implicit padding.
-        unsafe { self.service }
-    }
-
-    /// The entry read as a reply entry (meaningful when `kind()` is [`CT_REPLY`]).
-    pub const fn reply(self) -> CtReply6 {
-        // SAFETY: as in `service`.
-        unsafe { self.reply }
-    }
-
-    /// [`CT_SERVICE`] or [`CT_REPLY`].
-    pub const fn kind(self) -> u8 {
-        self.service().kind
-    }
-
-    /// When the entry expires, in the datapath's clock.
-    pub const fn expires(self) -> u32 {
-        self.service().expires
-    }
-
-    /// `CT_F_*` bits.
-    pub const fn flags(self) -> u16 {
-        self.service().flags
-    }
-}
-
-impl From<CtService6> for CtEntry6 {
-    fn from(service: CtService6) -> Self {
-        Self { service }
-    }
-}
-
-impl From<CtReply6> for CtEntry6 {
-    fn from(reply: CtReply6) -> Self {
-        Self { reply }
-    }
-}
-
-impl PartialEq for CtEntry6 {
-    fn eq(&self, other: &Self) -> bool {
-        self.service() == other.service()
-    }
-}
-
-impl Eq for CtEntry6 {}
-
-impl fmt::Debug for CtEntry6 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind() {
-            CT_SERVICE => self.service().fmt(f),
-            _ => self.reply().fmt(f),
-        }
-    }
-}
+ct_entry_impls!(CtEntry6, CtService6, CtReply6);
 
 crate::pod!(
     CtKey4,
@@ -492,6 +447,25 @@ mod tests {
         };
         let entry = CtEntry::from(reply);
         assert_eq!(entry.reply(), reply);
+        assert_eq!(
+            (entry.expires(), entry.kind(), entry.flags()),
+            (9, CT_REPLY, CT_F_CLOSING)
+        );
+    }
+
+    #[test]
+    fn an_ipv6_entry_reads_as_an_ipv4_one_does() {
+        let reply = CtReply6 {
+            expires: 9,
+            kind: CT_REPLY,
+            flags: CT_F_CLOSING,
+            vip: [0xfd00_0000, 0, 0, 1],
+            vip_port: 6,
+            ..CtReply6::default()
+        };
+        let entry = CtEntry6::from(reply);
+        assert_eq!(entry.reply(), reply);
+        assert_eq!(entry, CtEntry6::from(reply));
         assert_eq!(
             (entry.expires(), entry.kind(), entry.flags()),
             (9, CT_REPLY, CT_F_CLOSING)

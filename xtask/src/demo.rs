@@ -157,37 +157,14 @@ fn replay(lab: &mut Lab, bins: &Binaries) -> anyhow::Result<()> {
 
     title("Step 3: allow external access to ClusterIPs, live, on both nodes");
     let pids = [master.process().pid(), slave.process().pid()];
-    for (node, agent) in [(MASTER.name, master), (SLAVE.name, slave)] {
-        lbctl(
-            node,
-            agent,
-            &["config", "set", "bpf-lb-external-clusterip", "true"],
-        )?;
-    }
+    set_external_clusterip([master, slave], true)?;
 
     title("Step 4: from the router, the ClusterIP answers, from both backends");
     println!(
         "(the router's best path is {}, both backends live on {}: {} SNATs to itself)",
         MASTER.name, SLAVE.name, MASTER.name
     );
-    let mut backends = BTreeSet::new();
-    for attempt in 1..=STEP4_TRIES {
-        let (outcome, reply) = curl_head(router, NGINX_VIP)?;
-        if attempt == 1 {
-            show("router", &outcome);
-        }
-        expect_200(&reply, &outcome)?;
-        println!(
-            "  try {attempt:>2}: 200 from {} (the backend saw {})",
-            opt(reply.pod_ip),
-            opt(reply.client_ip)
-        );
-        backends.extend(reply.pod_ip);
-    }
-    ensure!(
-        backends.len() == 2,
-        "{STEP4_TRIES} tries reached only {backends:?}, not both backends"
-    );
+    both_backends_answer(|| curl_head(router, NGINX_VIP))?;
     ensure!(
         pids == [master.process().pid(), slave.process().pid()],
         "an agent restarted"
@@ -240,13 +217,7 @@ fn replay_ipv6(lab: &Lab) -> anyhow::Result<()> {
     expect_200(&reply, &outcome)?;
 
     title("IPv6, step 2: with external access off, the IPv6 ClusterIP does not answer");
-    for (node, agent) in [(MASTER.name, master), (SLAVE.name, slave)] {
-        lbctl(
-            node,
-            agent,
-            &["config", "set", "bpf-lb-external-clusterip", "false"],
-        )?;
-    }
+    set_external_clusterip([master, slave], false)?;
     let mut monitor = master.monitor_drops()?;
     let vip = format!("-> [{}]:80", v6::NGINX_VIP);
     let mut line = None;
@@ -280,33 +251,10 @@ fn replay_ipv6(lab: &Lab) -> anyhow::Result<()> {
     lbctl(MASTER.name, master, &["service", "list"])?;
 
     title("IPv6, step 3: allow external access to ClusterIPs again, live");
-    for (node, agent) in [(MASTER.name, master), (SLAVE.name, slave)] {
-        lbctl(
-            node,
-            agent,
-            &["config", "set", "bpf-lb-external-clusterip", "true"],
-        )?;
-    }
+    set_external_clusterip([master, slave], true)?;
 
     title("IPv6, step 4: from the router, the IPv6 ClusterIP answers, from both backends");
-    let mut backends = BTreeSet::new();
-    for attempt in 1..=STEP4_TRIES {
-        let (outcome, reply) = curl6_head(router, v6::NGINX_VIP)?;
-        if attempt == 1 {
-            show("router", &outcome);
-        }
-        expect_200(&reply, &outcome)?;
-        println!(
-            "  try {attempt:>2}: 200 from {} (the backend saw {})",
-            opt(reply.pod_ip),
-            opt(reply.client_ip)
-        );
-        backends.extend(reply.pod_ip);
-    }
-    ensure!(
-        backends.len() == 2,
-        "{STEP4_TRIES} tries reached only {backends:?}, not both backends"
-    );
+    both_backends_answer(|| curl6_head(router, v6::NGINX_VIP))?;
     println!("\nThe IPv6 steps are replayed too.");
     Ok(())
 }
@@ -329,6 +277,45 @@ fn lbctl(node: &str, agent: &Agent, args: &[&str]) -> anyhow::Result<()> {
     let outcome = agent.lbctl(args)?;
     show(node, &outcome);
     outcome.into_stdout()?;
+    Ok(())
+}
+
+/// `lbctl config set bpf-lb-external-clusterip` to `on` on both nodes' agents, as typed.
+fn set_external_clusterip([master, slave]: [&Agent; 2], on: bool) -> anyhow::Result<()> {
+    let value = if on { "true" } else { "false" };
+    for (node, agent) in [(MASTER.name, master), (SLAVE.name, slave)] {
+        lbctl(
+            node,
+            agent,
+            &["config", "set", "bpf-lb-external-clusterip", value],
+        )?;
+    }
+    Ok(())
+}
+
+/// Step 4 in either family: `curl` (the ClusterIP, from the router) answers 200 each of
+/// [`STEP4_TRIES`] tries, and from both backends.
+fn both_backends_answer<A: Ord + std::fmt::Debug + std::fmt::Display>(
+    curl: impl Fn() -> lb_lab::Result<(Outcome, HttpReply<A>)>,
+) -> anyhow::Result<()> {
+    let mut backends = BTreeSet::new();
+    for attempt in 1..=STEP4_TRIES {
+        let (outcome, reply) = curl()?;
+        if attempt == 1 {
+            show("router", &outcome);
+        }
+        expect_200(&reply, &outcome)?;
+        println!(
+            "  try {attempt:>2}: 200 from {} (the backend saw {})",
+            opt(reply.pod_ip.as_ref()),
+            opt(reply.client_ip.as_ref())
+        );
+        backends.extend(reply.pod_ip);
+    }
+    ensure!(
+        backends.len() == 2,
+        "{STEP4_TRIES} tries reached only {backends:?}, not both backends"
+    );
     Ok(())
 }
 

@@ -17,8 +17,7 @@ use crate::{
 
 /// The agent's feed; see the module docs.
 pub struct ModelFeed {
-    view: View,
-    versions: watch::Receiver<u64>,
+    source: Source,
     model: model::Incremental,
     node: ThisNode,
     state: Arc<AgentState>,
@@ -39,14 +38,8 @@ impl ModelFeed {
         state: Arc<AgentState>,
         health_checks: Arc<HealthCheckServer>,
     ) -> Self {
-        let mut versions = view.subscribe();
-        // What the source did before this subscription (its first read, `set_synced`) counts
-        // as unseen: a source that synced with nothing and never changes again must still get
-        // its first pass, or the agent never becomes ready.
-        versions.mark_changed();
         Self {
-            view,
-            versions,
+            source: Source::subscribe(view),
             model: model::Incremental::default(),
             node,
             state,
@@ -60,11 +53,11 @@ impl ModelFeed {
 
 impl Feed for ModelFeed {
     async fn changed(&mut self) -> bool {
-        self.versions.changed().await.is_ok()
+        self.source.changed().await
     }
 
     fn next(&mut self, full: bool) -> Option<Update> {
-        let changes = self.view.take_changes()?;
+        let changes = self.source.view.take_changes()?;
         self.full = full;
         let model_changes = self.model.update(
             changes.services.iter().map(|(name, _, objects)| {
@@ -117,6 +110,29 @@ impl Feed for ModelFeed {
     }
 }
 
+/// The source's side of the feed: its view and a subscription to its changes.
+struct Source {
+    view: View,
+    versions: watch::Receiver<u64>,
+}
+
+impl Source {
+    /// Subscribes to `view`'s changes, the ones made before included.
+    fn subscribe(view: View) -> Self {
+        let mut versions = view.subscribe();
+        // What the source did before this subscription (its first read, `set_synced`) counts
+        // as unseen: a source that synced with nothing and never changes again must still get
+        // its first pass, or the agent never becomes ready.
+        versions.mark_changed();
+        Self { view, versions }
+    }
+
+    /// Completes when the view may have changed; false once the source is gone.
+    async fn changed(&mut self) -> bool {
+        self.versions.changed().await.is_ok()
+    }
+}
+
 /// Hands the heap's free pages back to the kernel. A full pass decodes every object and plans
 /// every service; glibc gives back only the top of each arena by itself, so without this the
 /// agent's RSS stays at that peak (about twice what it keeps at 10k Services).
@@ -125,5 +141,33 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists; any thread may call it.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Regression for 7784ea7: the directory source reads an empty directory and marks its
+    /// view synced before the agent builds its feed; nothing changes after. The feed must
+    /// still wake at once for the first pass, or the agent stays unready until the periodic
+    /// resync.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_synced_with_nothing_before_the_feed_subscribed_still_gets_its_first_pass() {
+        let view = View::default();
+        view.set_synced();
+        let mut source = Source::subscribe(view);
+        // On the paused clock a feed that never wakes times out at once, not in a minute.
+        let woke = tokio::time::timeout(Duration::from_secs(60), source.changed())
+            .await
+            .expect("the feed wakes for the sync it subscribed after");
+        assert!(woke, "the source is still there");
+        let changes = source
+            .view
+            .take_changes()
+            .expect("the first pass finds the source synced");
+        assert!(changes.services.is_empty(), "and finds nothing to program");
     }
 }

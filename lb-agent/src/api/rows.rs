@@ -17,7 +17,7 @@ pub fn ct_rows(items: &[CtItem], items6: &[CtItem6], now: u32) -> Vec<CtRow> {
         .map(|item| CtRow::new(item.map.label(), &item.key, &item.entry, now));
     let v6 = items6
         .iter()
-        .map(|item| CtRow::new6(item.map.label6(), &item.key, &item.entry, now));
+        .map(|item| CtRow::new(item.map.label6(), &item.key, &item.entry, now));
     v4.chain(v6).collect()
 }
 

@@ -177,27 +177,19 @@ impl Clock {
     }
 }
 
-/// One conntrack entry, as read.
+/// One conntrack entry, as read: an IPv4 one by default, [`CtItem6`] for IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtItem {
-    /// The map it is in.
+pub struct CtItem<K = CtKey4, E = CtEntry> {
+    /// The map it is in (of its family: `LB4_CT_TCP`, or `LB6_CT_TCP` for IPv6, ...).
     pub map: CtMap,
     /// Its key.
-    pub key: CtKey4,
+    pub key: K,
     /// Its value.
-    pub entry: CtEntry,
+    pub entry: E,
 }
 
 /// One IPv6 conntrack entry, as read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtItem6 {
-    /// The map it is in (`LB6_CT_TCP` or `LB6_CT_ANY`).
-    pub map: CtMap,
-    /// Its key.
-    pub key: CtKey6,
-    /// Its value.
-    pub entry: CtEntry6,
-}
+pub type CtItem6 = CtItem<CtKey6, CtEntry6>;
 
 /// What one GC pass did and saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -255,10 +247,72 @@ impl GcReport {
 /// The conntrack maps of both families, opened by their pins (independent of the loaded
 /// object's handles).
 pub struct Conntrack {
-    tcp: HashMap<MapData, CtKey4, CtEntry>,
-    any: HashMap<MapData, CtKey4, CtEntry>,
-    tcp6: HashMap<MapData, CtKey6, CtEntry6>,
-    any6: HashMap<MapData, CtKey6, CtEntry6>,
+    v4: FamilyMaps<CtKey4, CtEntry>,
+    v6: FamilyMaps<CtKey6, CtEntry6>,
+}
+
+/// One family's two conntrack maps.
+struct FamilyMaps<K, E> {
+    tcp: HashMap<MapData, K, E>,
+    any: HashMap<MapData, K, E>,
+    /// The family's name of each map ([`CtMap::name`] or [`CtMap::name6`]).
+    name: fn(CtMap) -> &'static str,
+}
+
+impl<K: aya::Pod, E: aya::Pod> FamilyMaps<K, E> {
+    /// Opens the maps named by `name` pinned in `pin_dir`.
+    fn open(pin_dir: &Path, name: fn(CtMap) -> &'static str) -> Result<Self, Error> {
+        Ok(Self {
+            tcp: open_pinned(pin_dir, name(CtMap::Tcp))?,
+            any: open_pinned(pin_dir, name(CtMap::Any))?,
+            name,
+        })
+    }
+
+    fn map(&self, map: CtMap) -> &HashMap<MapData, K, E> {
+        match map {
+            CtMap::Tcp => &self.tcp,
+            CtMap::Any => &self.any,
+        }
+    }
+
+    /// Every entry of both maps, expired ones included.
+    fn entries(&self) -> Result<Vec<CtItem<K, E>>, Error> {
+        let mut items = Vec::new();
+        for map in CtMap::ALL {
+            for item in self.map(map).iter() {
+                let (key, entry) = item.map_err(|err| Error::Map {
+                    action: "read",
+                    map: (self.name)(map),
+                    source: Box::new(err),
+                })?;
+                items.push(CtItem { map, key, entry });
+            }
+        }
+        Ok(items)
+    }
+
+    /// The GC pass over both maps at `now` into `report`; `header` reads an entry's
+    /// `(expires, kind)` and `(rev_nat, backend_id)`.
+    fn gc(
+        &mut self,
+        now: u32,
+        report: &mut GcReport,
+        header: impl Fn(&E) -> ((u32, u8), (u16, u32)),
+    ) -> Result<(), Error> {
+        let name = self.name;
+        for item in self.entries()? {
+            let map = match item.map {
+                CtMap::Tcp => &mut self.tcp,
+                CtMap::Any => &mut self.any,
+            };
+            let (state, ids) = header(&item.entry);
+            report.sweep(now, item.map, state, ids, || {
+                map.remove(&item.key).map_err(|err| (name(item.map), err))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Opens the conntrack map `name` pinned in `pin_dir`.
@@ -281,57 +335,19 @@ impl Conntrack {
     /// Opens the maps pinned in `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, Error> {
         Ok(Self {
-            tcp: open_pinned(pin_dir, names::LB4_CT_TCP)?,
-            any: open_pinned(pin_dir, names::LB4_CT_ANY)?,
-            tcp6: open_pinned(pin_dir, names::LB6_CT_TCP)?,
-            any6: open_pinned(pin_dir, names::LB6_CT_ANY)?,
+            v4: FamilyMaps::open(pin_dir, CtMap::name)?,
+            v6: FamilyMaps::open(pin_dir, CtMap::name6)?,
         })
-    }
-
-    fn map(&self, map: CtMap) -> &HashMap<MapData, CtKey4, CtEntry> {
-        match map {
-            CtMap::Tcp => &self.tcp,
-            CtMap::Any => &self.any,
-        }
     }
 
     /// Every entry of both IPv4 maps, expired ones included.
     pub fn entries(&self) -> Result<Vec<CtItem>, Error> {
-        let mut items = Vec::new();
-        for map in CtMap::ALL {
-            for item in self.map(map).iter() {
-                let (key, entry) = item.map_err(|err| Error::Map {
-                    action: "read",
-                    map: map.name(),
-                    source: Box::new(err),
-                })?;
-                items.push(CtItem { map, key, entry });
-            }
-        }
-        Ok(items)
-    }
-
-    fn map6(&self, map: CtMap) -> &HashMap<MapData, CtKey6, CtEntry6> {
-        match map {
-            CtMap::Tcp => &self.tcp6,
-            CtMap::Any => &self.any6,
-        }
+        self.v4.entries()
     }
 
     /// Every entry of both IPv6 maps, expired ones included.
     pub fn entries6(&self) -> Result<Vec<CtItem6>, Error> {
-        let mut items = Vec::new();
-        for map in CtMap::ALL {
-            for item in self.map6(map).iter() {
-                let (key, entry) = item.map_err(|err| Error::Map {
-                    action: "read",
-                    map: map.name6(),
-                    source: Box::new(err),
-                })?;
-                items.push(CtItem6 { map, key, entry });
-            }
-        }
-        Ok(items)
+        self.v6.entries()
     }
 
     /// One GC pass at `now` (the datapath's clock): deletes every entry that has expired (or
@@ -339,36 +355,22 @@ impl Conntrack {
     /// families' maps.
     pub fn gc(&mut self, now: u32) -> Result<GcReport, Error> {
         let mut report = GcReport::default();
-        for item in self.entries()? {
-            let map = match item.map {
-                CtMap::Tcp => &mut self.tcp,
-                CtMap::Any => &mut self.any,
-            };
-            let service = item.entry.service();
-            report.sweep(
-                now,
-                item.map,
-                (item.entry.expires(), item.entry.kind()),
+        self.v4.gc(now, &mut report, |entry| {
+            let service = entry.service();
+            (
+                (entry.expires(), entry.kind()),
                 (service.rev_nat, service.backend_id),
-                || map.remove(&item.key).map_err(|err| (item.map.name(), err)),
-            )?;
-        }
-        for item in self.entries6()? {
-            let map = match item.map {
-                CtMap::Tcp => &mut self.tcp6,
-                CtMap::Any => &mut self.any6,
-            };
-            // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are one
-            // space, so the same sets.
-            let service = item.entry.service();
-            report.sweep(
-                now,
-                item.map,
-                (item.entry.expires(), item.entry.kind()),
+            )
+        })?;
+        // The header is at the IPv4 entry's offsets (lb-common asserts it): ids are one
+        // space, so the same sets.
+        self.v6.gc(now, &mut report, |entry| {
+            let service = entry.service();
+            (
+                (entry.expires(), entry.kind()),
                 (service.rev_nat, service.backend_id),
-                || map.remove(&item.key).map_err(|err| (item.map.name6(), err)),
-            )?;
-        }
+            )
+        })?;
         Ok(report)
     }
 }

@@ -9,6 +9,7 @@
 use std::{
     ffi::{CStr, CString},
     io,
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
 };
@@ -80,57 +81,51 @@ pub fn ifindex(iface: &str) -> Option<u32> {
 
 /// The first IPv4 address of `iface`, the node address SNAT uses by default.
 pub fn first_ipv4(iface: &str) -> Option<std::net::Ipv4Addr> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cursor = list;
-    // SAFETY: we walk the list getifaddrs returned until its end, reading only entries whose
-    // address family says they hold a sockaddr_in, then free it once.
-    unsafe {
-        while !cursor.is_null() {
-            let entry = &*cursor;
-            if !entry.ifa_addr.is_null()
-                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET
-                && CStr::from_ptr(entry.ifa_name).to_bytes() == iface.as_bytes()
-            {
-                let addr = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                found = Some(std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)));
-                break;
-            }
-            cursor = entry.ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    found
+    addresses(iface).into_iter().find_map(|addr| match addr {
+        IpAddr::V4(addr) => Some(addr),
+        IpAddr::V6(_) => None,
+    })
 }
 
 /// The first global IPv6 address of `iface` (link-local ones, `fe80::/10`, left out: neither a
 /// SNAT source nor a node-port address reachable beyond the link), if it has one.
 pub fn first_ipv6(iface: &str) -> Option<std::net::Ipv6Addr> {
+    addresses(iface).into_iter().find_map(|addr| match addr {
+        IpAddr::V6(addr) if !addr.is_unicast_link_local() && !addr.is_loopback() => Some(addr),
+        _ => None,
+    })
+}
+
+/// Every IPv4 and IPv6 address of `iface`, in the kernel's order; none when it cannot be
+/// listed.
+fn addresses(iface: &str) -> Vec<IpAddr> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return None;
+        return Vec::new();
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cursor = list;
-    // SAFETY: we walk the list getifaddrs returned until its end, reading only entries whose
-    // address family says they hold a sockaddr_in6, then free it once.
+    // SAFETY: we walk the list getifaddrs returned until its end, reading an entry's address
+    // as a sockaddr_in or sockaddr_in6 only when its family says it is one, then free it once.
     unsafe {
         while !cursor.is_null() {
             let entry = &*cursor;
             if !entry.ifa_addr.is_null()
-                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET6
                 && CStr::from_ptr(entry.ifa_name).to_bytes() == iface.as_bytes()
             {
-                let addr = &*(entry.ifa_addr as *const libc::sockaddr_in6);
-                let addr = std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr);
-                if !addr.is_unicast_link_local() && !addr.is_loopback() {
-                    found = Some(addr);
-                    break;
+                match i32::from((*entry.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let addr = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                        found.push(
+                            std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).into(),
+                        );
+                    }
+                    libc::AF_INET6 => {
+                        let addr = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                        found.push(std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr).into());
+                    }
+                    _ => {}
                 }
             }
             cursor = entry.ifa_next;
