@@ -36,6 +36,7 @@ use lb_common::{
 use crate::{
     conntrack::now,
     drop::{Dropped, dropped},
+    filter,
     lb6::{Chosen6, Frontend6},
     maps::{Ct6Scratch, LB6_CT_ANY, LB6_CT_TCP, LB6_SCRATCH},
     parse6::Tuple6,
@@ -64,6 +65,7 @@ impl Tracked6 {
         // SAFETY: a valid map value pointer; every bit pattern is a valid `CtService6`.
         unsafe { &(*self.entry).service }
     }
+}
 }
 
 /// The scratch space of a new flow (see the module's doc).
@@ -312,6 +314,8 @@ pub fn snat_reply(
 /// source port is claimed.
 #[inline(always)]
 pub fn reserve_reply(scratch: &Ct6Scratch) -> bool {
+    let key = &scratch.reply_key;
+    filter::mark_reply_source6(&key.saddr, key.sport, key.proto);
     map(scratch.reply_key.proto)
         .insert(&scratch.reply_key, &scratch.reply, u64::from(BPF_NOEXIST))
         .is_ok()
@@ -422,6 +426,8 @@ pub fn create<'a>(
         _pad2: 0,
         _pad3: 0,
     });
+    let key = &scratch.reply_key;
+    filter::mark_reply_source6(&key.saddr, key.sport, key.proto);
     if map
         .insert(&scratch.reply_key, &scratch.reply, u64::from(BPF_NOEXIST))
         .is_ok()

@@ -26,7 +26,7 @@ use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, frag6, icmp6, lb6,
+    fib6, filter, frag6, icmp6, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -75,6 +75,10 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
         }
         Shape::Other => return other(ctx, hook, tuple),
     };
+    // Most IPv6 packets are no service's either: two array lookups tell (`filter.rs`).
+    if !filter::maybe_lbs6(tuple) {
+        return Ok(Verdict::Pass);
+    }
     let config = maps::config();
     let Some(scratch) = conntrack6::scratch() else {
         return Ok(Verdict::Pass);

@@ -1,5 +1,6 @@
 //! The IPv6 packet path (`lb-ebpf/src/ipv6.rs` and its `*6.rs` modules) with
-//! `BPF_PROG_TEST_RUN` on crafted IPv6 frames: DNAT of TCP and UDP to a backend, reverse NAT of
+//! `BPF_PROG_TEST_RUN` on crafted IPv6 frames: the pass-through filters (`LB6_VIP_FILTER`,
+//! `LB6_REPLY_SRCS`), DNAT of TCP and UDP to a backend, reverse NAT of
 //! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
 //! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
@@ -9,12 +10,14 @@
 //! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
 //! from `lb_tests::fixture::service` synced by the agent's `Syncer` into the `LB6_*` maps.
 
+use aya::maps::{Array, Map, MapData};
 use lb_agent::model::{DesiredService, FrontendKind};
 use lb_common::{
     config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
     conntrack::{CT_F_SNAT, CT_REPLY, CT_SERVICE},
     drop::{DropReason, Hook, SourceFile},
     event::{EVENT_DROP6, tcp_flags},
+    filter::{FilterWord, reply_slot6, vip_slot6, word_and_flag},
     maps, proto,
 };
 use lb_testkit::{packet::arp_request, packet6::*};
@@ -951,3 +954,152 @@ fn the_conntrack_list_shows_ipv6_flows_beside_ipv4_ones() {
     let ids: std::collections::BTreeSet<_> = rows.iter().map(|row| row.rev_nat).collect();
     assert_eq!(ids.len(), 3, "one service id per frontend: {rows:#?}");
 }
+
+/// The pinned IPv6 filter `name` (`LB6_VIP_FILTER` or `LB6_REPLY_SRCS`).
+fn filter6(datapath: &Datapath, name: &str) -> Array<MapData, FilterWord> {
+    let data = MapData::from_pin(datapath.pin_dir().join(name)).expect("open the pinned filter");
+    Array::try_from(Map::Array(data)).expect("an array of filter words")
+}
+
+fn flag6(datapath: &Datapath, name: &str, slot: u32) -> u8 {
+    let (word, flag) = word_and_flag(slot);
+    filter6(datapath, name).get(&word, 0).expect("read a word")[flag]
+}
+
+fn vip_flag6(datapath: &Datapath, addr: &str) -> u8 {
+    flag6(
+        datapath,
+        maps::LB6_VIP_FILTER,
+        vip_slot6(&ip6_words(ip6(addr))),
+    )
+}
+
+/// The reply-filter slot of TCP packets from `source` (`"[addr]:port"`).
+fn reply_slot_of(source: &str) -> u32 {
+    let source = addr6(source);
+    reply_slot6(&ip6_words(*source.ip()), source.port().to_be(), proto::TCP)
+}
+
+#[test]
+fn an_ipv6_frontend_address_is_flagged_while_it_has_a_frontend() {
+    let mut datapath = load(0, &[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+    datapath.sync(&[
+        service6(VIP, proto::TCP, &[BACKEND]),
+        service6("[fd00:96::10]:53", proto::UDP, &[BACKEND]),
+    ]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1);
+    datapath.sync(&[service6("[fd00:96::10]:53", proto::UDP, &[BACKEND])]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1, "DNS still needs it");
+    // An unknown port of the address is still refused (158): the flag sends it the full way.
+    let run = datapath.run(Hook::FromPod, &tcp6_syn(POD, "[fd00:96::10]:81"));
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    datapath.sync(&[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+    // A restarted agent (a new syncer over the same maps) counts the frontends it finds.
+    datapath.sync(&[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.behind_sync(|_| ());
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1);
+    datapath.sync(&[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+}
+
+#[test]
+fn ipv6_traffic_that_is_no_services_passes_untouched_and_untracked() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    for frame in [
+        tcp6_syn(POD, "[fd00:244:9::9]:80"),
+        tcp6_ack("[fd00:244:9::9]:80", POD),
+        udp6(POD, "[fd00:244:9::9]:53"),
+        // The backend's address from another port: no reply entry has that source.
+        tcp6_ack("[fd00:244:1::5]:9090", POD),
+    ] {
+        for hook in [Hook::FromPod, Hook::FromNetdev] {
+            assert_unchanged(&datapath, hook, &frame, "no service's");
+        }
+    }
+    assert_eq!(conntrack6(&datapath, maps::LB6_CT_TCP), vec![]);
+    assert_eq!(conntrack6(&datapath, maps::LB6_CT_ANY), vec![]);
+}
+
+#[test]
+fn the_ipv6_reply_filter_decides_whether_a_reply_is_looked_up() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND)),
+        0
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn(POD, VIP),
+        &tcp6_syn(POD, BACKEND),
+        "SYN",
+    );
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND)),
+        1,
+        "flagged with the reply entry"
+    );
+    let reply = tcp6_syn_ack(BACKEND, POD);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &reply,
+        &tcp6_syn_ack(VIP, POD),
+        "reply",
+    );
+    // Clear the flag behind the datapath's back: the reply is no longer looked up.
+    let (word, _) = word_and_flag(reply_slot_of(BACKEND));
+    filter6(&datapath, maps::LB6_REPLY_SRCS)
+        .set(word, FilterWord::default(), 0)
+        .expect("clear the word");
+    assert_unchanged(&datapath, Hook::FromPod, &reply, "reply without its flag");
+}
+
+#[test]
+fn ipv6_replies_are_still_translated_after_their_service_is_gone() {
+    let mut datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    datapath.sync(&[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn_ack(BACKEND, POD),
+        &tcp6_syn_ack(VIP, POD),
+        "reply of a tracked flow",
+    );
+}
+
+#[test]
+fn a_new_ipv6_reply_filter_starts_from_the_reply_entries_already_in_conntrack() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    // As after an upgrade from a datapath without the IPv6 filter: conntrack is pinned, the
+    // filter is not, so the next load creates it.
+    std::fs::remove_file(datapath.pin_dir().join(maps::LB6_REPLY_SRCS)).expect("unpin");
+    let bpf_root = datapath
+        .pin_dir()
+        .parent()
+        .expect("the bpf root")
+        .to_owned();
+    let _reloaded = lb_agent::datapath::Datapath::load(&lb_agent::datapath::LoadOptions {
+        bpf_root,
+        ct_max_entries: maps::CT_MAX_ENTRIES,
+        ct_any_max_entries: maps::CT_ANY_MAX_ENTRIES,
+        lb_map_max: maps::SERVICES_MAX_ENTRIES,
+        config: DatapathConfig::default(),
+    })
+    .expect("load again over the pinned maps");
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND)),
+        1,
+        "the new filter has the flag of the reply entry conntrack holds"
+    );
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND2)),
+        0
+    );
+}
+
