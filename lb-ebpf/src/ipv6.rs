@@ -26,7 +26,7 @@ use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, filter, frag6, icmp6, lb6,
+    fib6, filter, frag6, icmp6, lb, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -89,17 +89,34 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
         Some(Hit6::Service(tracked)) => Some(tracked),
         None => None,
     };
-    let Some(frontend) = lb6::lookup_frontend(tuple) else {
-        lb6::check_unknown_port(tuple)?;
-        return Ok(Verdict::Pass);
+    // As for IPv4 (`main.rs`): a tracked flow whose frontend and backend were found in place
+    // at the current generation skips both lookups; a SYN takes the full path.
+    let generation = lb::generation();
+    let checked = tracked
+        .as_ref()
+        .is_some_and(|tracked| tracked.checked_at(generation))
+        && !tuple.is_syn();
+    let frontend = if checked {
+        None
+    } else {
+        let Some(frontend) = lb6::lookup_frontend(tuple) else {
+            lb6::check_unknown_port(tuple)?;
+            return Ok(Verdict::Pass);
+        };
+        Some(frontend)
     };
     if let Some(tracked) = tracked
-        && keeps_backend(tuple, tracked.flow())
+        && (checked || keeps_backend(tuple, tracked.flow()))
     {
+        tracked.mark_checked(generation);
         conntrack6::refresh(&tracked, tuple, config, scratch);
         return forward(ctx, tuple, tracked.flow());
     }
-    new_flow(ctx, hook, tuple, &frontend, scratch)
+    // Not `checked`, so `frontend` was looked up.
+    let Some(frontend) = frontend else {
+        return Ok(Verdict::Pass);
+    };
+    new_flow(ctx, hook, tuple, &frontend, scratch, generation)
 }
 
 /// An echo request to a VIP is answered by the VIP (`icmp6.rs`); other ICMPv6 passes
@@ -122,7 +139,7 @@ fn other(ctx: &TcContext, hook: Hook, tuple: &Tuple6) -> Result<Verdict, Dropped
 }
 
 /// A new flow to `frontend`: the policy, a backend, SNAT where needed, the conntrack entries,
-/// and the first packet forwarded.
+/// and the first packet forwarded. `generation` was read before `frontend` was looked up.
 #[inline(always)]
 fn new_flow(
     ctx: &TcContext,
@@ -130,6 +147,7 @@ fn new_flow(
     tuple: &Tuple6,
     frontend: &Frontend6,
     scratch: &mut Ct6Scratch,
+    generation: u32,
 ) -> Result<Verdict, Dropped> {
     let config = maps::config();
     if hook == Hook::FromNetdev {
@@ -151,7 +169,9 @@ fn new_flow(
     } else {
         None
     };
-    conntrack6::service_entry(scratch, tuple, frontend, &chosen, hook, snat, config, now);
+    conntrack6::service_entry(
+        scratch, tuple, frontend, &chosen, hook, snat, config, now, generation,
+    );
     let flow = conntrack6::create(
         tuple,
         scratch,

@@ -19,6 +19,7 @@ use lb_common::{
     event::{EVENT_DROP6, tcp_flags},
     filter::{FilterWord, reply_slot6, vip_slot6, word_and_flag},
     maps, proto,
+    service::{ServiceEntry, ServiceKey6},
 };
 use lb_testkit::{packet::arp_request, packet6::*};
 use lb_tests::{
@@ -1100,6 +1101,136 @@ fn a_new_ipv6_reply_filter_starts_from_the_reply_entries_already_in_conntrack() 
     assert_eq!(
         flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND2)),
         0
+    );
+}
+
+/// The generation the IPv6 service entry of the only TCP flow records.
+fn service_entry6(datapath: &Datapath) -> lb_common::conntrack::CtService6 {
+    let entries = conntrack6(datapath, maps::LB6_CT_TCP);
+    let services: Vec<_> = entries
+        .iter()
+        .filter(|(_, entry)| entry.kind() == CT_SERVICE)
+        .map(|(_, entry)| entry.service())
+        .collect();
+    assert_eq!(services.len(), 1, "one flow: {entries:?}");
+    services[0]
+}
+
+#[test]
+fn an_ipv6_flow_records_the_generation_it_was_checked_at_and_checks_again_after_a_removal() {
+    let dns = "[fd00:96::10]:53";
+    let mut datapath = load(
+        0,
+        &[
+            service6(VIP, proto::TCP, &[BACKEND]),
+            service6(dns, proto::UDP, &[BACKEND]),
+        ],
+    );
+    let first = datapath.behind_sync(|maps| maps.generation());
+    assert_ne!(first, 0, "the agent writes a generation");
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn(POD, VIP),
+        &tcp6_syn(POD, BACKEND),
+        "SYN",
+    );
+    assert_eq!(service_entry6(&datapath).generation, first);
+    // Another service's removal moves it on: the next packet looks its frontend and backend
+    // up again (still there) and records the new generation.
+    datapath.sync(&[service6(VIP, proto::TCP, &[BACKEND])]);
+    let second = datapath.behind_sync(|maps| maps.generation());
+    assert_ne!(second, first);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_ack(POD, VIP),
+        &tcp6_ack(POD, BACKEND),
+        "ACK",
+    );
+    assert_eq!(service_entry6(&datapath).generation, second);
+}
+
+#[test]
+fn an_ipv6_flow_checked_at_the_current_generation_skips_the_frontend_lookup() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    // The master entry deleted behind the agent's back, without a new generation: the flow's
+    // packets no longer look it up (a new flow does, and finds the VIP without the port).
+    let data = MapData::from_pin(datapath.pin_dir().join(maps::LB6_SERVICES)).expect("open");
+    let mut services: aya::maps::HashMap<_, ServiceKey6, ServiceEntry> =
+        aya::maps::HashMap::try_from(Map::HashMap(data)).expect("the IPv6 services");
+    let vip = addr6(VIP);
+    let master = ServiceKey6::new(ip6_words(*vip.ip()), vip.port().to_be(), proto::TCP, 0);
+    services.remove(&master).expect("delete the master entry");
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_ack(POD, VIP),
+        &tcp6_ack(POD, BACKEND),
+        "established, checked",
+    );
+    let run = datapath.run(Hook::FromPod, &tcp6_syn("[fd00:244:1::7]:40001", VIP));
+    assert_eq!(run.verdict, TC_ACT_SHOT, "a new flow finds no frontend");
+}
+
+#[test]
+fn an_ipv6_flow_whose_backend_was_removed_moves_to_a_remaining_one() {
+    for proto in [proto::TCP, proto::UDP] {
+        let (first, next, reply) = if proto == proto::TCP {
+            (
+                tcp6_syn(POD, VIP),
+                tcp6_ack(POD, VIP),
+                tcp6_ack(BACKEND2, POD),
+            )
+        } else {
+            (udp6(POD, VIP), udp6(POD, VIP), udp6(BACKEND2, POD))
+        };
+        let mut datapath = load(0, &[service6(VIP, proto, &[BACKEND])]);
+        datapath.run(Hook::FromPod, &first);
+        // Established and checked at this generation.
+        datapath.run(Hook::FromPod, &next);
+        datapath.sync(&[service6(VIP, proto, &[BACKEND2])]);
+        let moved = datapath.run(Hook::FromPod, &next);
+        assert_eq!(
+            read_checked6(&moved.frame).dst,
+            addr6(BACKEND2),
+            "proto {proto}: moved"
+        );
+        let restored = datapath.run(Hook::FromPod, &reply);
+        assert_eq!(
+            read_checked6(&restored.frame).src,
+            addr6(VIP),
+            "proto {proto}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_flow_whose_service_was_deleted_is_no_longer_translated() {
+    // Another frontend on the VIP's address keeps its filter flag set: the flow's packets
+    // reach conntrack, and the generation alone must stop them being translated.
+    let dns = "[fd00:96::10]:53";
+    let mut datapath = load(
+        0,
+        &[
+            service6(VIP, proto::TCP, &[BACKEND]),
+            service6(dns, proto::UDP, &[BACKEND]),
+        ],
+    );
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    datapath.run(Hook::FromPod, &tcp6_ack(POD, VIP));
+    datapath.sync(&[service6(dns, proto::UDP, &[BACKEND])]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1);
+    // The address still has a frontend, on another port: the packet is refused as one to an
+    // unknown port of a VIP (158), untranslated.
+    let ack = tcp6_ack(POD, VIP);
+    let run = datapath.run(Hook::FromPod, &ack);
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(run.frame, ack, "not translated");
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::NoService as u8, Hook::FromPod as u8, 1)]
     );
 }
 
