@@ -1,16 +1,18 @@
 //! The IPv6 packet path: what `handle` in `main.rs` is for IPv4, for frames with EtherType
 //! 0x86dd. Both hooks call [`run`] for those, each in a BPF subprogram of its own (`main.rs`).
 //!
-//! Order: parse (`parse6.rs`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once),
-//! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), REJECT of
-//! a frontend without endpoints (`icmp6.rs`), backend selection (`affinity6.rs`, `lb6.rs`),
-//! SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for SNATed
-//! flows the route (`fib6.rs`). Later fragments of TCP and UDP datagrams follow their first
+//! Order: parse (`parse6.rs`), the pass-through filters (`filter.rs`, `LB6_VIP_FILTER` and
+//! `LB6_REPLY_SRCS`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once; a flow
+//! checked at the current `LB_GENERATION` skips the next two lookups), frontend (`lb6.rs`),
+//! the external-access policy (`policy6.rs`, from-netdev only), REJECT of a frontend without
+//! endpoints (`icmp6.rs`), backend selection (`affinity6.rs`, `lb6.rs`), hairpin SNAT of a pod
+//! reaching itself (`hairpin6.rs`) or SNAT to a remote backend (`nat6.rs`), the conntrack
+//! entries, the rewrite, and for SNATed flows the route (`fib6.rs`; a hairpinned packet goes
+//! straight back to the pod). Later fragments of TCP and UDP datagrams follow their first
 //! fragment (`frag6.rs`). An echo request to a VIP is answered (`icmp6.rs`); other ICMPv6
 //! (neighbour discovery, router advertisements, errors) is handed on untouched; other
-//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: hairpin (a pod
-//! reaching itself through a VIP), ICMPv6 errors about translated flows, and the pass-through
-//! filters (every IPv6 packet costs one conntrack and one frontend lookup).
+//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: ICMPv6 errors about
+//! translated flows.
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
@@ -26,7 +28,7 @@ use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, filter, frag6, icmp6, lb, lb6,
+    fib6, filter, frag6, hairpin, hairpin6, icmp6, lb, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -162,7 +164,11 @@ fn new_flow(
     }
     let chosen = affinity6::select_backend(frontend, tuple, config)?;
     let now = now(config);
-    let snat = if needs_snat(hook, &chosen) {
+    let snat = if hairpin6::is_hairpin(hook, tuple, &chosen) {
+        Some(nat6::select_hairpin_port(
+            scratch, tuple, frontend, &chosen, config, now,
+        )?)
+    } else if needs_snat(hook, &chosen) {
         Some(nat6::select_snat_port(
             scratch, tuple, frontend, &chosen, config, now,
         )?)
@@ -196,12 +202,18 @@ fn needs_snat(hook: Hook, chosen: &Chosen6) -> bool {
     hook == Hook::FromNetdev && chosen.backend.flags & BACKEND_F_REMOTE != 0
 }
 
-/// DNAT (and SNAT) a client's packet; an SNATed one leaves by redirect along the route of
-/// its new addresses (the node's own source address is a martian to the stack).
+/// DNAT (and SNAT) a client's packet; a hairpinned one goes straight back to the pod it came
+/// from; an SNATed one leaves by redirect along the route of its new addresses (the node's own
+/// source address is a martian to the stack).
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict, Dropped> {
     frag6::record(tuple);
     let to = nat6::dnat_target(tuple, flow);
+    if hairpin6::is_hairpin_flow(flow) {
+        nat6::rewrite(ctx, tuple, &to)?;
+        // `redirect` reads the frame afresh: the rewrite's helpers invalidated packet pointers.
+        return hairpin::redirect(ctx);
+    }
     if flow.flags & CT_F_SNAT == 0 {
         nat6::rewrite(ctx, tuple, &to)?;
         return Ok(Verdict::Pass);
@@ -211,11 +223,16 @@ fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict
     fib6::send(ctx, &route)
 }
 
-/// Reverse-NAT a backend's reply; a reverse-SNATed reply or a node port's leaves by redirect.
+/// Reverse-NAT a backend's reply; a hairpinned flow's goes back to the pod it came from; a
+/// reverse-SNATed reply or a node port's leaves by redirect.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple6, reply: &CtReply6) -> Result<Verdict, Dropped> {
     frag6::record(tuple);
     let to = nat6::rev_nat_target(tuple, reply);
+    if reply.flags & CT_F_SNAT != 0 && hairpin6::is_hairpin_reply(tuple) {
+        nat6::rewrite(ctx, tuple, &to)?;
+        return hairpin::redirect(ctx);
+    }
     if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
         nat6::rewrite(ctx, tuple, &to)?;
         return Ok(Verdict::Pass);

@@ -1234,3 +1234,159 @@ fn an_ipv6_flow_whose_service_was_deleted_is_no_longer_translated() {
     );
 }
 
+/// The hairpin source (`HAIRPIN_ADDR6`) with `port`, as `"[addr]:port"`.
+fn hairpin6(port: u16) -> String {
+    let addr = std::net::Ipv6Addr::from(lb_common::config::HAIRPIN_OCTETS6);
+    format!("[{addr}]:{port}")
+}
+
+/// `frame` as it leaves by the way it came: MAC addresses swapped.
+fn bounced6(frame: Frame6) -> Vec<u8> {
+    use lb_testkit::packet::{DST_MAC, SRC_MAC};
+    frame.with_macs(DST_MAC, SRC_MAC).bytes()
+}
+
+#[test]
+fn an_ipv6_pod_reaching_itself_is_snated_to_the_hairpin_address_and_sent_back_both_ways() {
+    use lb_common::conntrack::CT_F_FROM_NETDEV;
+    // POD is the service's only backend, on port 8080.
+    let own = "[fd00:244:1::7]:8080";
+    for (proto, name) in [(proto::TCP, "TCP"), (proto::UDP, "UDP")] {
+        let datapath = load(0, &[service6(VIP, proto, &[own])]);
+        let (request, translated, reply, restored) = if proto == proto::TCP {
+            (
+                tcp6_syn(POD, VIP),
+                Frame6::tcp(&hairpin6(40000), own, tcp_flags::SYN),
+                tcp6_syn_ack(own, &hairpin6(40000)),
+                Frame6::tcp(VIP, POD, tcp_flags::SYN | tcp_flags::ACK),
+            )
+        } else {
+            (
+                udp6(POD, VIP),
+                Frame6::udp(&hairpin6(40000), own),
+                udp6(own, &hairpin6(40000)),
+                Frame6::udp(VIP, POD),
+            )
+        };
+        let run = datapath.run(Hook::FromPod, &request);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "{name}: back to the pod");
+        read_checked6(&run.frame);
+        assert_eq!(
+            run.frame,
+            bounced6(translated),
+            "{name}: source the hairpin address with the pod's port, destination the pod"
+        );
+        let ct = if proto == proto::TCP {
+            maps::LB6_CT_TCP
+        } else {
+            maps::LB6_CT_ANY
+        };
+        let hairpin_addr = lb_common::config::HAIRPIN_ADDR6;
+        let replies: Vec<_> = conntrack6(&datapath, ct)
+            .into_iter()
+            .filter(|(key, entry)| entry.kind() == CT_REPLY && key.daddr == hairpin_addr)
+            .collect();
+        assert_eq!(replies.len(), 1, "{name}: one hairpin reply entry");
+        assert_eq!(
+            replies[0].1.reply().flags & (CT_F_SNAT | CT_F_FROM_NETDEV),
+            CT_F_SNAT,
+            "{name}"
+        );
+        let run = datapath.run(Hook::FromPod, &reply);
+        assert_eq!(
+            run.verdict, TC_ACT_REDIRECT,
+            "{name}: reply back to the pod"
+        );
+        read_checked6(&run.frame);
+        assert_eq!(run.frame, bounced6(restored), "{name}: from the VIP");
+        // The flow's next packet keeps its translation.
+        if proto == proto::TCP {
+            let run = datapath.run(Hook::FromPod, &tcp6_ack(POD, VIP));
+            assert_eq!(run.verdict, TC_ACT_REDIRECT, "{name}: established");
+            assert_eq!(
+                run.frame,
+                bounced6(Frame6::tcp(
+                    &hairpin6(40000),
+                    own,
+                    tcp_flags::ACK | tcp_flags::PSH
+                ))
+            );
+        }
+        assert_eq!(datapath.all_drops(), vec![], "{name}: nothing dropped");
+    }
+}
+
+#[test]
+fn another_pods_ipv6_flow_to_the_same_backend_is_not_hairpinned() {
+    let own = "[fd00:244:1::7]:8080";
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[own])]);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn("[fd00:244:1::8]:40000", VIP),
+        &tcp6_syn("[fd00:244:1::8]:40000", own),
+        "another pod",
+    );
+}
+
+/// A pod curls an IPv6 ClusterIP whose only backend is itself, through the programs attached
+/// as the agent attaches them, and gets 200, seeing the hairpin address as the client.
+#[test]
+fn an_ipv6_pod_reaches_itself_through_its_cluster_ip() {
+    use lb_tests::{
+        ipv6::{addrs, wire_ipv6},
+        topology::{BACKEND_DEVS, CLIENT_DEV, NODE_DEV, Topology},
+    };
+    let topology = Topology::new("ipv6_hairpin");
+    wire_ipv6(&topology);
+    let pod = &topology.backends[0];
+    let ip: std::net::Ipv6Addr = addrs::BACKENDS[0].parse().expect("an IPv6 address");
+    let _server = lb_testkit::ok(
+        lb_testkit::servers::http(&pod.ns, ip, 8080, topology.dir()),
+        "IPv6 HTTP server",
+    );
+    let mut datapath = load(
+        0,
+        &[service6(
+            VIP,
+            proto::TCP,
+            &[&format!("[{}]:8080", addrs::BACKENDS[0])],
+        )],
+    );
+    topology
+        .node
+        .within(|| {
+            datapath.attach(Hook::FromNetdev, NODE_DEV);
+            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                datapath.attach(Hook::FromPod, dev);
+            }
+        })
+        .expect("enter the node");
+    for i in 0..3 {
+        let outcome = pod
+            .ns
+            .exec(
+                "curl",
+                &["-sSi", "-g", "--max-time", "5", "http://[fd00:96::10]:80/"],
+            )
+            .expect("run curl");
+        assert!(outcome.success, "request {i}: {outcome:?}");
+        assert!(
+            outcome.stdout.starts_with("HTTP/1.0 200")
+                || outcome.stdout.starts_with("HTTP/1.1 200"),
+            "request {i}: 200: {outcome:?}"
+        );
+        let loopback = std::net::Ipv6Addr::from(lb_common::config::HAIRPIN_OCTETS6);
+        assert!(
+            outcome.stdout.contains(&format!("X-Client-IP: {loopback}")),
+            "request {i}: the pod sees the hairpin address as the client: {outcome:?}"
+        );
+        assert!(
+            outcome
+                .stdout
+                .contains(&format!("X-Pod-IP: {}", addrs::BACKENDS[0])),
+            "request {i}: answered by itself: {outcome:?}"
+        );
+    }
+    assert_eq!(datapath.all_drops(), vec![], "nothing dropped");
+}
