@@ -90,6 +90,14 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 pub const HAIRPIN_OCTETS: [u8; 4] = [169, 254, 42, 1];
 /// [`HAIRPIN_OCTETS`] as the datapath stores addresses (network byte order).
 pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes(HAIRPIN_OCTETS);
+/// The source address of hairpinned IPv6 flows: 100::a9fe:2a01, in the discard-only block
+/// 100::/64 (RFC 6666), which no node or pod owns, with 169.254.42.1 in its last 32 bits.
+/// Not link-local (Cilium's default, fe80::1, is a common pod gateway, and a pod would look
+/// it up by neighbour discovery): the pod sends its replies through its default route, as it
+/// does to 169.254.42.1.
+pub const HAIRPIN_OCTETS6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 254, 42, 1];
+/// [`HAIRPIN_OCTETS6`] as the datapath stores addresses (`crate::Addr6`).
+pub const HAIRPIN_ADDR6: crate::Addr6 = crate::addr6_from_octets(HAIRPIN_OCTETS6);
 /// Default event rate limit.
 pub const EVENTS_PER_SEC: u32 = 1_000;
 

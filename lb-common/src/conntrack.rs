@@ -338,8 +338,10 @@ pub struct CtService6 {
     pub backend_port: u16,
     /// Zero.
     pub _pad2: u16,
-    /// Zero.
-    pub _pad3: u32,
+    /// As [`CtService::generation`]: the `LB_GENERATION` at which the flow's frontend and
+    /// backend were last found in place (0: never). Zero in entries of older datapaths (where
+    /// this was padding), which therefore look them up once more: the layout is unchanged.
+    pub generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtService6>() == 56);
 

@@ -18,6 +18,11 @@
 //! are never cleared (a flow may outlive its backend's service, and its replies must still be
 //! found), so a stale one only costs the full path.
 //!
+//! IPv6 has a filter pair of its own, `LB6_VIP_FILTER` and `LB6_REPLY_SRCS`, with the same
+//! meaning and writers; its slots hash the address's four words together first
+//! ([`vip_slot6`], [`reply_slot6`]). Kept apart from IPv4's so that each family's flags are
+//! counted (agent) and seeded (on a new filter, from that family's conntrack) on their own.
+//!
 //! The slots are part of the pinned maps' meaning: changing `FILTER_BITS` or a hash below
 //! needs a new `PIN_VERSION`, or a restarted datapath would miss the flags of live flows.
 
@@ -52,6 +57,28 @@ pub const fn reply_slot(addr: u32, port: u16, proto: u8) -> u32 {
     slot_of(addr.wrapping_mul(0x85eb_ca6b) ^ (port as u32) ^ ((proto as u32) << 16))
 }
 
+/// The four words of an IPv6 address (`lb_common::Addr6`, wire order) folded into one: every
+/// bit of the address reaches the result, so neighbouring addresses differ in it.
+#[inline(always)]
+const fn fold6(addr: &crate::Addr6) -> u32 {
+    let mut folded = addr[0];
+    folded = folded.wrapping_mul(0x85eb_ca6b) ^ addr[1];
+    folded = folded.wrapping_mul(0x85eb_ca6b) ^ addr[2];
+    folded.wrapping_mul(0x85eb_ca6b) ^ addr[3]
+}
+
+/// The IPv6 VIP filter's slot of `addr`.
+#[inline(always)]
+pub const fn vip_slot6(addr: &crate::Addr6) -> u32 {
+    slot_of(fold6(addr))
+}
+
+/// The IPv6 reply filter's slot of packets from `addr`, `port` (network byte order) of `proto`.
+#[inline(always)]
+pub const fn reply_slot6(addr: &crate::Addr6, port: u16, proto: u8) -> u32 {
+    reply_slot(fold6(addr), port, proto)
+}
+
 /// The word (array index) and the flag within it of `slot`.
 #[inline(always)]
 pub const fn word_and_flag(slot: u32) -> (u32, usize) {
@@ -71,6 +98,28 @@ mod tests {
             let slot = vip_slot(addr);
             assert!(slot < FILTER_SLOTS);
             assert!(reply_slot(addr, 8080u16.to_be(), 6) < FILTER_SLOTS);
+            seen[(slot >> (FILTER_BITS - 10)) as usize] = true;
+        }
+        let buckets = seen.iter().filter(|s| **s).count();
+        assert!(
+            buckets > 500,
+            "1024 neighbours fill {buckets} of 1024 buckets"
+        );
+    }
+
+    #[test]
+    fn ipv6_slots_stay_in_range_and_spread_neighbouring_addresses() {
+        let mut seen = [false; 1024];
+        for i in 0..1024u32 {
+            // fd00:10:244::x:y, as the packet carries it.
+            let mut octets = [0u8; 16];
+            octets[..6].copy_from_slice(&[0xfd, 0, 0, 0x10, 0x02, 0x44]);
+            octets[14] = (i >> 8) as u8;
+            octets[15] = i as u8;
+            let addr = crate::addr6_from_octets(octets);
+            let slot = vip_slot6(&addr);
+            assert!(slot < FILTER_SLOTS);
+            assert!(reply_slot6(&addr, 8080u16.to_be(), 6) < FILTER_SLOTS);
             seen[(slot >> (FILTER_BITS - 10)) as usize] = true;
         }
         let buckets = seen.iter().filter(|s| **s).count();

@@ -27,6 +27,10 @@ pub const LB4_CT_ANY: &str = "LB4_CT_ANY";
 pub const LB4_VIP_FILTER: &str = "LB4_VIP_FILTER";
 /// Flags of the sources of conntrack reply entries (datapath-written): `u32` -> `FilterWord`.
 pub const LB4_REPLY_SRCS: &str = "LB4_REPLY_SRCS";
+/// `LB4_VIP_FILTER` for IPv6 addresses (agent-written): `u32` -> `FilterWord`.
+pub const LB6_VIP_FILTER: &str = "LB6_VIP_FILTER";
+/// `LB4_REPLY_SRCS` for IPv6 reply entries (datapath-written): `u32` -> `FilterWord`.
+pub const LB6_REPLY_SRCS: &str = "LB6_REPLY_SRCS";
 /// IPv6 frontends and their slots: `ServiceKey6` -> `ServiceEntry`. The IPv6 maps mirror the
 /// IPv4 ones (Cilium's `lb6_*`); service and backend ids are one space for both families, and
 /// Maglev tables of both live in `LB4_MAGLEV` (they hold only backend ids).

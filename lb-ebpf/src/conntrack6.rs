@@ -36,6 +36,7 @@ use lb_common::{
 use crate::{
     conntrack::now,
     drop::{Dropped, dropped},
+    filter,
     lb6::{Chosen6, Frontend6},
     maps::{Ct6Scratch, LB6_CT_ANY, LB6_CT_TCP, LB6_SCRATCH},
     parse6::Tuple6,
@@ -63,6 +64,23 @@ impl Tracked6 {
     pub fn flow(&self) -> &CtService6 {
         // SAFETY: a valid map value pointer; every bit pattern is a valid `CtService6`.
         unsafe { &(*self.entry).service }
+    }
+
+    /// Whether the flow's frontend and backend were found in place at `generation` (see
+    /// `conntrack::Tracked::checked_at`). Never at generation 0.
+    #[inline(always)]
+    pub fn checked_at(&self, generation: u32) -> bool {
+        generation != 0 && self.flow().generation == generation
+    }
+
+    /// Records that the flow's frontend and backend were found in place at `generation`;
+    /// written only when it changes (races as in `conntrack::Tracked::mark_checked`).
+    #[inline(always)]
+    pub fn mark_checked(&self, generation: u32) {
+        if generation != self.flow().generation {
+            // SAFETY: a valid map value pointer to a service entry.
+            unsafe { (*self.entry).service.generation = generation };
+        }
     }
 }
 
@@ -312,13 +330,16 @@ pub fn snat_reply(
 /// source port is claimed.
 #[inline(always)]
 pub fn reserve_reply(scratch: &Ct6Scratch) -> bool {
+    let key = &scratch.reply_key;
+    filter::mark_reply_source6(&key.saddr, key.sport, key.proto);
     map(scratch.reply_key.proto)
         .insert(&scratch.reply_key, &scratch.reply, u64::from(BPF_NOEXIST))
         .is_ok()
 }
 
 /// Writes the service entry of a new flow `tuple` from `hook` to `chosen` (SNATed to
-/// `snat`, if given) and its key into `scratch`.
+/// `snat`, if given) and its key into `scratch`; `frontend` and `chosen` were found in place
+/// at `generation`.
 #[expect(
     clippy::too_many_arguments,
     reason = "inlined; the values are already in registers"
@@ -333,6 +354,7 @@ pub fn service_entry(
     snat: Option<(&Addr6, u16)>,
     config: &DatapathConfig,
     now: u32,
+    generation: u32,
 ) {
     let mut flags = if hook == Hook::FromNetdev {
         CT_F_FROM_NETDEV
@@ -360,7 +382,7 @@ pub fn service_entry(
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
         _pad2: 0,
-        _pad3: 0,
+        generation,
     });
 }
 
@@ -422,6 +444,8 @@ pub fn create<'a>(
         _pad2: 0,
         _pad3: 0,
     });
+    let key = &scratch.reply_key;
+    filter::mark_reply_source6(&key.saddr, key.sport, key.proto);
     if map
         .insert(&scratch.reply_key, &scratch.reply, u64::from(BPF_NOEXIST))
         .is_ok()

@@ -106,7 +106,15 @@ pub fn settle6(
         Ok(Verdict::Pass) => return TC_ACT_UNSPEC,
         Ok(Verdict::Redirect(code)) => return code,
         Ok(Verdict::Answered { code, dropped, len }) => (code, len, dropped),
-        Err(dropped) => (TC_ACT_SHOT, ctx.len(), dropped),
+        // A volatile read: LLVM otherwise merged this load of `skb->len` with the load of the
+        // answered length from the stack into one instruction on two kinds of pointer, which
+        // the verifier refuses.
+        // SAFETY: the program's context pointer, valid for the whole run.
+        Err(dropped) => (
+            TC_ACT_SHOT,
+            unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).len) },
+            dropped,
+        ),
     };
     metrics::count_drop(len, hook, dropped.reason);
     let site = events::Site {

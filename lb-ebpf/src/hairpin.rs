@@ -49,7 +49,12 @@ pub fn is_hairpin_reply(tuple: &Tuple4) -> bool {
 /// Sends the (already rewritten) packet back out of the interface it arrived on, to the pod
 /// behind it: the MAC addresses swap (the pod's becomes the destination, the node side's the
 /// source), which is what the node would have written had it routed the packet.
-#[inline(always)]
+///
+/// A BPF subprogram of its own (no stack): inlined into the IPv6 path, whose frame is the
+/// fuller one, it left LLVM keeping the address of `skb->data` in a spilled register, which
+/// the verifier refuses (a modified context pointer). Its own frame also reads the frame
+/// afresh after the rewrite's helpers.
+#[inline(never)]
 pub fn redirect(ctx: &TcContext) -> Result<Verdict, Dropped> {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else {
         return Err(dropped!(DropReason::Invalid));

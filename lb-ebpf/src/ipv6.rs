@@ -1,16 +1,18 @@
 //! The IPv6 packet path: what `handle` in `main.rs` is for IPv4, for frames with EtherType
 //! 0x86dd. Both hooks call [`run`] for those, each in a BPF subprogram of its own (`main.rs`).
 //!
-//! Order: parse (`parse6.rs`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once),
-//! frontend (`lb6.rs`), the external-access policy (`policy6.rs`, from-netdev only), REJECT of
-//! a frontend without endpoints (`icmp6.rs`), backend selection (`affinity6.rs`, `lb6.rs`),
-//! SNAT to a remote backend (`nat6.rs`), the conntrack entries, the rewrite, and for SNATed
-//! flows the route (`fib6.rs`). Later fragments of TCP and UDP datagrams follow their first
+//! Order: parse (`parse6.rs`), the pass-through filters (`filter.rs`, `LB6_VIP_FILTER` and
+//! `LB6_REPLY_SRCS`), conntrack (`conntrack6.rs`: a reply is reverse-NATed at once; a flow
+//! checked at the current `LB_GENERATION` skips the next two lookups), frontend (`lb6.rs`),
+//! the external-access policy (`policy6.rs`, from-netdev only), REJECT of a frontend without
+//! endpoints (`icmp6.rs`), backend selection (`affinity6.rs`, `lb6.rs`), hairpin SNAT of a pod
+//! reaching itself (`hairpin6.rs`) or SNAT to a remote backend (`nat6.rs`), the conntrack
+//! entries, the rewrite, and for SNATed flows the route (`fib6.rs`; a hairpinned packet goes
+//! straight back to the pod). Later fragments of TCP and UDP datagrams follow their first
 //! fragment (`frag6.rs`). An echo request to a VIP is answered (`icmp6.rs`); other ICMPv6
 //! (neighbour discovery, router advertisements, errors) is handed on untouched; other
-//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: hairpin (a pod
-//! reaching itself through a VIP), ICMPv6 errors about translated flows, and the pass-through
-//! filters (every IPv6 packet costs one conntrack and one frontend lookup).
+//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: ICMPv6 errors about
+//! translated flows.
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
@@ -26,7 +28,7 @@ use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, frag6, icmp6, lb6,
+    fib6, filter, frag6, hairpin, hairpin6, icmp6, lb, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -75,6 +77,10 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
         }
         Shape::Other => return other(ctx, hook, tuple),
     };
+    // Most IPv6 packets are no service's either: two array lookups tell (`filter.rs`).
+    if !filter::maybe_lbs6(tuple) {
+        return Ok(Verdict::Pass);
+    }
     let config = maps::config();
     let Some(scratch) = conntrack6::scratch() else {
         return Ok(Verdict::Pass);
@@ -85,17 +91,34 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
         Some(Hit6::Service(tracked)) => Some(tracked),
         None => None,
     };
-    let Some(frontend) = lb6::lookup_frontend(tuple) else {
-        lb6::check_unknown_port(tuple)?;
-        return Ok(Verdict::Pass);
+    // As for IPv4 (`main.rs`): a tracked flow whose frontend and backend were found in place
+    // at the current generation skips both lookups; a SYN takes the full path.
+    let generation = lb::generation();
+    let checked = tracked
+        .as_ref()
+        .is_some_and(|tracked| tracked.checked_at(generation))
+        && !tuple.is_syn();
+    let frontend = if checked {
+        None
+    } else {
+        let Some(frontend) = lb6::lookup_frontend(tuple) else {
+            lb6::check_unknown_port(tuple)?;
+            return Ok(Verdict::Pass);
+        };
+        Some(frontend)
     };
     if let Some(tracked) = tracked
-        && keeps_backend(tuple, tracked.flow())
+        && (checked || keeps_backend(tuple, tracked.flow()))
     {
+        tracked.mark_checked(generation);
         conntrack6::refresh(&tracked, tuple, config, scratch);
         return forward(ctx, tuple, tracked.flow());
     }
-    new_flow(ctx, hook, tuple, &frontend, scratch)
+    // Not `checked`, so `frontend` was looked up.
+    let Some(frontend) = frontend else {
+        return Ok(Verdict::Pass);
+    };
+    new_flow(ctx, hook, tuple, &frontend, scratch, generation)
 }
 
 /// An echo request to a VIP is answered by the VIP (`icmp6.rs`); other ICMPv6 passes
@@ -118,7 +141,7 @@ fn other(ctx: &TcContext, hook: Hook, tuple: &Tuple6) -> Result<Verdict, Dropped
 }
 
 /// A new flow to `frontend`: the policy, a backend, SNAT where needed, the conntrack entries,
-/// and the first packet forwarded.
+/// and the first packet forwarded. `generation` was read before `frontend` was looked up.
 #[inline(always)]
 fn new_flow(
     ctx: &TcContext,
@@ -126,6 +149,7 @@ fn new_flow(
     tuple: &Tuple6,
     frontend: &Frontend6,
     scratch: &mut Ct6Scratch,
+    generation: u32,
 ) -> Result<Verdict, Dropped> {
     let config = maps::config();
     if hook == Hook::FromNetdev {
@@ -140,14 +164,20 @@ fn new_flow(
     }
     let chosen = affinity6::select_backend(frontend, tuple, config)?;
     let now = now(config);
-    let snat = if needs_snat(hook, &chosen) {
+    let snat = if hairpin6::is_hairpin(hook, tuple, &chosen) {
+        Some(nat6::select_hairpin_port(
+            scratch, tuple, frontend, &chosen, config, now,
+        )?)
+    } else if needs_snat(hook, &chosen) {
         Some(nat6::select_snat_port(
             scratch, tuple, frontend, &chosen, config, now,
         )?)
     } else {
         None
     };
-    conntrack6::service_entry(scratch, tuple, frontend, &chosen, hook, snat, config, now);
+    conntrack6::service_entry(
+        scratch, tuple, frontend, &chosen, hook, snat, config, now, generation,
+    );
     let flow = conntrack6::create(
         tuple,
         scratch,
@@ -172,12 +202,18 @@ fn needs_snat(hook: Hook, chosen: &Chosen6) -> bool {
     hook == Hook::FromNetdev && chosen.backend.flags & BACKEND_F_REMOTE != 0
 }
 
-/// DNAT (and SNAT) a client's packet; an SNATed one leaves by redirect along the route of
-/// its new addresses (the node's own source address is a martian to the stack).
+/// DNAT (and SNAT) a client's packet; a hairpinned one goes straight back to the pod it came
+/// from; an SNATed one leaves by redirect along the route of its new addresses (the node's own
+/// source address is a martian to the stack).
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict, Dropped> {
     frag6::record(tuple);
     let to = nat6::dnat_target(tuple, flow);
+    if hairpin6::is_hairpin_flow(flow) {
+        nat6::rewrite(ctx, tuple, &to)?;
+        // `redirect` reads the frame afresh: the rewrite's helpers invalidated packet pointers.
+        return hairpin::redirect(ctx);
+    }
     if flow.flags & CT_F_SNAT == 0 {
         nat6::rewrite(ctx, tuple, &to)?;
         return Ok(Verdict::Pass);
@@ -187,11 +223,16 @@ fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict
     fib6::send(ctx, &route)
 }
 
-/// Reverse-NAT a backend's reply; a reverse-SNATed reply or a node port's leaves by redirect.
+/// Reverse-NAT a backend's reply; a hairpinned flow's goes back to the pod it came from; a
+/// reverse-SNATed reply or a node port's leaves by redirect.
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple6, reply: &CtReply6) -> Result<Verdict, Dropped> {
     frag6::record(tuple);
     let to = nat6::rev_nat_target(tuple, reply);
+    if reply.flags & CT_F_SNAT != 0 && hairpin6::is_hairpin_reply(tuple) {
+        nat6::rewrite(ctx, tuple, &to)?;
+        return hairpin::redirect(ctx);
+    }
     if reply.flags & (CT_F_SNAT | CT_F_NODE_PORT) == 0 {
         nat6::rewrite(ctx, tuple, &to)?;
         return Ok(Verdict::Pass);

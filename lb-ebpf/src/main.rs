@@ -14,6 +14,9 @@
 //! before the stack routes it, so the stack sees (and routes, filters, delivers) the packet with
 //! the VIP as its source, and lb needs no egress hook on every interface. See docs/datapath.md.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// `parse::opaque`'s register barrier (BPF inline assembly is still unstable; the BPF build
+// uses nightly).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // Built for the host (so that host clippy lints every module) only the hooks are missing, and
 // without them nothing is called.
 #![cfg_attr(
@@ -38,11 +41,12 @@ mod host_reply;
 mod icmp;
 mod icmp6;
 // The IPv6 path, one module per concern as for IPv4: ipv6 (the path), parse6, lb6, policy6,
-// conntrack6, nat6, fib6, icmp6, frag6, affinity6.
+// conntrack6, nat6, fib6, icmp6, frag6, affinity6, hairpin6.
 mod affinity6;
 mod conntrack6;
 mod fib6;
 mod frag6;
+mod hairpin6;
 mod ipv6;
 mod lb;
 mod lb6;

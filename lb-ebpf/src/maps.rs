@@ -10,7 +10,7 @@
 //! | `LB4_FRAGS` | `frag.rs` |
 //! | `LB4_REVNAT` | none: written by the agent, not read on the packet path (reply entries carry VIP:port) |
 //! | `LB4_CT_TCP`, `LB4_CT_ANY` | `conntrack.rs` |
-//! | `LB4_VIP_FILTER`, `LB4_REPLY_SRCS` | `filter.rs` |
+//! | `LB4_VIP_FILTER`, `LB4_REPLY_SRCS`, `LB6_VIP_FILTER`, `LB6_REPLY_SRCS` | `filter.rs` |
 //! | `LB_CONFIG` | `config()` below (read-only, by everyone) |
 //! | `LB_METRICS` | `metrics.rs` |
 //! | `LB_EVENTS`, `LB_EVENT_LIMIT` | `events.rs` |
@@ -183,6 +183,14 @@ pub static LB4_VIP_FILTER: Array<FilterWord> = Array::pinned(FILTER_WORDS, 0);
 #[map]
 pub static LB4_REPLY_SRCS: Array<FilterWord> = Array::pinned(FILTER_WORDS, 0);
 
+/// `LB4_VIP_FILTER` for IPv6 addresses.
+#[map]
+pub static LB6_VIP_FILTER: Array<FilterWord> = Array::pinned(FILTER_WORDS, 0);
+
+/// `LB4_REPLY_SRCS` for IPv6 reply entries.
+#[map]
+pub static LB6_REPLY_SRCS: Array<FilterWord> = Array::pinned(FILTER_WORDS, 0);
+
 /// The live configuration, written by the agent.
 #[map]
 pub static LB_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
@@ -267,6 +275,8 @@ const _: () = assert!(same(maps::LB6_CT_ANY, "LB6_CT_ANY"));
 const _: () = assert!(same(maps::LB6_AFFINITY, "LB6_AFFINITY"));
 const _: () = assert!(same(maps::LB6_SRC_RANGE, "LB6_SRC_RANGE"));
 const _: () = assert!(same(maps::LB6_FRAGS, "LB6_FRAGS"));
+const _: () = assert!(same(maps::LB6_VIP_FILTER, "LB6_VIP_FILTER"));
+const _: () = assert!(same(maps::LB6_REPLY_SRCS, "LB6_REPLY_SRCS"));
 const _: () = assert!(same(maps::LB_CONFIG, "LB_CONFIG"));
 const _: () = assert!(same(maps::LB_METRICS, "LB_METRICS"));
 const _: () = assert!(same(maps::LB_EVENTS, "LB_EVENTS"));

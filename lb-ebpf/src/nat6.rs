@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6,
-    config::DatapathConfig,
-    conntrack::{CT_F_SNAT, CtReply6, CtService6},
+    config::{DatapathConfig, HAIRPIN_ADDR6},
+    conntrack::{CT_F_FROM_NETDEV, CT_F_SNAT, CtReply6, CtService6},
     drop::{DropReason, SourceFile},
     proto,
 };
@@ -60,6 +60,58 @@ pub fn select_snat_port(
         return Err(dropped!(DropReason::NoConfig));
     }
     conntrack6::snat_reply(scratch, tuple, frontend, chosen, config, now);
+    claim_port(scratch, tuple, chosen, config, addr, None)
+}
+
+/// Claims the source of a hairpinned flow (a pod reaching itself, `hairpin6.rs`):
+/// `HAIRPIN_ADDR6` with the client's own port when free, else a port of the SNAT range; 167
+/// when none is. Its reply entry is an SNATed flow's, but from a pod.
+#[inline(always)]
+pub fn select_hairpin_port(
+    scratch: &mut Ct6Scratch,
+    tuple: &Tuple6,
+    frontend: &Frontend6,
+    chosen: &Chosen6,
+    config: &DatapathConfig,
+    now: u32,
+) -> Result<(&'static Addr6, u16), Dropped> {
+    conntrack6::snat_reply(scratch, tuple, frontend, chosen, config, now);
+    // SAFETY: just written as a reply entry.
+    unsafe { scratch.reply.reply.flags &= !CT_F_FROM_NETDEV };
+    claim_port(
+        scratch,
+        tuple,
+        chosen,
+        config,
+        &HAIRPIN_ADDR6,
+        Some(tuple.sport),
+    )
+}
+
+/// Claims `addr` and a port for the flow `tuple` to `chosen` by inserting `scratch.reply`
+/// under the key backend → addr:port, if that key is free: `preferred` first (network byte
+/// order), then up to `SNAT_TRIES` ports of the SNAT range (see `nat.rs`).
+#[inline(always)]
+fn claim_port(
+    scratch: &mut Ct6Scratch,
+    tuple: &Tuple6,
+    chosen: &Chosen6,
+    config: &DatapathConfig,
+    addr: &'static Addr6,
+    preferred: Option<u16>,
+) -> Result<(&'static Addr6, u16), Dropped> {
+    if let Some(port) = preferred {
+        scratch.reply_key = conntrack6::reply_key(
+            &chosen.backend.addr,
+            addr,
+            chosen.backend.port,
+            port,
+            tuple.proto,
+        );
+        if conntrack6::reserve_reply(scratch) {
+            return Ok((addr, port));
+        }
+    }
     let min = u32::from(config.snat_port_min);
     let Some(span) = u32::from(config.snat_port_max)
         .checked_sub(min)

@@ -17,7 +17,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use lb_common::proto;
 
 /// Length of an Ethernet header without VLAN tags.
@@ -125,8 +125,9 @@ impl Tuple4 {
 /// A pointer to a `T` at `offset`, if the packet holds all of it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let skb = opaque(ctx.skb.skb);
+    // SAFETY: the program's context pointer, valid for the whole run.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     if start + offset + size_of::<T>() > end {
         return None;
     }
@@ -266,4 +267,25 @@ pub fn tuple4(ctx: &TcContext) -> Option<Tuple4> {
 #[inline(always)]
 pub fn ip_id(ctx: &TcContext) -> Option<u16> {
     load_u16(ctx, IP_ID_OFF)
+}
+
+/// `skb`, through a register move LLVM cannot see through. Without it LLVM may compute the
+/// addresses of `skb->data` and `skb->data_end` once, keep them in spilled registers and load
+/// through those later: the verifier refuses a context pointer with an offset (it only
+/// accepts `*(ctx + constant)`). Seen in the IPv6 path once hairpin made it larger.
+#[inline(always)]
+fn opaque(skb: *mut __sk_buff) -> *mut __sk_buff {
+    #[cfg(target_arch = "bpf")]
+    {
+        // As an integer: the asm touches no memory, so no pointer goes into it.
+        let mut addr = skb as usize;
+        // SAFETY: a register copied onto itself; no memory or stack is touched. Not `pure`,
+        // so that two copies are never merged.
+        unsafe {
+            core::arch::asm!("{0} = {0}", inout(reg) addr, options(nomem, nostack, preserves_flags));
+        }
+        addr as *mut __sk_buff
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    skb
 }

@@ -1,5 +1,6 @@
 //! The IPv6 packet path (`lb-ebpf/src/ipv6.rs` and its `*6.rs` modules) with
-//! `BPF_PROG_TEST_RUN` on crafted IPv6 frames: DNAT of TCP and UDP to a backend, reverse NAT of
+//! `BPF_PROG_TEST_RUN` on crafted IPv6 frames: the pass-through filters (`LB6_VIP_FILTER`,
+//! `LB6_REPLY_SRCS`), DNAT of TCP and UDP to a backend, reverse NAT of
 //! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
 //! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
@@ -9,13 +10,16 @@
 //! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
 //! from `lb_tests::fixture::service` synced by the agent's `Syncer` into the `LB6_*` maps.
 
+use aya::maps::{Array, Map, MapData};
 use lb_agent::model::{DesiredService, FrontendKind};
 use lb_common::{
     config::{CONFIG_F_EXTERNAL_CLUSTER_IP, DatapathConfig, EVENTS_PER_SEC},
     conntrack::{CT_F_SNAT, CT_REPLY, CT_SERVICE},
     drop::{DropReason, Hook, SourceFile},
     event::{EVENT_DROP6, tcp_flags},
+    filter::{FilterWord, reply_slot6, vip_slot6, word_and_flag},
     maps, proto,
+    service::{ServiceEntry, ServiceKey6},
 };
 use lb_testkit::{packet::arp_request, packet6::*};
 use lb_tests::{
@@ -758,8 +762,10 @@ fn cost_per_packet_of_the_ipv6_paths() {
     let flows = 20_000u16;
     let mut total = std::time::Duration::ZERO;
     for port in 0..flows {
+        // Clients on another prefix than the backend's: none of them is the backend itself,
+        // whose flow would be hairpinned.
         let syn = tcp6_syn(
-            &format!("[fd00:244:1::{:x}]:{}", 1 + port / 250, 30_000 + port),
+            &format!("[fd00:244:2::{:x}]:{}", 1 + port / 250, 30_000 + port),
             VIP,
         );
         let run = other.run(Hook::FromPod, &syn);
@@ -950,4 +956,439 @@ fn the_conntrack_list_shows_ipv6_flows_beside_ipv4_ones() {
     );
     let ids: std::collections::BTreeSet<_> = rows.iter().map(|row| row.rev_nat).collect();
     assert_eq!(ids.len(), 3, "one service id per frontend: {rows:#?}");
+}
+
+/// The pinned IPv6 filter `name` (`LB6_VIP_FILTER` or `LB6_REPLY_SRCS`).
+fn filter6(datapath: &Datapath, name: &str) -> Array<MapData, FilterWord> {
+    let data = MapData::from_pin(datapath.pin_dir().join(name)).expect("open the pinned filter");
+    Array::try_from(Map::Array(data)).expect("an array of filter words")
+}
+
+fn flag6(datapath: &Datapath, name: &str, slot: u32) -> u8 {
+    let (word, flag) = word_and_flag(slot);
+    filter6(datapath, name).get(&word, 0).expect("read a word")[flag]
+}
+
+fn vip_flag6(datapath: &Datapath, addr: &str) -> u8 {
+    flag6(
+        datapath,
+        maps::LB6_VIP_FILTER,
+        vip_slot6(&ip6_words(ip6(addr))),
+    )
+}
+
+/// The reply-filter slot of TCP packets from `source` (`"[addr]:port"`).
+fn reply_slot_of(source: &str) -> u32 {
+    let source = addr6(source);
+    reply_slot6(&ip6_words(*source.ip()), source.port().to_be(), proto::TCP)
+}
+
+#[test]
+fn an_ipv6_frontend_address_is_flagged_while_it_has_a_frontend() {
+    let mut datapath = load(0, &[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+    datapath.sync(&[
+        service6(VIP, proto::TCP, &[BACKEND]),
+        service6("[fd00:96::10]:53", proto::UDP, &[BACKEND]),
+    ]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1);
+    datapath.sync(&[service6("[fd00:96::10]:53", proto::UDP, &[BACKEND])]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1, "DNS still needs it");
+    // An unknown port of the address is still refused (158): the flag sends it the full way.
+    let run = datapath.run(Hook::FromPod, &tcp6_syn(POD, "[fd00:96::10]:81"));
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    datapath.sync(&[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+    // A restarted agent (a new syncer over the same maps) counts the frontends it finds.
+    datapath.sync(&[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.behind_sync(|_| ());
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1);
+    datapath.sync(&[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+}
+
+#[test]
+fn ipv6_traffic_that_is_no_services_passes_untouched_and_untracked() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    for frame in [
+        tcp6_syn(POD, "[fd00:244:9::9]:80"),
+        tcp6_ack("[fd00:244:9::9]:80", POD),
+        udp6(POD, "[fd00:244:9::9]:53"),
+        // The backend's address from another port: no reply entry has that source.
+        tcp6_ack("[fd00:244:1::5]:9090", POD),
+    ] {
+        for hook in [Hook::FromPod, Hook::FromNetdev] {
+            assert_unchanged(&datapath, hook, &frame, "no service's");
+        }
+    }
+    assert_eq!(conntrack6(&datapath, maps::LB6_CT_TCP), vec![]);
+    assert_eq!(conntrack6(&datapath, maps::LB6_CT_ANY), vec![]);
+}
+
+#[test]
+fn the_ipv6_reply_filter_decides_whether_a_reply_is_looked_up() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND)),
+        0
+    );
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn(POD, VIP),
+        &tcp6_syn(POD, BACKEND),
+        "SYN",
+    );
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND)),
+        1,
+        "flagged with the reply entry"
+    );
+    let reply = tcp6_syn_ack(BACKEND, POD);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &reply,
+        &tcp6_syn_ack(VIP, POD),
+        "reply",
+    );
+    // Clear the flag behind the datapath's back: the reply is no longer looked up.
+    let (word, _) = word_and_flag(reply_slot_of(BACKEND));
+    filter6(&datapath, maps::LB6_REPLY_SRCS)
+        .set(word, FilterWord::default(), 0)
+        .expect("clear the word");
+    assert_unchanged(&datapath, Hook::FromPod, &reply, "reply without its flag");
+}
+
+#[test]
+fn ipv6_replies_are_still_translated_after_their_service_is_gone() {
+    let mut datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    datapath.sync(&[]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 0);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn_ack(BACKEND, POD),
+        &tcp6_syn_ack(VIP, POD),
+        "reply of a tracked flow",
+    );
+}
+
+#[test]
+fn a_new_ipv6_reply_filter_starts_from_the_reply_entries_already_in_conntrack() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    // As after an upgrade from a datapath without the IPv6 filter: conntrack is pinned, the
+    // filter is not, so the next load creates it.
+    std::fs::remove_file(datapath.pin_dir().join(maps::LB6_REPLY_SRCS)).expect("unpin");
+    let bpf_root = datapath
+        .pin_dir()
+        .parent()
+        .expect("the bpf root")
+        .to_owned();
+    let _reloaded = lb_agent::datapath::Datapath::load(&lb_agent::datapath::LoadOptions {
+        bpf_root,
+        ct_max_entries: maps::CT_MAX_ENTRIES,
+        ct_any_max_entries: maps::CT_ANY_MAX_ENTRIES,
+        lb_map_max: maps::SERVICES_MAX_ENTRIES,
+        config: DatapathConfig::default(),
+    })
+    .expect("load again over the pinned maps");
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND)),
+        1,
+        "the new filter has the flag of the reply entry conntrack holds"
+    );
+    assert_eq!(
+        flag6(&datapath, maps::LB6_REPLY_SRCS, reply_slot_of(BACKEND2)),
+        0
+    );
+}
+
+/// The generation the IPv6 service entry of the only TCP flow records.
+fn service_entry6(datapath: &Datapath) -> lb_common::conntrack::CtService6 {
+    let entries = conntrack6(datapath, maps::LB6_CT_TCP);
+    let services: Vec<_> = entries
+        .iter()
+        .filter(|(_, entry)| entry.kind() == CT_SERVICE)
+        .map(|(_, entry)| entry.service())
+        .collect();
+    assert_eq!(services.len(), 1, "one flow: {entries:?}");
+    services[0]
+}
+
+#[test]
+fn an_ipv6_flow_records_the_generation_it_was_checked_at_and_checks_again_after_a_removal() {
+    let dns = "[fd00:96::10]:53";
+    let mut datapath = load(
+        0,
+        &[
+            service6(VIP, proto::TCP, &[BACKEND]),
+            service6(dns, proto::UDP, &[BACKEND]),
+        ],
+    );
+    let first = datapath.behind_sync(|maps| maps.generation());
+    assert_ne!(first, 0, "the agent writes a generation");
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn(POD, VIP),
+        &tcp6_syn(POD, BACKEND),
+        "SYN",
+    );
+    assert_eq!(service_entry6(&datapath).generation, first);
+    // Another service's removal moves it on: the next packet looks its frontend and backend
+    // up again (still there) and records the new generation.
+    datapath.sync(&[service6(VIP, proto::TCP, &[BACKEND])]);
+    let second = datapath.behind_sync(|maps| maps.generation());
+    assert_ne!(second, first);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_ack(POD, VIP),
+        &tcp6_ack(POD, BACKEND),
+        "ACK",
+    );
+    assert_eq!(service_entry6(&datapath).generation, second);
+}
+
+#[test]
+fn an_ipv6_flow_checked_at_the_current_generation_skips_the_frontend_lookup() {
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[BACKEND])]);
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    // The master entry deleted behind the agent's back, without a new generation: the flow's
+    // packets no longer look it up (a new flow does, and finds the VIP without the port).
+    let data = MapData::from_pin(datapath.pin_dir().join(maps::LB6_SERVICES)).expect("open");
+    let mut services: aya::maps::HashMap<_, ServiceKey6, ServiceEntry> =
+        aya::maps::HashMap::try_from(Map::HashMap(data)).expect("the IPv6 services");
+    let vip = addr6(VIP);
+    let master = ServiceKey6::new(ip6_words(*vip.ip()), vip.port().to_be(), proto::TCP, 0);
+    services.remove(&master).expect("delete the master entry");
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_ack(POD, VIP),
+        &tcp6_ack(POD, BACKEND),
+        "established, checked",
+    );
+    let run = datapath.run(Hook::FromPod, &tcp6_syn("[fd00:244:1::7]:40001", VIP));
+    assert_eq!(run.verdict, TC_ACT_SHOT, "a new flow finds no frontend");
+}
+
+#[test]
+fn an_ipv6_flow_whose_backend_was_removed_moves_to_a_remaining_one() {
+    for proto in [proto::TCP, proto::UDP] {
+        let (first, next, reply) = if proto == proto::TCP {
+            (
+                tcp6_syn(POD, VIP),
+                tcp6_ack(POD, VIP),
+                tcp6_ack(BACKEND2, POD),
+            )
+        } else {
+            (udp6(POD, VIP), udp6(POD, VIP), udp6(BACKEND2, POD))
+        };
+        let mut datapath = load(0, &[service6(VIP, proto, &[BACKEND])]);
+        datapath.run(Hook::FromPod, &first);
+        // Established and checked at this generation.
+        datapath.run(Hook::FromPod, &next);
+        datapath.sync(&[service6(VIP, proto, &[BACKEND2])]);
+        let moved = datapath.run(Hook::FromPod, &next);
+        assert_eq!(
+            read_checked6(&moved.frame).dst,
+            addr6(BACKEND2),
+            "proto {proto}: moved"
+        );
+        let restored = datapath.run(Hook::FromPod, &reply);
+        assert_eq!(
+            read_checked6(&restored.frame).src,
+            addr6(VIP),
+            "proto {proto}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_flow_whose_service_was_deleted_is_no_longer_translated() {
+    // Another frontend on the VIP's address keeps its filter flag set: the flow's packets
+    // reach conntrack, and the generation alone must stop them being translated.
+    let dns = "[fd00:96::10]:53";
+    let mut datapath = load(
+        0,
+        &[
+            service6(VIP, proto::TCP, &[BACKEND]),
+            service6(dns, proto::UDP, &[BACKEND]),
+        ],
+    );
+    datapath.run(Hook::FromPod, &tcp6_syn(POD, VIP));
+    datapath.run(Hook::FromPod, &tcp6_ack(POD, VIP));
+    datapath.sync(&[service6(dns, proto::UDP, &[BACKEND])]);
+    assert_eq!(vip_flag6(&datapath, "fd00:96::10"), 1);
+    // The address still has a frontend, on another port: the packet is refused as one to an
+    // unknown port of a VIP (158), untranslated.
+    let ack = tcp6_ack(POD, VIP);
+    let run = datapath.run(Hook::FromPod, &ack);
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(run.frame, ack, "not translated");
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::NoService as u8, Hook::FromPod as u8, 1)]
+    );
+}
+
+/// The hairpin source (`HAIRPIN_ADDR6`) with `port`, as `"[addr]:port"`.
+fn hairpin6(port: u16) -> String {
+    let addr = std::net::Ipv6Addr::from(lb_common::config::HAIRPIN_OCTETS6);
+    format!("[{addr}]:{port}")
+}
+
+/// `frame` as it leaves by the way it came: MAC addresses swapped.
+fn bounced6(frame: Frame6) -> Vec<u8> {
+    use lb_testkit::packet::{DST_MAC, SRC_MAC};
+    frame.with_macs(DST_MAC, SRC_MAC).bytes()
+}
+
+#[test]
+fn an_ipv6_pod_reaching_itself_is_snated_to_the_hairpin_address_and_sent_back_both_ways() {
+    use lb_common::conntrack::CT_F_FROM_NETDEV;
+    // POD is the service's only backend, on port 8080.
+    let own = "[fd00:244:1::7]:8080";
+    for (proto, name) in [(proto::TCP, "TCP"), (proto::UDP, "UDP")] {
+        let datapath = load(0, &[service6(VIP, proto, &[own])]);
+        let (request, translated, reply, restored) = if proto == proto::TCP {
+            (
+                tcp6_syn(POD, VIP),
+                Frame6::tcp(&hairpin6(40000), own, tcp_flags::SYN),
+                tcp6_syn_ack(own, &hairpin6(40000)),
+                Frame6::tcp(VIP, POD, tcp_flags::SYN | tcp_flags::ACK),
+            )
+        } else {
+            (
+                udp6(POD, VIP),
+                Frame6::udp(&hairpin6(40000), own),
+                udp6(own, &hairpin6(40000)),
+                Frame6::udp(VIP, POD),
+            )
+        };
+        let run = datapath.run(Hook::FromPod, &request);
+        assert_eq!(run.verdict, TC_ACT_REDIRECT, "{name}: back to the pod");
+        read_checked6(&run.frame);
+        assert_eq!(
+            run.frame,
+            bounced6(translated),
+            "{name}: source the hairpin address with the pod's port, destination the pod"
+        );
+        let ct = if proto == proto::TCP {
+            maps::LB6_CT_TCP
+        } else {
+            maps::LB6_CT_ANY
+        };
+        let hairpin_addr = lb_common::config::HAIRPIN_ADDR6;
+        let replies: Vec<_> = conntrack6(&datapath, ct)
+            .into_iter()
+            .filter(|(key, entry)| entry.kind() == CT_REPLY && key.daddr == hairpin_addr)
+            .collect();
+        assert_eq!(replies.len(), 1, "{name}: one hairpin reply entry");
+        assert_eq!(
+            replies[0].1.reply().flags & (CT_F_SNAT | CT_F_FROM_NETDEV),
+            CT_F_SNAT,
+            "{name}"
+        );
+        let run = datapath.run(Hook::FromPod, &reply);
+        assert_eq!(
+            run.verdict, TC_ACT_REDIRECT,
+            "{name}: reply back to the pod"
+        );
+        read_checked6(&run.frame);
+        assert_eq!(run.frame, bounced6(restored), "{name}: from the VIP");
+        // The flow's next packet keeps its translation.
+        if proto == proto::TCP {
+            let run = datapath.run(Hook::FromPod, &tcp6_ack(POD, VIP));
+            assert_eq!(run.verdict, TC_ACT_REDIRECT, "{name}: established");
+            assert_eq!(
+                run.frame,
+                bounced6(Frame6::tcp(
+                    &hairpin6(40000),
+                    own,
+                    tcp_flags::ACK | tcp_flags::PSH
+                ))
+            );
+        }
+        assert_eq!(datapath.all_drops(), vec![], "{name}: nothing dropped");
+    }
+}
+
+#[test]
+fn another_pods_ipv6_flow_to_the_same_backend_is_not_hairpinned() {
+    let own = "[fd00:244:1::7]:8080";
+    let datapath = load(0, &[service6(VIP, proto::TCP, &[own])]);
+    assert_rewritten(
+        &datapath,
+        Hook::FromPod,
+        &tcp6_syn("[fd00:244:1::8]:40000", VIP),
+        &tcp6_syn("[fd00:244:1::8]:40000", own),
+        "another pod",
+    );
+}
+
+/// A pod curls an IPv6 ClusterIP whose only backend is itself, through the programs attached
+/// as the agent attaches them, and gets 200, seeing the hairpin address as the client.
+#[test]
+fn an_ipv6_pod_reaches_itself_through_its_cluster_ip() {
+    use lb_tests::{
+        ipv6::{addrs, wire_ipv6},
+        topology::{BACKEND_DEVS, CLIENT_DEV, NODE_DEV, Topology},
+    };
+    let topology = Topology::new("ipv6_hairpin");
+    wire_ipv6(&topology);
+    let pod = &topology.backends[0];
+    let ip: std::net::Ipv6Addr = addrs::BACKENDS[0].parse().expect("an IPv6 address");
+    let _server = lb_testkit::ok(
+        lb_testkit::servers::http(&pod.ns, ip, 8080, topology.dir()),
+        "IPv6 HTTP server",
+    );
+    let mut datapath = load(
+        0,
+        &[service6(
+            VIP,
+            proto::TCP,
+            &[&format!("[{}]:8080", addrs::BACKENDS[0])],
+        )],
+    );
+    topology
+        .node
+        .within(|| {
+            datapath.attach(Hook::FromNetdev, NODE_DEV);
+            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                datapath.attach(Hook::FromPod, dev);
+            }
+        })
+        .expect("enter the node");
+    for i in 0..3 {
+        let outcome = pod
+            .ns
+            .exec(
+                "curl",
+                &["-sSi", "-g", "--max-time", "5", "http://[fd00:96::10]:80/"],
+            )
+            .expect("run curl");
+        assert!(outcome.success, "request {i}: {outcome:?}");
+        assert!(
+            outcome.stdout.starts_with("HTTP/1.0 200")
+                || outcome.stdout.starts_with("HTTP/1.1 200"),
+            "request {i}: 200: {outcome:?}"
+        );
+        let loopback = std::net::Ipv6Addr::from(lb_common::config::HAIRPIN_OCTETS6);
+        assert!(
+            outcome.stdout.contains(&format!("X-Client-IP: {loopback}")),
+            "request {i}: the pod sees the hairpin address as the client: {outcome:?}"
+        );
+        assert!(
+            outcome
+                .stdout
+                .contains(&format!("X-Pod-IP: {}", addrs::BACKENDS[0])),
+            "request {i}: answered by itself: {outcome:?}"
+        );
+    }
+    assert_eq!(datapath.all_drops(), vec![], "nothing dropped");
 }

@@ -14,7 +14,7 @@ use aya::{
 use lb_common::{
     config::DatapathConfig,
     conntrack::CT_REPLY,
-    filter::{FilterWord, reply_slot, word_and_flag},
+    filter::{FilterWord, reply_slot, reply_slot6, word_and_flag},
     maps as names,
 };
 
@@ -140,6 +140,7 @@ impl Datapath {
         // Pinned conntrack maps may come from a datapath that kept no reply filter (an
         // upgrade): the new filter then starts from their reply entries.
         let fresh_reply_filter = !pin_dir.join(names::LB4_REPLY_SRCS).exists();
+        let fresh_reply_filter6 = !pin_dir.join(names::LB6_REPLY_SRCS).exists();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for map in sized {
@@ -161,6 +162,9 @@ impl Datapath {
         }
         if fresh_reply_filter {
             seed_reply_filter(&mut ebpf, pin_dir)?;
+        }
+        if fresh_reply_filter6 {
+            seed_reply_filter6(&mut ebpf, pin_dir)?;
         }
         let clock = Clock::new(&mut ebpf, pin_dir)?;
         let mut maps = AyaMaps::take(&mut ebpf)?;
@@ -190,13 +194,33 @@ pub fn classifier<'a>(
 /// Only for a filter this load created: no program writes it yet (they are not attached), so
 /// writing whole words loses no flag the datapath set.
 fn seed_reply_filter(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), Error> {
+    let slots = Conntrack::open(pin_dir)?
+        .entries()?
+        .into_iter()
+        .filter(|item| item.entry.kind() == CT_REPLY)
+        .map(|item| reply_slot(item.key.saddr, item.key.sport, item.key.proto));
+    write_flags(ebpf, names::LB4_REPLY_SRCS, slots)
+}
+
+/// `seed_reply_filter` for IPv6: `LB6_REPLY_SRCS` from the IPv6 reply entries.
+fn seed_reply_filter6(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), Error> {
+    let slots = Conntrack::open(pin_dir)?
+        .entries6()?
+        .into_iter()
+        .filter(|item| item.entry.kind() == CT_REPLY)
+        .map(|item| reply_slot6(&item.key.saddr, item.key.sport, item.key.proto));
+    write_flags(ebpf, names::LB6_REPLY_SRCS, slots)
+}
+
+/// Sets the flags of `slots` in the filter `name`, a whole word at a time.
+fn write_flags(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    slots: impl Iterator<Item = u32>,
+) -> Result<(), Error> {
     let mut words: BTreeMap<u32, FilterWord> = BTreeMap::new();
-    for item in Conntrack::open(pin_dir)?.entries()? {
-        if item.entry.kind() != CT_REPLY {
-            continue;
-        }
-        let key = item.key;
-        let (word, flag) = word_and_flag(reply_slot(key.saddr, key.sport, key.proto));
+    for slot in slots {
+        let (word, flag) = word_and_flag(slot);
         words.entry(word).or_default()[flag] = 1;
     }
     if words.is_empty() {
@@ -204,15 +228,13 @@ fn seed_reply_filter(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), Error> {
     }
     let map_err = |action, err: MapError| Error::Map {
         action,
-        map: names::LB4_REPLY_SRCS,
+        map: name,
         source: Box::new(err),
     };
-    let map = ebpf
-        .map_mut(names::LB4_REPLY_SRCS)
-        .ok_or_else(|| Error::MapType {
-            map: names::LB4_REPLY_SRCS,
-            source: "not in the object".into(),
-        })?;
+    let map = ebpf.map_mut(name).ok_or_else(|| Error::MapType {
+        map: name,
+        source: "not in the object".into(),
+    })?;
     let mut filter: Array<&mut MapData, FilterWord> =
         Array::try_from(map).map_err(|err| map_err("open", err))?;
     for (word, value) in words {

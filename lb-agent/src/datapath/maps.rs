@@ -35,7 +35,10 @@ use lb_common::{
     },
 };
 
-use super::{Error, batch, vip_filter::VipFilter};
+use super::{
+    Error, batch,
+    vip_filter::{FrontendKey, VipFilter},
+};
 use crate::model::IpFamily;
 
 /// A key of `LB4_SERVICES` or `LB6_SERVICES`, as the frontend's family decides.
@@ -367,9 +370,10 @@ pub struct AyaMaps {
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuHashMap<MapData, MetricKey, MetricValue>,
-    /// `LB4_VIP_FILTER`, kept in step with the master entries of `services` by `filter`.
-    vip_filter_map: Array<MapData, FilterWord>,
-    vip_filter: VipFilter,
+    /// `LB4_VIP_FILTER`, kept in step with the master entries of `services`.
+    vip_flags: VipFlags<ServiceKey4>,
+    /// `LB6_VIP_FILTER`, kept in step with the master entries of `services6`.
+    vip_flags6: VipFlags<ServiceKey6>,
     /// `LB_GENERATION`, bumped after every write that may take a flow's frontend or backend
     /// away (see `bump_generation`).
     generation_map: Array<MapData, u32>,
@@ -447,8 +451,8 @@ impl AyaMaps {
             maglev_fd,
             config: take(ebpf, names::LB_CONFIG)?,
             metrics: take(ebpf, names::LB_METRICS)?,
-            vip_filter_map: take(ebpf, names::LB4_VIP_FILTER)?,
-            vip_filter: VipFilter::default(),
+            vip_flags: VipFlags::take(ebpf, names::LB4_VIP_FILTER)?,
+            vip_flags6: VipFlags::take(ebpf, names::LB6_VIP_FILTER)?,
             generation_map: take(ebpf, names::LB_GENERATION)?,
             generation: 0,
             services_fd,
@@ -464,12 +468,15 @@ impl AyaMaps {
             .filter(|key| key.as_ref().map_or(true, |key| key.slot == 0))
             .collect::<Result<_, _>>()
             .map_err(|err| map_err("read", names::LB4_SERVICES, err))?;
-        for key in &masters {
-            maps.vip_filter.add(key);
-        }
-        for word in maps.vip_filter.set_words() {
-            maps.write_vip_word(word)?;
-        }
+        maps.vip_flags.restore(&masters)?;
+        let masters6: Vec<ServiceKey6> = maps
+            .services6
+            .map
+            .keys()
+            .filter(|key| key.as_ref().map_or(true, |key| key.slot == 0))
+            .collect::<Result<_, _>>()
+            .map_err(|err| map_err("read", names::LB6_SERVICES, err))?;
+        maps.vip_flags6.restore(&masters6)?;
         // Pinned by an earlier agent, the generation goes on from its value; a new map starts
         // at 1 (0 is no generation).
         maps.generation = maps
@@ -506,42 +513,6 @@ impl AyaMaps {
         self.generation
     }
 
-    /// Writes word `word` of `LB4_VIP_FILTER` as `vip_filter` says.
-    fn write_vip_word(&mut self, word: u32) -> Result<(), Error> {
-        self.vip_filter_map
-            .set(word, self.vip_filter.word(word), 0)
-            .map_err(|err| map_err("update", names::LB4_VIP_FILTER, err))
-    }
-
-    /// Counts master entries about to be written, setting their addresses' flags first
-    /// (`LB4_VIP_FILTER` is IPv4's alone).
-    fn flag_masters<'k>(
-        &mut self,
-        keys: impl IntoIterator<Item = &'k ServiceKey4>,
-    ) -> Result<(), Error> {
-        let words: BTreeSet<u32> = keys
-            .into_iter()
-            .filter_map(|key| self.vip_filter.add(key))
-            .collect();
-        words
-            .into_iter()
-            .try_for_each(|word| self.write_vip_word(word))
-    }
-
-    /// Forgets master entries just deleted, clearing the flags no address needs any more.
-    fn unflag_masters<'k>(
-        &mut self,
-        keys: impl IntoIterator<Item = &'k ServiceKey4>,
-    ) -> Result<(), Error> {
-        let words: BTreeSet<u32> = keys
-            .into_iter()
-            .filter_map(|key| self.vip_filter.remove(key))
-            .collect();
-        words
-            .into_iter()
-            .try_for_each(|word| self.write_vip_word(word))
-    }
-
     /// Drop counters summed over CPUs, keyed by (reason, hook).
     pub fn drop_counters(&self) -> Result<BTreeMap<(u8, u8), MetricValue>, Error> {
         let mut out = BTreeMap::new();
@@ -563,6 +534,67 @@ impl AyaMaps {
         self.config
             .get(&0, 0)
             .map_err(|err| map_err("read", names::LB_CONFIG, err))
+    }
+}
+
+/// A family's VIP filter map and the counts that say what it must hold.
+struct VipFlags<K: FrontendKey> {
+    map: Array<MapData, FilterWord>,
+    name: &'static str,
+    counts: VipFilter<K>,
+}
+
+impl<K: FrontendKey> VipFlags<K> {
+    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, Error> {
+        Ok(Self {
+            map: take(ebpf, name)?,
+            name,
+            counts: VipFilter::default(),
+        })
+    }
+
+    /// Counts the master entries already in the map (pinned by an earlier agent) and sets
+    /// their flags (flags of a crashed agent's deleted frontends may linger: a flag set too
+    /// long costs a packet the full path, nothing more).
+    fn restore(&mut self, masters: &[K]) -> Result<(), Error> {
+        for key in masters {
+            self.counts.add(key);
+        }
+        self.counts
+            .set_words()
+            .into_iter()
+            .try_for_each(|word| self.write_word(word))
+    }
+
+    /// Writes word `word` of the filter as the counts say.
+    fn write_word(&mut self, word: u32) -> Result<(), Error> {
+        self.map
+            .set(word, self.counts.word(word), 0)
+            .map_err(|err| map_err("update", self.name, err))
+    }
+
+    /// Counts master entries about to be written, setting their addresses' flags first.
+    fn flag<'k>(&mut self, keys: impl IntoIterator<Item = &'k K>) -> Result<(), Error>
+    where
+        K: 'k,
+    {
+        let words: BTreeSet<u32> = keys
+            .into_iter()
+            .filter_map(|key| self.counts.add(key))
+            .collect();
+        words.into_iter().try_for_each(|word| self.write_word(word))
+    }
+
+    /// Forgets master entries just deleted, clearing the flags no address needs any more.
+    fn unflag<'k>(&mut self, keys: impl IntoIterator<Item = &'k K>) -> Result<(), Error>
+    where
+        K: 'k,
+    {
+        let words: BTreeSet<u32> = keys
+            .into_iter()
+            .filter_map(|key| self.counts.remove(key))
+            .collect();
+        words.into_iter().try_for_each(|word| self.write_word(word))
     }
 }
 
@@ -678,13 +710,14 @@ impl AyaMaps {
             delete_batch(&self.services_fd, names::LB4_SERVICES, &v4, |key| {
                 services.remove(&key)
             })?;
-            self.unflag_masters(&v4)?;
+            self.vip_flags.unflag(&v4)?;
         }
         if !v6.is_empty() {
             let services = &mut self.services6.map;
             delete_batch(&self.services6.fd, names::LB6_SERVICES, &v6, |key| {
                 services.remove(&key)
             })?;
+            self.vip_flags6.unflag(&v6)?;
         }
         Ok(())
     }
@@ -738,16 +771,18 @@ impl LbMaps for AyaMaps {
     fn upsert_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), Error> {
         match key {
             ServiceKey::V4(key) => {
-                self.flag_masters([key])?;
+                self.vip_flags.flag([key])?;
                 self.services
                     .insert(key, entry, 0)
                     .map_err(|err| update_err(names::LB4_SERVICES, "bpf-lb-map-max", err))
             }
-            ServiceKey::V6(key) => self
-                .services6
-                .map
-                .insert(key, entry, 0)
-                .map_err(|err| update_err(names::LB6_SERVICES, "bpf-lb-map-max", err)),
+            ServiceKey::V6(key) => {
+                self.vip_flags6.flag([key])?;
+                self.services6
+                    .map
+                    .insert(key, entry, 0)
+                    .map_err(|err| update_err(names::LB6_SERVICES, "bpf-lb-map-max", err))
+            }
         }
     }
 
@@ -756,11 +791,12 @@ impl LbMaps for AyaMaps {
             ServiceKey::V4(key) => {
                 let result = ignore_missing(self.services.remove(key), names::LB4_SERVICES);
                 self.bumped(result)?;
-                self.unflag_masters([key])
+                self.vip_flags.unflag([key])
             }
             ServiceKey::V6(key) => {
                 let result = ignore_missing(self.services6.map.remove(key), names::LB6_SERVICES);
-                self.bumped(result)
+                self.bumped(result)?;
+                self.vip_flags6.unflag([key])
             }
         }
     }
@@ -821,12 +857,13 @@ impl LbMaps for AyaMaps {
             ServiceKey::V6(key) => Err((key, entry)),
         });
         if !v4.is_empty() {
-            self.flag_masters(v4.iter().map(|(key, _)| key))?;
+            self.vip_flags.flag(v4.iter().map(|(key, _)| key))?;
             let (keys, values): (Vec<_>, Vec<_>) = v4.into_iter().unzip();
             batch::update(&self.services_fd, &keys, &values)
                 .map_err(|partial| batch_err(names::LB4_SERVICES, partial))?;
         }
         if !v6.is_empty() {
+            self.vip_flags6.flag(v6.iter().map(|(key, _)| key))?;
             let (keys, values): (Vec<_>, Vec<_>) = v6.into_iter().unzip();
             batch::update(&self.services6.fd, &keys, &values)
                 .map_err(|partial| batch_err(names::LB6_SERVICES, partial))?;
