@@ -123,10 +123,15 @@ impl Tuple4 {
 }
 
 /// A pointer to a `T` at `offset`, if the packet holds all of it.
+///
+/// The context pointer goes through `black_box` first: otherwise LLVM may compute the address
+/// of `data` once for the whole (long) IPv6 path, keep it in a stack slot and load through it
+/// later, a modified context pointer the verifier refuses.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let skb = core::hint::black_box(ctx.skb.skb);
+    // SAFETY: the context pointer is valid for the whole run.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     if start + offset + size_of::<T>() > end {
         return None;
     }
