@@ -1275,3 +1275,133 @@ fn a_udp_client_of_an_ipv6_cluster_ip_whose_backend_has_no_listener_gets_connect
     );
     assert_eq!(datapath.all_drops(), vec![]);
 }
+
+/// Real traffic, path-MTU discovery over the SNAT path: a client namespace and a node
+/// namespace with the datapath on the client-facing veth (from-netdev), a UDP external IP whose
+/// only backend is behind another node, reached over a link of MTU 1280. The client's
+/// 1400-byte datagram is too big for that link: the node answers with ICMPv6 "packet too big",
+/// and the client's stack learns the path MTU to the VIP (its route cache shows `mtu 1280`).
+#[test]
+fn an_ipv6_client_learns_the_path_mtu_of_the_snat_path() {
+    use lb_testkit::{Netns, netns::veth, ok};
+    use std::net::{SocketAddrV6, UdpSocket};
+    let pid = std::process::id();
+    let client = ok(
+        Netns::create(&format!("lb6pmtu-c-{pid}")),
+        "client namespace",
+    );
+    let node = ok(Netns::create(&format!("lb6pmtu-n-{pid}")), "node namespace");
+    ok(veth(&node, "lbc0", &client, "lbc1"), "client link");
+    ok(
+        node.ip(&[
+            "link", "add", "lbn0", "mtu", "1280", "type", "veth", "peer", "name", "lbn1",
+        ]),
+        "narrow link",
+    );
+    for dev in ["lbn0", "lbn1"] {
+        ok(node.ip(&["link", "set", dev, "up"]), "narrow link up");
+    }
+    ok(
+        node.sysctl("net.ipv6.conf.all.forwarding", "1"),
+        "forwarding",
+    );
+    for (ns, dev, addr) in [
+        (&node, "lbc0", "fd00:56::4/64"),
+        (&client, "lbc1", "fd00:56::10/64"),
+        (&node, "lbn0", "fd00:57::4/64"),
+    ] {
+        ok(
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]),
+            "address",
+        );
+    }
+    ok(
+        client.ip(&["-6", "route", "add", "fd00:96::/112", "via", "fd00:56::4"]),
+        "the client's route to the VIPs",
+    );
+    ok(
+        node.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:244:2::/64",
+            "via",
+            "fd00:57::5",
+            "dev",
+            "lbn0",
+        ]),
+        "the node's route to the other node's pods",
+    );
+    ok(
+        node.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            "fd00:57::5",
+            "lladdr",
+            "02:00:00:00:00:05",
+            "dev",
+            "lbn0",
+            "nud",
+            "permanent",
+        ]),
+        "the other node",
+    );
+    let service = service6("[fd00:96::10]:53", proto::UDP, &["[fd00:244:2::5]:53"])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
+    let mut datapath = load(0, &[service]);
+    datapath.set_config(DatapathConfig {
+        events_per_sec: EVENTS_PER_SEC,
+        node_addr6: ip6_words(ip6("fd00:56::4")),
+        snat_port_min: 40000,
+        snat_port_max: 40099,
+        ..DatapathConfig::default()
+    });
+    ok(
+        node.within(|| datapath.attach(Hook::FromNetdev, "lbc0")),
+        "attach in the node",
+    );
+
+    let route_to_vip = || {
+        ok(
+            client.ip(&["-6", "route", "get", "fd00:96::10"]),
+            "route get",
+        )
+    };
+    assert!(
+        !route_to_vip().contains("mtu"),
+        "no path MTU known yet: {}",
+        route_to_vip()
+    );
+    // The socket stays open, so that the client's stack finds it by the quote.
+    let socket = ok(
+        client.within(|| -> std::io::Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV6::new(ip6("fd00:56::10"), 0, 0, 0))?;
+            socket.connect(SocketAddrV6::new(ip6("fd00:96::10"), 53, 0, 0))?;
+            socket.send(&[0x5a; 1400])?;
+            Ok(socket)
+        }),
+        "enter the client",
+    )
+    .expect("send the datagram");
+    let learned = lb_testkit::wait_until(
+        "the client learns the path MTU",
+        lb_testkit::patience::ANSWER_WITHIN,
+        || {
+            let route = route_to_vip();
+            if route.contains("mtu 1280") {
+                Ok(Some(route))
+            } else {
+                Err(route)
+            }
+        },
+    );
+    drop(socket);
+    learned.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::FragNeeded as u8, Hook::FromNetdev as u8, 1)],
+        "the datagram counted as 136"
+    );
+}
