@@ -3,8 +3,10 @@
 //! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
 //! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
-//! reply, and the IPv6 flows in the rows `lbctl bpf ct list` shows. Every rewritten frame's L4
-//! checksum is verified over the IPv6 pseudo-header.
+//! reply, ICMPv6 errors about translated flows and "packet too big" on the SNAT path (tables,
+//! and real traffic: ECONNREFUSED through a ClusterIP, path-MTU discovery), and the IPv6 flows
+//! in the rows `lbctl bpf ct list` shows. Every rewritten frame's L4 or ICMPv6 checksum is
+//! verified over the IPv6 pseudo-header.
 //!
 //! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
 //! from `lb_tests::fixture::service` synced by the agent's `Syncer` into the `LB6_*` maps.
