@@ -1278,107 +1278,140 @@ fn a_udp_client_of_an_ipv6_cluster_ip_whose_backend_has_no_listener_gets_connect
     assert_eq!(datapath.all_drops(), vec![]);
 }
 
-/// Real traffic, path-MTU discovery over the SNAT path: a client namespace and a node
-/// namespace with the datapath on the client-facing veth (from-netdev), a UDP external IP whose
-/// only backend is behind another node, reached over a link of MTU 1280. The client's
-/// 1400-byte datagram is too big for that link: the node answers with ICMPv6 "packet too big",
-/// and the client's stack learns the path MTU to the VIP (its route cache shows `mtu 1280`).
-#[test]
-fn an_ipv6_client_learns_the_path_mtu_of_the_snat_path() {
-    use lb_testkit::{Netns, netns::veth, ok};
-    use std::net::{SocketAddrV6, UdpSocket};
-    let pid = std::process::id();
-    let client = ok(
-        Netns::create(&format!("lb6pmtu-c-{pid}")),
-        "client namespace",
-    );
-    let node = ok(Netns::create(&format!("lb6pmtu-n-{pid}")), "node namespace");
-    ok(veth(&node, "lbc0", &client, "lbc1"), "client link");
-    ok(
-        node.ip(&[
-            "link", "add", "lbn0", "mtu", "1280", "type", "veth", "peer", "name", "lbn1",
-        ]),
-        "narrow link",
-    );
-    for dev in ["lbn0", "lbn1"] {
-        ok(node.ip(&["link", "set", dev, "up"]), "narrow link up");
-    }
-    ok(
-        node.sysctl("net.ipv6.conf.all.forwarding", "1"),
-        "forwarding",
-    );
-    for (ns, dev, addr) in [
-        (&node, "lbc0", "fd00:56::4/64"),
-        (&client, "lbc1", "fd00:56::10/64"),
-        (&node, "lbn0", "fd00:57::4/64"),
-    ] {
-        ok(
-            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]),
-            "address",
-        );
-    }
-    ok(
-        client.ip(&["-6", "route", "add", "fd00:96::/112", "via", "fd00:56::4"]),
-        "the client's route to the VIPs",
-    );
-    ok(
-        node.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:244:2::/64",
-            "via",
-            "fd00:57::5",
-            "dev",
-            "lbn0",
-        ]),
-        "the node's route to the other node's pods",
-    );
-    ok(
-        node.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            "fd00:57::5",
-            "lladdr",
-            "02:00:00:00:00:05",
-            "dev",
-            "lbn0",
-            "nud",
-            "permanent",
-        ]),
-        "the other node",
-    );
-    let service = service6("[fd00:96::10]:53", proto::UDP, &["[fd00:244:2::5]:53"])
-        .kind(FrontendKind::ExternalIp)
-        .remote();
-    let mut datapath = load(0, &[service]);
-    datapath.set_config(DatapathConfig {
-        events_per_sec: EVENTS_PER_SEC,
-        node_addr6: ip6_words(ip6("fd00:56::4")),
-        snat_port_min: 40000,
-        snat_port_max: 40099,
-        ..DatapathConfig::default()
-    });
-    ok(
-        node.within(|| datapath.attach(Hook::FromNetdev, "lbc0")),
-        "attach in the node",
-    );
+/// Real traffic over the SNAT path, for path-MTU discovery: a client namespace, a node
+/// namespace with the datapath at from-netdev of both its links, and another node's pod (a
+/// backend namespace, fd00:244:2::5) behind a link whose node end has an MTU of 1280. Field order is drop order: the
+/// programs go before the namespaces.
+struct PmtuLab {
+    datapath: Datapath,
+    client: lb_testkit::Netns,
+    backend: lb_testkit::Netns,
+    _node: lb_testkit::Netns,
+}
 
-    let route_to_vip = || {
+impl PmtuLab {
+    /// The lab, with `service` (an external IP on `[fd00:96::10]`, remote backend
+    /// `[fd00:244:2::5]`) synced; `test` names the namespaces.
+    fn up(test: &str, service: DesiredService) -> Self {
+        use lb_testkit::{Netns, netns::veth, ok};
+        let pid = std::process::id();
+        let client = ok(
+            Netns::create(&format!("{test}-c-{pid}")),
+            "client namespace",
+        );
+        let node = ok(Netns::create(&format!("{test}-n-{pid}")), "node namespace");
+        let backend = ok(
+            Netns::create(&format!("{test}-b-{pid}")),
+            "backend namespace",
+        );
+        ok(veth(&node, "lbc0", &client, "lbc1"), "client link");
+        ok(veth(&node, "lbn0", &backend, "lbn1"), "narrow link");
+        // Narrow on the node's side only: the backend's SYN-ACK announces an MSS for 1500
+        // bytes, so the client's segments must shrink on lb's answer, not on the MSS.
         ok(
-            client.ip(&["-6", "route", "get", "fd00:96::10"]),
+            node.ip(&["link", "set", "lbn0", "mtu", "1280"]),
+            "narrow MTU",
+        );
+        ok(
+            node.sysctl("net.ipv6.conf.all.forwarding", "1"),
+            "forwarding",
+        );
+        for (ns, dev, addr) in [
+            (&node, "lbc0", "fd00:56::4/64"),
+            (&client, "lbc1", "fd00:56::10/64"),
+            (&node, "lbn0", "fd00:57::4/64"),
+            (&backend, "lbn1", "fd00:57::5/64"),
+            (&backend, "lbn1", "fd00:244:2::5/128"),
+        ] {
+            ok(
+                ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]),
+                "address",
+            );
+        }
+        for (ns, route) in [
+            (&client, ["fd00:96::/112", "via", "fd00:56::4"]),
+            (&node, ["fd00:244:2::/64", "via", "fd00:57::5"]),
+            (&backend, ["default", "via", "fd00:57::4"]),
+        ] {
+            let mut args = vec!["-6", "route", "add"];
+            args.extend_from_slice(&route);
+            ok(ns.ip(&args), "route");
+        }
+        // The other node's neighbour entry resolved: `bpf_fib_lookup` checks the MTU only
+        // for a route whose neighbour is known (an unresolved one goes to the kernel).
+        let ping = ok(
+            node.exec("ping", &["-6", "-c", "1", "-W", "5", "fd00:57::5"]),
+            "ping the other node",
+        );
+        assert!(ping.success, "the other node answers: {ping:?}");
+        let mut datapath = load(0, &[service]);
+        datapath.set_config(DatapathConfig {
+            events_per_sec: EVENTS_PER_SEC,
+            node_addr6: ip6_words(ip6("fd00:56::4")),
+            snat_port_min: 40000,
+            snat_port_max: 40099,
+            ..DatapathConfig::default()
+        });
+        ok(
+            node.within(|| {
+                datapath.attach(Hook::FromNetdev, "lbc0");
+                datapath.attach(Hook::FromNetdev, "lbn0");
+            }),
+            "attach in the node",
+        );
+        Self {
+            datapath,
+            client,
+            backend,
+            _node: node,
+        }
+    }
+
+    /// The client's route to the VIP, with the path MTU it learned, if any.
+    fn route_to_vip(&self) -> String {
+        lb_testkit::ok(
+            self.client.ip(&["-6", "route", "get", "fd00:96::10"]),
             "route get",
         )
-    };
-    assert!(
-        !route_to_vip().contains("mtu"),
-        "no path MTU known yet: {}",
-        route_to_vip()
-    );
-    // The socket stays open, so that the client's stack finds it by the quote.
-    let socket = ok(
-        client.within(|| -> std::io::Result<UdpSocket> {
+    }
+
+    /// Waits until the client has learned the narrow link's MTU for the VIP.
+    fn wait_for_learned_mtu(&self) {
+        lb_testkit::wait_until(
+            "the client learns the path MTU",
+            lb_testkit::patience::ANSWER_WITHIN,
+            || {
+                let route = self.route_to_vip();
+                if route.contains("mtu 1280") {
+                    Ok(Some(()))
+                } else {
+                    Err(route)
+                }
+            },
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+    }
+}
+
+/// A UDP external IP on port 53 whose only backend is the other node's pod.
+fn remote_udp_service() -> DesiredService {
+    service6("[fd00:96::10]:53", proto::UDP, &["[fd00:244:2::5]:53"])
+        .kind(FrontendKind::ExternalIp)
+        .remote()
+}
+
+/// The client's 1400-byte datagram is too big for the narrow link: the node answers with
+/// ICMPv6 "packet too big", and the client's stack learns the path MTU to the VIP (its route
+/// shows `mtu 1280`).
+#[test]
+fn an_ipv6_client_learns_the_path_mtu_of_the_snat_path() {
+    use std::net::{SocketAddrV6, UdpSocket};
+    let lab = PmtuLab::up("lb6pmtu", remote_udp_service());
+    let route = lab.route_to_vip();
+    assert!(!route.contains("mtu"), "no path MTU known yet: {route}");
+    // The socket stays open until the end, so that the client's stack finds it by the quote.
+    let _socket = lb_testkit::ok(
+        lab.client.within(|| -> std::io::Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV6::new(ip6("fd00:56::10"), 0, 0, 0))?;
             socket.connect(SocketAddrV6::new(ip6("fd00:96::10"), 53, 0, 0))?;
             socket.send(&[0x5a; 1400])?;
@@ -1387,23 +1420,78 @@ fn an_ipv6_client_learns_the_path_mtu_of_the_snat_path() {
         "enter the client",
     )
     .expect("send the datagram");
-    let learned = lb_testkit::wait_until(
-        "the client learns the path MTU",
-        lb_testkit::patience::ANSWER_WITHIN,
-        || {
-            let route = route_to_vip();
-            if route.contains("mtu 1280") {
-                Ok(Some(route))
-            } else {
-                Err(route)
-            }
-        },
-    );
-    drop(socket);
-    learned.unwrap_or_else(|err| panic!("{err}"));
+    lab.wait_for_learned_mtu();
     assert_eq!(
-        datapath.all_drops(),
+        lab.datapath.all_drops(),
         vec![(DropReason::FragNeeded as u8, Hook::FromNetdev as u8, 1)],
         "the datagram counted as 136"
+    );
+}
+
+/// A TCP upload of 256 KiB through an external IP to the other node's pod: the client's
+/// full-sized segments (TSO super-packets on the veth) are too big for the narrow link, lb
+/// answers "packet too big", and the upload completes at the smaller MTU.
+#[test]
+fn an_ipv6_tcp_upload_over_a_narrower_snat_path_completes() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddrV6, TcpListener, TcpStream};
+    const UPLOAD: usize = 256 * 1024;
+    let service = service6("[fd00:96::10]:80", proto::TCP, &["[fd00:244:2::5]:8080"])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
+    let lab = PmtuLab::up("lb6pmtut", service);
+    let listener = lb_testkit::ok(
+        lab.backend
+            .within(|| TcpListener::bind(SocketAddrV6::new(ip6("fd00:244:2::5"), 8080, 0, 0))),
+        "enter the backend",
+    )
+    .expect("listen in the backend");
+    // The backend counts what it receives until the client is done, and says how much.
+    let server = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(lb_testkit::patience::ANSWER_WITHIN))?;
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received)?;
+        stream.write_all(received.len().to_string().as_bytes())?;
+        Ok(received.len())
+    });
+    let answer = lb_testkit::ok(
+        lab.client.within(|| -> std::io::Result<String> {
+            let vip = SocketAddrV6::new(ip6("fd00:96::10"), 80, 0, 0);
+            let mut stream =
+                TcpStream::connect_timeout(&vip.into(), lb_testkit::patience::ANSWER_WITHIN)?;
+            stream.set_read_timeout(Some(lb_testkit::patience::ANSWER_WITHIN))?;
+            stream.write_all(&vec![0x5a; UPLOAD])?;
+            stream.shutdown(Shutdown::Write)?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        }),
+        "enter the client",
+    )
+    .expect("the upload through the VIP");
+    assert_eq!(
+        answer,
+        UPLOAD.to_string(),
+        "the backend received everything"
+    );
+    let received = server.join().expect("the backend thread");
+    assert_eq!(received.expect("the backend's side"), UPLOAD);
+    lab.wait_for_learned_mtu();
+    let too_big = lab
+        .datapath
+        .drop_count(DropReason::FragNeeded, Hook::FromNetdev);
+    assert!(
+        too_big >= 1,
+        "segments too big were answered (136): {too_big}"
+    );
+    assert_eq!(
+        lab.datapath.all_drops(),
+        vec![(
+            DropReason::FragNeeded as u8,
+            Hook::FromNetdev as u8,
+            too_big
+        )],
+        "nothing else dropped"
     );
 }
