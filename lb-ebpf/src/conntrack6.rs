@@ -178,6 +178,19 @@ pub fn lookup(tuple: &Tuple6, config: &DatapathConfig, scratch: &mut Ct6Scratch)
     }
 }
 
+/// The live entry under `key`, left as it is: how an ICMPv6 error finds the flow it is about
+/// (an error is no packet of the flow, so it neither refreshes it nor changes its state).
+#[inline(always)]
+pub fn peek(key: &CtKey6, config: &DatapathConfig) -> Option<*const CtEntry6> {
+    let entry = entry_ptr(key.proto, key)?;
+    // SAFETY: a valid map value pointer; both members share the header.
+    let expires = unsafe { (*entry).service.expires };
+    if expires <= now(config) {
+        return None;
+    }
+    Some(entry)
+}
+
 /// A service entry's flags after the client's packet `tuple`.
 #[inline(always)]
 fn service_flags(flags: u16, tuple: &Tuple6) -> u16 {

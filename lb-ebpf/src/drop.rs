@@ -94,6 +94,15 @@ fn count(ctx: &TcContext, hook: Hook, arrived: Option<&Tuple4>, len: u32, droppe
     events::report_drop(ctx, hook, arrived, len, dropped.reason, site);
 }
 
+/// The packet's length, read so that LLVM cannot merge the read with that of an `Answered`
+/// verdict's `len` (a verdict returned from a subprogram lives on the stack) into one load
+/// from either pointer, which the verifier refuses.
+#[inline(always)]
+fn skb_len(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole run.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).len) }
+}
+
 /// [`settle`] for an IPv6 packet: the drop is reported as a `DropEvent6`.
 #[inline(always)]
 pub fn settle6(
@@ -106,15 +115,7 @@ pub fn settle6(
         Ok(Verdict::Pass) => return TC_ACT_UNSPEC,
         Ok(Verdict::Redirect(code)) => return code,
         Ok(Verdict::Answered { code, dropped, len }) => (code, len, dropped),
-        // A volatile read: LLVM otherwise merged this load of `skb->len` with the load of the
-        // answered length from the stack into one instruction on two kinds of pointer, which
-        // the verifier refuses.
-        // SAFETY: the program's context pointer, valid for the whole run.
-        Err(dropped) => (
-            TC_ACT_SHOT,
-            unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).len) },
-            dropped,
-        ),
+        Err(dropped) => (TC_ACT_SHOT, skb_len(ctx), dropped),
     };
     metrics::count_drop(len, hook, dropped.reason);
     let site = events::Site {

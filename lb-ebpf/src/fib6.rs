@@ -1,9 +1,10 @@
 //! `fib.rs` for IPv6: the route of an SNATed request or a reverse-SNATed reply, looked up
 //! with `bpf_fib_lookup` (`AF_INET6`) before the rewrite, and the redirect. A resolved route
 //! goes out through `fib::send` (new MACs, `bpf_redirect`); an unresolved one through
-//! `bpf_redirect_neigh` with the IPv6 next hop. Touches no map; drops with 169 when the FIB
-//! has no usable route and 136 when the packet is too big for it (no ICMPv6 "packet too big"
-//! is built yet).
+//! `bpf_redirect_neigh` with the IPv6 next hop. A packet too big for the route (or, for a TCP
+//! GSO packet, each of its segments; `tot_len` is left 0 as in `fib.rs`) yields `TooBig` with
+//! the egress device's MTU, which callers answer with ICMPv6 "packet too big" (`icmp6.rs`) or
+//! drop with 136. Touches no map; drops with 169 when the FIB has no usable route.
 
 use core::{
     ffi::c_void,
@@ -21,12 +22,15 @@ use aya_ebpf::{
 use lb_common::{
     Addr6,
     drop::{DropReason, SourceFile},
+    proto,
 };
 
 use crate::{
     drop::{Dropped, Verdict, dropped},
     fib,
     nat6::Target,
+    parse::ptr_at,
+    parse6::IP6_OFF,
 };
 
 const FILE: SourceFile = SourceFile::Fib6;
@@ -48,12 +52,17 @@ pub enum Route6 {
         /// The gateway or the destination itself.
         next_hop: Addr6,
     },
+    /// Too big for the egress device, whose MTU is `mtu` (host byte order).
+    TooBig {
+        /// The egress device's MTU.
+        mtu: u16,
+    },
 }
 
-/// The route of the packet of protocol `proto` rewritten to `to`. 169 without a usable
-/// route, 136 when the packet is too big for it.
+/// The route of the packet of protocol `proto` rewritten to `to`, whose upper-layer header
+/// is at `l4` (for the GSO check). 169 without a usable route.
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, proto: u8, to: &Target) -> Result<Route6, Dropped> {
+pub fn lookup(ctx: &TcContext, proto: u8, l4: usize, to: &Target) -> Result<Route6, Dropped> {
     let mut zeroed = MaybeUninit::<FibParams>::uninit();
     let words = zeroed.as_mut_ptr().cast::<u64>();
     for i in 0..size_of::<FibParams>() / size_of::<u64>() {
@@ -86,11 +95,18 @@ pub fn lookup(ctx: &TcContext, proto: u8, to: &Target) -> Result<Route6, Dropped
             next_hop: unsafe { params.__bindgen_anon_4.ipv6_dst },
         });
     }
+    // With `tot_len` 0 the kernel writes the egress device's MTU here on success and on
+    // FRAG_NEEDED (see `fib.rs`).
+    // SAFETY: mtu_result is the member the kernel wrote (a u16 either way).
+    let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
     if ret == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-        return Err(dropped!(DropReason::FragNeeded));
+        return Ok(Route6::TooBig { mtu });
     }
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(dropped!(DropReason::NoFib));
+    }
+    if proto == proto::TCP && gso_segment_len(ctx, l4).is_some_and(|len| len > u32::from(mtu)) {
+        return Ok(Route6::TooBig { mtu });
     }
     Ok(Route6::Resolved(fib::Route::Resolved {
         ifindex: params.ifindex,
@@ -99,10 +115,30 @@ pub fn lookup(ctx: &TcContext, proto: u8, to: &Target) -> Result<Route6, Dropped
     }))
 }
 
-/// Sends the (already rewritten) packet out along `route`.
+/// The IPv6 length of each segment a TCP GSO packet whose TCP header is at `l4` will be cut
+/// into, `None` for a packet that is no GSO packet: the kernel's own check lets every GSO
+/// packet through, so segments too big for the egress MTU are caught here (see `fib.rs`).
+#[inline(always)]
+fn gso_segment_len(ctx: &TcContext, l4: usize) -> Option<u32> {
+    // SAFETY: the context pointer is valid for the whole run; gso_size exists since 5.7.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return None;
+    }
+    // Byte 12 of the TCP header holds the data offset in its upper four bits.
+    let offset = ptr_at::<[u8; 2]>(ctx, l4 + 12)?;
+    // SAFETY: `ptr_at` checked the bounds; a byte read needs no alignment.
+    let [doff, _flags] = unsafe { offset.read() };
+    let headers = (l4 - IP6_OFF) as u32 + u32::from(doff >> 4) * 4;
+    Some(headers + gso_size)
+}
+
+/// Sends the (already rewritten) packet out along `route`; 136 for `TooBig` (callers that
+/// answer it do so before).
 #[inline(always)]
 pub fn send(ctx: &TcContext, route: &Route6) -> Result<Verdict, Dropped> {
     match *route {
+        Route6::TooBig { .. } => Err(dropped!(DropReason::FragNeeded)),
         Route6::Resolved(route) => fib::send(ctx, &route),
         Route6::Unresolved { ifindex, next_hop } => {
             let mut nh = bpf_redir_neigh {

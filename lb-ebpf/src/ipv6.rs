@@ -9,10 +9,11 @@
 //! reaching itself (`hairpin6.rs`) or SNAT to a remote backend (`nat6.rs`), the conntrack
 //! entries, the rewrite, and for SNATed flows the route (`fib6.rs`; a hairpinned packet goes
 //! straight back to the pod). Later fragments of TCP and UDP datagrams follow their first
-//! fragment (`frag6.rs`). An echo request to a VIP is answered (`icmp6.rs`); other ICMPv6
-//! (neighbour discovery, router advertisements, errors) is handed on untouched; other
-//! protocols to a VIP are dropped with 142, as for IPv4. Not yet for IPv6: ICMPv6 errors about
-//! translated flows.
+//! fragment (`frag6.rs`). ICMPv6 errors about translated flows are translated back, an echo
+//! request to a VIP is answered, and a packet too big for the route of an SNATed flow is
+//! answered with "packet too big" (`icmp6.rs`); other ICMPv6 (neighbour discovery, router
+//! advertisements, errors about no tracked flow) is handed on untouched; other protocols to a
+//! VIP are dropped with 142, as for IPv4.
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
@@ -28,7 +29,8 @@ use crate::{
     conntrack::now,
     conntrack6::{self, Hit6},
     drop::{self, Dropped, Verdict, dropped},
-    fib6, filter, frag6, hairpin, hairpin6, icmp6, lb, lb6,
+    fib6::{self, Route6},
+    filter, frag6, hairpin, hairpin6, icmp6, lb, lb6,
     lb6::{Chosen6, Frontend6},
     maps::{self, Ct6Scratch},
     nat6,
@@ -121,15 +123,23 @@ fn handle6(ctx: &TcContext, hook: Hook, tuple: Option<&Tuple6>) -> Result<Verdic
     new_flow(ctx, hook, tuple, &frontend, scratch, generation)
 }
 
-/// An echo request to a VIP is answered by the VIP (`icmp6.rs`); other ICMPv6 passes
-/// untouched (neighbour discovery and router advertisements must, and lb translates no ICMPv6
-/// error yet); another protocol to a VIP is dropped with 142.
+/// An ICMPv6 error about a translated flow is translated back and an echo request to a VIP
+/// is answered by the VIP (`icmp6.rs`); other ICMPv6 passes untouched (neighbour discovery
+/// and router advertisements must); another protocol to a VIP is dropped with 142.
 #[inline(always)]
 fn other(ctx: &TcContext, hook: Hook, tuple: &Tuple6) -> Result<Verdict, Dropped> {
     if tuple.proto == proto::ICMPV6 {
-        let is_echo = parse::load_u16(ctx, tuple.l4())
-            .is_some_and(|word| word.to_ne_bytes()[0] == icmp6::ECHO_REQUEST);
-        if is_echo && lb6::is_known_vip(tuple.daddr) {
+        let Some(word) = parse::load_u16(ctx, tuple.l4()) else {
+            return Ok(Verdict::Pass);
+        };
+        let [kind, _code] = word.to_ne_bytes();
+        if icmp6::is_error(kind) {
+            let Some(scratch) = conntrack6::scratch() else {
+                return Ok(Verdict::Pass);
+            };
+            return icmp6::translate_error(ctx, tuple, scratch);
+        }
+        if kind == icmp6::ECHO_REQUEST && lb6::is_known_vip(tuple.daddr) {
             return icmp6::answer_echo(ctx, hook, tuple);
         }
         return Ok(Verdict::Pass);
@@ -204,7 +214,8 @@ fn needs_snat(hook: Hook, chosen: &Chosen6) -> bool {
 
 /// DNAT (and SNAT) a client's packet; a hairpinned one goes straight back to the pod it came
 /// from; an SNATed one leaves by redirect along the route of its new addresses (the node's own
-/// source address is a martian to the stack).
+/// source address is a martian to the stack), its route looked up before the rewrite so that
+/// a packet too big for it is answered as it arrived.
 #[inline(always)]
 fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict, Dropped> {
     frag6::record(tuple);
@@ -218,13 +229,18 @@ fn forward(ctx: &TcContext, tuple: &Tuple6, flow: &CtService6) -> Result<Verdict
         nat6::rewrite(ctx, tuple, &to)?;
         return Ok(Verdict::Pass);
     }
-    let route = fib6::lookup(ctx, tuple.proto, &to)?;
+    let route = fib6::lookup(ctx, tuple.proto, tuple.l4(), &to)?;
+    if let Route6::TooBig { mtu } = route {
+        return icmp6::answer_too_big(ctx, mtu, flow.snat_addr);
+    }
     nat6::rewrite(ctx, tuple, &to)?;
     fib6::send(ctx, &route)
 }
 
 /// Reverse-NAT a backend's reply; a hairpinned flow's goes back to the pod it came from; a
-/// reverse-SNATed reply or a node port's leaves by redirect.
+/// reverse-SNATed reply or a node port's leaves by redirect (one too big for that route is
+/// answered to the backend, from the node address it was sent to: the SNAT address, or the
+/// node port's).
 #[inline(always)]
 fn reverse(ctx: &TcContext, tuple: &Tuple6, reply: &CtReply6) -> Result<Verdict, Dropped> {
     frag6::record(tuple);
@@ -237,7 +253,15 @@ fn reverse(ctx: &TcContext, tuple: &Tuple6, reply: &CtReply6) -> Result<Verdict,
         nat6::rewrite(ctx, tuple, &to)?;
         return Ok(Verdict::Pass);
     }
-    let route = fib6::lookup(ctx, tuple.proto, &to)?;
+    let route = fib6::lookup(ctx, tuple.proto, tuple.l4(), &to)?;
+    if let Route6::TooBig { mtu } = route {
+        let node = if reply.flags & CT_F_SNAT != 0 {
+            tuple.daddr
+        } else {
+            *to.saddr
+        };
+        return icmp6::answer_too_big(ctx, mtu, node);
+    }
     nat6::rewrite(ctx, tuple, &to)?;
     fib6::send(ctx, &route)
 }

@@ -80,7 +80,15 @@ pub struct Ct6Scratch {
     pub reply: CtEntry6,
     /// An ICMPv6 answer being built (`icmp6.rs`), instead of the entries.
     pub answer: Icmp6Answer,
+    /// A piece of the packet a "packet too big" answer quotes, loaded to be summed
+    /// (`icmp6.rs`).
+    pub chunk: QuoteChunk,
 }
+
+/// Room for one piece of a quote being summed: 256 bytes, whole 32-bit words (what
+/// `bpf_csum_diff` takes).
+#[repr(C, align(8))]
+pub struct QuoteChunk(pub [u32; 64]);
 
 /// An ICMPv6 answer being built: Ethernet, IPv6 and ICMPv6 headers and the quote (at most 112
 /// bytes), in 16-bit words, 8-aligned so that it is zeroed a word at a time.

@@ -201,18 +201,20 @@ pub fn rev_nat_target<'a>(tuple: &'a Tuple6, reply: &'a CtReply6) -> Target<'a> 
 
 /// One's-complement sum of 16-bit word replacements (RFC 1624), not yet folded.
 #[derive(Clone, Copy, Default)]
-struct Diff(u64);
+pub struct Diff(u64);
 
 impl Diff {
+    /// `from` replaced by `to`.
     #[inline(always)]
-    fn word(&mut self, from: u16, to: u16) {
+    pub fn word(&mut self, from: u16, to: u16) {
         if from != to {
             self.0 += u64::from(!from) + u64::from(to);
         }
     }
 
+    /// The address `from` replaced by `to`.
     #[inline(always)]
-    fn addr(&mut self, from: &Addr6, to: &Addr6) {
+    pub fn addr(&mut self, from: &Addr6, to: &Addr6) {
         for i in 0..4 {
             let [f0, f1] = split(from[i]);
             let [t0, t1] = split(to[i]);
@@ -226,6 +228,14 @@ impl Diff {
         let sum = (self.0 & 0xffff) + (self.0 >> 16);
         let sum = (sum & 0xffff) + (sum >> 16);
         (sum & 0xffff) + (sum >> 16)
+    }
+
+    /// The checksum `check` (as stored) updated for these replacements:
+    /// `HC' = ~(~HC + diff)`.
+    #[inline(always)]
+    pub fn apply(self, check: u16) -> u16 {
+        let sum = Self(self.0 + u64::from(!check)).folded();
+        !(sum as u16)
     }
 }
 

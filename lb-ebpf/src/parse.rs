@@ -122,7 +122,8 @@ impl Tuple4 {
     }
 }
 
-/// A pointer to a `T` at `offset`, if the packet holds all of it.
+/// A pointer to a `T` at `offset`, if the packet holds all of it. The context pointer goes
+/// through [`opaque`] first (see there why).
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     let skb = opaque(ctx.skb.skb);

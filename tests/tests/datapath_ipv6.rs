@@ -4,7 +4,9 @@
 //! the reply, an established flow keeping its backend, the external-ClusterIP policy (174 and a
 //! `DropEvent6`) and source ranges (177), what passes untouched (no frontend, neighbour
 //! discovery and other ICMPv6), extension headers, and SNAT to a remote backend with its
-//! reply, and the IPv6 flows in the rows `lbctl bpf ct list` shows. Every rewritten frame's L4
+//! reply, ICMPv6 errors about translated flows and "packet too big" on the SNAT path (tables,
+//! and real traffic: ECONNREFUSED through a ClusterIP, path-MTU discovery), hairpin, and the
+//! IPv6 flows in the rows `lbctl bpf ct list` shows. Every rewritten frame's L4 or ICMPv6
 //! checksum is verified over the IPv6 pseudo-header.
 //!
 //! Frontends are provisioned as the IPv4 datapath tests provision theirs: `DesiredService`s
@@ -1391,4 +1393,546 @@ fn an_ipv6_pod_reaches_itself_through_its_cluster_ip() {
         );
     }
     assert_eq!(datapath.all_drops(), vec![], "nothing dropped");
+}
+
+/// The longest quote of an ICMPv6 error: its IPv6 packet stays within 1280 bytes.
+const MAX_QUOTE6: usize = 1280 - 48;
+
+/// An ICMPv6 error `(kind, code)` with `rest` (the header's last four bytes), from address
+/// `src` to address `dst`, quoting as much of the IPv6 packet of `about` as fits, its
+/// checksum computed over the whole message.
+fn icmp6_error(
+    src: &str,
+    dst: &str,
+    (kind, code): (u8, u8),
+    rest: [u8; 4],
+    about: &[u8],
+) -> Vec<u8> {
+    let (src, dst) = (ip6(src), ip6(dst));
+    let quote = &about[14..about.len().min(14 + MAX_QUOTE6)];
+    let mut body = vec![kind, code, 0, 0];
+    body.extend_from_slice(&rest);
+    body.extend_from_slice(quote);
+    let sum = l4_checksum(&src, &dst, proto::ICMPV6, &body);
+    body[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&lb_testkit::packet::DST_MAC);
+    frame.extend_from_slice(&lb_testkit::packet::SRC_MAC);
+    frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[proto::ICMPV6, 64]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Asserts that the ICMPv6 message in `frame` has a right checksum and payload length.
+fn assert_icmp6_checksum(frame: &[u8], what: &str) {
+    let ip = &frame[14..];
+    let icmp = &ip[40..];
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+        icmp.len(),
+        "{what}: payload length"
+    );
+    let mut zeroed = icmp.to_vec();
+    zeroed[2..4].copy_from_slice(&[0, 0]);
+    let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    assert_eq!(
+        u16::from_be_bytes([icmp[2], icmp[3]]),
+        l4_checksum(&src, &dst, proto::ICMPV6, &zeroed),
+        "{what}: ICMPv6 checksum"
+    );
+}
+
+/// Destination unreachable, port unreachable; time exceeded in transit.
+const PORT_UNREACHABLE6: (u8, u8) = (1, 4);
+const HOP_LIMIT_EXCEEDED: (u8, u8) = (3, 0);
+const POD_IP: &str = "fd00:244:1::7";
+const VIP_IP: &str = "fd00:96::10";
+const BACKEND_IP: &str = "fd00:244:1::5";
+
+/// A datapath with `service` and the first packet `first` of a flow already through from-pod.
+fn with_flow6(service: DesiredService, first: &[u8]) -> Datapath {
+    let datapath = load(0, &[service]);
+    let run = datapath.run(Hook::FromPod, first);
+    assert_eq!(run.verdict, TC_ACT_UNSPEC, "the flow's first packet passes");
+    datapath
+}
+
+#[test]
+fn icmpv6_errors_about_translated_flows_are_translated_back() {
+    let udp_flow = || with_flow6(service6(VIP, proto::UDP, &[BACKEND]), &udp6(POD, VIP));
+    let tcp_flow = || with_flow6(service6(VIP, proto::TCP, &[BACKEND]), &tcp6_syn(POD, VIP));
+    let cases = [
+        (
+            "the backend's port unreachable reaches the pod from the VIP",
+            udp_flow(),
+            icmp6_error(
+                BACKEND_IP,
+                POD_IP,
+                PORT_UNREACHABLE6,
+                [0; 4],
+                &udp6(POD, BACKEND),
+            ),
+            icmp6_error(VIP_IP, POD_IP, PORT_UNREACHABLE6, [0; 4], &udp6(POD, VIP)),
+        ),
+        (
+            "a router's time exceeded keeps the router's address, the whole TCP header quoted",
+            tcp_flow(),
+            icmp6_error(
+                "fd00:244:1::1",
+                POD_IP,
+                HOP_LIMIT_EXCEEDED,
+                [0; 4],
+                &tcp6_syn(POD, BACKEND),
+            ),
+            icmp6_error(
+                "fd00:244:1::1",
+                POD_IP,
+                HOP_LIMIT_EXCEEDED,
+                [0; 4],
+                &tcp6_syn(POD, VIP),
+            ),
+        ),
+        (
+            "a packet too big from the backend's path carries its MTU to the pod",
+            tcp_flow(),
+            icmp6_error(
+                "fd00:244:1::1",
+                POD_IP,
+                (2, 0),
+                1400u32.to_be_bytes(),
+                &tcp6_ack(POD, BACKEND),
+            ),
+            icmp6_error(
+                "fd00:244:1::1",
+                POD_IP,
+                (2, 0),
+                1400u32.to_be_bytes(),
+                &tcp6_ack(POD, VIP),
+            ),
+        ),
+        (
+            "the pod's port unreachable about a reply reaches the backend",
+            udp_flow(),
+            icmp6_error(POD_IP, VIP_IP, PORT_UNREACHABLE6, [0; 4], &udp6(VIP, POD)),
+            icmp6_error(
+                POD_IP,
+                BACKEND_IP,
+                PORT_UNREACHABLE6,
+                [0; 4],
+                &udp6(BACKEND, POD),
+            ),
+        ),
+    ];
+    for (what, datapath, input, want) in cases {
+        let run = datapath.run(Hook::FromPod, &input);
+        assert_eq!(run.verdict, TC_ACT_UNSPEC, "{what}: verdict");
+        assert_icmp6_checksum(&run.frame, what);
+        // The quoted TCP/UDP checksum is checked by comparing with the frame built afresh.
+        assert_eq!(run.frame, want, "{what}: translated error");
+        assert_eq!(datapath.all_drops(), vec![], "{what}: no drop");
+    }
+}
+
+#[test]
+fn an_icmpv6_error_about_no_tracked_flow_passes_untouched() {
+    let datapath = with_flow6(service6(VIP, proto::UDP, &[BACKEND]), &udp6(POD, VIP));
+    let other_peer = "[fd00:244:1::9]:53";
+    for (what, input) in [
+        (
+            "about another flow",
+            icmp6_error(
+                "fd00:244:1::9",
+                POD_IP,
+                PORT_UNREACHABLE6,
+                [0; 4],
+                &udp6(POD, other_peer),
+            ),
+        ),
+        (
+            "about the flow as the client sent it (not translated yet)",
+            icmp6_error(
+                "fd00:244:1::1",
+                POD_IP,
+                HOP_LIMIT_EXCEEDED,
+                [0; 4],
+                &udp6(POD, VIP),
+            ),
+        ),
+    ] {
+        assert_unchanged(&datapath, Hook::FromPod, &input, what);
+    }
+}
+
+/// A datapath that SNATs flows from outside to a remote backend, with the TCP flow from
+/// `CLIENT` open (SNATed to `[fd00:56::4]:40000`); returns it with the remote backend.
+fn snat_flow6(fib: &FibNetns6) -> (Datapath, &'static str) {
+    let remote = "[fd00:244:2::5]:8080";
+    let service = service6(VIP, proto::TCP, &[remote])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
+    let mut datapath = load(0, &[service]);
+    datapath.set_config(DatapathConfig {
+        events_per_sec: EVENTS_PER_SEC,
+        node_addr6: ip6_words(ip6("fd00:56::4")),
+        snat_port_min: 40000,
+        snat_port_max: 40000,
+        ..DatapathConfig::default()
+    });
+    let request =
+        fib.enter(|| datapath.run_on(Hook::FromNetdev, &tcp6_syn(CLIENT, VIP), fib.ifindex));
+    assert_eq!(request.verdict, TC_ACT_REDIRECT, "the flow's SYN is SNATed");
+    (datapath, remote)
+}
+
+#[test]
+fn an_icmpv6_error_about_an_snated_flow_is_sent_on_to_the_external_client() {
+    let fib = FibNetns6::new("v6icmpsnat");
+    let (datapath, remote) = snat_flow6(&fib);
+    let snat = "[fd00:56::4]:40000";
+    let input = icmp6_error(
+        "fd00:244:2::5",
+        "fd00:56::4",
+        PORT_UNREACHABLE6,
+        [0; 4],
+        &tcp6_syn(snat, remote),
+    );
+    let run = fib.enter(|| datapath.run_on(Hook::FromNetdev, &input, fib.ifindex));
+    assert_eq!(run.verdict, TC_ACT_REDIRECT, "redirected to the client");
+    assert_icmp6_checksum(&run.frame, "translated");
+    let mut want = icmp6_error(
+        VIP_IP,
+        "fd00:56::10",
+        PORT_UNREACHABLE6,
+        [0; 4],
+        &tcp6_syn(CLIENT, VIP),
+    );
+    want[..6].copy_from_slice(&CLIENT_MAC);
+    want[6..12].copy_from_slice(&NODE_MAC);
+    assert_eq!(
+        run.frame, want,
+        "from the VIP, about the client's own packet, to the client"
+    );
+    assert_eq!(datapath.all_drops(), vec![]);
+}
+
+#[test]
+fn a_too_big_packet_of_an_snated_ipv6_flow_is_answered_with_packet_too_big() {
+    let fib = FibNetns6::new("v6ptb");
+    let (datapath, _remote) = snat_flow6(&fib);
+    // 1600 bytes of payload: larger than lbt0's MTU of 1500.
+    let big = Frame6 {
+        payload: vec![0x5a; 1600],
+        ..Frame6::tcp(CLIENT, VIP, tcp_flags::ACK | tcp_flags::PSH)
+    }
+    .bytes();
+    let run = fib.enter(|| datapath.run_on(Hook::FromNetdev, &big, fib.ifindex));
+    assert_eq!(run.verdict, TC_ACT_REDIRECT, "answered");
+    let out = &run.frame;
+    assert_eq!(
+        out.len(),
+        14 + 1280,
+        "as much of the packet as fits in 1280 bytes"
+    );
+    assert_eq!(&out[..6], &big[6..12], "back to the MAC it came from");
+    assert_eq!(&out[6..12], &big[..6]);
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    let ip = &out[14..];
+    assert_eq!((ip[6], ip[7]), (proto::ICMPV6, 64), "ICMPv6, hop limit 64");
+    assert_eq!(&ip[8..24], &ip6("fd00:56::4").octets(), "from the node");
+    assert_eq!(&ip[24..40], &big[14 + 8..14 + 24], "to the sender");
+    let icmp = &ip[40..];
+    assert_eq!((icmp[0], icmp[1]), (2, 0), "packet too big");
+    assert_eq!(&icmp[4..8], &1500u32.to_be_bytes(), "the egress MTU");
+    assert_eq!(
+        &icmp[8..],
+        &big[14..14 + MAX_QUOTE6],
+        "the packet as it arrived"
+    );
+    assert_icmp6_checksum(out, "packet too big");
+    assert_eq!(
+        datapath.all_drops(),
+        vec![(DropReason::FragNeeded as u8, Hook::FromNetdev as u8, 1)],
+        "counted as 136"
+    );
+    let events = drain_events6(&datapath);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].reason, events[0].file, events[0].len as usize),
+        (136, SourceFile::Icmp6 as u8, big.len()),
+        "reported as the packet that was dropped"
+    );
+}
+
+/// Real traffic: the `Topology` node made dual stack, the programs attached as the agent
+/// attaches them, an IPv6 ClusterIP on UDP port 53 whose only backend has nothing listening
+/// on its port. The backend's stack answers the client pod's datagram with ICMPv6 port
+/// unreachable; translated to come from the VIP, it makes the client's connected socket fail
+/// with ECONNREFUSED at once instead of waiting for an answer.
+#[test]
+fn a_udp_client_of_an_ipv6_cluster_ip_whose_backend_has_no_listener_gets_connection_refused() {
+    use lb_tests::{
+        ipv6::{addrs, wire_ipv6},
+        topology::{BACKEND_DEVS, CLIENT_DEV, NODE_DEV, Topology},
+    };
+    use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
+    let topology = Topology::new("ipv6_icmp_refused");
+    wire_ipv6(&topology);
+    // Nothing listens on the backend's port 9999.
+    let backend = format!("[{}]:9999", addrs::BACKENDS[0]);
+    let mut datapath = load(0, &[service6("[fd00:96::10]:53", proto::UDP, &[&backend])]);
+    topology
+        .node
+        .within(|| {
+            datapath.attach(Hook::FromNetdev, NODE_DEV);
+            for dev in [CLIENT_DEV, BACKEND_DEVS[0], BACKEND_DEVS[1]] {
+                datapath.attach(Hook::FromPod, dev);
+            }
+        })
+        .expect("enter the node");
+    let client: Ipv6Addr = addrs::CLIENT.parse().expect("the client's address");
+    let started = std::time::Instant::now();
+    let outcome = lb_testkit::ok(
+        topology.client.ns.within(|| -> std::io::Result<usize> {
+            let socket = UdpSocket::bind(SocketAddrV6::new(client, 0, 0, 0))?;
+            socket.connect(SocketAddrV6::new(ip6("fd00:96::10"), 53, 0, 0))?;
+            socket.set_read_timeout(Some(lb_testkit::patience::ANSWER_WITHIN))?;
+            socket.send(b"anyone there?")?;
+            socket.recv(&mut [0u8; 64])
+        }),
+        "enter the client pod",
+    );
+    let err = outcome.expect_err("no answer can come");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the backend's port unreachable, translated to come from the VIP: {err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused at once, not after a timeout"
+    );
+    assert_eq!(datapath.all_drops(), vec![]);
+}
+
+/// Real traffic over the SNAT path, for path-MTU discovery: a client namespace, a node
+/// namespace with the datapath at from-netdev of both its links, and another node's pod (a
+/// backend namespace, fd00:244:2::5) behind a link whose node end has an MTU of 1280. Field order is drop order: the
+/// programs go before the namespaces.
+struct PmtuLab {
+    datapath: Datapath,
+    client: lb_testkit::Netns,
+    backend: lb_testkit::Netns,
+    _node: lb_testkit::Netns,
+}
+
+impl PmtuLab {
+    /// The lab, with `service` (an external IP on `[fd00:96::10]`, remote backend
+    /// `[fd00:244:2::5]`) synced; `test` names the namespaces.
+    fn up(test: &str, service: DesiredService) -> Self {
+        use lb_testkit::{Netns, netns::veth, ok};
+        let pid = std::process::id();
+        let client = ok(
+            Netns::create(&format!("{test}-c-{pid}")),
+            "client namespace",
+        );
+        let node = ok(Netns::create(&format!("{test}-n-{pid}")), "node namespace");
+        let backend = ok(
+            Netns::create(&format!("{test}-b-{pid}")),
+            "backend namespace",
+        );
+        ok(veth(&node, "lbc0", &client, "lbc1"), "client link");
+        ok(veth(&node, "lbn0", &backend, "lbn1"), "narrow link");
+        // Narrow on the node's side only: the backend's SYN-ACK announces an MSS for 1500
+        // bytes, so the client's segments must shrink on lb's answer, not on the MSS.
+        ok(
+            node.ip(&["link", "set", "lbn0", "mtu", "1280"]),
+            "narrow MTU",
+        );
+        ok(
+            node.sysctl("net.ipv6.conf.all.forwarding", "1"),
+            "forwarding",
+        );
+        for (ns, dev, addr) in [
+            (&node, "lbc0", "fd00:56::4/64"),
+            (&client, "lbc1", "fd00:56::10/64"),
+            (&node, "lbn0", "fd00:57::4/64"),
+            (&backend, "lbn1", "fd00:57::5/64"),
+            (&backend, "lbn1", "fd00:244:2::5/128"),
+        ] {
+            ok(
+                ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]),
+                "address",
+            );
+        }
+        for (ns, route) in [
+            (&client, ["fd00:96::/112", "via", "fd00:56::4"]),
+            (&node, ["fd00:244:2::/64", "via", "fd00:57::5"]),
+            (&backend, ["default", "via", "fd00:57::4"]),
+        ] {
+            let mut args = vec!["-6", "route", "add"];
+            args.extend_from_slice(&route);
+            ok(ns.ip(&args), "route");
+        }
+        // The other node's neighbour entry resolved: `bpf_fib_lookup` checks the MTU only
+        // for a route whose neighbour is known (an unresolved one goes to the kernel).
+        let ping = ok(
+            node.exec("ping", &["-6", "-c", "1", "-W", "5", "fd00:57::5"]),
+            "ping the other node",
+        );
+        assert!(ping.success, "the other node answers: {ping:?}");
+        let mut datapath = load(0, &[service]);
+        datapath.set_config(DatapathConfig {
+            events_per_sec: EVENTS_PER_SEC,
+            node_addr6: ip6_words(ip6("fd00:56::4")),
+            snat_port_min: 40000,
+            snat_port_max: 40099,
+            ..DatapathConfig::default()
+        });
+        ok(
+            node.within(|| {
+                datapath.attach(Hook::FromNetdev, "lbc0");
+                datapath.attach(Hook::FromNetdev, "lbn0");
+            }),
+            "attach in the node",
+        );
+        Self {
+            datapath,
+            client,
+            backend,
+            _node: node,
+        }
+    }
+
+    /// The client's route to the VIP, with the path MTU it learned, if any.
+    fn route_to_vip(&self) -> String {
+        lb_testkit::ok(
+            self.client.ip(&["-6", "route", "get", "fd00:96::10"]),
+            "route get",
+        )
+    }
+
+    /// Waits until the client has learned the narrow link's MTU for the VIP.
+    fn wait_for_learned_mtu(&self) {
+        lb_testkit::wait_until(
+            "the client learns the path MTU",
+            lb_testkit::patience::ANSWER_WITHIN,
+            || {
+                let route = self.route_to_vip();
+                if route.contains("mtu 1280") {
+                    Ok(Some(()))
+                } else {
+                    Err(route)
+                }
+            },
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+    }
+}
+
+/// A UDP external IP on port 53 whose only backend is the other node's pod.
+fn remote_udp_service() -> DesiredService {
+    service6("[fd00:96::10]:53", proto::UDP, &["[fd00:244:2::5]:53"])
+        .kind(FrontendKind::ExternalIp)
+        .remote()
+}
+
+/// The client's 1400-byte datagram is too big for the narrow link: the node answers with
+/// ICMPv6 "packet too big", and the client's stack learns the path MTU to the VIP (its route
+/// shows `mtu 1280`).
+#[test]
+fn an_ipv6_client_learns_the_path_mtu_of_the_snat_path() {
+    use std::net::{SocketAddrV6, UdpSocket};
+    let lab = PmtuLab::up("lb6pmtu", remote_udp_service());
+    let route = lab.route_to_vip();
+    assert!(!route.contains("mtu"), "no path MTU known yet: {route}");
+    // The socket stays open until the end, so that the client's stack finds it by the quote.
+    let _socket = lb_testkit::ok(
+        lab.client.within(|| -> std::io::Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV6::new(ip6("fd00:56::10"), 0, 0, 0))?;
+            socket.connect(SocketAddrV6::new(ip6("fd00:96::10"), 53, 0, 0))?;
+            socket.send(&[0x5a; 1400])?;
+            Ok(socket)
+        }),
+        "enter the client",
+    )
+    .expect("send the datagram");
+    lab.wait_for_learned_mtu();
+    assert_eq!(
+        lab.datapath.all_drops(),
+        vec![(DropReason::FragNeeded as u8, Hook::FromNetdev as u8, 1)],
+        "the datagram counted as 136"
+    );
+}
+
+/// A TCP upload of 256 KiB through an external IP to the other node's pod: the client's
+/// full-sized segments (TSO super-packets on the veth) are too big for the narrow link, lb
+/// answers "packet too big", and the upload completes at the smaller MTU.
+#[test]
+fn an_ipv6_tcp_upload_over_a_narrower_snat_path_completes() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddrV6, TcpListener, TcpStream};
+    const UPLOAD: usize = 256 * 1024;
+    let service = service6("[fd00:96::10]:80", proto::TCP, &["[fd00:244:2::5]:8080"])
+        .kind(FrontendKind::ExternalIp)
+        .remote();
+    let lab = PmtuLab::up("lb6pmtut", service);
+    let listener = lb_testkit::ok(
+        lab.backend
+            .within(|| TcpListener::bind(SocketAddrV6::new(ip6("fd00:244:2::5"), 8080, 0, 0))),
+        "enter the backend",
+    )
+    .expect("listen in the backend");
+    // The backend counts what it receives until the client is done, and says how much.
+    let server = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(lb_testkit::patience::ANSWER_WITHIN))?;
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received)?;
+        stream.write_all(received.len().to_string().as_bytes())?;
+        Ok(received.len())
+    });
+    let answer = lb_testkit::ok(
+        lab.client.within(|| -> std::io::Result<String> {
+            let vip = SocketAddrV6::new(ip6("fd00:96::10"), 80, 0, 0);
+            let mut stream =
+                TcpStream::connect_timeout(&vip.into(), lb_testkit::patience::ANSWER_WITHIN)?;
+            stream.set_read_timeout(Some(lb_testkit::patience::ANSWER_WITHIN))?;
+            stream.write_all(&vec![0x5a; UPLOAD])?;
+            stream.shutdown(Shutdown::Write)?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        }),
+        "enter the client",
+    )
+    .expect("the upload through the VIP");
+    assert_eq!(
+        answer,
+        UPLOAD.to_string(),
+        "the backend received everything"
+    );
+    let received = server.join().expect("the backend thread");
+    assert_eq!(received.expect("the backend's side"), UPLOAD);
+    lab.wait_for_learned_mtu();
+    let too_big = lab
+        .datapath
+        .drop_count(DropReason::FragNeeded, Hook::FromNetdev);
+    assert!(
+        too_big >= 1,
+        "segments too big were answered (136): {too_big}"
+    );
+    assert_eq!(
+        lab.datapath.all_drops(),
+        vec![(
+            DropReason::FragNeeded as u8,
+            Hook::FromNetdev as u8,
+            too_big
+        )],
+        "nothing else dropped"
+    );
 }
