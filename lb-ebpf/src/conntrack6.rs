@@ -303,7 +303,6 @@ pub fn snat_reply(
         vip: frontend.vip,
         client_addr: tuple.saddr,
         client_port: tuple.sport,
-        _pad2: 0,
         _pad3: 0,
     });
 }
@@ -359,7 +358,6 @@ pub fn service_entry(
         snat_addr,
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
-        _pad2: 0,
         _pad3: 0,
     });
 }
@@ -419,7 +417,6 @@ pub fn create<'a>(
         vip: tuple.daddr,
         client_addr: tuple.saddr,
         client_port: tuple.sport,
-        _pad2: 0,
         _pad3: 0,
     });
     if map
