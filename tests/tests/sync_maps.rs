@@ -347,11 +347,19 @@ fn more_than_65536_frontends_are_programmed_and_one_with_an_id_above_65535_is_tr
         tcp_syn_ack(vip, POD),
         "the reply comes from the VIP"
     );
-    let revnat = datapath.behind_sync(|maps| maps.read().expect("read the maps").revnat);
-    assert_eq!(revnat.len(), ALL as usize, "one rev-NAT entry per frontend");
+    let pinned = aya::maps::MapData::from_pin(datapath.pin_dir().join(lb_common::maps::LB4_REVNAT))
+        .expect("open the pinned LB4_REVNAT");
+    let revnat: aya::maps::HashMap<_, u32, lb_common::service::RevNat4> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(pinned)).expect("a hash map");
     assert_eq!(
-        revnat.get(&id).map(datapath::maps::revnat_addr_of),
-        Some((std::net::Ipv4Addr::from(0x0a60_0000 + ALL).into(), 80))
+        revnat.keys().count(),
+        ALL as usize,
+        "one rev-NAT entry per frontend"
+    );
+    let entry = revnat.get(&id.0, 0).expect("the id's rev-NAT entry");
+    assert_eq!(
+        (u32::from_be(entry.vip), u16::from_be(entry.port)),
+        (0x0a60_0000 + ALL, 80)
     );
 }
 
