@@ -16,9 +16,9 @@ use lb_common::drop::Hook;
 /// Capacity of the services and backends maps: 10k services × 10 backends take 120k service
 /// slots, more than the default 64k.
 pub const LB_MAP_MAX: u32 = 262_144;
-/// Capacity for the control-plane benchmarks' largest fixtures: 60k services × 10 backends
-/// take 720k service entries and 600k backends.
-pub const LB_MAP_MAX_LARGE: u32 = 1_048_576;
+/// Capacity for the control-plane benchmarks' largest fixtures: 100k services × 10 backends
+/// take 1.2M service entries (master, wildcard and 10 slots each) and 1M backends.
+pub const LB_MAP_MAX_LARGE: u32 = 1_310_720;
 /// Conntrack capacity (the agent's default).
 pub const CT_MAX: u32 = 262_144;
 

@@ -171,7 +171,7 @@ pub struct LbRow {
     /// 0 for the master entry, 1.. for the backend slots.
     pub slot: u16,
     /// The frontend's service id (the rev-NAT entry); 0 for a wildcard entry.
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// The slot's backend as `addr:port/PROTO`; `0.0.0.0:0` (`[::]:0` in `LB6_SERVICES`) for a
     /// master entry.
     pub backend: String,
@@ -238,7 +238,7 @@ impl StatusReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRow {
     /// The `ServiceId`.
-    pub id: u16,
+    pub id: u32,
     /// `VIP:port/PROTO` as [`crate::addr::L4Addr`] writes it: `10.96.0.10:53/UDP`,
     /// `[fd00::1]:80/TCP`.
     pub frontend: String,
@@ -307,7 +307,7 @@ pub struct CtRow {
     /// Flag names (`snat`, `from-netdev`, `closing`, `seen-reply`, `established`).
     pub flags: Vec<String>,
     /// The service id the flow was translated for.
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// The flow's backend id.
     pub backend_id: u32,
     /// Service entries: the backend, `addr:port`.
@@ -338,7 +338,7 @@ impl CtRow {
         source: String,
         destination: String,
         (expires, flag_bits, kind): (u32, u16, u8),
-        (rev_nat, backend_id): (u16, u32),
+        (rev_nat, backend_id): (u32, u32),
         now: u32,
     ) -> Self {
         let names = [

@@ -63,9 +63,11 @@ pub struct CtService {
     /// The backend the flow is pinned to.
     pub backend_id: u32,
     /// The service id (key of `LB4_REVNAT`).
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// With `CT_F_SNAT`: the allocated source port (network byte order); zero otherwise.
     pub snat_port: u16,
+    /// The backend's port (network byte order).
+    pub backend_port: u16,
     /// With `CT_F_SNAT`: the node address the source is rewritten to (network byte order);
     /// zero otherwise.
     pub snat_addr: u32,
@@ -73,10 +75,6 @@ pub struct CtService {
     /// and the proof that `LB4_BACKENDS[backend_id]` is still this flow's backend (ids are
     /// reused).
     pub backend_addr: u32,
-    /// The backend's port (network byte order).
-    pub backend_port: u16,
-    /// Zero.
-    pub _pad2: u16,
     /// The `LB_GENERATION` at which the flow's frontend and backend were last found in place
     /// (0: never): while it is the current one, nothing was removed since, and the flow's
     /// packets need not look them up again. Zero in entries of older datapaths (where this was
@@ -100,9 +98,12 @@ pub struct CtReply {
     /// The backend the flow is pinned to.
     pub backend_id: u32,
     /// The service id the flow was translated for.
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// The frontend's port (network byte order): the reply's new source port.
     pub vip_port: u16,
+    /// The client's port as it sent the flow (network byte order); with `CT_F_SNAT` restored
+    /// as the reply's destination port.
+    pub client_port: u16,
     /// The frontend's address (network byte order): the reply's new source. Recorded here so
     /// that replies need no `LB4_REVNAT` lookup, and a service id reused by another frontend
     /// cannot redirect them.
@@ -110,11 +111,6 @@ pub struct CtReply {
     /// The client's address as it sent the flow (network byte order); with `CT_F_SNAT`
     /// restored as the reply's destination.
     pub client_addr: u32,
-    /// The client's port as it sent the flow (network byte order); with `CT_F_SNAT` restored
-    /// as the reply's destination port.
-    pub client_port: u16,
-    /// Zero.
-    pub _pad2: u16,
     /// Zero.
     pub _pad3: u32,
 }
@@ -326,21 +322,18 @@ pub struct CtService6 {
     /// The backend the flow is pinned to.
     pub backend_id: u32,
     /// The service id (key of `LB6_REVNAT`).
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// With `CT_F_SNAT`: the allocated source port (network byte order); zero otherwise.
     pub snat_port: u16,
+    /// The backend's port (network byte order).
+    pub backend_port: u16,
     /// With `CT_F_SNAT`: the node address the source is rewritten to; zero otherwise.
     pub snat_addr: crate::Addr6,
     /// The backend's address: the destination the flow is rewritten to, and the proof that
     /// `LB6_BACKENDS[backend_id]` is still this flow's backend.
     pub backend_addr: crate::Addr6,
-    /// The backend's port (network byte order).
-    pub backend_port: u16,
-    /// Zero.
-    pub _pad2: u16,
     /// As [`CtService::generation`]: the `LB_GENERATION` at which the flow's frontend and
-    /// backend were last found in place (0: never). Zero in entries of older datapaths (where
-    /// this was padding), which therefore look them up once more: the layout is unchanged.
+    /// backend were last found in place (0: never).
     pub generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtService6>() == 56);
@@ -360,18 +353,16 @@ pub struct CtReply6 {
     /// The backend the flow is pinned to.
     pub backend_id: u32,
     /// The service id the flow was translated for.
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// The frontend's port (network byte order): the reply's new source port.
     pub vip_port: u16,
+    /// The client's port as it sent the flow (network byte order).
+    pub client_port: u16,
     /// The frontend's address: the reply's new source.
     pub vip: crate::Addr6,
     /// The client's address as it sent the flow; with `CT_F_SNAT` restored as the reply's
     /// destination.
     pub client_addr: crate::Addr6,
-    /// The client's port as it sent the flow (network byte order).
-    pub client_port: u16,
-    /// Zero.
-    pub _pad2: u16,
     /// Zero.
     pub _pad3: u32,
 }

@@ -6,7 +6,7 @@
 pub const LB4_SERVICES: &str = "LB4_SERVICES";
 /// Backends by id: `u32` -> `Backend4`.
 pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
-/// Reverse NAT by service id: `u16` -> `RevNat4`.
+/// Reverse NAT by service id: `u32` -> `RevNat4`.
 pub const LB4_REVNAT: &str = "LB4_REVNAT";
 /// Maglev tables, in chunks: `MaglevKey` (service id, chunk) -> `MaglevChunk`.
 pub const LB4_MAGLEV: &str = "LB4_MAGLEV";
@@ -37,7 +37,7 @@ pub const LB6_REPLY_SRCS: &str = "LB6_REPLY_SRCS";
 pub const LB6_SERVICES: &str = "LB6_SERVICES";
 /// IPv6 backends by id: `u32` -> `Backend6`.
 pub const LB6_BACKENDS: &str = "LB6_BACKENDS";
-/// IPv6 reverse NAT by service id: `u16` -> `RevNat6`.
+/// IPv6 reverse NAT by service id: `u32` -> `RevNat6`.
 pub const LB6_REVNAT: &str = "LB6_REVNAT";
 /// IPv6 ClientIP session affinity: `AffinityKey6` -> `AffinityValue`.
 pub const LB6_AFFINITY: &str = "LB6_AFFINITY";
@@ -76,12 +76,15 @@ pub const LB_HOST_NETNS: &str = "LB_HOST_NETNS";
 pub const LB_GENERATION: &str = "LB_GENERATION";
 
 /// Default capacity of `LB4_SERVICES` (frontends × (slots + 1), plus one wildcard entry per
-/// VIP): 10k services of 5 backends take 70k entries.
+/// VIP): 10k services of 5 backends take 70k entries; 100k services of 10 backends take 1.2M
+/// (`--bpf-lb-map-max=1310720`).
 pub const SERVICES_MAX_ENTRIES: u32 = 131_072;
 /// Default capacity of `LB4_BACKENDS` (`--bpf-lb-map-max` sizes both).
 pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
-/// Default capacity of `LB4_REVNAT` (service ids are u16).
-pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
+/// Default capacity of `LB4_REVNAT`, one entry per frontend (`--bpf-lb-map-max` sizes it too:
+/// every frontend has a master entry in `LB4_SERVICES`, so the services map fills first).
+/// Service ids are u32, so the number of frontends is bounded by the maps' sizes only.
+pub const REVNAT_MAX_ENTRIES: u32 = 131_072;
 /// Default capacity of `LB4_CT_TCP` (`bpf-ct-max-entries`). Each flow takes two entries
 /// (service and reply).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
@@ -111,4 +114,4 @@ pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
 /// Version of the map layouts, the last component of the pin directory
 /// (`<bpf-root>/<PIN_VERSION>/`). Bump it whenever a key or value layout changes: reusing a
 /// pinned map does not check its key or value size.
-pub const PIN_VERSION: &str = "v4";
+pub const PIN_VERSION: &str = "v5";

@@ -53,14 +53,15 @@ pub struct ServiceEntry {
     /// Master: number of terminating backends, in slots `count+1..=count+qcount`.
     pub qcount: u16,
     /// Master: the service id, also the key of `LB4_REVNAT`.
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// Master: `SERVICE_F_*` bits.
     pub flags: u8,
-    /// Master: `SERVICE_F2_*` bits (the byte was padding, always zero, before they existed,
-    /// so entries written then read as "no flags").
+    /// Master: `SERVICE_F2_*` bits.
     pub flags2: u8,
+    /// Zero.
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 16);
 
 /// Second service flag byte: new flows pick their backend from the frontend's Maglev table in
 /// `LB4_MAGLEV` (keyed by its service id) instead of at random. ClientIP affinity, when on,
@@ -106,11 +107,11 @@ pub const fn maglev_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, seed: u
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MaglevKey {
     /// The frontend's service id.
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     /// Which chunk: entries `chunk * MAGLEV_CHUNK ..`.
-    pub chunk: u16,
+    pub chunk: u32,
 }
-const _: () = assert!(core::mem::size_of::<MaglevKey>() == 4);
+const _: () = assert!(core::mem::size_of::<MaglevKey>() == 8);
 
 /// Value of `LB4_MAGLEV`: `MAGLEV_CHUNK` consecutive entries of a Maglev table, each a backend
 /// id (a key of `LB4_BACKENDS`); entries past the table's end are 0 (no backend).
@@ -211,9 +212,7 @@ pub struct AffinityKey4 {
     /// The client's address (network byte order).
     pub client: u32,
     /// The service id.
-    pub rev_nat: u16,
-    /// Zero.
-    pub _pad: u16,
+    pub rev_nat: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey4>() == 8);
 
@@ -233,14 +232,12 @@ const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 /// The data of an `LB4_SRC_RANGE` key (the LPM trie's key is this after a `u32` prefix
 /// length): a service id and a client address. The prefix length counts from `rev_nat`, so a
 /// range `a.b.c.d/n` of service `id` is `SOURCE_RANGE_PREFIX_BITS + n` bits of
-/// `{id, 0, a.b.c.d}`, and a lookup uses the full 64 bits. Cilium's `lb4_src_range_key`.
+/// `{id, a.b.c.d}`, and a lookup uses the full 64 bits. Cilium's `lb4_src_range_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRangeKey4 {
     /// The service id (master entry's `rev_nat`).
-    pub rev_nat: u16,
-    /// Zero (matched as part of the prefix).
-    pub _pad: u16,
+    pub rev_nat: u32,
     /// The client address or range start (network byte order).
     pub addr: u32,
 }
@@ -323,9 +320,7 @@ pub struct AffinityKey6 {
     /// The client's address.
     pub client: crate::Addr6,
     /// The service id.
-    pub rev_nat: u16,
-    /// Zero.
-    pub _pad: u16,
+    pub rev_nat: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey6>() == 20);
 
@@ -335,9 +330,7 @@ const _: () = assert!(core::mem::size_of::<AffinityKey6>() == 20);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRangeKey6 {
     /// The service id (master entry's `rev_nat`).
-    pub rev_nat: u16,
-    /// Zero (matched as part of the prefix).
-    pub _pad: u16,
+    pub rev_nat: u32,
     /// The client address or range start.
     pub addr: crate::Addr6,
 }

@@ -23,12 +23,14 @@ const _: () = assert!(core::mem::size_of::<SockRevKey4>() == 16);
 pub struct SockRevValue4 {
     /// The VIP (network byte order).
     pub vip: u32,
+    /// The service id; an entry whose frontend now has another id is stale.
+    pub rev_nat: u32,
     /// The frontend's port (network byte order).
     pub vip_port: u16,
-    /// The service id; an entry whose frontend now has another id is stale.
-    pub rev_nat: u16,
+    /// Zero.
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockRevValue4>() == 8);
+const _: () = assert!(core::mem::size_of::<SockRevValue4>() == 12);
 
 crate::pod!(SockRevKey4, SockRevValue4);
 

@@ -29,7 +29,6 @@ pub fn select_backend(frontend: &Frontend, tuple: &Tuple4) -> Result<Chosen, Dro
     let key = AffinityKey4 {
         client: tuple.saddr,
         rev_nat: frontend.entry.rev_nat,
-        _pad: 0,
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -33,7 +33,6 @@ pub fn select_backend(
     let key = AffinityKey6 {
         client: tuple.saddr,
         rev_nat: frontend.entry.rev_nat,
-        _pad: 0,
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -341,7 +341,6 @@ pub fn snat_reply(
         vip: frontend.vip,
         client_addr: tuple.saddr,
         client_port: tuple.sport,
-        _pad2: 0,
         _pad3: 0,
     }
 }
@@ -406,7 +405,6 @@ pub fn service_entry(
         snat_addr: addr,
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
-        _pad2: 0,
         generation,
     }
 }
@@ -479,7 +477,6 @@ pub fn create(
         vip: tuple.daddr,
         client_addr: tuple.saddr,
         client_port: tuple.sport,
-        _pad2: 0,
         _pad3: 0,
     };
     filter::mark_reply_source(reply_key.saddr, reply_key.sport, reply_key.proto);

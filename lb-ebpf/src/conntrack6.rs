@@ -334,7 +334,6 @@ pub fn snat_reply(
         vip: frontend.vip,
         client_addr: tuple.saddr,
         client_port: tuple.sport,
-        _pad2: 0,
         _pad3: 0,
     });
 }
@@ -394,7 +393,6 @@ pub fn service_entry(
         snat_addr,
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
-        _pad2: 0,
         generation,
     });
 }
@@ -454,7 +452,6 @@ pub fn create<'a>(
         vip: tuple.daddr,
         client_addr: tuple.saddr,
         client_port: tuple.sport,
-        _pad2: 0,
         _pad3: 0,
     });
     let key = &scratch.reply_key;

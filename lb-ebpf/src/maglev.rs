@@ -49,12 +49,12 @@ pub fn select_backend(frontend: &Frontend, tuple: &Tuple4) -> Option<Chosen> {
 /// The backend id in entry `hash % M` of service `rev_nat`'s table, if the table is there:
 /// address-independent, so that `lb6.rs` uses the same tables (ids are one space).
 #[inline(always)]
-pub fn lookup_id(rev_nat: u16, hash: u32, config: &DatapathConfig) -> Option<u32> {
+pub fn lookup_id(rev_nat: u32, hash: u32, config: &DatapathConfig) -> Option<u32> {
     // checked_rem: M is 0 until the agent writes the configuration.
     let index = hash.checked_rem(config.maglev_table_size)?;
     let key = MaglevKey {
         rev_nat,
-        chunk: (index >> CHUNK_SHIFT) as u16,
+        chunk: index >> CHUNK_SHIFT,
     };
     // SAFETY: the one id is copied out at once; the agent replaces a value as a whole.
     let chunk = unsafe { LB4_MAGLEV.get(key) }?;

@@ -110,9 +110,11 @@ pub static LB4_BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(maps::BACKENDS
 
 /// The frontend (VIP:port) of each service id. The agent still writes it; the datapath no
 /// longer reads it (a reply entry records its VIP:port), but it stays in the object, pinned,
-/// so that the agent's maps and tools find it.
+/// so that the agent's maps and tools find it. Sized by `bpf-lb-map-max` like the services
+/// map; `BPF_F_NO_PREALLOC`, as no packet writes it: memory only for the ids in use.
 #[map]
-pub static LB4_REVNAT: HashMap<u16, RevNat4> = HashMap::pinned(maps::REVNAT_MAX_ENTRIES, 0);
+pub static LB4_REVNAT: HashMap<u32, RevNat4> =
+    HashMap::pinned(maps::REVNAT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Conntrack of TCP flows: service and reply entries (see `lb_common::conntrack`).
 #[map]
@@ -156,7 +158,8 @@ pub static LB6_BACKENDS: HashMap<u32, Backend6> = HashMap::pinned(maps::BACKENDS
 
 /// The IPv6 frontend of each service id (written by the agent, like `LB4_REVNAT`).
 #[map]
-pub static LB6_REVNAT: HashMap<u16, RevNat6> = HashMap::pinned(maps::REVNAT_MAX_ENTRIES, 0);
+pub static LB6_REVNAT: HashMap<u32, RevNat6> =
+    HashMap::pinned(maps::REVNAT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Conntrack of IPv6 TCP flows.
 #[map]

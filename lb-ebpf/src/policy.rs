@@ -48,7 +48,6 @@ pub fn check_source_range(frontend: &Frontend, client: u32) -> Result<(), Droppe
         SOURCE_RANGE_PREFIX_BITS + 32,
         SourceRangeKey4 {
             rev_nat: frontend.entry.rev_nat,
-            _pad: 0,
             addr: client,
         },
     );

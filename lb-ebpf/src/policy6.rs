@@ -44,7 +44,6 @@ pub fn check_source_range(frontend: &Frontend6, client: &Addr6) -> Result<(), Dr
         SOURCE_RANGE_PREFIX_BITS + 128,
         SourceRangeKey6 {
             rev_nat: frontend.entry.rev_nat,
-            _pad: 0,
             addr: *client,
         },
     );

@@ -312,8 +312,9 @@ fn select4(ctx: &SockAddrContext, addr: &Addr<u32>) -> Forward<u32> {
     };
     let value = SockRevValue4 {
         vip: frontend.vip,
-        vip_port: frontend.port,
         rev_nat: frontend.entry.rev_nat,
+        vip_port: frontend.port,
+        _pad: 0,
     };
     // An LRU insert fails only when memory does: the socket's peer then reads as the backend,
     // which a UDP client that checks its answers' source would drop, so refuse it instead.

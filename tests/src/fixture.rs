@@ -212,6 +212,8 @@ pub struct LoadOptions {
     pub ct_max_entries: Option<u32>,
     /// Overrides `LB4_CT_ANY`'s capacity.
     pub ct_any_max_entries: Option<u32>,
+    /// Overrides `bpf-lb-map-max` (services, backends and rev-NAT maps).
+    pub lb_map_max: Option<u32>,
     /// Backend selection (the agent's `bpf-lb-algorithm` and Maglev options): random unless
     /// given.
     pub selection: Option<maglev::Settings>,
@@ -240,7 +242,7 @@ impl Datapath {
             ct_any_max_entries: options
                 .ct_any_max_entries
                 .unwrap_or(maps::CT_ANY_MAX_ENTRIES),
-            lb_map_max: maps::SERVICES_MAX_ENTRIES,
+            lb_map_max: options.lb_map_max.unwrap_or(maps::SERVICES_MAX_ENTRIES),
             config: DatapathConfig {
                 events_per_sec: EVENTS_PER_SEC,
                 maglev_seed: selection.seed.tuple(),

@@ -340,7 +340,7 @@ fn gc_covers_the_ipv6_conntrack_maps_with_the_same_header() {
         maps::{LB6_CT_ANY, LB6_CT_TCP},
     };
     let datapath = datapath_with(&[]);
-    let entry = |expires: u32, kind: u8, rev_nat: u16, backend_id: u32| {
+    let entry = |expires: u32, kind: u8, rev_nat: u32, backend_id: u32| {
         CtEntry6::from(CtService6 {
             expires,
             kind,
@@ -378,7 +378,7 @@ fn gc_covers_the_ipv6_conntrack_maps_with_the_same_header() {
         (report.deleted, report.entries_tcp, report.entries_any),
         (2, 2, 0)
     );
-    let mut services: Vec<u16> = report.referenced_services.into_iter().collect();
+    let mut services: Vec<u32> = report.referenced_services.into_iter().collect();
     services.sort_unstable();
     assert_eq!(services, [7, 8]);
     let mut backends: Vec<u32> = report.referenced_backends.into_iter().collect();

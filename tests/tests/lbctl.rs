@@ -353,7 +353,7 @@ fn service_list_json_carries_ids_and_states() {
     let output = agent.lbctl(&["service", "list", "-o", "json"]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let services: Vec<ServiceRow> = serde_json::from_str(&stdout(&output)).expect("json");
-    let ids: Vec<u16> = services.iter().map(|service| service.id).collect();
+    let ids: Vec<u32> = services.iter().map(|service| service.id).collect();
     assert_eq!(ids, [1, 3]);
     assert_eq!(services[1].backends[1].id, 7);
     assert_eq!(services[1].backends[1].state, BackendState::Terminating);

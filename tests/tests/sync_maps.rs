@@ -312,6 +312,57 @@ fn after_a_port_change_replies_of_the_old_ports_flows_are_still_reverse_nated() 
     );
 }
 
+#[test]
+fn more_than_65536_frontends_are_programmed_and_one_with_an_id_above_65535_is_translated() {
+    const POD: &str = "10.244.0.7:40000";
+    const BACKEND: &str = "10.244.1.5:8080";
+    const FIRST: u32 = 65_535;
+    const ALL: u32 = 70_000;
+    // One VIP per frontend (three service entries each), all to one backend.
+    let frontend = |i: u32| format!("{}:80/TCP", std::net::Ipv4Addr::from(0x0a60_0000 + i));
+    let services = |count: u32| -> Vec<_> {
+        (1..=count)
+            .map(|i| service(&frontend(i), &[BACKEND]))
+            .collect()
+    };
+    let mut datapath = fixture::Datapath::load_with(fixture::LoadOptions {
+        lb_map_max: Some(262_144),
+        ..fixture::LoadOptions::default()
+    });
+    // The first 65,535 take every id a u16 could hold; the rest can only get larger ones.
+    datapath.sync(&services(FIRST));
+    datapath.sync(&services(ALL));
+
+    let last = frontend(ALL);
+    let vip = last.trim_end_matches("/TCP");
+    let run = datapath.run(Hook::FromPod, &tcp_syn(POD, vip));
+    assert_eq!(read_checked(&run.frame).dst.to_string(), BACKEND);
+    let ids = referenced_services(&datapath);
+    assert_eq!(ids.len(), 1);
+    let id = ids.into_iter().next().expect("one id");
+    assert!(id.0 > 65_535, "the flow's service id is {}", id.0);
+    let reply = datapath.run(Hook::FromPod, &tcp_syn_ack(BACKEND, POD));
+    assert_eq!(
+        reply.frame,
+        tcp_syn_ack(vip, POD),
+        "the reply comes from the VIP"
+    );
+    let pinned = aya::maps::MapData::from_pin(datapath.pin_dir().join(lb_common::maps::LB4_REVNAT))
+        .expect("open the pinned LB4_REVNAT");
+    let revnat: aya::maps::HashMap<_, u32, lb_common::service::RevNat4> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(pinned)).expect("a hash map");
+    assert_eq!(
+        revnat.keys().count(),
+        ALL as usize,
+        "one rev-NAT entry per frontend"
+    );
+    let entry = revnat.get(&id.0, 0).expect("the id's rev-NAT entry");
+    assert_eq!(
+        (u32::from_be(entry.vip), u16::from_be(entry.port)),
+        (0x0a60_0000 + ALL, 80)
+    );
+}
+
 /// The service ids the conntrack entries name.
 fn referenced_services(datapath: &fixture::Datapath) -> HashSet<ServiceId> {
     datapath

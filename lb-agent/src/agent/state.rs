@@ -253,7 +253,7 @@ fn map_fill(config: &AgentConfig, progress: &Progress) -> Vec<MapFill> {
     [
         (names::LB4_SERVICES, services as u64, config.lb_map_max),
         (names::LB4_BACKENDS, backends as u64, config.lb_map_max),
-        (names::LB4_REVNAT, revnat as u64, names::REVNAT_MAX_ENTRIES),
+        (names::LB4_REVNAT, revnat as u64, config.lb_map_max),
         (
             names::LB4_CT_TCP,
             progress.ct_entries_tcp,

@@ -569,7 +569,7 @@ options! {
         value_name: "DIR",
         kind: Kind::Path,
         help: "bpffs directory where maps are pinned",
-        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v4/`",
+        doc: "must be on bpffs; maps and links are pinned under `<bpf-root>/v5/`",
     }
     Socket => socket: PathBuf {
         key: "socket",
@@ -800,8 +800,8 @@ options! {
         live: false,
         value_name: "N",
         kind: Kind::Count { min: 1024, max: 16_777_216 },
-        help: "capacity of the services and backends maps; a change resizes the pinned maps, entries kept",
-        doc: "services/backends map capacity (each frontend takes a master entry and one per backend, each VIP one more); a change resizes the pinned maps at the next start, entries and connections kept",
+        help: "capacity of the services, backends and rev-NAT maps; a change resizes the pinned maps, entries kept",
+        doc: "services/backends/rev-NAT map capacity (each frontend takes a master entry and one per backend, each VIP one more: 100k Services × 10 backends need 1310720); a change resizes the pinned maps at the next start, entries and connections kept",
     }
     SnatPortRange => snat_port_range: PortRange {
         key: "snat-port-range",

@@ -202,7 +202,7 @@ pub struct GcReport {
     pub entries_any: u64,
     /// Service ids (`rev_nat`) that live entries still name: their rev-NAT entries and ids
     /// must outlive them.
-    pub referenced_services: HashSet<u16>,
+    pub referenced_services: HashSet<u32>,
     /// Backend ids that live entries still name.
     pub referenced_backends: HashSet<u32>,
 }
@@ -216,7 +216,7 @@ impl GcReport {
         now: u32,
         map: CtMap,
         (expires, kind): (u32, u8),
-        (rev_nat, backend_id): (u16, u32),
+        (rev_nat, backend_id): (u32, u32),
         remove: impl FnOnce() -> Result<(), (&'static str, aya::maps::MapError)>,
     ) -> Result<(), Error> {
         if expires <= now || (kind != CT_SERVICE && kind != CT_REPLY) {

@@ -105,7 +105,7 @@ impl LbMaps for FakeMaps {
         id: ServiceId,
         spec: &MaglevSpec,
         table: &[BackendId],
-        _old_chunks: u16,
+        _old_chunks: u32,
     ) -> Result<(), Error> {
         self.write()?;
         self.maglev_tables.insert(id, table.to_vec());
@@ -113,7 +113,7 @@ impl LbMaps for FakeMaps {
         Ok(())
     }
 
-    fn delete_maglev(&mut self, id: ServiceId, _chunks: u16) -> Result<(), Error> {
+    fn delete_maglev(&mut self, id: ServiceId, _chunks: u32) -> Result<(), Error> {
         self.write()?;
         self.maglev_tables.remove(&id);
         self.content.maglev.remove(&id);

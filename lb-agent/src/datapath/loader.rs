@@ -68,7 +68,7 @@ pub struct Datapath {
 impl LoadOptions {
     /// The maps whose capacity an option sets: each option sizes an `LB4_*` map and its
     /// `LB6_*` twin alike.
-    pub fn sized_maps(&self) -> [SizedMap; 10] {
+    pub fn sized_maps(&self) -> [SizedMap; 12] {
         let sized = |map, max_entries, flag| SizedMap {
             map,
             max_entries,
@@ -77,6 +77,7 @@ impl LoadOptions {
         [
             sized(names::LB4_SERVICES, self.lb_map_max, "bpf-lb-map-max"),
             sized(names::LB4_BACKENDS, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB4_REVNAT, self.lb_map_max, "bpf-lb-map-max"),
             sized(names::LB4_SRC_RANGE, self.lb_map_max, "bpf-lb-map-max"),
             sized(names::LB4_CT_TCP, self.ct_max_entries, "bpf-ct-max-entries"),
             sized(
@@ -86,6 +87,7 @@ impl LoadOptions {
             ),
             sized(names::LB6_SERVICES, self.lb_map_max, "bpf-lb-map-max"),
             sized(names::LB6_BACKENDS, self.lb_map_max, "bpf-lb-map-max"),
+            sized(names::LB6_REVNAT, self.lb_map_max, "bpf-lb-map-max"),
             sized(names::LB6_SRC_RANGE, self.lb_map_max, "bpf-lb-map-max"),
             sized(names::LB6_CT_TCP, self.ct_max_entries, "bpf-ct-max-entries"),
             sized(

@@ -177,7 +177,7 @@ impl RevNat {
 /// `LbMaps` trait are keyed by it, and `datapath/` imports nothing from `sync/`.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceId(pub u16);
+pub struct ServiceId(pub u32);
 
 /// A backend id: the key of `LB4_BACKENDS`, named by a slot's `backend_id`. 0 is never
 /// allocated (a master entry's `backend_id` is 0, or the affinity timeout, and never read as
@@ -247,15 +247,15 @@ pub struct MaglevSpec {
 
 impl MaglevSpec {
     /// How many `LB4_MAGLEV` values the table takes.
-    pub fn chunks(&self) -> u16 {
-        u16::try_from(self.size.div_ceil(MAGLEV_CHUNK as u32)).unwrap_or(u16::MAX)
+    pub fn chunks(&self) -> u32 {
+        self.size.div_ceil(MAGLEV_CHUNK as u32)
     }
 
     /// What `read` knows of a table it finds in the map: only how many chunks it has (no
     /// members, so it never equals a desired spec, and the next pass rewrites it).
-    pub fn read_back(chunks: u16) -> Self {
+    pub fn read_back(chunks: u32) -> Self {
         Self {
-            size: u32::from(chunks) * MAGLEV_CHUNK as u32,
+            size: chunks * MAGLEV_CHUNK as u32,
             seed: 0,
             members: Vec::new(),
         }
@@ -275,7 +275,7 @@ pub fn maglev_chunks(id: ServiceId, table: &[BackendId]) -> Vec<(MaglevKey, Magl
             }
             let key = MaglevKey {
                 rev_nat: id.0,
-                chunk: u16::try_from(i).unwrap_or(u16::MAX),
+                chunk: u32::try_from(i).unwrap_or(u32::MAX),
             };
             (key, chunk)
         })
@@ -339,15 +339,21 @@ pub trait LbMaps {
         id: ServiceId,
         spec: &MaglevSpec,
         table: &[BackendId],
-        old_chunks: u16,
+        old_chunks: u32,
     ) -> Result<(), Error>;
     /// Removes a frontend's Maglev table of `chunks` chunks; absent ones are fine.
-    fn delete_maglev(&mut self, id: ServiceId, chunks: u16) -> Result<(), Error>;
+    fn delete_maglev(&mut self, id: ServiceId, chunks: u32) -> Result<(), Error>;
     /// Replaces the datapath configuration.
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), Error>;
     /// Reads the services, backends, reverse-NAT, source-range and Maglev maps of both
     /// families.
     fn read(&self) -> Result<MapsContent, Error>;
+    /// How many reverse-NAT entries each family's map holds: service ids above it are never
+    /// handed out, so that live and retired ids always fit (the kernel's maps are sized by
+    /// `bpf-lb-map-max`; a model without a limit has none).
+    fn revnat_capacity(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// The maps of one family's entries of a kind, with a duplicate descriptor for batch writes.
@@ -361,11 +367,11 @@ pub struct AyaMaps {
     services: HashMap<MapData, ServiceKey4, ServiceEntry>,
     // Keyed by the raw ids, which aya can copy in and out; the `LbMaps` methods convert.
     backends: HashMap<MapData, u32, Backend4>,
-    revnat: HashMap<MapData, u16, RevNat4>,
+    revnat: HashMap<MapData, u32, RevNat4>,
     source_ranges: LpmTrie<MapData, SourceRangeKey4, u8>,
     services6: Family<ServiceKey6, ServiceEntry>,
     backends6: Family<u32, Backend6>,
-    revnat6: Family<u16, RevNat6>,
+    revnat6: Family<u32, RevNat6>,
     source_ranges6: LpmTrie<MapData, SourceRangeKey6, u8>,
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     config: Array<MapData, DatapathConfig>,
@@ -384,6 +390,8 @@ pub struct AyaMaps {
     backends_fd: OwnedFd,
     revnat_fd: OwnedFd,
     maglev_fd: OwnedFd,
+    /// The smaller of the two reverse-NAT maps' capacities.
+    revnat_capacity: u32,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -431,6 +439,22 @@ fn take_family<K: aya::Pod, V: aya::Pod>(
     Ok(Family { map, fd })
 }
 
+/// The capacity of the map behind `fd`.
+fn max_entries(fd: &OwnedFd, name: &'static str) -> Result<u32, Error> {
+    let info = fd
+        .try_clone()
+        .map_err(MapError::from)
+        .and_then(MapData::from_fd)
+        .and_then(|map| map.info());
+    match info {
+        Ok(info) => Ok(info.max_entries()),
+        Err(err) => Err(Error::MapType {
+            map: name,
+            source: Box::new(err),
+        }),
+    }
+}
+
 impl AyaMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
@@ -438,6 +462,9 @@ impl AyaMaps {
         let (backends, backends_fd) = take_with_fd(ebpf, names::LB4_BACKENDS)?;
         let (revnat, revnat_fd) = take_with_fd(ebpf, names::LB4_REVNAT)?;
         let (maglev, maglev_fd) = take_with_fd(ebpf, names::LB4_MAGLEV)?;
+        let revnat6: Family<u32, RevNat6> = take_family(ebpf, names::LB6_REVNAT)?;
+        let revnat_capacity = max_entries(&revnat_fd, names::LB4_REVNAT)?
+            .min(max_entries(&revnat6.fd, names::LB6_REVNAT)?);
         let mut maps = Self {
             services,
             backends,
@@ -445,7 +472,7 @@ impl AyaMaps {
             source_ranges: take(ebpf, names::LB4_SRC_RANGE)?,
             services6: take_family(ebpf, names::LB6_SERVICES)?,
             backends6: take_family(ebpf, names::LB6_BACKENDS)?,
-            revnat6: take_family(ebpf, names::LB6_REVNAT)?,
+            revnat6,
             source_ranges6: take(ebpf, names::LB6_SRC_RANGE)?,
             maglev,
             maglev_fd,
@@ -458,6 +485,7 @@ impl AyaMaps {
             services_fd,
             backends_fd,
             revnat_fd,
+            revnat_capacity,
         };
         // The master entries already there (pinned maps of an earlier agent) are counted, and
         // their flags set (flags of a crashed agent's deleted frontends may linger: a flag set
@@ -924,7 +952,7 @@ impl LbMaps for AyaMaps {
         id: ServiceId,
         _spec: &MaglevSpec,
         table: &[BackendId],
-        old_chunks: u16,
+        old_chunks: u32,
     ) -> Result<(), Error> {
         let (keys, values): (Vec<_>, Vec<_>) = maglev_chunks(id, table).into_iter().unzip();
         batch::update(&self.maglev_fd, &keys, &values).map_err(|partial| {
@@ -937,7 +965,7 @@ impl LbMaps for AyaMaps {
                 batch_err(names::LB4_MAGLEV, partial)
             }
         })?;
-        let stale: Vec<MaglevKey> = (keys.len() as u16..old_chunks)
+        let stale: Vec<MaglevKey> = (keys.len() as u32..old_chunks)
             .map(|chunk| MaglevKey {
                 rev_nat: id.0,
                 chunk,
@@ -949,7 +977,7 @@ impl LbMaps for AyaMaps {
         })
     }
 
-    fn delete_maglev(&mut self, id: ServiceId, chunks: u16) -> Result<(), Error> {
+    fn delete_maglev(&mut self, id: ServiceId, chunks: u32) -> Result<(), Error> {
         let keys: Vec<MaglevKey> = (0..chunks)
             .map(|chunk| MaglevKey {
                 rev_nat: id.0,
@@ -966,6 +994,10 @@ impl LbMaps for AyaMaps {
         self.config
             .set(0, config, 0)
             .map_err(|err| map_err("update", names::LB_CONFIG, err))
+    }
+
+    fn revnat_capacity(&self) -> u32 {
+        self.revnat_capacity
     }
 
     fn read(&self) -> Result<MapsContent, Error> {
@@ -1143,6 +1175,7 @@ pub fn master_entry(
             rev_nat: id.0,
             flags: flags | SERVICE_F_AFFINITY,
             flags2,
+            _pad: 0,
         },
         None => ServiceEntry {
             count,
@@ -1198,7 +1231,6 @@ pub fn source_range_key(range: &SourceRangeEntry) -> SourceRangeLpm {
             prefix_len,
             SourceRangeKey4 {
                 rev_nat: range.service.0,
-                _pad: 0,
                 addr: u32::from(addr).to_be(),
             },
         )),
@@ -1206,7 +1238,6 @@ pub fn source_range_key(range: &SourceRangeEntry) -> SourceRangeLpm {
             prefix_len,
             SourceRangeKey6 {
                 rev_nat: range.service.0,
-                _pad: 0,
                 addr: lb_common::addr6_from_octets(addr.octets()),
             },
         )),

@@ -11,8 +11,9 @@
 //! address: what the conntrack entries expect).
 //!
 //! Allocation is monotonic with wrap, as Cilium's: a cursor moves up from the last id handed
-//! out, skipping live and retired ids, and starts over at 1 after the last id of the width the
-//! datapath holds (`ServiceId` is the u16 rev-NAT index; 0 is invalid for both). The keys the
+//! out, skipping live and retired ids, and starts over at 1 after the last id (for service ids
+//! the capacity of the rev-NAT maps, which keep an entry per live and retired id, so that they
+//! never fill: `bpf-lb-map-max`; 0 is invalid for both). The keys the
 //! ids are allocated for live here too, so that `desired` and this allocator share them
 //! without importing each other. Time is the caller's (`now` arguments), so tests drive it.
 use std::{
@@ -65,7 +66,7 @@ pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(21_600);
 /// The id space and the quarantine of retired ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// The highest service id handed out (u16::MAX: the width of the rev-NAT index).
+    /// The highest service id handed out (at most the rev-NAT maps' capacity).
     pub last_service: ServiceId,
     /// The highest backend id handed out.
     pub last_backend: BackendId,
@@ -76,7 +77,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            last_service: ServiceId(u16::MAX),
+            last_service: ServiceId(u32::MAX),
             last_backend: BackendId(u32::MAX),
             quarantine: DEFAULT_QUARANTINE,
         }
@@ -102,7 +103,7 @@ impl Id for ServiceId {
         self.0.checked_add(1).map(Self).filter(|id| *id <= last)
     }
     fn count_up_to(last: Self) -> usize {
-        usize::from(last.0)
+        usize::try_from(last.0).unwrap_or(usize::MAX)
     }
 }
 
@@ -510,7 +511,7 @@ mod tests {
         frontends.iter().map(|last| frontend(*last)).collect()
     }
 
-    fn small(last_service: u16) -> Ids {
+    fn small(last_service: u32) -> Ids {
         Ids::with_limits(Limits {
             last_service: ServiceId(last_service),
             ..Limits::default()
@@ -583,17 +584,63 @@ mod tests {
 
     #[test]
     fn the_last_service_id_is_used_then_allocation_reports_exhaustion() {
-        let mut table = Table::<u32, ServiceId>::new(ServiceId(u16::MAX));
-        for key in 1..=u32::from(u16::MAX) {
-            table.get(key).expect("an id is left");
+        // Beyond the 16 bits service ids once had: 100k Services take ids past 65535.
+        const LAST: u32 = 100_000;
+        let mut table = Table::<u32, ServiceId>::new(ServiceId(LAST));
+        for key in 1..=LAST {
+            assert_eq!(
+                table.get(key).ok(),
+                Some(ServiceId(key)),
+                "ids are handed out in order"
+            );
         }
-        assert_eq!(
-            table.live.get(&u32::from(u16::MAX)),
-            Some(&ServiceId(u16::MAX))
-        );
+        assert_eq!(table.live.get(&65_536), Some(&ServiceId(65_536)));
         let err = table.get(0).expect_err("every service id is in use");
         assert_eq!(err.kind, "service");
-        assert_eq!(err.in_use, usize::from(u16::MAX));
+        assert_eq!(err.in_use, LAST as usize);
+    }
+
+    #[test]
+    fn service_ids_above_65535_wrap_to_free_low_ids_and_survive_a_restore() {
+        let t0 = Instant::now();
+        const LAST: u32 = 70_000;
+        let mut table = Table::<u32, ServiceId>::new(ServiceId(LAST));
+        for key in 1..=LAST {
+            table.get(key).expect("an id is left");
+        }
+        // Free two low ids: the cursor wraps past the highest id and finds them.
+        for key in [5, 70] {
+            table.retire(&key);
+        }
+        table.settle(t0);
+        table.release(t0 + Duration::from_secs(1), &HashSet::new());
+        assert_eq!(table.get(LAST + 1).ok(), Some(ServiceId(5)));
+        assert_eq!(table.get(LAST + 2).ok(), Some(ServiceId(70)));
+
+        // A restart finds an id above 65535 in the maps and keeps it for its frontend.
+        let high = FrontendKey {
+            vip: Ipv4Addr::new(10, 97, 1, 2).into(),
+            port: 443,
+            proto: lb_common::proto::TCP,
+        };
+        let content = MapsContent {
+            services: [(
+                maps::service_key(high.vip, high.port, high.proto, 0),
+                maps::master_entry(ServiceId(66_000), 1, 0, 0, 0, None),
+            )]
+            .into(),
+            ..MapsContent::default()
+        };
+        let mut ids = Ids::restore_with(
+            &content,
+            Limits {
+                last_service: ServiceId(LAST),
+                ..Limits::default()
+            },
+            t0,
+        );
+        assert_eq!(ids.service(high).ok(), Some(ServiceId(66_000)));
+        assert_eq!(ids.service(frontend(1)).ok(), Some(ServiceId(66_001)));
     }
 
     #[test]

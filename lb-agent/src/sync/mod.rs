@@ -158,7 +158,11 @@ pub struct Syncer<M: LbMaps> {
 impl<M: LbMaps> Syncer<M> {
     /// Restores ids from the maps, so that a restarted agent rewrites nothing that is right.
     pub fn new(maps: Arc<Mutex<M>>) -> Result<Self, Error> {
-        Self::with_limits(maps, ids::Limits::default())
+        let limits = ids::Limits {
+            last_service: ids::ServiceId(lock(&maps).revnat_capacity()),
+            ..ids::Limits::default()
+        };
+        Self::with_limits(maps, limits)
     }
 
     /// `new` over the id space and quarantine `limits` give.

@@ -50,13 +50,13 @@ pub enum Op {
     UpsertService(ServiceKey, ServiceEntry),
     /// Write a frontend's whole Maglev table (built from the spec when applied), removing the
     /// chunks of the table it replaces beyond its own (the old table's chunk count).
-    WriteMaglev(ServiceId, Arc<MaglevSpec>, u16),
+    WriteMaglev(ServiceId, Arc<MaglevSpec>, u32),
     /// Remove a service slot.
     DeleteService(ServiceKey),
     /// Remove a source range.
     DeleteSourceRange(SourceRangeEntry),
     /// Remove a frontend's Maglev table of this many chunks.
-    DeleteMaglev(ServiceId, u16),
+    DeleteMaglev(ServiceId, u32),
     /// Remove a reverse-NAT entry from its family's map.
     DeleteRevNat(ServiceId, IpFamily),
     /// Remove a backend from its family's map.

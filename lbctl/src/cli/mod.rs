@@ -121,7 +121,7 @@ pub enum ServiceCommand {
     /// One service, by the id `service list` shows (as `cilium service get`).
     Get {
         /// The service id.
-        id: u16,
+        id: u32,
         /// Output format (default: a table).
         #[arg(short, long, value_enum)]
         output: Option<Format>,

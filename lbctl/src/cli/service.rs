@@ -57,7 +57,7 @@ mod tests {
     use super::*;
     use lb_api::proto::{BackendRow, BackendState};
 
-    fn service(id: u16, frontend: &str, backends: &[(u32, &str, BackendState)]) -> ServiceRow {
+    fn service(id: u32, frontend: &str, backends: &[(u32, &str, BackendState)]) -> ServiceRow {
         ServiceRow {
             id,
             frontend: frontend.into(),
