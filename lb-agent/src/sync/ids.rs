@@ -16,7 +16,7 @@
 //! ids are allocated for live here too, so that `desired` and this allocator share them
 //! without importing each other. Time is the caller's (`now` arguments), so tests drive it.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -139,7 +139,8 @@ pub struct Released {
 #[derive(Clone, Debug)]
 struct Table<K, I> {
     live: BTreeMap<K, I>,
-    live_ids: BTreeMap<I, K>,
+    /// The ids of `live`, for `holds` (a set: the key would double what an id costs).
+    live_ids: BTreeSet<I>,
     retired: BTreeMap<I, Retired<K>>,
     /// The retired ids by the key they last served, to give one back when its key returns.
     retired_keys: BTreeMap<K, I>,
@@ -153,7 +154,7 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
     fn new(last: I) -> Self {
         Self {
             live: BTreeMap::new(),
-            live_ids: BTreeMap::new(),
+            live_ids: BTreeSet::new(),
             retired: BTreeMap::new(),
             retired_keys: BTreeMap::new(),
             cursor: I::FIRST,
@@ -162,12 +163,12 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
     }
 
     fn holds(&self, id: I) -> bool {
-        self.live_ids.contains_key(&id) || self.retired.contains_key(&id)
+        self.live_ids.contains(&id) || self.retired.contains_key(&id)
     }
 
     fn insert_live(&mut self, key: K, id: I) {
         self.live.insert(key, id);
-        self.live_ids.insert(id, key);
+        self.live_ids.insert(id);
     }
 
     /// Records an id found in the maps; allocation goes on above the highest one. A second
