@@ -249,7 +249,7 @@ pub fn endpoint_change(
                 .map_err(|err| anyhow::anyhow!("{:#}", anyhow::Error::new(err)))?;
             let synced = started.elapsed();
             let usage = thread_usage().since(usage_before);
-            samples.push((synced, modeled, usage));
+            samples.push((synced, modeled, usage, sync_round.len()));
             model_us.push(modeled.as_secs_f64() * 1e6);
             write_us.push((synced - modeled).as_secs_f64() * 1e6);
             lb_writes = stats.writes;
@@ -507,19 +507,24 @@ fn thread_usage() -> ThreadUsage {
 
 /// Prints the slowest endpoint changes (event to maps written) with what the kernel counted
 /// during each: a preemption or page faults explain a stall that the code does not.
-fn report_slowest(samples: &mut [(Duration, Duration, ThreadUsage)]) {
+/// Each sample's position in its round: the first one follows the baselines' rule loads.
+fn report_slowest(samples: &mut [(Duration, Duration, ThreadUsage, usize)]) {
     samples.sort_by_key(|(synced, ..)| std::cmp::Reverse(*synced));
-    let preempted = samples.iter().filter(|(.., u)| u.preempted > 0).count();
+    let preempted = samples
+        .iter()
+        .filter(|(_, _, usage, _)| usage.preempted > 0)
+        .count();
     eprintln!(
         "lb-bench:   {preempted} of {} changes preempted during the sync step; the slowest:",
         samples.len()
     );
-    for (synced, modeled, usage) in samples.iter().take(5) {
+    for (synced, modeled, usage, position) in samples.iter().take(5) {
         eprintln!(
-            "lb-bench:     {:>7.0} µs (model {:>6.0} µs, sync_changes {:>6.0} µs): preempted {}, page faults {} minor {} major",
+            "lb-bench:     {:>7.0} µs (model {:>6.0} µs, sync_changes {:>6.0} µs): change {} of its round, preempted {}, page faults {} minor {} major",
             synced.as_secs_f64() * 1e6,
             modeled.as_secs_f64() * 1e6,
             (*synced - *modeled).as_secs_f64() * 1e6,
+            position + 1,
             usage.preempted,
             usage.minor_faults,
             usage.major_faults
