@@ -109,6 +109,9 @@ pub fn desired_index(
     let live_frontends = index.frontends.keys().copied().collect();
     let live_backends = index.backends.values().map(|refs| refs.key).collect();
     ids.retire_absent(&live_frontends, &live_backends);
+    // Kept until the next full pass: with full nodes.
+    ids.compact();
+    index.compact();
     Ok(index)
 }
 
@@ -193,6 +196,13 @@ impl Programmed {
     /// Whether `key` is programmed.
     pub fn contains(&self, key: &FrontendKey) -> bool {
         self.frontends.contains_key(key)
+    }
+
+    /// Rebuilds the tables with full nodes (see `Ids::compact`).
+    fn compact(&mut self) {
+        self.frontends = std::mem::take(&mut self.frontends).into_iter().collect();
+        self.backends = std::mem::take(&mut self.backends).into_iter().collect();
+        self.vips = std::mem::take(&mut self.vips).into_iter().collect();
     }
 
     /// The service ids of the frontends programmed.

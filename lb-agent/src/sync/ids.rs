@@ -257,6 +257,12 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
         Ok(id)
     }
 
+    /// Rebuilds the live tables with full nodes (see `Ids::compact`).
+    fn compact(&mut self) {
+        self.live = std::mem::take(&mut self.live).into_iter().collect();
+        self.live_ids = std::mem::take(&mut self.live_ids).into_iter().collect();
+    }
+
     /// Retires the id of `key`, if it is live.
     fn retire(&mut self, key: &K) {
         if let Some(id) = self.live.remove(key) {
@@ -422,6 +428,14 @@ impl Ids {
     ) {
         self.services.retire_absent(services);
         self.backends.retire_absent(backends);
+    }
+
+    /// Rebuilds the live tables with full nodes: ids are handed out in ascending order, and
+    /// a BTreeMap that grows at its end splits its nodes in half and leaves them so, while
+    /// one built from sorted entries fills them (about 45 % less memory).
+    pub fn compact(&mut self) {
+        self.services.compact();
+        self.backends.compact();
     }
 
     /// Retires the id of one frontend, as `retire_absent` would once it is gone.
