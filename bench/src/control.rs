@@ -7,7 +7,7 @@
 //! - nftables: `nft -f` of the whole `ip kube-proxy` table, in a fresh namespace.
 //!
 //! Both baselines are timed from spawn to exit, as kube-proxy pays them.
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_testkit::packet::tcp_syn;
@@ -220,6 +220,7 @@ pub fn endpoint_change(
     let mut lb_writes = 0;
     let per_round = lb_changes.div_ceil(rule_changes.max(1));
     let mut lb_done = 0;
+    let mut samples = Vec::new();
     for round in 0..rule_changes.max(1) {
         let mut sync_round = Vec::new();
         let mut visible_round = Vec::new();
@@ -234,6 +235,7 @@ pub fn endpoint_change(
             // The event as kube-rs hands it over: already deserialized.
             let slice =
                 serde_json::from_value(Fixture::slice_object(t, &addresses, lb_done as u64 + 1))?;
+            let usage_before = thread_usage();
             let started = Instant::now();
             let changes = pipeline.event(slice);
             let modeled = started.elapsed();
@@ -246,6 +248,8 @@ pub fn endpoint_change(
                 .sync_changes(&changes.upserts, &changes.removals)
                 .map_err(|err| anyhow::anyhow!("{:#}", anyhow::Error::new(err)))?;
             let synced = started.elapsed();
+            let usage = thread_usage().since(usage_before);
+            samples.push((synced, modeled, usage, sync_round.len()));
             model_us.push(modeled.as_secs_f64() * 1e6);
             write_us.push((synced - modeled).as_secs_f64() * 1e6);
             lb_writes = stats.writes;
@@ -296,6 +300,7 @@ pub fn endpoint_change(
     }
     let _ = std::fs::remove_file(&base_rules);
     let _ = std::fs::remove_file(&nft_path);
+    report_slowest(&mut samples);
     Ok(ChangeResult {
         profile_desired_us: median(&model_us),
         profile_plan_us: median(&write_us),
@@ -465,4 +470,64 @@ pub fn maglev_tables(fixture: Fixture, kernel_services: u32) -> anyhow::Result<M
     };
     eprintln!("lb-bench: {result:?}");
     Ok(result)
+}
+
+/// What the kernel counted for this thread: involuntary context switches (preemptions) and
+/// page faults.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadUsage {
+    preempted: i64,
+    minor_faults: i64,
+    major_faults: i64,
+}
+
+impl ThreadUsage {
+    fn since(self, before: Self) -> Self {
+        Self {
+            preempted: self.preempted - before.preempted,
+            minor_faults: self.minor_faults - before.minor_faults,
+            major_faults: self.major_faults - before.major_faults,
+        }
+    }
+}
+
+fn thread_usage() -> ThreadUsage {
+    // SAFETY: getrusage writes only the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    ThreadUsage {
+        preempted: usage.ru_nivcsw,
+        minor_faults: usage.ru_minflt,
+        major_faults: usage.ru_majflt,
+    }
+}
+
+/// Prints the slowest endpoint changes (event to maps written) with what the kernel counted
+/// during each: a preemption or page faults explain a stall that the code does not.
+/// Each sample's position in its round: the first one follows the baselines' rule loads.
+fn report_slowest(samples: &mut [(Duration, Duration, ThreadUsage, usize)]) {
+    samples.sort_by_key(|(synced, ..)| std::cmp::Reverse(*synced));
+    let preempted = samples
+        .iter()
+        .filter(|(_, _, usage, _)| usage.preempted > 0)
+        .count();
+    eprintln!(
+        "lb-bench:   {preempted} of {} changes preempted during the sync step; the slowest:",
+        samples.len()
+    );
+    for (synced, modeled, usage, position) in samples.iter().take(5) {
+        eprintln!(
+            "lb-bench:     {:>7.0} µs (model {:>6.0} µs, sync_changes {:>6.0} µs): change {} of its round, preempted {}, page faults {} minor {} major",
+            synced.as_secs_f64() * 1e6,
+            modeled.as_secs_f64() * 1e6,
+            (*synced - *modeled).as_secs_f64() * 1e6,
+            position + 1,
+            usage.preempted,
+            usage.minor_faults,
+            usage.major_faults
+        );
+    }
 }

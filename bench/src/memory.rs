@@ -285,7 +285,7 @@ fn breakdown(dir: &Path) -> anyhow::Result<Vec<Stage>> {
     let before = alloc::live_bytes();
     alloc::reset_peak();
     datapath.sync(&services)?;
-    stage("syncer (ids, programmed index, map mirror)", before);
+    stage("syncer (ids, programmed index)", before);
 
     drop(datapath);
     drop(names);

@@ -6,12 +6,7 @@
 //! The content derives from a [`Programmed`] index: each frontend's own entries, and reference
 //! counts for what frontends share (a backend, a VIP's wildcard entry), so that the syncer can
 //! change a few frontends and derive the new value of just the keys they touch.
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-    ops::RangeInclusive,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{
     proto,
@@ -114,6 +109,9 @@ pub fn desired_index(
     let live_frontends = index.frontends.keys().copied().collect();
     let live_backends = index.backends.values().map(|refs| refs.key).collect();
     ids.retire_absent(&live_frontends, &live_backends);
+    // Kept until the next full pass: with full nodes.
+    ids.compact();
+    index.compact();
     Ok(index)
 }
 
@@ -147,19 +145,6 @@ pub(crate) struct FrontendContent {
 /// (`LB4_SRC_RANGE` or `LB6_SRC_RANGE`) and, for a Maglev frontend, its table's spec.
 pub(crate) type Extras = (Vec<SourceRangeEntry>, Option<Arc<MaglevSpec>>);
 
-/// Every source-range entry of service `id`, of either family, lies in this range.
-pub(crate) fn ranges_of(id: ServiceId) -> RangeInclusive<SourceRangeEntry> {
-    SourceRangeEntry {
-        service: id,
-        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        prefix_len: 0,
-    }..=SourceRangeEntry {
-        service: id,
-        addr: IpAddr::V6(std::net::Ipv6Addr::from(u128::MAX)),
-        prefix_len: u8::MAX,
-    }
-}
-
 /// How many frontends name one backend, by state; the backend's value derives from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BackendRefs {
@@ -192,6 +177,9 @@ pub struct Programmed {
     frontends: BTreeMap<FrontendKey, FrontendContent>,
     backends: BTreeMap<BackendId, BackendRefs>,
     vips: BTreeMap<IpAddr, u32>,
+    /// Master and slot entries of all frontends (wildcards aside), kept so that counting the
+    /// services map's entries is not a walk over every frontend.
+    entries: usize,
 }
 
 impl Programmed {
@@ -208,6 +196,28 @@ impl Programmed {
     /// Whether `key` is programmed.
     pub fn contains(&self, key: &FrontendKey) -> bool {
         self.frontends.contains_key(key)
+    }
+
+    /// Rebuilds the tables with full nodes (see `Ids::compact`).
+    fn compact(&mut self) {
+        self.frontends = std::mem::take(&mut self.frontends).into_iter().collect();
+        self.backends = std::mem::take(&mut self.backends).into_iter().collect();
+        self.vips = std::mem::take(&mut self.vips).into_iter().collect();
+    }
+
+    /// The service ids of the frontends programmed.
+    pub fn service_ids(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        self.frontends.values().map(|frontend| frontend.id)
+    }
+
+    /// What `key` contributes, if programmed.
+    pub(crate) fn get(&self, key: &FrontendKey) -> Option<&FrontendContent> {
+        self.frontends.get(key)
+    }
+
+    /// Entries of `LB4_SERVICES` and `LB6_SERVICES` together: masters, slots, wildcards.
+    pub fn service_entries(&self) -> usize {
+        self.entries + self.vips.len()
     }
 
     /// Adds a frontend (which must not be there).
@@ -229,12 +239,14 @@ impl Programmed {
         if content.wildcard {
             *self.vips.entry(key.vip).or_default() += 1;
         }
+        self.entries += content.backends.len() + 1;
         self.frontends.insert(key, content);
     }
 
     /// Removes a frontend; backends and VIPs no frontend names any more go with it.
     pub(crate) fn remove(&mut self, key: &FrontendKey) -> Option<FrontendContent> {
         let content = self.frontends.remove(key)?;
+        self.entries -= content.backends.len() + 1;
         for (id, _, state, remote) in &content.backends {
             if let std::collections::btree_map::Entry::Occupied(mut entry) =
                 self.backends.entry(*id)
@@ -350,6 +362,11 @@ impl FrontendContent {
     /// Its source ranges and Maglev table.
     pub(crate) fn extras(&self) -> Extras {
         self.extras.clone()
+    }
+
+    /// Its source ranges and Maglev table, borrowed.
+    pub(crate) fn extras_ref(&self) -> &Extras {
+        &self.extras
     }
 }
 

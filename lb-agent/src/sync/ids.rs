@@ -17,7 +17,7 @@
 //! ids are allocated for live here too, so that `desired` and this allocator share them
 //! without importing each other. Time is the caller's (`now` arguments), so tests drive it.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -140,7 +140,8 @@ pub struct Released {
 #[derive(Clone, Debug)]
 struct Table<K, I> {
     live: BTreeMap<K, I>,
-    live_ids: BTreeMap<I, K>,
+    /// The ids of `live`, for `holds` (a set: the key would double what an id costs).
+    live_ids: BTreeSet<I>,
     retired: BTreeMap<I, Retired<K>>,
     /// The retired ids by the key they last served, to give one back when its key returns.
     retired_keys: BTreeMap<K, I>,
@@ -154,7 +155,7 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
     fn new(last: I) -> Self {
         Self {
             live: BTreeMap::new(),
-            live_ids: BTreeMap::new(),
+            live_ids: BTreeSet::new(),
             retired: BTreeMap::new(),
             retired_keys: BTreeMap::new(),
             cursor: I::FIRST,
@@ -163,12 +164,12 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
     }
 
     fn holds(&self, id: I) -> bool {
-        self.live_ids.contains_key(&id) || self.retired.contains_key(&id)
+        self.live_ids.contains(&id) || self.retired.contains_key(&id)
     }
 
     fn insert_live(&mut self, key: K, id: I) {
         self.live.insert(key, id);
-        self.live_ids.insert(id, key);
+        self.live_ids.insert(id);
     }
 
     /// Records an id found in the maps; allocation goes on above the highest one. A second
@@ -255,6 +256,12 @@ impl<K: Ord + Copy + std::fmt::Debug, I: Id> Table<K, I> {
             "id space exhausted; reusing the oldest retired id, which conntrack entries may still name"
         );
         Ok(id)
+    }
+
+    /// Rebuilds the live tables with full nodes (see `Ids::compact`).
+    fn compact(&mut self) {
+        self.live = std::mem::take(&mut self.live).into_iter().collect();
+        self.live_ids = std::mem::take(&mut self.live_ids).into_iter().collect();
     }
 
     /// Retires the id of `key`, if it is live.
@@ -422,6 +429,14 @@ impl Ids {
     ) {
         self.services.retire_absent(services);
         self.backends.retire_absent(backends);
+    }
+
+    /// Rebuilds the live tables with full nodes: ids are handed out in ascending order, and
+    /// a BTreeMap that grows at its end splits its nodes in half and leaves them so, while
+    /// one built from sorted entries fills them (about 45 % less memory).
+    pub fn compact(&mut self) {
+        self.services.compact();
+        self.backends.compact();
     }
 
     /// Retires the id of one frontend, as `retire_absent` would once it is gone.

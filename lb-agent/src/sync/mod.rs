@@ -25,7 +25,7 @@ pub mod plan;
 mod scenarios;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -34,7 +34,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    datapath::{self, BackendId, LbMaps, MapsContent, ServiceId, maps::MaglevSpec},
+    datapath::{
+        self, BackendId, LbMaps, MapsContent, ServiceId,
+        maps::{MaglevSpec, RevNat},
+    },
     model::DesiredService,
 };
 
@@ -140,15 +143,68 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// What the syncer believes the maps hold.
+///
+/// After a successful pass that is its index and the rev-NAT entries retired service ids
+/// keep, not a mirror of every entry: each entry derives from the index, and one structure
+/// per Service is half the memory of two.
+enum Belief {
+    /// Exactly `index.content()` plus `retired_revnat`: incremental passes can run.
+    Indexed {
+        /// What is programmed, by frontend.
+        index: desired::Programmed,
+        /// The rev-NAT entries of retired service ids (no frontend in `index` has them).
+        retired_revnat: BTreeMap<ServiceId, RevNat>,
+    },
+    /// Entries as read at start or left by a pass that did not program the index (a full
+    /// map): the next pass is full.
+    Content(MapsContent),
+}
+
+impl Belief {
+    /// Every entry.
+    fn content(&self) -> MapsContent {
+        match self {
+            Self::Indexed {
+                index,
+                retired_revnat,
+            } => {
+                let mut content = index.content();
+                content.revnat.extend(retired_revnat);
+                content
+            }
+            Self::Content(content) => content.clone(),
+        }
+    }
+
+    /// Every entry, without a copy for the one that holds them.
+    fn into_content(self) -> MapsContent {
+        match self {
+            Self::Content(content) => content,
+            indexed => indexed.content(),
+        }
+    }
+
+    /// `Indexed` after a full pass that wrote `written` from `index`: the rev-NAT entries
+    /// beyond the index's are those retired ids keep.
+    fn indexed(index: desired::Programmed, written: MapsContent) -> Self {
+        let mut retired_revnat = written.revnat;
+        for id in index.service_ids() {
+            retired_revnat.remove(&id);
+        }
+        Self::Indexed {
+            index,
+            retired_revnat,
+        }
+    }
+}
+
 /// Keeps the maps in step with the desired services.
 pub struct Syncer<M: LbMaps> {
     maps: Arc<Mutex<M>>,
     ids: ids::Ids,
-    /// What the maps hold, when known without reading them.
-    written: Option<MapsContent>,
-    /// What `written` derives from, by frontend: known after a successful full pass and kept
-    /// up to date by `sync_changes`; `None` after any failure, until the next full pass.
-    programmed: Option<desired::Programmed>,
+    /// What the maps hold, when known without reading them; `None` after any failure.
+    written: Option<Belief>,
     /// GC reports for `reconcile`, once `referenced_sender` made the channel.
     reports: Option<mpsc::UnboundedReceiver<Referenced>>,
     /// Backend selection: random or Maglev, and Maglev's table size and seed.
@@ -170,8 +226,7 @@ impl<M: LbMaps> Syncer<M> {
         let content = lock(&maps).read().map_err(Error::Read)?;
         Ok(Self {
             ids: ids::Ids::restore_with(&content, limits, now()),
-            written: Some(content),
-            programmed: None,
+            written: Some(Belief::Content(content)),
             maps,
             reports: None,
             selection: maglev::Settings::default(),
@@ -201,17 +256,17 @@ impl<M: LbMaps> Syncer<M> {
 
     /// Whether `sync_changes` can run: a full pass succeeded and nothing failed since.
     pub fn can_sync_changes(&self) -> bool {
-        self.written.is_some() && self.programmed.is_some()
+        matches!(self.written, Some(Belief::Indexed { .. }))
     }
 
     fn full_pass(&mut self, services: &[DesiredService], reread: bool) -> Result<SyncStats, Error> {
         let started = Instant::now();
         let expired = self.ids.expire(now());
         log_released("quarantine over", expired);
-        self.programmed = None;
         let (current, repairs) = match self.written.take() {
-            Some(belief) if !reread => (belief, 0),
+            Some(belief) if !reread => (belief.into_content(), 0),
             belief => {
+                let belief = belief.map(Belief::into_content);
                 let mut truth = lock(&self.maps).read().map_err(Error::Read)?;
                 if let Some(belief) = &belief {
                     // A Maglev table reads back as its size alone: one of the size the syncer
@@ -277,8 +332,7 @@ impl<M: LbMaps> Syncer<M> {
                 };
                 match partial {
                     None => {
-                        self.written = Some(desired);
-                        self.programmed = Some(index);
+                        self.written = Some(Belief::indexed(index, desired));
                     }
                     Some((unfit, effective, full)) => {
                         // What is programmed is not the index: the next pass is full.
@@ -291,7 +345,7 @@ impl<M: LbMaps> Syncer<M> {
                             .count();
                         stats.backends = effective.backends.len();
                         stats.map_entries = map_entries(&effective);
-                        self.written = Some(effective);
+                        self.written = Some(Belief::Content(effective));
                     }
                 }
                 Ok(stats)
@@ -320,7 +374,10 @@ impl<M: LbMaps> Syncer<M> {
         removals: &[crate::model::Frontend],
     ) -> Result<SyncStats, Error> {
         let started = Instant::now();
-        let (Some(mut written), Some(mut index)) = (self.written.take(), self.programmed.take())
+        let Some(Belief::Indexed {
+            mut index,
+            mut retired_revnat,
+        }) = self.written.take()
         else {
             self.written = None;
             return Err(Error::NotProgrammed);
@@ -328,27 +385,82 @@ impl<M: LbMaps> Syncer<M> {
         let expired = self.ids.expire(now());
         log_released("quarantine over", expired);
 
+        // What changes, noted before the index does: the entries the maps hold now derive
+        // from the index as it is.
         let mut touched = Touched::default();
         let mut removed = Vec::new();
+        // The rev-NAT entries and extras of the frontends replaced or removed, by service id.
+        let mut old_frontends = BTreeMap::new();
         for frontend in removals {
             let key = ids::FrontendKey {
                 vip: frontend.vip,
                 port: frontend.port,
                 proto: desired::proto_number(frontend.protocol),
             };
-            if let Some(old) = index.remove(&key) {
-                touched.frontend(&key, &old, false);
+            if let Some(old) = index.get(&key) {
+                touched.frontend(&key, old, false);
+                old_frontends.insert(old.revnat().0, old);
                 removed.push(key);
             }
         }
+        let mut added = Vec::with_capacity(upserts.len());
         for service in upserts {
             let key = desired::frontend_key(service);
-            if let Some(old) = index.remove(&key) {
-                touched.frontend(&key, &old, false);
+            if let Some(old) = index.get(&key) {
+                touched.frontend(&key, old, false);
+                old_frontends.insert(old.revnat().0, old);
             }
-            // On exhaustion the index is half-changed: dropped, so the next pass is full.
+            // On exhaustion the index is dropped with the belief: the next pass is full.
             let content = desired::frontend_content(service, &mut self.ids, &self.selection)?;
             touched.frontend(&key, &content, true);
+            added.push((key, content));
+        }
+        if expired.services > 0 {
+            // Freed ids lose the rev-NAT entries they kept, as a full pass would delete them
+            // (a live id is always held).
+            for id in retired_revnat.keys() {
+                if !self.ids.holds_service(*id) {
+                    touched.revnat.entry(*id).or_insert(None);
+                }
+            }
+        }
+
+        let mut current = MapsContent::default();
+        for key in &touched.services {
+            if let Some(entry) = index.service_entry(key) {
+                current.services.insert(*key, entry);
+            }
+        }
+        for id in touched.backends.keys() {
+            if let Some(backend) = index.backend(*id) {
+                current.backends.insert(*id, backend);
+            }
+        }
+        for id in touched.revnat.keys() {
+            let held = match old_frontends.get(id) {
+                Some(old) => Some(old.revnat().1),
+                None => retired_revnat.get(id).copied(),
+            };
+            if let Some(revnat) = held {
+                current.revnat.insert(*id, revnat);
+            }
+        }
+        for id in touched.extras.keys() {
+            if let Some(old) = old_frontends.get(id) {
+                let (ranges, maglev) = old.extras_ref();
+                current.source_ranges.extend(ranges.iter().copied());
+                if let Some(spec) = maglev {
+                    current.maglev.insert(*id, MaglevSpec::clone(spec));
+                }
+            }
+        }
+        drop(old_frontends);
+
+        for key in &removed {
+            index.remove(key);
+        }
+        for (key, content) in added {
+            index.remove(&key);
             index.add(key, content);
         }
         for key in removed.iter().filter(|key| !index.contains(key)) {
@@ -359,39 +471,21 @@ impl<M: LbMaps> Syncer<M> {
                 self.ids.retire_backend(key);
             }
         }
-        if expired.services > 0 {
-            // Freed ids lose the rev-NAT entries they kept, as a full pass would delete them.
-            for id in written.revnat.keys() {
-                if !self.ids.holds_service(*id) {
-                    touched.revnat.entry(*id).or_insert(None);
-                }
-            }
-        }
 
-        let mut current = MapsContent::default();
         let mut desired = MapsContent::default();
         for key in &touched.services {
-            if let Some(entry) = written.services.get(key) {
-                current.services.insert(*key, *entry);
-            }
             if let Some(entry) = index.service_entry(key) {
                 desired.services.insert(*key, entry);
             }
         }
         for id in touched.backends.keys() {
-            if let Some(backend) = written.backends.get(id) {
-                current.backends.insert(*id, *backend);
-            }
             if let Some(backend) = index.backend(*id) {
                 desired.backends.insert(*id, backend);
             }
         }
         for (id, wanted) in &touched.revnat {
-            let held = written.revnat.get(id).copied();
-            if let Some(revnat) = held {
-                current.revnat.insert(*id, revnat);
-            }
             // A frontend that went keeps its entry while its id is retired (held).
+            let held = current.revnat.get(id).copied();
             let wanted = wanted.or(held.filter(|_| self.ids.holds_service(*id)));
             if let Some(revnat) = wanted {
                 desired.revnat.insert(*id, revnat);
@@ -400,15 +494,6 @@ impl<M: LbMaps> Syncer<M> {
         // Source ranges and Maglev tables go with their frontend's master entry: those of
         // the touched service ids, as written and as wanted now.
         for (id, wanted) in &touched.extras {
-            current.source_ranges.extend(
-                written
-                    .source_ranges
-                    .range(desired::ranges_of(*id))
-                    .copied(),
-            );
-            if let Some(spec) = written.maglev.get(id) {
-                current.maglev.insert(*id, spec.clone());
-            }
             if let Some((ranges, maglev)) = wanted {
                 desired.source_ranges.extend(ranges.iter().copied());
                 if let Some(spec) = maglev {
@@ -425,7 +510,13 @@ impl<M: LbMaps> Syncer<M> {
         self.ids.settle(now());
         match applied {
             Ok(writes) => {
-                plan::applied(&mut written, &ops);
+                // The entries the index does not derive: those retired ids keep.
+                for (id, wanted) in &touched.revnat {
+                    match (wanted, desired.revnat.get(id)) {
+                        (None, Some(revnat)) => retired_revnat.insert(*id, *revnat),
+                        _ => retired_revnat.remove(id),
+                    };
+                }
                 let stats = SyncStats {
                     services: index.frontends(),
                     backends: index.backends(),
@@ -435,10 +526,16 @@ impl<M: LbMaps> Syncer<M> {
                     duration: started.elapsed(),
                     not_programmed: Vec::new(),
                     full_map: None,
-                    map_entries: map_entries(&written),
+                    map_entries: [
+                        index.service_entries(),
+                        index.backends(),
+                        index.frontends() + retired_revnat.len(),
+                    ],
                 };
-                self.written = Some(written);
-                self.programmed = Some(index);
+                self.written = Some(Belief::Indexed {
+                    index,
+                    retired_revnat,
+                });
                 Ok(stats)
             }
             Err((index, source)) => Err(Error::Write {
@@ -468,16 +565,33 @@ impl<M: LbMaps> Syncer<M> {
         released.services += expired.services;
         released.backends += expired.backends;
         let mut maps = lock(&self.maps);
-        let current = match self.written.take() {
-            Some(content) => content,
-            None => maps.read().map_err(Error::Read)?,
+        // Only rev-NAT entries go: with the index, only those retired ids keep can.
+        let (current, index) = match self.written.take() {
+            Some(Belief::Indexed {
+                index,
+                retired_revnat,
+            }) => (
+                MapsContent {
+                    revnat: retired_revnat,
+                    ..MapsContent::default()
+                },
+                Some(index),
+            ),
+            Some(Belief::Content(content)) => (content, None),
+            None => (maps.read().map_err(Error::Read)?, None),
         };
         let mut desired = current.clone();
         desired.revnat.retain(|id, _| self.ids.holds_service(*id));
         let ops = plan::plan(&current, &desired);
         match apply::apply(&mut *maps, &ops) {
             Ok(_) => {
-                self.written = Some(desired);
+                self.written = Some(match index {
+                    Some(index) => Belief::Indexed {
+                        index,
+                        retired_revnat: desired.revnat,
+                    },
+                    None => Belief::Content(desired),
+                });
                 Ok(released)
             }
             Err((index, source)) => {
