@@ -1,5 +1,5 @@
 //! The report: `benchmarks.md` (tables, the machine, how each number was taken, the targets of
-//! issue 6 held against the results) and `benchmarks.svg` (connect latency, connection rate and
+//! issue 12 held against the results) and `benchmarks.svg` (connect latency, connection rate and
 //! the UDP forwarding rate against services, drawn by hand: no plotting dependency).
 //!
 //! One function per section of `benchmarks.md`, each rendering only what the run measured; the
@@ -820,11 +820,11 @@ fn maglev_section(results: &Results) -> String {
 /// One figure of a B1 size result.
 type PacketFigure = fn(&crate::packet_cost::SizeResult) -> f64;
 
-/// The targets of issue 6, each met or missed by this run's numbers.
+/// The targets of issue 12, each met or missed by this run's numbers.
 fn targets_section(results: &Results) -> String {
     let config = &results.config;
     let mut out = String::new();
-    let _ = writeln!(out, "\n## Against the targets of issue 6\n");
+    let _ = writeln!(out, "\n## Against the targets of issue 12\n");
     if let (Some(smallest), Some(largest)) =
         (results.packet.sizes.first(), results.packet.sizes.last())
     {
@@ -1428,7 +1428,7 @@ mod tests {
                 "## One endpoint change to datapath (B6), 10k services loaded",
                 "## Memory (B7)",
                 "## Maglev tables (B9)",
-                "## Against the targets of issue 6",
+                "## Against the targets of issue 12",
                 notes_heading,
             ]
         );

@@ -55,11 +55,13 @@ const _: () = assert!(core::mem::size_of::<SockRevKey6>() == 32);
 pub struct SockRevValue6 {
     /// The VIP (network byte order, as `Addr6`).
     pub vip: crate::Addr6,
+    /// The service id; an entry whose frontend now has another id is stale.
+    pub rev_nat: u32,
     /// The frontend's port (network byte order).
     pub vip_port: u16,
-    /// The service id; an entry whose frontend now has another id is stale.
-    pub rev_nat: u16,
+    /// Zero.
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockRevValue6>() == 20);
+const _: () = assert!(core::mem::size_of::<SockRevValue6>() == 24);
 
 crate::pod!(SockRevKey6, SockRevValue6);

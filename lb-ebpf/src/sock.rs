@@ -363,6 +363,7 @@ fn select6(ctx: &SockAddrContext, addr: &Addr<Addr6>) -> Forward<Addr6> {
         vip: frontend.vip,
         vip_port: frontend.port,
         rev_nat: frontend.entry.rev_nat,
+        _pad: 0,
     };
     // As in `select4`.
     if LB6_REVERSE_SK

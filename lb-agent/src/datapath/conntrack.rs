@@ -298,7 +298,7 @@ impl<K: aya::Pod, E: aya::Pod> FamilyMaps<K, E> {
         &mut self,
         now: u32,
         report: &mut GcReport,
-        header: impl Fn(&E) -> ((u32, u8), (u16, u32)),
+        header: impl Fn(&E) -> ((u32, u8), (u32, u32)),
     ) -> Result<(), Error> {
         let name = self.name;
         for item in self.entries()? {
