@@ -948,7 +948,7 @@ fn status_reports_the_source_the_last_sync_malformed_objects_map_fill_and_progra
         Some((2, 131_072)),
         "{status}"
     );
-    assert_eq!(fill(&status, "LB4_REVNAT"), Some((1, 65_536)), "{status}");
+    assert_eq!(fill(&status, "LB4_REVNAT"), Some((1, 131_072)), "{status}");
     let programs: Vec<String> = status["programs"]
         .as_array()
         .expect("programs")
